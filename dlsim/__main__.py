@@ -1,0 +1,3 @@
+from dlsim.cli import main
+
+main()

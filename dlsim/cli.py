@@ -1,0 +1,196 @@
+"""The dlsim command line: parse, call the library, print. No modelling happens here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from dlsim import hardware
+from dlsim.config import read_yaml
+from dlsim.errors import ScenarioError
+from dlsim.output import slug, to_json, write_report_dir
+from dlsim.results import Result
+from dlsim.simulate import simulate
+from dlsim.sweep import pivot, primary_metric, run_sweep
+from dlsim.tracefile import chrome_trace
+from dlsim.workload import presets
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="dlsim: simulate distributed deep-learning training before you rent it.")
+out = Console()
+err = Console(stderr=True)
+
+SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+OutDir = Annotated[Path, typer.Option("--out", help="Directory that receives reports/<name>/.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead.")]
+
+
+def _fail(exc: ScenarioError) -> None:
+    err.print(exc.paragraph(), markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _print_rows(title: str, rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=title)
+    for column in rows[0] if rows else []:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row.values()))
+    out.print(table)
+
+
+def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            rows += [{"field": f"{key}.{k}", "value": v} for k, v in value.items()]
+        else:
+            rows.append({"field": key, "value": value})
+    return rows
+
+
+def _write_run(result: Result, out_dir: Path) -> Path:
+    from dlsim.report import render_run
+
+    files = {"summary.json": to_json(result.summary),
+             "trace.json": json.dumps(chrome_trace(result)),
+             "index.html": render_run(result)}
+    return write_report_dir(out_dir / slug(result.summary["name"]), files)
+
+
+def _write_sweep(name: str, table: pd.DataFrame, vary: list[str], base: dict[str, Any],
+                 out_dir: Path) -> Path:
+    from dlsim.report import render_sweep
+
+    metric = primary_metric(table)
+    group = vary[-1] if len(vary) > 1 else None
+    html = render_sweep(name, table, vary[0], metric, group, base)
+    rows = json.loads(table.to_json(orient="records"))
+    return write_report_dir(out_dir / slug(name), {
+        "summary.json": to_json({"name": name, "kind": "sweep", "vary": vary, "rows": rows}),
+        "sweep.csv": table.to_csv(index=False), "index.html": html})
+
+
+def _sweep(file: Path, base: dict[str, Any], vary: dict[str, list[Any]], out_dir: Path,
+           as_json: bool) -> None:
+    table = run_sweep(base, vary, file=str(file), progress=not as_json)
+    keys = list(vary)
+    where = _write_sweep(str(base.get("name", file.stem)), table, keys, base, out_dir)
+    if as_json:
+        print(table.to_json(orient="records", indent=2))
+        return
+    wide = pivot(table, keys)
+    _print_rows(f"{base.get('name')}: {primary_metric(table)} (s)",
+                wide.astype(object).to_dict("records"), False)
+    out.print(f"report: {where / 'index.html'}")
+
+
+@app.command()
+def run(file: Path, out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
+    """Simulate a scenario; print its summary and write reports/<name>/ (index.html,
+    summary.json, trace.json). A scenario with a 'sweep:' block runs every point."""
+    try:
+        data = read_yaml(file)
+        if data.get("sweep"):
+            _sweep(file, data, data["sweep"], out_dir, as_json)
+            return
+        result = simulate(file)
+        where = _write_run(result, out_dir)
+    except ScenarioError as exc:
+        _fail(exc)
+    if as_json:
+        print(to_json(result.summary), end="")
+        return
+    _print_rows(result.summary["name"], _summary_rows(result.summary), False)
+    events = result.summary["simulation"]["events"]
+    out.print(f"simulated in {result.wall_s:.3f} s ({events} events); "
+              f"report: {where / 'index.html'}")
+
+
+def _parse_vary(items: list[str]) -> dict[str, list[Any]]:
+    vary: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise ScenarioError(f"--vary takes key=v1,v2,... (got {item!r}).", field="--vary")
+        vary[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+    return vary
+
+
+@app.command()
+def sweep(file: Path,
+          vary: Annotated[list[str], typer.Option(help="field=v1,v2,... (repeatable)")] = (),
+          out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
+    """Simulate a grid over scenario fields (or the file's own 'sweep:' block)."""
+    try:
+        data = read_yaml(file)
+        grid = _parse_vary(list(vary)) if vary else data.get("sweep") or {}
+        _sweep(file, data, grid, out_dir, as_json)
+    except ScenarioError as exc:
+        _fail(exc)
+
+
+LISTINGS = ("devices", "links", "systems", "models", "scenarios")
+
+
+@app.command("list")
+def list_(what: Annotated[str, typer.Argument(help=" | ".join(LISTINGS))],
+          as_json: AsJson = False) -> None:
+    """List hardware profiles, model presets or bundled scenarios."""
+    try:
+        if what == "devices":
+            rows = [_device_row(hardware.device(n)) for n in hardware.available("devices")]
+        elif what == "links":
+            rows = [_link_row(hardware.link(n)) for n in hardware.available("links")]
+        elif what == "systems":
+            rows = [{"name": s.name, "device": s.device, "devices_per_node": s.devices_per_node,
+                     "intra_node": s.intra_node, "description": s.display_name}
+                    for s in map(hardware.system, hardware.available("systems"))]
+        elif what == "models":
+            rows = [{"name": n} for n in presets()]
+        elif what == "scenarios":
+            rows = [{"file": str(p.relative_to(SCENARIOS_DIR.parent)),
+                     "description": read_yaml(p).get("description", "")}
+                    for p in sorted(SCENARIOS_DIR.glob("*.yaml"))]
+        else:
+            raise ScenarioError(f"cannot list '{what}'; choose one of {', '.join(LISTINGS)}.")
+    except ScenarioError as exc:
+        _fail(exc)
+    _print_rows(what, rows, as_json)
+
+
+def _device_row(d: hardware.DeviceProfile) -> dict[str, Any]:
+    return {"name": d.name, "kind": d.kind, "bf16_tflops": d.peak_tflops.get("bf16"),
+            "fp32_tflops": d.peak_tflops.get("fp32"), "memory_GB": d.memory_GB,
+            "memory_bandwidth_GBps": d.memory_bandwidth_GBps, "power_W": d.power_W,
+            "usd_per_hour": d.price_usd_per_hour}
+
+
+def _link_row(x: hardware.LinkProfile) -> dict[str, Any]:
+    return {"name": x.name, "up_GBps": x.up_Bps / 1e9, "down_GBps": x.down_Bps / 1e9,
+            "latency_us": x.latency_us, "description": x.display_name}
+
+
+def main() -> None:
+    app(prog_name="dlsim")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Scenario files: YAML -> one loader -> validated, immutable pydantic models.
+
+Field names here are dlsim's public interface (DESIGN.md, "Scenario contract"). Loading has
+no side effects. Every problem becomes a ``ScenarioError`` naming the file, the field, what
+was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dlsim.errors import ScenarioError
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Spec):
+    """A preset name, or a transformer / MLP given by its shape."""
+
+    preset: str | None = None
+    kind: Literal["transformer", "mlp"] | None = None
+    layers: int | None = Field(default=None, ge=1)
+    hidden: int | None = Field(default=None, ge=1)
+    heads: int | None = Field(default=None, ge=1)
+    seq_len: int | None = Field(default=None, ge=1)
+    vocab: int | None = Field(default=None, ge=1)
+    ffn_hidden: int | None = Field(default=None, ge=1)
+    widths: list[int] | None = Field(default=None, min_length=2)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ModelSpec:
+        if self.preset is not None:
+            return self
+        if self.kind is None:
+            raise ValueError("give either 'preset' or 'kind' (transformer or mlp)")
+        need = {"transformer": ["layers", "hidden", "heads", "seq_len", "vocab"],
+                "mlp": ["widths"]}[self.kind]
+        missing = [f for f in need if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} model needs {', '.join(missing)}")
+        if self.kind == "transformer" and self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.widths is not None and min(self.widths) < 1:
+            raise ValueError("widths must be positive")
+        return self
+
+
+class LinkSpecIn(_Spec):
+    bandwidth_GBps: float = Field(gt=0)
+    latency_us: float = Field(default=0.0, ge=0)
+
+
+class ClusterSpec(_Spec):
+    """A system preset on N nodes, a device on a described node, or a textbook topology."""
+
+    preset: str | None = None
+    nodes: int = Field(default=1, ge=1)
+    device: str | None = None
+    devices_per_node: int | None = Field(default=None, ge=1)
+    intra_node: str | None = None
+    inter_node: str | None = None
+    fabric: Literal["switch", "fat-tree"] = "fat-tree"
+    oversubscription: float = Field(default=1.0, ge=1.0)
+    nics_per_leaf: int = Field(default=32, ge=1)
+    topology: Literal["ring", "switch", "fully-connected", "torus", "fat-tree"] | None = None
+    devices: int | None = Field(default=None, ge=1)
+    dims: list[int] | None = None
+    link: LinkSpecIn | None = None
+    devices_per_switch: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ClusterSpec:
+        forms = [self.preset is not None, self.topology is not None,
+                 self.preset is None and self.topology is None]
+        if self.preset is not None and self.topology is not None:
+            raise ValueError("give either 'preset' or 'topology', not both")
+        if forms[1]:
+            if self.link is None:
+                raise ValueError("a textbook topology needs 'link: {bandwidth_GBps, latency_us}'")
+            if self.topology == "torus":
+                if not self.dims or min(self.dims) < 1:
+                    raise ValueError("a torus needs 'dims', a list of positive sizes")
+                n = 1
+                for d in self.dims:
+                    n *= d
+                if self.devices is not None and self.devices != n:
+                    raise ValueError(f"devices ({self.devices}) must equal the product of "
+                                     f"dims ({n})")
+            elif self.devices is None:
+                raise ValueError(f"a {self.topology} topology needs 'devices'")
+        if forms[2] and (self.device is None or self.devices_per_node is None
+                         or self.intra_node is None):
+            raise ValueError("give 'preset', 'topology', or all of device, devices_per_node "
+                             "and intra_node")
+        return self
+
+
+class TrainingSpec(_Spec):
+    global_batch: int = Field(ge=1)
+    microbatch: int | None = Field(default=None, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    bucket_cap_mb: float = Field(default=25.0, ge=0)
+    steps: int = Field(default=1, ge=1)
+
+
+class ParallelismSpec(_Spec):
+    """Data parallelism today; tensor and pipeline degrees other than 1 are not yet modelled."""
+
+    data: int | None = Field(default=None, ge=1)
+    tensor: Literal[1] = 1
+    pipeline: Literal[1] = 1
+
+
+class CommunicationSpec(_Spec):
+    data_parallel: Literal["ring", "ps"] = "ring"
+    servers: int = Field(default=1, ge=1)
+
+
+class CollectiveSpec(_Spec):
+    op: Literal["allreduce", "reducescatter", "allgather"] = "allreduce"
+    algorithm: Literal["ring", "ps"] = "ring"
+    size_bytes: float = Field(gt=0)
+    servers: int = Field(default=1, ge=1)
+    devices: int | None = Field(default=None, ge=1)
+
+
+class SimulationSpec(_Spec):
+    """How to simulate: ``auto`` uses symmetry for homogeneous jobs, ``full`` every rank."""
+
+    fidelity: Literal["auto", "full", "symmetric"] = "auto"
+
+
+class Scenario(_Spec):
+    name: str = Field(min_length=1)
+    kind: Literal["training", "collective"] = "training"
+    description: str = ""
+    model: ModelSpec | None = None
+    cluster: ClusterSpec
+    precision: Literal["fp32", "tf32", "fp16", "bf16", "fp8"] = "bf16"
+    training: TrainingSpec | None = None
+    parallelism: ParallelismSpec = ParallelismSpec()
+    communication: CommunicationSpec = CommunicationSpec()
+    collective: CollectiveSpec | None = None
+    placement: Literal["pack", "spread"] = "pack"
+    sync: Literal["bsp"] = "bsp"
+    seed: int = 0
+    simulation: SimulationSpec = SimulationSpec()
+    sweep: dict[str, list[Any]] | None = None
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> Scenario:
+        if self.kind == "training":
+            missing = [f for f in ("model", "training") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"a training scenario needs {' and '.join(missing)}")
+        if self.kind == "collective" and self.collective is None:
+            raise ValueError("a collective scenario needs 'collective: {op, algorithm, "
+                             "size_bytes}'")
+        return self
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    given = err.get("input")
+    shown = "" if err["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
+    return (f"field '{loc}': {msg}{shown}" if loc else f"{msg}")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping safely; unreadable files and bad syntax are input errors."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ScenarioError(f"cannot read the file: {exc.strerror}.", file=str(path)) from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or "invalid syntax"
+        raise ScenarioError(f"not valid YAML{at}: {problem}.", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise ScenarioError("a scenario must be a YAML mapping with at least 'name' and "
+                            "'cluster'.", file=str(path))
+    return data
+
+
+def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
+    """Validate a scenario from a YAML file path or an already-parsed dict."""
+    file = None if isinstance(source, dict) else str(source)
+    data = source if isinstance(source, dict) else read_yaml(source)
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ScenarioError(problems + ".", file=file) from None

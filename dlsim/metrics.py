@@ -1,0 +1,84 @@
+"""Metrics: where a device's time went, from the spans the engine recorded.
+
+The breakdown partitions [0, T] of one device's timeline, so its parts sum to T exactly:
+compute (any compute span), exposed communication (a collective moving data while no compute
+runs), straggler wait (waiting at a collective for peers, with nothing else running), pipeline
+bubble (zero for data parallelism, which has none), and idle (the rest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from dlsim.results import Span
+from dlsim.topology import Topology
+
+
+def union(intervals: Iterable[tuple[float, float]]) -> np.ndarray:
+    """Disjoint, sorted intervals covering the same time as ``intervals`` (shape (k, 2))."""
+    arr = np.array(sorted(intervals), dtype=float).reshape(-1, 2)
+    if len(arr) == 0:
+        return arr
+    merged = [arr[0].copy()]
+    for start, end in arr[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append(np.array([start, end]))
+    return np.array(merged)
+
+
+def length(intervals: np.ndarray) -> float:
+    return float((intervals[:, 1] - intervals[:, 0]).sum()) if len(intervals) else 0.0
+
+
+def minus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The parts of disjoint intervals ``a`` not covered by disjoint intervals ``b``."""
+    out = []
+    for start, end in a:
+        cursor = start
+        for bs, be in b:
+            if be <= cursor or bs >= end:
+                continue
+            if bs > cursor:
+                out.append((cursor, bs))
+            cursor = max(cursor, be)
+        if cursor < end:
+            out.append((cursor, end))
+    return np.array(out, dtype=float).reshape(-1, 2)
+
+
+def breakdown(spans: list[Span], device: int, total_s: float) -> dict[str, float]:
+    """Seconds of [0, total_s] on ``device`` by category; the values sum to ``total_s``."""
+    mine = [s for s in spans if s.device == device]
+    compute = union((s.start_s, s.end_s) for s in mine if s.category == "compute")
+    comm = union((s.start_s, s.end_s) for s in mine if s.category == "comm")
+    wait = union((s.start_s, s.end_s) for s in mine if s.category == "wait")
+    exposed = minus(comm, compute)
+    stalled = minus(minus(wait, compute), comm)
+    parts = {"compute": length(compute), "exposed_comm": length(exposed), "bubble": 0.0,
+             "straggler_wait": length(stalled)}
+    parts["idle"] = max(total_s - sum(parts.values()), 0.0)
+    return parts
+
+
+def link_table(topology: Topology, link_bytes: np.ndarray, link_busy_s: np.ndarray,
+               total_s: float) -> pd.DataFrame:
+    """One row per directed link that carried traffic, busiest first."""
+    used = np.flatnonzero(link_bytes > 0)
+    cap = topology.capacity_Bps[used]
+    rows = pd.DataFrame({
+        "link": [topology.link_label(i) for i in used],
+        "src": [str(topology.edges[i][0]) for i in used],
+        "dst": [str(topology.edges[i][1]) for i in used],
+        "kind": [topology.graph.edges[topology.edges[i]]["link"] for i in used],
+        "bandwidth_GBps": cap / 1e9,
+        "bytes": link_bytes[used],
+        "busy_s": link_busy_s[used],
+        "utilisation": link_bytes[used] / (cap * total_s) if total_s > 0 else 0.0,
+    })
+    return rows.sort_values(["utilisation", "link"], ascending=[False, True],
+                            ignore_index=True)

@@ -1,0 +1,43 @@
+"""Per-rank programs: what each device must do, in order, on which stream.
+
+A strategy turns a parallelism plan into one program per simulated rank; the engine runs
+them. Like CUDA streams with events, ops on one stream run in program order, and an op also
+waits for the ops named in ``deps`` (indices into the same program) to finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A kernel (or fused group of kernels) taking ``duration_s`` on the compute stream."""
+
+    name: str
+    duration_s: float
+    flops: float = 0.0
+    deps: tuple[int, ...] = ()
+    stream: str = "compute"
+
+
+@dataclass(frozen=True)
+class Collective:
+    """A collective over ``group`` (ranks, in ring order) on the communication stream.
+
+    ``key`` identifies the collective across ranks: the ranks of ``group`` that issue the
+    same key take part in the same operation.
+    """
+
+    name: str
+    key: str
+    group: tuple[int, ...]
+    op: str
+    size_bytes: float
+    algorithm: str
+    servers: int = 1
+    deps: tuple[int, ...] = ()
+    stream: str = "comm"
+
+
+Op = Compute | Collective

@@ -1,0 +1,53 @@
+"""What a simulation returns: a summary, the spans of every simulated stream, link records.
+
+The engine produces these; metrics, report and CLI only read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Span:
+    """One interval on one device stream: a kernel, a collective, or a wait for peers.
+
+    ``category`` is one of 'compute', 'comm' (a collective moving data) or 'wait' (the
+    stream has reached a collective whose peers have not all arrived).
+    """
+
+    device: int
+    stream: str
+    name: str
+    category: str
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass
+class Result:
+    """The outcome of one scenario.
+
+    ``summary`` is exactly what summary.json holds; its keys are also attributes
+    (``result.step_time_s``). ``links`` has one row per directed link that carried traffic:
+    link, src, dst, bandwidth_GBps, bytes, busy_s, utilisation.
+    """
+
+    summary: dict[str, Any]
+    scenario: dict[str, Any]
+    spans: list[Span] = field(default_factory=list)
+    links: pd.DataFrame = field(default_factory=pd.DataFrame)
+    wall_s: float = 0.0  # simulator wall time; not in summary, which must be reproducible
+
+    def __getattr__(self, name: str) -> Any:
+        summary = self.__dict__.get("summary", {})
+        if name in summary:
+            return summary[name]
+        raise AttributeError(name)

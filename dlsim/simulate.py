@@ -1,0 +1,137 @@
+"""simulate(): scenario -> topology, workload, programs -> engine -> Result.
+
+This is the one place that wires the layers together; each step lives in its own module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dlsim.cluster import build_topology, placement
+from dlsim.comm.algorithms import busbw_factor
+from dlsim.config import Scenario, load_scenario
+from dlsim.engine import Engine, EngineRun
+from dlsim.errors import ScenarioError
+from dlsim.hardware import DTYPE_BYTES
+from dlsim.metrics import breakdown, link_table
+from dlsim.program import Collective
+from dlsim.results import Result
+from dlsim.strategy import data_parallel_memory, data_parallel_program
+from dlsim.topology import Topology
+from dlsim.workload import build_model
+
+
+def simulate(source: str | Path | dict[str, Any]) -> Result:
+    """Simulate one scenario (a YAML path or a dict); bad input raises ScenarioError."""
+    file = None if isinstance(source, dict) else str(source)
+    try:
+        scenario = load_scenario(source)
+        if scenario.sweep:
+            raise ScenarioError("this scenario describes a sweep; run it with `dlsim run` "
+                                "or dlsim.sweep().", field="sweep")
+        return run_scenario(scenario)
+    except ScenarioError as exc:
+        if exc.file is None and file is not None:
+            raise ScenarioError(exc.message, file=file, field=exc.field) from None
+        raise
+
+
+def run_scenario(scenario: Scenario) -> Result:
+    topology = build_topology(scenario.cluster)
+    if scenario.kind == "collective":
+        return _collective(scenario, topology)
+    return _training(scenario, topology)
+
+
+def _symmetric(scenario: Scenario) -> bool:
+    """Homogeneous jobs are simulated by symmetry unless the scenario asks for every rank."""
+    return scenario.simulation.fidelity != "full"
+
+
+def _result(scenario: Scenario, topology: Topology, run: EngineRun, summary: dict[str, Any],
+            fidelity: str) -> Result:
+    summary["simulation"] = {"fidelity": fidelity, "events": run.events,
+                             "flows": run.network.flows_started, "seed": scenario.seed}
+    links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)
+    return Result(summary, scenario.model_dump(mode="json", exclude_none=True), run.spans,
+                  links, run.wall_s)
+
+
+def _collective(scenario: Scenario, topology: Topology) -> Result:
+    spec = scenario.collective
+    n = spec.devices or topology.n_devices
+    ranks = placement(n, topology, scenario.placement)
+    group = tuple(range(n))
+    op = Collective(spec.op, "collective", group, spec.op, spec.size_bytes, spec.algorithm,
+                    spec.servers)
+    simulated = [0] if _symmetric(scenario) else list(group)
+    run = Engine(topology, {r: [op] for r in simulated}, ranks).run()
+    time_s = run.end_s
+    algbw = spec.size_bytes / time_s if time_s > 0 else 0.0  # one rank moves nothing
+    summary = {
+        "name": scenario.name, "kind": "collective", "op": spec.op,
+        "algorithm": spec.algorithm, "devices": n, "size_bytes": spec.size_bytes,
+        "time_s": time_s, "algbw_GBps": algbw / 1e9,
+        "busbw_GBps": algbw * busbw_factor(spec.op, n) / 1e9,
+        "comm_bytes_total": run.network.bytes_injected,
+        "topology": topology.description,
+    }
+    return _result(scenario, topology, run, summary,
+                   "symmetric" if len(simulated) < n else "full")
+
+
+def _training(scenario: Scenario, topology: Topology) -> Result:
+    if topology.device is None:
+        raise ScenarioError("a training scenario needs a device profile for its cluster.",
+                            field="cluster.device")
+    device = topology.device
+    n = scenario.parallelism.data or topology.n_devices
+    ranks = placement(n, topology, scenario.placement)
+    train = scenario.training
+    if train.global_batch % n:
+        raise ScenarioError(f"global_batch ({train.global_batch}) must be a multiple of the "
+                            f"data-parallel degree ({n}).", field="training.global_batch")
+    per_rank = train.global_batch // n
+    micro = train.microbatch or per_rank
+    if per_rank % micro:
+        raise ScenarioError(f"each rank's batch ({per_rank}) must be a multiple of "
+                            f"microbatch ({micro}).", field="training.microbatch")
+    dtype = scenario.precision
+    device.peak_flops(dtype)  # reject a dtype the device lacks before simulating
+    model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2))
+    program = data_parallel_program(
+        model, device, dtype, n, per_rank // micro, train.optimizer, train.bucket_cap_mb,
+        scenario.communication.data_parallel, scenario.communication.servers, train.steps)
+    simulated = [0] if _symmetric(scenario) else list(range(n))
+    run = Engine(topology, {r: program for r in simulated}, ranks).run()
+
+    steps = train.steps
+    step_time = run.end_s / steps
+    critical = max(simulated, key=lambda r: (run.rank_end_s[r], -r))
+    parts = breakdown(run.spans, int(ranks[critical]), run.end_s)
+    matmul_flops = sum(k.flops for layer in model.layers
+                       for k in (*layer.forward, *layer.backward) if k.kind != "elementwise")
+    flops_per_device = matmul_flops * (per_rank // micro)
+    tflops = flops_per_device / step_time / 1e12
+    memory = data_parallel_memory(model, dtype, train.optimizer)
+    summary = {
+        "name": scenario.name, "kind": "training", "model": model.name,
+        "device": device.name, "devices": n, "precision": dtype,
+        "topology": topology.description,
+        "step_time_s": step_time,
+        "throughput_samples_per_s": train.global_batch / step_time,
+        "tflops_per_device": tflops,
+        "mfu": tflops * 1e12 / device.peak_flops(dtype),
+        "parameters": model.parameters,
+        "memory_per_device_bytes": memory.total,
+        "memory_breakdown_bytes": memory.as_dict(),
+        "memory_capacity_bytes": device.memory_bytes,
+        "fits_in_memory": memory.total <= device.memory_bytes,
+        "comm_bytes_total": run.network.bytes_injected / steps,
+        "breakdown_s": {k: v / steps for k, v in parts.items()},
+        "communication": scenario.communication.data_parallel,
+        "global_batch": train.global_batch, "microbatch": micro,
+    }
+    return _result(scenario, topology, run, summary,
+                   "symmetric" if len(simulated) < n else "full")

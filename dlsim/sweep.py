@@ -1,0 +1,105 @@
+"""Sweeps: a grid over scenario fields, each point simulated, results as one pandas table.
+
+A sweep is the base scenario plus ``vary``: dotted field paths mapped to lists of values
+(``cluster.devices: [8, 64]``). It comes from the scenario's own ``sweep:`` block or from
+``dlsim sweep --vary``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+from rich.progress import Progress
+
+from dlsim.config import Scenario, load_scenario
+from dlsim.errors import ScenarioError
+from dlsim.simulate import run_scenario
+
+PRIMARY_METRIC = {"training": "step_time_s", "collective": "time_s"}
+
+
+def _set(data: dict[str, Any], path: str, value: Any) -> None:
+    node = data
+    keys = path.split(".")
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ScenarioError(f"'{key}' is not a mapping, so '{path}' cannot be set.",
+                                field=f"sweep.{path}")
+        node = child
+    node[keys[-1]] = value
+
+
+def points(base: dict[str, Any], vary: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    """Every combination of the varied values, as full scenario dicts (last key fastest)."""
+    body = {k: v for k, v in base.items() if k != "sweep"}
+    for values in itertools.product(*vary.values()):
+        point = copy.deepcopy(body)
+        for path, value in zip(vary, values):
+            _set(point, path, value)
+        yield point
+
+
+def _flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def run_sweep(base: dict[str, Any], vary: dict[str, list[Any]], file: str | None = None,
+              progress: bool = True) -> pd.DataFrame:
+    """Simulate every point; one row per point: the varied values, then the summary."""
+    if not vary or any(not isinstance(v, list) or not v for v in vary.values()):
+        raise ScenarioError("a sweep needs at least one field with a non-empty list of "
+                            "values.", file=file, field="sweep")
+    grid = list(points(base, vary))
+    scenarios: list[Scenario] = []
+    for point in grid:
+        try:
+            scenarios.append(load_scenario(point))
+        except ScenarioError as exc:
+            raise ScenarioError(exc.message, file=file, field=exc.field) from None
+    rows = []
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("sweep", total=len(scenarios))
+        for point, scenario in zip(grid, scenarios):
+            try:
+                result = run_scenario(scenario)
+            except ScenarioError as exc:
+                raise ScenarioError(exc.message, file=file, field=exc.field) from None
+            row = {path: _get(point, path) for path in vary}
+            row.update(_flatten(result.summary))
+            rows.append(row)
+            bar.advance(task)
+    return pd.DataFrame(rows)
+
+
+def _get(data: dict[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        data = data[key]
+    return data
+
+
+def primary_metric(table: pd.DataFrame) -> str:
+    return PRIMARY_METRIC[table["kind"].iloc[0]]
+
+
+def pivot(table: pd.DataFrame, vary: list[str]) -> pd.DataFrame:
+    """The primary metric with the last varied field across (so crossovers line up)."""
+    metric = primary_metric(table)
+    if len(vary) < 2:
+        return table[[*vary, metric]]
+    wide = table.pivot_table(index=vary[:-1], columns=vary[-1], values=metric,
+                             aggfunc="first", sort=False)
+    wide["fastest"] = wide.idxmin(axis=1)
+    return wide.reset_index()

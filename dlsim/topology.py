@@ -1,0 +1,244 @@
+"""Topology: a directed networkx graph of devices, switches, NICs and sockets, and routing on it.
+
+Nodes: devices are the integers 0..N-1 (global device ids, node-major); everything else is a
+string such as ``"n3/nvswitch"``, ``"n3/nic0"``, ``"leaf2"`` or ``"spine0"``. Every physical
+full-duplex link is two directed edges, each with its own ``bandwidth_Bps`` (so WiFi and LTE
+can be asymmetric) and ``latency_s``. Edge ids index the numpy arrays the network model uses.
+
+Routing is shortest-hop (breadth first, deterministic). Switches that are interchangeable
+(the spines of a leaf/spine fabric) carry an ``ecmp`` group name; a route through one of them
+is spread over the group by a stable hash of (src, dst), as ECMP does in real fabrics.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from dlsim.hardware import DeviceProfile, LinkProfile
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """Bandwidth per direction (up: from the lower tier, down: towards it) and latency."""
+
+    name: str
+    up_Bps: float
+    down_Bps: float
+    latency_s: float
+
+    @classmethod
+    def of(cls, profile: LinkProfile, lanes: int = 1) -> LinkSpec:
+        return cls(profile.name, profile.up_Bps * lanes, profile.down_Bps * lanes,
+                   profile.latency_s)
+
+
+@dataclass
+class Topology:
+    """A built graph plus the arrays and route cache the network model needs."""
+
+    graph: nx.DiGraph
+    n_devices: int
+    device: DeviceProfile | None
+    devices_per_node: int
+    description: str
+    edges: list[tuple[object, object]] = field(init=False)
+    capacity_Bps: np.ndarray = field(init=False)
+    latency_s: np.ndarray = field(init=False)
+    _edge_id: dict[tuple[object, object], int] = field(init=False, repr=False)
+    _routes: dict[tuple[int, int], np.ndarray] = field(init=False, repr=False)
+    _ecmp: dict[str, list[object]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.edges = list(self.graph.edges)
+        self._edge_id = {e: i for i, e in enumerate(self.edges)}
+        self.capacity_Bps = np.array([self.graph.edges[e]["bandwidth_Bps"] for e in self.edges])
+        self.latency_s = np.array([self.graph.edges[e]["latency_s"] for e in self.edges])
+        self._routes = {}
+        self._ecmp = {}
+        for node, group in self.graph.nodes(data="ecmp"):
+            if group is not None:
+                self._ecmp.setdefault(group, []).append(node)
+
+    def node_of(self, device: int) -> int:
+        return device // self.devices_per_node
+
+    def route(self, src: int, dst: int) -> np.ndarray:
+        """Edge ids of the path from device ``src`` to device ``dst`` (cached)."""
+        key = (src, dst)
+        cached = self._routes.get(key)
+        if cached is not None:
+            return cached
+        path = _short_path(self.graph, src, dst) or nx.bidirectional_shortest_path(
+            self.graph, src, dst)
+        if self._ecmp:
+            pick = zlib.crc32(f"{src}>{dst}".encode())
+            for i, node in enumerate(path):
+                group = self.graph.nodes[node].get("ecmp")
+                if group is not None:
+                    members = self._ecmp[group]
+                    path[i] = members[pick % len(members)]
+        ids = np.fromiter((self._edge_id[(a, b)] for a, b in zip(path, path[1:])),
+                          dtype=np.int64, count=len(path) - 1)
+        self._routes[key] = ids
+        return ids
+
+    def link_label(self, edge_id: int) -> str:
+        a, b = self.edges[edge_id]
+        return f"{a}->{b}"
+
+
+def _short_path(g: nx.DiGraph, src: object, dst: object) -> list[object] | None:
+    """A one- or two-hop path found by lookup, or None.
+
+    Breadth-first search through a switch scans all of the switch's ports, which makes
+    routing quadratic on large star-like graphs; most routes are one or two hops.
+    """
+    succ = g.succ
+    if dst in succ[src]:
+        return [src, dst]
+    for mid in succ[src]:
+        if dst in succ[mid]:
+            return [src, mid, dst]
+    return None
+
+
+def add_link(g: nx.DiGraph, lower: object, upper: object, spec: LinkSpec) -> None:
+    """Join ``lower`` (device side) and ``upper`` (network side) with a full-duplex link."""
+    g.add_edge(lower, upper, bandwidth_Bps=spec.up_Bps, latency_s=spec.latency_s, link=spec.name)
+    g.add_edge(upper, lower, bandwidth_Bps=spec.down_Bps, latency_s=spec.latency_s,
+               link=spec.name)
+
+
+def _devices(g: nx.DiGraph, first: int, count: int, node: int) -> list[int]:
+    ids = list(range(first, first + count))
+    g.add_nodes_from(ids, kind="device", node=node)
+    return ids
+
+
+# --- textbook topologies -------------------------------------------------------------------
+
+def ring(n: int, spec: LinkSpec) -> nx.DiGraph:
+    g = nx.DiGraph()
+    _devices(g, 0, n, 0)
+    for i in range(n if n > 2 else n - 1):
+        add_link(g, i, (i + 1) % n, spec)
+    return g
+
+
+def star(n: int, spec: LinkSpec) -> nx.DiGraph:
+    """All devices on one non-blocking switch."""
+    g = nx.DiGraph()
+    _devices(g, 0, n, 0)
+    g.add_node("switch", kind="switch")
+    for i in range(n):
+        add_link(g, i, "switch", spec)
+    return g
+
+
+def fully_connected(n: int, spec: LinkSpec) -> nx.DiGraph:
+    g = nx.DiGraph()
+    _devices(g, 0, n, 0)
+    for i in range(n):
+        for j in range(i + 1, n):
+            add_link(g, i, j, spec)
+    return g
+
+
+def torus(dims: list[int], spec: LinkSpec, first: int = 0, g: nx.DiGraph | None = None,
+          node: int = 0) -> nx.DiGraph:
+    """A wrap-around torus; device ids are row-major over ``dims`` starting at ``first``."""
+    g = nx.DiGraph() if g is None else g
+    n = int(np.prod(dims))
+    _devices(g, first, n, node)
+    coords = np.array(np.unravel_index(np.arange(n), dims)).T
+    for idx, c in enumerate(coords):
+        for axis, size in enumerate(dims):
+            if size < 2 or (size == 2 and c[axis] == 1):
+                continue  # a dimension of 2 has one link between its two members
+            nb = c.copy()
+            nb[axis] = (c[axis] + 1) % size
+            add_link(g, first + idx, first + int(np.ravel_multi_index(nb, dims)), spec)
+    return g
+
+
+def leaf_spine(g: nx.DiGraph, endpoints: list[object], spec: LinkSpec, per_leaf: int,
+               oversubscription: float) -> None:
+    """Join ``endpoints`` with a two-tier leaf/spine (folded Clos) fabric.
+
+    Each leaf takes ``per_leaf`` endpoints; there are ceil(per_leaf / oversubscription)
+    spines and every leaf has one ``spec`` link to every spine, so the oversubscription is
+    downlinks : uplinks at each leaf. One leaf needs no spine.
+    """
+    leaves = -(-len(endpoints) // per_leaf)
+    for i, ep in enumerate(endpoints):
+        g.add_node(f"leaf{i // per_leaf}", kind="switch")
+        add_link(g, ep, f"leaf{i // per_leaf}", spec)
+    if leaves == 1:
+        return
+    spines = max(1, int(np.ceil(per_leaf / oversubscription)))
+    for s in range(spines):
+        g.add_node(f"spine{s}", kind="switch", ecmp="spine")
+        for leaf in range(leaves):
+            add_link(g, f"leaf{leaf}", f"spine{s}", spec)
+
+
+def fat_tree(n: int, spec: LinkSpec, per_leaf: int, oversubscription: float) -> nx.DiGraph:
+    g = nx.DiGraph()
+    leaf_spine(g, _devices(g, 0, n, 0), spec, per_leaf, oversubscription)
+    return g
+
+
+# --- systems: one node from a profile, many nodes on a fabric ------------------------------
+
+def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_link: LinkSpec,
+             host_link: LinkSpec, *, mesh: list[tuple[int, int, int]] = (),
+             torus_dims: list[int] = (), sockets: int = 1, socket_link: LinkSpec | None = None,
+             per_pcie_switch: int = 1, nics: int = 0) -> list[str]:
+    """Add one node's devices and internal links; return its NIC node names.
+
+    NIC j hangs off the PCIe switch that serves device group j (switch, mesh and torus
+    nodes) or off socket j mod sockets (PCIe nodes), over ``host_link``.
+    """
+    p = f"n{node}/"
+    devs = _devices(g, first, n, node) if intra != "torus" else None
+    if intra == "switch":
+        g.add_node(p + "nvswitch", kind="switch")
+        for d in devs:
+            add_link(g, d, p + "nvswitch", device_link)
+    elif intra == "mesh":
+        for a, b, lanes in mesh:
+            add_link(g, first + a, first + b, LinkSpec(device_link.name, device_link.up_Bps * lanes,
+                                                       device_link.down_Bps * lanes,
+                                                       device_link.latency_s))
+    elif intra == "torus":
+        torus(list(torus_dims), device_link, first=first, g=g, node=node)
+        devs = list(range(first, first + n))
+    nic_names = [p + f"nic{j}" for j in range(nics)]
+    g.add_nodes_from(nic_names, kind="nic")
+    if intra == "pcie":
+        switches = n // per_pcie_switch
+        for s in range(sockets):
+            g.add_node(p + f"socket{s}", kind="socket")
+            if s:
+                add_link(g, p + "socket0", p + f"socket{s}", socket_link)
+        for k in range(switches):
+            sw = p + f"pcie{k}"
+            g.add_node(sw, kind="switch")
+            add_link(g, sw, p + f"socket{k * sockets // switches}", host_link)
+            for d in devs[k * per_pcie_switch:(k + 1) * per_pcie_switch]:
+                add_link(g, d, sw, device_link)
+        for j, nic in enumerate(nic_names):
+            add_link(g, p + f"socket{j % sockets}", nic, host_link)
+    elif nics:
+        group = max(1, n // nics)
+        for j, nic in enumerate(nic_names):
+            sw = p + f"pcie{j}"
+            g.add_node(sw, kind="switch")
+            add_link(g, sw, nic, host_link)
+            for d in devs[j * group:(j + 1) * group]:
+                add_link(g, d, sw, host_link)
+    return nic_names

@@ -1,0 +1,143 @@
+"""Workload: a model as a list of layers, each with its kernels' FLOPs and bytes.
+
+Counts follow the usual analytical conventions: a GEMM of (m x k)(k x n) is 2mkn FLOPs;
+backward is two GEMMs of the same size (input and weight gradients); a transformer layer's
+forward is 24*b*s*h^2 + 4*b*s^2*h FLOPs (Narayanan et al., SC'21, §5.1) with 12h^2 + 13h
+parameters; stored activations follow Korthikanti et al. 2022, "Reducing Activation
+Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlsim.config import ModelSpec
+from dlsim.errors import ScenarioError
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel: ``kind`` is gemm, attention or elementwise (memory-bound)."""
+
+    kind: str
+    flops: float
+    bytes: float
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    params: int
+    forward: tuple[Kernel, ...]
+    backward: tuple[Kernel, ...]
+    activation_bytes: float  # stored for the backward pass, per micro-batch
+
+    @property
+    def forward_flops(self) -> float:
+        return sum(k.flops for k in self.forward)
+
+    @property
+    def backward_flops(self) -> float:
+        return sum(k.flops for k in self.backward)
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    layers: tuple[Layer, ...]
+
+    @property
+    def parameters(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+
+# name: (layers, hidden, heads, seq_len, vocab); GPT-2 sizes from Radford et al. 2019 Table 2
+# and the released configs (n_ctx 1024, vocab 50257); GPT-3 from Brown et al. 2020 Table 2.1;
+# BERT-large from Devlin et al. 2019 (L=24, H=1024, A=16, WordPiece 30522, 512 positions).
+TRANSFORMER_PRESETS: dict[str, tuple[int, int, int, int, int]] = {
+    "gpt2-124m": (12, 768, 12, 1024, 50257),
+    "gpt2-1.5b": (48, 1600, 25, 1024, 50257),
+    "gpt3-175b": (96, 12288, 96, 2048, 50257),
+    "bert-large": (24, 1024, 16, 512, 30522),
+}
+MLP_PRESETS: dict[str, list[int]] = {
+    "mlp-mnist": [784, 1024, 1024, 10],
+    "mlp-wide": [4096, 16384, 16384, 16384, 4096],
+}
+
+
+def presets() -> list[str]:
+    return sorted([*TRANSFORMER_PRESETS, *MLP_PRESETS])
+
+
+def _gemm(m: float, k: float, n: float, dtype_bytes: int) -> Kernel:
+    return Kernel("gemm", 2.0 * m * k * n, dtype_bytes * (m * k + k * n + m * n))
+
+
+def _elementwise(elements: float, dtype_bytes: int, passes: float = 2.0) -> Kernel:
+    """A memory-bound kernel reading and writing ``elements`` (``passes`` tensor sweeps)."""
+    return Kernel("elementwise", elements, dtype_bytes * elements * passes)
+
+
+def _backward_of(forward: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
+    """Input- and weight-gradient GEMMs (2x FLOPs); elementwise backward reads twice as much."""
+    return tuple(Kernel(k.kind, 2 * k.flops, 2 * k.bytes) for k in forward)
+
+
+def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: int,
+                       b: int, dtype_bytes: int, ffn: int | None = None) -> Model:
+    ffn = ffn or 4 * h
+    t = b * s  # tokens per micro-batch
+    block_fwd = (
+        _elementwise(t * h, dtype_bytes),                               # layernorm 1
+        _gemm(t, h, 3 * h, dtype_bytes),                                # QKV projection
+        Kernel("attention", 4.0 * b * s * s * h,                        # QK^T and AV
+               dtype_bytes * (3 * t * h + 2 * b * a * s * s + t * h)),
+        _elementwise(b * a * s * s, dtype_bytes),                       # softmax
+        _gemm(t, h, h, dtype_bytes),                                    # output projection
+        _elementwise(t * h, dtype_bytes, 3.0),                          # residual + layernorm 2
+        _gemm(t, h, ffn, dtype_bytes),                                  # MLP up
+        _elementwise(t * ffn, dtype_bytes),                             # GeLU
+        _gemm(t, ffn, h, dtype_bytes),                                  # MLP down
+        _elementwise(t * h, dtype_bytes, 3.0),                          # residual
+    )
+    block_params = 4 * h * h + 2 * h * ffn + 9 * h + ffn  # = 12h^2 + 13h when ffn = 4h
+    act = s * b * h * (34 + 5 * a * s / h) * dtype_bytes / 2
+    embed_fwd = (_elementwise(t * h, dtype_bytes),)
+    head_fwd = (_elementwise(t * h, dtype_bytes, 3.0),                  # final layernorm
+                _gemm(t, h, vocab, dtype_bytes),                        # logits (tied weights)
+                _elementwise(t * vocab, dtype_bytes, 3.0))              # softmax cross-entropy
+    out = [Layer("embedding", vocab * h + s * h, embed_fwd, _backward_of(embed_fwd),
+                 t * h * dtype_bytes)]
+    out += [Layer(f"block{i}", block_params, block_fwd, _backward_of(block_fwd), act)
+            for i in range(layers)]
+    out.append(Layer("lm_head", 2 * h, head_fwd, _backward_of(head_fwd),
+                     t * (h + vocab) * dtype_bytes))
+    return Model(name, tuple(out))
+
+
+def mlp_layers(name: str, widths: list[int], b: int, dtype_bytes: int) -> Model:
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        fwd = (_gemm(b, n_in, n_out, dtype_bytes), _elementwise(b * n_out, dtype_bytes))
+        layers.append(Layer(f"linear{i}", n_in * n_out + n_out, fwd, _backward_of(fwd),
+                            b * (n_in + n_out) * dtype_bytes))
+    return Model(name, tuple(layers))
+
+
+def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
+    """Layers of ``spec`` for one micro-batch of ``microbatch`` samples."""
+    if spec.preset is not None:
+        if spec.preset in TRANSFORMER_PRESETS:
+            layers, h, a, s, v = TRANSFORMER_PRESETS[spec.preset]
+            return transformer_layers(spec.preset, layers, h, a, s, v, microbatch, dtype_bytes)
+        if spec.preset in MLP_PRESETS:
+            return mlp_layers(spec.preset, MLP_PRESETS[spec.preset], microbatch, dtype_bytes)
+        raise ScenarioError(f"unknown model preset '{spec.preset}'; available: "
+                            f"{', '.join(presets())}.", field="model.preset")
+    if spec.kind == "transformer":
+        name = f"transformer-{spec.layers}x{spec.hidden}"
+        return transformer_layers(name, spec.layers, spec.hidden, spec.heads, spec.seq_len,
+                                  spec.vocab, microbatch, dtype_bytes, spec.ffn_hidden)
+    return mlp_layers("mlp-" + "-".join(map(str, spec.widths)), spec.widths, microbatch,
+                      dtype_bytes)
