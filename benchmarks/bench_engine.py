@@ -1,0 +1,68 @@
+"""Simulator speed: wall time and events per second versus device count.
+
+Run: python benchmarks/bench_engine.py  (prints a Markdown table for the README).
+Each case is simulated `REPEATS` times and the median wall time is reported; wall time is
+measured around dlsim.simulate, so it includes building the topology and routing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import dlsim
+
+REPEATS = 3
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ring_allreduce(n: int, preset: bool) -> dict:
+    cluster = ({"preset": "dgx-a100", "nodes": n // 8} if preset else
+               {"topology": "ring", "devices": n, "link": {"bandwidth_GBps": 50,
+                                                            "latency_us": 1}})
+    return {"name": f"ring-{n}", "kind": "collective", "cluster": cluster,
+            "collective": {"op": "allreduce", "algorithm": "ring", "size_bytes": 1 << 30}}
+
+
+def dp_step(fidelity: str) -> dict:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "scenarios/gpt2-1.5b-1024gpu.yaml").read_text())
+    data["simulation"] = {"fidelity": fidelity}
+    return data
+
+
+CASES = [
+    ("ring all-reduce 1 GiB, textbook ring", 1024, lambda: ring_allreduce(1024, False)),
+    ("ring all-reduce 1 GiB, textbook ring", 8192, lambda: ring_allreduce(8192, False)),
+    ("ring all-reduce 1 GiB, DGX A100 nodes on a fat tree", 1024,
+     lambda: ring_allreduce(1024, True)),
+    ("ring all-reduce 1 GiB, DGX A100 nodes on a fat tree", 8192,
+     lambda: ring_allreduce(8192, True)),
+    ("data-parallel step, GPT-2 1.5B (symmetry)", 1024, lambda: dp_step("auto")),
+    ("data-parallel step, GPT-2 1.5B (every rank)", 1024, lambda: dp_step("full")),
+]
+
+
+def main() -> None:
+    print("| case | devices | wall time (s) | events | events/s | simulated time (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, n, make in CASES:
+        walls, result = [], None
+        for _ in range(REPEATS):
+            scenario = make()
+            start = time.perf_counter()
+            result = dlsim.simulate(scenario)
+            walls.append(time.perf_counter() - start)
+        wall = statistics.median(walls)
+        events = result.summary["simulation"]["events"]
+        simulated = result.summary.get("step_time_s", result.summary.get("time_s"))
+        print(f"| {label} | {n:,} | {wall:.3f} | {events:,} | {events / wall:,.0f} | "
+              f"{simulated:.4g} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
