@@ -122,7 +122,7 @@ def _summary_cards(s: Mapping[str, Any]) -> list[Card]:
             tone = "" if fits is None else ("good" if fits else "bad")
             value, _, unit = format_bytes(mem).partition(" ")
             cards.append(Card("Memory per device", value, unit, detail, tone))
-    add("comm_bytes_total", "Communication", format_bytes, "total bytes on links")
+    add("comm_bytes_total", "Communication", format_bytes, "bytes sent by all devices")
     return cards
 
 

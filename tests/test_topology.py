@@ -1,0 +1,108 @@
+"""Topology builders and routing: shapes, routes, ECMP, placement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlsim.cluster import build_topology, placement
+from dlsim.config import ClusterSpec
+from dlsim.errors import ScenarioError
+from dlsim.topology import LinkSpec, Topology, fat_tree, ring, torus
+
+SPEC = LinkSpec("l", 1e9, 1e9, 1e-6)
+
+
+def _path(topo: Topology, src: int, dst: int) -> list[object]:
+    ids = topo.route(src, dst)
+    return [topo.edges[ids[0]][0]] + [topo.edges[i][1] for i in ids]
+
+
+def test_ring_routes_the_short_way_round():
+    topo = Topology(ring(10, SPEC), 10, None, 10, "t")
+    assert _path(topo, 0, 9) == [0, 9]
+    assert len(topo.route(0, 5)) == 5
+
+
+def test_torus_has_wraparound_neighbours():
+    g = torus([4, 4, 4], SPEC)
+    assert g.number_of_nodes() == 64
+    assert all(g.out_degree(n) == 6 for n in g)  # 3 dimensions x 2 directions
+    assert g.has_edge(0, 3) and g.has_edge(0, 48)  # wrap in the last and first dimension
+
+
+def test_torus_of_size_two_has_one_link_per_pair():
+    g = torus([2, 3], SPEC)
+    assert g.number_of_edges() == 2 * (3 + 6)  # 3 pairs along dim 0, 6 ring links along dim 1
+
+
+def test_fat_tree_oversubscription_sets_the_spines():
+    g = fat_tree(32, SPEC, per_leaf=8, oversubscription=2.0)
+    spines = [n for n, kind in g.nodes(data="kind") if kind == "switch" and "spine" in n]
+    assert len(spines) == 4  # 8 down-links per leaf : 4 up-links
+    assert g.out_degree("leaf0") == 8 + 4
+
+
+def test_ecmp_spreads_leaf_to_leaf_routes_over_all_spines():
+    topo = Topology(fat_tree(64, SPEC, per_leaf=8, oversubscription=1.0), 64, None, 64, "t")
+    spines = {next(n for n in _path(topo, s, d) if str(n).startswith("spine"))
+              for s in range(8) for d in range(8, 64)}
+    assert len(spines) == 8
+    assert topo.route(3, 40) is topo.route(3, 40)  # cached
+    assert _path(topo, 0, 1) == [0, "leaf0", 1]
+
+
+def test_dgx_a100_routes_intra_node_over_nvswitch_and_inter_node_over_nics():
+    topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=2))
+    assert topo.n_devices == 16
+    assert _path(topo, 0, 7) == [0, "n0/nvswitch", 7]
+    cross = _path(topo, 0, 8)
+    assert "n0/nic0" in cross and "n1/nic0" in cross and "n0/nvswitch" not in cross
+    nvlink = topo.capacity_Bps[topo.route(0, 7)].min()
+    ib = topo.capacity_Bps[topo.route(0, 8)].min()
+    assert nvlink == pytest.approx(300e9) and ib == pytest.approx(25e9)
+
+
+def test_dgx1_hybrid_cube_mesh_has_no_link_between_0_and_5():
+    topo = build_topology(ClusterSpec(preset="dgx1-v100"))
+    assert len(topo.route(0, 3)) == 1
+    assert topo.capacity_Bps[topo.route(0, 3)][0] == pytest.approx(50e9)  # NV2: two lanes
+    assert len(topo.route(0, 5)) == 2  # no direct NVLink: one hop through a neighbour
+
+
+def test_pcie_server_crosses_the_socket_link_between_halves():
+    topo = build_topology(ClusterSpec(preset="pcie-8gpu-2socket"))
+    same_switch = _path(topo, 0, 1)
+    other_socket = _path(topo, 0, 7)
+    assert not any("socket" in str(n) for n in same_switch)
+    assert "n0/socket0" in other_socket and "n0/socket1" in other_socket
+
+
+def test_explicit_cluster_form():
+    topo = build_topology(ClusterSpec(device="h100-sxm5-80gb", devices_per_node=8, nodes=2,
+                                      intra_node="nvswitch", inter_node="ib-ndr"))
+    assert topo.n_devices == 16
+    assert topo.capacity_Bps[topo.route(0, 1)].min() == pytest.approx(450e9)
+
+
+def test_placement_pack_and_spread():
+    topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=4))
+    assert list(placement(8, topo, "pack")) == list(range(8))
+    spread = placement(8, topo, "spread")
+    assert sorted({int(d) // 8 for d in spread}) == [0, 1, 2, 3]
+    assert len(set(spread.tolist())) == 8
+    with pytest.raises(ScenarioError, match="33"):
+        placement(33, topo, "pack")
+
+
+def test_spread_placement_makes_a_node_local_ring_cross_the_fabric():
+    """8 ranks packed in one DGX all-reduce over NVSwitch; spread over 4 nodes they cross
+    InfiniBand, 12x slower per link."""
+    import dlsim
+
+    base = {"name": "p", "kind": "collective", "cluster": {"preset": "dgx-a100", "nodes": 4},
+            "collective": {"op": "allreduce", "size_bytes": 1e9, "devices": 8}}
+    packed = dlsim.simulate(base)
+    spread = dlsim.simulate({**base, "placement": "spread"})
+    assert spread.time_s > 5 * packed.time_s
+    assert np.isclose(packed.comm_bytes_total, spread.comm_bytes_total)
