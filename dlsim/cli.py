@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import pandas as pd
 import typer
 import yaml
 from rich.console import Console
@@ -16,11 +15,9 @@ from rich.table import Table
 from dlsim import hardware
 from dlsim.config import read_yaml
 from dlsim.errors import ScenarioError
-from dlsim.output import slug, to_json, write_report_dir
-from dlsim.results import Result
+from dlsim.output import to_json, write_run, write_sweep
 from dlsim.simulate import simulate
 from dlsim.sweep import pivot, primary_metric, run_sweep
-from dlsim.tracefile import chrome_trace
 from dlsim.workload import presets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -66,33 +63,11 @@ def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_run(result: Result, out_dir: Path) -> Path:
-    from dlsim.report import render_run
-
-    files = {"summary.json": to_json(result.summary),
-             "trace.json": json.dumps(chrome_trace(result)),
-             "index.html": render_run(result)}
-    return write_report_dir(out_dir / slug(result.summary["name"]), files)
-
-
-def _write_sweep(name: str, table: pd.DataFrame, vary: list[str], base: dict[str, Any],
-                 out_dir: Path) -> Path:
-    from dlsim.report import render_sweep
-
-    metric = primary_metric(table)
-    group = vary[-1] if len(vary) > 1 else None
-    html = render_sweep(name, table, vary[0], metric, group, base)
-    rows = json.loads(table.to_json(orient="records"))
-    return write_report_dir(out_dir / slug(name), {
-        "summary.json": to_json({"name": name, "kind": "sweep", "vary": vary, "rows": rows}),
-        "sweep.csv": table.to_csv(index=False), "index.html": html})
-
-
 def _sweep(file: Path, base: dict[str, Any], vary: dict[str, list[Any]], out_dir: Path,
            as_json: bool) -> None:
     table = run_sweep(base, vary, file=str(file), progress=not as_json)
     keys = list(vary)
-    where = _write_sweep(str(base.get("name", file.stem)), table, keys, base, out_dir)
+    where = write_sweep(str(base.get("name", file.stem)), table, keys, base, out_dir)
     if as_json:
         print(table.to_json(orient="records", indent=2))
         return
@@ -112,7 +87,7 @@ def run(file: Path, out_dir: OutDir = Path("reports"), as_json: AsJson = False) 
             _sweep(file, data, data["sweep"], out_dir, as_json)
             return
         result = simulate(file)
-        where = _write_run(result, out_dir)
+        where = write_run(result, out_dir)
     except ScenarioError as exc:
         _fail(exc)
     if as_json:

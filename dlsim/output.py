@@ -13,6 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from dlsim.report import render_run, render_sweep
+from dlsim.results import Result
+from dlsim.sweep import primary_metric
+from dlsim.tracefile import chrome_trace
+
 
 def slug(name: str) -> str:
     """A directory name for a scenario name (which is untrusted text)."""
@@ -41,3 +48,23 @@ def write_report_dir(target: Path, files: dict[str, str]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def write_run(result: Result, out_dir: Path) -> Path:
+    """Write reports/<name>/: summary.json, trace.json and index.html."""
+    files = {"summary.json": to_json(result.summary),
+             "trace.json": json.dumps(chrome_trace(result)),
+             "index.html": render_run(result)}
+    return write_report_dir(out_dir / slug(result.summary["name"]), files)
+
+
+def write_sweep(name: str, table: pd.DataFrame, vary: list[str], base: dict[str, Any],
+                 out_dir: Path) -> Path:
+    """Write reports/<name>/ for a sweep: summary.json (all rows), sweep.csv, index.html."""
+    metric = primary_metric(table)
+    group = vary[-1] if len(vary) > 1 else None
+    html = render_sweep(name, table, vary[0], metric, group, base)
+    rows = json.loads(table.to_json(orient="records"))
+    return write_report_dir(out_dir / slug(name), {
+        "summary.json": to_json({"name": name, "kind": "sweep", "vary": vary, "rows": rows}),
+        "sweep.csv": table.to_csv(index=False), "index.html": html})

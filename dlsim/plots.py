@@ -180,7 +180,7 @@ def links_bar(labels: Sequence[str], utilisation: Sequence[float]) -> str:
     return _to_data_uri(fig)
 
 
-def wants_log_x(values: pd.Series) -> bool:
+def wants_log(values: pd.Series) -> bool:
     """True when the values are all positive numbers spanning more than two decades."""
     xs = pd.to_numeric(values, errors="coerce")
     return bool(len(xs) and xs.notna().all() and xs.min() > 0 and xs.max() / xs.min() > 100)
@@ -189,8 +189,8 @@ def wants_log_x(values: pd.Series) -> bool:
 def sweep_lines(table: pd.DataFrame, x: str, y: str, group: str | None) -> str:
     """Line plot of ``y`` against ``x``, one line per value of ``group``.
 
-    The x axis goes logarithmic when x is positive and spans more than two decades, as
-    sweeps over device counts or message sizes usually do.
+    An axis goes logarithmic when its values are positive and span more than two decades,
+    as sweeps over device counts or message sizes (and the times they give) usually do.
     """
     fig = _new_figure(8.0, 4.2)
     ax = fig.add_subplot()
@@ -200,9 +200,11 @@ def sweep_lines(table: pd.DataFrame, x: str, y: str, group: str | None) -> str:
         label = None if group is None else str(value)
         ax.plot(frame[x].to_numpy(), frame[y].to_numpy(), marker="o", markersize=4,
                 linewidth=1.6, label=label)
-    if wants_log_x(table[x]):
+    if wants_log(table[x]):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if wants_log(table[y]):
+        ax.set_yscale("log")
     _style(ax, f"{y} vs {x}", x, y)
     ax.grid(axis="y", color="#E6E6E6", linewidth=0.8)
     if group is not None:

@@ -269,10 +269,10 @@ def test_sweep_without_group_and_missing_columns() -> None:
 
 
 def test_log_x_only_beyond_two_decades() -> None:
-    assert plots.wants_log_x(pd.Series([2, 8, 64, 1024]))
-    assert not plots.wants_log_x(pd.Series([1, 10, 100]))
-    assert not plots.wants_log_x(pd.Series([0, 10, 1000]))
-    assert not plots.wants_log_x(pd.Series(["ring", "tree"]))
+    assert plots.wants_log(pd.Series([2, 8, 64, 1024]))
+    assert not plots.wants_log(pd.Series([1, 10, 100]))
+    assert not plots.wants_log(pd.Series([0, 10, 1000]))
+    assert not plots.wants_log(pd.Series(["ring", "tree"]))
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
