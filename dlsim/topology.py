@@ -63,9 +63,6 @@ class Topology:
             if group is not None:
                 self._ecmp.setdefault(group, []).append(node)
 
-    def node_of(self, device: int) -> int:
-        return device // self.devices_per_node
-
     def route(self, src: int, dst: int) -> np.ndarray:
         """Edge ids of the path from device ``src`` to device ``dst`` (cached)."""
         key = (src, dst)

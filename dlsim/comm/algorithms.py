@@ -26,10 +26,6 @@ class Phase:
     size_bytes: np.ndarray
     rounds: int = 1
 
-    @property
-    def bytes_total(self) -> float:
-        return float(self.size_bytes.sum()) * self.rounds
-
 
 def _ring_phase(label: str, devices: np.ndarray, chunk_bytes: float, rounds: int) -> Phase:
     """Every rank sends ``chunk_bytes`` to its successor, ``rounds`` times."""
