@@ -117,14 +117,18 @@ class ParallelismSpec(_Spec):
     pipeline: Literal[1] = 1
 
 
+AllReduceAlgorithm = Literal["ring", "tree", "halving-doubling", "direct", "hierarchical", "ps"]
+
+
 class CommunicationSpec(_Spec):
-    data_parallel: Literal["ring", "ps"] = "ring"
+    data_parallel: AllReduceAlgorithm = "ring"
     servers: int = Field(default=1, ge=1)
 
 
 class CollectiveSpec(_Spec):
-    op: Literal["allreduce", "reducescatter", "allgather"] = "allreduce"
-    algorithm: Literal["ring", "ps"] = "ring"
+    op: Literal["allreduce", "reducescatter", "allgather", "broadcast", "reduce", "alltoall",
+                "sendrecv"] = "allreduce"
+    algorithm: AllReduceAlgorithm = "ring"
     size_bytes: float = Field(gt=0)
     servers: int = Field(default=1, ge=1)
     devices: int | None = Field(default=None, ge=1)

@@ -127,7 +127,10 @@ class Engine:
 
     def _collective(self, op: Collective, rv: _Rendezvous) -> Generator:
         devices = self.placement[list(op.group)]
-        for phase in lower(op.op, op.algorithm, devices, op.size_bytes, servers=op.servers):
+        nodes = devices // self.network.topology.devices_per_node
+        for phase in lower(op.op, op.algorithm, devices, op.size_bytes, servers=op.servers,
+                           nodes=nodes):
             yield self.network.transfer(phase.src, phase.dst, phase.size_bytes,
-                                        rounds=phase.rounds, overhead_s=self.overhead_s)
+                                        rounds=phase.rounds, overhead_s=self.overhead_s,
+                                        latency_rounds=phase.latency_rounds)
         rv.done.succeed()

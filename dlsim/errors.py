@@ -10,11 +10,14 @@ from __future__ import annotations
 class ScenarioError(ValueError):
     """Invalid user input: which file, which field, what is wrong and what is allowed."""
 
-    def __init__(self, message: str, *, file: str | None = None, field: str | None = None):
-        self.file = file
-        self.field = field
-        self.message = message
-        super().__init__(self.paragraph())
+    def __init__(self, message: str, file: str | None = None, field: str | None = None):
+        # args hold the parts so that copies (SimPy re-raises type(e)(*e.args); pickling
+        # across worker processes does the same) keep the message intact
+        super().__init__(message, file, field)
+        self.message, self.file, self.field = message, file, field
+
+    def __str__(self) -> str:
+        return self.paragraph()
 
     def paragraph(self) -> str:
         where = []

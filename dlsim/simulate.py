@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dlsim.cluster import build_topology, placement
-from dlsim.comm.algorithms import busbw_factor
+from dlsim.comm.algorithms import busbw_factor, lowering
 from dlsim.config import Scenario, load_scenario
 from dlsim.engine import Engine, EngineRun
 from dlsim.errors import ScenarioError
@@ -49,6 +49,15 @@ def _symmetric(scenario: Scenario) -> bool:
     return scenario.simulation.fidelity != "full"
 
 
+def _run(engine: Engine, algorithm_field: str) -> EngineRun:
+    """Run the engine; an algorithm that cannot serve the group names the scenario field."""
+    try:
+        return engine.run()
+    except ScenarioError as exc:
+        field = algorithm_field if exc.field == "algorithm" else exc.field
+        raise ScenarioError(exc.message, field=field) from None
+
+
 def _result(scenario: Scenario, topology: Topology, run: EngineRun, summary: dict[str, Any],
             fidelity: str) -> Result:
     summary["simulation"] = {"fidelity": fidelity, "events": run.events,
@@ -60,13 +69,14 @@ def _result(scenario: Scenario, topology: Topology, run: EngineRun, summary: dic
 
 def _collective(scenario: Scenario, topology: Topology) -> Result:
     spec = scenario.collective
+    lowering(spec.op, spec.algorithm, field="collective.algorithm")
     n = spec.devices or topology.n_devices
     ranks = placement(n, topology, scenario.placement)
     group = tuple(range(n))
     op = Collective(spec.op, "collective", group, spec.op, spec.size_bytes, spec.algorithm,
                     spec.servers)
     simulated = [0] if _symmetric(scenario) else list(group)
-    run = Engine(topology, {r: [op] for r in simulated}, ranks).run()
+    run = _run(Engine(topology, {r: [op] for r in simulated}, ranks), "collective.algorithm")
     time_s = run.end_s
     algbw = spec.size_bytes / time_s if time_s > 0 else 0.0  # one rank moves nothing
     summary = {
@@ -86,6 +96,8 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         raise ScenarioError("a training scenario needs a device profile for its cluster.",
                             field="cluster.device")
     device = topology.device
+    lowering("allreduce", scenario.communication.data_parallel,
+             field="communication.data_parallel")
     n = scenario.parallelism.data or topology.n_devices
     ranks = placement(n, topology, scenario.placement)
     train = scenario.training
@@ -104,7 +116,8 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         model, device, dtype, n, per_rank // micro, train.optimizer, train.bucket_cap_mb,
         scenario.communication.data_parallel, scenario.communication.servers, train.steps)
     simulated = [0] if _symmetric(scenario) else list(range(n))
-    run = Engine(topology, {r: program for r in simulated}, ranks).run()
+    run = _run(Engine(topology, {r: program for r in simulated}, ranks),
+               "communication.data_parallel")
 
     steps = train.steps
     step_time = run.end_s / steps

@@ -7,12 +7,13 @@ can be asymmetric) and ``latency_s``. Edge ids index the numpy arrays the networ
 
 Routing is shortest-hop (breadth first, deterministic). Switches that are interchangeable
 (the spines of a leaf/spine fabric) carry an ``ecmp`` group name; a route through one of them
-is spread over the group by a stable hash of (src, dst), as ECMP does in real fabrics.
+takes member ``dst mod k`` of the group: the D-mod-K routing of InfiniBand fat trees (Zahavi
+et al., "D-Mod-K Routing Providing Non-Blocking Traffic for Shift Permutations on Real Life
+Fat Trees", 2010), under which ring-like shift patterns never share a spine link.
 """
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -72,12 +73,11 @@ class Topology:
         path = _short_path(self.graph, src, dst) or nx.bidirectional_shortest_path(
             self.graph, src, dst)
         if self._ecmp:
-            pick = zlib.crc32(f"{src}>{dst}".encode())
             for i, node in enumerate(path):
                 group = self.graph.nodes[node].get("ecmp")
                 if group is not None:
                     members = self._ecmp[group]
-                    path[i] = members[pick % len(members)]
+                    path[i] = members[dst % len(members)]
         ids = np.fromiter((self._edge_id[(a, b)] for a, b in zip(path, path[1:])),
                           dtype=np.int64, count=len(path) - 1)
         self._routes[key] = ids

@@ -78,3 +78,94 @@ def test_symmetric_and_full_fidelity_agree_exactly(algorithm):
     b = run_collective(topo, n, "allreduce", algorithm, G, servers=3, symmetric=False)
     assert a.end_s == b.end_s
     assert np.array_equal(a.network.link_bytes, b.network.link_bytes)
+
+
+def _star(n):
+    return topology_of(star(n, LinkSpec("l", B, B, ALPHA)), n)
+
+
+@pytest.mark.parametrize("n", [2, 4, 16, 256])
+def test_halving_doubling_on_a_switch(n):
+    """Thakur et al. 2005: 2 log2(N) steps, 2(N-1)/N*G bytes per rank."""
+    run = run_collective(_star(n), n, "allreduce", "halving-doubling", G)
+    steps = 2 * int(np.log2(n))
+    assert run.end_s == pytest.approx(steps * 2 * ALPHA + 2 * (n - 1) / n * G / B, rel=0.01)
+    assert run.network.bytes_injected == pytest.approx(2 * (n - 1) * G, rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [2, 8, 33])
+def test_direct_allreduce_sends_n_squared_messages(n):
+    run = run_collective(_star(n), n, "allreduce", "direct", G)
+    assert run.network.flows_started == 2 * n * (n - 1)
+    assert run.end_s == pytest.approx(2 * ((n - 1) / n * G / B + 2 * ALPHA), rel=0.01)
+
+
+@pytest.mark.parametrize("n", [4, 16, 100])
+def test_double_binary_tree_on_a_switch(n):
+    """Every tree edge streams G/2 each way at once; the busiest device link carries k such
+    flows, so the phase takes k*(G/2)/B plus a pipeline fill of 2*depth hop latencies."""
+    from dlsim.comm.algorithms import double_binary_tree
+
+    (phase,) = double_binary_tree(np.arange(n), G)
+    out_flows = np.bincount(phase.src, minlength=n).max()
+    in_flows = np.bincount(phase.dst, minlength=n).max()
+    depth = int(np.floor(np.log2(n)))  # a balanced binary tree
+    run = run_collective(_star(n), n, "allreduce", "tree", G)
+    expected = max(out_flows, in_flows) * (G / 2) / B + 2 * depth * 2 * ALPHA
+    assert run.end_s == pytest.approx(expected, rel=0.01)
+    assert out_flows <= 6  # inner node of both trees at worst: parent + 2 children, twice
+
+
+def test_tree_beats_ring_for_small_messages_at_scale():
+    n, small = 256, 4096
+    ring_t = run_collective(_star(n), n, "allreduce", "ring", small).end_s
+    tree_t = run_collective(_star(n), n, "allreduce", "tree", small).end_s
+    assert tree_t < ring_t / 10  # 2*log2(N) latencies instead of 2(N-1)
+
+
+@pytest.mark.parametrize("op,algorithm", [
+    ("broadcast", "ring"), ("reduce", "ring"), ("alltoall", "direct"), ("sendrecv", "ring")])
+def test_other_collectives(op, algorithm):
+    n = 8
+    run = run_collective(_star(n), n, op, algorithm, G)
+    if op in ("broadcast", "reduce"):  # pipelined chain: G once, N-1 hop latencies to fill
+        expected = G / B + (n - 1) * 2 * ALPHA
+    elif op == "alltoall":  # each uplink carries (N-1) blocks of G/N
+        expected = (n - 1) / n * G / B + 2 * ALPHA
+    else:
+        expected = G / B + 2 * ALPHA
+    assert run.end_s == pytest.approx(expected, rel=0.01)
+
+
+def test_hierarchical_beats_flat_ring_over_16_dgx_nodes_by_its_closed_form():
+    """16 DGX A100 nodes x 8 GPUs on a leaf/spine fat tree. Flat ring: every one of the
+    2(N-1) steps crosses InfiniBand at the ring's node boundaries. Hierarchical: NVLink ring
+    reduce-scatter (L-1 steps of G/L), 8 concurrent inter-node rings on G/L (2(M-1) steps of
+    G/(L*M)), NVLink all-gather. Each step pays its slowest path's latency."""
+    import dlsim
+    from dlsim.cluster import build_topology
+    from dlsim.config import ClusterSpec
+
+    nodes, local, size = 16, 8, float(1 << 30)
+    n = nodes * local
+    topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=nodes))
+
+    def lat(a, b):
+        return topo.latency_s[topo.route(a, b)].sum()
+
+    b_nvlink = topo.capacity_Bps[topo.route(0, 1)].min()
+    b_ib = topo.capacity_Bps[topo.route(7, 8)].min()
+    ring_lat = max(lat(r, (r + 1) % n) for r in range(n))
+    inter_lat = max(lat(r, (r + local) % n) for r in range(n))
+    flat = 2 * (n - 1) * (size / (n * b_ib) + ring_lat)
+    hier = (2 * (local - 1) * (size / (local * b_nvlink) + lat(0, 1))
+            + 2 * (nodes - 1) * (size / (local * nodes * b_ib) + inter_lat))
+    times = {}
+    for algorithm in ("ring", "hierarchical"):
+        times[algorithm] = dlsim.simulate({
+            "name": "h", "kind": "collective", "cluster": {"preset": "dgx-a100", "nodes": nodes},
+            "collective": {"size_bytes": size, "algorithm": algorithm}}).time_s
+    assert times["ring"] == pytest.approx(flat, rel=0.01)
+    assert times["hierarchical"] == pytest.approx(hier, rel=0.01)
+    assert times["ring"] / times["hierarchical"] == pytest.approx(flat / hier, rel=0.01)
+    assert flat / hier > 4

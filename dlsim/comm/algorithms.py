@@ -18,13 +18,19 @@ from dlsim.errors import ScenarioError
 
 @dataclass(frozen=True)
 class Phase:
-    """Flows ``src[i] -> dst[i]`` of ``size_bytes[i]`` each, repeated ``rounds`` times."""
+    """Flows ``src[i] -> dst[i]`` of ``size_bytes[i]`` each, repeated ``rounds`` times.
+
+    ``latency_rounds`` is how many message latencies the phase pays in sequence; it equals
+    ``rounds`` unless the phase is a pipeline (a tree or chain streaming its data in chunks
+    pays its depth in latencies but sends the bytes once).
+    """
 
     label: str
     src: np.ndarray
     dst: np.ndarray
     size_bytes: np.ndarray
     rounds: int = 1
+    latency_rounds: int | None = None
 
 
 def _ring_phase(label: str, devices: np.ndarray, chunk_bytes: float, rounds: int) -> Phase:
@@ -83,18 +89,179 @@ def parameter_server(devices: np.ndarray, size_bytes: float, servers: int = 1,
             Phase("pull from servers", shards, workers, shard)]
 
 
+def _pairs(devices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ordered pair (i, j), i != j: the O(N^2) messages of a direct exchange."""
+    n = len(devices)
+    src, dst = np.repeat(devices, n), np.tile(devices, n)
+    keep = src != dst
+    return src[keep], dst[keep]
+
+
+def direct_allreduce(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
+    """Naive all-reduce: every rank sends its G/N slice to every owner, then every owner
+    sends the reduced slice back: N(N-1) messages per phase, one latency each."""
+    if len(devices) < 2:
+        return []
+    src, dst = _pairs(devices)
+    chunk = np.full(len(src), size_bytes / len(devices))
+    return [Phase("direct reduce-scatter", src, dst, chunk),
+            Phase("direct all-gather", src, dst, chunk)]
+
+
+def direct_half(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
+    """Direct reduce-scatter or all-gather: one exchange of G/N between every pair."""
+    if len(devices) < 2:
+        return []
+    src, dst = _pairs(devices)
+    return [Phase("direct exchange", src, dst, np.full(len(src), size_bytes / len(devices)))]
+
+
+def alltoall(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
+    """All-to-all: each rank sends a distinct G/N block to every other rank."""
+    return direct_half(devices, size_bytes)
+
+
+def halving_doubling(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
+    """Rabenseifner's all-reduce (Thakur et al. 2005): reduce-scatter by recursive halving,
+    all-gather by recursive doubling. 2 log2(N) steps; each rank sends 2(N-1)/N*G."""
+    n = len(devices)
+    if n < 2:
+        return []
+    if n & (n - 1):
+        raise ScenarioError(f"halving-doubling needs a power-of-two group, got {n} ranks; "
+                            "use ring, tree or direct.", field="algorithm")
+    ranks = np.arange(n)
+    steps = int(np.log2(n))
+    phases = []
+    for k in range(steps):  # halving: partner at distance n/2^(k+1), half the data each time
+        distance = n >> (k + 1)
+        phases.append(Phase(f"halving step {k}", devices, devices[ranks ^ distance],
+                            np.full(n, size_bytes / 2 ** (k + 1))))
+    for k in range(steps):  # doubling: the mirror image
+        distance = 1 << k
+        phases.append(Phase(f"doubling step {k}", devices, devices[ranks ^ distance],
+                            np.full(n, size_bytes * distance / n)))
+    return phases
+
+
+def _binary_tree_parents(n: int) -> np.ndarray:
+    """Parent position of each position in a balanced in-order binary tree (-1: root)."""
+    parent = np.full(n, -1)
+    stack = [(0, n - 1, -1)]
+    while stack:
+        lo, hi, up = stack.pop()
+        if lo > hi:
+            continue
+        mid = (lo + hi) // 2
+        parent[mid] = up
+        stack += [(lo, mid - 1, mid), (mid + 1, hi, mid)]
+    return parent
+
+
+def tree_depth(parent: np.ndarray) -> int:
+    depth = np.zeros(len(parent), dtype=int)
+    for v in range(len(parent)):
+        u = v
+        while parent[u] >= 0:
+            depth[v] += 1
+            u = parent[u]
+    return int(depth.max())
+
+
+def double_binary_tree(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
+    """NCCL's double binary tree (Sanders, Speck & Traeff 2009): two trees, each reducing
+    and broadcasting half the data, the second the first shifted by one rank so that most
+    leaves of one are inner nodes of the other. Pipelined in chunks: every tree edge streams
+    G/2 up and G/2 down at once, and the pipeline fills in 2 x depth latencies."""
+    n = len(devices)
+    if n < 2:
+        return []
+    parent = _binary_tree_parents(n)
+    child = np.flatnonzero(parent >= 0)
+    src, dst = [], []
+    for order in (devices, np.roll(devices, -1)):
+        up_from, up_to = order[child], order[parent[child]]
+        src += [up_from, up_to]
+        dst += [up_to, up_from]
+    src_a, dst_a = np.concatenate(src), np.concatenate(dst)
+    return [Phase("double binary tree reduce + broadcast", src_a, dst_a,
+                  np.full(len(src_a), size_bytes / 2), 1, 2 * tree_depth(parent))]
+
+
+def hierarchical_allreduce(devices: np.ndarray, size_bytes: float, nodes: np.ndarray,
+                           **_: object) -> list[Phase]:
+    """Intra-node ring reduce-scatter -> inter-node ring all-reduce of each G/L slice (one
+    ring per local rank, L rings at once) -> intra-node ring all-gather (Horovod, NCCL
+    CollNet-style two-level scheme). L ranks per node, M nodes."""
+    order = np.argsort(nodes, kind="stable")
+    local = devices[order]
+    _, counts = np.unique(nodes, return_counts=True)
+    if len(set(counts.tolist())) != 1:
+        raise ScenarioError("hierarchical all-reduce needs the same number of ranks on every "
+                            f"node, got {counts.tolist()}.", field="algorithm")
+    per_node, n_nodes = int(counts[0]), len(counts)
+    grid = local.reshape(n_nodes, per_node)
+    phases = []
+    if per_node > 1:
+        intra_src, intra_dst = grid.ravel(), np.roll(grid, -1, axis=1).ravel()
+        chunk = np.full(grid.size, size_bytes / per_node)
+        phases.append(Phase("intra-node reduce-scatter", intra_src, intra_dst, chunk,
+                            per_node - 1))
+    if n_nodes > 1:
+        inter_src, inter_dst = grid.T.ravel(), np.roll(grid, -1, axis=0).T.ravel()
+        phases.append(Phase("inter-node all-reduce", inter_src, inter_dst,
+                            np.full(grid.size, size_bytes / per_node / n_nodes),
+                            2 * (n_nodes - 1)))
+    if per_node > 1:
+        phases.append(Phase("intra-node all-gather", intra_src, intra_dst, chunk,
+                            per_node - 1))
+    return phases
+
+
+def chain_broadcast(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
+    """Pipelined chain from rank 0 (NCCL's ring broadcast): G crosses every hop once and the
+    pipeline fills in N-1 latencies."""
+    n = len(devices)
+    if n < 2:
+        return []
+    return [Phase("chain broadcast", devices[:-1], devices[1:], np.full(n - 1, size_bytes),
+                  1, n - 1)]
+
+
+def chain_reduce(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
+    """Pipelined chain towards rank 0, the broadcast reversed."""
+    n = len(devices)
+    if n < 2:
+        return []
+    return [Phase("chain reduce", devices[1:], devices[:-1], np.full(n - 1, size_bytes),
+                  1, n - 1)]
+
+
+def ring_sendrecv(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
+    """Point to point as nccl-tests' sendrecv runs it: every rank sends G to the next."""
+    n = len(devices)
+    if n < 2:
+        return []
+    return [Phase("send/recv", devices, np.roll(devices, -1), np.full(n, size_bytes))]
+
+
 Lowering = Callable[..., list[Phase]]
 
 ALGORITHMS: dict[str, dict[str, Lowering]] = {
-    "allreduce": {"ring": ring_allreduce, "ps": parameter_server},
-    "reducescatter": {"ring": ring_reduce_scatter},
-    "allgather": {"ring": ring_allgather},
+    "allreduce": {"ring": ring_allreduce, "tree": double_binary_tree,
+                  "halving-doubling": halving_doubling, "direct": direct_allreduce,
+                  "hierarchical": hierarchical_allreduce, "ps": parameter_server},
+    "reducescatter": {"ring": ring_reduce_scatter, "direct": direct_half},
+    "allgather": {"ring": ring_allgather, "direct": direct_half},
+    "broadcast": {"ring": chain_broadcast},
+    "reduce": {"ring": chain_reduce},
+    "alltoall": {"direct": alltoall},
+    "sendrecv": {"ring": ring_sendrecv},
 }
 
 
-def lower(op: str, algorithm: str, devices: np.ndarray, size_bytes: float,
-          servers: int = 1) -> list[Phase]:
-    """The phases of collective ``op`` run by ``algorithm`` over ``devices``."""
+def lowering(op: str, algorithm: str, field: str = "algorithm") -> Lowering:
+    """The lowering function of ``algorithm`` for ``op``, or an input error naming both."""
     by_algorithm = ALGORITHMS.get(op)
     if by_algorithm is None:
         raise ScenarioError(f"unknown collective '{op}'; allowed: {', '.join(ALGORITHMS)}.",
@@ -102,14 +269,23 @@ def lower(op: str, algorithm: str, devices: np.ndarray, size_bytes: float,
     fn = by_algorithm.get(algorithm)
     if fn is None:
         raise ScenarioError(f"no '{algorithm}' algorithm for {op}; allowed: "
-                            f"{', '.join(by_algorithm)}.", field="algorithm")
-    return fn(np.asarray(devices), float(size_bytes), servers=servers)
+                            f"{', '.join(by_algorithm)}.", field=field)
+    return fn
+
+
+def lower(op: str, algorithm: str, devices: np.ndarray, size_bytes: float,
+          servers: int = 1, nodes: np.ndarray | None = None) -> list[Phase]:
+    """The phases of collective ``op`` run by ``algorithm`` over ``devices``; ``nodes``
+    gives each device's node (hierarchical algorithms need it)."""
+    devices = np.asarray(devices)
+    nodes = np.zeros(len(devices), dtype=int) if nodes is None else np.asarray(nodes)
+    return lowering(op, algorithm)(devices, float(size_bytes), servers=servers, nodes=nodes)
 
 
 def busbw_factor(op: str, n: int) -> float:
     """nccl-tests' bus-bandwidth factor (doc/PERFORMANCE.md): busbw = algbw * factor."""
     if op == "allreduce":
         return 2 * (n - 1) / n
-    if op in ("reducescatter", "allgather"):
+    if op in ("reducescatter", "allgather", "alltoall"):
         return (n - 1) / n
     return 1.0
