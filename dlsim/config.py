@@ -110,9 +110,11 @@ class TrainingSpec(_Spec):
 
 
 class ParallelismSpec(_Spec):
-    """Data parallelism today; tensor and pipeline degrees other than 1 are not yet modelled."""
+    """Data parallelism (with ZeRO stages) today; tensor and pipeline degrees other than 1
+    are not yet modelled."""
 
     data: int | None = Field(default=None, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 0
     tensor: Literal[1] = 1
     pipeline: Literal[1] = 1
 

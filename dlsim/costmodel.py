@@ -35,7 +35,7 @@ def layer_times_s(layer: Layer, device: DeviceProfile, dtype: str) -> tuple[floa
             sum(kernel_time_s(k, device, dtype) for k in layer.backward))
 
 
-def optimizer_time_s(params: int, optimizer: str, device: DeviceProfile) -> float:
+def optimizer_time_s(params: float, optimizer: str, device: DeviceProfile) -> float:
     """The optimizer step is memory-bound: bytes touched per parameter (fp32 master state).
 
     Adam reads parameter, gradient, m and v and writes parameter, m and v: 7 x 4 bytes.

@@ -114,7 +114,8 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
     model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2))
     program = data_parallel_program(
         model, device, dtype, n, per_rank // micro, train.optimizer, train.bucket_cap_mb,
-        scenario.communication.data_parallel, scenario.communication.servers, train.steps)
+        scenario.communication.data_parallel, scenario.communication.servers, train.steps,
+        scenario.parallelism.zero_stage)
     simulated = [0] if _symmetric(scenario) else list(range(n))
     run = _run(Engine(topology, {r: program for r in simulated}, ranks),
                "communication.data_parallel")
@@ -127,7 +128,8 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
                        for k in (*layer.forward, *layer.backward) if k.kind != "elementwise")
     flops_per_device = matmul_flops * (per_rank // micro)
     tflops = flops_per_device / step_time / 1e12
-    memory = data_parallel_memory(model, dtype, train.optimizer)
+    memory = data_parallel_memory(model, dtype, train.optimizer,
+                                  scenario.parallelism.zero_stage, n)
     summary = {
         "name": scenario.name, "kind": "training", "model": model.name,
         "device": device.name, "devices": n, "precision": dtype,

@@ -6,6 +6,15 @@ gradients are all-reduced in buckets of ``bucket_cap_mb`` MiB filled in reverse 
 each bucket launched on the communication stream as soon as the backward pass has produced it
 (Li et al., "PyTorch Distributed", VLDB 2020, §3.2.3). The optimizer step waits for every
 bucket. ``bucket_cap_mb: 0`` sends all gradients in one collective after the backward pass.
+
+ZeRO (Rajbhandari et al., SC'20) partitions model state over the N data-parallel ranks:
+stage 1 the optimizer state, stage 2 also the gradients, stage 3 also the parameters. Stages
+1 and 2 replace each bucket's all-reduce by a reduce-scatter and all-gather the updated
+parameters after the (1/N-sized) optimizer step: the same volume as all-reduce. Stage 3 also
+all-gathers each layer's parameters before its forward and again before its backward, on a
+prefetch stream, and never gathers after the step: 1.5x the all-reduce volume (§7.2.2).
+Prefetch runs one layer ahead: a layer's gather waits until the layer two places before it
+has finished, so at most two gathered layers are resident, as a bounded prefetch keeps them.
 """
 
 from __future__ import annotations
@@ -54,13 +63,17 @@ class MemoryPlan:
                 "activations": self.activations}
 
 
-def data_parallel_memory(model: Model, dtype: str, optimizer: str) -> MemoryPlan:
-    """Per-device memory of plain data parallelism: full model state plus one micro-batch
-    of stored activations."""
+def data_parallel_memory(model: Model, dtype: str, optimizer: str, zero_stage: int = 0,
+                         ranks: int = 1) -> MemoryPlan:
+    """Per-device memory: model state (partitioned over ``ranks`` as far as the ZeRO stage
+    says; ZeRO Table 1: 4Psi + K*Psi/N, 2Psi + (2+K)Psi/N, (2+2+K)Psi/N for K = 12) plus one
+    micro-batch of stored activations."""
     p = model.parameters
     weight_bytes = max(DTYPE_BYTES[dtype], 2)
-    return MemoryPlan(params=p * weight_bytes, grads=p * gradient_bytes_per_param(dtype),
-                      optimizer=p * OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype))],
+    share = [1.0 if zero_stage < stage else 1.0 / ranks for stage in (1, 2, 3)]
+    return MemoryPlan(params=p * weight_bytes * share[2],
+                      grads=p * gradient_bytes_per_param(dtype) * share[1],
+                      optimizer=p * OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype))] * share[0],
                       activations=sum(layer.activation_bytes for layer in model.layers))
 
 
@@ -79,34 +92,63 @@ def gradient_buckets(model: Model, grad_bytes: int, cap_bytes: float) -> list[li
 
 def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks: int,
                           accumulation: int, optimizer: str, bucket_cap_mb: float,
-                          algorithm: str, servers: int, steps: int) -> list[Op]:
+                          algorithm: str, servers: int, steps: int,
+                          zero_stage: int = 0) -> list[Op]:
     """The program every data-parallel rank runs (they are identical)."""
     times = [layer_times_s(layer, device, dtype) for layer in model.layers]
     grad_bytes = gradient_bytes_per_param(dtype)
+    weight_bytes = max(DTYPE_BYTES[dtype], 2)
     buckets = gradient_buckets(model, grad_bytes, bucket_cap_mb * MiB)
     last_layer_of = {b[-1]: k for k, b in enumerate(buckets)}
     group = tuple(range(ranks))
+    sharded = zero_stage > 0 and ranks > 1
+    gather_layers = zero_stage == 3 and ranks > 1
     program: list[Op] = []
+
+    def add(op: Op) -> int:
+        program.append(op)
+        return len(program) - 1
+
+    def gather(layer_index: int, phase: str, tag: str, ran: list[int]) -> tuple[int, ...]:
+        """ZeRO-3: all-gather one layer's parameters before it runs (prefetch stream), once
+        the layer two places earlier in this pass (``ran``: compute ops so far) is done."""
+        layer = model.layers[layer_index]
+        if not gather_layers or layer.params == 0:
+            return ()
+        return (add(Collective(f"allgather {layer.name} ({phase}) {tag}",
+                               f"zero3 {tag} {phase} {layer_index}", group, "allgather",
+                               layer.params * weight_bytes, "ring",
+                               deps=tuple(ran[-2:-1]), stream="prefetch")),)
+
     for step in range(steps):
         for micro in range(accumulation):
             tag = f"s{step}" + (f" mb{micro}" if accumulation > 1 else "")
+            ran: list[int] = []
             for i, layer in enumerate(model.layers):
-                program.append(Compute(f"fwd {layer.name} {tag}", times[i][0],
-                                       layer.forward_flops))
+                deps = gather(i, "fwd", tag, ran)
+                ran.append(add(Compute(f"fwd {layer.name} {tag}", times[i][0],
+                                       layer.forward_flops, deps)))
             syncing = micro == accumulation - 1
-            collectives = []
+            collectives, ran = [], []
             for i in reversed(range(len(model.layers))):
                 layer = model.layers[i]
-                program.append(Compute(f"bwd {layer.name} {tag}", times[i][1],
-                                       layer.backward_flops))
+                deps = gather(i, "bwd", tag, ran)
+                backward = add(Compute(f"bwd {layer.name} {tag}", times[i][1],
+                                       layer.backward_flops, deps))
+                ran.append(backward)
                 if syncing and ranks > 1 and i in last_layer_of:
                     k = last_layer_of[i]
                     size = sum(model.layers[j].params for j in buckets[k]) * grad_bytes
-                    program.append(Collective(
-                        f"allreduce bucket {k} s{step}", f"dp s{step} b{k}", group,
-                        "allreduce", size, algorithm, servers, deps=(len(program) - 1,)))
-                    collectives.append(len(program) - 1)
-        program.append(Compute(f"optimizer s{step}",
-                               optimizer_time_s(model.parameters, optimizer, device),
-                               deps=tuple(collectives)))
+                    op = "reducescatter" if sharded else "allreduce"
+                    collectives.append(add(Collective(
+                        f"{op} bucket {k} s{step}", f"dp s{step} b{k}", group, op, size,
+                        algorithm if op == "allreduce" else "ring", servers,
+                        deps=(backward,))))
+        owned = model.parameters / ranks if sharded else model.parameters
+        update = add(Compute(f"optimizer s{step}", optimizer_time_s(owned, optimizer, device),
+                             deps=tuple(collectives)))
+        if sharded and zero_stage < 3:
+            add(Collective(f"allgather parameters s{step}", f"zero s{step} params", group,
+                           "allgather", model.parameters * weight_bytes, "ring",
+                           deps=(update,)))
     return program

@@ -7,7 +7,7 @@ from typing import Any
 
 from dlsim.results import Result
 
-STREAM_TIDS = {"compute": 0, "comm": 1}
+STREAM_TIDS = {"compute": 0, "comm": 1, "prefetch": 2}
 
 
 def chrome_trace(result: Result) -> dict[str, Any]:
