@@ -138,14 +138,19 @@ def build_topology(cluster: ClusterSpec) -> Topology:
 
 
 def placement(n_ranks: int, topology: Topology, policy: str) -> np.ndarray:
-    """Device of each rank: ``pack`` fills node by node, ``spread`` deals ranks round-robin
-    over the nodes."""
+    """Device of each rank: ``pack`` fills socket by socket and node by node; ``spread``
+    deals ranks round-robin over the (node, socket) domains, so consecutive ranks land on
+    different nodes, or on different sockets of one node."""
     if n_ranks > topology.n_devices:
         raise ScenarioError(f"the plan needs {n_ranks} devices but the cluster has "
                             f"{topology.n_devices}.", field="parallelism.data")
     if policy == "pack":
         return np.arange(n_ranks)
-    per_node = topology.devices_per_node
-    nodes = topology.n_devices // per_node
-    ranks = np.arange(n_ranks)
-    return (ranks % nodes) * per_node + ranks // nodes
+    graph = topology.graph
+    domains: dict[tuple[int, int], list[int]] = {}
+    for d in range(topology.n_devices):
+        key = (graph.nodes[d].get("socket", 0), graph.nodes[d].get("node", 0))
+        domains.setdefault(key, []).append(d)
+    # socket-major keys: one device from each node's socket 0, then each node's socket 1...
+    dealt = [d for column in zip(*(domains[k] for k in sorted(domains))) for d in column]
+    return np.array(dealt[:n_ranks])

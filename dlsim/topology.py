@@ -227,6 +227,7 @@ def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_li
             g.add_node(sw, kind="switch")
             add_link(g, sw, p + f"socket{k * sockets // switches}", host_link)
             for d in devs[k * per_pcie_switch:(k + 1) * per_pcie_switch]:
+                g.nodes[d]["socket"] = k * sockets // switches
                 add_link(g, d, sw, device_link)
         for j, nic in enumerate(nic_names):
             add_link(g, p + f"socket{j % sockets}", nic, host_link)

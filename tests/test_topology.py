@@ -106,3 +106,28 @@ def test_spread_placement_makes_a_node_local_ring_cross_the_fabric():
     spread = dlsim.simulate({**base, "placement": "spread"})
     assert spread.time_s > 5 * packed.time_s
     assert np.isclose(packed.comm_bytes_total, spread.comm_bytes_total)
+
+
+def test_pack_beats_spread_on_the_two_socket_pcie_server():
+    """Ring all-reduce over all 8 GPUs. Packed, each PCIe-switch uplink carries one ring
+    flow; spread (ranks alternate sockets), both GPUs of a switch send off it at once, so
+    the uplink is shared by two flows: the bandwidth term doubles."""
+    import dlsim
+
+    topo = build_topology(ClusterSpec(preset="pcie-8gpu-2socket"))
+    b = topo.capacity_Bps[topo.route(0, 1)].min()
+    size, n = 1e9, 8
+    times, hot = {}, {}
+    for policy in ("pack", "spread"):
+        ranks = placement(n, topo, policy)
+        lat = max(topo.latency_s[topo.route(int(a), int(c))].sum()
+                  for a, c in zip(ranks, np.roll(ranks, -1)))
+        share = 1 if policy == "pack" else 2
+        expected = 2 * (n - 1) * (size / n / (b / share) + lat)
+        r = dlsim.simulate({"name": policy, "kind": "collective", "placement": policy,
+                            "cluster": {"preset": "pcie-8gpu-2socket"},
+                            "collective": {"size_bytes": size}})
+        assert r.time_s == pytest.approx(expected, rel=0.01)
+        times[policy], hot[policy] = r.time_s, r.links.iloc[0]
+    assert times["pack"] < times["spread"]
+    assert "pcie" in hot["spread"]["src"] and "socket" in hot["spread"]["dst"]
