@@ -18,6 +18,7 @@ from dlsim.errors import ScenarioError
 from dlsim.output import to_json, write_run, write_sweep
 from dlsim.simulate import simulate
 from dlsim.sweep import pivot, primary_metric, run_sweep
+from dlsim.validation import DEFAULT_DIR, run_validation, table_errors
 from dlsim.workload import presets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -120,6 +121,25 @@ def sweep(file: Path,
         _sweep(file, data, grid, out_dir, as_json)
     except ScenarioError as exc:
         _fail(exc)
+
+
+@app.command()
+def validate(data: Annotated[Path, typer.Option(help="Folder of published measurements.")]
+             = DEFAULT_DIR, out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
+    """Predict published measurements (shared/validation/) and print the error per row and
+    per table; writes reports/validation/."""
+    try:
+        rows = run_validation(data)
+    except ScenarioError as exc:
+        _fail(exc)
+    where = write_sweep("validation", rows, ["measured", "table"], {"data": str(data)},
+                        out_dir, y="predicted")
+    if as_json:
+        print(rows.drop(columns="unit").to_json(orient="records", indent=2))
+        return
+    _print_rows("predicted vs measured", rows.astype(object).to_dict("records"), False)
+    _print_rows("error per table", table_errors(rows).astype(object).to_dict("records"), False)
+    out.print(f"report: {where / 'index.html'}")
 
 
 LISTINGS = ("devices", "links", "systems", "models", "scenarios")

@@ -59,9 +59,10 @@ def write_run(result: Result, out_dir: Path) -> Path:
 
 
 def write_sweep(name: str, table: pd.DataFrame, vary: list[str], base: dict[str, Any],
-                 out_dir: Path) -> Path:
-    """Write reports/<name>/ for a sweep: summary.json (all rows), sweep.csv, index.html."""
-    metric = primary_metric(table)
+                out_dir: Path, y: str | None = None) -> Path:
+    """Write reports/<name>/ for a sweep: summary.json (all rows), sweep.csv, index.html;
+    the plot shows ``y`` (default: the primary metric) against the first varied column."""
+    metric = y or primary_metric(table)
     group = vary[-1] if len(vary) > 1 else None
     html = render_sweep(name, table, vary[0], metric, group, base)
     rows = json.loads(table.to_json(orient="records"))
