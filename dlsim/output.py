@@ -35,6 +35,7 @@ def write_report_dir(target: Path, files: dict[str, str]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        staging.chmod(0o755)  # mkdtemp makes it private; a report directory is not
         for name, text in files.items():
             (staging / name).write_text(text, encoding="utf-8")
         if target.exists():
