@@ -24,7 +24,7 @@ class ModelSpec(_Spec):
     """A preset name, or a transformer / MLP given by its shape."""
 
     preset: str | None = None
-    kind: Literal["transformer", "mlp"] | None = None
+    kind: Literal["transformer", "mlp", "cnn"] | None = None
     layers: int | None = Field(default=None, ge=1)
     hidden: int | None = Field(default=None, ge=1)
     heads: int | None = Field(default=None, ge=1)
@@ -39,6 +39,8 @@ class ModelSpec(_Spec):
             return self
         if self.kind is None:
             raise ValueError("give either 'preset' or 'kind' (transformer or mlp)")
+        if self.kind == "cnn":
+            raise ValueError("a cnn model is given by preset (resnet50, resnet101, vgg16)")
         need = {"transformer": ["layers", "hidden", "heads", "seq_len", "vocab"],
                 "mlp": ["widths"]}[self.kind]
         missing = [f for f in need if getattr(self, f) is None]

@@ -15,7 +15,7 @@ from dlsim.workload import Kernel, Layer
 
 def compute_efficiency(kernel: Kernel, device: DeviceProfile) -> float:
     eff = device.efficiency
-    if kernel.kind == "gemm":
+    if kernel.kind in ("gemm", "conv"):  # convolutions run as implicit GEMMs
         gflop = kernel.flops / 1e9
         return eff.gemm_max * gflop / (gflop + eff.gemm_half_gflop)
     if kernel.kind == "attention":

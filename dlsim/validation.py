@@ -65,9 +65,27 @@ def nccl_allreduce(directory: Path) -> list[Row]:
     return rows
 
 
+def ddp_v100(directory: Path) -> list[Row]:
+    """PyTorch's DDP benchmark: ResNet seconds per iteration, batch 32 per GPU, fp32, SGD,
+    25 MiB buckets, on DGX-1-style V100 machines (8 GPUs each, 4x 100 Gb/s InfiniBand)."""
+    rows = []
+    for r in _read(directory, "pytorch_ddp_benchmark_v100.csv"):
+        gpus = int(r["gpus"])
+        result = simulate({
+            "name": "ddp", "model": {"preset": r["model"]},
+            "cluster": {"preset": "dgx1-v100", "nodes": -(-gpus // 8)},
+            "precision": "fp32", "parallelism": {"data": gpus},
+            "training": {"global_batch": 32 * gpus, "optimizer": "sgd", "bucket_cap_mb": 25},
+            "communication": {"data_parallel": "ring"}})
+        rows.append(_row("pytorch_ddp_benchmark_v100", f"{r['model']} {gpus} GPUs",
+                         result.step_time_s, float(r["sec_per_iter_p50"]), "s"))
+    return rows
+
+
 TABLES: dict[str, Callable[[Path], list[Row]]] = {
     "zero_memory": zero_memory,
     "nccl_allreduce_busbw_8xA100": nccl_allreduce,
+    "pytorch_ddp_benchmark_v100": ddp_v100,
 }
 
 

@@ -17,7 +17,7 @@ from dlsim.errors import ScenarioError
 
 @dataclass(frozen=True)
 class Kernel:
-    """One kernel: ``kind`` is gemm, attention or elementwise (memory-bound)."""
+    """One kernel: ``kind`` is gemm, conv, attention or elementwise (memory-bound)."""
 
     kind: str
     flops: float
@@ -67,19 +67,21 @@ MLP_PRESETS: dict[str, list[int]] = {
 
 
 def presets() -> list[str]:
-    return sorted([*TRANSFORMER_PRESETS, *MLP_PRESETS])
+    from dlsim.cnn import CNN_PRESETS  # cnn builds on this module's kernels
+
+    return sorted([*TRANSFORMER_PRESETS, *MLP_PRESETS, *CNN_PRESETS])
 
 
 def _gemm(m: float, k: float, n: float, dtype_bytes: int) -> Kernel:
     return Kernel("gemm", 2.0 * m * k * n, dtype_bytes * (m * k + k * n + m * n))
 
 
-def _elementwise(elements: float, dtype_bytes: int, passes: float = 2.0) -> Kernel:
+def elementwise(elements: float, dtype_bytes: int, passes: float = 2.0) -> Kernel:
     """A memory-bound kernel reading and writing ``elements`` (``passes`` tensor sweeps)."""
     return Kernel("elementwise", elements, dtype_bytes * elements * passes)
 
 
-def _backward_of(forward: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
+def backward_of(forward: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
     """Input- and weight-gradient GEMMs (2x FLOPs); elementwise backward reads twice as much."""
     return tuple(Kernel(k.kind, 2 * k.flops, 2 * k.bytes) for k in forward)
 
@@ -89,29 +91,29 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
     ffn = ffn or 4 * h
     t = b * s  # tokens per micro-batch
     block_fwd = (
-        _elementwise(t * h, dtype_bytes),                               # layernorm 1
+        elementwise(t * h, dtype_bytes),                               # layernorm 1
         _gemm(t, h, 3 * h, dtype_bytes),                                # QKV projection
         Kernel("attention", 4.0 * b * s * s * h,                        # QK^T and AV
                dtype_bytes * (3 * t * h + 2 * b * a * s * s + t * h)),
-        _elementwise(b * a * s * s, dtype_bytes),                       # softmax
+        elementwise(b * a * s * s, dtype_bytes),                       # softmax
         _gemm(t, h, h, dtype_bytes),                                    # output projection
-        _elementwise(t * h, dtype_bytes, 3.0),                          # residual + layernorm 2
+        elementwise(t * h, dtype_bytes, 3.0),                          # residual + layernorm 2
         _gemm(t, h, ffn, dtype_bytes),                                  # MLP up
-        _elementwise(t * ffn, dtype_bytes),                             # GeLU
+        elementwise(t * ffn, dtype_bytes),                             # GeLU
         _gemm(t, ffn, h, dtype_bytes),                                  # MLP down
-        _elementwise(t * h, dtype_bytes, 3.0),                          # residual
+        elementwise(t * h, dtype_bytes, 3.0),                          # residual
     )
     block_params = 4 * h * h + 2 * h * ffn + 9 * h + ffn  # = 12h^2 + 13h when ffn = 4h
     act = s * b * h * (34 + 5 * a * s / h) * dtype_bytes / 2
-    embed_fwd = (_elementwise(t * h, dtype_bytes),)
-    head_fwd = (_elementwise(t * h, dtype_bytes, 3.0),                  # final layernorm
+    embed_fwd = (elementwise(t * h, dtype_bytes),)
+    head_fwd = (elementwise(t * h, dtype_bytes, 3.0),                  # final layernorm
                 _gemm(t, h, vocab, dtype_bytes),                        # logits (tied weights)
-                _elementwise(t * vocab, dtype_bytes, 3.0))              # softmax cross-entropy
-    out = [Layer("embedding", vocab * h + s * h, embed_fwd, _backward_of(embed_fwd),
+                elementwise(t * vocab, dtype_bytes, 3.0))              # softmax cross-entropy
+    out = [Layer("embedding", vocab * h + s * h, embed_fwd, backward_of(embed_fwd),
                  t * h * dtype_bytes)]
-    out += [Layer(f"block{i}", block_params, block_fwd, _backward_of(block_fwd), act)
+    out += [Layer(f"block{i}", block_params, block_fwd, backward_of(block_fwd), act)
             for i in range(layers)]
-    out.append(Layer("lm_head", 2 * h, head_fwd, _backward_of(head_fwd),
+    out.append(Layer("lm_head", 2 * h, head_fwd, backward_of(head_fwd),
                      t * (h + vocab) * dtype_bytes))
     return Model(name, tuple(out))
 
@@ -119,8 +121,8 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
 def mlp_layers(name: str, widths: list[int], b: int, dtype_bytes: int) -> Model:
     layers = []
     for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
-        fwd = (_gemm(b, n_in, n_out, dtype_bytes), _elementwise(b * n_out, dtype_bytes))
-        layers.append(Layer(f"linear{i}", n_in * n_out + n_out, fwd, _backward_of(fwd),
+        fwd = (_gemm(b, n_in, n_out, dtype_bytes), elementwise(b * n_out, dtype_bytes))
+        layers.append(Layer(f"linear{i}", n_in * n_out + n_out, fwd, backward_of(fwd),
                             b * (n_in + n_out) * dtype_bytes))
     return Model(name, tuple(layers))
 
@@ -133,6 +135,10 @@ def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
             return transformer_layers(spec.preset, layers, h, a, s, v, microbatch, dtype_bytes)
         if spec.preset in MLP_PRESETS:
             return mlp_layers(spec.preset, MLP_PRESETS[spec.preset], microbatch, dtype_bytes)
+        from dlsim.cnn import CNN_PRESETS  # cnn builds on this module's kernels
+
+        if spec.preset in CNN_PRESETS:
+            return CNN_PRESETS[spec.preset](microbatch, dtype_bytes)
         raise ScenarioError(f"unknown model preset '{spec.preset}'; available: "
                             f"{', '.join(presets())}.", field="model.preset")
     if spec.kind == "transformer":
