@@ -112,13 +112,21 @@ class TrainingSpec(_Spec):
 
 
 class ParallelismSpec(_Spec):
-    """Data parallelism (with ZeRO stages) today; tensor and pipeline degrees other than 1
-    are not yet modelled."""
+    """Data parallelism (with ZeRO stages) and pipeline parallelism (GPipe, 1F1B); tensor
+    parallelism is not yet modelled, so its degree must be 1."""
 
     data: int | None = Field(default=None, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
     tensor: Literal[1] = 1
-    pipeline: Literal[1] = 1
+    pipeline: int = Field(default=1, ge=1)
+    schedule: Literal["gpipe", "1f1b"] = "1f1b"
+
+    @model_validator(mode="after")
+    def _supported(self) -> ParallelismSpec:
+        if self.pipeline > 1 and self.zero_stage > 0:
+            raise ValueError("ZeRO with pipeline parallelism is not modelled yet; use "
+                             "zero_stage: 0 with pipeline > 1")
+        return self
 
 
 AllReduceAlgorithm = Literal["ring", "tree", "halving-doubling", "direct", "hierarchical", "ps"]

@@ -51,8 +51,13 @@ def minus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array(out, dtype=float).reshape(-1, 2)
 
 
-def breakdown(spans: list[Span], device: int, total_s: float) -> dict[str, float]:
-    """Seconds of [0, total_s] on ``device`` by category; the values sum to ``total_s``."""
+def breakdown(spans: list[Span], device: int, total_s: float,
+              pipeline: bool = False) -> dict[str, float]:
+    """Seconds of [0, total_s] on ``device`` by category; the values sum to ``total_s``.
+
+    In a pipeline a stage with nothing to do is waiting for its neighbours' activations or
+    gradients: that time, idle or blocked on a receive, is the pipeline bubble.
+    """
     mine = [s for s in spans if s.device == device]
     compute = union((s.start_s, s.end_s) for s in mine if s.category == "compute")
     comm = union((s.start_s, s.end_s) for s in mine if s.category == "comm")
@@ -62,6 +67,9 @@ def breakdown(spans: list[Span], device: int, total_s: float) -> dict[str, float
     parts = {"compute": length(compute), "exposed_comm": length(exposed), "bubble": 0.0,
              "straggler_wait": length(stalled)}
     parts["idle"] = max(total_s - sum(parts.values()), 0.0)
+    if pipeline:
+        parts["bubble"] = parts.pop("straggler_wait") + parts.pop("idle")
+        parts.update(straggler_wait=0.0, idle=0.0)
     return parts
 
 

@@ -15,6 +15,7 @@ from dlsim.engine import Engine, EngineRun
 from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES
 from dlsim.metrics import breakdown, link_table
+from dlsim.pipeline import pipeline_programs, stage_memory
 from dlsim.program import Collective
 from dlsim.results import Result
 from dlsim.strategy import data_parallel_memory, data_parallel_program
@@ -98,38 +99,49 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
     device = topology.device
     lowering("allreduce", scenario.communication.data_parallel,
              field="communication.data_parallel")
-    n = scenario.parallelism.data or topology.n_devices
+    par = scenario.parallelism
+    stages = par.pipeline
+    data = par.data or topology.n_devices // stages
+    n = data * stages
     ranks = placement(n, topology, scenario.placement)
     train = scenario.training
-    if train.global_batch % n:
+    if train.global_batch % data:
         raise ScenarioError(f"global_batch ({train.global_batch}) must be a multiple of the "
-                            f"data-parallel degree ({n}).", field="training.global_batch")
-    per_rank = train.global_batch // n
-    micro = train.microbatch or per_rank
-    if per_rank % micro:
-        raise ScenarioError(f"each rank's batch ({per_rank}) must be a multiple of "
+                            f"data-parallel degree ({data}).", field="training.global_batch")
+    per_replica = train.global_batch // data
+    micro = train.microbatch or per_replica
+    if per_replica % micro:
+        raise ScenarioError(f"each replica's batch ({per_replica}) must be a multiple of "
                             f"microbatch ({micro}).", field="training.microbatch")
     dtype = scenario.precision
     device.peak_flops(dtype)  # reject a dtype the device lacks before simulating
     model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2))
-    program = data_parallel_program(
-        model, device, dtype, n, per_rank // micro, train.optimizer, train.bucket_cap_mb,
-        scenario.communication.data_parallel, scenario.communication.servers, train.steps,
-        scenario.parallelism.zero_stage)
-    simulated = [0] if _symmetric(scenario) else list(range(n))
-    run = _run(Engine(topology, {r: program for r in simulated}, ranks),
-               "communication.data_parallel")
+    if stages > len(model.layers):
+        raise ScenarioError(f"{stages} pipeline stages for a model of {len(model.layers)} "
+                            "layers.", field="parallelism.pipeline")
+    comm = scenario.communication
+    replicas = [0] if _symmetric(scenario) else list(range(data))
+    micro_count = per_replica // micro
+    if stages == 1:
+        program = data_parallel_program(
+            model, device, dtype, n, micro_count, train.optimizer, train.bucket_cap_mb,
+            comm.data_parallel, comm.servers, train.steps, par.zero_stage)
+        programs = {r: program for r in replicas}
+        memory = data_parallel_memory(model, dtype, train.optimizer, par.zero_stage, n)
+    else:
+        programs, parts = pipeline_programs(
+            model, device, dtype, data, stages, micro_count, par.schedule, train.optimizer,
+            comm.data_parallel, comm.servers, train.steps, replicas)
+        memory = stage_memory(model, parts, dtype, train.optimizer, par.schedule, micro_count)
+    run = _run(Engine(topology, programs, ranks), "communication.data_parallel")
 
     steps = train.steps
     step_time = run.end_s / steps
-    critical = max(simulated, key=lambda r: (run.rank_end_s[r], -r))
-    parts = breakdown(run.spans, int(ranks[critical]), run.end_s)
+    critical = max(programs, key=lambda r: (run.rank_end_s[r], -r))
+    parts_s = breakdown(run.spans, int(ranks[critical]), run.end_s, pipeline=stages > 1)
     matmul_flops = sum(k.flops for layer in model.layers
                        for k in (*layer.forward, *layer.backward) if k.kind != "elementwise")
-    flops_per_device = matmul_flops * (per_rank // micro)
-    tflops = flops_per_device / step_time / 1e12
-    memory = data_parallel_memory(model, dtype, train.optimizer,
-                                  scenario.parallelism.zero_stage, n)
+    tflops = matmul_flops * micro_count * data / n / step_time / 1e12
     summary = {
         "name": scenario.name, "kind": "training", "model": model.name,
         "device": device.name, "devices": n, "precision": dtype,
@@ -144,9 +156,11 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         "memory_capacity_bytes": device.memory_bytes,
         "fits_in_memory": memory.total <= device.memory_bytes,
         "comm_bytes_total": run.network.bytes_injected / steps,
-        "breakdown_s": {k: v / steps for k, v in parts.items()},
+        "breakdown_s": {k: v / steps for k, v in parts_s.items()},
         "communication": scenario.communication.data_parallel,
         "global_batch": train.global_batch, "microbatch": micro,
+        "parallelism": {"data": data, "pipeline": stages, "schedule": par.schedule,
+                        "zero_stage": par.zero_stage, "microbatches": micro_count},
     }
     return _result(scenario, topology, run, summary,
-                   "symmetric" if len(simulated) < n else "full")
+                   "symmetric" if len(programs) < n else "full")

@@ -31,6 +31,7 @@ class Layer:
     forward: tuple[Kernel, ...]
     backward: tuple[Kernel, ...]
     activation_bytes: float  # stored for the backward pass, per micro-batch
+    output_bytes: float = 0.0  # the layer's output, what a pipeline sends to the next stage
 
     @property
     def forward_flops(self) -> float:
@@ -109,10 +110,11 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
     head_fwd = (elementwise(t * h, dtype_bytes, 3.0),                  # final layernorm
                 _gemm(t, h, vocab, dtype_bytes),                        # logits (tied weights)
                 elementwise(t * vocab, dtype_bytes, 3.0))              # softmax cross-entropy
+    hidden_bytes = t * h * dtype_bytes
     out = [Layer("embedding", vocab * h + s * h, embed_fwd, backward_of(embed_fwd),
-                 t * h * dtype_bytes)]
-    out += [Layer(f"block{i}", block_params, block_fwd, backward_of(block_fwd), act)
-            for i in range(layers)]
+                 hidden_bytes, hidden_bytes)]
+    out += [Layer(f"block{i}", block_params, block_fwd, backward_of(block_fwd), act,
+                  hidden_bytes) for i in range(layers)]
     out.append(Layer("lm_head", 2 * h, head_fwd, backward_of(head_fwd),
                      t * (h + vocab) * dtype_bytes))
     return Model(name, tuple(out))
@@ -123,7 +125,7 @@ def mlp_layers(name: str, widths: list[int], b: int, dtype_bytes: int) -> Model:
     for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
         fwd = (_gemm(b, n_in, n_out, dtype_bytes), elementwise(b * n_out, dtype_bytes))
         layers.append(Layer(f"linear{i}", n_in * n_out + n_out, fwd, backward_of(fwd),
-                            b * (n_in + n_out) * dtype_bytes))
+                            b * (n_in + n_out) * dtype_bytes, b * n_out * dtype_bytes))
     return Model(name, tuple(layers))
 
 

@@ -237,6 +237,13 @@ def chain_reduce(devices: np.ndarray, size_bytes: float, **_: object) -> list[Ph
                   1, n - 1)]
 
 
+def send(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
+    """Point to point: the first half of the group sends G each to the second half, pairwise
+    (one pair, or the same send of every data-parallel replica at once)."""
+    half = len(devices) // 2
+    return [Phase("send", devices[:half], devices[half:], np.full(half, size_bytes))]
+
+
 def ring_sendrecv(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
     """Point to point as nccl-tests' sendrecv runs it: every rank sends G to the next."""
     n = len(devices)
@@ -257,6 +264,7 @@ ALGORITHMS: dict[str, dict[str, Lowering]] = {
     "reduce": {"ring": chain_reduce},
     "alltoall": {"direct": alltoall},
     "sendrecv": {"ring": ring_sendrecv},
+    "send": {"direct": send},
 }
 
 
