@@ -101,5 +101,8 @@ def pivot(table: pd.DataFrame, vary: list[str]) -> pd.DataFrame:
         return table[[*vary, metric]]
     wide = table.pivot_table(index=vary[:-1], columns=vary[-1], values=metric,
                              aggfunc="first", sort=False)
-    wide["fastest"] = wide.idxmin(axis=1)
+    values = wide.to_numpy(dtype=float)
+    best = values.min(axis=1, keepdims=True)
+    ties = (values <= best * (1 + 1e-12)).sum(axis=1) > 1
+    wide["fastest"] = wide.idxmin(axis=1).where(~ties, "tie")
     return wide.reset_index()
