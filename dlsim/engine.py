@@ -62,12 +62,11 @@ class Engine:
     """Runs per-rank programs over a topology; ``placement[rank]`` is the rank's device."""
 
     def __init__(self, topology: Topology, programs: dict[int, list[Op]],
-                 placement: np.ndarray, overhead_s: float = 0.0):
+                 placement: np.ndarray):
         self.env = CountingEnvironment()
         self.network = Network(self.env, topology)
         self.programs = programs
         self.placement = np.asarray(placement)
-        self.overhead_s = overhead_s
         self.spans: list[Span] = []
         self.rank_end_s: dict[int, float] = {}
         self._done = {r: [self.env.event() for _ in prog] for r, prog in programs.items()}
@@ -131,6 +130,6 @@ class Engine:
         for phase in lower(op.op, op.algorithm, devices, op.size_bytes, servers=op.servers,
                            nodes=nodes):
             yield self.network.transfer(phase.src, phase.dst, phase.size_bytes,
-                                        rounds=phase.rounds, overhead_s=self.overhead_s,
+                                        rounds=phase.rounds,
                                         latency_rounds=phase.latency_rounds)
         rv.done.succeed()

@@ -16,7 +16,6 @@ class Compute:
 
     name: str
     duration_s: float
-    flops: float = 0.0
     deps: tuple[int, ...] = ()
     stream: str = "compute"
 

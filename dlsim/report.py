@@ -141,20 +141,24 @@ def _simulation_line(sim: Mapping[str, Any]) -> str:
     if sim.get("fidelity") is not None:
         parts.append(f"fidelity: {sim['fidelity']}")
     if sim.get("events") is not None:
-        wall = f" in {format_seconds(sim['wall_s'])} of wall time" if "wall_s" in sim else ""
-        rate = f" ({_sig(sim['events_per_s'])} events/s)" if "events_per_s" in sim else ""
-        parts.append(f"{sim['events']:,} events{wall}{rate}")
+        parts.append(f"{sim['events']:,} events")
     if sim.get("seed") is not None:
         parts.append(f"seed {sim['seed']}")
     return " · ".join(parts)
+
+
+def _in_order(values: Mapping[str, Any], order: tuple[str, ...]) -> dict[str, float]:
+    """``values`` as floats, the known keys in ``order`` first, any others after them."""
+    ordered = {k: float(values[k]) for k in order if k in values}
+    ordered.update({k: float(v) for k, v in values.items() if k not in ordered})
+    return ordered
 
 
 def _breakdown_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
     parts = s.get("breakdown_s") or {}
     if not parts:
         return None
-    ordered = {k: float(parts[k]) for k in _BREAKDOWN_ORDER if k in parts}
-    ordered.update({k: float(v) for k, v in parts.items() if k not in ordered})
+    ordered = _in_order(parts, _BREAKDOWN_ORDER)
     total = sum(ordered.values())
     step = float(s.get("step_time_s") or total)
     rows = [(k.replace("_", " "), format_seconds(v), f"{100 * v / step:.1f} %" if step else "–")
@@ -205,8 +209,7 @@ def _memory_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
     breakdown = s.get("memory_breakdown_bytes") or {}
     if not breakdown:
         return None
-    parts = {k: float(breakdown[k]) for k in _MEMORY_ORDER if k in breakdown}
-    parts.update({k: float(v) for k, v in breakdown.items() if k not in parts})
+    parts = _in_order(breakdown, _MEMORY_ORDER)
     total = float(s.get("memory_per_device_bytes") or sum(parts.values()))
     if total > sum(parts.values()) * 1.005:
         parts["other"] = total - sum(parts.values())

@@ -126,15 +126,13 @@ def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks
             ran: list[int] = []
             for i, layer in enumerate(model.layers):
                 deps = gather(i, "fwd", tag, ran)
-                ran.append(add(Compute(f"fwd {layer.name} {tag}", times[i][0],
-                                       layer.forward_flops, deps)))
+                ran.append(add(Compute(f"fwd {layer.name} {tag}", times[i][0], deps)))
             syncing = micro == accumulation - 1
             collectives, ran = [], []
             for i in reversed(range(len(model.layers))):
                 layer = model.layers[i]
                 deps = gather(i, "bwd", tag, ran)
-                backward = add(Compute(f"bwd {layer.name} {tag}", times[i][1],
-                                       layer.backward_flops, deps))
+                backward = add(Compute(f"bwd {layer.name} {tag}", times[i][1], deps))
                 ran.append(backward)
                 if syncing and ranks > 1 and i in last_layer_of:
                     k = last_layer_of[i]

@@ -33,14 +33,6 @@ class Layer:
     activation_bytes: float  # stored for the backward pass, per micro-batch
     output_bytes: float = 0.0  # the layer's output, what a pipeline sends to the next stage
 
-    @property
-    def forward_flops(self) -> float:
-        return sum(k.flops for k in self.forward)
-
-    @property
-    def backward_flops(self) -> float:
-        return sum(k.flops for k in self.backward)
-
 
 @dataclass(frozen=True)
 class Model:

@@ -102,8 +102,8 @@ def training_result(n_devices: int = 4, *, name: str = "gpt-tiny-dp4",
         "comm_bytes_total": 3 * 2.6e9 * 2,
         "breakdown_s": {"compute": 0.018, "exposed_comm": 0.004, "bubble": 0.0,
                         "straggler_wait": 0.002, "idle": 0.0},
-        "simulation": {"fidelity": "full", "events": 1234, "wall_s": 0.05,
-                       "events_per_s": 24680.0, "seed": 7},
+        "simulation": {"fidelity": "full", "events": 1234, "flows": 56,
+                       "seed": 7},
     }
     links = pd.DataFrame(
         [{"link": f"gpu{i}->gpu{(i + 1) % 4}", "src": f"gpu{i}", "dst": f"gpu{(i + 1) % 4}",
@@ -120,8 +120,8 @@ def collective_result() -> Result:
     summary = {"name": "allreduce-ring-4", "kind": "collective", "op": "allreduce",
                "algorithm": "ring", "devices": 4, "size_bytes": 1e9, "time_s": 0.08,
                "algbw_GBps": 12.5, "busbw_GBps": 18.75, "comm_bytes_total": 6e9,
-               "simulation": {"fidelity": "full", "events": 96, "wall_s": 0.01,
-                              "events_per_s": 9600.0, "seed": 0}}
+               "simulation": {"fidelity": "full", "events": 96, "flows": 8,
+                              "seed": 0}}
     spans = [Span(d, "comm", "allreduce", "comm", 0.0, 0.08) for d in range(4)]
     scenario = {"name": "allreduce-ring-4", "kind": "collective",
                 "collective": {"op": "allreduce", "algorithm": "ring", "size_bytes": 1e9}}

@@ -82,12 +82,11 @@ class Network:
         self._generation = 0
 
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray,
-                 rounds: int = 1, overhead_s: float = 0.0,
-                 latency_rounds: int | None = None) -> simpy.Event:
+                 rounds: int = 1, latency_rounds: int | None = None) -> simpy.Event:
         """Send ``size_bytes[i]`` from device ``src[i]`` to ``dst[i]``, all starting now.
 
         ``rounds`` identical rounds are sent back to back as one pipelined flow: each round
-        pays the path latency plus ``overhead_s`` (per-message software cost), and the bytes
+        pays the path latency, and the bytes
         of all rounds stream at the flow's fair rate. That is exact whenever the flows of a
         phase get equal rates (uncontended or symmetric phases). ``latency_rounds``
         overrides the number of latencies paid (a pipeline's depth).
@@ -101,7 +100,7 @@ class Network:
             return done.succeed()
         routes = [self.topology.route(int(s), int(d)) for s, d in zip(src, dst)]
         latency = np.array([self.topology.latency_s[r].sum() for r in routes])
-        latency = (latency + overhead_s) * (rounds if latency_rounds is None else latency_rounds)
+        latency = latency * (rounds if latency_rounds is None else latency_rounds)
         self.bytes_injected += float(size.sum())
         self.flows_started += len(src)
         batch = _Batch(pending=len(src), done=done)
