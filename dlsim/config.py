@@ -20,6 +20,9 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+Spec = _Spec  # the base for spec models defined beside their subsystem (federated, inference)
+
+
 class ModelSpec(_Spec):
     """A preset name, or a transformer / MLP given by its shape."""
 
@@ -154,10 +157,10 @@ class SimulationSpec(_Spec):
 
 class Scenario(_Spec):
     name: str = Field(min_length=1)
-    kind: Literal["training", "collective"] = "training"
+    kind: Literal["training", "collective", "federated", "edge-inference"] = "training"
     description: str = ""
     model: ModelSpec | None = None
-    cluster: ClusterSpec
+    cluster: ClusterSpec | None = None
     precision: Literal["fp32", "tf32", "fp16", "bf16", "fp8"] = "bf16"
     training: TrainingSpec | None = None
     parallelism: ParallelismSpec = ParallelismSpec()
@@ -171,6 +174,8 @@ class Scenario(_Spec):
 
     @model_validator(mode="after")
     def _kind_needs(self) -> Scenario:
+        if self.kind in ("training", "collective") and self.cluster is None:
+            raise ValueError(f"a {self.kind} scenario needs 'cluster'")
         if self.kind == "training":
             missing = [f for f in ("model", "training") if getattr(self, f) is None]
             if missing:

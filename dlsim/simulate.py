@@ -5,6 +5,7 @@ This is the one place that wires the layers together; each step lives in its own
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from dlsim.results import Result
 from dlsim.strategy import data_parallel_memory, data_parallel_program
 from dlsim.topology import Topology
 from dlsim.workload import build_model
+
+# Kinds with their own simulator, each in its own package: kind -> (Scenario -> Result).
+_OTHER_KINDS: dict[str, Callable[[Scenario], Result]] = {}
 
 
 def simulate(source: str | Path | dict[str, Any]) -> Result:
@@ -39,6 +43,8 @@ def simulate(source: str | Path | dict[str, Any]) -> Result:
 
 
 def run_scenario(scenario: Scenario) -> Result:
+    if scenario.kind in _OTHER_KINDS:
+        return _OTHER_KINDS[scenario.kind](scenario)
     topology = build_topology(scenario.cluster)
     if scenario.kind == "collective":
         return _collective(scenario, topology)
