@@ -11,16 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from dlsim.errors import ScenarioError
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-Spec = _Spec  # the base for spec models defined beside their subsystem (federated, inference)
+from dlsim.spec import Spec as _Spec
 
 
 class ModelSpec(_Spec):
