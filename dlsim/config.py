@@ -109,20 +109,29 @@ class TrainingSpec(_Spec):
 
 
 class ParallelismSpec(_Spec):
-    """Data parallelism (with ZeRO stages) and pipeline parallelism (GPipe, 1F1B); tensor
-    parallelism is not yet modelled, so its degree must be 1."""
+    """Data (with ZeRO stages), tensor (Megatron-LM) and pipeline parallelism (GPipe, 1F1B,
+    interleaved 1F1B with ``virtual_stages`` model chunks per device), activation
+    recomputation and optimizer offload."""
 
     data: int | None = Field(default=None, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
-    tensor: Literal[1] = 1
+    tensor: int = Field(default=1, ge=1)
     pipeline: int = Field(default=1, ge=1)
-    schedule: Literal["gpipe", "1f1b"] = "1f1b"
+    schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
+    virtual_stages: int = Field(default=1, ge=1)
+    recompute: Literal["none", "selective", "full"] = "none"
+    offload: Literal["none", "optimizer"] = "none"
 
     @model_validator(mode="after")
     def _supported(self) -> ParallelismSpec:
-        if self.pipeline > 1 and self.zero_stage > 0:
-            raise ValueError("ZeRO with pipeline parallelism is not modelled yet; use "
-                             "zero_stage: 0 with pipeline > 1")
+        if self.pipeline > 1 and self.zero_stage > 1:
+            raise ValueError("ZeRO stages 2 and 3 partition gradients and parameters that a "
+                             "pipeline accumulates over micro-batches; with pipeline > 1 use "
+                             "zero_stage 0 or 1")
+        if self.schedule == "interleaved" and self.pipeline == 1:
+            raise ValueError("the interleaved schedule needs pipeline > 1")
+        if self.virtual_stages > 1 and self.schedule != "interleaved":
+            raise ValueError("virtual_stages > 1 needs schedule: interleaved")
         return self
 
 

@@ -22,6 +22,21 @@ class Kernel:
     kind: str
     flops: float
     bytes: float
+    name: str = ""  # its role in the layer (qkv, attention, softmax, ...), for strategies
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """A convolution or pooling window over a square feature map, with 'same' padding
+    (kernel - 1) // 2: what spatial partitioning needs to know about a layer."""
+
+    op: str  # conv or pool
+    c_in: int
+    c_out: int
+    kernel: int
+    stride: int
+    hw_in: int
+    hw_out: int
 
 
 @dataclass(frozen=True)
@@ -32,12 +47,14 @@ class Layer:
     backward: tuple[Kernel, ...]
     activation_bytes: float  # stored for the backward pass, per micro-batch
     output_bytes: float = 0.0  # the layer's output, what a pipeline sends to the next stage
+    convs: tuple[ConvShape, ...] = ()  # the windows a CNN layer slides, in order
 
 
 @dataclass(frozen=True)
 class Model:
     name: str
     layers: tuple[Layer, ...]
+    input_bytes: float = 0.0  # one micro-batch of input, where the model defines it
 
     @property
     def parameters(self) -> int:
@@ -65,18 +82,19 @@ def presets() -> list[str]:
     return sorted([*TRANSFORMER_PRESETS, *MLP_PRESETS, *CNN_PRESETS])
 
 
-def _gemm(m: float, k: float, n: float, dtype_bytes: int) -> Kernel:
-    return Kernel("gemm", 2.0 * m * k * n, dtype_bytes * (m * k + k * n + m * n))
+def _gemm(m: float, k: float, n: float, dtype_bytes: int, name: str = "") -> Kernel:
+    return Kernel("gemm", 2.0 * m * k * n, dtype_bytes * (m * k + k * n + m * n), name)
 
 
-def elementwise(elements: float, dtype_bytes: int, passes: float = 2.0) -> Kernel:
+def elementwise(elements: float, dtype_bytes: int, passes: float = 2.0,
+                name: str = "") -> Kernel:
     """A memory-bound kernel reading and writing ``elements`` (``passes`` tensor sweeps)."""
-    return Kernel("elementwise", elements, dtype_bytes * elements * passes)
+    return Kernel("elementwise", elements, dtype_bytes * elements * passes, name)
 
 
 def backward_of(forward: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
     """Input- and weight-gradient GEMMs (2x FLOPs); elementwise backward reads twice as much."""
-    return tuple(Kernel(k.kind, 2 * k.flops, 2 * k.bytes) for k in forward)
+    return tuple(Kernel(k.kind, 2 * k.flops, 2 * k.bytes, k.name) for k in forward)
 
 
 def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: int,
@@ -84,24 +102,24 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
     ffn = ffn or 4 * h
     t = b * s  # tokens per micro-batch
     block_fwd = (
-        elementwise(t * h, dtype_bytes),                               # layernorm 1
-        _gemm(t, h, 3 * h, dtype_bytes),                                # QKV projection
+        elementwise(t * h, dtype_bytes, name="layernorm1"),
+        _gemm(t, h, 3 * h, dtype_bytes, "qkv"),
         Kernel("attention", 4.0 * b * s * s * h,                        # QK^T and AV
-               dtype_bytes * (3 * t * h + 2 * b * a * s * s + t * h)),
-        elementwise(b * a * s * s, dtype_bytes),                       # softmax
-        _gemm(t, h, h, dtype_bytes),                                    # output projection
-        elementwise(t * h, dtype_bytes, 3.0),                          # residual + layernorm 2
-        _gemm(t, h, ffn, dtype_bytes),                                  # MLP up
-        elementwise(t * ffn, dtype_bytes),                             # GeLU
-        _gemm(t, ffn, h, dtype_bytes),                                  # MLP down
-        elementwise(t * h, dtype_bytes, 3.0),                          # residual
+               dtype_bytes * (3 * t * h + 2 * b * a * s * s + t * h), "attention"),
+        elementwise(b * a * s * s, dtype_bytes, name="softmax"),
+        _gemm(t, h, h, dtype_bytes, "proj"),                            # output projection
+        elementwise(t * h, dtype_bytes, 3.0, "residual1+layernorm2"),
+        _gemm(t, h, ffn, dtype_bytes, "mlp_up"),
+        elementwise(t * ffn, dtype_bytes, name="gelu"),
+        _gemm(t, ffn, h, dtype_bytes, "mlp_down"),
+        elementwise(t * h, dtype_bytes, 3.0, "residual2"),
     )
     block_params = 4 * h * h + 2 * h * ffn + 9 * h + ffn  # = 12h^2 + 13h when ffn = 4h
     act = s * b * h * (34 + 5 * a * s / h) * dtype_bytes / 2
-    embed_fwd = (elementwise(t * h, dtype_bytes),)
-    head_fwd = (elementwise(t * h, dtype_bytes, 3.0),                  # final layernorm
-                _gemm(t, h, vocab, dtype_bytes),                        # logits (tied weights)
-                elementwise(t * vocab, dtype_bytes, 3.0))              # softmax cross-entropy
+    embed_fwd = (elementwise(t * h, dtype_bytes, name="embedding"),)
+    head_fwd = (elementwise(t * h, dtype_bytes, 3.0, "final_layernorm"),
+                _gemm(t, h, vocab, dtype_bytes, "logits"),              # tied weights
+                elementwise(t * vocab, dtype_bytes, 3.0, "cross_entropy"))
     hidden_bytes = t * h * dtype_bytes
     out = [Layer("embedding", vocab * h + s * h, embed_fwd, backward_of(embed_fwd),
                  hidden_bytes, hidden_bytes)]
@@ -118,7 +136,7 @@ def mlp_layers(name: str, widths: list[int], b: int, dtype_bytes: int) -> Model:
         fwd = (_gemm(b, n_in, n_out, dtype_bytes), elementwise(b * n_out, dtype_bytes))
         layers.append(Layer(f"linear{i}", n_in * n_out + n_out, fwd, backward_of(fwd),
                             b * (n_in + n_out) * dtype_bytes, b * n_out * dtype_bytes))
-    return Model(name, tuple(layers))
+    return Model(name, tuple(layers), b * widths[0] * dtype_bytes)
 
 
 def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
