@@ -4,10 +4,14 @@ the stride on the 3x3 convolution) and VGG-16 (Simonyan & Zisserman 2015), 224x2
 A convolution is an implicit GEMM of 2*Cin*Cout*k^2*Hout*Wout FLOPs per image; its weights
 are Cin*Cout*k^2 parameters (no bias before batch norm). Batch norm (2C parameters), ReLU,
 pooling and residual adds are memory-bound. Stored activations: the output of every conv,
-batch norm and ReLU, which autograd keeps for the backward pass.
+batch norm and ReLU, which autograd keeps for the backward pass. Backward is the input- and
+weight-gradient convolutions, except for the first, whose input is the data: autograd
+computes no gradient for it, so its backward is the weight gradient alone.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from dlsim.workload import ConvShape, Kernel, Layer, Model, backward_of, elementwise
 
@@ -16,6 +20,13 @@ def _conv(c_in: int, c_out: int, k: int, hw_out: int, b: int, dt: int) -> Kernel
     pixels = b * hw_out * hw_out
     flops = 2.0 * c_in * c_out * k * k * pixels
     return Kernel("conv", flops, dt * (c_in * c_out * k * k + pixels * (c_in + c_out)))
+
+
+def _without_input_gradient(layer: Layer) -> Layer:
+    """The layer reading the data: its first kernel's backward is one convolution, not two."""
+    first, *rest = layer.backward
+    return replace(layer, backward=(replace(first, flops=first.flops / 2,
+                                            bytes=first.bytes / 2), *rest))
 
 
 class _Builder:
@@ -53,6 +64,7 @@ def resnet(name: str, blocks: tuple[int, ...], b: int, dt: int) -> Model:
     m = _Builder(b, dt)
     m.layer("conv1", [(3, 64, 7, 112, 2)], extra_elements=b * 64 * 56 * 56,
             pool=(3, 2))  # + 3x3 max-pool, stride 2
+    m.layers[0] = _without_input_gradient(m.layers[0])
     c_in, hw = 64, 56
     for stage, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512))):
         for i in range(count):
@@ -82,6 +94,7 @@ def vgg16(b: int, dt: int) -> Model:
         hw //= 2
         m.layer(f"block{stage + 1}", convs, norm=False, extra_elements=b * width * hw * hw,
                 pool=(2, 2))
+    m.layers[0] = _without_input_gradient(m.layers[0])
     for i, (n_in, n_out) in enumerate(((512 * 49, 4096), (4096, 4096), (4096, 1000))):
         fwd = (Kernel("gemm", 2.0 * b * n_in * n_out, dt * (n_in * n_out + b * (n_in + n_out))),
                elementwise(b * n_out, dt))

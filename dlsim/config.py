@@ -100,12 +100,22 @@ class ClusterSpec(_Spec):
         return self
 
 
+class LoraSpec(_Spec):
+    """LoRA fine-tuning (Hu et al. 2021): the base weights are frozen and rank-``rank``
+    adapters train on the weight matrices named in ``targets`` (GPT: qkv, proj, mlp_up,
+    mlp_down; LLaMA: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."""
+
+    rank: int = Field(ge=1)
+    targets: list[str] = Field(min_length=1)
+
+
 class TrainingSpec(_Spec):
     global_batch: int = Field(ge=1)
     microbatch: int | None = Field(default=None, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
     bucket_cap_mb: float = Field(default=25.0, ge=0)
     steps: int = Field(default=1, ge=1)
+    lora: LoraSpec | None = None
 
 
 class ParallelismSpec(_Spec):

@@ -1,0 +1,127 @@
+"""The per-device memory model against closed forms written out here: ZeRO's model-state
+formulas, Korthikanti et al.'s activation formulas for each recomputation mode and tensor
+degree, LoRA's adapter count, optimizer offload and the pipeline's micro-batches in flight."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlsim.config import LoraSpec, ModelSpec
+from dlsim.errors import ScenarioError
+from dlsim.memory import fits_in_memory, memory_per_device, pipeline_stages
+from dlsim.workload import build_model, transformer_layers
+
+K = 12  # mixed-precision Adam (ZeRO §3.1)
+
+
+def _gpt(layers: int = 4, h: int = 1024, a: int = 16, s: int = 2048, b: int = 2):
+    return transformer_layers("gpt", layers, h, a, s, 51200, b, 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(heads=st.sampled_from([8, 16, 32]), head_dim=st.sampled_from([64, 128]),
+       s=st.sampled_from([512, 1024, 2048]), b=st.integers(1, 4),
+       t=st.sampled_from([1, 2, 4, 8]))
+def test_block_activations_follow_korthikanti_table_2(heads, head_dim, s, b, t):
+    """Per block at 16 bit: s·b·h·(34 + 5as/h)/t with tensor + sequence parallelism,
+    34·s·b·h/t with selective recomputation, 2·s·b·h with full recomputation."""
+    h = heads * head_dim
+    model = transformer_layers("gpt", 2, h, heads, s, 51200, b, 2)
+    block = [1]  # layer 0 is the embedding
+
+    def acts(mode: str) -> float:
+        return memory_per_device(model, "bf16", "adam", tensor=t, stage_layers=block,
+                                 recompute=mode).activations
+
+    assert acts("none") == pytest.approx(s * b * h * (34 + 5 * heads * s / h) / t, rel=1e-12)
+    assert acts("selective") == pytest.approx(34 * s * b * h / t, rel=1e-12)
+    assert acts("full") == pytest.approx(2 * s * b * h, rel=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(stage=st.sampled_from([0, 1, 2, 3]), data=st.sampled_from([1, 2, 8, 64]),
+       t=st.sampled_from([1, 2, 8]))
+def test_model_state_follows_zero_table_1_on_each_tensor_shard(stage, data, t):
+    """Ψ = parameters per tensor rank; baseline (2+2+K)Ψ, stage 1 4Ψ + KΨ/N_d, stage 2
+    2Ψ + (2+K)Ψ/N_d, stage 3 (2+2+K)Ψ/N_d (Rajbhandari et al. SC'20, Figure 1)."""
+    model = _gpt()
+    psi = model.parameters / t
+    expected = {0: (2 + 2 + K) * psi, 1: 4 * psi + K * psi / data,
+                2: 2 * psi + (2 + K) * psi / data, 3: (2 + 2 + K) * psi / data}[stage]
+    plan = memory_per_device(model, "bf16", "adam", data=data, tensor=t, zero_stage=stage)
+    assert plan.params + plan.grads + plan.optimizer == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_offload_moves_exactly_the_optimizer_partition_to_the_host(stage):
+    """ZeRO-Offload: K·Ψ/N_d leaves the device for host memory; each step the device's
+    2-byte gradients of that partition go down and its 2-byte weights come back."""
+    model, data = _gpt(), 8
+    psi = model.parameters
+    kept = memory_per_device(model, "bf16", "adam", data=data, zero_stage=stage)
+    off = memory_per_device(model, "bf16", "adam", data=data, zero_stage=stage,
+                            offload="optimizer")
+    assert kept.total - off.total == pytest.approx(K * psi / data, rel=1e-12)
+    assert off.optimizer == 0 and off.host == pytest.approx(K * psi / data, rel=1e-12)
+    assert off.offload_bytes_per_step == pytest.approx((2 + 2) * psi / data, rel=1e-12)
+    assert (off.params, off.grads, off.activations) == (kept.params, kept.grads,
+                                                        kept.activations)
+
+
+def test_lora_trainable_parameters_are_r_times_d_in_plus_d_out():
+    """LLaMA-2-7B with rank-8 adapters on q_proj and v_proj (both 4096 x 4096, 32 blocks):
+    32 · 2 · 8 · (4096 + 4096) = 4,194,304, the figure peft prints for this configuration."""
+    model = build_model(ModelSpec(preset="llama-2-7b"), 1, 2)
+    lora = LoraSpec(rank=8, targets=["q_proj", "v_proj"])
+    plan = memory_per_device(model, "bf16", "adam", lora=lora)
+    assert plan.trainable_params == 32 * 2 * 8 * (4096 + 4096) == 4_194_304
+    # 70B: q is 8192 x 8192, v 8192 x 1024 (8 KV heads of 128)
+    big = build_model(ModelSpec(preset="llama-2-70b"), 1, 2)
+    assert memory_per_device(big, "bf16", "adam", lora=LoraSpec(
+        rank=16, targets=["q_proj", "v_proj"])).trainable_params == \
+        80 * 16 * ((8192 + 8192) + (8192 + 1024))
+
+
+def test_lora_keeps_frozen_weights_in_16_bits_and_state_only_for_adapters():
+    model = build_model(ModelSpec(preset="llama-2-7b"), 1, 2)
+    full = memory_per_device(model, "bf16", "adam")
+    lora = memory_per_device(model, "bf16", "adam",
+                             lora=LoraSpec(rank=16, targets=["q_proj", "k_proj", "v_proj",
+                                                             "o_proj"]))
+    adapters = 32 * 4 * 16 * (4096 + 4096)
+    assert lora.params == 2 * model.parameters + 2 * adapters
+    assert lora.grads == 2 * adapters and lora.optimizer == K * adapters
+    assert lora.activations == full.activations
+    assert full.params + full.grads + full.optimizer == 16 * model.parameters
+
+
+def test_lora_rejects_targets_the_model_lacks():
+    model = build_model(ModelSpec(preset="gpt2-124m"), 1, 2)
+    with pytest.raises(ScenarioError, match="q_proj") as err:
+        memory_per_device(model, "bf16", "adam", lora=LoraSpec(rank=8, targets=["q_proj"]))
+    assert err.value.field == "training.lora.targets" and "qkv" in err.value.message
+
+
+@pytest.mark.parametrize("p", [1, 2, 4])
+def test_pipeline_stage_holds_its_layers_and_micro_batches_in_flight(p):
+    """Blocks cut evenly, the embedding on the first stage and the head on the last; the
+    fullest stage's model state (16 bytes per parameter) plus m micro-batches in flight."""
+    model, m = _gpt(layers=8), 4
+    parts = pipeline_stages(model, p)
+    assert [len(x) for x in parts] == ([10] if p == 1 else
+                                       [1 + 8 // p] + [8 // p] * (p - 2) + [8 // p + 1])
+    assert sum(parts, []) == list(range(len(model.layers)))
+
+    def stage_bytes(layers) -> float:
+        return sum(16 * x.params + m * x.activation_bytes for x in layers)
+
+    expected = max(stage_bytes(model.layers[i] for i in part) for part in parts)
+    plan = memory_per_device(model, "bf16", "adam", pipeline=p, in_flight_microbatches=m)
+    assert plan.total == pytest.approx(expected, rel=1e-12)
+
+
+def test_fits_in_memory_compares_with_capacity():
+    plan = memory_per_device(_gpt(), "bf16", "adam")
+    assert fits_in_memory(plan, plan.total) and not fits_in_memory(plan, plan.total - 1)
