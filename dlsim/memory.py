@@ -4,10 +4,11 @@ Model state (Rajbhandari et al., "ZeRO", SC'20, §3.1 and Table 1): mixed-precis
 keeps 16-bit weights and gradients (2 + 2 bytes per parameter) and K bytes of optimizer state
 (K = 12 for Adam: fp32 master weights, momentum and variance). ZeRO stage 1 partitions the
 optimizer state over the N_d data-parallel ranks, stage 2 also the gradients, stage 3 also
-the weights. Tensor parallelism (Shoeybi et al. 2019) splits every weight matrix and the
-vocabulary t ways, so model state is divided by t (the layer norms' few h-sized vectors,
-which Megatron-LM replicates, are counted as split: under 0.1 % of a block for h >= 1024);
-a pipeline stage holds its own layers' state only.
+the weights; stage 3 then holds the layers it computes gathered, as many as its prefetch
+keeps resident (two: ``dlsim.strategy``). Tensor parallelism (Shoeybi et al. 2019) splits
+every weight matrix and the vocabulary t ways, so model state is divided by t (the layer
+norms' few h-sized vectors, which Megatron-LM replicates, are counted as split: under 0.1 %
+of a block for h >= 1024); a pipeline stage holds its own layers' state only.
 
 Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation", §4, Table 2): a GPT
 block stores s*b*h*(34 + 5*a*s/h) bytes at 16 bit. Tensor parallelism with sequence
@@ -47,6 +48,7 @@ OPTIMIZER_STATE_BYTES = {
     ("sgd", True): 8,     # fp32 master weights, momentum
     ("sgd", False): 4,    # momentum
 }
+ZERO3_RESIDENT_LAYERS = 2  # the layer running and the one prefetched (dlsim.strategy)
 RECOMPUTE = ("none", "selective", "full")
 OFFLOAD = ("none", "optimizer")
 
@@ -67,24 +69,27 @@ def gradient_bytes_per_param(dtype: str) -> int:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Bytes per device by what they hold; ``host`` and ``offload_bytes_per_step`` are what
-    offloading puts in host memory and moves over PCIe each step."""
+    """Bytes per device by what they hold (``gathered``: ZeRO-3's all-gathered layers);
+    ``host`` and ``offload_bytes_per_step`` are what offloading puts in host memory and
+    moves over PCIe each step."""
 
     params: float
     grads: float
     optimizer: float
     activations: float
+    gathered: float = 0.0
     host: float = 0.0
     offload_bytes_per_step: float = 0.0
     trainable_params: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.params + self.grads + self.optimizer + self.activations
+        return self.params + self.grads + self.optimizer + self.activations + self.gathered
 
     def as_dict(self) -> dict[str, float]:
-        return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
-                "activations": self.activations}
+        parts = {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
+                 "activations": self.activations}
+        return parts | ({"gathered": self.gathered} if self.gathered else {})
 
 
 def fits_in_memory(plan: MemoryPlan, capacity_bytes: float) -> bool:
@@ -154,12 +159,17 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
     params = (frozen * 2 + trainable * weight_bytes_per_param(dtype)) * share[2]
     activations = in_flight_microbatches * sum(stored_activations(layer, tensor, recompute)
                                                for layer in layers)
+    gathered = 0.0
+    if zero_stage == 3 and data > 1:
+        largest = max((layer.params for layer in layers), default=0) / tensor
+        gathered = ZERO3_RESIDENT_LAYERS * largest * weight_bytes_per_param(dtype)
     host = traffic = 0.0
     if offload == "optimizer":
         host, optimizer_bytes = optimizer_bytes, 0.0
         owned = trainable * share[0]
         traffic = owned * (gradient_bytes_per_param(dtype) + weight_bytes_per_param(dtype))
-    return MemoryPlan(params, grads, optimizer_bytes, activations, host, traffic, trainable)
+    return MemoryPlan(params, grads, optimizer_bytes, activations, gathered, host, traffic,
+                      trainable)
 
 
 def stage_memory(model: Model, parts: list[list[int]], dtype: str, optimizer: str,

@@ -54,6 +54,17 @@ def test_model_state_follows_zero_table_1_on_each_tensor_shard(stage, data, t):
     assert plan.params + plan.grads + plan.optimizer == pytest.approx(expected, rel=1e-12)
 
 
+def test_zero3_holds_two_gathered_layers_at_full_size():
+    """Prefetching one layer ahead keeps the running and the next layer gathered: twice
+    the largest layer (here the 51,200 x 1024 embedding plus 2048 positions) in 16 bits."""
+    model = _gpt()
+    plan = memory_per_device(model, "bf16", "adam", data=8, tensor=2, zero_stage=3)
+    assert plan.gathered == 2 * (51200 + 2048) * 1024 / 2 * 2
+    assert plan.as_dict()["gathered"] == plan.gathered
+    assert "gathered" not in memory_per_device(model, "bf16", "adam", data=8,
+                                               zero_stage=2).as_dict()
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_offload_moves_exactly_the_optimizer_partition_to_the_host(stage):
     """ZeRO-Offload: K·Ψ/N_d leaves the device for host memory; each step the device's
