@@ -54,13 +54,16 @@ def _print_rows(title: str, rows: list[dict[str, Any]], as_json: bool) -> None:
     out.print(table)
 
 
-def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _summary_rows(summary: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
+    """Nested fields as dotted names; a table (a list of rows) is left to summary.json."""
     rows = []
     for key, value in summary.items():
         if isinstance(value, dict):
-            rows += [{"field": f"{key}.{k}", "value": v} for k, v in value.items()]
+            rows += _summary_rows(value, f"{prefix}{key}.")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            rows.append({"field": f"{prefix}{key}", "value": f"{len(value)} rows in summary.json"})
         else:
-            rows.append({"field": key, "value": value})
+            rows.append({"field": f"{prefix}{key}", "value": value})
     return rows
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from dlsim.errors import ScenarioError
+from dlsim.inference.spec import EdgeInferenceSpec
 from dlsim.spec import Spec as _Spec
 
 
@@ -184,6 +185,7 @@ class Scenario(_Spec):
     seed: int = 0
     simulation: SimulationSpec = SimulationSpec()
     sweep: dict[str, list[Any]] | None = None
+    inference: EdgeInferenceSpec | None = None
 
     @model_validator(mode="after")
     def _kind_needs(self) -> Scenario:
@@ -196,6 +198,9 @@ class Scenario(_Spec):
         if self.kind == "collective" and self.collective is None:
             raise ValueError("a collective scenario needs 'collective: {op, algorithm, "
                              "size_bytes}'")
+        if self.kind == "edge-inference" and (self.inference is None or self.model is None):
+            raise ValueError("an edge-inference scenario needs 'model' and 'inference: "
+                             "{device, server | hierarchy | spatial}'")
         return self
 
 

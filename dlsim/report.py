@@ -205,6 +205,19 @@ def _overflow_message(parts: Mapping[str, float], total: float, capacity: float)
     return message
 
 
+def _savings_message(savings: Mapping[str, float], capacity: float) -> str:
+    """What each usual saving, added in turn, would bring the plan to (the simulator's
+    ``memory_savings_bytes``, arithmetic from ``dlsim.memory``, not simulated)."""
+    if not savings:
+        return ""
+    tries = "; ".join(f"{label}: {format_bytes(nbytes)}"
+                      + (" (fits)" if nbytes <= capacity else "")
+                      for label, nbytes in savings.items())
+    verdict = ("" if any(v <= capacity for v in savings.values())
+               else " None of these fits: it needs more devices, tensor or pipeline stages.")
+    return f" Adding savings in turn: {tries}.{verdict}"
+
+
 def _memory_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
     breakdown = s.get("memory_breakdown_bytes") or {}
     if not breakdown:
@@ -219,10 +232,17 @@ def _memory_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
         fits = total <= capacity
     rows = [(k, format_bytes(v), f"{100 * v / total:.1f} %" if total else "–")
             for k, v in parts.items()]
+    if s.get("memory_host_bytes"):
+        rows.append(("optimizer offloaded to host", format_bytes(s["memory_host_bytes"]),
+                     f"{format_bytes(s.get('offload_pcie_bytes_per_step') or 0)} over PCIe "
+                     "per step"))
+    overflow = ""
+    if fits is False and capacity:
+        overflow = (_overflow_message(parts, total, capacity)
+                    + _savings_message(s.get("memory_savings_bytes") or {}, capacity))
     return {"image": plots.memory_bar(parts, capacity or None), "rows": rows,
             "total": format_bytes(total), "capacity": format_bytes(capacity) if capacity else "",
-            "fits": fits, "overflow": _overflow_message(parts, total, capacity)
-            if fits is False and capacity else ""}
+            "fits": fits, "overflow": overflow}
 
 
 def _links_section(links: pd.DataFrame | None) -> dict[str, Any] | None:
@@ -269,6 +289,10 @@ def _environment() -> jinja2.Environment:
 def render_run(result: Result) -> str:
     """One self-contained HTML page for one simulated scenario."""
     s = result.summary
+    if s.get("kind") == "edge-inference":
+        from dlsim.inference.report import render_inference  # it builds on this module
+
+        return render_inference(result)
     name = str(s.get("name") or result.scenario.get("name") or "scenario")
     subtitle = [str(s.get("kind", "run"))]
     if s.get("devices") is not None:

@@ -15,6 +15,7 @@ from dlsim.config import Scenario, load_scenario
 from dlsim.engine import Engine, EngineRun
 from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES
+from dlsim.inference.simulate import simulate_edge_inference
 from dlsim.metrics import breakdown, link_table
 from dlsim.pipeline import pipeline_programs, stage_memory
 from dlsim.program import Collective
@@ -24,7 +25,9 @@ from dlsim.topology import Topology
 from dlsim.workload import build_model
 
 # Kinds with their own simulator, each in its own package: kind -> (Scenario -> Result).
-_OTHER_KINDS: dict[str, Callable[[Scenario], Result]] = {}
+_OTHER_KINDS: dict[str, Callable[[Scenario], Result]] = {
+    "edge-inference": simulate_edge_inference,
+}
 
 
 def simulate(source: str | Path | dict[str, Any]) -> Result:

@@ -1,0 +1,154 @@
+"""A ``kind: edge-inference`` scenario -> Result: the split curve, early exits, the hierarchy
+and spatial partitions, with one request's timeline as spans.
+
+Every cost is a closed form over per-layer roofline times and link transfers (see
+``path``): a single request meets no contention, so no event engine is needed. The
+timeline shows the request the chosen split (else the hierarchy, else the fastest spatial
+partition) serves, reaching the model's output.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+
+from dlsim.config import Scenario
+from dlsim.errors import ScenarioError
+from dlsim.hardware import DTYPE_BYTES
+from dlsim.inference.exits import exit_shares, resolve_exits
+from dlsim.inference.hierarchy import hierarchy_table
+from dlsim.inference.path import Route, Segment, walk
+from dlsim.inference.spatial import conv_prefix, halo_exchange, spatial_table, strip_time_s
+from dlsim.inference.spec import EdgeInferenceSpec
+from dlsim.inference.split import best_row, split_table
+from dlsim.inference.tiers import device_profile, hop, tier
+from dlsim.results import Result, Span
+from dlsim.workload import Model, build_model
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for row in table.to_dict("records")]
+
+
+def _spans(segments: list[Segment]) -> list[Span]:
+    """Compute on the tier's own row; a hop's transfers on the row of the tier below it."""
+    return [Span(g.where, "compute" if g.kind == "compute" else "link", g.name,
+                 "compute" if g.kind == "compute" else "comm", g.start_s, g.end_s)
+            for g in segments]
+
+
+def _layer_index(model: Model, name: str, field: str) -> int:
+    names = [layer.name for layer in model.layers]
+    if name not in names:
+        raise ScenarioError(f"{model.name} has no layer '{name}'; its layers are "
+                            f"{', '.join(names)}.", field=field)
+    return names.index(name)
+
+
+def _spatial_spans(model: Model, spec: EdgeInferenceSpec, best: dict[str, Any], dtype: str,
+                   dt: int) -> list[Span]:
+    """Per-layer compute on each device and the halo exchanges, for the fastest partition."""
+    device = device_profile(spec.spatial.device, "inference.spatial.device", dtype)
+    link = hop(spec.spatial.link, "inference.spatial.link")
+    k, spans, t = int(best["devices"]), [], 0.0
+    for layer in model.layers[:conv_prefix(model)]:
+        if best["strategy"] == "halo" and k > 1:
+            for shape in layer.convs:
+                sent, received = halo_exchange(shape, k, spec.batch, dt)
+                if sent.sum() > 0:
+                    d = link.latency_s + max(float((sent / link.up_Bps).max()),
+                                             float((received / link.down_Bps).max()))
+                    spans += [Span(i, "link", f"halo {layer.name}", "comm", t, t + d)
+                              for i in range(len(sent))]
+                    t += d
+        d = strip_time_s(layer, k, device, dtype, dt)
+        spans += [Span(i, "compute", layer.name, "compute", t, t + d) for i in range(k)]
+        t += d
+    return spans
+
+
+def simulate_edge_inference(scenario: Scenario) -> Result:
+    started = time.perf_counter()
+    spec, dtype = scenario.inference, scenario.precision
+    dt = DTYPE_BYTES[dtype]
+    model = build_model(scenario.model, spec.batch, dt)
+    if model.input_bytes <= 0:
+        raise ScenarioError(f"{model.name} has no defined input size; edge inference "
+                            "supports CNN and MLP models.", field="model")
+    exits = resolve_exits(spec.exits, model, spec.batch, dt)
+    device = tier("device", spec.device, "inference.device", model, dtype)
+    summary: dict[str, Any] = {
+        "name": scenario.name, "kind": "edge-inference", "model": model.name,
+        "parameters": model.parameters, "layers": len(model.layers), "precision": dtype,
+        "batch": spec.batch, "device": device.device.name, "objective": spec.objective,
+        "device_only_latency_s": float(device.layer_s.sum()),
+    }
+    segments: list[Segment] = []
+    if spec.server is not None:
+        server = tier("server", spec.server.device, "inference.server.device", model, dtype)
+        link = hop(spec.server.link, "inference.server.link")
+        table = split_table(device, server, link, model, exits, dtype, spec.batch, spec.radio)
+        prefix = "expected_" if exits else ""
+        by_latency = best_row(table, prefix + "latency_s")
+        by_energy = best_row(table, prefix + "energy_J")
+        chosen = by_latency if spec.objective == "latency" else by_energy
+        route = Route((device, server), (link,), (int(chosen["device_layers"]),))
+        segments = walk(route, model, exits, len(exits), dtype)
+        summary["split"] = {
+            "server": server.device.name, "link": link.name,
+            "radio_counted": spec.radio is not None,
+            "best_latency": by_latency, "best_energy": by_energy,
+            "server_only_latency_s": float(table["latency_s"].iloc[0]),
+            "table": _records(table)}
+        summary["latency_s"] = chosen[prefix + "latency_s"]
+        summary["energy_J"] = chosen[prefix + "energy_J"]
+    if exits:
+        shares = exit_shares([e.probability for e in exits])
+        summary["exits"] = [
+            {"after": model.layers[e.layer].name, "probability": e.probability,
+             "share": float(share)} for e, share in zip(exits, shares)]
+        summary["final_output_share"] = float(shares[-1])
+    if spec.hierarchy is not None:
+        h = spec.hierarchy
+        tiers = (device, tier("edge", h.edge.device, "inference.hierarchy.edge.device",
+                              model, dtype),
+                 tier("cloud", h.cloud.device, "inference.hierarchy.cloud.device", model,
+                      dtype))
+        hops = (hop(h.edge.link, "inference.hierarchy.edge.link"),
+                hop(h.cloud.link, "inference.hierarchy.cloud.link"))
+        cuts = (_layer_index(model, h.edge.first_layer, "inference.hierarchy.edge.first_layer"),
+                _layer_index(model, h.cloud.first_layer,
+                             "inference.hierarchy.cloud.first_layer"))
+        if cuts[1] < cuts[0]:
+            raise ScenarioError("the cloud's first layer comes before the edge's.",
+                                field="inference.hierarchy.cloud.first_layer")
+        route = Route(tiers, hops, cuts)
+        table, expected = hierarchy_table(route, model, exits, dtype, spec.radio)
+        summary["hierarchy"] = {"edge": tiers[1].device.name, "cloud": tiers[2].device.name,
+                                "edge_first_layer": h.edge.first_layer,
+                                "cloud_first_layer": h.cloud.first_layer, **expected,
+                                "table": _records(table)}
+        summary.setdefault("latency_s", expected["expected_latency_s"])
+        if not segments:
+            segments = walk(route, model, exits, len(exits), dtype)
+    spans = _spans(segments)
+    if spec.spatial is not None:
+        if conv_prefix(model) == 0:
+            raise ScenarioError(f"{model.name} has no convolutional layers to partition.",
+                                field="inference.spatial")
+        sp = spec.spatial
+        profile = device_profile(sp.device, "inference.spatial.device", dtype)
+        table = spatial_table(model, profile, hop(sp.link, "inference.spatial.link"),
+                              sp.devices, dtype, dt, spec.batch)
+        best = best_row(table, "latency_s")
+        summary["spatial"] = {"device": profile.name, "best": best, "table": _records(table)}
+        summary.setdefault("latency_s", best["latency_s"])
+        if not spans:
+            spans = _spatial_spans(model, spec, best, dtype, dt)
+    summary["simulation"] = {"fidelity": "analytic", "events": len(spans),
+                             "seed": scenario.seed}
+    return Result(summary, scenario.model_dump(mode="json", exclude_none=True), spans,
+                  pd.DataFrame(), time.perf_counter() - started)
