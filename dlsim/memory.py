@@ -30,8 +30,9 @@ input gradients (the adapters' own s*b*r intermediates, r/h of one hidden state,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -179,3 +180,23 @@ def stage_memory(model: Model, parts: list[list[int]], dtype: str, optimizer: st
                                   in_flight_microbatches=held, **options)
                 for layers, held in zip(parts, in_flight_per_stage)),
                key=lambda plan: plan.total)
+
+
+# The usual ways to save memory, in the order a practitioner reaches for them.
+SAVINGS = (("zero_stage", 3), ("recompute", "full"), ("offload", "optimizer"))
+
+
+def savings(plan_of: Callable[..., MemoryPlan], options: dict[str, Any],
+            zero_allowed: bool) -> dict[str, float]:
+    """Bytes per device as each of ``SAVINGS`` is added in turn to ``options`` (skipping
+    those already set, and ZeRO-3 where it does not apply): what an overflowing plan could
+    try. ``plan_of(**options)`` gives the plan's memory."""
+    out: dict[str, float] = {}
+    changed = dict(options)
+    for field, value in SAVINGS:
+        if changed.get(field) == value or (field == "zero_stage" and not zero_allowed):
+            continue
+        changed[field] = value
+        out[" + ".join(f"{k}: {changed[k]}" for k, _ in SAVINGS
+                       if changed.get(k) != options.get(k))] = plan_of(**changed).total
+    return out

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dlsim.config import LoraSpec, ModelSpec
 from dlsim.errors import ScenarioError
-from dlsim.memory import fits_in_memory, memory_per_device, pipeline_stages
+from dlsim.memory import fits_in_memory, memory_per_device, pipeline_stages, savings
 from dlsim.workload import build_model, transformer_layers
 
 K = 12  # mixed-precision Adam (ZeRO §3.1)
@@ -136,3 +136,20 @@ def test_pipeline_stage_holds_its_layers_and_micro_batches_in_flight(p):
 def test_fits_in_memory_compares_with_capacity():
     plan = memory_per_device(_gpt(), "bf16", "adam")
     assert fits_in_memory(plan, plan.total) and not fits_in_memory(plan, plan.total - 1)
+
+
+def test_savings_add_zero3_recompute_and_offload_in_turn():
+    """Each entry is the plan with that saving and the ones before it."""
+    model = _gpt()
+    base = {"data": 8, "zero_stage": 1}
+
+    def plan_of(**options):
+        return memory_per_device(model, "bf16", "adam", **options)
+
+    got = savings(plan_of, base, zero_allowed=True)
+    assert list(got) == ["zero_stage: 3", "zero_stage: 3 + recompute: full",
+                         "zero_stage: 3 + recompute: full + offload: optimizer"]
+    assert got["zero_stage: 3 + recompute: full"] == plan_of(
+        data=8, zero_stage=3, recompute="full").total
+    assert list(savings(plan_of, {**base, "recompute": "full"}, zero_allowed=False)) == [
+        "offload: optimizer"]
