@@ -27,6 +27,9 @@ from dlsim.inference.tiers import device_profile, hop, tier
 from dlsim.results import Result, Span
 from dlsim.workload import Model, build_model
 
+# The scenario fields this kind reads; the training sections' defaults would only confuse.
+_SCENARIO_FIELDS = {"name", "kind", "description", "model", "precision", "seed", "inference"}
+
 
 def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
@@ -150,5 +153,5 @@ def simulate_edge_inference(scenario: Scenario) -> Result:
             spans = _spatial_spans(model, spec, best, dtype, dt)
     summary["simulation"] = {"fidelity": "analytic", "events": len(spans),
                              "seed": scenario.seed}
-    return Result(summary, scenario.model_dump(mode="json", exclude_none=True), spans,
-                  pd.DataFrame(), time.perf_counter() - started)
+    asked = scenario.model_dump(mode="json", exclude_none=True, include=_SCENARIO_FIELDS)
+    return Result(summary, asked, spans, pd.DataFrame(), time.perf_counter() - started)
