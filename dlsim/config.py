@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from dlsim.errors import ScenarioError
 from dlsim.inference.spec import EdgeInferenceSpec
 from dlsim.spec import Spec as _Spec
+from dlsim.sync.spec import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
 
 
 class ModelSpec(_Spec):
@@ -181,7 +182,10 @@ class Scenario(_Spec):
     communication: CommunicationSpec = CommunicationSpec()
     collective: CollectiveSpec | None = None
     placement: Literal["pack", "spread"] = "pack"
-    sync: Literal["bsp"] = "bsp"
+    sync: SyncSpec = SyncSpec()
+    stragglers: StragglerSpec | None = None
+    failures: FailureSpec | None = None
+    convergence: ConvergenceSpec | None = None
     seed: int = 0
     simulation: SimulationSpec = SimulationSpec()
     sweep: dict[str, list[Any]] | None = None

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dlsim.cluster import build_topology, placement
 from dlsim.comm.algorithms import busbw_factor, lowering
 from dlsim.config import Scenario, load_scenario
@@ -21,6 +23,9 @@ from dlsim.pipeline import pipeline_programs, stage_memory
 from dlsim.program import Collective
 from dlsim.results import Result
 from dlsim.strategy import data_parallel_memory, data_parallel_program
+from dlsim.sync.bsp import bsp_summary, ended_at_last_op, straggle
+from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
+from dlsim.sync.training import ps_training, uses_parameter_server_simulator
 from dlsim.topology import Topology
 from dlsim.workload import build_model
 
@@ -51,12 +56,15 @@ def run_scenario(scenario: Scenario) -> Result:
     topology = build_topology(scenario.cluster)
     if scenario.kind == "collective":
         return _collective(scenario, topology)
+    if uses_parameter_server_simulator(scenario):
+        return ps_training(scenario, topology)
     return _training(scenario, topology)
 
 
 def _symmetric(scenario: Scenario) -> bool:
-    """Homogeneous jobs are simulated by symmetry unless the scenario asks for every rank."""
-    return scenario.simulation.fidelity != "full"
+    """Homogeneous jobs are simulated by symmetry unless the scenario asks for every rank;
+    any straggler or slow link makes a job heterogeneous (DESIGN.md)."""
+    return scenario.simulation.fidelity != "full" and not is_heterogeneous(scenario.stragglers)
 
 
 def _run(engine: Engine, algorithm_field: str) -> EngineRun:
@@ -142,7 +150,10 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
             model, device, dtype, data, stages, micro_count, par.schedule, train.optimizer,
             comm.data_parallel, comm.servers, train.steps, replicas)
         memory = stage_memory(model, parts, dtype, train.optimizer, par.schedule, micro_count)
-    run = _run(Engine(topology, programs, ranks), "communication.data_parallel")
+    rng = np.random.default_rng(scenario.seed)
+    engine = Engine(topology, straggle(programs, scenario, ranks, rng), ranks)
+    schedule_slow_links(engine.env, engine.network, topology, scenario.stragglers)
+    run = ended_at_last_op(_run(engine, "communication.data_parallel"))
 
     steps = train.steps
     step_time = run.end_s / steps
@@ -171,5 +182,6 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         "parallelism": {"data": data, "pipeline": stages, "schedule": par.schedule,
                         "zero_stage": par.zero_stage, "microbatches": micro_count},
     }
+    summary.update(bsp_summary(scenario, run, ranks, rng))
     return _result(scenario, topology, run, summary,
                    "symmetric" if len(programs) < n else "full")

@@ -71,6 +71,7 @@ class Network:
     def __init__(self, env: simpy.Environment, topology: Topology):
         self.env = env
         self.topology = topology
+        self.capacity_Bps = topology.capacity_Bps.copy()
         n_links = len(topology.edges)
         self.link_bytes = np.zeros(n_links)
         self.link_busy_s = np.zeros(n_links)
@@ -109,6 +110,14 @@ class Network:
             seg = self._segment(batch, [routes[i] for i in members], size[members])
             self.env.timeout(float(lat)).callbacks.append(lambda _ev, s=seg: self._activate(s))
         return done
+
+    def scale_links(self, edges: np.ndarray, factor: float) -> None:
+        """From now on, links ``edges`` carry ``factor`` of their nominal bandwidth (a
+        transient slow link; factor 1 restores it). Flows in flight keep what they have sent
+        and go on at the new fair rates."""
+        self._advance()
+        self.capacity_Bps[edges] = self.topology.capacity_Bps[edges] * factor
+        self._reschedule()
 
     @staticmethod
     def _segment(batch: _Batch, routes: list[np.ndarray], size: np.ndarray) -> _Segment:
@@ -151,7 +160,7 @@ class Network:
         offsets = np.cumsum([0] + [len(s.size) for s in self._segments])
         flow_of = np.concatenate([s.flow_of + o for s, o in zip(self._segments, offsets)])
         link_of = np.concatenate([s.link_of for s in self._segments])
-        rates = max_min_rates(flow_of, link_of, self.topology.capacity_Bps, int(offsets[-1]))
+        rates = max_min_rates(flow_of, link_of, self.capacity_Bps, int(offsets[-1]))
         self._rates = [rates[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
         finish = np.concatenate([s.remaining for s in self._segments]) / rates
         dt = float(finish.min())

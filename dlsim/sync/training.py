@@ -1,0 +1,165 @@
+"""Parameter-server training scenarios: scenario -> PSJob -> ParameterServer -> Result.
+
+Used for ``sync: ssp`` and ``sync: asp``, and for BSP parameter-server jobs that lose
+workers (a parameter-server job goes on with the survivors; Li et al., "Scaling Distributed
+Machine Learning with the Parameter Server", OSDI 2014, §4.3, replicate server state so
+that only the failed worker's work is lost). A worker's step is its forward and backward
+pass from the cost model; a shard's update is the optimizer step on its P/K parameters, and
+under BSP summing one more worker's gradients reads the sum and the gradient and writes the
+sum: 3 G/K bytes at the device's memory-bound rate (the roofline of an elementwise add).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dlsim.cluster import placement
+from dlsim.config import Scenario
+from dlsim.costmodel import optimizer_time_s
+from dlsim.errors import ScenarioError
+from dlsim.hardware import DTYPE_BYTES
+from dlsim.metrics import breakdown, link_table
+from dlsim.program import Compute
+from dlsim.results import Result
+from dlsim.strategy import data_parallel_memory, data_parallel_program, gradient_bytes_per_param
+from dlsim.sync.convergence import convergence_summary
+from dlsim.sync.faults import failure_times
+from dlsim.sync.parameter_server import ParameterServer, PSJob, PSRun
+from dlsim.sync.stragglers import slowdown_factors
+from dlsim.topology import Topology
+from dlsim.workload import build_model
+
+
+def uses_parameter_server_simulator(scenario: Scenario) -> bool:
+    """SSP/ASP training, and BSP parameter-server training with failures."""
+    if scenario.kind != "training":
+        return False
+    return scenario.sync.mode != "bsp" or (
+        scenario.communication.data_parallel == "ps" and scenario.failures is not None)
+
+
+def _check(scenario: Scenario) -> None:
+    mode = scenario.sync.mode
+    if scenario.communication.data_parallel != "ps":
+        raise ScenarioError(
+            f"sync '{mode}' needs a parameter server (communication: {{data_parallel: ps}}); "
+            "an all-reduce is a collective every rank enters each step, so all-reduce "
+            "training is BSP by nature.", field="sync")
+    par = scenario.parallelism
+    if par.pipeline > 1 or par.zero_stage or par.tensor > 1:
+        raise ScenarioError("parameter-server training is modelled for plain data "
+                            "parallelism: pipeline 1, tensor 1, zero_stage 0.",
+                            field="parallelism")
+    failures = scenario.failures
+    if failures is not None and (failures.checkpoint is not None or failures.restart_s):
+        raise ScenarioError("a parameter-server job goes on with its surviving workers; "
+                            "checkpoint and restart_s apply to all-reduce (BSP) jobs.",
+                            field="failures")
+
+
+def ps_training(scenario: Scenario, topology: Topology) -> Result:
+    _check(scenario)
+    device = topology.device
+    if device is None:
+        raise ScenarioError("a training scenario needs a device profile for its cluster.",
+                            field="cluster.device")
+    train, comm = scenario.training, scenario.communication
+    n = scenario.parallelism.data or topology.n_devices
+    devices = placement(n, topology, scenario.placement)
+    if train.global_batch % n:
+        raise ScenarioError(f"global_batch ({train.global_batch}) must be a multiple of the "
+                            f"number of workers ({n}).", field="training.global_batch")
+    per_worker = train.global_batch // n
+    micro = train.microbatch or per_worker
+    if per_worker % micro:
+        raise ScenarioError(f"each worker's batch ({per_worker}) must be a multiple of "
+                            f"microbatch ({micro}).", field="training.microbatch")
+    if not 1 <= comm.servers <= n:
+        raise ScenarioError(f"a parameter server needs 1..{n} servers for {n} workers, got "
+                            f"{comm.servers}.", field="communication.servers")
+    dtype = scenario.precision
+    device.peak_flops(dtype)
+    model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2))
+    one_worker = data_parallel_program(model, device, dtype, 1, per_worker // micro,
+                                       train.optimizer, 0.0, "ring", 1, 1)
+    grad_bytes = model.parameters * gradient_bytes_per_param(dtype)
+    shard_bytes = grad_bytes / comm.servers
+    mode = scenario.sync.mode
+    budget = train.steps if mode == "bsp" else train.steps * n
+    rng = np.random.default_rng(scenario.seed)
+    job = PSJob(
+        mode=mode, staleness=scenario.sync.staleness, placement=devices,
+        servers=comm.servers, grad_bytes=grad_bytes,
+        compute_s=sum(op.duration_s for op in one_worker
+                      if isinstance(op, Compute) and not op.name.startswith("optimizer")),
+        apply_s=optimizer_time_s(model.parameters / comm.servers, train.optimizer, device),
+        sum_s=3 * shard_bytes / (device.memory_bandwidth_Bps * device.efficiency.memory),
+        steps=train.steps,
+        factors=slowdown_factors(scenario.stragglers, devices, budget, rng))
+    failures = (failure_times(scenario.failures, devices, rng)
+                if scenario.failures is not None else ())
+    run = ParameterServer(topology, job, failures).run()
+
+    matmul_flops = sum(k.flops for layer in model.layers
+                       for k in (*layer.forward, *layer.backward) if k.kind != "elementwise")
+    worker_steps = int(run.steps_per_worker.sum())
+    end = run.end_s
+    tflops = matmul_flops * (per_worker // micro) * worker_steps / n / end / 1e12
+    summary: dict[str, Any] = {
+        "name": scenario.name, "kind": "training", "model": model.name,
+        "device": device.name, "devices": n, "precision": dtype,
+        "topology": topology.description,
+        "step_time_s": end / train.steps,
+        "throughput_samples_per_s": worker_steps * per_worker / end,
+        "tflops_per_device": tflops,
+        "mfu": tflops * 1e12 / device.peak_flops(dtype),
+        "parameters": model.parameters,
+        "memory_per_device_bytes": (memory := data_parallel_memory(
+            model, dtype, train.optimizer, 0, n)).total,
+        "memory_breakdown_bytes": memory.as_dict(),
+        "memory_capacity_bytes": device.memory_bytes,
+        "fits_in_memory": memory.total <= device.memory_bytes,
+        "comm_bytes_total": run.network.bytes_injected / train.steps,
+        "breakdown_s": _critical_breakdown(run, train.steps),
+        "communication": "ps", "global_batch": train.global_batch, "microbatch": micro,
+        "parallelism": {"data": n, "pipeline": 1, "schedule": scenario.parallelism.schedule,
+                        "zero_stage": 0, "microbatches": per_worker // micro},
+    }
+    summary.update(sync_summary(scenario, run, devices, per_worker))
+    summary["simulation"] = {"fidelity": "full", "events": run.events,
+                             "flows": run.network.flows_started, "seed": scenario.seed}
+    links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, end)
+    return Result(summary, scenario.model_dump(mode="json", exclude_none=True), run.spans,
+                  links)
+
+
+def _critical_breakdown(run: PSRun, steps: int) -> dict[str, float]:
+    """The breakdown of the device that finished last, per step (BSP) or per N worker-steps
+    (SSP/ASP)."""
+    last = max(run.spans, key=lambda s: (s.end_s, -s.device)).device
+    return {k: v / steps for k, v in breakdown(run.spans, last, run.end_s).items()}
+
+
+def sync_summary(scenario: Scenario, run: PSRun, devices: np.ndarray,
+                 per_worker: int) -> dict[str, Any]:
+    """Per-worker steps and waits, the staleness histogram and the time to accuracy."""
+    steps = scenario.training.steps
+    waits = {str(int(d)): breakdown(run.spans, int(d), run.end_s)["straggler_wait"] / steps
+             for d in devices}
+    updates = len(run.staleness)
+    mean_staleness = float(run.staleness.mean()) if updates else 0.0
+    out: dict[str, Any] = {
+        "sync": scenario.sync.mode, "staleness_bound": scenario.sync.staleness,
+        "steps_per_worker": run.steps_per_worker.tolist(),
+        "straggler_wait_per_device_s": waits,
+        "updates_applied": updates,
+        "staleness_histogram": np.bincount(run.staleness).tolist() if updates else [],
+        "failed_devices": run.failed_devices,
+    }
+    if scenario.convergence is not None and updates:
+        batch = scenario.training.global_batch if scenario.sync.mode == "bsp" else per_worker
+        out.update(convergence_summary(scenario.convergence, batch, mean_staleness,
+                                       run.end_s / updates))
+    return out
