@@ -37,9 +37,8 @@ from typing import Any
 import numpy as np
 
 from dlsim.config import LoraSpec
-from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES
-from dlsim.workload import Layer, Model
+from dlsim.workload import Layer, Model, lora_parameters
 
 # Bytes per parameter of optimizer state (ZeRO §3.1: K = 12 for mixed-precision Adam, whose
 # state holds fp32 master weights; pure fp32 training needs no master copy).
@@ -95,18 +94,6 @@ class MemoryPlan:
 
 def fits_in_memory(plan: MemoryPlan, capacity_bytes: float) -> bool:
     return plan.total <= capacity_bytes
-
-
-def lora_parameters(layers: Sequence[Layer], rank: int, targets: Sequence[str]) -> int:
-    """Trainable adapter parameters: r*(d_in + d_out) for every matrix named in ``targets``."""
-    named = {m.name for layer in layers for m in layer.matrices}
-    unknown = sorted(set(targets) - named)
-    if unknown:
-        raise ScenarioError(f"LoRA targets {unknown} are not weight matrices of this model; "
-                            f"it has {', '.join(sorted(named)) or 'none'}.",
-                            field="training.lora.targets")
-    return sum(rank * (m.d_in + m.d_out) for layer in layers for m in layer.matrices
-               if m.name in targets)
 
 
 def stored_activations(layer: Layer, tensor: int, recompute: str) -> float:

@@ -11,7 +11,8 @@ BERT-large, the GPT models of Megatron-LM SC'21 Table 1, LLaMA-2 (``dlsim.llama`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from dlsim.config import ModelSpec
 from dlsim.errors import ScenarioError
@@ -188,6 +189,38 @@ def mlp_layers(name: str, widths: list[int], b: int, dtype_bytes: int) -> Model:
         layers.append(Layer(f"linear{i}", n_in * n_out + n_out, fwd, backward_of(fwd),
                             b * (n_in + n_out) * dtype_bytes, b * n_out * dtype_bytes))
     return Model(name, tuple(layers), b * widths[0] * dtype_bytes)
+
+
+def lora_parameters(layers: Sequence[Layer], rank: int, targets: Sequence[str]) -> int:
+    """Trainable adapter parameters: r*(d_in + d_out) for every matrix named in ``targets``
+    (Hu et al., "LoRA", ICLR'22, §4.1: W + BA with B d_out x r and A r x d_in)."""
+    named = {m.name for layer in layers for m in layer.matrices}
+    unknown = sorted(set(targets) - named)
+    if unknown:
+        raise ScenarioError(f"LoRA targets {unknown} are not weight matrices of this model; "
+                            f"it has {', '.join(sorted(named)) or 'none'}.",
+                            field="training.lora.targets")
+    return sum(rank * (m.d_in + m.d_out) for layer in layers for m in layer.matrices
+               if m.name in targets)
+
+
+def lora_workload(model: Model, rank: int, targets: Sequence[str]) -> Model:
+    """What LoRA fine-tuning runs: the base weights are frozen, so every weight GEMM's
+    backward computes the input gradient only (one GEMM, not two), and each layer's
+    trainable parameters, which gradients synchronise and the optimizer updates, are its
+    adapters'. The adapters' own GEMMs, 2*t*r*(d_in + d_out) FLOPs against the base's
+    2*t*d_in*d_out (under 1 % for r = 16, d = 4096), are left out."""
+    lora_parameters(model.layers, rank, targets)  # reject unknown targets
+
+    def frozen(kernel: Kernel) -> Kernel:
+        if kernel.kind not in ("gemm", "conv"):
+            return kernel
+        return replace(kernel, flops=kernel.flops / 2, bytes=kernel.bytes / 2)
+
+    return replace(model, layers=tuple(
+        replace(layer, params=lora_parameters([layer], rank, targets),
+                backward=tuple(frozen(k) for k in layer.backward))
+        for layer in model.layers))
 
 
 def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from dlsim.config import LoraSpec, ModelSpec
 from dlsim.errors import ScenarioError
 from dlsim.memory import fits_in_memory, memory_per_device, pipeline_stages, savings
-from dlsim.workload import build_model, transformer_layers
+from dlsim.workload import build_model, lora_workload, transformer_layers
 
 K = 12  # mixed-precision Adam (ZeRO §3.1)
 
@@ -153,3 +153,16 @@ def test_savings_add_zero3_recompute_and_offload_in_turn():
         data=8, zero_stage=3, recompute="full").total
     assert list(savings(plan_of, {**base, "recompute": "full"}, zero_allowed=False)) == [
         "offload: optimizer"]
+
+
+def test_lora_workload_drops_weight_gradients_and_trains_only_adapters():
+    """Frozen base: a weight GEMM's backward is the input gradient alone (= its forward);
+    attention (no weights) keeps both products; trainable parameters are the adapters'."""
+    model = build_model(ModelSpec(preset="gpt2-124m"), 2, 2)
+    tuned = lora_workload(model, 8, ["qkv"])
+    for before, after in zip(model.layers, tuned.layers):
+        for fwd, bwd, old in zip(after.forward, after.backward, before.backward):
+            assert bwd.flops == (fwd.flops if fwd.kind == "gemm" else old.flops)
+    assert tuned.parameters == 12 * 8 * (768 + 3 * 768)
+    with pytest.raises(ScenarioError, match="targets"):
+        lora_workload(model, 8, ["q_proj"])
