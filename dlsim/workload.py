@@ -200,8 +200,11 @@ def lora_parameters(layers: Sequence[Layer], rank: int, targets: Sequence[str]) 
         raise ScenarioError(f"LoRA targets {unknown} are not weight matrices of this model; "
                             f"it has {', '.join(sorted(named)) or 'none'}.",
                             field="training.lora.targets")
-    return sum(rank * (m.d_in + m.d_out) for layer in layers for m in layer.matrices
-               if m.name in targets)
+    return sum(_adapters(layer, rank, targets) for layer in layers)
+
+
+def _adapters(layer: Layer, rank: int, targets: Sequence[str]) -> int:
+    return sum(rank * (m.d_in + m.d_out) for m in layer.matrices if m.name in targets)
 
 
 def lora_workload(model: Model, rank: int, targets: Sequence[str]) -> Model:
@@ -218,7 +221,7 @@ def lora_workload(model: Model, rank: int, targets: Sequence[str]) -> Model:
         return replace(kernel, flops=kernel.flops / 2, bytes=kernel.bytes / 2)
 
     return replace(model, layers=tuple(
-        replace(layer, params=lora_parameters([layer], rank, targets),
+        replace(layer, params=_adapters(layer, rank, targets),
                 backward=tuple(frozen(k) for k in layer.backward))
         for layer in model.layers))
 
