@@ -21,6 +21,18 @@ import numpy as np
 
 from dlsim.hardware import DeviceProfile, LinkProfile
 
+LINK_CLASSES = ("nvlink", "pci", "net")
+
+
+def link_class(link_name: str) -> int:
+    """NCCL's hardware class of a link (index into LINK_CLASSES): NVLink and TPU ICI, PCI
+    (PCIe, UPI) or NET (NICs and everything else), by the link profile's name."""
+    if link_name.startswith(("nvlink", "tpu")):
+        return 0
+    if link_name.startswith(("pcie", "upi")):
+        return 1
+    return 2
+
 
 @dataclass(frozen=True)
 class LinkSpec:
@@ -49,6 +61,7 @@ class Topology:
     edges: list[tuple[object, object]] = field(init=False)
     capacity_Bps: np.ndarray = field(init=False)
     latency_s: np.ndarray = field(init=False)
+    link_class: np.ndarray = field(init=False)
     _edge_id: dict[tuple[object, object], int] = field(init=False, repr=False)
     _routes: dict[tuple[int, int], np.ndarray] = field(init=False, repr=False)
     _ecmp: dict[str, list[object]] = field(init=False, repr=False)
@@ -58,6 +71,8 @@ class Topology:
         self._edge_id = {e: i for i, e in enumerate(self.edges)}
         self.capacity_Bps = np.array([self.graph.edges[e]["bandwidth_Bps"] for e in self.edges])
         self.latency_s = np.array([self.graph.edges[e]["latency_s"] for e in self.edges])
+        self.link_class = np.array([link_class(self.graph.edges[e].get("link", ""))
+                                    for e in self.edges], dtype=int)
         self._routes = {}
         self._ecmp = {}
         for node, group in self.graph.nodes(data="ecmp"):

@@ -126,7 +126,7 @@ def test_pack_beats_spread_on_the_two_socket_pcie_server():
         expected = 2 * (n - 1) * (size / n / (b / share) + lat)
         r = dlsim.simulate({"name": policy, "kind": "collective", "placement": policy,
                             "cluster": {"preset": "pcie-8gpu-2socket"},
-                            "collective": {"size_bytes": size}})
+                            "collective": {"size_bytes": size, "protocol": "ideal"}})
         assert r.time_s == pytest.approx(expected, rel=0.01)
         times[policy], hot[policy] = r.time_s, r.links.iloc[0]
     assert times["pack"] < times["spread"]

@@ -22,7 +22,10 @@ class Phase:
 
     ``latency_rounds`` is how many message latencies the phase pays in sequence; it equals
     ``rounds`` unless the phase is a pipeline (a tree or chain streaming its data in chunks
-    pays its depth in latencies but sends the bytes once).
+    pays its depth in latencies but sends the bytes once); an array gives it per flow.
+    A protocol (``dlsim.comm.protocol``) may set ``latency_s``, each flow's whole latency
+    instead of its path's latency times ``latency_rounds``, and ``wire_factor``, the bytes
+    each flow puts on the wire per payload byte.
     """
 
     label: str
@@ -30,7 +33,9 @@ class Phase:
     dst: np.ndarray
     size_bytes: np.ndarray
     rounds: int = 1
-    latency_rounds: int | None = None
+    latency_rounds: int | np.ndarray | None = None
+    latency_s: np.ndarray | None = None
+    wire_factor: np.ndarray | None = None
 
 
 def _ring_phase(label: str, devices: np.ndarray, chunk_bytes: float, rounds: int) -> Phase:
@@ -67,26 +72,44 @@ def server_ranks(n: int, servers: int) -> np.ndarray:
     return np.unique(np.linspace(0, n, servers, endpoint=False).astype(int))
 
 
+def _queue_position(senders: np.ndarray) -> np.ndarray:
+    """1 + how many earlier messages the same sender has queued: a sender posts its
+    messages one after another, each paying a message latency (LogP's per-message
+    overhead, Culler et al. 1993), so its k-th message starts after k latencies."""
+    order = np.argsort(senders, kind="stable")
+    position = np.empty(len(senders), dtype=int)
+    _, starts, counts = np.unique(senders[order], return_index=True, return_counts=True)
+    position[order] = np.arange(len(senders)) - np.repeat(starts, counts) + 1
+    return position
+
+
 def parameter_server(devices: np.ndarray, size_bytes: float, servers: int = 1,
-                     **_: object) -> list[Phase]:
+                     hosts: np.ndarray | None = None, **_: object) -> list[Phase]:
     """Push gradients to K server shards, then pull the updated parameters (Li et al. 2014).
 
-    Servers are colocated on K of the N ranks and shard k owns G/K bytes. Every rank pushes
-    its G/K slice to each other server and pulls it back: 2(N-1)*G bytes in total as for the
-    ring, but each server's link carries (N-1)*G/K of it in each direction.
+    Colocated (``hosts`` None): servers run on K of the N ranks and shard k owns G/K bytes;
+    every rank pushes its G/K slice to each other server and pulls it back: 2(N-1)*G bytes
+    in total as for the ring, but each server's link carries (N-1)*G/K of it in each
+    direction. Dedicated: the K ``hosts`` are devices of their own and all N workers push
+    and pull: 2*N*G bytes, N*G/K through each server's link each way. Each sender posts its
+    messages in turn (K per worker on push, one per worker per server on pull), so many
+    small shards pay many message latencies.
     """
     n = len(devices)
-    if servers < 1 or servers > n:
-        raise ScenarioError(f"a parameter server needs 1..{n} servers for {n} devices, "
-                            f"got {servers}.", field="communication.servers")
-    if n < 2:
-        return []
-    hosts = devices[server_ranks(n, servers)]
+    if hosts is None:
+        if servers < 1 or servers > n:
+            raise ScenarioError(f"a parameter server needs 1..{n} servers for {n} devices, "
+                                f"got {servers}.", field="communication.servers")
+        if n < 2:
+            return []
+        hosts = devices[server_ranks(n, servers)]
     workers = np.repeat(devices, len(hosts))
     shards = np.tile(hosts, n)
+    away = workers != shards  # a colocated worker's own shard needs no message
+    workers, shards = workers[away], shards[away]
     shard = np.full(len(workers), size_bytes / len(hosts))
-    return [Phase("push to servers", workers, shards, shard),
-            Phase("pull from servers", shards, workers, shard)]
+    return [Phase("push to servers", workers, shards, shard, 1, _queue_position(workers)),
+            Phase("pull from servers", shards, workers, shard, 1, _queue_position(shards))]
 
 
 def _pairs(devices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -281,13 +304,35 @@ def lowering(op: str, algorithm: str, field: str = "algorithm") -> Lowering:
     return fn
 
 
+def check_algorithm(op: str, algorithm: str, field: str) -> None:
+    """An input error unless ``algorithm`` (or ``auto``) can run ``op``."""
+    lowering(op, next(iter(ALGORITHMS.get(op, {"": None}))) if algorithm == "auto"
+             else algorithm, field)
+
+
+def dedicated_hosts(n_devices: int, workers: np.ndarray, servers: int) -> np.ndarray:
+    """Devices for ``servers`` dedicated parameter servers: the highest-numbered devices
+    that run no worker (a separate rack of servers at the end of the cluster)."""
+    free = np.setdiff1d(np.arange(n_devices), workers)
+    if len(free) < servers:
+        raise ScenarioError(f"{servers} dedicated parameter servers need {servers} devices "
+                            f"besides the {len(workers)} workers, but the cluster has only "
+                            f"{len(free)} more; lower the worker count (parallelism.data or "
+                            "collective.devices) or use server_placement: colocated.",
+                            field="communication.servers")
+    return free[len(free) - servers:]
+
+
 def lower(op: str, algorithm: str, devices: np.ndarray, size_bytes: float,
-          servers: int = 1, nodes: np.ndarray | None = None) -> list[Phase]:
+          servers: int = 1, nodes: np.ndarray | None = None,
+          hosts: np.ndarray | None = None) -> list[Phase]:
     """The phases of collective ``op`` run by ``algorithm`` over ``devices``; ``nodes``
-    gives each device's node (hierarchical algorithms need it)."""
+    gives each device's node (hierarchical algorithms need it), ``hosts`` the devices of
+    dedicated parameter servers (None: colocated)."""
     devices = np.asarray(devices)
     nodes = np.zeros(len(devices), dtype=int) if nodes is None else np.asarray(nodes)
-    return lowering(op, algorithm)(devices, float(size_bytes), servers=servers, nodes=nodes)
+    return lowering(op, algorithm)(devices, float(size_bytes), servers=servers, nodes=nodes,
+                                   hosts=hosts)
 
 
 def busbw_factor(op: str, n: int) -> float:

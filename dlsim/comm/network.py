@@ -83,14 +83,19 @@ class Network:
         self._generation = 0
 
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray,
-                 rounds: int = 1, latency_rounds: int | None = None) -> simpy.Event:
+                 rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
+                 latency_s: np.ndarray | None = None,
+                 wire_factor: np.ndarray | None = None) -> simpy.Event:
         """Send ``size_bytes[i]`` from device ``src[i]`` to ``dst[i]``, all starting now.
 
         ``rounds`` identical rounds are sent back to back as one pipelined flow: each round
         pays the path latency, and the bytes
         of all rounds stream at the flow's fair rate. That is exact whenever the flows of a
         phase get equal rates (uncontended or symmetric phases). ``latency_rounds``
-        overrides the number of latencies paid (a pipeline's depth).
+        overrides the number of latencies paid (a pipeline's depth); ``latency_s[i]``, if
+        given, replaces flow i's whole latency (a protocol's per-step costs), and
+        ``wire_factor[i]`` makes it put that many bytes on the wire per payload byte (a
+        protocol's flags and headers); ``bytes_injected`` counts payload.
         """
         done = self.env.event()
         src, dst = np.asarray(src), np.asarray(dst)
@@ -100,9 +105,15 @@ class Network:
         if len(src) == 0:
             return done.succeed()
         routes = [self.topology.route(int(s), int(d)) for s, d in zip(src, dst)]
-        latency = np.array([self.topology.latency_s[r].sum() for r in routes])
-        latency = latency * (rounds if latency_rounds is None else latency_rounds)
+        if latency_s is None:
+            latency = np.array([self.topology.latency_s[r].sum() for r in routes])
+            steps = rounds if latency_rounds is None else latency_rounds
+            latency = latency * np.broadcast_to(np.asarray(steps, dtype=float), keep.shape)[keep]
+        else:
+            latency = np.broadcast_to(np.asarray(latency_s, dtype=float), keep.shape)[keep]
         self.bytes_injected += float(size.sum())
+        if wire_factor is not None:
+            size = size * np.broadcast_to(np.asarray(wire_factor, dtype=float), keep.shape)[keep]
         self.flows_started += len(src)
         batch = _Batch(pending=len(src), done=done)
         for lat in np.unique(latency):
