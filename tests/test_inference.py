@@ -171,6 +171,9 @@ def test_spatial_strategies_halo_pays_its_rows_and_fdsp_exchanges_nothing():
         assert rows["halo", k]["exchange_bytes"] == expected
         assert rows["halo", k]["latency_s"] > rows["fdsp", k]["latency_s"]
         assert rows["halo", k]["compute_s"] == rows["fdsp", k]["compute_s"]
+    best = min(r.spatial["table"], key=lambda row: row["latency_s"])
+    assert max(sp.end_s for sp in r.spans) == pytest.approx(best["latency_s"], rel=1e-12)
+    assert {sp.device for sp in r.spans} == set(range(best["devices"]))
 
 
 def test_hierarchy_exits_leave_at_their_tier():

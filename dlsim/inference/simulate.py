@@ -20,7 +20,15 @@ from dlsim.hardware import DTYPE_BYTES
 from dlsim.inference.exits import exit_shares, resolve_exits
 from dlsim.inference.hierarchy import hierarchy_table
 from dlsim.inference.path import Route, Segment, walk
-from dlsim.inference.spatial import conv_prefix, halo_exchange, spatial_table, strip_time_s
+from dlsim.inference.spatial import (
+    conv_prefix,
+    exchange_s,
+    scatter_gather_s,
+    spatial_table,
+    strip_time_s,
+    strips,
+    tail_s,
+)
 from dlsim.inference.spec import EdgeInferenceSpec
 from dlsim.inference.split import best_row, split_table
 from dlsim.inference.tiers import device_profile, hop, tier
@@ -53,23 +61,30 @@ def _layer_index(model: Model, name: str, field: str) -> int:
 
 def _spatial_spans(model: Model, spec: EdgeInferenceSpec, best: dict[str, Any], dtype: str,
                    dt: int) -> list[Span]:
-    """Per-layer compute on each device and the halo exchanges, for the fastest partition."""
+    """The fastest partition: scatter, per-layer strips and halo exchanges, gather, tail."""
     device = device_profile(spec.spatial.device, "inference.spatial.device", dtype)
     link = hop(spec.spatial.link, "inference.spatial.link")
     k, spans, t = int(best["devices"]), [], 0.0
+
+    def add(devices: int, stream: str, name: str, d: float) -> None:
+        nonlocal t
+        category = "compute" if stream == "compute" else "comm"
+        spans.extend(Span(i, stream, name, category, t, t + d) for i in range(devices))
+        t += d
+
+    scatter, gather = scatter_gather_s(model, link, k)
+    if scatter:
+        add(k, "link", "scatter input strips", scatter)
     for layer in model.layers[:conv_prefix(model)]:
         if best["strategy"] == "halo" and k > 1:
             for shape in layer.convs:
-                sent, received = halo_exchange(shape, k, spec.batch, dt)
-                if sent.sum() > 0:
-                    d = link.latency_s + max(float((sent / link.up_Bps).max()),
-                                             float((received / link.down_Bps).max()))
-                    spans += [Span(i, "link", f"halo {layer.name}", "comm", t, t + d)
-                              for i in range(len(sent))]
-                    t += d
-        d = strip_time_s(layer, k, device, dtype, dt)
-        spans += [Span(i, "compute", layer.name, "compute", t, t + d) for i in range(k)]
-        t += d
+                d = exchange_s(shape, k, link, spec.batch, dt)
+                if d > 0:
+                    add(strips(shape.hw_in, k), "link", f"halo {layer.name}", d)
+        add(k, "compute", layer.name, strip_time_s(layer, k, device, dtype, dt))
+    if gather:
+        add(k, "link", "gather output strips", gather)
+    add(1, "compute", "fully connected layers", tail_s(model, device, dtype))
     return spans
 
 

@@ -62,6 +62,15 @@ def halo_exchange(shape: ConvShape, k: int, batch: int, dtype_bytes: int
     return sent, received
 
 
+def exchange_s(shape: ConvShape, k: int, link: Hop, batch: int, dtype_bytes: int) -> float:
+    """Time of one halo exchange: latency plus the busiest strip's bytes over its link."""
+    sent, received = halo_exchange(shape, k, batch, dtype_bytes)
+    if not sent.any():
+        return 0.0
+    return link.latency_s + float(np.max(np.maximum(sent / link.up_Bps,
+                                                    received / link.down_Bps)))
+
+
 def _tile(kernel: Kernel, fraction: float, weight_bytes: float) -> Kernel:
     return Kernel(kernel.kind, kernel.flops * fraction,
                   weight_bytes + (kernel.bytes - weight_bytes) * fraction)
@@ -90,32 +99,40 @@ def conv_prefix(model: Model) -> int:
                 len(model.layers))
 
 
+def scatter_gather_s(model: Model, link: Hop, k: int) -> tuple[float, float]:
+    """Device 0 sends the other k-1 their strips of the input, then receives their strips of
+    the last convolutional output: latency plus the slower end of each transfer."""
+    if k == 1:
+        return 0.0, 0.0
+    first, last = model.input_bytes, model.layers[conv_prefix(model) - 1].output_bytes
+    return (link.latency_s + max(first * (k - 1) / k / link.up_Bps, first / k / link.down_Bps),
+            link.latency_s + max(last / k / link.up_Bps, last * (k - 1) / k / link.down_Bps))
+
+
+def tail_s(model: Model, device: DeviceProfile, dtype: str) -> float:
+    """The layers after the convolutions, on device 0."""
+    return sum(kernel_time_s(kern, device, dtype) for layer in model.layers[conv_prefix(model):]
+               for kern in layer.forward)
+
+
 def partition(model: Model, device: DeviceProfile, link: Hop, k: int, strategy: str,
               dtype: str, dtype_bytes: int, batch: int) -> dict[str, float]:
     """Latency of one request with the convolutional layers spread over k devices."""
     n_conv = conv_prefix(model)
     compute = sum(strip_time_s(layer, k, device, dtype, dtype_bytes)
                   for layer in model.layers[:n_conv])
-    exchange_s = exchange_bytes = 0.0
+    exchange = exchange_bytes = 0.0
     if strategy == "halo" and k > 1:
         for shape in (s for layer in model.layers[:n_conv] for s in layer.convs):
-            sent, received = halo_exchange(shape, k, batch, dtype_bytes)
-            if sent.sum() > 0:
-                exchange_s += link.latency_s + float(np.max(np.maximum(
-                    sent / link.up_Bps, received / link.down_Bps)))
-                exchange_bytes += float(sent.sum())
-    scatter_gather = 0.0
-    if k > 1:
-        first, last = model.input_bytes, model.layers[n_conv - 1].output_bytes
-        scatter_gather = (2 * link.latency_s
-                          + max(first * (k - 1) / k / link.up_Bps, first / k / link.down_Bps)
-                          + max(last / k / link.up_Bps, last * (k - 1) / k / link.down_Bps))
-    tail = sum(kernel_time_s(kern, device, dtype) for layer in model.layers[n_conv:]
-               for kern in layer.forward)
+            exchange += exchange_s(shape, k, link, batch, dtype_bytes)
+            exchange_bytes += float(halo_exchange(shape, k, batch, dtype_bytes)[0].sum())
+    scatter, gather = scatter_gather_s(model, link, k)
+    scatter_gather = scatter + gather
+    tail = tail_s(model, device, dtype)
     return {"strategy": strategy, "devices": k, "compute_s": compute,
-            "exchange_s": exchange_s, "exchange_bytes": exchange_bytes,
+            "exchange_s": exchange, "exchange_bytes": exchange_bytes,
             "scatter_gather_s": scatter_gather, "tail_s": tail,
-            "latency_s": compute + exchange_s + scatter_gather + tail}
+            "latency_s": compute + exchange + scatter_gather + tail}
 
 
 def spatial_table(model: Model, device: DeviceProfile, link: Hop, counts: list[int],

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlsim import hardware
-from dlsim.costmodel import kernel_time_s
+from dlsim.costmodel import layer_times_s
 from dlsim.errors import ScenarioError
 from dlsim.hardware import DeviceProfile
 from dlsim.inference.spec import LinkIn
@@ -61,12 +61,7 @@ def hop(spec: str | LinkIn, field: str) -> Hop:
     return Hop(profile.name, profile.up_Bps, profile.down_Bps, profile.latency_s)
 
 
-def layer_times_s(model: Model, device: DeviceProfile, dtype: str) -> np.ndarray:
-    """Forward time of every layer: the sum of its kernels' roofline times."""
-    return np.array([sum(kernel_time_s(k, device, dtype) for k in layer.forward)
-                     for layer in model.layers])
-
-
 def tier(name: str, device_name: str, field: str, model: Model, dtype: str) -> Tier:
     profile = device_profile(device_name, field, dtype)
-    return Tier(name, profile, layer_times_s(model, profile, dtype))
+    forward = [layer_times_s(layer, profile, dtype)[0] for layer in model.layers]
+    return Tier(name, profile, np.array(forward))
