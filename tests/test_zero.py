@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import dlsim
-from dlsim.strategy import data_parallel_memory
+from dlsim.memory import memory_per_device
 from dlsim.workload import Layer, Model
 
 VALIDATION = Path(__file__).resolve().parents[2] / "shared" / "validation"
@@ -28,7 +28,8 @@ def test_model_state_memory_reproduces_zero_table_1_to_the_printed_precision():
     for row in rows:
         psi = float(row["params_b"]) * 1e9
         model = Model("psi", (Layer("all", int(psi), (), (), 0.0),))
-        plan = data_parallel_memory(model, "bf16", "adam", int(row["stage"]), int(row["dp"]))
+        plan = memory_per_device(model, "bf16", "adam", data=int(row["dp"]),
+                                 zero_stage=int(row["stage"]))
         gb = (plan.params + plan.grads + plan.optimizer) / 1e9
         assert abs(gb - float(row["gb_per_device"])) < _printed_unit(row["gb_per_device"]), row
 
