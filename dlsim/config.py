@@ -205,6 +205,8 @@ class Scenario(_Spec):
         if self.kind == "edge-inference" and (self.inference is None or self.model is None):
             raise ValueError("an edge-inference scenario needs 'model' and 'inference: "
                              "{device, server | hierarchy | spatial}'")
+        if self.inference is not None and self.kind != "edge-inference":
+            raise ValueError("'inference' belongs to kind: edge-inference scenarios")
         return self
 
 

@@ -239,3 +239,31 @@ def test_bundled_edge_scenarios_write_a_report(tmp_path, name):
     for key, heading in (("split", "Where to split"), ("exits", "Early exits"),
                          ("hierarchy", "Device, edge"), ("spatial", "Spatial partition")):
         assert (heading in html) == (key in summary)
+
+
+def test_the_energy_objective_picks_the_least_energy_split():
+    r = dlsim.simulate(scenario(server={"device": "jetson-orin-nano", "link": "wifi"},
+                                radio=RADIO, objective="energy"))
+    energy = [row["energy_J"] for row in r.split["table"]]
+    assert r.energy_J == min(energy)
+    assert r.latency_s == r.split["table"][int(np.argmin(energy))]["latency_s"]
+
+
+def test_an_inference_section_on_another_kind_is_refused():
+    with pytest.raises(ScenarioError, match="edge-inference"):
+        dlsim.simulate({"name": "t", "model": {"preset": "resnet50"},
+                        "cluster": {"preset": "dgx-a100"}, "training": {"global_batch": 8},
+                        "inference": {"device": "phone-mid",
+                                      "server": {"device": "a100-pcie-80gb", "link": "lte"}}})
+
+
+def test_cli_bad_edge_input_is_one_paragraph_and_exit_2(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nkind: edge-inference\nmodel: {preset: resnet50}\n"
+                    "precision: fp32\ninference:\n  device: phone-mid\n"
+                    "  server: {device: a100-pcie-80gb, link: lte}\n"
+                    "  exits: [{after: layer7.0, probability: 0.5}]\n")
+    res = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert "inference.exits.0.after" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
