@@ -166,3 +166,24 @@ def test_lora_workload_drops_weight_gradients_and_trains_only_adapters():
     assert tuned.parameters == 12 * 8 * (768 + 3 * 768)
     with pytest.raises(ScenarioError, match="targets"):
         lora_workload(model, 8, ["q_proj"])
+
+
+def test_report_says_what_each_saving_would_bring_an_overflow_to():
+    from dlsim.report import _memory_section
+
+    gb = 1e9
+    section = _memory_section({
+        "memory_breakdown_bytes": {"params": 20 * gb, "grads": 20 * gb, "optimizer": 60 * gb,
+                                   "activations": 30 * gb},
+        "memory_per_device_bytes": 130 * gb, "memory_capacity_bytes": 80 * gb,
+        "fits_in_memory": False,
+        "memory_savings_bytes": {"recompute: full": 101 * gb,
+                                 "recompute: full + offload: optimizer": 41 * gb}})
+    assert "50 GB (62.5 %) over" in section["overflow"]
+    assert ("recompute: full: 101 GB; recompute: full + offload: optimizer: 41 GB (fits)"
+            in section["overflow"])
+    offloaded = _memory_section({
+        "memory_breakdown_bytes": {"params": 20 * gb}, "memory_per_device_bytes": 20 * gb,
+        "memory_host_bytes": 60 * gb, "offload_pcie_bytes_per_step": 20 * gb})
+    assert ("optimizer offloaded to host", "60 GB", "20 GB over PCIe per step") in \
+        offloaded["rows"]
