@@ -180,6 +180,21 @@ def links_bar(labels: Sequence[str], utilisation: Sequence[float]) -> str:
     return _to_data_uri(fig)
 
 
+def bars(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str,
+         ylabel: str, colour: str = CATEGORY_COLOURS["wait"]) -> str:
+    """Vertical bars, one per label (devices, staleness values); at most ~32 tick labels."""
+    fig = _new_figure(8.0, 3.4)
+    ax = fig.add_subplot()
+    xpos = np.arange(len(labels))
+    ax.bar(xpos, np.asarray(values, dtype=float), width=0.8, color=colour)
+    every = max(1, len(labels) // 32)
+    ax.set_xticks(xpos[::every], [str(v) for v in labels][::every])
+    _style(ax, title, xlabel, ylabel)
+    ax.grid(axis="x", visible=False)
+    ax.grid(axis="y", color="#E6E6E6", linewidth=0.8)
+    return _to_data_uri(fig)
+
+
 def wants_log(values: pd.Series) -> bool:
     """True when the values are all positive numbers spanning more than two decades."""
     xs = pd.to_numeric(values, errors="coerce")

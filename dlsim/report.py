@@ -22,6 +22,7 @@ import yaml
 
 from dlsim import plots
 from dlsim.results import Result, Span
+from dlsim.sync.report import sync_section
 
 TIMELINE_MAX_DEVICES = 16
 BUSIEST_LINKS = 10
@@ -110,6 +111,8 @@ def _summary_cards(s: Mapping[str, Any]) -> list[Card]:
     else:
         add("step_time_s", "Step time", format_seconds)
         add("throughput_samples_per_s", "Throughput", lambda v: f"{_sig(v)} samples/s")
+        add("time_to_accuracy_s", "Time to accuracy", format_seconds,
+            "steps to the target x time per step")
         add("tflops_per_device", "Per device", lambda v: f"{_sig(v)} TFLOP/s")
         add("mfu", "MFU", lambda v: f"{v * 100:.1f} %", "model FLOPs utilisation")
         add("parameters", "Parameters", format_count)
@@ -302,6 +305,7 @@ def render_run(result: Result) -> str:
         subtitle.append(str(s["precision"]))
     sections = {
         "breakdown": _breakdown_section(s),
+        "sync": sync_section(s, format_seconds),
         "timeline": _timeline_section(list(result.spans)),
         "memory": _memory_section(s),
         "links": _links_section(result.links),

@@ -26,6 +26,9 @@ from dlsim.strategy import data_parallel_memory, data_parallel_program
 from dlsim.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
 from dlsim.sync.training import ps_training, uses_parameter_server_simulator
+from dlsim.sync.bsp import bsp_summary, ended_at_last_op, straggle
+from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
+from dlsim.sync.training import ps_training, uses_parameter_server_simulator
 from dlsim.topology import Topology
 from dlsim.workload import build_model
 
@@ -182,6 +185,7 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         "parallelism": {"data": data, "pipeline": stages, "schedule": par.schedule,
                         "zero_stage": par.zero_stage, "microbatches": micro_count},
     }
+    summary.update(bsp_summary(scenario, run, ranks, rng))
     summary.update(bsp_summary(scenario, run, ranks, rng))
     return _result(scenario, topology, run, summary,
                    "symmetric" if len(programs) < n else "full")
