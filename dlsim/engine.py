@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import simpy
 
-from dlsim.comm.algorithms import lower
+from dlsim.comm.algorithms import Phase
 from dlsim.comm.network import Network
+from dlsim.comm.tuner import plan_collective
 from dlsim.program import Collective, Compute, Op
 from dlsim.results import Span
 from dlsim.topology import Topology
@@ -62,8 +63,11 @@ class Engine:
     """Runs per-rank programs over a topology; ``placement[rank]`` is the rank's device."""
 
     def __init__(self, topology: Topology, programs: dict[int, list[Op]],
-                 placement: np.ndarray):
+                 placement: np.ndarray, protocol: str = "ideal",
+                 ps_hosts: np.ndarray | None = None):
         self.env = CountingEnvironment()
+        self.protocol = protocol  # dlsim.comm.protocol: ideal, nccl, LL, LL128 or Simple
+        self.ps_hosts = ps_hosts  # devices of dedicated parameter servers (None: colocated)
         self.network = Network(self.env, topology)
         self.programs = programs
         self.placement = np.asarray(placement)
@@ -124,12 +128,53 @@ class Engine:
             self.env.process(self._collective(op, rv))
         return rv
 
-    def _collective(self, op: Collective, rv: _Rendezvous) -> Generator:
-        devices = self.placement[list(op.group)]
+    def _phases(self, group: np.ndarray, op: Collective) -> list[Phase]:
+        devices = self.placement[group]
         nodes = devices // self.network.topology.devices_per_node
-        for phase in lower(op.op, op.algorithm, devices, op.size_bytes, servers=op.servers,
-                           nodes=nodes):
-            yield self.network.transfer(phase.src, phase.dst, phase.size_bytes,
-                                        rounds=phase.rounds,
-                                        latency_rounds=phase.latency_rounds)
+        return plan_collective(op.op, op.algorithm, devices, op.size_bytes,
+                               self.network.topology, self.protocol, op.servers, nodes,
+                               self.ps_hosts, timed=False).phases
+
+    def _collective(self, op: Collective, rv: _Rendezvous) -> Generator:
+        plans = [self._phases(g, op) for g in np.split(np.asarray(op.group), op.instances)]
+        if len(plans) > 1 and not all(_same_shape(plans[0], p) for p in plans[1:]):
+            yield simpy.AllOf(self.env, [self.env.process(self._run_phases(p, op.repeat))
+                                         for p in plans])
+        else:
+            yield from self._run_phases([_together(ps) for ps in zip(*plans)], op.repeat)
         rv.done.succeed()
+
+    def _run_phases(self, phases: list[Phase], repeat: int) -> Generator:
+        for phase in phases:
+            latencies = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
+            yield self.network.transfer(
+                phase.src, phase.dst, phase.size_bytes, rounds=phase.rounds * repeat,
+                latency_rounds=latencies * repeat,
+                latency_s=None if phase.latency_s is None else phase.latency_s * repeat,
+                wire_factor=phase.wire_factor)
+
+
+def _same_shape(a: list[Phase], b: list[Phase]) -> bool:
+    """Whether two instances' phases can travel together: same steps, same latencies."""
+    return len(a) == len(b) and all(
+        x.rounds == y.rounds and np.array_equal(x.latency_rounds, y.latency_rounds)
+        and (x.latency_s is None) == (y.latency_s is None)
+        and (x.wire_factor is None) == (y.wire_factor is None) for x, y in zip(a, b))
+
+
+def _together(phases: tuple[Phase, ...]) -> Phase:
+    """One phase carrying the flows of the same phase of several instances."""
+    first = phases[0]
+    if len(phases) == 1:
+        return first
+    lr = first.latency_rounds
+    if isinstance(lr, np.ndarray):
+        lr = np.concatenate([p.latency_rounds for p in phases])
+    return replace(first, src=np.concatenate([p.src for p in phases]),
+                   dst=np.concatenate([p.dst for p in phases]),
+                   size_bytes=np.concatenate([p.size_bytes for p in phases]),
+                   latency_rounds=lr,
+                   latency_s=None if first.latency_s is None
+                   else np.concatenate([p.latency_s for p in phases]),
+                   wire_factor=None if first.wire_factor is None
+                   else np.concatenate([p.wire_factor for p in phases]))

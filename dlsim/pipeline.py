@@ -1,129 +1,259 @@
-"""Pipeline parallelism: stages, schedules (GPipe, 1F1B), and the programs of each stage.
+"""Pipeline parallelism combined with tensor and data parallelism: the programs of every rank.
 
-The model's layers are cut into ``stages`` contiguous stages of near-equal compute time. Each
-micro-batch's activations go point to point to the next stage and its gradients come back;
-the bubble is not a formula here, it is what the stages' dependencies leave idle.
-Schedules: GPipe runs all forwards, then all backwards (Huang et al. 2019); 1F1B runs
-``stages - stage - 1`` warm-up forwards, then alternates one forward with one backward
-(PipeDream-Flush, Narayanan et al. 2021), which bounds the micro-batches in flight.
-Rank of (stage, replica) is ``stage * data + replica``: pipeline stages across nodes, the
-data-parallel replicas of one stage next to each other.
+The model's layers are cut into ``stages * chunks`` contiguous pieces of near-equal compute
+time; device ``s`` holds pieces ``s, s + p, s + 2p, ...`` (its model chunks, Narayanan et al.
+SC'21, §2.2; one chunk unless the schedule is interleaved). Each micro-batch's activations go
+point to point to the next piece and its gradients come back; the bubble is not a formula
+here, it is what the stages' dependencies leave idle. Schedules: GPipe runs all forwards,
+then all backwards (Huang et al. 2019); 1F1B runs ``stages - stage - 1`` warm-up forwards,
+then alternates one forward with one backward (PipeDream-Flush, Narayanan et al. 2021);
+interleaved 1F1B walks the chunks in groups of ``stages`` micro-batches with Megatron-LM's
+warm-up of ``2(p - s - 1) + (v - 1)p`` forwards, which divides the bubble by ``v``.
+
+With tensor parallelism every piece runs sharded (``dlsim.tensor``) and blocks on its
+all-reduces; a pass's all-reduces run as one repeated collective after its compute, which
+takes the same time as interleaving them because each blocks the next kernel. Between stages
+each of the t tensor ranks sends its 1/t of the activations over its own NIC (Megatron-LM's
+scatter/gather optimisation, SC'21 §4.1; the all-gather over NVLink that follows is left out).
+Each piece's gradients are all-reduced over the data-parallel replicas as soon as the piece's
+last backward pass is done, overlapping the rest of the schedule; with ZeRO-1 they are
+reduce-scattered, each replica updates its 1/d share and the parameters are all-gathered.
+
+Symmetry: simulated by one replica and one tensor rank per stage, a point-to-point send
+carries the identical sends of every replica and tensor rank, a tensor all-reduce those of
+every replica's tensor group and a gradient all-reduce those of every tensor rank's
+data-parallel group, so all the traffic is on the network while the compute is simulated once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
+
 import numpy as np
 
-from dlsim.costmodel import layer_times_s, optimizer_time_s
-from dlsim.hardware import DeviceProfile
+from dlsim.cluster import Grid
+from dlsim.hardware import DTYPE_BYTES, DeviceProfile
 from dlsim.program import Collective, Compute, Op
-from dlsim.strategy import MemoryPlan, data_parallel_memory, gradient_bytes_per_param
+from dlsim.strategy import gradient_bytes_per_param, optimizer_steps, pass_times_s
+from dlsim.tensor import allreduces
 from dlsim.workload import Model
 
 
 def partition(times: list[float], stages: int) -> list[list[int]]:
-    """Contiguous layer ranges with near-equal total time (cut at the time quantiles)."""
+    """Contiguous layer ranges with near-equal total time: each cut goes after the layer
+    whose running total is nearest the time quantile (ties to the earlier layer, so that
+    rounding cannot unbalance equal layers)."""
     cumulative = np.cumsum(times)
-    cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, stages) / stages,
-                           side="left") + 1
+    target = cumulative[-1] * np.arange(1, stages) / stages
+    after = np.clip(np.searchsorted(cumulative, target), 1, len(times) - 1)
+    before = after - 1
+    nearer = np.abs(cumulative[before] - target) <= np.abs(cumulative[after] - target)
+    cuts = np.where(nearer, before, after) + 1
     cuts = np.clip(cuts, np.arange(1, stages), len(times) - np.arange(stages - 1, 0, -1))
     bounds = [0, *np.maximum.accumulate(cuts).tolist(), len(times)]
     return [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
 
 
-def schedule(kind: str, stage: int, stages: int, micro: int) -> list[tuple[str, int]]:
-    """The order of forward ('F', i) and backward ('B', i) passes on one stage."""
+def warmup(kind: str, stage: int, stages: int, micro: int, chunks: int = 1) -> int:
+    """Forward passes a stage runs before its first backward."""
+    total = micro * chunks
     if kind == "gpipe":
-        return [("F", i) for i in range(micro)] + [("B", i) for i in range(micro)]
-    warmup = min(stages - stage - 1, micro)
-    order = [("F", i) for i in range(warmup)]
-    for i in range(micro - warmup):
-        order += [("F", warmup + i), ("B", i)]
-    return order + [("B", i) for i in range(micro - warmup, micro)]
+        return total
+    if kind == "interleaved":
+        if micro == stages:  # Megatron-LM: with m = p every forward comes first
+            return total
+        return min(2 * (stages - stage - 1) + (chunks - 1) * stages, total)
+    return min(stages - stage - 1, total)
 
 
-def in_flight(kind: str, stage: int, stages: int, micro: int) -> int:
-    """Micro-batches whose activations a stage holds at once: GPipe all m, 1F1B p - stage."""
-    return micro if kind == "gpipe" else min(stages - stage, micro)
+def schedule(kind: str, stage: int, stages: int, micro: int,
+             chunks: int = 1) -> list[tuple[str, int, int]]:
+    """The order of forward ('F', micro-batch, chunk) and backward ('B', ...) passes on one
+    stage. Interleaved, the k-th forward runs chunk (k // p) mod v on micro-batch
+    (k // pv)·p + k mod p, and backwards walk the chunks in reverse (Megatron-LM's
+    ``get_model_chunk_id``)."""
+    group = stages * chunks if kind == "interleaved" else 1
+
+    def unit(k: int, forward: bool) -> tuple[int, int]:
+        if kind != "interleaved":
+            return k, 0
+        rounds, pos = divmod(k, group)
+        chunk = pos // stages
+        return rounds * stages + pos % stages, chunk if forward else chunks - 1 - chunk
+
+    total = micro * (chunks if kind == "interleaved" else 1)
+    first = warmup(kind, stage, stages, micro, chunks if kind == "interleaved" else 1)
+    order = [("F", *unit(k, True)) for k in range(first)]
+    for k in range(total - first):
+        order += [("F", *unit(first + k, True)), ("B", *unit(k, False))]
+    return order + [("B", *unit(k, False)) for k in range(total - first, total)]
 
 
-def pipeline_programs(model: Model, device: DeviceProfile, dtype: str, data: int, stages: int,
-                      micro: int, kind: str, optimizer: str, algorithm: str, servers: int,
-                      steps: int, replicas: list[int]) -> tuple[dict[int, list[Op]],
-                                                                 list[list[int]]]:
-    """Programs of every rank of the given data-parallel ``replicas``, and the stages."""
-    times = [layer_times_s(layer, device, dtype) for layer in model.layers]
-    parts = partition([f + b for f, b in times], stages)
+def in_flight(kind: str, stage: int, stages: int, micro: int, chunks: int = 1) -> float:
+    """Micro-batches of a whole stage whose activations it holds at once: GPipe all m, 1F1B
+    p - stage; interleaved, its warm-up plus one chunk-passes of 1/v of a stage each."""
+    if kind == "gpipe":
+        return micro
+    if kind == "interleaved":
+        return min(warmup(kind, stage, stages, micro, chunks) + 1, micro * chunks) / chunks
+    return min(stages - stage, micro)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One model chunk of one stage: its layers, pass times and tensor all-reduces."""
+
+    layers: list[int]
+    forward_s: float
+    backward_s: float  # including recomputation
+    forward_allreduces: int
+    backward_allreduces: int  # including the recomputed forward's
+    params: float  # per tensor rank
+    in_bytes: float
+    out_bytes: float
+
+
+def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts: int,
+           recompute: str) -> list[Piece]:
+    """Cut ``shard`` (one tensor rank's layers) into ``parts`` pieces of equal time."""
+    times = [pass_times_s(layer, device, dtype, recompute) for layer in shard.layers]
+    counts = [allreduces(layer) for layer in shard.layers]
+    out = []
+    for layers in partition([f + b for f, b in times], parts):
+        forward = sum(counts[i][0] for i in layers)
+        backward = sum(counts[i][1] for i in layers)
+        first = layers[0]
+        out.append(Piece(
+            layers, sum(times[i][0] for i in layers), sum(times[i][1] for i in layers),
+            forward, backward + (forward if recompute == "full" else 0),
+            sum(shard.layers[i].params for i in layers),
+            model.layers[first - 1].output_bytes if first else 0.0,
+            model.layers[layers[-1]].output_bytes))
+    return out
+
+
+@dataclass(frozen=True)
+class PipelineJob:
+    """What every rank's program is built from."""
+
+    grid: Grid
+    chunks: int
+    micro: int
+    schedule: str
+    hidden_bytes: float  # b·s·h·dtype bytes: one tensor-parallel all-reduce
+    optimizer: str
+    algorithm: str
+    servers: int
+    steps: int
+    zero_stage: int = 0
+    offload: str = "none"
+    sharing: int = 1  # devices of a node sharing its host (offload)
+
+
+def pipeline_programs(job: PipelineJob, pieces_: list[Piece], device: DeviceProfile,
+                      dtype: str, replicas: list[int],
+                      tensor_ranks: list[int]) -> dict[int, list[Op]]:
+    """Programs of the ranks of ``replicas`` x ``tensor_ranks`` of every stage."""
+    return {job.grid.rank(s, r, k): _program(job, pieces_, device, dtype, s, r, k,
+                                             symmetric=len(replicas) * len(tensor_ranks)
+                                             < job.grid.data * job.grid.tensor)
+            for r in replicas for s in range(job.grid.pipeline) for k in tensor_ranks}
+
+
+def _program(job: PipelineJob, pieces_: list[Piece], device: DeviceProfile, dtype: str,
+             s: int, replica: int, k: int, symmetric: bool) -> list[Op]:
+    grid, p, t = job.grid, job.grid.pipeline, job.grid.tensor
+    last_piece = p * job.chunks - 1
     grad_bytes = gradient_bytes_per_param(dtype)
-    programs: dict[int, list[Op]] = {}
-    symmetric = len(replicas) < data
-    for replica in replicas:
-        for s, layers in enumerate(parts):
-            rank = s * data + replica
-            forward = sum(times[i][0] for i in layers)
-            backward = sum(times[i][1] for i in layers)
-            out_bytes = model.layers[layers[-1]].output_bytes
-            in_bytes = model.layers[layers[0] - 1].output_bytes if s else 0.0
-            params = sum(model.layers[i].params for i in layers)
-            program: list[Op] = []
+    weight_bytes = max(DTYPE_BYTES[dtype], 2)
+    sharded = job.zero_stage > 0 and grid.data > 1
+    program: list[Op] = []
 
-            def add(op: Op, program: list[Op] = program) -> int:
-                program.append(op)
-                return len(program) - 1
+    def add(op: Op) -> int:
+        program.append(op)
+        return len(program) - 1
 
-            def p2p(what: str, src: int, dst: int, size: float, stream: str, tag: str,
-                    deps: tuple[int, ...] = (), replica: int = replica) -> int:
-                """Send between stages ``src`` and ``dst``; simulated by symmetry, one send
-                carries the identical sends of every replica, so their traffic is on the
-                network too."""
-                pairs = range(data) if symmetric else [replica]
-                group = (*(src * data + j for j in pairs), *(dst * data + j for j in pairs))
-                return add(Collective(f"{what} {tag}", f"{tag} {src}->{dst}", group, "send",
-                                      size, "direct", deps=deps, stream=stream))
+    def p2p(what: str, src: int, dst: int, size: float, stream: str, tag: str,
+            deps: tuple[int, ...] = ()) -> int:
+        """Send from piece ``src`` to piece ``dst``, 1/t of it from each tensor rank."""
+        key = f"{tag} {src}->{dst}" if symmetric else f"{tag} r{replica} k{k} {src}->{dst}"
+        return add(Collective(f"{what} {tag}", key, pair_group(src % p, dst % p), "send",
+                              size / t, "direct", deps=deps, stream=stream))
 
-            for step in range(steps):
-                forwards: dict[int, int] = {}
-                last = 0
-                for pass_kind, i in schedule(kind, s, stages, micro):
-                    tag = f"s{step} r{replica} mb{i}"
-                    if pass_kind == "F":
-                        deps = (p2p("recv activations", s - 1, s, in_bytes,
-                                    "recv-fwd", "act " + tag),) if s else ()
-                        forwards[i] = last = add(Compute(f"fwd stage{s} mb{i}", forward,
-                                                         deps=deps))
-                        if s < stages - 1:
-                            p2p("send activations", s, s + 1, out_bytes,
-                                "send-fwd", "act " + tag, (last,))
-                    else:
-                        deps = (p2p("recv gradients", s + 1, s, out_bytes,
-                                    "recv-bwd", "grad " + tag),) if s < stages - 1 else ()
-                        last = add(Compute(f"bwd stage{s} mb{i}", backward,
-                                           deps=(*deps, forwards[i])))
-                        if s:
-                            p2p("send gradients", s, s - 1, in_bytes, "send-bwd",
-                                "grad " + tag, (last,))
-                sync = ()
-                if data > 1:
-                    group = tuple(s * data + j for j in range(data))
-                    sync = (add(Collective(f"allreduce stage{s} s{step}",
-                                           f"dp s{step} stage{s}", group, "allreduce",
-                                           params * grad_bytes, algorithm, servers,
-                                           deps=(last,))),)
-                add(Compute(f"optimizer stage{s} s{step}",
-                            optimizer_time_s(params, optimizer, device), deps=(last, *sync)))
-            programs[rank] = program
-    return programs, parts
+    @cache
+    def pair_group(src: int, dst: int) -> tuple[int, ...]:
+        """Senders then receivers: every replica's and tensor rank's by symmetry."""
+        pairs = ([(r, j) for r in range(grid.data) for j in range(t)] if symmetric
+                 else [(replica, k)])
+        return (*(grid.rank(src, r, j) for r, j in pairs),
+                *(grid.rank(dst, r, j) for r, j in pairs))
 
+    # By symmetry one collective carries the identical ones of the unsimulated peers: every
+    # replica's tensor group, every tensor rank's data-parallel group.
+    peers = range(grid.data) if symmetric else [replica]
+    tensor_groups = tuple(r for j in peers for r in grid.tensor_group(s, j))
+    ks = range(t) if symmetric else [k]
+    data_groups = tuple(r for j in ks for r in grid.data_group(s, j))
 
-def stage_memory(model: Model, parts: list[list[int]], dtype: str, optimizer: str,
-                 kind: str, micro: int) -> MemoryPlan:
-    """The fullest stage: its layers' model state plus the activations of every micro-batch
-    it holds at once (``in_flight``)."""
-    plans = []
-    for s, layers in enumerate(parts):
-        stage = Model(f"stage{s}", tuple(model.layers[i] for i in layers))
-        plan = data_parallel_memory(stage, dtype, optimizer)
-        held = in_flight(kind, s, len(parts), micro)
-        plans.append(MemoryPlan(plan.params, plan.grads, plan.optimizer,
-                                plan.activations * held))
-    return max(plans, key=lambda p: p.total)
+    def tensor_allreduce(what: str, key: str, count: int, after: int) -> int:
+        if t == 1 or count == 0:
+            return after
+        return add(Collective(f"tensor allreduce x{count} {what}", f"{key} r{replica}",
+                              tensor_groups, "allreduce", job.hidden_bytes, "ring",
+                              deps=(after,), stream="tensor", repeat=count,
+                              instances=len(peers)))
+
+    for step in range(job.steps):
+        done: dict[tuple[int, int], int] = {}
+        blocked: tuple[int, ...] = ()  # the last tensor all-reduce: compute waits for it
+        last_backward: dict[int, int] = {}
+        order = schedule(job.schedule, s, p, job.micro, job.chunks)
+        for pass_kind, i, c in order:
+            piece = c * p + s
+            cost = pieces_[piece]
+            tag = f"s{step} mb{i}"
+            name = f"stage{s}" + (f" chunk{c}" if job.chunks > 1 else "") + f" mb{i}"
+            if pass_kind == "F":
+                recv = (p2p("recv activations", piece - 1, piece, cost.in_bytes, "recv-fwd",
+                            "act " + tag),) if piece else ()
+                out = add(Compute(f"fwd {name} {tag}", cost.forward_s, deps=(*recv, *blocked)))
+                out = tensor_allreduce(f"fwd {name} {tag}", f"tp fwd {tag} p{piece}",
+                                       cost.forward_allreduces, out)
+                blocked = (out,) if t > 1 else ()
+                done[(i, c)] = out
+                if piece < last_piece:
+                    p2p("send activations", piece, piece + 1, cost.out_bytes, "send-fwd",
+                        "act " + tag, (out,))
+            else:
+                recv = (p2p("recv gradients", piece + 1, piece, cost.out_bytes, "recv-bwd",
+                            "grad " + tag),) if piece < last_piece else ()
+                out = add(Compute(f"bwd {name} {tag}", cost.backward_s,
+                                  deps=(*recv, done[(i, c)], *blocked)))
+                out = tensor_allreduce(f"bwd {name} {tag}", f"tp bwd {tag} p{piece}",
+                                       cost.backward_allreduces, out)
+                blocked = (out,) if t > 1 else ()
+                last_backward[c] = out
+                if piece:
+                    p2p("send gradients", piece, piece - 1, cost.in_bytes, "send-bwd",
+                        "grad " + tag, (out,))
+        syncs = []
+        if grid.data > 1:
+            op = "reducescatter" if sharded else "allreduce"
+            for c in sorted(last_backward):
+                syncs.append(add(Collective(
+                    f"{op} gradients chunk{c} s{step}", f"dp s{step} p{c * p + s} k{k}",
+                    data_groups, op, pieces_[c * p + s].params * grad_bytes,
+                    job.algorithm if op == "allreduce" else "ring", job.servers,
+                    deps=(last_backward[c],), instances=len(ks))))
+        params = sum(pieces_[c * p + s].params for c in range(job.chunks))
+        update: tuple[int, ...] = (*syncs, *blocked)
+        for what, seconds in optimizer_steps(params / grid.data if sharded else params,
+                                             job.optimizer, device, dtype, job.offload,
+                                             job.sharing):
+            update = (add(Compute(f"{what} stage{s} s{step}", seconds, deps=update)),)
+        if sharded:
+            add(Collective(f"allgather parameters s{step}", f"zero s{step} stage{s} k{k}",
+                           data_groups, "allgather", params * weight_bytes, "ring",
+                           deps=update, instances=len(ks)))
+    return program

@@ -25,7 +25,11 @@ class Collective:
     """A collective over ``group`` (ranks, in ring order) on the communication stream.
 
     ``key`` identifies the collective across ranks: the ranks of ``group`` that issue the
-    same key take part in the same operation.
+    same key take part in the same operation. ``repeat`` runs it that many times back to
+    back (each paying its latencies), as one op: a layer stack's blocking tensor-parallel
+    all-reduces without an event per layer. With ``instances`` > 1, ``group`` is that many
+    equal consecutive sub-groups, each running the collective at once: in a symmetric run,
+    the identical collectives of the simulated rank's peers, whose flows share the network.
     """
 
     name: str
@@ -37,6 +41,8 @@ class Collective:
     servers: int = 1
     deps: tuple[int, ...] = ()
     stream: str = "comm"
+    repeat: int = 1
+    instances: int = 1
 
 
 Op = Compute | Collective

@@ -11,24 +11,26 @@ from typing import Any
 
 import numpy as np
 
-from dlsim.cluster import build_topology, placement
+from dlsim.cluster import Grid, build_topology, placement
 from dlsim.comm.algorithms import busbw_factor, lowering
 from dlsim.config import Scenario, load_scenario
 from dlsim.engine import Engine, EngineRun
 from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES
 from dlsim.inference.simulate import simulate_edge_inference
+from dlsim.memory import memory_per_device, stage_memory
 from dlsim.metrics import breakdown, link_table
-from dlsim.pipeline import pipeline_programs, stage_memory
+from dlsim.pipeline import PipelineJob, in_flight, pieces, pipeline_programs
 from dlsim.program import Collective
 from dlsim.results import Result
-from dlsim.strategy import data_parallel_memory, data_parallel_program
+from dlsim.strategy import data_parallel_program
 from dlsim.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
 from dlsim.sync.training import ps_training, uses_parameter_server_simulator
 from dlsim.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
 from dlsim.sync.training import ps_training, uses_parameter_server_simulator
+from dlsim.tensor import check_tensor_degree, shard_model
 from dlsim.topology import Topology
 from dlsim.workload import build_model
 
@@ -120,9 +122,20 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
     lowering("allreduce", scenario.communication.data_parallel,
              field="communication.data_parallel")
     par = scenario.parallelism
-    stages = par.pipeline
-    data = par.data or topology.n_devices // stages
-    n = data * stages
+    stages, tensor, chunks = par.pipeline, par.tensor, par.virtual_stages
+    check_tensor_degree(scenario.model, tensor)
+    if par.data is None and topology.n_devices % (tensor * stages):
+        raise ScenarioError(f"the cluster's {topology.n_devices} devices do not divide into "
+                            f"tensor ({tensor}) x pipeline ({stages}) groups; give "
+                            "parallelism.data or change the degrees.",
+                            field="parallelism.tensor")
+    data = par.data or topology.n_devices // (tensor * stages)
+    if data == 0:
+        raise ScenarioError(f"tensor ({tensor}) x pipeline ({stages}) needs "
+                            f"{tensor * stages} devices but the cluster has "
+                            f"{topology.n_devices}.", field="parallelism.pipeline")
+    grid = Grid(data, tensor, stages)
+    n = grid.size
     ranks = placement(n, topology, scenario.placement)
     train = scenario.training
     if train.global_batch % data:
@@ -133,26 +146,44 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
     if per_replica % micro:
         raise ScenarioError(f"each replica's batch ({per_replica}) must be a multiple of "
                             f"microbatch ({micro}).", field="training.microbatch")
+    micro_count = per_replica // micro
+    if par.schedule == "interleaved" and micro_count % stages:
+        raise ScenarioError(f"the interleaved schedule needs the micro-batches per replica "
+                            f"({micro_count}) to be a multiple of pipeline ({stages}), as "
+                            "Megatron-LM requires.", field="training.microbatch")
     dtype = scenario.precision
     device.peak_flops(dtype)  # reject a dtype the device lacks before simulating
     model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2))
-    if stages > len(model.layers):
-        raise ScenarioError(f"{stages} pipeline stages for a model of {len(model.layers)} "
-                            "layers.", field="parallelism.pipeline")
+    if stages * chunks > len(model.layers):
+        raise ScenarioError(f"{stages} pipeline stages x {chunks} virtual stages for a model "
+                            f"of {len(model.layers)} layers.", field="parallelism.pipeline")
     comm = scenario.communication
-    replicas = [0] if _symmetric(scenario) else list(range(data))
-    micro_count = per_replica // micro
-    if stages == 1:
+    symmetric = _symmetric(scenario)
+    replicas = [0] if symmetric else list(range(data))
+    if stages == 1 and tensor == 1:
         program = data_parallel_program(
             model, device, dtype, n, micro_count, train.optimizer, train.bucket_cap_mb,
-            comm.data_parallel, comm.servers, train.steps, par.zero_stage)
+            comm.data_parallel, comm.servers, train.steps, par.zero_stage, par.recompute,
+            par.offload, topology.devices_per_node)
         programs = {r: program for r in replicas}
-        memory = data_parallel_memory(model, dtype, train.optimizer, par.zero_stage, n)
+        memory = memory_per_device(model, dtype, train.optimizer, data=n,
+                                   zero_stage=par.zero_stage, recompute=par.recompute,
+                                   offload=par.offload, lora=train.lora)
     else:
-        programs, parts = pipeline_programs(
-            model, device, dtype, data, stages, micro_count, par.schedule, train.optimizer,
-            comm.data_parallel, comm.servers, train.steps, replicas)
-        memory = stage_memory(model, parts, dtype, train.optimizer, par.schedule, micro_count)
+        shard = shard_model(model, tensor)
+        cut = pieces(model, shard, device, dtype, stages * chunks, par.recompute)
+        job = PipelineJob(grid, chunks, micro_count, par.schedule,
+                          model.layers[0].output_bytes, train.optimizer, comm.data_parallel,
+                          comm.servers, train.steps, par.zero_stage, par.offload,
+                          topology.devices_per_node)
+        programs = pipeline_programs(job, cut, device, dtype, replicas,
+                                     [0] if symmetric else list(range(tensor)))
+        memory = stage_memory(
+            model, [[i for c in range(chunks) for i in cut[c * stages + s].layers]
+                    for s in range(stages)], dtype, train.optimizer,
+            [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
+            data=data, tensor=tensor, zero_stage=par.zero_stage, recompute=par.recompute,
+            offload=par.offload, lora=train.lora)
     rng = np.random.default_rng(scenario.seed)
     engine = Engine(topology, straggle(programs, scenario, ranks, rng), ranks)
     schedule_slow_links(engine.env, engine.network, topology, scenario.stragglers)
@@ -182,8 +213,10 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         "breakdown_s": {k: v / steps for k, v in parts_s.items()},
         "communication": scenario.communication.data_parallel,
         "global_batch": train.global_batch, "microbatch": micro,
-        "parallelism": {"data": data, "pipeline": stages, "schedule": par.schedule,
-                        "zero_stage": par.zero_stage, "microbatches": micro_count},
+        "parallelism": {"data": data, "tensor": tensor, "pipeline": stages,
+                        "schedule": par.schedule, "virtual_stages": chunks,
+                        "zero_stage": par.zero_stage, "recompute": par.recompute,
+                        "offload": par.offload, "microbatches": micro_count},
     }
     summary.update(bsp_summary(scenario, run, ranks, rng))
     summary.update(bsp_summary(scenario, run, ranks, rng))

@@ -15,16 +15,22 @@ all-gathers each layer's parameters before its forward and again before its back
 prefetch stream, and never gathers after the step: 1.5x the all-reduce volume (§7.2.2).
 Prefetch runs one layer ahead: a layer's gather waits until the layer two places before it
 has finished, so at most two gathered layers are resident, as a bounded prefetch keeps them.
+
+Activation recomputation adds forward work to each backward pass (``pass_times_s``), and
+optimizer offload replaces the device's optimizer step by a round trip to the host
+(``optimizer_steps``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dlsim.costmodel import layer_times_s, optimizer_time_s
+from dlsim import hardware
+from dlsim.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
 from dlsim.hardware import DTYPE_BYTES, DeviceProfile
 from dlsim.program import Collective, Compute, Op
-from dlsim.workload import Model
+from dlsim.tensor import ATTENTION_CORE
+from dlsim.workload import Layer, Model
 
 MiB = 1024 * 1024
 
@@ -45,6 +51,45 @@ def is_mixed(dtype: str) -> bool:
 def gradient_bytes_per_param(dtype: str) -> int:
     """Gradients are kept in the training dtype, and fp8 training keeps them in bf16."""
     return max(DTYPE_BYTES[dtype], 2)
+
+
+def pass_times_s(layer: Layer, device: DeviceProfile, dtype: str,
+                 recompute: str = "none") -> tuple[float, float]:
+    """(forward, backward) time of one layer for one micro-batch; the backward pass first
+    recomputes what was not stored: nothing (``none``), the attention core, QK^T, softmax
+    and AV (``selective``, Korthikanti et al. 2022, §4.2), or the whole forward (``full``,
+    Chen et al. 2016, as Megatron-LM checkpoints each layer's input)."""
+    forward, backward = layer_times_s(layer, device, dtype)
+    if recompute == "full":
+        return forward, backward + forward
+    if recompute == "selective":
+        return forward, backward + sum(kernel_time_s(k, device, dtype)
+                                       for k in layer.forward if k.name in ATTENTION_CORE)
+    return forward, backward
+
+
+# ZeRO-Offload's host (Ren et al. 2021, §4): the node's CPU sockets; the profile's memory
+# bandwidth (2 sockets x 8 channels DDR4-3200) is also a DGX A100's (2x EPYC 7742, 8 channels
+# DDR4-3200 each).
+OFFLOAD_HOST = "cpu-host"
+
+
+def optimizer_steps(params: float, optimizer: str, device: DeviceProfile, dtype: str,
+                    offload: str = "none", sharing: int = 1) -> list[tuple[str, float]]:
+    """The optimizer step of ``params`` parameters, as (name, seconds) in order.
+
+    Offloaded (ZeRO-Offload, Ren et al. 2021, §4), the gradients go to the host over the
+    device's PCIe link, the CPU runs the (memory-bound) update, which the ``sharing``
+    devices of a node run at once on its memory bandwidth, and the updated 16-bit
+    parameters come back; one after the other, as the device needs them to go on.
+    """
+    if offload == "none":
+        return [("optimizer", optimizer_time_s(params, optimizer, device))]
+    pcie = hardware.link(device.pcie or "pcie4-x16")
+    host = hardware.device(OFFLOAD_HOST)
+    return [("gradients to host", params * gradient_bytes_per_param(dtype) / pcie.up_Bps),
+            ("optimizer on host", optimizer_time_s(params * sharing, optimizer, host)),
+            ("parameters to device", params * max(DTYPE_BYTES[dtype], 2) / pcie.down_Bps)]
 
 
 @dataclass(frozen=True)
@@ -93,9 +138,10 @@ def gradient_buckets(model: Model, grad_bytes: int, cap_bytes: float) -> list[li
 def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks: int,
                           accumulation: int, optimizer: str, bucket_cap_mb: float,
                           algorithm: str, servers: int, steps: int,
-                          zero_stage: int = 0) -> list[Op]:
+                          zero_stage: int = 0, recompute: str = "none",
+                          offload: str = "none", sharing: int = 1) -> list[Op]:
     """The program every data-parallel rank runs (they are identical)."""
-    times = [layer_times_s(layer, device, dtype) for layer in model.layers]
+    times = [pass_times_s(layer, device, dtype, recompute) for layer in model.layers]
     grad_bytes = gradient_bytes_per_param(dtype)
     weight_bytes = max(DTYPE_BYTES[dtype], 2)
     buckets = gradient_buckets(model, grad_bytes, bucket_cap_mb * MiB)
@@ -143,8 +189,11 @@ def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks
                         algorithm if op == "allreduce" else "ring", servers,
                         deps=(backward,))))
         owned = model.parameters / ranks if sharded else model.parameters
-        update = add(Compute(f"optimizer s{step}", optimizer_time_s(owned, optimizer, device),
-                             deps=tuple(collectives)))
+        update = None
+        for what, seconds in optimizer_steps(owned, optimizer, device, dtype, offload,
+                                             sharing):
+            update = add(Compute(f"{what} s{step}", seconds,
+                                 deps=tuple(collectives) if update is None else (update,)))
         if sharded and zero_stage < 3:
             add(Collective(f"allgather parameters s{step}", f"zero s{step} params", group,
                            "allgather", model.parameters * weight_bytes, "ring",

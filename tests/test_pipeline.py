@@ -3,12 +3,16 @@ the closed form (p-1)/(m+p-1) (GPipe, Huang et al. 2019; 1F1B, Narayanan et al. 
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dlsim
 from dlsim import hardware
 from dlsim.config import ModelSpec
 from dlsim.costmodel import layer_times_s, optimizer_time_s
+from dlsim.errors import ScenarioError
 from dlsim.pipeline import partition, schedule
 from dlsim.workload import build_model
 
@@ -51,12 +55,32 @@ def test_1f1b_holds_fewer_microbatches_than_gpipe():
 
 
 def test_schedules_run_every_pass_once():
-    for kind in ("gpipe", "1f1b"):
+    for kind, chunks in (("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("interleaved", 3)):
         for stage in range(4):
-            order = schedule(kind, stage, 4, 6)
-            assert sorted(order) == sorted([("F", i) for i in range(6)]
-                                           + [("B", i) for i in range(6)])
-            assert all(order.index(("F", i)) < order.index(("B", i)) for i in range(6))
+            order = schedule(kind, stage, 4, 8, chunks)
+            passes = [(i, c) for i in range(8) for c in range(chunks)]
+            assert sorted(order) == sorted([("F", *x) for x in passes]
+                                           + [("B", *x) for x in passes])
+            assert all(order.index(("F", *x)) < order.index(("B", *x)) for x in passes)
+
+
+@settings(max_examples=15, deadline=None)
+@given(p=st.integers(2, 6), groups=st.integers(1, 4), v=st.integers(2, 4))
+def test_interleaved_order_follows_megatron(p, groups, v):
+    """Forwards walk chunk 0..v-1 over groups of p micro-batches, backwards chunk v-1..0, and
+    a stage runs 2(p-s-1) + (v-1)p warm-up forwards, and one more, before its first
+    backward (Narayanan et al. SC'21 §2.2; Megatron-LM's interleaved schedule)."""
+    m = p * groups
+    for stage in (0, p - 1):
+        order = schedule("interleaved", stage, p, m, v)
+        forwards = [(i, c) for kind, i, c in order if kind == "F"]
+        backwards = [(i, c) for kind, i, c in order if kind == "B"]
+        expect = [(g * p + j, c) for g in range(groups) for c in range(v) for j in range(p)]
+        assert forwards == expect
+        assert backwards == [(i, v - 1 - c) for i, c in expect]
+        first_backward = next(k for k, x in enumerate(order) if x[0] == "B")
+        warm = m * v if m == p else min(2 * (p - stage - 1) + (v - 1) * p, m * v)
+        assert first_backward == (warm + 1 if warm < m * v else m * v)
 
 
 def test_partition_is_contiguous_and_balanced():
@@ -72,3 +96,83 @@ def test_slow_links_add_to_the_pipeline_and_data_parallel_symmetry_holds():
                            "simulation": {"fidelity": "full"}})
     assert full.step_time_s == slow.step_time_s
     assert full.comm_bytes_total == pytest.approx(slow.comm_bytes_total)
+
+
+def _mlp(p: int, m: int, layers: int, parallelism: dict) -> dict:
+    return {"name": "pp", "model": {"kind": "mlp", "widths": [WIDTH] * (layers + 1)},
+            "cluster": {"topology": "switch", "devices": p, "device": "a100-sxm4-80gb",
+                        "link": {"bandwidth_GBps": 1e200, "latency_us": 0}},
+            "training": {"global_batch": MICRO * m, "microbatch": MICRO, "optimizer": "sgd"},
+            "parallelism": {"pipeline": p, **parallelism}}
+
+
+@pytest.mark.parametrize("p,v,m", [(2, 2, 2), (2, 2, 4), (4, 2, 8), (4, 4, 8), (3, 2, 9),
+                                   (8, 2, 16)])
+def test_interleaved_bubble_is_one_vth_of_1f1b(p, v, m):
+    """Narayanan et al. SC'21 §2.2.2: with v model chunks per device the bubble takes
+    (1/v)(p-1)/m of the ideal time m(t_f + t_b)."""
+    device = hardware.device("a100-sxm4-80gb")
+    layers = p * v * 2
+    model = build_model(ModelSpec(kind="mlp", widths=[WIDTH] * (layers + 1)), MICRO, 2)
+    fwd, bwd = layer_times_s(model.layers[0], device, "bf16")
+    ideal = m * (fwd + bwd) * layers / p
+    opt = optimizer_time_s(model.parameters / p, "sgd", device)
+    r = dlsim.simulate(_mlp(p, m, layers, {"schedule": "interleaved", "virtual_stages": v}))
+    assert r.step_time_s - opt == pytest.approx(ideal * (1 + (p - 1) / (v * m)), rel=1e-9)
+    assert r.breakdown_s["bubble"] == pytest.approx(ideal * (p - 1) / (v * m), rel=1e-6)
+    assert r.parallelism["virtual_stages"] == v
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_full_recompute_adds_one_forward_to_every_backward(recompute):
+    device = hardware.device("a100-sxm4-80gb")
+    p, m = 4, 8
+    model = build_model(ModelSpec(kind="mlp", widths=[WIDTH] * (LAYERS + 1)), MICRO, 2)
+    fwd, bwd = layer_times_s(model.layers[0], device, "bf16")
+    if recompute == "full":
+        bwd += fwd
+    opt = optimizer_time_s(model.parameters / p, "sgd", device)
+    r = dlsim.simulate(_mlp(p, m, LAYERS, {"recompute": recompute}))
+    assert r.step_time_s == pytest.approx((m + p - 1) * (fwd + bwd) * LAYERS / p + opt,
+                                          rel=1e-9)
+
+
+def test_gradient_allreduce_of_a_stage_starts_after_its_last_backward():
+    """Per-stage gradient all-reduces overlap the backward passes still running upstream."""
+    r = dlsim.simulate(_scenario(4, 8, "1f1b", bandwidth=10.0, data=2))
+    spans = pd.DataFrame(r.spans)
+    for _, mine in spans.groupby("device"):
+        last_backward = mine[mine.name.str.startswith("bwd")].end_s.max()
+        sync = mine[mine.name.str.startswith("allreduce gradients")]
+        assert len(sync) == 1 and sync.start_s.iloc[0] >= last_backward - 1e-12
+    last_stage = spans[spans.name.str.startswith("allreduce gradients")].start_s.min()
+    first_stage_done = spans[spans.device == 0]
+    assert last_stage < first_stage_done[first_stage_done.name.str.startswith("bwd")].end_s.max()
+
+
+def test_zero1_with_a_pipeline_moves_the_allreduce_volume_and_shrinks_optimizer_state():
+    plain = dlsim.simulate(_scenario(2, 4, "1f1b", bandwidth=10.0, data=2))
+    zero = dlsim.simulate({**_scenario(2, 4, "1f1b", bandwidth=10.0, data=2),
+                           "parallelism": {"data": 2, "pipeline": 2, "zero_stage": 1}})
+    # ring reduce-scatter + all-gather == ring all-reduce: 2(N-1)/N of the gradients per rank
+    assert zero.comm_bytes_total == pytest.approx(plain.comm_bytes_total)
+    assert zero.memory_breakdown_bytes["optimizer"] == pytest.approx(
+        plain.memory_breakdown_bytes["optimizer"] / 2)
+
+
+@pytest.mark.parametrize("parallelism,field", [
+    ({"pipeline": 4, "schedule": "interleaved", "virtual_stages": 2}, "training.microbatch"),
+    ({"pipeline": 2, "virtual_stages": 2}, None),
+    ({"pipeline": 1, "schedule": "interleaved"}, None),
+    ({"pipeline": 2, "zero_stage": 2}, None),
+    ({"pipeline": 4, "schedule": "interleaved", "virtual_stages": 4}, "parallelism.pipeline"),
+])
+def test_infeasible_pipelines_are_scenario_errors(parallelism, field):
+    scenario = _mlp(4, 6, 8, {})  # 6 micro-batches: not a multiple of 4
+    scenario["parallelism"] = parallelism
+    if parallelism.get("virtual_stages") == 4:
+        scenario["training"]["global_batch"] = MICRO * 8
+    with pytest.raises(ScenarioError) as err:
+        dlsim.simulate(scenario)
+    if field:
+        assert err.value.field == field
