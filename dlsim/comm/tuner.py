@@ -1,11 +1,12 @@
 """Tuner: a closed-form time for a collective on a topology, and the choice it implies.
 
-``estimate_time_s`` prices a collective without running the engine: each phase costs its
-longest flow latency plus the busiest link's bytes over that link's bandwidth (the
-alpha-beta model of Hockney, with beta taken at the bottleneck link, as in ASTRA-sim's
-analytical backend). That is exactly what the flow simulation gives for a phase whose flows
-all get the same rate (rings, halving-doubling and trees on uniform links, PS shards), and
-a lower bound otherwise. ``plan_collective`` picks the algorithm and protocol with the
+``estimate_time_s`` prices a collective without running the engine: each phase costs a
+latency plus the busiest link's bytes over that link's bandwidth (the alpha-beta model of
+Hockney, with beta taken at the bottleneck link, as in ASTRA-sim's analytical backend).
+That is exactly what the flow simulation gives wherever a phase's flows share their
+bottleneck equally (rings, halving-doubling and trees on a switch, PS shards); where
+max-min sharing leaves a link idle part of the time it is an optimistic estimate.
+``plan_collective`` picks the algorithm and protocol with the
 lowest estimate, the way NCCL's tuner does (``ncclTopoGetAlgoTime`` over every enabled
 algorithm x protocol, lowest time wins; ties go to the earlier candidate).
 """
@@ -21,9 +22,12 @@ from dlsim.comm.algorithms import ALGORITHMS, Phase, lower
 from dlsim.errors import ScenarioError
 from dlsim.topology import Topology
 
-# What `algorithm: auto` chooses among: NCCL's ring and tree, plus the classic alternatives
-# MPI libraries pick from by size (Thakur et al. 2005). The parameter server and the direct
-# exchange are deployment choices rather than library algorithms, so auto never picks them.
+# What `algorithm: auto` chooses among. Under NCCL's protocols: NCCL's own ring and tree
+# (CollNet and NVLS need in-network reduction, not modelled). Under the ideal model: also
+# the classic alternatives MPI libraries pick from by size (Thakur et al. 2005). The
+# parameter server and the direct exchange are deployment choices rather than library
+# algorithms, so auto never picks them.
+NCCL_ALGORITHMS = ("ring", "tree")
 AUTO_EXCLUDED = ("ps", "direct")
 
 
@@ -36,7 +40,9 @@ class CollectivePlan:
 
 
 def phase_time_s(phase: Phase, topology: Topology) -> float:
-    """Longest flow latency + the busiest link's bytes / its bandwidth."""
+    """When the phase's last byte arrives, if every link works whenever it has bytes to
+    carry: the later of (a) each link's first flow start + its bytes / bandwidth and (b)
+    each flow's own start + its bytes / its narrowest link."""
     src, dst = np.asarray(phase.src), np.asarray(phase.dst)
     size = np.broadcast_to(np.asarray(phase.size_bytes, dtype=float), src.shape) * phase.rounds
     if phase.wire_factor is not None:
@@ -48,13 +54,20 @@ def phase_time_s(phase: Phase, topology: Topology) -> float:
     if phase.latency_s is None:
         steps = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
         per_step = np.array([topology.latency_s[r].sum() for r in routes])
-        latency = float((per_step * np.broadcast_to(steps, src.shape)[keep]).max())
+        latency = per_step * np.broadcast_to(steps, src.shape)[keep]
     else:
-        latency = float(np.broadcast_to(phase.latency_s, src.shape)[keep].max())
+        latency = np.broadcast_to(phase.latency_s, src.shape)[keep]
+    size = size[keep]
     lengths = [len(r) for r in routes]
-    load = np.bincount(np.concatenate(routes), weights=np.repeat(size[keep], lengths),
+    links = np.concatenate(routes)
+    load = np.bincount(links, weights=np.repeat(size, lengths),
                        minlength=len(topology.capacity_Bps))
-    return latency + float((load / topology.capacity_Bps).max())
+    first = np.full(len(load), np.inf)
+    np.minimum.at(first, links, np.repeat(latency, lengths))
+    used = load > 0
+    by_link = first[used] + load[used] / topology.capacity_Bps[used]
+    narrowest = np.array([topology.capacity_Bps[r].min() for r in routes])
+    return float(max(by_link.max(), (latency + size / narrowest).max()))
 
 
 def estimate_time_s(op: str, algorithm: str, size_bytes: float, devices: np.ndarray,
@@ -67,11 +80,13 @@ def estimate_time_s(op: str, algorithm: str, size_bytes: float, devices: np.ndar
                            protocol, servers, nodes, hosts).time_s
 
 
-def _candidates(op: str, algorithm: str) -> list[str]:
+def _candidates(op: str, algorithm: str, protocol: str) -> list[str]:
     if algorithm != "auto":
         return [algorithm]
     every = list(ALGORITHMS.get(op, {}))
-    return [a for a in every if a not in AUTO_EXCLUDED] or every
+    keep = (lambda a: a in NCCL_ALGORITHMS) if protocol != "ideal" else (
+        lambda a: a not in AUTO_EXCLUDED)
+    return [a for a in every if keep(a)] or every
 
 
 def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: float,
@@ -81,7 +96,7 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
     """The algorithm (``auto``: the fastest candidate) and protocol (``nccl``: the fastest of
     LL, LL128 and Simple) with their lowered phases and estimated time. With ``timed``
     False a plan that has nothing to choose from is not estimated (time_s is NaN)."""
-    algorithms = _candidates(op, algorithm)
+    algorithms = _candidates(op, algorithm, protocol)
     protocols = list(proto.PROTOCOLS) if protocol == "nccl" else [protocol]
     choose = len(algorithms) * len(protocols) > 1
     best: CollectivePlan | None = None

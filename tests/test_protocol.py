@@ -1,0 +1,107 @@
+"""NCCL's protocols and the tuner, against closed forms written out here from NCCL's
+published constants (src/graph/tuning.cc, src/graph/topo.h), not from dlsim's tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import topology_of
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dlsim
+from dlsim.comm.tuner import estimate_time_s
+from dlsim.engine import Engine
+from dlsim.program import Collective
+from dlsim.topology import LinkSpec, star
+
+N = 8                 # one DGX A100
+NVLINK_BPS = 300e9    # per direction per GPU (A100 datasheet)
+PAYLOAD = 20 / 25     # NCCL assumes 20 GB/s of each 25 GB/s NVLink 3 link
+LAUNCH = 4e-6         # a100 profile kernel_launch_us
+# NCCL ring constants: base latency and NVLink per-step latency (us), bus-bandwidth factor
+RING = {"LL": (6.6, 0.6, 0.5), "LL128": (14.0, 1.9, 0.92), "Simple": (8.4, 3.4, 1.0)}
+
+
+def _ring_time(protocol: str, size: float) -> float:
+    base, step, factor = RING[protocol]
+    steps = 2 * (N - 1)
+    return (LAUNCH + (base + steps * step) * 1e-6
+            + steps / N * size / (NVLINK_BPS * PAYLOAD * factor))
+
+
+def _dgx(size: float, protocol: str, algorithm: str = "ring") -> dlsim.Result:
+    return dlsim.simulate({"name": "p", "kind": "collective", "cluster": {"preset": "dgx-a100"},
+                           "collective": {"size_bytes": size, "algorithm": algorithm,
+                                          "protocol": protocol}})
+
+
+@pytest.mark.parametrize("protocol", ["LL", "LL128", "Simple"])
+@pytest.mark.parametrize("size", [4096.0, 64 * 2.0**20])
+def test_ring_allreduce_per_protocol_on_a_dgx_a100(protocol, size):
+    """One latency per ring step (not per NVSwitch hop), the protocol's fraction of the
+    NVLink payload rate, plus its base latency and one kernel launch."""
+    r = _dgx(size, protocol)
+    assert r.time_s == pytest.approx(_ring_time(protocol, size), rel=1e-6)
+    assert r.comm_bytes_total == pytest.approx(2 * (N - 1) * size, rel=1e-9)  # payload only
+
+
+@pytest.mark.parametrize("size", [1024.0, 8 * 2.0**20, 2.0**30])
+def test_nccl_mode_picks_the_fastest_protocol(size):
+    """LL for small messages, LL128 in the middle, Simple for large (crossovers at 3.8 MB
+    and 24 MB by the closed forms above), as NCCL's tuner picks them."""
+    times = {p: _ring_time(p, size) for p in RING}
+    best = min(times, key=times.get)
+    r = _dgx(size, "nccl")
+    assert r.protocol == best
+    assert r.time_s == pytest.approx(times[best], rel=1e-6)
+    assert {1024.0: "LL", 8 * 2.0**20: "LL128", 2.0**30: "Simple"}[size] == best
+
+
+def test_auto_protocol_is_nccl_on_presets_and_ideal_on_textbook_topologies():
+    assert _dgx(2.0**20, "auto").protocol == _dgx(2.0**20, "nccl").protocol
+    r = dlsim.simulate({"name": "t", "kind": "collective",
+                        "cluster": {"topology": "switch", "devices": 4,
+                                    "link": {"bandwidth_GBps": 10, "latency_us": 1}},
+                        "collective": {"size_bytes": 1e6}})
+    assert r.protocol == "ideal"
+    assert r.time_s == pytest.approx(6 * (1e6 / 4 / 10e9 + 2e-6), rel=1e-6)
+
+
+def test_auto_algorithm_takes_the_tree_for_small_messages_and_the_ring_for_large():
+    """NCCL's choice on one node: the tree's 2 x depth latencies win when latency
+    dominates; the ring's full bus bandwidth wins when bytes dominate."""
+    small, large = _dgx(1024, "nccl", "auto"), _dgx(2.0**30, "nccl", "auto")
+    assert small.algorithm_chosen == "tree" and large.algorithm_chosen == "ring"
+    for r, size in ((small, 1024.0), (large, 2.0**30)):
+        others = [_dgx(size, "nccl", a).time_s for a in ("ring", "tree")]
+        assert r.time_s == pytest.approx(min(others), rel=1e-9)
+
+
+def _engine_time(bandwidth: float, n: int, size: float, algorithm: str, protocol: str) -> float:
+    topo = topology_of(star(n, LinkSpec("l", bandwidth, bandwidth, 1e-6)), n)
+    op = Collective("allreduce", "k", tuple(range(n)), "allreduce", size, algorithm)
+    return Engine(topo, {0: [op]}, np.arange(n), protocol).run().end_s
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.sampled_from([2, 4, 8, 16]), size=st.floats(1e3, 1e9),
+       bandwidth=st.floats(1e9, 100e9), more=st.floats(1.0, 10.0),
+       algorithm=st.sampled_from(["auto", "ring", "tree", "halving-doubling"]),
+       protocol=st.sampled_from(["ideal", "nccl", "LL", "Simple"]))
+def test_more_bandwidth_is_never_slower(n, size, bandwidth, more, algorithm, protocol):
+    slow = _engine_time(bandwidth, n, size, algorithm, protocol)
+    fast = _engine_time(bandwidth * more, n, size, algorithm, protocol)
+    assert fast <= slow * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "halving-doubling", "tree", "ps"])
+def test_estimate_is_the_simulated_time_on_a_switch(algorithm):
+    """The tuner's closed form (latency + busiest link / bandwidth per phase) is exact
+    wherever a phase's flows share their bottleneck equally, as on a non-blocking switch."""
+    n, size = 16, 64e6
+    topo = topology_of(star(n, LinkSpec("l", 25e9, 25e9, 2e-6)), n)
+    est = estimate_time_s("allreduce", algorithm, size, np.arange(n), topo, "Simple")
+    op = Collective("allreduce", "k", tuple(range(n)), "allreduce", size, algorithm)
+    sim = Engine(topo, {0: [op]}, np.arange(n), "Simple").run().end_s
+    assert est == pytest.approx(sim, rel=1e-6)
