@@ -17,7 +17,6 @@ from dlsim.errors import ScenarioError
 from dlsim.inference.spec import EdgeInferenceSpec
 from dlsim.spec import Spec as _Spec
 from dlsim.sync.spec import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
-from dlsim.sync.spec import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
 
 
 class ModelSpec(_Spec):

@@ -27,9 +27,6 @@ from dlsim.strategy import data_parallel_program
 from dlsim.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
 from dlsim.sync.training import ps_training, uses_parameter_server_simulator
-from dlsim.sync.bsp import bsp_summary, ended_at_last_op, straggle
-from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
-from dlsim.sync.training import ps_training, uses_parameter_server_simulator
 from dlsim.tensor import check_tensor_degree, shard_model
 from dlsim.topology import Topology
 from dlsim.workload import build_model
@@ -218,7 +215,6 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
                         "zero_stage": par.zero_stage, "recompute": par.recompute,
                         "offload": par.offload, "microbatches": micro_count},
     }
-    summary.update(bsp_summary(scenario, run, ranks, rng))
     summary.update(bsp_summary(scenario, run, ranks, rng))
     return _result(scenario, topology, run, summary,
                    "symmetric" if len(programs) < n else "full")

@@ -130,14 +130,6 @@ class Network:
         self.capacity_Bps[edges] = self.topology.capacity_Bps[edges] * factor
         self._reschedule()
 
-    def scale_links(self, edges: np.ndarray, factor: float) -> None:
-        """From now on, links ``edges`` carry ``factor`` of their nominal bandwidth (a
-        transient slow link; factor 1 restores it). Flows in flight keep what they have sent
-        and go on at the new fair rates."""
-        self._advance()
-        self.capacity_Bps[edges] = self.topology.capacity_Bps[edges] * factor
-        self._reschedule()
-
     @staticmethod
     def _segment(batch: _Batch, routes: list[np.ndarray], size: np.ndarray) -> _Segment:
         lengths = np.fromiter((len(r) for r in routes), dtype=np.int64, count=len(routes))
