@@ -13,9 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from dlsim import hardware
+from dlsim.analysis.scaling import scaling_analysis
 from dlsim.config import read_yaml
 from dlsim.errors import ScenarioError
-from dlsim.output import to_json, write_run, write_sweep
+from dlsim.executors import PointCache, executor_for
+from dlsim.output import records, to_json, write_run, write_sweep
 from dlsim.simulate import simulate
 from dlsim.sweep import pivot, primary_metric, run_sweep
 from dlsim.validation import DEFAULT_DIR, run_validation, table_errors
@@ -67,17 +69,42 @@ def _summary_rows(summary: dict[str, Any], prefix: str = "") -> list[dict[str, A
     return rows
 
 
+CACHE_DIR = ".cache"  # under --out; slug() never yields a name starting with a dot
+SCALING_COLUMNS = {"line": "line", "base_devices": "N0", "amdahl_f": "f",
+                   "amdahl_limit": "limit", "n_half_devices": "N½", "amdahl_r2": "R² Amdahl",
+                   "usl_sigma": "σ", "usl_kappa": "κ", "n_peak_devices": "N*",
+                   "usl_r2": "R² USL"}
+
+
 def _sweep(file: Path, base: dict[str, Any], vary: dict[str, list[Any]], out_dir: Path,
-           as_json: bool) -> None:
-    table = run_sweep(base, vary, file=str(file), progress=not as_json)
+           as_json: bool, workers: int | None = None, scheduler: str | None = None,
+           dask_workers: int | None = None, fmt: str = "csv", cache: bool = True) -> None:
+    if fmt not in ("csv", "parquet"):
+        raise ScenarioError(f"--format is csv or parquet (got {fmt!r}).", field="--format")
+    points = PointCache(out_dir / CACHE_DIR) if cache else None
+    with executor_for(workers, scheduler, dask_workers) as executor:
+        table = run_sweep(base, vary, file=str(file), progress=not as_json, executor=executor,
+                          cache=points)
     keys = list(vary)
-    where = write_sweep(str(base.get("name", file.stem)), table, keys, base, out_dir)
+    scaling = scaling_analysis(table, keys)
+    where = write_sweep(str(base.get("name", file.stem)), table, keys, base, out_dir,
+                        fmt=fmt, scaling=scaling)
     if as_json:
-        print(table.to_json(orient="records", indent=2))
+        print(json.dumps(records(table), indent=2, allow_nan=False))
         return
     wide = pivot(table, keys)
     _print_rows(f"{base.get('name')}: {primary_metric(table)} (s)",
                 wide.astype(object).to_dict("records"), False)
+    if "error" in table:
+        failed = table[table["error"].notna()][[*keys, "error_field", "error"]]
+        _print_rows("points that failed", failed.astype(object).to_dict("records"), False)
+    if scaling:
+        rows = [{SCALING_COLUMNS[k]: v for k, v in g.fit_row().items()} for g in scaling]
+        _print_rows("Scaling over the smallest device count N0: Amdahl f, limit, N½; "
+                    "USL σ, κ, peak N*", rows, False)
+    if points is not None:
+        out.print(f"{len(table)} points: {points.hits} from the cache ({points.directory}), "
+                  f"{points.writes} simulated and cached")
     out.print(f"report: {where / 'index.html'}")
 
 
@@ -116,12 +143,27 @@ def _parse_vary(items: list[str]) -> dict[str, list[Any]]:
 @app.command()
 def sweep(file: Path,
           vary: Annotated[list[str], typer.Option(help="field=v1,v2,... (repeatable)")] = (),
-          out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
-    """Simulate a grid over scenario fields (or the file's own 'sweep:' block)."""
+          out_dir: OutDir = Path("reports"), as_json: AsJson = False,
+          workers: Annotated[int | None, typer.Option(
+              help="Local worker processes (default: one per CPU; 1: in this process).")]
+          = None,
+          scheduler: Annotated[str | None, typer.Option(
+              help="Run on this Dask scheduler, e.g. tcp://host:8786.")] = None,
+          dask_workers: Annotated[int | None, typer.Option(
+              help="Start a local Dask cluster with this many workers.")] = None,
+          fmt: Annotated[str, typer.Option("--format", help="Table file: csv | parquet.")]
+          = "csv",
+          no_cache: Annotated[bool, typer.Option(
+              "--no-cache", help="Simulate every point again, ignoring <out>/.cache.")]
+          = False) -> None:
+    """Simulate a grid over scenario fields (or the file's own 'sweep:' block). Completed
+    points are cached in <out>/.cache, so an interrupted sweep resumes; a point whose scenario
+    is invalid becomes a row with its error. A device-count sweep gets Amdahl and USL fits."""
     try:
         data = read_yaml(file)
         grid = _parse_vary(list(vary)) if vary else data.get("sweep") or {}
-        _sweep(file, data, grid, out_dir, as_json)
+        _sweep(file, data, grid, out_dir, as_json, workers, scheduler, dask_workers, fmt,
+               not no_cache)
     except ScenarioError as exc:
         _fail(exc)
 

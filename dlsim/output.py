@@ -6,15 +6,21 @@ interrupted or failed run never leaves a half-written report behind.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from dlsim.analysis.scaling import GroupScaling
+from dlsim.errors import ScenarioError
 from dlsim.report import render_run, render_sweep
 from dlsim.results import Result
 from dlsim.sweep import primary_metric
@@ -30,14 +36,17 @@ def to_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
-def write_report_dir(target: Path, files: dict[str, str]) -> Path:
-    """Atomically replace directory ``target`` with ``files`` (name -> text)."""
+def write_report_dir(target: Path, files: dict[str, str | bytes]) -> Path:
+    """Atomically replace directory ``target`` with ``files`` (name -> text or bytes)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; a report directory is not
-        for name, text in files.items():
-            (staging / name).write_text(text, encoding="utf-8")
+        for name, content in files.items():
+            if isinstance(content, bytes):
+                (staging / name).write_bytes(content)
+            else:
+                (staging / name).write_text(content, encoding="utf-8")
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             target.rename(old / "previous")
@@ -59,14 +68,49 @@ def write_run(result: Result, out_dir: Path) -> Path:
     return write_report_dir(out_dir / slug(result.summary["name"]), files)
 
 
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as plain Python values, floats exact (``DataFrame.to_json`` keeps only 10
+    digits by default), NaN as None."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            value = value.item()
+        return None if isinstance(value, float) and math.isnan(value) else value
+    return [{str(k): plain(v) for k, v in row.items()} for row in table.to_dict("records")]
+
+
 def write_sweep(name: str, table: pd.DataFrame, vary: list[str], base: dict[str, Any],
-                out_dir: Path, y: str | None = None) -> Path:
-    """Write reports/<name>/ for a sweep: summary.json (all rows), sweep.csv, index.html;
-    the plot shows ``y`` (default: the primary metric) against the first varied column."""
+                out_dir: Path, y: str | None = None, fmt: str = "csv",
+                scaling: Sequence[GroupScaling] = ()) -> Path:
+    """Write reports/<name>/ for a sweep: summary.json (all rows, and the scaling fits when
+    the sweep varies a device count), sweep.csv or sweep.parquet, index.html; the plot shows
+    ``y`` (default: the primary metric) against the first varied column."""
     metric = y or primary_metric(table)
     group = vary[-1] if len(vary) > 1 else None
-    html = render_sweep(name, table, vary[0], metric, group, base)
-    rows = json.loads(table.to_json(orient="records"))
-    return write_report_dir(out_dir / slug(name), {
-        "summary.json": to_json({"name": name, "kind": "sweep", "vary": vary, "rows": rows}),
-        "sweep.csv": table.to_csv(index=False), "index.html": html})
+    html = render_sweep(name, table, vary[0], metric, group, base, scaling)
+    rows = records(table)
+    summary: dict[str, Any] = {"name": name, "kind": "sweep", "vary": vary, "rows": rows}
+    if scaling:
+        summary["scaling"] = [g.summary() for g in scaling]
+    files: dict[str, str | bytes] = {"summary.json": to_json(summary), "index.html": html}
+    if fmt == "parquet":
+        files["sweep.parquet"] = _parquet(table)
+    else:
+        files["sweep.csv"] = table.to_csv(index=False)
+    return write_report_dir(out_dir / slug(name), files)
+
+
+def _parquet(table: pd.DataFrame) -> bytes:
+    """The table as Parquet; a column mixing types (say 8 and 'abc') is stored as text."""
+    try:
+        import pyarrow  # noqa: F401  # optional: pip install 'dlsim[parquet]'
+    except ImportError:
+        raise ScenarioError("Parquet output needs pyarrow; pip install 'dlsim[parquet]' or "
+                            "use --format csv.", field="--format") from None
+    frame = table.copy()
+    for column in frame.select_dtypes(include="object").columns:
+        values = frame[column]
+        if len({type(v) for v in values.dropna()}) > 1:
+            frame[column] = values.where(values.isna(), values.astype(str))
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()

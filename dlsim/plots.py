@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
+import networkx as nx
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import PolyCollection
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
@@ -224,4 +229,81 @@ def sweep_lines(table: pd.DataFrame, x: str, y: str, group: str | None) -> str:
     ax.grid(axis="y", color="#E6E6E6", linewidth=0.8)
     if group is not None:
         ax.legend(fontsize=8, frameon=False, title=group, title_fontsize=8)
+    return _to_data_uri(fig)
+
+
+def scaling_curves(curves: Sequence[Mapping[str, object]]) -> str:
+    """Speed-up against device count: measured points, the Amdahl and USL fits, and ideal.
+
+    Each curve is a mapping with ``label``, ``devices`` and ``speedup`` (the measured
+    points), and ``fit_devices`` with ``amdahl`` and/or ``usl`` (the fitted curves on a
+    dense grid). Speed-up is relative to each curve's smallest device count.
+    """
+    fig = _new_figure(8.0, 4.4)
+    ax = fig.add_subplot()
+    colours = [f"C{i}" for i in range(10)]
+    lo, hi = np.inf, 0.0
+    for colour, curve in zip(itertools.cycle(colours), curves):
+        n = np.asarray(curve["devices"], dtype=float)
+        lo, hi = min(lo, float(n.min())), max(hi, float(n.max()))
+        ax.plot(n, np.asarray(curve["speedup"], dtype=float), "o", color=colour,
+                markersize=5, label=f"{curve['label']}: simulated")
+        grid = np.asarray(curve.get("fit_devices", ()), dtype=float)
+        for law, style, name in (("amdahl", "--", "Amdahl"), ("usl", ":", "USL")):
+            if curve.get(law) is not None:
+                ax.plot(grid, np.asarray(curve[law], dtype=float), style, color=colour,
+                        linewidth=1.4, label=f"{curve['label']}: {name} fit")
+        ax.plot(grid, grid / n.min(), "-", color="#BBBBBB", linewidth=0.8, zorder=0)
+    if hi / lo > 8:  # log-log: Amdahl's plateau and USL's peak read as bends, ideal as 45°
+        for axis, set_scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+            set_scale("log", base=2)
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    _style(ax, "Speed-up vs devices (grey: ideal)", "devices", "speed-up over the smallest N")
+    ax.grid(axis="y", color="#E6E6E6", linewidth=0.8)
+    ax.legend(fontsize=7, frameon=False, ncols=2 if len(curves) > 1 else 1)
+    return _to_data_uri(fig)
+
+
+def topology_utilisation(edges: pd.DataFrame, title: str) -> str:
+    """The topology graph with each link coloured and thickened by its utilisation.
+
+    ``edges`` has src, dst and utilisation per directed link; the two directions of a cable
+    are drawn as one line with the busier direction's utilisation. Devices (the
+    integer-named nodes) are blue dots; switches, NICs and sockets grey squares. The layout
+    is Kamada-Kawai's, which starts from a circle and has no randomness, so the same
+    topology is drawn the same way every time.
+    """
+    graph = nx.Graph()
+    for r in edges.itertuples():
+        busiest = graph.edges[r.src, r.dst]["u"] if graph.has_edge(r.src, r.dst) else 0.0
+        graph.add_edge(r.src, r.dst, u=max(busiest, float(r.utilisation)))
+    pos = nx.kamada_kawai_layout(graph)
+    fig = _new_figure(8.0, 5.2)
+    ax = fig.add_subplot()
+    segments = np.array([[pos[a], pos[b]] for a, b in graph.edges])
+    util = np.array([d["u"] for _, _, d in graph.edges(data=True)]) * 100.0
+    top = max(float(util.max()), 1e-9)  # the scale ends at the busiest link, not at 100 %
+    norm = Normalize(0.0, top)
+    cmap = colormaps["viridis_r"]
+    lines = LineCollection(segments, colors=cmap(norm(util)), linewidths=0.8 + 3.5 * util / top,
+                           zorder=1)
+    ax.add_collection(lines)
+    devices = [v for v in graph if str(v).isdigit()]
+    others = [v for v in graph if not str(v).isdigit()]
+    for nodes, marker, colour, size in ((devices, "o", CATEGORY_COLOURS["compute"], 60),
+                                        (others, "s", "#7F7F7F", 45)):
+        if nodes:
+            xy = np.array([pos[v] for v in nodes])
+            ax.scatter(xy[:, 0], xy[:, 1], s=size, marker=marker, color=colour,
+                       edgecolors="white", linewidths=0.6, zorder=2)
+    if graph.number_of_nodes() <= 40:
+        for v, (x, y) in pos.items():
+            ax.annotate(str(v), (x, y), xytext=(0, 6), textcoords="offset points",
+                        ha="center", fontsize=6, color="#333333", zorder=3)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.suptitle(title, x=0.02, ha="left", fontsize=11, fontweight="bold", color="#222222")
+    bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.6)
+    bar.set_label("utilisation (% of simulated time)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     return _to_data_uri(fig)

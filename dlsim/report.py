@@ -9,7 +9,7 @@ scenario is escaped by jinja2's autoescaping, so a scenario name cannot inject m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,11 +21,13 @@ import pandas as pd
 import yaml
 
 from dlsim import plots
+from dlsim.analysis.scaling import GroupScaling, amdahl_speedup, usl_capacity
 from dlsim.results import Result, Span
 from dlsim.sync.report import sync_section
 
 TIMELINE_MAX_DEVICES = 16
 BUSIEST_LINKS = 10
+TOPOLOGY_MAX_CABLES = 64
 _BREAKDOWN_ORDER = ("compute", "exposed_comm", "bubble", "straggler_wait", "idle")
 _MEMORY_ORDER = ("params", "grads", "optimizer", "activations")
 _LINK_COLUMNS = ("src", "dst", "bandwidth_GBps", "bytes", "busy_s", "utilisation")
@@ -261,6 +263,24 @@ def _links_section(links: pd.DataFrame | None) -> dict[str, Any] | None:
             "shown": len(top), "total": len(links)}
 
 
+def _topology_section(links: pd.DataFrame | None) -> dict[str, Any] | None:
+    """The links that carried traffic drawn on the topology; a big one keeps its busiest
+    TOPOLOGY_MAX_CABLES cables (both directions of a cable count as one)."""
+    if links is None or links.empty or not {"src", "dst", "utilisation"} <= set(links.columns):
+        return None
+    ends = links[["src", "dst"]].to_numpy(dtype=str)
+    cable = pd.Series([tuple(sorted(pair)) for pair in ends], index=links.index)
+    busiest = links["utilisation"].groupby(cable).max()
+    total = len(busiest)
+    kept = busiest.sort_values(ascending=False, kind="stable").head(TOPOLOGY_MAX_CABLES)
+    chosen = links[cable.isin(set(kept.index))]
+    title = "Link utilisation on the topology"
+    if len(kept) < total:
+        title += f" (busiest {len(kept)} of {total} cables)"
+    return {"image": plots.topology_utilisation(chosen, title), "shown": len(kept),
+            "total": total}
+
+
 def _plain(value: Any) -> Any:
     """Turn numpy scalars, tuples and other objects into what yaml.safe_dump accepts."""
     if isinstance(value, Mapping):
@@ -296,6 +316,10 @@ def render_run(result: Result) -> str:
         from dlsim.inference.report import render_inference  # it builds on this module
 
         return render_inference(result)
+    if s.get("kind") == "federated":
+        from dlsim.federated.report import render_federated  # it builds on this module
+
+        return render_federated(result)
     name = str(s.get("name") or result.scenario.get("name") or "scenario")
     subtitle = [str(s.get("kind", "run"))]
     if s.get("devices") is not None:
@@ -309,6 +333,7 @@ def render_run(result: Result) -> str:
         "timeline": _timeline_section(list(result.spans)),
         "memory": _memory_section(s),
         "links": _links_section(result.links),
+        "topology": _topology_section(result.links),
     }
     return _environment().get_template("run.html").render(
         title=name, subtitle=" · ".join(subtitle), cards=_summary_cards(s),
@@ -317,16 +342,48 @@ def render_run(result: Result) -> str:
         **sections)
 
 
+def _optional(value: float | None, fmt: Callable[[float], str] = format_number) -> str:
+    return "–" if value is None else fmt(value)
+
+
+def _scaling_section(scaling: Sequence[GroupScaling]) -> dict[str, Any] | None:
+    """Speed-up curves with both fits drawn, the fitted parameters and the per-point values."""
+    if not scaling:
+        return None
+    curves, fits, points = [], [], []
+    for g in scaling:
+        n = g.points["devices"].to_numpy(dtype=float)
+        grid = np.geomspace(n.min(), n.max(), 200)
+        p = grid / g.base_devices
+        curves.append({"label": g.label, "devices": n, "speedup": g.points["speedup"],
+                       "fit_devices": grid,
+                       "amdahl": None if g.amdahl is None else amdahl_speedup(p, g.amdahl.f),
+                       "usl": None if g.usl is None
+                       else usl_capacity(p, g.usl.sigma, g.usl.kappa)})
+        row = g.fit_row()
+        fits.append((g.label, *(_optional(v) for k, v in row.items() if k != "line")))
+        for r in g.points.itertuples():
+            points.append((g.label, f"{int(r.devices):,}", format_number(r.speedup),
+                           f"{100 * r.efficiency:.1f} %", format_number(r.karp_flatt),
+                           _optional(getattr(r, "exposed_comm_share", None),
+                                     lambda v: "–" if math.isnan(v) else f"{100 * v:.1f} %")))
+    return {"image": plots.scaling_curves(curves), "fits": fits, "points": points,
+            "comm_share": any("exposed_comm_share" in g.points for g in scaling)}
+
+
 def render_sweep(title: str, table: pd.DataFrame, x: str, y: str, group: str | None,
-                 scenario: dict[str, Any]) -> str:
-    """A page for a parameter sweep: y against x (one line per group), the table, the base."""
+                 scenario: dict[str, Any], scaling: Sequence[GroupScaling] = ()) -> str:
+    """A page for a parameter sweep: y against x (one line per group), the table, the base,
+    and when the sweep varies a device count, its scaling analysis."""
     missing = [c for c in (x, y, group) if c is not None and c not in table.columns]
     if missing:
         raise KeyError(f"sweep table has no column(s) {missing}; columns: {list(table.columns)}")
     rows = [[format_number(v) for v in row] for row in table.itertuples(index=False)]
-    image = plots.sweep_lines(table, x, y, group) if len(table) else ""
+    plotted = table[table["error"].isna()] if "error" in table else table  # failed points
+    image = plots.sweep_lines(plotted, x, y, group) if len(plotted) else ""
     return _environment().get_template("sweep.html").render(
         title=title, subtitle=f"sweep · {len(table)} runs", image=image,
+        scaling=_scaling_section(scaling),
         columns=[str(c) for c in table.columns], rows=rows, text_columns=[
             not pd.api.types.is_numeric_dtype(table[c]) or pd.api.types.is_bool_dtype(table[c])
             for c in table.columns],

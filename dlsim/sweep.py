@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from typing import Any
 
 import pandas as pd
-from rich.progress import Progress
 
-from dlsim.config import Scenario, load_scenario
 from dlsim.errors import ScenarioError
-from dlsim.simulate import run_scenario
+from dlsim.executors import PointCache, evaluate
 
 PRIMARY_METRIC = {"training": "step_time_s", "collective": "time_s"}
 
@@ -57,30 +56,27 @@ def _flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_sweep(base: dict[str, Any], vary: dict[str, list[Any]], file: str | None = None,
-              progress: bool = True) -> pd.DataFrame:
-    """Simulate every point; one row per point: the varied values, then the summary."""
+              progress: bool = True, executor: Executor | None = None,
+              cache: PointCache | None = None) -> pd.DataFrame:
+    """Simulate every point; one row per point: the varied values, then the summary.
+
+    A point that is invalid becomes a row whose ``error`` and ``error_field`` say why, and
+    the other points still run; only when every point is invalid is that an error of the
+    sweep itself (the first point's), since there is then nothing to show.
+    """
     if not vary or any(not isinstance(v, list) or not v for v in vary.values()):
         raise ScenarioError("a sweep needs at least one field with a non-empty list of "
                             "values.", file=file, field="sweep")
     grid = list(points(base, vary))
-    scenarios: list[Scenario] = []
-    for point in grid:
-        try:
-            scenarios.append(load_scenario(point))
-        except ScenarioError as exc:
-            raise ScenarioError(exc.message, file=file, field=exc.field) from None
+    summaries = evaluate(grid, executor, cache, progress)
+    if all("error" in summary for summary in summaries):
+        first = summaries[0]
+        raise ScenarioError(first["error"], file=file, field=first["error_field"])
     rows = []
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("sweep", total=len(scenarios))
-        for point, scenario in zip(grid, scenarios):
-            try:
-                result = run_scenario(scenario)
-            except ScenarioError as exc:
-                raise ScenarioError(exc.message, file=file, field=exc.field) from None
-            row = {path: _get(point, path) for path in vary}
-            row.update(_flatten(result.summary))
-            rows.append(row)
-            bar.advance(task)
+    for point, summary in zip(grid, summaries):
+        row = {path: _get(point, path) for path in vary}
+        row.update(_flatten(summary))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -91,12 +87,19 @@ def _get(data: dict[str, Any], path: str) -> Any:
 
 
 def primary_metric(table: pd.DataFrame) -> str:
-    return PRIMARY_METRIC[table["kind"].iloc[0]]
+    return PRIMARY_METRIC[table["kind"].dropna().iloc[0]]
+
+
+def succeeded(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose point simulated (no ``error``)."""
+    return table[table["error"].isna()] if "error" in table else table
 
 
 def pivot(table: pd.DataFrame, vary: list[str]) -> pd.DataFrame:
-    """The primary metric with the last varied field across (so crossovers line up)."""
+    """The primary metric with the last varied field across (so crossovers line up); failed
+    points are left out (they are listed with their errors)."""
     metric = primary_metric(table)
+    table = succeeded(table)
     if len(vary) < 2:
         return table[[*vary, metric]]
     wide = table.pivot_table(index=vary[:-1], columns=vary[-1], values=metric,

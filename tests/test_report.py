@@ -130,7 +130,8 @@ def collective_result() -> Result:
 
 def test_training_page_has_every_section_and_the_trace_link() -> None:
     page = Page(render_run(training_result()))
-    assert page.sections == ["summary", "breakdown", "timeline", "memory", "links", "scenario"]
+    assert page.sections == ["summary", "breakdown", "timeline", "memory", "links", "topology",
+                             "scenario"]
     hrefs = page.attrs("a", "href")
     assert "trace.json" in hrefs and "https://ui.perfetto.dev" in hrefs
     summary = page.text["summary"]
@@ -168,7 +169,7 @@ def test_untrusted_scenario_text_is_escaped() -> None:
 def test_images_are_embedded_png_data_uris_and_nothing_is_fetched() -> None:
     page = Page(render_run(training_result()))
     sources = page.attrs("img", "src")
-    assert len(sources) == 4  # breakdown, timeline, memory, links
+    assert len(sources) == 5  # breakdown, timeline, memory, links, topology
     for src in sources:
         payload = src.removeprefix("data:image/png;base64,")
         assert payload != src
@@ -287,3 +288,19 @@ def test_format_bytes_and_counts() -> None:
     assert format_bytes(512) == "512 B"
     assert format_count(175e9) == "175B"
     assert format_count(25.6e6) == "25.6M"
+
+
+def test_topology_of_a_big_cluster_draws_its_busiest_cables_and_says_so() -> None:
+    # a ring of 100 devices: 100 cables, each carried both ways; cable i is the busiest first
+    n = 100
+    rows = [{"link": f"{a}->{b}", "src": str(a), "dst": str(b), "bandwidth_GBps": 25.0,
+             "bytes": 1e9, "busy_s": 0.01, "utilisation": u}
+            for i in range(n) for a, b, u in ((i, (i + 1) % n, 1 - i / n),
+                                              ((i + 1) % n, i, 0.5 * (1 - i / n)))]
+    small = training_result()
+    section = report._topology_section(pd.DataFrame(rows))
+    assert (section["shown"], section["total"]) == (report.TOPOLOGY_MAX_CABLES, n)
+    big = Result(small.summary, small.scenario, small.spans, pd.DataFrame(rows))
+    note = Page(render_run(big)).text["topology"]
+    assert f"{report.TOPOLOGY_MAX_CABLES} busiest of {n} cables" in note
+    assert "busiest" not in Page(render_run(small)).text["topology"]

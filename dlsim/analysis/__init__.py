@@ -1,0 +1,1 @@
+"""Analyses of simulated results: how a sweep's throughput scales with the device count."""
