@@ -23,34 +23,15 @@ optimizer offload replaces the device's optimizer step by a round trip to the ho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from dlsim import hardware
 from dlsim.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
 from dlsim.hardware import DTYPE_BYTES, DeviceProfile
+from dlsim.memory import gradient_bytes_per_param
 from dlsim.program import Collective, Compute, Op
 from dlsim.tensor import ATTENTION_CORE
 from dlsim.workload import Layer, Model
 
 MiB = 1024 * 1024
-
-# Bytes per parameter (mixed precision keeps fp32 master weights in the optimizer state):
-# ZeRO (Rajbhandari et al. 2020) §3.1: 2 + 2 + K with K = 12 for mixed-precision Adam.
-OPTIMIZER_STATE_BYTES = {
-    ("adam", True): 12,   # fp32 master weights, momentum, variance
-    ("adam", False): 8,   # momentum, variance
-    ("sgd", True): 8,     # fp32 master weights, momentum
-    ("sgd", False): 4,    # momentum
-}
-
-
-def is_mixed(dtype: str) -> bool:
-    return DTYPE_BYTES[dtype] < 4
-
-
-def gradient_bytes_per_param(dtype: str) -> int:
-    """Gradients are kept in the training dtype, and fp8 training keeps them in bf16."""
-    return max(DTYPE_BYTES[dtype], 2)
 
 
 def pass_times_s(layer: Layer, device: DeviceProfile, dtype: str,
@@ -90,36 +71,6 @@ def optimizer_steps(params: float, optimizer: str, device: DeviceProfile, dtype:
     return [("gradients to host", params * gradient_bytes_per_param(dtype) / pcie.up_Bps),
             ("optimizer on host", optimizer_time_s(params * sharing, optimizer, host)),
             ("parameters to device", params * max(DTYPE_BYTES[dtype], 2) / pcie.down_Bps)]
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    params: float
-    grads: float
-    optimizer: float
-    activations: float
-
-    @property
-    def total(self) -> float:
-        return self.params + self.grads + self.optimizer + self.activations
-
-    def as_dict(self) -> dict[str, float]:
-        return {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
-                "activations": self.activations}
-
-
-def data_parallel_memory(model: Model, dtype: str, optimizer: str, zero_stage: int = 0,
-                         ranks: int = 1) -> MemoryPlan:
-    """Per-device memory: model state (partitioned over ``ranks`` as far as the ZeRO stage
-    says; ZeRO Table 1: 4Psi + K*Psi/N, 2Psi + (2+K)Psi/N, (2+2+K)Psi/N for K = 12) plus one
-    micro-batch of stored activations."""
-    p = model.parameters
-    weight_bytes = max(DTYPE_BYTES[dtype], 2)
-    share = [1.0 if zero_stage < stage else 1.0 / ranks for stage in (1, 2, 3)]
-    return MemoryPlan(params=p * weight_bytes * share[2],
-                      grads=p * gradient_bytes_per_param(dtype) * share[1],
-                      optimizer=p * OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype))] * share[0],
-                      activations=sum(layer.activation_bytes for layer in model.layers))
 
 
 def gradient_buckets(model: Model, grad_bytes: int, cap_bytes: float) -> list[list[int]]:

@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 
 from dlsim.errors import ScenarioError
+from dlsim.memory import memory_per_device
 from dlsim.simulate import simulate
-from dlsim.strategy import data_parallel_memory
 from dlsim.workload import Layer, Model
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "validation"
@@ -45,7 +45,8 @@ def zero_memory(directory: Path) -> list[Row]:
     for r in _read(directory, "zero_memory.csv"):
         psi = float(r["params_b"]) * 1e9
         model = Model("psi", (Layer("all", int(psi), (), (), 0.0),))
-        plan = data_parallel_memory(model, "bf16", "adam", int(r["stage"]), int(r["dp"]))
+        plan = memory_per_device(model, "bf16", "adam", data=int(r["dp"]),
+                                 zero_stage=int(r["stage"]))
         predicted = (plan.params + plan.grads + plan.optimizer) / 1e9
         rows.append(_row("zero_memory", f"{r['params_b']}B dp={r['dp']} stage={r['stage']}",
                          predicted, float(r["gb_per_device"]), "GB"))

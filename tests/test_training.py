@@ -14,7 +14,7 @@ import dlsim
 from dlsim import hardware
 from dlsim.config import ModelSpec
 from dlsim.costmodel import layer_times_s, optimizer_time_s
-from dlsim.strategy import data_parallel_memory
+from dlsim.memory import memory_per_device
 from dlsim.workload import Layer, Model, build_model, transformer_layers
 
 VALIDATION = Path(__file__).resolve().parents[2] / "shared" / "validation"
@@ -124,6 +124,6 @@ def test_mixed_precision_adam_model_state_is_16_bytes_per_parameter():
     for row in rows:
         psi = float(row["params_b"]) * 1e9
         fake = Model("psi", (Layer("all", int(psi), (), (), 0.0),))
-        plan = data_parallel_memory(fake, "bf16", "adam")
+        plan = memory_per_device(fake, "bf16", "adam")
         assert (plan.params + plan.grads + plan.optimizer) / 1e9 == pytest.approx(
             float(row["gb_per_device"]), rel=1e-3)

@@ -20,10 +20,11 @@ from dlsim.config import Scenario
 from dlsim.costmodel import optimizer_time_s
 from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES
+from dlsim.memory import memory_per_device
 from dlsim.metrics import breakdown, link_table
 from dlsim.program import Compute
 from dlsim.results import Result
-from dlsim.strategy import data_parallel_memory, data_parallel_program, gradient_bytes_per_param
+from dlsim.strategy import data_parallel_program, gradient_bytes_per_param
 from dlsim.sync.convergence import convergence_summary
 from dlsim.sync.faults import failure_times
 from dlsim.sync.parameter_server import ParameterServer, PSJob, PSRun
@@ -116,8 +117,8 @@ def ps_training(scenario: Scenario, topology: Topology) -> Result:
         "tflops_per_device": tflops,
         "mfu": tflops * 1e12 / device.peak_flops(dtype),
         "parameters": model.parameters,
-        "memory_per_device_bytes": (memory := data_parallel_memory(
-            model, dtype, train.optimizer, 0, n)).total,
+        "memory_per_device_bytes": (memory := memory_per_device(
+            model, dtype, train.optimizer)).total,
         "memory_breakdown_bytes": memory.as_dict(),
         "memory_capacity_bytes": device.memory_bytes,
         "fits_in_memory": memory.total <= device.memory_bytes,
