@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import pandas as pd
 import typer
 import yaml
 from rich.console import Console
@@ -20,7 +21,7 @@ from dlsim.executors import PointCache, executor_for
 from dlsim.output import records, to_json, write_run, write_sweep
 from dlsim.simulate import simulate
 from dlsim.sweep import pivot, primary_metric, run_sweep
-from dlsim.validation import DEFAULT_DIR, run_validation, table_errors
+from dlsim.validation import DEFAULT_DIR, host_validation, run_validation, table_errors
 from dlsim.workload import presets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -170,11 +171,25 @@ def sweep(file: Path,
 
 @app.command()
 def validate(data: Annotated[Path, typer.Option(help="Folder of published measurements.")]
-             = DEFAULT_DIR, out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
+             = DEFAULT_DIR, out_dir: OutDir = Path("reports"), as_json: AsJson = False,
+             host: Annotated[bool, typer.Option(
+                 "--host", help="Also run real torch training steps here (host-* tables).")]
+             = False,
+             calibration: Annotated[str | None, typer.Option(
+                 help="Calibration file for --host (default: this host's under "
+                      "calibration/).")] = None,
+             force: Annotated[bool, typer.Option(
+                 help="Use a calibration measured on another device.")] = False,
+             repeats: Annotated[int, typer.Option(min=1, help="Timed steps per host row.")]
+             = 5) -> None:
     """Predict published measurements (shared/validation/) and print the error per row and
-    per table; writes reports/validation/."""
+    per table; with --host, also time real torch training steps of held-out models on this
+    host against their prediction with its calibration; writes reports/validation/."""
     try:
         rows = run_validation(data)
+        if host:
+            rows = pd.concat([rows, host_validation(calibration, force, repeats,
+                                                    progress=not as_json)], ignore_index=True)
     except ScenarioError as exc:
         _fail(exc)
     where = write_sweep("validation", rows, ["measured", "table"], {"data": str(data)},
@@ -185,6 +200,47 @@ def validate(data: Annotated[Path, typer.Option(help="Folder of published measur
     _print_rows("predicted vs measured", rows.astype(object).to_dict("records"), False)
     _print_rows("error per table", table_errors(rows).astype(object).to_dict("records"), False)
     out.print(f"report: {where / 'index.html'}")
+
+
+@app.command()
+def calibrate(device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+              quick: Annotated[bool, typer.Option(help="A subset, under two minutes.")]
+              = False,
+              threads: Annotated[int | None, typer.Option(
+                  min=1, help="torch.set_num_threads (default: half the CPUs).")] = None,
+              out_dir: Annotated[Path, typer.Option("--out", help="Directory of calibration "
+                                                    "files.")] = Path("calibration"),
+              as_json: AsJson = False) -> None:
+    """Measure this host with torch microbenchmarks (matmul, conv2d, attention, memory-bound
+    kernels, launch overhead, copies, all-reduce across local processes), fit the cost
+    model's efficiency curves and write <out>/<device-fingerprint>.json."""
+    from dlsim.calibration.calibrate import calibrate as run_calibration
+
+    try:
+        cal, path = run_calibration(device, quick, threads, out_dir, progress=not as_json)
+    except ScenarioError as exc:
+        _fail(exc)
+    rows = [{"curve": k, "max": c.max, "half_gflop": c.half_gflop, "tflops": c.rate_tflops,
+             "points": c.points, "median_abs_residual_pct": c.median_abs_residual_pct}
+            for k, c in cal.curves.items()]
+    rows.append({"curve": "memory", "max": cal.memory_efficiency, "half_gflop": 0.0,
+                 "tflops": None, "points": len(cal.memory_residuals_pct),
+                 "median_abs_residual_pct": float(pd.Series(cal.memory_residuals_pct)
+                                                  .abs().median())})
+    if cal.link is not None:
+        rows.append({"curve": f"link {cal.link.backend}", "max": None, "half_gflop": None,
+                     "tflops": None, "points": len(cal.link.residuals_pct),
+                     "median_abs_residual_pct": cal.link.median_abs_residual_pct})
+    if as_json:
+        print(json.dumps({"file": str(path), "fingerprint": cal.fingerprint, "curves": rows},
+                         indent=2))
+        return
+    _print_rows(f"{cal.host.name}, {cal.host.threads} thread(s), peak "
+                f"{cal.peak_tflops['fp32'] * 1e3:.1f} GFLOP/s fp32", rows, False)
+    link = (f"; loopback {cal.link.backend}: {cal.link.latency_us:.0f} us, "
+            f"{cal.link.bandwidth_GBps:.2f} GB/s" if cal.link else "")
+    out.print(f"memory {cal.memory_bandwidth_GBps:.1f} GB/s, launch "
+              f"{cal.kernel_launch_us:.1f} us{link}; {cal.duration_s:.0f} s; wrote {path}")
 
 
 LISTINGS = ("devices", "links", "systems", "models", "scenarios")

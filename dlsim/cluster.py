@@ -133,10 +133,31 @@ def _explicit(c: ClusterSpec) -> Topology:
 
 def build_topology(cluster: ClusterSpec) -> Topology:
     if cluster.topology is not None:
-        return _textbook(cluster)
-    if cluster.preset is not None:
-        return _preset(cluster)
-    return _explicit(cluster)
+        topology = _textbook(cluster)
+    elif cluster.preset is not None:
+        topology = _preset(cluster)
+    else:
+        topology = _explicit(cluster)
+    if cluster.calibration is not None:
+        topology.device = _calibrated(topology.device, cluster)
+    return topology
+
+
+def _calibrated(device: hardware.DeviceProfile | None,
+                cluster: ClusterSpec) -> hardware.DeviceProfile:
+    """The device profile overlaid with the scenario's calibration file (looked up, never
+    re-measured)."""
+    from dlsim.calibration import store  # torch-free; only scenarios that name one load it
+
+    if device is None:
+        raise ScenarioError("a calibration overlays a device profile; name the device.",
+                            field="cluster.device")
+    field = "cluster.calibration"
+    try:
+        calibration = store.load(cluster.calibration)
+    except ScenarioError as exc:
+        raise ScenarioError(exc.message, field=field) from None
+    return store.overlay(device, calibration, cluster.force_calibration, field=field)
 
 
 def placement(n_ranks: int, topology: Topology, policy: str) -> np.ndarray:

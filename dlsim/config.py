@@ -74,6 +74,10 @@ class ClusterSpec(_Spec):
     dims: list[int] | None = None
     link: LinkSpecIn | None = None
     devices_per_switch: int = Field(default=8, ge=1)
+    # a `dlsim calibrate` file overlaying the device profile (dlsim/calibration/store.py);
+    # one made for another profile is refused unless force_calibration
+    calibration: str | None = None
+    force_calibration: bool = False
 
     @model_validator(mode="after")
     def _one_form(self) -> ClusterSpec:

@@ -4,7 +4,7 @@ time = max(flops / (peak(dtype) * eff_c), bytes / (mem_bw * eff_m)) + launch ove
 (DESIGN.md, "Modelling rules"). eff_c for GEMMs grows with problem size as
 gemm_max * f / (f + f_half) and is constant for unfused attention; memory-bound kernels use
 eff_m. The efficiencies come from the device profile (published microbenchmarks) until a
-calibration file overlays them.
+calibration file overlays them with a fitted curve per kind and dtype (dlsim/calibration/).
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from dlsim.hardware import DeviceProfile
 from dlsim.workload import Kernel, Layer
 
 
-def compute_efficiency(kernel: Kernel, device: DeviceProfile) -> float:
+def compute_efficiency(kernel: Kernel, device: DeviceProfile, dtype: str | None = None) -> float:
     eff = device.efficiency
+    curve = eff.curves.get(f"{kernel.kind}.{dtype}")
+    if curve is not None:  # a calibration measured this kind and dtype
+        return curve.at(kernel.flops / 1e9)
     if kernel.kind in ("gemm", "conv"):  # convolutions run as implicit GEMMs
         gflop = kernel.flops / 1e9
         return eff.gemm_max * gflop / (gflop + eff.gemm_half_gflop)
@@ -24,7 +27,8 @@ def compute_efficiency(kernel: Kernel, device: DeviceProfile) -> float:
 
 
 def kernel_time_s(kernel: Kernel, device: DeviceProfile, dtype: str) -> float:
-    compute = kernel.flops / (device.peak_flops(dtype) * compute_efficiency(kernel, device))
+    compute = kernel.flops / (device.peak_flops(dtype)
+                              * compute_efficiency(kernel, device, dtype))
     memory = kernel.bytes / (device.memory_bandwidth_Bps * device.efficiency.memory)
     return max(compute, memory) + device.kernel_launch_s
 

@@ -30,6 +30,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class Curve(_Frozen):
+    """A fitted efficiency curve of one op kind and dtype: eff(f) = max * f / (f + half_gflop)
+    at f GFLOP per kernel (``dlsim calibrate`` fits it; see dlsim/calibration/fit.py)."""
+
+    max: float = Field(gt=0, le=1)
+    half_gflop: float = Field(ge=0)
+
+    def at(self, gflop: float) -> float:
+        return self.max * gflop / (gflop + self.half_gflop) if gflop > 0 else self.max
+
+
 class Efficiency(_Frozen):
     """Default roofline efficiencies, used until a calibration file overlays them.
 
@@ -37,12 +48,15 @@ class Efficiency(_Frozen):
     ``gemm_half_gflop`` GFLOP per kernel: eff(f) = gemm_max * f / (f + f_half).
     Memory-bound kernels reach ``memory`` of the memory bandwidth; unfused attention
     (batched QK^T, softmax, AV as separate kernels) reaches ``attention`` of peak.
+    A calibration adds ``curves`` keyed "<kind>.<dtype>" (gemm.fp32, conv.fp32, ...), which
+    replace these defaults for that kind and dtype.
     """
 
     gemm_max: float = Field(gt=0, le=1)
     gemm_half_gflop: float = Field(gt=0)
     memory: float = Field(gt=0, le=1)
     attention: float = Field(gt=0, le=1)
+    curves: dict[str, Curve] = Field(default_factory=dict)
 
 
 class DeviceProfile(_Frozen):

@@ -90,6 +90,17 @@ TABLES: dict[str, Callable[[Path], list[Row]]] = {
 }
 
 
+def host_validation(calibration: str | None = None, force: bool = False, repeats: int = 5,
+                    progress: bool = True) -> pd.DataFrame:
+    """Tables host-training and host-ddp: real torch training steps of models held out from
+    calibration, measured on this host and predicted on its calibrated profile
+    (dlsim/calibration/hostruns.py; needs torch)."""
+    from dlsim.calibration.hostruns import run_host
+
+    return pd.DataFrame([_row(table, case, predicted, measured, "s") for table, case,
+                         predicted, measured in run_host(calibration, force, repeats, progress)])
+
+
 def run_validation(directory: Path = DEFAULT_DIR) -> pd.DataFrame:
     """Every modelled table's rows: table, case, predicted, measured, error_pct, unit."""
     if not directory.is_dir():

@@ -1,0 +1,303 @@
+"""Torch microbenchmarks on the host: timing, the device fingerprint, and the kernels the cost
+model distinguishes (GEMM, convolution, attention, memory-bound, launch overhead, host<->device
+copies, all-reduce across local processes).
+
+Timing follows the usual discipline of microbenchmarks: warm-up calls first (allocator,
+thread pool, autotuning), a CUDA synchronise around every sample, several repeats, and the
+median with the interquartile range as the spread. A sample repeats a short kernel ``inner``
+times so that it lasts at least ``MIN_SAMPLE_S``, far above the clock's resolution.
+FLOPs and bytes are counted as ``dlsim.workload`` counts them, so that a fitted efficiency
+means the same thing in the simulator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dlsim.calibration.store import HostInfo, Measurement
+
+MIN_SAMPLE_S = 2e-3
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    iqr_s: float
+    repeats: int
+
+
+def time_call(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2,
+              inner: int | None = None) -> Timing:
+    """Median and IQR of ``repeats`` samples of ``fn``, per call. Collectives pass ``inner``
+    so that every rank makes the same number of calls."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    once = time.perf_counter() - start
+    inner = inner or max(1, int(MIN_SAMPLE_S / max(once, 1e-9)))
+    samples = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync()
+        samples.append((time.perf_counter() - start) / inner)
+    q1, med, q3 = np.percentile(samples, [25, 50, 75])
+    return Timing(float(med), float(q3 - q1), repeats)
+
+
+# --- the device ---------------------------------------------------------------------------
+
+def _cpuinfo(key: str) -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    match = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+def cpu_flags() -> set[str]:
+    return set(_cpuinfo("flags").split())
+
+
+def host_info(device: str, threads: int) -> HostInfo:
+    cuda = device == "cuda"
+    name = (torch.cuda.get_device_name(0) if cuda
+            else _cpuinfo("model name") or platform.processor() or "unknown CPU")
+    driver = f"CUDA {torch.version.cuda}" if cuda else ""
+    clock = _cpuinfo("cpu MHz")
+    return HostInfo(kind=device, name=name, cores=os.cpu_count() or 1, threads=threads,
+                    isa=torch.backends.cpu.get_cpu_capability(),
+                    clock_MHz=float(clock) if clock else 0.0, driver=driver,
+                    torch=torch.__version__, python=platform.python_version(),
+                    platform=platform.platform())
+
+
+def fingerprint(host: HostInfo) -> str:
+    """A readable, stable id of the measured device: kind, name, cores, threads and ISA.
+    Versions are recorded in the file but are not the device, so they are not in the id."""
+    key = json.dumps([host.kind, host.name, host.cores, host.threads, host.isa])
+    slug = re.sub(r"[^a-z0-9]+", "-", host.name.lower()).strip("-")[:40]
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return f"{host.kind}-{slug}-{host.cores}c-{host.threads}t-{digest}"
+
+
+def cpu_peak_tflops(host: HostInfo) -> tuple[float, str]:
+    """Nominal fp32 peak of ``threads`` cores: cores x clock x FLOP per cycle, the FLOP per
+    cycle from the vector ISA (two FMA pipes: AVX-512 16 lanes, AVX2 8 lanes, x 2 x 2)."""
+    flags = cpu_flags()
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+    peak = host.threads * host.clock_MHz * 1e6 * per_cycle / 1e12
+    return peak, (f"nominal: {host.threads} threads x {host.clock_MHz:g} MHz x {per_cycle} "
+                  f"fp32 FLOP/cycle ({host.isa}, two FMA pipes assumed)")
+
+
+def bf16_native(device: str) -> bool:
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+# --- microbenchmarks: each yields Measurements ----------------------------------------------
+
+def _point(op: str, kind: str, dtype: str, shape: str, flops: float, nbytes: float,
+           t: Timing) -> Measurement:
+    return Measurement(op=op, kind=kind, dtype=dtype, shape=shape, flops=flops, bytes=nbytes,
+                       median_s=t.median_s, iqr_s=t.iqr_s, repeats=t.repeats)
+
+
+def matmul(shapes: list[tuple[int, int, int]], dtype: str, device: str,
+           repeats: int) -> Iterator[Measurement]:
+    """(m x k)(k x n) products, 2mkn FLOPs; the backward pass of a linear layer (input and
+    weight gradients, two products of the same size) is measured as one point of 4mkn FLOPs,
+    as the cost model charges it (workload.backward_of)."""
+    for shape in shapes:
+        yield from _matmul(*shape, dtype, device, repeats)
+
+
+def _matmul(m: int, k: int, n: int, dtype: str, device: str, repeats: int) -> list[Measurement]:
+    dt = DTYPES[dtype]
+    size = torch.finfo(dt).bits // 8
+    a = torch.randn(m, k, dtype=dt, device=device)
+    b = torch.randn(k, n, dtype=dt, device=device)
+    g = torch.randn(m, n, dtype=dt, device=device)
+    flops, nbytes, shape = 2.0 * m * k * n, size * (m * k + k * n + m * n), f"{m}x{k}x{n}"
+    return [_point("matmul", "gemm", dtype, shape, flops, nbytes,
+                   time_call(lambda: a @ b, device, repeats)),
+            _point("matmul_bwd", "gemm", dtype, shape, 2 * flops, 2 * nbytes,
+                   time_call(lambda: (g @ b.T, a.T @ g), device, repeats))]
+
+
+def conv2d(shapes: list[tuple[int, int, int, int, int, int]], device: str,
+           repeats: int) -> Iterator[Measurement]:
+    """Convolutions (batch, c_in, c_out, input size, kernel, stride), 'same' padding; FLOPs
+    2 Cin Cout k^2 Hout Wout per image as dlsim.cnn counts them; backward (input and weight
+    gradients) as one point of twice the FLOPs."""
+    for shape in shapes:
+        yield from _conv2d(*shape, device, repeats)
+
+
+def _conv2d(b: int, c_in: int, c_out: int, hw: int, k: int, stride: int, device: str,
+            repeats: int) -> list[Measurement]:
+    x = torch.randn(b, c_in, hw, hw, device=device, requires_grad=True)
+    conv = torch.nn.Conv2d(c_in, c_out, k, stride, (k - 1) // 2, bias=False).to(device)
+    hw_out = (hw + 2 * ((k - 1) // 2) - k) // stride + 1
+    pixels = b * hw_out * hw_out
+    flops = 2.0 * c_in * c_out * k * k * pixels
+    nbytes = 4.0 * (c_in * c_out * k * k + pixels * (c_in + c_out))
+    shape = f"b{b} {c_in}->{c_out} {hw}px k{k} s{stride}"
+    with torch.no_grad():
+        forward = time_call(lambda: conv(x), device, repeats)
+    y = conv(x)
+    grad = torch.randn_like(y)
+    backward = time_call(lambda: torch.autograd.grad(y, (x, conv.weight), grad,
+                                                     retain_graph=True), device, repeats)
+    return [_point("conv2d", "conv", "fp32", shape, flops, nbytes, forward),
+            _point("conv2d_bwd", "conv", "fp32", shape, 2 * flops, 2 * nbytes, backward)]
+
+
+def attention(shapes: list[tuple[int, int, int, int]], device: str,
+              repeats: int) -> Iterator[Measurement]:
+    """Causal scaled_dot_product_attention (batch, heads, seq, hidden); FLOPs 4 b s^2 h for
+    QK^T and AV, as dlsim.workload counts them (no saving for the causal mask)."""
+    for shape in shapes:
+        yield from _attention(*shape, device, repeats)
+
+
+def _attention(b: int, heads: int, s: int, h: int, device: str,
+               repeats: int) -> list[Measurement]:
+    q, k, v = (torch.randn(b, heads, s, h // heads, device=device, requires_grad=True)
+               for _ in range(3))
+    flops = 4.0 * b * s * s * h
+    nbytes = 4.0 * (4 * b * s * h + 2 * b * heads * s * s)
+    shape = f"b{b} a{heads} s{s} h{h}"
+
+    def sdpa() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    with torch.no_grad():
+        forward = time_call(sdpa, device, repeats)
+    out = sdpa()
+    grad = torch.randn_like(out)
+    backward = time_call(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True),
+                         device, repeats)
+    return [_point("sdpa", "attention", "fp32", shape, flops, nbytes, forward),
+            _point("sdpa_bwd", "attention", "fp32", shape, 2 * flops, 2 * nbytes, backward)]
+
+
+def memory_bound(sizes: list[int], device: str, repeats: int) -> Iterator[Measurement]:
+    """Copy, add, layernorm, softmax and GeLU over ``sizes`` fp32 elements (rows of 1024);
+    bytes = elements x 4 x tensor sweeps (2 for one input and one output, 3 for add)."""
+    for n in sizes:
+        yield from _memory_bound(n, device, repeats)
+
+
+def _memory_bound(n: int, device: str, repeats: int) -> list[Measurement]:
+    x = torch.randn(max(1, n // 1024), min(n, 1024), device=device)
+    y, out = torch.randn_like(x), torch.empty_like(x)
+    width = x.shape[-1]
+    ops = {"copy": (2, lambda: out.copy_(x)), "add": (3, lambda: torch.add(x, y, out=out)),
+           "layernorm": (2, lambda: F.layer_norm(x, (width,))),
+           "softmax": (2, lambda: torch.softmax(x, -1)), "gelu": (2, lambda: F.gelu(x))}
+    return [_point(name, "memory", "fp32", f"{x.numel()}", float(x.numel()),
+                   4.0 * sweeps * x.numel(), time_call(fn, device, repeats))
+            for name, (sweeps, fn) in ops.items()]
+
+
+def launch_overhead(device: str, repeats: int) -> Iterator[Measurement]:
+    """Per-operator dispatch cost: kernels on one element, where the work is nothing."""
+    x = torch.ones(1, device=device)
+    for name, fn in {"add": lambda: x + x, "mul": lambda: x * x, "relu": lambda: x.relu(),
+                     "mm": lambda: torch.mm(x.view(1, 1), x.view(1, 1))}.items():
+        yield _point(f"launch_{name}", "launch", "fp32", "1", 0.0, 0.0,
+                     time_call(fn, device, repeats))
+
+
+def host_device_copies(sizes: list[int], repeats: int) -> Iterator[Measurement]:
+    """Pinned host -> device and device -> host copies (CUDA only)."""
+    for n in sizes:
+        yield from _copies(n, repeats)
+
+
+def _copies(n: int, repeats: int) -> list[Measurement]:
+    host = torch.empty(n, dtype=torch.uint8).pin_memory()
+    dev = torch.empty(n, dtype=torch.uint8, device="cuda")
+    return [_point("h2d", "copy", "uint8", str(n), 0.0, float(n),
+                   time_call(lambda: dev.copy_(host, non_blocking=True), "cuda", repeats)),
+            _point("d2h", "copy", "uint8", str(n), 0.0, float(n),
+                   time_call(lambda: host.copy_(dev, non_blocking=True), "cuda", repeats))]
+
+
+# --- all-reduce across local processes ------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _allreduce_worker(rank: int, world: int, port: int, backend: str, sizes: list[int],
+                      repeats: int, threads: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    device = "cuda" if backend == "nccl" else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    rows = []
+    for n in sizes:
+        x = torch.ones(n // 4, device=device)
+
+        def once(x: torch.Tensor = x) -> None:
+            dist.all_reduce(x)
+
+        dist.barrier()
+        t = time_call(once, device, repeats, inner=1)
+        # every rank's median; the collective ends when the slowest rank's does
+        med = torch.tensor([t.median_s, t.iqr_s], dtype=torch.float64)
+        dist.all_reduce(med, op=dist.ReduceOp.MAX)
+        rows.append([n, float(med[0]), float(med[1])])
+    if rank == 0:
+        Path(out).write_text(json.dumps(rows))
+    dist.destroy_process_group()
+
+
+def allreduce(world_sizes: list[int], sizes: list[int], repeats: int,
+              threads: int, backend: str = "gloo") -> Iterator[Measurement]:
+    """All-reduce of ``sizes`` bytes (fp32) over ``world`` local processes (loopback)."""
+    import torch.multiprocessing as mp
+
+    for world in world_sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = str(Path(tmp) / "rows.json")
+            mp.spawn(_allreduce_worker, args=(world, free_port(), backend, sizes, repeats,
+                                              threads, out), nprocs=world)
+            rows = json.loads(Path(out).read_text())
+        for n, median, iqr in rows:
+            yield Measurement(op=f"allreduce_{backend}", kind="allreduce", dtype="fp32",
+                              shape=f"{world} ranks", bytes=float(n), ranks=world,
+                              median_s=median,
+                              iqr_s=iqr, repeats=repeats)

@@ -1,0 +1,237 @@
+"""``dlsim calibrate``: measure this host with torch, fit the cost model's curves, and write
+``calibration/<fingerprint>.json``.
+
+The grids cover the kernel sizes of small-to-medium training steps; ``quick`` measures a
+subset with fewer repeats. Fits (fit.py): per kind and dtype the saturating efficiency,
+for memory-bound kernels one effective bandwidth, for the loopback all-reduce a ring's
+latency and bandwidth. Efficiencies are relative to the device's peak: on a CPU the nominal
+peak of the threads used, on a GPU the peak of its hardware profile; a fitted asymptote
+above that peak raises it (and the file says so).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dlsim import hardware
+from dlsim.calibration import bench
+from dlsim.calibration.fit import fit_bandwidth, fit_ring_allreduce, fit_saturating
+from dlsim.calibration.store import Calibration, CurveFit, LinkFit, Measurement, save
+from dlsim.errors import ScenarioError
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The sizes measured; ``quick`` is a subset that runs in well under two minutes."""
+
+    matmul: list[tuple[int, int, int]]
+    conv: list[tuple[int, int, int, int, int, int]]
+    attention: list[tuple[int, int, int, int]]
+    memory: list[int]
+    allreduce_bytes: list[int]
+    repeats: int
+
+
+FULL = Grid(
+    matmul=[(m, k, n) for m in (32, 128, 512, 2048)
+            for k, n in ((256, 256), (256, 1024), (1024, 256), (1024, 1024), (1024, 4096),
+                         (4096, 1024))],
+    conv=[(2, 3, 64, 224, 7, 2), (2, 64, 64, 56, 1, 1), (2, 64, 64, 56, 3, 1),
+          (2, 64, 256, 56, 1, 1), (2, 256, 64, 56, 1, 1), (2, 128, 128, 28, 3, 1),
+          (2, 512, 128, 28, 1, 1), (2, 256, 256, 14, 3, 1), (2, 1024, 256, 14, 1, 1),
+          (2, 512, 512, 7, 3, 1), (2, 2048, 512, 7, 1, 1), (8, 32, 64, 32, 3, 1)],
+    attention=[(1, 4, 64, 128), (4, 4, 128, 256), (8, 4, 128, 256), (2, 8, 256, 512),
+               (4, 8, 512, 512), (2, 12, 1024, 768)],
+    memory=[4 ** i * 1024 for i in range(1, 8)],          # 4 Ki .. 16 Mi elements
+    allreduce_bytes=[4 ** i * 1024 for i in range(1, 9)],  # 4 KiB .. 64 MiB
+    repeats=7,
+)
+QUICK = Grid(
+    matmul=[(64, 256, 1024), (64, 1024, 1024), (512, 256, 1024), (512, 1024, 1024)],
+    conv=[(2, 64, 64, 56, 3, 1), (2, 256, 64, 56, 1, 1), (2, 256, 256, 14, 3, 1),
+          (2, 512, 512, 7, 3, 1)],
+    attention=[(4, 4, 128, 256), (8, 4, 128, 256), (2, 8, 256, 512)],
+    memory=[16 * 1024, 256 * 1024, 4 * 1024 * 1024],
+    allreduce_bytes=[4096, 65536, 1 << 20, 4 << 20],
+    repeats=3,
+)
+
+
+def default_threads(device: str) -> int:
+    """Half the host's CPUs: the calibrated device is what one of two data-parallel ranks
+    gets, so `dlsim validate` can run two ranks side by side without oversubscribing."""
+    return 1 if device == "cuda" else max(1, (os.cpu_count() or 2) // 2)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ScenarioError("--device cuda was asked for, but torch sees no CUDA device "
+                            f"(torch {torch.__version__}); use --device cpu.", field="--device")
+    if device not in ("cpu", "cuda"):
+        raise ScenarioError(f"--device must be auto, cpu or cuda (got {device!r}).",
+                            field="--device")
+    return device
+
+
+def _profile_for(host_name: str, device: str) -> hardware.DeviceProfile:
+    """The hardware profile a calibration overlays: cpu-host for CPUs, the GPU's own."""
+    if device == "cpu":
+        return hardware.device("cpu-host")
+    for name in hardware.available("devices"):
+        profile = hardware.device(name)
+        model = re.search(r"\b[A-Z]\d{2,3}\b", profile.display_name)
+        if profile.kind == "gpu" and model and model.group() in host_name:
+            return profile
+    raise ScenarioError(f"no hardware profile matches GPU '{host_name}'; add one under "
+                        "hardware_profiles/devices/ first.", field="--device")
+
+
+def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,
+           ranks: list[int]) -> list[tuple[str, int, Callable[[], Iterator[Measurement]]]]:
+    r = grid.repeats
+    steps = [("launch overhead", 4, lambda: bench.launch_overhead(device, r * 3))]
+    for d in dtypes:
+        steps.append((f"matmul {d}", 2 * len(grid.matmul),
+                      lambda d=d: bench.matmul(grid.matmul, d, device, r)))
+    steps += [("conv2d", 2 * len(grid.conv), lambda: bench.conv2d(grid.conv, device, r)),
+              ("attention", 2 * len(grid.attention),
+               lambda: bench.attention(grid.attention, device, r)),
+              ("memory-bound", 5 * len(grid.memory),
+               lambda: bench.memory_bound(grid.memory, device, r))]
+    if device == "cuda":
+        steps.append(("host<->device", 2 * len(grid.allreduce_bytes),
+                      lambda: bench.host_device_copies(grid.allreduce_bytes, r)))
+    backend = "nccl" if device == "cuda" else "gloo"
+    if ranks:
+        steps.append((f"all-reduce {backend}", len(ranks) * len(grid.allreduce_bytes),
+                      lambda: bench.allreduce(ranks, grid.allreduce_bytes, r, threads,
+                                              backend)))
+    return steps
+
+
+def measure(grid: Grid, device: str, dtypes: list[str], threads: int, ranks: list[int],
+            progress: bool) -> list[Measurement]:
+    """Run every microbenchmark of ``grid`` with a progress bar."""
+    torch.manual_seed(0)
+    steps = _steps(grid, device, dtypes, threads, ranks)
+    rows: list[Measurement] = []
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("calibrating", total=sum(n for _, n, _ in steps))
+        for label, _, run in steps:
+            bar.update(task, description=label)
+            for m in run():
+                rows.append(m)
+                bar.advance(task)
+    return rows
+
+
+def _curve(points: list[Measurement], launch_s: float, peak_flops: float) -> CurveFit:
+    f = fit_saturating(np.array([p.flops for p in points]),
+                       np.array([p.median_s for p in points]), launch_s)
+    res = f.residuals_pct
+    return CurveFit(max=f.rate_flops / peak_flops, half_gflop=f.half_gflop,
+                    rate_tflops=f.rate_flops / 1e12, points=len(points),
+                    residuals_pct=[round(float(x), 3) for x in res],
+                    median_abs_residual_pct=float(np.median(np.abs(res))))
+
+
+def fit(rows: list[Measurement], nominal_tflops: dict[str, float], peak_source: str
+        ) -> dict:
+    """Fitted fields of a Calibration from raw measurements."""
+    launch_s = float(np.median([m.median_s for m in rows if m.kind == "launch"]))
+    rates: dict[str, list[Measurement]] = {}
+    for m in rows:
+        if m.kind in ("gemm", "conv", "attention"):
+            rates.setdefault(f"{m.kind}.{m.dtype}", []).append(m)
+    raw = {k: fit_saturating(np.array([p.flops for p in v]),
+                             np.array([p.median_s for p in v]), launch_s).rate_flops
+           for k, v in rates.items()}
+    peak = dict(nominal_tflops)
+    for key, rate in raw.items():
+        dtype = key.split(".")[1]
+        if rate / 1e12 > peak.get(dtype, 0.0):
+            peak[dtype] = rate / 1e12
+            peak_source += f"; {dtype} peak raised to the fitted {key} asymptote"
+    curves = {k: _curve(v, launch_s, peak[k.split(".")[1]] * 1e12) for k, v in rates.items()}
+    mem = [m for m in rows if m.kind == "memory"]
+    bw_fit = fit_bandwidth(np.array([m.bytes for m in mem]),
+                           np.array([m.median_s for m in mem]), launch_s)
+    effective = 1.0 / bw_fit.slope
+    largest = max((m for m in mem if m.op == "copy"), key=lambda m: m.bytes)
+    stream = max(largest.bytes / largest.median_s, effective)
+    out = {"peak_tflops": peak, "peak_source": peak_source, "kernel_launch_us": launch_s * 1e6,
+           "memory_bandwidth_GBps": stream / 1e9, "memory_efficiency": effective / stream,
+           "memory_residuals_pct": [round(float(x), 3) for x in bw_fit.residuals_pct],
+           "curves": curves, "link": None}
+    ar = [m for m in rows if m.kind == "allreduce"]
+    if ar:
+        try:
+            ring = fit_ring_allreduce(np.array([m.ranks for m in ar]),
+                                      np.array([m.bytes for m in ar]),
+                                      np.array([m.median_s for m in ar]))
+        except ValueError as exc:  # e.g. too few sizes to see a bandwidth
+            out["skipped"] = {"allreduce": f"no link fitted: {exc}"}
+            return out
+        out["link"] = LinkFit(
+            backend=ar[0].op.removeprefix("allreduce_"), ranks=sorted({m.ranks for m in ar}),
+            latency_us=ring.latency_s * 1e6, bandwidth_GBps=ring.bandwidth_Bps / 1e9,
+            residuals_pct=[round(float(x), 3) for x in ring.residuals_pct],
+            median_abs_residual_pct=float(np.median(np.abs(ring.residuals_pct))))
+    return out
+
+
+def calibrate(device: str = "auto", quick: bool = False, threads: int | None = None,
+              out_dir: Path = Path("calibration"), progress: bool = True,
+              grid: Grid | None = None, max_ranks: int = 4) -> tuple[Calibration, Path]:
+    """Measure, fit and save; returns the calibration and the file written."""
+    device = resolve_device(device)
+    threads = threads or default_threads(device)
+    torch.set_num_threads(threads)
+    load = list(os.getloadavg())
+    started = time.perf_counter()
+    host = bench.host_info(device, threads)
+    profile = _profile_for(host.name, device)
+    if device == "cpu":
+        nominal, source = bench.cpu_peak_tflops(host)
+        nominal_tflops = {"fp32": nominal}
+    else:
+        nominal_tflops = dict(profile.peak_tflops)
+        source = f"the {profile.name} hardware profile's published peaks"
+    dtypes = ["fp32"]
+    skipped = {}
+    if bench.bf16_native(device):
+        dtypes.append("bf16")
+    else:
+        skipped["bf16"] = (f"no native bf16 arithmetic on this {device} (no avx512_bf16 or "
+                           "amx_bf16 flag): torch emulates it, far below fp32")
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    top = min(max_ranks, gpus if device == "cuda" else (os.cpu_count() or 1) // threads)
+    ranks = list(range(2, top + 1))
+    if not ranks:
+        skipped["allreduce"] = "fewer than two ranks fit on this host"
+    grid = grid or (QUICK if quick else FULL)
+    rows = measure(grid, device, dtypes, threads, ranks, progress)
+    fitted = fit(rows, nominal_tflops, source)
+    calibration = Calibration(
+        fingerprint=bench.fingerprint(host), profile=profile.name, host=host,
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        load_average=[round(x, 2) for x in load], quick=quick,
+        duration_s=round(time.perf_counter() - started, 1),
+        skipped=skipped | fitted.pop("skipped", {}),
+        measurements=[m for m in rows if m.kind != "allreduce"],
+        allreduce=[m for m in rows if m.kind == "allreduce"], **fitted)
+    return calibration, save(calibration, out_dir)
