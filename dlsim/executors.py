@@ -29,20 +29,25 @@ from dlsim.errors import ScenarioError
 from dlsim.hardware import PROFILES_DIR
 from dlsim.simulate import run_scenario
 
+CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
+
 
 @lru_cache(maxsize=1)
-def _profiles_digest() -> str:
-    """Hash of every hardware profile, so that editing one invalidates cached points."""
+def _inputs_digest() -> str:
+    """Hash of every hardware profile and calibration file, the data a simulation reads
+    besides its scenario, so that editing one invalidates cached points."""
     digest = hashlib.sha256()
-    for path in sorted(PROFILES_DIR.rglob("*.yaml")):
-        digest.update(str(path.relative_to(PROFILES_DIR)).encode() + b"\0" + path.read_bytes())
+    for root in (PROFILES_DIR, CALIBRATION_DIR):
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
 def scenario_hash(scenario: Scenario) -> str:
-    """sha256 of the canonical JSON of the validated scenario, the dlsim version and the
-    hardware profiles: equal hashes mean the simulation would give the same summary."""
-    payload = {"dlsim": __version__, "profiles": _profiles_digest(),
+    """sha256 of the canonical JSON of the validated scenario, the dlsim version, and the
+    hardware profiles and calibration files: equal hashes mean the simulation would give
+    the same summary. (A calibration file kept outside calibration/ counts by its path.)"""
+    payload = {"dlsim": __version__, "inputs": _inputs_digest(),
                "scenario": scenario.model_dump(mode="json")}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()

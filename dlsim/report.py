@@ -357,7 +357,7 @@ def _scaling_section(scaling: Sequence[GroupScaling]) -> dict[str, Any] | None:
         p = grid / g.base_devices
         curves.append({"label": g.label, "devices": n, "speedup": g.points["speedup"],
                        "fit_devices": grid,
-                       "amdahl": None if g.amdahl is None else amdahl_speedup(p, g.amdahl.f),
+                       "amdahl": amdahl_speedup(p, g.amdahl.f),
                        "usl": None if g.usl is None
                        else usl_capacity(p, g.usl.sigma, g.usl.kappa)})
         row = g.fit_row()

@@ -91,3 +91,14 @@ def test_no_scaling_without_a_device_count():
     table = pd.DataFrame({"training.global_batch": [8, 16], "devices": [8, 8],
                           "throughput_samples_per_s": [1.0, 2.0]})
     assert scaling_analysis(table, ["training.global_batch"]) == []
+
+
+def test_one_device_count_is_no_curve_and_two_give_amdahl_only():
+    def table(devices):
+        return pd.DataFrame({"cluster.nodes": devices, "devices": devices,
+                             "throughput_samples_per_s": [100.0 * d ** 0.9 for d in devices]})
+    assert scaling_analysis(table([8]), ["cluster.nodes"]) == []
+    (two,) = scaling_analysis(table([8, 16]), ["cluster.nodes"])
+    assert two.usl is None and two.fit_row()["usl_sigma"] is None
+    s = 2 ** 0.9  # one point fixes f exactly: 1/S = (1 - f) + f/2
+    assert two.amdahl.f == pytest.approx(2 * (1 - 1 / s), rel=1e-12)

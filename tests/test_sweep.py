@@ -171,3 +171,18 @@ def test_scaling_scenario_fits_match_the_closed_forms(tmp_path):
     # Ring: nearly linear; contention small, throughput still rising at 256 devices.
     assert 0 < ring["usl_sigma"] < 0.1 and ring["usl_r2"] > 0.9
     assert ring["n_peak_devices"] is None or ring["n_peak_devices"] > 256
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--vary", "cluster.devices"], "--vary"),
+    (["--format", "xml"], "--format"),
+    (["--vary", "collective.algorithm=magic,spell"], "collective.algorithm"),
+    (["--vary", "collective.op.size=1,2"], "not a mapping"),
+])
+def test_sweep_input_errors_exit_2_without_writing(tmp_path, args, fragment):
+    out = tmp_path / "reports"
+    res = CliRunner().invoke(app, ["sweep", str(ROOT / "scenarios/allreduce-dgx-a100.yaml"),
+                                   *args, "--out", str(out), "--workers", "1"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert fragment in res.output
+    assert not out.exists() or not any(out.iterdir())

@@ -138,7 +138,7 @@ class GroupScaling:
     label: str
     base_devices: int
     points: pd.DataFrame      # devices, p, throughput, speedup, efficiency, karp_flatt, ...
-    amdahl: AmdahlFit | None  # None with fewer than 2 device counts
+    amdahl: AmdahlFit
     usl: USLFit | None        # None with fewer than 3 device counts
 
     def fit_row(self) -> dict[str, Any]:
@@ -149,9 +149,7 @@ class GroupScaling:
             return None if p is None else n0 * p
 
         row: dict[str, Any] = {"line": self.label, "base_devices": n0}
-        row.update({"amdahl_f": None, "amdahl_limit": None, "n_half_devices": None,
-                    "amdahl_r2": None} if a is None else
-                   {"amdahl_f": a.f, "amdahl_limit": a.limit,
+        row.update({"amdahl_f": a.f, "amdahl_limit": a.limit,
                     "n_half_devices": devices(a.p_half), "amdahl_r2": a.r2})
         row.update({"usl_sigma": None, "usl_kappa": None, "n_peak_devices": None,
                     "usl_r2": None} if u is None else
@@ -168,8 +166,8 @@ class GroupScaling:
 def _group_scaling(label: str, frame: pd.DataFrame) -> GroupScaling | None:
     frame = frame.dropna(subset=["throughput"]).groupby("devices", as_index=False).first()
     frame = frame.sort_values("devices", ignore_index=True)
-    if frame.empty or (frame["throughput"] <= 0).any():
-        return None
+    if len(frame) < 2 or (frame["throughput"] <= 0).any():
+        return None  # one device count is no scaling curve
     n0 = int(frame["devices"].iloc[0])
     p = frame["devices"].to_numpy(dtype=float) / n0
     s = frame["throughput"].to_numpy(dtype=float) / float(frame["throughput"].iloc[0])
@@ -178,10 +176,8 @@ def _group_scaling(label: str, frame: pd.DataFrame) -> GroupScaling | None:
                            "efficiency": s / p, "karp_flatt": karp_flatt(p, s)})
     if "exposed_comm_share" in frame:
         points["exposed_comm_share"] = frame["exposed_comm_share"]
-    distinct = len(points)
-    return GroupScaling(label, n0, points,
-                        fit_amdahl(p, s) if distinct >= 2 else None,
-                        fit_usl(p, s) if distinct >= 3 else None)
+    return GroupScaling(label, n0, points, fit_amdahl(p, s),
+                        fit_usl(p, s) if len(points) >= 3 else None)
 
 
 def scaling_analysis(table: pd.DataFrame, vary: list[str]) -> list[GroupScaling]:
