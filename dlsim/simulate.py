@@ -6,6 +6,7 @@ This is the one place that wires the layers together; each step lives in its own
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from dlsim.engine import Engine, EngineRun
 from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES
 from dlsim.inference.simulate import simulate_edge_inference
-from dlsim.memory import memory_per_device, stage_memory
+from dlsim.memory import memory_per_device, savings, stage_memory
 from dlsim.metrics import breakdown, link_table
 from dlsim.pipeline import PipelineJob, in_flight, pieces, pipeline_programs
 from dlsim.program import Collective
@@ -29,7 +30,7 @@ from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
 from dlsim.sync.training import ps_training, uses_parameter_server_simulator
 from dlsim.tensor import check_tensor_degree, shard_model
 from dlsim.topology import Topology
-from dlsim.workload import build_model
+from dlsim.workload import build_model, lora_workload
 
 # Kinds with their own simulator, each in its own package: kind -> (Scenario -> Result).
 _OTHER_KINDS: dict[str, Callable[[Scenario], Result]] = {
@@ -154,33 +155,36 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
     if stages * chunks > len(model.layers):
         raise ScenarioError(f"{stages} pipeline stages x {chunks} virtual stages for a model "
                             f"of {len(model.layers)} layers.", field="parallelism.pipeline")
+    lora = train.lora
+    executed = lora_workload(model, lora.rank, lora.targets) if lora else model
     comm = scenario.communication
     symmetric = _symmetric(scenario)
     replicas = [0] if symmetric else list(range(data))
     if stages == 1 and tensor == 1:
         program = data_parallel_program(
-            model, device, dtype, n, micro_count, train.optimizer, train.bucket_cap_mb,
+            executed, device, dtype, n, micro_count, train.optimizer, train.bucket_cap_mb,
             comm.data_parallel, comm.servers, train.steps, par.zero_stage, par.recompute,
             par.offload, topology.devices_per_node)
         programs = {r: program for r in replicas}
-        memory = memory_per_device(model, dtype, train.optimizer, data=n,
-                                   zero_stage=par.zero_stage, recompute=par.recompute,
-                                   offload=par.offload, lora=train.lora)
+        memory_of = partial(memory_per_device, model, dtype, train.optimizer, data=n,
+                            lora=lora)
     else:
-        shard = shard_model(model, tensor)
-        cut = pieces(model, shard, device, dtype, stages * chunks, par.recompute)
+        shard = shard_model(executed, tensor)
+        cut = pieces(executed, shard, device, dtype, stages * chunks, par.recompute)
         job = PipelineJob(grid, chunks, micro_count, par.schedule,
                           model.layers[0].output_bytes, train.optimizer, comm.data_parallel,
                           comm.servers, train.steps, par.zero_stage, par.offload,
                           topology.devices_per_node)
         programs = pipeline_programs(job, cut, device, dtype, replicas,
                                      [0] if symmetric else list(range(tensor)))
-        memory = stage_memory(
-            model, [[i for c in range(chunks) for i in cut[c * stages + s].layers]
-                    for s in range(stages)], dtype, train.optimizer,
+        memory_of = partial(
+            stage_memory, model, [[i for c in range(chunks) for i in cut[c * stages + s].layers]
+                                  for s in range(stages)], dtype, train.optimizer,
             [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
-            data=data, tensor=tensor, zero_stage=par.zero_stage, recompute=par.recompute,
-            offload=par.offload, lora=train.lora)
+            data=data, tensor=tensor, lora=lora)
+    memory_options = {"zero_stage": par.zero_stage, "recompute": par.recompute,
+                      "offload": par.offload}
+    memory = memory_of(**memory_options)
     rng = np.random.default_rng(scenario.seed)
     engine = Engine(topology, straggle(programs, scenario, ranks, rng), ranks)
     schedule_slow_links(engine.env, engine.network, topology, scenario.stragglers)
@@ -190,7 +194,7 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
     step_time = run.end_s / steps
     critical = max(programs, key=lambda r: (run.rank_end_s[r], -r))
     parts_s = breakdown(run.spans, int(ranks[critical]), run.end_s, pipeline=stages > 1)
-    matmul_flops = sum(k.flops for layer in model.layers
+    matmul_flops = sum(k.flops for layer in executed.layers
                        for k in (*layer.forward, *layer.backward) if k.kind != "elementwise")
     tflops = matmul_flops * micro_count * data / n / step_time / 1e12
     summary = {
@@ -206,6 +210,9 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         "memory_breakdown_bytes": memory.as_dict(),
         "memory_capacity_bytes": device.memory_bytes,
         "fits_in_memory": memory.total <= device.memory_bytes,
+        "trainable_parameters": executed.parameters,
+        "memory_host_bytes": memory.host,
+        "offload_pcie_bytes_per_step": memory.offload_bytes_per_step,
         "comm_bytes_total": run.network.bytes_injected / steps,
         "breakdown_s": {k: v / steps for k, v in parts_s.items()},
         "communication": scenario.communication.data_parallel,
@@ -215,6 +222,9 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
                         "zero_stage": par.zero_stage, "recompute": par.recompute,
                         "offload": par.offload, "microbatches": micro_count},
     }
+    if not summary["fits_in_memory"]:
+        summary["memory_savings_bytes"] = savings(memory_of, memory_options,
+                                                  zero_allowed=stages == tensor == 1 < n)
     summary.update(bsp_summary(scenario, run, ranks, rng))
     return _result(scenario, topology, run, summary,
                    "symmetric" if len(programs) < n else "full")
