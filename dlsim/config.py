@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from dlsim.errors import ScenarioError
+from dlsim.federated.spec import FederatedSpec
 from dlsim.inference.spec import EdgeInferenceSpec
 from dlsim.spec import Spec as _Spec
 from dlsim.sync.spec import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
@@ -151,12 +152,24 @@ class ParallelismSpec(_Spec):
         return self
 
 
-AllReduceAlgorithm = Literal["ring", "tree", "halving-doubling", "direct", "hierarchical", "ps"]
+AllReduceAlgorithm = Literal["auto", "ring", "tree", "halving-doubling", "direct",
+                             "hierarchical", "ps"]
+# dlsim.comm.protocol: auto = NCCL's protocols on hardware-profile GPU clusters, ideal on
+# textbook topologies; nccl = the fastest of LL, LL128 and Simple per collective
+Protocol = Literal["auto", "ideal", "nccl", "LL", "LL128", "Simple"]
 
 
 class CommunicationSpec(_Spec):
+    """How gradients travel: the all-reduce algorithm (``auto``: the fastest by the tuner's
+    estimate), the protocol, parameter servers (``servers`` shards, ``colocated`` on workers
+    or on ``dedicated`` devices of their own), and gradient compression."""
+
     data_parallel: AllReduceAlgorithm = "ring"
     servers: int = Field(default=1, ge=1)
+    server_placement: Literal["colocated", "dedicated"] = "colocated"
+    protocol: Protocol = "auto"
+    compression: Literal["none", "fp16", "onebit", "topk"] = "none"
+    topk_ratio: float = Field(default=0.01, gt=0, le=1)
 
 
 class CollectiveSpec(_Spec):
@@ -165,6 +178,8 @@ class CollectiveSpec(_Spec):
     algorithm: AllReduceAlgorithm = "ring"
     size_bytes: float = Field(gt=0)
     servers: int = Field(default=1, ge=1)
+    server_placement: Literal["colocated", "dedicated"] = "colocated"
+    protocol: Protocol = "auto"
     devices: int | None = Field(default=None, ge=1)
 
 
@@ -194,6 +209,7 @@ class Scenario(_Spec):
     simulation: SimulationSpec = SimulationSpec()
     sweep: dict[str, list[Any]] | None = None
     inference: EdgeInferenceSpec | None = None
+    federated: FederatedSpec | None = None
 
     @model_validator(mode="after")
     def _kind_needs(self) -> Scenario:
@@ -211,6 +227,9 @@ class Scenario(_Spec):
                              "{device, server | hierarchy | spatial}'")
         if self.inference is not None and self.kind != "edge-inference":
             raise ValueError("'inference' belongs to kind: edge-inference scenarios")
+        if self.kind == "federated" and self.federated is None:
+            raise ValueError("a federated scenario needs 'federated: {clients, population, "
+                             "...}'")
         return self
 
 

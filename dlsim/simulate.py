@@ -13,10 +13,14 @@ from typing import Any
 import numpy as np
 
 from dlsim.cluster import Grid, build_topology, placement
-from dlsim.comm.algorithms import busbw_factor, lowering
+from dlsim.comm.algorithms import busbw_factor, check_algorithm, dedicated_hosts
+from dlsim.comm.compression import compression_of, compression_summary
+from dlsim.comm.protocol import resolve_mode
+from dlsim.comm.tuner import plan_collective
 from dlsim.config import Scenario, load_scenario
 from dlsim.engine import Engine, EngineRun
 from dlsim.errors import ScenarioError
+from dlsim.federated.simulator import simulate_federated
 from dlsim.hardware import DTYPE_BYTES
 from dlsim.inference.simulate import simulate_edge_inference
 from dlsim.memory import memory_per_device, savings, stage_memory
@@ -24,7 +28,7 @@ from dlsim.metrics import breakdown, link_table
 from dlsim.pipeline import PipelineJob, in_flight, pieces, pipeline_programs
 from dlsim.program import Collective
 from dlsim.results import Result
-from dlsim.strategy import data_parallel_program
+from dlsim.strategy import data_parallel_program, gradient_bytes_per_param
 from dlsim.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
 from dlsim.sync.training import ps_training, uses_parameter_server_simulator
@@ -35,6 +39,7 @@ from dlsim.workload import build_model, lora_workload
 # Kinds with their own simulator, each in its own package: kind -> (Scenario -> Result).
 _OTHER_KINDS: dict[str, Callable[[Scenario], Result]] = {
     "edge-inference": simulate_edge_inference,
+    "federated": simulate_federated,
 }
 
 
@@ -90,19 +95,27 @@ def _result(scenario: Scenario, topology: Topology, run: EngineRun, summary: dic
 
 def _collective(scenario: Scenario, topology: Topology) -> Result:
     spec = scenario.collective
-    lowering(spec.op, spec.algorithm, field="collective.algorithm")
-    n = spec.devices or topology.n_devices
+    check_algorithm(spec.op, spec.algorithm, field="collective.algorithm")
+    dedicated = spec.algorithm == "ps" and spec.server_placement == "dedicated"
+    n = spec.devices or topology.n_devices - (spec.servers if dedicated else 0)
     ranks = placement(n, topology, scenario.placement)
+    hosts = dedicated_hosts(topology.n_devices, ranks, spec.servers) if dedicated else None
+    mode = resolve_mode(spec.protocol, topology, scenario.cluster.topology is not None)
     group = tuple(range(n))
     op = Collective(spec.op, "collective", group, spec.op, spec.size_bytes, spec.algorithm,
                     spec.servers)
     simulated = [0] if _symmetric(scenario) else list(group)
-    run = _run(Engine(topology, {r: [op] for r in simulated}, ranks), "collective.algorithm")
+    chosen = plan_collective(spec.op, spec.algorithm, ranks, spec.size_bytes, topology, mode,
+                             spec.servers, ranks // topology.devices_per_node, hosts,
+                             timed=False)
+    run = _run(Engine(topology, {r: [op] for r in simulated}, ranks, mode, hosts),
+               "collective.algorithm")
     time_s = run.end_s
     algbw = spec.size_bytes / time_s if time_s > 0 else 0.0  # one rank moves nothing
     summary = {
         "name": scenario.name, "kind": "collective", "op": spec.op,
-        "algorithm": spec.algorithm, "devices": n, "size_bytes": spec.size_bytes,
+        "algorithm": spec.algorithm, "algorithm_chosen": chosen.algorithm,
+        "protocol": chosen.protocol, "devices": n, "size_bytes": spec.size_bytes,
         "time_s": time_s, "algbw_GBps": algbw / 1e9,
         "busbw_GBps": algbw * busbw_factor(spec.op, n) / 1e9,
         "comm_bytes_total": run.network.bytes_injected,
@@ -117,8 +130,8 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         raise ScenarioError("a training scenario needs a device profile for its cluster.",
                             field="cluster.device")
     device = topology.device
-    lowering("allreduce", scenario.communication.data_parallel,
-             field="communication.data_parallel")
+    check_algorithm("allreduce", scenario.communication.data_parallel,
+                    field="communication.data_parallel")
     par = scenario.parallelism
     stages, tensor, chunks = par.pipeline, par.tensor, par.virtual_stages
     check_tensor_degree(scenario.model, tensor)
@@ -160,11 +173,12 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
     comm = scenario.communication
     symmetric = _symmetric(scenario)
     replicas = [0] if symmetric else list(range(data))
+    compression = compression_of(comm, par.zero_stage, stages == 1 and tensor == 1)
     if stages == 1 and tensor == 1:
         program = data_parallel_program(
             executed, device, dtype, n, micro_count, train.optimizer, train.bucket_cap_mb,
             comm.data_parallel, comm.servers, train.steps, par.zero_stage, par.recompute,
-            par.offload, topology.devices_per_node)
+            par.offload, topology.devices_per_node, compression)
         programs = {r: program for r in replicas}
         memory_of = partial(memory_per_device, model, dtype, train.optimizer, data=n,
                             lora=lora)
@@ -186,7 +200,10 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
                       "offload": par.offload}
     memory = memory_of(**memory_options)
     rng = np.random.default_rng(scenario.seed)
-    engine = Engine(topology, straggle(programs, scenario, ranks, rng), ranks)
+    dedicated = comm.data_parallel == "ps" and comm.server_placement == "dedicated"
+    hosts = dedicated_hosts(topology.n_devices, ranks, comm.servers) if dedicated else None
+    mode = resolve_mode(comm.protocol, topology, scenario.cluster.topology is not None)
+    engine = Engine(topology, straggle(programs, scenario, ranks, rng), ranks, mode, hosts)
     schedule_slow_links(engine.env, engine.network, topology, scenario.stragglers)
     run = ended_at_last_op(_run(engine, "communication.data_parallel"))
 
@@ -216,6 +233,8 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         "comm_bytes_total": run.network.bytes_injected / steps,
         "breakdown_s": {k: v / steps for k, v in parts_s.items()},
         "communication": scenario.communication.data_parallel,
+        "compression": compression_summary(comm, gradient_bytes_per_param(dtype), run.spans,
+                                           steps),
         "global_batch": train.global_batch, "microbatch": micro,
         "parallelism": {"data": data, "tensor": tensor, "pipeline": stages,
                         "schedule": par.schedule, "virtual_stages": chunks,

@@ -24,6 +24,7 @@ optimizer offload replaces the device's optimizer step by a round trip to the ho
 from __future__ import annotations
 
 from dlsim import hardware
+from dlsim.comm.compression import Compression, sync_bucket
 from dlsim.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
 from dlsim.hardware import DTYPE_BYTES, DeviceProfile
 from dlsim.memory import gradient_bytes_per_param
@@ -90,8 +91,10 @@ def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks
                           accumulation: int, optimizer: str, bucket_cap_mb: float,
                           algorithm: str, servers: int, steps: int,
                           zero_stage: int = 0, recompute: str = "none",
-                          offload: str = "none", sharing: int = 1) -> list[Op]:
-    """The program every data-parallel rank runs (they are identical)."""
+                          offload: str = "none", sharing: int = 1,
+                          compression: Compression | None = None) -> list[Op]:
+    """The program every data-parallel rank runs (they are identical); ``compression``
+    replaces each bucket's all-reduce by encode, exchange and decode."""
     times = [pass_times_s(layer, device, dtype, recompute) for layer in model.layers]
     grad_bytes = gradient_bytes_per_param(dtype)
     weight_bytes = max(DTYPE_BYTES[dtype], 2)
@@ -135,6 +138,12 @@ def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks
                     k = last_layer_of[i]
                     size = sum(model.layers[j].params for j in buckets[k]) * grad_bytes
                     op = "reducescatter" if sharded else "allreduce"
+                    if compression is not None and not sharded:  # dlsim.comm.compression
+                        collectives.append(sync_bucket(
+                            add, compression, f"bucket {k} s{step}", f"dp s{step} b{k}",
+                            group, size / grad_bytes, grad_bytes, algorithm, servers,
+                            backward, device, dtype))
+                        continue
                     collectives.append(add(Collective(
                         f"{op} bucket {k} s{step}", f"dp s{step} b{k}", group, op, size,
                         algorithm if op == "allreduce" else "ring", servers,
