@@ -187,3 +187,46 @@ def test_report_says_what_each_saving_would_bring_an_overflow_to():
         "memory_host_bytes": 60 * gb, "offload_pcie_bytes_per_step": 20 * gb})
     assert ("optimizer offloaded to host", "60 GB", "20 GB over PCIe per step") in \
         offloaded["rows"]
+
+
+def _training(n: int = 4, **sections) -> dict:
+    """A small GPT on a textbook switch, sections overriding training/parallelism."""
+    return {"name": "m", "model": {"kind": "transformer", "layers": 2, "hidden": 256,
+                                   "heads": 4, "seq_len": 128, "vocab": 1000},
+            "cluster": {"topology": "switch", "devices": n, "device": "a100-sxm4-80gb",
+                        "link": {"bandwidth_GBps": 25, "latency_us": 5}},
+            "training": {"global_batch": 4 * n, "microbatch": 4,
+                         **sections.get("training", {})},
+            "parallelism": sections.get("parallelism", {})}
+
+
+def test_lora_training_synchronises_only_the_adapters():
+    """Ring all-reduce moves 2(N-1)·G bytes in all; with LoRA G is the adapters' 16-bit
+    gradients, 2 blocks x 8·(256 + 768) parameters for rank 8 on qkv."""
+    import dlsim
+
+    n = 4
+    r = dlsim.simulate(_training(n, training={"lora": {"rank": 8, "targets": ["qkv"]}}))
+    adapters = 2 * 8 * (256 + 768)
+    assert r.trainable_parameters == adapters
+    assert r.comm_bytes_total == pytest.approx(2 * (n - 1) * adapters * 2, rel=1e-9)
+    assert r.memory_breakdown_bytes["optimizer"] == K * adapters
+    full = dlsim.simulate(_training(n))
+    assert full.trainable_parameters == full.parameters == r.parameters
+    assert r.step_time_s < full.step_time_s
+
+
+def test_offload_and_recompute_reach_the_summary():
+    import dlsim
+
+    n = 4
+    r = dlsim.simulate(_training(n, parallelism={"zero_stage": 2, "offload": "optimizer",
+                                                 "recompute": "full"}))
+    psi = r.parameters
+    assert r.memory_host_bytes == pytest.approx(K * psi / n, rel=1e-12)
+    assert r.offload_pcie_bytes_per_step == pytest.approx(4 * psi / n, rel=1e-12)
+    assert r.memory_breakdown_bytes["optimizer"] == 0
+    s, b, h = 128, 4, 256
+    embedding_and_head = 2 * s * b * h + 2 * s * b * (h + 1000)
+    assert r.memory_breakdown_bytes["activations"] == pytest.approx(
+        2 * (2 * s * b * h) + embedding_and_head, rel=1e-12)
