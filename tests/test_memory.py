@@ -147,9 +147,10 @@ def test_savings_add_zero3_recompute_and_offload_in_turn():
         return memory_per_device(model, "bf16", "adam", **options)
 
     got = savings(plan_of, base, zero_allowed=True)
-    assert list(got) == ["zero_stage: 3", "zero_stage: 3 + recompute: full",
-                         "zero_stage: 3 + recompute: full + offload: optimizer"]
-    assert got["zero_stage: 3 + recompute: full"] == plan_of(
+    assert list(got) == ["recompute: selective", "recompute: selective + zero_stage: 3",
+                         "recompute: full + zero_stage: 3",
+                         "recompute: full + zero_stage: 3 + offload: optimizer"]
+    assert got["recompute: full + zero_stage: 3"] == plan_of(
         data=8, zero_stage=3, recompute="full").total
     assert list(savings(plan_of, {**base, "recompute": "full"}, zero_allowed=False)) == [
         "offload: optimizer"]
