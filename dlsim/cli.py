@@ -243,6 +243,60 @@ def calibrate(device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "
               f"{cal.kernel_launch_us:.1f} us{link}; {cal.duration_s:.0f} s; wrote {path}")
 
 
+def _gpu_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(float(g)) for g in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise ScenarioError(f"--gpus takes a device count or a list like 256,512,1024 "
+                            f"(got {text!r}).", field="--gpus")
+    return counts
+
+
+@app.command()
+def plan(model: Annotated[str, typer.Option(help="Model preset, e.g. gpt3-175b.")],
+         cluster: Annotated[str, typer.Option(help="System preset, e.g. dgx-a100.")],
+         gpus: Annotated[str, typer.Option(help="Device count, or counts: 256,512,1024.")],
+         global_batch: Annotated[int, typer.Option(help="Samples per step.")],
+         tokens: Annotated[float | None, typer.Option(help="Tokens to train on.")] = None,
+         objective: Annotated[str, typer.Option(help="time | cost | energy")] = "time",
+         max_days: Annotated[float | None, typer.Option(help="Deadline in days.")] = None,
+         budget: Annotated[float | None, typer.Option(help="Budget in USD.")] = None,
+         precision: Annotated[str, typer.Option(help="fp32 | tf32 | fp16 | bf16 | fp8")]
+         = "bf16",
+         top: Annotated[int, typer.Option(help="Plans to show.")] = 10,
+         confirm: Annotated[int, typer.Option(help="Best plans the engine simulates.")] = 3,
+         out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
+    """Find the fastest (or cheapest, or least energy) way to train a model on a cluster:
+    enumerate data/tensor/pipeline plans, drop those that do not fit, rank by a closed-form
+    estimate, confirm the best with the engine; writes reports/plan-<model>-<cluster>/."""
+    from rich.progress import Progress
+
+    from dlsim.planner import PlanRequest, plan_to_json, run_plan, write_plan
+
+    try:
+        request = PlanRequest(model, cluster, _gpu_counts(gpus), global_batch, precision,
+                              tokens=tokens, objective=objective, max_days=max_days,
+                              budget_usd=budget, top=top, confirm=confirm)
+        with Progress(console=err, transient=True, disable=as_json) as bar:
+            result = run_plan(request, lambda items, label: bar.track(items, description=label))
+        where = write_plan(result, out_dir)
+    except ScenarioError as exc:
+        _fail(exc)
+    if as_json:
+        print(plan_to_json(result), end="")
+        return
+    columns = ("gpus", "data", "tensor", "pipeline", "microbatch", "schedule", "zero_stage",
+               "recompute", "placement", "algorithm", "step_time_s", "step_time_source",
+               "time_to_train_s", "cost_usd")
+    _print_rows(f"{result.evaluated:,} plans evaluated, {result.fitting:,} fit in memory",
+                [{c: p[c] for c in columns} for p in result.plans], False)
+    for line in result.explanation:
+        out.print(line, markup=False, highlight=False)
+    out.print(f"report: {where / 'index.html'}")
+
+
 LISTINGS = ("devices", "links", "systems", "models", "scenarios")
 
 

@@ -1,0 +1,59 @@
+"""The planner's page: headline cards, why the winner wins, the Pareto front, the top plans."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dlsim import plots
+from dlsim.planner.search import PlanResult
+from dlsim.report import Card, _environment, format_bytes, format_number, format_seconds
+
+COLUMNS = ("gpus", "data", "tensor", "pipeline", "microbatch", "schedule", "virtual_stages",
+           "zero_stage", "recompute", "placement", "algorithm", "step_time_s",
+           "step_time_source", "time_to_train_s", "cost_usd", "energy_kwh",
+           "memory_per_device_bytes")
+
+
+def pareto_scatter(candidates: list[dict[str, Any]], front: list[dict[str, Any]]) -> str:
+    """Every fitting plan as a dot, the front as a line: the plans worth considering."""
+    fig = plots._new_figure(7.5, 3.6)
+    ax = fig.add_subplot()
+    days = [r["time_to_train_s"] / 86400 for r in candidates]
+    cost = [r["cost_usd"] for r in candidates]
+    ax.scatter(days, cost, s=6, color="#9A9A9A", alpha=0.5, label="plans (estimate)")
+    ax.plot([r["time_to_train_s"] / 86400 for r in front], [r["cost_usd"] for r in front],
+            marker="o", color="#4C72B0", label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8, frameon=False)
+    plots._style(ax, "Time to train against cost", "days", "USD")
+    return plots._to_data_uri(fig)
+
+
+def render_plan(result: PlanResult) -> str:
+    r = result.request
+    best = result.plans[0] if result.plans else None
+    cards = [Card("Plans evaluated", f"{result.evaluated:,}",
+                  detail=f"{result.fitting:,} fit in memory"),
+             Card("GPUs", ", ".join(f"{g:,}" for g in r.gpus), detail=r.cluster)]
+    if best is not None:
+        value, _, unit = format_seconds(best["step_time_s"]).partition(" ")
+        cards.append(Card("Best step time", value, unit, best["step_time_source"], "good"))
+        cards.append(Card("Time to train", f"{best['time_to_train_s'] / 86400:.3g}", "days",
+                          f"{r.tokens:.3g} tokens" if r.tokens else "one step"))
+        if best["cost_usd"] is not None:
+            cards.append(Card("Cost", f"{best['cost_usd']:,.0f}", "USD"))
+        cards.append(Card("Energy", f"{best['energy_kwh']:,.3g}", "kWh", "at board power"))
+        value, _, unit = format_bytes(best["memory_per_device_bytes"]).partition(" ")
+        cards.append(Card("Memory per device", value, unit))
+    if result.smallest_gpus_meeting_deadline is not None:
+        cards.append(Card("Smallest cluster", f"{result.smallest_gpus_meeting_deadline:,}",
+                          "GPUs", f"meets {r.max_days:g} days"))
+    candidates = [c for c in result.candidates if c["cost_usd"] is not None]
+    image = pareto_scatter(candidates, result.pareto) if candidates else ""
+    rows = [[format_number(p.get(c)) for c in COLUMNS] for p in result.plans]
+    return _environment().get_template("plan.html").render(
+        title=f"Plan: {r.model} on {r.cluster}",
+        subtitle=f"plan · objective {r.objective} · global batch {r.global_batch:,}",
+        cards=cards, explanation=result.explanation, evaluated=f"{result.evaluated:,}",
+        pareto=image, columns=COLUMNS, rows=rows)

@@ -1,0 +1,237 @@
+"""The planner: enumerate plans, discard those that do not fit, estimate, rank, confirm.
+
+Planning is a funnel, the way good planners work: the memory model (arithmetic) removes plans
+that cannot run; the closed-form estimate (``estimate.py``) ranks every remaining plan; the
+discrete-event engine simulates only the best few, and those confirmed figures decide the
+winner. Every figure a plan carries says where it came from (``step_time_source``).
+Objectives: time to train (steps × step time), cost (device-hours × the device's hourly
+price in its profile) and energy (devices × the profile's board power × time, an upper bound
+since boards rarely sit at their power limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlsim import hardware
+from dlsim.cluster import build_topology
+from dlsim.config import ClusterSpec, ModelSpec
+from dlsim.errors import ScenarioError
+from dlsim.hardware import DTYPE_BYTES
+from dlsim.memory import memory_per_device
+from dlsim.pipeline import in_flight
+from dlsim.planner.estimate import CostTable, Links, estimate
+from dlsim.planner.space import ModelShape, Plan, enumerate_plans
+from dlsim.simulate import simulate
+from dlsim.workload import TRANSFORMER_PRESETS, build_model
+
+OBJECTIVES = {"time": "time_to_train_s", "cost": "cost_usd", "energy": "energy_kwh"}
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    model: str
+    cluster: str
+    gpus: tuple[int, ...]
+    global_batch: int
+    precision: str = "bf16"
+    optimizer: str = "adam"
+    tokens: float | None = None
+    objective: str = "time"
+    max_days: float | None = None
+    budget_usd: float | None = None
+    top: int = 10
+    confirm: int = 3
+
+
+@dataclass
+class PlanResult:
+    request: PlanRequest
+    evaluated: int
+    fitting: int
+    plans: list[dict[str, Any]]  # ranked: confirmed plans first, then by estimate
+    pareto: list[dict[str, Any]]
+    explanation: list[str]
+    smallest_gpus_meeting_deadline: int | None
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every fitting plan
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+
+def _shape(model: str) -> tuple[ModelShape, int, int]:
+    """Blocks, heads and hidden for the plan space; sequence length and hidden for costs."""
+    if model in TRANSFORMER_PRESETS:
+        layers, hidden, heads, seq, _ = TRANSFORMER_PRESETS[model]
+        return ModelShape(layers, heads, hidden), seq, hidden
+    raise ScenarioError(f"the planner plans transformer models; '{model}' is not one of "
+                        f"{', '.join(sorted(TRANSFORMER_PRESETS))}.", field="--model")
+
+
+def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int) -> dict[str, Any]:
+    """The scenario that runs ``plan``: what the engine confirms and the user can rerun."""
+    return {
+        "name": (f"plan-{request.model}-{plan.gpus}gpu-d{plan.data}t{plan.tensor}"
+                 f"p{plan.pipeline}"),
+        "model": {"preset": request.model},
+        "cluster": {"preset": request.cluster, "nodes": plan.gpus // devices_per_node},
+        "precision": request.precision,
+        "training": {"global_batch": request.global_batch, "microbatch": plan.microbatch,
+                     "optimizer": request.optimizer},
+        "parallelism": {"data": plan.data, "tensor": plan.tensor, "pipeline": plan.pipeline,
+                        "schedule": plan.schedule, "virtual_stages": plan.virtual_stages,
+                        "zero_stage": plan.zero_stage, "recompute": plan.recompute},
+        "communication": {"data_parallel": plan.algorithm},
+        "placement": plan.placement,
+    }
+
+
+def _objectives(row: dict[str, Any], step_s: float, steps: float, gpus: int,
+                device: hardware.DeviceProfile) -> None:
+    seconds = step_s * steps
+    row["time_to_train_s"] = seconds
+    row["cost_usd"] = (gpus * seconds / 3600 * device.price_usd_per_hour
+                       if device.price_usd_per_hour is not None else None)
+    row["energy_kwh"] = gpus * device.power_W * seconds / 3.6e6
+
+
+Progress = Callable[[list[dict[str, Any]], str], Iterable[dict[str, Any]]]
+
+
+def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
+    """Plan ``request``; ``progress(items, label)`` wraps the engine confirmations (a bar)."""
+    import time
+
+    if request.objective not in OBJECTIVES:
+        raise ScenarioError(f"objective must be one of {', '.join(OBJECTIVES)}.",
+                            field="--objective")
+    system = hardware.system(request.cluster)
+    device = hardware.device(system.device)
+    device.peak_flops(request.precision)
+    shape, seq, hidden = _shape(request.model)
+    dtype_bytes = max(DTYPE_BYTES[request.precision], 2)
+    steps = (request.tokens / (request.global_batch * seq)) if request.tokens else 1.0
+    dpn = system.devices_per_node
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    evaluated = 0
+    tables: dict[int, CostTable] = {}
+    for gpus in request.gpus:
+        if gpus % dpn:
+            raise ScenarioError(f"{gpus} GPUs is not a whole number of {request.cluster} "
+                                f"nodes of {dpn}.", field="--gpus")
+        topology = build_topology(ClusterSpec(preset=request.cluster, nodes=gpus // dpn))
+        links = Links.of(topology, system.nics_per_node, system.sockets)
+        for p in enumerate_plans(shape, gpus, request.global_batch, dpn):
+            evaluated += 1
+            table = tables.get(p.microbatch)
+            if table is None:
+                table = tables[p.microbatch] = CostTable(
+                    build_model(ModelSpec(preset=request.model), p.microbatch, dtype_bytes),
+                    device, request.precision, p.microbatch * seq, hidden)
+            model = table.model
+            m = p.microbatches_for(request.global_batch)
+            memory = memory_per_device(
+                model, request.precision, request.optimizer, data=p.data, tensor=p.tensor,
+                pipeline=p.pipeline, in_flight_microbatches=in_flight(
+                    "gpipe" if p.schedule == "gpipe" else "1f1b", 0, p.pipeline, m),
+                zero_stage=p.zero_stage, recompute=p.recompute)
+            row: dict[str, Any] = {**p.as_dict(), "microbatches": m,
+                                   "memory_per_device_bytes": memory.total,
+                                   "fits_in_memory": memory.total <= device.memory_bytes}
+            if not row["fits_in_memory"]:
+                continue
+            est = estimate(p, table, request.optimizer, request.global_batch, links)
+            row.update(step_time_s=est.step_time_s, step_time_source="estimate",
+                       estimated_step_time_s=est.step_time_s,
+                       estimated_breakdown_s=est.breakdown_s)
+            _objectives(row, est.step_time_s, steps, gpus, device)
+            rows.append(row)
+    estimated = time.perf_counter()
+    key = OBJECTIVES[request.objective]
+    feasible = [r for r in rows if _meets(r, request)]
+    feasible.sort(key=lambda r: (r[key] if r[key] is not None else float("inf"),
+                                 r["time_to_train_s"]))
+    confirmed = feasible[:request.confirm]
+    for row in (progress(confirmed, "simulating the best plans") if progress else confirmed):
+        plan_ = Plan(*(row[f] for f in Plan.__dataclass_fields__))
+        result = simulate(scenario_of(request, plan_, dpn))
+        row.update(step_time_s=result.step_time_s, step_time_source="simulated",
+                   breakdown_s=result.breakdown_s,
+                   memory_per_device_bytes=result.memory_per_device_bytes,
+                   fits_in_memory=result.fits_in_memory, scenario=scenario_of(
+                       request, plan_, dpn))
+        _objectives(row, result.step_time_s, steps, plan_.gpus, device)
+    confirmed = [r for r in confirmed if r["fits_in_memory"] and _meets(r, request)]
+    confirmed.sort(key=lambda r: (r[key] if r[key] is not None else float("inf"),
+                                  r["time_to_train_s"]))
+    ranked = confirmed + feasible[request.confirm:]
+    deadline_gpus = None
+    if request.max_days is not None and ranked:
+        deadline_gpus = min(r["gpus"] for r in ranked)
+    return PlanResult(request, evaluated, len(rows), ranked[:request.top], pareto_front(rows),
+                      explain(ranked, device.memory_bytes), deadline_gpus, rows,
+                      {"estimate": estimated - started,
+                                      "simulate": time.perf_counter() - estimated})
+
+
+def _meets(row: dict[str, Any], request: PlanRequest) -> bool:
+    if request.max_days is not None and row["time_to_train_s"] > request.max_days * 86400:
+        return False
+    if request.budget_usd is not None and (row["cost_usd"] is None
+                                           or row["cost_usd"] > request.budget_usd):
+        return False
+    return True
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Plans no other plan beats on both time to train and cost (ties keep the first)."""
+    priced = sorted((r for r in rows if r["cost_usd"] is not None),
+                    key=lambda r: (r["time_to_train_s"], r["cost_usd"]))
+    front, best_cost = [], float("inf")
+    for row in priced:
+        if row["cost_usd"] < best_cost:
+            front.append(row)
+            best_cost = row["cost_usd"]
+    return front
+
+
+def _breakdown(row: dict[str, Any]) -> dict[str, float]:
+    """The simulated breakdown where the engine confirmed the plan, else the estimate's."""
+    return row.get("breakdown_s") or row["estimated_breakdown_s"]
+
+
+_PARTS = {"compute": "compute", "tensor_comm": "tensor-parallel all-reduces",
+          "bubble": "the pipeline bubble", "pipeline_comm": "pipeline transfers",
+          "exposed_dp_comm": "exposed gradient communication",
+          "exposed_comm": "exposed communication", "straggler_wait": "waiting for peers",
+          "idle": "idle time"}
+
+
+def explain(ranked: list[dict[str, Any]], capacity: float) -> list[str]:
+    """Why the winner wins: its time shares, memory headroom, and where the runner-up lost."""
+    if not ranked:
+        return ["No plan fits in memory and meets the constraints."]
+    win = ranked[0]
+    parts = _breakdown(win)
+    total = sum(parts.values()) or 1.0
+    shares = ", ".join(f"{_PARTS.get(k, k)} {100 * v / total:.0f}%"
+                       for k, v in parts.items() if v > 0)
+    headroom = capacity - win["memory_per_device_bytes"]
+    lines = [f"The winner (d={win['data']}, t={win['tensor']}, p={win['pipeline']}, "
+             f"micro-batch {win['microbatch']}, {win['schedule']}, ZeRO-{win['zero_stage']}, "
+             f"recompute {win['recompute']}, {win['placement']}, {win['algorithm']}) spends its "
+             f"step on {shares} ({win['step_time_source']}); it leaves "
+             f"{headroom / 1e9:.1f} GB of memory free."]
+    if len(ranked) > 1:
+        run = ranked[1]
+        same = run["step_time_source"] == win["step_time_source"]
+        mine = parts if same else win["estimated_breakdown_s"]
+        theirs = _breakdown(run) if same else run["estimated_breakdown_s"]
+        diffs = {k: theirs.get(k, 0.0) - mine.get(k, 0.0) for k in sorted({*mine, *theirs})}
+        worst = max(diffs, key=diffs.get)
+        lines.append(f"The runner-up (d={run['data']}, t={run['tensor']}, p={run['pipeline']}) "
+                     f"is {run['step_time_s'] - win['step_time_s']:.3g} s per step slower "
+                     f"({run['step_time_source']}), mostly {_PARTS.get(worst, worst)} "
+                     f"(+{diffs[worst]:.3g} s).")
+    return lines

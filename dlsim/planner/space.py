@@ -1,0 +1,107 @@
+"""The plan space: every way to run one model on N devices of one system.
+
+A plan fixes the data, tensor and pipeline degrees (d·t·p = N), the micro-batch, the pipeline
+schedule (and its virtual stages), the ZeRO stage, recomputation, placement and the
+data-parallel collective algorithm. Only plans a framework could actually run are produced:
+tensor degrees divide the attention heads and the hidden size (Megatron-LM's requirement),
+pipeline stages divide the transformer blocks (interleaving needs blocks divisible by p·v and
+micro-batches divisible by p, as Megatron-LM's interleaved schedule does), the global batch
+divides into d replicas of whole micro-batches, and ZeRO is used only without a pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+SCHEDULES = ("gpipe", "1f1b", "interleaved")
+RECOMPUTE = ("none", "selective", "full")
+PLACEMENTS = ("pack", "spread")
+ALGORITHMS = ("ring", "tree", "hierarchical")
+VIRTUAL_STAGES = (2, 4)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan space needs to know about a model."""
+
+    blocks: int  # repeated layers a pipeline can cut between (transformer blocks)
+    heads: int | None  # None: tensor parallelism does not apply (CNN, MLP)
+    hidden: int | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    gpus: int
+    data: int
+    tensor: int
+    pipeline: int
+    microbatch: int
+    schedule: str
+    virtual_stages: int
+    zero_stage: int
+    recompute: str
+    placement: str
+    algorithm: str
+
+    def microbatches_for(self, global_batch: int) -> int:
+        return global_batch // self.data // self.microbatch
+
+    def as_dict(self) -> dict[str, int | str]:
+        return asdict(self)
+
+
+def divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+def _powers_of_two_dividing(n: int, limit: int) -> list[int]:
+    out, k = [], 1
+    while k <= limit:
+        if n % k == 0:
+            out.append(k)
+        k *= 2
+    return out
+
+
+def enumerate_plans(shape: ModelShape, gpus: int, global_batch: int, devices_per_node: int,
+                    *, max_microbatch: int = 8, schedules: tuple[str, ...] = SCHEDULES,
+                    recompute: tuple[str, ...] = RECOMPUTE,
+                    placements: tuple[str, ...] = PLACEMENTS,
+                    algorithms: tuple[str, ...] = ALGORITHMS) -> Iterator[Plan]:
+    """Every runnable plan for ``gpus`` devices, in a fixed order (so ties break the same)."""
+    tensor_options = [1]
+    if shape.heads is not None and shape.hidden is not None:
+        tensor_options = [t for t in _powers_of_two_dividing(gpus, 2 * devices_per_node)
+                          if shape.heads % t == 0 and shape.hidden % t == 0]
+    for t in tensor_options:
+        for p in divisors(shape.blocks):
+            if gpus % (t * p):
+                continue
+            d = gpus // (t * p)
+            if global_batch % d:
+                continue
+            per_replica = global_batch // d
+            for b in _powers_of_two_dividing(per_replica, max_microbatch):
+                m = per_replica // b
+                for schedule, v in _schedules(schedules, p, m, shape.blocks):
+                    for zero in ((0, 1, 2, 3) if p == 1 and d > 1 else (0,)):
+                        for rc in recompute:
+                            for place in placements:
+                                for algo in (algorithms if d > 1 else algorithms[:1]):
+                                    yield Plan(gpus, d, t, p, b, schedule, v, zero, rc, place,
+                                               algo)
+
+
+def _schedules(allowed: tuple[str, ...], p: int, m: int,
+               blocks: int) -> Iterator[tuple[str, int]]:
+    if p == 1:  # no pipeline: the schedule is moot, name it once
+        yield "1f1b", 1
+        return
+    for schedule in allowed:
+        if schedule != "interleaved":
+            yield schedule, 1
+        elif m % p == 0:
+            for v in VIRTUAL_STAGES:
+                if blocks % (p * v) == 0:
+                    yield schedule, v
