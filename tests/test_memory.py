@@ -231,3 +231,12 @@ def test_offload_and_recompute_reach_the_summary():
     embedding_and_head = 2 * s * b * h + 2 * s * b * (h + 1000)
     assert r.memory_breakdown_bytes["activations"] == pytest.approx(
         2 * (2 * s * b * h) + embedding_and_head, rel=1e-12)
+
+
+@pytest.mark.parametrize("lora,field", [({"rank": 8, "targets": ["q_proj"]}, "targets"),
+                                        ({"rank": 0, "targets": ["qkv"]}, "rank")])
+def test_bad_lora_names_the_field(lora, field):
+    import dlsim
+
+    with pytest.raises(ScenarioError, match=f"training.lora.{field}"):
+        dlsim.simulate(_training(training={"lora": lora}))
