@@ -124,6 +124,15 @@ def test_an_allreduce_failure_costs_lost_work_plus_restart():
     assert f["checkpoints"] == checkpoints and f["failures"] == 1
 
 
+def test_job_steps_repeat_the_simulated_step_and_goodput_is_the_useful_share():
+    t = dlsim.simulate(scenario(4)).step_time_s
+    r = dlsim.simulate(scenario(4, failures={"job_steps": 95, "checkpoint": {
+        "interval_steps": 10, "cost_s": 0.5}}))
+    total = 95 * t + 9 * 0.5  # no checkpoint after the last step
+    assert r.summary["failures"]["total_s"] == pytest.approx(total, rel=1e-9)
+    assert r.summary["failures"]["goodput"] == pytest.approx(95 * t / total, rel=1e-9)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.floats(0.1, 2.0), min_size=1, max_size=12),
        st.lists(st.floats(0.0, 40.0), max_size=4), st.integers(1, 5),

@@ -63,11 +63,12 @@ def bsp_summary(scenario: Scenario, run: EngineRun, devices: np.ndarray,
             for d in simulated}
     seconds_per_step = run.end_s / steps
     if scenario.failures is not None:
-        faulted = replay(step_times_s(run), scenario.failures,
-                         failure_times(scenario.failures, devices, rng))
-        out["failures"] = faulted.as_dict()
-        seconds_per_step = faulted.total_s / steps
         spec = scenario.failures
+        step_s = np.resize(step_times_s(run), spec.job_steps or steps)
+        faulted = replay(step_s, spec, failure_times(spec, devices, rng))
+        out["failures"] = {"job_steps": len(step_s), **faulted.as_dict(),
+                           "goodput": float(step_s.sum()) / faulted.total_s}
+        seconds_per_step = faulted.total_s / len(step_s)
         if spec.mtbf_s is not None and spec.checkpoint is not None:
             out["failures"]["young_daly_interval_s"] = young_daly_interval_s(
                 spec.checkpoint.cost_s, spec.mtbf_s)

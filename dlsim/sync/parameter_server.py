@@ -87,7 +87,7 @@ class ParameterServer:
         self.failed_devices: list[int] = []
         self._progress = self.env.event()
         self._rounds: dict[int, tuple[list[int], list[float], simpy.Event]] = {}
-        self._open: dict[int, tuple[str, str, float]] = {}
+        self._open: dict[int, tuple[str, str, str, float]] = {}
 
     def run(self) -> PSRun:
         workers = {w: self.env.process(self._worker(w)) for w in range(len(self.live))}
@@ -126,9 +126,9 @@ class ParameterServer:
                 self._notify()
         except simpy.Interrupt:
             self.failed_devices.append(device)
-            stream, name, start = self._open.pop(w, ("compute", "failed", self.env.now))
-            self.spans.append(Span(device, stream, f"{name} (failed)",
-                                   "comm" if stream == "comm" else "compute", start,
+            stream, name, category, start = self._open.pop(
+                w, ("compute", "failed", "compute", self.env.now))
+            self.spans.append(Span(device, stream, f"{name} (failed)", category, start,
                                    self.env.now))
         self.live[w] = False
         self._notify()
@@ -165,7 +165,7 @@ class ParameterServer:
               event: simpy.Event) -> Generator:
         stream = "compute" if category == "compute" else "comm"
         start = self.env.now
-        self._open[w] = (stream, name, start)
+        self._open[w] = (stream, name, category, start)
         yield event
         del self._open[w]
         self.spans.append(Span(device, stream, name, category, start, self.env.now))
@@ -212,7 +212,7 @@ class ParameterServer:
         arrived, _, applied = self._rounds.setdefault(t, ([], [], self.env.event()))
         arrived.append(w)
         start = self.env.now
-        self._open[w] = ("comm", f"wait for peers s{t}", start)
+        self._open[w] = ("comm", f"wait for peers s{t}", "wait", start)
         self._release_rounds()
         yield applied
         self._open.pop(w, None)

@@ -59,7 +59,8 @@ def _failures(s: Mapping[str, Any], seconds: Callable[[float], str]) -> dict[str
             ("restarting", seconds(f["restart_s"])),
             ("checkpoints written", str(f["checkpoints"])),
             ("writing checkpoints", seconds(f["checkpoint_s"])),
-            ("job time with failures", seconds(f["total_s"]))]
+            ("job time with failures", seconds(f["total_s"])),
+            ("goodput", f"{100 * f['goodput']:.1f} % of the job time is useful steps")]
     note = ("The job stops at each failure and resumes from its last checkpoint: it loses "
             "the work since then and pays the restart.")
     if "young_daly_interval_s" in f:

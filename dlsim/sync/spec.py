@@ -111,12 +111,17 @@ class FailureAt(Spec):
 class FailureSpec(Spec):
     """Device failures at given times and/or drawn from a Poisson process with the job's
     mean time between failures ``mtbf_s``. A BSP job restarts from its last checkpoint after
-    ``restart_s``; an SSP/ASP parameter-server job goes on with the surviving workers."""
+    ``restart_s``; an SSP/ASP parameter-server job goes on with the surviving workers.
+
+    ``job_steps`` (BSP) is the length of the job whose failures are replayed, when it is
+    longer than the ``training.steps`` simulated: the simulated step times repeat (steps
+    are assumed stationary), so a days-long job costs one simulated step."""
 
     at: list[FailureAt] = []
     mtbf_s: float | None = Field(default=None, gt=0)
     restart_s: float = Field(default=0.0, ge=0)
     checkpoint: CheckpointSpec | None = None
+    job_steps: int | None = Field(default=None, ge=1)
 
 
 class ConvergenceSpec(Spec):

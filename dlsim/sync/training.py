@@ -28,7 +28,7 @@ from dlsim.strategy import data_parallel_program, gradient_bytes_per_param
 from dlsim.sync.convergence import convergence_summary
 from dlsim.sync.faults import failure_times
 from dlsim.sync.parameter_server import ParameterServer, PSJob, PSRun
-from dlsim.sync.stragglers import slowdown_factors
+from dlsim.sync.stragglers import schedule_slow_links, slowdown_factors
 from dlsim.topology import Topology
 from dlsim.workload import build_model
 
@@ -54,10 +54,11 @@ def _check(scenario: Scenario) -> None:
                             "parallelism: pipeline 1, tensor 1, zero_stage 0.",
                             field="parallelism")
     failures = scenario.failures
-    if failures is not None and (failures.checkpoint is not None or failures.restart_s):
+    if failures is not None and (failures.checkpoint is not None or failures.restart_s
+                                 or failures.job_steps is not None):
         raise ScenarioError("a parameter-server job goes on with its surviving workers; "
-                            "checkpoint and restart_s apply to all-reduce (BSP) jobs.",
-                            field="failures")
+                            "checkpoint, restart_s and job_steps apply to all-reduce (BSP) "
+                            "jobs.", field="failures")
 
 
 def ps_training(scenario: Scenario, topology: Topology) -> Result:
@@ -101,7 +102,9 @@ def ps_training(scenario: Scenario, topology: Topology) -> Result:
         factors=slowdown_factors(scenario.stragglers, devices, budget, rng))
     failures = (failure_times(scenario.failures, devices, rng)
                 if scenario.failures is not None else ())
-    run = ParameterServer(topology, job, failures).run()
+    server = ParameterServer(topology, job, failures)
+    schedule_slow_links(server.env, server.network, topology, scenario.stragglers)
+    run = server.run()
 
     matmul_flops = sum(k.flops for layer in model.layers
                        for k in (*layer.forward, *layer.backward) if k.kind != "elementwise")
