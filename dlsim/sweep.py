@@ -18,7 +18,8 @@ import pandas as pd
 from dlsim.errors import ScenarioError
 from dlsim.executors import PointCache, evaluate
 
-PRIMARY_METRIC = {"training": "step_time_s", "collective": "time_s"}
+PRIMARY_METRIC = {"training": "step_time_s", "collective": "time_s",
+                  "edge-inference": "latency_s"}
 
 
 def _set(data: dict[str, Any], path: str, value: Any) -> None:

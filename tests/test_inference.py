@@ -267,3 +267,14 @@ def test_cli_bad_edge_input_is_one_paragraph_and_exit_2(tmp_path):
     assert res.exit_code == 2
     assert "inference.exits.0.after" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_over_links_reports_each_points_best_latency(tmp_path):
+    res = CliRunner().invoke(app, ["sweep", str(ROOT / "scenarios/edge-split-resnet50.yaml"),
+                                   "--vary", "inference.server.link=wifi,lte", "--out",
+                                   str(tmp_path), "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = {row["inference.server.link"]: row["latency_s"] for row in json.loads(res.output)}
+    for link in ("wifi", "lte"):
+        point = dlsim.simulate(scenario(server={"device": "a100-pcie-80gb", "link": link}))
+        assert rows[link] == pytest.approx(point.latency_s, rel=1e-12)
