@@ -287,14 +287,26 @@ def plan(model: Annotated[str, typer.Option(help="Model preset, e.g. gpt3-175b."
     if as_json:
         print(plan_to_json(result), end="")
         return
-    columns = ("gpus", "data", "tensor", "pipeline", "microbatch", "schedule", "zero_stage",
-               "recompute", "placement", "algorithm", "step_time_s", "step_time_source",
-               "time_to_train_s", "cost_usd")
     _print_rows(f"{result.evaluated:,} plans evaluated, {result.fitting:,} fit in memory",
-                [{c: p[c] for c in columns} for p in result.plans], False)
+                [_plan_row(p) for p in result.plans], False)
+    if result.smallest_gpus_meeting_deadline is not None:
+        out.print(f"smallest cluster meeting {max_days:g} days: "
+                  f"{result.smallest_gpus_meeting_deadline:,} GPUs")
     for line in result.explanation:
         out.print(line, markup=False, highlight=False)
     out.print(f"report: {where / 'index.html'}")
+
+
+def _plan_row(p: dict[str, Any]) -> dict[str, Any]:
+    """One plan on one terminal line: degrees as d·t·p, where the step time came from."""
+    schedule = p["schedule"] + (f"×{p['virtual_stages']}" if p["virtual_stages"] > 1 else "")
+    return {"gpus": p["gpus"], "d·t·p": f"{p['data']}·{p['tensor']}·{p['pipeline']}",
+            "micro": p["microbatch"], "schedule": schedule, "zero": p["zero_stage"],
+            "recompute": p["recompute"], "placement": p["placement"],
+            "algorithm": p["algorithm"], "step (s)": float(f"{p['step_time_s']:.3g}"),
+            "from": p["step_time_source"][:3],
+            "days": float(f"{p['time_to_train_s'] / 86400:.3g}"),
+            "USD": round(p["cost_usd"]) if p["cost_usd"] is not None else None}
 
 
 LISTINGS = ("devices", "links", "systems", "models", "scenarios")

@@ -14,7 +14,8 @@ COLUMNS = ("gpus", "data", "tensor", "pipeline", "microbatch", "schedule", "virt
            "memory_per_device_bytes")
 
 
-def pareto_scatter(candidates: list[dict[str, Any]], front: list[dict[str, Any]]) -> str:
+def pareto_scatter(candidates: list[dict[str, Any]], front: list[dict[str, Any]],
+                   deadline_days: float | None) -> str:
     """Every fitting plan as a dot, the front as a line: the plans worth considering."""
     fig = plots._new_figure(7.5, 3.6)
     ax = fig.add_subplot()
@@ -23,6 +24,12 @@ def pareto_scatter(candidates: list[dict[str, Any]], front: list[dict[str, Any]]
     ax.scatter(days, cost, s=6, color="#9A9A9A", alpha=0.5, label="plans (estimate)")
     ax.plot([r["time_to_train_s"] / 86400 for r in front], [r["cost_usd"] for r in front],
             marker="o", color="#4C72B0", label="Pareto front")
+    for r in front:
+        ax.annotate(f"{r['gpus']:,} GPUs", (r["time_to_train_s"] / 86400, r["cost_usd"]),
+                    textcoords="offset points", xytext=(4, -10), fontsize=7)
+    if deadline_days is not None:
+        ax.axvline(deadline_days, color="#C44E52", linestyle="--", linewidth=1,
+                   label=f"deadline {deadline_days:g} days")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.legend(fontsize=8, frameon=False)
@@ -42,15 +49,17 @@ def render_plan(result: PlanResult) -> str:
         cards.append(Card("Time to train", f"{best['time_to_train_s'] / 86400:.3g}", "days",
                           f"{r.tokens:.3g} tokens" if r.tokens else "one step"))
         if best["cost_usd"] is not None:
-            cards.append(Card("Cost", f"{best['cost_usd']:,.0f}", "USD"))
-        cards.append(Card("Energy", f"{best['energy_kwh']:,.3g}", "kWh", "at board power"))
+            cards.append(Card("Cost", f"{best['cost_usd'] / 1e3:,.0f}", "kUSD",
+                              "device-hours × hourly price"))
+        cards.append(Card("Energy", f"{best['energy_kwh'] / 1e3:,.3g}", "MWh",
+                          "at board power"))
         value, _, unit = format_bytes(best["memory_per_device_bytes"]).partition(" ")
         cards.append(Card("Memory per device", value, unit))
     if result.smallest_gpus_meeting_deadline is not None:
         cards.append(Card("Smallest cluster", f"{result.smallest_gpus_meeting_deadline:,}",
                           "GPUs", f"meets {r.max_days:g} days"))
     candidates = [c for c in result.candidates if c["cost_usd"] is not None]
-    image = pareto_scatter(candidates, result.pareto) if candidates else ""
+    image = pareto_scatter(candidates, result.pareto, r.max_days) if candidates else ""
     rows = [[format_number(p.get(c)) for c in COLUMNS] for p in result.plans]
     return _environment().get_template("plan.html").render(
         title=f"Plan: {r.model} on {r.cluster}",
