@@ -116,11 +116,10 @@ def _torch_counts(model, batch) -> tuple[int, int, int]:
 
     with FlopCounterMode(display=False) as forward:
         out = model(batch)
-    with FlopCounterMode(display=False) as total:
-        model(batch).float().sum().backward()
-    del out
-    return (sum(p.numel() for p in model.parameters()), forward.get_total_flops(),
-            total.get_total_flops())
+    with FlopCounterMode(display=False) as backward:
+        out.float().sum().backward()
+    fwd = forward.get_total_flops()
+    return sum(p.numel() for p in model.parameters()), fwd, fwd + backward.get_total_flops()
 
 
 def _dlsim_counts(preset: str, b: int) -> tuple[int, float, float]:
