@@ -1,11 +1,11 @@
 """Early exits (BranchyNet: Teerapittayanon, McDanel & Kung, ICPR 2016).
 
-A side branch after a layer classifies the request; if it is confident enough (BranchyNet
-§3, an entropy threshold) the request leaves there. The scenario gives each exit's
-probability conditional on reaching it, p_i; the unconditional share leaving at exit i is
-p_i · Π_{j<i} (1 − p_j), and the final exit takes what is left. Expected latency is
+A side branch after a layer classifies the request; if it is confident enough (the
+entropy of its softmax under a threshold) the request leaves there. The scenario gives
+each exit's probability conditional on reaching it, p_i; the unconditional share leaving
+at exit i is p_i · Π_{j<i} (1 − p_j), and the final exit takes what is left. Expected latency is
 Σ_i share_i · latency_to_exit_i, where the latency to exit i includes every branch
-evaluated on the way (BranchyNet §3.2: a request pays for the branches it passed).
+evaluated on the way: a request pays for every branch it passed.
 """
 
 from __future__ import annotations

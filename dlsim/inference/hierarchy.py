@@ -1,13 +1,13 @@
 """Device, edge and cloud with exits between them (DDNN: Teerapittayanon, McDanel & Kung,
 "Distributed Deep Neural Networks over the Cloud, the Edge and End Devices", ICDCS'17).
 
-DDNN (§III) runs the first layers on the end device with a local exit, the next on an edge
+DDNN runs the first layers on the end device with a local exit, the next on an edge
 server with an edge exit, the rest in the cloud; a request confident at a lower exit never
-travels further, which is where its latency and communication savings come from (§IV-E).
+travels further, which is where its latency and communication savings come from.
 Here the cut points and exits are the scenario's; each exit's cost is the request's path
 (``path.walk``) up to it, and the expectation weights them by ``exits.exit_shares``. For
-contrast the table ends with the same model run wholly in the cloud with no early exits
-(the raw input sent over both hops).
+contrast it also gives the same model run wholly in the cloud with no early exits (the raw
+input sent over both hops).
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ or the previous layer's output) goes up every hop in between: latency + bytes / 
 bandwidth each, store and forward. A tier that runs nothing passes nothing on. When the
 request leaves, at an early exit or the model's output, the result comes back down every
 hop to the device. Nothing overlaps within one request, so the segments are back to back
-and the request's latency is the end of the last one (Kang et al., ASPLOS'17, §4:
+and the request's latency is the end of the last one (Kang et al., ASPLOS'17:
 end-to-end latency = device + transfer + server time).
 
-Device energy (Neurosurgeon §4) is the device's power × its compute time plus the radio's
+Device energy (Neurosurgeon) is the device's power × its compute time plus the radio's
 power × the time the device's own link spends moving bytes (bytes / bandwidth; waiting out
 the link latency is not counted as transmitting). Idle power while the server works is not
 counted.

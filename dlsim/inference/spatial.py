@@ -11,7 +11,7 @@ weights are read whole on every device). Two strategies:
   bytes; the exchange takes the link latency plus the busiest device's bytes over its
   bandwidth.
 - ``fdsp``: ADCNN's fully decomposable spatial partition (Zhang et al., "Towards Real-time
-  Cooperative Deep Inference over the Cloud and Edge End Devices", IMWUT 2020, §4): every
+  Cooperative Deep Inference over the Cloud and Edge End Devices", IMWUT 2020): every
   strip is zero-padded as if it were the whole image, so no rows are exchanged between
   layers. The outputs near strip borders differ from the unpartitioned model's; ADCNN
   retrains the model with tiled padding to recover most of the accuracy, and dlsim does not

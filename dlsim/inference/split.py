@@ -1,7 +1,7 @@
 """Where to split a model between the user's device and a server (Neurosurgeon: Kang et al.,
 "Neurosurgeon: Collaborative Intelligence Between the Cloud and Mobile Edge", ASPLOS'17).
 
-Neurosurgeon (§5) predicts each layer's latency and energy on both sides and tries every
+Neurosurgeon predicts each layer's latency and energy on both sides and tries every
 split point: the device runs layers [0, s), sends the activation at the split up the link,
 the server runs the rest and sends the result back. Split 0 offloads the raw input, split L
 (the number of layers) runs everything locally and sends nothing. The best split for an
