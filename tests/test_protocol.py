@@ -105,3 +105,25 @@ def test_estimate_is_the_simulated_time_on_a_switch(algorithm):
     op = Collective("allreduce", "k", tuple(range(n)), "allreduce", size, algorithm)
     sim = Engine(topo, {0: [op]}, np.arange(n), "Simple").run().end_s
     assert est == pytest.approx(sim, rel=1e-6)
+
+
+def test_multi_node_rings_use_every_nic():
+    """Two DGX A100 nodes (16 ranks, 8 NICs each): NCCL's 8 rings each carry G/8 and leave
+    a node through a different NIC, so each step moves G/(8*16) through every NIC at the
+    HDR payload rate (12 of 12.5 GB/s per 100 Gb/s, NCCL's NET_BW). A ring step costs the
+    ring's mean hop latency: 16 of the 128 ring hops cross the fabric (14 us, Simple), 112
+    stay on NVLink (3.4 us)."""
+    g, n, rings = 2.0**30, 16, 8
+    r = dlsim.simulate({"name": "m", "kind": "collective",
+                        "cluster": {"preset": "dgx-a100", "nodes": 2},
+                        "collective": {"size_bytes": g, "protocol": "Simple"}})
+    steps = 2 * (n - 1)
+    mean_hop_us = (16 * 14.0 + 112 * 3.4) / 128
+    expected = (LAUNCH + (8.4 + steps * mean_hop_us) * 1e-6
+                + steps * g / (rings * n) / (25e9 * 12 / 12.5))
+    assert r.time_s == pytest.approx(expected, rel=1e-6)
+    nic_up = r.links[r.links.src.str.contains("nic") & (r.links.dst == "fabric")
+                     | r.links.src.str.contains("nic") & r.links.dst.str.startswith("leaf")]
+    assert len(nic_up) == 16
+    assert nic_up["bytes"].to_numpy() == pytest.approx(
+        np.full(16, steps * g / (rings * n) * 12.5 / 12), rel=1e-9)

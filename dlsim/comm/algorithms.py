@@ -67,6 +67,29 @@ def ring_allgather(devices: np.ndarray, size_bytes: float, **_: object) -> list[
     return [_ring_phase("ring all-gather", devices, size_bytes / n, n - 1)] if n > 1 else []
 
 
+def rail_rings(op: str, devices: np.ndarray, size_bytes: float, nodes: np.ndarray
+               ) -> list[Phase]:
+    """NCCL's rings on a multi-node job: one ring per local rank (NCCL's channels), ring c
+    visiting each node's ranks from local rank c, so it leaves node m from local rank c-1
+    and enters node m+1 at local rank c. With a NIC per GPU the L rings cross the fabric
+    through L different NICs (Jeaugey, "Massively Scale Your Deep Learning Training with
+    NCCL 2.4", NVIDIA blog 2019) instead of one ring squeezing through a single NIC. Each
+    ring carries G/L. Falls back to one ring when nodes are uneven or hold one rank."""
+    order = np.argsort(nodes, kind="stable")
+    _, counts = np.unique(nodes, return_counts=True)
+    per_node = int(counts[0])
+    if len(counts) < 2 or per_node < 2 or len(set(counts.tolist())) != 1:
+        return ALGORITHMS[op]["ring"](devices, size_bytes)
+    grid = devices[order].reshape(len(counts), per_node)
+    rings = [np.roll(grid, -c, axis=1).ravel() for c in range(per_node)]
+    n = len(devices)
+    steps = 2 * (n - 1) if op == "allreduce" else n - 1
+    src = np.concatenate(rings)
+    dst = np.concatenate([np.roll(r, -1) for r in rings])
+    return [Phase(f"{per_node} rings ({op})", src, dst,
+                  np.full(len(src), size_bytes / per_node / n), steps)]
+
+
 def server_ranks(n: int, servers: int) -> np.ndarray:
     """Ranks that host a parameter-server shard, spread evenly over the job."""
     return np.unique(np.linspace(0, n, servers, endpoint=False).astype(int))

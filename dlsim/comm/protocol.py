@@ -120,6 +120,11 @@ def apply(phases: list[Phase], topology: Topology, protocol: str, algorithm: str
         eff = PROTOCOL_EFFICIENCY[fam][protocol] * np.array(
             [TRANSPORT_EFFICIENCY[c] for c in LINK_CLASSES])[narrow]
         steps = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
+        if np.ndim(steps) == 0 and steps > 1:
+            # ring steps and pipelines: a chunk travels the ring (or the tree), so a step
+            # costs the mean hop latency of its flows; NCCL charges intraLat for intra-node
+            # steps and interLat for inter-node ones in the same way
+            step = np.full(len(step), step.mean())
         latency_s = steps * step * 1e-6 + (start_s if k == 0 else 0.0)
         out.append(replace(phase, latency_s=latency_s, wire_factor=1.0 / eff))
     return out

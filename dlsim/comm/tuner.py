@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlsim.comm import protocol as proto
-from dlsim.comm.algorithms import ALGORITHMS, Phase, lower
+from dlsim.comm.algorithms import ALGORITHMS, Phase, lower, rail_rings
 from dlsim.errors import ScenarioError
 from dlsim.topology import Topology
 
@@ -28,6 +28,8 @@ from dlsim.topology import Topology
 # parameter server and the direct exchange are deployment choices rather than library
 # algorithms, so auto never picks them.
 NCCL_ALGORITHMS = ("ring", "tree")
+# Under NCCL's protocols a ring is NCCL's set of rings, one per local rank (rail_rings).
+RAIL_RING_OPS = ("allreduce", "reducescatter", "allgather")
 AUTO_EXCLUDED = ("ps", "direct")
 
 
@@ -102,7 +104,10 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
     best: CollectivePlan | None = None
     for alg in algorithms:
         try:
-            phases = lower(op, alg, devices, size_bytes, servers, nodes, hosts)
+            if protocol != "ideal" and alg == "ring" and op in RAIL_RING_OPS and nodes is not None:
+                phases = rail_rings(op, np.asarray(devices), size_bytes, np.asarray(nodes))
+            else:
+                phases = lower(op, alg, devices, size_bytes, servers, nodes, hosts)
         except ScenarioError:
             if not choose:
                 raise
