@@ -4,7 +4,8 @@ and spatial partitions, with one request's timeline as spans.
 Every cost is a closed form over per-layer roofline times and link transfers (see
 ``path``): a single request meets no contention, so no event engine is needed. The
 timeline shows the request the chosen split (else the hierarchy, else the fastest spatial
-partition) serves, reaching the model's output.
+partition) serves, reaching the model's output, and the headline ``latency_s`` is that same
+answer's (expected, with exits) latency.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 from dlsim.config import Scenario
 from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES
-from dlsim.inference.exits import exit_shares, resolve_exits
+from dlsim.inference.exits import Exit, exit_shares, resolve_exits
 from dlsim.inference.hierarchy import hierarchy_table
 from dlsim.inference.path import Route, Segment, walk
 from dlsim.inference.spatial import (
@@ -31,7 +32,7 @@ from dlsim.inference.spatial import (
 )
 from dlsim.inference.spec import EdgeInferenceSpec
 from dlsim.inference.split import best_row, split_table
-from dlsim.inference.tiers import device_profile, hop, tier
+from dlsim.inference.tiers import Tier, device_profile, hop, tier
 from dlsim.results import Result, Span
 from dlsim.workload import Model, build_model
 
@@ -88,6 +89,58 @@ def _spatial_spans(model: Model, spec: EdgeInferenceSpec, best: dict[str, Any], 
     return spans
 
 
+def _split(spec: EdgeInferenceSpec, device: Tier, model: Model, exits: list[Exit],
+           dtype: str) -> tuple[dict[str, Any], list[Segment]]:
+    server = tier("server", spec.server.device, "inference.server.device", model, dtype)
+    link = hop(spec.server.link, "inference.server.link")
+    table = split_table(device, server, link, model, exits, dtype, spec.batch, spec.radio)
+    prefix = "expected_" if exits else ""
+    by_latency = best_row(table, prefix + "latency_s")
+    by_energy = best_row(table, prefix + "energy_J")
+    chosen = by_latency if spec.objective == "latency" else by_energy
+    route = Route((device, server), (link,), (int(chosen["device_layers"]),))
+    part = {"server": server.device.name, "link": link.name,
+            "radio_counted": spec.radio is not None, "best_latency": by_latency,
+            "best_energy": by_energy,
+            "server_only_latency_s": float(table["latency_s"].iloc[0]),
+            "table": _records(table),
+            "latency_s": chosen[prefix + "latency_s"], "energy_J": chosen[prefix + "energy_J"]}
+    return part, walk(route, model, exits, len(exits), dtype)
+
+
+def _hierarchy(spec: EdgeInferenceSpec, device: Tier, model: Model, exits: list[Exit],
+               dtype: str) -> tuple[dict[str, Any], list[Segment]]:
+    h = spec.hierarchy
+    at = "inference.hierarchy"
+    tiers = (device,
+             tier("edge", h.edge.device, f"{at}.edge.device", model, dtype),
+             tier("cloud", h.cloud.device, f"{at}.cloud.device", model, dtype))
+    hops = (hop(h.edge.link, f"{at}.edge.link"), hop(h.cloud.link, f"{at}.cloud.link"))
+    cuts = (_layer_index(model, h.edge.first_layer, f"{at}.edge.first_layer"),
+            _layer_index(model, h.cloud.first_layer, f"{at}.cloud.first_layer"))
+    if cuts[1] < cuts[0]:
+        raise ScenarioError("the cloud's first layer comes before the edge's.",
+                            field=f"{at}.cloud.first_layer")
+    route = Route(tiers, hops, cuts)
+    table, expected = hierarchy_table(route, model, exits, dtype, spec.radio)
+    part = {"edge": tiers[1].device.name, "cloud": tiers[2].device.name,
+            "edge_first_layer": h.edge.first_layer, "cloud_first_layer": h.cloud.first_layer,
+            **expected, "table": _records(table)}
+    return part, walk(route, model, exits, len(exits), dtype)
+
+
+def _spatial(spec: EdgeInferenceSpec, model: Model, dtype: str, dt: int) -> dict[str, Any]:
+    if conv_prefix(model) == 0:
+        raise ScenarioError(f"{model.name} has no convolutional layers to partition.",
+                            field="inference.spatial")
+    sp = spec.spatial
+    profile = device_profile(sp.device, "inference.spatial.device", dtype)
+    table = spatial_table(model, profile, hop(sp.link, "inference.spatial.link"), sp.devices,
+                          dtype, dt, spec.batch)
+    return {"device": profile.name, "best": best_row(table, "latency_s"),
+            "table": _records(table)}
+
+
 def simulate_edge_inference(scenario: Scenario) -> Result:
     started = time.perf_counter()
     spec, dtype = scenario.inference, scenario.precision
@@ -104,25 +157,12 @@ def simulate_edge_inference(scenario: Scenario) -> Result:
         "batch": spec.batch, "device": device.device.name, "objective": spec.objective,
         "device_only_latency_s": float(device.layer_s.sum()),
     }
-    segments: list[Segment] = []
+    timelines: list[list[Span]] = []
     if spec.server is not None:
-        server = tier("server", spec.server.device, "inference.server.device", model, dtype)
-        link = hop(spec.server.link, "inference.server.link")
-        table = split_table(device, server, link, model, exits, dtype, spec.batch, spec.radio)
-        prefix = "expected_" if exits else ""
-        by_latency = best_row(table, prefix + "latency_s")
-        by_energy = best_row(table, prefix + "energy_J")
-        chosen = by_latency if spec.objective == "latency" else by_energy
-        route = Route((device, server), (link,), (int(chosen["device_layers"]),))
-        segments = walk(route, model, exits, len(exits), dtype)
-        summary["split"] = {
-            "server": server.device.name, "link": link.name,
-            "radio_counted": spec.radio is not None,
-            "best_latency": by_latency, "best_energy": by_energy,
-            "server_only_latency_s": float(table["latency_s"].iloc[0]),
-            "table": _records(table)}
-        summary["latency_s"] = chosen[prefix + "latency_s"]
-        summary["energy_J"] = chosen[prefix + "energy_J"]
+        split, segments = _split(spec, device, model, exits, dtype)
+        summary["latency_s"], summary["energy_J"] = split.pop("latency_s"), split.pop("energy_J")
+        summary["split"] = split
+        timelines.append(_spans(segments))
     if exits:
         shares = exit_shares([e.probability for e in exits])
         summary["exits"] = [
@@ -130,42 +170,16 @@ def simulate_edge_inference(scenario: Scenario) -> Result:
              "share": float(share)} for e, share in zip(exits, shares)]
         summary["final_output_share"] = float(shares[-1])
     if spec.hierarchy is not None:
-        h = spec.hierarchy
-        tiers = (device, tier("edge", h.edge.device, "inference.hierarchy.edge.device",
-                              model, dtype),
-                 tier("cloud", h.cloud.device, "inference.hierarchy.cloud.device", model,
-                      dtype))
-        hops = (hop(h.edge.link, "inference.hierarchy.edge.link"),
-                hop(h.cloud.link, "inference.hierarchy.cloud.link"))
-        cuts = (_layer_index(model, h.edge.first_layer, "inference.hierarchy.edge.first_layer"),
-                _layer_index(model, h.cloud.first_layer,
-                             "inference.hierarchy.cloud.first_layer"))
-        if cuts[1] < cuts[0]:
-            raise ScenarioError("the cloud's first layer comes before the edge's.",
-                                field="inference.hierarchy.cloud.first_layer")
-        route = Route(tiers, hops, cuts)
-        table, expected = hierarchy_table(route, model, exits, dtype, spec.radio)
-        summary["hierarchy"] = {"edge": tiers[1].device.name, "cloud": tiers[2].device.name,
-                                "edge_first_layer": h.edge.first_layer,
-                                "cloud_first_layer": h.cloud.first_layer, **expected,
-                                "table": _records(table)}
-        summary.setdefault("latency_s", expected["expected_latency_s"])
-        if not segments:
-            segments = walk(route, model, exits, len(exits), dtype)
-    spans = _spans(segments)
+        summary["hierarchy"], segments = _hierarchy(spec, device, model, exits, dtype)
+        summary.setdefault("latency_s", summary["hierarchy"]["expected_latency_s"])
+        timelines.append(_spans(segments))
     if spec.spatial is not None:
-        if conv_prefix(model) == 0:
-            raise ScenarioError(f"{model.name} has no convolutional layers to partition.",
-                                field="inference.spatial")
-        sp = spec.spatial
-        profile = device_profile(sp.device, "inference.spatial.device", dtype)
-        table = spatial_table(model, profile, hop(sp.link, "inference.spatial.link"),
-                              sp.devices, dtype, dt, spec.batch)
-        best = best_row(table, "latency_s")
-        summary["spatial"] = {"device": profile.name, "best": best, "table": _records(table)}
+        summary["spatial"] = _spatial(spec, model, dtype, dt)
+        best = summary["spatial"]["best"]
         summary.setdefault("latency_s", best["latency_s"])
-        if not spans:
-            spans = _spatial_spans(model, spec, best, dtype, dt)
+        if not timelines:
+            timelines.append(_spatial_spans(model, spec, best, dtype, dt))
+    spans = timelines[0]
     summary["simulation"] = {"fidelity": "analytic", "events": len(spans),
                              "seed": scenario.seed}
     asked = scenario.model_dump(mode="json", exclude_none=True, include=_SCENARIO_FIELDS)
