@@ -11,7 +11,9 @@ keeps, 2 bytes per element at 16 bit) to this block, which has no dropout: the i
 both norms (4sbh), of the QKV and output projections and of the MLP (6sbh), Q and K after
 rotation and V (2sbh + 4sb*kv), the softmax output (2as^2b, the attention core that
 selective recomputation drops), and in the MLP the gate and up outputs, SiLU's output and
-the product fed to the down projection (8sb*ffn).
+the product fed to the down projection (8sb*ffn). Tensor parallelism without sequence
+parallelism replicates the norm inputs and the inputs of the QKV and gate/up projections
+(8sbh).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def llama_layers(name: str, shape: LlamaShape, b: int, dt: int) -> Model:
                 Matrix("down_proj", f, h))
     block_params = sum(m.d_in * m.d_out for m in matrices) + 2 * h
     stored = (12 * t * h + 4 * t * kv + 8 * t * f + 2 * a * s * s * b) * dt / 2
-    block = BlockActivations(2 * a * s * s * b * dt / 2, t * h * dt)
+    block = BlockActivations(2 * a * s * s * b * dt / 2, t * h * dt, 4 * t * h * dt)
     hidden_bytes = t * h * dt
     embed_fwd = (elementwise(t * h, dt, name="embedding"),)
     head_fwd = (elementwise(t * h, dt, 3.0, "final_layernorm"),

@@ -11,11 +11,15 @@ norms' few h-sized vectors, which Megatron-LM replicates, are counted as split: 
 of a block for h >= 1024); a pipeline stage holds its own layers' state only.
 
 Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation", §4, Table 2): a GPT
-block stores s*b*h*(34 + 5*a*s/h) bytes at 16 bit. Tensor parallelism with sequence
-parallelism, as Megatron-LM runs it, divides every stored activation by t; selective
-recomputation drops the attention core (5*a*s^2*b), leaving 34*s*b*h/t; full recomputation
-keeps only each block's input, 2*s*b*h. A pipeline stage holds the activations of every
-micro-batch in flight (GPipe all m, 1F1B at most p; ``dlsim.pipeline.in_flight``).
+block stores s*b*h*(34 + 5*a*s/h) bytes at 16 bit. Tensor parallelism splits all but the
+10*s*b*h that every rank keeps (layer-norm inputs, dropout masks, the inputs of the attention
+and MLP): s*b*h*(10 + 24/t + 5*a*s/(h*t)), which is what dlsim's tensor parallelism runs;
+with ``sequence_parallel`` that part is split too: s*b*h*(34 + 5*a*s/h)/t. Selective
+recomputation drops the attention core (5*a*s^2*b): s*b*h*(10 + 24/t), or 34*s*b*h/t with
+sequence parallelism; full recomputation keeps only each block's input, 2*s*b*h. The
+embedding and head are counted as split t ways (their vocabulary-parallel logits dominate).
+A pipeline stage holds the activations of every micro-batch in flight (GPipe all m, 1F1B at
+most p; ``dlsim.pipeline.in_flight``).
 
 Offload (Ren et al., "ZeRO-Offload", ATC'21, §4.1): the optimizer state moves to host memory
 and the optimizer step runs on the CPU; each step the device's gradients go down and its
@@ -96,13 +100,17 @@ def fits_in_memory(plan: MemoryPlan, capacity_bytes: float) -> bool:
     return plan.total <= capacity_bytes
 
 
-def stored_activations(layer: Layer, tensor: int, recompute: str) -> float:
+def stored_activations(layer: Layer, tensor: int, recompute: str,
+                       sequence_parallel: bool = False) -> float:
     """One micro-batch of ``layer``'s stored activations (Korthikanti et al. 2022, Table 2)."""
-    if layer.block is None or recompute == "none":
+    block = layer.block
+    if block is None:
         return layer.activation_bytes / tensor
-    if recompute == "selective":
-        return (layer.activation_bytes - layer.block.attention_core) / tensor
-    return layer.block.block_input
+    if recompute == "full":
+        return block.block_input
+    dropped = block.attention_core if recompute == "selective" else 0.0
+    kept = block.replicated / (tensor if sequence_parallel else 1)
+    return (layer.activation_bytes - dropped - block.replicated) / tensor + kept
 
 
 def pipeline_stages(model: Model, pipeline: int) -> list[list[int]]:
@@ -124,7 +132,8 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
                       stage_layers: Sequence[int] | None = None,
                       in_flight_microbatches: int = 1, zero_stage: int = 0,
                       recompute: str = "none", offload: str = "none",
-                      lora: LoraSpec | None = None) -> MemoryPlan:
+                      lora: LoraSpec | None = None,
+                      sequence_parallel: bool = False) -> MemoryPlan:
     """Bytes on one device: the layers in ``stage_layers`` (default: the fullest of
     ``pipeline`` stages from ``pipeline_stages``), their model state split ``tensor`` ways
     and partitioned over ``data`` ranks as far as ``zero_stage`` says, and
@@ -135,7 +144,8 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
         return max((memory_per_device(
             model, dtype, optimizer, data=data, tensor=tensor, stage_layers=part,
             in_flight_microbatches=in_flight_microbatches, zero_stage=zero_stage,
-            recompute=recompute, offload=offload, lora=lora)
+            recompute=recompute, offload=offload, lora=lora,
+            sequence_parallel=sequence_parallel)
             for part in pipeline_stages(model, pipeline)), key=lambda plan: plan.total)
     layers = [model.layers[i] for i in stage_layers]
     base = sum(layer.params for layer in layers) / tensor
@@ -145,8 +155,8 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
     optimizer_bytes = trainable * OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype))] * share[0]
     grads = trainable * gradient_bytes_per_param(dtype) * share[1]
     params = (frozen * 2 + trainable * weight_bytes_per_param(dtype)) * share[2]
-    activations = in_flight_microbatches * sum(stored_activations(layer, tensor, recompute)
-                                               for layer in layers)
+    activations = in_flight_microbatches * sum(
+        stored_activations(layer, tensor, recompute, sequence_parallel) for layer in layers)
     gathered = 0.0
     if zero_stage == 3 and data > 1:
         largest = max((layer.params for layer in layers), default=0) / tensor

@@ -53,13 +53,16 @@ class Matrix:
 
 @dataclass(frozen=True)
 class BlockActivations:
-    """A transformer block's stored activations as recomputation sees them (Korthikanti et
-    al. 2022, §4): selective recomputation drops the ``attention_core`` (softmax output,
-    dropout mask and output: 5*a*s^2*b bytes at 16 bit); full recomputation keeps only the
-    ``block_input`` (2*s*b*h)."""
+    """A transformer block's stored activations as recomputation and tensor parallelism see
+    them (Korthikanti et al. 2022, §4): selective recomputation drops the ``attention_core``
+    (softmax output, dropout mask and output: 5*a*s^2*b bytes at 16 bit); full recomputation
+    keeps only the ``block_input`` (2*s*b*h); the ``replicated`` part (layer-norm inputs,
+    dropout masks, attention and MLP inputs: 10*s*b*h) is on every tensor rank unless
+    sequence parallelism splits it too."""
 
     attention_core: float
     block_input: float
+    replicated: float
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,8 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
     )
     block_params = 4 * h * h + 2 * h * ffn + 9 * h + ffn  # = 12h^2 + 13h when ffn = 4h
     act = s * b * h * (34 + 5 * a * s / h) * dtype_bytes / 2
-    block = BlockActivations(5 * a * s * s * b * dtype_bytes / 2, t * h * dtype_bytes)
+    block = BlockActivations(5 * a * s * s * b * dtype_bytes / 2, t * h * dtype_bytes,
+                             5 * t * h * dtype_bytes)
     matrices = (Matrix("qkv", h, 3 * h), Matrix("proj", h, h), Matrix("mlp_up", h, ffn),
                 Matrix("mlp_down", ffn, h))
     embed_fwd = (elementwise(t * h, dtype_bytes, 3.0 if encoder else 2.0, "embedding"),)

@@ -25,19 +25,25 @@ def _gpt(layers: int = 4, h: int = 1024, a: int = 16, s: int = 2048, b: int = 2)
        s=st.sampled_from([512, 1024, 2048]), b=st.integers(1, 4),
        t=st.sampled_from([1, 2, 4, 8]))
 def test_block_activations_follow_korthikanti_table_2(heads, head_dim, s, b, t):
-    """Per block at 16 bit: s·b·h·(34 + 5as/h)/t with tensor + sequence parallelism,
-    34·s·b·h/t with selective recomputation, 2·s·b·h with full recomputation."""
-    h = heads * head_dim
+    """Per block at 16 bit, Korthikanti et al. 2022 Table 2: tensor parallelism
+    s·b·h·(10 + 24/t + 5as/(ht)), with sequence parallelism s·b·h·(34 + 5as/h)/t; selective
+    recomputation s·b·h·(10 + 24/t), with sequence parallelism 34·s·b·h/t; full
+    recomputation 2·s·b·h."""
+    h, a = heads * head_dim, heads
     model = transformer_layers("gpt", 2, h, heads, s, 51200, b, 2)
     block = [1]  # layer 0 is the embedding
 
-    def acts(mode: str) -> float:
+    def acts(mode: str, sp: bool) -> float:
         return memory_per_device(model, "bf16", "adam", tensor=t, stage_layers=block,
-                                 recompute=mode).activations
+                                 recompute=mode, sequence_parallel=sp).activations
 
-    assert acts("none") == pytest.approx(s * b * h * (34 + 5 * heads * s / h) / t, rel=1e-12)
-    assert acts("selective") == pytest.approx(34 * s * b * h / t, rel=1e-12)
-    assert acts("full") == pytest.approx(2 * s * b * h, rel=1e-12)
+    sbh = s * b * h
+    assert acts("none", False) == pytest.approx(sbh * (10 + 24 / t + 5 * a * s / (h * t)),
+                                                rel=1e-12)
+    assert acts("none", True) == pytest.approx(sbh * (34 + 5 * a * s / h) / t, rel=1e-12)
+    assert acts("selective", False) == pytest.approx(sbh * (10 + 24 / t), rel=1e-12)
+    assert acts("selective", True) == pytest.approx(34 * sbh / t, rel=1e-12)
+    assert acts("full", False) == acts("full", True) == pytest.approx(2 * sbh, rel=1e-12)
 
 
 @settings(max_examples=30, deadline=None)
@@ -240,3 +246,16 @@ def test_bad_lora_names_the_field(lora, field):
 
     with pytest.raises(ScenarioError, match=f"training.lora.{field}"):
         dlsim.simulate(_training(training={"lora": lora}))
+
+
+def test_llama_block_activations_apply_korthikanti_counting_to_swiglu_and_gqa():
+    """LLaMA-2-70B block at 16 bit, s = 4096, b = 1: norm inputs 4sbh, QKV/output/MLP inputs
+    6sbh, Q 2sbh, K and V 2sb·kv each (kv = 8 heads x 128), softmax output 2as²b, SwiGLU's
+    gate, up, SiLU and product 8sb·ffn; selective recomputation drops the softmax output."""
+    model = build_model(ModelSpec(preset="llama-2-70b"), 1, 2)
+    s, h, a, kv, ffn = 4096, 8192, 64, 1024, 28672
+    expected = 12 * s * h + 4 * s * kv + 8 * s * ffn + 2 * a * s * s
+    assert model.layers[1].activation_bytes == expected
+    selective = memory_per_device(model, "bf16", "adam", stage_layers=[1],
+                                  recompute="selective").activations
+    assert selective == expected - 2 * a * s * s
