@@ -153,7 +153,7 @@ class ParallelismSpec(_Spec):
 
 
 AllReduceAlgorithm = Literal["auto", "ring", "tree", "halving-doubling", "direct",
-                             "hierarchical", "ps"]
+                             "hierarchical", "ps", "gossip"]
 # dlsim.comm.protocol: auto = NCCL's protocols on hardware-profile GPU clusters, ideal on
 # textbook topologies; nccl = the fastest of LL, LL128 and Simple per collective
 Protocol = Literal["auto", "ideal", "nccl", "LL", "LL128", "Simple"]

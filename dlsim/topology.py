@@ -98,6 +98,15 @@ class Topology:
         self._routes[key] = ids
         return ids
 
+    def device_peers(self, devices: np.ndarray) -> list[np.ndarray] | None:
+        """For each of ``devices``, the positions in ``devices`` of those it has a direct
+        link to (a ring's, torus' or mesh's neighbours); None when the devices only meet
+        through switches, where every pair is equally close."""
+        position = {int(d): i for i, d in enumerate(devices)}
+        peers = [np.array(sorted(position[v] for v in self.graph.successors(int(d))
+                                 if v in position), dtype=int) for d in devices]
+        return peers if any(len(p) for p in peers) else None
+
     def link_label(self, edge_id: int) -> str:
         a, b = self.edges[edge_id]
         return f"{a}->{b}"

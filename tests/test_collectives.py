@@ -226,3 +226,27 @@ def test_too_many_dedicated_servers_pay_per_message_latency():
         assert run.end_s == pytest.approx(_dedicated_ps_closed_form(w, k, g, b, alpha),
                                           rel=1e-9)
     assert times[1] > times[16] < times[64]
+
+
+@pytest.mark.parametrize("shape", ["ring", "torus"])
+def test_gossip_uses_the_direct_neighbours_of_the_topology(shape):
+    """D-PSGD: each device sends its whole G to each device it has a link to. On a ring (2
+    neighbours) or a 4x4 torus (4) every link carries one G each way: G/B + alpha."""
+    from dlsim.topology import torus
+
+    spec = LinkSpec("l", B, B, ALPHA)
+    graph, degree = (ring(8, spec), 2) if shape == "ring" else (torus([4, 4], spec), 4)
+    n = 8 if shape == "ring" else 16
+    run = run_collective(topology_of(graph, n), n, "allreduce", "gossip", G)
+    assert run.end_s == pytest.approx(G / B + ALPHA, rel=1e-9)
+    assert run.network.bytes_injected == pytest.approx(degree * n * G, rel=1e-9)
+    assert run.network.link_bytes.max() == pytest.approx(G, rel=1e-9)
+
+
+def test_gossip_through_a_switch_exchanges_with_ring_neighbours():
+    """Behind a switch no device has a direct neighbour, so each gossips with the ring's
+    two: its uplink carries 2G, twice a ring all-reduce's 2(N-1)/N*G."""
+    n = 16
+    run = run_collective(_star(n), n, "allreduce", "gossip", G)
+    assert run.end_s == pytest.approx(2 * G / B + 2 * ALPHA, rel=1e-9)
+    assert run.network.bytes_injected == pytest.approx(2 * n * G, rel=1e-9)

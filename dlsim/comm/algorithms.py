@@ -264,6 +264,24 @@ def hierarchical_allreduce(devices: np.ndarray, size_bytes: float, nodes: np.nda
     return phases
 
 
+def gossip(devices: np.ndarray, size_bytes: float, peers: list[np.ndarray] | None = None,
+           **_: object) -> list[Phase]:
+    """Decentralised gossip averaging (D-PSGD, Lian et al., NeurIPS 2017): instead of an
+    all-reduce, each rank sends its whole G to each neighbour in the communication graph
+    and averages what it receives; the replicas agree only in expectation (convergence is
+    not modelled). ``peers[i]``: the group positions rank i exchanges with (default: the
+    ring's two neighbours). A rank with d neighbours sends d*G per step."""
+    n = len(devices)
+    if n < 2:
+        return []
+    if peers is None:
+        peers = [np.unique([(i - 1) % n, (i + 1) % n]) for i in range(n)]
+    counts = [len(p) for p in peers]
+    src = np.repeat(devices, counts)
+    dst = devices[np.concatenate(peers).astype(int)]
+    return [Phase("gossip exchange", src, dst, np.full(len(src), size_bytes))]
+
+
 def chain_broadcast(devices: np.ndarray, size_bytes: float, **_: object) -> list[Phase]:
     """Pipelined chain from rank 0 (NCCL's ring broadcast): G crosses every hop once and the
     pipeline fills in N-1 latencies."""
@@ -303,7 +321,8 @@ Lowering = Callable[..., list[Phase]]
 ALGORITHMS: dict[str, dict[str, Lowering]] = {
     "allreduce": {"ring": ring_allreduce, "tree": double_binary_tree,
                   "halving-doubling": halving_doubling, "direct": direct_allreduce,
-                  "hierarchical": hierarchical_allreduce, "ps": parameter_server},
+                  "hierarchical": hierarchical_allreduce, "ps": parameter_server,
+                  "gossip": gossip},
     "reducescatter": {"ring": ring_reduce_scatter, "direct": direct_half},
     "allgather": {"ring": ring_allgather, "direct": direct_half},
     "broadcast": {"ring": chain_broadcast},
@@ -348,14 +367,15 @@ def dedicated_hosts(n_devices: int, workers: np.ndarray, servers: int) -> np.nda
 
 def lower(op: str, algorithm: str, devices: np.ndarray, size_bytes: float,
           servers: int = 1, nodes: np.ndarray | None = None,
-          hosts: np.ndarray | None = None) -> list[Phase]:
+          hosts: np.ndarray | None = None, peers: list[np.ndarray] | None = None
+          ) -> list[Phase]:
     """The phases of collective ``op`` run by ``algorithm`` over ``devices``; ``nodes``
     gives each device's node (hierarchical algorithms need it), ``hosts`` the devices of
-    dedicated parameter servers (None: colocated)."""
+    dedicated parameter servers (None: colocated), ``peers`` each rank's gossip partners."""
     devices = np.asarray(devices)
     nodes = np.zeros(len(devices), dtype=int) if nodes is None else np.asarray(nodes)
     return lowering(op, algorithm)(devices, float(size_bytes), servers=servers, nodes=nodes,
-                                   hosts=hosts)
+                                   hosts=hosts, peers=peers)
 
 
 def busbw_factor(op: str, n: int) -> float:

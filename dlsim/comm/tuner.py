@@ -25,12 +25,12 @@ from dlsim.topology import Topology
 # What `algorithm: auto` chooses among. Under NCCL's protocols: NCCL's own ring and tree
 # (CollNet and NVLS need in-network reduction, not modelled). Under the ideal model: also
 # the classic alternatives MPI libraries pick from by size (Thakur et al. 2005). The
-# parameter server and the direct exchange are deployment choices rather than library
-# algorithms, so auto never picks them.
+# parameter server, the direct exchange and gossip (which does not compute the average) are
+# deployment choices rather than library algorithms, so auto never picks them.
 NCCL_ALGORITHMS = ("ring", "tree")
 # Under NCCL's protocols a ring is NCCL's set of rings, one per local rank (rail_rings).
 RAIL_RING_OPS = ("allreduce", "reducescatter", "allgather")
-AUTO_EXCLUDED = ("ps", "direct")
+AUTO_EXCLUDED = ("ps", "direct", "gossip")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
             if protocol != "ideal" and alg == "ring" and op in RAIL_RING_OPS and nodes is not None:
                 phases = rail_rings(op, np.asarray(devices), size_bytes, np.asarray(nodes))
             else:
-                phases = lower(op, alg, devices, size_bytes, servers, nodes, hosts)
+                peers = topology.device_peers(np.asarray(devices)) if alg == "gossip" else None
+                phases = lower(op, alg, devices, size_bytes, servers, nodes, hosts, peers)
         except ScenarioError:
             if not choose:
                 raise
