@@ -170,6 +170,7 @@ class CommunicationSpec(_Spec):
     protocol: Protocol = "auto"
     compression: Literal["none", "fp16", "onebit", "topk"] = "none"
     topk_ratio: float = Field(default=0.01, gt=0, le=1)
+    local_sgd_period: int = Field(default=1, ge=1)  # local SGD: average every H steps
 
 
 class CollectiveSpec(_Spec):

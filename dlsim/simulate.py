@@ -14,7 +14,7 @@ import numpy as np
 
 from dlsim.cluster import Grid, build_topology, placement
 from dlsim.comm.algorithms import busbw_factor, check_algorithm, dedicated_hosts
-from dlsim.comm.compression import compression_of, compression_summary
+from dlsim.comm.compression import compression_of, compression_summary, local_sgd_period
 from dlsim.comm.protocol import resolve_mode
 from dlsim.comm.tuner import plan_collective
 from dlsim.config import Scenario, load_scenario
@@ -178,7 +178,8 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         program = data_parallel_program(
             executed, device, dtype, n, micro_count, train.optimizer, train.bucket_cap_mb,
             comm.data_parallel, comm.servers, train.steps, par.zero_stage, par.recompute,
-            par.offload, topology.devices_per_node, compression)
+            par.offload, topology.devices_per_node, compression,
+            local_sgd_period(comm, train.steps, par.zero_stage, stages * tensor))
         programs = {r: program for r in replicas}
         memory_of = partial(memory_per_device, model, dtype, train.optimizer, data=n,
                             lora=lora)

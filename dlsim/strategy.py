@@ -92,9 +92,13 @@ def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks
                           algorithm: str, servers: int, steps: int,
                           zero_stage: int = 0, recompute: str = "none",
                           offload: str = "none", sharing: int = 1,
-                          compression: Compression | None = None) -> list[Op]:
+                          compression: Compression | None = None,
+                          sync_every: int = 1) -> list[Op]:
     """The program every data-parallel rank runs (they are identical); ``compression``
-    replaces each bucket's all-reduce by encode, exchange and decode."""
+    replaces each bucket's all-reduce by encode, exchange and decode; ``sync_every`` H > 1
+    is local SGD (Stich, "Local SGD Converges Fast and Communicates Little", ICLR 2019):
+    each replica steps on its own and the models are averaged (an all-reduce of the same
+    size) every H-th step only."""
     times = [pass_times_s(layer, device, dtype, recompute) for layer in model.layers]
     grad_bytes = gradient_bytes_per_param(dtype)
     weight_bytes = max(DTYPE_BYTES[dtype], 2)
@@ -127,7 +131,7 @@ def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks
             for i, layer in enumerate(model.layers):
                 deps = gather(i, "fwd", tag, ran)
                 ran.append(add(Compute(f"fwd {layer.name} {tag}", times[i][0], deps)))
-            syncing = micro == accumulation - 1
+            syncing = micro == accumulation - 1 and (step + 1) % sync_every == 0
             collectives, ran = [], []
             for i in reversed(range(len(model.layers))):
                 layer = model.layers[i]

@@ -13,12 +13,13 @@ MLP = {"kind": "mlp", "widths": [WIDTH, WIDTH, WIDTH]}
 PARAMS = 2 * (WIDTH * WIDTH + WIDTH)  # two dense layers with biases
 
 
-def _run(compression: str, algorithm: str = "ring", **extra) -> dlsim.Result:
+def _run(compression: str, algorithm: str = "ring", steps: int = 1, **extra) -> dlsim.Result:
     return dlsim.simulate({
         "name": "c", "model": MLP, "precision": "fp32",
         "cluster": {"topology": "switch", "devices": N, "device": "a100-sxm4-80gb",
                     "link": {"bandwidth_GBps": 1, "latency_us": 5}},
-        "training": {"global_batch": 4 * N, "optimizer": "sgd", "bucket_cap_mb": 0},
+        "training": {"global_batch": 4 * N, "optimizer": "sgd", "bucket_cap_mb": 0,
+                     "steps": steps},
         "communication": {"data_parallel": algorithm, "compression": compression, **extra}})
 
 
@@ -77,3 +78,24 @@ def test_compression_with_zero_is_an_input_error():
             "training": {"global_batch": 8}, "parallelism": {"zero_stage": 1},
             "communication": {"compression": "fp16"}})
     assert err.value.field == "communication.compression"
+
+
+def test_local_sgd_averages_every_h_steps():
+    """H = 4: three steps without communication, then one exactly like a synchronous step;
+    a quarter of the bytes per step."""
+    every = _run("none", local_sgd_period=4, steps=4)
+    sync = _run("none", local_sgd_period=1, steps=1)
+    one_replica = dlsim.simulate({
+        "name": "c", "model": MLP, "precision": "fp32",
+        "cluster": {"topology": "switch", "devices": 1, "device": "a100-sxm4-80gb",
+                    "link": {"bandwidth_GBps": 1, "latency_us": 5}},
+        "training": {"global_batch": 4, "optimizer": "sgd", "bucket_cap_mb": 0}})
+    assert 4 * every.step_time_s == pytest.approx(
+        3 * one_replica.step_time_s + sync.step_time_s, rel=1e-9)
+    assert every.comm_bytes_total == pytest.approx(sync.comm_bytes_total / 4, rel=1e-9)
+
+
+def test_local_sgd_needs_whole_periods():
+    with pytest.raises(dlsim.ScenarioError) as err:
+        _run("none", local_sgd_period=4, steps=6)
+    assert err.value.field == "training.steps"

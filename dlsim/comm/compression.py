@@ -1,4 +1,5 @@
-"""Gradient compression: fewer bytes on the wire for encode and decode kernels.
+"""Communication reduction: gradient compression (fewer bytes on the wire for encode and
+decode kernels) and local SGD (fewer synchronisations).
 
 - ``fp16``: gradients cast to half precision and all-reduced as such (additive, so any
   all-reduce algorithm serves); a no-op when training already keeps 2-byte gradients.
@@ -127,3 +128,17 @@ def compression_summary(comm: object, grad_bytes: int, spans: list[Span], steps:
     codec = sum(s.end_s - s.start_s for s in spans if s.device == first
                 and s.name.startswith(("encode ", "decode ")))
     return {"scheme": scheme, "bytes_ratio": c.ratio(grad_bytes), "codec_s": codec / steps}
+
+
+def local_sgd_period(comm: object, steps: int, zero_stage: int, model_parallel: int) -> int:
+    """``communication.local_sgd_period`` H, checked: it needs plain data parallelism and
+    a whole number of periods in ``training.steps`` (the step time is their average)."""
+    period = getattr(comm, "local_sgd_period", 1)
+    if period > 1 and (zero_stage or model_parallel > 1):
+        raise ScenarioError("local SGD applies to plain data parallelism (no ZeRO, tensor "
+                            "or pipeline parallelism).", field="communication.local_sgd_period")
+    if steps % period:
+        raise ScenarioError(f"training.steps ({steps}) must be a multiple of "
+                            f"local_sgd_period ({period}): the step time is averaged over "
+                            "whole periods.", field="training.steps")
+    return period
