@@ -75,6 +75,7 @@ class Engine:
         self.rank_end_s: dict[int, float] = {}
         self._done = {r: [self.env.event() for _ in prog] for r, prog in programs.items()}
         self._rendezvous: dict[str, _Rendezvous] = {}
+        self._plans: dict[tuple, list[Phase]] = {}
 
     def run(self) -> EngineRun:
         started = time.perf_counter()
@@ -129,11 +130,16 @@ class Engine:
         return rv
 
     def _phases(self, group: np.ndarray, op: Collective) -> list[Phase]:
+        """The lowered phases, planned once per distinct collective (the buckets of a
+        data-parallel step mostly share one size and group)."""
         devices = self.placement[group]
-        nodes = devices // self.network.topology.devices_per_node
-        return plan_collective(op.op, op.algorithm, devices, op.size_bytes,
-                               self.network.topology, self.protocol, op.servers, nodes,
-                               self.ps_hosts, timed=False).phases
+        key = (op.op, op.algorithm, op.size_bytes, op.servers, devices.tobytes())
+        if key not in self._plans:
+            nodes = devices // self.network.topology.devices_per_node
+            self._plans[key] = plan_collective(
+                op.op, op.algorithm, devices, op.size_bytes, self.network.topology,
+                self.protocol, op.servers, nodes, self.ps_hosts, timed=False).phases
+        return self._plans[key]
 
     def _collective(self, op: Collective, rv: _Rendezvous) -> Generator:
         plans = [self._phases(g, op) for g in np.split(np.asarray(op.group), op.instances)]

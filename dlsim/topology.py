@@ -98,6 +98,15 @@ class Topology:
         self._routes[key] = ids
         return ids
 
+    def flow_routes(self, src: np.ndarray, dst: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Routes of flows ``src[i] -> dst[i]`` (src != dst) as one array of edge ids, with
+        each flow's first index into it and its length (for numpy ``reduceat``)."""
+        routes = [self.route(int(s), int(d)) for s, d in zip(src.tolist(), dst.tolist())]
+        lengths = np.fromiter((len(r) for r in routes), dtype=np.int64, count=len(routes))
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        return np.concatenate(routes), starts, lengths
+
     def device_peers(self, devices: np.ndarray) -> list[np.ndarray] | None:
         """For each of ``devices``, the positions in ``devices`` of those it has a direct
         link to (a ring's, torus' or mesh's neighbours); None when the devices only meet

@@ -81,6 +81,7 @@ class Network:
         self._rates: list[np.ndarray] = []
         self._last_t = 0.0
         self._generation = 0
+        self._route_cache: dict[tuple[bytes, bytes], tuple[np.ndarray, ...]] = {}
 
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
@@ -104,9 +105,9 @@ class Network:
         src, dst, size = src[keep], dst[keep], size[keep]
         if len(src) == 0:
             return done.succeed()
-        routes = [self.topology.route(int(s), int(d)) for s, d in zip(src, dst)]
+        routes = self._routes(src, dst)
         if latency_s is None:
-            latency = np.array([self.topology.latency_s[r].sum() for r in routes])
+            latency = np.add.reduceat(self.topology.latency_s[routes[0]], routes[1])
             steps = rounds if latency_rounds is None else latency_rounds
             latency = latency * np.broadcast_to(np.asarray(steps, dtype=float), keep.shape)[keep]
         else:
@@ -118,9 +119,18 @@ class Network:
         batch = _Batch(pending=len(src), done=done)
         for lat in np.unique(latency):
             members = np.flatnonzero(latency == lat)
-            seg = self._segment(batch, [routes[i] for i in members], size[members])
+            seg = self._segment(batch, routes, members, size[members])
             self.env.timeout(float(lat)).callbacks.append(lambda _ev, s=seg: self._activate(s))
         return done
+
+    def _routes(self, src: np.ndarray, dst: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Topology.flow_routes, remembered per (src, dst) pattern: a step's buckets and a
+        ring's rounds send the same pattern again and again."""
+        key = (src.tobytes(), dst.tobytes())
+        if key not in self._route_cache:
+            self._route_cache[key] = self.topology.flow_routes(src, dst)
+        return self._route_cache[key]
 
     def scale_links(self, edges: np.ndarray, factor: float) -> None:
         """From now on, links ``edges`` carry ``factor`` of their nominal bandwidth (a
@@ -131,10 +141,16 @@ class Network:
         self._reschedule()
 
     @staticmethod
-    def _segment(batch: _Batch, routes: list[np.ndarray], size: np.ndarray) -> _Segment:
-        lengths = np.fromiter((len(r) for r in routes), dtype=np.int64, count=len(routes))
+    def _segment(batch: _Batch, routes: tuple[np.ndarray, np.ndarray, np.ndarray],
+                 members: np.ndarray, size: np.ndarray) -> _Segment:
+        """Flows ``members`` of a batch whose routes are ``routes`` (flow_routes' arrays)."""
+        links, starts, lengths = routes
+        if len(members) < len(starts):
+            lengths = lengths[members]
+            first = np.repeat(starts[members] - np.cumsum(lengths) + lengths, lengths)
+            links = links[first + np.arange(int(lengths.sum()))]
         return _Segment(batch, size.copy(), size.copy(),
-                        np.repeat(np.arange(len(routes)), lengths), np.concatenate(routes))
+                        np.repeat(np.arange(len(members)), lengths), links)
 
     # --- the fluid model --------------------------------------------------------------------
 

@@ -83,13 +83,16 @@ def _flow_classes(topology: Topology, src: np.ndarray, dst: np.ndarray
     class of its narrowest link (whose payload efficiency bounds the flow)."""
     worst = np.zeros(len(src), dtype=int)
     narrow = np.zeros(len(src), dtype=int)
-    for i, (s, d) in enumerate(zip(src.tolist(), dst.tolist())):
-        if s == d:
-            continue
-        route = topology.route(s, d)
-        classes = topology.link_class[route]
-        worst[i] = classes.max()
-        narrow[i] = classes[np.argmin(topology.capacity_Bps[route])]
+    moving = np.flatnonzero(np.asarray(src) != np.asarray(dst))
+    if len(moving) == 0:
+        return worst, narrow
+    links, starts, lengths = topology.flow_routes(np.asarray(src)[moving],
+                                                  np.asarray(dst)[moving])
+    classes = topology.link_class[links]
+    capacity = topology.capacity_Bps[links]
+    worst[moving] = np.maximum.reduceat(classes, starts)
+    at_min = capacity == np.repeat(np.minimum.reduceat(capacity, starts), lengths)
+    narrow[moving] = np.maximum.reduceat(np.where(at_min, classes, -1), starts)
     return worst, narrow
 
 

@@ -52,23 +52,21 @@ def phase_time_s(phase: Phase, topology: Topology) -> float:
     keep = (src != dst) & (size > 0)
     if not keep.any():
         return 0.0
-    routes = [topology.route(int(s), int(d)) for s, d in zip(src[keep], dst[keep])]
+    links, starts, lengths = topology.flow_routes(src[keep], dst[keep])
     if phase.latency_s is None:
         steps = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
-        per_step = np.array([topology.latency_s[r].sum() for r in routes])
+        per_step = np.add.reduceat(topology.latency_s[links], starts)
         latency = per_step * np.broadcast_to(steps, src.shape)[keep]
     else:
         latency = np.broadcast_to(phase.latency_s, src.shape)[keep]
     size = size[keep]
-    lengths = [len(r) for r in routes]
-    links = np.concatenate(routes)
     load = np.bincount(links, weights=np.repeat(size, lengths),
                        minlength=len(topology.capacity_Bps))
     first = np.full(len(load), np.inf)
     np.minimum.at(first, links, np.repeat(latency, lengths))
     used = load > 0
     by_link = first[used] + load[used] / topology.capacity_Bps[used]
-    narrowest = np.array([topology.capacity_Bps[r].min() for r in routes])
+    narrowest = np.minimum.reduceat(topology.capacity_Bps[links], starts)
     return float(max(by_link.max(), (latency + size / narrowest).max()))
 
 
