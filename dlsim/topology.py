@@ -1,9 +1,10 @@
 """Topology: a directed networkx graph of devices, switches, NICs and sockets, and routing on it.
 
 Nodes: devices are the integers 0..N-1 (global device ids, node-major); everything else is a
-string such as ``"n3/nvswitch"``, ``"n3/nic0"``, ``"leaf2"`` or ``"spine0"``. Every physical
-full-duplex link is two directed edges, each with its own ``bandwidth_Bps`` (so WiFi and LTE
-can be asymmetric) and ``latency_s``. Edge ids index the numpy arrays the network model uses.
+string such as ``"n3/nvswitch"`` (``"n3/switch"`` when the node's links are not NVLink),
+``"n3/nic0"``, ``"leaf2"`` or ``"spine0"``. Every physical full-duplex link is two directed
+edges, each with its own ``bandwidth_Bps`` (so WiFi and LTE can be asymmetric) and
+``latency_s``. Edge ids index the numpy arrays the network model uses.
 
 Routing is shortest-hop (breadth first, deterministic). Switches that are interchangeable
 (the spines of a leaf/spine fabric) carry an ``ecmp`` group name; a route through one of them
@@ -236,9 +237,10 @@ def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_li
     p = f"n{node}/"
     devs = _devices(g, first, n, node) if intra != "torus" else None
     if intra == "switch":
-        g.add_node(p + "nvswitch", kind="switch")
+        hub = p + ("nvswitch" if link_class(device_link.name) == 0 else "switch")
+        g.add_node(hub, kind="switch")  # an NVSwitch, or a Wi-Fi access point / LTE cell
         for d in devs:
-            add_link(g, d, p + "nvswitch", device_link)
+            add_link(g, d, hub, device_link)
     elif intra == "mesh":
         for a, b, lanes in mesh:
             add_link(g, first + a, first + b, LinkSpec(device_link.name, device_link.up_Bps * lanes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import dlsim
 from dlsim.cluster import build_topology, placement
 from dlsim.config import ClusterSpec
 from dlsim.errors import ScenarioError
@@ -101,7 +102,8 @@ def test_spread_placement_makes_a_node_local_ring_cross_the_fabric():
     import dlsim
 
     base = {"name": "p", "kind": "collective", "cluster": {"preset": "dgx-a100", "nodes": 4},
-            "collective": {"op": "allreduce", "size_bytes": 1e9, "devices": 8}}
+            "collective": {"op": "allreduce", "size_bytes": 1e9, "devices": 8,
+                           "protocol": "ideal"}}  # one ring (NCCL's would use both rails)
     packed = dlsim.simulate(base)
     spread = dlsim.simulate({**base, "placement": "spread"})
     assert spread.time_s > 5 * packed.time_s
@@ -131,3 +133,25 @@ def test_pack_beats_spread_on_the_two_socket_pcie_server():
         times[policy], hot[policy] = r.time_s, r.links.iloc[0]
     assert times["pack"] < times["spread"]
     assert "pcie" in hot["spread"]["src"] and "socket" in hot["spread"]["dst"]
+
+
+@pytest.mark.parametrize("preset,link", [("edge-star-wifi", "wifi"), ("edge-star-lte", "lte")])
+def test_edge_star_presets_are_asymmetric(preset, link):
+    """Phones around one access point: each phone's uplink is its link profile's up rate,
+    its downlink the down rate. A ring all-reduce step goes up one phone's link and down
+    the next one's, so the slower uplink sets the pace: 2(N-1) x (G/N / up + 2 latencies)
+    (ideal model: phones are not GPUs running NCCL)."""
+    from dlsim import hardware
+
+    topo = build_topology(ClusterSpec(preset=preset))
+    profile = hardware.link(link)
+    up = topo.capacity_Bps[topo.route(0, 1)][0]
+    down = topo.capacity_Bps[topo.route(0, 1)][1]
+    assert (up, down) == (profile.up_Bps, profile.down_Bps)
+    assert _path(topo, 0, 1) == [0, "n0/switch", 1]
+    n, size = 8, 4e6
+    r = dlsim.simulate({"name": "e", "kind": "collective", "cluster": {"preset": preset},
+                        "collective": {"size_bytes": size, "devices": n}})
+    expected = 2 * (n - 1) * (size / n / profile.up_Bps + 2 * profile.latency_s)
+    assert r.protocol == "ideal"
+    assert r.time_s == pytest.approx(expected, rel=1e-9)
