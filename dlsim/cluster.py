@@ -160,13 +160,15 @@ def _calibrated(device: hardware.DeviceProfile | None,
     return store.overlay(device, calibration, cluster.force_calibration, field=field)
 
 
-def placement(n_ranks: int, topology: Topology, policy: str) -> np.ndarray:
+def placement(n_ranks: int, topology: Topology, policy: str | list[int]) -> np.ndarray:
     """Device of each rank: ``pack`` fills socket by socket and node by node; ``spread``
     deals ranks round-robin over the (node, socket) domains, so consecutive ranks land on
-    different nodes, or on different sockets of one node."""
+    different nodes, or on different sockets of one node; a list gives rank i's device."""
     if n_ranks > topology.n_devices:
         raise ScenarioError(f"the plan needs {n_ranks} devices but the cluster has "
                             f"{topology.n_devices}.", field="parallelism.data")
+    if not isinstance(policy, str):
+        return _explicit_placement(n_ranks, topology.n_devices, policy)
     if policy == "pack":
         return np.arange(n_ranks)
     graph = topology.graph
@@ -202,3 +204,16 @@ class Grid:
 
     def data_group(self, stage: int, k: int) -> tuple[int, ...]:
         return tuple(self.rank(stage, r, k) for r in range(self.data))
+
+
+def _explicit_placement(n_ranks: int, n_devices: int, devices: list[int]) -> np.ndarray:
+    """``placement: [3, 1, ...]``: rank i runs on device devices[i] (global device ids,
+    node-major), each device at most once."""
+    chosen = np.asarray(devices[:n_ranks], dtype=int)
+    if len(chosen) < n_ranks:
+        raise ScenarioError(f"the plan has {n_ranks} ranks but placement lists "
+                            f"{len(devices)} devices.", field="placement")
+    if len(np.unique(chosen)) < len(chosen) or chosen.min() < 0 or chosen.max() >= n_devices:
+        raise ScenarioError(f"placement must list distinct device ids in 0..{n_devices - 1}; "
+                            f"got {devices[:n_ranks]}.", field="placement")
+    return chosen

@@ -201,7 +201,7 @@ class Scenario(_Spec):
     parallelism: ParallelismSpec = ParallelismSpec()
     communication: CommunicationSpec = CommunicationSpec()
     collective: CollectiveSpec | None = None
-    placement: Literal["pack", "spread"] = "pack"
+    placement: Literal["pack", "spread"] | list[int] = "pack"  # or rank i -> device ids[i]
     sync: SyncSpec = SyncSpec()
     stragglers: StragglerSpec | None = None
     failures: FailureSpec | None = None

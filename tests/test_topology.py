@@ -155,3 +155,24 @@ def test_edge_star_presets_are_asymmetric(preset, link):
     expected = 2 * (n - 1) * (size / n / profile.up_Bps + 2 * profile.latency_s)
     assert r.protocol == "ideal"
     assert r.time_s == pytest.approx(expected, rel=1e-9)
+
+
+def test_explicit_placement_puts_each_rank_where_listed():
+    """Ranks 0..3 on devices 0, 8, 16, 24 of four DGX nodes: every ring hop crosses the
+    fabric, like spread placement, and the same ranks listed packed stay on NVSwitch."""
+    base = {"name": "x", "kind": "collective", "cluster": {"preset": "dgx-a100", "nodes": 4},
+            "collective": {"size_bytes": 1e8, "devices": 4, "protocol": "ideal"}}
+    listed = dlsim.simulate({**base, "placement": [0, 8, 16, 24]})
+    spread = dlsim.simulate({**base, "placement": "spread"})
+    packed = dlsim.simulate({**base, "placement": [0, 1, 2, 3]})
+    assert listed.time_s == spread.time_s
+    assert packed.time_s == dlsim.simulate(base).time_s < listed.time_s
+
+
+@pytest.mark.parametrize("bad", [[0, 0, 1, 2], [0, 1, 2, 99], [0, 1]])
+def test_explicit_placement_is_checked(bad):
+    with pytest.raises(ScenarioError) as err:
+        dlsim.simulate({"name": "x", "kind": "collective",
+                        "cluster": {"preset": "dgx-a100", "nodes": 4}, "placement": bad,
+                        "collective": {"size_bytes": 1e8, "devices": 4}})
+    assert err.value.field == "placement"
