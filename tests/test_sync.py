@@ -73,6 +73,17 @@ def test_bsp_step_follows_the_slow_device_and_the_others_wait_the_difference():
     assert r.summary["simulation"]["fidelity"] == "full"
 
 
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 3), st.sampled_from(["ring", "tree", "ps"]))
+def test_unit_slowdowns_give_the_symmetric_answer_in_full_fidelity(device, algorithm):
+    comm = {"data_parallel": algorithm}
+    plain = dlsim.simulate(scenario(4, communication=comm))
+    r = dlsim.simulate(scenario(4, communication=comm, stragglers={"fixed": {device: 1.0}}))
+    assert plain.summary["simulation"]["fidelity"] == "symmetric"
+    assert r.summary["simulation"]["fidelity"] == "full"
+    assert r.step_time_s == pytest.approx(plain.step_time_s, rel=1e-12)
+
+
 def test_a_slow_link_for_the_whole_run_slows_the_ring_by_its_factor():
     n, factor = 4, 0.25
     compute, opt, grads = costs()

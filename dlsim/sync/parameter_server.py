@@ -126,10 +126,10 @@ class ParameterServer:
                 self._notify()
         except simpy.Interrupt:
             self.failed_devices.append(device)
-            stream, name, category, start = self._open.pop(
-                w, ("compute", "failed", "compute", self.env.now))
-            self.spans.append(Span(device, stream, f"{name} (failed)", category, start,
-                                   self.env.now))
+            if w in self._open:  # the step it was in is lost; its time still counts
+                stream, name, category, start = self._open.pop(w)
+                self.spans.append(Span(device, stream, f"{name} (failed)", category, start,
+                                       self.env.now))
         self.live[w] = False
         self._notify()
         if job.mode == "bsp":
