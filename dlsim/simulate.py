@@ -169,6 +169,10 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         raise ScenarioError(f"{stages} pipeline stages x {chunks} virtual stages for a model "
                             f"of {len(model.layers)} layers.", field="parallelism.pipeline")
     lora = train.lora
+    if lora and par.zero_stage == 3:
+        raise ScenarioError("LoRA with ZeRO-3 is not modelled: stage 3 would all-gather the "
+                            "frozen weights too, which the LoRA workload does not carry; use "
+                            "zero_stage 0, 1 or 2.", field="training.lora")
     executed = lora_workload(model, lora.rank, lora.targets) if lora else model
     comm = scenario.communication
     symmetric = _symmetric(scenario)
@@ -244,7 +248,8 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
     }
     if not summary["fits_in_memory"]:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,
-                                                  zero_allowed=stages == tensor == 1 < n)
+                                                  zero_allowed=stages == tensor == 1 < n
+                                                  and lora is None)
     summary.update(bsp_summary(scenario, run, ranks, rng))
     return _result(scenario, topology, run, summary,
                    "symmetric" if len(programs) < n else "full")
