@@ -110,15 +110,23 @@ def _sweep(file: Path, base: dict[str, Any], vary: dict[str, list[Any]], out_dir
 
 
 @app.command()
-def run(file: Path, out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
+def run(file: Path, out_dir: OutDir = Path("reports"), as_json: AsJson = False,
+        calibration: Annotated[str | None, typer.Option(
+            help="A `dlsim calibrate` file to overlay on the cluster's device.")] = None,
+        force: Annotated[bool, typer.Option(
+            help="Apply --calibration even to a device it was not made for.")] = False
+        ) -> None:
     """Simulate a scenario; print its summary and write reports/<name>/ (index.html,
     summary.json, trace.json). A scenario with a 'sweep:' block runs every point."""
     try:
         data = read_yaml(file)
+        if calibration:
+            data["cluster"] = {**(data.get("cluster") or {}), "calibration": calibration,
+                               "force_calibration": force}
         if data.get("sweep"):
             _sweep(file, data, data["sweep"], out_dir, as_json)
             return
-        result = simulate(file)
+        result = simulate(data if calibration else file)
         where = write_run(result, out_dir)
     except ScenarioError as exc:
         _fail(exc)
@@ -227,17 +235,19 @@ def calibrate(device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "
                  "tflops": None, "points": len(cal.memory_residuals_pct),
                  "median_abs_residual_pct": float(pd.Series(cal.memory_residuals_pct)
                                                   .abs().median())})
-    if cal.link is not None:
-        rows.append({"curve": f"link {cal.link.backend}", "max": None, "half_gflop": None,
-                     "tflops": None, "points": len(cal.link.residuals_pct),
-                     "median_abs_residual_pct": cal.link.median_abs_residual_pct})
+    for label, link_fit in (("all-reduce", cal.allreduce_link), ("DDP bucket", cal.link)):
+        if link_fit is not None:
+            rows.append({"curve": f"{link_fit.backend} {label}", "max": None,
+                         "half_gflop": None, "tflops": None,
+                         "points": len(link_fit.residuals_pct),
+                         "median_abs_residual_pct": link_fit.median_abs_residual_pct})
     if as_json:
         print(json.dumps({"file": str(path), "fingerprint": cal.fingerprint, "curves": rows},
                          indent=2))
         return
     _print_rows(f"{cal.host.name}, {cal.host.threads} thread(s), peak "
                 f"{cal.peak_tflops['fp32'] * 1e3:.1f} GFLOP/s fp32", rows, False)
-    link = (f"; loopback {cal.link.backend}: {cal.link.latency_us:.0f} us, "
+    link = (f"; loopback {cal.link.backend} link (DDP bucket): {cal.link.latency_us:.0f} us, "
             f"{cal.link.bandwidth_GBps:.2f} GB/s" if cal.link else "")
     out.print(f"memory {cal.memory_bandwidth_GBps:.1f} GB/s, launch "
               f"{cal.kernel_launch_us:.1f} us{link}; {cal.duration_s:.0f} s; wrote {path}")

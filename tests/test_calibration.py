@@ -4,6 +4,7 @@ and a tiny real torch run whose measurements move the simulator's prediction."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def test_saturating_fit_recovers_the_curve_that_made_the_times(rate, half, launc
     fit = fit_saturating(flops, times, launch)
     assert fit.rate_flops == pytest.approx(rate, rel=1e-6)
     assert fit.half_gflop == pytest.approx(half, rel=1e-5, abs=1e-6 * flops.max() / 1e9)
-    assert np.abs(fit.residuals_pct).max() < 1e-6
+    assert np.abs(fit.residuals_pct).max() < 1e-4  # solver precision, in percent
 
 
 @settings(max_examples=40, deadline=None)
@@ -186,3 +187,23 @@ def test_torch_models_have_dlsims_parameter_counts():
     for case in CASES:
         expected = build_model(ModelSpec(**case.model), case.batch, 4).parameters
         assert sum(p.numel() for p in case.build().parameters()) == expected, case.name
+
+
+def test_run_cli_takes_a_calibration_and_refuses_it_on_another_device(tiny, tmp_path):
+    cal, path = tiny
+    scenario = tmp_path / "host.yaml"
+    scenario.write_text("name: host\nmodel: {kind: mlp, widths: [1024, 2048, 2048, 10]}\n"
+                        "cluster: {device: cpu-host, devices_per_node: 1, intra_node: pcie}\n"
+                        "precision: fp32\ntraining: {global_batch: 64, optimizer: sgd}\n")
+    runner = CliRunner()
+    plain = runner.invoke(app, ["run", str(scenario), "--json", "--out", str(tmp_path)])
+    calibrated = runner.invoke(app, ["run", str(scenario), "--json", "--out", str(tmp_path),
+                                     "--calibration", str(path)])
+    assert plain.exit_code == 0 and calibrated.exit_code == 0, calibrated.output
+    assert json.loads(calibrated.output)["step_time_s"] == pytest.approx(_step(path))
+    assert json.loads(calibrated.output)["step_time_s"] > json.loads(plain.output)["step_time_s"]
+    quickstart = Path(__file__).resolve().parents[1] / "scenarios" / "quickstart.yaml"
+    res = runner.invoke(app, ["run", str(quickstart), "--out", str(tmp_path),
+                              "--calibration", str(path)])
+    assert res.exit_code == 2 and "never applied to another device" in res.output
+    assert "Traceback" not in res.output

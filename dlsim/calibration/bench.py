@@ -269,17 +269,24 @@ def _allreduce_worker(rank: int, world: int, port: int, backend: str, sizes: lis
                             world_size=world)
     rows = []
     for n in sizes:
-        x = torch.ones(n // 4, device=device)
+        grad, bucket = torch.ones(n // 4, device=device), torch.empty(n // 4, device=device)
 
-        def once(x: torch.Tensor = x) -> None:
+        def bare(x: torch.Tensor = grad) -> None:
             dist.all_reduce(x)
 
-        dist.barrier()
-        t = time_call(once, device, repeats, inner=1)
-        # every rank's median; the collective ends when the slowest rank's does
-        med = torch.tensor([t.median_s, t.iqr_s], dtype=torch.float64)
-        dist.all_reduce(med, op=dist.ReduceOp.MAX)
-        rows.append([n, float(med[0]), float(med[1])])
+        def ddp_bucket(g: torch.Tensor = grad, b: torch.Tensor = bucket) -> None:
+            b.copy_(g)
+            dist.all_reduce(b)
+            b.div_(world)
+            g.copy_(b)
+
+        for op, fn in (("allreduce", bare), ("ddp_bucket", ddp_bucket)):
+            dist.barrier()
+            t = time_call(fn, device, repeats, inner=1)
+            # every rank's median; the collective ends when the slowest rank's does
+            med = torch.tensor([t.median_s, t.iqr_s], dtype=torch.float64)
+            dist.all_reduce(med, op=dist.ReduceOp.MAX)
+            rows.append([op, n, float(med[0]), float(med[1])])
     if rank == 0:
         Path(out).write_text(json.dumps(rows))
     dist.destroy_process_group()
@@ -287,7 +294,9 @@ def _allreduce_worker(rank: int, world: int, port: int, backend: str, sizes: lis
 
 def allreduce(world_sizes: list[int], sizes: list[int], repeats: int,
               threads: int, backend: str = "gloo") -> Iterator[Measurement]:
-    """All-reduce of ``sizes`` bytes (fp32) over ``world`` local processes (loopback)."""
+    """All-reduce of ``sizes`` bytes (fp32) over ``world`` local processes (loopback): the
+    bare collective, and as DDP's reducer runs it on a bucket (copy in, all-reduce, divide
+    by the world size, copy out; gradient_as_bucket_view=False, PyTorch's default)."""
     import torch.multiprocessing as mp
 
     for world in world_sizes:
@@ -296,8 +305,8 @@ def allreduce(world_sizes: list[int], sizes: list[int], repeats: int,
             mp.spawn(_allreduce_worker, args=(world, free_port(), backend, sizes, repeats,
                                               threads, out), nprocs=world)
             rows = json.loads(Path(out).read_text())
-        for n, median, iqr in rows:
-            yield Measurement(op=f"allreduce_{backend}", kind="allreduce", dtype="fp32",
+        for op, n, median, iqr in rows:
+            yield Measurement(op=f"{op}_{backend}", kind="allreduce", dtype="fp32",
                               shape=f"{world} ranks", bytes=float(n), ranks=world,
                               median_s=median,
                               iqr_s=iqr, repeats=repeats)

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dlsim import hardware
 from dlsim.calibration import bench
-from dlsim.calibration.fit import fit_bandwidth, fit_ring_allreduce, fit_saturating
+from dlsim.calibration.fit import fit_affine, fit_ring_allreduce, fit_saturating
 from dlsim.calibration.store import Calibration, CurveFit, LinkFit, Measurement, save
 from dlsim.errors import ScenarioError
 
@@ -115,7 +115,7 @@ def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,
                       lambda: bench.host_device_copies(grid.allreduce_bytes, r)))
     backend = "nccl" if device == "cuda" else "gloo"
     if ranks:
-        steps.append((f"all-reduce {backend}", len(ranks) * len(grid.allreduce_bytes),
+        steps.append((f"all-reduce {backend}", 2 * len(ranks) * len(grid.allreduce_bytes),
                       lambda: bench.allreduce(ranks, grid.allreduce_bytes, r, threads,
                                               backend)))
     return steps
@@ -149,10 +149,39 @@ def _curve(points: list[Measurement], launch_s: float, peak_flops: float) -> Cur
                     median_abs_residual_pct=float(np.median(np.abs(res))))
 
 
+def _memory(rows: list[Measurement]) -> dict:
+    """Per-kernel overhead and memory bandwidth. The cost model charges every kernel one
+    launch overhead and a memory-bound kernel bytes / (bandwidth x efficiency): the overhead
+    is a one-element op's dispatch plus the fixed time memory-bound kernels show beyond it
+    (the intercept of their affine fit); the bandwidth is a DRAM-sized copy's (STREAM copy),
+    and the efficiency the fitted rate of all memory-bound kernels relative to it."""
+    dispatch = float(np.median([m.median_s for m in rows if m.kind == "launch"]))
+    mem = [m for m in rows if m.kind == "memory"]
+    affine = fit_affine(np.array([m.bytes for m in mem]), np.array([m.median_s for m in mem]),
+                        dispatch)
+    effective = 1.0 / affine.slope
+    largest = max((m for m in mem if m.op == "copy"), key=lambda m: m.bytes)
+    stream = max(largest.bytes / largest.median_s, effective)
+    return {"kernel_launch_us": (dispatch + affine.intercept) * 1e6,
+            "memory_bandwidth_GBps": stream / 1e9, "memory_efficiency": effective / stream,
+            "memory_residuals_pct": [round(float(x), 3) for x in affine.residuals_pct]}
+
+
+def _link(points: list[Measurement]) -> LinkFit:
+    ring = fit_ring_allreduce(np.array([m.ranks for m in points]),
+                              np.array([m.bytes for m in points]),
+                              np.array([m.median_s for m in points]))
+    return LinkFit(backend=points[0].op.split("_")[-1], ranks=sorted({m.ranks for m in points}),
+                   latency_us=ring.latency_s * 1e6, bandwidth_GBps=ring.bandwidth_Bps / 1e9,
+                   residuals_pct=[round(float(x), 3) for x in ring.residuals_pct],
+                   median_abs_residual_pct=float(np.median(np.abs(ring.residuals_pct))))
+
+
 def fit(rows: list[Measurement], nominal_tflops: dict[str, float], peak_source: str
         ) -> dict:
     """Fitted fields of a Calibration from raw measurements."""
-    launch_s = float(np.median([m.median_s for m in rows if m.kind == "launch"]))
+    out = _memory(rows)
+    launch_s = out["kernel_launch_us"] * 1e-6
     rates: dict[str, list[Measurement]] = {}
     for m in rows:
         if m.kind in ("gemm", "conv", "attention"):
@@ -166,31 +195,17 @@ def fit(rows: list[Measurement], nominal_tflops: dict[str, float], peak_source: 
         if rate / 1e12 > peak.get(dtype, 0.0):
             peak[dtype] = rate / 1e12
             peak_source += f"; {dtype} peak raised to the fitted {key} asymptote"
-    curves = {k: _curve(v, launch_s, peak[k.split(".")[1]] * 1e12) for k, v in rates.items()}
-    mem = [m for m in rows if m.kind == "memory"]
-    bw_fit = fit_bandwidth(np.array([m.bytes for m in mem]),
-                           np.array([m.median_s for m in mem]), launch_s)
-    effective = 1.0 / bw_fit.slope
-    largest = max((m for m in mem if m.op == "copy"), key=lambda m: m.bytes)
-    stream = max(largest.bytes / largest.median_s, effective)
-    out = {"peak_tflops": peak, "peak_source": peak_source, "kernel_launch_us": launch_s * 1e6,
-           "memory_bandwidth_GBps": stream / 1e9, "memory_efficiency": effective / stream,
-           "memory_residuals_pct": [round(float(x), 3) for x in bw_fit.residuals_pct],
-           "curves": curves, "link": None}
-    ar = [m for m in rows if m.kind == "allreduce"]
-    if ar:
-        try:
-            ring = fit_ring_allreduce(np.array([m.ranks for m in ar]),
-                                      np.array([m.bytes for m in ar]),
-                                      np.array([m.median_s for m in ar]))
-        except ValueError as exc:  # e.g. too few sizes to see a bandwidth
-            out["skipped"] = {"allreduce": f"no link fitted: {exc}"}
-            return out
-        out["link"] = LinkFit(
-            backend=ar[0].op.removeprefix("allreduce_"), ranks=sorted({m.ranks for m in ar}),
-            latency_us=ring.latency_s * 1e6, bandwidth_GBps=ring.bandwidth_Bps / 1e9,
-            residuals_pct=[round(float(x), 3) for x in ring.residuals_pct],
-            median_abs_residual_pct=float(np.median(np.abs(ring.residuals_pct))))
+    out |= {"peak_tflops": peak, "peak_source": peak_source, "link": None,
+            "allreduce_link": None,
+            "curves": {k: _curve(v, launch_s, peak[k.split(".")[1]] * 1e12)
+                       for k, v in rates.items()}}
+    try:
+        for field, op in (("allreduce_link", "allreduce_"), ("link", "ddp_bucket_")):
+            points = [m for m in rows if m.kind == "allreduce" and m.op.startswith(op)]
+            if points:
+                out[field] = _link(points)
+    except ValueError as exc:  # e.g. too few sizes to see a bandwidth
+        out["skipped"] = {"allreduce": f"no link fitted: {exc}"}
     return out
 
 

@@ -2,11 +2,12 @@
 
 Compute kinds use the saturating efficiency of the cost model, eff(f) = max * f / (f + f_half)
 at f FLOP per kernel. Its time, launch + f / (peak * eff(f)) = launch + (f + f_half) / R with
-R = max * peak, is affine in f, so the fit is a linear least squares on the time with a
+R = max * peak, is affine in f, so the fit is a least squares of an affine time with a
 non-negative intercept (f_half >= 0): the curve is then monotone non-decreasing in problem
-size, as the amortisation of fixed per-kernel work says it must be. Residuals are relative
-to the measured time, the error a prediction makes. The ring all-reduce fit is the same
-least squares on Thakur et al.'s alpha-beta cost (IJHPCA 2005, §4):
+size, as the amortisation of fixed per-kernel work says it must be. The fit minimises the
+log of predicted over measured time; residuals are stored as predicted / measured - 1. The
+ring all-reduce fit is the same least squares on Thakur et al.'s alpha-beta cost (IJHPCA
+2005, §4):
 t = 2(N-1) alpha + 2(N-1)/N * G / B.
 """
 
@@ -26,27 +27,35 @@ class AffineFit:
     residuals_pct: np.ndarray
 
 
-def fit_affine(x: np.ndarray, time_s: np.ndarray, offset_s: float = 0.0,
-               intercept: bool = True) -> AffineFit:
-    """Least squares of relative error for t = offset + a + b x with a >= 0, b > 0.
+def fit_affine(x: np.ndarray, time_s: np.ndarray, offset_s: float = 0.0) -> AffineFit:
+    """Least squares of log error for t = offset + a + b x with a >= 0, b > 0.
 
-    Rows are scaled by 1/t so that every point weighs by its relative error. When the free
-    intercept comes out negative (or ``intercept`` is False), the constrained optimum has
-    a = 0 (the problem is convex), and b is the one-variable least squares.
+    The log of predicted / measured weighs a prediction twice too slow and twice too fast
+    alike, which the relative error does not (it cannot fall below -100%), so kernels whose
+    speeds spread over an order of magnitude get an unbiased middle. Solved by scipy's
+    bounded trust-region least squares in units of the median time and size.
     """
+    from scipy.optimize import least_squares
+
     x, t = np.asarray(x, dtype=float), np.asarray(time_s, dtype=float)
     if len(x) < 2 or np.any(t <= 0) or np.ptp(x) == 0:
         raise ValueError("an affine fit needs at least two points of different size with "
                          "positive times")
-    target = (t - offset_s) / t
-    design = np.column_stack([1.0 / t, x / t])
-    (a, b), *_ = np.linalg.lstsq(design, target, rcond=None)
-    if a < 0 or not intercept:
-        a, b = 0.0, float(design[:, 1] @ target / (design[:, 1] @ design[:, 1]))
-    if b <= 0:
+    t_unit, x_unit = float(np.median(t)), float(np.median(x)) or float(np.max(x))
+
+    def predicted(p: np.ndarray) -> np.ndarray:
+        return offset_s + t_unit * (p[0] + p[1] * x / x_unit)
+
+    free, *_ = np.linalg.lstsq(np.column_stack([np.ones_like(x), x / x_unit]) * t_unit / t[:, None],
+                               (t - offset_s) / t, rcond=None)
+    start = np.maximum(free, [0.0, 1e-6])
+    fit = least_squares(lambda p: np.log(predicted(p) / t), start, bounds=([0.0, 1e-12], np.inf),
+                        xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    if fit.x[1] <= 1e-9:
         raise ValueError("measured times do not grow with problem size; cannot fit a rate")
-    predicted = offset_s + a + b * x
-    return AffineFit(float(a), float(b), 100.0 * (predicted / t - 1.0))
+    intercept = t_unit * fit.x[0] if fit.x[0] > 1e-9 else 0.0  # on the bound, not 1e-30
+    return AffineFit(intercept, t_unit * fit.x[1] / x_unit,
+                     100.0 * (predicted(fit.x) / t - 1.0))
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,3 @@ def fit_ring_allreduce(ranks: np.ndarray, size_bytes: np.ndarray,
     f = fit_affine(g / n, t / steps)
     return RingFit(f.intercept, 1.0 / f.slope, f.residuals_pct)
 
-
-def fit_bandwidth(size_bytes: np.ndarray, time_s: np.ndarray, launch_s: float) -> AffineFit:
-    """A memory-bound kernel's time as the cost model has it, launch + bytes / bandwidth
-    (no intercept of its own): ``1 / slope`` is the effective bandwidth in B/s."""
-    return fit_affine(size_bytes, time_s, launch_s, intercept=False)

@@ -73,7 +73,9 @@ class CurveFit(_Record):
 
 class LinkFit(_Record):
     """Loopback all-reduce across local processes, as a link: per-step latency and
-    bandwidth of a ring (fit.fit_ring_allreduce)."""
+    bandwidth of a ring (fit.fit_ring_allreduce). ``link`` is fitted to DDP's per-bucket
+    work (copy the gradients into the bucket, all-reduce, divide by the world size, copy
+    back: PyTorch's default reducer), ``allreduce_link`` to the bare collective."""
 
     backend: str
     ranks: list[int]
@@ -99,7 +101,8 @@ class Calibration(_Record):
     memory_residuals_pct: list[float]
     kernel_launch_us: float = Field(ge=0)
     curves: dict[str, CurveFit]  # "<kind>.<dtype>" -> curve
-    link: LinkFit | None = None
+    link: LinkFit | None = None            # DDP's per-bucket all-reduce: what training pays
+    allreduce_link: LinkFit | None = None  # the bare all-reduce, as nccl-tests would time it
     skipped: dict[str, str] = Field(default_factory=dict)   # what was not measured, and why
     measurements: list[Measurement]
     allreduce: list[Measurement] = Field(default_factory=list)
