@@ -259,3 +259,12 @@ def test_llama_block_activations_apply_korthikanti_counting_to_swiglu_and_gqa():
     selective = memory_per_device(model, "bf16", "adam", stage_layers=[1],
                                   recompute="selective").activations
     assert selective == expected - 2 * a * s * s
+
+
+def test_lora_with_zero3_is_refused_not_half_modelled():
+    import dlsim
+
+    with pytest.raises(ScenarioError, match="ZeRO-3") as err:
+        dlsim.simulate(_training(training={"lora": {"rank": 8, "targets": ["qkv"]}},
+                                 parallelism={"zero_stage": 3}))
+    assert err.value.field == "training.lora"
