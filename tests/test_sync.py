@@ -232,9 +232,13 @@ def test_ssp_with_a_bound_beyond_the_budget_is_asp():
         assert a[key] == s[key]
 
 
-def test_asp_never_waits_and_its_staleness_histogram_counts_every_update():
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 1000))
+def test_asp_never_waits_and_its_staleness_histogram_counts_every_update(seed):
     n, steps = 4, 6
-    r = dlsim.simulate(ps(n, "asp", steps=steps, stragglers={"fixed": {2: 3.0}}))
+    r = dlsim.simulate(ps(n, "asp", steps=steps, seed=seed, stragglers={
+        "fixed": {2: 3.0}, "per_step": {"distribution": "bimodal", "probability": 0.3,
+                                        "factor": 2.0}}))
     assert not [s for s in r.spans if s.category == "wait"]
     hist = r.summary["staleness_histogram"]
     assert sum(hist) == r.summary["updates_applied"] == steps * n
