@@ -75,6 +75,7 @@ class Engine:
         self.rank_end_s: dict[int, float] = {}
         self._done = {r: [self.env.event() for _ in prog] for r, prog in programs.items()}
         self._rendezvous: dict[str, _Rendezvous] = {}
+        self._lowered: dict[tuple, list[list[Phase]]] = {}
         self._plans: dict[tuple, list[Phase]] = {}
 
     def run(self) -> EngineRun:
@@ -141,13 +142,26 @@ class Engine:
                 self.protocol, op.servers, nodes, self.ps_hosts, timed=False).phases
         return self._plans[key]
 
+    def _lower(self, op: Collective) -> list[list[Phase]]:
+        """The phase lists to run at once: one list whose phases carry every instance's
+        flows, or one list per instance where their phases differ. A pipeline repeats the
+        same collectives thousands of times, so each is lowered (and its protocol chosen)
+        once."""
+        key = (op.op, op.algorithm, op.group, op.size_bytes, op.servers, op.instances)
+        if key not in self._lowered:
+            plans = [self._phases(g, op) for g in np.split(np.asarray(op.group), op.instances)]
+            if all(_same_shape(plans[0], p) for p in plans[1:]):
+                plans = [[_together(ps) for ps in zip(*plans)]]
+            self._lowered[key] = plans
+        return self._lowered[key]
+
     def _collective(self, op: Collective, rv: _Rendezvous) -> Generator:
-        plans = [self._phases(g, op) for g in np.split(np.asarray(op.group), op.instances)]
-        if len(plans) > 1 and not all(_same_shape(plans[0], p) for p in plans[1:]):
+        plans = self._lower(op)
+        if len(plans) > 1:
             yield simpy.AllOf(self.env, [self.env.process(self._run_phases(p, op.repeat))
                                          for p in plans])
         else:
-            yield from self._run_phases([_together(ps) for ps in zip(*plans)], op.repeat)
+            yield from self._run_phases(plans[0], op.repeat)
         rv.done.succeed()
 
     def _run_phases(self, phases: list[Phase], repeat: int) -> Generator:
