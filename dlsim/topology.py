@@ -65,6 +65,8 @@ class Topology:
     link_class: np.ndarray = field(init=False)
     _edge_id: dict[tuple[object, object], int] = field(init=False, repr=False)
     _routes: dict[tuple[int, int], np.ndarray] = field(init=False, repr=False)
+    _flow_routes: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
+        init=False, repr=False)
     _ecmp: dict[str, list[object]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +77,7 @@ class Topology:
         self.link_class = np.array([link_class(self.graph.edges[e].get("link", ""))
                                     for e in self.edges], dtype=int)
         self._routes = {}
+        self._flow_routes = {}
         self._ecmp = {}
         for node, group in self.graph.nodes(data="ecmp"):
             if group is not None:
@@ -102,11 +105,17 @@ class Topology:
     def flow_routes(self, src: np.ndarray, dst: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Routes of flows ``src[i] -> dst[i]`` (src != dst) as one array of edge ids, with
-        each flow's first index into it and its length (for numpy ``reduceat``)."""
+        each flow's first index into it and its length (for numpy ``reduceat``); cached per
+        pattern, since a step's buckets and a ring's rounds send the same one again."""
+        key = (np.asarray(src).tobytes(), np.asarray(dst).tobytes())
+        cached = self._flow_routes.get(key)
+        if cached is not None:
+            return cached
         routes = [self.route(int(s), int(d)) for s, d in zip(src.tolist(), dst.tolist())]
         lengths = np.fromiter((len(r) for r in routes), dtype=np.int64, count=len(routes))
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-        return np.concatenate(routes), starts, lengths
+        self._flow_routes[key] = np.concatenate(routes), starts, lengths
+        return self._flow_routes[key]
 
     def device_peers(self, devices: np.ndarray) -> list[np.ndarray] | None:
         """For each of ``devices``, the positions in ``devices`` of those it has a direct

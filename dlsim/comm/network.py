@@ -81,7 +81,6 @@ class Network:
         self._rates: list[np.ndarray] = []
         self._last_t = 0.0
         self._generation = 0
-        self._route_cache: dict[tuple[bytes, bytes], tuple[np.ndarray, ...]] = {}
 
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
@@ -105,7 +104,7 @@ class Network:
         src, dst, size = src[keep], dst[keep], size[keep]
         if len(src) == 0:
             return done.succeed()
-        routes = self._routes(src, dst)
+        routes = self.topology.flow_routes(src, dst)
         if latency_s is None:
             latency = np.add.reduceat(self.topology.latency_s[routes[0]], routes[1])
             steps = rounds if latency_rounds is None else latency_rounds
@@ -122,15 +121,6 @@ class Network:
             seg = self._segment(batch, routes, members, size[members])
             self.env.timeout(float(lat)).callbacks.append(lambda _ev, s=seg: self._activate(s))
         return done
-
-    def _routes(self, src: np.ndarray, dst: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Topology.flow_routes, remembered per (src, dst) pattern: a step's buckets and a
-        ring's rounds send the same pattern again and again."""
-        key = (src.tobytes(), dst.tobytes())
-        if key not in self._route_cache:
-            self._route_cache[key] = self.topology.flow_routes(src, dst)
-        return self._route_cache[key]
 
     def scale_links(self, edges: np.ndarray, factor: float) -> None:
         """From now on, links ``edges`` carry ``factor`` of their nominal bandwidth (a
