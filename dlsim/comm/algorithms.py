@@ -348,8 +348,9 @@ def lowering(op: str, algorithm: str, field: str = "algorithm") -> Lowering:
 
 def check_algorithm(op: str, algorithm: str, field: str) -> None:
     """An input error unless ``algorithm`` (or ``auto``) can run ``op``."""
-    lowering(op, next(iter(ALGORITHMS.get(op, {"": None}))) if algorithm == "auto"
-             else algorithm, field)
+    if algorithm == "auto" and op in ALGORITHMS:
+        return
+    lowering(op, algorithm, field)
 
 
 def dedicated_hosts(n_devices: int, workers: np.ndarray, servers: int) -> np.ndarray:

@@ -39,7 +39,6 @@ from dlsim.comm.algorithms import Phase
 from dlsim.topology import LINK_CLASSES, Topology
 
 PROTOCOLS = ("LL", "LL128", "Simple")
-MODES = ("auto", "ideal", "nccl", *PROTOCOLS)
 
 # NCCL tuning.cc baseLat[algorithm][protocol], us: Tree {6.8, 14.0, 8.4}, Ring {6.6, 14.0, 8.4}
 BASE_LATENCY_US = {"tree": {"LL": 6.8, "LL128": 14.0, "Simple": 8.4},
