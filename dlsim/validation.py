@@ -83,10 +83,78 @@ def ddp_v100(directory: Path) -> list[Row]:
     return rows
 
 
+def megatron_flops(batch: int, seq: int, layers: int, hidden: int, vocab: int) -> float:
+    """FLOPs of one iteration as Megatron-LM counts them, with the recomputed forward
+    (Narayanan et al. SC'21, §5.1): 96·B·s·l·h²·(1 + s/6h + V/16lh)."""
+    return (96 * batch * seq * layers * hidden ** 2
+            * (1 + seq / (6 * hidden) + vocab / (16 * layers * hidden)))
+
+
+# Micro-batch size and layers per virtual stage of each Table 1 row, from the paper's own
+# reproduction script (NVIDIA/Megatron-LM examples/sc21/run_table_1.sh: MBS and
+# --num-layers-per-virtual-pipeline-stage; every row uses --recompute-method uniform).
+SC21_PLANS = {"1.7": (16, None), "7.5": (16, None), "39.1": (4, None), "145.6": (2, 5),
+              "529.6": (1, 1)}
+# A row needing more pipeline passes than this (stages x micro-batches x chunks) takes
+# minutes to simulate and is listed, not simulated (the 529.6B row: 35 x 280 x 3 = 29,400).
+SC21_MAX_PASSES = 20_000
+
+
+def megatron_sc21(directory: Path) -> list[Row]:
+    """Megatron-LM SC'21 Table 1: TFLOP/s per A100 of GPT models under tensor, pipeline
+    (interleaved 1F1B) and data parallelism with full recomputation, on DGX A100 nodes."""
+    rows = []
+    for r in _read(directory, "megatron_sc21_table1.csv"):
+        t, p, gpus, batch = (int(r[k]) for k in ("tp", "pp", "gpus", "global_batch"))
+        layers, hidden = int(r["layers"]), int(r["hidden"])
+        micro, per_chunk = SC21_PLANS[r["params_b"]]
+        chunks = layers // p // per_chunk if per_chunk else 1
+        data = gpus // (t * p)
+        case = f"{r['params_b']}B t={t} p={p} d={data} b={micro} v={chunks}"
+        measured = float(r["tflops_per_gpu"])
+        if p * batch // (data * micro) * chunks > SC21_MAX_PASSES:
+            rows.append(_row("megatron_sc21_table1", case + " (not simulated: too many "
+                             "passes)", float("nan"), measured, "TFLOP/s"))
+            continue
+        result = simulate({
+            "name": "megatron-sc21", "model": {"preset": f"megatron-{r['params_b']}b"},
+            "cluster": {"preset": "dgx-a100", "nodes": gpus // 8}, "precision": "bf16",
+            "training": {"global_batch": batch, "microbatch": micro, "optimizer": "adam"},
+            "parallelism": {"data": data, "tensor": t, "pipeline": p, "recompute": "full",
+                            "schedule": "interleaved" if chunks > 1 else "1f1b",
+                            "virtual_stages": chunks}})
+        flops = megatron_flops(batch, 2048, layers, hidden, 51200)
+        rows.append(_row("megatron_sc21_table1", case,
+                         flops / result.step_time_s / gpus / 1e12, measured, "TFLOP/s"))
+    return rows
+
+
+def megatron_tp_scaling(directory: Path) -> list[Row]:
+    """Megatron-LM's README (Sep 2020): iteration time of GPT models, tensor parallel over
+    1-8 A100s of one DGX A100, batch 16 in one micro-batch, fp16. The README's TFLOP/s
+    equal the 96·B·s·l·h² count of these times, so activations were recomputed (full)."""
+    rows = []
+    for r in _read(directory, "megatron_2020_tp_scaling_dgxa100.csv"):
+        t = int(r["tp"])
+        result = simulate({
+            "name": "megatron-2020", "cluster": {"preset": "dgx-a100", "nodes": 1},
+            "model": {"kind": "transformer", "layers": int(r["layers"]),
+                      "hidden": int(r["hidden"]), "heads": int(r["heads"]),
+                      "seq_len": int(r["seq_len"]), "vocab": int(r["vocab"])},
+            "precision": "fp16",
+            "training": {"global_batch": int(r["batch"]), "optimizer": "adam"},
+            "parallelism": {"data": 1, "tensor": t, "recompute": "full"}})
+        rows.append(_row("megatron_2020_tp_scaling_dgxa100", f"{r['case']} t={t}",
+                         result.step_time_s * 1e3, float(r["iter_time_ms"]), "ms"))
+    return rows
+
+
 TABLES: dict[str, Callable[[Path], list[Row]]] = {
     "zero_memory": zero_memory,
     "nccl_allreduce_busbw_8xA100": nccl_allreduce,
     "pytorch_ddp_benchmark_v100": ddp_v100,
+    "megatron_sc21_table1": megatron_sc21,
+    "megatron_2020_tp_scaling_dgxa100": megatron_tp_scaling,
 }
 
 
