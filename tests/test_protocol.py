@@ -127,3 +127,19 @@ def test_multi_node_rings_use_every_nic():
     assert len(nic_up) == 16
     assert nic_up["bytes"].to_numpy() == pytest.approx(
         np.full(16, steps * g / (rings * n) * 12.5 / 12), rel=1e-9)
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "tree", "auto"])
+@pytest.mark.parametrize("size", [4096.0, 2.0**20, 2.0**30])
+def test_estimate_matches_the_simulation_on_two_dgx_nodes(algorithm, size):
+    """What a planner gets from estimate_time_s is what the engine then simulates, on the
+    preset (NCCL protocols, rails, a fat tree) as on a switch."""
+    from dlsim.cluster import build_topology
+    from dlsim.config import ClusterSpec
+
+    topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=2))
+    est = estimate_time_s("allreduce", algorithm, size, np.arange(16), topo, "nccl")
+    r = dlsim.simulate({"name": "x", "kind": "collective",
+                        "cluster": {"preset": "dgx-a100", "nodes": 2},
+                        "collective": {"size_bytes": size, "algorithm": algorithm}})
+    assert est == pytest.approx(r.time_s, rel=1e-9)

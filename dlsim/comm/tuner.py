@@ -6,9 +6,9 @@ Hockney, with beta taken at the bottleneck link, as in ASTRA-sim's analytical ba
 That is exactly what the flow simulation gives wherever a phase's flows share their
 bottleneck equally (rings, halving-doubling and trees on a switch, PS shards); where
 max-min sharing leaves a link idle part of the time it is an optimistic estimate.
-``plan_collective`` picks the algorithm and protocol with the
-lowest estimate, the way NCCL's tuner does (``ncclTopoGetAlgoTime`` over every enabled
-algorithm x protocol, lowest time wins; ties go to the earlier candidate).
+``plan_collective`` picks the algorithm and protocol with the lowest estimate, the way
+NCCL's tuner does (``ncclTopoGetAlgoTime`` over every enabled algorithm x protocol, lowest
+time wins; ties go to the earlier candidate).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ AUTO_EXCLUDED = ("ps", "direct", "gossip")
 
 @dataclass(frozen=True)
 class CollectivePlan:
+    """The chosen algorithm and protocol, the estimated time and the phases to run."""
+
     algorithm: str
     protocol: str
     time_s: float
@@ -76,8 +78,8 @@ def estimate_time_s(op: str, algorithm: str, size_bytes: float, devices: np.ndar
                     ) -> float:
     """Closed-form time of one collective: ``protocol`` is ``ideal``, ``LL``, ``LL128``,
     ``Simple`` or ``nccl`` (the fastest of the three, as NCCL chooses)."""
-    return plan_collective(op, algorithm, np.asarray(devices), size_bytes, topology,
-                           protocol, servers, nodes, hosts).time_s
+    return plan_collective(op, algorithm, devices, size_bytes, topology, protocol, servers,
+                           nodes, hosts).time_s
 
 
 def _candidates(op: str, algorithm: str, protocol: str) -> list[str]:
@@ -94,18 +96,22 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
                     nodes: np.ndarray | None = None, hosts: np.ndarray | None = None,
                     timed: bool = True) -> CollectivePlan:
     """The algorithm (``auto``: the fastest candidate) and protocol (``nccl``: the fastest of
-    LL, LL128 and Simple) with their lowered phases and estimated time. With ``timed``
-    False a plan that has nothing to choose from is not estimated (time_s is NaN)."""
+    LL, LL128 and Simple) with their lowered phases and estimated time. ``nodes`` defaults
+    to each device's node in the topology. With ``timed`` False a plan that has nothing to
+    choose from is not estimated (time_s is NaN)."""
+    devices = np.asarray(devices)
+    if nodes is None:
+        nodes = devices // topology.devices_per_node
     algorithms = _candidates(op, algorithm, protocol)
     protocols = list(proto.PROTOCOLS) if protocol == "nccl" else [protocol]
     choose = len(algorithms) * len(protocols) > 1
     best: CollectivePlan | None = None
     for alg in algorithms:
         try:
-            if protocol != "ideal" and alg == "ring" and op in RAIL_RING_OPS and nodes is not None:
-                phases = rail_rings(op, np.asarray(devices), size_bytes, np.asarray(nodes))
+            if protocol != "ideal" and alg == "ring" and op in RAIL_RING_OPS:
+                phases = rail_rings(op, devices, size_bytes, np.asarray(nodes))
             else:
-                peers = topology.device_peers(np.asarray(devices)) if alg == "gossip" else None
+                peers = topology.device_peers(devices) if alg == "gossip" else None
                 phases = lower(op, alg, devices, size_bytes, servers, nodes, hosts, peers)
         except ScenarioError:
             if not choose:
