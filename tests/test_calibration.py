@@ -92,7 +92,9 @@ def test_calibration_file_round_trips(tiny):
     again = store.load(path)
     assert again == cal
     assert store.save(again, path.parent).read_text() == path.read_text()
-    assert cal.host.torch == torch.__version__ and cal.host.threads == torch.get_num_threads()
+    from dlsim.calibration.calibrate import default_threads
+
+    assert cal.host.torch == torch.__version__ and cal.host.threads == default_threads("cpu")
     assert len(cal.load_average) == 3 and cal.date.endswith("+00:00")
     kinds = {m.kind for m in cal.measurements}
     assert {"launch", "gemm", "conv", "attention", "memory"} <= kinds

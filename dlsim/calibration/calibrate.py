@@ -215,7 +215,6 @@ def calibrate(device: str = "auto", quick: bool = False, threads: int | None = N
     """Measure, fit and save; returns the calibration and the file written."""
     device = resolve_device(device)
     threads = threads or default_threads(device)
-    torch.set_num_threads(threads)
     load = list(os.getloadavg())
     started = time.perf_counter()
     host = bench.host_info(device, threads)
@@ -231,15 +230,21 @@ def calibrate(device: str = "auto", quick: bool = False, threads: int | None = N
     if bench.bf16_native(device):
         dtypes.append("bf16")
     else:
-        skipped["bf16"] = (f"no native bf16 arithmetic on this {device} (no avx512_bf16 or "
-                           "amx_bf16 flag): torch emulates it, far below fp32")
+        skipped["bf16"] = ("torch.cuda.is_bf16_supported() is False" if device == "cuda" else
+                           "no native bf16 arithmetic on this CPU (no avx512_bf16 or amx_bf16 "
+                           "flag): torch emulates it, far below fp32")
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     top = min(max_ranks, gpus if device == "cuda" else (os.cpu_count() or 1) // threads)
     ranks = list(range(2, top + 1))
     if not ranks:
         skipped["allreduce"] = "fewer than two ranks fit on this host"
     grid = grid or (QUICK if quick else FULL)
-    rows = measure(grid, device, dtypes, threads, ranks, progress)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows = measure(grid, device, dtypes, threads, ranks, progress)
+    finally:
+        torch.set_num_threads(previous)
     fitted = fit(rows, nominal_tflops, source)
     calibration = Calibration(
         fingerprint=bench.fingerprint(host), profile=profile.name, host=host,

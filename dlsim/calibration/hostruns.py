@@ -148,9 +148,13 @@ def _step_fn(case: HostCase, model: nn.Module, batch: int) -> Callable[[], None]
 def measure_step(case: HostCase, threads: int, repeats: int) -> float:
     """Median seconds of one training step of ``case`` in this process."""
     torch.manual_seed(0)
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    model = case.build()
-    return time_call(_step_fn(case, model, case.batch), "cpu", repeats, inner=1).median_s
+    try:
+        step = _step_fn(case, case.build(), case.batch)
+        return time_call(step, "cpu", repeats, inner=1).median_s
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _ddp_worker(rank: int, world: int, port: int, index: int, threads: int, repeats: int,
