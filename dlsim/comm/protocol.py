@@ -19,7 +19,9 @@ step, by the step's link class: NVLink, PCI or NET), not once per switch hop.
 The payload a transport carries is less than its line rate; NCCL's topology search assumes
 20 GB/s per NVLink 2/3 link (``SM70_NVLINK_BW``/``SM80_NVLINK_BW`` in ``src/graph/topo.h``)
 of the 25 GB/s line rate, 12 GB/s for PCIe Gen3 x16 (``PCI_BW``) of 15.75, and 12 GB/s for a
-100 Gb/s NIC (``NET_BW``) of 12.5. Those ratios are applied to every link of that class.
+100 Gb/s NIC (``NET_BW``) of 12.5. Those ratios are applied to every link of that class;
+NCCL's author puts NVLink's protocol overhead at about 20% (450 GB/s line rate, ~370 GB/s
+effective on H100: S. Jeaugey, NVIDIA/nccl-tests issue #212, 2024).
 
 Here a protocol is applied to the phases an algorithm lowers to: each flow puts 1 /
 efficiency wire bytes on its links per payload byte (so it moves its payload at the rate
