@@ -238,6 +238,7 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         "comm_bytes_total": run.network.bytes_injected / steps,
         "breakdown_s": {k: v / steps for k, v in parts_s.items()},
         "communication": scenario.communication.data_parallel,
+        "protocol": mode,
         "compression": compression_summary(comm, gradient_bytes_per_param(dtype), run.spans,
                                            steps),
         "global_batch": train.global_batch, "microbatch": micro,
