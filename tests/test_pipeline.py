@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import dlsim
 from dlsim import hardware
 from dlsim.config import ModelSpec
-from dlsim.costmodel import layer_times_s, optimizer_time_s
+from dlsim.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
 from dlsim.errors import ScenarioError
 from dlsim.pipeline import partition, schedule
 from dlsim.workload import build_model
@@ -176,3 +176,41 @@ def test_infeasible_pipelines_are_scenario_errors(parallelism, field):
         dlsim.simulate(scenario)
     if field:
         assert err.value.field == field
+
+
+def _one_gpu_transformer(recompute: str = "none", offload: str = "none") -> dict:
+    return {"name": "one", "model": {"kind": "transformer", "layers": 2, "hidden": 1024,
+                                     "heads": 16, "seq_len": 1024, "vocab": 32000},
+            "cluster": {"topology": "switch", "devices": 1, "device": "a100-sxm4-80gb",
+                        "link": {"bandwidth_GBps": 100, "latency_us": 1}},
+            "training": {"global_batch": 8, "microbatch": 4},
+            "parallelism": {"recompute": recompute, "offload": offload}}
+
+
+def test_selective_recompute_reruns_the_attention_core_only():
+    """Korthikanti et al. 2022 §4.2: QK^T, softmax and AV run again before backward."""
+    device = hardware.device("a100-sxm4-80gb")
+    model = build_model(ModelSpec(kind="transformer", layers=2, hidden=1024, heads=16,
+                                  seq_len=1024, vocab=32000), 4, 2)
+    core = sum(kernel_time_s(k, device, "bf16") for layer in model.layers
+               for k in layer.forward if k.name in ("attention", "softmax"))
+    plain = dlsim.simulate(_one_gpu_transformer())
+    selective = dlsim.simulate(_one_gpu_transformer("selective"))
+    assert selective.step_time_s - plain.step_time_s == pytest.approx(2 * core, rel=1e-9)
+
+
+def test_optimizer_offload_is_a_pcie_round_trip_and_a_host_update():
+    """ZeRO-Offload (Ren et al. 2021): 16-bit gradients down and weights up over PCIe, Adam
+    on the host's memory bandwidth instead of the device's."""
+    device, host = hardware.device("a100-sxm4-80gb"), hardware.device("cpu-host")
+    pcie = hardware.link(device.pcie)
+    plain = dlsim.simulate(_one_gpu_transformer())
+    offload = dlsim.simulate(_one_gpu_transformer(offload="optimizer"))
+    params = plain.parameters
+    expected = (2 * params / pcie.bandwidth_GBps / 1e9 * 2
+                + params * 28 / (host.memory_bandwidth_Bps * host.efficiency.memory)
+                + host.kernel_launch_s
+                - params * 28 / (device.memory_bandwidth_Bps * device.efficiency.memory)
+                - device.kernel_launch_s)
+    assert offload.step_time_s - plain.step_time_s == pytest.approx(expected, rel=1e-9)
+    assert offload.parallelism["offload"] == "optimizer"
