@@ -1,10 +1,11 @@
 """Pipeline parallelism combined with tensor and data parallelism: the programs of every rank.
 
-The model's layers are cut into ``stages * chunks`` contiguous pieces of near-equal compute
-time; device ``s`` holds pieces ``s, s + p, s + 2p, ...`` (its model chunks, Narayanan et al.
-SC'21, §2.2; one chunk unless the schedule is interleaved). Each micro-batch's activations go
-point to point to the next piece and its gradients come back; the bubble is not a formula
-here, it is what the stages' dependencies leave idle. Schedules: GPipe runs all forwards,
+The model's layers are cut into ``stages * chunks`` contiguous pieces (transformer blocks
+in equal runs, other layers at equal compute time); device ``s`` holds pieces ``s, s + p,
+s + 2p, ...`` (its model chunks, Narayanan et al. SC'21, §2.2; one chunk unless the
+schedule is interleaved). Each micro-batch's activations go point to point to the next
+piece and its gradients come back; the bubble is not a formula here, it is what the
+stages' dependencies leave idle. Schedules: GPipe runs all forwards,
 then all backwards (Huang et al. 2019); 1F1B runs ``stages - stage - 1`` warm-up forwards,
 then alternates one forward with one backward (PipeDream-Flush, Narayanan et al. 2021);
 interleaved 1F1B walks the chunks in groups of ``stages`` micro-batches with Megatron-LM's
@@ -34,6 +35,7 @@ import numpy as np
 
 from dlsim.cluster import Grid
 from dlsim.hardware import DTYPE_BYTES, DeviceProfile
+from dlsim.memory import pipeline_stages
 from dlsim.program import Collective, Compute, Op
 from dlsim.strategy import gradient_bytes_per_param, optimizer_steps, pass_times_s
 from dlsim.tensor import allreduces
@@ -116,11 +118,17 @@ class Piece:
 
 def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts: int,
            recompute: str) -> list[Piece]:
-    """Cut ``shard`` (one tensor rank's layers) into ``parts`` pieces of equal time."""
+    """Cut ``shard`` (one tensor rank's layers) into ``parts`` pieces as Megatron-LM does:
+    transformer blocks in runs of equal count, the embedding with the first and the head
+    with the last (``dlsim.memory.pipeline_stages``); other models into pieces of equal
+    time."""
     times = [pass_times_s(layer, device, dtype, recompute) for layer in shard.layers]
     counts = [allreduces(layer) for layer in shard.layers]
+    blocks = sum(layer.block is not None for layer in shard.layers)
+    cut = (pipeline_stages(shard, parts) if blocks >= parts
+           else partition([f + b for f, b in times], parts))
     out = []
-    for layers in partition([f + b for f, b in times], parts):
+    for layers in cut:
         forward = sum(counts[i][0] for i in layers)
         backward = sum(counts[i][1] for i in layers)
         first = layers[0]
