@@ -26,10 +26,10 @@ def ring_allreduce(n: int, preset: bool) -> dict:
             "collective": {"op": "allreduce", "algorithm": "ring", "size_bytes": 1 << 30}}
 
 
-def dp_step(fidelity: str) -> dict:
+def dp_step(fidelity: str, scenario: str = "gpt2-1.5b-1024gpu") -> dict:
     import yaml
 
-    data = yaml.safe_load((ROOT / "scenarios/gpt2-1.5b-1024gpu.yaml").read_text())
+    data = yaml.safe_load((ROOT / f"scenarios/{scenario}.yaml").read_text())
     data["simulation"] = {"fidelity": fidelity}
     return data
 
@@ -43,6 +43,8 @@ CASES = [
      lambda: ring_allreduce(8192, True)),
     ("data-parallel step, GPT-2 1.5B (symmetry)", 1024, lambda: dp_step("auto")),
     ("data-parallel step, GPT-2 1.5B (every rank)", 1024, lambda: dp_step("full")),
+    ("3D step, GPT-3 175B, t=8 p=16 d=8, 192 micro-batches (symmetry)", 1024,
+     lambda: dp_step("auto", "gpt3-175b-megatron")),
 ]
 
 
