@@ -25,6 +25,8 @@ from dlsim.cli import app
 from dlsim.errors import ScenarioError
 from dlsim.federated import traces
 from dlsim.federated.link import fair_rates, finish_times
+from dlsim.federated.population import class_counts, draw_samples
+from dlsim.federated.spec import SamplesSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 P = 1_000_000          # parameters: 4 MB of fp32
@@ -191,8 +193,6 @@ def test_overcommit_aggregates_the_first_k_and_cancels_the_rest():
 
 # -- FedBuff ------------------------------------------------------------------------------------
 
-FAST_SLOW = [{"device": "phone-high", "share": 0.5, "link": "wifi"},
-             {"device": "phone-low", "share": 0.5, "link": "wifi"}]
 F_BUFF = 5e9  # puts the slow client's round trip between 3 and 4 of the fast one's
 
 
@@ -200,7 +200,7 @@ def fedbuff(rounds: int, max_staleness: int | None = None) -> dict:
     """A fast and a slow client, both always training (concurrency 2), buffer 1: every
     arrival is a server update, and each slot re-picks the client that just finished."""
     return dlsim.simulate(scenario(
-        clients=2, clients_per_round=1, population=FAST_SLOW, algorithm="fedbuff",
+        clients=2, clients_per_round=1, population=TWO_SPEEDS, algorithm="fedbuff",
         rounds=rounds, flops_per_sample=F_BUFF,
         fedbuff={"buffer": 1, "concurrency": 2, "max_staleness": max_staleness})).summary
 
@@ -236,6 +236,30 @@ def test_fedbuff_discards_updates_staler_than_max_staleness():
     assert s["wasted"]["flops"] == pytest.approx(E * N * F_BUFF, rel=1e-12)
     assert s["wasted"]["device_s"] == pytest.approx(t_slow, rel=1e-12)
     assert s["staleness"]["max"] == 0
+
+
+# -- population -----------------------------------------------------------------------------------
+
+def test_class_shares_are_exact_by_largest_remainder():
+    """10 clients at shares 1:1:1 -> 3.33 each: the remainders tie, the first class gets
+    the spare client; 0.4/0.4/0.2 of 10,000 is exact."""
+    assert class_counts([1, 1, 1], 10).tolist() == [4, 3, 3]
+    assert class_counts([0.4, 0.4, 0.2], 10_000).tolist() == [4000, 4000, 2000]
+
+
+def test_zipf_quantity_skew_gives_rank_r_a_share_of_r_to_the_minus_a():
+    """a = 1, 4 clients, mean 100: shares 1, 1/2, 1/3, 1/4 of 400 / (25/12)."""
+    spec = SamplesSpec(distribution="zipf", mean=100, zipf_a=1.0)
+    got = sorted(draw_samples(spec, 4, np.random.default_rng(0)).tolist(), reverse=True)
+    assert got == [round(400 * 12 / 25 / r) for r in (1, 2, 3, 4)]
+
+
+def test_lognormal_samples_have_the_given_mean():
+    """mean exp(mu + s^2/2); with 200,000 draws of sigma 0.5 the standard error of the mean
+    is sqrt(e^0.25 - 1) / sqrt(2e5) = 0.12 % of it: 1 % is eight standard errors."""
+    spec = SamplesSpec(distribution="lognormal", mean=500, sigma=0.5)
+    got = draw_samples(spec, 200_000, np.random.default_rng(1))
+    assert got.mean() == pytest.approx(500, rel=0.01)
 
 
 # -- shared link ----------------------------------------------------------------------------------

@@ -49,9 +49,14 @@ def _card(label: str, text: str, detail: str = "", tone: str = "") -> base.Card:
 def _cards(s: Mapping[str, Any]) -> list[base.Card]:
     rt = s["round_time_s"]
     wasted = s["wasted"]
+    if s.get("fedbuff"):
+        per_round = (f"fedbuff, {s['fedbuff']['buffer']} updates a round, "
+                     f"{s['fedbuff']['concurrency']} of {s['clients']:,} clients at once")
+    else:
+        per_round = f"{s['algorithm']}, {s['clients_per_round']} of {s['clients']:,} clients"
     cards = [
         _card(f"Time to {s['rounds']} rounds", format_duration(s["time_to_rounds_s"]),
-              f"{s['algorithm']}, {s['clients_per_round']} of {s['clients']:,} clients"),
+              per_round),
         _card("Round time, median", format_duration(rt["p50"]),
               f"mean {format_duration(rt['mean'])} · p90 {format_duration(rt['p90'])} · "
               f"max {format_duration(rt['max'])}"),

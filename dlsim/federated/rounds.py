@@ -97,7 +97,8 @@ def run_rounds(fed: FederatedSpec, pop: Population, avail: Availability,
         trained = np.clip(resolved - down_end, 0.0, work_s)
         flops = fed.local_epochs * pop.samples[sel] * pop.flops_per_sample[sel]
         lost = ~taken
-        wasted_flops = np.where(work_s > 0, trained / np.where(work_s > 0, work_s, 1), 0) * flops
+        share = np.divide(trained, work_s, out=np.zeros(m), where=work_s > 0)
+        wasted_flops = share * flops
         offline = lost & (fail_at <= end) & ~random_drop
         late = lost & ~offline & ~random_drop
         reason = {"deadline": "deadline" if end >= cutoff else "overcommit",

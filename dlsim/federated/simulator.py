@@ -91,6 +91,8 @@ def simulate_federated(scenario: Scenario) -> Result:
     }
     if fed.algorithm == "fedbuff":
         s = np.array(tally.staleness)
+        summary["fedbuff"] = {"buffer": fed.fedbuff.buffer,
+                              "concurrency": fed.fedbuff.concurrency}
         summary["staleness"] = {
             "mean": float(s.mean()) if len(s) else 0.0, "max": int(s.max(initial=0)),
             "mean_weight": float(np.mean([staleness_weight(int(v)) for v in s]))

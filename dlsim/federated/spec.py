@@ -117,6 +117,11 @@ class TracesSpec(Spec):
 
 
 class FederatedSpec(Spec):
+    """``rounds`` synchronous rounds of ``clients_per_round`` (K) updates (fedavg, fedprox),
+    or ``rounds`` FedBuff server updates (fedbuff: K and the straggler policy do not apply).
+    ``flops_per_sample`` and ``parameters`` replace the scenario's model; ``trace_rounds``
+    rounds get per-client spans in trace.json."""
+
     clients: int = Field(ge=1)
     population: list[DeviceClassSpec] = Field(min_length=1)
     algorithm: Literal["fedavg", "fedprox", "fedbuff"] = "fedavg"
