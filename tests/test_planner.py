@@ -5,17 +5,21 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+import dlsim
 from dlsim import hardware
 from dlsim.cli import app
 from dlsim.cluster import build_topology
+from dlsim.comm.tuner import estimate_time_s
 from dlsim.config import ClusterSpec, ModelSpec
 from dlsim.costmodel import layer_times_s, optimizer_time_s
-from dlsim.planner.estimate import CostTable, Links, estimate, ring_allreduce_s
-from dlsim.planner.search import pareto_front
+from dlsim.planner import PlanRequest, run_plan
+from dlsim.planner.estimate import CostTable, Fabric, estimate
+from dlsim.planner.search import pareto_front, scenario_of
 from dlsim.planner.space import ModelShape, Plan, enumerate_plans
 from dlsim.workload import build_model
 
@@ -60,49 +64,34 @@ def test_plan_space_is_every_runnable_plan_once(blocks, heads, gpus, batch):
     assert all(p.data * p.tensor * p.pipeline == gpus for p in plans)
 
 
-def _dgx(nodes: int):
-    system = hardware.system("dgx-a100")
-    topology = build_topology(ClusterSpec(preset="dgx-a100", nodes=nodes))
-    return topology, Links.of(topology, system.nics_per_node, system.sockets)
-
-
-def test_links_read_the_topology():
-    _, links = _dgx(2)
-    nvlink, nic = hardware.link("nvlink3"), hardware.link("ib-hdr")
-    assert links.intra_Bps == nvlink.up_Bps  # GPU -> NVSwitch -> GPU, 300 GB/s
-    assert links.inter_Bps == nic.up_Bps  # one HDR NIC per GPU
-    assert links.intra_s == 2 * nvlink.latency_s
+def _dgx(nodes: int) -> Fabric:
+    return Fabric(build_topology(ClusterSpec(preset="dgx-a100", nodes=nodes)))
 
 
 def test_single_device_estimate_is_the_cost_model_sum():
     """d = t = p = 1: m micro-batches of every layer's forward and backward, then Adam."""
-    _, links = _dgx(1)
     device = hardware.device("a100-sxm4-80gb")
     model = build_model(ModelSpec(preset="gpt2-124m"), 4, 2)
     plan = Plan(1, 1, 1, 1, 4, "1f1b", 1, 0, "none", "pack", "ring")
-    est = estimate(plan, CostTable(model, device, "bf16", 4 * 1024, 768), "adam", 32, links)
+    est = estimate(plan, CostTable(model, device, "bf16", 4 * 1024, 768), "adam", 32, _dgx(1))
     per_micro = sum(sum(layer_times_s(layer, device, "bf16")) for layer in model.layers)
     expected = 8 * per_micro + optimizer_time_s(model.parameters, "adam", device)
     assert abs(est.step_time_s - expected) <= 1e-12 * expected
 
 
-def test_tensor_parallel_estimate_adds_four_ring_allreduces_per_block():
-    """t = 2 inside a node: per block and micro-batch 2 + 2 ring all-reduces of b·s·h·2
-    bytes over NVLink (2(t−1)/t·S/B + 2(t−1)α)."""
-    _, links = _dgx(1)
+def test_tensor_parallel_estimate_prices_each_allreduce_as_the_tuner_does():
+    """t = 2: per micro-batch 2 + 2 all-reduces of b·s·h·2 bytes per block, one for the
+    vocab-parallel embedding and one for the LM head, each what the tuner's closed form
+    gives for that ring on the node (the same lowering the engine runs)."""
+    fabric = _dgx(1)
     device = hardware.device("a100-sxm4-80gb")
     model = build_model(ModelSpec(preset="gpt2-124m"), 1, 2)
     table = CostTable(model, device, "bf16", 1024, 768)
     plan = Plan(2, 1, 2, 1, 1, "1f1b", 1, 0, "none", "pack", "ring")
-    est = estimate(plan, table, "adam", 1, links)
-    one = 2 * (2 - 1) / 2 * 1024 * 768 * 2 / 300e9 + 2 * (2 - 1) * links.intra_s
-    # 12 blocks x (2 + 2), the vocab-parallel embedding (forward) and LM head (backward)
+    est = estimate(plan, table, "adam", 1, fabric)
+    one = estimate_time_s("allreduce", "ring", 1024 * 768 * 2, np.array([0, 1]),
+                          fabric.topology, fabric.protocol)
     assert abs(est.breakdown_s["tensor_comm"] - (4 * 12 + 2) * one) <= 1e-12
-
-
-def test_ring_allreduce_closed_form():
-    assert ring_allreduce_s(8e9, 8, 100e9, 1e-6) == 2 * 7 / 8 * 8e9 / 100e9 + 14e-6
-    assert ring_allreduce_s(8e9, 1, 100e9, 1e-6) == 0.0
 
 
 @settings(max_examples=50, deadline=None)
@@ -137,3 +126,35 @@ def test_plan_cli_rejects_an_unknown_model(tmp_path):
     code, text = cli(tmp_path, "plan", "--model", "gpt5", "--cluster", "dgx-a100",
                      "--gpus", "8", "--global-batch", "8")
     assert code == 2 and "--model" in text and "Traceback" not in text
+
+
+def test_estimate_tracks_the_engine():
+    """The closed form ranks plans; the engine decides. Over every 41st plan of Megatron's
+    7.5B model on 32 A100s (DP, TP in and across nodes, PP, interleaving, ZeRO, recompute,
+    both placements) the estimate is within 14% of the engine, median 1%. Reached when
+    written: median 0.35%, worst 13.2% (tensor groups spread over nodes, where flows that
+    start at different times share NICs less evenly than the closed form assumes)."""
+    request = PlanRequest("megatron-7.5b", "dgx-a100", (32,), 128)
+    fabric = _dgx(4)
+    device = hardware.device("a100-sxm4-80gb")
+    errors = []
+    plans = list(enumerate_plans(ModelShape(36, 32, 4096), 32, 128, 8))
+    for plan in plans[::41]:
+        model = build_model(ModelSpec(preset="megatron-7.5b"), plan.microbatch, 2)
+        est = estimate(plan, CostTable(model, device, "bf16", plan.microbatch * 2048, 4096),
+                       "adam", 128, fabric)
+        sim = dlsim.simulate(scenario_of(request, plan, 8))
+        errors.append(abs(est.step_time_s - sim.step_time_s) / sim.step_time_s)
+    assert len(errors) > 40
+    assert np.median(errors) <= 0.01 and max(errors) <= 0.14
+
+
+def test_best_plan_beats_the_published_megatron_configuration():
+    """Megatron-LM SC'21 Table 1 trains the 7.5B model with t=4, p=1 (full recomputation);
+    on 32 A100s the planner's confirmed winner is at least as fast in the same engine."""
+    request = PlanRequest("megatron-7.5b", "dgx-a100", (32,), 128, confirm=2)
+    best = run_plan(request).plans[0]
+    reference = dlsim.simulate(scenario_of(
+        request, Plan(32, 8, 4, 1, 1, "1f1b", 1, 0, "full", "pack", "ring"), 8))
+    assert best["step_time_source"] == "simulated"
+    assert best["step_time_s"] <= reference.step_time_s

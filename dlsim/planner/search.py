@@ -22,7 +22,7 @@ from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES
 from dlsim.memory import memory_per_device
 from dlsim.pipeline import in_flight
-from dlsim.planner.estimate import CostTable, Links, estimate
+from dlsim.planner.estimate import CostTable, Fabric, estimate
 from dlsim.planner.space import ModelShape, Plan, enumerate_plans
 from dlsim.simulate import simulate
 from dlsim.workload import TRANSFORMER_PRESETS, build_model
@@ -120,8 +120,8 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
         if gpus % dpn:
             raise ScenarioError(f"{gpus} GPUs is not a whole number of {request.cluster} "
                                 f"nodes of {dpn}.", field="--gpus")
-        topology = build_topology(ClusterSpec(preset=request.cluster, nodes=gpus // dpn))
-        links = Links.of(topology, system.nics_per_node, system.sockets)
+        fabric = Fabric(build_topology(ClusterSpec(preset=request.cluster,
+                                                   nodes=gpus // dpn)))
         for p in enumerate_plans(shape, gpus, request.global_batch, dpn):
             evaluated += 1
             table = tables.get(p.microbatch)
@@ -134,14 +134,14 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
             memory = memory_per_device(
                 model, request.precision, request.optimizer, data=p.data, tensor=p.tensor,
                 pipeline=p.pipeline, in_flight_microbatches=in_flight(
-                    "gpipe" if p.schedule == "gpipe" else "1f1b", 0, p.pipeline, m),
+                    p.schedule, 0, p.pipeline, m, p.virtual_stages),
                 zero_stage=p.zero_stage, recompute=p.recompute)
             row: dict[str, Any] = {**p.as_dict(), "microbatches": m,
                                    "memory_per_device_bytes": memory.total,
                                    "fits_in_memory": memory.total <= device.memory_bytes}
             if not row["fits_in_memory"]:
                 continue
-            est = estimate(p, table, request.optimizer, request.global_batch, links)
+            est = estimate(p, table, request.optimizer, request.global_batch, fabric)
             row.update(step_time_s=est.step_time_s, step_time_source="estimate",
                        estimated_step_time_s=est.step_time_s,
                        estimated_breakdown_s=est.breakdown_s)

@@ -7,6 +7,7 @@ tensor degrees divide the attention heads and the hidden size (Megatron-LM's req
 pipeline stages divide the transformer blocks (interleaving needs blocks divisible by p·v and
 micro-batches divisible by p, as Megatron-LM's interleaved schedule does), the global batch
 divides into d replicas of whole micro-batches, and ZeRO is used only without a pipeline.
+ZeRO's reduce-scatter and all-gathers run as rings, so its plans name the ring only.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def enumerate_plans(shape: ModelShape, gpus: int, global_batch: int, devices_per
                     for zero in ((0, 1, 2, 3) if p == 1 and d > 1 else (0,)):
                         for rc in recompute:
                             for place in placements:
-                                for algo in (algorithms if d > 1 else algorithms[:1]):
+                                for algo in (algorithms if d > 1 and zero == 0
+                                             else algorithms[:1]):
                                     yield Plan(gpus, d, t, p, b, schedule, v, zero, rc, place,
                                                algo)
 
