@@ -4,8 +4,10 @@ copies, all-reduce across local processes).
 
 Timing follows the usual discipline of microbenchmarks: warm-up calls first (allocator,
 thread pool, autotuning), a CUDA synchronise around every sample, several repeats, and the
-median with the interquartile range as the spread. A sample repeats a short kernel ``inner``
-times so that it lasts at least ``MIN_SAMPLE_S``, far above the clock's resolution.
+median with the interquartile range as the spread; single-threaded CPU work is timed in
+process CPU time (``clock_for``), so that a shared host's other processes do not count. A
+sample repeats a short kernel ``inner`` times so that it lasts at least ``MIN_SAMPLE_S``, far
+above the clock's resolution.
 FLOPs and bytes are counted as ``dlsim.workload`` counts them, so that a fitted efficiency
 means the same thing in the simulator.
 """
@@ -41,27 +43,41 @@ class Timing:
     repeats: int
 
 
+def clock_for(device: str) -> str:
+    """``cpu`` (process CPU time) for single-threaded work on a CPU, else ``wall``.
+
+    One torch thread runs every op, forward and backward, on the calling thread, so its CPU
+    time is the wall time it would take on a core of its own, without the time other
+    processes held the core: on a shared host that is the quantity to measure. Multi-threaded
+    work, GPUs and anything that waits on another process (collectives, DDP) need the wall
+    clock.
+    """
+    return "cpu" if device == "cpu" and torch.get_num_threads() == 1 else "wall"
+
+
 def time_call(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2,
-              inner: int | None = None) -> Timing:
-    """Median and IQR of ``repeats`` samples of ``fn``, per call. Collectives pass ``inner``
-    so that every rank makes the same number of calls."""
+              inner: int | None = None, clock: str | None = None) -> Timing:
+    """Median and IQR of ``repeats`` samples of ``fn``, per call, on ``clock`` (default
+    ``clock_for(device)``). Collectives pass ``inner`` so that every rank makes the same
+    number of calls."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    now = time.process_time if (clock or clock_for(device)) == "cpu" else time.perf_counter
     for _ in range(warmup):
         fn()
     sync()
-    start = time.perf_counter()
+    start = now()
     fn()
     sync()
-    once = time.perf_counter() - start
+    once = now() - start
     inner = inner or max(1, int(MIN_SAMPLE_S / max(once, 1e-9)))
     samples = []
     for _ in range(repeats):
         sync()
-        start = time.perf_counter()
+        start = now()
         for _ in range(inner):
             fn()
         sync()
-        samples.append((time.perf_counter() - start) / inner)
+        samples.append((now() - start) / inner)
     q1, med, q3 = np.percentile(samples, [25, 50, 75])
     return Timing(float(med), float(q3 - q1), repeats)
 
@@ -282,7 +298,7 @@ def _allreduce_worker(rank: int, world: int, port: int, backend: str, sizes: lis
 
         for op, fn in (("allreduce", bare), ("ddp_bucket", ddp_bucket)):
             dist.barrier()
-            t = time_call(fn, device, repeats, inner=1)
+            t = time_call(fn, device, repeats, inner=1, clock="wall")
             # every rank's median; the collective ends when the slowest rank's does
             med = torch.tensor([t.median_s, t.iqr_s], dtype=torch.float64)
             dist.all_reduce(med, op=dist.ReduceOp.MAX)

@@ -242,6 +242,7 @@ def calibrate(device: str = "auto", quick: bool = False, threads: int | None = N
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        clock = bench.clock_for(device)
         rows = measure(grid, device, dtypes, threads, ranks, progress)
     finally:
         torch.set_num_threads(previous)
@@ -249,7 +250,7 @@ def calibrate(device: str = "auto", quick: bool = False, threads: int | None = N
     calibration = Calibration(
         fingerprint=bench.fingerprint(host), profile=profile.name, host=host,
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        load_average=[round(x, 2) for x in load], quick=quick,
+        load_average=[round(x, 2) for x in load], quick=quick, clock=clock,
         duration_s=round(time.perf_counter() - started, 1),
         skipped=skipped | fitted.pop("skipped", {}),
         measurements=[m for m in rows if m.kind != "allreduce"],

@@ -146,7 +146,8 @@ def _step_fn(case: HostCase, model: nn.Module, batch: int) -> Callable[[], None]
 
 
 def measure_step(case: HostCase, threads: int, repeats: int) -> float:
-    """Median seconds of one training step of ``case`` in this process."""
+    """Median seconds of one training step of ``case`` in this process (process CPU time
+    with one thread: bench.clock_for)."""
     torch.manual_seed(0)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -170,7 +171,7 @@ def _ddp_worker(rank: int, world: int, port: int, index: int, threads: int, repe
     model = DistributedDataParallel(case.build(), bucket_cap_mb=25)
     step = _step_fn(case, model, case.batch)
     dist.barrier()
-    t = time_call(step, "cpu", repeats, inner=1)
+    t = time_call(step, "cpu", repeats, inner=1, clock="wall")  # includes the all-reduce
     worst = torch.tensor([t.median_s], dtype=torch.float64)
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     if rank == 0:

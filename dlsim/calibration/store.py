@@ -93,6 +93,7 @@ class Calibration(_Record):
     date: str                    # ISO 8601, UTC
     load_average: list[float]    # 1, 5 and 15 minute load when the run started
     quick: bool
+    clock: str                   # cpu: process CPU time (one thread on a CPU); wall otherwise
     duration_s: float
     peak_tflops: dict[str, float]
     peak_source: str             # how the peak was derived
