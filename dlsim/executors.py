@@ -29,24 +29,27 @@ from dlsim.errors import ScenarioError
 from dlsim.hardware import PROFILES_DIR
 from dlsim.simulate import run_scenario
 
-CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
+PACKAGE_DIR = Path(__file__).resolve().parent
+CALIBRATION_DIR = PACKAGE_DIR.parent / "calibration"
 
 
 @lru_cache(maxsize=1)
 def _inputs_digest() -> str:
     """Hash of every hardware profile and calibration file, the data a simulation reads
-    besides its scenario, so that editing one invalidates cached points."""
+    besides its scenario, and of dlsim's own modules (a development checkout changes the
+    model without changing the version), so that editing any invalidates cached points."""
     digest = hashlib.sha256()
-    for root in (PROFILES_DIR, CALIBRATION_DIR):
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for root in (PROFILES_DIR, CALIBRATION_DIR, PACKAGE_DIR):
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".pyc"):
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
 def scenario_hash(scenario: Scenario) -> str:
-    """sha256 of the canonical JSON of the validated scenario, the dlsim version, and the
-    hardware profiles and calibration files: equal hashes mean the simulation would give
-    the same summary. (A calibration file kept outside calibration/ counts by its path.)"""
+    """sha256 of the canonical JSON of the validated scenario, the dlsim version, the
+    hardware profiles, calibration files and dlsim's source: equal hashes mean the
+    simulation would give the same summary. (A calibration file kept outside calibration/
+    counts by its path.)"""
     payload = {"dlsim": __version__, "inputs": _inputs_digest(),
                "scenario": scenario.model_dump(mode="json")}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
