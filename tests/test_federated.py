@@ -367,7 +367,9 @@ def test_same_seed_same_summary_different_seed_different(algorithm):
        fraction=st.floats(0.0, 0.6), overcommit=st.floats(1.0, 2.0),
        seed=st.integers(0, 1000))
 def test_every_selected_client_is_aggregated_or_dropped(policy, fraction, overcommit, seed):
-    straggler = {"policy": policy, "fraction": fraction, "deadline_s": 30.0}
+    straggler = ({"policy": policy, "deadline_s": 30.0} if policy == "deadline" else
+                 {"policy": policy} if policy == "wait-all" else
+                 {"policy": policy, "fraction": fraction})
     data = scenario(**{**RANDOM, "overcommit": overcommit, "straggler": straggler})
     data["seed"] = seed
     s = dlsim.simulate(data).summary
@@ -391,6 +393,8 @@ def test_every_selected_client_is_aggregated_or_dropped(policy, fraction, overco
     ({"traces": {"capacity": "no/such/trace.csv"}}, "federated.traces.capacity"),
     ({"clients_per_round": 50}, "clients_per_round"),
     ({"straggler": {"policy": "deadline"}}, "deadline_s"),
+    ({"straggler": {"policy": "wait-all", "deadline_s": 5}}, "deadline_s"),  # not ignored
+    ({"fedbuff": {"buffer": 5}}, "fedbuff"),
     ({"population": [{"device": "phone-mid", "share": 1.0, "link": "carrier-pigeon"}]},
      "federated.population.0.link"),
 ])

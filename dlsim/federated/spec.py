@@ -77,6 +77,12 @@ class StragglerSpec(Spec):
     def _complete(self) -> StragglerSpec:
         if self.policy == "deadline" and self.deadline_s is None:
             raise ValueError("policy deadline needs 'deadline_s'")
+        if self.policy != "deadline" and self.deadline_s is not None:
+            raise ValueError(f"deadline_s applies to policy deadline, not {self.policy}")
+        if self.policy not in ("drop-slowest", "random-drop") and "fraction" in \
+                self.model_fields_set:
+            raise ValueError(f"fraction applies to drop-slowest and random-drop, not "
+                             f"{self.policy}")
         return self
 
 
@@ -153,6 +159,12 @@ class FederatedSpec(Spec):
         if self.algorithm == "fedbuff" and self.straggler.policy != "wait-all":
             raise ValueError("fedbuff aggregates asynchronously and has no straggler policy; "
                              "bound staleness with fedbuff.max_staleness instead")
+        if self.algorithm != "fedbuff" and "fedbuff" in self.model_fields_set:
+            raise ValueError(f"the fedbuff section applies to algorithm fedbuff, not "
+                             f"{self.algorithm}")
+        if self.availability.kind != "poisson" and self.availability.model_fields_set & {
+                "mean_online_s", "mean_offline_s"}:
+            raise ValueError("mean_online_s and mean_offline_s apply to availability poisson")
         if self.algorithm == "fedbuff" and self.fedbuff.concurrency > self.clients:
             raise ValueError(f"fedbuff.concurrency ({self.fedbuff.concurrency}) exceeds "
                              f"clients ({self.clients})")
