@@ -83,6 +83,20 @@ def test_identical_clients_round_is_broadcast_plus_training_plus_upload():
     assert s["samples_aggregated"] == 30 * N
 
 
+def test_client_spans_are_download_train_upload_of_the_first_rounds():
+    r = dlsim.simulate(scenario(trace_rounds=2))
+    down = transfer_s("wifi", 4 * P, up=False)
+    one = round_s()
+    first = sorted((sp.start_s, sp.end_s, sp.category) for sp in r.spans
+                   if sp.device == r.spans[0].device and sp.end_s <= one * (1 + 1e-12))
+    trained = down + train_s("phone-mid")
+    assert [c for *_, c in first] == ["comm", "compute", "comm"]
+    assert [t for a, b, _ in first for t in (a, b)] == pytest.approx(
+        [0.0, down, down, trained, trained, one], rel=1e-12)
+    assert max(sp.end_s for sp in r.spans) == pytest.approx(2 * one, rel=1e-12)
+    assert len(r.spans) == 2 * 10 * 3  # 10 clients a round, no waiting when all are equal
+
+
 def test_shared_server_link_splits_max_min_fairly():
     """10 identical flows on a 10 MB/s server link each get 1 MB/s (below their Wi-Fi
     caps), so each transfer takes latency + 10 · bytes / capacity."""
