@@ -107,7 +107,7 @@ def _parquet(table: pd.DataFrame) -> bytes:
         raise ScenarioError("Parquet output needs pyarrow; pip install 'dlsim[parquet]' or "
                             "use --format csv.", field="--format") from None
     frame = table.copy()
-    for column in frame.select_dtypes(include="object").columns:
+    for column in [c for c in frame.columns if frame[c].dtype == object]:
         values = frame[column]
         if len({type(v) for v in values.dropna()}) > 1:
             frame[column] = values.where(values.isna(), values.astype(str))
