@@ -19,7 +19,7 @@ from dlsim.errors import ScenarioError
 from dlsim.executors import PointCache, evaluate
 
 PRIMARY_METRIC = {"training": "step_time_s", "collective": "time_s",
-                  "edge-inference": "latency_s"}
+                  "edge-inference": "latency_s", "federated": "time_to_rounds_s"}
 
 
 def _set(data: dict[str, Any], path: str, value: Any) -> None:
