@@ -2,7 +2,8 @@
 
 time = max(flops / (peak(dtype) * eff_c), bytes / (mem_bw * eff_m)) + launch overhead
 (DESIGN.md, "Modelling rules"). eff_c for GEMMs grows with problem size as
-gemm_max * f / (f + f_half) and is constant for unfused attention; memory-bound kernels use
+gemm_max * f / (f + f_half), f_half scaled to the dtype's peak (``Efficiency``), and is
+constant for unfused attention; memory-bound kernels use
 eff_m. The efficiencies come from the device profile (published microbenchmarks) until a
 calibration file overlays them with a fitted curve per kind and dtype (dlsim/calibration/).
 """
@@ -13,14 +14,15 @@ from dlsim.hardware import DeviceProfile
 from dlsim.workload import Kernel, Layer
 
 
-def compute_efficiency(kernel: Kernel, device: DeviceProfile, dtype: str | None = None) -> float:
+def compute_efficiency(kernel: Kernel, device: DeviceProfile, dtype: str) -> float:
     eff = device.efficiency
     curve = eff.curves.get(f"{kernel.kind}.{dtype}")
     if curve is not None:  # a calibration measured this kind and dtype
         return curve.at(kernel.flops / 1e9)
     if kernel.kind in ("gemm", "conv"):  # convolutions run as implicit GEMMs
         gflop = kernel.flops / 1e9
-        return eff.gemm_max * gflop / (gflop + eff.gemm_half_gflop)
+        half = eff.gemm_half_at(device.peak_flops(dtype))
+        return eff.gemm_max * gflop / (gflop + half)
     if kernel.kind == "attention":
         return eff.attention
     return eff.memory  # elementwise FLOPs run at the memory-bound rate at best

@@ -45,7 +45,12 @@ class Efficiency(_Frozen):
     """Default roofline efficiencies, used until a calibration file overlays them.
 
     Matrix products reach ``gemm_max`` of peak for large problems and half of that at
-    ``gemm_half_gflop`` GFLOP per kernel: eff(f) = gemm_max * f / (f + f_half).
+    f_half GFLOP per kernel: eff(f) = gemm_max * f / (f + f_half). ``gemm_half_gflop`` is
+    f_half as fitted at a peak of ``gemm_fit_tflops``; at another peak (another dtype, or a
+    device that borrows another's curve) f_half scales with the peak, because the loss is a
+    fixed per-kernel time (launch, tail, wave quantisation): a GEMM is at half efficiency
+    when it runs as long as the fitted one did (2.43 GFLOP at 0.41 × 312 TFLOP/s ≈ 19 µs on
+    the A100).
     Memory-bound kernels reach ``memory`` of the memory bandwidth; unfused attention
     (batched QK^T, softmax, AV as separate kernels) reaches ``attention`` of peak.
     A calibration adds ``curves`` keyed "<kind>.<dtype>" (gemm.fp32, conv.fp32, ...), which
@@ -54,9 +59,14 @@ class Efficiency(_Frozen):
 
     gemm_max: float = Field(gt=0, le=1)
     gemm_half_gflop: float = Field(gt=0)
+    gemm_fit_tflops: float = Field(gt=0)
     memory: float = Field(gt=0, le=1)
     attention: float = Field(gt=0, le=1)
     curves: dict[str, Curve] = Field(default_factory=dict)
+
+    def gemm_half_at(self, peak_flops: float) -> float:
+        """f_half in GFLOP for a kernel running at ``peak_flops`` peak."""
+        return self.gemm_half_gflop * peak_flops / (self.gemm_fit_tflops * 1e12)
 
 
 class DeviceProfile(_Frozen):

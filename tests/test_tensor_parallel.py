@@ -36,8 +36,8 @@ def _roofline_s(flops: float, nbytes: float, device: hardware.DeviceProfile) -> 
     """The roofline of one GEMM, written out from the profile (DESIGN.md, Modelling rules)."""
     eff = device.efficiency
     gflop = flops / 1e9
-    compute = flops / (device.peak_flops("bf16") * eff.gemm_max * gflop
-                       / (gflop + eff.gemm_half_gflop))
+    half = eff.gemm_half_gflop * device.peak_tflops["bf16"] / eff.gemm_fit_tflops
+    compute = flops / (device.peak_flops("bf16") * eff.gemm_max * gflop / (gflop + half))
     memory = nbytes / (device.memory_bandwidth_Bps * eff.memory)
     return max(compute, memory) + device.kernel_launch_s
 

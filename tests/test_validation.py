@@ -59,11 +59,11 @@ def test_nccl_small_messages_are_latency_bound(rows):
 def test_ddp_benchmark_error_does_not_grow(rows):
     ddp = rows[rows.table == "pytorch_ddp_benchmark_v100"]
     assert len(ddp) == 10
-    # reached on 2026-11-23 from published figures (V100 uses the A100 efficiency curve until
-    # calibrated): median 14.5%, worst 19.7% (resnet101 on 1 GPU, where there is no
-    # communication at all: the error is the compute model's); all predictions slow
-    assert ddp.error_pct.abs().median() <= 14.5
-    assert ddp.error_pct.abs().max() <= 19.7
+    # reached on 2026-11-23 from published figures (V100 borrows the A100 efficiency curve,
+    # its half-efficiency point scaled to the V100's fp32 peak): median 5.9%, worst 9.5%
+    # (resnet50 on 8 GPUs); all predictions fast. Within the 10% the issue asks for.
+    assert ddp.error_pct.abs().median() <= 5.9
+    assert ddp.error_pct.abs().max() <= 9.6
     # the shape: 16 GPUs cost little more than 1, as measured (0.104 vs 0.100 s)
     r50 = ddp[ddp.case.str.startswith("resnet50")].set_index("case").predicted
     assert r50["resnet50 16 GPUs"] / r50["resnet50 1 GPUs"] < 1.05
