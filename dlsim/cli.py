@@ -207,6 +207,10 @@ def validate(data: Annotated[Path, typer.Option(help="Folder of published measur
         return
     _print_rows("predicted vs measured", rows.astype(object).to_dict("records"), False)
     _print_rows("error per table", table_errors(rows).astype(object).to_dict("records"), False)
+    if host:
+        errors = rows[rows["table"].str.startswith("host-")]["error_pct"].abs()
+        out.print(f"host rows (held-out models and DDP): median absolute error "
+                  f"{errors.median():.1f}% over {len(errors)} rows")
     out.print(f"report: {where / 'index.html'}")
 
 

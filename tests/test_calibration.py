@@ -209,3 +209,19 @@ def test_run_cli_takes_a_calibration_and_refuses_it_on_another_device(tiny, tmp_
                               "--calibration", str(path)])
     assert res.exit_code == 2 and "never applied to another device" in res.output
     assert "Traceback" not in res.output
+
+
+def test_validate_host_prints_host_tables_and_their_median(monkeypatch, tmp_path):
+    """The CLI plumbing of --host, with the torch runs replaced by fixed rows."""
+    from dlsim.calibration import hostruns
+
+    rows = [("host-training", "a", 1.1, 1.0), ("host-training", "b", 0.8, 1.0),
+            ("host-ddp", "c", 2.6, 2.0)]
+    monkeypatch.setattr(hostruns, "run_host", lambda *args: rows)
+    res = CliRunner().invoke(app, ["validate", "--host", "--json", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    host = [r for r in json.loads(res.output) if r["table"].startswith("host-")]
+    assert [(r["table"], r["case"]) for r in host] == [(t, c) for t, c, _, _ in rows]
+    assert [r["error_pct"] for r in host] == pytest.approx([10.0, -20.0, 30.0])
+    res = CliRunner().invoke(app, ["validate", "--host", "--out", str(tmp_path)])
+    assert "median absolute error 20.0% over 3 rows" in res.output
