@@ -114,9 +114,9 @@ def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,
         steps.append(("host<->device", 2 * len(grid.allreduce_bytes),
                       lambda: bench.host_device_copies(grid.allreduce_bytes, r)))
     backend = "nccl" if device == "cuda" else "gloo"
-    if ranks:
+    if ranks:  # wall-clock timings that wait on other processes: three times the repeats
         steps.append((f"all-reduce {backend}", 2 * len(ranks) * len(grid.allreduce_bytes),
-                      lambda: bench.allreduce(ranks, grid.allreduce_bytes, r, threads,
+                      lambda: bench.allreduce(ranks, grid.allreduce_bytes, 3 * r, threads,
                                               backend)))
     return steps
 
