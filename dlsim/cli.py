@@ -226,10 +226,13 @@ def calibrate(device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "
     """Measure this host with torch microbenchmarks (matmul, conv2d, attention, memory-bound
     kernels, launch overhead, copies, all-reduce across local processes), fit the cost
     model's efficiency curves and write <out>/<device-fingerprint>.json."""
-    from dlsim.calibration.calibrate import calibrate as run_calibration
-
     try:
+        from dlsim.calibration.calibrate import calibrate as run_calibration
+
         cal, path = run_calibration(device, quick, threads, out_dir, progress=not as_json)
+    except ImportError as exc:
+        _fail(ScenarioError(f"dlsim calibrate needs PyTorch and SciPy ({exc.name} is not "
+                            "installed): pip install 'dlsim[calibrate]'."))
     except ScenarioError as exc:
         _fail(exc)
     rows = [{"curve": k, "max": c.max, "half_gflop": c.half_gflop, "tflops": c.rate_tflops,

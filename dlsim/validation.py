@@ -163,8 +163,11 @@ def host_validation(calibration: str | None = None, force: bool = False, repeats
     """Tables host-training and host-ddp: real torch training steps of models held out from
     calibration, measured on this host and predicted on its calibrated profile
     (dlsim/calibration/hostruns.py; needs torch)."""
-    from dlsim.calibration.hostruns import run_host
-
+    try:
+        from dlsim.calibration.hostruns import run_host
+    except ImportError as exc:
+        raise ScenarioError(f"--host runs torch training steps, and {exc.name} is not "
+                            "installed: pip install 'dlsim[calibrate]'.") from None
     return pd.DataFrame([_row(table, case, predicted, measured, "s") for table, case,
                          predicted, measured in run_host(calibration, force, repeats, progress)])
 

@@ -225,3 +225,22 @@ def test_validate_host_prints_host_tables_and_their_median(monkeypatch, tmp_path
     assert [r["error_pct"] for r in host] == pytest.approx([10.0, -20.0, 30.0])
     res = CliRunner().invoke(app, ["validate", "--host", "--out", str(tmp_path)])
     assert "median absolute error 20.0% over 3 rows" in res.output
+
+
+def test_core_runs_without_torch_and_calibrate_says_what_to_install(monkeypatch):
+    """Only dlsim.calibration's measuring modules import torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import dlsim, dlsim.cli\n"
+            "r = dlsim.simulate({'name': 't', 'model': {'kind': 'mlp', 'widths': [8, 8]},"
+            " 'cluster': {'device': 'cpu-host', 'devices_per_node': 1, 'intra_node': 'pcie'},"
+            " 'precision': 'fp32', 'training': {'global_batch': 4}})\n"
+            "assert r.step_time_s > 0\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    for name in ("dlsim.calibration.calibrate", "dlsim.calibration.bench"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    res = CliRunner().invoke(app, ["calibrate"])
+    assert res.exit_code == 2 and "pip install 'dlsim[calibrate]'" in res.output
