@@ -85,6 +85,9 @@ class DeviceProfile(_Frozen):
     nvlink: str | None = None        # the device's own NVLink (or ICI) link profile, if any
     nvlink_lanes: int = Field(default=1, ge=1)
     pcie: str | None = None          # its host interface link profile
+    # NCCL's architecture class for its per-architecture tuner caps (src/graph/tuning.cc
+    # llMaxBws: Volta / Ampere / Hopper rows); None: no such cap is applied
+    nccl_arch: Literal["volta", "ampere", "hopper"] | None = None
 
     @model_validator(mode="after")
     def _positive_peaks(self) -> DeviceProfile:

@@ -21,13 +21,16 @@ PAYLOAD = 20 / 25     # NCCL assumes 20 GB/s of each 25 GB/s NVLink 3 link
 LAUNCH = 4e-6         # a100 profile kernel_launch_us
 # NCCL ring constants: base latency and NVLink per-step latency (us), bus-bandwidth factor
 RING = {"LL": (6.6, 0.6, 0.5), "LL128": (14.0, 1.9, 0.92), "Simple": (8.4, 3.4, 1.0)}
+LL_MAX_BUSBW = 87.7e9  # tuning.cc llMaxBws, Ampere, one node: LL's bus bandwidth at most
 
 
 def _ring_time(protocol: str, size: float) -> float:
     base, step, factor = RING[protocol]
     steps = 2 * (N - 1)
-    return (LAUNCH + (base + steps * step) * 1e-6
-            + steps / N * size / (NVLINK_BPS * PAYLOAD * factor))
+    busbw = NVLINK_BPS * PAYLOAD * factor
+    if protocol == "LL":
+        busbw = min(busbw, LL_MAX_BUSBW)
+    return LAUNCH + (base + steps * step) * 1e-6 + steps / N * size / busbw
 
 
 def _dgx(size: float, protocol: str, algorithm: str = "ring") -> dlsim.Result:
@@ -40,7 +43,8 @@ def _dgx(size: float, protocol: str, algorithm: str = "ring") -> dlsim.Result:
 @pytest.mark.parametrize("size", [4096.0, 64 * 2.0**20])
 def test_ring_allreduce_per_protocol_on_a_dgx_a100(protocol, size):
     """One latency per ring step (not per NVSwitch hop), the protocol's fraction of the
-    NVLink payload rate, plus its base latency and one kernel launch."""
+    NVLink payload rate (LL at most 87.7 GB/s on an A100), plus its base latency and one
+    kernel launch."""
     r = _dgx(size, protocol)
     assert r.time_s == pytest.approx(_ring_time(protocol, size), rel=1e-6)
     assert r.comm_bytes_total == pytest.approx(2 * (N - 1) * size, rel=1e-9)  # payload only
@@ -48,14 +52,28 @@ def test_ring_allreduce_per_protocol_on_a_dgx_a100(protocol, size):
 
 @pytest.mark.parametrize("size", [1024.0, 8 * 2.0**20, 2.0**30])
 def test_nccl_mode_picks_the_fastest_protocol(size):
-    """LL for small messages, LL128 in the middle, Simple for large (crossovers at 3.8 MB
-    and 24 MB by the closed forms above), as NCCL's tuner picks them."""
+    """LL for small messages, LL128 in the middle, Simple for large, as NCCL's tuner picks
+    them (by the closed forms above)."""
     times = {p: _ring_time(p, size) for p in RING}
     best = min(times, key=times.get)
     r = _dgx(size, "nccl")
     assert r.protocol == best
     assert r.time_s == pytest.approx(times[best], rel=1e-6)
     assert {1024.0: "LL", 8 * 2.0**20: "LL128", 2.0**30: "Simple"}[size] == best
+
+
+@settings(max_examples=10, deadline=None)
+@given(size=st.floats(1e3, 2e9))
+def test_the_ll_cap_never_speeds_a_collective_up(size):
+    """Capping LL only removes bandwidth: the preset's LL time is at least the uncapped
+    closed form, and equals it where 0.5 x the NVLink payload rate is below the cap."""
+    base, step, factor = RING["LL"]
+    steps = 2 * (N - 1)
+    uncapped = (LAUNCH + (base + steps * step) * 1e-6
+                + steps / N * size / (NVLINK_BPS * PAYLOAD * factor))
+    t = _dgx(size, "LL").time_s
+    assert t >= uncapped * (1 - 1e-9)
+    assert t == pytest.approx(_ring_time("LL", size), rel=1e-6)
 
 
 def test_auto_protocol_is_nccl_on_presets_and_ideal_on_textbook_topologies():

@@ -29,6 +29,18 @@ the protocol reaches; the payload is what ``comm_bytes_total`` counts), and its 
 becomes the protocol's per-step latency times the steps it pays in sequence plus, once per
 collective, the protocol's fixed latency and one kernel launch (NCCL runs a collective as
 one kernel; the launch cost is the device profile's ``kernel_launch_us``).
+
+LL's bus bandwidth is also capped per architecture and node count (``llMaxBws``, tuning.cc
+2.19+: Ampere 87.7 / 22.5 / 19.0 GB/s for 1 / 2 / more nodes): every sender's LL payload,
+its flows together, moves at most that fast.
+
+Not modelled: NCCL's channels. A collective runs on the communicator's channels (24 on an
+8x A100 NVSwitch board, nccl-tests issue #100), fewer for small sizes (``src/enqueue.cc``
+removes one while the size is below channels x threads x a per-thread threshold: LL 512 x
+8 x ranks, LL128 640 x 8, Simple 512 x 64 bytes). Charged as NCCL's time model charges it
+(bandwidth in proportion to the channels), that makes an 8-GPU LL all-reduce 1.8x slower at
+65 KiB than at 1 KiB where nccl-tests measures the same 43-45 us on an A100 node, so LL's
+small-message bandwidth is not that share, and the reduction is left out.
 """
 
 from __future__ import annotations
@@ -60,6 +72,11 @@ PROTOCOL_EFFICIENCY = {"ring": {"LL": 0.5, "LL128": 0.92, "Simple": 1.0},
                        "tree": {"LL": 0.92 / 3.8, "LL128": 0.92 * 120 / 128, "Simple": 0.92}}
 # Payload rate NCCL assumes per link / line rate (src/graph/topo.h, see the module docstring).
 TRANSPORT_EFFICIENCY = {"nvlink": 20.0 / 25.0, "pci": 12.0 / 15.75, "net": 12.0 / 12.5}
+# LL bus-bandwidth cap, GB/s, by architecture for 1, 2 and more nodes (tuning.cc llMaxBws,
+# NCCL 2.19+). The Volta and Ampere rows are the same in every version read; the Hopper row
+# is 141 / 45 / 35 in some and a copy of Ampere's in others (no profile marks Hopper yet).
+LL_MAX_BUSBW_GBPS = {"volta": (39.0, 39.0, 20.4), "ampere": (87.7, 22.5, 19.0),
+                     "hopper": (141.0, 45.0, 35.0)}
 
 
 def resolve_mode(mode: str, topology: Topology, textbook: bool) -> str:
@@ -82,11 +99,19 @@ def _flow_classes(topology: Topology, src: np.ndarray, dst: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Per flow: the slowest hardware class on its route (index into LINK_CLASSES) and the
     class of its narrowest link (whose payload efficiency bounds the flow)."""
+    worst, narrow, _ = _flow_links(topology, src, dst)
+    return worst, narrow
+
+
+def _flow_links(topology: Topology, src: np.ndarray, dst: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_flow_classes`` plus each flow's narrowest capacity, B/s (inf for a local flow)."""
     worst = np.zeros(len(src), dtype=int)
     narrow = np.zeros(len(src), dtype=int)
+    capacity_min = np.full(len(src), np.inf)
     moving = np.flatnonzero(np.asarray(src) != np.asarray(dst))
     if len(moving) == 0:
-        return worst, narrow
+        return worst, narrow, capacity_min
     links, starts, lengths = topology.flow_routes(np.asarray(src)[moving],
                                                   np.asarray(dst)[moving])
     classes = topology.link_class[links]
@@ -94,7 +119,8 @@ def _flow_classes(topology: Topology, src: np.ndarray, dst: np.ndarray
     worst[moving] = np.maximum.reduceat(classes, starts)
     at_min = capacity == np.repeat(np.minimum.reduceat(capacity, starts), lengths)
     narrow[moving] = np.maximum.reduceat(np.where(at_min, classes, -1), starts)
-    return worst, narrow
+    capacity_min[moving] = np.minimum.reduceat(capacity, starts)
+    return worst, narrow, capacity_min
 
 
 def enabled(protocol: str, topology: Topology, phases: list[Phase]) -> bool:
@@ -109,20 +135,30 @@ def enabled(protocol: str, topology: Topology, phases: list[Phase]) -> bool:
     return True
 
 
-def apply(phases: list[Phase], topology: Topology, protocol: str, algorithm: str
-          ) -> list[Phase]:
-    """The phases as ``protocol`` runs them (``ideal``: unchanged)."""
+def apply(phases: list[Phase], topology: Topology, protocol: str, algorithm: str,
+          nodes: int = 1) -> list[Phase]:
+    """The phases as ``protocol`` runs them (``ideal``: unchanged); ``nodes`` (how many
+    nodes the collective spans) picks the LL cap where the device has ``nccl_arch``."""
     if protocol == "ideal" or not phases:
         return phases
     fam = family(algorithm)
     launch_s = topology.device.kernel_launch_s if topology.device is not None else 0.0
     start_s = BASE_LATENCY_US[fam][protocol] * 1e-6 + launch_s
+    arch = topology.device.nccl_arch if topology.device is not None else None
+    ll_cap = (LL_MAX_BUSBW_GBPS[arch][min(max(nodes, 1), 3) - 1] * 1e9
+              if protocol == "LL" and fam == "ring" and arch is not None else None)
     out = []
     for k, phase in enumerate(phases):
-        worst, narrow = _flow_classes(topology, phase.src, phase.dst)
+        worst, narrow, capacity_min = _flow_links(topology, phase.src, phase.dst)
         step = np.array([STEP_LATENCY_US[(c, fam)][protocol] for c in LINK_CLASSES])[worst]
         eff = PROTOCOL_EFFICIENCY[fam][protocol] * np.array(
             [TRANSPORT_EFFICIENCY[c] for c in LINK_CLASSES])[narrow]
+        if ll_cap is not None:
+            # every sender's LL payload, all its flows together, at most the cap
+            src = np.asarray(phase.src)
+            _, inverse, counts = np.unique(src, return_inverse=True, return_counts=True)
+            room = ll_cap / counts[inverse] / capacity_min  # 0 where a flow stays local
+            eff = np.where(room > 0, np.minimum(eff, room), eff)
         steps = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
         if np.ndim(steps) == 0 and steps > 1:
             # ring steps and pipelines: a chunk travels the ring (or the tree), so a step

@@ -102,6 +102,7 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
     devices = np.asarray(devices)
     if nodes is None:
         nodes = devices // topology.devices_per_node
+    n_nodes = len(np.unique(nodes))
     algorithms = _candidates(op, algorithm, protocol)
     protocols = list(proto.PROTOCOLS) if protocol == "nccl" else [protocol]
     choose = len(algorithms) * len(protocols) > 1
@@ -120,7 +121,7 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
         for p in protocols:
             if choose and not proto.enabled(p, topology, phases):
                 continue
-            run = proto.apply(phases, topology, p, alg)
+            run = proto.apply(phases, topology, p, alg, n_nodes)
             t = (sum(phase_time_s(ph, topology) for ph in run) if choose or timed
                  else float("nan"))
             if best is None or t < best.time_s:
