@@ -23,6 +23,7 @@ from dlsim.topology import (
     fat_tree,
     fully_connected,
     leaf_spine,
+    rail_fabric,
     ring,
     star,
     torus,
@@ -54,6 +55,10 @@ def _fabric(g: nx.DiGraph, nics: list[str], spec: LinkSpec, cluster: ClusterSpec
         g.add_node("fabric", kind="switch")
         for nic in nics:
             add_link(g, nic, "fabric", spec)
+    elif cluster.fabric == "rail":
+        per_node = len(nics) // cluster.nodes
+        rail_fabric(g, [nics[i:i + per_node] for i in range(0, len(nics), per_node)], spec,
+                    cluster.oversubscription)
     else:
         leaf_spine(g, nics, spec, cluster.nics_per_leaf, cluster.oversubscription)
 

@@ -67,7 +67,7 @@ class ClusterSpec(_Spec):
     devices_per_node: int | None = Field(default=None, ge=1)
     intra_node: str | None = None
     inter_node: str | None = None
-    fabric: Literal["switch", "fat-tree"] = "fat-tree"
+    fabric: Literal["switch", "fat-tree", "rail"] = "fat-tree"
     oversubscription: float = Field(default=1.0, ge=1.0)
     nics_per_leaf: int = Field(default=32, ge=1)
     topology: Literal["ring", "switch", "fully-connected", "torus", "fat-tree"] | None = None

@@ -91,12 +91,20 @@ class Topology:
             return cached
         path = _short_path(self.graph, src, dst) or nx.bidirectional_shortest_path(
             self.graph, src, dst)
+        if self.graph.graph.get("device_transit", True) is False and any(
+                self.graph.nodes[v].get("kind") == "device" for v in path[1:-1]):
+            g = self.graph
+            path = nx.bidirectional_shortest_path(nx.subgraph_view(
+                g, filter_node=lambda v: v in (src, dst) or g.nodes[v].get("kind") != "device"),
+                src, dst)
         if self._ecmp:
             for i, node in enumerate(path):
                 group = self.graph.nodes[node].get("ecmp")
                 if group is not None:
                     members = self._ecmp[group]
-                    path[i] = members[dst % len(members)]
+                    pick = (self.graph.nodes[dst].get("node", dst)
+                            if self.graph.graph.get("ecmp_by") == "node" else dst)
+                    path[i] = members[pick % len(members)]
         ids = np.fromiter((self._edge_id[(a, b)] for a, b in zip(path, path[1:])),
                           dtype=np.int64, count=len(path) - 1)
         self._routes[key] = ids
@@ -224,6 +232,33 @@ def leaf_spine(g: nx.DiGraph, endpoints: list[object], spec: LinkSpec, per_leaf:
         g.add_node(f"spine{s}", kind="switch", ecmp="spine")
         for leaf in range(leaves):
             add_link(g, f"leaf{leaf}", f"spine{s}", spec)
+
+
+def rail_fabric(g: nx.DiGraph, nics_by_node: list[list[str]], spec: LinkSpec,
+                oversubscription: float) -> None:
+    """A rail-optimised fabric: NIC k of every node connects to rail switch k, and the rails
+    are joined by ceil(nodes / oversubscription) spines, each with one ``spec`` link to
+    every rail (NVIDIA DGX SuperPOD reference architecture: each GPU's NIC on its own rail
+    leaf). Traffic between the k-th NICs of two nodes crosses one switch, its rail; traffic
+    between rails goes rail -> spine -> rail, the spine picked by the destination node.
+    GPUs do not forward between rails (no PXN): ``route`` keeps devices off the paths of a
+    graph marked ``device_transit`` False."""
+    rails = len(nics_by_node[0])
+    for k in range(rails):
+        g.add_node(f"rail{k}", kind="switch")
+        for nics in nics_by_node:
+            add_link(g, nics[k], f"rail{k}", spec)
+    g.graph["device_transit"] = False
+    # D-mod-K on a rail: a rail switch's ports are the nodes, so the spine is picked by the
+    # destination's node (by its device id every flow into GPU k would pick the same spine)
+    g.graph["ecmp_by"] = "node"
+    if rails == 1:
+        return
+    spines = max(1, int(np.ceil(len(nics_by_node) / oversubscription)))
+    for s in range(spines):
+        g.add_node(f"spine{s}", kind="switch", ecmp="spine")
+        for k in range(rails):
+            add_link(g, f"rail{k}", f"spine{s}", spec)
 
 
 def fat_tree(n: int, spec: LinkSpec, per_leaf: int, oversubscription: float) -> nx.DiGraph:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dlsim
 from dlsim.cluster import build_topology, placement
@@ -176,3 +178,65 @@ def test_explicit_placement_is_checked(bad):
                         "cluster": {"preset": "dgx-a100", "nodes": 4}, "placement": bad,
                         "collective": {"size_bytes": 1e8, "devices": 4}})
     assert err.value.field == "placement"
+
+
+def _rail_sendrecv(pair: list[int], size: float) -> dlsim.Result:
+    """Two ranks placed on devices ``pair`` of four DGX A100 nodes on a rail fabric, each
+    sending ``size`` to the other (nccl-tests' sendrecv), textbook link costs."""
+    return dlsim.simulate({"name": "rail", "kind": "collective",
+                           "cluster": {"preset": "dgx-a100", "nodes": 4, "fabric": "rail"},
+                           "placement": pair,
+                           "collective": {"op": "sendrecv", "size_bytes": size, "devices": 2,
+                                          "protocol": "ideal"}})
+
+
+def test_rail_fabric_keeps_same_rank_traffic_on_its_rail():
+    """NIC k of every node hangs off rail switch k: GPU k of one node reaches GPU k of
+    another through one switch (its rail); GPU i reaches GPU j != i through rail i, a spine
+    and rail j, never through another GPU."""
+    topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=4, fabric="rail"))
+    for k in range(8):
+        for other in (1, 2, 3):
+            hops = [topo.link_label(e) for e in topo.route(k, 8 * other + k)]
+            fabric = [h.split("->")[1] for h in hops
+                      if h.split("->")[1].startswith(("rail", "spine"))]
+            assert fabric == [f"rail{k}"], hops
+            assert not any("spine" in h for h in hops)
+    hops = [topo.link_label(e) for e in topo.route(2, 8 + 5)]
+    names = [h.split("->")[1] for h in hops]
+    assert names[2] == "rail2" and names[3].startswith("spine") and names[4] == "rail5"
+    assert not any(n.isdigit() for n in names[:-1])  # no GPU forwards it
+    # D-mod-K by destination node: 4 nodes, 4 spines, node m's traffic through spine m
+    for m in (1, 2, 3):
+        hops = [topo.link_label(e) for e in topo.route(2, 8 * m + 5)]
+        assert f"rail2->spine{m}" in hops and f"spine{m}->rail5" in hops
+
+
+def test_rail_fabric_cross_rail_costs_two_more_fabric_hops():
+    """In closed form from the link profiles (textbook costs): a same-rail exchange pays
+    GPU-PCIe-NIC-rail-NIC-PCIe-GPU latencies and the 25 GB/s HDR rate; a cross-rail one
+    pays two more HDR hops (rail -> spine -> rail) at the same rate, and only it puts bytes
+    on spine links."""
+    from dlsim.hardware import link
+
+    size = 64e6
+    hdr, pcie = link("ib-hdr"), link("pcie4-x16")
+    same = (4 * pcie.latency_us + 2 * hdr.latency_us) * 1e-6 + size / (hdr.bandwidth_GBps * 1e9)
+    aligned, crossed = _rail_sendrecv([3, 11], size), _rail_sendrecv([3, 12], size)
+    assert aligned.time_s == pytest.approx(same, rel=1e-9)
+    assert crossed.time_s == pytest.approx(same + 2 * hdr.latency_us * 1e-6, rel=1e-9)
+    spine = lambda r: r.links[r.links.src.str.startswith("spine")  # noqa: E731
+                              | r.links.dst.str.startswith("spine")]["bytes"].sum()
+    assert spine(aligned) == 0
+    assert spine(crossed) == pytest.approx(4 * size, rel=1e-9)  # 2 flows x 2 spine links
+
+
+@settings(max_examples=8, deadline=None)
+@given(nodes=st.integers(2, 6), over=st.sampled_from([1.0, 2.0, 4.0]),
+       src=st.integers(0, 7), dst=st.integers(0, 7))
+def test_rail_routes_cross_a_spine_exactly_when_the_rails_differ(nodes, over, src, dst):
+    topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=nodes, fabric="rail",
+                                      oversubscription=over))
+    hops = [topo.link_label(e) for e in topo.route(src, 8 * (nodes - 1) + dst)]
+    assert sum("spine" in h for h in hops) == (2 if src != dst else 0)
+    assert len(hops) == (8 if src != dst else 6)
