@@ -95,3 +95,57 @@ def test_sweep_report_with_scaling_renders_in_chromium(chromium, scaling_sweep_r
     assert [line for line in run.stderr.splitlines() if "CONSOLE" in line] == []
     assert dom.count("data:image/png;base64,") == 2  # the sweep plot and the scaling curves
     assert dom.count("algorithm=ring") >= 2  # a fitted row and the curve's points
+
+
+@pytest.fixture(scope="module")
+def plan_report(tmp_path_factory):
+    from dlsim.planner import PlanRequest, run_plan, write_plan
+
+    result = run_plan(PlanRequest("gpt2-124m", "dgx-a100", (8,), 16, confirm=1))
+    result.explanation.append("<script>alert('plan')</script>")  # text from elsewhere
+    return write_plan(result, tmp_path_factory.mktemp("reports")) / "index.html"
+
+
+def test_plan_report_renders_in_chromium(chromium, plan_report, tmp_path):
+    run = _browse(chromium, plan_report, tmp_path / "profile", "--dump-dom")
+    dom = run.stdout
+    assert run.returncode == 0, run.stderr[-2000:]
+    for section in ("summary", "why", "plans"):
+        assert f'id="{section}"' in dom
+    assert "<script>alert('plan')</script>" not in dom
+    assert "&lt;script&gt;alert('plan')&lt;/script&gt;" in dom
+    assert [line for line in run.stderr.splitlines() if "CONSOLE" in line] == []
+    assert "Why this plan" in dom and "simulated" in dom  # the confirmed winner is explained
+    assert dom.count("<tr") >= 2  # the top-plans table has a header and at least one plan
+
+
+@pytest.fixture(scope="module")
+def validation_report(tmp_path_factory):
+    import pandas as pd
+
+    rows = pd.DataFrame([
+        {"table": "zero_memory", "case": "1.5B d=64 stage 3", "predicted": 0.375,
+         "measured": 0.37, "error_pct": 1.35, "unit": "GB"},
+        {"table": "zero_memory", "case": "7.5B d=64 stage 3", "predicted": 1.875,
+         "measured": 1.88, "error_pct": -0.27, "unit": "GB"},
+        {"table": "<i>nccl</i>", "case": "<img src=x onerror=alert(1)> 1 GiB",
+         "predicted": 230.0, "measured": 228.0, "error_pct": 0.88, "unit": "GB/s"},
+        {"table": "<i>nccl</i>", "case": "8 MiB", "predicted": 120.0, "measured": 90.0,
+         "error_pct": 33.3, "unit": "GB/s"}])
+    # as `dlsim validate` writes it (dlsim/cli.py)
+    return write_sweep("validation", rows, ["measured", "table"], {"data": "<b>shared</b>"},
+                       tmp_path_factory.mktemp("reports"), y="predicted") / "index.html"
+
+
+def test_validation_report_renders_in_chromium(chromium, validation_report, tmp_path):
+    run = _browse(chromium, validation_report, tmp_path / "profile", "--dump-dom")
+    dom = run.stdout
+    assert run.returncode == 0, run.stderr[-2000:]
+    for section in ("plot", "table", "scenario"):
+        assert f'id="{section}"' in dom
+    assert "<img src=x" not in dom and "&lt;img src=x onerror=alert(1)&gt;" in dom
+    assert "<i>nccl</i>" not in dom and "&lt;i&gt;nccl&lt;/i&gt;" in dom
+    assert "<b>shared</b>" not in dom
+    assert [line for line in run.stderr.splitlines() if "CONSOLE" in line] == []
+    assert dom.count("data:image/png;base64,") == 1  # predicted against measured
+    assert "zero_memory" in dom and "7.5B d=64 stage 3" in dom
