@@ -28,6 +28,8 @@ def format_joules(joules: float) -> str:
 
 
 def _cell(column: str, value: Any) -> str:
+    if column.endswith("_per_s"):
+        return f"{float(value):.3g}"
     if column.endswith("_s"):
         return base.format_seconds(float(value))
     if column.endswith("_J"):
