@@ -75,6 +75,7 @@ TRANSPORT_EFFICIENCY = {"nvlink": 20.0 / 25.0, "pci": 12.0 / 15.75, "net": 12.0 
 # LL bus-bandwidth cap, GB/s, by architecture for 1, 2 and more nodes (tuning.cc llMaxBws,
 # NCCL 2.19+). The Volta and Ampere rows are the same in every version read; the Hopper row
 # is 141 / 45 / 35 in some and a copy of Ampere's in others (no profile marks Hopper yet).
+TUNED_OPS = ("allreduce", "reducescatter", "allgather", "broadcast", "reduce")
 LL_MAX_BUSBW_GBPS = {"volta": (39.0, 39.0, 20.4), "ampere": (87.7, 22.5, 19.0),
                      "hopper": (141.0, 45.0, 35.0)}
 
@@ -136,9 +137,11 @@ def enabled(protocol: str, topology: Topology, phases: list[Phase]) -> bool:
 
 
 def apply(phases: list[Phase], topology: Topology, protocol: str, algorithm: str,
-          nodes: int = 1) -> list[Phase]:
+          nodes: int = 1, op: str = "allreduce") -> list[Phase]:
     """The phases as ``protocol`` runs them (``ideal``: unchanged); ``nodes`` (how many
-    nodes the collective spans) picks the LL cap where the device has ``nccl_arch``."""
+    nodes the collective spans) picks the LL cap where the device has ``nccl_arch``. The
+    cap is a figure of NCCL's tuner, which prices its five collectives only
+    (``NCCL_NUM_FUNCTIONS 5 // Send/Recv not included``), so point-to-point ops go uncapped."""
     if protocol == "ideal" or not phases:
         return phases
     fam = family(algorithm)
@@ -146,7 +149,8 @@ def apply(phases: list[Phase], topology: Topology, protocol: str, algorithm: str
     start_s = BASE_LATENCY_US[fam][protocol] * 1e-6 + launch_s
     arch = topology.device.nccl_arch if topology.device is not None else None
     ll_cap = (LL_MAX_BUSBW_GBPS[arch][min(max(nodes, 1), 3) - 1] * 1e9
-              if protocol == "LL" and fam == "ring" and arch is not None else None)
+              if protocol == "LL" and fam == "ring" and arch is not None
+              and op in TUNED_OPS else None)
     out = []
     for k, phase in enumerate(phases):
         worst, narrow, capacity_min = _flow_links(topology, phase.src, phase.dst)

@@ -121,7 +121,7 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
         for p in protocols:
             if choose and not proto.enabled(p, topology, phases):
                 continue
-            run = proto.apply(phases, topology, p, alg, n_nodes)
+            run = proto.apply(phases, topology, p, alg, n_nodes, op)
             t = (sum(phase_time_s(ph, topology) for ph in run) if choose or timed
                  else float("nan"))
             if best is None or t < best.time_s:
