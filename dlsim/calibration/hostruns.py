@@ -26,6 +26,7 @@ from torch import nn
 
 from dlsim.calibration.bench import free_port, time_call
 from dlsim.calibration.store import Calibration
+from dlsim.errors import ScenarioError
 
 
 class MLP(nn.Sequential):
@@ -176,19 +177,29 @@ def _ddp_worker(rank: int, world: int, port: int, index: int, threads: int, repe
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     if rank == 0:
         Path(out).write_text(json.dumps(float(worst[0])))
+    dist.barrier()  # nobody tears gloo down while a peer still talks to it
     dist.destroy_process_group()
 
 
-def measure_ddp(index: int, world: int, threads: int, repeats: int) -> float:
+def measure_ddp(index: int, world: int, threads: int, repeats: int, attempts: int = 2) -> float:
     """Median seconds per DDP step of ``DDP_CASES[index]`` over ``world`` local processes
-    (the slowest rank's median)."""
+    (the slowest rank's median). gloo occasionally aborts a worker at teardown: a result
+    written before that stands; a run that died before it is retried once, then reported."""
     import torch.multiprocessing as mp
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "t.json")
-        mp.spawn(_ddp_worker, args=(world, free_port(), index, threads, repeats, out),
-                 nprocs=world)
-        return json.loads(Path(out).read_text())
+    for _ in range(attempts):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "t.json"
+            try:
+                mp.spawn(_ddp_worker, args=(world, free_port(), index, threads, repeats,
+                                            str(out)), nprocs=world)
+            except mp.ProcessExitedException:
+                pass
+            if out.exists():
+                return json.loads(out.read_text())
+    raise ScenarioError(f"the DDP measurement of '{DDP_CASES[index].name}' lost a worker "
+                        f"process {attempts} times (gloo over loopback); rerun dlsim validate "
+                        "--host on a quieter machine.", field="--host")
 
 
 def scenario(case: HostCase, calibration: Calibration, path: str, ranks: int = 1,
@@ -214,7 +225,6 @@ def host_calibration(path: str | None, force: bool) -> tuple[Calibration, str]:
     calibration/; one measured on another device is refused unless ``force``."""
     from dlsim.calibration import bench, store
     from dlsim.calibration.calibrate import default_threads
-    from dlsim.errors import ScenarioError
 
     if path is None:
         mine = bench.fingerprint(bench.host_info("cpu", default_threads("cpu")))
