@@ -170,7 +170,8 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     if request.max_days is not None and ranked:
         deadline_gpus = min(r["gpus"] for r in ranked)
     return PlanResult(request, evaluated, len(rows), ranked[:request.top], pareto_front(rows),
-                      explain(ranked, device.memory_bytes), deadline_gpus, rows,
+                      explain(ranked, device.memory_bytes, request.objective), deadline_gpus,
+                      rows,
                       {"estimate": estimated - started,
                                       "simulate": time.perf_counter() - estimated})
 
@@ -208,7 +209,7 @@ _PARTS = {"compute": "compute", "tensor_comm": "tensor-parallel all-reduces",
           "idle": "idle time"}
 
 
-def explain(ranked: list[dict[str, Any]], capacity: float) -> list[str]:
+def explain(ranked: list[dict[str, Any]], capacity: float, objective: str = "time") -> list[str]:
     """Why the winner wins: its time shares, memory headroom, and where the runner-up lost."""
     if not ranked:
         return ["No plan fits in memory and meets the constraints."]
@@ -224,14 +225,34 @@ def explain(ranked: list[dict[str, Any]], capacity: float) -> list[str]:
              f"step on {shares} ({win['step_time_source']}); it leaves "
              f"{headroom / 1e9:.1f} GB of memory free."]
     if len(ranked) > 1:
-        run = ranked[1]
-        same = run["step_time_source"] == win["step_time_source"]
-        mine = parts if same else win["estimated_breakdown_s"]
-        theirs = _breakdown(run) if same else run["estimated_breakdown_s"]
-        diffs = {k: theirs.get(k, 0.0) - mine.get(k, 0.0) for k in sorted({*mine, *theirs})}
-        worst = max(diffs, key=diffs.get)
-        lines.append(f"The runner-up (d={run['data']}, t={run['tensor']}, p={run['pipeline']}) "
-                     f"is {run['step_time_s'] - win['step_time_s']:.3g} s per step slower "
-                     f"({run['step_time_source']}), mostly {_PARTS.get(worst, worst)} "
-                     f"(+{diffs[worst]:.3g} s).")
+        lines.append(_runner_up(win, ranked[1], objective))
     return lines
+
+
+def _runner_up(win: dict[str, Any], run: dict[str, Any], objective: str) -> str:
+    """Where the runner-up lost, comparing like with like: both simulated, or both estimated
+    when the engine confirmed only the winner."""
+    same = run["step_time_source"] == win["step_time_source"]
+    mine = _breakdown(win) if same else win["estimated_breakdown_s"]
+    theirs = _breakdown(run) if same else run["estimated_breakdown_s"]
+    diffs = {k: theirs.get(k, 0.0) - mine.get(k, 0.0) for k in sorted({*mine, *theirs})}
+    worst = max(diffs, key=diffs.get)
+    step = "step_time_s" if same else "estimated_step_time_s"
+    gap = run[step] - win[step]
+    basis = run["step_time_source"] if same else "both by the estimate"
+    changed = ", ".join(f"{f} {run[f]} instead of {win[f]}" for f in Plan.__dataclass_fields__
+                        if run[f] != win[f])
+    name = f"The runner-up ({changed})"
+    if objective != "time":
+        key, unit = {"cost": ("cost_usd", "USD"), "energy": ("energy_kwh", "kWh")}[objective]
+        return (f"{name} costs {run[key] - win[key]:,.3g} {unit} more to train "
+                f"({run['step_time_source']}), at {run['step_time_s']:.3g} s per step.")
+    if gap < 0:
+        return (f"{name} is {-gap:.3g} s per step faster by the estimate, but the engine, "
+                "which decides, confirmed only the plans above it; confirm more plans "
+                "(--confirm) to compare them in the engine.")
+    if gap == 0:
+        return f"{name} ties with it ({basis}); the order between them is the enumeration's."
+    where = (f", mostly {_PARTS.get(worst, worst)} (+{diffs[worst]:.3g} s)"
+             if diffs[worst] > 0 else "")
+    return f"{name} is {gap:.3g} s per step slower ({basis}){where}."
