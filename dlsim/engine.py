@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
 
-from dlsim.comm.algorithms import Phase
+from dlsim.comm.algorithms import Phase, merge_phases
 from dlsim.comm.network import Network
 from dlsim.comm.tuner import plan_collective
 from dlsim.program import Collective, Compute, Op
@@ -151,7 +151,7 @@ class Engine:
         if key not in self._lowered:
             plans = [self._phases(g, op) for g in np.split(np.asarray(op.group), op.instances)]
             if all(_same_shape(plans[0], p) for p in plans[1:]):
-                plans = [[_together(ps) for ps in zip(*plans)]]
+                plans = [[merge_phases(ps) for ps in zip(*plans)]]
             self._lowered[key] = plans
         return self._lowered[key]
 
@@ -180,21 +180,3 @@ def _same_shape(a: list[Phase], b: list[Phase]) -> bool:
         x.rounds == y.rounds and np.array_equal(x.latency_rounds, y.latency_rounds)
         and (x.latency_s is None) == (y.latency_s is None)
         and (x.wire_factor is None) == (y.wire_factor is None) for x, y in zip(a, b))
-
-
-def _together(phases: tuple[Phase, ...]) -> Phase:
-    """One phase carrying the flows of the same phase of several instances."""
-    first = phases[0]
-    if len(phases) == 1:
-        return first
-    lr = first.latency_rounds
-    if isinstance(lr, np.ndarray):
-        lr = np.concatenate([p.latency_rounds for p in phases])
-    return replace(first, src=np.concatenate([p.src for p in phases]),
-                   dst=np.concatenate([p.dst for p in phases]),
-                   size_bytes=np.concatenate([p.size_bytes for p in phases]),
-                   latency_rounds=lr,
-                   latency_s=None if first.latency_s is None
-                   else np.concatenate([p.latency_s for p in phases]),
-                   wire_factor=None if first.wire_factor is None
-                   else np.concatenate([p.wire_factor for p in phases]))

@@ -9,7 +9,7 @@ another. A phase's ``rounds`` are identical rounds sent back to back (a ring's 2
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,6 +36,24 @@ class Phase:
     latency_rounds: int | np.ndarray | None = None
     latency_s: np.ndarray | None = None
     wire_factor: np.ndarray | None = None
+
+
+def merge_phases(phases: tuple[Phase, ...]) -> Phase:
+    """One phase carrying the flows of the same phase of several instances."""
+    first = phases[0]
+    if len(phases) == 1:
+        return first
+    lr = first.latency_rounds
+    if isinstance(lr, np.ndarray):
+        lr = np.concatenate([p.latency_rounds for p in phases])
+    return replace(first, src=np.concatenate([p.src for p in phases]),
+                   dst=np.concatenate([p.dst for p in phases]),
+                   size_bytes=np.concatenate([p.size_bytes for p in phases]),
+                   latency_rounds=lr,
+                   latency_s=None if first.latency_s is None
+                   else np.concatenate([p.latency_s for p in phases]),
+                   wire_factor=None if first.wire_factor is None
+                   else np.concatenate([p.wire_factor for p in phases]))
 
 
 def _ring_phase(label: str, devices: np.ndarray, chunk_bytes: float, rounds: int) -> Phase:

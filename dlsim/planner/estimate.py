@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlsim.cluster import Grid, placement
+from dlsim.comm.algorithms import merge_phases
 from dlsim.comm.protocol import resolve_mode
 from dlsim.comm.tuner import phase_time_s, plan_collective
 from dlsim.costmodel import optimizer_time_s
-from dlsim.engine import _together as together
 from dlsim.hardware import DTYPE_BYTES, DeviceProfile
 from dlsim.pipeline import Piece, pieces
 from dlsim.planner.space import Plan
@@ -75,7 +75,7 @@ class Fabric:
             where = self.devices(ranks, policy)
             plans = [plan_collective(op, algorithm, where[list(g)], size_bytes, self.topology,
                                      self.protocol, timed=False).phases for g in groups]
-            self._memo[key] = sum(phase_time_s(together(phases), self.topology)
+            self._memo[key] = sum(phase_time_s(merge_phases(phases), self.topology)
                                   for phases in zip(*plans))
         return self._memo[key]
 
