@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import nnls
 
 DEVICE_COUNT_FIELDS = ("cluster.devices", "cluster.nodes", "parallelism.data",
                        "collective.devices")
@@ -85,25 +86,11 @@ def fit_amdahl(p: np.ndarray, speedup: np.ndarray) -> AmdahlFit:
     return AmdahlFit(f, limit, p_half, _r2(s, amdahl_speedup(p, f)))
 
 
-def _nnls2(a: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative least squares in two unknowns: the unconstrained solution if it is
-    feasible, else the better of the two one-variable fits on the boundary (exact for 2)."""
-    full = np.linalg.lstsq(a, y, rcond=None)[0]
-    if np.all(full >= 0.0):
-        return full
-    candidates = []
-    for j in range(2):
-        coef = np.zeros(2)
-        coef[j] = max(0.0, float(np.linalg.lstsq(a[:, [j]], y, rcond=None)[0][0]))
-        candidates.append((float(np.sum((a @ coef - y) ** 2)), j, coef))
-    return min(candidates, key=lambda c: (c[0], c[1]))[2]
-
-
 def fit_usl(p: np.ndarray, capacity: np.ndarray) -> USLFit:
     """Least-squares σ, κ ≥ 0 from p/C − 1 = σ(p − 1) + κp(p − 1); needs two p > 1."""
     p, c = np.asarray(p, dtype=float), np.asarray(capacity, dtype=float)
     a = np.column_stack([p - 1.0, p * (p - 1.0)])
-    coef = _nnls2(a, p / c - 1.0)
+    coef = nnls(a, p / c - 1.0)[0]  # non-negative least squares (Lawson–Hanson)
     # a term adding under 1e-9 to the denominator anywhere in the data is not determined by
     # it (rounding leaves κ ~ 1e-18, which would put a fictitious peak at p ~ 1e9)
     coef[coef * a.max(axis=0) < 1e-9] = 0.0
