@@ -80,34 +80,12 @@ class _Transformer(nn.Module):
         return F.linear(self.norm(x), self.tokens.weight)  # tied
 
 
-class _Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck: the stride on the 3x3 convolution."""
-
-    def __init__(self, c_in: int, width: int, stride: int):
-        super().__init__()
-        out = 4 * width
-        self.body = nn.Sequential(
-            nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out))
-        self.shortcut = (nn.Sequential(nn.Conv2d(c_in, out, 1, stride, bias=False),
-                                       nn.BatchNorm2d(out))
-                         if stride != 1 or c_in != out else nn.Identity())
-
-    def forward(self, x):
-        return F.relu(self.body(x) + self.shortcut(x))
-
-
 def _resnet50():
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                               nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-    c_in = 64
-    for stage, (count, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
-        for i in range(count):
-            layers.append(_Bottleneck(c_in, width, 2 if i == 0 and stage > 0 else 1))
-            c_in = 4 * width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000)]
-    return nn.Sequential(*layers)
+    """torchvision's ResNet-50 (v1.5: the stride on the 3x3 convolution), as the host
+    validation trains it."""
+    from dlsim.calibration.hostruns import ResNet
+
+    return ResNet((3, 4, 6, 3))
 
 
 def _torch_counts(model, batch) -> tuple[int, int, int]:
