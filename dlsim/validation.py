@@ -149,12 +149,55 @@ def megatron_tp_scaling(directory: Path) -> list[Row]:
     return rows
 
 
+# Per-GPU micro-batch of NVIDIA's BERT recipe (validation README): (seq_len, precision).
+DLE_BERT_MICROBATCH = {(128, "tf32"): 128, (128, "fp16"): 256, (512, "tf32"): 16,
+                       (512, "fp16"): 32}
+DLE_ACCUMULATION = 16  # gradient accumulation: the optimizer's share of a step is then ~1%
+
+
+def dle_bert_large(directory: Path) -> list[Row]:
+    """BERT-large pre-training sequences/s on one DGX A100 (NVIDIA DeepLearningExamples),
+    TF32 and AMP (fp16), data parallel over 1 or 8 GPUs with DDP buckets. Modelled as a
+    24-layer, 1024-wide, 16-head encoder with a vocabulary-wide output layer on every token
+    (the recipe predicts only the masked ~15%: about 9% more head work than it runs) and
+    Adam for LAMB (the same state and memory traffic, without LAMB's norms); the recipe
+    accumulates gradients to global batches of 65,536 / 32,768, so the optimizer step is
+    amortised: ``DLE_ACCUMULATION`` micro-batches per step."""
+    rows = []
+    for r in _read(directory, "dle_bert_large_dgxa100_1node.csv"):
+        gpus, seq = int(r["gpus"]), int(r["seq_len"])
+        for precision, column in (("tf32", "tf32_seq_per_s"), ("fp16", "amp_seq_per_s")):
+            micro = DLE_BERT_MICROBATCH[(seq, precision)]
+            result = simulate({
+                "name": "dle-bert", "cluster": {"preset": "dgx-a100", "nodes": 1},
+                "model": {"kind": "transformer", "layers": 24, "hidden": 1024, "heads": 16,
+                          "seq_len": seq, "vocab": 30522},
+                "precision": precision,
+                "training": {"global_batch": gpus * micro * DLE_ACCUMULATION,
+                             "microbatch": micro, "optimizer": "adam"},
+                "parallelism": {"data": gpus}})
+            rows.append(_row("dle_bert_large_dgxa100", f"{gpus} GPU seq {seq} {precision}",
+                             result.throughput_samples_per_s, float(r[column]), "seq/s"))
+    return rows
+
+
+def gpipe_table2(directory: Path) -> list[Row]:
+    """GPipe Table 2 (TPU, throughput normalised to K=2, M=1) is listed, not simulated: dlsim
+    has no AmoebaNet model or TPU v3 profile, and the paper adjusted the batch size per row
+    to fit memory without printing it, so the baseline each row divides by is unknown."""
+    return [_row("gpipe_table2_tpu", f"{r['model']} K={r['K']} M={r['M']} (not simulated: "
+                 "batch per row unknown)", float("nan"), float(r["normalized_throughput"]),
+                 "x") for r in _read(directory, "gpipe_table2_tpu.csv")]
+
+
 TABLES: dict[str, Callable[[Path], list[Row]]] = {
     "zero_memory": zero_memory,
     "nccl_allreduce_busbw_8xA100": nccl_allreduce,
     "pytorch_ddp_benchmark_v100": ddp_v100,
     "megatron_sc21_table1": megatron_sc21,
     "megatron_2020_tp_scaling_dgxa100": megatron_tp_scaling,
+    "dle_bert_large_dgxa100": dle_bert_large,
+    "gpipe_table2_tpu": gpipe_table2,
 }
 
 

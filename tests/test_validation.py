@@ -97,12 +97,37 @@ def test_megatron_tp_scaling_error_does_not_grow(rows):
     assert tp.predicted.max() / tp.predicted.min() < 1.31
 
 
+def test_dle_bert_error_does_not_grow(rows):
+    """BERT-large pre-training sequences/s on one DGX A100, TF32 and AMP, 1 and 8 GPUs."""
+    bert = rows[rows.table == "dle_bert_large_dgxa100"]
+    assert len(bert) == 8
+    # reached on 2026-11-23: seq 128 +12% to +24% (fast), seq 512 -36% to -40% (slow: the
+    # A100 profile's attention runs at plain PyTorch's published 46 TFLOP/s, the recipe's
+    # fused kernels do better, and attention weighs 4x more at s = 512); median 29.8%
+    assert bert.error_pct.abs().median() <= 29.8
+    assert bert.error_pct.abs().max() <= 39.7
+    # 8 GPUs over 1: the data-parallel speed-up is within 2.5% of measured in every row
+    # (reached: 1.1% to 2.3%, all slightly better than measured)
+    by = bert.assign(gpus=bert.case.str[0], what=bert.case.str[6:]).set_index(["what", "gpus"])
+    scale = by.xs("8", level="gpus")[["predicted", "measured"]] / by.xs("1", level="gpus")[
+        ["predicted", "measured"]]
+    ratio = scale.predicted / scale.measured
+    assert ((ratio - 1).abs() <= 0.025).all(), ratio
+
+
+def test_gpipe_table_is_listed_not_simulated(rows):
+    gpipe = rows[rows.table == "gpipe_table2_tpu"]
+    assert len(gpipe) == 18 and gpipe.predicted.isna().all()
+    assert gpipe.case.str.contains("not simulated").all()
+
+
 def test_per_table_summary(rows):
     summary = table_errors(rows)
     assert list(summary.table) == ["zero_memory", "nccl_allreduce_busbw_8xA100",
                                    "pytorch_ddp_benchmark_v100", "megatron_sc21_table1",
-                                   "megatron_2020_tp_scaling_dgxa100"]
-    assert summary.rows.tolist() == [54, 24, 10, 5, 4]
+                                   "megatron_2020_tp_scaling_dgxa100",
+                                   "dle_bert_large_dgxa100", "gpipe_table2_tpu"]
+    assert summary.rows.tolist() == [54, 24, 10, 5, 4, 8, 18]
     nccl = rows[rows.table == "nccl_allreduce_busbw_8xA100"].error_pct.abs()
     row = summary.set_index("table").loc["nccl_allreduce_busbw_8xA100"]
     assert row.median_abs_error_pct == pytest.approx(nccl.median())
