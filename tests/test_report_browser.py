@@ -38,6 +38,16 @@ def _browse(chromium: str, page: Path, profile: Path, *extra: str) -> subprocess
                           capture_output=True, text=True, timeout=120)
 
 
+def _dom(chromium: str, page: Path, tmp_path: Path, sections: tuple[str, ...]) -> str:
+    """The page's DOM after Chromium ran it: it loaded, has ``sections``, logged no error."""
+    run = _browse(chromium, page, tmp_path / "profile", "--dump-dom")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert [line for line in run.stderr.splitlines() if "CONSOLE" in line] == []
+    for section in sections:
+        assert f'id="{section}"' in run.stdout, section
+    return run.stdout
+
+
 @pytest.fixture(scope="module")
 def hostile_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
@@ -49,16 +59,10 @@ def hostile_report(tmp_path_factory):
 
 
 def test_report_renders_in_chromium_with_its_sections(chromium, hostile_report, tmp_path):
-    run = _browse(chromium, hostile_report, tmp_path / "profile", "--dump-dom")
-    dom = run.stdout
-    assert run.returncode == 0, run.stderr[-2000:]
-    for section in ("summary", "breakdown", "timeline", "memory", "links", "topology",
-                    "scenario"):
-        assert f'id="{section}"' in dom
+    dom = _dom(chromium, hostile_report, tmp_path, ("summary", "breakdown", "timeline",
+                                                   "memory", "links", "topology", "scenario"))
     assert "<script>alert(1)</script>" not in dom  # the name is text, not markup
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
-    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
-    assert console == []
     assert dom.count("data:image/png;base64,") >= 5
 
 
@@ -86,13 +90,8 @@ def scaling_sweep_report(tmp_path_factory):
 
 
 def test_sweep_report_with_scaling_renders_in_chromium(chromium, scaling_sweep_report, tmp_path):
-    run = _browse(chromium, scaling_sweep_report, tmp_path / "profile", "--dump-dom")
-    dom = run.stdout
-    assert run.returncode == 0, run.stderr[-2000:]
-    for section in ("plot", "scaling", "table", "scenario"):
-        assert f'id="{section}"' in dom
+    dom = _dom(chromium, scaling_sweep_report, tmp_path, ("plot", "scaling", "table", "scenario"))
     assert "<b>scaling</b>" not in dom and "&lt;b&gt;scaling&lt;/b&gt;" in dom
-    assert [line for line in run.stderr.splitlines() if "CONSOLE" in line] == []
     assert dom.count("data:image/png;base64,") == 2  # the sweep plot and the scaling curves
     assert dom.count("algorithm=ring") >= 2  # a fitted row and the curve's points
 
@@ -107,14 +106,9 @@ def plan_report(tmp_path_factory):
 
 
 def test_plan_report_renders_in_chromium(chromium, plan_report, tmp_path):
-    run = _browse(chromium, plan_report, tmp_path / "profile", "--dump-dom")
-    dom = run.stdout
-    assert run.returncode == 0, run.stderr[-2000:]
-    for section in ("summary", "why", "plans"):
-        assert f'id="{section}"' in dom
+    dom = _dom(chromium, plan_report, tmp_path, ("summary", "why", "plans"))
     assert "<script>alert('plan')</script>" not in dom
     assert "&lt;script&gt;alert('plan')&lt;/script&gt;" in dom
-    assert [line for line in run.stderr.splitlines() if "CONSOLE" in line] == []
     assert "Why this plan" in dom and "simulated" in dom  # the confirmed winner is explained
     assert dom.count("<tr") >= 2  # the top-plans table has a header and at least one plan
 
@@ -138,14 +132,9 @@ def validation_report(tmp_path_factory):
 
 
 def test_validation_report_renders_in_chromium(chromium, validation_report, tmp_path):
-    run = _browse(chromium, validation_report, tmp_path / "profile", "--dump-dom")
-    dom = run.stdout
-    assert run.returncode == 0, run.stderr[-2000:]
-    for section in ("plot", "table", "scenario"):
-        assert f'id="{section}"' in dom
+    dom = _dom(chromium, validation_report, tmp_path, ("plot", "table", "scenario"))
     assert "<img src=x" not in dom and "&lt;img src=x onerror=alert(1)&gt;" in dom
     assert "<i>nccl</i>" not in dom and "&lt;i&gt;nccl&lt;/i&gt;" in dom
     assert "<b>shared</b>" not in dom
-    assert [line for line in run.stderr.splitlines() if "CONSOLE" in line] == []
     assert dom.count("data:image/png;base64,") == 1  # predicted against measured
     assert "zero_memory" in dom and "7.5B d=64 stage 3" in dom
