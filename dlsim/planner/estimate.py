@@ -33,9 +33,9 @@ from dlsim.comm.protocol import resolve_mode
 from dlsim.comm.tuner import phase_time_s, plan_collective
 from dlsim.costmodel import optimizer_time_s
 from dlsim.hardware import DTYPE_BYTES, DeviceProfile
+from dlsim.memory import gradient_bytes_per_param
 from dlsim.pipeline import Piece, pieces
 from dlsim.planner.space import Plan
-from dlsim.strategy import gradient_bytes_per_param
 from dlsim.tensor import shard_model
 from dlsim.topology import Topology
 from dlsim.workload import Model
@@ -103,7 +103,6 @@ class CostTable:
 class Estimate:
     step_time_s: float
     breakdown_s: dict[str, float]
-    params_per_device: float
 
 
 def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
@@ -149,4 +148,4 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
         "bubble": bubble,
         "pipeline_comm": p2p,
         "exposed_dp_comm": exposed,
-    }, params)
+    })

@@ -11,6 +11,7 @@ since boards rarely sit at their power limit).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,8 +101,6 @@ Progress = Callable[[list[dict[str, Any]], str], Iterable[dict[str, Any]]]
 
 def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     """Plan ``request``; ``progress(items, label)`` wraps the engine confirmations (a bar)."""
-    import time
-
     if request.objective not in OBJECTIVES:
         raise ScenarioError(f"objective must be one of {', '.join(OBJECTIVES)}.",
                             field="--objective")
@@ -148,32 +147,31 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
             _objectives(row, est.step_time_s, steps, gpus, device)
             rows.append(row)
     estimated = time.perf_counter()
-    key = OBJECTIVES[request.objective]
-    feasible = [r for r in rows if _meets(r, request)]
-    feasible.sort(key=lambda r: (r[key] if r[key] is not None else float("inf"),
-                                 r["time_to_train_s"]))
+    feasible = sorted((r for r in rows if _meets(r, request)), key=_ranking(request))
     confirmed = feasible[:request.confirm]
     for row in (progress(confirmed, "simulating the best plans") if progress else confirmed):
-        plan_ = Plan(*(row[f] for f in Plan.__dataclass_fields__))
-        result = simulate(scenario_of(request, plan_, dpn))
+        scenario = scenario_of(request, Plan(*(row[f] for f in Plan.__dataclass_fields__)), dpn)
+        result = simulate(scenario)
         row.update(step_time_s=result.step_time_s, step_time_source="simulated",
                    breakdown_s=result.breakdown_s,
                    memory_per_device_bytes=result.memory_per_device_bytes,
-                   fits_in_memory=result.fits_in_memory, scenario=scenario_of(
-                       request, plan_, dpn))
-        _objectives(row, result.step_time_s, steps, plan_.gpus, device)
-    confirmed = [r for r in confirmed if r["fits_in_memory"] and _meets(r, request)]
-    confirmed.sort(key=lambda r: (r[key] if r[key] is not None else float("inf"),
-                                  r["time_to_train_s"]))
+                   fits_in_memory=result.fits_in_memory, scenario=scenario)
+        _objectives(row, result.step_time_s, steps, row["gpus"], device)
+    confirmed = sorted((r for r in confirmed if r["fits_in_memory"] and _meets(r, request)),
+                       key=_ranking(request))
     ranked = confirmed + feasible[request.confirm:]
-    deadline_gpus = None
-    if request.max_days is not None and ranked:
-        deadline_gpus = min(r["gpus"] for r in ranked)
+    deadline_gpus = (min(r["gpus"] for r in ranked)
+                     if request.max_days is not None and ranked else None)
     return PlanResult(request, evaluated, len(rows), ranked[:request.top], pareto_front(rows),
                       explain(ranked, device.memory_bytes, request.objective), deadline_gpus,
-                      rows,
-                      {"estimate": estimated - started,
-                                      "simulate": time.perf_counter() - estimated})
+                      rows, {"estimate": estimated - started,
+                             "simulate": time.perf_counter() - estimated})
+
+
+def _ranking(request: PlanRequest) -> Callable[[dict[str, Any]], tuple[float, float]]:
+    """Order by the objective (unpriced plans last when it is cost), then by time."""
+    key = OBJECTIVES[request.objective]
+    return lambda r: (r[key] if r[key] is not None else float("inf"), r["time_to_train_s"])
 
 
 def _meets(row: dict[str, Any], request: PlanRequest) -> bool:
