@@ -6,6 +6,7 @@ closed form, ``search`` filters, ranks and confirms with the engine, ``report`` 
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from dlsim.output import slug, to_json, write_report_dir
@@ -18,7 +19,7 @@ __all__ = ["PlanRequest", "PlanResult", "plan_to_json", "run_plan", "write_plan"
 def plan_summary(result: PlanResult) -> dict:
     """What `dlsim plan --json` prints and summary.json holds."""
     return {"evaluated": result.evaluated, "fitting": result.fitting,
-            "request": {k: v for k, v in vars(result.request).items()},
+            "request": asdict(result.request),
             "plans": result.plans, "pareto": result.pareto,
             "explanation": result.explanation,
             "smallest_gpus_meeting_deadline": result.smallest_gpus_meeting_deadline}
