@@ -135,11 +135,10 @@ class Engine:
         data-parallel step mostly share one size and group)."""
         devices = self.placement[group]
         key = (op.op, op.algorithm, op.size_bytes, op.servers, devices.tobytes())
-        if key not in self._plans:
-            nodes = devices // self.network.topology.devices_per_node
+        if key not in self._plans:  # nodes: plan_collective's default, each device's node
             self._plans[key] = plan_collective(
                 op.op, op.algorithm, devices, op.size_bytes, self.network.topology,
-                self.protocol, op.servers, nodes, self.ps_hosts, timed=False).phases
+                self.protocol, op.servers, hosts=self.ps_hosts, timed=False).phases
         return self._plans[key]
 
     def _lower(self, op: Collective) -> list[list[Phase]]:

@@ -91,7 +91,7 @@ class Topology:
             return cached
         path = _short_path(self.graph, src, dst) or nx.bidirectional_shortest_path(
             self.graph, src, dst)
-        if self.graph.graph.get("device_transit", True) is False and any(
+        if not self.graph.graph.get("device_transit", True) and any(
                 self.graph.nodes[v].get("kind") == "device" for v in path[1:-1]):
             g = self.graph
             path = nx.bidirectional_shortest_path(nx.subgraph_view(

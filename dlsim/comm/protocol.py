@@ -75,9 +75,10 @@ TRANSPORT_EFFICIENCY = {"nvlink": 20.0 / 25.0, "pci": 12.0 / 15.75, "net": 12.0 
 # LL bus-bandwidth cap, GB/s, by architecture for 1, 2 and more nodes (tuning.cc llMaxBws,
 # NCCL 2.19+). The Volta and Ampere rows are the same in every version read; the Hopper row
 # is 141 / 45 / 35 in some and a copy of Ampere's in others (no profile marks Hopper yet).
-TUNED_OPS = ("allreduce", "reducescatter", "allgather", "broadcast", "reduce")
 LL_MAX_BUSBW_GBPS = {"volta": (39.0, 39.0, 20.4), "ampere": (87.7, 22.5, 19.0),
                      "hopper": (141.0, 45.0, 35.0)}
+# The collectives NCCL's tuner prices (NCCL_NUM_FUNCTIONS); the LL cap applies to these only.
+TUNED_OPS = ("allreduce", "reducescatter", "allgather", "broadcast", "reduce")
 
 
 def resolve_mode(mode: str, topology: Topology, textbook: bool) -> str:
@@ -96,17 +97,11 @@ def family(algorithm: str) -> str:
     return "tree" if algorithm == "tree" else "ring"
 
 
-def _flow_classes(topology: Topology, src: np.ndarray, dst: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Per flow: the slowest hardware class on its route (index into LINK_CLASSES) and the
-    class of its narrowest link (whose payload efficiency bounds the flow)."""
-    worst, narrow, _ = _flow_links(topology, src, dst)
-    return worst, narrow
-
-
 def _flow_links(topology: Topology, src: np.ndarray, dst: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``_flow_classes`` plus each flow's narrowest capacity, B/s (inf for a local flow)."""
+    """Per flow: the slowest hardware class on its route (index into LINK_CLASSES), the
+    class of its narrowest link (whose payload efficiency bounds the flow) and that link's
+    capacity, B/s (inf for a local flow)."""
     worst = np.zeros(len(src), dtype=int)
     narrow = np.zeros(len(src), dtype=int)
     capacity_min = np.full(len(src), np.inf)
@@ -118,9 +113,9 @@ def _flow_links(topology: Topology, src: np.ndarray, dst: np.ndarray
     classes = topology.link_class[links]
     capacity = topology.capacity_Bps[links]
     worst[moving] = np.maximum.reduceat(classes, starts)
-    at_min = capacity == np.repeat(np.minimum.reduceat(capacity, starts), lengths)
-    narrow[moving] = np.maximum.reduceat(np.where(at_min, classes, -1), starts)
     capacity_min[moving] = np.minimum.reduceat(capacity, starts)
+    at_min = capacity == np.repeat(capacity_min[moving], lengths)
+    narrow[moving] = np.maximum.reduceat(np.where(at_min, classes, -1), starts)
     return worst, narrow, capacity_min
 
 
@@ -130,7 +125,7 @@ def enabled(protocol: str, topology: Topology, phases: list[Phase]) -> bool:
     if protocol != "LL128":
         return True
     for phase in phases:
-        worst, _ = _flow_classes(topology, phase.src, phase.dst)
+        worst = _flow_links(topology, phase.src, phase.dst)[0]
         if (worst == LINK_CLASSES.index("pci")).any():
             return False
     return True
