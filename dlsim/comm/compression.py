@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dlsim.costmodel import kernel_time_s
 from dlsim.errors import ScenarioError
@@ -104,36 +105,36 @@ def sync_bucket(add: Callable[[Op], int], c: Compression, name: str, key: str,
     return add(Compute(f"decode {name}", decode_s, deps=(exchange,), stream="comm"))
 
 
-def compression_of(comm: object, zero_stage: int, pure_data_parallel: bool
+def compression_of(comm: Any, zero_stage: int, pure_data_parallel: bool
                    ) -> Compression | None:
     """The scenario's ``communication.compression`` (None for ``none``); it applies to the
     gradient all-reduce of plain data parallelism only."""
-    scheme = getattr(comm, "compression", "none")
+    scheme = comm.compression
     if scheme == "none":
         return None
     if zero_stage or not pure_data_parallel:
         raise ScenarioError("gradient compression applies to plain data parallelism (no "
                             "ZeRO, tensor or pipeline parallelism); use compression: none.",
                             field="communication.compression")
-    return Compression(scheme, getattr(comm, "topk_ratio", 0.01))
+    return Compression(scheme, comm.topk_ratio)
 
 
-def compression_summary(comm: object, grad_bytes: int, spans: list[Span], steps: int
+def compression_summary(comm: Any, grad_bytes: int, spans: list[Span], steps: int
                         ) -> dict[str, object]:
     """What compression did per step: the bytes ratio and the encode + decode time one
     rank spent (the price paid for the bytes saved)."""
-    scheme = getattr(comm, "compression", "none")
-    c = Compression(scheme, getattr(comm, "topk_ratio", 0.01))
+    scheme = comm.compression
+    c = Compression(scheme, comm.topk_ratio)
     first = spans[0].device if spans else 0
     codec = sum(s.end_s - s.start_s for s in spans if s.device == first
                 and s.name.startswith(("encode ", "decode ")))
     return {"scheme": scheme, "bytes_ratio": c.ratio(grad_bytes), "codec_s": codec / steps}
 
 
-def local_sgd_period(comm: object, steps: int, zero_stage: int, model_parallel: int) -> int:
+def local_sgd_period(comm: Any, steps: int, zero_stage: int, model_parallel: int) -> int:
     """``communication.local_sgd_period`` H, checked: it needs plain data parallelism and
     a whole number of periods in ``training.steps`` (the step time is their average)."""
-    period = getattr(comm, "local_sgd_period", 1)
+    period = comm.local_sgd_period
     if period > 1 and (zero_stage or model_parallel > 1):
         raise ScenarioError("local SGD applies to plain data parallelism (no ZeRO, tensor "
                             "or pipeline parallelism).", field="communication.local_sgd_period")
