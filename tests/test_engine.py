@@ -75,3 +75,23 @@ def test_deadlock_is_reported():
     program = {0: [_ar(key="x")], 1: [_ar(key="other")]}
     with pytest.raises(RuntimeError, match="deadlock"):
         Engine(_topo(), program, np.arange(2)).run()
+
+
+def test_repeat_runs_the_collective_back_to_back_paying_each_latency():
+    """A 2-rank ring all-reduce on a star is 2 rounds of G/2, each over 2 hops of alpha:
+    G/B + 4 alpha; ``repeat=3`` is three of them in a row."""
+    alpha = 1e-6
+    topo = topology_of(star(2, LinkSpec("l", B, B, alpha)), 2)
+    op = Collective("ar", "k", (0, 1), "allreduce", G, "ring", repeat=3)
+    run = Engine(topo, {0: [op]}, np.arange(2)).run()
+    assert run.end_s == pytest.approx(3 * (G / B + 4 * alpha), rel=1e-12)
+    assert run.network.bytes_injected == pytest.approx(3 * 2 * G, rel=1e-12)  # 2 ranks x G
+
+
+def test_instances_run_the_sub_groups_at_once():
+    """``instances=2`` over ranks 0..3: rings {0, 1} and {2, 3} run together on disjoint
+    links, in one ring's time (G/B) and with twice its bytes."""
+    op = Collective("ar", "k", (0, 1, 2, 3), "allreduce", G, "ring", instances=2)
+    run = Engine(_topo(4), {0: [op]}, np.arange(4)).run()
+    assert run.end_s == pytest.approx(G / B, rel=1e-12)
+    assert run.network.bytes_injected == pytest.approx(2 * 2 * G, rel=1e-12)
