@@ -46,7 +46,7 @@ def test_ring_allreduce_per_protocol_on_a_dgx_a100(protocol, size):
     NVLink payload rate (LL at most 87.7 GB/s on an A100), plus its base latency and one
     kernel launch."""
     r = _dgx(size, protocol)
-    assert r.time_s == pytest.approx(_ring_time(protocol, size), rel=1e-6)
+    assert r.time_s == pytest.approx(_ring_time(protocol, size), rel=1e-9)
     assert r.comm_bytes_total == pytest.approx(2 * (N - 1) * size, rel=1e-9)  # payload only
 
 
@@ -58,7 +58,7 @@ def test_nccl_mode_picks_the_fastest_protocol(size):
     best = min(times, key=times.get)
     r = _dgx(size, "nccl")
     assert r.protocol == best
-    assert r.time_s == pytest.approx(times[best], rel=1e-6)
+    assert r.time_s == pytest.approx(times[best], rel=1e-9)
     assert {1024.0: "LL", 8 * 2.0**20: "LL128", 2.0**30: "Simple"}[size] == best
 
 
@@ -73,7 +73,7 @@ def test_the_ll_cap_never_speeds_a_collective_up(size):
                 + steps / N * size / (NVLINK_BPS * PAYLOAD * factor))
     t = _dgx(size, "LL").time_s
     assert t >= uncapped * (1 - 1e-9)
-    assert t == pytest.approx(_ring_time("LL", size), rel=1e-6)
+    assert t == pytest.approx(_ring_time("LL", size), rel=1e-9)
 
 
 def test_auto_protocol_is_nccl_on_presets_and_ideal_on_textbook_topologies():
@@ -83,7 +83,7 @@ def test_auto_protocol_is_nccl_on_presets_and_ideal_on_textbook_topologies():
                                     "link": {"bandwidth_GBps": 10, "latency_us": 1}},
                         "collective": {"size_bytes": 1e6}})
     assert r.protocol == "ideal"
-    assert r.time_s == pytest.approx(6 * (1e6 / 4 / 10e9 + 2e-6), rel=1e-6)
+    assert r.time_s == pytest.approx(6 * (1e6 / 4 / 10e9 + 2e-6), rel=1e-9)
 
 
 def test_auto_algorithm_takes_the_tree_for_small_messages_and_the_ring_for_large():
@@ -122,7 +122,7 @@ def test_estimate_is_the_simulated_time_on_a_switch(algorithm):
     est = estimate_time_s("allreduce", algorithm, size, np.arange(n), topo, "Simple")
     op = Collective("allreduce", "k", tuple(range(n)), "allreduce", size, algorithm)
     sim = Engine(topo, {0: [op]}, np.arange(n), "Simple").run().end_s
-    assert est == pytest.approx(sim, rel=1e-6)
+    assert est == pytest.approx(sim, rel=1e-9)
 
 
 def test_multi_node_rings_use_every_nic():
@@ -139,7 +139,7 @@ def test_multi_node_rings_use_every_nic():
     mean_hop_us = (16 * 14.0 + 112 * 3.4) / 128
     expected = (LAUNCH + (8.4 + steps * mean_hop_us) * 1e-6
                 + steps * g / (rings * n) / (25e9 * 12 / 12.5))
-    assert r.time_s == pytest.approx(expected, rel=1e-6)
+    assert r.time_s == pytest.approx(expected, rel=1e-9)
     nic_up = r.links[r.links.src.str.contains("nic") & (r.links.dst == "fabric")
                      | r.links.src.str.contains("nic") & r.links.dst.str.startswith("leaf")]
     assert len(nic_up) == 16
