@@ -1,7 +1,8 @@
 """`dlsim validate`: rows and per-table errors, pinned at the error reached so far.
 
 The bounds below are the errors the simulator actually reaches today (stated, not chosen so
-that anything passes); a change that makes a prediction worse fails here.
+that anything passes), rounded up at the second decimal; a change that makes a prediction
+worse fails here.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ def test_nccl_busbw_error_does_not_grow(rows):
     # 51.4% (16 MiB; mid sizes come out fast: NCCL's own tuner model, which this follows, is
     # that optimistic there); was 29.5% / 51.4% without the LL cap, 32.1% / 54.3% with
     # per-hop link latencies
-    assert large.error_pct.abs().median() <= 19.8
-    assert large.error_pct.abs().max() <= 51.4
-    # the large-message plateau comes from NVLink payload efficiency (20 of 25 GB/s per link)
+    assert large.error_pct.abs().median() <= 19.78
+    assert large.error_pct.abs().max() <= 51.39
+    # the large-message plateau comes from NVLink payload efficiency (20 of 25 GB/s per link);
+    # reached: worst 4.42%
     huge = nccl[nccl.measured >= 228]
-    assert huge.error_pct.abs().max() <= 4.5
+    assert huge.error_pct.abs().max() <= 4.42
 
 
 def test_nccl_small_messages_are_latency_bound(rows):
@@ -55,7 +57,7 @@ def test_nccl_small_messages_are_latency_bound(rows):
                   for col in ("predicted", "measured")}
     assert time_ratio["measured"] < 1.1
     assert time_ratio["predicted"] < 1.1
-    assert nccl.loc[small].error_pct.abs().max() <= 135.6
+    assert nccl.loc[small].error_pct.abs().max() <= 135.54
 
 
 def test_ddp_benchmark_error_does_not_grow(rows):
@@ -64,8 +66,8 @@ def test_ddp_benchmark_error_does_not_grow(rows):
     # reached on 2026-11-23 from published figures (V100 borrows the A100 efficiency curve,
     # its half-efficiency point scaled to the V100's fp32 peak): median 5.9%, worst 9.5%
     # (resnet50 on 8 GPUs); all predictions fast. Within the 10% the issue asks for.
-    assert ddp.error_pct.abs().median() <= 5.9
-    assert ddp.error_pct.abs().max() <= 9.6
+    assert ddp.error_pct.abs().median() <= 5.90
+    assert ddp.error_pct.abs().max() <= 9.53
     # the shape: 16 GPUs cost little more than 1, as measured (0.104 vs 0.100 s)
     r50 = ddp[ddp.case.str.startswith("resnet50")].set_index("case").predicted
     assert r50["resnet50 16 GPUs"] / r50["resnet50 1 GPUs"] < 1.05
@@ -81,8 +83,8 @@ def test_megatron_sc21_table1_error_does_not_grow(rows):
     assert len(simulated) == 4 and sc21.predicted.isna().iloc[-1]
     # reached on 2026-11-23: 1.7B -1.6%, 7.5B -2.6%, 39.1B +3.4%, 145.6B +9.7%
     # (median 3.0%, worst 9.7%): large pipelines come out fast
-    assert simulated.error_pct.abs().median() <= 3.1
-    assert simulated.error_pct.abs().max() <= 9.8
+    assert simulated.error_pct.abs().median() <= 2.99
+    assert simulated.error_pct.abs().max() <= 9.73
 
 
 def test_megatron_tp_scaling_error_does_not_grow(rows):
@@ -90,8 +92,8 @@ def test_megatron_tp_scaling_error_does_not_grow(rows):
     assert len(tp) == 4
     # reached on 2026-11-23: -4.6%, -9.3%, -13.1%, -15.5% for t = 1, 2, 4, 8 (median 11.2%,
     # worst 15.5%): all fast, more so the more the tensor all-reduces weigh
-    assert tp.error_pct.abs().median() <= 11.2
-    assert tp.error_pct.abs().max() <= 15.5
+    assert tp.error_pct.abs().median() <= 11.20
+    assert tp.error_pct.abs().max() <= 15.49
     # the shape: as the model grows 8x over 8x the GPUs, iteration time varies no more
     # than measured (1,343 / 1,026 ms = 1.31x)
     assert tp.predicted.max() / tp.predicted.min() < 1.31
@@ -104,8 +106,8 @@ def test_dle_bert_error_does_not_grow(rows):
     # reached on 2026-11-23: seq 128 +12% to +24% (fast), seq 512 -36% to -40% (slow: the
     # A100 profile's attention runs at plain PyTorch's published 46 TFLOP/s, the recipe's
     # fused kernels do better, and attention weighs 4x more at s = 512); median 29.8%
-    assert bert.error_pct.abs().median() <= 29.8
-    assert bert.error_pct.abs().max() <= 39.7
+    assert bert.error_pct.abs().median() <= 29.78
+    assert bert.error_pct.abs().max() <= 39.61
     # 8 GPUs over 1: the data-parallel speed-up is within 2.5% of measured in every row
     # (reached: 1.1% to 2.3%, all slightly better than measured)
     by = bert.assign(gpus=bert.case.str[0], what=bert.case.str[6:]).set_index(["what", "gpus"])
