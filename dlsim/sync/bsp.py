@@ -8,6 +8,7 @@ environment, and read its spans.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +18,7 @@ from dlsim.config import Scenario
 from dlsim.engine import EngineRun
 from dlsim.metrics import breakdown
 from dlsim.program import Op
+from dlsim.results import Span
 from dlsim.sync.convergence import convergence_summary
 from dlsim.sync.faults import failure_times, replay, young_daly_interval_s
 from dlsim.sync.stragglers import (
@@ -51,16 +53,21 @@ def step_times_s(run: EngineRun) -> np.ndarray:
     return np.diff(per_step, prepend=0.0)
 
 
+def wait_per_device(spans: list[Span], devices: Iterable[int], end_s: float,
+                    steps: int) -> dict[str, float]:
+    """Each device's straggler wait per step (keyed by the device as a string, for JSON)."""
+    return {str(int(d)): breakdown(spans, int(d), end_s)["straggler_wait"] / steps
+            for d in devices}
+
+
 def bsp_summary(scenario: Scenario, run: EngineRun, devices: np.ndarray,
                 rng: np.random.Generator) -> dict[str, Any]:
     """Straggler wait per device, the job's time with failures, and the time to accuracy."""
     steps = scenario.training.steps
     out: dict[str, Any] = {"sync": "bsp"}
     if is_heterogeneous(scenario.stragglers):
-        simulated = sorted({s.device for s in run.spans})
-        out["straggler_wait_per_device_s"] = {
-            str(d): breakdown(run.spans, d, run.end_s)["straggler_wait"] / steps
-            for d in simulated}
+        out["straggler_wait_per_device_s"] = wait_per_device(
+            run.spans, sorted({s.device for s in run.spans}), run.end_s, steps)
     seconds_per_step = run.end_s / steps
     if scenario.failures is not None:
         spec = scenario.failures

@@ -20,11 +20,12 @@ from dlsim.config import Scenario
 from dlsim.costmodel import optimizer_time_s
 from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES
-from dlsim.memory import memory_per_device
+from dlsim.memory import gradient_bytes_per_param, memory_per_device
 from dlsim.metrics import breakdown, link_table
 from dlsim.program import Compute
 from dlsim.results import Result
-from dlsim.strategy import data_parallel_program, gradient_bytes_per_param
+from dlsim.strategy import data_parallel_program, split_batch
+from dlsim.sync.bsp import wait_per_device
 from dlsim.sync.convergence import convergence_summary
 from dlsim.sync.faults import failure_times
 from dlsim.sync.parameter_server import ParameterServer, PSJob, PSRun
@@ -70,14 +71,7 @@ def ps_training(scenario: Scenario, topology: Topology) -> Result:
     train, comm = scenario.training, scenario.communication
     n = scenario.parallelism.data or topology.n_devices
     devices = placement(n, topology, scenario.placement)
-    if train.global_batch % n:
-        raise ScenarioError(f"global_batch ({train.global_batch}) must be a multiple of the "
-                            f"number of workers ({n}).", field="training.global_batch")
-    per_worker = train.global_batch // n
-    micro = train.microbatch or per_worker
-    if per_worker % micro:
-        raise ScenarioError(f"each worker's batch ({per_worker}) must be a multiple of "
-                            f"microbatch ({micro}).", field="training.microbatch")
+    per_worker, micro = split_batch(train.global_batch, train.microbatch, n)
     if not 1 <= comm.servers <= n:
         raise ScenarioError(f"a parameter server needs 1..{n} servers for {n} workers, got "
                             f"{comm.servers}.", field="communication.servers")
@@ -150,8 +144,7 @@ def sync_summary(scenario: Scenario, run: PSRun, devices: np.ndarray,
                  per_worker: int) -> dict[str, Any]:
     """Per-worker steps and waits, the staleness histogram and the time to accuracy."""
     steps = scenario.training.steps
-    waits = {str(int(d)): breakdown(run.spans, int(d), run.end_s)["straggler_wait"] / steps
-             for d in devices}
+    waits = wait_per_device(run.spans, devices, run.end_s, steps)
     updates = len(run.staleness)
     mean_staleness = float(run.staleness.mean()) if updates else 0.0
     out: dict[str, Any] = {
