@@ -162,7 +162,9 @@ def test_calibration_of_one_profile_is_refused_on_another(tiny):
         dlsim.simulate(scenario)
     assert exc.value.field == "cluster.calibration"
     scenario["cluster"]["force_calibration"] = True
-    assert dlsim.simulate(scenario).step_time_s > 0
+    forced = dlsim.simulate(scenario).step_time_s
+    del scenario["cluster"]["calibration"], scenario["cluster"]["force_calibration"]
+    assert forced != dlsim.simulate(scenario).step_time_s  # the overlay was applied
 
 
 def test_unreadable_calibration_names_file_and_field(tmp_path):
