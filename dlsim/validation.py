@@ -17,7 +17,7 @@ import pandas as pd
 from dlsim.errors import ScenarioError
 from dlsim.memory import memory_per_device
 from dlsim.simulate import simulate
-from dlsim.workload import Layer, Model
+from dlsim.workload import TRANSFORMER_PRESETS, Layer, Model
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "validation"
 
@@ -123,7 +123,8 @@ def megatron_sc21(directory: Path) -> list[Row]:
             "parallelism": {"data": data, "tensor": t, "pipeline": p, "recompute": "full",
                             "schedule": "interleaved" if chunks > 1 else "1f1b",
                             "virtual_stages": chunks}})
-        flops = megatron_flops(batch, 2048, layers, hidden, 51200)
+        *_, seq, vocab = TRANSFORMER_PRESETS[f"megatron-{r['params_b']}b"]
+        flops = megatron_flops(batch, seq, layers, hidden, vocab)
         rows.append(_row("megatron_sc21_table1", case,
                          flops / result.step_time_s / gpus / 1e12, measured, "TFLOP/s"))
     return rows
