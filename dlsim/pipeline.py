@@ -35,9 +35,9 @@ import numpy as np
 
 from dlsim.cluster import Grid
 from dlsim.hardware import DTYPE_BYTES, DeviceProfile
-from dlsim.memory import pipeline_stages
+from dlsim.memory import gradient_bytes_per_param, pipeline_stages
 from dlsim.program import Collective, Compute, Op
-from dlsim.strategy import gradient_bytes_per_param, optimizer_steps, pass_times_s
+from dlsim.strategy import optimizer_steps, pass_times_s
 from dlsim.tensor import allreduces
 from dlsim.workload import Model
 

@@ -23,12 +23,12 @@ from dlsim.errors import ScenarioError
 from dlsim.federated.simulator import simulate_federated
 from dlsim.hardware import DTYPE_BYTES
 from dlsim.inference.simulate import simulate_edge_inference
-from dlsim.memory import memory_per_device, savings, stage_memory
+from dlsim.memory import gradient_bytes_per_param, memory_per_device, savings, stage_memory
 from dlsim.metrics import breakdown, link_table
 from dlsim.pipeline import PipelineJob, in_flight, pieces, pipeline_programs
 from dlsim.program import Collective
 from dlsim.results import Result
-from dlsim.strategy import data_parallel_program, gradient_bytes_per_param
+from dlsim.strategy import data_parallel_program, split_batch
 from dlsim.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
 from dlsim.sync.training import ps_training, uses_parameter_server_simulator
@@ -149,14 +149,7 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
     n = grid.size
     ranks = placement(n, topology, scenario.placement)
     train = scenario.training
-    if train.global_batch % data:
-        raise ScenarioError(f"global_batch ({train.global_batch}) must be a multiple of the "
-                            f"data-parallel degree ({data}).", field="training.global_batch")
-    per_replica = train.global_batch // data
-    micro = train.microbatch or per_replica
-    if per_replica % micro:
-        raise ScenarioError(f"each replica's batch ({per_replica}) must be a multiple of "
-                            f"microbatch ({micro}).", field="training.microbatch")
+    per_replica, micro = split_batch(train.global_batch, train.microbatch, data)
     micro_count = per_replica // micro
     if par.schedule == "interleaved" and micro_count % stages:
         raise ScenarioError(f"the interleaved schedule needs the micro-batches per replica "

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dlsim import hardware
 from dlsim.comm.compression import Compression, sync_bucket
 from dlsim.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
+from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES, DeviceProfile
 from dlsim.memory import gradient_bytes_per_param
 from dlsim.program import Collective, Compute, Op
@@ -33,6 +34,20 @@ from dlsim.tensor import ATTENTION_CORE
 from dlsim.workload import Layer, Model
 
 MiB = 1024 * 1024
+
+
+def split_batch(global_batch: int, microbatch: int | None, replicas: int) -> tuple[int, int]:
+    """(each data-parallel replica's batch, its micro-batch) for ``training.global_batch`` and
+    ``training.microbatch`` over ``replicas`` replicas, rejecting a batch that does not divide."""
+    if global_batch % replicas:
+        raise ScenarioError(f"global_batch ({global_batch}) must be a multiple of the "
+                            f"data-parallel degree ({replicas}).", field="training.global_batch")
+    per_replica = global_batch // replicas
+    micro = microbatch or per_replica
+    if per_replica % micro:
+        raise ScenarioError(f"each replica's batch ({per_replica}) must be a multiple of "
+                            f"microbatch ({micro}).", field="training.microbatch")
+    return per_replica, micro
 
 
 def pass_times_s(layer: Layer, device: DeviceProfile, dtype: str,
