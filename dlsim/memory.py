@@ -96,10 +96,6 @@ class MemoryPlan:
         return parts | ({"gathered": self.gathered} if self.gathered else {})
 
 
-def fits_in_memory(plan: MemoryPlan, capacity_bytes: float) -> bool:
-    return plan.total <= capacity_bytes
-
-
 def stored_activations(layer: Layer, tensor: int, recompute: str,
                        sequence_parallel: bool = False) -> float:
     """One micro-batch of ``layer``'s stored activations (Korthikanti et al. 2022, Table 2)."""

@@ -23,6 +23,7 @@ from dataclasses import replace
 
 from dlsim.config import ModelSpec
 from dlsim.errors import ScenarioError
+from dlsim.llama import LLAMA_SHAPES
 from dlsim.workload import TRANSFORMER_PRESETS, Kernel, Layer, Model
 
 SPLIT = frozenset({"qkv", "rope", "attention", "softmax", "proj", "mlp_up", "gelu", "swiglu",
@@ -61,8 +62,6 @@ def shard_model(model: Model, t: int) -> Model:
 def transformer_shape(spec: ModelSpec) -> dict[str, int] | None:
     """The sizes tensor parallelism divides (heads, key-value heads, hidden), or None for
     models it does not apply to."""
-    from dlsim.llama import LLAMA_SHAPES
-
     if spec.preset in LLAMA_SHAPES:
         shape = LLAMA_SHAPES[spec.preset]
         return {"attention heads": shape.heads, "key-value heads": shape.kv_heads,
