@@ -36,9 +36,8 @@ def format_duration(seconds: float) -> str:
 
 
 def format_joules(joules: float) -> str:
-    if joules >= 1e6:
-        return f"{base._sig(joules / 1e6)} MJ"
-    return f"{base._sig(joules / 1e3)} kJ" if joules >= 1e3 else f"{base._sig(joules)} J"
+    """Device energy in the unit that reads best, as dlsim.report scales seconds and bytes."""
+    return base._scaled(joules, ((1e6, "MJ"), (1e3, "kJ"), (1.0, "J")), " ")
 
 
 def _card(label: str, text: str, detail: str = "", tone: str = "") -> base.Card:

@@ -14,6 +14,14 @@ from dlsim import hardware
 from dlsim.spec import Spec
 
 
+def _known(kind: str, what: str, name: str) -> str:
+    """``name`` if a ``kind`` profile of that name exists, else the error naming the others."""
+    names = hardware.available(kind)
+    if name not in names:
+        raise ValueError(f"unknown {what} '{name}'; available: {', '.join(names)}")
+    return name
+
+
 class DeviceClassSpec(Spec):
     """One class of client devices: a device profile on a link profile, ``share`` of the
     population. ``width`` < 1 gives this class a HeteroFL sub-model (Diao et al., ICLR 2021)."""
@@ -27,18 +35,12 @@ class DeviceClassSpec(Spec):
     @field_validator("device")
     @classmethod
     def _known_device(cls, name: str) -> str:
-        if name not in hardware.available("devices"):
-            raise ValueError(f"unknown device class '{name}'; available: "
-                             f"{', '.join(hardware.available('devices'))}")
-        return name
+        return _known("devices", "device class", name)
 
     @field_validator("link")
     @classmethod
     def _known_link(cls, name: str) -> str:
-        if name not in hardware.available("links"):
-            raise ValueError(f"unknown link '{name}'; available: "
-                             f"{', '.join(hardware.available('links'))}")
-        return name
+        return _known("links", "link", name)
 
 
 class SamplesSpec(Spec):

@@ -14,6 +14,17 @@ PART_LABELS = {"device_s": "device compute", "upload_s": "upload", "server_s": "
                "download_s": "result download"}
 
 
+def _expected_and_best(ax, table: pd.DataFrame, expected: str, best: int, colour: str,
+                       label: str) -> None:
+    """The expected values with early exits as a line (when ``table`` has them), the best
+    split as a dashed vertical line, and the legend."""
+    if expected in table:
+        ax.plot(np.arange(len(table)), table[expected] * 1e3, color="#222222", marker="o",
+                markersize=3, linewidth=1.4, label="expected, with early exits")
+    ax.axvline(best, color=colour, linestyle="--", linewidth=1.2, label=label)
+    ax.legend(fontsize=8, frameon=False, ncols=3)
+
+
 def split_curve(table: pd.DataFrame, best_latency: int, best_energy: int) -> str:
     """Stacked latency parts per split point above the device energy per split point; the
     expected values with early exits as lines when the table has them."""
@@ -25,22 +36,14 @@ def split_curve(table: pd.DataFrame, best_latency: int, best_energy: int) -> str
         ms = table[part].to_numpy() * 1e3
         top.bar(x, ms, bottom=base, color=colour, width=0.75, label=PART_LABELS[part])
         base += ms
-    if "expected_latency_s" in table:
-        top.plot(x, table["expected_latency_s"] * 1e3, color="#222222", marker="o",
-                 markersize=3, linewidth=1.4, label="expected, with early exits")
-    top.axvline(best_latency, color="#C44E52", linestyle="--", linewidth=1.2,
-                label="fastest split")
+    _expected_and_best(top, table, "expected_latency_s", best_latency, "#C44E52",
+                       "fastest split")
     _style(top, "Latency per split point", "", "latency (ms)")
-    top.legend(fontsize=8, frameon=False, ncols=3)
     bottom.bar(x, table["energy_J"] * 1e3, color="#8172B3", width=0.75,
                label="device energy, full request")
-    if "expected_energy_J" in table:
-        bottom.plot(x, table["expected_energy_J"] * 1e3, color="#222222", marker="o",
-                    markersize=3, linewidth=1.4, label="expected, with early exits")
-    bottom.axvline(best_energy, color="#2e7d32", linestyle="--", linewidth=1.2,
-                   label="least-energy split")
+    _expected_and_best(bottom, table, "expected_energy_J", best_energy, "#2e7d32",
+                       "least-energy split")
     _style(bottom, "Device energy per split point", "last layer on the device", "energy (mJ)")
-    bottom.legend(fontsize=8, frameon=False, ncols=3)
     bottom.set_xticks(x, table["split_after"].tolist(), rotation=60, ha="right", fontsize=7)
     return _to_data_uri(fig)
 

@@ -24,7 +24,8 @@ _SPLIT_COLUMNS = {"split_after": "last device layer", "device_s": "device", "upl
 
 
 def format_joules(joules: float) -> str:
-    return f"{joules:.3g} J" if abs(joules) >= 1 else f"{joules * 1e3:.3g} mJ"
+    """Device energy in the unit that reads best, as dlsim.report scales seconds and bytes."""
+    return base._scaled(joules, ((1.0, "J"), (1e-3, "mJ")), " ")
 
 
 def _cell(column: str, value: Any) -> str:
