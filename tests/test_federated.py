@@ -104,7 +104,7 @@ def test_shared_server_link_splits_max_min_fairly():
     s = dlsim.simulate(scenario(server={"bandwidth_Gbps": capacity * 8 / 1e9})).summary
     lat = hardware.link("wifi").latency_us * 1e-6
     expected = 2 * (lat + 10 * 4 * P / capacity) + train_s("phone-mid")
-    assert durations(s) == pytest.approx([expected] * 3, rel=1e-9)
+    assert durations(s) == pytest.approx([expected] * 3, rel=1e-12)
 
 
 def test_packet_loss_divides_goodput_by_the_expected_transmissions():
@@ -171,7 +171,7 @@ def test_deadline_drops_late_clients_and_counts_their_wasted_work():
     download = transfer_s("wifi", 4 * P, up=False)
     assert s["dropped"] == {"deadline": 15}
     assert s["wasted"]["flops"] == pytest.approx(15 * (deadline - download) * speed("phone-low"),
-                                                 rel=1e-9)
+                                                 rel=1e-12)
     assert s["wasted"]["device_s"] == pytest.approx(15 * deadline, rel=1e-12)
     assert s["participation"]["phone-low"]["aggregated"] == 0
     assert s["participation"]["phone-high"]["aggregated"] == 15
@@ -185,7 +185,7 @@ def test_drop_slowest_fraction_ends_the_round_at_the_last_kept_arrival():
     assert s["dropped"] == {"slowest": 15}
     download = transfer_s("wifi", 4 * P, up=False)
     assert s["wasted"]["flops"] == pytest.approx(15 * (fast - download) * speed("phone-low"),
-                                                 rel=1e-9)
+                                                 rel=1e-12)
 
 
 def test_random_drop_fails_that_fraction_after_training():
