@@ -10,7 +10,8 @@ import numpy as np
 from dlsim.plots import CATEGORY_COLOURS, _new_figure, _style, _to_data_uri
 
 
-def _time_unit(seconds: float) -> tuple[float, str]:
+def time_unit(seconds: float) -> tuple[float, str]:
+    """Hours past two hours, minutes past two minutes, else seconds: (scale, unit)."""
     if seconds >= 2 * 3600:
         return 3600.0, "h"
     if seconds >= 120:
@@ -23,7 +24,7 @@ def round_times(durations_s: Sequence[float], ends_s: Sequence[float]) -> str:
     fig = _new_figure(10.0, 3.6)
     hist, curve = fig.subplots(1, 2)
     durations = np.asarray(durations_s, dtype=float)
-    scale, unit = _time_unit(float(durations.max(initial=0.0)))
+    scale, unit = time_unit(float(durations.max(initial=0.0)))
     shown = np.round(durations / scale, 9)  # equal rounds may differ in the last bit
     hist.hist(shown, bins=min(40, max(len(durations) // 4, 5)),
               color=CATEGORY_COLOURS["compute"], edgecolor="white", linewidth=0.5)
@@ -32,7 +33,7 @@ def round_times(durations_s: Sequence[float], ends_s: Sequence[float]) -> str:
     _style(hist, "Round time", f"round time ({unit})", "rounds")
     hist.legend(fontsize=8, frameon=False)
     ends = np.asarray(ends_s, dtype=float)
-    scale, unit = _time_unit(float(ends.max(initial=0.0)))
+    scale, unit = time_unit(float(ends.max(initial=0.0)))
     curve.step(np.concatenate(([0.0], ends / scale)), np.arange(len(ends) + 1), where="post",
                color=CATEGORY_COLOURS["comm"], linewidth=1.6)
     _style(curve, "Rounds completed", f"simulated time ({unit})", "rounds")

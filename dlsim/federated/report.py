@@ -28,11 +28,8 @@ _DROP_REASONS = {
 
 def format_duration(seconds: float) -> str:
     """Long simulated spans in hours or minutes, short ones as dlsim.report does."""
-    if seconds >= 2 * 3600:
-        return f"{base._sig(seconds / 3600)} h"
-    if seconds >= 120:
-        return f"{base._sig(seconds / 60)} min"
-    return base.format_seconds(seconds)
+    scale, unit = plots.time_unit(seconds)
+    return base.format_seconds(seconds) if unit == "s" else f"{base._sig(seconds / scale)} {unit}"
 
 
 def format_joules(joules: float) -> str:
