@@ -34,8 +34,8 @@ from functools import cache
 import numpy as np
 
 from dlsim.cluster import Grid
-from dlsim.hardware import DTYPE_BYTES, DeviceProfile
-from dlsim.memory import gradient_bytes_per_param, pipeline_stages
+from dlsim.hardware import DeviceProfile
+from dlsim.memory import gradient_bytes_per_param, pipeline_stages, weight_bytes_per_param
 from dlsim.program import Collective, Compute, Op
 from dlsim.strategy import optimizer_steps, pass_times_s
 from dlsim.tensor import allreduces
@@ -174,7 +174,7 @@ def _program(job: PipelineJob, pieces_: list[Piece], device: DeviceProfile, dtyp
     grid, p, t = job.grid, job.grid.pipeline, job.grid.tensor
     last_piece = p * job.chunks - 1
     grad_bytes = gradient_bytes_per_param(dtype)
-    weight_bytes = max(DTYPE_BYTES[dtype], 2)
+    weight_bytes = weight_bytes_per_param(dtype)
     sharded = job.zero_stage > 0 and grid.data > 1
     program: list[Op] = []
 

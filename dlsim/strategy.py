@@ -27,8 +27,8 @@ from dlsim import hardware
 from dlsim.comm.compression import Compression, sync_bucket
 from dlsim.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
 from dlsim.errors import ScenarioError
-from dlsim.hardware import DTYPE_BYTES, DeviceProfile
-from dlsim.memory import gradient_bytes_per_param
+from dlsim.hardware import DeviceProfile
+from dlsim.memory import gradient_bytes_per_param, weight_bytes_per_param
 from dlsim.program import Collective, Compute, Op
 from dlsim.tensor import ATTENTION_CORE
 from dlsim.workload import Layer, Model
@@ -86,7 +86,7 @@ def optimizer_steps(params: float, optimizer: str, device: DeviceProfile, dtype:
     host = hardware.device(OFFLOAD_HOST)
     return [("gradients to host", params * gradient_bytes_per_param(dtype) / pcie.up_Bps),
             ("optimizer on host", optimizer_time_s(params * sharing, optimizer, host)),
-            ("parameters to device", params * max(DTYPE_BYTES[dtype], 2) / pcie.down_Bps)]
+            ("parameters to device", params * weight_bytes_per_param(dtype) / pcie.down_Bps)]
 
 
 def gradient_buckets(model: Model, grad_bytes: int, cap_bytes: float) -> list[list[int]]:
@@ -116,7 +116,7 @@ def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks
     size) every H-th step only."""
     times = [pass_times_s(layer, device, dtype, recompute) for layer in model.layers]
     grad_bytes = gradient_bytes_per_param(dtype)
-    weight_bytes = max(DTYPE_BYTES[dtype], 2)
+    weight_bytes = weight_bytes_per_param(dtype)
     buckets = gradient_buckets(model, grad_bytes, bucket_cap_mb * MiB)
     last_layer_of = {b[-1]: k for k, b in enumerate(buckets)}
     group = tuple(range(ranks))
