@@ -428,7 +428,7 @@ def test_a_federated_scenario_needs_its_section_and_a_workload():
     assert err.value.field == "model"
 
 
-def test_a_device_without_the_precision_is_named(tmp_path):
+def test_a_device_without_the_precision_is_named():
     pop = [{"device": "raspberry-pi-4", "share": 1.0, "link": "wifi"}]
     data = scenario(population=pop)
     data["precision"] = "fp16"
