@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from dlsim.memory import RECOMPUTE
+
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
-RECOMPUTE = ("none", "selective", "full")
 PLACEMENTS = ("pack", "spread")
 ALGORITHMS = ("ring", "tree", "hierarchical")
 VIRTUAL_STAGES = (2, 4)
