@@ -43,6 +43,12 @@ class Card:
     detail: str = ""
     tone: str = ""  # '', 'good' or 'bad'
 
+    @classmethod
+    def of(cls, label: str, text: str, detail: str = "", tone: str = "") -> Card:
+        """A card from formatted text such as '1.5 ms': the number, then its unit."""
+        value, _, unit = text.partition(" ")
+        return cls(label, value, unit, detail, tone)
+
 
 # -- human units (SI inside, human units only at the edges) ---------------------------------
 
@@ -98,8 +104,7 @@ def _summary_cards(s: Mapping[str, Any]) -> list[Card]:
 
     def add(key: str, label: str, fmt: Callable[[Any], str], detail: str = "") -> None:
         if s.get(key) is not None:
-            value, _, unit = fmt(s[key]).partition(" ")
-            cards.append(Card(label, value, unit, detail))
+            cards.append(Card.of(label, fmt(s[key]), detail))
 
     if s.get("kind") == "collective":
         if s.get("op") is not None:
@@ -125,8 +130,7 @@ def _summary_cards(s: Mapping[str, Any]) -> list[Card]:
             if fits is not None:
                 detail = f"{detail} · {'fits' if fits else 'does not fit'}".strip(" ·")
             tone = "" if fits is None else ("good" if fits else "bad")
-            value, _, unit = format_bytes(mem).partition(" ")
-            cards.append(Card("Memory per device", value, unit, detail, tone))
+            cards.append(Card.of("Memory per device", format_bytes(mem), detail, tone))
     add("comm_bytes_total", "Communication", format_bytes, "bytes sent by all devices")
     return cards
 

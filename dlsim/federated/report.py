@@ -37,9 +37,7 @@ def format_joules(joules: float) -> str:
     return base._scaled(joules, ((1e6, "MJ"), (1e3, "kJ"), (1.0, "J")), " ")
 
 
-def _card(label: str, text: str, detail: str = "", tone: str = "") -> base.Card:
-    value, _, unit = text.partition(" ")
-    return base.Card(label, value, unit, detail, tone)
+_card = base.Card.of
 
 
 def _cards(s: Mapping[str, Any]) -> list[base.Card]:

@@ -50,9 +50,7 @@ def _table(rows: list[Mapping[str, Any]], columns: Mapping[str, str]) -> dict[st
             "rows": [[_cell(c, row[c]) for c in shown] for row in rows]}
 
 
-def _card(label: str, text: str, detail: str = "", tone: str = "") -> base.Card:
-    value, _, unit = text.partition(" ")
-    return base.Card(label, value, unit, detail, tone)
+_card = base.Card.of
 
 
 def _cards(s: Mapping[str, Any]) -> list[base.Card]:

@@ -44,8 +44,8 @@ def render_plan(result: PlanResult) -> str:
                   detail=f"{result.fitting:,} fit in memory"),
              Card("GPUs", ", ".join(f"{g:,}" for g in r.gpus), detail=r.cluster)]
     if best is not None:
-        value, _, unit = format_seconds(best["step_time_s"]).partition(" ")
-        cards.append(Card("Best step time", value, unit, best["step_time_source"], "good"))
+        cards.append(Card.of("Best step time", format_seconds(best["step_time_s"]),
+                             best["step_time_source"], "good"))
         cards.append(Card("Time to train", f"{best['time_to_train_s'] / 86400:.3g}", "days",
                           f"{r.tokens:.3g} tokens" if r.tokens else "one step"))
         if best["cost_usd"] is not None:
@@ -53,8 +53,7 @@ def render_plan(result: PlanResult) -> str:
                               "device-hours × hourly price"))
         cards.append(Card("Energy", f"{best['energy_kwh'] / 1e3:,.3g}", "MWh",
                           "at board power"))
-        value, _, unit = format_bytes(best["memory_per_device_bytes"]).partition(" ")
-        cards.append(Card("Memory per device", value, unit))
+        cards.append(Card.of("Memory per device", format_bytes(best["memory_per_device_bytes"])))
     if result.smallest_gpus_meeting_deadline is not None:
         cards.append(Card("Smallest cluster", f"{result.smallest_gpus_meeting_deadline:,}",
                           "GPUs", f"meets {r.max_days:g} days"))
