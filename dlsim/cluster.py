@@ -58,7 +58,7 @@ def _fabric(g: nx.DiGraph, nics: list[str], spec: LinkSpec, cluster: ClusterSpec
     elif cluster.fabric == "rail":
         per_node = len(nics) // cluster.nodes
         rail_fabric(g, [nics[i:i + per_node] for i in range(0, len(nics), per_node)], spec,
-                    cluster.oversubscription)
+                    cluster.oversubscription, cluster.pxn)
     else:
         leaf_spine(g, nics, spec, cluster.nics_per_leaf, cluster.oversubscription)
 

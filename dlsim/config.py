@@ -69,6 +69,9 @@ class ClusterSpec(_Spec):
     inter_node: str | None = None
     fabric: Literal["switch", "fat-tree", "rail"] = "fat-tree"
     oversubscription: float = Field(default=1.0, ge=1.0)
+    # rail fabric: NCCL's PXN (cross-rail traffic goes over NVLink to the GPU on the right
+    # rail first); false is NCCL_PXN_DISABLE=1
+    pxn: bool = True
     nics_per_leaf: int = Field(default=32, ge=1)
     topology: Literal["ring", "switch", "fully-connected", "torus", "fat-tree"] | None = None
     devices: int | None = Field(default=None, ge=1)

@@ -68,6 +68,7 @@ class Topology:
     _flow_routes: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         init=False, repr=False)
     _ecmp: dict[str, list[object]] = field(init=False, repr=False)
+    _rail_gpu: dict[tuple[int, int], int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.edges = list(self.graph.edges)
@@ -82,6 +83,12 @@ class Topology:
         for node, group in self.graph.nodes(data="ecmp"):
             if group is not None:
                 self._ecmp.setdefault(group, []).append(node)
+        # under PXN: the first GPU of each node on each rail (its local NIC index)
+        self._rail_gpu = {}
+        if self.graph.graph.get("pxn"):
+            for d, data in sorted((d, data) for d, data in self.graph.nodes(data=True)
+                                  if data.get("kind") == "device" and "nic" in data):
+                self._rail_gpu.setdefault((data["node"], data["nic"]), d)
 
     def route(self, src: int, dst: int) -> np.ndarray:
         """Edge ids of the path from device ``src`` to device ``dst`` (cached)."""
@@ -89,14 +96,9 @@ class Topology:
         cached = self._routes.get(key)
         if cached is not None:
             return cached
-        path = _short_path(self.graph, src, dst) or nx.bidirectional_shortest_path(
-            self.graph, src, dst)
-        if not self.graph.graph.get("device_transit", True) and any(
-                self.graph.nodes[v].get("kind") == "device" for v in path[1:-1]):
-            g = self.graph
-            path = nx.bidirectional_shortest_path(nx.subgraph_view(
-                g, filter_node=lambda v: v in (src, dst) or g.nodes[v].get("kind") != "device"),
-                src, dst)
+        proxy = self._pxn_proxy(src, dst)
+        path = (self._path(src, dst) if proxy is None
+                else self._path(src, proxy) + self._path(proxy, dst)[1:])
         if self._ecmp:
             for i, node in enumerate(path):
                 group = self.graph.nodes[node].get("ecmp")
@@ -109,6 +111,32 @@ class Topology:
                           dtype=np.int64, count=len(path) - 1)
         self._routes[key] = ids
         return ids
+
+    def _path(self, src: object, dst: object) -> list[object]:
+        """Shortest-hop node path; where devices do not forward (``device_transit`` False),
+        one that passes through no device."""
+        g = self.graph
+        path = _short_path(g, src, dst) or nx.bidirectional_shortest_path(g, src, dst)
+        if not g.graph.get("device_transit", True) and any(
+                g.nodes[v].get("kind") == "device" for v in path[1:-1]):
+            path = nx.bidirectional_shortest_path(nx.subgraph_view(
+                g, filter_node=lambda v: v in (src, dst) or g.nodes[v].get("kind") != "device"),
+                src, dst)
+        return path
+
+    def _pxn_proxy(self, src: int, dst: int) -> int | None:
+        """PXN (NCCL 2.12+, on unless NCCL_PXN_DISABLE=1): a message for a GPU of another
+        node whose NIC sits on another rail first crosses NVLink to the GPU of its own node
+        that shares the destination's rail, and leaves through that GPU's NIC, so it never
+        crosses a spine (NVIDIA, "Doubling all2all Performance with NCCL 2.12", 2022).
+        None where the route is direct."""
+        if not self._rail_gpu:
+            return None
+        nodes = self.graph.nodes
+        a, b = nodes[src], nodes[dst]
+        if a.get("node") == b.get("node") or a.get("nic") == b.get("nic"):
+            return None
+        return self._rail_gpu.get((a.get("node"), b.get("nic")))
 
     def flow_routes(self, src: np.ndarray, dst: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -235,20 +263,22 @@ def leaf_spine(g: nx.DiGraph, endpoints: list[object], spec: LinkSpec, per_leaf:
 
 
 def rail_fabric(g: nx.DiGraph, nics_by_node: list[list[str]], spec: LinkSpec,
-                oversubscription: float) -> None:
+                oversubscription: float, pxn: bool = True) -> None:
     """A rail-optimised fabric: NIC k of every node connects to rail switch k, and the rails
     are joined by ceil(nodes / oversubscription) spines, each with one ``spec`` link to
     every rail (NVIDIA DGX SuperPOD reference architecture: each GPU's NIC on its own rail
     leaf). Traffic between the k-th NICs of two nodes crosses one switch, its rail; traffic
     between rails goes rail -> spine -> rail, the spine picked by the destination node.
-    GPUs do not forward between rails (no PXN): ``route`` keeps devices off the paths of a
-    graph marked ``device_transit`` False."""
+    GPUs forward nothing (``device_transit`` False) except under ``pxn``, where a GPU hands
+    a cross-rail message over NVLink to its node's GPU on the destination's rail
+    (``Topology._pxn_proxy``); without PXN it goes rail -> spine -> rail."""
     rails = len(nics_by_node[0])
     for k in range(rails):
         g.add_node(f"rail{k}", kind="switch")
         for nics in nics_by_node:
             add_link(g, nics[k], f"rail{k}", spec)
     g.graph["device_transit"] = False
+    g.graph["pxn"] = pxn
     # D-mod-K on a rail: a rail switch's ports are the nodes, so the spine is picked by the
     # destination's node (by its device id every flow into GPU k would pick the same spine)
     g.graph["ecmp_by"] = "node"
@@ -317,5 +347,6 @@ def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_li
             g.add_node(sw, kind="switch")
             add_link(g, sw, nic, host_link)
             for d in devs[j * group:(j + 1) * group]:
+                g.nodes[d]["nic"] = j
                 add_link(g, d, sw, host_link)
     return nic_names

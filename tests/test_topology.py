@@ -180,63 +180,111 @@ def test_explicit_placement_is_checked(bad):
     assert err.value.field == "placement"
 
 
-def _rail_sendrecv(pair: list[int], size: float) -> dlsim.Result:
+def _rail_sendrecv(pair: list[int], size: float, pxn: bool = True) -> dlsim.Result:
     """Two ranks placed on devices ``pair`` of four DGX A100 nodes on a rail fabric, each
     sending ``size`` to the other (nccl-tests' sendrecv), textbook link costs."""
     return dlsim.simulate({"name": "rail", "kind": "collective",
-                           "cluster": {"preset": "dgx-a100", "nodes": 4, "fabric": "rail"},
+                           "cluster": {"preset": "dgx-a100", "nodes": 4, "fabric": "rail",
+                                       "pxn": pxn},
                            "placement": pair,
                            "collective": {"op": "sendrecv", "size_bytes": size, "devices": 2,
                                           "protocol": "ideal"}})
 
 
+def _hops(topo, src: int, dst: int) -> list[object]:
+    """The nodes a route enters, in order."""
+    return [topo.edges[e][1] for e in topo.route(src, dst)]
+
+
 def test_rail_fabric_keeps_same_rank_traffic_on_its_rail():
     """NIC k of every node hangs off rail switch k: GPU k of one node reaches GPU k of
-    another through one switch (its rail); GPU i reaches GPU j != i through rail i, a spine
-    and rail j, never through another GPU."""
-    topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=4, fabric="rail"))
-    for k in range(8):
-        for other in (1, 2, 3):
-            hops = [topo.link_label(e) for e in topo.route(k, 8 * other + k)]
-            fabric = [h.split("->")[1] for h in hops
-                      if h.split("->")[1].startswith(("rail", "spine"))]
-            assert fabric == [f"rail{k}"], hops
-            assert not any("spine" in h for h in hops)
-    hops = [topo.link_label(e) for e in topo.route(2, 8 + 5)]
-    names = [h.split("->")[1] for h in hops]
-    assert names[2] == "rail2" and names[3].startswith("spine") and names[4] == "rail5"
-    assert not any(n.isdigit() for n in names[:-1])  # no GPU forwards it
-    # D-mod-K by destination node: 4 nodes, 4 spines, node m's traffic through spine m
+    another through one switch (its rail), with or without PXN."""
+    for pxn in (True, False):
+        topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=4, fabric="rail", pxn=pxn))
+        for k in range(8):
+            for other in (1, 2, 3):
+                hops = _hops(topo, k, 8 * other + k)
+                assert [h for h in hops if str(h).startswith(("rail", "spine"))] == [f"rail{k}"]
+
+
+def test_rail_fabric_without_pxn_crosses_a_spine():
+    """NCCL_PXN_DISABLE=1: GPU i reaches GPU j != i of another node through rail i, a spine
+    and rail j, and no GPU forwards it; the spine is picked by the destination node
+    (D-mod-K: 4 nodes, 4 spines, node m's traffic through spine m)."""
+    topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=4, fabric="rail", pxn=False))
     for m in (1, 2, 3):
-        hops = [topo.link_label(e) for e in topo.route(2, 8 * m + 5)]
-        assert f"rail2->spine{m}" in hops and f"spine{m}->rail5" in hops
+        hops = _hops(topo, 2, 8 * m + 5)
+        assert hops == ["n0/pcie2", "n0/nic2", "rail2", f"spine{m}", "rail5", f"n{m}/nic5",
+                        f"n{m}/pcie5", 8 * m + 5]
 
 
-def test_rail_fabric_cross_rail_costs_two_more_fabric_hops():
+def test_rail_fabric_with_pxn_hands_cross_rail_traffic_over_nvlink():
+    """PXN (NCCL's default): GPU 2 of node 0 sends to GPU 5 of node 1 by NVLink to GPU 5 of
+    node 0, then out of that GPU's NIC on rail 5; no spine."""
+    topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=4, fabric="rail"))
+    assert _hops(topo, 2, 8 + 5) == [
+        "n0/nvswitch", 5, "n0/pcie5", "n0/nic5", "rail5", "n1/nic5", "n1/pcie5", 13]
+
+
+def test_rail_fabric_cross_rail_cost_with_and_without_pxn():
     """In closed form from the link profiles (textbook costs): a same-rail exchange pays
-    GPU-PCIe-NIC-rail-NIC-PCIe-GPU latencies and the 25 GB/s HDR rate; a cross-rail one
-    pays two more HDR hops (rail -> spine -> rail) at the same rate, and only it puts bytes
-    on spine links."""
+    GPU-PCIe-NIC-rail-NIC-PCIe-GPU latencies and the 25 GB/s HDR rate. Cross-rail without
+    PXN pays two more HDR hops (rail -> spine -> rail) at the same rate, and only it puts
+    bytes on spine links; with PXN it pays two NVLink hops (GPU -> NVSwitch -> GPU) instead
+    and no spine carries a byte."""
     from dlsim.hardware import link
 
     size = 64e6
-    hdr, pcie = link("ib-hdr"), link("pcie4-x16")
+    hdr, pcie, nvl = link("ib-hdr"), link("pcie4-x16"), link("nvlink3")
     same = (4 * pcie.latency_us + 2 * hdr.latency_us) * 1e-6 + size / (hdr.bandwidth_GBps * 1e9)
-    aligned, crossed = _rail_sendrecv([3, 11], size), _rail_sendrecv([3, 12], size)
+    aligned = _rail_sendrecv([3, 11], size)
+    spine_crossed, pxn = _rail_sendrecv([3, 12], size, pxn=False), _rail_sendrecv([3, 12], size)
     assert aligned.time_s == pytest.approx(same, rel=1e-9)
-    assert crossed.time_s == pytest.approx(same + 2 * hdr.latency_us * 1e-6, rel=1e-9)
+    assert spine_crossed.time_s == pytest.approx(same + 2 * hdr.latency_us * 1e-6, rel=1e-9)
+    assert pxn.time_s == pytest.approx(same + 2 * nvl.latency_us * 1e-6, rel=1e-9)
     spine = lambda r: r.links[r.links.src.str.startswith("spine")  # noqa: E731
                               | r.links.dst.str.startswith("spine")]["bytes"].sum()
-    assert spine(aligned) == 0
-    assert spine(crossed) == pytest.approx(4 * size, rel=1e-9)  # 2 flows x 2 spine links
+    assert spine(aligned) == 0 and spine(pxn) == 0
+    assert spine(spine_crossed) == pytest.approx(4 * size, rel=1e-9)  # 2 flows x 2 spine links
 
 
 @settings(max_examples=8, deadline=None)
 @given(nodes=st.integers(2, 6), over=st.sampled_from([1.0, 2.0, 4.0]),
-       src=st.integers(0, 7), dst=st.integers(0, 7))
-def test_rail_routes_cross_a_spine_exactly_when_the_rails_differ(nodes, over, src, dst):
+       src=st.integers(0, 7), dst=st.integers(0, 7), pxn=st.booleans())
+def test_rail_routes_cross_a_spine_only_across_rails_without_pxn(nodes, over, src, dst, pxn):
     topo = build_topology(ClusterSpec(preset="dgx-a100", nodes=nodes, fabric="rail",
-                                      oversubscription=over))
+                                      oversubscription=over, pxn=pxn))
     hops = [topo.link_label(e) for e in topo.route(src, 8 * (nodes - 1) + dst)]
-    assert sum("spine" in h for h in hops) == (2 if src != dst else 0)
-    assert len(hops) == (8 if src != dst else 6)
+    crossing = src != dst
+    assert sum("spine" in h for h in hops) == (2 if crossing and not pxn else 0)
+    assert len(hops) == 6 + (2 if crossing else 0)  # + spine up/down, or + NVLink out/in
+
+
+def _sixteen_nodes(op: str, algorithm: str, fabric: str, pxn: bool = True,
+                   protocol: str = "ideal") -> dlsim.Result:
+    return dlsim.simulate({"name": "rails", "kind": "collective",
+                           "cluster": {"preset": "dgx-a100", "nodes": 16, "fabric": fabric,
+                                       "oversubscription": 2, "pxn": pxn},
+                           "collective": {"op": op, "algorithm": algorithm,
+                                          "size_bytes": 2**28, "protocol": protocol}})
+
+
+def test_rails_with_pxn_carry_an_all_to_all_at_nic_rate_and_tie_on_rings():
+    """16 DGX A100 nodes, 2:1 spines. All-to-all: every NIC sends 120/128 of a GPU's 256 MiB
+    (under PXN NIC k carries its node's traffic for rail k: 8 GPUs x 15 nodes x G/128), so
+    the exchange takes that over 25 GB/s plus at most 127 queued message latencies of the
+    longest route; without PXN (or on the fat tree) cross-rail traffic meets the 2:1 spines
+    and takes longer. NCCL's rings (one per local rank) cross between nodes as shifts that
+    D-mod-K keeps off shared spine links, so for the all-reduce rails and fat tree tie."""
+    from dlsim.hardware import link
+
+    hdr, pcie, nvl = link("ib-hdr"), link("pcie4-x16"), link("nvlink3")
+    bound = 120 / 128 * 2**28 / (hdr.bandwidth_GBps * 1e9)
+    longest = (2 * nvl.latency_us + 4 * pcie.latency_us + 2 * hdr.latency_us) * 1e-6
+    rail = _sixteen_nodes("alltoall", "direct", "rail").time_s
+    assert bound <= rail <= bound + 127 * longest
+    for slower in (_sixteen_nodes("alltoall", "direct", "rail", pxn=False),
+                   _sixteen_nodes("alltoall", "direct", "fat-tree")):
+        assert slower.time_s > 1.5 * rail
+    assert _sixteen_nodes("allreduce", "ring", "rail", protocol="nccl").time_s == pytest.approx(
+        _sixteen_nodes("allreduce", "ring", "fat-tree", protocol="nccl").time_s, rel=1e-12)
