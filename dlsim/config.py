@@ -131,11 +131,14 @@ class TrainingSpec(_Spec):
 class ParallelismSpec(_Spec):
     """Data (with ZeRO stages), tensor (Megatron-LM) and pipeline parallelism (GPipe, 1F1B,
     interleaved 1F1B with ``virtual_stages`` model chunks per device), activation
-    recomputation and optimizer offload."""
+    recomputation and optimizer offload. ``sequence_parallel`` is Megatron-LM's sequence
+    parallelism (Korthikanti et al. 2022, §4.2.2); as Megatron-LM does, it is ignored with
+    tensor 1."""
 
     data: int | None = Field(default=None, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
     tensor: int = Field(default=1, ge=1)
+    sequence_parallel: bool = False
     pipeline: int = Field(default=1, ge=1)
     schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
     virtual_stages: int = Field(default=1, ge=1)

@@ -12,8 +12,9 @@ interleaved 1F1B walks the chunks in groups of ``stages`` micro-batches with Meg
 warm-up of ``2(p - s - 1) + (v - 1)p`` forwards, which divides the bubble by ``v``.
 
 With tensor parallelism every piece runs sharded (``dlsim.tensor``) and blocks on its
-all-reduces; a pass's all-reduces run as one repeated collective after its compute, which
-takes the same time as interleaving them because each blocks the next kernel. Between stages
+all-reduces (with sequence parallelism, all-gathers and reduce-scatters); a pass's
+collectives of one kind run as one repeated collective after its compute, which takes the
+same time as interleaving them because each blocks the next kernel. Between stages
 each of the t tensor ranks sends its 1/t of the activations over its own NIC (Megatron-LM's
 scatter/gather optimisation, SC'21 §4.1; the all-gather over NVLink that follows is left out).
 Each piece's gradients are all-reduced over the data-parallel replicas as soon as the piece's
@@ -38,7 +39,7 @@ from dlsim.hardware import DeviceProfile
 from dlsim.memory import gradient_bytes_per_param, pipeline_stages, weight_bytes_per_param
 from dlsim.program import Collective, Compute, Op
 from dlsim.strategy import optimizer_steps, pass_times_s
-from dlsim.tensor import allreduces
+from dlsim.tensor import Collectives, tensor_collectives
 from dlsim.workload import Model
 
 
@@ -104,37 +105,47 @@ def in_flight(kind: str, stage: int, stages: int, micro: int, chunks: int = 1) -
 
 @dataclass(frozen=True)
 class Piece:
-    """One model chunk of one stage: its layers, pass times and tensor all-reduces."""
+    """One model chunk of one stage: its layers, pass times and tensor-parallel collectives
+    of b·s·h, as (op, count) per pass."""
 
     layers: list[int]
     forward_s: float
     backward_s: float  # including recomputation
-    forward_allreduces: int
-    backward_allreduces: int  # including the recomputed forward's
+    forward_collectives: Collectives
+    backward_collectives: Collectives  # including the recomputed forward's
     params: float  # per tensor rank
     in_bytes: float
     out_bytes: float
 
 
+def _count(collectives: list[Collectives]) -> Collectives:
+    """The collectives of several layers by op, in the order the ops first appear."""
+    total: dict[str, int] = {}
+    for layer in collectives:
+        for op, count in layer:
+            total[op] = total.get(op, 0) + count
+    return tuple(total.items())
+
+
 def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts: int,
-           recompute: str) -> list[Piece]:
+           recompute: str, sequence_parallel: bool = False) -> list[Piece]:
     """Cut ``shard`` (one tensor rank's layers) into ``parts`` pieces as Megatron-LM does:
     transformer blocks in runs of equal count, the embedding with the first and the head
     with the last (``dlsim.memory.pipeline_stages``); other models into pieces of equal
     time."""
     times = [pass_times_s(layer, device, dtype, recompute) for layer in shard.layers]
-    counts = [allreduces(layer) for layer in shard.layers]
+    counts = [tensor_collectives(layer, sequence_parallel) for layer in shard.layers]
     blocks = sum(layer.block is not None for layer in shard.layers)
     cut = (pipeline_stages(shard, parts) if blocks >= parts
            else partition([f + b for f, b in times], parts))
     out = []
     for layers in cut:
-        forward = sum(counts[i][0] for i in layers)
-        backward = sum(counts[i][1] for i in layers)
+        forward = [counts[i][0] for i in layers]
+        backward = [counts[i][1] for i in layers]
         first = layers[0]
         out.append(Piece(
             layers, sum(times[i][0] for i in layers), sum(times[i][1] for i in layers),
-            forward, backward + (forward if recompute == "full" else 0),
+            _count(forward), _count(backward + (forward if recompute == "full" else [])),
             sum(shard.layers[i].params for i in layers),
             model.layers[first - 1].output_bytes if first else 0.0,
             model.layers[layers[-1]].output_bytes))
@@ -149,7 +160,7 @@ class PipelineJob:
     chunks: int
     micro: int
     schedule: str
-    hidden_bytes: float  # b·s·h·dtype bytes: one tensor-parallel all-reduce
+    hidden_bytes: float  # b·s·h·dtype bytes: one tensor-parallel collective
     optimizer: str
     algorithm: str
     servers: int
@@ -204,13 +215,16 @@ def _program(job: PipelineJob, pieces_: list[Piece], device: DeviceProfile, dtyp
     ks = range(t) if symmetric else [k]
     data_groups = tuple(r for j in ks for r in grid.data_group(s, j))
 
-    def tensor_allreduce(what: str, key: str, count: int, after: int) -> int:
-        if t == 1 or count == 0:
+    def tensor_collectives(what: str, key: str, collectives: Collectives, after: int) -> int:
+        """A pass's tensor collectives, one repeated op per kind, each after the last."""
+        if t == 1:
             return after
-        return add(Collective(f"tensor allreduce x{count} {what}", f"{key} r{replica}",
-                              tensor_groups, "allreduce", job.hidden_bytes, "ring",
-                              deps=(after,), stream="tensor", repeat=count,
-                              instances=len(peers)))
+        for op, count in collectives:
+            after = add(Collective(f"tensor {op} x{count} {what}", f"{key} {op} r{replica}",
+                                   tensor_groups, op, job.hidden_bytes, "ring",
+                                   deps=(after,), stream="tensor", repeat=count,
+                                   instances=len(peers)))
+        return after
 
     for step in range(job.steps):
         done: dict[tuple[int, int], int] = {}
@@ -226,8 +240,8 @@ def _program(job: PipelineJob, pieces_: list[Piece], device: DeviceProfile, dtyp
                 recv = (p2p("recv activations", piece - 1, piece, cost.in_bytes, "recv-fwd",
                             "act " + tag),) if piece else ()
                 out = add(Compute(f"fwd {name} {tag}", cost.forward_s, deps=(*recv, *blocked)))
-                out = tensor_allreduce(f"fwd {name} {tag}", f"tp fwd {tag} p{piece}",
-                                       cost.forward_allreduces, out)
+                out = tensor_collectives(f"fwd {name} {tag}", f"tp fwd {tag} p{piece}",
+                                         cost.forward_collectives, out)
                 blocked = (out,) if t > 1 else ()
                 done[(i, c)] = out
                 if piece < last_piece:
@@ -238,8 +252,8 @@ def _program(job: PipelineJob, pieces_: list[Piece], device: DeviceProfile, dtyp
                             "grad " + tag),) if piece < last_piece else ()
                 out = add(Compute(f"bwd {name} {tag}", cost.backward_s,
                                   deps=(*recv, done[(i, c)], *blocked)))
-                out = tensor_allreduce(f"bwd {name} {tag}", f"tp bwd {tag} p{piece}",
-                                       cost.backward_allreduces, out)
+                out = tensor_collectives(f"bwd {name} {tag}", f"tp bwd {tag} p{piece}",
+                                         cost.backward_collectives, out)
                 blocked = (out,) if t > 1 else ()
                 last_backward[c] = out
                 if piece:

@@ -134,6 +134,7 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
                     field="communication.data_parallel")
     par = scenario.parallelism
     stages, tensor, chunks = par.pipeline, par.tensor, par.virtual_stages
+    sequence_parallel = par.sequence_parallel and tensor > 1  # Megatron-LM ignores it at t=1
     check_tensor_degree(scenario.model, tensor)
     if par.data is None and topology.n_devices % (tensor * stages):
         raise ScenarioError(f"the cluster's {topology.n_devices} devices do not divide into "
@@ -181,8 +182,9 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         memory_of = partial(memory_per_device, model, dtype, train.optimizer, data=n,
                             lora=lora)
     else:
-        shard = shard_model(executed, tensor)
-        cut = pieces(executed, shard, device, dtype, stages * chunks, par.recompute)
+        shard = shard_model(executed, tensor, sequence_parallel)
+        cut = pieces(executed, shard, device, dtype, stages * chunks, par.recompute,
+                     sequence_parallel)
         job = PipelineJob(grid, chunks, micro_count, par.schedule,
                           model.layers[0].output_bytes, train.optimizer, comm.data_parallel,
                           comm.servers, train.steps, par.zero_stage, par.offload,
@@ -193,7 +195,7 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
             stage_memory, model, [[i for c in range(chunks) for i in cut[c * stages + s].layers]
                                   for s in range(stages)], dtype, train.optimizer,
             [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
-            data=data, tensor=tensor, lora=lora)
+            data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel)
     memory_options = {"zero_stage": par.zero_stage, "recompute": par.recompute,
                       "offload": par.offload}
     memory = memory_of(**memory_options)
@@ -235,7 +237,8 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
         "compression": compression_summary(comm, gradient_bytes_per_param(dtype), run.spans,
                                            steps),
         "global_batch": train.global_batch, "microbatch": micro,
-        "parallelism": {"data": data, "tensor": tensor, "pipeline": stages,
+        "parallelism": {"data": data, "tensor": tensor,
+                        "sequence_parallel": sequence_parallel, "pipeline": stages,
                         "schedule": par.schedule, "virtual_stages": chunks,
                         "zero_stage": par.zero_stage, "recompute": par.recompute,
                         "offload": par.offload, "microbatches": micro_count},

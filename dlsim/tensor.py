@@ -11,6 +11,19 @@ rows of the (tied) embedding, the embedding output is all-reduced in forward, th
 and cross-entropy run on V/t columns, and the head's input gradient is all-reduced in
 backward; the loss's max and sum all-reduces are b·s scalars and are left out.
 
+Sequence parallelism (Korthikanti et al. 2022, §4.2.2) splits the replicated part too: the
+layernorms, dropout and residual adds run on s/t of the sequence on each rank. The f and g
+operators become an all-gather of the b·s·h input before each column-parallel GEMM and a
+reduce-scatter of the b·s·h output after each row-parallel GEMM (in backward a reduce-scatter
+and an all-gather); on a ring an all-reduce is a reduce-scatter plus an all-gather, so the
+bytes are those of the all-reduces they replace. The embedding's forward all-reduce becomes a
+reduce-scatter (an all-gather in backward) and the head's backward all-reduce an all-gather
+before the logits in forward (a reduce-scatter in backward). Megatron-LM also all-gathers a
+column-parallel GEMM's input again in backward for its weight gradient, overlapped with the
+input-gradient GEMM; that re-gather is left out, as the paper's count leaves it out. The
+embedding lookup still runs on the whole sequence (its vocab-parallel partial sums are what
+the reduce-scatter adds up).
+
 What is modelled per rank: a split kernel's FLOPs and bytes are 1/t of the whole (the
 replicated input that a column-parallel GEMM reads is not added back: these GEMMs are
 compute-bound), and a layer's parameters are 1/t (the O(h) replicated layernorm weights and
@@ -28,12 +41,17 @@ from dlsim.workload import TRANSFORMER_PRESETS, Kernel, Layer, Model
 
 SPLIT = frozenset({"qkv", "rope", "attention", "softmax", "proj", "mlp_up", "gelu", "swiglu",
                    "mlp_down", "logits", "cross_entropy"})
+# The kernels that tensor parallelism leaves whole on every rank and sequence parallelism
+# splits along the sequence: GPT's and BERT's layernorms, Llama's RMSNorms, residual adds
+# with their dropout (dlsim.workload, dlsim.llama).
+SEQUENCE_SPLIT = frozenset({"layernorm1", "rmsnorm1", "residual1+layernorm2",
+                            "residual1+rmsnorm2", "residual2", "final_layernorm"})
 # Selective recomputation re-runs the attention core only (Korthikanti et al. 2022, §4.2).
 ATTENTION_CORE = frozenset({"attention", "softmax"})
 
 
-def _shard(kernels: tuple[Kernel, ...], t: int) -> tuple[Kernel, ...]:
-    return tuple(replace(k, flops=k.flops / t, bytes=k.bytes / t) if k.name in SPLIT else k
+def _shard(kernels: tuple[Kernel, ...], t: int, split: frozenset[str]) -> tuple[Kernel, ...]:
+    return tuple(replace(k, flops=k.flops / t, bytes=k.bytes / t) if k.name in split else k
                  for k in kernels)
 
 
@@ -49,12 +67,35 @@ def allreduces(layer: Layer) -> tuple[int, int]:
     return 0, 0
 
 
-def shard_model(model: Model, t: int) -> Model:
-    """What one rank of a tensor group of ``t`` computes and holds."""
+Collectives = tuple[tuple[str, int], ...]  # (op, how many) in the order a pass runs them
+
+
+def tensor_collectives(layer: Layer,
+                       sequence_parallel: bool = False) -> tuple[Collectives, Collectives]:
+    """Tensor-parallel collectives of b·s·h of one layer: (in forward, in backward)."""
+    forward, backward = allreduces(layer)
+    if not sequence_parallel:
+        return (tuple((("allreduce", forward),) if forward else ()),
+                tuple((("allreduce", backward),) if backward else ()))
+    names = {k.name for k in layer.forward}
+    if "qkv" in names:  # g before QKV and MLP-up, g-bar after projection and MLP-down
+        both = (("allgather", 2), ("reducescatter", 2))
+        return both, both
+    if "embedding" in names:
+        return (("reducescatter", 1),), (("allgather", 1),)
+    if "logits" in names:
+        return (("allgather", 1),), (("reducescatter", 1),)
+    return (), ()
+
+
+def shard_model(model: Model, t: int, sequence_parallel: bool = False) -> Model:
+    """What one rank of a tensor group of ``t`` computes and holds; with
+    ``sequence_parallel`` the layernorms and residuals too run on 1/t of the sequence."""
     if t == 1:
         return model
-    layers = tuple(replace(layer, forward=_shard(layer.forward, t),
-                           backward=_shard(layer.backward, t), params=layer.params // t)
+    split = SPLIT | SEQUENCE_SPLIT if sequence_parallel else SPLIT
+    layers = tuple(replace(layer, forward=_shard(layer.forward, t, split),
+                           backward=_shard(layer.backward, t, split), params=layer.params // t)
                    for layer in model.layers)
     return Model(model.name, layers)
 

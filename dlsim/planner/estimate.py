@@ -116,9 +116,13 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
                 key=lambda ps: sum(x.forward_s + x.backward_s for x in ps))
     act = max(DTYPE_BYTES[table.dtype], 2) * table.tokens * table.hidden
     tensor_groups = tuple(grid.tensor_group(0, r) for r in range(d))
-    tp_one = fabric.time_s("allreduce", "ring", act, tensor_groups, n, place)
     compute_micro = sum(x.forward_s + x.backward_s for x in stage)
-    tp_micro = tp_one * sum(x.forward_allreduces + x.backward_allreduces for x in stage)
+    counts: dict[str, int] = {}
+    for op, count in (c for x in stage for c in (*x.forward_collectives,
+                                                  *x.backward_collectives)):
+        counts[op] = counts.get(op, 0) + count
+    tp_micro = sum(fabric.time_s(op, "ring", act, tensor_groups, n, place) * count
+                   for op, count in counts.items())
     micro = compute_micro + tp_micro
     bubble = p2p = 0.0
     if p > 1:
