@@ -64,8 +64,9 @@ def _fabric(g: nx.DiGraph, nics: list[str], spec: LinkSpec, cluster: ClusterSpec
 
 
 def _textbook(c: ClusterSpec) -> Topology:
+    # a textbook link is an abstract network link: NCCL charges it NET step latencies
     spec = LinkSpec("link", c.link.bandwidth_GBps * 1e9, c.link.bandwidth_GBps * 1e9,
-                    c.link.latency_us * 1e-6)
+                    c.link.latency_us * 1e-6, transport="net")
     n = c.devices if c.topology != "torus" else int(np.prod(c.dims))
     if c.topology == "fully-connected" and n > FULLY_CONNECTED_MAX:
         raise ScenarioError(f"a fully-connected topology is limited to {FULLY_CONNECTED_MAX} "

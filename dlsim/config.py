@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from dlsim.errors import ScenarioError
+from dlsim.errors import ScenarioError, describe_invalid
 from dlsim.federated.spec import FederatedSpec
 from dlsim.inference.spec import EdgeInferenceSpec
 from dlsim.spec import Spec as _Spec
@@ -240,14 +240,6 @@ class Scenario(_Spec):
         return self
 
 
-def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    given = err.get("input")
-    shown = "" if err["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
-    return (f"field '{loc}': {msg}{shown}" if loc else f"{msg}")
-
-
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping safely; unreadable files and bad syntax are input errors."""
     try:
@@ -272,5 +264,4 @@ def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
-        raise ScenarioError(problems + ".", file=file) from None
+        raise ScenarioError(describe_invalid(exc.errors()), file=file) from None

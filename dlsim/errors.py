@@ -6,6 +6,8 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ScenarioError(ValueError):
     """Invalid user input: which file, which field, what is wrong and what is allowed."""
@@ -27,3 +29,17 @@ class ScenarioError(ValueError):
             where.append(f"field '{self.field}'")
         prefix = ("Error " + ", ".join(where) + ": ") if where else "Error: "
         return prefix + self.message
+
+
+def describe_invalid(errors: list[dict[str, Any]]) -> str:
+    """Pydantic's ``ValidationError.errors()`` as one sentence, each problem naming its field
+    and the value given: the CLI prints one paragraph, not pydantic's multi-line report."""
+    return "; ".join(_describe(e) for e in errors) + "."
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    given = err.get("input")
+    shown = "" if err["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
+    return (f"field '{loc}': {msg}{shown}" if loc else f"{msg}")

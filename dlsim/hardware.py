@@ -15,7 +15,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dlsim.errors import ScenarioError
+from dlsim.errors import ScenarioError, describe_invalid
+
+# NCCL's hardware classes of a link, which pick its per-step latencies (src/graph/tuning.cc
+# hwLat: NVLink, PCI and NET rows; dlsim/comm/protocol.py)
+Transport = Literal["nvlink", "pci", "net"]
 
 DType = Literal["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8"]
 DTYPE_BYTES: dict[str, int] = {
@@ -118,7 +122,7 @@ class DeviceProfile(_Frozen):
 
 
 class LinkProfile(_Frozen):
-    """A link class: bandwidth per direction and one-way latency.
+    """A link class: bandwidth per direction, one-way latency and NCCL transport class.
 
     ``bandwidth_GBps`` applies to both directions; asymmetric links (WiFi, LTE) give
     ``up_GBps`` (device towards the network) and ``down_GBps`` instead.
@@ -126,6 +130,7 @@ class LinkProfile(_Frozen):
 
     name: str
     display_name: str
+    transport: Transport  # NCCL's hardware class, for its per-step latencies (tuning.cc hwLat)
     bandwidth_GBps: float | None = Field(default=None, gt=0)
     up_GBps: float | None = Field(default=None, gt=0)
     down_GBps: float | None = Field(default=None, gt=0)
@@ -236,8 +241,11 @@ def _load(kind: str, name: str) -> _Frozen:
     try:
         data = yaml.safe_load(path.read_text())
         return _KINDS[kind].model_validate(data)
-    except (yaml.YAMLError, ValidationError) as exc:
+    except yaml.YAMLError as exc:
         raise ScenarioError(f"invalid {singular} profile: {exc}", file=str(path)) from None
+    except ValidationError as exc:
+        raise ScenarioError(f"invalid {singular} profile: {describe_invalid(exc.errors())}",
+                            file=str(path)) from None
 
 
 def device(name: str) -> DeviceProfile:

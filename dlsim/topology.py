@@ -3,8 +3,9 @@
 Nodes: devices are the integers 0..N-1 (global device ids, node-major); everything else is a
 string such as ``"n3/nvswitch"`` (``"n3/switch"`` when the node's links are not NVLink),
 ``"n3/nic0"``, ``"leaf2"`` or ``"spine0"``. Every physical full-duplex link is two directed
-edges, each with its own ``bandwidth_Bps`` (so WiFi and LTE can be asymmetric) and
-``latency_s``. Edge ids index the numpy arrays the network model uses.
+edges, each with its own ``bandwidth_Bps`` (so WiFi and LTE can be asymmetric),
+``latency_s`` and NCCL ``transport`` class. Edge ids index the numpy arrays the network
+model uses.
 
 Routing is shortest-hop (breadth first, deterministic). Switches that are interchangeable
 (the spines of a leaf/spine fabric) carry an ``ecmp`` group name; a route through one of them
@@ -15,39 +16,33 @@ Fat Trees", 2010), under which ring-like shift patterns never share a spine link
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import get_args
 
 import networkx as nx
 import numpy as np
 
-from dlsim.hardware import DeviceProfile, LinkProfile
+from dlsim.hardware import DeviceProfile, LinkProfile, Transport
 
-LINK_CLASSES = ("nvlink", "pci", "net")
-
-
-def link_class(link_name: str) -> int:
-    """NCCL's hardware class of a link (index into LINK_CLASSES): NVLink and TPU ICI, PCI
-    (PCIe, UPI) or NET (NICs and everything else), by the link profile's name."""
-    if link_name.startswith(("nvlink", "tpu")):
-        return 0
-    if link_name.startswith(("pcie", "upi")):
-        return 1
-    return 2
+# NCCL's hardware classes, in the order of Topology.link_class indices
+LINK_CLASSES: tuple[Transport, ...] = get_args(Transport)
 
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """Bandwidth per direction (up: from the lower tier, down: towards it) and latency."""
+    """Bandwidth per direction (up: from the lower tier, down: towards it), latency and
+    NCCL's hardware class; links built by hand rather than from a profile are NET."""
 
     name: str
     up_Bps: float
     down_Bps: float
     latency_s: float
+    transport: Transport = "net"
 
     @classmethod
     def of(cls, profile: LinkProfile, lanes: int = 1) -> LinkSpec:
         return cls(profile.name, profile.up_Bps * lanes, profile.down_Bps * lanes,
-                   profile.latency_s)
+                   profile.latency_s, profile.transport)
 
 
 @dataclass
@@ -75,7 +70,7 @@ class Topology:
         self._edge_id = {e: i for i, e in enumerate(self.edges)}
         self.capacity_Bps = np.array([self.graph.edges[e]["bandwidth_Bps"] for e in self.edges])
         self.latency_s = np.array([self.graph.edges[e]["latency_s"] for e in self.edges])
-        self.link_class = np.array([link_class(self.graph.edges[e].get("link", ""))
+        self.link_class = np.array([LINK_CLASSES.index(self.graph.edges[e]["transport"])
                                     for e in self.edges], dtype=int)
         self._routes = {}
         self._flow_routes = {}
@@ -184,9 +179,10 @@ def _short_path(g: nx.DiGraph, src: object, dst: object) -> list[object] | None:
 
 def add_link(g: nx.DiGraph, lower: object, upper: object, spec: LinkSpec) -> None:
     """Join ``lower`` (device side) and ``upper`` (network side) with a full-duplex link."""
-    g.add_edge(lower, upper, bandwidth_Bps=spec.up_Bps, latency_s=spec.latency_s, link=spec.name)
+    g.add_edge(lower, upper, bandwidth_Bps=spec.up_Bps, latency_s=spec.latency_s, link=spec.name,
+               transport=spec.transport)
     g.add_edge(upper, lower, bandwidth_Bps=spec.down_Bps, latency_s=spec.latency_s,
-               link=spec.name)
+               link=spec.name, transport=spec.transport)
 
 
 def _devices(g: nx.DiGraph, first: int, count: int, node: int) -> list[int]:
@@ -311,15 +307,15 @@ def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_li
     p = f"n{node}/"
     devs = _devices(g, first, n, node) if intra != "torus" else None
     if intra == "switch":
-        hub = p + ("nvswitch" if link_class(device_link.name) == 0 else "switch")
+        hub = p + ("nvswitch" if device_link.transport == "nvlink" else "switch")
         g.add_node(hub, kind="switch")  # an NVSwitch, or a Wi-Fi access point / LTE cell
         for d in devs:
             add_link(g, d, hub, device_link)
     elif intra == "mesh":
         for a, b, lanes in mesh:
-            add_link(g, first + a, first + b, LinkSpec(device_link.name, device_link.up_Bps * lanes,
-                                                       device_link.down_Bps * lanes,
-                                                       device_link.latency_s))
+            add_link(g, first + a, first + b, replace(device_link,
+                                                      up_Bps=device_link.up_Bps * lanes,
+                                                      down_Bps=device_link.down_Bps * lanes))
     elif intra == "torus":
         torus(list(torus_dims), device_link, first=first, g=g, node=node)
         devs = list(range(first, first + n))

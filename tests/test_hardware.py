@@ -143,6 +143,45 @@ def test_every_number_has_a_source_comment(path):
     assert not bad, f"{path.name}: lines without a '# source' comment: {bad}"
 
 
+# --- NCCL transport class of links ---------------------------------------------------------------
+
+def _class_by_name_prefix(name: str) -> str:
+    """The rule dlsim used before links declared their transport, kept here as the oracle."""
+    if name.startswith(("nvlink", "tpu")):
+        return "nvlink"
+    if name.startswith(("pcie", "upi")):
+        return "pci"
+    return "net"
+
+
+@pytest.mark.parametrize("path", _files("links"), ids=_ids(_files("links")))
+def test_every_link_declares_its_transport(path):
+    declared = yaml.safe_load(path.read_text()).get("transport")
+    assert declared == _class_by_name_prefix(path.stem)
+    assert hw.link(path.stem).transport == declared
+
+
+@pytest.mark.parametrize("line,problem", [
+    ("", "field 'transport': Field required"),
+    ("transport: infiniband\n", "field 'transport': Input should be 'nvlink', 'pci' or 'net' "
+                                 "(got 'infiniband')"),
+])
+def test_bad_transport_is_a_one_paragraph_error(tmp_path, monkeypatch, line, problem):
+    (tmp_path / "links").mkdir()
+    bad = tmp_path / "links" / "my-link.yaml"
+    bad.write_text(f"name: my-link\ndisplay_name: mine\n{line}bandwidth_GBps: 1\nlatency_us: 1\n")
+    monkeypatch.setattr(hw, "PROFILES_DIR", tmp_path)
+    hw._load.cache_clear()
+    try:
+        with pytest.raises(ScenarioError) as info:
+            hw.link("my-link")
+    finally:
+        hw._load.cache_clear()
+    message = str(info.value)
+    assert message == f"Error in {bad}: invalid link profile: {problem}."
+    assert "\n" not in message
+
+
 # --- DGX-1 hybrid cube mesh ---------------------------------------------------------------------
 
 def test_dgx1_mesh_gives_every_gpu_six_nvlink_lanes():
