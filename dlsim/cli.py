@@ -18,7 +18,8 @@ from dlsim.analysis.scaling import scaling_analysis
 from dlsim.config import read_yaml
 from dlsim.errors import ScenarioError
 from dlsim.executors import PointCache, executor_for
-from dlsim.output import records, to_json, write_run, write_sweep
+from dlsim.output import to_json, write_run, write_sweep
+from dlsim.results import records
 from dlsim.simulate import simulate
 from dlsim.sweep import pivot, primary_metric, run_sweep
 from dlsim.validation import DEFAULT_DIR, host_validation, run_validation, table_errors

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import re
 import shutil
 import tempfile
@@ -16,13 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from dlsim.analysis.scaling import GroupScaling
 from dlsim.errors import ScenarioError
 from dlsim.report import render_run, render_sweep
-from dlsim.results import Result
+from dlsim.results import Result, records
 from dlsim.sweep import primary_metric
 from dlsim.tracefile import chrome_trace
 
@@ -66,16 +64,6 @@ def write_run(result: Result, out_dir: Path) -> Path:
              "trace.json": json.dumps(chrome_trace(result)),
              "index.html": render_run(result)}
     return write_report_dir(out_dir / slug(result.summary["name"]), files)
-
-
-def records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows as plain Python values, floats exact (``DataFrame.to_json`` keeps only 10
-    digits by default), NaN as None."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, np.generic):
-            value = value.item()
-        return None if isinstance(value, float) and math.isnan(value) else value
-    return [{str(k): plain(v) for k, v in row.items()} for row in table.to_dict("records")]
 
 
 def write_sweep(name: str, table: pd.DataFrame, vary: list[str], base: dict[str, Any],

@@ -5,9 +5,11 @@ The engine produces these; metrics, report and CLI only read them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
@@ -51,3 +53,13 @@ class Result:
         if name in summary:
             return summary[name]
         raise AttributeError(name)
+
+
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as plain Python values for JSON (summary.json tables, sweep rows): floats
+    exact (``DataFrame.to_json`` keeps only 10 digits by default), NaN as None."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            value = value.item()
+        return None if isinstance(value, float) and math.isnan(value) else value
+    return [{str(k): plain(v) for k, v in row.items()} for row in table.to_dict("records")]

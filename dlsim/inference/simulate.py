@@ -33,16 +33,11 @@ from dlsim.inference.spatial import (
 from dlsim.inference.spec import EdgeInferenceSpec
 from dlsim.inference.split import best_row, split_table
 from dlsim.inference.tiers import Tier, device_profile, hop, tier
-from dlsim.results import Result, Span
+from dlsim.results import Result, Span, records
 from dlsim.workload import Model, build_model
 
 # The scenario fields this kind reads; the training sections' defaults would only confuse.
 _SCENARIO_FIELDS = {"name", "kind", "description", "model", "precision", "seed", "inference"}
-
-
-def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-            for row in table.to_dict("records")]
 
 
 def _spans(segments: list[Segment]) -> list[Span]:
@@ -103,7 +98,7 @@ def _split(spec: EdgeInferenceSpec, device: Tier, model: Model, exits: list[Exit
             "radio_counted": spec.radio is not None, "best_latency": by_latency,
             "best_energy": by_energy,
             "server_only_latency_s": float(table["latency_s"].iloc[0]),
-            "table": _records(table),
+            "table": records(table),
             "latency_s": chosen[prefix + "latency_s"], "energy_J": chosen[prefix + "energy_J"]}
     return part, walk(route, model, exits, len(exits), dtype)
 
@@ -125,7 +120,7 @@ def _hierarchy(spec: EdgeInferenceSpec, device: Tier, model: Model, exits: list[
     table, expected = hierarchy_table(route, model, exits, dtype, spec.radio)
     part = {"edge": tiers[1].device.name, "cloud": tiers[2].device.name,
             "edge_first_layer": h.edge.first_layer, "cloud_first_layer": h.cloud.first_layer,
-            **expected, "table": _records(table)}
+            **expected, "table": records(table)}
     return part, walk(route, model, exits, len(exits), dtype)
 
 
@@ -138,7 +133,7 @@ def _spatial(spec: EdgeInferenceSpec, model: Model, dtype: str, dt: int) -> dict
     table = spatial_table(model, profile, hop(sp.link, "inference.spatial.link"), sp.devices,
                           dtype, dt, spec.batch)
     return {"device": profile.name, "best": best_row(table, "latency_s"),
-            "table": _records(table)}
+            "table": records(table)}
 
 
 def simulate_edge_inference(scenario: Scenario) -> Result:
