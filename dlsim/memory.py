@@ -16,8 +16,10 @@ block stores s*b*h*(34 + 5*a*s/h) bytes at 16 bit. Tensor parallelism splits all
 and MLP): s*b*h*(10 + 24/t + 5*a*s/(h*t)), which is what dlsim's tensor parallelism runs;
 with ``sequence_parallel`` that part is split too: s*b*h*(34 + 5*a*s/h)/t. Selective
 recomputation drops the attention core (5*a*s^2*b): s*b*h*(10 + 24/t), or 34*s*b*h/t with
-sequence parallelism; full recomputation keeps only each block's input, 2*s*b*h. The
-embedding and head are counted as split t ways (their vocabulary-parallel logits dominate).
+sequence parallelism; full recomputation keeps only each block's input, 2*s*b*h, which
+sequence parallelism holds split along the sequence (Megatron-LM checkpoints the s/t shard
+each rank holds): 2*s*b*h/t. The embedding and head are counted as split t ways (their
+vocabulary-parallel logits dominate).
 A pipeline stage holds the activations of every micro-batch in flight (GPipe all m, 1F1B at
 most p; ``dlsim.pipeline.in_flight``).
 
@@ -103,7 +105,7 @@ def stored_activations(layer: Layer, tensor: int, recompute: str,
     if block is None:
         return layer.activation_bytes / tensor
     if recompute == "full":
-        return block.block_input
+        return block.block_input / (tensor if sequence_parallel else 1)
     dropped = block.attention_core if recompute == "selective" else 0.0
     kept = block.replicated / (tensor if sequence_parallel else 1)
     return (layer.activation_bytes - dropped - block.replicated) / tensor + kept
