@@ -320,7 +320,8 @@ def _plan_row(p: dict[str, Any]) -> dict[str, Any]:
     schedule = p["schedule"] + (f"×{p['virtual_stages']}" if p["virtual_stages"] > 1 else "")
     return {"gpus": p["gpus"], "d·t·p": f"{p['data']}·{p['tensor']}·{p['pipeline']}",
             "micro": p["microbatch"], "schedule": schedule, "zero": p["zero_stage"],
-            "recompute": p["recompute"], "placement": p["placement"],
+            "recompute": p["recompute"], "sp": "yes" if p.get("sequence_parallel") else "",
+            "placement": p["placement"],
             "algorithm": p["algorithm"], "step (s)": float(f"{p['step_time_s']:.3g}"),
             "from": p["step_time_source"][:3],
             "days": float(f"{p['time_to_train_s'] / 86400:.3g}"),

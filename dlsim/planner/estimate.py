@@ -10,7 +10,9 @@ discrete-event engine and says which figures came from which. The formulas:
 
 - Tensor parallelism: what one rank computes is ``dlsim.tensor.shard_model`` (Megatron-LM's
   split, as the engine runs it), plus its all-reduces of the b·s·h activation (two in forward
-  and two in backward per block), blocking compute.
+  and two in backward per block), blocking compute; with sequence parallelism the
+  layernorms and residuals split too and each all-reduce is an all-gather and a
+  reduce-scatter (``dlsim.tensor.tensor_collectives``).
 - Pipeline (Narayanan et al. SC'21, §2.2): GPipe and 1F1B take (m + p − 1)·(t_f + t_b);
   interleaved 1F1B with v chunks (m + (p − 1)/v)·(t_f + t_b); activations cross a stage
   boundary on the fill and drain path 2(p·v − 1) times.
@@ -83,19 +85,22 @@ class Fabric:
 class CostTable:
     """One model at one micro-batch on one device, cut the way the engine cuts it
     (``dlsim.pipeline.pieces`` of ``dlsim.tensor.shard_model``), memoised per tensor degree,
-    piece count and recomputation: thousands of plans share a few hundred cuts."""
+    piece count, recomputation and sequence parallelism: thousands of plans share a few
+    hundred cuts."""
 
     def __init__(self, model: Model, device: DeviceProfile, dtype: str, tokens: float,
                  hidden: int) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.tokens, self.hidden = tokens, hidden
-        self._memo: dict[tuple[int, int, str], list[Piece]] = {}
+        self._memo: dict[tuple[int, int, str, bool], list[Piece]] = {}
 
-    def pieces(self, t: int, parts: int, recompute: str) -> list[Piece]:
-        key = (t, parts, recompute)
+    def pieces(self, t: int, parts: int, recompute: str,
+               sequence_parallel: bool = False) -> list[Piece]:
+        key = (t, parts, recompute, sequence_parallel)
         if key not in self._memo:
-            self._memo[key] = pieces(self.model, shard_model(self.model, t), self.device,
-                                     self.dtype, parts, recompute)
+            self._memo[key] = pieces(self.model, shard_model(self.model, t, sequence_parallel),
+                                     self.device, self.dtype, parts, recompute,
+                                     sequence_parallel)
         return self._memo[key]
 
 
@@ -111,7 +116,7 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
     t, p, d, v = plan.tensor, plan.pipeline, plan.data, plan.virtual_stages
     m = plan.microbatches_for(global_batch)
     grid, place, n = Grid(d, t, p), plan.placement, plan.gpus
-    cut = table.pieces(t, p * v, plan.recompute)
+    cut = table.pieces(t, p * v, plan.recompute, plan.sequence_parallel and t > 1)
     stage = max((cut[s::p] for s in range(p)),
                 key=lambda ps: sum(x.forward_s + x.backward_s for x in ps))
     act = max(DTYPE_BYTES[table.dtype], 2) * table.tokens * table.hidden

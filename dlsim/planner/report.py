@@ -9,7 +9,7 @@ from dlsim.planner.search import PlanResult
 from dlsim.report import Card, _environment, format_bytes, format_number, format_seconds
 
 COLUMNS = ("gpus", "data", "tensor", "pipeline", "microbatch", "schedule", "virtual_stages",
-           "zero_stage", "recompute", "placement", "algorithm", "step_time_s",
+           "zero_stage", "recompute", "sequence_parallel", "placement", "algorithm", "step_time_s",
            "step_time_source", "time_to_train_s", "cost_usd", "energy_kwh",
            "memory_per_device_bytes")
 

@@ -73,7 +73,7 @@ def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int) -> dict
     """The scenario that runs ``plan``: what the engine confirms and the user can rerun."""
     return {
         "name": (f"plan-{request.model}-{plan.gpus}gpu-d{plan.data}t{plan.tensor}"
-                 f"p{plan.pipeline}"),
+                 f"p{plan.pipeline}" + ("-sp" if plan.sequence_parallel else "")),
         "model": {"preset": request.model},
         "cluster": {"preset": request.cluster, "nodes": plan.gpus // devices_per_node},
         "precision": request.precision,
@@ -81,7 +81,8 @@ def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int) -> dict
                      "optimizer": request.optimizer},
         "parallelism": {"data": plan.data, "tensor": plan.tensor, "pipeline": plan.pipeline,
                         "schedule": plan.schedule, "virtual_stages": plan.virtual_stages,
-                        "zero_stage": plan.zero_stage, "recompute": plan.recompute},
+                        "zero_stage": plan.zero_stage, "recompute": plan.recompute,
+                        "sequence_parallel": plan.sequence_parallel},
         "communication": {"data_parallel": plan.algorithm},
         "placement": plan.placement,
     }
@@ -134,7 +135,8 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                 model, request.precision, request.optimizer, data=p.data, tensor=p.tensor,
                 pipeline=p.pipeline, in_flight_microbatches=in_flight(
                     p.schedule, 0, p.pipeline, m, p.virtual_stages),
-                zero_stage=p.zero_stage, recompute=p.recompute)
+                zero_stage=p.zero_stage, recompute=p.recompute,
+                sequence_parallel=p.sequence_parallel and p.tensor > 1)
             row: dict[str, Any] = {**p.as_dict(), "microbatches": m,
                                    "memory_per_device_bytes": memory.total,
                                    "fits_in_memory": memory.total <= device.memory_bytes}
@@ -219,7 +221,9 @@ def explain(ranked: list[dict[str, Any]], capacity: float, objective: str = "tim
     headroom = capacity - win["memory_per_device_bytes"]
     lines = [f"The winner (d={win['data']}, t={win['tensor']}, p={win['pipeline']}, "
              f"micro-batch {win['microbatch']}, {win['schedule']}, ZeRO-{win['zero_stage']}, "
-             f"recompute {win['recompute']}, {win['placement']}, {win['algorithm']}) spends its "
+             f"recompute {win['recompute']}"
+             f"{', sequence parallel' if win.get('sequence_parallel') else ''}, "
+             f"{win['placement']}, {win['algorithm']}) spends its "
              f"step on {shares} ({win['step_time_source']}); it leaves "
              f"{headroom / 1e9:.1f} GB of memory free."]
     if len(ranked) > 1:

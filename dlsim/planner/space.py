@@ -1,8 +1,9 @@
 """The plan space: every way to run one model on N devices of one system.
 
 A plan fixes the data, tensor and pipeline degrees (d·t·p = N), the micro-batch, the pipeline
-schedule (and its virtual stages), the ZeRO stage, recomputation, placement and the
-data-parallel collective algorithm. Only plans a framework could actually run are produced:
+schedule (and its virtual stages), the ZeRO stage, recomputation, placement, the
+data-parallel collective algorithm and, with t > 1, sequence parallelism (Korthikanti et al.
+2022, §4.2.2). Only plans a framework could actually run are produced:
 tensor degrees divide the attention heads and the hidden size (Megatron-LM's requirement),
 pipeline stages divide the transformer blocks (interleaving needs blocks divisible by p·v and
 micro-batches divisible by p, as Megatron-LM's interleaved schedule does), the global batch
@@ -12,6 +13,7 @@ ZeRO's reduce-scatter and all-gathers run as rings, so its plans name the ring o
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -45,6 +47,7 @@ class Plan:
     recompute: str
     placement: str
     algorithm: str
+    sequence_parallel: bool = False
 
     def microbatches_for(self, global_batch: int) -> int:
         return global_batch // self.data // self.microbatch
@@ -70,7 +73,8 @@ def enumerate_plans(shape: ModelShape, gpus: int, global_batch: int, devices_per
                     *, max_microbatch: int = 8, schedules: tuple[str, ...] = SCHEDULES,
                     recompute: tuple[str, ...] = RECOMPUTE,
                     placements: tuple[str, ...] = PLACEMENTS,
-                    algorithms: tuple[str, ...] = ALGORITHMS) -> Iterator[Plan]:
+                    algorithms: tuple[str, ...] = ALGORITHMS,
+                    sequence_parallel: tuple[bool, ...] = (False, True)) -> Iterator[Plan]:
     """Every runnable plan for ``gpus`` devices, in a fixed order (so ties break the same)."""
     tensor_options = [1]
     if shape.heads is not None and shape.hidden is not None:
@@ -88,12 +92,13 @@ def enumerate_plans(shape: ModelShape, gpus: int, global_batch: int, devices_per
                 m = per_replica // b
                 for schedule, v in _schedules(schedules, p, m, shape.blocks):
                     for zero in ((0, 1, 2, 3) if p == 1 and d > 1 else (0,)):
-                        for rc in recompute:
+                        for rc, sp in itertools.product(
+                                recompute, sequence_parallel if t > 1 else (False,)):
                             for place in placements:
                                 for algo in (algorithms if d > 1 and zero == 0
                                              else algorithms[:1]):
                                     yield Plan(gpus, d, t, p, b, schedule, v, zero, rc, place,
-                                               algo)
+                                               algo, sp)
 
 
 def _schedules(allowed: tuple[str, ...], p: int, m: int,
