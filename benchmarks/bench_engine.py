@@ -26,6 +26,14 @@ def ring_allreduce(n: int, preset: bool) -> dict:
             "collective": {"op": "allreduce", "algorithm": "ring", "size_bytes": 1 << 30}}
 
 
+def on_dgx_nodes(n: int, op: str, algorithm: str, size: int, oversubscription: float = 1.0
+                 ) -> dict:
+    return {"name": f"{op}-{n}", "kind": "collective",
+            "cluster": {"preset": "dgx-a100", "nodes": n // 8,
+                        "oversubscription": oversubscription},
+            "collective": {"op": op, "algorithm": algorithm, "size_bytes": size}}
+
+
 def dp_step(fidelity: str, scenario: str = "gpt2-1.5b-1024gpu") -> dict:
     import yaml
 
@@ -41,6 +49,10 @@ CASES = [
      lambda: ring_allreduce(1024, True)),
     ("ring all-reduce 1 GiB, DGX A100 nodes on a fat tree", 8192,
      lambda: ring_allreduce(8192, True)),
+    ("hierarchical all-reduce 1 GiB, DGX A100 nodes on a fat tree", 4096,
+     lambda: on_dgx_nodes(4096, "allreduce", "hierarchical", 1 << 30)),
+    ("all-to-all 256 MiB, DGX A100 nodes on a 2:1 fat tree (contended spines)", 1024,
+     lambda: on_dgx_nodes(1024, "alltoall", "direct", 1 << 28, oversubscription=2)),
     ("data-parallel step, GPT-2 1.5B (symmetry)", 1024, lambda: dp_step("auto")),
     ("data-parallel step, GPT-2 1.5B (every rank)", 1024, lambda: dp_step("full")),
     ("3D step, GPT-3 175B, t=8 p=16 d=8, 192 micro-batches (symmetry)", 1024,

@@ -64,6 +64,11 @@ class Topology:
         init=False, repr=False)
     _ecmp: dict[str, list[object]] = field(init=False, repr=False)
     _rail_gpu: dict[tuple[int, int], int] = field(init=False, repr=False)
+    _legs: dict[tuple[int, bool], tuple[np.ndarray, object]] = field(init=False, repr=False)
+    _fabric_paths: dict[tuple[object, object], list[object]] = field(init=False, repr=False)
+    _fabric_ids: dict[tuple[object, ...], np.ndarray] = field(init=False, repr=False)
+    _node_of: list[object] = field(init=False, repr=False)
+    _ecmp_of: dict[object, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.edges = list(self.graph.edges)
@@ -74,10 +79,18 @@ class Topology:
                                     for e in self.edges], dtype=int)
         self._routes = {}
         self._flow_routes = {}
+        self._legs = {}
+        self._fabric_paths = {}
+        self._fabric_ids = {}
         self._ecmp = {}
+        self._ecmp_of = {}
         for node, group in self.graph.nodes(data="ecmp"):
             if group is not None:
                 self._ecmp.setdefault(group, []).append(node)
+                self._ecmp_of[node] = group
+        # each device's node, looked up per route (the graph's node views are slow)
+        self._node_of = [self.graph.nodes[d].get("node", d) if d in self.graph else d
+                         for d in range(self.n_devices)]
         # under PXN: the first GPU of each node on each rail (its local NIC index)
         self._rail_gpu = {}
         if self.graph.graph.get("pxn"):
@@ -92,20 +105,32 @@ class Topology:
         if cached is not None:
             return cached
         proxy = self._pxn_proxy(src, dst)
-        path = (self._path(src, dst) if proxy is None
-                else self._path(src, proxy) + self._path(proxy, dst)[1:])
-        if self._ecmp:
-            for i, node in enumerate(path):
-                group = self.graph.nodes[node].get("ecmp")
-                if group is not None:
-                    members = self._ecmp[group]
-                    pick = (self.graph.nodes[dst].get("node", dst)
-                            if self.graph.graph.get("ecmp_by") == "node" else dst)
-                    path[i] = members[pick % len(members)]
-        ids = np.fromiter((self._edge_id[(a, b)] for a, b in zip(path, path[1:])),
-                          dtype=np.int64, count=len(path) - 1)
+        if proxy is not None:
+            ids = np.concatenate((self.route(src, proxy), self.route(proxy, dst)))
+        elif self._between_nodes(src, dst):
+            ids = self._node_to_node(src, dst)
+        else:
+            ids = self._edge_ids(self._ecmp_path(self._path(src, dst), dst))
         self._routes[key] = ids
         return ids
+
+    def _edge_ids(self, path: list[object]) -> np.ndarray:
+        return np.fromiter((self._edge_id[(a, b)] for a, b in zip(path, path[1:])),
+                           dtype=np.int64, count=len(path) - 1)
+
+    def _ecmp_path(self, path: list[object], dst: int) -> list[object]:
+        """``path`` with each interchangeable switch replaced by member ``pick mod k`` of
+        its group, ``pick`` the destination device (or its node: ``ecmp_by`` node)."""
+        if not self._ecmp:
+            return path
+        pick = self._node_of[dst] if self.graph.graph.get("ecmp_by") == "node" else dst
+        out = list(path)
+        for i, node in enumerate(path):
+            group = self._ecmp_of.get(node)
+            if group is not None:
+                members = self._ecmp[group]
+                out[i] = members[pick % len(members)]
+        return out
 
     def _path(self, src: object, dst: object) -> list[object]:
         """Shortest-hop node path; where devices do not forward (``device_transit`` False),
@@ -118,6 +143,48 @@ class Topology:
                 g, filter_node=lambda v: v in (src, dst) or g.nodes[v].get("kind") != "device"),
                 src, dst)
         return path
+
+    def _between_nodes(self, src: int, dst: int) -> bool:
+        return (self.graph.graph.get("device_nics", False)
+                and self._node_of[src] != self._node_of[dst])
+
+    def _node_to_node(self, src: int, dst: int) -> np.ndarray:
+        """A route between nodes from cached legs: the source's path out through its NIC to
+        the fabric switch, the fabric between the two switches (spines resolved for this
+        destination), the destination's path in from its switch. Every route between nodes
+        passes NICs and shortest paths are made of shortest legs, so this is the route a
+        search over the whole graph finds (the tests check it on every system preset), in
+        a few lookups instead of a search per device pair: a 1,024-GPU all-to-all routes a
+        million pairs."""
+        up, out_switch = self._leg(src, outward=True)
+        down, in_switch = self._leg(dst, outward=False)
+        base = self._fabric_paths.get((out_switch, in_switch))
+        if base is None:
+            base = self._fabric_paths[(out_switch, in_switch)] = (
+                [out_switch] if out_switch == in_switch else self._path(out_switch, in_switch))
+        middle = self._ecmp_path(base, dst)
+        key = tuple(middle)
+        ids = self._fabric_ids.get(key)
+        if ids is None:
+            ids = self._fabric_ids[key] = self._edge_ids(middle)
+        return np.concatenate((up, ids, down))
+
+    def _leg(self, device: int, outward: bool) -> tuple[np.ndarray, object]:
+        """Edge ids from ``device`` to the fabric switch beyond its NIC (outward) or back,
+        and that switch: read off a route to or from a device of another node."""
+        key = (device, outward)
+        cached = self._legs.get(key)
+        if cached is None:
+            far = self._far_device(device)
+            path = self._path(device, far) if outward else self._path(far, device)[::-1]
+            nic = next(i for i, v in enumerate(path) if self.graph.nodes[v].get("kind") == "nic")
+            leg = path[:nic + 2]
+            cached = self._legs[key] = (self._edge_ids(leg if outward else leg[::-1]), leg[-1])
+        return cached
+
+    def _far_device(self, device: int) -> int:
+        node = self.graph.nodes[device].get("node")
+        return next(d for d in range(self.n_devices) if self.graph.nodes[d].get("node") != node)
 
     def _pxn_proxy(self, src: int, dst: int) -> int | None:
         """PXN (NCCL 2.12+, on unless NCCL_PXN_DISABLE=1): a message for a GPU of another
@@ -345,4 +412,7 @@ def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_li
             for d in devs[j * group:(j + 1) * group]:
                 g.nodes[d]["nic"] = j
                 add_link(g, d, sw, host_link)
+        # each device has one NIC of its own, the nearest way out of the node whatever the
+        # destination, so routes between nodes are three cached legs (Topology.route)
+        g.graph["device_nics"] = True
     return nic_names

@@ -288,3 +288,31 @@ def test_rails_with_pxn_carry_an_all_to_all_at_nic_rate_and_tie_on_rings():
         assert slower.time_s > 1.5 * rail
     assert _sixteen_nodes("allreduce", "ring", "rail", protocol="nccl").time_s == pytest.approx(
         _sixteen_nodes("allreduce", "ring", "fat-tree", protocol="nccl").time_s, rel=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["dgx-a100", "dgx-h100", "dgx1-v100", "hgx-h200",
+                                    "pcie-8gpu-2socket"])
+@pytest.mark.parametrize("fabric,pxn", [("fat-tree", True), ("switch", True), ("rail", True),
+                                        ("rail", False)])
+def test_routes_between_nodes_from_cached_legs_equal_a_full_search(preset, fabric, pxn):
+    """Routes between nodes are composed from cached legs (out to the NIC, across the
+    fabric, in from the NIC) where each device has a NIC of its own; for every pair of
+    devices on different nodes (and a PXN hand-over, where one applies) that must be the
+    path a breadth-first search over the whole graph finds, with the same spine."""
+    topo = build_topology(ClusterSpec(preset=preset, nodes=3, fabric=fabric, pxn=pxn,
+                                      oversubscription=2, nics_per_leaf=8))
+
+    def searched(s: int, d: int) -> np.ndarray:
+        return topo._edge_ids(topo._ecmp_path(topo._path(s, d), d))
+
+    composed = 0
+    for s in range(topo.n_devices):
+        for d in range(topo.n_devices):
+            if s == d or not topo._between_nodes(s, d):
+                continue
+            proxy = topo._pxn_proxy(s, d)
+            expected = (searched(s, d) if proxy is None else
+                        np.concatenate((searched(s, proxy), searched(proxy, d))))
+            assert topo.route(s, d).tolist() == expected.tolist(), (s, d)
+            composed += 1
+    assert composed > 0 or preset == "pcie-8gpu-2socket"  # its NICs hang off the sockets
