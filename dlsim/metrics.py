@@ -1,4 +1,5 @@
-"""Metrics: where a device's time went, from the spans the engine recorded.
+"""Metrics: where a device's time went, from the spans the engine recorded, and the summary
+of a training step that every training path reports.
 
 The breakdown partitions [0, T] of one device's timeline, so its parts sum to T exactly:
 compute (any compute span), exposed communication (a collective moving data while no compute
@@ -9,12 +10,18 @@ bubble (zero for data parallelism, which has none), and idle (the rest).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from dlsim.config import Scenario
+from dlsim.hardware import DeviceProfile
+from dlsim.memory import MemoryPlan
 from dlsim.results import Span
 from dlsim.topology import Topology
+from dlsim.workload import Model
 
 
 def union(intervals: Iterable[tuple[float, float]]) -> np.ndarray:
@@ -90,3 +97,65 @@ def link_table(topology: Topology, link_bytes: np.ndarray, link_busy_s: np.ndarr
     })
     return rows.sort_values(["utilisation", "link"], ascending=[False, True],
                             ignore_index=True)
+
+
+@dataclass(frozen=True)
+class TrainingWork:
+    """What a training job computed on ``devices`` devices in ``seconds`` of simulated time:
+    ``replica_steps`` steps of one model replica (a data-parallel replica, or a parameter
+    server's worker), each of ``microbatches`` micro-batches of ``microbatch`` samples."""
+
+    devices: int
+    seconds: float
+    replica_steps: int
+    microbatches: int
+    microbatch: int
+
+    @property
+    def samples(self) -> int:
+        return self.replica_steps * self.microbatches * self.microbatch
+
+
+def training_summary(scenario: Scenario, topology: Topology, device: DeviceProfile,
+                     model: Model, executed: Model, work: TrainingWork, memory: MemoryPlan,
+                     end_s: float, bytes_injected: float, parts_s: dict[str, float], *,
+                     communication: dict[str, Any], parallelism: dict[str, Any],
+                     lora_and_offload: bool = False) -> dict[str, Any]:
+    """The summary.json fields of a training job (DESIGN.md's contract), per step of the
+    ``training.steps`` that took ``end_s``, ``parts_s`` being the critical device's
+    breakdown over them. FLOP/s and MFU count the matrix products of ``executed`` (the
+    model as trained, say with LoRA's adapters), not its elementwise kernels.
+    ``communication`` holds the fields that say how gradients were exchanged, and
+    ``lora_and_offload`` adds the trainable parameters, host memory and PCIe traffic of a
+    path that models LoRA and offloading."""
+    steps = scenario.training.steps
+    dtype = scenario.precision
+    matmul_flops = sum(k.flops for layer in executed.layers
+                       for k in (*layer.forward, *layer.backward) if k.kind != "elementwise")
+    tflops = (matmul_flops * work.microbatches * work.replica_steps / work.devices
+              / work.seconds / 1e12)
+    summary: dict[str, Any] = {
+        "name": scenario.name, "kind": "training", "model": model.name,
+        "device": device.name, "devices": work.devices, "precision": dtype,
+        "topology": topology.description,
+        "step_time_s": end_s / steps,
+        "throughput_samples_per_s": work.samples / work.seconds,
+        "tflops_per_device": tflops,
+        "mfu": tflops * 1e12 / device.peak_flops(dtype),
+        "parameters": model.parameters,
+        "memory_per_device_bytes": memory.total,
+        "memory_breakdown_bytes": memory.as_dict(),
+        "memory_capacity_bytes": device.memory_bytes,
+        "fits_in_memory": memory.total <= device.memory_bytes,
+    }
+    if lora_and_offload:
+        summary.update(trainable_parameters=executed.parameters,
+                       memory_host_bytes=memory.host,
+                       offload_pcie_bytes_per_step=memory.offload_bytes_per_step)
+    return summary | {
+        "comm_bytes_total": bytes_injected / steps,
+        "breakdown_s": {k: v / steps for k, v in parts_s.items()},
+        **communication,
+        "global_batch": scenario.training.global_batch, "microbatch": work.microbatch,
+        "parallelism": parallelism,
+    }

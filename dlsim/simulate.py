@@ -24,7 +24,7 @@ from dlsim.federated.simulator import simulate_federated
 from dlsim.hardware import DTYPE_BYTES
 from dlsim.inference.simulate import simulate_edge_inference
 from dlsim.memory import gradient_bytes_per_param, memory_per_device, savings, stage_memory
-from dlsim.metrics import breakdown, link_table
+from dlsim.metrics import TrainingWork, breakdown, link_table, training_summary
 from dlsim.pipeline import PipelineJob, in_flight, pieces, pipeline_programs
 from dlsim.program import Collective
 from dlsim.results import Result
@@ -207,42 +207,21 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
     schedule_slow_links(engine.env, engine.network, topology, scenario.stragglers)
     run = ended_at_last_op(_run(engine, "communication.data_parallel"))
 
-    steps = train.steps
-    step_time = run.end_s / steps
     critical = max(programs, key=lambda r: (run.rank_end_s[r], -r))
     parts_s = breakdown(run.spans, int(ranks[critical]), run.end_s, pipeline=stages > 1)
-    matmul_flops = sum(k.flops for layer in executed.layers
-                       for k in (*layer.forward, *layer.backward) if k.kind != "elementwise")
-    tflops = matmul_flops * micro_count * data / n / step_time / 1e12
-    summary = {
-        "name": scenario.name, "kind": "training", "model": model.name,
-        "device": device.name, "devices": n, "precision": dtype,
-        "topology": topology.description,
-        "step_time_s": step_time,
-        "throughput_samples_per_s": train.global_batch / step_time,
-        "tflops_per_device": tflops,
-        "mfu": tflops * 1e12 / device.peak_flops(dtype),
-        "parameters": model.parameters,
-        "memory_per_device_bytes": memory.total,
-        "memory_breakdown_bytes": memory.as_dict(),
-        "memory_capacity_bytes": device.memory_bytes,
-        "fits_in_memory": memory.total <= device.memory_bytes,
-        "trainable_parameters": executed.parameters,
-        "memory_host_bytes": memory.host,
-        "offload_pcie_bytes_per_step": memory.offload_bytes_per_step,
-        "comm_bytes_total": run.network.bytes_injected / steps,
-        "breakdown_s": {k: v / steps for k, v in parts_s.items()},
-        "communication": scenario.communication.data_parallel,
-        "protocol": mode,
-        "compression": compression_summary(comm, gradient_bytes_per_param(dtype), run.spans,
-                                           steps),
-        "global_batch": train.global_batch, "microbatch": micro,
-        "parallelism": {"data": data, "tensor": tensor,
-                        "sequence_parallel": sequence_parallel, "pipeline": stages,
-                        "schedule": par.schedule, "virtual_stages": chunks,
-                        "zero_stage": par.zero_stage, "recompute": par.recompute,
-                        "offload": par.offload, "microbatches": micro_count},
-    }
+    work = TrainingWork(n, run.end_s / train.steps, data, micro_count, micro)
+    summary = training_summary(
+        scenario, topology, device, model, executed, work, memory, run.end_s,
+        run.network.bytes_injected, parts_s,
+        communication={"communication": comm.data_parallel, "protocol": mode,
+                       "compression": compression_summary(
+                           comm, gradient_bytes_per_param(dtype), run.spans, train.steps)},
+        parallelism={"data": data, "tensor": tensor,
+                     "sequence_parallel": sequence_parallel, "pipeline": stages,
+                     "schedule": par.schedule, "virtual_stages": chunks,
+                     "zero_stage": par.zero_stage, "recompute": par.recompute,
+                     "offload": par.offload, "microbatches": micro_count},
+        lora_and_offload=True)
     if not summary["fits_in_memory"]:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,
                                                   zero_allowed=stages == tensor == 1 < n

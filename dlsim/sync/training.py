@@ -21,7 +21,7 @@ from dlsim.costmodel import optimizer_time_s
 from dlsim.errors import ScenarioError
 from dlsim.hardware import DTYPE_BYTES
 from dlsim.memory import gradient_bytes_per_param, memory_per_device
-from dlsim.metrics import breakdown, link_table
+from dlsim.metrics import TrainingWork, breakdown, link_table, training_summary
 from dlsim.program import Compute
 from dlsim.results import Result
 from dlsim.strategy import data_parallel_program, split_batch
@@ -100,44 +100,28 @@ def ps_training(scenario: Scenario, topology: Topology) -> Result:
     schedule_slow_links(server.env, server.network, topology, scenario.stragglers)
     run = server.run()
 
-    matmul_flops = sum(k.flops for layer in model.layers
-                       for k in (*layer.forward, *layer.backward) if k.kind != "elementwise")
     worker_steps = int(run.steps_per_worker.sum())
-    end = run.end_s
-    tflops = matmul_flops * (per_worker // micro) * worker_steps / n / end / 1e12
-    summary: dict[str, Any] = {
-        "name": scenario.name, "kind": "training", "model": model.name,
-        "device": device.name, "devices": n, "precision": dtype,
-        "topology": topology.description,
-        "step_time_s": end / train.steps,
-        "throughput_samples_per_s": worker_steps * per_worker / end,
-        "tflops_per_device": tflops,
-        "mfu": tflops * 1e12 / device.peak_flops(dtype),
-        "parameters": model.parameters,
-        "memory_per_device_bytes": (memory := memory_per_device(
-            model, dtype, train.optimizer)).total,
-        "memory_breakdown_bytes": memory.as_dict(),
-        "memory_capacity_bytes": device.memory_bytes,
-        "fits_in_memory": memory.total <= device.memory_bytes,
-        "comm_bytes_total": run.network.bytes_injected / train.steps,
-        "breakdown_s": _critical_breakdown(run, train.steps),
-        "communication": "ps", "global_batch": train.global_batch, "microbatch": micro,
-        "parallelism": {"data": n, "pipeline": 1, "schedule": scenario.parallelism.schedule,
-                        "zero_stage": 0, "microbatches": per_worker // micro},
-    }
+    memory = memory_per_device(model, dtype, train.optimizer)
+    summary = training_summary(
+        scenario, topology, device, model, model,
+        TrainingWork(n, run.end_s, worker_steps, per_worker // micro, micro), memory,
+        run.end_s, run.network.bytes_injected, _critical_breakdown(run),
+        communication={"communication": "ps"},
+        parallelism={"data": n, "pipeline": 1, "schedule": scenario.parallelism.schedule,
+                     "zero_stage": 0, "microbatches": per_worker // micro})
     summary.update(sync_summary(scenario, run, devices, per_worker))
     summary["simulation"] = {"fidelity": "full", "events": run.events,
                              "flows": run.network.flows_started, "seed": scenario.seed}
-    links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, end)
+    links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)
     return Result(summary, scenario.model_dump(mode="json", exclude_none=True), run.spans,
                   links)
 
 
-def _critical_breakdown(run: PSRun, steps: int) -> dict[str, float]:
-    """The breakdown of the device that finished last, per step (BSP) or per N worker-steps
-    (SSP/ASP)."""
+def _critical_breakdown(run: PSRun) -> dict[str, float]:
+    """The breakdown of the device that finished last (the summary gives it per step under
+    BSP, per N worker-steps under SSP/ASP)."""
     last = max(run.spans, key=lambda s: (s.end_s, -s.device)).device
-    return {k: v / steps for k, v in breakdown(run.spans, last, run.end_s).items()}
+    return breakdown(run.spans, last, run.end_s)
 
 
 def sync_summary(scenario: Scenario, run: PSRun, devices: np.ndarray,
