@@ -170,21 +170,17 @@ class Topology:
         return np.concatenate((up, ids, down))
 
     def _leg(self, device: int, outward: bool) -> tuple[np.ndarray, object]:
-        """Edge ids from ``device`` to the fabric switch beyond its NIC (outward) or back,
-        and that switch: read off a route to or from a device of another node."""
+        """Edge ids from ``device`` through its own NIC to the fabric switch beyond it
+        (outward) or back, and that switch."""
         key = (device, outward)
         cached = self._legs.get(key)
         if cached is None:
-            far = self._far_device(device)
-            path = self._path(device, far) if outward else self._path(far, device)[::-1]
-            nic = next(i for i, v in enumerate(path) if self.graph.nodes[v].get("kind") == "nic")
-            leg = path[:nic + 2]
-            cached = self._legs[key] = (self._edge_ids(leg if outward else leg[::-1]), leg[-1])
+            node = self._node_of[device]
+            nic = f"n{node}/nic{self.graph.nodes[device]['nic']}"
+            switch = next(v for v in self.graph.succ[nic] if not str(v).startswith(f"n{node}/"))
+            leg = self._path(device, nic) + [switch]
+            cached = self._legs[key] = (self._edge_ids(leg if outward else leg[::-1]), switch)
         return cached
-
-    def _far_device(self, device: int) -> int:
-        node = self.graph.nodes[device].get("node")
-        return next(d for d in range(self.n_devices) if self.graph.nodes[d].get("node") != node)
 
     def _pxn_proxy(self, src: int, dst: int) -> int | None:
         """PXN (NCCL 2.12+, on unless NCCL_PXN_DISABLE=1): a message for a GPU of another
