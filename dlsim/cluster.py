@@ -7,8 +7,6 @@ NIC link, one NIC per device); or a textbook topology with one link class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import networkx as nx
 import numpy as np
 
@@ -185,31 +183,6 @@ def placement(n_ranks: int, topology: Topology, policy: str | list[int]) -> np.n
     # socket-major keys: one device from each node's socket 0, then each node's socket 1...
     dealt = [d for column in zip(*(domains[k] for k in sorted(domains))) for d in column]
     return np.array(dealt[:n_ranks])
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The 3D rank layout of data x tensor x pipeline parallelism, Megatron-LM's order:
-    rank = ((stage * data) + replica) * tensor + k. A tensor group is ``tensor`` consecutive
-    ranks, so ``pack`` placement keeps it inside one node on its fast links; the replicas of
-    a stage come next, and pipeline stages are outermost, across nodes."""
-
-    data: int
-    tensor: int
-    pipeline: int
-
-    @property
-    def size(self) -> int:
-        return self.data * self.tensor * self.pipeline
-
-    def rank(self, stage: int, replica: int, k: int) -> int:
-        return (stage * self.data + replica) * self.tensor + k
-
-    def tensor_group(self, stage: int, replica: int) -> tuple[int, ...]:
-        return tuple(self.rank(stage, replica, k) for k in range(self.tensor))
-
-    def data_group(self, stage: int, k: int) -> tuple[int, ...]:
-        return tuple(self.rank(stage, r, k) for r in range(self.data))
 
 
 def _explicit_placement(n_ranks: int, n_devices: int, devices: list[int]) -> np.ndarray:

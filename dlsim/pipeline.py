@@ -34,7 +34,7 @@ from functools import cache
 
 import numpy as np
 
-from dlsim.cluster import Grid
+from dlsim.grid import Grid
 from dlsim.hardware import DeviceProfile
 from dlsim.memory import gradient_bytes_per_param, pipeline_stages, weight_bytes_per_param
 from dlsim.program import Collective, Compute, Op

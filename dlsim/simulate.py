@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dlsim.cluster import Grid, build_topology, placement
+from dlsim.cluster import build_topology, placement
 from dlsim.comm.algorithms import busbw_factor, check_algorithm, dedicated_hosts
 from dlsim.comm.compression import compression_of, compression_summary, local_sgd_period
 from dlsim.comm.protocol import resolve_mode
@@ -21,6 +21,7 @@ from dlsim.config import Scenario, load_scenario
 from dlsim.engine import Engine, EngineRun
 from dlsim.errors import ScenarioError
 from dlsim.federated.simulator import simulate_federated
+from dlsim.grid import Grid
 from dlsim.hardware import DTYPE_BYTES
 from dlsim.inference.simulate import simulate_edge_inference
 from dlsim.memory import gradient_bytes_per_param, memory_per_device, savings, stage_memory

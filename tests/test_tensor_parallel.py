@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 
 import dlsim
 from dlsim import hardware
-from dlsim.cluster import Grid, build_topology, placement
+from dlsim.cluster import build_topology, placement
 from dlsim.config import ClusterSpec, ModelSpec
 from dlsim.costmodel import kernel_time_s, optimizer_time_s
 from dlsim.errors import ScenarioError
+from dlsim.grid import Grid
 from dlsim.strategy import pass_times_s
 from dlsim.tensor import shard_model
 from dlsim.workload import build_model

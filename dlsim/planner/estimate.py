@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlsim.cluster import Grid, placement
+from dlsim.cluster import placement
 from dlsim.comm.algorithms import merge_phases
 from dlsim.comm.protocol import resolve_mode
 from dlsim.comm.tuner import phase_time_s, plan_collective
 from dlsim.costmodel import optimizer_time_s
+from dlsim.grid import Grid
 from dlsim.hardware import DTYPE_BYTES, DeviceProfile
 from dlsim.memory import gradient_bytes_per_param
 from dlsim.pipeline import Piece, pieces
