@@ -177,26 +177,34 @@ def stage_memory(model: Model, parts: list[list[int]], dtype: str, optimizer: st
                key=lambda plan: plan.total)
 
 
-# The usual ways to save memory, in the order a practitioner reaches for them: selective
-# recomputation costs a few percent of time (Korthikanti et al. 2022, §5), ZeRO-3 half again
+# The usual ways to save memory, in the order a practitioner reaches for them: sequence
+# parallelism costs no extra traffic under tensor parallelism, selective recomputation a few
+# percent of time (Korthikanti et al. 2022, §5), ZeRO-3 half again
 # the gradient traffic, full recomputation a forward pass, offload a trip over PCIe.
-SAVINGS = (("recompute", "selective"), ("zero_stage", 3), ("recompute", "full"),
-           ("offload", "optimizer"))
+SAVINGS = (("sequence_parallel", True), ("recompute", "selective"), ("zero_stage", 3),
+           ("recompute", "full"), ("offload", "optimizer"))
 
 
 def savings(plan_of: Callable[..., MemoryPlan], options: dict[str, Any],
             zero_allowed: bool) -> dict[str, float]:
     """Bytes per device as each of ``SAVINGS`` is added in turn to ``options`` (skipping
-    those already set, and ZeRO-3 where it does not apply): what an overflowing plan could
+    those already set, ZeRO-3 where it does not apply, and sequence parallelism unless
+    ``options`` names it, as a tensor-parallel plan's do): what an overflowing plan could
     try. ``plan_of(**options)`` gives the plan's memory."""
     out: dict[str, float] = {}
     changed = dict(options)
     fields = list(dict.fromkeys(field for field, _ in SAVINGS))
     for field, value in SAVINGS:
         if (changed.get(field) == value or (field == "zero_stage" and not zero_allowed)
+                or (field == "sequence_parallel" and field not in options)
                 or (field == "recompute" and changed.get(field) == "full")):
             continue
         changed[field] = value
-        out[" + ".join(f"{k}: {changed[k]}" for k in fields
+        out[" + ".join(f"{k}: {_yaml(changed[k])}" for k in fields
                        if changed.get(k) != options.get(k))] = plan_of(**changed).total
     return out
+
+
+def _yaml(value: Any) -> str:
+    """A scenario value as the user writes it (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -199,6 +199,8 @@ def _training(scenario: Scenario, topology: Topology) -> Result:
             data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel)
     memory_options = {"zero_stage": par.zero_stage, "recompute": par.recompute,
                       "offload": par.offload}
+    if tensor > 1:  # sequence parallelism is a saving only a tensor-parallel plan can take
+        memory_options["sequence_parallel"] = sequence_parallel
     memory = memory_of(**memory_options)
     rng = np.random.default_rng(scenario.seed)
     dedicated = comm.data_parallel == "ps" and comm.server_placement == "dedicated"

@@ -265,3 +265,29 @@ def test_lora_with_zero3_is_refused_not_half_modelled():
         dlsim.simulate(_training(training={"lora": {"rank": 8, "targets": ["qkv"]}},
                                  parallelism={"zero_stage": 3}))
     assert err.value.field == "training.lora"
+
+
+def test_an_overflowing_tensor_parallel_plan_is_offered_sequence_parallelism_first():
+    """Korthikanti's 22B GPT at t=8, batch 4, no recomputation, overflows an 80 GB A100;
+    the first saving offered is sequence parallelism, worth exactly what the same run with
+    it holds, then selective recomputation on top. Plain data parallelism never offers it."""
+    import dlsim
+
+    scenario = {"name": "sp", "model": {"kind": "transformer", "layers": 48, "hidden": 6144,
+                                        "heads": 64, "seq_len": 2048, "vocab": 51200},
+                "cluster": {"preset": "dgx-a100", "nodes": 1}, "precision": "bf16",
+                "training": {"global_batch": 4, "microbatch": 4, "optimizer": "adam"},
+                "parallelism": {"data": 1, "tensor": 8}}
+    r = dlsim.simulate(scenario)
+    assert not r.fits_in_memory
+    savings = list(r.summary["memory_savings_bytes"].items())
+    assert [k for k, _ in savings[:2]] == [
+        "sequence_parallel: true", "sequence_parallel: true + recompute: selective"]
+    for (_, held), extra in zip(savings[:2], ({}, {"recompute": "selective"})):
+        with_it = dlsim.simulate({**scenario, "parallelism": {
+            **scenario["parallelism"], "sequence_parallel": True, **extra}})
+        assert held == with_it.memory_per_device_bytes
+    data_parallel = dlsim.simulate({**scenario, "parallelism": {"data": 8},
+                                    "training": {**scenario["training"], "global_batch": 32}})
+    assert not data_parallel.fits_in_memory
+    assert not any("sequence_parallel" in k for k in data_parallel.summary["memory_savings_bytes"])
