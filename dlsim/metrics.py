@@ -1,5 +1,5 @@
 """Metrics: where a device's time went, from the spans the engine recorded, and the summary
-of a training step that every training path reports.
+of a training step that every training path reports (with what gradient compression did).
 
 The breakdown partitions [0, T] of one device's timeline, so its parts sum to T exactly:
 compute (any compute span), exposed communication (a collective moving data while no compute
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dlsim.config import Scenario
+from dlsim.comm.compression import Compression
+from dlsim.config import CommunicationSpec, Scenario
 from dlsim.hardware import DeviceProfile
 from dlsim.memory import MemoryPlan
 from dlsim.results import Span
@@ -159,3 +160,15 @@ def training_summary(scenario: Scenario, topology: Topology, device: DeviceProfi
         "global_batch": scenario.training.global_batch, "microbatch": work.microbatch,
         "parallelism": parallelism,
     }
+
+
+def compression_summary(comm: CommunicationSpec, grad_bytes: int, spans: list[Span],
+                        steps: int) -> dict[str, object]:
+    """What compression did per step: the bytes ratio and the encode + decode time one
+    rank spent (the price paid for the bytes saved)."""
+    scheme = comm.compression
+    c = Compression(scheme, comm.topk_ratio)
+    first = spans[0].device if spans else 0
+    codec = sum(s.end_s - s.start_s for s in spans if s.device == first
+                and s.name.startswith(("encode ", "decode ")))
+    return {"scheme": scheme, "bytes_ratio": c.ratio(grad_bytes), "codec_s": codec / steps}

@@ -14,7 +14,6 @@ import numpy as np
 
 from dlsim.cluster import build_topology, placement
 from dlsim.comm.algorithms import busbw_factor, check_algorithm, dedicated_hosts
-from dlsim.comm.compression import compression_of, compression_summary, local_sgd_period
 from dlsim.comm.protocol import resolve_mode
 from dlsim.comm.tuner import plan_collective
 from dlsim.config import Scenario, load_scenario
@@ -25,11 +24,11 @@ from dlsim.grid import Grid
 from dlsim.hardware import DTYPE_BYTES
 from dlsim.inference.simulate import simulate_edge_inference
 from dlsim.memory import gradient_bytes_per_param, memory_per_device, savings, stage_memory
-from dlsim.metrics import TrainingWork, breakdown, link_table, training_summary
+from dlsim.metrics import TrainingWork, breakdown, compression_summary, link_table, training_summary
 from dlsim.pipeline import PipelineJob, in_flight, pieces, pipeline_programs
 from dlsim.program import Collective
 from dlsim.results import Result
-from dlsim.strategy import data_parallel_program, split_batch
+from dlsim.strategy import compression_of, data_parallel_program, local_sgd_period, split_batch
 from dlsim.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.sync.stragglers import is_heterogeneous, schedule_slow_links
 from dlsim.sync.training import ps_training, uses_parameter_server_simulator

@@ -16,15 +16,19 @@ prefetch stream, and never gathers after the step: 1.5x the all-reduce volume (Â
 Prefetch runs one layer ahead: a layer's gather waits until the layer two places before it
 has finished, so at most two gathered layers are resident, as a bounded prefetch keeps them.
 
-Activation recomputation adds forward work to each backward pass (``pass_times_s``), and
+Activation recomputation adds forward work to each backward pass (``pass_times_s``),
 optimizer offload replaces the device's optimizer step by a round trip to the host
-(``optimizer_steps``).
+(``optimizer_steps``), and gradient compression replaces each bucket's all-reduce by encode,
+exchange and decode (``sync_bucket``, sized by ``dlsim.comm.compression``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dlsim import hardware
-from dlsim.comm.compression import Compression, sync_bucket
+from dlsim.comm.compression import Compression, codec_times_s
+from dlsim.config import CommunicationSpec
 from dlsim.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
 from dlsim.errors import ScenarioError
 from dlsim.hardware import DeviceProfile
@@ -48,6 +52,35 @@ def split_batch(global_batch: int, microbatch: int | None, replicas: int) -> tup
         raise ScenarioError(f"each replica's batch ({per_replica}) must be a multiple of "
                             f"microbatch ({micro}).", field="training.microbatch")
     return per_replica, micro
+
+
+def compression_of(comm: CommunicationSpec, zero_stage: int, pure_data_parallel: bool
+                   ) -> Compression | None:
+    """The scenario's ``communication.compression`` (None for ``none``); it applies to the
+    gradient all-reduce of plain data parallelism only."""
+    scheme = comm.compression
+    if scheme == "none":
+        return None
+    if zero_stage or not pure_data_parallel:
+        raise ScenarioError("gradient compression applies to plain data parallelism (no "
+                            "ZeRO, tensor or pipeline parallelism); use compression: none.",
+                            field="communication.compression")
+    return Compression(scheme, comm.topk_ratio)
+
+
+def local_sgd_period(comm: CommunicationSpec, steps: int, zero_stage: int,
+                     model_parallel: int) -> int:
+    """``communication.local_sgd_period`` H, checked: it needs plain data parallelism and
+    a whole number of periods in ``training.steps`` (the step time is their average)."""
+    period = comm.local_sgd_period
+    if period > 1 and (zero_stage or model_parallel > 1):
+        raise ScenarioError("local SGD applies to plain data parallelism (no ZeRO, tensor "
+                            "or pipeline parallelism).", field="communication.local_sgd_period")
+    if steps % period:
+        raise ScenarioError(f"training.steps ({steps}) must be a multiple of "
+                            f"local_sgd_period ({period}): the step time is averaged over "
+                            "whole periods.", field="training.steps")
+    return period
 
 
 def pass_times_s(layer: Layer, device: DeviceProfile, dtype: str,
@@ -100,6 +133,35 @@ def gradient_buckets(model: Model, grad_bytes: int, cap_bytes: float) -> list[li
             buckets.append([])
             filled = 0.0
     return buckets
+
+
+def sync_bucket(add: Callable[[Op], int], c: Compression, name: str, key: str,
+                group: tuple[int, ...], elements: float, grad_bytes: int, algorithm: str,
+                servers: int, after: int, device: DeviceProfile, dtype: str) -> int:
+    """Add one bucket's encode -> exchange -> decode to a program (``add`` appends an op
+    and returns its index); return the index of the op the optimizer must wait for.
+
+    Signs and sparse vectors do not add up, so ``onebit`` and ``topk`` are exchanged by an
+    all-gather of every rank's compressed gradient (its size grows with the ranks: N x the
+    compressed bytes, as Horovod and DGC do), or pushed to and pulled from parameter servers
+    when the algorithm is ``ps`` (the servers' own decode and re-encode are not modelled).
+    Encode and decode run on the communication stream, as NCCL's reduction kernels do: they
+    delay the next bucket's collective, not the backward pass (the SMs they share with the
+    backward pass are not modelled).
+    """
+    if not c.active(grad_bytes):  # fp16 of gradients that are already 2 bytes
+        return add(Collective(f"allreduce {name}", key, group, "allreduce",
+                              elements * grad_bytes, algorithm, servers, deps=(after,)))
+    payload = c.payload_bytes(elements, grad_bytes)
+    additive = c.scheme == "fp16" or algorithm == "ps"
+    encode_s, decode_s = codec_times_s(c, elements, grad_bytes, 1 if additive else len(group),
+                                       device, dtype)
+    op, size = ("allreduce", payload) if additive else ("allgather", len(group) * payload)
+    encode = add(Compute(f"encode {name}", encode_s, deps=(after,), stream="comm"))
+    exchange = add(Collective(f"{op} {name} ({c.scheme})", key, group, op, size,
+                              algorithm if op == "allreduce" else "ring", servers,
+                              deps=(encode,)))
+    return add(Compute(f"decode {name}", decode_s, deps=(exchange,), stream="comm"))
 
 
 def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks: int,
@@ -157,7 +219,7 @@ def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks
                     k = last_layer_of[i]
                     size = sum(model.layers[j].params for j in buckets[k]) * grad_bytes
                     op = "reducescatter" if sharded else "allreduce"
-                    if compression is not None and not sharded:  # dlsim.comm.compression
+                    if compression is not None and not sharded:
                         collectives.append(sync_bucket(
                             add, compression, f"bucket {k} s{step}", f"dp s{step} b{k}",
                             group, size / grad_bytes, grad_bytes, algorithm, servers,
