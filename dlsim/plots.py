@@ -206,23 +206,35 @@ def wants_log(values: pd.Series) -> bool:
     return bool(len(xs) and xs.notna().all() and xs.min() > 0 and xs.max() / xs.min() > 100)
 
 
-def sweep_lines(table: pd.DataFrame, x: str, y: str, group: str | None) -> str:
-    """Line plot of ``y`` against ``x``, one line per value of ``group``.
+def sweep_plot(table: pd.DataFrame, x: str, y: str, group: str | None) -> str:
+    """``y`` against ``x``, one series per value of ``group``: lines where ``x`` is a number,
+    grouped bars where it names choices (a fabric, an algorithm, on/off), whose order means
+    nothing and which a line between them would misstate.
 
-    An axis goes logarithmic when its values are positive and span more than two decades,
-    as sweeps over device counts or message sizes (and the times they give) usually do.
+    A numeric axis goes logarithmic when its values are positive and span more than two
+    decades, as sweeps over device counts or message sizes (and the times they give) do.
     """
     fig = _new_figure(8.0, 4.2)
     ax = fig.add_subplot()
     groups = [(None, table)] if group is None else list(table.groupby(group, sort=True))
-    for value, frame in groups:
-        frame = frame.sort_values(x)
-        label = None if group is None else str(value)
-        ax.plot(frame[x].to_numpy(), frame[y].to_numpy(), marker="o", markersize=4,
-                linewidth=1.6, label=label)
-    if wants_log(table[x]):
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    numeric = pd.api.types.is_numeric_dtype(table[x]) and not pd.api.types.is_bool_dtype(table[x])
+    if numeric:
+        for value, frame in groups:
+            frame = frame.sort_values(x)
+            ax.plot(frame[x].to_numpy(), frame[y].to_numpy(), marker="o", markersize=4,
+                    linewidth=1.6, label=None if group is None else str(value))
+        if wants_log(table[x]):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        choices = list(dict.fromkeys(table[x].tolist()))  # the sweep's order
+        width = 0.8 / len(groups)
+        for i, (value, frame) in enumerate(groups):
+            heights = frame.groupby(x, sort=False)[y].first().reindex(choices)
+            ax.bar(np.arange(len(choices)) + (i - (len(groups) - 1) / 2) * width,
+                   heights.to_numpy(dtype=float), width=width * 0.95,
+                   label=None if group is None else str(value))
+        ax.set_xticks(np.arange(len(choices)), [str(c) for c in choices])
     if wants_log(table[y]):
         ax.set_yscale("log")
     _style(ax, f"{y} vs {x}", x, y)

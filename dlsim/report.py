@@ -384,7 +384,7 @@ def render_sweep(title: str, table: pd.DataFrame, x: str, y: str, group: str | N
         raise KeyError(f"sweep table has no column(s) {missing}; columns: {list(table.columns)}")
     rows = [[format_number(v) for v in row] for row in table.itertuples(index=False)]
     plotted = table[table["error"].isna()] if "error" in table else table  # failed points
-    image = plots.sweep_lines(plotted, x, y, group) if len(plotted) else ""
+    image = plots.sweep_plot(plotted, x, y, group) if len(plotted) else ""
     return _environment().get_template("sweep.html").render(
         title=title, subtitle=f"sweep · {len(table)} runs", image=image,
         scaling=_scaling_section(scaling),

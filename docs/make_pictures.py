@@ -61,6 +61,9 @@ PICTURES: dict[str, tuple[list[str], str, list[str], int]] = {
     "edge-spatial": (["run", "scenarios/edge-spatial-vgg16.yaml"], "edge-spatial-vgg16",
                      ["spatial"], 1100),
     "validation": (["validate"], "validation", ["plot"], 1100),
+    "rail-fabric": (["run", "scenarios/rail-fabric.yaml"], "rail-fabric", ["plot"], 1000),
+    "sequence-parallel": (["run", "scenarios/sequence-parallel.yaml"], "sequence-parallel",
+                          ["plot"], 1000),
 }
 
 
