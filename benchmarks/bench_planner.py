@@ -29,7 +29,8 @@ def main() -> None:
           f"confirmations: {result.wall_s['simulate']:.2f} s; total {wall:.2f} s")
     print(f"best: d={best['data']} t={best['tensor']} p={best['pipeline']} "
           f"b={best['microbatch']} {best['schedule']} v={best['virtual_stages']} "
-          f"ZeRO-{best['zero_stage']} recompute={best['recompute']} {best['placement']} "
+          f"ZeRO-{best['zero_stage']} recompute={best['recompute']} "
+          f"sequence_parallel={best['sequence_parallel']} {best['placement']} "
           f"{best['algorithm']}: {best['step_time_s']:.3f} s/step ({best['step_time_source']})")
     megatron = Plan(1024, 8, 8, 16, 1, "interleaved", 2, 0, "full", "pack", "ring")
     start = time.perf_counter()

@@ -32,7 +32,7 @@ def cli(tmp_path, *args) -> tuple[int, str]:
 def _brute_force(blocks: int, heads: int, hidden: int, gpus: int, batch: int,
                  per_node: int) -> set[tuple]:
     """The runnable (d, t, p, b, schedule, v, zero, sequence parallel) tuples, by trying
-    every value; sequence parallelism only with t > 1."""
+    every value; sequence parallelism only with t > 1, ZeRO-3 only with t = 1."""
     found = set()
     for t, p, b in itertools.product(range(1, gpus + 1), range(1, blocks + 1), range(1, 9)):
         if t & (t - 1) or b & (b - 1) or t > 2 * per_node:  # powers of two
@@ -45,7 +45,7 @@ def _brute_force(blocks: int, heads: int, hidden: int, gpus: int, batch: int,
         m = batch // (d * b)
         schedules = [("1f1b", 1)] if p == 1 else [("gpipe", 1), ("1f1b", 1)] + [
             ("interleaved", v) for v in (2, 4) if m % p == 0 and blocks % (p * v) == 0]
-        zeros = (0, 1, 2, 3) if p == 1 and d > 1 else (0,)
+        zeros = ((0, 1, 2, 3) if t == 1 else (0, 1, 2)) if p == 1 and d > 1 else (0,)
         for (schedule, v), zero, sp in itertools.product(schedules, zeros,
                                                          (False, True) if t > 1 else (False,)):
             found.add((d, t, p, b, schedule, v, zero, sp))
@@ -153,11 +153,11 @@ def test_plan_cli_rejects_an_unknown_model(tmp_path):
 def test_estimate_tracks_the_engine():
     """The closed form ranks plans; the engine decides. Over every 41st plan of Megatron's
     7.5B model on 32 A100s (DP, TP in and across nodes, PP, interleaving, ZeRO, recompute,
-    sequence parallelism, both placements) the estimate is within 10% of the engine, median
-    0.5%. Reached when written: median 0.35%, worst 13.2% (tensor groups spread over nodes,
-    where flows that start at different times share NICs less evenly than the closed form
-    assumes); with sequence parallelism in the space (91 of 3,714 plans) median 0.36%,
-    worst 9.3% (d=16, t=2 with tree all-reduce and full recomputation)."""
+    sequence parallelism, both placements; 86 of 3,522 plans) the estimate is within 3.5%
+    of the engine, median 0.1%. Reached: median 0.089%, worst 3.28% (d=32 spread with tree
+    all-reduce), since the estimate charges a tensor-parallel plan's gradient sync after its
+    last backward, as the engine runs it (it had assumed DDP's bucket overlap there: median
+    0.36%, worst 9.3%)."""
     request = PlanRequest("megatron-7.5b", "dgx-a100", (32,), 128)
     fabric = _dgx(4)
     device = hardware.device("a100-sxm4-80gb")
@@ -169,8 +169,8 @@ def test_estimate_tracks_the_engine():
                        "adam", 128, fabric)
         sim = dlsim.simulate(scenario_of(request, plan, 8))
         errors.append(abs(est.step_time_s - sim.step_time_s) / sim.step_time_s)
-    assert len(errors) > 90
-    assert np.median(errors) <= 0.005 and max(errors) <= 0.10
+    assert len(errors) > 80
+    assert np.median(errors) <= 0.001 and max(errors) <= 0.035
 
 
 def test_best_plan_beats_the_published_megatron_configuration():

@@ -146,9 +146,9 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
         gathers = 2 if plan.zero_stage == 3 else 1
         sync = (fabric.time_s("reducescatter", "ring", grads, data_groups, n, place)
                 + gathers * fabric.time_s("allgather", "ring", grads, data_groups, n, place))
-    exposed = sync
-    if p == 1 and d > 1:  # DDP buckets overlap the last backward but for the last bucket
-        backward = sum(x.backward_s for x in stage)
+    exposed = sync  # a tensor or pipeline plan syncs each chunk after its last backward
+    if p == 1 and t == 1 and d > 1:  # DDP buckets overlap the last backward but the last
+        backward = sum(x.backward_s for x in stage)  # bucket's
         exposed = max(sync - backward, 0.0) + sync * min(1.0, BUCKET_BYTES / grads)
     owned = params / d if plan.zero_stage > 0 else params
     update = optimizer_time_s(owned, optimizer, table.device)

@@ -91,7 +91,8 @@ def enumerate_plans(shape: ModelShape, gpus: int, global_batch: int, devices_per
             for b in _powers_of_two_dividing(per_replica, max_microbatch):
                 m = per_replica // b
                 for schedule, v in _schedules(schedules, p, m, shape.blocks):
-                    for zero in ((0, 1, 2, 3) if p == 1 and d > 1 else (0,)):
+                    for zero in (((0, 1, 2, 3) if t == 1 else (0, 1, 2))
+                                 if p == 1 and d > 1 else (0,)):
                         for rc, sp in itertools.product(
                                 recompute, sequence_parallel if t > 1 else (False,)):
                             for place in placements:
