@@ -13,7 +13,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from dlsim import hardware
+from dlsim import hardware, plots
 from dlsim.analysis.scaling import scaling_analysis
 from dlsim.config import read_yaml
 from dlsim.errors import ScenarioError
@@ -202,7 +202,7 @@ def validate(data: Annotated[Path, typer.Option(help="Folder of published measur
     except ScenarioError as exc:
         _fail(exc)
     where = write_sweep("validation", rows, ["measured", "table"], {"data": str(data)},
-                        out_dir, y="predicted")
+                        out_dir, y="predicted", image=plots.parity(rows))
     if as_json:
         print(rows.drop(columns="unit").to_json(orient="records", indent=2))
         return

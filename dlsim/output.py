@@ -68,13 +68,14 @@ def write_run(result: Result, out_dir: Path) -> Path:
 
 def write_sweep(name: str, table: pd.DataFrame, vary: list[str], base: dict[str, Any],
                 out_dir: Path, y: str | None = None, fmt: str = "csv",
-                scaling: Sequence[GroupScaling] = ()) -> Path:
+                scaling: Sequence[GroupScaling] = (), image: str | None = None) -> Path:
     """Write reports/<name>/ for a sweep: summary.json (all rows, and the scaling fits when
     the sweep varies a device count), sweep.csv or sweep.parquet, index.html; the plot shows
-    ``y`` (default: the primary metric) against the first varied column."""
+    ``y`` (default: the primary metric) against the first varied column, unless ``image``
+    is a picture of the caller's."""
     metric = y or primary_metric(table)
     group = vary[-1] if len(vary) > 1 else None
-    html = render_sweep(name, table, vary[0], metric, group, base, scaling)
+    html = render_sweep(name, table, vary[0], metric, group, base, scaling, image)
     rows = records(table)
     summary: dict[str, Any] = {"name": name, "kind": "sweep", "vary": vary, "rows": rows}
     if scaling:

@@ -244,6 +244,31 @@ def sweep_plot(table: pd.DataFrame, x: str, y: str, group: str | None) -> str:
     return _to_data_uri(fig)
 
 
+def parity(table: pd.DataFrame, tolerance: float = 0.15) -> str:
+    """Predicted against measured, log-log, one colour per table, with the line where they
+    are equal and the band within ``tolerance`` of it: a validation at a glance, across
+    tables whose units differ (GB, GB/s, s, TFLOP/s). Rows without a prediction are left out."""
+    rows = table[(table["predicted"] > 0) & (table["measured"] > 0)]
+    fig = _new_figure(8.0, 5.0)
+    ax = fig.add_subplot()
+    lo = float(min(rows["measured"].min(), rows["predicted"].min())) / 2
+    hi = float(max(rows["measured"].max(), rows["predicted"].max())) * 2
+    line = np.geomspace(lo, hi, 50)
+    ax.fill_between(line, line * (1 - tolerance), line * (1 + tolerance), color="#E8E8E8",
+                    label=f"within {tolerance:.0%}")
+    ax.plot(line, line, color="#888888", linewidth=1.0, label="predicted = measured")
+    for name, frame in rows.groupby("table", sort=True):
+        ax.plot(frame["measured"], frame["predicted"], "o", markersize=4, label=str(name))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    _style(ax, "predicted against measured (each table in its own unit)", "measured",
+           "predicted")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return _to_data_uri(fig)
+
+
 def scaling_curves(curves: Sequence[Mapping[str, object]]) -> str:
     """Speed-up against device count: measured points, the Amdahl and USL fits, and ideal.
 

@@ -376,15 +376,18 @@ def _scaling_section(scaling: Sequence[GroupScaling]) -> dict[str, Any] | None:
 
 
 def render_sweep(title: str, table: pd.DataFrame, x: str, y: str, group: str | None,
-                 scenario: dict[str, Any], scaling: Sequence[GroupScaling] = ()) -> str:
-    """A page for a parameter sweep: y against x (one line per group), the table, the base,
-    and when the sweep varies a device count, its scaling analysis."""
+                 scenario: dict[str, Any], scaling: Sequence[GroupScaling] = (),
+                 image: str | None = None) -> str:
+    """A page for a parameter sweep: y against x (one line per group, or ``image`` drawn by
+    the caller), the table, the base, and when the sweep varies a device count, its scaling
+    analysis."""
     missing = [c for c in (x, y, group) if c is not None and c not in table.columns]
     if missing:
         raise KeyError(f"sweep table has no column(s) {missing}; columns: {list(table.columns)}")
     rows = [[format_number(v) for v in row] for row in table.itertuples(index=False)]
     plotted = table[table["error"].isna()] if "error" in table else table  # failed points
-    image = plots.sweep_plot(plotted, x, y, group) if len(plotted) else ""
+    if image is None:
+        image = plots.sweep_plot(plotted, x, y, group) if len(plotted) else ""
     return _environment().get_template("sweep.html").render(
         title=title, subtitle=f"sweep · {len(table)} runs", image=image,
         scaling=_scaling_section(scaling),

@@ -304,3 +304,27 @@ def test_topology_of_a_big_cluster_draws_its_busiest_cables_and_says_so() -> Non
     note = Page(render_run(big)).text["topology"]
     assert f"{report.TOPOLOGY_MAX_CABLES} busiest of {n} cables" in note
     assert "busiest" not in Page(render_run(small)).text["topology"]
+
+
+def test_parity_plot_and_bars_for_choices_draw_what_they_are_given():
+    """The validation page's parity plot leaves out rows without a prediction (listed
+    tables); a sweep over choices is drawn as one bar per (choice, group) pair."""
+    from unittest import mock
+
+    import matplotlib.axes
+
+    rows = pd.DataFrame({"table": ["a", "a", "b"], "measured": [1.0, 10.0, 5.0],
+                         "predicted": [1.1, 9.0, float("nan")]})
+    with mock.patch("matplotlib.axes.Axes.plot", autospec=True,
+                    side_effect=matplotlib.axes.Axes.plot) as drawn:
+        assert plots.parity(rows).startswith("data:image/png;base64,")
+    points = [c for c in drawn.call_args_list if len(c.args) >= 4 and c.args[3] == "o"]
+    assert [list(c.args[1]) for c in points] == [[1.0, 10.0]]  # table b has no prediction
+    sweep = pd.DataFrame({"fabric": ["fat-tree", "rail", "fat-tree", "rail"],
+                          "op": ["allreduce", "allreduce", "alltoall", "alltoall"],
+                          "time_s": [3.6, 3.6, 16.8, 10.5]})
+    with mock.patch("matplotlib.axes.Axes.bar", autospec=True,
+                    side_effect=matplotlib.axes.Axes.bar) as bars:
+        plots.sweep_plot(sweep, "op", "time_s", "fabric")
+    heights = [list(c.args[2]) for c in bars.call_args_list]
+    assert heights == [[3.6, 16.8], [3.6, 10.5]]  # per fabric, in the sweep's op order
