@@ -158,6 +158,10 @@ class Topology:
         million pairs."""
         up, out_switch = self._leg(src, outward=True)
         down, in_switch = self._leg(dst, outward=False)
+        return np.concatenate((up, self._middle(out_switch, in_switch, dst), down))
+
+    def _middle(self, out_switch: object, in_switch: object, dst: int) -> np.ndarray:
+        """Edge ids across the fabric between two switches, spines picked for ``dst``."""
         base = self._fabric_paths.get((out_switch, in_switch))
         if base is None:
             base = self._fabric_paths[(out_switch, in_switch)] = (
@@ -167,7 +171,7 @@ class Topology:
         ids = self._fabric_ids.get(key)
         if ids is None:
             ids = self._fabric_ids[key] = self._edge_ids(middle)
-        return np.concatenate((up, ids, down))
+        return ids
 
     def _leg(self, device: int, outward: bool) -> tuple[np.ndarray, object]:
         """Edge ids from ``device`` through its own NIC to the fabric switch beyond it
@@ -205,11 +209,48 @@ class Topology:
         cached = self._flow_routes.get(key)
         if cached is not None:
             return cached
-        routes = [self.route(int(s), int(d)) for s, d in zip(src.tolist(), dst.tolist())]
-        lengths = np.fromiter((len(r) for r in routes), dtype=np.int64, count=len(routes))
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-        self._flow_routes[key] = np.concatenate(routes), starts, lengths
+        src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+        composed = self._composable(src, dst)
+        parts = []
+        if composed.any():  # between nodes: out-leg, fabric, in-leg, each built once
+            s_c, d_c = src[composed], dst[composed]
+            ups, up_at = np.unique(s_c, return_inverse=True)
+            downs, down_at = np.unique(d_c, return_inverse=True)
+            out_legs = [self._leg(int(u), outward=True) for u in ups]
+            in_legs = [self._leg(int(u), outward=False) for u in downs]
+            switches = {sw: i for i, sw in enumerate(dict.fromkeys(
+                [sw for _, sw in out_legs] + [sw for _, sw in in_legs]))}
+            out_code = np.array([switches[sw] for _, sw in out_legs])[up_at]
+            in_code = np.array([switches[sw] for _, sw in in_legs])[down_at]
+            node = self.graph.graph.get("ecmp_by") == "node"
+            pick = np.asarray(self._node_of, dtype=np.int64)[d_c] if node else d_c
+            triples, first, mid_at = np.unique(
+                np.stack((out_code, in_code, pick), axis=1), axis=0, return_index=True,
+                return_inverse=True)
+            by_code = list(switches)
+            middles = [self._middle(by_code[a], by_code[b], int(d_c[f]))
+                       for (a, b, _), f in zip(triples, first)]
+            for pieces, at in (([leg for leg, _ in out_legs], up_at), (middles, mid_at),
+                               ([leg for leg, _ in in_legs], down_at)):
+                parts.append((pieces, np.flatnonzero(composed), np.ravel(at)))
+        rest = np.flatnonzero(~composed)
+        if len(rest):
+            parts.insert(0, ([self.route(int(a), int(b)) for a, b in zip(src[rest], dst[rest])],
+                             rest, np.arange(len(rest))))
+        self._flow_routes[key] = _concatenate_per_flow(parts, len(src))
         return self._flow_routes[key]
+
+    def _composable(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """Flows whose route is three cached legs: between nodes, and (under PXN) on the
+        same rail, where no GPU hands the message over."""
+        if not self.graph.graph.get("device_nics", False):
+            return np.zeros(len(src), dtype=bool)
+        node = np.asarray(self._node_of)
+        between = node[src] != node[dst]
+        if self._rail_gpu:
+            nic = np.array([self.graph.nodes[d].get("nic", -1) for d in range(self.n_devices)])
+            between &= nic[src] == nic[dst]
+        return between
 
     def device_peers(self, devices: np.ndarray) -> list[np.ndarray] | None:
         """For each of ``devices``, the positions in ``devices`` of those it has a direct
@@ -223,6 +264,31 @@ class Topology:
     def link_label(self, edge_id: int) -> str:
         a, b = self.edges[edge_id]
         return f"{a}->{b}"
+
+
+def _concatenate_per_flow(parts: list[tuple[list[np.ndarray], np.ndarray, np.ndarray]],
+                          flows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per flow, the concatenation of its pieces, in the order ``parts`` lists them, as
+    (edge ids, each flow's start, each flow's length). A part is (pieces, the flows it
+    covers, the piece each of those flows takes)."""
+    lengths = np.zeros(flows, dtype=np.int64)
+    sizes = []
+    for pieces, flows_in, at in parts:
+        size = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))[at]
+        lengths[flows_in] += size
+        sizes.append(size)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    out = np.empty(int(lengths.sum()), dtype=np.int64)
+    filled = starts.copy()
+    for (pieces, flows_in, at), size in zip(parts, sizes):
+        if not size.sum():
+            continue
+        flat = np.concatenate(pieces)
+        offset = np.concatenate(([0], np.cumsum([len(x) for x in pieces])[:-1])).astype(np.int64)
+        k = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
+        out[np.repeat(filled[flows_in], size) + k] = flat[np.repeat(offset[at], size) + k]
+        filled[flows_in] += size
+    return out, starts, lengths
 
 
 def _short_path(g: nx.DiGraph, src: object, dst: object) -> list[object] | None:

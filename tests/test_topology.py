@@ -316,3 +316,23 @@ def test_routes_between_nodes_from_cached_legs_equal_a_full_search(preset, fabri
             assert topo.route(s, d).tolist() == expected.tolist(), (s, d)
             composed += 1
     assert composed > 0 or preset == "pcie-8gpu-2socket"  # its NICs hang off the sockets
+
+
+@pytest.mark.parametrize("preset,fabric,pxn", [("dgx-a100", "fat-tree", True),
+                                               ("dgx-a100", "rail", True),
+                                               ("dgx-a100", "rail", False),
+                                               ("dgx1-v100", "fat-tree", True),
+                                               ("pcie-8gpu-2socket", "fat-tree", True)])
+def test_flow_routes_are_each_flows_route_in_order(preset, fabric, pxn):
+    """A phase's routes are assembled per flow from shared pieces (vectorised); each flow's
+    slice must be exactly its own route, for flows inside and between nodes, repeated
+    pairs included."""
+    topo = build_topology(ClusterSpec(preset=preset, nodes=4, fabric=fabric, pxn=pxn,
+                                      oversubscription=2, nics_per_leaf=8))
+    rng = np.random.default_rng(7)
+    src = rng.integers(0, topo.n_devices, 600)
+    dst = (src + rng.integers(1, topo.n_devices, 600)) % topo.n_devices
+    routes, starts, lengths = topo.flow_routes(src, dst)
+    assert len(routes) == lengths.sum() and starts[0] == 0
+    for s, d, a, n in zip(src, dst, starts, lengths):
+        assert routes[a:a + n].tolist() == topo.route(int(s), int(d)).tolist()
