@@ -188,16 +188,16 @@ SAVINGS = (("sequence_parallel", True), ("recompute", "selective"), ("zero_stage
 def savings(plan_of: Callable[..., MemoryPlan], options: dict[str, Any],
             zero_allowed: bool) -> dict[str, float]:
     """Bytes per device as each of ``SAVINGS`` is added in turn to ``options`` (skipping
-    those already set, ZeRO-3 where it does not apply, and sequence parallelism unless
-    ``options`` names it, as a tensor-parallel plan's do): what an overflowing plan could
-    try. ``plan_of(**options)`` gives the plan's memory."""
+    those already set, those ``options`` does not name, as a plan without tensor
+    parallelism does not name sequence parallelism, and ZeRO-3 where it does not apply):
+    what an overflowing plan could try. ``plan_of(**options)`` gives the plan's memory."""
     out: dict[str, float] = {}
     changed = dict(options)
     fields = list(dict.fromkeys(field for field, _ in SAVINGS))
     for field, value in SAVINGS:
-        if (changed.get(field) == value or (field == "zero_stage" and not zero_allowed)
-                or (field == "sequence_parallel" and field not in options)
-                or (field == "recompute" and changed.get(field) == "full")):
+        if (field not in options or changed[field] == value
+                or (field == "zero_stage" and not zero_allowed)
+                or (field == "recompute" and changed[field] == "full")):
             continue
         changed[field] = value
         out[" + ".join(f"{k}: {_yaml(changed[k])}" for k in fields

@@ -118,7 +118,7 @@ class Piece:
     out_bytes: float
 
 
-def _count(collectives: list[Collectives]) -> Collectives:
+def count_collectives(collectives: list[Collectives]) -> Collectives:
     """The collectives of several layers by op, in the order the ops first appear."""
     total: dict[str, int] = {}
     for layer in collectives:
@@ -145,7 +145,8 @@ def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts:
         first = layers[0]
         out.append(Piece(
             layers, sum(times[i][0] for i in layers), sum(times[i][1] for i in layers),
-            _count(forward), _count(backward + (forward if recompute == "full" else [])),
+            count_collectives(forward),
+            count_collectives(backward + (forward if recompute == "full" else [])),
             sum(shard.layers[i].params for i in layers),
             model.layers[first - 1].output_bytes if first else 0.0,
             model.layers[layers[-1]].output_bytes))

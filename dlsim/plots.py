@@ -249,6 +249,8 @@ def parity(table: pd.DataFrame, tolerance: float = 0.15) -> str:
     are equal and the band within ``tolerance`` of it: a validation at a glance, across
     tables whose units differ (GB, GB/s, s, TFLOP/s). Rows without a prediction are left out."""
     rows = table[(table["predicted"] > 0) & (table["measured"] > 0)]
+    if rows.empty:
+        return ""
     fig = _new_figure(8.0, 5.0)
     ax = fig.add_subplot()
     lo = float(min(rows["measured"].min(), rows["predicted"].min())) / 2

@@ -67,7 +67,8 @@ class Topology:
     _legs: dict[tuple[int, bool], tuple[np.ndarray, object]] = field(init=False, repr=False)
     _fabric_paths: dict[tuple[object, object], list[object]] = field(init=False, repr=False)
     _fabric_ids: dict[tuple[object, ...], np.ndarray] = field(init=False, repr=False)
-    _node_of: list[object] = field(init=False, repr=False)
+    _node_of: np.ndarray = field(init=False, repr=False)
+    _nic_of: np.ndarray = field(init=False, repr=False)
     _ecmp_of: dict[object, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,15 +89,16 @@ class Topology:
             if group is not None:
                 self._ecmp.setdefault(group, []).append(node)
                 self._ecmp_of[node] = group
-        # each device's node, looked up per route (the graph's node views are slow)
-        self._node_of = [self.graph.nodes[d].get("node", d) if d in self.graph else d
-                         for d in range(self.n_devices)]
-        # under PXN: the first GPU of each node on each rail (its local NIC index)
+        # each device's node and own NIC (-1: none), read per route (the graph's node views
+        # are slow); under PXN, the first GPU of each node on each rail
+        devices = [self.graph.nodes[d] if d in self.graph else {}
+                   for d in range(self.n_devices)]
+        self._node_of = np.array([data.get("node", d) for d, data in enumerate(devices)])
+        self._nic_of = np.array([data.get("nic", -1) for data in devices])
         self._rail_gpu = {}
         if self.graph.graph.get("pxn"):
-            for d, data in sorted((d, data) for d, data in self.graph.nodes(data=True)
-                                  if data.get("kind") == "device" and "nic" in data):
-                self._rail_gpu.setdefault((data["node"], data["nic"]), d)
+            for d in np.flatnonzero(self._nic_of >= 0):
+                self._rail_gpu.setdefault((self._node_of[d], self._nic_of[d]), int(d))
 
     def route(self, src: int, dst: int) -> np.ndarray:
         """Edge ids of the path from device ``src`` to device ``dst`` (cached)."""
@@ -180,7 +182,7 @@ class Topology:
         cached = self._legs.get(key)
         if cached is None:
             node = self._node_of[device]
-            nic = f"n{node}/nic{self.graph.nodes[device]['nic']}"
+            nic = f"n{node}/nic{self._nic_of[device]}"
             switch = next(v for v in self.graph.succ[nic] if not str(v).startswith(f"n{node}/"))
             leg = self._path(device, nic) + [switch]
             cached = self._legs[key] = (self._edge_ids(leg if outward else leg[::-1]), switch)
@@ -192,13 +194,10 @@ class Topology:
         that shares the destination's rail, and leaves through that GPU's NIC, so it never
         crosses a spine (NVIDIA, "Doubling all2all Performance with NCCL 2.12", 2022).
         None where the route is direct."""
-        if not self._rail_gpu:
+        if (not self._rail_gpu or self._node_of[src] == self._node_of[dst]
+                or self._nic_of[src] == self._nic_of[dst]):
             return None
-        nodes = self.graph.nodes
-        a, b = nodes[src], nodes[dst]
-        if a.get("node") == b.get("node") or a.get("nic") == b.get("nic"):
-            return None
-        return self._rail_gpu.get((a.get("node"), b.get("nic")))
+        return self._rail_gpu.get((self._node_of[src], self._nic_of[dst]))
 
     def flow_routes(self, src: np.ndarray, dst: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -223,7 +222,7 @@ class Topology:
             out_code = np.array([switches[sw] for _, sw in out_legs])[up_at]
             in_code = np.array([switches[sw] for _, sw in in_legs])[down_at]
             node = self.graph.graph.get("ecmp_by") == "node"
-            pick = np.asarray(self._node_of, dtype=np.int64)[d_c] if node else d_c
+            pick = self._node_of[d_c] if node else d_c
             triples, first, mid_at = np.unique(
                 np.stack((out_code, in_code, pick), axis=1), axis=0, return_index=True,
                 return_inverse=True)
@@ -245,11 +244,9 @@ class Topology:
         same rail, where no GPU hands the message over."""
         if not self.graph.graph.get("device_nics", False):
             return np.zeros(len(src), dtype=bool)
-        node = np.asarray(self._node_of)
-        between = node[src] != node[dst]
+        between = self._node_of[src] != self._node_of[dst]
         if self._rail_gpu:
-            nic = np.array([self.graph.nodes[d].get("nic", -1) for d in range(self.n_devices)])
-            between &= nic[src] == nic[dst]
+            between &= self._nic_of[src] == self._nic_of[dst]
         return between
 
     def device_peers(self, devices: np.ndarray) -> list[np.ndarray] | None:

@@ -144,17 +144,17 @@ def test_pipeline_stage_holds_its_layers_and_micro_batches_in_flight(p):
 def test_savings_add_zero3_recompute_and_offload_in_turn():
     """Each entry is the plan with that saving and the ones before it."""
     model = _gpt()
-    base = {"data": 8, "zero_stage": 1}
+    base = {"zero_stage": 1, "recompute": "none", "offload": "none"}
 
     def plan_of(**options):
-        return memory_per_device(model, "bf16", "adam", **options)
+        return memory_per_device(model, "bf16", "adam", data=8, **options)
 
     got = savings(plan_of, base, zero_allowed=True)
     assert list(got) == ["recompute: selective", "recompute: selective + zero_stage: 3",
                          "recompute: full + zero_stage: 3",
                          "recompute: full + zero_stage: 3 + offload: optimizer"]
     assert got["recompute: full + zero_stage: 3"] == plan_of(
-        data=8, zero_stage=3, recompute="full").total
+        zero_stage=3, recompute="full").total
     assert list(savings(plan_of, {**base, "recompute": "full"}, zero_allowed=False)) == [
         "offload: optimizer"]
 

@@ -285,7 +285,7 @@ def test_rails_with_pxn_carry_an_all_to_all_at_nic_rate_and_tie_on_rings():
     assert bound <= rail <= bound + 127 * longest
     for slower in (_sixteen_nodes("alltoall", "direct", "rail", pxn=False),
                    _sixteen_nodes("alltoall", "direct", "fat-tree")):
-        assert slower.time_s > 1.5 * rail
+        assert slower.time_s > 1.59 * rail  # reached: 1.60 (fat tree), 1.75 (no PXN)
     assert _sixteen_nodes("allreduce", "ring", "rail", protocol="nccl").time_s == pytest.approx(
         _sixteen_nodes("allreduce", "ring", "fat-tree", protocol="nccl").time_s, rel=1e-12)
 

@@ -37,7 +37,7 @@ from dlsim.costmodel import optimizer_time_s
 from dlsim.grid import Grid
 from dlsim.hardware import DTYPE_BYTES, DeviceProfile
 from dlsim.memory import gradient_bytes_per_param
-from dlsim.pipeline import Piece, pieces
+from dlsim.pipeline import Piece, count_collectives, pieces
 from dlsim.planner.space import Plan
 from dlsim.tensor import shard_model
 from dlsim.topology import Topology
@@ -123,12 +123,10 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
     act = max(DTYPE_BYTES[table.dtype], 2) * table.tokens * table.hidden
     tensor_groups = tuple(grid.tensor_group(0, r) for r in range(d))
     compute_micro = sum(x.forward_s + x.backward_s for x in stage)
-    counts: dict[str, int] = {}
-    for op, count in (c for x in stage for c in (*x.forward_collectives,
-                                                  *x.backward_collectives)):
-        counts[op] = counts.get(op, 0) + count
+    counts = count_collectives([c for x in stage
+                                for c in (x.forward_collectives, x.backward_collectives)])
     tp_micro = sum(fabric.time_s(op, "ring", act, tensor_groups, n, place) * count
-                   for op, count in counts.items())
+                   for op, count in counts)
     micro = compute_micro + tp_micro
     bubble = p2p = 0.0
     if p > 1:
@@ -146,9 +144,11 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
         gathers = 2 if plan.zero_stage == 3 else 1
         sync = (fabric.time_s("reducescatter", "ring", grads, data_groups, n, place)
                 + gathers * fabric.time_s("allgather", "ring", grads, data_groups, n, place))
-    exposed = sync  # a tensor or pipeline plan syncs each chunk after its last backward
-    if p == 1 and t == 1 and d > 1:  # DDP buckets overlap the last backward but the last
-        backward = sum(x.backward_s for x in stage)  # bucket's
+    # a tensor or pipeline plan syncs each chunk after its last backward; plain data
+    # parallelism's DDP buckets overlap the backward, all but the last bucket
+    exposed = sync
+    if p == 1 and t == 1 and d > 1:
+        backward = sum(x.backward_s for x in stage)
         exposed = max(sync - backward, 0.0) + sync * min(1.0, BUCKET_BYTES / grads)
     owned = params / d if plan.zero_stage > 0 else params
     update = optimizer_time_s(owned, optimizer, table.device)
