@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from dlsim.executors import PointCache, dask_executor, local_processes
-from dlsim.sweep import run_sweep
+from dlsim.sweep.executors import PointCache, dask_executor, local_processes
+from dlsim.sweep.grid import run_sweep
 
 REPEATS = 3
 ROOT = Path(__file__).resolve().parents[1]

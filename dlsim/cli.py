@@ -13,17 +13,18 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from dlsim import hardware, plots
-from dlsim.analysis.scaling import scaling_analysis
-from dlsim.config import read_yaml
-from dlsim.errors import ScenarioError
-from dlsim.executors import PointCache, executor_for
+from dlsim.contract.errors import ScenarioError
+from dlsim.contract.scenario import read_yaml
+from dlsim.hardware import profiles as hardware
 from dlsim.output import to_json, write_run, write_sweep
-from dlsim.results import records
+from dlsim.report import plots
+from dlsim.results.result import records
+from dlsim.results.scaling import scaling_analysis
 from dlsim.simulate import simulate
-from dlsim.sweep import pivot, primary_metric, run_sweep
+from dlsim.sweep.executors import PointCache, executor_for
+from dlsim.sweep.grid import pivot, primary_metric, run_sweep
 from dlsim.validation import DEFAULT_DIR, host_validation, run_validation, table_errors
-from dlsim.workload import presets
+from dlsim.workload.model import presets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="dlsim: simulate distributed deep-learning training before you rent it.")

@@ -17,12 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from dlsim.analysis.scaling import GroupScaling
-from dlsim.errors import ScenarioError
-from dlsim.report import render_run, render_sweep
-from dlsim.results import Result, records
-from dlsim.sweep import primary_metric
-from dlsim.tracefile import chrome_trace
+from dlsim.contract.errors import ScenarioError
+from dlsim.report.pages import render_run, render_sweep
+from dlsim.results.result import Result, records
+from dlsim.results.scaling import GroupScaling
+from dlsim.results.trace import chrome_trace
+from dlsim.sweep.grid import primary_metric
 
 
 def slug(name: str) -> str:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from dlsim.errors import ScenarioError
-from dlsim.memory import memory_per_device
+from dlsim.contract.errors import ScenarioError
+from dlsim.parallel.memory import memory_per_device
 from dlsim.simulate import simulate
-from dlsim.workload import TRANSFORMER_PRESETS, Layer, Model
+from dlsim.workload.model import TRANSFORMER_PRESETS, Layer, Model
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "validation"
 

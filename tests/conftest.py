@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlsim.engine import Engine
-from dlsim.program import Collective
-from dlsim.topology import LinkSpec, Topology
+from dlsim.contract.program import Collective
+from dlsim.engine.core import Engine
+from dlsim.hardware.topology import LinkSpec, Topology
 
 
 def topology_of(graph, n: int) -> Topology:

@@ -32,7 +32,7 @@ def test_nccl_busbw_error_does_not_grow(rows):
     nccl = rows[rows.table == "nccl_allreduce_busbw_8xA100"]
     assert len(nccl) == 24
     large = nccl[nccl.measured >= 36.22]  # rows from 1 MiB up
-    # reached on 2026-11-23 with NCCL's protocol model (dlsim.comm.protocol) and its Ampere
+    # reached on 2026-11-23 with NCCL's protocol model (dlsim.network.protocol) and its Ampere
     # LL cap (87.7 GB/s bus bandwidth, tuning.cc llMaxBws): >= 1 MiB median 19.8%, worst
     # 51.4% (16 MiB; mid sizes come out fast: NCCL's own tuner model, which this follows, is
     # that optimistic there); was 29.5% / 51.4% without the LL cap, 32.1% / 54.3% with

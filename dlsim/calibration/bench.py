@@ -8,7 +8,7 @@ median with the interquartile range as the spread; single-threaded CPU work is t
 process CPU time (``clock_for``), so that a shared host's other processes do not count. A
 sample repeats a short kernel ``inner`` times so that it lasts at least ``MIN_SAMPLE_S``, far
 above the clock's resolution.
-FLOPs and bytes are counted as ``dlsim.workload`` counts them, so that a fitted efficiency
+FLOPs and bytes are counted as ``dlsim.workload.model`` counts them, so that a fitted efficiency
 means the same thing in the simulator.
 """
 
@@ -168,7 +168,7 @@ def _matmul(m: int, k: int, n: int, dtype: str, device: str, repeats: int) -> li
 def conv2d(shapes: list[tuple[int, int, int, int, int, int]], device: str,
            repeats: int) -> Iterator[Measurement]:
     """Convolutions (batch, c_in, c_out, input size, kernel, stride), 'same' padding; FLOPs
-    2 Cin Cout k^2 Hout Wout per image as dlsim.cnn counts them; backward (input and weight
+    2 Cin Cout k^2 Hout Wout per image as dlsim.workload.cnn counts them; backward (input and weight
     gradients) as one point of twice the FLOPs."""
     for shape in shapes:
         yield from _conv2d(*shape, device, repeats)
@@ -196,7 +196,7 @@ def _conv2d(b: int, c_in: int, c_out: int, hw: int, k: int, stride: int, device:
 def attention(shapes: list[tuple[int, int, int, int]], device: str,
               repeats: int) -> Iterator[Measurement]:
     """Causal scaled_dot_product_attention (batch, heads, seq, hidden); FLOPs 4 b s^2 h for
-    QK^T and AV, as dlsim.workload counts them (no saving for the causal mask)."""
+    QK^T and AV, as dlsim.workload.model counts them (no saving for the causal mask)."""
     for shape in shapes:
         yield from _attention(*shape, device, repeats)
 

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dlsim import hardware
 from dlsim.calibration import bench
 from dlsim.calibration.fit import fit_affine, fit_ring_allreduce, fit_saturating
 from dlsim.calibration.store import Calibration, CurveFit, LinkFit, Measurement, save
-from dlsim.errors import ScenarioError
+from dlsim.contract.errors import ScenarioError
+from dlsim.hardware import profiles as hardware
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from torch import nn
 
 from dlsim.calibration.bench import free_port, time_call
 from dlsim.calibration.store import Calibration
-from dlsim.errors import ScenarioError
+from dlsim.contract.errors import ScenarioError
 
 
 class MLP(nn.Sequential):

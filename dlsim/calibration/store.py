@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dlsim.errors import ScenarioError
-from dlsim.hardware import Curve, DeviceProfile
+from dlsim.contract.errors import ScenarioError
+from dlsim.hardware.profiles import Curve, DeviceProfile
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 FORMAT_VERSION = 1
@@ -52,7 +52,7 @@ class Measurement(_Record):
     kind: str                    # the cost model's kind: gemm, conv, attention, memory, ...
     dtype: str
     shape: str
-    flops: float = 0.0           # counted as dlsim.workload counts them
+    flops: float = 0.0           # counted as dlsim.workload.model counts them
     bytes: float = 0.0
     ranks: int = 1               # processes taking part (collectives)
     median_s: float = Field(gt=0)

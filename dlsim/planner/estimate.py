@@ -1,18 +1,19 @@
 """A closed-form step-time estimate of one plan: cheap enough to rank thousands of plans.
 
 The estimate computes exactly what the engine computes per micro-batch (the same pieces of
-the same tensor-parallel shard: ``dlsim.pipeline.pieces``) and prices communication with the
+the same tensor-parallel shard:
+``dlsim.parallel.pipeline.pieces``) and prices communication with the
 tuner's closed form (each collective lowered
 as the engine lowers it, each phase priced at its busiest link: ``Fabric``). What it leaves
 out is the engine's dynamics: flows that start at different times, overlap that depends on
 the schedule. It is a ranking tool: the planner confirms its best plans with the
 discrete-event engine and says which figures came from which. The formulas:
 
-- Tensor parallelism: what one rank computes is ``dlsim.tensor.shard_model`` (Megatron-LM's
+- Tensor parallelism: what one rank computes is ``dlsim.parallel.tensor.shard_model`` (Megatron-LM's
   split, as the engine runs it), plus its all-reduces of the b·s·h activation (two in forward
   and two in backward per block), blocking compute; with sequence parallelism the
   layernorms and residuals split too and each all-reduce is an all-gather and a
-  reduce-scatter (``dlsim.tensor.tensor_collectives``).
+  reduce-scatter (``dlsim.parallel.tensor.tensor_collectives``).
 - Pipeline (Narayanan et al. SC'21, §2.2): GPipe and 1F1B take (m + p − 1)·(t_f + t_b);
   interleaved 1F1B with v chunks (m + (p − 1)/v)·(t_f + t_b); activations cross a stage
   boundary on the fill and drain path 2(p·v − 1) times.
@@ -29,19 +30,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlsim.cluster import placement
-from dlsim.comm.algorithms import merge_phases
-from dlsim.comm.protocol import resolve_mode
-from dlsim.comm.tuner import phase_time_s, plan_collective
-from dlsim.costmodel import optimizer_time_s
-from dlsim.grid import Grid
-from dlsim.hardware import DTYPE_BYTES, DeviceProfile
-from dlsim.memory import gradient_bytes_per_param
-from dlsim.pipeline import Piece, count_collectives, pieces
+from dlsim.cluster.build import placement
+from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
+from dlsim.hardware.topology import Topology
+from dlsim.network.algorithms import merge_phases
+from dlsim.network.protocol import resolve_mode
+from dlsim.network.tuner import phase_time_s, plan_collective
+from dlsim.parallel.grid import Grid
+from dlsim.parallel.memory import gradient_bytes_per_param
+from dlsim.parallel.pipeline import Piece, count_collectives, pieces
+from dlsim.parallel.tensor import shard_model
 from dlsim.planner.space import Plan
-from dlsim.tensor import shard_model
-from dlsim.topology import Topology
-from dlsim.workload import Model
+from dlsim.workload.costmodel import optimizer_time_s
+from dlsim.workload.model import Model
 
 BUCKET_BYTES = 25 * 1024 * 1024  # PyTorch DDP's default bucket_cap_mb
 
@@ -50,7 +51,7 @@ class Fabric:
     """Collective times on the cluster's built topology, in closed form and memoised.
 
     Each collective is lowered and priced the way the engine lowers it
-    (``dlsim.comm.tuner.plan_collective`` with the cluster's protocol); the groups that run
+    (``dlsim.network.tuner.plan_collective`` with the cluster's protocol); the groups that run
     at once (every tensor group of a stage, every tensor rank's data-parallel group) are
     priced together, so they share the links they share in the engine, and each phase
     costs its busiest link's bytes over that link's bandwidth plus its latency
@@ -85,7 +86,8 @@ class Fabric:
 
 class CostTable:
     """One model at one micro-batch on one device, cut the way the engine cuts it
-    (``dlsim.pipeline.pieces`` of ``dlsim.tensor.shard_model``), memoised per tensor degree,
+    (``dlsim.parallel.pipeline.pieces`` of ``dlsim.parallel.tensor.shard_model``), memoised per
+    tensor degree,
     piece count, recomputation and sequence parallelism: thousands of plans share a few
     hundred cuts."""
 

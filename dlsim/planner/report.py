@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlsim import plots
 from dlsim.planner.search import PlanResult
-from dlsim.report import Card, _environment, format_bytes, format_number, format_seconds
+from dlsim.report import plots
+from dlsim.report.pages import Card, _environment, format_bytes, format_number, format_seconds
 
 COLUMNS = ("gpus", "data", "tensor", "pipeline", "microbatch", "schedule", "virtual_stages",
            "zero_stage", "recompute", "sequence_parallel", "placement", "algorithm", "step_time_s",

@@ -16,17 +16,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlsim import hardware
-from dlsim.cluster import build_topology
-from dlsim.config import ClusterSpec, ModelSpec
-from dlsim.errors import ScenarioError
-from dlsim.hardware import DTYPE_BYTES
-from dlsim.memory import memory_per_device
-from dlsim.pipeline import in_flight
+from dlsim.cluster.build import build_topology
+from dlsim.contract.errors import ScenarioError
+from dlsim.contract.scenario import ClusterSpec, ModelSpec
+from dlsim.hardware import profiles as hardware
+from dlsim.hardware.profiles import DTYPE_BYTES
+from dlsim.parallel.memory import memory_per_device
+from dlsim.parallel.pipeline import in_flight
 from dlsim.planner.estimate import CostTable, Fabric, estimate
 from dlsim.planner.space import ModelShape, Plan, enumerate_plans
 from dlsim.simulate import simulate
-from dlsim.workload import TRANSFORMER_PRESETS, build_model
+from dlsim.workload.model import TRANSFORMER_PRESETS, build_model
 
 OBJECTIVES = {"time": "time_to_train_s", "cost": "cost_usd", "energy": "energy_kwh"}
 

@@ -17,7 +17,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-from dlsim.memory import RECOMPUTE
+from dlsim.parallel.memory import RECOMPUTE
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 PLACEMENTS = ("pack", "spread")

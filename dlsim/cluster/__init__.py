@@ -1,0 +1,1 @@
+"""Cluster: a scenario's cluster section turned into a topology, and ranks placed on it."""

@@ -1,0 +1,1 @@
+"""The engine: SimPy processes that run each device's program on its streams."""

@@ -1,0 +1,181 @@
+"""The discrete-event engine: devices walk their programs on streams in one SimPy environment.
+
+Each simulated rank runs one SimPy process per stream (compute, comm), so compute and
+communication overlap exactly as far as the program's dependencies allow. A collective starts
+when every simulated member of its group has reached it (the wait before that is recorded)
+and then runs its phases on the shared network.
+
+Symmetry: a homogeneous job may be given programs for representative ranks only. Their peers'
+traffic still crosses the network (a collective's phases always carry every member's flows),
+but their identical compute is not re-simulated; the result is the same as running every rank.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from dlsim.contract.program import Collective, Compute, Op
+from dlsim.hardware.topology import Topology
+from dlsim.network.algorithms import Phase, merge_phases
+from dlsim.network.fluid import Network
+from dlsim.network.tuner import plan_collective
+from dlsim.results.result import Span
+
+
+class CountingEnvironment(simpy.Environment):
+    """A SimPy environment that counts the events it processes (for events/s figures)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events_processed = 0
+
+    def step(self) -> None:
+        self.events_processed += 1
+        super().step()
+
+
+@dataclass
+class _Rendezvous:
+    expected: int
+    done: simpy.Event
+    arrived: int = 0
+    start_s: float = 0.0
+
+
+@dataclass
+class EngineRun:
+    """What one engine run measured."""
+
+    end_s: float
+    spans: list[Span]
+    network: Network
+    events: int
+    wall_s: float
+    rank_end_s: dict[int, float] = field(default_factory=dict)
+
+
+class Engine:
+    """Runs per-rank programs over a topology; ``placement[rank]`` is the rank's device."""
+
+    def __init__(self, topology: Topology, programs: dict[int, list[Op]],
+                 placement: np.ndarray, protocol: str = "ideal",
+                 ps_hosts: np.ndarray | None = None):
+        self.env = CountingEnvironment()
+        self.protocol = protocol  # dlsim.network.protocol: ideal, nccl, LL, LL128 or Simple
+        self.ps_hosts = ps_hosts  # devices of dedicated parameter servers (None: colocated)
+        self.network = Network(self.env, topology)
+        self.programs = programs
+        self.placement = np.asarray(placement)
+        self.spans: list[Span] = []
+        self.rank_end_s: dict[int, float] = {}
+        self._done = {r: [self.env.event() for _ in prog] for r, prog in programs.items()}
+        self._rendezvous: dict[str, _Rendezvous] = {}
+        self._lowered: dict[tuple, list[list[Phase]]] = {}
+        self._plans: dict[tuple, list[Phase]] = {}
+
+    def run(self) -> EngineRun:
+        started = time.perf_counter()
+        for rank, program in self.programs.items():
+            streams: dict[str, list[int]] = {}
+            for i, op in enumerate(program):
+                streams.setdefault(op.stream, []).append(i)
+            for stream, indices in streams.items():
+                self.env.process(self._stream(rank, stream, indices))
+        self.env.run()
+        unfinished = [(r, i) for r, evs in self._done.items()
+                      for i, ev in enumerate(evs) if not ev.processed]
+        if unfinished:
+            rank, i = unfinished[0]
+            raise RuntimeError(f"deadlock: rank {rank} never finished op "
+                               f"{self.programs[rank][i].name!r}")
+        return EngineRun(self.env.now, self.spans, self.network, self.env.events_processed,
+                         time.perf_counter() - started, self.rank_end_s)
+
+    def _stream(self, rank: int, stream: str, indices: list[int]) -> Generator:
+        device = int(self.placement[rank])
+        done = self._done[rank]
+        program = self.programs[rank]
+        for i in indices:
+            op = program[i]
+            for d in op.deps:
+                if not done[d].processed:
+                    yield done[d]
+            start = self.env.now
+            if isinstance(op, Compute):
+                yield self.env.timeout(op.duration_s)
+                self.spans.append(Span(device, stream, op.name, "compute", start, self.env.now))
+            else:
+                rv = self._arrive(op)
+                yield rv.done
+                if rv.start_s > start:
+                    self.spans.append(Span(device, stream, op.name, "wait", start, rv.start_s))
+                self.spans.append(Span(device, stream, op.name, "comm", rv.start_s,
+                                       self.env.now))
+            done[i].succeed()
+        self.rank_end_s[rank] = max(self.rank_end_s.get(rank, 0.0), self.env.now)
+
+    def _arrive(self, op: Collective) -> _Rendezvous:
+        rv = self._rendezvous.get(op.key)
+        if rv is None:
+            expected = sum(1 for r in op.group if r in self.programs)
+            rv = self._rendezvous[op.key] = _Rendezvous(expected, self.env.event())
+        rv.arrived += 1
+        if rv.arrived == rv.expected:
+            rv.start_s = self.env.now
+            self.env.process(self._collective(op, rv))
+        return rv
+
+    def _phases(self, group: np.ndarray, op: Collective) -> list[Phase]:
+        """The lowered phases, planned once per distinct collective (the buckets of a
+        data-parallel step mostly share one size and group)."""
+        devices = self.placement[group]
+        key = (op.op, op.algorithm, op.size_bytes, op.servers, devices.tobytes())
+        if key not in self._plans:  # nodes: plan_collective's default, each device's node
+            self._plans[key] = plan_collective(
+                op.op, op.algorithm, devices, op.size_bytes, self.network.topology,
+                self.protocol, op.servers, hosts=self.ps_hosts, timed=False).phases
+        return self._plans[key]
+
+    def _lower(self, op: Collective) -> list[list[Phase]]:
+        """The phase lists to run at once: one list whose phases carry every instance's
+        flows, or one list per instance where their phases differ. A pipeline repeats the
+        same collectives thousands of times, so each is lowered (and its protocol chosen)
+        once."""
+        key = (op.op, op.algorithm, op.group, op.size_bytes, op.servers, op.instances)
+        if key not in self._lowered:
+            plans = [self._phases(g, op) for g in np.split(np.asarray(op.group), op.instances)]
+            if all(_same_shape(plans[0], p) for p in plans[1:]):
+                plans = [[merge_phases(ps) for ps in zip(*plans)]]
+            self._lowered[key] = plans
+        return self._lowered[key]
+
+    def _collective(self, op: Collective, rv: _Rendezvous) -> Generator:
+        plans = self._lower(op)
+        if len(plans) > 1:
+            yield simpy.AllOf(self.env, [self.env.process(self._run_phases(p, op.repeat))
+                                         for p in plans])
+        else:
+            yield from self._run_phases(plans[0], op.repeat)
+        rv.done.succeed()
+
+    def _run_phases(self, phases: list[Phase], repeat: int) -> Generator:
+        for phase in phases:
+            latencies = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
+            yield self.network.transfer(
+                phase.src, phase.dst, phase.size_bytes, rounds=phase.rounds * repeat,
+                latency_rounds=latencies * repeat,
+                latency_s=None if phase.latency_s is None else phase.latency_s * repeat,
+                wire_factor=phase.wire_factor)
+
+
+def _same_shape(a: list[Phase], b: list[Phase]) -> bool:
+    """Whether two instances' phases can travel together: same steps, same latencies."""
+    return len(a) == len(b) and all(
+        x.rounds == y.rounds and np.array_equal(x.latency_rounds, y.latency_rounds)
+        and (x.latency_s is None) == (y.latency_s is None)
+        and (x.wire_factor is None) == (y.wire_factor is None) for x, y in zip(a, b))

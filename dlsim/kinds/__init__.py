@@ -1,0 +1,2 @@
+"""Scenario kinds: each runs its own simulation (training, collective, federated, edge
+inference, parameter-server synchronisation)."""

@@ -1,0 +1,46 @@
+"""``kind: collective``: one collective on a cluster, reported as nccl-tests reports it."""
+
+from __future__ import annotations
+
+from dlsim.cluster.build import placement
+from dlsim.contract.program import Collective
+from dlsim.contract.scenario import Scenario
+from dlsim.engine.core import Engine
+from dlsim.hardware.topology import Topology
+from dlsim.kinds.run import engine_result, run_engine, symmetric
+from dlsim.network.algorithms import busbw_factor, check_algorithm, dedicated_hosts
+from dlsim.network.protocol import resolve_mode
+from dlsim.network.tuner import plan_collective
+from dlsim.results.result import Result
+
+
+def simulate_collective(scenario: Scenario, topology: Topology) -> Result:
+    spec = scenario.collective
+    check_algorithm(spec.op, spec.algorithm, field="collective.algorithm")
+    dedicated = spec.algorithm == "ps" and spec.server_placement == "dedicated"
+    n = spec.devices or topology.n_devices - (spec.servers if dedicated else 0)
+    ranks = placement(n, topology, scenario.placement)
+    hosts = dedicated_hosts(topology.n_devices, ranks, spec.servers) if dedicated else None
+    mode = resolve_mode(spec.protocol, topology, scenario.cluster.topology is not None)
+    group = tuple(range(n))
+    op = Collective(spec.op, "collective", group, spec.op, spec.size_bytes, spec.algorithm,
+                    spec.servers)
+    simulated = [0] if symmetric(scenario) else list(group)
+    chosen = plan_collective(spec.op, spec.algorithm, ranks, spec.size_bytes, topology, mode,
+                             spec.servers, ranks // topology.devices_per_node, hosts,
+                             timed=False)
+    run = run_engine(Engine(topology, {r: [op] for r in simulated}, ranks, mode, hosts),
+               "collective.algorithm")
+    time_s = run.end_s
+    algbw = spec.size_bytes / time_s if time_s > 0 else 0.0  # one rank moves nothing
+    summary = {
+        "name": scenario.name, "kind": "collective", "op": spec.op,
+        "algorithm": spec.algorithm, "algorithm_chosen": chosen.algorithm,
+        "protocol": chosen.protocol, "devices": n, "size_bytes": spec.size_bytes,
+        "time_s": time_s, "algbw_GBps": algbw / 1e9,
+        "busbw_GBps": algbw * busbw_factor(spec.op, n) / 1e9,
+        "comm_bytes_total": run.network.bytes_injected,
+        "topology": topology.description,
+    }
+    return engine_result(scenario, topology, run, summary,
+                   "symmetric" if len(simulated) < n else "full")

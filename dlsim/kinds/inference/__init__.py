@@ -1,0 +1,3 @@
+"""Distributed edge inference: split points (Neurosurgeon), early exits (BranchyNet), a
+device/edge/cloud hierarchy (DDNN) and spatial partitioning of convolutions (ADCNN).
+"""

@@ -1,0 +1,1 @@
+"""Parallelism: the rank grid, per-rank programs (data, tensor, pipeline), and memory."""

@@ -1,0 +1,211 @@
+"""Memory per device: one arithmetic model for every parallelism plan, no simulation.
+
+Model state (Rajbhandari et al., "ZeRO", SC'20, §3.1 and Table 1): mixed-precision training
+keeps 16-bit weights and gradients (2 + 2 bytes per parameter) and K bytes of optimizer state
+(K = 12 for Adam: fp32 master weights, momentum and variance). ZeRO stage 1 partitions the
+optimizer state over the N_d data-parallel ranks, stage 2 also the gradients, stage 3 also
+the weights; stage 3 then holds the layers it computes gathered, as many as its prefetch
+keeps resident (two:
+``dlsim.parallel.data_parallel``). Tensor parallelism (Shoeybi et al. 2019) splits
+every weight matrix and the vocabulary t ways, so model state is divided by t (the layer
+norms' few h-sized vectors, which Megatron-LM replicates, are counted as split: under 0.1 %
+of a block for h >= 1024); a pipeline stage holds its own layers' state only.
+
+Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation", §4, Table 2): a GPT
+block stores s*b*h*(34 + 5*a*s/h) bytes at 16 bit. Tensor parallelism splits all but the
+10*s*b*h that every rank keeps (layer-norm inputs, dropout masks, the inputs of the attention
+and MLP): s*b*h*(10 + 24/t + 5*a*s/(h*t)), which is what dlsim's tensor parallelism runs;
+with ``sequence_parallel`` that part is split too: s*b*h*(34 + 5*a*s/h)/t. Selective
+recomputation drops the attention core (5*a*s^2*b): s*b*h*(10 + 24/t), or 34*s*b*h/t with
+sequence parallelism; full recomputation keeps only each block's input, 2*s*b*h, which
+sequence parallelism holds split along the sequence (Megatron-LM checkpoints the s/t shard
+each rank holds): 2*s*b*h/t. The embedding and head are counted as split t ways (their
+vocabulary-parallel logits dominate).
+A pipeline stage holds the activations of every micro-batch in flight (GPipe all m, 1F1B at
+most p; ``dlsim.parallel.pipeline.in_flight``).
+
+Offload (Ren et al., "ZeRO-Offload", ATC'21, §4.1): the optimizer state moves to host memory
+and the optimizer step runs on the CPU; each step the device's gradients go down and its
+updated 16-bit weights come back over PCIe.
+
+LoRA (Hu et al., "LoRA", ICLR'22, §4.1): the base weights are frozen in 16 bits with neither
+gradients nor optimizer state; each adapted d_in x d_out matrix gains A (d_in x r) and
+B (r x d_out), r*(d_in + d_out) trainable parameters with full mixed-precision state.
+Activations are as in full fine-tuning: the frozen matrices still need their inputs for the
+input gradients (the adapters' own s*b*r intermediates, r/h of one hidden state, are left out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dlsim.contract.scenario import LoraSpec
+from dlsim.hardware.profiles import DTYPE_BYTES
+from dlsim.workload.model import Layer, Model, lora_parameters
+
+# Bytes per parameter of optimizer state (ZeRO §3.1: K = 12 for mixed-precision Adam, whose
+# state holds fp32 master weights; pure fp32 training needs no master copy).
+OPTIMIZER_STATE_BYTES = {
+    ("adam", True): 12,   # fp32 master weights, momentum, variance
+    ("adam", False): 8,   # momentum, variance
+    ("sgd", True): 8,     # fp32 master weights, momentum
+    ("sgd", False): 4,    # momentum
+}
+ZERO3_RESIDENT_LAYERS = 2  # the layer running and the one prefetched (dlsim.parallel.data_parallel)
+RECOMPUTE = ("none", "selective", "full")
+OFFLOAD = ("none", "optimizer")
+
+
+def is_mixed(dtype: str) -> bool:
+    return DTYPE_BYTES[dtype] < 4
+
+
+def weight_bytes_per_param(dtype: str) -> int:
+    """Weights are kept in the training dtype, and fp8 training keeps them in bf16."""
+    return max(DTYPE_BYTES[dtype], 2)
+
+
+def gradient_bytes_per_param(dtype: str) -> int:
+    """Gradients are kept in the training dtype, and fp8 training keeps them in bf16."""
+    return max(DTYPE_BYTES[dtype], 2)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per device by what they hold (``gathered``: ZeRO-3's all-gathered layers);
+    ``host`` and ``offload_bytes_per_step`` are what offloading puts in host memory and
+    moves over PCIe each step."""
+
+    params: float
+    grads: float
+    optimizer: float
+    activations: float
+    gathered: float = 0.0
+    host: float = 0.0
+    offload_bytes_per_step: float = 0.0
+    trainable_params: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.params + self.grads + self.optimizer + self.activations + self.gathered
+
+    def as_dict(self) -> dict[str, float]:
+        parts = {"params": self.params, "grads": self.grads, "optimizer": self.optimizer,
+                 "activations": self.activations}
+        return parts | ({"gathered": self.gathered} if self.gathered else {})
+
+
+def stored_activations(layer: Layer, tensor: int, recompute: str,
+                       sequence_parallel: bool = False) -> float:
+    """One micro-batch of ``layer``'s stored activations (Korthikanti et al. 2022, Table 2)."""
+    block = layer.block
+    if block is None:
+        return layer.activation_bytes / tensor
+    if recompute == "full":
+        return block.block_input / (tensor if sequence_parallel else 1)
+    dropped = block.attention_core if recompute == "selective" else 0.0
+    kept = block.replicated / (tensor if sequence_parallel else 1)
+    return (layer.activation_bytes - dropped - block.replicated) / tensor + kept
+
+
+def pipeline_stages(model: Model, pipeline: int) -> list[list[int]]:
+    """Transformer blocks cut into ``pipeline`` runs of equal count, the layers before the
+    first block on the first stage and those after the last on the last (Megatron-LM's
+    layout); models without blocks cut into runs of equal layer count."""
+    blocks = [i for i, layer in enumerate(model.layers) if layer.block is not None]
+    if len(blocks) < pipeline:
+        return [part.tolist() for part in np.array_split(np.arange(len(model.layers)),
+                                                         pipeline)]
+    parts = [part.tolist() for part in np.array_split(np.array(blocks), pipeline)]
+    parts[0] = list(range(blocks[0])) + parts[0]
+    parts[-1] = parts[-1] + list(range(blocks[-1] + 1, len(model.layers)))
+    return parts
+
+
+def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1,
+                      tensor: int = 1, pipeline: int = 1,
+                      stage_layers: Sequence[int] | None = None,
+                      in_flight_microbatches: int = 1, zero_stage: int = 0,
+                      recompute: str = "none", offload: str = "none",
+                      lora: LoraSpec | None = None,
+                      sequence_parallel: bool = False) -> MemoryPlan:
+    """Bytes on one device: the layers in ``stage_layers`` (default: the fullest of
+    ``pipeline`` stages from ``pipeline_stages``), their model state split ``tensor`` ways
+    and partitioned over ``data`` ranks as far as ``zero_stage`` says, and
+    ``in_flight_microbatches`` micro-batches of their stored activations."""
+    if recompute not in RECOMPUTE or offload not in OFFLOAD:
+        raise ValueError(f"recompute must be one of {RECOMPUTE}, offload one of {OFFLOAD}")
+    if stage_layers is None:
+        return max((memory_per_device(
+            model, dtype, optimizer, data=data, tensor=tensor, stage_layers=part,
+            in_flight_microbatches=in_flight_microbatches, zero_stage=zero_stage,
+            recompute=recompute, offload=offload, lora=lora,
+            sequence_parallel=sequence_parallel)
+            for part in pipeline_stages(model, pipeline)), key=lambda plan: plan.total)
+    layers = [model.layers[i] for i in stage_layers]
+    base = sum(layer.params for layer in layers) / tensor
+    trainable = base if lora is None else lora_parameters(layers, lora.rank, lora.targets) / tensor
+    frozen = base if lora is not None else 0.0
+    share = [1.0 if zero_stage < stage else 1.0 / data for stage in (1, 2, 3)]
+    optimizer_bytes = trainable * OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype))] * share[0]
+    grads = trainable * gradient_bytes_per_param(dtype) * share[1]
+    params = (frozen * 2 + trainable * weight_bytes_per_param(dtype)) * share[2]
+    activations = in_flight_microbatches * sum(
+        stored_activations(layer, tensor, recompute, sequence_parallel) for layer in layers)
+    gathered = 0.0
+    if zero_stage == 3 and data > 1:
+        largest = max((layer.params for layer in layers), default=0) / tensor
+        gathered = ZERO3_RESIDENT_LAYERS * largest * weight_bytes_per_param(dtype)
+    host = traffic = 0.0
+    if offload == "optimizer":
+        host, optimizer_bytes = optimizer_bytes, 0.0
+        owned = trainable * share[0]
+        traffic = owned * (gradient_bytes_per_param(dtype) + weight_bytes_per_param(dtype))
+    return MemoryPlan(params, grads, optimizer_bytes, activations, gathered, host, traffic,
+                      trainable)
+
+
+def stage_memory(model: Model, parts: list[list[int]], dtype: str, optimizer: str,
+                 in_flight_per_stage: Sequence[int], **options) -> MemoryPlan:
+    """The fullest pipeline stage, each stage with its own micro-batches in flight."""
+    return max((memory_per_device(model, dtype, optimizer, stage_layers=layers,
+                                  in_flight_microbatches=held, **options)
+                for layers, held in zip(parts, in_flight_per_stage)),
+               key=lambda plan: plan.total)
+
+
+# The usual ways to save memory, in the order a practitioner reaches for them: sequence
+# parallelism costs no extra traffic under tensor parallelism, selective recomputation a few
+# percent of time (Korthikanti et al. 2022, §5), ZeRO-3 half again
+# the gradient traffic, full recomputation a forward pass, offload a trip over PCIe.
+SAVINGS = (("sequence_parallel", True), ("recompute", "selective"), ("zero_stage", 3),
+           ("recompute", "full"), ("offload", "optimizer"))
+
+
+def savings(plan_of: Callable[..., MemoryPlan], options: dict[str, Any],
+            zero_allowed: bool) -> dict[str, float]:
+    """Bytes per device as each of ``SAVINGS`` is added in turn to ``options`` (skipping
+    those already set, those ``options`` does not name, as a plan without tensor
+    parallelism does not name sequence parallelism, and ZeRO-3 where it does not apply):
+    what an overflowing plan could try. ``plan_of(**options)`` gives the plan's memory."""
+    out: dict[str, float] = {}
+    changed = dict(options)
+    fields = list(dict.fromkeys(field for field, _ in SAVINGS))
+    for field, value in SAVINGS:
+        if (field not in options or changed[field] == value
+                or (field == "zero_stage" and not zero_allowed)
+                or (field == "recompute" and changed[field] == "full")):
+            continue
+        changed[field] = value
+        out[" + ".join(f"{k}: {_yaml(changed[k])}" for k in fields
+                       if changed.get(k) != options.get(k))] = plan_of(**changed).total
+    return out
+
+
+def _yaml(value: Any) -> str:
+    """A scenario value as the user writes it (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)

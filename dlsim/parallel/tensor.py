@@ -1,0 +1,129 @@
+"""Tensor (intra-layer) parallelism as Megatron-LM runs it (Shoeybi et al. 2019, §3).
+
+A transformer block's two GEMM pairs are split over the t ranks of a tensor group: QKV and
+MLP-up column-wise, the attention output projection and MLP-down row-wise. Attention heads
+are divided among the ranks, so QK^T, softmax and AV, and GeLU on the split MLP activations,
+are 1/t per rank; layernorms, dropout and residual adds run replicated on every rank. Each
+block all-reduces its b·s·h output twice in forward (after attention and after the MLP, the
+g operator) and its input gradient twice in backward (the f operator), on a stream that the
+next kernel waits for. Embedding and LM head are vocab-parallel (§3): each rank holds V/t
+rows of the (tied) embedding, the embedding output is all-reduced in forward, the logits GEMM
+and cross-entropy run on V/t columns, and the head's input gradient is all-reduced in
+backward; the loss's max and sum all-reduces are b·s scalars and are left out.
+
+Sequence parallelism (Korthikanti et al. 2022, §4.2.2) splits the replicated part too: the
+layernorms, dropout and residual adds run on s/t of the sequence on each rank. The f and g
+operators become an all-gather of the b·s·h input before each column-parallel GEMM and a
+reduce-scatter of the b·s·h output after each row-parallel GEMM (in backward a reduce-scatter
+and an all-gather); on a ring an all-reduce is a reduce-scatter plus an all-gather, so the
+bytes are those of the all-reduces they replace. The embedding's forward all-reduce becomes a
+reduce-scatter (an all-gather in backward) and the head's backward all-reduce an all-gather
+before the logits in forward (a reduce-scatter in backward). Megatron-LM also all-gathers a
+column-parallel GEMM's input again in backward for its weight gradient, overlapped with the
+input-gradient GEMM; that re-gather is left out, as the paper's count leaves it out. The
+embedding lookup still runs on the whole sequence (its vocab-parallel partial sums are what
+the reduce-scatter adds up).
+
+What is modelled per rank: a split kernel's FLOPs and bytes are 1/t of the whole (the
+replicated input that a column-parallel GEMM reads is not added back: these GEMMs are
+compute-bound), and a layer's parameters are 1/t (the O(h) replicated layernorm weights and
+biases are less than 0.1% of a block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dlsim.contract.errors import ScenarioError
+from dlsim.contract.scenario import ModelSpec
+from dlsim.workload.llama import LLAMA_SHAPES
+from dlsim.workload.model import TRANSFORMER_PRESETS, Kernel, Layer, Model
+
+SPLIT = frozenset({"qkv", "rope", "attention", "softmax", "proj", "mlp_up", "gelu", "swiglu",
+                   "mlp_down", "logits", "cross_entropy"})
+# The kernels that tensor parallelism leaves whole on every rank and sequence parallelism
+# splits along the sequence: GPT's and BERT's layernorms, Llama's RMSNorms, residual adds
+# with their dropout (dlsim.workload.model, dlsim.workload.llama).
+SEQUENCE_SPLIT = frozenset({"layernorm1", "rmsnorm1", "residual1+layernorm2",
+                            "residual1+rmsnorm2", "residual2", "final_layernorm"})
+# Selective recomputation re-runs the attention core only (Korthikanti et al. 2022, §4.2).
+ATTENTION_CORE = frozenset({"attention", "softmax"})
+
+
+def _shard(kernels: tuple[Kernel, ...], t: int, split: frozenset[str]) -> tuple[Kernel, ...]:
+    return tuple(replace(k, flops=k.flops / t, bytes=k.bytes / t) if k.name in split else k
+                 for k in kernels)
+
+
+def allreduces(layer: Layer) -> tuple[int, int]:
+    """Tensor-parallel all-reduces of one layer: (in forward, in backward)."""
+    names = {k.name for k in layer.forward}
+    if "qkv" in names:
+        return 2, 2
+    if "embedding" in names:
+        return 1, 0
+    if "logits" in names:
+        return 0, 1
+    return 0, 0
+
+
+Collectives = tuple[tuple[str, int], ...]  # (op, how many) in the order a pass runs them
+
+
+def tensor_collectives(layer: Layer,
+                       sequence_parallel: bool = False) -> tuple[Collectives, Collectives]:
+    """Tensor-parallel collectives of b·s·h of one layer: (in forward, in backward)."""
+    forward, backward = allreduces(layer)
+    if not sequence_parallel:
+        return (tuple((("allreduce", forward),) if forward else ()),
+                tuple((("allreduce", backward),) if backward else ()))
+    names = {k.name for k in layer.forward}
+    if "qkv" in names:  # g before QKV and MLP-up, g-bar after projection and MLP-down
+        both = (("allgather", 2), ("reducescatter", 2))
+        return both, both
+    if "embedding" in names:
+        return (("reducescatter", 1),), (("allgather", 1),)
+    if "logits" in names:
+        return (("allgather", 1),), (("reducescatter", 1),)
+    return (), ()
+
+
+def shard_model(model: Model, t: int, sequence_parallel: bool = False) -> Model:
+    """What one rank of a tensor group of ``t`` computes and holds; with
+    ``sequence_parallel`` the layernorms and residuals too run on 1/t of the sequence."""
+    if t == 1:
+        return model
+    split = SPLIT | SEQUENCE_SPLIT if sequence_parallel else SPLIT
+    layers = tuple(replace(layer, forward=_shard(layer.forward, t, split),
+                           backward=_shard(layer.backward, t, split), params=layer.params // t)
+                   for layer in model.layers)
+    return Model(model.name, layers)
+
+
+def transformer_shape(spec: ModelSpec) -> dict[str, int] | None:
+    """The sizes tensor parallelism divides (heads, key-value heads, hidden), or None for
+    models it does not apply to."""
+    if spec.preset in LLAMA_SHAPES:
+        shape = LLAMA_SHAPES[spec.preset]
+        return {"attention heads": shape.heads, "key-value heads": shape.kv_heads,
+                "hidden size": shape.hidden}
+    if spec.preset is not None:
+        gpt = TRANSFORMER_PRESETS.get(spec.preset)
+        return {"attention heads": gpt[2], "hidden size": gpt[1]} if gpt else None
+    if spec.kind == "transformer":
+        return {"attention heads": spec.heads, "hidden size": spec.hidden}
+    return None
+
+
+def check_tensor_degree(spec: ModelSpec, t: int) -> None:
+    """Megatron-LM needs the (key-value) heads and the hidden size divisible by t."""
+    if t == 1:
+        return
+    shape = transformer_shape(spec)
+    if shape is None:
+        raise ScenarioError("tensor parallelism is modelled for transformer models only; "
+                            "use tensor: 1.", field="parallelism.tensor")
+    for what, size in shape.items():
+        if size % t:
+            raise ScenarioError(f"tensor ({t}) must divide the model's {what} ({size}).",
+                                field="parallelism.tensor")

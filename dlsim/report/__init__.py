@@ -1,0 +1,1 @@
+"""Reports: HTML pages, plots and unit formatting; they read results, never simulate."""

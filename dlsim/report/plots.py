@@ -1,0 +1,348 @@
+"""The figures of an HTML report, each one function returning a ``data:image/png`` URI.
+
+Matplotlib is used through its object API only (``Figure`` + ``FigureCanvasAgg``): no pyplot
+state is touched, so reports can be rendered from worker threads and processes of a sweep
+without figures leaking between them. Every function takes plain data (dicts, spans, a
+DataFrame) and knows nothing of scenarios; the report layer decides what to plot.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
+
+from dlsim.results.result import Span
+
+CATEGORY_COLOURS: dict[str, str] = {"compute": "#4C72B0", "comm": "#DD8452", "wait": "#9A9A9A"}
+BREAKDOWN_COLOURS: dict[str, str] = {
+    "compute": CATEGORY_COLOURS["compute"],
+    "exposed_comm": CATEGORY_COLOURS["comm"],
+    "bubble": "#8172B3",
+    "straggler_wait": CATEGORY_COLOURS["wait"],
+    "idle": "#D4D4D4",
+}
+MEMORY_COLOURS: dict[str, str] = {
+    "params": "#4C72B0",
+    "grads": "#55A868",
+    "optimizer": "#8172B3",
+    "activations": "#DD8452",
+    "other": "#BDBDBD",
+}
+OVERFLOW_COLOUR = "#C44E52"
+_FALLBACK = "#937860"
+_DPI = 110
+
+
+def _new_figure(width_in: float, height_in: float) -> Figure:
+    fig = Figure(figsize=(width_in, height_in), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _style(ax: Axes, title: str, xlabel: str, ylabel: str = "") -> None:
+    ax.set_title(title, fontsize=11, loc="left", fontweight="bold", color="#222222")
+    ax.set_xlabel(xlabel, fontsize=9)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8, colors="#333333")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.grid(axis="x", color="#E6E6E6", linewidth=0.8)
+    ax.set_axisbelow(True)
+
+
+def _to_data_uri(fig: Figure) -> str:
+    """Encode the figure as PNG and release it; PNG keeps 20k-span timelines small."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, facecolor="white")
+    fig.clear()
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def breakdown_bar(breakdown_s: Mapping[str, float]) -> str:
+    """One stacked horizontal bar: where the step time goes (parts sum to the step)."""
+    fig = _new_figure(8.0, 2.1)
+    ax = fig.add_subplot()
+    left = 0.0
+    shown = {part: seconds for part, seconds in breakdown_s.items() if seconds > 0}
+    for part, seconds in shown.items():
+        width_ms = float(seconds) * 1e3
+        ax.barh(0, width_ms, left=left, height=0.6, label=part.replace("_", " "),
+                color=BREAKDOWN_COLOURS.get(part, _FALLBACK), edgecolor="white", linewidth=0.8)
+        left += width_ms
+    ax.set_yticks([])
+    ax.set_xlim(0, left if left > 0 else 1.0)
+    _style(ax, "Step time breakdown", "time (ms)")
+    if shown:
+        fig.legend(ncols=len(shown), fontsize=8, frameon=False, loc="outside lower center")
+    return _to_data_uri(fig)
+
+
+def _rows(spans: Iterable[Span]) -> list[tuple[int, str]]:
+    """(device, stream) rows in a stable order: device id, then compute before comm."""
+    order = {"compute": 0, "comm": 1}
+    keys = {(s.device, s.stream) for s in spans}
+    return sorted(keys, key=lambda k: (k[0], order.get(k[1], 2), k[1]))
+
+
+def timeline_gantt(spans: Sequence[Span], title: str = "Timeline") -> str:
+    """Gantt chart, one row per (device, stream), bars coloured by span category.
+
+    Each category is one ``PolyCollection`` whose rectangles are built as a numpy array, not
+    one artist (or one Python loop iteration inside matplotlib) per span: that is what keeps
+    a 20,000-span timeline well under a second.
+    """
+    rows = _rows(spans)
+    index = {key: i for i, key in enumerate(rows)}
+    categories = sorted({s.category for s in spans},
+                        key=lambda c: (list(CATEGORY_COLOURS).index(c)
+                                       if c in CATEGORY_COLOURS else 99, c))
+    fig = _new_figure(10.0, 1.3 + 0.26 * max(len(rows), 1))
+    ax = fig.add_subplot()
+    for category in categories:
+        chosen = [s for s in spans if s.category == category]
+        row = np.fromiter((index[(s.device, s.stream)] for s in chosen), float, len(chosen))
+        x0 = np.fromiter((s.start_s for s in chosen), float, len(chosen)) * 1e3
+        x1 = np.fromiter((s.end_s for s in chosen), float, len(chosen)) * 1e3
+        y0, y1 = row - 0.38, row + 0.38
+        verts = np.stack([np.column_stack(p) for p in ((x0, y0), (x0, y1), (x1, y1), (x1, y0))],
+                         axis=1)
+        bars = PolyCollection(verts,  # type: ignore[arg-type]  # stubs miss the (N, 4, 2) path
+                              facecolors=CATEGORY_COLOURS.get(category, _FALLBACK),
+                              linewidths=0, antialiaseds=False)
+        ax.add_collection(bars, autolim=False)
+    ax.set_yticks(range(len(rows)), [f"dev {d} · {st}" for d, st in rows])
+    ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)
+    start_ms = min((s.start_s for s in spans), default=0.0) * 1e3
+    end_ms = max((s.end_s for s in spans), default=0.0) * 1e3
+    ax.set_xlim(start_ms, end_ms if end_ms > start_ms else start_ms + 1.0)
+    _style(ax, title, "time (ms)")
+    handles = [Patch(color=CATEGORY_COLOURS.get(c, _FALLBACK), label=c) for c in categories]
+    ax.legend(handles=handles, ncols=len(handles) or 1, fontsize=8, frameon=False,
+              loc="lower right", bbox_to_anchor=(1, 1.0))
+    return _to_data_uri(fig)
+
+
+def memory_bar(parts_bytes: Mapping[str, float], capacity_bytes: float | None) -> str:
+    """Stacked bar of per-device memory (GB) against the device's capacity line."""
+    fig = _new_figure(8.0, 2.2)
+    ax = fig.add_subplot()
+    left = 0.0
+    for part, nbytes in parts_bytes.items():
+        if nbytes <= 0:
+            continue
+        width = float(nbytes) / 1e9
+        ax.barh(0, width, left=left, height=0.6, label=part,
+                color=MEMORY_COLOURS.get(part, _FALLBACK), edgecolor="white", linewidth=0.8)
+        left += width
+    right = left
+    if capacity_bytes:
+        cap = float(capacity_bytes) / 1e9
+        over = left > cap
+        ax.axvline(cap, color=OVERFLOW_COLOUR if over else "#222222", linestyle="--",
+                   linewidth=1.6, label=f"capacity {cap:.4g} GB")
+        if over:
+            ax.barh(0, left - cap, left=cap, height=0.6, fill=False, hatch="///",
+                    edgecolor=OVERFLOW_COLOUR, linewidth=0)
+        right = max(left, cap)
+    ax.set_xlim(0, (right or 1.0) * 1.04)
+    ax.set_yticks([])
+    _style(ax, "Memory per device", "memory (GB)")
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(ncols=len(parts_bytes) + 1, fontsize=8, frameon=False,
+                   loc="outside lower center")
+    return _to_data_uri(fig)
+
+
+def links_bar(labels: Sequence[str], utilisation: Sequence[float]) -> str:
+    """Horizontal bars of link utilisation (%), busiest on top."""
+    fig = _new_figure(8.0, 1.2 + 0.3 * max(len(labels), 1))
+    ax = fig.add_subplot()
+    pct = np.asarray(utilisation, dtype=float) * 100.0
+    ypos = np.arange(len(labels))
+    ax.barh(ypos, pct, height=0.65, color=CATEGORY_COLOURS["comm"])
+    for y, p in zip(ypos, pct, strict=True):
+        ax.text(p + 1.0, float(y), f"{p:.1f}%", va="center", fontsize=8, color="#333333")
+    ax.set_yticks(ypos, list(labels))
+    ax.set_ylim(max(len(labels), 1) - 0.5, -0.5)
+    ax.set_xlim(0, max(100.0, float(pct.max()) * 1.1 if len(pct) else 100.0))
+    _style(ax, "Busiest links", "utilisation (% of simulated time)")
+    return _to_data_uri(fig)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str,
+         ylabel: str, colour: str = CATEGORY_COLOURS["wait"]) -> str:
+    """Vertical bars, one per label (devices, staleness values); at most ~32 tick labels."""
+    fig = _new_figure(8.0, 3.4)
+    ax = fig.add_subplot()
+    xpos = np.arange(len(labels))
+    ax.bar(xpos, np.asarray(values, dtype=float), width=0.8, color=colour)
+    every = max(1, len(labels) // 32)
+    ax.set_xticks(xpos[::every], [str(v) for v in labels][::every])
+    _style(ax, title, xlabel, ylabel)
+    ax.grid(axis="x", visible=False)
+    ax.grid(axis="y", color="#E6E6E6", linewidth=0.8)
+    return _to_data_uri(fig)
+
+
+def wants_log(values: pd.Series) -> bool:
+    """True when the values are all positive numbers spanning more than two decades."""
+    xs = pd.to_numeric(values, errors="coerce")
+    return bool(len(xs) and xs.notna().all() and xs.min() > 0 and xs.max() / xs.min() > 100)
+
+
+def sweep_plot(table: pd.DataFrame, x: str, y: str, group: str | None) -> str:
+    """``y`` against ``x``, one series per value of ``group``: lines where ``x`` is a number,
+    grouped bars where it names choices (a fabric, an algorithm, on/off), whose order means
+    nothing and which a line between them would misstate.
+
+    A numeric axis goes logarithmic when its values are positive and span more than two
+    decades, as sweeps over device counts or message sizes (and the times they give) do.
+    """
+    fig = _new_figure(8.0, 4.2)
+    ax = fig.add_subplot()
+    groups = [(None, table)] if group is None else list(table.groupby(group, sort=True))
+    numeric = pd.api.types.is_numeric_dtype(table[x]) and not pd.api.types.is_bool_dtype(table[x])
+    if numeric:
+        for value, frame in groups:
+            frame = frame.sort_values(x)
+            ax.plot(frame[x].to_numpy(), frame[y].to_numpy(), marker="o", markersize=4,
+                    linewidth=1.6, label=None if group is None else str(value))
+        if wants_log(table[x]):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        choices = list(dict.fromkeys(table[x].tolist()))  # the sweep's order
+        width = 0.8 / len(groups)
+        for i, (value, frame) in enumerate(groups):
+            heights = frame.groupby(x, sort=False)[y].first().reindex(choices)
+            ax.bar(np.arange(len(choices)) + (i - (len(groups) - 1) / 2) * width,
+                   heights.to_numpy(dtype=float), width=width * 0.95,
+                   label=None if group is None else str(value))
+        ax.set_xticks(np.arange(len(choices)), [str(c) for c in choices])
+    if wants_log(table[y]):
+        ax.set_yscale("log")
+    _style(ax, f"{y} vs {x}", x, y)
+    ax.grid(axis="y", color="#E6E6E6", linewidth=0.8)
+    if group is not None:
+        ax.legend(fontsize=8, frameon=False, title=group, title_fontsize=8)
+    return _to_data_uri(fig)
+
+
+def parity(table: pd.DataFrame, tolerance: float = 0.15) -> str:
+    """Predicted against measured, log-log, one colour per table, with the line where they
+    are equal and the band within ``tolerance`` of it: a validation at a glance, across
+    tables whose units differ (GB, GB/s, s, TFLOP/s). Rows without a prediction are left out."""
+    rows = table[(table["predicted"] > 0) & (table["measured"] > 0)]
+    if rows.empty:
+        return ""
+    fig = _new_figure(8.0, 5.0)
+    ax = fig.add_subplot()
+    lo = float(min(rows["measured"].min(), rows["predicted"].min())) / 2
+    hi = float(max(rows["measured"].max(), rows["predicted"].max())) * 2
+    line = np.geomspace(lo, hi, 50)
+    ax.fill_between(line, line * (1 - tolerance), line * (1 + tolerance), color="#E8E8E8",
+                    label=f"within {tolerance:.0%}")
+    ax.plot(line, line, color="#888888", linewidth=1.0, label="predicted = measured")
+    for name, frame in rows.groupby("table", sort=True):
+        ax.plot(frame["measured"], frame["predicted"], "o", markersize=4, label=str(name))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    _style(ax, "predicted against measured (each table in its own unit)", "measured",
+           "predicted")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return _to_data_uri(fig)
+
+
+def scaling_curves(curves: Sequence[Mapping[str, object]]) -> str:
+    """Speed-up against device count: measured points, the Amdahl and USL fits, and ideal.
+
+    Each curve is a mapping with ``label``, ``devices`` and ``speedup`` (the measured
+    points), and ``fit_devices`` with ``amdahl`` and/or ``usl`` (the fitted curves on a
+    dense grid). Speed-up is relative to each curve's smallest device count.
+    """
+    fig = _new_figure(8.0, 4.4)
+    ax = fig.add_subplot()
+    colours = [f"C{i}" for i in range(10)]
+    lo, hi = np.inf, 0.0
+    for colour, curve in zip(itertools.cycle(colours), curves):
+        n = np.asarray(curve["devices"], dtype=float)
+        lo, hi = min(lo, float(n.min())), max(hi, float(n.max()))
+        ax.plot(n, np.asarray(curve["speedup"], dtype=float), "o", color=colour,
+                markersize=5, label=f"{curve['label']}: simulated")
+        grid = np.asarray(curve.get("fit_devices", ()), dtype=float)
+        for law, style, name in (("amdahl", "--", "Amdahl"), ("usl", ":", "USL")):
+            if curve.get(law) is not None:
+                ax.plot(grid, np.asarray(curve[law], dtype=float), style, color=colour,
+                        linewidth=1.4, label=f"{curve['label']}: {name} fit")
+        ax.plot(grid, grid / n.min(), "-", color="#BBBBBB", linewidth=0.8, zorder=0)
+    if hi / lo > 8:  # log-log: Amdahl's plateau and USL's peak read as bends, ideal as 45°
+        for axis, set_scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+            set_scale("log", base=2)
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    _style(ax, "Speed-up vs devices (grey: ideal)", "devices", "speed-up over the smallest N")
+    ax.grid(axis="y", color="#E6E6E6", linewidth=0.8)
+    ax.legend(fontsize=7, frameon=False, ncols=2 if len(curves) > 1 else 1)
+    return _to_data_uri(fig)
+
+
+def topology_utilisation(edges: pd.DataFrame, title: str) -> str:
+    """The topology graph with each link coloured and thickened by its utilisation.
+
+    ``edges`` has src, dst and utilisation per directed link; the two directions of a cable
+    are drawn as one line with the busier direction's utilisation. Devices (the
+    integer-named nodes) are blue dots; switches, NICs and sockets grey squares. The layout
+    is Kamada-Kawai's, which starts from a circle and has no randomness, so the same
+    topology is drawn the same way every time.
+    """
+    graph = nx.Graph()
+    for r in edges.itertuples():
+        busiest = graph.edges[r.src, r.dst]["u"] if graph.has_edge(r.src, r.dst) else 0.0
+        graph.add_edge(r.src, r.dst, u=max(busiest, float(r.utilisation)))
+    pos = nx.kamada_kawai_layout(graph)
+    fig = _new_figure(8.0, 5.2)
+    ax = fig.add_subplot()
+    segments = np.array([[pos[a], pos[b]] for a, b in graph.edges])
+    util = np.array([d["u"] for _, _, d in graph.edges(data=True)]) * 100.0
+    top = max(float(util.max()), 1e-9)  # the scale ends at the busiest link, not at 100 %
+    norm = Normalize(0.0, top)
+    cmap = colormaps["viridis_r"]
+    lines = LineCollection(segments, colors=cmap(norm(util)), linewidths=0.8 + 3.5 * util / top,
+                           zorder=1)
+    ax.add_collection(lines)
+    devices = [v for v in graph if str(v).isdigit()]
+    others = [v for v in graph if not str(v).isdigit()]
+    for nodes, marker, colour, size in ((devices, "o", CATEGORY_COLOURS["compute"], 60),
+                                        (others, "s", "#7F7F7F", 45)):
+        if nodes:
+            xy = np.array([pos[v] for v in nodes])
+            ax.scatter(xy[:, 0], xy[:, 1], s=size, marker=marker, color=colour,
+                       edgecolors="white", linewidths=0.6, zorder=2)
+    if graph.number_of_nodes() <= 40:
+        for v, (x, y) in pos.items():
+            ax.annotate(str(v), (x, y), xytext=(0, 6), textcoords="offset points",
+                        ha="center", fontsize=6, color="#333333", zorder=3)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.suptitle(title, x=0.02, ha="left", fontsize=11, fontweight="bold", color="#222222")
+    bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.6)
+    bar.set_label("utilisation (% of simulated time)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return _to_data_uri(fig)

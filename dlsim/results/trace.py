@@ -1,0 +1,30 @@
+"""Chrome trace event format (opens in Perfetto and chrome://tracing): one process per
+device, one thread per stream, one complete ('X') event per span, times in microseconds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dlsim.results.result import Result
+
+STREAM_TIDS = {"compute": 0, "comm": 1, "prefetch": 2}
+
+
+def chrome_trace(result: Result) -> dict[str, Any]:
+    events: list[dict[str, Any]] = []
+    seen: set[tuple[int, str]] = set()
+    for span in result.spans:
+        tid = STREAM_TIDS.get(span.stream, len(STREAM_TIDS))
+        if (span.device, span.stream) not in seen:
+            seen.add((span.device, span.stream))
+            events.append({"ph": "M", "name": "thread_name", "pid": span.device, "tid": tid,
+                           "args": {"name": span.stream}})
+            if (span.device, "") not in seen:
+                seen.add((span.device, ""))
+                events.append({"ph": "M", "name": "process_name", "pid": span.device,
+                               "args": {"name": f"device {span.device}"}})
+        events.append({"ph": "X", "name": span.name, "cat": span.category, "pid": span.device,
+                       "tid": tid, "ts": span.start_s * 1e6, "dur": span.duration_s * 1e6})
+    return {"traceEvents": events, "displayTimeUnit": "ms",
+            "otherData": {"scenario": result.summary.get("name"),
+                          "fidelity": result.summary.get("simulation", {}).get("fidelity")}}

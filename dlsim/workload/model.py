@@ -1,0 +1,257 @@
+"""Workload: a model as a list of layers, each with its kernels' FLOPs and bytes.
+
+Counts follow the usual analytical conventions: a GEMM of (m x k)(k x n) is 2mkn FLOPs;
+backward is two GEMMs of the same size (input and weight gradients); a transformer layer's
+forward is 24*b*s*h^2 + 4*b*s^2*h FLOPs (Narayanan et al., SC'21, §5.1) with 12h^2 + 13h
+parameters; stored activations follow Korthikanti et al. 2022, "Reducing Activation
+Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit. Presets: GPT-2, GPT-3,
+BERT-large, the GPT models of Megatron-LM SC'21 Table 1, LLaMA-2 (``dlsim.workload.llama``), CNNs
+(``dlsim.workload.cnn``) and MLPs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from dlsim.contract.errors import ScenarioError
+from dlsim.contract.scenario import ModelSpec
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel: ``kind`` is gemm, conv, attention or elementwise (memory-bound)."""
+
+    kind: str
+    flops: float
+    bytes: float
+    name: str = ""  # its role in the layer (qkv, attention, softmax, ...), for strategies
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """A convolution or pooling window over a square feature map, with 'same' padding
+    (kernel - 1) // 2: what spatial partitioning needs to know about a layer."""
+
+    op: str  # conv or pool
+    c_in: int
+    c_out: int
+    kernel: int
+    stride: int
+    hw_in: int
+    hw_out: int
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A weight matrix of ``d_in`` x ``d_out``: what LoRA adapts (Hu et al. 2021)."""
+
+    name: str
+    d_in: int
+    d_out: int
+
+
+@dataclass(frozen=True)
+class BlockActivations:
+    """A transformer block's stored activations as recomputation and tensor parallelism see
+    them (Korthikanti et al. 2022, §4): selective recomputation drops the ``attention_core``
+    (softmax output, dropout mask and output: 5*a*s^2*b bytes at 16 bit); full recomputation
+    keeps only the ``block_input`` (2*s*b*h); the ``replicated`` part (layer-norm inputs,
+    dropout masks, attention and MLP inputs: 10*s*b*h) is on every tensor rank unless
+    sequence parallelism splits it too."""
+
+    attention_core: float
+    block_input: float
+    replicated: float
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    params: int
+    forward: tuple[Kernel, ...]
+    backward: tuple[Kernel, ...]
+    activation_bytes: float  # stored for the backward pass, per micro-batch
+    output_bytes: float = 0.0  # the layer's output, what a pipeline sends to the next stage
+    convs: tuple[ConvShape, ...] = ()  # the windows a CNN layer slides, in order
+    matrices: tuple[Matrix, ...] = ()  # its weight matrices, by role (qkv, proj, ...)
+    block: BlockActivations | None = None  # set for transformer blocks
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    layers: tuple[Layer, ...]
+    input_bytes: float = 0.0  # one micro-batch of input, where the model defines it
+
+    @property
+    def parameters(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+
+# name: (layers, hidden, heads, seq_len, vocab); GPT-2 sizes from Radford et al. 2019 Table 2
+# and the released configs (n_ctx 1024, vocab 50257); GPT-3 from Brown et al. 2020 Table 2.1;
+# BERT-large from Devlin et al. 2019 (L=24, H=1024, A=16, WordPiece 30522, 512 positions).
+TRANSFORMER_PRESETS: dict[str, tuple[int, int, int, int, int]] = {
+    "gpt2-124m": (12, 768, 12, 1024, 50257),
+    "gpt2-1.5b": (48, 1600, 25, 1024, 50257),
+    "gpt3-175b": (96, 12288, 96, 2048, 50257),
+    "bert-large": (24, 1024, 16, 512, 30522),
+    # Narayanan et al., SC'21, Table 1: heads, hidden and layers of its ten GPT models, with
+    # sequence 2048 and vocabulary 51,200 (§5.1); named by the parameters the table prints.
+    "megatron-1.7b": (24, 2304, 24, 2048, 51200),
+    "megatron-3.6b": (30, 3072, 32, 2048, 51200),
+    "megatron-7.5b": (36, 4096, 32, 2048, 51200),
+    "megatron-18.4b": (40, 6144, 48, 2048, 51200),
+    "megatron-39.1b": (48, 8192, 64, 2048, 51200),
+    "megatron-76.1b": (60, 10240, 80, 2048, 51200),
+    "megatron-145.6b": (80, 12288, 96, 2048, 51200),
+    "megatron-310.1b": (96, 16384, 128, 2048, 51200),
+    "megatron-529.6b": (105, 20480, 128, 2048, 51200),
+    "megatron-1t": (128, 25600, 160, 2048, 51200),
+}
+# BERT (Devlin et al. 2019): token-type embeddings and an embedding layer norm; post-LN blocks
+# with the same parameters as GPT's; the masked-LM head transforms (dense h x h, GeLU, layer
+# norm) before the tied decoder with its own bias. No pooler: pre-training on MLM alone.
+ENCODER_PRESETS = {"bert-large"}
+MLP_PRESETS: dict[str, list[int]] = {
+    "mlp-mnist": [784, 1024, 1024, 10],
+    "mlp-wide": [4096, 16384, 16384, 16384, 4096],
+}
+
+
+def presets() -> list[str]:
+    from dlsim.workload.cnn import CNN_PRESETS  # cnn and llama build on this module's kernels
+    from dlsim.workload.llama import LLAMA_PRESETS
+
+    return sorted([*TRANSFORMER_PRESETS, *MLP_PRESETS, *CNN_PRESETS, *LLAMA_PRESETS])
+
+
+def gemm(m: float, k: float, n: float, dtype_bytes: int, name: str = "") -> Kernel:
+    """(m x k)(k x n): 2mkn FLOPs, reading both operands and writing the product once."""
+    return Kernel("gemm", 2.0 * m * k * n, dtype_bytes * (m * k + k * n + m * n), name)
+
+
+def elementwise(elements: float, dtype_bytes: int, passes: float = 2.0,
+                name: str = "") -> Kernel:
+    """A memory-bound kernel reading and writing ``elements`` (``passes`` tensor sweeps)."""
+    return Kernel("elementwise", elements, dtype_bytes * elements * passes, name)
+
+
+def backward_of(forward: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
+    """Input- and weight-gradient GEMMs (2x FLOPs); elementwise backward reads twice as much."""
+    return tuple(Kernel(k.kind, 2 * k.flops, 2 * k.bytes, k.name) for k in forward)
+
+
+def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: int,
+                       b: int, dtype_bytes: int, ffn: int | None = None,
+                       encoder: bool = False) -> Model:
+    """GPT (pre-LN, final layer norm, tied logits) or, with ``encoder``, BERT."""
+    ffn = ffn or 4 * h
+    t = b * s  # tokens per micro-batch
+    block_fwd = (
+        elementwise(t * h, dtype_bytes, name="layernorm1"),
+        gemm(t, h, 3 * h, dtype_bytes, "qkv"),
+        Kernel("attention", 4.0 * b * s * s * h,                        # QK^T and AV
+               dtype_bytes * (3 * t * h + 2 * b * a * s * s + t * h), "attention"),
+        elementwise(b * a * s * s, dtype_bytes, name="softmax"),
+        gemm(t, h, h, dtype_bytes, "proj"),                            # output projection
+        elementwise(t * h, dtype_bytes, 3.0, "residual1+layernorm2"),
+        gemm(t, h, ffn, dtype_bytes, "mlp_up"),
+        elementwise(t * ffn, dtype_bytes, name="gelu"),
+        gemm(t, ffn, h, dtype_bytes, "mlp_down"),
+        elementwise(t * h, dtype_bytes, 3.0, "residual2"),
+    )
+    block_params = 4 * h * h + 2 * h * ffn + 9 * h + ffn  # = 12h^2 + 13h when ffn = 4h
+    act = s * b * h * (34 + 5 * a * s / h) * dtype_bytes / 2
+    block = BlockActivations(5 * a * s * s * b * dtype_bytes / 2, t * h * dtype_bytes,
+                             5 * t * h * dtype_bytes)
+    matrices = (Matrix("qkv", h, 3 * h), Matrix("proj", h, h), Matrix("mlp_up", h, ffn),
+                Matrix("mlp_down", ffn, h))
+    embed_fwd = (elementwise(t * h, dtype_bytes, 3.0 if encoder else 2.0, "embedding"),)
+    logits = (gemm(t, h, vocab, dtype_bytes, "logits"),                 # tied weights
+              elementwise(t * vocab, dtype_bytes, 3.0, "cross_entropy"))
+    head_fwd = (elementwise(t * h, dtype_bytes, 3.0, "final_layernorm"), *logits)
+    head_params, head_act = 2 * h, t * (h + vocab) * dtype_bytes
+    if encoder:
+        head_fwd = (gemm(t, h, h, dtype_bytes, "mlm_transform"),
+                    elementwise(t * h, dtype_bytes, 3.0, "gelu+layernorm"), *logits)
+        head_params, head_act = h * h + 3 * h + vocab, head_act + 2 * t * h * dtype_bytes
+    hidden_bytes = t * h * dtype_bytes
+    out = [Layer("embedding", vocab * h + s * h + (4 * h if encoder else 0), embed_fwd,
+                 backward_of(embed_fwd), hidden_bytes, hidden_bytes)]
+    out += [Layer(f"block{i}", block_params, block_fwd, backward_of(block_fwd), act,
+                  hidden_bytes, matrices=matrices, block=block) for i in range(layers)]
+    out.append(Layer("lm_head", head_params, head_fwd, backward_of(head_fwd), head_act))
+    return Model(name, tuple(out))
+
+
+def mlp_layers(name: str, widths: list[int], b: int, dtype_bytes: int) -> Model:
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        fwd = (gemm(b, n_in, n_out, dtype_bytes), elementwise(b * n_out, dtype_bytes))
+        layers.append(Layer(f"linear{i}", n_in * n_out + n_out, fwd, backward_of(fwd),
+                            b * (n_in + n_out) * dtype_bytes, b * n_out * dtype_bytes))
+    return Model(name, tuple(layers), b * widths[0] * dtype_bytes)
+
+
+def lora_parameters(layers: Sequence[Layer], rank: int, targets: Sequence[str]) -> int:
+    """Trainable adapter parameters: r*(d_in + d_out) for every matrix named in ``targets``
+    (Hu et al., "LoRA", ICLR'22, §4.1: W + BA with B d_out x r and A r x d_in)."""
+    named = {m.name for layer in layers for m in layer.matrices}
+    unknown = sorted(set(targets) - named)
+    if unknown:
+        raise ScenarioError(f"LoRA targets {unknown} are not weight matrices of this model; "
+                            f"it has {', '.join(sorted(named)) or 'none'}.",
+                            field="training.lora.targets")
+    return sum(_adapters(layer, rank, targets) for layer in layers)
+
+
+def _adapters(layer: Layer, rank: int, targets: Sequence[str]) -> int:
+    return sum(rank * (m.d_in + m.d_out) for m in layer.matrices if m.name in targets)
+
+
+def lora_workload(model: Model, rank: int, targets: Sequence[str]) -> Model:
+    """What LoRA fine-tuning runs: the base weights are frozen, so every weight GEMM's
+    backward computes the input gradient only (one GEMM, not two), and each layer's
+    trainable parameters, which gradients synchronise and the optimizer updates, are its
+    adapters'. The adapters' own GEMMs, 2*t*r*(d_in + d_out) FLOPs against the base's
+    2*t*d_in*d_out (under 1 % for r = 16, d = 4096), are left out."""
+    lora_parameters(model.layers, rank, targets)  # reject unknown targets
+
+    def frozen(kernel: Kernel) -> Kernel:
+        if kernel.kind not in ("gemm", "conv"):
+            return kernel
+        return replace(kernel, flops=kernel.flops / 2, bytes=kernel.bytes / 2)
+
+    return replace(model, layers=tuple(
+        replace(layer, params=_adapters(layer, rank, targets),
+                backward=tuple(frozen(k) for k in layer.backward))
+        for layer in model.layers))
+
+
+def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
+    """Layers of ``spec`` for one micro-batch of ``microbatch`` samples."""
+    if spec.preset is not None:
+        if spec.preset in TRANSFORMER_PRESETS:
+            layers, h, a, s, v = TRANSFORMER_PRESETS[spec.preset]
+            return transformer_layers(spec.preset, layers, h, a, s, v, microbatch, dtype_bytes,
+                                      encoder=spec.preset in ENCODER_PRESETS)
+        from dlsim.workload.llama import LLAMA_PRESETS
+
+        if spec.preset in LLAMA_PRESETS:
+            return LLAMA_PRESETS[spec.preset](microbatch, dtype_bytes)
+        if spec.preset in MLP_PRESETS:
+            return mlp_layers(spec.preset, MLP_PRESETS[spec.preset], microbatch, dtype_bytes)
+        from dlsim.workload.cnn import CNN_PRESETS  # cnn builds on this module's kernels
+
+        if spec.preset in CNN_PRESETS:
+            return CNN_PRESETS[spec.preset](microbatch, dtype_bytes)
+        raise ScenarioError(f"unknown model preset '{spec.preset}'; available: "
+                            f"{', '.join(presets())}.", field="model.preset")
+    if spec.kind == "transformer":
+        name = f"transformer-{spec.layers}x{spec.hidden}"
+        return transformer_layers(name, spec.layers, spec.hidden, spec.heads, spec.seq_len,
+                                  spec.vocab, microbatch, dtype_bytes, spec.ffn_hidden)
+    return mlp_layers("mlp-" + "-".join(map(str, spec.widths)), spec.widths, microbatch,
+                      dtype_bytes)

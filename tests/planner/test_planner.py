@@ -1,0 +1,184 @@
+"""The planner: its plan space, its closed-form estimate, its ranking and its CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+import dlsim
+from dlsim.cli import app
+from dlsim.cluster.build import build_topology
+from dlsim.contract.scenario import ClusterSpec, ModelSpec
+from dlsim.hardware import profiles as hardware
+from dlsim.network.tuner import estimate_time_s
+from dlsim.planner import PlanRequest, run_plan
+from dlsim.planner.estimate import CostTable, Fabric, estimate
+from dlsim.planner.search import pareto_front, scenario_of
+from dlsim.planner.space import ModelShape, Plan, enumerate_plans
+from dlsim.workload.costmodel import layer_times_s, optimizer_time_s
+from dlsim.workload.model import build_model
+
+
+def cli(tmp_path, *args) -> tuple[int, str]:
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path)], catch_exceptions=False)
+    return res.exit_code, res.output
+
+
+def _brute_force(blocks: int, heads: int, hidden: int, gpus: int, batch: int,
+                 per_node: int) -> set[tuple]:
+    """The runnable (d, t, p, b, schedule, v, zero, sequence parallel) tuples, by trying
+    every value; sequence parallelism only with t > 1, ZeRO-3 only with t = 1."""
+    found = set()
+    for t, p, b in itertools.product(range(1, gpus + 1), range(1, blocks + 1), range(1, 9)):
+        if t & (t - 1) or b & (b - 1) or t > 2 * per_node:  # powers of two
+            continue
+        if heads % t or hidden % t or gpus % (t * p) or blocks % p:
+            continue
+        d = gpus // (t * p)
+        if batch % (d * b):
+            continue
+        m = batch // (d * b)
+        schedules = [("1f1b", 1)] if p == 1 else [("gpipe", 1), ("1f1b", 1)] + [
+            ("interleaved", v) for v in (2, 4) if m % p == 0 and blocks % (p * v) == 0]
+        zeros = ((0, 1, 2, 3) if t == 1 else (0, 1, 2)) if p == 1 and d > 1 else (0,)
+        for (schedule, v), zero, sp in itertools.product(schedules, zeros,
+                                                         (False, True) if t > 1 else (False,)):
+            found.add((d, t, p, b, schedule, v, zero, sp))
+    return found
+
+
+@settings(max_examples=30, deadline=None)
+@given(blocks=st.sampled_from([4, 6, 12, 24]), heads=st.sampled_from([4, 12, 16]),
+       gpus=st.sampled_from([8, 16, 32, 64]), batch=st.sampled_from([32, 64, 96, 256]))
+def test_plan_space_is_every_runnable_plan_once(blocks, heads, gpus, batch):
+    shape = ModelShape(blocks, heads, heads * 64)
+    plans = list(enumerate_plans(shape, gpus, batch, 8, recompute=("none",),
+                                 placements=("pack",), algorithms=("ring",)))
+    keys = [(p.data, p.tensor, p.pipeline, p.microbatch, p.schedule, p.virtual_stages,
+             p.zero_stage, p.sequence_parallel) for p in plans]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == _brute_force(blocks, heads, heads * 64, gpus, batch, 8)
+    assert all(p.data * p.tensor * p.pipeline == gpus for p in plans)
+
+
+def _dgx(nodes: int) -> Fabric:
+    return Fabric(build_topology(ClusterSpec(preset="dgx-a100", nodes=nodes)))
+
+
+def test_single_device_estimate_is_the_cost_model_sum():
+    """d = t = p = 1: m micro-batches of every layer's forward and backward, then Adam."""
+    device = hardware.device("a100-sxm4-80gb")
+    model = build_model(ModelSpec(preset="gpt2-124m"), 4, 2)
+    plan = Plan(1, 1, 1, 1, 4, "1f1b", 1, 0, "none", "pack", "ring")
+    est = estimate(plan, CostTable(model, device, "bf16", 4 * 1024, 768), "adam", 32, _dgx(1))
+    per_micro = sum(sum(layer_times_s(layer, device, "bf16")) for layer in model.layers)
+    expected = 8 * per_micro + optimizer_time_s(model.parameters, "adam", device)
+    assert abs(est.step_time_s - expected) <= 1e-12 * expected
+
+
+def test_tensor_parallel_estimate_prices_each_allreduce_as_the_tuner_does():
+    """t = 2: per micro-batch 2 + 2 all-reduces of b·s·h·2 bytes per block, one for the
+    vocab-parallel embedding and one for the LM head, each what the tuner's closed form
+    gives for that ring on the node (the same lowering the engine runs)."""
+    fabric = _dgx(1)
+    device = hardware.device("a100-sxm4-80gb")
+    model = build_model(ModelSpec(preset="gpt2-124m"), 1, 2)
+    table = CostTable(model, device, "bf16", 1024, 768)
+    plan = Plan(2, 1, 2, 1, 1, "1f1b", 1, 0, "none", "pack", "ring")
+    est = estimate(plan, table, "adam", 1, fabric)
+    one = estimate_time_s("allreduce", "ring", 1024 * 768 * 2, np.array([0, 1]),
+                          fabric.topology, fabric.protocol)
+    assert abs(est.breakdown_s["tensor_comm"] - (4 * 12 + 2) * one) <= 1e-12
+
+
+def test_sequence_parallel_estimate_prices_each_gather_and_scatter_as_the_tuner_does():
+    """t = 2 with sequence parallelism: per micro-batch 4 all-gathers and 4 reduce-scatters
+    of b·s·h·2 bytes per block, and one of each for the embedding and for the LM head; the
+    compute drops by what the sharded layernorms and residuals save."""
+    fabric = _dgx(1)
+    device = hardware.device("a100-sxm4-80gb")
+    model = build_model(ModelSpec(preset="gpt2-124m"), 1, 2)
+    table = CostTable(model, device, "bf16", 1024, 768)
+    plain = Plan(2, 1, 2, 1, 1, "1f1b", 1, 0, "none", "pack", "ring")
+    sp = Plan(2, 1, 2, 1, 1, "1f1b", 1, 0, "none", "pack", "ring", sequence_parallel=True)
+    est = estimate(sp, table, "adam", 1, fabric)
+    ag, rs = (estimate_time_s(op, "ring", 1024 * 768 * 2, np.array([0, 1]), fabric.topology,
+                              fabric.protocol) for op in ("allgather", "reducescatter"))
+    assert abs(est.breakdown_s["tensor_comm"] - (4 * 12 + 2) * (ag + rs)) <= 1e-12
+    assert est.breakdown_s["compute"] < estimate(plain, table, "adam", 1, fabric).breakdown_s[
+        "compute"]
+    assert scenario_of(PlanRequest("gpt2-124m", "dgx-a100", (8,), 8), sp, 8)[
+        "parallelism"]["sequence_parallel"] is True
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(1, 1e6), st.floats(1, 1e6)), min_size=1, max_size=40))
+def test_pareto_front_is_exactly_the_undominated_plans(points):
+    rows = [{"time_to_train_s": t, "cost_usd": c} for t, c in points]
+    front = pareto_front(rows)
+
+    def dominated(r):
+        return any(o["time_to_train_s"] <= r["time_to_train_s"] and o["cost_usd"] <= r["cost_usd"]
+                   and (o["time_to_train_s"], o["cost_usd"]) != (r["time_to_train_s"],
+                                                                  r["cost_usd"]) for o in rows)
+
+    assert all(not dominated(r) for r in front)
+    front_points = {(r["time_to_train_s"], r["cost_usd"]) for r in front}
+    assert all((r["time_to_train_s"], r["cost_usd"]) in front_points
+               for r in rows if not dominated(r))
+
+
+def test_plan_cli_json(tmp_path):
+    code, text = cli(tmp_path, "plan", "--model", "gpt2-1.5b", "--cluster", "dgx-a100",
+                     "--gpus", "16", "--global-batch", "64", "--confirm", "1", "--json")
+    assert code == 0, text
+    data = json.loads(text)
+    assert data["evaluated"] >= len(data["plans"]) > 0
+    best = data["plans"][0]
+    assert best["step_time_source"] == "simulated" and best["fits_in_memory"]
+    assert best["data"] * best["tensor"] * best["pipeline"] == 16
+
+
+def test_plan_cli_rejects_an_unknown_model(tmp_path):
+    code, text = cli(tmp_path, "plan", "--model", "gpt5", "--cluster", "dgx-a100",
+                     "--gpus", "8", "--global-batch", "8")
+    assert code == 2 and "--model" in text and "Traceback" not in text
+
+
+def test_estimate_tracks_the_engine():
+    """The closed form ranks plans; the engine decides. Over every 41st plan of Megatron's
+    7.5B model on 32 A100s (DP, TP in and across nodes, PP, interleaving, ZeRO, recompute,
+    sequence parallelism, both placements; 86 of 3,522 plans) the estimate is within 3.5%
+    of the engine, median 0.1%. Reached: median 0.089%, worst 3.28% (d=32 spread with tree
+    all-reduce), since the estimate charges a tensor-parallel plan's gradient sync after its
+    last backward, as the engine runs it (it had assumed DDP's bucket overlap there: median
+    0.36%, worst 9.3%)."""
+    request = PlanRequest("megatron-7.5b", "dgx-a100", (32,), 128)
+    fabric = _dgx(4)
+    device = hardware.device("a100-sxm4-80gb")
+    errors = []
+    plans = list(enumerate_plans(ModelShape(36, 32, 4096), 32, 128, 8))
+    for plan in plans[::41]:
+        model = build_model(ModelSpec(preset="megatron-7.5b"), plan.microbatch, 2)
+        est = estimate(plan, CostTable(model, device, "bf16", plan.microbatch * 2048, 4096),
+                       "adam", 128, fabric)
+        sim = dlsim.simulate(scenario_of(request, plan, 8))
+        errors.append(abs(est.step_time_s - sim.step_time_s) / sim.step_time_s)
+    assert len(errors) > 80
+    assert np.median(errors) <= 0.001 and max(errors) <= 0.035
+
+
+def test_best_plan_beats_the_published_megatron_configuration():
+    """Megatron-LM SC'21 Table 1 trains the 7.5B model with t=4, p=1 (full recomputation);
+    on 32 A100s the planner's confirmed winner is at least as fast in the same engine."""
+    request = PlanRequest("megatron-7.5b", "dgx-a100", (32,), 128, confirm=2)
+    best = run_plan(request).plans[0]
+    reference = dlsim.simulate(scenario_of(
+        request, Plan(32, 8, 4, 1, 1, "1f1b", 1, 0, "full", "pack", "ring"), 8))
+    assert best["step_time_source"] == "simulated"
+    assert best["step_time_s"] <= reference.step_time_s

@@ -1,0 +1,331 @@
+"""The HTML report: structure, escaping, embedded images and the messages a user acts on.
+
+Pages are parsed with the standard library's ``html.parser`` so that the checks are about
+elements and their text, not substrings that could appear anywhere in the markup.
+"""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from dlsim.report import pages as report
+from dlsim.report import plots
+from dlsim.report.pages import format_bytes, format_count, format_seconds, render_run, render_sweep
+from dlsim.results.result import Result, Span
+
+GB = 1e9
+XSS = "<script>alert(1)</script>"
+
+
+class Page(HTMLParser):
+    """The parts of a page the tests look at: tags, ids, sections' text and table rows."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.sections: list[str] = []
+        self.text: dict[str, str] = {}
+        self.rows: dict[str, list[list[str]]] = {}
+        self._section = ""
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self._in_pre = False
+        self.pre: dict[str, str] = {}
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = dict(attrs)
+        self.tags.append((tag, attr))
+        if tag == "section":
+            self._section = attr.get("id") or ""
+            self.sections.append(self._section)
+        elif tag == "tr" and self._section:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+        elif tag == "pre":
+            self._in_pre = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section":
+            self._section = ""
+        elif tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.rows.setdefault(self._section, []).append(self._row)
+            self._row = None
+        elif tag == "pre":
+            self._in_pre = False
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._section:
+            self.text[self._section] = self.text.get(self._section, "") + data
+            if self._in_pre:
+                self.pre[self._section] = self.pre.get(self._section, "") + data
+
+    def attrs(self, tag: str, name: str) -> list[str]:
+        return [a[name] or "" for t, a in self.tags if t == tag and name in a]
+
+    def body_rows(self, section: str) -> list[list[str]]:
+        """Table rows of a section without its header row(s)."""
+        return [r for r in self.rows.get(section, []) if r and r[0] not in ("part", "src")]
+
+
+def training_result(n_devices: int = 4, *, name: str = "gpt-tiny-dp4",
+                    activations_bytes: float = 10 * GB) -> Result:
+    """A hand-made 4-device data-parallel step: compute, then all-reduce, device 3 waits."""
+    spans = []
+    for d in range(n_devices):
+        spans.append(Span(d, "compute", "forward", "compute", 0.0, 0.006))
+        spans.append(Span(d, "compute", "backward", "compute", 0.006, 0.018))
+        wait = 0.002 if d == 3 else 0.0
+        spans.append(Span(d, "comm", "allreduce.wait", "wait", 0.012, 0.012 + wait))
+        spans.append(Span(d, "comm", "allreduce", "comm", 0.012 + wait, 0.024))
+    memory = {"params": 10 * GB, "grads": 10 * GB, "optimizer": 40 * GB,
+              "activations": activations_bytes}
+    total = sum(memory.values())
+    summary: dict[str, Any] = {
+        "name": name, "kind": "training", "devices": n_devices, "device": "a100-80gb",
+        "precision": "bf16", "step_time_s": 0.024, "throughput_samples_per_s": 5333.3,
+        "tflops_per_device": 140.2, "mfu": 0.449, "parameters": 1.3e9,
+        "memory_per_device_bytes": total, "memory_breakdown_bytes": memory,
+        "memory_capacity_bytes": 80 * GB, "fits_in_memory": total <= 80 * GB,
+        "comm_bytes_total": 3 * 2.6e9 * 2,
+        "breakdown_s": {"compute": 0.018, "exposed_comm": 0.004, "bubble": 0.0,
+                        "straggler_wait": 0.002, "idle": 0.0},
+        "simulation": {"fidelity": "full", "events": 1234, "flows": 56,
+                       "seed": 7},
+    }
+    links = pd.DataFrame(
+        [{"link": f"gpu{i}->gpu{(i + 1) % 4}", "src": f"gpu{i}", "dst": f"gpu{(i + 1) % 4}",
+          "bandwidth_GBps": 300.0, "bytes": 1.95e9 * (i + 1), "busy_s": 0.002 * (i + 1),
+          "utilisation": 0.05 * (i + 1)} for i in range(14)])
+    scenario = {"name": name, "model": {"preset": "gpt-tiny"},
+                "cluster": {"preset": "dgx-a100", "nodes": 1}, "precision": "bf16",
+                "parallelism": {"data": n_devices, "tensor": 1, "pipeline": 1}}
+    return Result(summary, scenario, spans, links)
+
+
+def collective_result() -> Result:
+    """A 4-rank ring all-reduce of 1 GB, summarised the way nccl-tests reports it."""
+    summary = {"name": "allreduce-ring-4", "kind": "collective", "op": "allreduce",
+               "algorithm": "ring", "devices": 4, "size_bytes": 1e9, "time_s": 0.08,
+               "algbw_GBps": 12.5, "busbw_GBps": 18.75, "comm_bytes_total": 6e9,
+               "simulation": {"fidelity": "full", "events": 96, "flows": 8,
+                              "seed": 0}}
+    spans = [Span(d, "comm", "allreduce", "comm", 0.0, 0.08) for d in range(4)]
+    scenario = {"name": "allreduce-ring-4", "kind": "collective",
+                "collective": {"op": "allreduce", "algorithm": "ring", "size_bytes": 1e9}}
+    return Result(summary, scenario, spans)
+
+
+def test_training_page_has_every_section_and_the_trace_link() -> None:
+    page = Page(render_run(training_result()))
+    assert page.sections == ["summary", "breakdown", "timeline", "memory", "links", "topology",
+                             "scenario"]
+    hrefs = page.attrs("a", "href")
+    assert "trace.json" in hrefs and "https://ui.perfetto.dev" in hrefs
+    summary = page.text["summary"]
+    for shown in ("24 ms", "5,333", "samples/s", "140", "TFLOP/s", "44.9", "1.3B", "70 GB",
+                  "of 80 GB · fits", "15.6 GB"):
+        assert shown in summary
+
+
+def test_collective_page_shows_bandwidths_and_omits_training_sections() -> None:
+    page = Page(render_run(collective_result()))
+    assert page.sections == ["summary", "timeline", "scenario"]
+    summary = page.text["summary"]
+    for shown in ("allreduce", "algorithm: ring", "1 GB", "80 ms", "12.5", "18.8", "GB/s"):
+        assert shown in summary
+
+
+def test_sections_are_omitted_when_the_result_lacks_their_data() -> None:
+    result = Result({"name": "bare", "kind": "training", "step_time_s": 1.0}, {})
+    page = Page(render_run(result))
+    assert page.sections == ["summary"]
+    assert page.attrs("img", "src") == []
+
+
+def test_untrusted_scenario_text_is_escaped() -> None:
+    result = training_result(name=XSS)
+    result.scenario["model"] = {"preset": '"><img src=x onerror=alert(2)>'}
+    html = render_run(result)
+    page = Page(html)
+    assert [t for t, _ in page.tags if t == "script"] == []
+    assert all(src.startswith("data:image/png;base64,") for src in page.attrs("img", "src"))
+    assert XSS in page.text["scenario"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_images_are_embedded_png_data_uris_and_nothing_is_fetched() -> None:
+    page = Page(render_run(training_result()))
+    sources = page.attrs("img", "src")
+    assert len(sources) == 5  # breakdown, timeline, memory, links, topology
+    for src in sources:
+        payload = src.removeprefix("data:image/png;base64,")
+        assert payload != src
+        assert base64.b64decode(payload)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [t for t, _ in page.tags if t in ("script", "link", "iframe", "object")]
+    external = [h for h in page.attrs("a", "href") if h.startswith(("http:", "https:", "//"))]
+    assert external == ["https://ui.perfetto.dev"]
+
+
+def test_breakdown_table_adds_up_to_the_step_time() -> None:
+    page = Page(render_run(training_result()))
+    rows = {r[0]: r[1:] for r in page.body_rows("breakdown")}
+    assert rows["compute"] == ["18 ms", "75.0 %"]
+    assert rows["exposed comm"] == ["4 ms", "16.7 %"]
+    assert rows["straggler wait"] == ["2 ms", "8.3 %"]
+    assert rows["total"][0] == "24 ms"
+    assert "alert" not in page.text["breakdown"].lower()
+
+
+def test_memory_overflow_names_the_amount_and_the_culprit() -> None:
+    # 10 + 10 + 40 + 35 = 95 GB on an 80 GB device: 15 GB (18.8 %) over, activations tip it.
+    page = Page(render_run(training_result(activations_bytes=35 * GB)))
+    message = page.text["memory"]
+    assert "Does not fit" in message
+    assert "95 GB" in message and "15 GB (18.8 %) over" in message
+    assert "params + grads + optimizer (60 GB) fit; the activations (35 GB) take it over" in message
+    assert "does not fit" in page.text["summary"]
+
+
+def test_memory_that_fits_has_no_overflow_message() -> None:
+    page = Page(render_run(training_result()))
+    assert "Does not fit" not in page.text["memory"]
+    assert "Fits:" in page.text["memory"]
+
+
+def test_timeline_shows_the_first_16_devices_and_says_how_many_were_left_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[Span] = []
+
+    def capture(spans: list[Span], title: str = "") -> str:
+        drawn.extend(spans)
+        return "data:image/png;base64,"
+
+    monkeypatch.setattr(report.plots, "timeline_gantt", capture)
+    page = Page(render_run(training_result(n_devices=20)))
+    assert {s.device for s in drawn} == set(range(16))
+    assert "4 more device(s) omitted" in page.text["timeline"]
+
+
+def test_a_20000_span_timeline_renders() -> None:
+    spans = [Span(i % 16, "compute" if i % 2 else "comm", "k", ("compute", "comm", "wait")[i % 3],
+                  i * 1e-5, i * 1e-5 + 8e-6) for i in range(20_000)]
+    assert plots.timeline_gantt(spans).startswith("data:image/png;base64,")
+
+
+def test_links_table_lists_the_ten_busiest_busiest_first() -> None:
+    page = Page(render_run(training_result()))
+    rows = page.body_rows("links")
+    assert len(rows) == 10
+    assert rows[0] == ["gpu13", "gpu2", "300 GB/s", "27.3 GB", "28 ms", "70.0 %"]
+    assert [r[0] for r in rows] == [f"gpu{i}" for i in range(13, 3, -1)]
+    assert "10 busiest of 14" in page.text["links"]
+
+
+def test_scenario_yaml_reads_back_as_the_scenario() -> None:
+    result = training_result(name=XSS)
+    page = Page(render_run(result))
+    assert yaml.safe_load(page.pre["scenario"]) == result.scenario
+
+
+def sweep_table() -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"devices": n, "algorithm": alg, "busbw_GBps": 100.0 * (1 - 1 / n)}
+         for alg in ("ring", "tree", XSS) for n in (2, 8, 64, 1024)])
+
+
+def test_sweep_page_lists_every_row_and_escapes_text() -> None:
+    table = sweep_table()
+    html = render_sweep(XSS, table, "devices", "busbw_GBps", "algorithm", {"name": XSS})
+    page = Page(html)
+    assert page.sections == ["plot", "table", "scenario"]
+    assert [t for t, _ in page.tags if t == "script"] == []
+    header, *rows = page.rows["table"]
+    assert header == ["devices", "algorithm", "busbw_GBps"]
+    assert len(rows) == len(table)
+    expected = [[f"{n:,}", alg, f"{bw:.4g}"] for n, alg, bw in table.itertuples(index=False)]
+    assert rows == expected
+    assert all(s.startswith("data:image/png;base64,") for s in page.attrs("img", "src"))
+    assert yaml.safe_load(page.pre["scenario"]) == {"name": XSS}
+
+
+def test_sweep_without_group_and_missing_columns() -> None:
+    table = sweep_table().query("algorithm == 'ring'")
+    page = Page(render_sweep("one line", table, "devices", "busbw_GBps", None, {}))
+    assert page.sections == ["plot", "table"]
+    with pytest.raises(KeyError, match="nodes"):
+        render_sweep("bad", table, "nodes", "busbw_GBps", None, {})
+
+
+def test_log_x_only_beyond_two_decades() -> None:
+    assert plots.wants_log(pd.Series([2, 8, 64, 1024]))
+    assert not plots.wants_log(pd.Series([1, 10, 100]))
+    assert not plots.wants_log(pd.Series([0, 10, 1000]))
+    assert not plots.wants_log(pd.Series(["ring", "tree"]))
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.0123, "12.3 ms"), (1.5e-6, "1.5 µs"), (2.0, "2 s"), (0.9996, "1 s"), (0.0, "0 s")])
+def test_format_seconds(seconds: float, text: str) -> None:
+    assert format_seconds(seconds) == text
+
+
+def test_format_bytes_and_counts() -> None:
+    assert format_bytes(80e9) == "80 GB"
+    assert format_bytes(1.5e12) == "1.5 TB"
+    assert format_bytes(512) == "512 B"
+    assert format_count(175e9) == "175B"
+    assert format_count(25.6e6) == "25.6M"
+
+
+def test_topology_of_a_big_cluster_draws_its_busiest_cables_and_says_so() -> None:
+    # a ring of 100 devices: 100 cables, each carried both ways; cable i is the busiest first
+    n = 100
+    rows = [{"link": f"{a}->{b}", "src": str(a), "dst": str(b), "bandwidth_GBps": 25.0,
+             "bytes": 1e9, "busy_s": 0.01, "utilisation": u}
+            for i in range(n) for a, b, u in ((i, (i + 1) % n, 1 - i / n),
+                                              ((i + 1) % n, i, 0.5 * (1 - i / n)))]
+    small = training_result()
+    section = report._topology_section(pd.DataFrame(rows))
+    assert (section["shown"], section["total"]) == (report.TOPOLOGY_MAX_CABLES, n)
+    big = Result(small.summary, small.scenario, small.spans, pd.DataFrame(rows))
+    note = Page(render_run(big)).text["topology"]
+    assert f"{report.TOPOLOGY_MAX_CABLES} busiest of {n} cables" in note
+    assert "busiest" not in Page(render_run(small)).text["topology"]
+
+
+def test_parity_plot_and_bars_for_choices_draw_what_they_are_given():
+    """The validation page's parity plot leaves out rows without a prediction (listed
+    tables); a sweep over choices is drawn as one bar per (choice, group) pair."""
+    from unittest import mock
+
+    import matplotlib.axes
+
+    rows = pd.DataFrame({"table": ["a", "a", "b"], "measured": [1.0, 10.0, 5.0],
+                         "predicted": [1.1, 9.0, float("nan")]})
+    with mock.patch("matplotlib.axes.Axes.plot", autospec=True,
+                    side_effect=matplotlib.axes.Axes.plot) as drawn:
+        assert plots.parity(rows).startswith("data:image/png;base64,")
+    points = [c for c in drawn.call_args_list if len(c.args) >= 4 and c.args[3] == "o"]
+    assert [list(c.args[1]) for c in points] == [[1.0, 10.0]]  # table b has no prediction
+    sweep = pd.DataFrame({"fabric": ["fat-tree", "rail", "fat-tree", "rail"],
+                          "op": ["allreduce", "allreduce", "alltoall", "alltoall"],
+                          "time_s": [3.6, 3.6, 16.8, 10.5]})
+    with mock.patch("matplotlib.axes.Axes.bar", autospec=True,
+                    side_effect=matplotlib.axes.Axes.bar) as bars:
+        plots.sweep_plot(sweep, "op", "time_s", "fabric")
+    heights = [list(c.args[2]) for c in bars.call_args_list]
+    assert heights == [[3.6, 16.8], [3.6, 10.5]]  # per fabric, in the sweep's op order
