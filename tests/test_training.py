@@ -17,7 +17,7 @@ from dlsim.costmodel import layer_times_s, optimizer_time_s
 from dlsim.memory import memory_per_device
 from dlsim.workload import Layer, Model, build_model, transformer_layers
 
-VALIDATION = Path(__file__).resolve().parents[2] / "shared" / "validation"
+VALIDATION = Path(__file__).resolve().parents[1] / "validation"  # bundled copy
 
 
 def scenario(n=4, bw=25.0, lat=5.0, bucket=25.0, algorithm="ring", batch=32, **extra):

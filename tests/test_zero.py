@@ -11,7 +11,7 @@ import dlsim
 from dlsim.memory import memory_per_device
 from dlsim.workload import Layer, Model
 
-VALIDATION = Path(__file__).resolve().parents[2] / "shared" / "validation"
+VALIDATION = Path(__file__).resolve().parents[1] / "validation"  # bundled copy
 
 
 def _printed_unit(text: str) -> float:
