@@ -16,6 +16,7 @@ from rich.table import Table
 from dlsim import hardware, plots
 from dlsim.analysis.scaling import scaling_analysis
 from dlsim.config import read_yaml
+from dlsim.data import SCENARIOS
 from dlsim.errors import ScenarioError
 from dlsim.executors import PointCache, executor_for
 from dlsim.output import to_json, write_run, write_sweep
@@ -30,7 +31,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 out = Console()
 err = Console(stderr=True)
 
-SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 OutDir = Annotated[Path, typer.Option("--out", help="Directory that receives reports/<name>/.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead.")]
 
@@ -191,9 +191,10 @@ def validate(data: Annotated[Path, typer.Option(help="Folder of published measur
                  help="Use a calibration measured on another device.")] = False,
              repeats: Annotated[int, typer.Option(min=1, help="Timed steps per host row.")]
              = 5) -> None:
-    """Predict published measurements (shared/validation/) and print the error per row and
-    per table; with --host, also time real torch training steps of held-out models on this
-    host against their prediction with its calibration; writes reports/validation/."""
+    """Predict published measurements (the bundled validation/ tables, or --data DIR) and
+    print the error per row and per table; with --host, also time real torch training steps
+    of held-out models on this host against their prediction with its calibration; writes
+    reports/validation/."""
     try:
         rows = run_validation(data)
         if host:
@@ -347,9 +348,9 @@ def list_(what: Annotated[str, typer.Argument(help=" | ".join(LISTINGS))],
         elif what == "models":
             rows = [{"name": n} for n in presets()]
         elif what == "scenarios":
-            rows = [{"file": str(p.relative_to(SCENARIOS_DIR.parent)),
+            rows = [{"file": str(p.relative_to(SCENARIOS.parent)),
                      "description": read_yaml(p).get("description", "")}
-                    for p in sorted(SCENARIOS_DIR.glob("*.yaml"))]
+                    for p in sorted(SCENARIOS.glob("*.yaml"))]
         else:
             raise ScenarioError(f"cannot list '{what}'; choose one of {', '.join(LISTINGS)}.")
     except ScenarioError as exc:

@@ -25,12 +25,12 @@ from rich.progress import Progress
 
 from dlsim import __version__
 from dlsim.config import Scenario, load_scenario
+from dlsim.data import CALIBRATION as CALIBRATION_DIR
 from dlsim.errors import ScenarioError
 from dlsim.hardware import PROFILES_DIR
 from dlsim.simulate import run_scenario
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CALIBRATION_DIR = PACKAGE_DIR.parent / "calibration"
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dlsim.data import HARDWARE_PROFILES
 from dlsim.errors import ScenarioError, describe_invalid
 
 # NCCL's hardware classes of a link, which pick its per-step latencies (src/graph/tuning.cc
@@ -26,8 +27,7 @@ DTYPE_BYTES: dict[str, int] = {
     "fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1,
 }
 
-PROFILES_DIR = Path(os.environ.get("DLSIM_PROFILES", Path(__file__).resolve().parent.parent
-                                   / "hardware_profiles"))
+PROFILES_DIR = Path(os.environ.get("DLSIM_PROFILES", HARDWARE_PROFILES))
 
 
 class _Frozen(BaseModel):

@@ -41,16 +41,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dlsim.data import ROOT
 from dlsim.errors import ScenarioError
-from dlsim.hardware import PROFILES_DIR
-
-_ROOT = PROFILES_DIR.parent
 
 
 def resolve(path: str, field: str) -> Path:
-    """A trace path as given (relative to the working directory), else relative to the
-    dlsim checkout, so that bundled scenarios run from anywhere."""
-    for candidate in (Path(path), _ROOT / path):
+    """A trace path as given (relative to the working directory), else relative to dlsim's
+    bundled data (the checkout, or the installed package: dlsim/data.py), so that bundled
+    scenarios run from anywhere."""
+    for candidate in (Path(path), ROOT / path):
         if candidate.is_file():
             return candidate
     raise ScenarioError(f"trace file '{path}' not found.", field=field)
