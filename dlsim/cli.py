@@ -16,7 +16,7 @@ from rich.table import Table
 from dlsim import hardware, plots
 from dlsim.analysis.scaling import scaling_analysis
 from dlsim.config import read_yaml
-from dlsim.data import SCENARIOS
+from dlsim.data import SCENARIOS, bundled_scenario, bundled_scenarios
 from dlsim.errors import ScenarioError
 from dlsim.executors import PointCache, executor_for
 from dlsim.output import to_json, write_run, write_sweep
@@ -31,6 +31,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 out = Console()
 err = Console(stderr=True)
 
+ScenarioFile = Annotated[Path, typer.Argument(
+    help="A scenario file, or a bundled scenario's name (dlsim list scenarios).")]
 OutDir = Annotated[Path, typer.Option("--out", help="Directory that receives reports/<name>/.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead.")]
 
@@ -56,6 +58,21 @@ def _print_rows(title: str, rows: list[dict[str, Any]], as_json: bool) -> None:
     for row in rows:
         table.add_row(*(_fmt(v) for v in row.values()))
     out.print(table)
+
+
+def _scenario_file(file: Path) -> Path:
+    """The scenario file named on the command line: a path that exists wins; otherwise a
+    bundled scenario's name (quickstart, quickstart.yaml or scenarios/quickstart.yaml)."""
+    if file.exists():
+        return file
+    bundled = bundled_scenario(str(file))
+    if bundled is not None:
+        return bundled
+    if file.parent not in (Path("."), Path("scenarios")):
+        return file  # a path elsewhere: reading it says why it cannot be read
+    raise ScenarioError(f"cannot read scenario '{file}': there is no such file, and no bundled "
+                        f"scenario has that name; bundled: {', '.join(bundled_scenarios())} "
+                        "(dlsim list scenarios).")
 
 
 def _summary_rows(summary: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
@@ -111,7 +128,7 @@ def _sweep(file: Path, base: dict[str, Any], vary: dict[str, list[Any]], out_dir
 
 
 @app.command()
-def run(file: Path, out_dir: OutDir = Path("reports"), as_json: AsJson = False,
+def run(file: ScenarioFile, out_dir: OutDir = Path("reports"), as_json: AsJson = False,
         calibration: Annotated[str | None, typer.Option(
             help="A `dlsim calibrate` file to overlay on the cluster's device.")] = None,
         force: Annotated[bool, typer.Option(
@@ -120,6 +137,7 @@ def run(file: Path, out_dir: OutDir = Path("reports"), as_json: AsJson = False,
     """Simulate a scenario; print its summary and write reports/<name>/ (index.html,
     summary.json, trace.json). A scenario with a 'sweep:' block runs every point."""
     try:
+        file = _scenario_file(file)
         data = read_yaml(file)
         if calibration:
             data["cluster"] = {**(data.get("cluster") or {}), "calibration": calibration,
@@ -151,7 +169,7 @@ def _parse_vary(items: list[str]) -> dict[str, list[Any]]:
 
 
 @app.command()
-def sweep(file: Path,
+def sweep(file: ScenarioFile,
           vary: Annotated[list[str], typer.Option(help="field=v1,v2,... (repeatable)")] = (),
           out_dir: OutDir = Path("reports"), as_json: AsJson = False,
           workers: Annotated[int | None, typer.Option(
@@ -170,6 +188,7 @@ def sweep(file: Path,
     points are cached in <out>/.cache, so an interrupted sweep resumes; a point whose scenario
     is invalid becomes a row with its error. A device-count sweep gets Amdahl and USL fits."""
     try:
+        file = _scenario_file(file)
         data = read_yaml(file)
         grid = _parse_vary(list(vary)) if vary else data.get("sweep") or {}
         _sweep(file, data, grid, out_dir, as_json, workers, scheduler, dask_workers, fmt,
@@ -348,7 +367,7 @@ def list_(what: Annotated[str, typer.Argument(help=" | ".join(LISTINGS))],
         elif what == "models":
             rows = [{"name": n} for n in presets()]
         elif what == "scenarios":
-            rows = [{"file": str(p.relative_to(SCENARIOS.parent)),
+            rows = [{"name": p.stem, "file": f"scenarios/{p.name}",
                      "description": read_yaml(p).get("description", "")}
                     for p in sorted(SCENARIOS.glob("*.yaml"))]
         else:

@@ -30,3 +30,17 @@ CALIBRATION = ROOT / "calibration"
 VALIDATION = ROOT / "validation"
 TRACES = ROOT / "traces"
 
+
+def bundled_scenarios() -> list[str]:
+    """Names of the bundled scenarios (their file names without .yaml)."""
+    return sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+
+
+def bundled_scenario(name: str) -> Path | None:
+    """The bundled scenario called ``name`` (with or without .yaml, or as
+    ``scenarios/<name>.yaml``, the way ``dlsim list scenarios`` prints it), else None."""
+    path = Path(name)
+    if path.parent not in (Path("."), Path("scenarios")):
+        return None
+    candidate = SCENARIOS / (path.name.removesuffix(".yaml") + ".yaml")
+    return candidate if candidate.is_file() else None
