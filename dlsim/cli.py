@@ -15,6 +15,7 @@ from rich.table import Table
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import read_yaml
+from dlsim.data import SCENARIOS, bundled_scenario, bundled_scenarios
 from dlsim.hardware import profiles as hardware
 from dlsim.output import to_json, write_run, write_sweep
 from dlsim.report import plots
@@ -31,7 +32,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 out = Console()
 err = Console(stderr=True)
 
-SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+ScenarioFile = Annotated[Path, typer.Argument(
+    help="A scenario file, or a bundled scenario's name (dlsim list scenarios).")]
 OutDir = Annotated[Path, typer.Option("--out", help="Directory that receives reports/<name>/.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead.")]
 
@@ -57,6 +59,21 @@ def _print_rows(title: str, rows: list[dict[str, Any]], as_json: bool) -> None:
     for row in rows:
         table.add_row(*(_fmt(v) for v in row.values()))
     out.print(table)
+
+
+def _scenario_file(file: Path) -> Path:
+    """The scenario file named on the command line: a path that exists wins; otherwise a
+    bundled scenario's name (quickstart, quickstart.yaml or scenarios/quickstart.yaml)."""
+    if file.exists():
+        return file
+    bundled = bundled_scenario(str(file))
+    if bundled is not None:
+        return bundled
+    if file.parent not in (Path("."), Path("scenarios")):
+        return file  # a path elsewhere: reading it says why it cannot be read
+    raise ScenarioError(f"cannot read scenario '{file}': there is no such file, and no bundled "
+                        f"scenario has that name; bundled: {', '.join(bundled_scenarios())} "
+                        "(dlsim list scenarios).")
 
 
 def _summary_rows(summary: dict[str, Any], prefix: str = "") -> list[dict[str, Any]]:
@@ -112,7 +129,7 @@ def _sweep(file: Path, base: dict[str, Any], vary: dict[str, list[Any]], out_dir
 
 
 @app.command()
-def run(file: Path, out_dir: OutDir = Path("reports"), as_json: AsJson = False,
+def run(file: ScenarioFile, out_dir: OutDir = Path("reports"), as_json: AsJson = False,
         calibration: Annotated[str | None, typer.Option(
             help="A `dlsim calibrate` file to overlay on the cluster's device.")] = None,
         force: Annotated[bool, typer.Option(
@@ -121,6 +138,7 @@ def run(file: Path, out_dir: OutDir = Path("reports"), as_json: AsJson = False,
     """Simulate a scenario; print its summary and write reports/<name>/ (index.html,
     summary.json, trace.json). A scenario with a 'sweep:' block runs every point."""
     try:
+        file = _scenario_file(file)
         data = read_yaml(file)
         if calibration:
             data["cluster"] = {**(data.get("cluster") or {}), "calibration": calibration,
@@ -152,7 +170,7 @@ def _parse_vary(items: list[str]) -> dict[str, list[Any]]:
 
 
 @app.command()
-def sweep(file: Path,
+def sweep(file: ScenarioFile,
           vary: Annotated[list[str], typer.Option(help="field=v1,v2,... (repeatable)")] = (),
           out_dir: OutDir = Path("reports"), as_json: AsJson = False,
           workers: Annotated[int | None, typer.Option(
@@ -171,6 +189,7 @@ def sweep(file: Path,
     points are cached in <out>/.cache, so an interrupted sweep resumes; a point whose scenario
     is invalid becomes a row with its error. A device-count sweep gets Amdahl and USL fits."""
     try:
+        file = _scenario_file(file)
         data = read_yaml(file)
         grid = _parse_vary(list(vary)) if vary else data.get("sweep") or {}
         _sweep(file, data, grid, out_dir, as_json, workers, scheduler, dask_workers, fmt,
@@ -192,9 +211,10 @@ def validate(data: Annotated[Path, typer.Option(help="Folder of published measur
                  help="Use a calibration measured on another device.")] = False,
              repeats: Annotated[int, typer.Option(min=1, help="Timed steps per host row.")]
              = 5) -> None:
-    """Predict published measurements (shared/validation/) and print the error per row and
-    per table; with --host, also time real torch training steps of held-out models on this
-    host against their prediction with its calibration; writes reports/validation/."""
+    """Predict published measurements (the bundled validation/ tables, or --data DIR) and
+    print the error per row and per table; with --host, also time real torch training steps
+    of held-out models on this host against their prediction with its calibration; writes
+    reports/validation/."""
     try:
         rows = run_validation(data)
         if host:
@@ -348,9 +368,9 @@ def list_(what: Annotated[str, typer.Argument(help=" | ".join(LISTINGS))],
         elif what == "models":
             rows = [{"name": n} for n in presets()]
         elif what == "scenarios":
-            rows = [{"file": str(p.relative_to(SCENARIOS_DIR.parent)),
+            rows = [{"name": p.stem, "file": f"scenarios/{p.name}",
                      "description": read_yaml(p).get("description", "")}
-                    for p in sorted(SCENARIOS_DIR.glob("*.yaml"))]
+                    for p in sorted(SCENARIOS.glob("*.yaml"))]
         else:
             raise ScenarioError(f"cannot list '{what}'; choose one of {', '.join(LISTINGS)}.")
     except ScenarioError as exc:

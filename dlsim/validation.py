@@ -1,4 +1,4 @@
-"""Validation: simulated figures against published measurements (``shared/validation/``).
+"""Validation: simulated figures against published measurements (``validation/``).
 
 Each table function reads one CSV, simulates every row from the hardware, model and plan it
 describes (never from the measured figure), and returns rows of predicted vs measured. Tables
@@ -15,11 +15,14 @@ from typing import Any
 import pandas as pd
 
 from dlsim.contract.errors import ScenarioError
+from dlsim.data import VALIDATION
 from dlsim.parallel.memory import memory_per_device
 from dlsim.simulate import simulate
 from dlsim.workload.model import TRANSFORMER_PRESETS, Layer, Model
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "validation"
+# The tables bundled with dlsim (validation/, copied from the project's shared/validation/);
+# an explicit directory (``dlsim validate --data DIR``) wins over them.
+DEFAULT_DIR = VALIDATION
 
 Row = dict[str, Any]
 

@@ -111,6 +111,34 @@ def test_bad_input_is_one_paragraph_exit_2_nothing_written(tmp_path, case):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_bundled_scenario_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("quickstart", "quickstart.yaml", "scenarios/quickstart.yaml"):
+        res = invoke("run", name, "--out", tmp_path / name.replace("/", "-"), "--json")
+        assert res.exit_code == 0, (name, res.output)
+        assert json.loads(res.output)["name"] == "quickstart"
+    res = invoke("sweep", "allreduce-dgx-a100", "--vary", "collective.size_bytes=1e6",
+                 "--out", tmp_path, "--json")
+    assert res.exit_code == 0 and len(json.loads(res.output)) == 1
+
+
+def test_a_scenario_path_wins_over_the_bundled_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = (ROOT / "scenarios/quickstart.yaml").read_text().replace("name: quickstart",
+                                                                     "name: mine", 1)
+    (tmp_path / "quickstart.yaml").write_text(text)
+    res = invoke("run", "quickstart.yaml", "--out", tmp_path, "--json")
+    assert res.exit_code == 0 and json.loads(res.output)["name"] == "mine"
+
+
+def test_unknown_scenario_name_lists_the_bundled_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["run", "quickstrat"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.strip().count("\n\n") == 0  # one paragraph
+    assert "'quickstrat'" in res.output and "quickstart, " in res.output
+
+
 def test_unreadable_file(tmp_path):
     res = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "cannot read" in res.output

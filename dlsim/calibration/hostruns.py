@@ -228,7 +228,7 @@ def host_calibration(path: str | None, force: bool) -> tuple[Calibration, str]:
 
     if path is None:
         mine = bench.fingerprint(bench.host_info("cpu", default_threads("cpu")))
-        candidate = store.PROJECT_DIR / "calibration" / f"{mine}.json"
+        candidate = store.resolve(f"calibration/{mine}.json")
         if not candidate.exists():
             raise ScenarioError(f"there is no calibration of this host (fingerprint {mine}) "
                                 "under calibration/; run `dlsim calibrate` first, or pass "

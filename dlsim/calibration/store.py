@@ -20,9 +20,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dlsim.contract.errors import ScenarioError
+from dlsim.data import ROOT
 from dlsim.hardware.profiles import Curve, DeviceProfile
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 FORMAT_VERSION = 1
 
 
@@ -110,11 +110,12 @@ class Calibration(_Record):
 
 
 def resolve(path: str | Path) -> Path:
-    """A calibration path as given, or relative to the project (where calibration/ is)."""
+    """A calibration path as given, or relative to dlsim's bundled data (where calibration/
+    is: the checkout, or the installed package; dlsim/data.py)."""
     p = Path(path)
     if p.exists() or p.is_absolute():
         return p
-    return PROJECT_DIR / p
+    return ROOT / p
 
 
 def load(path: str | Path) -> Calibration:

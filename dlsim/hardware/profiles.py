@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dlsim.contract.errors import ScenarioError, describe_invalid
+from dlsim.data import HARDWARE_PROFILES
 
 # NCCL's hardware classes of a link, which pick its per-step latencies (src/graph/tuning.cc
 # hwLat: NVLink, PCI and NET rows; dlsim/comm/protocol.py)
@@ -26,8 +27,7 @@ DTYPE_BYTES: dict[str, int] = {
     "fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1,
 }
 
-PROFILES_DIR = Path(os.environ.get("DLSIM_PROFILES", Path(__file__).resolve().parents[2]
-                                   / "hardware_profiles"))
+PROFILES_DIR = Path(os.environ.get("DLSIM_PROFILES", HARDWARE_PROFILES))
 
 
 class _Frozen(BaseModel):

@@ -26,11 +26,11 @@ from rich.progress import Progress
 from dlsim import __version__
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import Scenario, load_scenario
+from dlsim.data import CALIBRATION as CALIBRATION_DIR
 from dlsim.hardware.profiles import PROFILES_DIR
 from dlsim.simulate import run_scenario
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-CALIBRATION_DIR = PACKAGE_DIR.parent / "calibration"
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from dlsim.parallel.memory import memory_per_device
 from dlsim.workload.costmodel import layer_times_s, optimizer_time_s
 from dlsim.workload.model import Layer, Model, build_model, transformer_layers
 
-VALIDATION = Path(__file__).resolve().parents[3] / "shared" / "validation"
+VALIDATION = Path(__file__).resolve().parents[2] / "validation"  # bundled copy
 
 
 def scenario(n=4, bw=25.0, lat=5.0, bucket=25.0, algorithm="ring", batch=32, **extra):

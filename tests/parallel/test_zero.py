@@ -11,7 +11,7 @@ import dlsim
 from dlsim.parallel.memory import memory_per_device
 from dlsim.workload.model import Layer, Model
 
-VALIDATION = Path(__file__).resolve().parents[3] / "shared" / "validation"
+VALIDATION = Path(__file__).resolve().parents[2] / "validation"  # bundled copy
 
 
 def _printed_unit(text: str) -> float:

@@ -25,7 +25,7 @@ from dlsim.workload.model import build_model
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
 
-VALIDATION = Path(__file__).resolve().parents[3] / "shared" / "validation"
+VALIDATION = Path(__file__).resolve().parents[2] / "validation"  # bundled copy
 
 
 class _Block(nn.Module):
@@ -149,7 +149,7 @@ def test_llama_2_parameters(preset, shape, published):
 
 
 def _megatron_table_1() -> list[dict[str, str]]:
-    """Narayanan et al. SC'21 Table 1: the five rows in shared/validation and the other five
+    """Narayanan et al. SC'21 Table 1: the five rows in validation/ and the other five
     as printed in the paper (params in billions, heads, hidden, layers)."""
     rows = list(csv.DictReader(open(VALIDATION / "megatron_sc21_table1.csv")))
     printed = [("3.6", 32, 3072, 30), ("18.4", 48, 6144, 40), ("76.1", 80, 10240, 60),
@@ -174,7 +174,7 @@ def test_megatron_presets_match_table_1(row):
     assert len([x for x in model.layers if x.block is not None]) == layers
 
 
-# Vendor datasheet figures (dense TFLOP/s) listed in shared/validation/README.md.
+# Vendor datasheet figures (dense TFLOP/s) listed in validation/README.md.
 PUBLISHED_PEAKS = {
     "a100-sxm4-80gb": {"bf16": 312, "fp32": 19.5}, "h100-sxm5-80gb": {"bf16": 989, "fp32": 67},
     "h200-sxm-141gb": {"bf16": 989}, "v100-sxm2-32gb": {"fp16": 125, "fp32": 15.7},

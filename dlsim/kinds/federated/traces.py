@@ -42,15 +42,14 @@ import numpy as np
 import pandas as pd
 
 from dlsim.contract.errors import ScenarioError
-from dlsim.hardware.profiles import PROFILES_DIR
-
-_ROOT = PROFILES_DIR.parent
+from dlsim.data import ROOT
 
 
 def resolve(path: str, field: str) -> Path:
-    """A trace path as given (relative to the working directory), else relative to the
-    dlsim checkout, so that bundled scenarios run from anywhere."""
-    for candidate in (Path(path), _ROOT / path):
+    """A trace path as given (relative to the working directory), else relative to dlsim's
+    bundled data (the checkout, or the installed package: dlsim/data.py), so that bundled
+    scenarios run from anywhere."""
+    for candidate in (Path(path), ROOT / path):
         if candidate.is_file():
             return candidate
     raise ScenarioError(f"trace file '{path}' not found.", field=field)
