@@ -20,7 +20,7 @@ from dlsim.network.protocol import resolve_mode
 from dlsim.parallel.builder import TrainingJob, build_programs
 from dlsim.parallel.data_parallel import MiB, compression_of, local_sgd_period, split_batch
 from dlsim.parallel.grid import Grid
-from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device, savings, stage_memory
+from dlsim.parallel.memory import gradient_bytes_per_param, savings, stage_memory
 from dlsim.parallel.pipeline import in_flight, pieces
 from dlsim.parallel.tensor import check_tensor_degree, shard_model
 from dlsim.results.metrics import (
@@ -94,15 +94,11 @@ def simulate_training(scenario: Scenario, topology: Topology) -> Result:
         sync_every=local_sgd_period(comm, train.steps, par.zero_stage, stages * tensor))
     programs = build_programs(job, cut, device, dtype, replicas,
                               [0] if symmetric_run else list(range(tensor)))
-    if data_parallel_only:
-        memory_of = partial(memory_per_device, model, dtype, train.optimizer, data=n,
-                            lora=lora)
-    else:
-        memory_of = partial(
-            stage_memory, model, [[i for c in range(chunks) for i in cut[c * stages + s].layers]
-                                  for s in range(stages)], dtype, train.optimizer,
-            [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
-            data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel)
+    memory_of = partial(
+        stage_memory, model, [[i for c in range(chunks) for i in cut[c * stages + s].layers]
+                              for s in range(stages)], dtype, train.optimizer,
+        [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
+        data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel)
     memory_options = {"zero_stage": par.zero_stage, "recompute": par.recompute,
                       "offload": par.offload}
     if tensor > 1:  # sequence parallelism is a saving only a tensor-parallel plan can take
