@@ -8,6 +8,18 @@ waits for the ops named in ``deps`` (indices into the same program) to finish.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["compute", "optimizer", "offload", "codec", "tensor", "context", "expert",
+               "pipeline", "data", "zero-gather"]
+"""What an op is for: a forward or backward kernel group (compute), the optimizer step, a
+host <-> device copy of optimizer offload, a compression encode or decode (codec), or, for a
+collective, the grid axis it runs over (tensor, context, expert, pipeline, data) or ZeRO-3's
+per-layer parameter gathers (zero-gather, over the data axis). Metrics group by role; they
+never parse op names."""
+
+AXIS_OF_ROLE: dict[str, str] = {"tensor": "tensor", "context": "context", "expert": "expert",
+                                "pipeline": "pipeline", "data": "data", "zero-gather": "data"}
 
 
 @dataclass(frozen=True)
@@ -18,6 +30,7 @@ class Compute:
     duration_s: float
     deps: tuple[int, ...] = ()
     stream: str = "compute"
+    role: Role = "compute"
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class Collective:
     stream: str = "comm"
     repeat: int = 1
     instances: int = 1
+    role: Role = "data"
 
 
 Op = Compute | Collective

@@ -108,14 +108,16 @@ class Engine:
             start = self.env.now
             if isinstance(op, Compute):
                 yield self.env.timeout(op.duration_s)
-                self.spans.append(Span(device, stream, op.name, "compute", start, self.env.now))
+                self.spans.append(Span(device, stream, op.name, "compute", start, self.env.now,
+                                       op.role))
             else:
                 rv = self._arrive(op)
                 yield rv.done
                 if rv.start_s > start:
-                    self.spans.append(Span(device, stream, op.name, "wait", start, rv.start_s))
+                    self.spans.append(Span(device, stream, op.name, "wait", start, rv.start_s,
+                                           op.role))
                 self.spans.append(Span(device, stream, op.name, "comm", rv.start_s,
-                                       self.env.now))
+                                       self.env.now, op.role))
             done[i].succeed()
         self.rank_end_s[rank] = max(self.rank_end_s.get(rank, 0.0), self.env.now)
 

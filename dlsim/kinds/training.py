@@ -17,15 +17,11 @@ from dlsim.kinds.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.kinds.sync.stragglers import schedule_slow_links
 from dlsim.network.algorithms import check_algorithm, dedicated_hosts
 from dlsim.network.protocol import resolve_mode
-from dlsim.parallel.data_parallel import (
-    compression_of,
-    data_parallel_program,
-    local_sgd_period,
-    split_batch,
-)
+from dlsim.parallel.builder import TrainingJob, build_programs
+from dlsim.parallel.data_parallel import MiB, compression_of, local_sgd_period, split_batch
 from dlsim.parallel.grid import Grid
-from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device, savings, stage_memory
-from dlsim.parallel.pipeline import PipelineJob, in_flight, pieces, pipeline_programs
+from dlsim.parallel.memory import gradient_bytes_per_param, savings, stage_memory
+from dlsim.parallel.pipeline import in_flight, pieces
 from dlsim.parallel.tensor import check_tensor_degree, shard_model
 from dlsim.results.metrics import (
     TrainingWork,
@@ -83,31 +79,26 @@ def simulate_training(scenario: Scenario, topology: Topology) -> Result:
     comm = scenario.communication
     symmetric_run = symmetric(scenario)
     replicas = [0] if symmetric_run else list(range(data))
-    compression = compression_of(comm, par.zero_stage, stages == 1 and tensor == 1)
-    if stages == 1 and tensor == 1:
-        program = data_parallel_program(
-            executed, device, dtype, n, micro_count, train.optimizer, train.bucket_cap_mb,
-            comm.data_parallel, comm.servers, train.steps, par.zero_stage, par.recompute,
-            par.offload, topology.devices_per_node, compression,
-            local_sgd_period(comm, train.steps, par.zero_stage, stages * tensor))
-        programs = {r: program for r in replicas}
-        memory_of = partial(memory_per_device, model, dtype, train.optimizer, data=n,
-                            lora=lora)
-    else:
-        shard = shard_model(executed, tensor, sequence_parallel)
-        cut = pieces(executed, shard, device, dtype, stages * chunks, par.recompute,
-                     sequence_parallel)
-        job = PipelineJob(grid, chunks, micro_count, par.schedule,
-                          model.layers[0].output_bytes, train.optimizer, comm.data_parallel,
-                          comm.servers, train.steps, par.zero_stage, par.offload,
-                          topology.devices_per_node)
-        programs = pipeline_programs(job, cut, device, dtype, replicas,
-                                     [0] if symmetric_run else list(range(tensor)))
-        memory_of = partial(
-            stage_memory, model, [[i for c in range(chunks) for i in cut[c * stages + s].layers]
-                                  for s in range(stages)], dtype, train.optimizer,
-            [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
-            data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel)
+    data_parallel_only = stages == 1 and tensor == 1
+    shard = shard_model(executed, tensor, sequence_parallel)
+    cut = pieces(executed, shard, device, dtype, stages * chunks, par.recompute,
+                 sequence_parallel)
+    job = TrainingJob(
+        grid, chunks, micro_count, par.schedule, train.optimizer, comm.data_parallel,
+        comm.servers, train.steps, hidden_bytes=model.layers[0].output_bytes,
+        # DDP's buckets where nothing else is parallel; Megatron-LM's per-chunk exchange
+        gradient_sync="buckets" if data_parallel_only else "chunks",
+        bucket_cap_bytes=train.bucket_cap_mb * MiB, zero_stage=par.zero_stage,
+        offload=par.offload, sharing=topology.devices_per_node,
+        compression=compression_of(comm, par.zero_stage, data_parallel_only),
+        sync_every=local_sgd_period(comm, train.steps, par.zero_stage, stages * tensor))
+    programs = build_programs(job, cut, device, dtype, replicas,
+                              [0] if symmetric_run else list(range(tensor)))
+    memory_of = partial(
+        stage_memory, model, [[i for c in range(chunks) for i in cut[c * stages + s].layers]
+                              for s in range(stages)], dtype, train.optimizer,
+        [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
+        data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel)
     memory_options = {"zero_stage": par.zero_stage, "recompute": par.recompute,
                       "offload": par.offload}
     if tensor > 1:  # sequence parallelism is a saving only a tensor-parallel plan can take

@@ -1,33 +1,17 @@
-"""Strategy: a parallelism plan -> per-rank programs and a memory plan.
-
-Data parallelism, as PyTorch DDP runs it: each rank runs forward and backward on its share of
-the batch (in micro-batches with gradient accumulation when ``microbatch`` is smaller), and
-gradients are all-reduced in buckets of ``bucket_cap_mb`` MiB filled in reverse layer order,
-each bucket launched on the communication stream as soon as the backward pass has produced it
-(Li et al., "PyTorch Distributed", VLDB 2020, §3.2.3). The optimizer step waits for every
-bucket. ``bucket_cap_mb: 0`` sends all gradients in one collective after the backward pass.
-
-ZeRO (Rajbhandari et al., SC'20) partitions model state over the N data-parallel ranks:
-stage 1 the optimizer state, stage 2 also the gradients, stage 3 also the parameters. Stages
-1 and 2 replace each bucket's all-reduce by a reduce-scatter and all-gather the updated
-parameters after the (1/N-sized) optimizer step: the same volume as all-reduce. Stage 3 also
-all-gathers each layer's parameters before its forward and again before its backward, on a
-prefetch stream, and never gathers after the step: 1.5x the all-reduce volume (§7.2.2).
-Prefetch runs one layer ahead: a layer's gather waits until the layer two places before it
-has finished, so at most two gathered layers are resident, as a bounded prefetch keeps them.
-
-Activation recomputation adds forward work to each backward pass (``pass_times_s``),
-optimizer offload replaces the device's optimizer step by a round trip to the host
-(``optimizer_steps``), and gradient compression replaces each bucket's all-reduce by encode,
-exchange and decode (``sync_bucket``, sized by ``dlsim.network.compression``).
+"""The pieces of a data-parallel step that the program builder (``dlsim.parallel.builder``)
+puts together: the batch split into replicas and micro-batches, pass times with activation
+recomputation (``pass_times_s``), the optimizer step and its offload to the host
+(``optimizer_steps``), DDP's gradient buckets (``gradient_buckets``), and gradient
+compression, which replaces a bucket's all-reduce by encode, exchange and decode
+(``sync_bucket``, sized by ``dlsim.network.compression``), and local SGD.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.program import Collective, Compute, Op
+from dlsim.contract.program import Collective, Compute, Op, Role
 from dlsim.contract.scenario import CommunicationSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DeviceProfile
@@ -35,7 +19,7 @@ from dlsim.network.compression import Compression, codec_times_s
 from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
 from dlsim.parallel.tensor import ATTENTION_CORE
 from dlsim.workload.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
-from dlsim.workload.model import Layer, Model
+from dlsim.workload.model import Layer
 
 MiB = 1024 * 1024
 
@@ -105,8 +89,8 @@ OFFLOAD_HOST = "cpu-host"
 
 
 def optimizer_steps(params: float, optimizer: str, device: DeviceProfile, dtype: str,
-                    offload: str = "none", sharing: int = 1) -> list[tuple[str, float]]:
-    """The optimizer step of ``params`` parameters, as (name, seconds) in order.
+                    offload: str = "none", sharing: int = 1) -> list[tuple[str, float, Role]]:
+    """The optimizer step of ``params`` parameters, as (name, seconds, role) in order.
 
     Offloaded (ZeRO-Offload, Ren et al. 2021, §4), the gradients go to the host over the
     device's PCIe link, the CPU runs the (memory-bound) update, which the ``sharing``
@@ -114,21 +98,26 @@ def optimizer_steps(params: float, optimizer: str, device: DeviceProfile, dtype:
     parameters come back; one after the other, as the device needs them to go on.
     """
     if offload == "none":
-        return [("optimizer", optimizer_time_s(params, optimizer, device))]
+        return [("optimizer", optimizer_time_s(params, optimizer, device), "optimizer")]
     pcie = hardware.link(device.pcie or "pcie4-x16")
     host = hardware.device(OFFLOAD_HOST)
-    return [("gradients to host", params * gradient_bytes_per_param(dtype) / pcie.up_Bps),
-            ("optimizer on host", optimizer_time_s(params * sharing, optimizer, host)),
-            ("parameters to device", params * weight_bytes_per_param(dtype) / pcie.down_Bps)]
+    return [("gradients to host", params * gradient_bytes_per_param(dtype) / pcie.up_Bps,
+             "offload"),
+            ("optimizer on host", optimizer_time_s(params * sharing, optimizer, host),
+             "optimizer"),
+            ("parameters to device", params * weight_bytes_per_param(dtype) / pcie.down_Bps,
+             "offload")]
 
 
-def gradient_buckets(model: Model, grad_bytes: int, cap_bytes: float) -> list[list[int]]:
-    """Layer indices per bucket, in the order gradients become ready (last layer first)."""
+def gradient_buckets(layer_params: Sequence[int], grad_bytes: int,
+                     cap_bytes: float) -> list[list[int]]:
+    """Layer indices per bucket, in the order gradients become ready (last layer first);
+    ``cap_bytes`` 0 is one bucket of every layer."""
     buckets: list[list[int]] = [[]]
     filled = 0.0
-    for i in reversed(range(len(model.layers))):
+    for i in reversed(range(len(layer_params))):
         buckets[-1].append(i)
-        filled += model.layers[i].params * grad_bytes
+        filled += layer_params[i] * grad_bytes
         if cap_bytes > 0 and filled >= cap_bytes and i > 0:
             buckets.append([])
             filled = 0.0
@@ -151,92 +140,17 @@ def sync_bucket(add: Callable[[Op], int], c: Compression, name: str, key: str,
     """
     if not c.active(grad_bytes):  # fp16 of gradients that are already 2 bytes
         return add(Collective(f"allreduce {name}", key, group, "allreduce",
-                              elements * grad_bytes, algorithm, servers, deps=(after,)))
+                              elements * grad_bytes, algorithm, servers, deps=(after,),
+                              role="data"))
     payload = c.payload_bytes(elements, grad_bytes)
     additive = c.scheme == "fp16" or algorithm == "ps"
     encode_s, decode_s = codec_times_s(c, elements, grad_bytes, 1 if additive else len(group),
                                        device, dtype)
     op, size = ("allreduce", payload) if additive else ("allgather", len(group) * payload)
-    encode = add(Compute(f"encode {name}", encode_s, deps=(after,), stream="comm"))
+    encode = add(Compute(f"encode {name}", encode_s, deps=(after,), stream="comm",
+                         role="codec"))
     exchange = add(Collective(f"{op} {name} ({c.scheme})", key, group, op, size,
                               algorithm if op == "allreduce" else "ring", servers,
-                              deps=(encode,)))
-    return add(Compute(f"decode {name}", decode_s, deps=(exchange,), stream="comm"))
-
-
-def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks: int,
-                          accumulation: int, optimizer: str, bucket_cap_mb: float,
-                          algorithm: str, servers: int, steps: int,
-                          zero_stage: int = 0, recompute: str = "none",
-                          offload: str = "none", sharing: int = 1,
-                          compression: Compression | None = None,
-                          sync_every: int = 1) -> list[Op]:
-    """The program every data-parallel rank runs (they are identical); ``compression``
-    replaces each bucket's all-reduce by encode, exchange and decode; ``sync_every`` H > 1
-    is local SGD (Stich, "Local SGD Converges Fast and Communicates Little", ICLR 2019):
-    each replica steps on its own and the models are averaged (an all-reduce of the same
-    size) every H-th step only."""
-    times = [pass_times_s(layer, device, dtype, recompute) for layer in model.layers]
-    grad_bytes = gradient_bytes_per_param(dtype)
-    weight_bytes = weight_bytes_per_param(dtype)
-    buckets = gradient_buckets(model, grad_bytes, bucket_cap_mb * MiB)
-    last_layer_of = {b[-1]: k for k, b in enumerate(buckets)}
-    group = tuple(range(ranks))
-    sharded = zero_stage > 0 and ranks > 1
-    gather_layers = zero_stage == 3 and ranks > 1
-    program: list[Op] = []
-
-    def add(op: Op) -> int:
-        program.append(op)
-        return len(program) - 1
-
-    def gather(layer_index: int, phase: str, tag: str, ran: list[int]) -> tuple[int, ...]:
-        """ZeRO-3: all-gather one layer's parameters before it runs (prefetch stream), once
-        the layer two places earlier in this pass (``ran``: compute ops so far) is done."""
-        layer = model.layers[layer_index]
-        if not gather_layers or layer.params == 0:
-            return ()
-        return (add(Collective(f"allgather {layer.name} ({phase}) {tag}",
-                               f"zero3 {tag} {phase} {layer_index}", group, "allgather",
-                               layer.params * weight_bytes, "ring",
-                               deps=tuple(ran[-2:-1]), stream="prefetch")),)
-
-    for step in range(steps):
-        for micro in range(accumulation):
-            tag = f"s{step}" + (f" mb{micro}" if accumulation > 1 else "")
-            ran: list[int] = []
-            for i, layer in enumerate(model.layers):
-                deps = gather(i, "fwd", tag, ran)
-                ran.append(add(Compute(f"fwd {layer.name} {tag}", times[i][0], deps)))
-            syncing = micro == accumulation - 1 and (step + 1) % sync_every == 0
-            collectives, ran = [], []
-            for i in reversed(range(len(model.layers))):
-                layer = model.layers[i]
-                deps = gather(i, "bwd", tag, ran)
-                backward = add(Compute(f"bwd {layer.name} {tag}", times[i][1], deps))
-                ran.append(backward)
-                if syncing and ranks > 1 and i in last_layer_of:
-                    k = last_layer_of[i]
-                    size = sum(model.layers[j].params for j in buckets[k]) * grad_bytes
-                    op = "reducescatter" if sharded else "allreduce"
-                    if compression is not None and not sharded:
-                        collectives.append(sync_bucket(
-                            add, compression, f"bucket {k} s{step}", f"dp s{step} b{k}",
-                            group, size / grad_bytes, grad_bytes, algorithm, servers,
-                            backward, device, dtype))
-                        continue
-                    collectives.append(add(Collective(
-                        f"{op} bucket {k} s{step}", f"dp s{step} b{k}", group, op, size,
-                        algorithm if op == "allreduce" else "ring", servers,
-                        deps=(backward,))))
-        owned = model.parameters / ranks if sharded else model.parameters
-        update = None
-        for what, seconds in optimizer_steps(owned, optimizer, device, dtype, offload,
-                                             sharing):
-            update = add(Compute(f"{what} s{step}", seconds,
-                                 deps=tuple(collectives) if update is None else (update,)))
-        if sharded and zero_stage < 3:
-            add(Collective(f"allgather parameters s{step}", f"zero s{step} params", group,
-                           "allgather", model.parameters * weight_bytes, "ring",
-                           deps=(update,)))
-    return program
+                              deps=(encode,), role="data"))
+    return add(Compute(f"decode {name}", decode_s, deps=(exchange,), stream="comm",
+                       role="codec"))

@@ -55,16 +55,12 @@ def _shard(kernels: tuple[Kernel, ...], t: int, split: frozenset[str]) -> tuple[
                  for k in kernels)
 
 
+ALLREDUCES: dict[str, tuple[int, int]] = {"block": (2, 2), "embedding": (1, 0), "head": (0, 1)}
+
+
 def allreduces(layer: Layer) -> tuple[int, int]:
-    """Tensor-parallel all-reduces of one layer: (in forward, in backward)."""
-    names = {k.name for k in layer.forward}
-    if "qkv" in names:
-        return 2, 2
-    if "embedding" in names:
-        return 1, 0
-    if "logits" in names:
-        return 0, 1
-    return 0, 0
+    """Tensor-parallel all-reduces of one layer: (in forward, in backward), by its role."""
+    return ALLREDUCES.get(layer.role, (0, 0))
 
 
 Collectives = tuple[tuple[str, int], ...]  # (op, how many) in the order a pass runs them
@@ -77,13 +73,12 @@ def tensor_collectives(layer: Layer,
     if not sequence_parallel:
         return (tuple((("allreduce", forward),) if forward else ()),
                 tuple((("allreduce", backward),) if backward else ()))
-    names = {k.name for k in layer.forward}
-    if "qkv" in names:  # g before QKV and MLP-up, g-bar after projection and MLP-down
+    if layer.role == "block":  # g before QKV and MLP-up, g-bar after projection and MLP-down
         both = (("allgather", 2), ("reducescatter", 2))
         return both, both
-    if "embedding" in names:
+    if layer.role == "embedding":
         return (("reducescatter", 1),), (("allgather", 1),)
-    if "logits" in names:
+    if layer.role == "head":
         return (("allgather", 1),), (("reducescatter", 1),)
     return (), ()
 

@@ -170,5 +170,5 @@ def compression_summary(comm: CommunicationSpec, grad_bytes: int, spans: list[Sp
     c = Compression(scheme, comm.topk_ratio)
     first = spans[0].device if spans else 0
     codec = sum(s.end_s - s.start_s for s in spans if s.device == first
-                and s.name.startswith(("encode ", "decode ")))
+                and s.role == "codec")
     return {"scheme": scheme, "bytes_ratio": c.ratio(grad_bytes), "codec_s": codec / steps}

@@ -18,7 +18,8 @@ class Span:
     """One interval on one device stream: a kernel, a collective, or a wait for peers.
 
     ``category`` is one of 'compute', 'comm' (a collective moving data) or 'wait' (the
-    stream has reached a collective whose peers have not all arrived).
+    stream has reached a collective whose peers have not all arrived); ``role`` is the
+    engine op's (``dlsim.contract.program.Role``), empty where another simulator made it.
     """
 
     device: int
@@ -27,6 +28,7 @@ class Span:
     category: str
     start_s: float
     end_s: float
+    role: str = ""
 
     @property
     def duration_s(self) -> float:

@@ -82,12 +82,12 @@ def llama_layers(name: str, shape: LlamaShape, b: int, dt: int) -> Model:
                 gemm(t, h, v, dt, "logits"),                              # untied
                 elementwise(t * v, dt, 3.0, "cross_entropy"))
     layers = [Layer("embedding", v * h, embed_fwd, backward_of(embed_fwd), hidden_bytes,
-                    hidden_bytes)]
+                    hidden_bytes, role="embedding")]
     layers += [Layer(f"block{i}", block_params, block_fwd, backward_of(block_fwd), stored,
-                     hidden_bytes, matrices=matrices, block=block)
+                     hidden_bytes, matrices=matrices, block=block, role="block")
                for i in range(shape.layers)]
     layers.append(Layer("lm_head", v * h + h, head_fwd, backward_of(head_fwd),
-                        t * (h + v) * dt, matrices=(Matrix("lm_head", h, v),)))
+                        t * (h + v) * dt, matrices=(Matrix("lm_head", h, v),), role="head"))
     return Model(name, tuple(layers))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import ModelSpec
@@ -65,6 +66,11 @@ class BlockActivations:
     replicated: float
 
 
+LayerRole = Literal["embedding", "block", "head", "other"]
+"""Where a layer sits in a transformer (the embedding, a block, the LM head), which decides
+what tensor parallelism does to it (``dlsim.parallel.tensor``); "other" elsewhere."""
+
+
 @dataclass(frozen=True)
 class Layer:
     name: str
@@ -76,6 +82,7 @@ class Layer:
     convs: tuple[ConvShape, ...] = ()  # the windows a CNN layer slides, in order
     matrices: tuple[Matrix, ...] = ()  # its weight matrices, by role (qkv, proj, ...)
     block: BlockActivations | None = None  # set for transformer blocks
+    role: LayerRole = "other"
 
 
 @dataclass(frozen=True)
@@ -179,10 +186,12 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
         head_params, head_act = h * h + 3 * h + vocab, head_act + 2 * t * h * dtype_bytes
     hidden_bytes = t * h * dtype_bytes
     out = [Layer("embedding", vocab * h + s * h + (4 * h if encoder else 0), embed_fwd,
-                 backward_of(embed_fwd), hidden_bytes, hidden_bytes)]
+                 backward_of(embed_fwd), hidden_bytes, hidden_bytes, role="embedding")]
     out += [Layer(f"block{i}", block_params, block_fwd, backward_of(block_fwd), act,
-                  hidden_bytes, matrices=matrices, block=block) for i in range(layers)]
-    out.append(Layer("lm_head", head_params, head_fwd, backward_of(head_fwd), head_act))
+                  hidden_bytes, matrices=matrices, block=block, role="block")
+            for i in range(layers)]
+    out.append(Layer("lm_head", head_params, head_fwd, backward_of(head_fwd), head_act,
+                     role="head"))
     return Model(name, tuple(out))
 
 

@@ -46,7 +46,7 @@ def step_times_s(run: EngineRun) -> np.ndarray:
     """Duration of each step: a step ends when the last rank finishes its optimizer op."""
     ends: dict[int, list[float]] = {}
     for span in sorted(run.spans, key=lambda s: s.start_s):
-        if span.category == "compute" and span.name.startswith("optimizer"):
+        if span.category == "compute" and span.role == "optimizer":
             ends.setdefault((span.device, span.stream), []).append(span.end_s)
     per_step = np.max(np.array(list(ends.values())), axis=0)
     per_step[-1] = run.end_s

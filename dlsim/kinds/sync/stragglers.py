@@ -7,6 +7,7 @@ fixed order, so the same scenario and seed give the same factors bit for bit.
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import replace
 
 import numpy as np
 import simpy
@@ -54,16 +55,16 @@ def is_heterogeneous(spec: StragglerSpec | None) -> bool:
 def slow_program(program: list[Op], factors: np.ndarray) -> list[Op]:
     """``program`` with each compute op of step t taking ``factors[t]`` times as long.
 
-    A step ends with its optimizer op (named "optimizer ..." by every strategy); ops after
-    the last optimizer op belong to the last step.
+    A step ends with its optimizer op (role ``optimizer``); ops after the last optimizer op
+    belong to the last step.
     """
     out: list[Op] = []
     step = 0
     for op in program:
         if isinstance(op, Compute):
             t = min(step, len(factors) - 1)
-            out.append(Compute(op.name, op.duration_s * float(factors[t]), op.deps, op.stream))
-            step += op.name.startswith("optimizer")
+            out.append(replace(op, duration_s=op.duration_s * float(factors[t])))
+            step += op.role == "optimizer"
         else:
             out.append(op)
     return out

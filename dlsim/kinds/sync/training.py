@@ -26,7 +26,8 @@ from dlsim.kinds.sync.convergence import convergence_summary
 from dlsim.kinds.sync.faults import failure_times
 from dlsim.kinds.sync.parameter_server import ParameterServer, PSJob, PSRun
 from dlsim.kinds.sync.stragglers import schedule_slow_links, slowdown_factors
-from dlsim.parallel.data_parallel import data_parallel_program, split_batch
+from dlsim.parallel.builder import worker_program
+from dlsim.parallel.data_parallel import split_batch
 from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device
 from dlsim.results.metrics import TrainingWork, breakdown, link_table, training_summary
 from dlsim.results.result import Result
@@ -78,8 +79,7 @@ def ps_training(scenario: Scenario, topology: Topology) -> Result:
     dtype = scenario.precision
     device.peak_flops(dtype)
     model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2))
-    one_worker = data_parallel_program(model, device, dtype, 1, per_worker // micro,
-                                       train.optimizer, 0.0, "ring", 1, 1)
+    one_worker = worker_program(model, device, dtype, per_worker // micro, train.optimizer)
     grad_bytes = model.parameters * gradient_bytes_per_param(dtype)
     shard_bytes = grad_bytes / comm.servers
     mode = scenario.sync.mode
@@ -89,7 +89,7 @@ def ps_training(scenario: Scenario, topology: Topology) -> Result:
         mode=mode, staleness=scenario.sync.staleness, placement=devices,
         servers=comm.servers, grad_bytes=grad_bytes,
         compute_s=sum(op.duration_s for op in one_worker
-                      if isinstance(op, Compute) and not op.name.startswith("optimizer")),
+                      if isinstance(op, Compute) and op.role != "optimizer"),
         apply_s=optimizer_time_s(model.parameters / comm.servers, train.optimizer, device),
         sum_s=3 * shard_bytes / (device.memory_bandwidth_Bps * device.efficiency.memory),
         steps=train.steps,

@@ -1,0 +1,296 @@
+"""One training program builder over the parallel grid: what every rank does in a step.
+
+A rank of the data x tensor x pipeline grid (``dlsim.parallel.grid``; data parallelism alone
+is the grid with the other degrees 1) walks its stage's schedule of forward and backward
+passes over its model chunks (``dlsim.parallel.pipeline.schedule``), blocks on each pass's
+tensor-parallel collectives (``dlsim.parallel.tensor``), sends activations and gradients to
+the neighbouring stages, exchanges gradients over its data-parallel group, steps the
+optimizer and, with ZeRO, all-gathers the parameters it updated. Plans differ in data, not in
+code: the degrees, the schedule, and how gradients are synchronised:
+
+- ``buckets`` (PyTorch DDP, Li et al. VLDB 2020, §3.2.3): gradients are all-reduced in
+  buckets of ``bucket_cap_bytes`` filled in reverse layer order, each launched as soon as the
+  backward pass has produced it, so the pass runs layer by layer (ZeRO-3's per-layer
+  parameter gathers hook on the same layer boundaries);
+- ``chunks`` (Megatron-LM without gradient-reduce overlap): each model chunk's gradients are
+  all-reduced once its last backward pass is done, overlapping the rest of the schedule, so a
+  pass runs as one kernel group per chunk.
+
+ZeRO (Rajbhandari et al., SC'20) stages 1 and 2 replace the gradient all-reduce by a
+reduce-scatter, step the optimizer on 1/d of the parameters and all-gather them after the
+step; stage 3 instead all-gathers each layer's parameters before its forward and backward,
+on a prefetch stream one layer ahead, and never after the step (1.5x the volume, §7.2.2).
+
+Every op carries its role (``dlsim.contract.program.Role``): the grid axis a collective runs
+over, or compute, optimizer, offload, codec, so that metrics never parse op names.
+
+Symmetry: simulated by one replica and one tensor rank per stage, a point-to-point send
+carries the identical sends of every replica and tensor rank, a tensor collective those of
+every replica's tensor group and a gradient collective those of every tensor rank's
+data-parallel group, so all the traffic is on the network while the compute is simulated
+once (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Literal
+
+from dlsim.contract.program import Collective, Compute, Op
+from dlsim.hardware.profiles import DeviceProfile
+from dlsim.network.compression import Compression
+from dlsim.parallel.data_parallel import gradient_buckets, optimizer_steps, sync_bucket
+from dlsim.parallel.grid import Grid
+from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
+from dlsim.parallel.pipeline import Piece, pieces, schedule
+from dlsim.parallel.tensor import Collectives
+from dlsim.workload.model import Model
+
+GradientSync = Literal["buckets", "chunks"]
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """What every rank's program is built from."""
+
+    grid: Grid
+    chunks: int  # model chunks per stage (virtual pipeline stages)
+    micro: int  # micro-batches per replica and step
+    schedule: str  # gpipe, 1f1b or interleaved
+    optimizer: str
+    algorithm: str  # the data-parallel all-reduce algorithm
+    servers: int
+    steps: int
+    hidden_bytes: float = 0.0  # b·s·h·dtype bytes: one tensor-parallel collective
+    gradient_sync: GradientSync = "chunks"
+    bucket_cap_bytes: float = 0.0  # buckets: 0 = one bucket after the backward pass
+    zero_stage: int = 0
+    offload: str = "none"
+    sharing: int = 1  # devices of a node sharing its host (offload)
+    compression: Compression | None = None
+    sync_every: int = 1  # local SGD: average every H-th step only (Stich, ICLR 2019)
+
+
+def build_programs(job: TrainingJob, pieces: list[Piece], device: DeviceProfile, dtype: str,
+                   replicas: list[int], tensor_ranks: list[int]) -> dict[int, list[Op]]:
+    """Programs of the ranks of ``replicas`` x ``tensor_ranks`` of every stage. Without
+    tensor or pipeline parallelism nothing in a program names its replica, so the replicas
+    share one program."""
+    grid = job.grid
+    symmetric = len(replicas) * len(tensor_ranks) < grid.data * grid.tensor
+    if grid.tensor == grid.pipeline == 1:
+        shared = _RankProgram(job, pieces, device, dtype, 0, replicas[0], 0, symmetric).build()
+        return {grid.rank(0, r, 0): shared for r in replicas}
+    return {grid.rank(s, r, k): _RankProgram(job, pieces, device, dtype, s, r, k,
+                                             symmetric).build()
+            for r in replicas for s in range(grid.pipeline) for k in tensor_ranks}
+
+
+def worker_program(model: Model, device: DeviceProfile, dtype: str, micro: int,
+                   optimizer: str) -> list[Op]:
+    """One step of one worker on its own: what a parameter-server worker computes."""
+    job = TrainingJob(Grid(1, 1, 1), 1, micro, "1f1b", optimizer, "ring", 1, 1,
+                      gradient_sync="buckets")
+    return build_programs(job, pieces(model, model, device, dtype, 1, "none"), device, dtype,
+                          [0], [0])[0]
+
+
+class _RankProgram:
+    """The program of the rank (stage ``s``, replica, tensor rank ``k``), built op by op."""
+
+    def __init__(self, job: TrainingJob, pieces: list[Piece], device: DeviceProfile,
+                 dtype: str, s: int, replica: int, k: int, symmetric: bool):
+        self.job, self.pieces, self.device, self.dtype = job, pieces, device, dtype
+        self.s, self.replica, self.k, self.symmetric = s, replica, k, symmetric
+        grid = job.grid
+        self.p, self.t = grid.pipeline, grid.tensor
+        self.last_piece = self.p * job.chunks - 1
+        self.grad_bytes = gradient_bytes_per_param(dtype)
+        self.weight_bytes = weight_bytes_per_param(dtype)
+        self.sharded = job.zero_stage > 0 and grid.data > 1
+        self.by_layer = job.gradient_sync == "buckets"
+        self.program: list[Op] = []
+        # By symmetry one collective carries the identical ones of the unsimulated peers:
+        # every replica's tensor group, every tensor rank's data-parallel group.
+        self.peers = range(grid.data) if symmetric else [replica]
+        self.tensor_groups = tuple(r for j in self.peers for r in grid.tensor_group(s, j))
+        self.ks = range(self.t) if symmetric else [k]
+        self.data_groups = tuple(r for j in self.ks for r in grid.data_group(s, j))
+        self.pair_group = cache(self._pair_group)
+
+    def add(self, op: Op) -> int:
+        self.program.append(op)
+        return len(self.program) - 1
+
+    def build(self) -> list[Op]:
+        for step in range(self.job.steps):
+            self._step(step)
+        return self.program
+
+    # -- one step -------------------------------------------------------------------------
+
+    def _step(self, step: int) -> None:
+        job, s, p = self.job, self.s, self.p
+        self.blocked: tuple[int, ...] = ()  # the last tensor collective: compute waits for it
+        self.syncs: list[int] = []  # the gradient exchanges the optimizer waits for
+        done: dict[tuple[int, int], int] = {}
+        last_backward: dict[int, int] = {}
+        syncing = (step + 1) % job.sync_every == 0
+        for kind, i, c in schedule(job.schedule, s, p, job.micro, job.chunks):
+            piece = c * p + s
+            tag = f"s{step} mb{i}"
+            name = f"stage{s}" + (f" chunk{c}" if job.chunks > 1 else "") + f" mb{i}"
+            if kind == "F":
+                done[(i, c)] = self._forward(piece, name, tag)
+            else:
+                last = syncing and i == job.micro - 1
+                last_backward[c] = self._backward(piece, name, tag, done[(i, c)],
+                                                  step if last else None)
+        if job.gradient_sync == "chunks" and job.grid.data > 1:
+            op = "reducescatter" if self.sharded else "allreduce"
+            for c in sorted(last_backward):
+                piece = c * p + s
+                self.syncs.append(self.add(Collective(
+                    f"{op} gradients chunk{c} s{step}", f"dp s{step} p{piece} k{self.k}",
+                    self.data_groups, op, self.pieces[piece].params * self.grad_bytes,
+                    job.algorithm if op == "allreduce" else "ring", job.servers,
+                    deps=(last_backward[c],), instances=len(self.ks), role="data")))
+        self._optimizer(step)
+
+    def _optimizer(self, step: int) -> None:
+        job = self.job
+        params = sum(self.pieces[c * self.p + self.s].params for c in range(job.chunks))
+        stage = f" stage{self.s}" if self.p > 1 else ""
+        update: tuple[int, ...] = (*self.syncs, *self.blocked)
+        for what, seconds, role in optimizer_steps(
+                params / job.grid.data if self.sharded else params, job.optimizer,
+                self.device, self.dtype, job.offload, job.sharing):
+            update = (self.add(Compute(f"{what}{stage} s{step}", seconds, deps=update,
+                                       role=role)),)
+        if self.sharded and job.zero_stage < 3:
+            self.add(Collective(f"allgather parameters s{step}",
+                                f"zero s{step} stage{self.s} k{self.k}", self.data_groups,
+                                "allgather", params * self.weight_bytes, "ring", deps=update,
+                                instances=len(self.ks), role="data"))
+
+    # -- passes ---------------------------------------------------------------------------
+
+    def _forward(self, piece: int, name: str, tag: str) -> int:
+        cost = self.pieces[piece]
+        recv = (self._p2p("recv activations", piece - 1, piece, cost.in_bytes, "recv-fwd",
+                          "act " + tag),) if piece else ()
+        if self.by_layer:
+            ran: list[int] = []
+            for j in range(len(cost.layers)):
+                deps = self._gather(j, cost, "fwd", tag, ran) + (
+                    () if ran else (*recv, *self.blocked))
+                ran.append(self.add(Compute(f"fwd {cost.names[j]} {tag}",
+                                            cost.layer_times_s[j][0], deps)))
+            out = ran[-1]
+        else:
+            out = self.add(Compute(f"fwd {name} {tag}", cost.forward_s,
+                                   deps=(*recv, *self.blocked)))
+        out = self._tensor(f"fwd {name} {tag}", f"tp fwd {tag} p{piece}",
+                           cost.forward_collectives, out)
+        if piece < self.last_piece:
+            self._p2p("send activations", piece, piece + 1, cost.out_bytes, "send-fwd",
+                      "act " + tag, (out,))
+        return out
+
+    def _backward(self, piece: int, name: str, tag: str, forward: int,
+                  sync_step: int | None) -> int:
+        """One backward pass; ``sync_step`` set: the step's last, which launches the
+        gradient buckets."""
+        cost = self.pieces[piece]
+        recv = (self._p2p("recv gradients", piece + 1, piece, cost.out_bytes, "recv-bwd",
+                          "grad " + tag),) if piece < self.last_piece else ()
+        if self.by_layer:
+            out = self._backward_by_layer(piece, tag, sync_step, (*recv, *self.blocked))
+        else:
+            out = self.add(Compute(f"bwd {name} {tag}", cost.backward_s,
+                                   deps=(*recv, forward, *self.blocked)))
+        out = self._tensor(f"bwd {name} {tag}", f"tp bwd {tag} p{piece}",
+                           cost.backward_collectives, out)
+        if piece:
+            self._p2p("send gradients", piece, piece - 1, cost.in_bytes, "send-bwd",
+                      "grad " + tag, (out,))
+        return out
+
+    def _backward_by_layer(self, piece: int, tag: str, sync_step: int | None,
+                           first_deps: tuple[int, ...]) -> int:
+        """Layer by layer in reverse, each finished bucket's exchange launched at once."""
+        job, cost = self.job, self.pieces[piece]
+        buckets = gradient_buckets(cost.layer_params, self.grad_bytes, job.bucket_cap_bytes)
+        closes = {b[-1]: n for n, b in enumerate(buckets)}
+        ran: list[int] = []
+        for j in reversed(range(len(cost.layers))):
+            deps = self._gather(j, cost, "bwd", tag, ran) + (() if ran else first_deps)
+            backward = self.add(Compute(f"bwd {cost.names[j]} {tag}",
+                                        cost.layer_times_s[j][1], deps))
+            ran.append(backward)
+            if sync_step is not None and job.grid.data > 1 and j in closes:
+                n = closes[j]
+                size = sum(cost.layer_params[i] for i in buckets[n]) * self.grad_bytes
+                self.syncs.append(self._bucket(sync_step, piece, n, size, backward))
+        return ran[-1]
+
+    def _bucket(self, step: int, piece: int, n: int, size: float, after: int) -> int:
+        job = self.job
+        key = f"dp s{step} p{piece} b{n} k{self.k}"
+        what = f"bucket {n} s{step}"
+        if job.compression is not None and not self.sharded:
+            return sync_bucket(self.add, job.compression, what, key, self.data_groups,
+                               size / self.grad_bytes, self.grad_bytes, job.algorithm,
+                               job.servers, after, self.device, self.dtype)
+        op = "reducescatter" if self.sharded else "allreduce"
+        return self.add(Collective(f"{op} {what}", key, self.data_groups, op, size,
+                                   job.algorithm if op == "allreduce" else "ring",
+                                   job.servers, deps=(after,), role="data"))
+
+    def _gather(self, j: int, cost: Piece, phase: str, tag: str,
+                ran: list[int]) -> tuple[int, ...]:
+        """ZeRO-3: all-gather the piece's ``j``-th layer's parameters before it runs
+        (prefetch stream), once the layer two places earlier in this pass (``ran``: its
+        compute ops so far) is done, so that at most two gathered layers are resident."""
+        params = cost.layer_params[j]
+        if self.job.zero_stage < 3 or not self.sharded or params == 0:
+            return ()
+        return (self.add(Collective(
+            f"allgather {cost.names[j]} ({phase}) {tag}",
+            f"zero3 {tag} {phase} {cost.layers[j]}", self.data_groups, "allgather",
+            params * self.weight_bytes, "ring", deps=tuple(ran[-2:-1]), stream="prefetch",
+            role="zero-gather")),)
+
+    def _tensor(self, what: str, key: str, collectives: Collectives, after: int) -> int:
+        """A pass's tensor collectives, one repeated op per kind, each after the last; the
+        next compute waits for the last one."""
+        if self.t == 1:
+            return after
+        for op, count in collectives:
+            after = self.add(Collective(
+                f"tensor {op} x{count} {what}", f"{key} {op} r{self.replica}",
+                self.tensor_groups, op, self.job.hidden_bytes, "ring", deps=(after,),
+                stream="tensor", repeat=count, instances=len(self.peers), role="tensor"))
+        self.blocked = (after,)
+        return after
+
+    def _p2p(self, what: str, src: int, dst: int, size: float, stream: str, tag: str,
+             deps: tuple[int, ...] = ()) -> int:
+        """Send from piece ``src`` to piece ``dst``, 1/t of it from each tensor rank over its
+        own NIC (Megatron-LM's scatter/gather optimisation, SC'21 §4.1)."""
+        key = (f"{tag} {src}->{dst}" if self.symmetric
+               else f"{tag} r{self.replica} k{self.k} {src}->{dst}")
+        return self.add(Collective(f"{what} {tag}", key,
+                                   self.pair_group(src % self.p, dst % self.p), "send",
+                                   size / self.t, "direct", deps=deps, stream=stream,
+                                   role="pipeline"))
+
+    def _pair_group(self, src: int, dst: int) -> tuple[int, ...]:
+        """Senders then receivers: every replica's and tensor rank's by symmetry."""
+        grid = self.job.grid
+        pairs = ([(r, j) for r in range(grid.data) for j in range(self.t)] if self.symmetric
+                 else [(self.replica, self.k)])
+        return (*(grid.rank(src, r, j) for r, j in pairs),
+                *(grid.rank(dst, r, j) for r, j in pairs))
+
