@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from dlsim.contract.errors import ScenarioError, describe_invalid
 from dlsim.contract.federated import FederatedSpec
 from dlsim.contract.inference import EdgeInferenceSpec
+from dlsim.contract.registry import ALGORITHM, PROTOCOL, choice
 from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
 
@@ -163,11 +164,12 @@ class ParallelismSpec(_Spec):
         return self
 
 
-AllReduceAlgorithm = Literal["auto", "ring", "tree", "halving-doubling", "direct",
-                             "hierarchical", "ps", "gossip"]
+# the algorithms dlsim.network.algorithms registers (any op's; kinds check the op), or auto:
+# the fastest by the tuner's estimate
+AllReduceAlgorithm = choice(ALGORITHM, also=("auto",))
 # dlsim.network.protocol: auto = NCCL's protocols on hardware-profile GPU clusters, ideal on
 # textbook topologies; nccl = the fastest of LL, LL128 and Simple per collective
-Protocol = Literal["auto", "ideal", "nccl", "LL", "LL128", "Simple"]
+Protocol = choice(PROTOCOL, also=("auto",))
 
 
 class CommunicationSpec(_Spec):

@@ -49,10 +49,16 @@ from dataclasses import replace
 
 import numpy as np
 
+from dlsim.contract.registry import PROTOCOL, register
 from dlsim.hardware.topology import LINK_CLASSES, Topology
 from dlsim.network.algorithms import Phase
 
 PROTOCOLS = ("LL", "LL128", "Simple")
+# What communication.protocol and collective.protocol accept besides auto (resolve_mode)
+for _name, _meaning in {"ideal": "textbook: path latency per step, links at line rate",
+                        "nccl": "the fastest of NCCL's protocols per collective",
+                        **{p: f"NCCL's {p} protocol" for p in PROTOCOLS}}.items():
+    register(PROTOCOL, _name, _meaning)
 
 # NCCL tuning.cc baseLat[algorithm][protocol], us: Tree {6.8, 14.0, 8.4}, Ring {6.6, 14.0, 8.4}
 BASE_LATENCY_US = {"tree": {"LL": 6.8, "LL128": 14.0, "Simple": 8.4},

@@ -20,17 +20,7 @@ import numpy as np
 from dlsim.contract.errors import ScenarioError
 from dlsim.hardware.topology import Topology
 from dlsim.network import protocol as proto
-from dlsim.network.algorithms import ALGORITHMS, Phase, lower, rail_rings
-
-# What `algorithm: auto` chooses among. Under NCCL's protocols: NCCL's own ring and tree
-# (CollNet and NVLS need in-network reduction, not modelled). Under the ideal model: also
-# the classic alternatives MPI libraries pick from by size (Thakur et al. 2005). The
-# parameter server, the direct exchange and gossip (which does not compute the average) are
-# deployment choices rather than library algorithms, so auto never picks them.
-NCCL_ALGORITHMS = ("ring", "tree")
-# Under NCCL's protocols a ring is NCCL's set of rings, one per local rank (rail_rings).
-RAIL_RING_OPS = ("allreduce", "reducescatter", "allgather")
-AUTO_EXCLUDED = ("ps", "direct", "gossip")
+from dlsim.network.algorithms import Phase, algorithms_for, lower, needs_peers
 
 
 @dataclass(frozen=True)
@@ -82,13 +72,18 @@ def estimate_time_s(op: str, algorithm: str, size_bytes: float, devices: np.ndar
                            nodes, hosts).time_s
 
 
-def _candidates(op: str, algorithm: str, protocol: str) -> list[str]:
+def candidates(op: str, algorithm: str, protocol: str) -> list[str]:
+    """What ``auto`` chooses among, in precedence order: the registered algorithms for
+    ``op`` that allow it. Under NCCL's protocols NCCL's own (ring and tree; CollNet and NVLS
+    need in-network reduction, not modelled); under the ideal model also the classic
+    alternatives MPI libraries pick from by size (Thakur et al. 2005), but not deployment
+    choices (parameter server, direct exchange) nor gossip, which does not compute the
+    average. Every algorithm for ``op`` where none allows it (all-to-all: direct)."""
     if algorithm != "auto":
         return [algorithm]
-    every = list(ALGORITHMS.get(op, {}))
-    keep = (lambda a: a in NCCL_ALGORITHMS) if protocol != "ideal" else (
-        lambda a: a not in AUTO_EXCLUDED)
-    return [a for a in every if keep(a)] or every
+    every = algorithms_for(op)
+    picked = [name for name, a in every.items() if (a.nccl if protocol != "ideal" else a.auto)]
+    return picked or list(every)
 
 
 def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: float,
@@ -103,17 +98,15 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
     if nodes is None:
         nodes = devices // topology.devices_per_node
     n_nodes = len(np.unique(nodes))
-    algorithms = _candidates(op, algorithm, protocol)
+    algorithms = candidates(op, algorithm, protocol)
     protocols = list(proto.PROTOCOLS) if protocol == "nccl" else [protocol]
     choose = len(algorithms) * len(protocols) > 1
     best: CollectivePlan | None = None
     for alg in algorithms:
         try:
-            if protocol != "ideal" and alg == "ring" and op in RAIL_RING_OPS:
-                phases = rail_rings(op, devices, size_bytes, np.asarray(nodes))
-            else:
-                peers = topology.device_peers(devices) if alg == "gossip" else None
-                phases = lower(op, alg, devices, size_bytes, servers, nodes, hosts, peers)
+            peers = topology.device_peers(devices) if needs_peers(alg) else None
+            phases = lower(op, alg, devices, size_bytes, servers, nodes, hosts, peers,
+                           nccl=protocol != "ideal")
         except ScenarioError:
             if not choose:
                 raise

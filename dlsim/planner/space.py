@@ -17,12 +17,19 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from dlsim.network.algorithms import algorithms_for
 from dlsim.parallel.memory import RECOMPUTE
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 PLACEMENTS = ("pack", "spread")
-ALGORITHMS = ("ring", "tree", "hierarchical")
 VIRTUAL_STAGES = (2, 4)
+
+
+def searched_algorithms() -> tuple[str, ...]:
+    """The data-parallel all-reduce algorithms the planner tries, in precedence order: the
+    registered ones that ask for it (dlsim.network.algorithms; ring, tree and hierarchical
+    as shipped). Read when plans are enumerated, so a registration made later counts."""
+    return tuple(name for name, a in algorithms_for("allreduce").items() if a.planner)
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,12 @@ def enumerate_plans(shape: ModelShape, gpus: int, global_batch: int, devices_per
                     *, max_microbatch: int = 8, schedules: tuple[str, ...] = SCHEDULES,
                     recompute: tuple[str, ...] = RECOMPUTE,
                     placements: tuple[str, ...] = PLACEMENTS,
-                    algorithms: tuple[str, ...] = ALGORITHMS,
+                    algorithms: tuple[str, ...] | None = None,
                     sequence_parallel: tuple[bool, ...] = (False, True)) -> Iterator[Plan]:
-    """Every runnable plan for ``gpus`` devices, in a fixed order (so ties break the same)."""
+    """Every runnable plan for ``gpus`` devices, in a fixed order (so ties break the same);
+    ``algorithms`` defaults to ``searched_algorithms()``."""
+    if algorithms is None:
+        algorithms = searched_algorithms()
     tensor_options = [1]
     if shape.heads is not None and shape.hidden is not None:
         tensor_options = [t for t in _powers_of_two_dividing(gpus, 2 * devices_per_node)

@@ -145,7 +145,7 @@ def test_direct_allreduce_sends_n_squared_messages(n):
 def test_double_binary_tree_on_a_switch(n):
     """Every tree edge streams G/2 each way at once; the busiest device link carries k such
     flows, so the phase takes k*(G/2)/B plus a pipeline fill of 2*depth hop latencies."""
-    from dlsim.network.algorithms import double_binary_tree
+    from dlsim.network.algorithms.tree import double_binary_tree
 
     (phase,) = double_binary_tree(np.arange(n), G)
     out_flows = np.bincount(phase.src, minlength=n).max()
