@@ -7,7 +7,8 @@ import pytest
 
 from dlsim.contract.program import Collective
 from dlsim.engine.core import Engine
-from dlsim.hardware.topology import LinkSpec, Topology
+from dlsim.hardware.fabrics import LinkSpec
+from dlsim.hardware.topology import Topology
 
 
 def topology_of(graph, n: int) -> Topology:

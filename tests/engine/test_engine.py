@@ -8,7 +8,7 @@ from conftest import topology_of
 
 from dlsim.contract.program import Collective, Compute
 from dlsim.engine.core import Engine
-from dlsim.hardware.topology import LinkSpec, star
+from dlsim.hardware.fabrics import LinkSpec, star
 from dlsim.results.metrics import breakdown
 
 B = 1e9
