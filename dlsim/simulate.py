@@ -44,6 +44,10 @@ def simulate(source: str | Path | dict[str, Any]) -> Result:
 
 def run_scenario(scenario: Scenario) -> Result:
     if scenario.kind in _OTHER_KINDS:
+        if scenario.simulation.network != "fluid":
+            raise ScenarioError(f"a {scenario.kind} scenario models its links itself; the "
+                                "network model applies to training and collective "
+                                "scenarios (leave it at fluid).", field="simulation.network")
         return _OTHER_KINDS[scenario.kind](scenario)
     topology = build_topology(scenario.cluster)
     if scenario.kind == "collective":

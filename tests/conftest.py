@@ -7,7 +7,10 @@ import pytest
 
 from dlsim.contract.program import Collective
 from dlsim.engine.core import Engine
-from dlsim.hardware.topology import LinkSpec, Topology
+from dlsim.hardware.fabrics import LinkSpec
+from dlsim.hardware.topology import Topology
+from dlsim.network.backend import NetworkFactory
+from dlsim.network.fluid import Network
 
 
 def topology_of(graph, n: int) -> Topology:
@@ -15,11 +18,11 @@ def topology_of(graph, n: int) -> Topology:
 
 
 def run_collective(topology: Topology, n: int, op: str, algorithm: str, size: float,
-                   servers: int = 1, symmetric: bool = True):
+                   servers: int = 1, symmetric: bool = True, network: NetworkFactory = Network):
     group = tuple(range(n))
     coll = Collective(op, "k", group, op, size, algorithm, servers)
     ranks = [0] if symmetric else list(group)
-    return Engine(topology, {r: [coll] for r in ranks}, np.arange(n)).run()
+    return Engine(topology, {r: [coll] for r in ranks}, np.arange(n), network=network).run()
 
 
 def closed_form(bandwidth_s: float, latency_s: float, least: float = 0.05,

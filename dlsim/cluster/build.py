@@ -13,9 +13,8 @@ import numpy as np
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import ClusterSpec
 from dlsim.hardware import profiles as hardware
-from dlsim.hardware.topology import (
+from dlsim.hardware.fabrics import (
     LinkSpec,
-    Topology,
     add_link,
     add_node,
     fat_tree,
@@ -26,6 +25,7 @@ from dlsim.hardware.topology import (
     star,
     torus,
 )
+from dlsim.hardware.topology import Topology
 
 FULLY_CONNECTED_MAX = 256  # N(N-1) directed links: past this a switch is what users mean
 

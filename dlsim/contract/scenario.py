@@ -198,9 +198,12 @@ class CollectiveSpec(_Spec):
 
 
 class SimulationSpec(_Spec):
-    """How to simulate: ``auto`` uses symmetry for homogeneous jobs, ``full`` every rank."""
+    """How to simulate: ``auto`` uses symmetry for homogeneous jobs, ``full`` every rank;
+    the network model (``dlsim.network.backend``) is ``fluid`` (flows share links max-min
+    fairly) or ``analytical`` (each phase its closed-form time, as if alone on the network)."""
 
     fidelity: Literal["auto", "full", "symmetric"] = "auto"
+    network: Literal["fluid", "analytical"] = "fluid"
 
 
 class Scenario(_Spec):

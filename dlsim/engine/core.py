@@ -3,7 +3,8 @@
 Each simulated rank runs one SimPy process per stream (compute, comm), so compute and
 communication overlap exactly as far as the program's dependencies allow. A collective starts
 when every simulated member of its group has reached it (the wait before that is recorded)
-and then runs its phases on the shared network.
+and then runs its phases on the shared network: the backend given to the engine
+(``dlsim.network.backend``; the fluid max-min network unless told otherwise).
 
 Symmetry: a homogeneous job may be given programs for representative ranks only. Their peers'
 traffic still crosses the network (a collective's phases always carry every member's flows),
@@ -20,11 +21,12 @@ import numpy as np
 import simpy
 
 from dlsim.contract.program import Collective, Compute, Op
+from dlsim.contract.span import Span
 from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import Phase, merge_phases
+from dlsim.network.backend import NetworkBackend, NetworkFactory
 from dlsim.network.fluid import Network
 from dlsim.network.tuner import plan_collective
-from dlsim.results.result import Span
 
 
 class CountingEnvironment(simpy.Environment):
@@ -53,22 +55,24 @@ class EngineRun:
 
     end_s: float
     spans: list[Span]
-    network: Network
+    network: NetworkBackend
     events: int
     wall_s: float
     rank_end_s: dict[int, float] = field(default_factory=dict)
 
 
 class Engine:
-    """Runs per-rank programs over a topology; ``placement[rank]`` is the rank's device."""
+    """Runs per-rank programs over a topology; ``placement[rank]`` is the rank's device and
+    ``network`` builds the run's network model on its environment."""
 
     def __init__(self, topology: Topology, programs: dict[int, list[Op]],
                  placement: np.ndarray, protocol: str = "ideal",
-                 ps_hosts: np.ndarray | None = None):
+                 ps_hosts: np.ndarray | None = None, network: NetworkFactory = Network):
         self.env = CountingEnvironment()
+        self.topology = topology
         self.protocol = protocol  # dlsim.network.protocol: ideal, nccl, LL, LL128 or Simple
         self.ps_hosts = ps_hosts  # devices of dedicated parameter servers (None: colocated)
-        self.network = Network(self.env, topology)
+        self.network = network(self.env, topology)
         self.programs = programs
         self.placement = np.asarray(placement)
         self.spans: list[Span] = []
@@ -139,7 +143,7 @@ class Engine:
         key = (op.op, op.algorithm, op.size_bytes, op.servers, devices.tobytes())
         if key not in self._plans:  # nodes: plan_collective's default, each device's node
             self._plans[key] = plan_collective(
-                op.op, op.algorithm, devices, op.size_bytes, self.network.topology,
+                op.op, op.algorithm, devices, op.size_bytes, self.topology,
                 self.protocol, op.servers, hosts=self.ps_hosts, timed=False).phases
         return self._plans[key]
 

@@ -9,6 +9,7 @@ from dlsim.engine.core import Engine
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.run import engine_result, run_engine, symmetric
 from dlsim.network.algorithms import busbw_factor, check_algorithm, dedicated_hosts
+from dlsim.network.backend import NETWORKS
 from dlsim.network.protocol import resolve_mode
 from dlsim.network.tuner import plan_collective
 from dlsim.results.result import Result
@@ -29,8 +30,9 @@ def simulate_collective(scenario: Scenario, topology: Topology) -> Result:
     chosen = plan_collective(spec.op, spec.algorithm, ranks, spec.size_bytes, topology, mode,
                              spec.servers, ranks // topology.devices_per_node, hosts,
                              timed=False)
-    run = run_engine(Engine(topology, {r: [op] for r in simulated}, ranks, mode, hosts),
-               "collective.algorithm")
+    run = run_engine(Engine(topology, {r: [op] for r in simulated}, ranks, mode, hosts,
+                            network=NETWORKS[scenario.simulation.network]),
+                     "collective.algorithm")
     time_s = run.end_s
     algbw = spec.size_bytes / time_s if time_s > 0 else 0.0  # one rank moves nothing
     summary = {

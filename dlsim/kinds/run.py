@@ -29,10 +29,18 @@ def run_engine(engine: Engine, algorithm_field: str) -> EngineRun:
         raise ScenarioError(exc.message, field=field) from None
 
 
+def network_record(scenario: Scenario) -> dict[str, str]:
+    """The network model for the summary's ``simulation`` record: named only when it is not
+    the fluid default, so that summaries of fluid runs stay as they were."""
+    network = scenario.simulation.network
+    return {} if network == "fluid" else {"network": network}
+
+
 def engine_result(scenario: Scenario, topology: Topology, run: EngineRun, summary: dict[str, Any],
             fidelity: str) -> Result:
     summary["simulation"] = {"fidelity": fidelity, "events": run.events,
-                             "flows": run.network.flows_started, "seed": scenario.seed}
+                             "flows": run.network.flows_started, "seed": scenario.seed,
+                             **network_record(scenario)}
     links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)
     return Result(summary, scenario.model_dump(mode="json", exclude_none=True), run.spans,
                   links, run.wall_s)

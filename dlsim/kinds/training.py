@@ -16,6 +16,7 @@ from dlsim.kinds.run import engine_result, run_engine, symmetric
 from dlsim.kinds.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.kinds.sync.stragglers import schedule_slow_links
 from dlsim.network.algorithms import check_algorithm, dedicated_hosts
+from dlsim.network.backend import NETWORKS
 from dlsim.network.protocol import resolve_mode
 from dlsim.parallel.builder import TrainingJob, build_programs
 from dlsim.parallel.data_parallel import MiB, compression_of, local_sgd_period, split_batch
@@ -108,7 +109,8 @@ def simulate_training(scenario: Scenario, topology: Topology) -> Result:
     dedicated = comm.data_parallel == "ps" and comm.server_placement == "dedicated"
     hosts = dedicated_hosts(topology.n_devices, ranks, comm.servers) if dedicated else None
     mode = resolve_mode(comm.protocol, topology, scenario.cluster.topology is not None)
-    engine = Engine(topology, straggle(programs, scenario, ranks, rng), ranks, mode, hosts)
+    engine = Engine(topology, straggle(programs, scenario, ranks, rng), ranks, mode, hosts,
+                    network=NETWORKS[scenario.simulation.network])
     schedule_slow_links(engine.env, engine.network, topology, scenario.stragglers)
     run = ended_at_last_op(run_engine(engine, "communication.data_parallel"))
 

@@ -1,8 +1,8 @@
 """Gradient compression arithmetic: how many bytes one rank's compressed gradient puts on
-the wire, the compression ratio, and how long the encode and decode kernels take. The ops
-that apply it to a gradient bucket are the strategy's
-(``dlsim.parallel.data_parallel.sync_bucket``), the
-scenario check is ``dlsim.parallel.data_parallel.compression_of``, and the summary fields are
+the wire, and the compression ratio. The ops that apply it to a gradient bucket, and the
+encode and decode kernels' time, are the strategy's
+(``dlsim.parallel.data_parallel.sync_bucket`` and ``codec_times_s``), the scenario check is
+``dlsim.parallel.data_parallel.compression_of``, and the summary fields are
 ``dlsim.results.metrics.compression_summary``.
 
 - ``fp16``: gradients cast to half precision and all-reduced as such (additive, so any
@@ -16,12 +16,6 @@ scenario check is ``dlsim.parallel.data_parallel.compression_of``, and the summa
   Communication for Distributed Gradient Descent", EMNLP 2017; Lin et al., "Deep Gradient
   Compression", ICLR 2018): ``topk_ratio`` of the elements, each sent as its value and a
   4-byte index.
-
-Encode and decode are memory-bound elementwise kernels timed by the cost model. Bytes
-touched per gradient element: encode reads the gradient and the error buffer and writes the
-error buffer (3 x 4 bytes) plus the compressed output; decode reads every received
-compressed gradient and writes the fp32 sum. fp16 casts read 4 and write 2 bytes (encode)
-and the reverse (decode).
 """
 
 from __future__ import annotations
@@ -29,12 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dlsim.hardware.profiles import DeviceProfile
-from dlsim.workload.costmodel import kernel_time_s
-from dlsim.workload.model import Kernel
-
 INDEX_BYTES = 4  # an int32 element index per top-k value
-FP32 = 4
 
 
 @dataclass(frozen=True)
@@ -62,16 +51,3 @@ class Compression:
     def active(self, grad_bytes: int) -> bool:
         return self.scheme in ("onebit", "topk") or (self.scheme == "fp16" and grad_bytes > 2)
 
-
-def codec_times_s(c: Compression, elements: float, grad_bytes: int, received: int,
-                  device: DeviceProfile, dtype: str) -> tuple[float, float]:
-    """(encode, decode) time for one bucket of ``elements`` gradient values, of which
-    decode reads ``received`` compressed copies (every rank's after an all-gather)."""
-    payload = c.payload_bytes(elements, grad_bytes)
-    if c.scheme == "fp16":
-        encode = decode = elements * (grad_bytes + 2)
-    else:
-        encode = elements * 3 * FP32 + payload
-        decode = received * payload + elements * FP32
-    return (kernel_time_s(Kernel("elementwise", 0.0, encode, "encode"), device, dtype),
-            kernel_time_s(Kernel("elementwise", 0.0, decode, "decode"), device, dtype))

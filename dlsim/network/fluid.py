@@ -1,7 +1,8 @@
 """Flow-level network: concurrent flows share every directed link max-min fairly.
 
 The engine talks to the network through one call, ``Network.transfer``: start a batch of
-flows now and get a SimPy event that fires when the last byte of the last flow arrives. A
+flows now and get a SimPy event that fires when the last byte of the last flow arrives (the
+interface of ``dlsim.network.backend``, which this model and the closed-form one share). A
 flow first waits out its path latency, then competes for bandwidth; rates are recomputed
 (vectorised, numpy) only when the set of competing flows changes, so a phase of N symmetric
 flows costs one rate computation however large N is. This is the fluid model of SimGrid and

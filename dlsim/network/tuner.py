@@ -4,8 +4,11 @@
 latency plus the busiest link's bytes over that link's bandwidth (the alpha-beta model of
 Hockney, with beta taken at the bottleneck link, as in ASTRA-sim's analytical backend).
 That is exactly what the flow simulation gives wherever a phase's flows share their
-bottleneck equally (rings, halving-doubling and trees on a switch, PS shards); where
-max-min sharing leaves a link idle part of the time it is an optimistic estimate.
+bottleneck equally (rings, halving-doubling and trees on a switch, one parameter server);
+where max-min sharing leaves a link idle part of the time it is an optimistic estimate
+(flows that start at staggered latencies: K > 1 shards' queued messages, a tree on a ring;
+2e-5 to 4e-4 of the time in ``tests/network/test_backend.py``). Run by
+the engine, the same arithmetic is the analytical network (``dlsim.network.analytical``).
 ``plan_collective`` picks the algorithm and protocol with the lowest estimate, the way
 NCCL's tuner does (``ncclTopoGetAlgoTime`` over every enabled algorithm x protocol, lowest
 time wins; ties go to the earlier candidate).
@@ -21,6 +24,7 @@ from dlsim.contract.errors import ScenarioError
 from dlsim.hardware.topology import Topology
 from dlsim.network import protocol as proto
 from dlsim.network.algorithms import Phase, algorithms_for, lower, needs_peers
+from dlsim.network.analytical import batch_cost
 
 
 @dataclass(frozen=True)
@@ -36,30 +40,10 @@ class CollectivePlan:
 def phase_time_s(phase: Phase, topology: Topology) -> float:
     """When the phase's last byte arrives, if every link works whenever it has bytes to
     carry: the later of (a) each link's first flow start + its bytes / bandwidth and (b)
-    each flow's own start + its bytes / its narrowest link."""
-    src, dst = np.asarray(phase.src), np.asarray(phase.dst)
-    size = np.broadcast_to(np.asarray(phase.size_bytes, dtype=float), src.shape) * phase.rounds
-    if phase.wire_factor is not None:
-        size = size * phase.wire_factor
-    keep = (src != dst) & (size > 0)
-    if not keep.any():
-        return 0.0
-    links, starts, lengths = topology.flow_routes(src[keep], dst[keep])
-    if phase.latency_s is None:
-        steps = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
-        per_step = np.add.reduceat(topology.latency_s[links], starts)
-        latency = per_step * np.broadcast_to(steps, src.shape)[keep]
-    else:
-        latency = np.broadcast_to(phase.latency_s, src.shape)[keep]
-    size = size[keep]
-    load = np.bincount(links, weights=np.repeat(size, lengths),
-                       minlength=len(topology.capacity_Bps))
-    first = np.full(len(load), np.inf)
-    np.minimum.at(first, links, np.repeat(latency, lengths))
-    used = load > 0
-    by_link = first[used] + load[used] / topology.capacity_Bps[used]
-    narrowest = np.minimum.reduceat(topology.capacity_Bps[links], starts)
-    return float(max(by_link.max(), (latency + size / narrowest).max()))
+    each flow's own start + its bytes / its narrowest link (``analytical.batch_cost``)."""
+    return batch_cost(topology, topology.capacity_Bps, phase.src, phase.dst, phase.size_bytes,
+                      phase.rounds, phase.latency_rounds, phase.latency_s,
+                      phase.wire_factor).time_s
 
 
 def estimate_time_s(op: str, algorithm: str, size_bytes: float, devices: np.ndarray,

@@ -15,13 +15,14 @@ from dlsim.contract.program import Collective, Compute, Op, Role
 from dlsim.contract.scenario import CommunicationSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DeviceProfile
-from dlsim.network.compression import Compression, codec_times_s
+from dlsim.network.compression import Compression
 from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
 from dlsim.parallel.tensor import ATTENTION_CORE
 from dlsim.workload.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
-from dlsim.workload.model import Layer
+from dlsim.workload.model import Kernel, Layer
 
 MiB = 1024 * 1024
+FP32 = 4
 
 
 def split_batch(global_batch: int, microbatch: int | None, replicas: int) -> tuple[int, int]:
@@ -122,6 +123,27 @@ def gradient_buckets(layer_params: Sequence[int], grad_bytes: int,
             buckets.append([])
             filled = 0.0
     return buckets
+
+
+def codec_times_s(c: Compression, elements: float, grad_bytes: int, received: int,
+                  device: DeviceProfile, dtype: str) -> tuple[float, float]:
+    """(encode, decode) time for one bucket of ``elements`` gradient values, of which
+    decode reads ``received`` compressed copies (every rank's after an all-gather).
+
+    Both are memory-bound elementwise kernels timed by the cost model. Bytes touched per
+    gradient element: encode reads the gradient and the error buffer and writes the error
+    buffer (3 x 4 bytes) plus the compressed output; decode reads every received compressed
+    gradient and writes the fp32 sum. fp16 casts read 4 and write 2 bytes (encode) and the
+    reverse (decode).
+    """
+    payload = c.payload_bytes(elements, grad_bytes)
+    if c.scheme == "fp16":
+        encode = decode = elements * (grad_bytes + 2)
+    else:
+        encode = elements * 3 * FP32 + payload
+        decode = received * payload + elements * FP32
+    return (kernel_time_s(Kernel("elementwise", 0.0, encode, "encode"), device, dtype),
+            kernel_time_s(Kernel("elementwise", 0.0, decode, "decode"), device, dtype))
 
 
 def sync_bucket(add: Callable[[Op], int], c: Compression, name: str, key: str,

@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dlsim.contract.span import Span
 from dlsim.report import plots
 from dlsim.report.sync import sync_section
-from dlsim.results.result import Result, Span
+from dlsim.results.result import Result
 from dlsim.results.scaling import GroupScaling, amdahl_speedup, usl_capacity
 
 TIMELINE_MAX_DEVICES = 16

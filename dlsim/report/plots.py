@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from dlsim.results.result import Span
+from dlsim.contract.span import Span
 
 CATEGORY_COLOURS: dict[str, str] = {"compute": "#4C72B0", "comm": "#DD8452", "wait": "#9A9A9A"}
 BREAKDOWN_COLOURS: dict[str, str] = {

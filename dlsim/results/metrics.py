@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from dlsim.contract.scenario import CommunicationSpec, Scenario
+from dlsim.contract.span import Span
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.hardware.topology import Topology
 from dlsim.network.compression import Compression
 from dlsim.parallel.memory import MemoryPlan
-from dlsim.results.result import Span
 from dlsim.workload.model import Model
 
 

@@ -1,6 +1,7 @@
 """What a simulation returns: a summary, the spans of every simulated stream, link records.
 
-The engine produces these; metrics, report and CLI only read them.
+The engine and the kinds produce these (a ``Span`` is ``dlsim.contract.span``'s); metrics,
+report and CLI only read them.
 """
 
 from __future__ import annotations
@@ -12,27 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-
-@dataclass(frozen=True)
-class Span:
-    """One interval on one device stream: a kernel, a collective, or a wait for peers.
-
-    ``category`` is one of 'compute', 'comm' (a collective moving data) or 'wait' (the
-    stream has reached a collective whose peers have not all arrived); ``role`` is the
-    engine op's (``dlsim.contract.program.Role``), empty where another simulator made it.
-    """
-
-    device: int
-    stream: str
-    name: str
-    category: str
-    start_s: float
-    end_s: float
-    role: str = ""
-
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
+from dlsim.contract.span import Span
 
 
 @dataclass

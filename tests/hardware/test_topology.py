@@ -12,7 +12,8 @@ import dlsim
 from dlsim.cluster.build import build_topology, placement
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import ClusterSpec
-from dlsim.hardware.topology import LinkSpec, Topology, fat_tree, ring, torus
+from dlsim.hardware.fabrics import LinkSpec, fat_tree, ring, torus
+from dlsim.hardware.topology import Topology
 
 SPEC = LinkSpec("l", 1e9, 1e9, 1e-6)
 

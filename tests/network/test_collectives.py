@@ -14,7 +14,7 @@ from conftest import closed_form, closed_form_of, run_collective, topology_of
 
 from dlsim.contract.program import Collective
 from dlsim.engine.core import Engine
-from dlsim.hardware.topology import LinkSpec, ring, star
+from dlsim.hardware.fabrics import LinkSpec, ring, star
 from dlsim.results.metrics import link_table
 
 B, ALPHA, G = 50e9, 5e-6, 2.56e6
@@ -290,7 +290,7 @@ def test_too_many_dedicated_servers_pay_per_message_latency():
 def test_gossip_uses_the_direct_neighbours_of_the_topology(shape):
     """D-PSGD: each device sends its whole G to each device it has a link to. On a ring (2
     neighbours) or a 4x4 torus (4) every link carries one G each way: G/B + alpha."""
-    from dlsim.hardware.topology import torus
+    from dlsim.hardware.fabrics import torus
 
     spec = LinkSpec("l", B, B, ALPHA)
     graph, degree = (ring(8, spec), 2) if shape == "ring" else (torus([4, 4], spec), 4)

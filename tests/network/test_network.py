@@ -9,7 +9,7 @@ from conftest import topology_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlsim.hardware.topology import LinkSpec, star
+from dlsim.hardware.fabrics import LinkSpec, star
 from dlsim.network.fluid import Network, max_min_rates
 
 

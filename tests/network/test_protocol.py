@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import dlsim
 from dlsim.contract.program import Collective
 from dlsim.engine.core import Engine
-from dlsim.hardware.topology import LinkSpec, star
+from dlsim.hardware.fabrics import LinkSpec, star
 from dlsim.network.tuner import estimate_time_s
 
 N = 8                 # one DGX A100

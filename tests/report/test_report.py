@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from dlsim.contract.span import Span
 from dlsim.report import pages as report
 from dlsim.report import plots
 from dlsim.report.pages import format_bytes, format_count, format_seconds, render_run, render_sweep
-from dlsim.results.result import Result, Span
+from dlsim.results.result import Result
 
 GB = 1e9
 XSS = "<script>alert(1)</script>"

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dlsim.contract.span import Span
 from dlsim.kinds.federated.population import Population
-from dlsim.results.result import Span
 
 
 @dataclass

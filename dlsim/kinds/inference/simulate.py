@@ -18,6 +18,7 @@ import pandas as pd
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.inference import EdgeInferenceSpec
 from dlsim.contract.scenario import Scenario
+from dlsim.contract.span import Span
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.kinds.inference.exits import Exit, exit_shares, resolve_exits
 from dlsim.kinds.inference.hierarchy import hierarchy_table
@@ -33,7 +34,7 @@ from dlsim.kinds.inference.spatial import (
 )
 from dlsim.kinds.inference.split import best_row, split_table
 from dlsim.kinds.inference.tiers import Tier, device_profile, hop, tier
-from dlsim.results.result import Result, Span, records
+from dlsim.results.result import Result, records
 from dlsim.workload.model import Model, build_model
 
 # The scenario fields this kind reads; the training sections' defaults would only confuse.

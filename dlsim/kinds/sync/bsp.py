@@ -16,6 +16,7 @@ import numpy as np
 
 from dlsim.contract.program import Op
 from dlsim.contract.scenario import Scenario
+from dlsim.contract.span import Span
 from dlsim.engine.core import EngineRun
 from dlsim.kinds.sync.convergence import convergence_summary
 from dlsim.kinds.sync.faults import failure_times, replay, young_daly_interval_s
@@ -25,7 +26,6 @@ from dlsim.kinds.sync.stragglers import (
     slowdown_factors,
 )
 from dlsim.results.metrics import breakdown
-from dlsim.results.result import Span
 
 
 def straggle(programs: dict[int, list[Op]], scenario: Scenario, devices: np.ndarray,

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from dlsim.contract.span import Span
 from dlsim.engine.core import CountingEnvironment
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.sync.stragglers import rank_of
 from dlsim.network.algorithms import server_ranks
-from dlsim.network.fluid import Network
-from dlsim.results.result import Span
+from dlsim.network.backend import NetworkBackend, NetworkFactory
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class PSRun:
 
     end_s: float
     spans: list[Span]
-    network: Network
+    network: NetworkBackend
     events: int
     steps_per_worker: np.ndarray
     staleness: np.ndarray     # one entry per applied update
@@ -67,10 +67,10 @@ class PSRun:
 
 
 class ParameterServer:
-    def __init__(self, topology: Topology, job: PSJob,
+    def __init__(self, topology: Topology, job: PSJob, network: NetworkFactory,
                  failures: Iterable[tuple[float, int]] = ()):
         self.env = CountingEnvironment()
-        self.network = Network(self.env, topology)
+        self.network = network(self.env, topology)
         self.job = job
         self.failures = failures
         n = len(job.placement)

@@ -16,7 +16,7 @@ from dlsim.contract.errors import ScenarioError
 from dlsim.contract.program import Compute, Op
 from dlsim.contract.sync import SlowLinkSpec, StragglerSpec
 from dlsim.hardware.topology import Topology
-from dlsim.network.fluid import Network
+from dlsim.network.backend import NetworkBackend
 
 
 def slowdown_factors(spec: StragglerSpec | None, devices: np.ndarray, steps: int,
@@ -86,7 +86,7 @@ def link_edges(topology: Topology, link: SlowLinkSpec, field: str) -> np.ndarray
     return np.array([labels[link.link]], dtype=np.int64)
 
 
-def schedule_slow_links(env: simpy.Environment, network: Network, topology: Topology,
+def schedule_slow_links(env: simpy.Environment, network: NetworkBackend, topology: Topology,
                         spec: StragglerSpec | None) -> None:
     """Start one process per slow link that lowers its bandwidth during [start_s, end_s)."""
     for k, link in enumerate(spec.links if spec is not None else []):
@@ -94,7 +94,7 @@ def schedule_slow_links(env: simpy.Environment, network: Network, topology: Topo
         env.process(_slow_link(env, network, edges, link))
 
 
-def _slow_link(env: simpy.Environment, network: Network, edges: np.ndarray,
+def _slow_link(env: simpy.Environment, network: NetworkBackend, edges: np.ndarray,
                link: SlowLinkSpec) -> Generator:
     yield env.timeout(link.start_s)
     network.scale_links(edges, link.factor)

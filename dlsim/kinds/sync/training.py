@@ -21,11 +21,13 @@ from dlsim.contract.program import Compute
 from dlsim.contract.scenario import Scenario
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
+from dlsim.kinds.run import network_record
 from dlsim.kinds.sync.bsp import wait_per_device
 from dlsim.kinds.sync.convergence import convergence_summary
 from dlsim.kinds.sync.faults import failure_times
 from dlsim.kinds.sync.parameter_server import ParameterServer, PSJob, PSRun
 from dlsim.kinds.sync.stragglers import schedule_slow_links, slowdown_factors
+from dlsim.network.backend import NETWORKS
 from dlsim.parallel.builder import worker_program
 from dlsim.parallel.data_parallel import split_batch
 from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device
@@ -96,7 +98,7 @@ def ps_training(scenario: Scenario, topology: Topology) -> Result:
         factors=slowdown_factors(scenario.stragglers, devices, budget, rng))
     failures = (failure_times(scenario.failures, devices, rng)
                 if scenario.failures is not None else ())
-    server = ParameterServer(topology, job, failures)
+    server = ParameterServer(topology, job, NETWORKS[scenario.simulation.network], failures)
     schedule_slow_links(server.env, server.network, topology, scenario.stragglers)
     run = server.run()
 
@@ -111,7 +113,8 @@ def ps_training(scenario: Scenario, topology: Topology) -> Result:
                      "zero_stage": 0, "microbatches": per_worker // micro})
     summary.update(sync_summary(scenario, run, devices, per_worker))
     summary["simulation"] = {"fidelity": "full", "events": run.events,
-                             "flows": run.network.flows_started, "seed": scenario.seed}
+                             "flows": run.network.flows_started, "seed": scenario.seed,
+                             **network_record(scenario)}
     links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)
     return Result(summary, scenario.model_dump(mode="json", exclude_none=True), run.spans,
                   links)
