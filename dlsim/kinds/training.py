@@ -27,13 +27,9 @@ from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device, savings, stage_memory
 from dlsim.parallel.pipeline import PipelineJob, in_flight, pieces, pipeline_programs
 from dlsim.parallel.tensor import check_tensor_degree, shard_model
-from dlsim.results.metrics import (
-    TrainingWork,
-    breakdown,
-    compression_summary,
-    training_summary,
-)
+from dlsim.results.intervals import breakdown
 from dlsim.results.result import Result
+from dlsim.results.summary import TrainingWork, compression_summary, training_summary
 from dlsim.workload.model import build_model, lora_workload
 
 

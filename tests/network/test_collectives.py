@@ -9,7 +9,7 @@ from conftest import run_collective, topology_of
 from dlsim.contract.program import Collective
 from dlsim.engine.core import Engine
 from dlsim.hardware.topology import LinkSpec, ring, star
-from dlsim.results.metrics import link_table
+from dlsim.results.summary import link_table
 
 B, ALPHA, G = 50e9, 2e-6, 256e6
 

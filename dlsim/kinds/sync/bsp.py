@@ -24,7 +24,7 @@ from dlsim.kinds.sync.stragglers import (
     slow_program,
     slowdown_factors,
 )
-from dlsim.results.metrics import breakdown
+from dlsim.results.intervals import breakdown
 from dlsim.results.result import Span
 
 

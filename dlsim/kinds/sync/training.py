@@ -28,8 +28,9 @@ from dlsim.kinds.sync.parameter_server import ParameterServer, PSJob, PSRun
 from dlsim.kinds.sync.stragglers import schedule_slow_links, slowdown_factors
 from dlsim.parallel.data_parallel import data_parallel_program, split_batch
 from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device
-from dlsim.results.metrics import TrainingWork, breakdown, link_table, training_summary
-from dlsim.results.result import Result
+from dlsim.results.intervals import breakdown
+from dlsim.results.result import Result, simulation_result
+from dlsim.results.summary import TrainingWork, link_table, training_summary
 from dlsim.workload.costmodel import optimizer_time_s
 from dlsim.workload.model import build_model
 
@@ -110,11 +111,9 @@ def ps_training(scenario: Scenario, topology: Topology) -> Result:
         parallelism={"data": n, "pipeline": 1, "schedule": scenario.parallelism.schedule,
                      "zero_stage": 0, "microbatches": per_worker // micro})
     summary.update(sync_summary(scenario, run, devices, per_worker))
-    summary["simulation"] = {"fidelity": "full", "events": run.events,
-                             "flows": run.network.flows_started, "seed": scenario.seed}
     links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)
-    return Result(summary, scenario.model_dump(mode="json", exclude_none=True), run.spans,
-                  links)
+    return simulation_result(scenario, summary, fidelity="full", events=run.events,
+                             flows=run.network.flows_started, spans=run.spans, links=links)
 
 
 def _critical_breakdown(run: PSRun) -> dict[str, float]:
