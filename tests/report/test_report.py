@@ -16,7 +16,9 @@ import yaml
 
 from dlsim.report import pages as report
 from dlsim.report import plots
-from dlsim.report.pages import format_bytes, format_count, format_seconds, render_run, render_sweep
+from dlsim.report.kinds import render_run
+from dlsim.report.pages import render_sweep
+from dlsim.report.units import format_bytes, format_count, format_seconds
 from dlsim.results.result import Result, Span
 
 GB = 1e9
