@@ -30,7 +30,8 @@ from dlsim.parallel.tensor import check_tensor_degree, shard_model
 from dlsim.results.intervals import breakdown
 from dlsim.results.result import Result
 from dlsim.results.summary import TrainingWork, compression_summary, training_summary
-from dlsim.workload.model import build_model, lora_workload
+from dlsim.workload.model import lora_workload
+from dlsim.workload.presets import build_model
 
 
 def simulate_training(scenario: Scenario, topology: Topology) -> Result:

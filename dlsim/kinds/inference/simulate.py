@@ -31,7 +31,8 @@ from dlsim.kinds.inference.spatial import (
 from dlsim.kinds.inference.split import best_row, split_table
 from dlsim.kinds.inference.tiers import Tier, device_profile, hop, tier
 from dlsim.results.result import Result, Span, records, simulation_result
-from dlsim.workload.model import Model, build_model
+from dlsim.workload.model import Model
+from dlsim.workload.presets import build_model
 
 # The scenario fields this kind reads; the training sections' defaults would only confuse.
 _SCENARIO_FIELDS = {"name", "kind", "description", "model", "precision", "seed", "inference"}

@@ -32,7 +32,7 @@ from dlsim.results.intervals import breakdown
 from dlsim.results.result import Result, simulation_result
 from dlsim.results.summary import TrainingWork, link_table, training_summary
 from dlsim.workload.costmodel import optimizer_time_s
-from dlsim.workload.model import build_model
+from dlsim.workload.presets import build_model
 
 
 def uses_parameter_server_simulator(scenario: Scenario) -> bool:
