@@ -36,9 +36,8 @@ from dlsim.workload.presets import build_model
 
 
 def uses_parameter_server_simulator(scenario: Scenario) -> bool:
-    """SSP/ASP training, and BSP parameter-server training with failures."""
-    if scenario.kind != "training":
-        return False
+    """Whether a training scenario runs here: SSP/ASP training, and BSP parameter-server
+    training with failures (``dlsim.kinds.registry`` asks only of training scenarios)."""
     return scenario.sync.mode != "bsp" or (
         scenario.communication.data_parallel == "ps" and scenario.failures is not None)
 
