@@ -25,7 +25,7 @@ from dlsim.simulate import simulate
 from dlsim.sweep.executors import PointCache, executor_for
 from dlsim.sweep.grid import pivot, primary_metric, run_sweep
 from dlsim.validation import DEFAULT_DIR, host_validation, run_validation, table_errors
-from dlsim.workload.model import presets
+from dlsim.workload.presets import presets
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="dlsim: simulate distributed deep-learning training before you rent it.")

@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 
 from dlsim.contract.errors import ScenarioError
-from dlsim.report.pages import render_run, render_sweep
+from dlsim.report.kinds import render_run
+from dlsim.report.pages import render_sweep
 from dlsim.results.result import Result, records
 from dlsim.results.scaling import GroupScaling
 from dlsim.results.trace import chrome_trace

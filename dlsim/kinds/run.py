@@ -10,8 +10,8 @@ from dlsim.contract.scenario import Scenario
 from dlsim.engine.core import Engine, EngineRun
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.sync.stragglers import is_heterogeneous
-from dlsim.results.metrics import link_table
-from dlsim.results.result import Result
+from dlsim.results.result import Result, simulation_result
+from dlsim.results.summary import link_table
 
 
 def symmetric(scenario: Scenario) -> bool:
@@ -29,20 +29,11 @@ def run_engine(engine: Engine, algorithm_field: str) -> EngineRun:
         raise ScenarioError(exc.message, field=field) from None
 
 
-def network_record(scenario: Scenario) -> dict[str, str]:
-    """The network model for the summary's ``simulation`` record: named only when it is not
-    the fluid default, so that summaries of fluid runs stay as they were."""
-    network = scenario.simulation.network
-    return {} if network == "fluid" else {"network": network}
-
-
 def engine_result(scenario: Scenario, topology: Topology, run: EngineRun, summary: dict[str, Any],
-            fidelity: str) -> Result:
-    summary["simulation"] = {"fidelity": fidelity, "events": run.events,
-                             "flows": run.network.flows_started, "seed": scenario.seed,
-                             **network_record(scenario)}
+                  fidelity: str) -> Result:
+    """The Result of an engine run: its spans, the links that carried traffic, and the
+    events and flows it simulated."""
     links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)
-    return Result(summary, scenario.model_dump(mode="json", exclude_none=True), run.spans,
-                  links, run.wall_s)
-
-
+    return simulation_result(scenario, summary, fidelity=fidelity, events=run.events,
+                             flows=run.network.flows_started, spans=run.spans, links=links,
+                             network=scenario.simulation.network)

@@ -24,14 +24,11 @@ from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, savings, stage_memory
 from dlsim.parallel.pipeline import in_flight, pieces
 from dlsim.parallel.tensor import check_tensor_degree, shard_model
-from dlsim.results.metrics import (
-    TrainingWork,
-    breakdown,
-    compression_summary,
-    training_summary,
-)
+from dlsim.results.intervals import breakdown
 from dlsim.results.result import Result
-from dlsim.workload.model import build_model, lora_workload
+from dlsim.results.summary import TrainingWork, compression_summary, training_summary
+from dlsim.workload.model import lora_workload
+from dlsim.workload.presets import build_model
 
 
 def simulate_training(scenario: Scenario, topology: Topology) -> Result:

@@ -3,7 +3,7 @@ the wire, and the compression ratio. The ops that apply it to a gradient bucket,
 encode and decode kernels' time, are the strategy's
 (``dlsim.parallel.data_parallel.sync_bucket`` and ``codec_times_s``), the scenario check is
 ``dlsim.parallel.data_parallel.compression_of``, and the summary fields are
-``dlsim.results.metrics.compression_summary``.
+``dlsim.results.summary.compression_summary``.
 
 - ``fp16``: gradients cast to half precision and all-reduced as such (additive, so any
   all-reduce algorithm serves); a no-op when training already keeps 2-byte gradients.

@@ -6,7 +6,8 @@ from typing import Any
 
 from dlsim.planner.search import PlanResult
 from dlsim.report import plots
-from dlsim.report.pages import Card, _environment, format_bytes, format_number, format_seconds
+from dlsim.report.sections import environment
+from dlsim.report.units import Card, format_bytes, format_number, format_seconds
 
 COLUMNS = ("gpus", "data", "tensor", "pipeline", "microbatch", "schedule", "virtual_stages",
            "zero_stage", "recompute", "sequence_parallel", "placement", "algorithm", "step_time_s",
@@ -60,7 +61,7 @@ def render_plan(result: PlanResult) -> str:
     candidates = [c for c in result.candidates if c["cost_usd"] is not None]
     image = pareto_scatter(candidates, result.pareto, r.max_days) if candidates else ""
     rows = [[format_number(p.get(c)) for c in COLUMNS] for p in result.plans]
-    return _environment().get_template("plan.html").render(
+    return environment().get_template("plan.html").render(
         title=f"Plan: {r.model} on {r.cluster}",
         subtitle=f"plan · objective {r.objective} · global batch {r.global_batch:,}",
         cards=cards, explanation=result.explanation, evaluated=f"{result.evaluated:,}",

@@ -26,7 +26,8 @@ from dlsim.parallel.pipeline import in_flight
 from dlsim.planner.estimate import CostTable, Fabric, estimate
 from dlsim.planner.space import ModelShape, Plan, enumerate_plans
 from dlsim.simulate import simulate
-from dlsim.workload.model import TRANSFORMER_PRESETS, build_model
+from dlsim.workload.model import TRANSFORMER_PRESETS
+from dlsim.workload.presets import build_model
 
 OBJECTIVES = {"time": "time_to_train_s", "cost": "cost_usd", "energy": "energy_kwh"}
 

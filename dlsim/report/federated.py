@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from dlsim.report import federated_plots as plots
-from dlsim.report import pages as base
+from dlsim.report.sections import environment, scenario_yaml, simulation_line, timeline_section
+from dlsim.report.units import Card, format_bytes, format_seconds, scaled, significant
 from dlsim.results.result import Result
 
 _DROP_REASONS = {
@@ -27,20 +28,20 @@ _DROP_REASONS = {
 
 
 def format_duration(seconds: float) -> str:
-    """Long simulated spans in hours or minutes, short ones as dlsim.report.pages does."""
+    """Long simulated spans in hours or minutes, short ones as dlsim.report.units does."""
     scale, unit = plots.time_unit(seconds)
-    return base.format_seconds(seconds) if unit == "s" else f"{base._sig(seconds / scale)} {unit}"
+    return format_seconds(seconds) if unit == "s" else f"{significant(seconds / scale)} {unit}"
 
 
 def format_joules(joules: float) -> str:
-    """Device energy in the unit that reads best, as dlsim.report.pages scales seconds and bytes."""
-    return base._scaled(joules, ((1e6, "MJ"), (1e3, "kJ"), (1.0, "J")), " ")
+    """Device energy in the unit that reads best, as dlsim.report.units scales seconds and bytes."""
+    return scaled(joules, ((1e6, "MJ"), (1e3, "kJ"), (1.0, "J")), " ")
 
 
-_card = base.Card.of
+_card = Card.of
 
 
-def _cards(s: Mapping[str, Any]) -> list[base.Card]:
+def _cards(s: Mapping[str, Any]) -> list[Card]:
     rt = s["round_time_s"]
     wasted = s["wasted"]
     if s.get("fedbuff"):
@@ -54,10 +55,10 @@ def _cards(s: Mapping[str, Any]) -> list[base.Card]:
         _card("Round time, median", format_duration(rt["p50"]),
               f"mean {format_duration(rt['mean'])} · p90 {format_duration(rt['p90'])} · "
               f"max {format_duration(rt['max'])}"),
-        _card("Downloaded", base.format_bytes(s["bytes_down"]), "model broadcasts"),
-        _card("Uploaded", base.format_bytes(s["bytes_up"]),
-              f"update {base.format_bytes(s['update_bytes'])} of "
-              f"{base.format_bytes(s['model_bytes'])}"),
+        _card("Downloaded", format_bytes(s["bytes_down"]), "model broadcasts"),
+        _card("Uploaded", format_bytes(s["bytes_up"]),
+              f"update {format_bytes(s['update_bytes'])} of "
+              f"{format_bytes(s['model_bytes'])}"),
         _card("Wasted device time", format_duration(wasted["device_s"]),
               f"{wasted['clients']:,} dropped clients · {wasted['flops']:.3g} FLOPs",
               "bad" if wasted["clients"] else ""),
@@ -100,10 +101,10 @@ def render_federated(result: Result) -> str:
     subtitle = (f"federated · {s['algorithm']} · {s['model']} · {s['clients']:,} clients · "
                 f"{s['rounds']} rounds")
     drops = [(_DROP_REASONS.get(k, k), f"{v:,}") for k, v in s["dropped"].items()]
-    return base._environment().get_template("federated.html").render(
+    return environment().get_template("federated.html").render(
         title=str(s["name"]), subtitle=subtitle, cards=_cards(s),
         rounds=_rounds_section(s), participation=_participation_section(s), drops=drops,
         asynchronous=s["algorithm"] == "fedbuff",
-        timeline=base._timeline_section(list(result.spans)),
-        scenario=base.scenario_yaml(result.scenario) if result.scenario else "",
-        simulation=base._simulation_line(s.get("simulation") or {}))
+        timeline=timeline_section(list(result.spans)),
+        scenario=scenario_yaml(result.scenario) if result.scenario else "",
+        simulation=simulation_line(s.get("simulation") or {}))

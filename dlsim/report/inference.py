@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from dlsim.report import inference_plots as plots
-from dlsim.report import pages as base
+from dlsim.report.sections import environment, scenario_yaml, simulation_line, timeline_section
+from dlsim.report.units import Card, format_bytes, format_number, format_seconds, scaled
 from dlsim.results.result import Result
 
 _SPLIT_COLUMNS = {"split_after": "last device layer", "device_s": "device", "upload_s": "upload",
@@ -24,24 +25,24 @@ _SPLIT_COLUMNS = {"split_after": "last device layer", "device_s": "device", "upl
 
 
 def format_joules(joules: float) -> str:
-    """Device energy in the unit that reads best, as dlsim.report.pages scales seconds and bytes."""
-    return base._scaled(joules, ((1.0, "J"), (1e-3, "mJ")), " ")
+    """Device energy in the unit that reads best, as dlsim.report.units scales seconds and bytes."""
+    return scaled(joules, ((1.0, "J"), (1e-3, "mJ")), " ")
 
 
 def _cell(column: str, value: Any) -> str:
     if column.endswith("_per_s"):
         return f"{float(value):.3g}"
     if column.endswith("_s"):
-        return base.format_seconds(float(value))
+        return format_seconds(float(value))
     if column.endswith("_J"):
         return format_joules(float(value))
     if column.endswith("bytes"):
-        return base.format_bytes(float(value))
+        return format_bytes(float(value))
     if column in ("share", "probability"):
         return f"{100 * float(value):.1f} %"
     if column == "speedup":
         return f"{float(value):.3g}×"
-    return base.format_number(value)
+    return format_number(value)
 
 
 def _table(rows: list[Mapping[str, Any]], columns: Mapping[str, str]) -> dict[str, Any]:
@@ -50,32 +51,32 @@ def _table(rows: list[Mapping[str, Any]], columns: Mapping[str, str]) -> dict[st
             "rows": [[_cell(c, row[c]) for c in shown] for row in rows]}
 
 
-_card = base.Card.of
+_card = Card.of
 
 
-def _cards(s: Mapping[str, Any]) -> list[base.Card]:
-    cards = [_card("Device only", base.format_seconds(s["device_only_latency_s"]),
+def _cards(s: Mapping[str, Any]) -> list[Card]:
+    cards = [_card("Device only", format_seconds(s["device_only_latency_s"]),
                    f"{s['model']} on {s['device']}")]
     split = s.get("split")
     if split:
         exp = "expected_" if s.get("exits") else ""
         fast, frugal = split["best_latency"], split["best_energy"]
-        cards.append(_card("Fastest split", base.format_seconds(fast[exp + "latency_s"]),
+        cards.append(_card("Fastest split", format_seconds(fast[exp + "latency_s"]),
                            f"after {fast['split_after']}", "good"))
         cards.append(_card("Least device energy", format_joules(frugal[exp + "energy_J"]),
                            f"after {frugal['split_after']}"))
-        cards.append(_card("Server only", base.format_seconds(split["server_only_latency_s"]),
+        cards.append(_card("Server only", format_seconds(split["server_only_latency_s"]),
                            f"{split['server']} over {split['link']}"))
     if s.get("exits"):
         cards.append(_card("Final output reached", f"{100 * s['final_output_share']:.1f} %",
                            f"{len(s['exits'])} early exit(s)"))
     if s.get("hierarchy"):
         h = s["hierarchy"]
-        cards.append(_card("Hierarchy, expected", base.format_seconds(h["expected_latency_s"]),
-                           f"{base.format_bytes(h['expected_bytes'])} moved per request"))
+        cards.append(_card("Hierarchy, expected", format_seconds(h["expected_latency_s"]),
+                           f"{format_bytes(h['expected_bytes'])} moved per request"))
     if s.get("spatial"):
         best = s["spatial"]["best"]
-        cards.append(_card("Best spatial partition", base.format_seconds(best["latency_s"]),
+        cards.append(_card("Best spatial partition", format_seconds(best["latency_s"]),
                            f"{best['strategy']} on {best['devices']} × {s['spatial']['device']}"))
     return cards
 
@@ -107,10 +108,10 @@ def _hierarchy_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
     columns = {"exit": "exit", "tier": "tier", "share": "share", "latency_s": "latency",
                "bytes": "bytes moved", "device_energy_J": "device energy"}
     return {**h, **_table(h["table"], columns),
-            "expected": [base.format_seconds(h["expected_latency_s"]),
-                         base.format_bytes(h["expected_bytes"])],
-            "cloud_only": [base.format_seconds(h["cloud_only_latency_s"]),
-                           base.format_bytes(h["cloud_only_bytes"])]}
+            "expected": [format_seconds(h["expected_latency_s"]),
+                         format_bytes(h["expected_bytes"])],
+            "cloud_only": [format_seconds(h["cloud_only_latency_s"]),
+                           format_bytes(h["cloud_only_bytes"])]}
 
 
 def _spatial_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -128,9 +129,9 @@ def _spatial_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
 def render_inference(result: Result) -> str:
     s = result.summary
     subtitle = f"edge-inference · {s['model']} · batch {s['batch']} · {s['precision']}"
-    return base._environment().get_template("inference.html").render(
+    return environment().get_template("inference.html").render(
         title=str(s["name"]), subtitle=subtitle, cards=_cards(s),
         split=_split_section(s), exits=_exits_section(s), hierarchy=_hierarchy_section(s),
-        spatial=_spatial_section(s), timeline=base._timeline_section(list(result.spans)),
-        scenario=base.scenario_yaml(result.scenario) if result.scenario else "",
-        simulation=base._simulation_line(s.get("simulation") or {}))
+        spatial=_spatial_section(s), timeline=timeline_section(list(result.spans)),
+        scenario=scenario_yaml(result.scenario) if result.scenario else "",
+        simulation=simulation_line(s.get("simulation") or {}))

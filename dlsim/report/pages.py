@@ -1,31 +1,35 @@
-"""HTML pages for one simulated scenario and for a parameter sweep.
+"""HTML pages for a training step, a collective and a parameter sweep.
 
-Reports read results, they never re-simulate (STYLE.md). Both entry points are pure: they
-return one self-contained page (inline CSS, plots as base64 PNG data URIs, no JavaScript) and
-leave writing it to the caller, which writes files atomically. Every string that came from a
-scenario is escaped by jinja2's autoescaping, so a scenario name cannot inject markup.
+Reports read results, they never re-simulate (STYLE.md). Every entry point is pure: it
+returns one self-contained page (inline CSS, plots as base64 PNG data URIs, no JavaScript) and
+leaves writing it to the caller, which writes files atomically. Every string that came from a
+scenario is escaped by jinja2's autoescaping, so a scenario name cannot inject markup. The
+page of a run is chosen by its kind in ``dlsim.report.kinds``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-import jinja2
 import numpy as np
 import pandas as pd
-import yaml
 
-from dlsim.contract.span import Span
 from dlsim.report import plots
+from dlsim.report.sections import environment, scenario_yaml, simulation_line, timeline_section
 from dlsim.report.sync import sync_section
+from dlsim.report.units import (
+    Card,
+    format_bytes,
+    format_count,
+    format_number,
+    format_seconds,
+    significant,
+)
 from dlsim.results.result import Result
 from dlsim.results.scaling import GroupScaling, amdahl_speedup, usl_capacity
 
-TIMELINE_MAX_DEVICES = 16
 BUSIEST_LINKS = 10
 TOPOLOGY_MAX_CABLES = 64
 _BREAKDOWN_ORDER = ("compute", "exposed_comm", "bubble", "straggler_wait", "idle")
@@ -33,106 +37,49 @@ _MEMORY_ORDER = ("params", "grads", "optimizer", "activations")
 _LINK_COLUMNS = ("src", "dst", "bandwidth_GBps", "bytes", "busy_s", "utilisation")
 
 
-@dataclass(frozen=True)
-class Card:
-    """One headline number: what it is, its value with units, and a line of context."""
-
-    label: str
-    value: str
-    unit: str = ""
-    detail: str = ""
-    tone: str = ""  # '', 'good' or 'bad'
-
-    @classmethod
-    def of(cls, label: str, text: str, detail: str = "", tone: str = "") -> Card:
-        """A card from formatted text such as '1.5 ms': the number, then its unit."""
-        value, _, unit = text.partition(" ")
-        return cls(label, value, unit, detail, tone)
+def _card(s: Mapping[str, Any], key: str, label: str, fmt: Callable[[Any], str],
+          detail: str = "") -> list[Card]:
+    """A card for ``s[key]`` when the summary has it, else none."""
+    return [Card.of(label, fmt(s[key]), detail)] if s.get(key) is not None else []
 
 
-# -- human units (SI inside, human units only at the edges) ---------------------------------
-
-def _sig(value: float, digits: int = 3) -> str:
-    """Three significant figures, but never scientific notation for large numbers."""
-    return f"{value:,.0f}" if abs(value) >= 10 ** digits - 0.5 else f"{value:.{digits}g}"
-
-
-def _scaled(value: float, units: tuple[tuple[float, str], ...], sep: str) -> str:
-    """Pick the largest unit the value (rounded to 3 significant figures) reaches."""
-    rounded = float(f"{value:.3g}")
-    for scale, unit in units:
-        if abs(rounded) >= scale:
-            return f"{_sig(value / scale)}{sep}{unit}"
-    scale, unit = units[-1]
-    return f"{_sig(value / scale)}{sep}{unit}"
-
-
-def format_seconds(seconds: float) -> str:
-    """12.3 ms, 4.56 µs, 1.5 s: three significant figures in the unit that reads best."""
-    if seconds == 0:
-        return "0 s"
-    return _scaled(seconds, ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")), " ")
+def _collective_cards(s: Mapping[str, Any]) -> list[Card]:
+    """A collective's headline numbers, the way nccl-tests reports them."""
+    op = ([Card("Collective", str(s["op"]), detail=f"algorithm: {s.get('algorithm', '?')}")]
+          if s.get("op") is not None else [])
+    return [*op,
+            *_card(s, "devices", "Devices", lambda v: f"{v:,}"),
+            *_card(s, "size_bytes", "Message size", format_bytes),
+            *_card(s, "time_s", "Time", format_seconds),
+            *_card(s, "algbw_GBps", "Algorithm bandwidth", lambda v: f"{significant(v)} GB/s",
+                   "size / time"),
+            *_card(s, "busbw_GBps", "Bus bandwidth", lambda v: f"{significant(v)} GB/s",
+                   "as nccl-tests reports"),
+            *_card(s, "comm_bytes_total", "Communication", format_bytes,
+                   "bytes sent by all devices")]
 
 
-def format_bytes(nbytes: float) -> str:
-    """Decimal (SI) bytes as hardware vendors quote capacities: 80 GB, 1.5 TB."""
-    return _scaled(nbytes, ((1e15, "PB"), (1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"),
-                            (1.0, "B")), " ")
-
-
-def format_count(count: float) -> str:
-    """Parameter counts the way the field writes them: 25.6M, 175B, 1.2T."""
-    return _scaled(count, ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"), (1.0, "")), "")
-
-
-def format_number(value: Any) -> str:
-    """Table cells: floats to 4 significant figures, integers with separators, rest as text."""
-    if isinstance(value, bool | np.bool_) or value is None:
-        return str(value)
-    if isinstance(value, int | np.integer):
-        return f"{int(value):,}"
-    if isinstance(value, float | np.floating):
-        return "–" if math.isnan(value) else f"{float(value):.4g}"
-    return str(value)
-
-
-# -- sections ---------------------------------------------------------------------------------
-
-def _summary_cards(s: Mapping[str, Any]) -> list[Card]:
-    """Headline numbers for the kinds we know; unknown kinds fall back to the details table."""
-    cards: list[Card] = []
-
-    def add(key: str, label: str, fmt: Callable[[Any], str], detail: str = "") -> None:
-        if s.get(key) is not None:
-            cards.append(Card.of(label, fmt(s[key]), detail))
-
-    if s.get("kind") == "collective":
-        if s.get("op") is not None:
-            cards.append(Card("Collective", str(s["op"]), detail=f"algorithm: "
-                              f"{s.get('algorithm', '?')}"))
-        add("devices", "Devices", lambda v: f"{v:,}")
-        add("size_bytes", "Message size", format_bytes)
-        add("time_s", "Time", format_seconds)
-        add("algbw_GBps", "Algorithm bandwidth", lambda v: f"{_sig(v)} GB/s", "size / time")
-        add("busbw_GBps", "Bus bandwidth", lambda v: f"{_sig(v)} GB/s", "as nccl-tests reports")
-    else:
-        add("step_time_s", "Step time", format_seconds)
-        add("throughput_samples_per_s", "Throughput", lambda v: f"{_sig(v)} samples/s")
-        add("time_to_accuracy_s", "Time to accuracy", format_seconds,
-            "steps to the target x time per step")
-        add("tflops_per_device", "Per device", lambda v: f"{_sig(v)} TFLOP/s")
-        add("mfu", "MFU", lambda v: f"{v * 100:.1f} %", "model FLOPs utilisation")
-        add("parameters", "Parameters", format_count)
-        mem, cap, fits = (s.get(k) for k in
-                          ("memory_per_device_bytes", "memory_capacity_bytes", "fits_in_memory"))
-        if mem is not None:
-            detail = f"of {format_bytes(cap)}" if cap else ""
-            if fits is not None:
-                detail = f"{detail} · {'fits' if fits else 'does not fit'}".strip(" ·")
-            tone = "" if fits is None else ("good" if fits else "bad")
-            cards.append(Card.of("Memory per device", format_bytes(mem), detail, tone))
-    add("comm_bytes_total", "Communication", format_bytes, "bytes sent by all devices")
-    return cards
+def _training_cards(s: Mapping[str, Any]) -> list[Card]:
+    """A training step's headline numbers; those the summary lacks are left out."""
+    cards = [
+        *_card(s, "step_time_s", "Step time", format_seconds),
+        *_card(s, "throughput_samples_per_s", "Throughput",
+               lambda v: f"{significant(v)} samples/s"),
+        *_card(s, "time_to_accuracy_s", "Time to accuracy", format_seconds,
+               "steps to the target x time per step"),
+        *_card(s, "tflops_per_device", "Per device", lambda v: f"{significant(v)} TFLOP/s"),
+        *_card(s, "mfu", "MFU", lambda v: f"{v * 100:.1f} %", "model FLOPs utilisation"),
+        *_card(s, "parameters", "Parameters", format_count)]
+    mem, cap, fits = (s.get(k) for k in
+                      ("memory_per_device_bytes", "memory_capacity_bytes", "fits_in_memory"))
+    if mem is not None:
+        detail = f"of {format_bytes(cap)}" if cap else ""
+        if fits is not None:
+            detail = f"{detail} · {'fits' if fits else 'does not fit'}".strip(" ·")
+        tone = "" if fits is None else ("good" if fits else "bad")
+        cards.append(Card.of("Memory per device", format_bytes(mem), detail, tone))
+    return cards + _card(s, "comm_bytes_total", "Communication", format_bytes,
+                         "bytes sent by all devices")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -143,17 +90,6 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
         else:
             rows.append((f"{prefix}{key}", format_number(value)))
     return rows
-
-
-def _simulation_line(sim: Mapping[str, Any]) -> str:
-    parts = []
-    if sim.get("fidelity") is not None:
-        parts.append(f"fidelity: {sim['fidelity']}")
-    if sim.get("events") is not None:
-        parts.append(f"{sim['events']:,} events")
-    if sim.get("seed") is not None:
-        parts.append(f"seed {sim['seed']}")
-    return " · ".join(parts)
 
 
 def _in_order(values: Mapping[str, Any], order: tuple[str, ...]) -> dict[str, float]:
@@ -178,18 +114,6 @@ def _breakdown_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
                     f"{format_seconds(step)}.")
     return {"image": plots.breakdown_bar(ordered), "rows": rows,
             "total": format_seconds(total), "mismatch": mismatch}
-
-
-def _timeline_section(spans: list[Span]) -> dict[str, Any] | None:
-    if not spans:
-        return None
-    devices = sorted({sp.device for sp in spans})
-    shown = set(devices[:TIMELINE_MAX_DEVICES])
-    omitted = len(devices) - len(shown)
-    kept = spans if not omitted else [sp for sp in spans if sp.device in shown]
-    title = "Timeline" + (f" (first {len(shown)} of {len(devices)} devices)" if omitted else "")
-    return {"image": plots.timeline_gantt(kept, title), "omitted": omitted,
-            "devices": len(devices), "spans": len(spans)}
 
 
 def _overflow_message(parts: Mapping[str, float], total: float, capacity: float) -> str:
@@ -260,7 +184,7 @@ def _links_section(links: pd.DataFrame | None) -> dict[str, Any] | None:
     top = links.sort_values(["utilisation", "bytes"], ascending=False, kind="stable")
     top = top.head(BUSIEST_LINKS)
     labels = [f"{r.src} → {r.dst}" for r in top.itertuples()]
-    rows = [(str(r.src), str(r.dst), f"{_sig(float(r.bandwidth_GBps))} GB/s",
+    rows = [(str(r.src), str(r.dst), f"{significant(float(r.bandwidth_GBps))} GB/s",
              format_bytes(float(r.bytes)), format_seconds(float(r.busy_s)),
              f"{100 * float(r.utilisation):.1f} %") for r in top.itertuples()]
     return {"image": plots.links_bar(labels, top["utilisation"].tolist()), "rows": rows,
@@ -285,45 +209,20 @@ def _topology_section(links: pd.DataFrame | None) -> dict[str, Any] | None:
             "total": total}
 
 
-def _plain(value: Any) -> Any:
-    """Turn numpy scalars, tuples and other objects into what yaml.safe_dump accepts."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
+def render_training(result: Result) -> str:
+    """The page of a training step."""
+    return _run_page(result, _training_cards(result.summary))
 
 
-def scenario_yaml(scenario: Mapping[str, Any]) -> str:
-    """The scenario as the user would write it, keys in their original order."""
-    return yaml.safe_dump(_plain(scenario), sort_keys=False, allow_unicode=True).rstrip()
+def render_collective(result: Result) -> str:
+    """The page of one collective."""
+    return _run_page(result, _collective_cards(result.summary))
 
 
-# -- pages ------------------------------------------------------------------------------------
-
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("dlsim.report", "templates"),
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-        lstrip_blocks=True)
-
-
-def render_run(result: Result) -> str:
-    """One self-contained HTML page for one simulated scenario."""
+def _run_page(result: Result, cards: list[Card]) -> str:
+    """One self-contained HTML page for an engine run: its cards, then the sections its
+    summary, spans and links have data for."""
     s = result.summary
-    if s.get("kind") == "edge-inference":
-        from dlsim.report.inference import render_inference  # it builds on this module
-
-        return render_inference(result)
-    if s.get("kind") == "federated":
-        from dlsim.report.federated import render_federated  # it builds on this module
-
-        return render_federated(result)
     name = str(s.get("name") or result.scenario.get("name") or "scenario")
     subtitle = [str(s.get("kind", "run"))]
     if s.get("devices") is not None:
@@ -333,15 +232,15 @@ def render_run(result: Result) -> str:
         subtitle.append(str(s["precision"]))
     sections = {
         "breakdown": _breakdown_section(s),
-        "sync": sync_section(s, format_seconds),
-        "timeline": _timeline_section(list(result.spans)),
+        "sync": sync_section(s),
+        "timeline": timeline_section(list(result.spans)),
         "memory": _memory_section(s),
         "links": _links_section(result.links),
         "topology": _topology_section(result.links),
     }
-    return _environment().get_template("run.html").render(
-        title=name, subtitle=" · ".join(subtitle), cards=_summary_cards(s),
-        details=_flatten(s), simulation=_simulation_line(s.get("simulation") or {}),
+    return environment().get_template("run.html").render(
+        title=name, subtitle=" · ".join(subtitle), cards=cards,
+        details=_flatten(s), simulation=simulation_line(s.get("simulation") or {}),
         scenario=scenario_yaml(result.scenario) if result.scenario else "",
         **sections)
 
@@ -388,7 +287,7 @@ def render_sweep(title: str, table: pd.DataFrame, x: str, y: str, group: str | N
     plotted = table[table["error"].isna()] if "error" in table else table  # failed points
     if image is None:
         image = plots.sweep_plot(plotted, x, y, group) if len(plotted) else ""
-    return _environment().get_template("sweep.html").render(
+    return environment().get_template("sweep.html").render(
         title=title, subtitle=f"sweep · {len(table)} runs", image=image,
         scaling=_scaling_section(scaling),
         columns=[str(c) for c in table.columns], rows=rows, text_columns=[

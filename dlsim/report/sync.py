@@ -1,27 +1,27 @@
 """The report's synchronisation section: wait per device, staleness, failures, time to accuracy.
 
-Reads the summary only (reports never re-simulate). ``seconds`` is the report's formatter
-for durations, passed in so that this module does not import the report module.
+Reads the summary only (reports never re-simulate).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from dlsim.report import plots
+from dlsim.report.units import format_seconds
 
 
-def sync_section(s: Mapping[str, Any], seconds: Callable[[float], str]
-                 ) -> dict[str, Any] | None:
-    parts = {"waits": _waits(s, seconds), "staleness": _staleness(s),
-             "failures": _failures(s, seconds), "convergence": _convergence(s, seconds)}
+def sync_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Each part the summary has data for; None when it has none."""
+    parts = {"waits": _waits(s), "staleness": _staleness(s), "failures": _failures(s),
+             "convergence": _convergence(s)}
     return parts if any(parts.values()) else None
 
 
-def _waits(s: Mapping[str, Any], seconds: Callable[[float], str]) -> dict[str, Any] | None:
+def _waits(s: Mapping[str, Any]) -> dict[str, Any] | None:
     waits = s.get("straggler_wait_per_device_s")
     if not waits:
         return None
@@ -29,7 +29,7 @@ def _waits(s: Mapping[str, Any], seconds: Callable[[float], str]) -> dict[str, A
     values = np.array([float(waits[d]) for d in devices])
     steps = s.get("steps_per_worker")
     head = ["device", "wait per step"] + (["steps done"] if steps else [])
-    rows = [[d, seconds(v)] + ([str(steps[i])] if steps else [])
+    rows = [[d, format_seconds(v)] + ([str(steps[i])] if steps else [])
             for i, (d, v) in enumerate(zip(devices, values))]
     image = plots.bars(devices, values * 1e3, "Straggler wait per device", "device",
                        "ms per step")
@@ -51,37 +51,36 @@ def _staleness(s: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"image": image, "note": note}
 
 
-def _failures(s: Mapping[str, Any], seconds: Callable[[float], str]) -> dict[str, Any] | None:
+def _failures(s: Mapping[str, Any]) -> dict[str, Any] | None:
     f = s.get("failures")
     if not f:
         return None
-    rows = [("failures", str(f["failures"])), ("work lost", seconds(f["lost_work_s"])),
-            ("restarting", seconds(f["restart_s"])),
+    rows = [("failures", str(f["failures"])), ("work lost", format_seconds(f["lost_work_s"])),
+            ("restarting", format_seconds(f["restart_s"])),
             ("checkpoints written", str(f["checkpoints"])),
-            ("writing checkpoints", seconds(f["checkpoint_s"])),
-            ("job time with failures", seconds(f["total_s"])),
+            ("writing checkpoints", format_seconds(f["checkpoint_s"])),
+            ("job time with failures", format_seconds(f["total_s"])),
             ("goodput", f"{100 * f['goodput']:.1f} % of the job time is useful steps")]
     note = ("The job stops at each failure and resumes from its last checkpoint: it loses "
             "the work since then and pays the restart.")
     if "young_daly_interval_s" in f:
-        rows.append(("Young's optimal interval", seconds(f["young_daly_interval_s"])))
+        rows.append(("Young's optimal interval", format_seconds(f["young_daly_interval_s"])))
         note += (" Young's optimal time between checkpoints is sqrt(2 x checkpoint cost x "
                  "MTBF) (CACM 1974; Daly 2006 refines it).")
     return {"rows": rows, "note": note}
 
 
-def _convergence(s: Mapping[str, Any], seconds: Callable[[float], str]
-                 ) -> dict[str, Any] | None:
+def _convergence(s: Mapping[str, Any]) -> dict[str, Any] | None:
     c = s.get("convergence")
     if not c:
         return None
-    rows = [("time to accuracy", seconds(s["time_to_accuracy_s"])),
+    rows = [("time to accuracy", format_seconds(s["time_to_accuracy_s"])),
             ("throughput", f"{float(s.get('throughput_samples_per_s', 0)):,.0f} samples/s"),
             ("updates to the target", f"{c['steps_to_target']:,.0f}"),
             ("samples to the target", f"{c['samples_to_target']:,.0f}"),
             ("batch per update", f"{c['batch_per_update']:,}"),
             ("mean staleness", f"{c['mean_staleness']:.2f}"),
-            ("time per update", seconds(c["seconds_per_update"]))]
+            ("time per update", format_seconds(c["seconds_per_update"]))]
     note = (f"Updates needed = S_min (1 + B_noise / B) (1 + c x mean staleness), with "
             f"S_min = {c['min_steps']:g}, B_noise = {c['noise_batch']:g} (McCandlish et al. "
             f"2018, eq. 2.11) and c = {c['staleness_penalty']:g} (an assumption the scenario "

@@ -16,10 +16,8 @@ from typing import Any
 import pandas as pd
 
 from dlsim.contract.errors import ScenarioError
+from dlsim.kinds.registry import KINDS
 from dlsim.sweep.executors import PointCache, evaluate
-
-PRIMARY_METRIC = {"training": "step_time_s", "collective": "time_s",
-                  "edge-inference": "latency_s", "federated": "time_to_rounds_s"}
 
 
 def _set(data: dict[str, Any], path: str, value: Any) -> None:
@@ -88,7 +86,8 @@ def _get(data: dict[str, Any], path: str) -> Any:
 
 
 def primary_metric(table: pd.DataFrame) -> str:
-    return PRIMARY_METRIC[table["kind"].dropna().iloc[0]]
+    """The summary field that answers the question of the sweep's kind (its first row's)."""
+    return KINDS[table["kind"].dropna().iloc[0]].primary_metric
 
 
 def succeeded(table: pd.DataFrame) -> pd.DataFrame:

@@ -6,7 +6,7 @@ forward is 24*b*s*h^2 + 4*b*s^2*h FLOPs (Narayanan et al., SC'21, §5.1) with 12
 parameters; stored activations follow Korthikanti et al. 2022, "Reducing Activation
 Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit. Presets: GPT-2, GPT-3,
 BERT-large, the GPT models of Megatron-LM SC'21 Table 1, LLaMA-2 (``dlsim.workload.llama``), CNNs
-(``dlsim.workload.cnn``) and MLPs.
+(``dlsim.workload.cnn``) and MLPs; ``dlsim.workload.presets`` builds a model from any of them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -127,13 +126,6 @@ MLP_PRESETS: dict[str, list[int]] = {
 }
 
 
-def presets() -> list[str]:
-    from dlsim.workload.cnn import CNN_PRESETS  # cnn and llama build on this module's kernels
-    from dlsim.workload.llama import LLAMA_PRESETS
-
-    return sorted([*TRANSFORMER_PRESETS, *MLP_PRESETS, *CNN_PRESETS, *LLAMA_PRESETS])
-
-
 def gemm(m: float, k: float, n: float, dtype_bytes: int, name: str = "") -> Kernel:
     """(m x k)(k x n): 2mkn FLOPs, reading both operands and writing the product once."""
     return Kernel("gemm", 2.0 * m * k * n, dtype_bytes * (m * k + k * n + m * n), name)
@@ -237,30 +229,3 @@ def lora_workload(model: Model, rank: int, targets: Sequence[str]) -> Model:
         replace(layer, params=_adapters(layer, rank, targets),
                 backward=tuple(frozen(k) for k in layer.backward))
         for layer in model.layers))
-
-
-def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
-    """Layers of ``spec`` for one micro-batch of ``microbatch`` samples."""
-    if spec.preset is not None:
-        if spec.preset in TRANSFORMER_PRESETS:
-            layers, h, a, s, v = TRANSFORMER_PRESETS[spec.preset]
-            return transformer_layers(spec.preset, layers, h, a, s, v, microbatch, dtype_bytes,
-                                      encoder=spec.preset in ENCODER_PRESETS)
-        from dlsim.workload.llama import LLAMA_PRESETS
-
-        if spec.preset in LLAMA_PRESETS:
-            return LLAMA_PRESETS[spec.preset](microbatch, dtype_bytes)
-        if spec.preset in MLP_PRESETS:
-            return mlp_layers(spec.preset, MLP_PRESETS[spec.preset], microbatch, dtype_bytes)
-        from dlsim.workload.cnn import CNN_PRESETS  # cnn builds on this module's kernels
-
-        if spec.preset in CNN_PRESETS:
-            return CNN_PRESETS[spec.preset](microbatch, dtype_bytes)
-        raise ScenarioError(f"unknown model preset '{spec.preset}'; available: "
-                            f"{', '.join(presets())}.", field="model.preset")
-    if spec.kind == "transformer":
-        name = f"transformer-{spec.layers}x{spec.hidden}"
-        return transformer_layers(name, spec.layers, spec.hidden, spec.heads, spec.seq_len,
-                                  spec.vocab, microbatch, dtype_bytes, spec.ffn_hidden)
-    return mlp_layers("mlp-" + "-".join(map(str, spec.widths)), spec.widths, microbatch,
-                      dtype_bytes)

@@ -189,7 +189,7 @@ def test_torch_models_have_dlsims_parameter_counts():
     """The held-out torch models are the networks the simulator models."""
     from dlsim.calibration.hostruns import CASES
     from dlsim.contract.scenario import ModelSpec
-    from dlsim.workload.model import build_model
+    from dlsim.workload.presets import build_model
 
     for case in CASES:
         expected = build_model(ModelSpec(**case.model), case.batch, 4).parameters

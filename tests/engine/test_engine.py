@@ -13,7 +13,7 @@ from dlsim.contract.program import Collective, Compute
 from dlsim.engine.core import Engine
 from dlsim.hardware.fabrics import LinkSpec, star
 from dlsim.network.backend import NETWORKS
-from dlsim.results.metrics import breakdown
+from dlsim.results.intervals import breakdown
 
 B = 1e9
 G = 1e8  # 2 ranks, ring all-reduce: 2*(1/2)*G/B = 0.1 s with zero latency

@@ -23,7 +23,8 @@ from dlsim.kinds.inference.spatial import halo_exchange
 from dlsim.kinds.inference.split import split_table
 from dlsim.kinds.inference.tiers import Hop, tier
 from dlsim.workload.costmodel import kernel_time_s
-from dlsim.workload.model import Kernel, build_model, elementwise
+from dlsim.workload.model import Kernel, elementwise
+from dlsim.workload.presets import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 RADIO = {"up_W": 3.0, "down_W": 1.5}

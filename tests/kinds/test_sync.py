@@ -24,7 +24,7 @@ from dlsim.hardware.profiles import device as device_profile
 from dlsim.kinds.sync.convergence import steps_to_target
 from dlsim.kinds.sync.faults import replay
 from dlsim.workload.costmodel import layer_times_s, optimizer_time_s
-from dlsim.workload.model import build_model
+from dlsim.workload.presets import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "a100-sxm4-80gb"

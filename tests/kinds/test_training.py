@@ -17,7 +17,8 @@ from dlsim.hardware import profiles as hardware
 from dlsim.parallel.memory import memory_per_device
 from dlsim.results.result import Span
 from dlsim.workload.costmodel import layer_times_s, optimizer_time_s
-from dlsim.workload.model import Layer, Model, build_model, transformer_layers
+from dlsim.workload.model import Layer, Model, transformer_layers
+from dlsim.workload.presets import build_model
 
 VALIDATION = Path(__file__).resolve().parents[2] / "validation"  # bundled copy
 

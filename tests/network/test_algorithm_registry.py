@@ -22,7 +22,7 @@ from dlsim.network.tuner import candidates, plan_collective
 from dlsim.planner.estimate import Fabric
 from dlsim.planner.space import ModelShape, enumerate_plans, searched_algorithms
 from dlsim.workload.costmodel import layer_times_s, optimizer_time_s
-from dlsim.workload.model import build_model
+from dlsim.workload.presets import build_model
 
 B, ALPHA, N = 50e9, 2e-6, 8
 SWITCH = {"topology": "switch", "devices": N,

@@ -15,7 +15,7 @@ from conftest import closed_form, closed_form_of, run_collective, topology_of
 from dlsim.contract.program import Collective
 from dlsim.engine.core import Engine
 from dlsim.hardware.fabrics import LinkSpec, ring, star
-from dlsim.results.metrics import link_table
+from dlsim.results.summary import link_table
 
 B, ALPHA, G = 50e9, 5e-6, 2.56e6
 BIG = 100 * G  # at hundreds of ranks 2(N-1) latencies would swamp G's 51 us

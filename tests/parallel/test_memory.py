@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import LoraSpec, ModelSpec
 from dlsim.parallel.memory import memory_per_device, pipeline_stages, savings
-from dlsim.workload.model import build_model, lora_workload, transformer_layers
+from dlsim.workload.model import lora_workload, transformer_layers
+from dlsim.workload.presets import build_model
 
 K = 12  # mixed-precision Adam (ZeRO §3.1)
 

@@ -14,7 +14,7 @@ from dlsim.contract.scenario import ModelSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.parallel.pipeline import partition, schedule
 from dlsim.workload.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
-from dlsim.workload.model import build_model
+from dlsim.workload.presets import build_model
 
 WIDTH, LAYERS, MICRO = 1024, 8, 16
 

@@ -11,7 +11,7 @@ from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import ModelSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.parallel.tensor import SEQUENCE_SPLIT, shard_model, tensor_collectives
-from dlsim.workload.model import build_model
+from dlsim.workload.presets import build_model
 
 H, HEADS, SEQ, VOCAB, B = 1024, 16, 512, 32000, 2
 DEVICE = "a100-sxm4-80gb"

@@ -17,7 +17,7 @@ from dlsim.parallel.data_parallel import pass_times_s
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.tensor import shard_model
 from dlsim.workload.costmodel import kernel_time_s, optimizer_time_s
-from dlsim.workload.model import build_model
+from dlsim.workload.presets import build_model
 
 H, HEADS, SEQ, VOCAB, B = 1024, 16, 512, 32000, 2
 DEVICE = "a100-sxm4-80gb"

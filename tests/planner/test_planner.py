@@ -21,7 +21,7 @@ from dlsim.planner.estimate import CostTable, Fabric, estimate
 from dlsim.planner.search import pareto_front, scenario_of
 from dlsim.planner.space import ModelShape, Plan, enumerate_plans
 from dlsim.workload.costmodel import layer_times_s, optimizer_time_s
-from dlsim.workload.model import build_model
+from dlsim.workload.presets import build_model
 
 
 def cli(tmp_path, *args) -> tuple[int, str]:

@@ -17,7 +17,9 @@ import yaml
 from dlsim.contract.span import Span
 from dlsim.report import pages as report
 from dlsim.report import plots
-from dlsim.report.pages import format_bytes, format_count, format_seconds, render_run, render_sweep
+from dlsim.report.kinds import render_run
+from dlsim.report.pages import render_sweep
+from dlsim.report.units import format_bytes, format_count, format_seconds
 from dlsim.results.result import Result
 
 GB = 1e9

@@ -8,7 +8,7 @@ import pytest
 import dlsim
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import ModelSpec
-from dlsim.workload.model import build_model
+from dlsim.workload.presets import build_model
 
 
 @pytest.mark.parametrize("preset,params,gmacs", [

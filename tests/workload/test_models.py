@@ -20,7 +20,7 @@ import pytest
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import ModelSpec
 from dlsim.hardware import profiles as hardware
-from dlsim.workload.model import build_model
+from dlsim.workload.presets import build_model
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional

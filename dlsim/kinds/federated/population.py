@@ -28,7 +28,8 @@ from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
 from dlsim.kinds.federated import traces
 from dlsim.workload.costmodel import kernel_time_s, layer_times_s, optimizer_time_s
-from dlsim.workload.model import Kernel, build_model
+from dlsim.workload.model import Kernel
+from dlsim.workload.presets import build_model
 
 
 @dataclass(frozen=True)

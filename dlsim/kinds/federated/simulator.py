@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from dlsim.contract.federated import CompressionSpec
 from dlsim.contract.scenario import Scenario
@@ -17,7 +15,7 @@ from dlsim.kinds.federated.fedbuff import run_fedbuff, staleness_weight
 from dlsim.kinds.federated.population import Population, Workload, build_population, workload
 from dlsim.kinds.federated.rounds import run_rounds
 from dlsim.kinds.federated.tally import Tally
-from dlsim.results.result import Result
+from dlsim.results.result import Result, simulation_result
 
 
 def update_bytes(work: Workload, compression: CompressionSpec) -> float:
@@ -54,7 +52,6 @@ def _participation(pop: Population, tally: Tally) -> dict[str, dict[str, Any]]:
 
 
 def simulate_federated(scenario: Scenario) -> Result:
-    started = time.perf_counter()
     fed = scenario.federated
     rng = np.random.default_rng(scenario.seed)
     work = workload(scenario)
@@ -102,6 +99,5 @@ def simulate_federated(scenario: Scenario) -> Result:
         {"round": i, "start_s": start, "end_s": end, "aggregated": n}
         for i, (start, end, n) in enumerate(zip(tally.round_start_s, tally.round_end_s,
                                                 tally.round_aggregated, strict=True))]
-    summary["simulation"] = {"fidelity": "full", "events": events, "seed": scenario.seed}
-    return Result(summary, scenario.model_dump(mode="json", exclude_none=True), tally.spans,
-                  pd.DataFrame(), time.perf_counter() - started)
+    return simulation_result(scenario, summary, fidelity="full", events=events,
+                             spans=tally.spans)

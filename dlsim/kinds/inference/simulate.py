@@ -10,10 +10,7 @@ answer's (expected, with exits) latency.
 
 from __future__ import annotations
 
-import time
 from typing import Any
-
-import pandas as pd
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.inference import EdgeInferenceSpec
@@ -34,8 +31,9 @@ from dlsim.kinds.inference.spatial import (
 )
 from dlsim.kinds.inference.split import best_row, split_table
 from dlsim.kinds.inference.tiers import Tier, device_profile, hop, tier
-from dlsim.results.result import Result, records
-from dlsim.workload.model import Model, build_model
+from dlsim.results.result import Result, records, simulation_result
+from dlsim.workload.model import Model
+from dlsim.workload.presets import build_model
 
 # The scenario fields this kind reads; the training sections' defaults would only confuse.
 _SCENARIO_FIELDS = {"name", "kind", "description", "model", "precision", "seed", "inference"}
@@ -138,7 +136,6 @@ def _spatial(spec: EdgeInferenceSpec, model: Model, dtype: str, dt: int) -> dict
 
 
 def simulate_edge_inference(scenario: Scenario) -> Result:
-    started = time.perf_counter()
     spec, dtype = scenario.inference, scenario.precision
     dt = DTYPE_BYTES[dtype]
     model = build_model(scenario.model, spec.batch, dt)
@@ -176,7 +173,5 @@ def simulate_edge_inference(scenario: Scenario) -> Result:
         if not timelines:
             timelines.append(_spatial_spans(model, spec, best, dtype, dt))
     spans = timelines[0]
-    summary["simulation"] = {"fidelity": "analytic", "events": len(spans),
-                             "seed": scenario.seed}
-    asked = scenario.model_dump(mode="json", exclude_none=True, include=_SCENARIO_FIELDS)
-    return Result(summary, asked, spans, pd.DataFrame(), time.perf_counter() - started)
+    return simulation_result(scenario, summary, fidelity="analytic", events=len(spans),
+                             spans=spans, echo=_SCENARIO_FIELDS)

@@ -25,7 +25,7 @@ from dlsim.kinds.sync.stragglers import (
     slow_program,
     slowdown_factors,
 )
-from dlsim.results.metrics import breakdown
+from dlsim.results.intervals import breakdown
 
 
 def straggle(programs: dict[int, list[Op]], scenario: Scenario, devices: np.ndarray,

@@ -21,7 +21,6 @@ from dlsim.contract.program import Compute
 from dlsim.contract.scenario import Scenario
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
-from dlsim.kinds.run import network_record
 from dlsim.kinds.sync.bsp import wait_per_device
 from dlsim.kinds.sync.convergence import convergence_summary
 from dlsim.kinds.sync.faults import failure_times
@@ -31,16 +30,16 @@ from dlsim.network.backend import NETWORKS
 from dlsim.parallel.builder import worker_program
 from dlsim.parallel.data_parallel import split_batch
 from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device
-from dlsim.results.metrics import TrainingWork, breakdown, link_table, training_summary
-from dlsim.results.result import Result
+from dlsim.results.intervals import breakdown
+from dlsim.results.result import Result, simulation_result
+from dlsim.results.summary import TrainingWork, link_table, training_summary
 from dlsim.workload.costmodel import optimizer_time_s
-from dlsim.workload.model import build_model
+from dlsim.workload.presets import build_model
 
 
 def uses_parameter_server_simulator(scenario: Scenario) -> bool:
-    """SSP/ASP training, and BSP parameter-server training with failures."""
-    if scenario.kind != "training":
-        return False
+    """Whether a training scenario runs here: SSP/ASP training, and BSP parameter-server
+    training with failures (``dlsim.kinds.registry`` asks only of training scenarios)."""
     return scenario.sync.mode != "bsp" or (
         scenario.communication.data_parallel == "ps" and scenario.failures is not None)
 
@@ -112,12 +111,10 @@ def ps_training(scenario: Scenario, topology: Topology) -> Result:
         parallelism={"data": n, "pipeline": 1, "schedule": scenario.parallelism.schedule,
                      "zero_stage": 0, "microbatches": per_worker // micro})
     summary.update(sync_summary(scenario, run, devices, per_worker))
-    summary["simulation"] = {"fidelity": "full", "events": run.events,
-                             "flows": run.network.flows_started, "seed": scenario.seed,
-                             **network_record(scenario)}
     links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)
-    return Result(summary, scenario.model_dump(mode="json", exclude_none=True), run.spans,
-                  links)
+    return simulation_result(scenario, summary, fidelity="full", events=run.events,
+                             flows=run.network.flows_started, spans=run.spans, links=links,
+                             network=scenario.simulation.network)
 
 
 def _critical_breakdown(run: PSRun) -> dict[str, float]:

@@ -1,0 +1,76 @@
+"""Human units for reports (SI inside, human units only at the edges), and the headline card
+that shows one such number.
+
+Every page (run, federated, inference, sweep, plan) formats with these, so a duration or a
+size reads the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Card:
+    """One headline number: what it is, its value with units, and a line of context."""
+
+    label: str
+    value: str
+    unit: str = ""
+    detail: str = ""
+    tone: str = ""  # '', 'good' or 'bad'
+
+    @classmethod
+    def of(cls, label: str, text: str, detail: str = "", tone: str = "") -> Card:
+        """A card from formatted text such as '1.5 ms': the number, then its unit."""
+        value, _, unit = text.partition(" ")
+        return cls(label, value, unit, detail, tone)
+
+
+def significant(value: float, digits: int = 3) -> str:
+    """Three significant figures, but never scientific notation for large numbers."""
+    return f"{value:,.0f}" if abs(value) >= 10 ** digits - 0.5 else f"{value:.{digits}g}"
+
+
+def scaled(value: float, units: tuple[tuple[float, str], ...], sep: str) -> str:
+    """Pick the largest unit the value (rounded to 3 significant figures) reaches; ``units``
+    are (scale, name) pairs, largest first."""
+    rounded = float(f"{value:.3g}")
+    for scale, unit in units:
+        if abs(rounded) >= scale:
+            return f"{significant(value / scale)}{sep}{unit}"
+    scale, unit = units[-1]
+    return f"{significant(value / scale)}{sep}{unit}"
+
+
+def format_seconds(seconds: float) -> str:
+    """12.3 ms, 4.56 µs, 1.5 s: three significant figures in the unit that reads best."""
+    if seconds == 0:
+        return "0 s"
+    return scaled(seconds, ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")), " ")
+
+
+def format_bytes(nbytes: float) -> str:
+    """Decimal (SI) bytes as hardware vendors quote capacities: 80 GB, 1.5 TB."""
+    return scaled(nbytes, ((1e15, "PB"), (1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"),
+                           (1.0, "B")), " ")
+
+
+def format_count(count: float) -> str:
+    """Parameter counts the way the field writes them: 25.6M, 175B, 1.2T."""
+    return scaled(count, ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"), (1.0, "")), "")
+
+
+def format_number(value: Any) -> str:
+    """Table cells: floats to 4 significant figures, integers with separators, rest as text."""
+    if isinstance(value, bool | np.bool_) or value is None:
+        return str(value)
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        return "–" if math.isnan(value) else f"{float(value):.4g}"
+    return str(value)

@@ -1,0 +1,71 @@
+"""Interval algebra over a device's timeline, and the time breakdown built from it.
+
+The breakdown partitions [0, T] of one device's timeline, so its parts sum to T exactly:
+compute (any compute span), exposed communication (a collective moving data while no compute
+runs), straggler wait (waiting at a collective for peers, with nothing else running), pipeline
+bubble (zero for data parallelism, which has none), and idle (the rest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from dlsim.results.result import Span
+
+
+def union(intervals: Iterable[tuple[float, float]]) -> np.ndarray:
+    """Disjoint, sorted intervals covering the same time as ``intervals`` (shape (k, 2))."""
+    arr = np.array(sorted(intervals), dtype=float).reshape(-1, 2)
+    if len(arr) == 0:
+        return arr
+    merged = [arr[0].copy()]
+    for start, end in arr[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append(np.array([start, end]))
+    return np.array(merged)
+
+
+def length(intervals: np.ndarray) -> float:
+    return float((intervals[:, 1] - intervals[:, 0]).sum()) if len(intervals) else 0.0
+
+
+def minus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The parts of disjoint intervals ``a`` not covered by disjoint intervals ``b``."""
+    out = []
+    for start, end in a:
+        cursor = start
+        for bs, be in b:
+            if be <= cursor or bs >= end:
+                continue
+            if bs > cursor:
+                out.append((cursor, bs))
+            cursor = max(cursor, be)
+        if cursor < end:
+            out.append((cursor, end))
+    return np.array(out, dtype=float).reshape(-1, 2)
+
+
+def breakdown(spans: list[Span], device: int, total_s: float,
+              pipeline: bool = False) -> dict[str, float]:
+    """Seconds of [0, total_s] on ``device`` by category; the values sum to ``total_s``.
+
+    In a pipeline a stage with nothing to do is waiting for its neighbours' activations or
+    gradients: that time, idle or blocked on a receive, is the pipeline bubble.
+    """
+    mine = [s for s in spans if s.device == device]
+    compute = union((s.start_s, s.end_s) for s in mine if s.category == "compute")
+    comm = union((s.start_s, s.end_s) for s in mine if s.category == "comm")
+    wait = union((s.start_s, s.end_s) for s in mine if s.category == "wait")
+    exposed = minus(comm, compute)
+    stalled = minus(minus(wait, compute), comm)
+    parts = {"compute": length(compute), "exposed_comm": length(exposed), "bubble": 0.0,
+             "straggler_wait": length(stalled)}
+    parts["idle"] = max(total_s - sum(parts.values()), 0.0)
+    if pipeline:
+        parts["bubble"] = parts.pop("straggler_wait") + parts.pop("idle")
+        parts.update(straggler_wait=0.0, idle=0.0)
+    return parts
