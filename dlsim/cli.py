@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import read_yaml
+from dlsim.contract.loading import read_yaml
 from dlsim.hardware import profiles as hardware
 from dlsim.output import to_json, write_run, write_sweep
 from dlsim.report import plots

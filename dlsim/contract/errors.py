@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+EXCERPT_CHARS = 80  # the most of the user's input one message quotes
+
 
 class ScenarioError(ValueError):
     """Invalid user input: which file, which field, what is wrong and what is allowed."""
@@ -31,6 +33,11 @@ class ScenarioError(ValueError):
         return prefix + self.message
 
 
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters: a message never quotes a whole document."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def describe_invalid(errors: list[dict[str, Any]]) -> str:
     """Pydantic's ``ValidationError.errors()`` as one sentence, each problem naming its field
     and the value given: the CLI prints one paragraph, not pydantic's multi-line report."""
@@ -41,5 +48,6 @@ def _describe(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     given = err.get("input")
-    shown = "" if err["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
+    shown = ("" if err["type"] == "missing" or isinstance(given, dict)
+             else f" (got {excerpt(repr(given))})")
     return (f"field '{loc}': {msg}{shown}" if loc else f"{msg}")

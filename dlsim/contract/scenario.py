@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from dlsim.contract.errors import ScenarioError, describe_invalid
 from dlsim.contract.federated import FederatedSpec
 from dlsim.contract.inference import EdgeInferenceSpec
+from dlsim.contract.loading import read_yaml
 from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
 
@@ -243,23 +243,6 @@ class Scenario(_Spec):
             raise ValueError("a federated scenario needs 'federated: {clients, population, "
                              "...}'")
         return self
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping safely; unreadable files and bad syntax are input errors."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ScenarioError(f"cannot read the file: {exc.strerror}.", file=str(path)) from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or "invalid syntax"
-        raise ScenarioError(f"not valid YAML{at}: {problem}.", file=str(path)) from None
-    if not isinstance(data, dict):
-        raise ScenarioError("a scenario must be a YAML mapping with at least 'name' and "
-                            "'cluster'.", file=str(path))
-    return data
 
 
 def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
