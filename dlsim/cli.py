@@ -15,6 +15,7 @@ from rich.table import Table
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.loading import read_yaml
+from dlsim.contract.scenario import scenario_model
 from dlsim.hardware import profiles as hardware
 from dlsim.output import to_json, write_run, write_sweep
 from dlsim.report import plots
@@ -123,6 +124,10 @@ def run(file: Path, out_dir: OutDir = Path("reports"), as_json: AsJson = False,
     try:
         data = read_yaml(file)
         if calibration:
+            if "cluster" not in scenario_model(data, str(file)).model_fields:
+                raise ScenarioError(f"--calibration overlays the device of the scenario's "
+                                    f"cluster, and this {data['kind']} scenario has none.",
+                                    file=str(file), field="--calibration")
             data["cluster"] = {**(data.get("cluster") or {}), "calibration": calibration,
                                "force_calibration": force}
         if data.get("sweep"):

@@ -5,26 +5,25 @@ This is the one place that wires the layers together; each step lives in its own
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dlsim.cluster.build import build_topology
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import Scenario, load_scenario
-from dlsim.hardware.topology import Topology
+from dlsim.contract.scenario import (
+    CollectiveScenario,
+    EdgeInferenceScenario,
+    FederatedScenario,
+    Scenario,
+    TrainingScenario,
+    load_scenario,
+)
 from dlsim.kinds.collective import simulate_collective
 from dlsim.kinds.federated.simulator import simulate_federated
 from dlsim.kinds.inference.simulate import simulate_edge_inference
 from dlsim.kinds.sync.training import ps_training, uses_parameter_server_simulator
 from dlsim.kinds.training import simulate_training
 from dlsim.results.result import Result
-
-# Kinds with their own simulator, each in its own package: kind -> (Scenario -> Result).
-_OTHER_KINDS: dict[str, Callable[[Scenario], Result]] = {
-    "edge-inference": simulate_edge_inference,
-    "federated": simulate_federated,
-}
 
 
 def simulate(source: str | Path | dict[str, Any]) -> Result:
@@ -43,18 +42,19 @@ def simulate(source: str | Path | dict[str, Any]) -> Result:
 
 
 def run_scenario(scenario: Scenario) -> Result:
-    if scenario.kind in _OTHER_KINDS:
-        return _OTHER_KINDS[scenario.kind](scenario)
-    topology = build_topology(scenario.cluster)
-    if scenario.kind == "collective":
-        return simulate_collective(scenario, topology)
-    return _training(scenario, topology)
-
-
-def _training(scenario: Scenario, topology: Topology) -> Result:
-    """Parameter-server synchronisation other than BSP runs its own simulator."""
-    if uses_parameter_server_simulator(scenario):
-        return ps_training(scenario, topology)
-    return simulate_training(scenario, topology)
+    """Each kind's model goes to its own simulator; parameter-server synchronisation other
+    than BSP runs its own."""
+    if isinstance(scenario, EdgeInferenceScenario):
+        return simulate_edge_inference(scenario)
+    if isinstance(scenario, FederatedScenario):
+        return simulate_federated(scenario)
+    if isinstance(scenario, CollectiveScenario):
+        return simulate_collective(scenario, build_topology(scenario.cluster))
+    if isinstance(scenario, TrainingScenario):
+        topology = build_topology(scenario.cluster)
+        if uses_parameter_server_simulator(scenario):
+            return ps_training(scenario, topology)
+        return simulate_training(scenario, topology)
+    raise AssertionError(f"no simulator for {type(scenario).__name__}")  # a new kind's goes here
 
 

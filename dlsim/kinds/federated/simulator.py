@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dlsim.contract.federated import CompressionSpec
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import FederatedScenario
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.kinds.federated.availability import Availability
 from dlsim.kinds.federated.fedbuff import run_fedbuff, staleness_weight
@@ -53,7 +53,7 @@ def _participation(pop: Population, tally: Tally) -> dict[str, dict[str, Any]]:
             for i, name in enumerate(pop.classes)}
 
 
-def simulate_federated(scenario: Scenario) -> Result:
+def simulate_federated(scenario: FederatedScenario) -> Result:
     started = time.perf_counter()
     fed = scenario.federated
     rng = np.random.default_rng(scenario.seed)

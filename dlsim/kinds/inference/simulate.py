@@ -17,7 +17,7 @@ import pandas as pd
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.inference import EdgeInferenceSpec
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import EdgeInferenceScenario
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.kinds.inference.exits import Exit, exit_shares, resolve_exits
 from dlsim.kinds.inference.hierarchy import hierarchy_table
@@ -35,9 +35,6 @@ from dlsim.kinds.inference.split import best_row, split_table
 from dlsim.kinds.inference.tiers import Tier, device_profile, hop, tier
 from dlsim.results.result import Result, Span, records
 from dlsim.workload.model import Model, build_model
-
-# The scenario fields this kind reads; the training sections' defaults would only confuse.
-_SCENARIO_FIELDS = {"name", "kind", "description", "model", "precision", "seed", "inference"}
 
 
 def _spans(segments: list[Segment]) -> list[Span]:
@@ -136,7 +133,7 @@ def _spatial(spec: EdgeInferenceSpec, model: Model, dtype: str, dt: int) -> dict
             "table": records(table)}
 
 
-def simulate_edge_inference(scenario: Scenario) -> Result:
+def simulate_edge_inference(scenario: EdgeInferenceScenario) -> Result:
     started = time.perf_counter()
     spec, dtype = scenario.inference, scenario.precision
     dt = DTYPE_BYTES[dtype]
@@ -177,5 +174,5 @@ def simulate_edge_inference(scenario: Scenario) -> Result:
     spans = timelines[0]
     summary["simulation"] = {"fidelity": "analytic", "events": len(spans),
                              "seed": scenario.seed}
-    asked = scenario.model_dump(mode="json", exclude_none=True, include=_SCENARIO_FIELDS)
-    return Result(summary, asked, spans, pd.DataFrame(), time.perf_counter() - started)
+    return Result(summary, scenario.model_dump(mode="json", exclude_none=True), spans,
+                  pd.DataFrame(), time.perf_counter() - started)
