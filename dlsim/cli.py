@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import read_yaml
+from dlsim.contract.loading import read_yaml
+from dlsim.contract.scenario import scenario_model
 from dlsim.data import SCENARIOS, bundled_scenario, bundled_scenarios
 from dlsim.hardware import profiles as hardware
 from dlsim.output import to_json, write_run, write_sweep
@@ -141,6 +142,10 @@ def run(file: ScenarioFile, out_dir: OutDir = Path("reports"), as_json: AsJson =
         file = _scenario_file(file)
         data = read_yaml(file)
         if calibration:
+            if "cluster" not in scenario_model(data, str(file)).model_fields:
+                raise ScenarioError(f"--calibration overlays the device of the scenario's "
+                                    f"cluster, and this {data['kind']} scenario has none.",
+                                    file=str(file), field="--calibration")
             data["cluster"] = {**(data.get("cluster") or {}), "calibration": calibration,
                                "force_calibration": force}
         if data.get("sweep"):

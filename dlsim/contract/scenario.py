@@ -1,21 +1,29 @@
-"""Scenario files: YAML -> one loader -> validated, immutable pydantic models.
+"""Scenarios: YAML -> one loader -> validated, immutable pydantic models, one per kind.
 
-Field names here are dlsim's public interface (DESIGN.md, "Scenario contract"). Loading has
-no side effects. Every problem becomes a ``ScenarioError`` naming the file, the field, what
-was given and what is allowed.
+Field names here are dlsim's public interface (DESIGN.md, "Scenario contract"). Each
+``kind`` has its own model holding only the sections it reads, so a section another kind
+uses is an error, not silently ignored; ``Scenario`` is their union, told apart by ``kind``
+(training when omitted). Loading has no side effects. Every problem becomes a
+``ScenarioError`` naming the file, the field, what was given and what is allowed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
-from dlsim.contract.errors import ScenarioError, describe_invalid
+from dlsim.contract.errors import (
+    ScenarioError,
+    closest,
+    describe_invalid,
+    did_you_mean,
+    excerpt,
+)
 from dlsim.contract.federated import FederatedSpec
 from dlsim.contract.inference import EdgeInferenceSpec
+from dlsim.contract.loading import read_yaml
 from dlsim.contract.registry import ALGORITHM, PROTOCOL, choice
 from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
@@ -206,72 +214,159 @@ class SimulationSpec(_Spec):
     network: Literal["fluid", "analytical"] = "fluid"
 
 
-class Scenario(_Spec):
-    name: str = Field(min_length=1)
-    kind: Literal["training", "collective", "federated", "edge-inference"] = "training"
+Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8"]
+Placement = Literal["pack", "spread"] | list[int]  # or rank i -> device ids[i]
+Name = Annotated[str, Field(min_length=1)]
+Sweep = dict[str, list[Any]]  # dotted field path -> values (dlsim.sweep.grid)
+
+# Each kind model lists its sections in one order (a scenario's dump, shown in its report,
+# follows it); name, kind, description, seed and sweep belong to every kind.
+
+
+class TrainingScenario(_Spec):
+    """``kind: training``, the default: training steps of a model on a cluster under a
+    parallelism plan, with their synchronisation, stragglers, failures and convergence."""
+
+    name: Name
+    kind: Literal["training"] = "training"
     description: str = ""
-    model: ModelSpec | None = None
-    cluster: ClusterSpec | None = None
-    precision: Literal["fp32", "tf32", "fp16", "bf16", "fp8"] = "bf16"
-    training: TrainingSpec | None = None
+    model: ModelSpec
+    cluster: ClusterSpec
+    precision: Precision = "bf16"
+    training: TrainingSpec
     parallelism: ParallelismSpec = ParallelismSpec()
     communication: CommunicationSpec = CommunicationSpec()
-    collective: CollectiveSpec | None = None
-    placement: Literal["pack", "spread"] | list[int] = "pack"  # or rank i -> device ids[i]
+    placement: Placement = "pack"
     sync: SyncSpec = SyncSpec()
     stragglers: StragglerSpec | None = None
     failures: FailureSpec | None = None
     convergence: ConvergenceSpec | None = None
     seed: int = 0
     simulation: SimulationSpec = SimulationSpec()
-    sweep: dict[str, list[Any]] | None = None
-    inference: EdgeInferenceSpec | None = None
-    federated: FederatedSpec | None = None
-
-    @model_validator(mode="after")
-    def _kind_needs(self) -> Scenario:
-        if self.kind in ("training", "collective") and self.cluster is None:
-            raise ValueError(f"a {self.kind} scenario needs 'cluster'")
-        if self.kind == "training":
-            missing = [f for f in ("model", "training") if getattr(self, f) is None]
-            if missing:
-                raise ValueError(f"a training scenario needs {' and '.join(missing)}")
-        if self.kind == "collective" and self.collective is None:
-            raise ValueError("a collective scenario needs 'collective: {op, algorithm, "
-                             "size_bytes}'")
-        if self.kind == "edge-inference" and (self.inference is None or self.model is None):
-            raise ValueError("an edge-inference scenario needs 'model' and 'inference: "
-                             "{device, server | hierarchy | spatial}'")
-        if self.inference is not None and self.kind != "edge-inference":
-            raise ValueError("'inference' belongs to kind: edge-inference scenarios")
-        if self.kind == "federated" and self.federated is None:
-            raise ValueError("a federated scenario needs 'federated: {clients, population, "
-                             "...}'")
-        return self
+    sweep: Sweep | None = None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping safely; unreadable files and bad syntax are input errors."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ScenarioError(f"cannot read the file: {exc.strerror}.", file=str(path)) from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or "invalid syntax"
-        raise ScenarioError(f"not valid YAML{at}: {problem}.", file=str(path)) from None
-    if not isinstance(data, dict):
-        raise ScenarioError("a scenario must be a YAML mapping with at least 'name' and "
-                            "'cluster'.", file=str(path))
-    return data
+class CollectiveScenario(_Spec):
+    """``kind: collective``: one collective on a cluster, reported as nccl-tests does."""
+
+    name: Name
+    kind: Literal["collective"] = "collective"
+    description: str = ""
+    cluster: ClusterSpec
+    collective: CollectiveSpec
+    placement: Placement = "pack"
+    seed: int = 0
+    simulation: SimulationSpec = SimulationSpec()
+    sweep: Sweep | None = None
+
+
+class FederatedScenario(_Spec):
+    """``kind: federated``: rounds of client updates; the model gives each client's work
+    unless ``federated`` gives flops_per_sample and parameters."""
+
+    name: Name
+    kind: Literal["federated"] = "federated"
+    description: str = ""
+    model: ModelSpec | None = None
+    precision: Precision = "bf16"
+    seed: int = 0
+    sweep: Sweep | None = None
+    federated: FederatedSpec
+
+
+class EdgeInferenceScenario(_Spec):
+    """``kind: edge-inference``: one request of a model served from an end device."""
+
+    name: Name
+    kind: Literal["edge-inference"] = "edge-inference"
+    description: str = ""
+    model: ModelSpec
+    precision: Precision = "bf16"
+    seed: int = 0
+    sweep: Sweep | None = None
+    inference: EdgeInferenceSpec
+
+
+KindModel = type[TrainingScenario | CollectiveScenario | FederatedScenario
+                 | EdgeInferenceScenario]
+KINDS: dict[str, KindModel] = {model.model_fields["kind"].default: model for model in (
+    TrainingScenario, CollectiveScenario, FederatedScenario, EdgeInferenceScenario)}
+DEFAULT_KIND = "training"
+
+
+def _kind_of(value: Any) -> Any:
+    return value.get("kind", DEFAULT_KIND) if isinstance(value, dict) else value.kind
+
+
+Scenario = Annotated[
+    Annotated[TrainingScenario, Tag("training")]
+    | Annotated[CollectiveScenario, Tag("collective")]
+    | Annotated[FederatedScenario, Tag("federated")]
+    | Annotated[EdgeInferenceScenario, Tag("edge-inference")],
+    Discriminator(_kind_of)]
+_SCENARIO: TypeAdapter[Scenario] = TypeAdapter(Scenario)
+
+# What a missing required section holds, for the error that asks for it.
+SECTION_HINTS = {"model": "{preset} or {kind, ...}", "cluster": "{preset, nodes} or "
+                 "{topology, devices, link}", "training": "{global_batch, ...}",
+                 "collective": "{op, algorithm, size_bytes}",
+                 "federated": "{clients, population, ...}",
+                 "inference": "{device, server | hierarchy | spatial}"}
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} scenario"
+
+
+def scenario_model(data: dict[str, Any], file: str | None = None) -> KindModel:
+    """The model of the scenario's ``kind``; an unknown kind names the kinds there are."""
+    kind = data.get("kind", DEFAULT_KIND)
+    if isinstance(kind, str) and kind in KINDS:
+        return KINDS[kind]
+    hint = did_you_mean(kind, list(KINDS)) if isinstance(kind, str) else ""
+    raise ScenarioError(f"{excerpt(repr(kind))} is not a scenario kind{hint}; the kinds are "
+                        f"{', '.join(KINDS)} (default {DEFAULT_KIND}).", file=file,
+                        field="kind")
+
+
+def _check_sections(data: dict[str, Any], model: KindModel, file: str | None) -> None:
+    """Every top-level key is a section of the kind, and its required ones are there: a
+    section of another kind is named with the kinds that have it, a near miss with the
+    section meant."""
+    kind = model.model_fields["kind"].default
+    allowed = list(model.model_fields)
+    problems: list[tuple[str, str]] = []
+    meant = set()
+    for key in data:
+        if key in allowed:
+            continue
+        name = excerpt(str(key))
+        owners = [k for k, m in KINDS.items() if key in m.model_fields]
+        near = closest(str(key), allowed)
+        why = (f" ('{name}' belongs to {', '.join(owners)} scenarios)" if owners
+               else f" (did you mean '{near}'?)" if near else "")
+        meant.add(near)
+        problems.append((name, f"{_a(kind)} has no '{name}' section{why}; its sections are "
+                               f"{', '.join(allowed)}"))
+    for key, field in model.model_fields.items():
+        if field.is_required() and key not in data and key not in meant:
+            hint = f": {SECTION_HINTS[key]}" if key in SECTION_HINTS else ""
+            problems.append((key, f"{_a(kind)} needs '{key}{hint}'"))
+    if len(problems) == 1:
+        raise ScenarioError(problems[0][1] + ".", file=file, field=problems[0][0])
+    if problems:
+        raise ScenarioError("; ".join(why for _, why in problems) + ".", file=file)
 
 
 def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
     """Validate a scenario from a YAML file path or an already-parsed dict."""
     file = None if isinstance(source, dict) else str(source)
     data = source if isinstance(source, dict) else read_yaml(source)
+    model = scenario_model(data, file)
+    _check_sections(data, model, file)
     try:
-        return Scenario.model_validate(data)
+        return _SCENARIO.validate_python(data)
     except ValidationError as exc:
-        raise ScenarioError(describe_invalid(exc.errors()), file=file) from None
+        # the first location is the kind's tag, which the checks above already settled
+        errors = [{**e, "loc": e["loc"][1:]} for e in exc.errors()]
+        raise ScenarioError(describe_invalid(errors, model), file=file) from None

@@ -1,7 +1,7 @@
 """The base of every scenario spec model: immutable, and unknown fields are errors.
 
-It lives apart from config.py so that subsystems with their own scenario sections
-(federated, inference) can define their spec models beside their code without a cycle.
+It lives apart from scenario.py so that the modules of sections with their own file
+(federated, inference, sync) can define their spec models without an import cycle.
 """
 
 from pydantic import BaseModel, ConfigDict

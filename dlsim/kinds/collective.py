@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dlsim.cluster.build import placement
 from dlsim.contract.program import Collective
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import CollectiveScenario
 from dlsim.engine.core import Engine
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.run import engine_result, run_engine, symmetric
@@ -15,7 +15,7 @@ from dlsim.network.tuner import plan_collective
 from dlsim.results.result import Result
 
 
-def simulate_collective(scenario: Scenario, topology: Topology) -> Result:
+def simulate_collective(scenario: CollectiveScenario, topology: Topology) -> Result:
     spec = scenario.collective
     check_algorithm(spec.op, spec.algorithm, field="collective.algorithm")
     dedicated = spec.algorithm == "ps" and spec.server_placement == "dedicated"
@@ -26,7 +26,7 @@ def simulate_collective(scenario: Scenario, topology: Topology) -> Result:
     group = tuple(range(n))
     op = Collective(spec.op, "collective", group, spec.op, spec.size_bytes, spec.algorithm,
                     spec.servers)
-    simulated = [0] if symmetric(scenario) else list(group)
+    simulated = [0] if symmetric(scenario.simulation) else list(group)
     chosen = plan_collective(spec.op, spec.algorithm, ranks, spec.size_bytes, topology, mode,
                              spec.servers, ranks // topology.devices_per_node, hosts,
                              timed=False)

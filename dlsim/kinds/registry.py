@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dlsim.cluster.build import build_topology
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import CollectiveScenario, TrainingScenario
 from dlsim.kinds.collective import simulate_collective
 from dlsim.kinds.federated.simulator import simulate_federated
 from dlsim.kinds.inference.simulate import simulate_edge_inference
@@ -26,16 +27,15 @@ from dlsim.results.result import Result
 
 @dataclass(frozen=True)
 class Kind:
-    """How one kind runs: ``simulate`` (scenario -> Result), the summary field that answers
-    its question (``primary_metric``: what a sweep plots by default and pivots), and whether
-    it runs on dlsim's network models (``simulation.network``) or models its links itself."""
+    """How one kind runs: ``simulate`` (the kind's own scenario model, as
+    ``dlsim.contract.scenario`` validated it -> Result) and the summary field that answers
+    its question (``primary_metric``: what a sweep plots by default and pivots)."""
 
-    simulate: Callable[[Scenario], Result]
+    simulate: Callable[[Any], Result]  # each takes its own kind's model
     primary_metric: str
-    network: bool = True
 
 
-def _training(scenario: Scenario) -> Result:
+def _training(scenario: TrainingScenario) -> Result:
     """Parameter-server synchronisation other than BSP, and a parameter-server job that loses
     workers, run the parameter-server simulator; every other training step the engine."""
     topology = build_topology(scenario.cluster)
@@ -44,13 +44,13 @@ def _training(scenario: Scenario) -> Result:
     return simulate_training(scenario, topology)
 
 
-def _collective(scenario: Scenario) -> Result:
+def _collective(scenario: CollectiveScenario) -> Result:
     return simulate_collective(scenario, build_topology(scenario.cluster))
 
 
 KINDS: dict[str, Kind] = {
     "training": Kind(_training, "step_time_s"),
     "collective": Kind(_collective, "time_s"),
-    "federated": Kind(simulate_federated, "time_to_rounds_s", network=False),
-    "edge-inference": Kind(simulate_edge_inference, "latency_s", network=False),
+    "federated": Kind(simulate_federated, "time_to_rounds_s"),
+    "edge-inference": Kind(simulate_edge_inference, "latency_s"),
 }

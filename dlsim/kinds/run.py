@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import CollectiveScenario, SimulationSpec, TrainingScenario
+from dlsim.contract.sync import StragglerSpec
 from dlsim.engine.core import Engine, EngineRun
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.sync.stragglers import is_heterogeneous
@@ -14,10 +15,10 @@ from dlsim.results.result import Result, simulation_result
 from dlsim.results.summary import link_table
 
 
-def symmetric(scenario: Scenario) -> bool:
+def symmetric(simulation: SimulationSpec, stragglers: StragglerSpec | None = None) -> bool:
     """Homogeneous jobs are simulated by symmetry unless the scenario asks for every rank;
     any straggler or slow link makes a job heterogeneous (DESIGN.md)."""
-    return scenario.simulation.fidelity != "full" and not is_heterogeneous(scenario.stragglers)
+    return simulation.fidelity != "full" and not is_heterogeneous(stragglers)
 
 
 def run_engine(engine: Engine, algorithm_field: str) -> EngineRun:
@@ -29,8 +30,8 @@ def run_engine(engine: Engine, algorithm_field: str) -> EngineRun:
         raise ScenarioError(exc.message, field=field) from None
 
 
-def engine_result(scenario: Scenario, topology: Topology, run: EngineRun, summary: dict[str, Any],
-                  fidelity: str) -> Result:
+def engine_result(scenario: TrainingScenario | CollectiveScenario, topology: Topology,
+                  run: EngineRun, summary: dict[str, Any], fidelity: str) -> Result:
     """The Result of an engine run: its spans, the links that carried traffic, and the
     events and flows it simulated."""
     links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)

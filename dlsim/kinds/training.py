@@ -8,7 +8,7 @@ import numpy as np
 
 from dlsim.cluster.build import placement
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import TrainingScenario
 from dlsim.engine.core import Engine
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
@@ -31,7 +31,7 @@ from dlsim.workload.model import lora_workload
 from dlsim.workload.presets import build_model
 
 
-def simulate_training(scenario: Scenario, topology: Topology) -> Result:
+def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
     if topology.device is None:
         raise ScenarioError("a training scenario needs a device profile for its cluster.",
                             field="cluster.device")
@@ -75,7 +75,7 @@ def simulate_training(scenario: Scenario, topology: Topology) -> Result:
                             "zero_stage 0, 1 or 2.", field="training.lora")
     executed = lora_workload(model, lora.rank, lora.targets) if lora else model
     comm = scenario.communication
-    symmetric_run = symmetric(scenario)
+    symmetric_run = symmetric(scenario.simulation, scenario.stragglers)
     replicas = [0] if symmetric_run else list(range(data))
     data_parallel_only = stages == 1 and tensor == 1
     shard = shard_model(executed, tensor, sequence_parallel)

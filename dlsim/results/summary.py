@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dlsim.contract.scenario import CommunicationSpec, Scenario
+from dlsim.contract.scenario import CommunicationSpec, TrainingScenario
 from dlsim.contract.span import Span
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.hardware.topology import Topology
@@ -58,7 +58,7 @@ class TrainingWork:
         return self.replica_steps * self.microbatches * self.microbatch
 
 
-def training_summary(scenario: Scenario, topology: Topology, device: DeviceProfile,
+def training_summary(scenario: TrainingScenario, topology: Topology, device: DeviceProfile,
                      model: Model, executed: Model, work: TrainingWork, memory: MemoryPlan,
                      end_s: float, bytes_injected: float, parts_s: dict[str, float], *,
                      communication: dict[str, Any], parallelism: dict[str, Any],

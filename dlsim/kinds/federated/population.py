@@ -23,7 +23,7 @@ import numpy as np
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.federated import FederatedSpec, SamplesSpec
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import FederatedScenario, ModelSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
 from dlsim.kinds.federated import traces
@@ -45,20 +45,24 @@ class Workload:
         return self.parameters * DTYPE_BYTES[self.dtype]
 
 
-def workload(scenario: Scenario) -> Workload:
-    fed = scenario.federated
-    if fed.flops_per_sample is not None:
-        return Workload(fed.flops_per_sample, fed.parameters, scenario.precision)
+def _model(scenario: FederatedScenario) -> ModelSpec:
     if scenario.model is None:
         raise ScenarioError("a federated scenario needs 'model', or both "
                             "federated.flops_per_sample and federated.parameters.",
                             field="model")
-    model = build_model(scenario.model, fed.batch_size, DTYPE_BYTES[scenario.precision])
+    return scenario.model
+
+
+def workload(scenario: FederatedScenario) -> Workload:
+    fed = scenario.federated
+    if fed.flops_per_sample is not None and fed.parameters is not None:  # both or neither
+        return Workload(fed.flops_per_sample, fed.parameters, scenario.precision)
+    model = build_model(_model(scenario), fed.batch_size, DTYPE_BYTES[scenario.precision])
     flops = sum(k.flops for layer in model.layers for k in (*layer.forward, *layer.backward))
     return Workload(flops / fed.batch_size, model.parameters, scenario.precision)
 
 
-def sample_seconds(scenario: Scenario, work: Workload, device: DeviceProfile) -> float:
+def sample_seconds(scenario: FederatedScenario, work: Workload, device: DeviceProfile) -> float:
     """Forward + backward seconds per sample on ``device`` at full width.
 
     With a model, one batch of ``batch_size`` costs its layers' roofline times plus an SGD
@@ -67,7 +71,7 @@ def sample_seconds(scenario: Scenario, work: Workload, device: DeviceProfile) ->
     fed, dtype = scenario.federated, scenario.precision
     if fed.flops_per_sample is not None:
         return work.flops_per_sample / (device.peak_flops(dtype) * device.efficiency.gemm_max)
-    model = build_model(scenario.model, fed.batch_size, DTYPE_BYTES[dtype])
+    model = build_model(_model(scenario), fed.batch_size, DTYPE_BYTES[dtype])
     batch_s = sum(sum(layer_times_s(layer, device, dtype)) for layer in model.layers)
     return (batch_s + optimizer_time_s(model.parameters, "sgd", device)) / fed.batch_size
 
@@ -149,7 +153,7 @@ def _positive_normal(mean: np.ndarray, sd: np.ndarray, rng: np.random.Generator)
     return out
 
 
-def build_population(scenario: Scenario, work: Workload, rng: np.random.Generator
+def build_population(scenario: FederatedScenario, work: Workload, rng: np.random.Generator
                      ) -> Population:
     fed: FederatedSpec = scenario.federated
     n = fed.clients

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from dlsim.contract.federated import CompressionSpec
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import FederatedScenario
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.kinds.federated.availability import Availability
 from dlsim.kinds.federated.fedbuff import run_fedbuff, staleness_weight
@@ -51,7 +51,7 @@ def _participation(pop: Population, tally: Tally) -> dict[str, dict[str, Any]]:
             for i, name in enumerate(pop.classes)}
 
 
-def simulate_federated(scenario: Scenario) -> Result:
+def simulate_federated(scenario: FederatedScenario) -> Result:
     fed = scenario.federated
     rng = np.random.default_rng(scenario.seed)
     work = workload(scenario)

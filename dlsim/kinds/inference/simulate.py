@@ -14,7 +14,7 @@ from typing import Any
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.inference import EdgeInferenceSpec
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import EdgeInferenceScenario
 from dlsim.contract.span import Span
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.kinds.inference.exits import Exit, exit_shares, resolve_exits
@@ -34,9 +34,6 @@ from dlsim.kinds.inference.tiers import Tier, device_profile, hop, tier
 from dlsim.results.result import Result, records, simulation_result
 from dlsim.workload.model import Model
 from dlsim.workload.presets import build_model
-
-# The scenario fields this kind reads; the training sections' defaults would only confuse.
-_SCENARIO_FIELDS = {"name", "kind", "description", "model", "precision", "seed", "inference"}
 
 
 def _spans(segments: list[Segment]) -> list[Span]:
@@ -135,7 +132,7 @@ def _spatial(spec: EdgeInferenceSpec, model: Model, dtype: str, dt: int) -> dict
             "table": records(table)}
 
 
-def simulate_edge_inference(scenario: Scenario) -> Result:
+def simulate_edge_inference(scenario: EdgeInferenceScenario) -> Result:
     spec, dtype = scenario.inference, scenario.precision
     dt = DTYPE_BYTES[dtype]
     model = build_model(scenario.model, spec.batch, dt)
@@ -174,4 +171,4 @@ def simulate_edge_inference(scenario: Scenario) -> Result:
             timelines.append(_spatial_spans(model, spec, best, dtype, dt))
     spans = timelines[0]
     return simulation_result(scenario, summary, fidelity="analytic", events=len(spans),
-                             spans=spans, echo=_SCENARIO_FIELDS)
+                             spans=spans)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dlsim.contract.program import Op
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import TrainingScenario
 from dlsim.contract.span import Span
 from dlsim.engine.core import EngineRun
 from dlsim.kinds.sync.convergence import convergence_summary
@@ -28,8 +28,8 @@ from dlsim.kinds.sync.stragglers import (
 from dlsim.results.intervals import breakdown
 
 
-def straggle(programs: dict[int, list[Op]], scenario: Scenario, devices: np.ndarray,
-             rng: np.random.Generator) -> dict[int, list[Op]]:
+def straggle(programs: dict[int, list[Op]], scenario: TrainingScenario,
+             devices: np.ndarray, rng: np.random.Generator) -> dict[int, list[Op]]:
     """Each rank's program with its compute slowed by its drawn per-step factors."""
     if not is_heterogeneous(scenario.stragglers):
         return programs
@@ -60,7 +60,7 @@ def wait_per_device(spans: list[Span], devices: Iterable[int], end_s: float,
             for d in devices}
 
 
-def bsp_summary(scenario: Scenario, run: EngineRun, devices: np.ndarray,
+def bsp_summary(scenario: TrainingScenario, run: EngineRun, devices: np.ndarray,
                 rng: np.random.Generator) -> dict[str, Any]:
     """Straggler wait per device, the job's time with failures, and the time to accuracy."""
     steps = scenario.training.steps

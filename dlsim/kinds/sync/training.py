@@ -18,7 +18,7 @@ import numpy as np
 from dlsim.cluster.build import placement
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.program import Compute
-from dlsim.contract.scenario import Scenario
+from dlsim.contract.scenario import TrainingScenario
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.sync.bsp import wait_per_device
@@ -37,14 +37,14 @@ from dlsim.workload.costmodel import optimizer_time_s
 from dlsim.workload.presets import build_model
 
 
-def uses_parameter_server_simulator(scenario: Scenario) -> bool:
+def uses_parameter_server_simulator(scenario: TrainingScenario) -> bool:
     """Whether a training scenario runs here: SSP/ASP training, and BSP parameter-server
     training with failures (``dlsim.kinds.registry`` asks only of training scenarios)."""
     return scenario.sync.mode != "bsp" or (
         scenario.communication.data_parallel == "ps" and scenario.failures is not None)
 
 
-def _check(scenario: Scenario) -> None:
+def _check(scenario: TrainingScenario) -> None:
     mode = scenario.sync.mode
     if scenario.communication.data_parallel != "ps":
         raise ScenarioError(
@@ -64,7 +64,7 @@ def _check(scenario: Scenario) -> None:
                             "jobs.", field="failures")
 
 
-def ps_training(scenario: Scenario, topology: Topology) -> Result:
+def ps_training(scenario: TrainingScenario, topology: Topology) -> Result:
     _check(scenario)
     device = topology.device
     if device is None:
@@ -124,7 +124,7 @@ def _critical_breakdown(run: PSRun) -> dict[str, float]:
     return breakdown(run.spans, last, run.end_s)
 
 
-def sync_summary(scenario: Scenario, run: PSRun, devices: np.ndarray,
+def sync_summary(scenario: TrainingScenario, run: PSRun, devices: np.ndarray,
                  per_worker: int) -> dict[str, Any]:
     """Per-worker steps and waits, the staleness histogram and the time to accuracy."""
     steps = scenario.training.steps
