@@ -46,7 +46,7 @@ class Workload:
 
 def workload(scenario: Scenario) -> Workload:
     fed = scenario.federated
-    if fed.flops_per_sample is not None:
+    if fed.flops_per_sample is not None and fed.parameters is not None:  # given together
         return Workload(fed.flops_per_sample, fed.parameters, scenario.precision)
     if scenario.model is None:
         raise ScenarioError("a federated scenario needs 'model', or both "
@@ -66,6 +66,7 @@ def sample_seconds(scenario: Scenario, work: Workload, device: DeviceProfile) ->
     fed, dtype = scenario.federated, scenario.precision
     if fed.flops_per_sample is not None:
         return work.flops_per_sample / (device.peak_flops(dtype) * device.efficiency.gemm_max)
+    assert scenario.model is not None  # workload() refused a scenario with neither
     model = build_model(scenario.model, fed.batch_size, DTYPE_BYTES[dtype])
     batch_s = sum(sum(layer_times_s(layer, device, dtype)) for layer in model.layers)
     return (batch_s + optimizer_time_s(model.parameters, "sgd", device)) / fed.batch_size
