@@ -6,7 +6,9 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+
+from pydantic_core import ErrorDetails
 
 
 class ScenarioError(ValueError):
@@ -31,13 +33,13 @@ class ScenarioError(ValueError):
         return prefix + self.message
 
 
-def describe_invalid(errors: list[dict[str, Any]]) -> str:
+def describe_invalid(errors: Sequence[ErrorDetails]) -> str:
     """Pydantic's ``ValidationError.errors()`` as one sentence, each problem naming its field
     and the value given: the CLI prints one paragraph, not pydantic's multi-line report."""
     return "; ".join(_describe(e) for e in errors) + "."
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     given = err.get("input")

@@ -236,6 +236,7 @@ def data_parallel_program(model: Model, device: DeviceProfile, dtype: str, ranks
             update = add(Compute(f"{what} s{step}", seconds,
                                  deps=tuple(collectives) if update is None else (update,)))
         if sharded and zero_stage < 3:
+            assert update is not None  # optimizer_steps returns at least one step
             add(Collective(f"allgather parameters s{step}", f"zero s{step} params", group,
                            "allgather", model.parameters * weight_bytes, "ring",
                            deps=(update,)))

@@ -171,7 +171,8 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
     embed_fwd = (elementwise(t * h, dtype_bytes, 3.0 if encoder else 2.0, "embedding"),)
     logits = (gemm(t, h, vocab, dtype_bytes, "logits"),                 # tied weights
               elementwise(t * vocab, dtype_bytes, 3.0, "cross_entropy"))
-    head_fwd = (elementwise(t * h, dtype_bytes, 3.0, "final_layernorm"), *logits)
+    head_fwd: tuple[Kernel, ...] = (elementwise(t * h, dtype_bytes, 3.0, "final_layernorm"),
+                                    *logits)
     head_params, head_act = 2 * h, t * (h + vocab) * dtype_bytes
     if encoder:
         head_fwd = (gemm(t, h, h, dtype_bytes, "mlm_transform"),
@@ -250,8 +251,12 @@ def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
         raise ScenarioError(f"unknown model preset '{spec.preset}'; available: "
                             f"{', '.join(presets())}.", field="model.preset")
     if spec.kind == "transformer":
+        # ModelSpec's validator requires these of a transformer given by its shape
+        assert (spec.layers is not None and spec.hidden is not None and spec.heads is not None
+                and spec.seq_len is not None and spec.vocab is not None)
         name = f"transformer-{spec.layers}x{spec.hidden}"
         return transformer_layers(name, spec.layers, spec.hidden, spec.heads, spec.seq_len,
                                   spec.vocab, microbatch, dtype_bytes, spec.ffn_hidden)
+    assert spec.widths is not None  # ModelSpec's validator requires widths of an mlp
     return mlp_layers("mlp-" + "-".join(map(str, spec.widths)), spec.widths, microbatch,
                       dtype_bytes)

@@ -7,6 +7,7 @@ fixed order, so the same scenario and seed give the same factors bit for bit.
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import Any
 
 import numpy as np
 import simpy
@@ -30,8 +31,10 @@ def slowdown_factors(spec: StragglerSpec | None, devices: np.ndarray, steps: int
         factors[rank_of(devices, device, "stragglers.fixed")] *= factor
     per_step = spec.per_step
     if per_step is not None and per_step.distribution == "lognormal":
+        assert per_step.sigma is not None  # PerStepSpec's validator
         factors *= rng.lognormal(0.0, per_step.sigma, size=(ranks, steps))
     elif per_step is not None:
+        assert per_step.probability is not None and per_step.factor is not None  # bimodal
         hit = rng.random((ranks, steps)) < per_step.probability
         factors *= np.where(hit, per_step.factor, 1.0)
     return factors
@@ -94,7 +97,7 @@ def schedule_slow_links(env: simpy.Environment, network: Network, topology: Topo
 
 
 def _slow_link(env: simpy.Environment, network: Network, edges: np.ndarray,
-               link: SlowLinkSpec) -> Generator:
+               link: SlowLinkSpec) -> Generator[simpy.Event, Any, None]:
     yield env.timeout(link.start_s)
     network.scale_links(edges, link.factor)
     if np.isfinite(link.end_s):
