@@ -46,7 +46,8 @@ class ModelSpec(_Spec):
         missing = [f for f in need if getattr(self, f) is None]
         if missing:
             raise ValueError(f"a {self.kind} model needs {', '.join(missing)}")
-        if self.kind == "transformer" and self.hidden % self.heads:
+        if (self.kind == "transformer" and self.hidden is not None and self.heads is not None
+                and self.hidden % self.heads):
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.widths is not None and min(self.widths) < 1:
             raise ValueError("widths must be positive")
