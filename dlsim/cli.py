@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -176,7 +175,8 @@ def _parse_vary(items: list[str]) -> dict[str, list[Any]]:
 
 @app.command()
 def sweep(file: ScenarioFile,
-          vary: Annotated[list[str], typer.Option(help="field=v1,v2,... (repeatable)")] = (),
+          vary: Annotated[list[str] | None,
+                          typer.Option(help="field=v1,v2,... (repeatable)")] = None,
           out_dir: OutDir = Path("reports"), as_json: AsJson = False,
           workers: Annotated[int | None, typer.Option(
               help="Local worker processes (default: one per CPU; 1: in this process).")]
@@ -400,4 +400,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()  # typer exits with the command's status

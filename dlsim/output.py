@@ -11,7 +11,7 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ def to_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
-def write_report_dir(target: Path, files: dict[str, str | bytes]) -> Path:
+def write_report_dir(target: Path, files: Mapping[str, str | bytes]) -> Path:
     """Atomically replace directory ``target`` with ``files`` (name -> text or bytes)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,
     steps = [("launch overhead", 4, lambda: bench.launch_overhead(device, r * 3))]
     for d in dtypes:
         steps.append((f"matmul {d}", 2 * len(grid.matmul),
-                      lambda d=d: bench.matmul(grid.matmul, d, device, r)))
+                      partial(bench.matmul, grid.matmul, d, device, r)))
     steps += [("conv2d", 2 * len(grid.conv), lambda: bench.conv2d(grid.conv, device, r)),
               ("attention", 2 * len(grid.attention),
                lambda: bench.attention(grid.attention, device, r)),
@@ -221,9 +222,9 @@ def calibrate(device: str = "auto", quick: bool = False, threads: int | None = N
     profile = _profile_for(host.name, device)
     if device == "cpu":
         nominal, source = bench.cpu_peak_tflops(host)
-        nominal_tflops = {"fp32": nominal}
+        nominal_tflops: dict[str, float] = {"fp32": nominal}
     else:
-        nominal_tflops = dict(profile.peak_tflops)
+        nominal_tflops = dict(profile.peak_tflops.items())
         source = f"the {profile.name} hardware profile's published peaks"
     dtypes = ["fp32"]
     skipped = {}

@@ -46,10 +46,13 @@ def fit_affine(x: np.ndarray, time_s: np.ndarray, offset_s: float = 0.0) -> Affi
     def predicted(p: np.ndarray) -> np.ndarray:
         return offset_s + t_unit * (p[0] + p[1] * x / x_unit)
 
+    def log_residuals(p: np.ndarray) -> np.ndarray:
+        return np.log(predicted(p) / t)
+
     free, *_ = np.linalg.lstsq(np.column_stack([np.ones_like(x), x / x_unit]) * t_unit / t[:, None],
                                (t - offset_s) / t, rcond=None)
     start = np.maximum(free, [0.0, 1e-6])
-    fit = least_squares(lambda p: np.log(predicted(p) / t), start, bounds=([0.0, 1e-12], np.inf),
+    fit = least_squares(log_residuals, start, bounds=([0.0, 1e-12], np.inf),
                         xtol=1e-14, ftol=1e-14, gtol=1e-14)
     if fit.x[1] <= 1e-9:
         raise ValueError("measured times do not grow with problem size; cannot fit a rate")

@@ -211,6 +211,7 @@ def scenario(case: HostCase, calibration: Calibration, path: str, ranks: int = 1
                                    "intra_node": "pcie"}
     else:
         link = calibration.link
+        assert link is not None, "multi-rank host runs need a calibration with a fitted link"
         cluster = {"topology": "fully-connected", "devices": ranks, "device": calibration.profile,
                    "link": {"bandwidth_GBps": link.bandwidth_GBps, "latency_us": link.latency_us}}
     cluster |= {"calibration": path, "force_calibration": force}

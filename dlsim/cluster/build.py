@@ -62,25 +62,29 @@ def _fabric(g: nx.DiGraph, nics: list[str], spec: LinkSpec, cluster: ClusterSpec
 
 
 def _textbook(c: ClusterSpec) -> Topology:
+    # ClusterSpec's validator: a textbook topology has a link, a torus its dims, others devices
+    topology, link, dims = c.topology, c.link, list(c.dims or ())
+    n = c.devices if topology != "torus" else int(np.prod(dims))
+    assert topology is not None and link is not None and n is not None
     # a textbook link is an abstract network link: NCCL charges it NET step latencies
-    spec = LinkSpec("link", c.link.bandwidth_GBps * 1e9, c.link.bandwidth_GBps * 1e9,
-                    c.link.latency_us * 1e-6, transport="net")
-    n = c.devices if c.topology != "torus" else int(np.prod(c.dims))
+    spec = LinkSpec("link", link.bandwidth_GBps * 1e9, link.bandwidth_GBps * 1e9,
+                    link.latency_us * 1e-6, transport="net")
     if c.topology == "fully-connected" and n > FULLY_CONNECTED_MAX:
         raise ScenarioError(f"a fully-connected topology is limited to {FULLY_CONNECTED_MAX} "
                             f"devices (got {n}); use 'switch' for a non-blocking switch.",
                             field="cluster.devices")
     graph = {"ring": lambda: ring(n, spec), "switch": lambda: star(n, spec),
              "fully-connected": lambda: fully_connected(n, spec),
-             "torus": lambda: torus(list(c.dims), spec),
+             "torus": lambda: torus(dims, spec),
              "fat-tree": lambda: fat_tree(n, spec, c.devices_per_switch, c.oversubscription),
-             }[c.topology]()
+             }[topology]()
     device = _device(c.device, "cluster.device") if c.device else None
-    return Topology(graph, n, device, n, f"{c.topology} of {n} devices, "
-                    f"{c.link.bandwidth_GBps:g} GB/s, {c.link.latency_us:g} us per link")
+    return Topology(graph, n, device, n, f"{topology} of {n} devices, "
+                    f"{link.bandwidth_GBps:g} GB/s, {link.latency_us:g} us per link")
 
 
 def _preset(c: ClusterSpec) -> Topology:
+    assert c.preset is not None  # build_topology's branch
     try:
         s = hardware.system(c.preset)
     except ScenarioError as exc:
@@ -89,7 +93,7 @@ def _preset(c: ClusterSpec) -> Topology:
     dev_link = _link(s.device_link, "cluster.preset")
     host = _link(s.host_link, "cluster.preset")
     socket = _link(s.socket_link, "cluster.preset") if s.socket_link else None
-    g = nx.DiGraph()
+    g: nx.DiGraph = nx.DiGraph()
     nics: list[str] = []
     n = s.devices_per_node
     for node in range(c.nodes):
@@ -109,6 +113,8 @@ def _preset(c: ClusterSpec) -> Topology:
 def _explicit(c: ClusterSpec) -> Topology:
     device = _device(c.device, "cluster.device")
     n = c.devices_per_node
+    # ClusterSpec's validator: a described node has devices_per_node and intra_node
+    assert n is not None and c.intra_node is not None
     host_name = device.pcie or "pcie4-x16"
     if c.intra_node in ("nvswitch", "nvlink"):
         if device.nvlink is None:
@@ -120,7 +126,7 @@ def _explicit(c: ClusterSpec) -> Topology:
     else:
         dev_link, intra = _link(c.intra_node, "cluster.intra_node"), "switch"
     host = _link(host_name, "cluster.device")
-    g = nx.DiGraph()
+    g: nx.DiGraph = nx.DiGraph()
     nics: list[str] = []
     multi = c.nodes > 1
     if multi and c.inter_node is None:
@@ -129,7 +135,7 @@ def _explicit(c: ClusterSpec) -> Topology:
     for node in range(c.nodes):
         nics += add_node(g, node, node * n, n, intra, dev_link, host,
                          per_pcie_switch=1, nics=n if multi else 0)
-    if multi:
+    if multi and c.inter_node is not None:  # checked above: several nodes need it
         _fabric(g, nics, _link(c.inter_node, "cluster.inter_node"), c)
     return Topology(g, c.nodes * n, device, n,
                     f"{c.nodes} node(s) x {n} {device.display_name} ({c.intra_node})")
@@ -157,6 +163,7 @@ def _calibrated(device: hardware.DeviceProfile | None,
         raise ScenarioError("a calibration overlays a device profile; name the device.",
                             field="cluster.device")
     field = "cluster.calibration"
+    assert cluster.calibration is not None  # build_topology calls this only with one
     try:
         calibration = store.load(cluster.calibration)
     except ScenarioError as exc:

@@ -11,7 +11,7 @@ a ``dlsim`` module runs it first, so the families are full before a scenario is 
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import AfterValidator
 
@@ -62,14 +62,14 @@ def unknown(family: str, name: str, allowed: list[str]) -> str:
             f"{', '.join(allowed) if allowed else 'none registered'}")
 
 
-def choice(family: str, also: tuple[str, ...] = ()) -> Any:
-    """A pydantic string type that accepts the names registered in ``family`` when the
-    scenario is validated (not when the model is defined), plus the fixed names ``also``
-    (such as ``auto``)."""
+def member_of(family: str, also: tuple[str, ...] = ()) -> AfterValidator:
+    """A pydantic validator of a string field (``Annotated[str, member_of(...)]``) that
+    accepts the names registered in ``family`` when the scenario is validated (not when the
+    model is defined), plus the fixed names ``also`` (such as ``auto``)."""
     def check(name: str) -> str:
         allowed = [*also, *registered(family)]
         if name not in allowed:
             raise ValueError(unknown(family, name, allowed))
         return name
 
-    return Annotated[str, AfterValidator(check)]
+    return AfterValidator(check)

@@ -24,7 +24,7 @@ from dlsim.contract.errors import (
 from dlsim.contract.federated import FederatedSpec
 from dlsim.contract.inference import EdgeInferenceSpec
 from dlsim.contract.loading import read_yaml
-from dlsim.contract.registry import ALGORITHM, PROTOCOL, choice
+from dlsim.contract.registry import ALGORITHM, PROTOCOL, member_of
 from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
 
@@ -55,7 +55,8 @@ class ModelSpec(_Spec):
         missing = [f for f in need if getattr(self, f) is None]
         if missing:
             raise ValueError(f"a {self.kind} model needs {', '.join(missing)}")
-        if self.kind == "transformer" and self.hidden % self.heads:
+        if (self.kind == "transformer" and self.hidden is not None and self.heads is not None
+                and self.hidden % self.heads):
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.widths is not None and min(self.widths) < 1:
             raise ValueError("widths must be positive")
@@ -174,10 +175,10 @@ class ParallelismSpec(_Spec):
 
 # the algorithms dlsim.network.algorithms registers (any op's; kinds check the op), or auto:
 # the fastest by the tuner's estimate
-AllReduceAlgorithm = choice(ALGORITHM, also=("auto",))
+AllReduceAlgorithm = Annotated[str, member_of(ALGORITHM, also=("auto",))]
 # dlsim.network.protocol: auto = NCCL's protocols on hardware-profile GPU clusters, ideal on
 # textbook topologies; nccl = the fastest of LL, LL128 and Simple per collective
-Protocol = choice(PROTOCOL, also=("auto",))
+Protocol = Annotated[str, member_of(PROTOCOL, also=("auto",))]
 
 
 class CommunicationSpec(_Spec):

@@ -182,6 +182,8 @@ class Engine:
 def _same_shape(a: list[Phase], b: list[Phase]) -> bool:
     """Whether two instances' phases can travel together: same steps, same latencies."""
     return len(a) == len(b) and all(
-        x.rounds == y.rounds and np.array_equal(x.latency_rounds, y.latency_rounds)
+        x.rounds == y.rounds and (x.latency_rounds is None) == (y.latency_rounds is None)
+        and (x.latency_rounds is None or y.latency_rounds is None
+             or np.array_equal(x.latency_rounds, y.latency_rounds))
         and (x.latency_s is None) == (y.latency_s is None)
         and (x.wire_factor is None) == (y.wire_factor is None) for x, y in zip(a, b))

@@ -12,6 +12,7 @@ interchangeable switches tell ``dlsim.hardware.topology.Topology`` how to route.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import networkx as nx
@@ -54,7 +55,7 @@ def _devices(g: nx.DiGraph, first: int, count: int, node: int) -> list[int]:
 # --- textbook topologies -------------------------------------------------------------------
 
 def ring(n: int, spec: LinkSpec) -> nx.DiGraph:
-    g = nx.DiGraph()
+    g: nx.DiGraph = nx.DiGraph()
     _devices(g, 0, n, 0)
     for i in range(n if n > 2 else n - 1):
         add_link(g, i, (i + 1) % n, spec)
@@ -63,7 +64,7 @@ def ring(n: int, spec: LinkSpec) -> nx.DiGraph:
 
 def star(n: int, spec: LinkSpec) -> nx.DiGraph:
     """All devices on one non-blocking switch."""
-    g = nx.DiGraph()
+    g: nx.DiGraph = nx.DiGraph()
     _devices(g, 0, n, 0)
     g.add_node("switch", kind="switch")
     for i in range(n):
@@ -72,7 +73,7 @@ def star(n: int, spec: LinkSpec) -> nx.DiGraph:
 
 
 def fully_connected(n: int, spec: LinkSpec) -> nx.DiGraph:
-    g = nx.DiGraph()
+    g: nx.DiGraph = nx.DiGraph()
     _devices(g, 0, n, 0)
     for i in range(n):
         for j in range(i + 1, n):
@@ -97,7 +98,7 @@ def torus(dims: list[int], spec: LinkSpec, first: int = 0, g: nx.DiGraph | None 
     return g
 
 
-def leaf_spine(g: nx.DiGraph, endpoints: list[object], spec: LinkSpec, per_leaf: int,
+def leaf_spine(g: nx.DiGraph, endpoints: Sequence[object], spec: LinkSpec, per_leaf: int,
                oversubscription: float) -> None:
     """Join ``endpoints`` with a two-tier leaf/spine (folded Clos) fabric.
 
@@ -148,7 +149,7 @@ def rail_fabric(g: nx.DiGraph, nics_by_node: list[list[str]], spec: LinkSpec,
 
 
 def fat_tree(n: int, spec: LinkSpec, per_leaf: int, oversubscription: float) -> nx.DiGraph:
-    g = nx.DiGraph()
+    g: nx.DiGraph = nx.DiGraph()
     leaf_spine(g, _devices(g, 0, n, 0), spec, per_leaf, oversubscription)
     return g
 
@@ -156,8 +157,8 @@ def fat_tree(n: int, spec: LinkSpec, per_leaf: int, oversubscription: float) -> 
 # --- systems: one node from a profile, many nodes on a fabric ------------------------------
 
 def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_link: LinkSpec,
-             host_link: LinkSpec, *, mesh: list[tuple[int, int, int]] = (),
-             torus_dims: list[int] = (), sockets: int = 1, socket_link: LinkSpec | None = None,
+             host_link: LinkSpec, *, mesh: Sequence[tuple[int, int, int]] = (),
+             torus_dims: Sequence[int] = (), sockets: int = 1, socket_link: LinkSpec | None = None,
              per_pcie_switch: int = 1, nics: int = 0) -> list[str]:
     """Add one node's devices and internal links; return its NIC node names.
 
@@ -165,7 +166,11 @@ def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_li
     nodes) or off socket j mod sockets (PCIe nodes), over ``host_link``.
     """
     p = f"n{node}/"
-    devs = _devices(g, first, n, node) if intra != "torus" else None
+    if intra == "torus":
+        torus(list(torus_dims), device_link, first=first, g=g, node=node)
+        devs = list(range(first, first + n))
+    else:
+        devs = _devices(g, first, n, node)
     if intra == "switch":
         hub = p + ("nvswitch" if device_link.transport == "nvlink" else "switch")
         g.add_node(hub, kind="switch")  # an NVSwitch, or a Wi-Fi access point / LTE cell
@@ -176,9 +181,6 @@ def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_li
             add_link(g, first + a, first + b, replace(device_link,
                                                       up_Bps=device_link.up_Bps * lanes,
                                                       down_Bps=device_link.down_Bps * lanes))
-    elif intra == "torus":
-        torus(list(torus_dims), device_link, first=first, g=g, node=node)
-        devs = list(range(first, first + n))
     nic_names = [p + f"nic{j}" for j in range(nics)]
     g.add_nodes_from(nic_names, kind="nic")
     if intra == "pcie":
@@ -186,6 +188,7 @@ def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_li
         for s in range(sockets):
             g.add_node(p + f"socket{s}", kind="socket")
             if s:
+                assert socket_link is not None, "a node of several sockets needs socket_link"
                 add_link(g, p + "socket0", p + f"socket{s}", socket_link)
         for k in range(switches):
             sw = p + f"pcie{k}"

@@ -64,7 +64,8 @@ class Topology:
         self._fabric_ids = {}
         self._ecmp = {}
         self._ecmp_of = {}
-        for node, group in self.graph.nodes(data="ecmp"):
+        for node, attrs in self.graph.nodes(data=True):
+            group = attrs.get("ecmp")
             if group is not None:
                 self._ecmp.setdefault(group, []).append(node)
                 self._ecmp_of[node] = group
@@ -237,7 +238,7 @@ class Topology:
                                  if v in position), dtype=int) for d in devices]
         return peers if any(len(p) for p in peers) else None
 
-    def link_label(self, edge_id: int) -> str:
+    def link_label(self, edge_id: int | np.integer) -> str:
         a, b = self.edges[edge_id]
         return f"{a}->{b}"
 

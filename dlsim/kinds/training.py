@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                               for s in range(stages)], dtype, train.optimizer,
         [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
         data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel)
-    memory_options = {"zero_stage": par.zero_stage, "recompute": par.recompute,
+    memory_options: dict[str, Any] = {"zero_stage": par.zero_stage, "recompute": par.recompute,
                       "offload": par.offload}
     if tensor > 1:  # sequence parallelism is a saving only a tensor-parallel plan can take
         memory_options["sequence_parallel"] = sequence_parallel

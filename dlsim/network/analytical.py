@@ -91,7 +91,7 @@ class AnalyticalNetwork:
         self.flows_started = 0
         self._busy_until = np.zeros(n_links)
 
-    def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray,
+    def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
                  latency_s: np.ndarray | None = None,
                  wire_factor: np.ndarray | None = None) -> simpy.Event:

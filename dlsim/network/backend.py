@@ -41,7 +41,7 @@ class NetworkBackend(Protocol):
     bytes_injected: float     # payload bytes handed to the network
     flows_started: int
 
-    def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray,
+    def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: float | np.ndarray,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
                  latency_s: np.ndarray | None = None,
                  wire_factor: np.ndarray | None = None) -> simpy.Event:

@@ -12,6 +12,7 @@ of ASTRA-sim's analytical backend; there are no packets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import simpy
@@ -83,7 +84,7 @@ class Network:
         self._last_t = 0.0
         self._generation = 0
 
-    def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray,
+    def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
                  latency_s: np.ndarray | None = None,
                  wire_factor: np.ndarray | None = None) -> simpy.Event:
@@ -120,7 +121,7 @@ class Network:
         for lat in np.unique(latency):
             members = np.flatnonzero(latency == lat)
             seg = self._segment(batch, routes, members, size[members])
-            self.env.timeout(float(lat)).callbacks.append(lambda _ev, s=seg: self._activate(s))
+            self.env.timeout(float(lat)).callbacks.append(partial(self._activate, seg))
         return done
 
     def scale_links(self, edges: np.ndarray, factor: float) -> None:
@@ -164,7 +165,8 @@ class Network:
             load += np.bincount(seg.link_of, weights=rate[seg.flow_of], minlength=len(load))
         return load
 
-    def _activate(self, seg: _Segment) -> None:
+    def _activate(self, seg: _Segment, _latency_elapsed: simpy.Event) -> None:
+        """Segment ``seg`` starts sending once its flows' latency has elapsed."""
         self._advance()
         self._segments.append(seg)
         self._reschedule()

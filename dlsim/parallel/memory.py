@@ -129,7 +129,7 @@ def pipeline_stages(model: Model, pipeline: int) -> list[list[int]]:
 def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1,
                       tensor: int = 1, pipeline: int = 1,
                       stage_layers: Sequence[int] | None = None,
-                      in_flight_microbatches: int = 1, zero_stage: int = 0,
+                      in_flight_microbatches: float = 1, zero_stage: int = 0,
                       recompute: str = "none", offload: str = "none",
                       lora: LoraSpec | None = None,
                       sequence_parallel: bool = False) -> MemoryPlan:
@@ -170,7 +170,7 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
 
 
 def stage_memory(model: Model, parts: list[list[int]], dtype: str, optimizer: str,
-                 in_flight_per_stage: Sequence[int], **options) -> MemoryPlan:
+                 in_flight_per_stage: Sequence[float], **options: Any) -> MemoryPlan:
     """The fullest pipeline stage, each stage with its own micro-batches in flight."""
     return max((memory_per_device(model, dtype, optimizer, stage_layers=layers,
                                   in_flight_microbatches=held, **options)

@@ -106,6 +106,7 @@ def transformer_shape(spec: ModelSpec) -> dict[str, int] | None:
         gpt = TRANSFORMER_PRESETS.get(spec.preset)
         return {"attention heads": gpt[2], "hidden size": gpt[1]} if gpt else None
     if spec.kind == "transformer":
+        assert spec.heads is not None and spec.hidden is not None  # ModelSpec's validator
         return {"attention heads": spec.heads, "hidden size": spec.hidden}
     return None
 

@@ -239,7 +239,7 @@ def _runner_up(win: dict[str, Any], run: dict[str, Any], objective: str) -> str:
     mine = _breakdown(win) if same else win["estimated_breakdown_s"]
     theirs = _breakdown(run) if same else run["estimated_breakdown_s"]
     diffs = {k: theirs.get(k, 0.0) - mine.get(k, 0.0) for k in sorted({*mine, *theirs})}
-    worst = max(diffs, key=diffs.get)
+    worst = max(diffs, key=diffs.__getitem__)
     step = "step_time_s" if same else "estimated_step_time_s"
     gap = run[step] - win[step]
     basis = run["step_time_source"] if same else "both by the estimate"

@@ -19,7 +19,8 @@ def time_unit(seconds: float) -> tuple[float, str]:
     return 1.0, "s"
 
 
-def round_times(durations_s: Sequence[float], ends_s: Sequence[float]) -> str:
+def round_times(durations_s: Sequence[float] | np.ndarray,
+                ends_s: Sequence[float] | np.ndarray) -> str:
     """Histogram of round durations beside the time at which each round completed."""
     fig = _new_figure(10.0, 3.6)
     hist, curve = fig.subplots(1, 2)

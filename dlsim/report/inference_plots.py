@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 
 from dlsim.report.plots import _new_figure, _style, _to_data_uri
 
@@ -14,7 +15,7 @@ PART_LABELS = {"device_s": "device compute", "upload_s": "upload", "server_s": "
                "download_s": "result download"}
 
 
-def _expected_and_best(ax, table: pd.DataFrame, expected: str, best: int, colour: str,
+def _expected_and_best(ax: Axes, table: pd.DataFrame, expected: str, best: int, colour: str,
                        label: str) -> None:
     """The expected values with early exits as a line (when ``table`` has them), the best
     split as a dashed vertical line, and the legend."""

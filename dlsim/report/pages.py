@@ -265,10 +265,10 @@ def _scaling_section(scaling: Sequence[GroupScaling]) -> dict[str, Any] | None:
                        else usl_capacity(p, g.usl.sigma, g.usl.kappa)})
         row = g.fit_row()
         fits.append((g.label, *(_optional(v) for k, v in row.items() if k != "line")))
-        for r in g.points.itertuples():
-            points.append((g.label, f"{int(r.devices):,}", format_number(r.speedup),
-                           f"{100 * r.efficiency:.1f} %", format_number(r.karp_flatt),
-                           _optional(getattr(r, "exposed_comm_share", None),
+        for r in g.points.to_dict("records"):
+            points.append((g.label, f"{int(r['devices']):,}", format_number(r["speedup"]),
+                           f"{100 * r['efficiency']:.1f} %", format_number(r["karp_flatt"]),
+                           _optional(r.get("exposed_comm_share"),
                                      lambda v: "–" if math.isnan(v) else f"{100 * v:.1f} %")))
     return {"image": plots.scaling_curves(curves), "fits": fits, "points": points,
             "comm_share": any("exposed_comm_share" in g.points for g in scaling)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -185,7 +185,7 @@ def links_bar(labels: Sequence[str], utilisation: Sequence[float]) -> str:
     return _to_data_uri(fig)
 
 
-def bars(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str,
+def bars(labels: Sequence[str | int], values: Sequence[float] | np.ndarray, title: str, xlabel: str,
          ylabel: str, colour: str = CATEGORY_COLOURS["wait"]) -> str:
     """Vertical bars, one per label (devices, staleness values); at most ~32 tick labels."""
     fig = _new_figure(8.0, 3.4)
@@ -312,14 +312,14 @@ def topology_utilisation(edges: pd.DataFrame, title: str) -> str:
     is Kamada-Kawai's, which starts from a circle and has no randomness, so the same
     topology is drawn the same way every time.
     """
-    graph = nx.Graph()
-    for r in edges.itertuples():
-        busiest = graph.edges[r.src, r.dst]["u"] if graph.has_edge(r.src, r.dst) else 0.0
-        graph.add_edge(r.src, r.dst, u=max(busiest, float(r.utilisation)))
+    graph: nx.Graph[Hashable] = nx.Graph()
+    for src, dst, u in zip(edges["src"], edges["dst"], edges["utilisation"]):
+        busiest = graph.edges[src, dst]["u"] if graph.has_edge(src, dst) else 0.0
+        graph.add_edge(src, dst, u=max(busiest, float(u)))
     pos = nx.kamada_kawai_layout(graph)
     fig = _new_figure(8.0, 5.2)
     ax = fig.add_subplot()
-    segments = np.array([[pos[a], pos[b]] for a, b in graph.edges])
+    segments = [[pos[a], pos[b]] for a, b in graph.edges]
     util = np.array([d["u"] for _, _, d in graph.edges(data=True)]) * 100.0
     top = max(float(util.max()), 1e-9)  # the scale ends at the busiest link, not at 100 %
     norm = Normalize(0.0, top)

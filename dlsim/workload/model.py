@@ -170,7 +170,8 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
     embed_fwd = (elementwise(t * h, dtype_bytes, 3.0 if encoder else 2.0, "embedding"),)
     logits = (gemm(t, h, vocab, dtype_bytes, "logits"),                 # tied weights
               elementwise(t * vocab, dtype_bytes, 3.0, "cross_entropy"))
-    head_fwd = (elementwise(t * h, dtype_bytes, 3.0, "final_layernorm"), *logits)
+    head_fwd: tuple[Kernel, ...] = (elementwise(t * h, dtype_bytes, 3.0, "final_layernorm"),
+                                    *logits)
     head_params, head_act = 2 * h, t * (h + vocab) * dtype_bytes
     if encoder:
         head_fwd = (gemm(t, h, h, dtype_bytes, "mlm_transform"),

@@ -42,8 +42,12 @@ def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
         raise ScenarioError(f"unknown model preset '{spec.preset}'; available: "
                             f"{', '.join(presets())}.", field="model.preset")
     if spec.kind == "transformer":
+        # ModelSpec's validator requires these of a transformer given by its shape
+        assert (spec.layers is not None and spec.hidden is not None and spec.heads is not None
+                and spec.seq_len is not None and spec.vocab is not None)
         name = f"transformer-{spec.layers}x{spec.hidden}"
         return transformer_layers(name, spec.layers, spec.hidden, spec.heads, spec.seq_len,
                                   spec.vocab, microbatch, dtype_bytes, spec.ffn_hidden)
+    assert spec.widths is not None  # ModelSpec's validator requires widths of an mlp
     return mlp_layers("mlp-" + "-".join(map(str, spec.widths)), spec.widths, microbatch,
                       dtype_bytes)

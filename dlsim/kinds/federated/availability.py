@@ -35,8 +35,11 @@ class Availability:
             self.t = 0.0
         elif self.kind == "trace":
             t = spec.traces
-            self.windows = (traces.fedscale_behaviour(t.behaviour) if t.behaviour
-                            else traces.flash_availability(t.flash_availability))
+            if t.behaviour:
+                self.windows = traces.fedscale_behaviour(t.behaviour)
+            else:
+                assert t.flash_availability is not None  # FederatedSpec: 'trace' needs one
+                self.windows = traces.flash_availability(t.flash_availability)
             self.entry_of = np.arange(self.n) % self.windows.entries
 
     def query(self, t: float) -> tuple[np.ndarray, np.ndarray]:

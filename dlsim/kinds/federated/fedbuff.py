@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
+from typing import Any
 
 import numpy as np
 import simpy
@@ -64,7 +65,7 @@ def run_fedbuff(fed: FederatedSpec, pop: Population, avail: Availability,
     server = _Server(env, fed, tally)
     busy = np.zeros(pop.size, dtype=bool)
 
-    def train(k: int, online_s: float) -> Generator:
+    def train(k: int, online_s: float) -> Generator[simpy.Event, Any, None]:
         t0, v0 = env.now, server.version
         clients = np.array([k])
         scale = float(pop.width[k]) ** 2
@@ -76,14 +77,14 @@ def run_fedbuff(fed: FederatedSpec, pop: Population, avail: Availability,
         marks = [t0]   # download end, training end, upload end as they happen
 
         def race(event: simpy.Event, flow: int | None = None,
-                 link: SharedLink | None = None) -> Generator:
+                 link: SharedLink | None = None) -> Generator[simpy.Event, Any, bool]:
             if offline is None:
                 yield event
                 return True
             fired = yield event | offline
             if event in fired:
                 return True
-            if link is not None:
+            if link is not None and flow is not None:  # a transfer: a link and its flow
                 link.cancel(flow)
             return False
 
@@ -117,7 +118,7 @@ def run_fedbuff(fed: FederatedSpec, pop: Population, avail: Availability,
                 ("compute", "train", bounds[1], bounds[2]),
                 ("comm", "upload", bounds[2], bounds[3])])
 
-    def slot() -> Generator:
+    def slot() -> Generator[simpy.Event, Any, None]:
         while True:
             online, remaining = avail.query(env.now)
             idle = np.flatnonzero(online & ~busy)

@@ -52,7 +52,7 @@ def run_rounds(fed: FederatedSpec, pop: Population, avail: Availability,
                model_bytes: float, update_bytes: float, server_Bps: float | None,
                rng: np.random.Generator) -> Tally:
     tally = Tally(pop)
-    policy = fed.straggler.policy
+    policy, deadline_s = fed.straggler.policy, fed.straggler.deadline_s  # set iff "deadline"
     select = math.ceil(fed.overcommit * fed.clients_per_round)
     least = max(1, math.ceil(fed.min_participation * fed.clients_per_round))
     t0 = 0.0
@@ -88,7 +88,7 @@ def run_rounds(fed: FederatedSpec, pop: Population, avail: Availability,
             end = float(up_end[ok[need - 1]])
         else:
             end = float(max(up_end[ok].max(initial=t0), fail_at[failed].max(initial=t0)))
-        cutoff = t0 + fed.straggler.deadline_s if policy == "deadline" else math.inf
+        cutoff = t0 + deadline_s if deadline_s is not None else math.inf
         end = min(end, cutoff)
         taken = np.zeros(m, dtype=bool)
         taken[ok[:need][up_end[ok[:need]] <= end]] = True

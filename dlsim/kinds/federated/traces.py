@@ -206,7 +206,8 @@ def fedscale_behaviour(path: str) -> Windows:
 def flash_availability(path: str) -> Windows:
     field = "federated.traces.flash_availability"
     rows = _ordered(_records(path, field, ()))
-    periods, spans = [], []
+    periods: list[float] = []
+    spans: list[list[tuple[float, float]]] = []
     try:
         for row in rows:
             if not row.get("isSuccess", True):  # FLASH could not parse this device's trace

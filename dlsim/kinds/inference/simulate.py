@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.inference import EdgeInferenceSpec
+from dlsim.contract.inference import EdgeInferenceSpec, HierarchySpec, SpatialSpec, TierSpec
 from dlsim.contract.scenario import EdgeInferenceScenario
 from dlsim.contract.span import Span
 from dlsim.hardware.profiles import DTYPE_BYTES
@@ -51,12 +51,13 @@ def _layer_index(model: Model, name: str, field: str) -> int:
     return names.index(name)
 
 
-def _spatial_spans(model: Model, spec: EdgeInferenceSpec, best: dict[str, Any], dtype: str,
-                   dt: int) -> list[Span]:
+def _spatial_spans(model: Model, spec: EdgeInferenceSpec, sp: SpatialSpec, best: dict[str, Any],
+                   dtype: str, dt: int) -> list[Span]:
     """The fastest partition: scatter, per-layer strips and halo exchanges, gather, tail."""
-    device = device_profile(spec.spatial.device, "inference.spatial.device", dtype)
-    link = hop(spec.spatial.link, "inference.spatial.link")
-    k, spans, t = int(best["devices"]), [], 0.0
+    device = device_profile(sp.device, "inference.spatial.device", dtype)
+    link = hop(sp.link, "inference.spatial.link")
+    k, t = int(best["devices"]), 0.0
+    spans: list[Span] = []
 
     def add(devices: int, stream: str, name: str, d: float) -> None:
         nonlocal t
@@ -80,10 +81,10 @@ def _spatial_spans(model: Model, spec: EdgeInferenceSpec, best: dict[str, Any], 
     return spans
 
 
-def _split(spec: EdgeInferenceSpec, device: Tier, model: Model, exits: list[Exit],
-           dtype: str) -> tuple[dict[str, Any], list[Segment]]:
-    server = tier("server", spec.server.device, "inference.server.device", model, dtype)
-    link = hop(spec.server.link, "inference.server.link")
+def _split(spec: EdgeInferenceSpec, server_spec: TierSpec, device: Tier, model: Model,
+           exits: list[Exit], dtype: str) -> tuple[dict[str, Any], list[Segment]]:
+    server = tier("server", server_spec.device, "inference.server.device", model, dtype)
+    link = hop(server_spec.link, "inference.server.link")
     table = split_table(device, server, link, model, exits, dtype, spec.batch, spec.radio)
     prefix = "expected_" if exits else ""
     by_latency = best_row(table, prefix + "latency_s")
@@ -99,9 +100,8 @@ def _split(spec: EdgeInferenceSpec, device: Tier, model: Model, exits: list[Exit
     return part, walk(route, model, exits, len(exits), dtype)
 
 
-def _hierarchy(spec: EdgeInferenceSpec, device: Tier, model: Model, exits: list[Exit],
-               dtype: str) -> tuple[dict[str, Any], list[Segment]]:
-    h = spec.hierarchy
+def _hierarchy(spec: EdgeInferenceSpec, h: HierarchySpec, device: Tier, model: Model,
+               exits: list[Exit], dtype: str) -> tuple[dict[str, Any], list[Segment]]:
     at = "inference.hierarchy"
     tiers = (device,
              tier("edge", h.edge.device, f"{at}.edge.device", model, dtype),
@@ -120,11 +120,11 @@ def _hierarchy(spec: EdgeInferenceSpec, device: Tier, model: Model, exits: list[
     return part, walk(route, model, exits, len(exits), dtype)
 
 
-def _spatial(spec: EdgeInferenceSpec, model: Model, dtype: str, dt: int) -> dict[str, Any]:
+def _spatial(spec: EdgeInferenceSpec, sp: SpatialSpec, model: Model, dtype: str,
+             dt: int) -> dict[str, Any]:
     if conv_prefix(model) == 0:
         raise ScenarioError(f"{model.name} has no convolutional layers to partition.",
                             field="inference.spatial")
-    sp = spec.spatial
     profile = device_profile(sp.device, "inference.spatial.device", dtype)
     table = spatial_table(model, profile, hop(sp.link, "inference.spatial.link"), sp.devices,
                           dtype, dt, spec.batch)
@@ -149,7 +149,7 @@ def simulate_edge_inference(scenario: EdgeInferenceScenario) -> Result:
     }
     timelines: list[list[Span]] = []
     if spec.server is not None:
-        split, segments = _split(spec, device, model, exits, dtype)
+        split, segments = _split(spec, spec.server, device, model, exits, dtype)
         summary["latency_s"], summary["energy_J"] = split.pop("latency_s"), split.pop("energy_J")
         summary["split"] = split
         timelines.append(_spans(segments))
@@ -160,15 +160,16 @@ def simulate_edge_inference(scenario: EdgeInferenceScenario) -> Result:
              "share": float(share)} for e, share in zip(exits, shares)]
         summary["final_output_share"] = float(shares[-1])
     if spec.hierarchy is not None:
-        summary["hierarchy"], segments = _hierarchy(spec, device, model, exits, dtype)
+        summary["hierarchy"], segments = _hierarchy(spec, spec.hierarchy, device, model, exits,
+                                                    dtype)
         summary.setdefault("latency_s", summary["hierarchy"]["expected_latency_s"])
         timelines.append(_spans(segments))
     if spec.spatial is not None:
-        summary["spatial"] = _spatial(spec, model, dtype, dt)
+        summary["spatial"] = _spatial(spec, spec.spatial, model, dtype, dt)
         best = summary["spatial"]["best"]
         summary.setdefault("latency_s", best["latency_s"])
         if not timelines:
-            timelines.append(_spatial_spans(model, spec, best, dtype, dt))
+            timelines.append(_spatial_spans(model, spec, spec.spatial, best, dtype, dt))
     spans = timelines[0]
     return simulation_result(scenario, summary, fidelity="analytic", events=len(spans),
                              spans=spans)

@@ -116,7 +116,7 @@ def tail_s(model: Model, device: DeviceProfile, dtype: str) -> float:
 
 
 def partition(model: Model, device: DeviceProfile, link: Hop, k: int, strategy: str,
-              dtype: str, dtype_bytes: int, batch: int) -> dict[str, float]:
+              dtype: str, dtype_bytes: int, batch: int) -> dict[str, float | str]:
     """Latency of one request with the convolutional layers spread over k devices."""
     n_conv = conv_prefix(model)
     compute = sum(strip_time_s(layer, k, device, dtype, dtype_bytes)

@@ -16,6 +16,7 @@ stage, where a transfer stage is its bytes / bandwidth (latency overlaps between
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,7 +63,7 @@ def split_table(device: Tier, server: Tier, link: Hop, model: Model, exits: Sequ
     return pd.DataFrame(rows)
 
 
-def best_row(table: pd.DataFrame, column: str) -> dict[str, object]:
+def best_row(table: pd.DataFrame, column: str) -> dict[str, Any]:
     """The row minimising ``column`` (first, i.e. fewest device layers, on ties)."""
     row = table.iloc[int(np.argmin(table[column].to_numpy()))]
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+    return {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}

@@ -44,7 +44,7 @@ def ended_at_last_op(run: EngineRun) -> EngineRun:
 
 def step_times_s(run: EngineRun) -> np.ndarray:
     """Duration of each step: a step ends when the last rank finishes its optimizer op."""
-    ends: dict[int, list[float]] = {}
+    ends: dict[tuple[int, str], list[float]] = {}
     for span in sorted(run.spans, key=lambda s: s.start_s):
         if span.category == "compute" and span.role == "optimizer":
             ends.setdefault((span.device, span.stream), []).append(span.end_s)

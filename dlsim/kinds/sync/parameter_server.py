@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import simpy
@@ -100,7 +101,7 @@ class ParameterServer:
 
     # --- workers -------------------------------------------------------------------------
 
-    def _worker(self, w: int) -> Generator:
+    def _worker(self, w: int) -> Generator[simpy.Event, Any, None]:
         job = self.job
         device = int(job.placement[w])
         t = 0
@@ -144,10 +145,12 @@ class ParameterServer:
         self.claimed += 1
         return True
 
-    def _gate(self, w: int, device: int, t: int) -> Generator:
+    def _gate(self, w: int, device: int, t: int) -> Generator[simpy.Event, Any, None]:
         """SSP: start step t only once every live worker has pushed at least t - s steps."""
+        bound = self.job.staleness
+        assert bound is not None  # SyncSpec: ssp, the only mode with a gate, has a bound
         start = self.env.now
-        while self._slowest() < t - self.job.staleness:
+        while self._slowest() < t - bound:
             yield self._progress
         if self.env.now > start:
             self.spans.append(Span(device, "comm", f"ssp gate s{t}", "wait", start,
@@ -162,7 +165,7 @@ class ParameterServer:
         done.succeed()
 
     def _span(self, w: int, device: int, category: str, name: str,
-              event: simpy.Event) -> Generator:
+              event: simpy.Event) -> Generator[simpy.Event, Any, None]:
         stream = "compute" if category == "compute" else "comm"
         start = self.env.now
         self._open[w] = (stream, name, category, start)
@@ -176,7 +179,7 @@ class ParameterServer:
         return self.network.transfer(src.ravel(), dst.ravel(),
                                      self.job.grad_bytes / len(self.hosts))
 
-    def _fail(self, workers: dict[int, simpy.Process]) -> Generator:
+    def _fail(self, workers: dict[int, simpy.Process]) -> Generator[simpy.Event, Any, None]:
         """Stop the worker of each failing device, in time order, until the job is over."""
         for at, device in self.failures:
             if at > self.env.now:
@@ -189,13 +192,13 @@ class ParameterServer:
 
     # --- servers -------------------------------------------------------------------------
 
-    def _apply(self, w: int, read: np.ndarray) -> Generator:
+    def _apply(self, w: int, read: np.ndarray) -> Generator[simpy.Event, Any, None]:
         """SSP/ASP: every shard applies this worker's update when its turn comes."""
         stale = yield self.env.all_of([self.env.process(self._apply_shard(k, w, read[k]))
                                        for k in range(len(self.hosts))])
         self.staleness.append(max(stale.values()))
 
-    def _apply_shard(self, k: int, w: int, read: int) -> Generator:
+    def _apply_shard(self, k: int, w: int, read: int) -> Generator[simpy.Event, Any, int]:
         with self.shards[k].request() as turn:
             yield turn
             start = self.env.now
@@ -206,7 +209,7 @@ class ParameterServer:
                                    f"apply update of rank {w}", "compute", start, self.env.now))
         return stale
 
-    def _barrier(self, w: int, device: int, t: int) -> Generator:
+    def _barrier(self, w: int, device: int, t: int) -> Generator[simpy.Event, Any, None]:
         """BSP: wait for every live worker's push of step t (straggler wait), then for the
         shards to sum the gradients and apply the update."""
         arrived, _, applied = self._rounds.setdefault(t, ([], [], self.env.event()))
@@ -228,7 +231,8 @@ class ParameterServer:
                 released.append(self.env.now)
                 self.env.process(self._sum_and_apply(t, len(arrived), applied))
 
-    def _sum_and_apply(self, t: int, gradients: int, applied: simpy.Event) -> Generator:
+    def _sum_and_apply(self, t: int, gradients: int,
+                       applied: simpy.Event) -> Generator[simpy.Event, Any, None]:
         """Every shard sums the gradients it received and applies one update."""
         start = self.env.now
         yield self.env.timeout(self.job.sum_s * (gradients - 1) + self.job.apply_s)

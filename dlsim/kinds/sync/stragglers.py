@@ -31,8 +31,10 @@ def slowdown_factors(spec: StragglerSpec | None, devices: np.ndarray, steps: int
         factors[rank_of(devices, device, "stragglers.fixed")] *= factor
     per_step = spec.per_step
     if per_step is not None and per_step.distribution == "lognormal":
+        assert per_step.sigma is not None  # PerStepSpec's validator
         factors *= rng.lognormal(0.0, per_step.sigma, size=(ranks, steps))
     elif per_step is not None:
+        assert per_step.probability is not None and per_step.factor is not None  # bimodal
         hit = rng.random((ranks, steps)) < per_step.probability
         factors *= np.where(hit, per_step.factor, 1.0)
     return factors

@@ -17,7 +17,7 @@ def hierarchical_allreduce(devices: np.ndarray, size_bytes: float, nodes: np.nda
     CollNet-style two-level scheme). L ranks per node, M nodes."""
     order = np.argsort(nodes, kind="stable")
     local = devices[order]
-    _, counts = np.unique(nodes, return_counts=True)
+    counts = np.unique(nodes, return_counts=True)[1]
     if len(set(counts.tolist())) != 1:
         raise ScenarioError("hierarchical all-reduce needs the same number of ranks on every "
                             f"node, got {counts.tolist()}.", field="algorithm")

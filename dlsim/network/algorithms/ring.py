@@ -83,7 +83,7 @@ def rail_rings(op: str, devices: np.ndarray, size_bytes: float, nodes: np.ndarra
     NCCL 2.4", NVIDIA blog 2019) instead of one ring squeezing through a single NIC. Each
     ring carries G/L. Falls back to one ring when nodes are uneven or hold one rank."""
     order = np.argsort(nodes, kind="stable")
-    _, counts = np.unique(nodes, return_counts=True)
+    counts = np.unique(nodes, return_counts=True)[1]
     per_node = int(counts[0])
     if len(counts) < 2 or per_node < 2 or len(set(counts.tolist())) != 1:
         return RING[op](devices, size_bytes)
