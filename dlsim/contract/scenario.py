@@ -147,19 +147,13 @@ class ParallelismSpec(_Spec):
 
     @model_validator(mode="after")
     def _supported(self) -> ParallelismSpec:
-        if self.pipeline > 1 and self.zero_stage > 1:
-            raise ValueError("ZeRO stages 2 and 3 partition gradients and parameters that a "
-                             "pipeline accumulates over micro-batches; with pipeline > 1 use "
-                             "zero_stage 0 or 1")
-        if self.tensor > 1 and self.zero_stage == 3:
-            raise ValueError("ZeRO-3 gathers each layer's parameters before every forward and "
-                             "backward pass; dlsim runs that on data-parallel plans (tensor 1, "
-                             "pipeline 1) only, its tensor-parallel path exchanges parameters "
-                             "once per step; with tensor > 1 use zero_stage 0, 1 or 2")
-        if self.schedule == "interleaved" and self.pipeline == 1:
-            raise ValueError("the interleaved schedule needs pipeline > 1")
-        if self.virtual_stages > 1 and self.schedule != "interleaved":
-            raise ValueError("virtual_stages > 1 needs schedule: interleaved")
+        # the rules live with the engine's and the planner's (imported here, when a scenario
+        # is validated, because that module builds on this one)
+        from dlsim.parallel.feasibility import parallelism_conflict
+
+        conflict = parallelism_conflict(self)
+        if conflict:
+            raise ValueError(conflict)
         return self
 
 

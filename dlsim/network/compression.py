@@ -2,7 +2,7 @@
 the wire, the compression ratio, and how long the encode and decode kernels take. The ops
 that apply it to a gradient bucket are the strategy's
 (``dlsim.parallel.data_parallel.sync_bucket``), the
-scenario check is ``dlsim.parallel.data_parallel.compression_of``, and the summary fields are
+scenario check is ``dlsim.parallel.feasibility.compression_of``, and the summary fields are
 ``dlsim.results.metrics.compression_summary``.
 
 - ``fp16``: gradients cast to half precision and all-reduced as such (additive, so any

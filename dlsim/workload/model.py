@@ -4,8 +4,9 @@ Counts follow the usual analytical conventions: a GEMM of (m x k)(k x n) is 2mkn
 backward is two GEMMs of the same size (input and weight gradients); a transformer layer's
 forward is 24*b*s*h^2 + 4*b*s^2*h FLOPs (Narayanan et al., SC'21, §5.1) with 12h^2 + 13h
 parameters; stored activations follow Korthikanti et al. 2022, "Reducing Activation
-Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit. Presets: GPT-2, GPT-3,
-BERT-large, the GPT models of Megatron-LM SC'21 Table 1, LLaMA-2 (``dlsim.workload.llama``), CNNs
+Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit. Presets: the
+transformers of ``dlsim.workload.shapes`` (GPT-2, GPT-3, BERT-large, the GPT models of
+Megatron-LM SC'21 Table 1, LLaMA-2, built by ``dlsim.workload.llama``), CNNs
 (``dlsim.workload.cnn``) and MLPs.
 """
 
@@ -13,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import ModelSpec
+from dlsim.workload.shapes import TRANSFORMER_SHAPES, TransformerShape, shape_of
+
+if TYPE_CHECKING:  # the contract imports the feasibility rules, which count layers here
+    from dlsim.contract.scenario import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -89,31 +94,6 @@ class Model:
         return sum(layer.params for layer in self.layers)
 
 
-# name: (layers, hidden, heads, seq_len, vocab); GPT-2 sizes from Radford et al. 2019 Table 2
-# and the released configs (n_ctx 1024, vocab 50257); GPT-3 from Brown et al. 2020 Table 2.1;
-# BERT-large from Devlin et al. 2019 (L=24, H=1024, A=16, WordPiece 30522, 512 positions).
-TRANSFORMER_PRESETS: dict[str, tuple[int, int, int, int, int]] = {
-    "gpt2-124m": (12, 768, 12, 1024, 50257),
-    "gpt2-1.5b": (48, 1600, 25, 1024, 50257),
-    "gpt3-175b": (96, 12288, 96, 2048, 50257),
-    "bert-large": (24, 1024, 16, 512, 30522),
-    # Narayanan et al., SC'21, Table 1: heads, hidden and layers of its ten GPT models, with
-    # sequence 2048 and vocabulary 51,200 (§5.1); named by the parameters the table prints.
-    "megatron-1.7b": (24, 2304, 24, 2048, 51200),
-    "megatron-3.6b": (30, 3072, 32, 2048, 51200),
-    "megatron-7.5b": (36, 4096, 32, 2048, 51200),
-    "megatron-18.4b": (40, 6144, 48, 2048, 51200),
-    "megatron-39.1b": (48, 8192, 64, 2048, 51200),
-    "megatron-76.1b": (60, 10240, 80, 2048, 51200),
-    "megatron-145.6b": (80, 12288, 96, 2048, 51200),
-    "megatron-310.1b": (96, 16384, 128, 2048, 51200),
-    "megatron-529.6b": (105, 20480, 128, 2048, 51200),
-    "megatron-1t": (128, 25600, 160, 2048, 51200),
-}
-# BERT (Devlin et al. 2019): token-type embeddings and an embedding layer norm; post-LN blocks
-# with the same parameters as GPT's; the masked-LM head transforms (dense h x h, GeLU, layer
-# norm) before the tied decoder with its own bias. No pooler: pre-training on MLM alone.
-ENCODER_PRESETS = {"bert-large"}
 MLP_PRESETS: dict[str, list[int]] = {
     "mlp-mnist": [784, 1024, 1024, 10],
     "mlp-wide": [4096, 16384, 16384, 16384, 4096],
@@ -121,10 +101,9 @@ MLP_PRESETS: dict[str, list[int]] = {
 
 
 def presets() -> list[str]:
-    from dlsim.workload.cnn import CNN_PRESETS  # cnn and llama build on this module's kernels
-    from dlsim.workload.llama import LLAMA_PRESETS
+    from dlsim.workload.cnn import CNN_PRESETS  # cnn builds on this module's kernels
 
-    return sorted([*TRANSFORMER_PRESETS, *MLP_PRESETS, *CNN_PRESETS, *LLAMA_PRESETS])
+    return sorted([*TRANSFORMER_SHAPES, *MLP_PRESETS, *CNN_PRESETS])
 
 
 def gemm(m: float, k: float, n: float, dtype_bytes: int, name: str = "") -> Kernel:
@@ -146,7 +125,10 @@ def backward_of(forward: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
 def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: int,
                        b: int, dtype_bytes: int, ffn: int | None = None,
                        encoder: bool = False) -> Model:
-    """GPT (pre-LN, final layer norm, tied logits) or, with ``encoder``, BERT."""
+    """GPT (pre-LN, final layer norm, tied logits) or, with ``encoder``, BERT (Devlin et al.
+    2019): token-type embeddings and an embedding layer norm; post-LN blocks with the same
+    parameters as GPT's; the masked-LM head transforms (dense h x h, GeLU, layer norm) before
+    the tied decoder with its own bias. No pooler: pre-training on MLM alone."""
     ffn = ffn or 4 * h
     t = b * s  # tokens per micro-batch
     block_fwd = (
@@ -230,28 +212,41 @@ def lora_workload(model: Model, rank: int, targets: Sequence[str]) -> Model:
         for layer in model.layers))
 
 
+def transformer_model(name: str, shape: TransformerShape, b: int, dtype_bytes: int) -> Model:
+    """The layers of ``shape``: LLaMA's blocks for a SwiGLU shape, else GPT's or BERT's."""
+    if shape.mlp == "swiglu":
+        from dlsim.workload.llama import llama_layers  # llama builds on this module's kernels
+
+        return llama_layers(name, shape, b, dtype_bytes)
+    return transformer_layers(name, shape.layers, shape.hidden, shape.heads, shape.seq_len,
+                              shape.vocab, b, dtype_bytes, shape.ffn_hidden, shape.encoder)
+
+
 def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
     """Layers of ``spec`` for one micro-batch of ``microbatch`` samples."""
+    shape = shape_of(spec)
+    if shape is not None:
+        name = spec.preset or f"transformer-{spec.layers}x{spec.hidden}"
+        return transformer_model(name, shape, microbatch, dtype_bytes)
+    if spec.preset in MLP_PRESETS:
+        return mlp_layers(spec.preset, MLP_PRESETS[spec.preset], microbatch, dtype_bytes)
     if spec.preset is not None:
-        if spec.preset in TRANSFORMER_PRESETS:
-            layers, h, a, s, v = TRANSFORMER_PRESETS[spec.preset]
-            return transformer_layers(spec.preset, layers, h, a, s, v, microbatch, dtype_bytes,
-                                      encoder=spec.preset in ENCODER_PRESETS)
-        from dlsim.workload.llama import LLAMA_PRESETS
-
-        if spec.preset in LLAMA_PRESETS:
-            return LLAMA_PRESETS[spec.preset](microbatch, dtype_bytes)
-        if spec.preset in MLP_PRESETS:
-            return mlp_layers(spec.preset, MLP_PRESETS[spec.preset], microbatch, dtype_bytes)
         from dlsim.workload.cnn import CNN_PRESETS  # cnn builds on this module's kernels
 
         if spec.preset in CNN_PRESETS:
             return CNN_PRESETS[spec.preset](microbatch, dtype_bytes)
         raise ScenarioError(f"unknown model preset '{spec.preset}'; available: "
                             f"{', '.join(presets())}.", field="model.preset")
-    if spec.kind == "transformer":
-        name = f"transformer-{spec.layers}x{spec.hidden}"
-        return transformer_layers(name, spec.layers, spec.hidden, spec.heads, spec.seq_len,
-                                  spec.vocab, microbatch, dtype_bytes, spec.ffn_hidden)
     return mlp_layers("mlp-" + "-".join(map(str, spec.widths)), spec.widths, microbatch,
                       dtype_bytes)
+
+
+def layer_count(spec: ModelSpec) -> int:
+    """How many layers ``build_model`` gives ``spec`` (what a pipeline cuts), without building
+    a transformer: its blocks, the embedding and the head."""
+    shape = shape_of(spec)
+    if shape is not None:
+        return shape.model_layers
+    if spec.preset is None or spec.preset in MLP_PRESETS:
+        return len(spec.widths or MLP_PRESETS[spec.preset]) - 1
+    return len(build_model(spec, 1, 2).layers)

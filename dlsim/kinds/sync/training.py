@@ -26,7 +26,8 @@ from dlsim.kinds.sync.convergence import convergence_summary
 from dlsim.kinds.sync.faults import failure_times
 from dlsim.kinds.sync.parameter_server import ParameterServer, PSJob, PSRun
 from dlsim.kinds.sync.stragglers import schedule_slow_links, slowdown_factors
-from dlsim.parallel.data_parallel import data_parallel_program, split_batch
+from dlsim.parallel.data_parallel import data_parallel_program
+from dlsim.parallel.feasibility import split_batch
 from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device
 from dlsim.results.metrics import TrainingWork, breakdown, link_table, training_summary
 from dlsim.results.result import Result
