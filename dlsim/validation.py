@@ -18,7 +18,8 @@ from dlsim.contract.errors import ScenarioError
 from dlsim.data import VALIDATION
 from dlsim.parallel.memory import memory_per_device
 from dlsim.simulate import simulate
-from dlsim.workload.model import TRANSFORMER_PRESETS, Layer, Model
+from dlsim.workload.model import Layer, Model
+from dlsim.workload.shapes import TRANSFORMER_SHAPES
 
 # The tables bundled with dlsim (validation/, copied from the project's shared/validation/);
 # an explicit directory (``dlsim validate --data DIR``) wins over them.
@@ -126,7 +127,8 @@ def megatron_sc21(directory: Path) -> list[Row]:
             "parallelism": {"data": data, "tensor": t, "pipeline": p, "recompute": "full",
                             "schedule": "interleaved" if chunks > 1 else "1f1b",
                             "virtual_stages": chunks}})
-        *_, seq, vocab = TRANSFORMER_PRESETS[f"megatron-{r['params_b']}b"]
+        shape = TRANSFORMER_SHAPES[f"megatron-{r['params_b']}b"]
+        seq, vocab = shape.seq_len, shape.vocab
         flops = megatron_flops(batch, seq, layers, hidden, vocab)
         rows.append(_row("megatron_sc21_table1", case,
                          flops / result.step_time_s / gpus / 1e12, measured, "TFLOP/s"))

@@ -144,7 +144,8 @@ def _curve(points: list[Measurement], launch_s: float, peak_flops: float) -> Cur
     f = fit_saturating(np.array([p.flops for p in points]),
                        np.array([p.median_s for p in points]), launch_s)
     res = f.residuals_pct
-    return CurveFit(max=f.rate_flops / peak_flops, half_gflop=f.half_gflop,
+    # a rate at the nominal peak can come out a rounding error above it (1 + 2e-16)
+    return CurveFit(max=min(f.rate_flops / peak_flops, 1.0), half_gflop=f.half_gflop,
                     rate_tflops=f.rate_flops / 1e12, points=len(points),
                     residuals_pct=[round(float(x), 3) for x in res],
                     median_abs_residual_pct=float(np.median(np.abs(res))))

@@ -24,6 +24,7 @@ from dlsim.contract.errors import (
 from dlsim.contract.federated import FederatedSpec
 from dlsim.contract.inference import EdgeInferenceSpec
 from dlsim.contract.loading import read_yaml
+from dlsim.contract.parallelism import parallelism_conflict
 from dlsim.contract.registry import ALGORITHM, PROTOCOL, member_of
 from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
@@ -157,19 +158,9 @@ class ParallelismSpec(_Spec):
 
     @model_validator(mode="after")
     def _supported(self) -> ParallelismSpec:
-        if self.pipeline > 1 and self.zero_stage > 1:
-            raise ValueError("ZeRO stages 2 and 3 partition gradients and parameters that a "
-                             "pipeline accumulates over micro-batches; with pipeline > 1 use "
-                             "zero_stage 0 or 1")
-        if self.tensor > 1 and self.zero_stage == 3:
-            raise ValueError("ZeRO-3 gathers each layer's parameters before every forward and "
-                             "backward pass; dlsim runs that on data-parallel plans (tensor 1, "
-                             "pipeline 1) only, its tensor-parallel path exchanges parameters "
-                             "once per step; with tensor > 1 use zero_stage 0, 1 or 2")
-        if self.schedule == "interleaved" and self.pipeline == 1:
-            raise ValueError("the interleaved schedule needs pipeline > 1")
-        if self.virtual_stages > 1 and self.schedule != "interleaved":
-            raise ValueError("virtual_stages > 1 needs schedule: interleaved")
+        conflict = parallelism_conflict(self)
+        if conflict:
+            raise ValueError(conflict)
         return self
 
 

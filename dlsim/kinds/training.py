@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from dlsim.cluster.build import placement
-from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import TrainingScenario
 from dlsim.engine.core import Engine
 from dlsim.hardware.profiles import DTYPE_BYTES
@@ -16,15 +15,16 @@ from dlsim.hardware.topology import Topology
 from dlsim.kinds.run import engine_result, run_engine, symmetric
 from dlsim.kinds.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.kinds.sync.stragglers import schedule_slow_links
-from dlsim.network.algorithms import check_algorithm, dedicated_hosts
+from dlsim.network.algorithms import dedicated_hosts
 from dlsim.network.backend import NETWORKS
 from dlsim.network.protocol import resolve_mode
 from dlsim.parallel.builder import TrainingJob, build_programs
-from dlsim.parallel.data_parallel import MiB, compression_of, local_sgd_period, split_batch
+from dlsim.parallel.data_parallel import MiB
+from dlsim.parallel.feasibility import check, compression_of, local_sgd_period, training_job
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, savings, stage_memory
 from dlsim.parallel.pipeline import in_flight, pieces
-from dlsim.parallel.tensor import check_tensor_degree, shard_model
+from dlsim.parallel.tensor import shard_model
 from dlsim.results.intervals import breakdown
 from dlsim.results.result import Result
 from dlsim.results.summary import TrainingWork, compression_summary, training_summary
@@ -33,47 +33,21 @@ from dlsim.workload.presets import build_model
 
 
 def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
-    if topology.device is None:
-        raise ScenarioError("a training scenario needs a device profile for its cluster.",
-                            field="cluster.device")
+    layout = check(training_job(scenario, topology),
+                   lambda n: placement(n, topology, scenario.placement))
     device = topology.device
-    check_algorithm("allreduce", scenario.communication.data_parallel,
-                    field="communication.data_parallel")
+    assert device is not None  # check() refuses a cluster without a device profile
     par = scenario.parallelism
     stages, tensor, chunks = par.pipeline, par.tensor, par.virtual_stages
     sequence_parallel = par.sequence_parallel and tensor > 1  # Megatron-LM ignores it at t=1
-    check_tensor_degree(scenario.model, tensor)
-    if par.data is None and topology.n_devices % (tensor * stages):
-        raise ScenarioError(f"the cluster's {topology.n_devices} devices do not divide into "
-                            f"tensor ({tensor}) x pipeline ({stages}) groups; give "
-                            "parallelism.data or change the degrees.",
-                            field="parallelism.tensor")
-    data = par.data or topology.n_devices // (tensor * stages)
-    if data == 0:
-        raise ScenarioError(f"tensor ({tensor}) x pipeline ({stages}) needs "
-                            f"{tensor * stages} devices but the cluster has "
-                            f"{topology.n_devices}.", field="parallelism.pipeline")
+    data, micro, micro_count = layout.data, layout.microbatch, layout.microbatches
     grid = Grid(data, tensor, stages)
     n = grid.size
-    ranks = placement(n, topology, scenario.placement)
+    ranks = layout.devices
     train = scenario.training
-    per_replica, micro = split_batch(train.global_batch, train.microbatch, data)
-    micro_count = per_replica // micro
-    if par.schedule == "interleaved" and micro_count % stages:
-        raise ScenarioError(f"the interleaved schedule needs the micro-batches per replica "
-                            f"({micro_count}) to be a multiple of pipeline ({stages}), as "
-                            "Megatron-LM requires.", field="training.microbatch")
     dtype = scenario.precision
-    device.peak_flops(dtype)  # reject a dtype the device lacks before simulating
     model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2))
-    if stages * chunks > len(model.layers):
-        raise ScenarioError(f"{stages} pipeline stages x {chunks} virtual stages for a model "
-                            f"of {len(model.layers)} layers.", field="parallelism.pipeline")
     lora = train.lora
-    if lora and par.zero_stage == 3:
-        raise ScenarioError("LoRA with ZeRO-3 is not modelled: stage 3 would all-gather the "
-                            "frozen weights too, which the LoRA workload does not carry; use "
-                            "zero_stage 0, 1 or 2.", field="training.lora")
     executed = lora_workload(model, lora.rank, lora.targets) if lora else model
     comm = scenario.communication
     symmetric_run = symmetric(scenario.simulation, scenario.stragglers)

@@ -2,7 +2,7 @@
 the wire, and the compression ratio. The ops that apply it to a gradient bucket, and the
 encode and decode kernels' time, are the strategy's
 (``dlsim.parallel.data_parallel.sync_bucket`` and ``codec_times_s``), the scenario check is
-``dlsim.parallel.data_parallel.compression_of``, and the summary fields are
+``dlsim.parallel.feasibility.compression_of``, and the summary fields are
 ``dlsim.results.summary.compression_summary``.
 
 - ``fp16``: gradients cast to half precision and all-reduced as such (additive, so any

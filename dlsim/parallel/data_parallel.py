@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from dlsim.contract.errors import ScenarioError
 from dlsim.contract.program import Collective, Compute, Op, Role
-from dlsim.contract.scenario import CommunicationSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.network.compression import Compression
@@ -23,49 +21,6 @@ from dlsim.workload.model import Kernel, Layer
 
 MiB = 1024 * 1024
 FP32 = 4
-
-
-def split_batch(global_batch: int, microbatch: int | None, replicas: int) -> tuple[int, int]:
-    """(each data-parallel replica's batch, its micro-batch) for ``training.global_batch`` and
-    ``training.microbatch`` over ``replicas`` replicas, rejecting a batch that does not divide."""
-    if global_batch % replicas:
-        raise ScenarioError(f"global_batch ({global_batch}) must be a multiple of the "
-                            f"data-parallel degree ({replicas}).", field="training.global_batch")
-    per_replica = global_batch // replicas
-    micro = microbatch or per_replica
-    if per_replica % micro:
-        raise ScenarioError(f"each replica's batch ({per_replica}) must be a multiple of "
-                            f"microbatch ({micro}).", field="training.microbatch")
-    return per_replica, micro
-
-
-def compression_of(comm: CommunicationSpec, zero_stage: int, pure_data_parallel: bool
-                   ) -> Compression | None:
-    """The scenario's ``communication.compression`` (None for ``none``); it applies to the
-    gradient all-reduce of plain data parallelism only."""
-    scheme = comm.compression
-    if scheme == "none":
-        return None
-    if zero_stage or not pure_data_parallel:
-        raise ScenarioError("gradient compression applies to plain data parallelism (no "
-                            "ZeRO, tensor or pipeline parallelism); use compression: none.",
-                            field="communication.compression")
-    return Compression(scheme, comm.topk_ratio)
-
-
-def local_sgd_period(comm: CommunicationSpec, steps: int, zero_stage: int,
-                     model_parallel: int) -> int:
-    """``communication.local_sgd_period`` H, checked: it needs plain data parallelism and
-    a whole number of periods in ``training.steps`` (the step time is their average)."""
-    period = comm.local_sgd_period
-    if period > 1 and (zero_stage or model_parallel > 1):
-        raise ScenarioError("local SGD applies to plain data parallelism (no ZeRO, tensor "
-                            "or pipeline parallelism).", field="communication.local_sgd_period")
-    if steps % period:
-        raise ScenarioError(f"training.steps ({steps}) must be a multiple of "
-                            f"local_sgd_period ({period}): the step time is averaged over "
-                            "whole periods.", field="training.steps")
-    return period
 
 
 def pass_times_s(layer: Layer, device: DeviceProfile, dtype: str,

@@ -34,10 +34,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import ModelSpec
-from dlsim.workload.llama import LLAMA_SHAPES
-from dlsim.workload.model import TRANSFORMER_PRESETS, Kernel, Layer, Model
+from dlsim.workload.model import Kernel, Layer, Model
 
 SPLIT = frozenset({"qkv", "rope", "attention", "softmax", "proj", "mlp_up", "gelu", "swiglu",
                    "mlp_down", "logits", "cross_entropy"})
@@ -93,33 +90,3 @@ def shard_model(model: Model, t: int, sequence_parallel: bool = False) -> Model:
                            backward=_shard(layer.backward, t, split), params=layer.params // t)
                    for layer in model.layers)
     return Model(model.name, layers)
-
-
-def transformer_shape(spec: ModelSpec) -> dict[str, int] | None:
-    """The sizes tensor parallelism divides (heads, key-value heads, hidden), or None for
-    models it does not apply to."""
-    if spec.preset in LLAMA_SHAPES:
-        shape = LLAMA_SHAPES[spec.preset]
-        return {"attention heads": shape.heads, "key-value heads": shape.kv_heads,
-                "hidden size": shape.hidden}
-    if spec.preset is not None:
-        gpt = TRANSFORMER_PRESETS.get(spec.preset)
-        return {"attention heads": gpt[2], "hidden size": gpt[1]} if gpt else None
-    if spec.kind == "transformer":
-        assert spec.heads is not None and spec.hidden is not None  # ModelSpec's validator
-        return {"attention heads": spec.heads, "hidden size": spec.hidden}
-    return None
-
-
-def check_tensor_degree(spec: ModelSpec, t: int) -> None:
-    """Megatron-LM needs the (key-value) heads and the hidden size divisible by t."""
-    if t == 1:
-        return
-    shape = transformer_shape(spec)
-    if shape is None:
-        raise ScenarioError("tensor parallelism is modelled for transformer models only; "
-                            "use tensor: 1.", field="parallelism.tensor")
-    for what, size in shape.items():
-        if size % t:
-            raise ScenarioError(f"tensor ({t}) must divide the model's {what} ({size}).",
-                                field="parallelism.tensor")

@@ -14,12 +14,20 @@ discrete-event engine and says which figures came from which. The formulas:
   and two in backward per block), blocking compute; with sequence parallelism the
   layernorms and residuals split too and each all-reduce is an all-gather and a
   reduce-scatter (``dlsim.parallel.tensor.tensor_collectives``).
-- Pipeline (Narayanan et al. SC'21, §2.2): GPipe and 1F1B take (m + p − 1)·(t_f + t_b);
-  interleaved 1F1B with v chunks (m + (p − 1)/v)·(t_f + t_b); activations cross a stage
-  boundary on the fill and drain path 2(p·v − 1) times.
+- Pipeline (Narayanan et al. SC'21, §2.2): the slowest stage runs all m micro-batches and
+  the fill and drain pass once through every other stage, m·t_max + (Σ_s t_s − t_max)/v for
+  v interleaved chunks: (m + p − 1)·t for GPipe and 1F1B on equal stages, (m + (p − 1)/v)·t
+  interleaved. Stages are unequal because the head joins the last blocks (its logits GEMM
+  is 0.56 of a block's FLOPs in LLaMA-2-7B, 0.96 in Megatron's 7.5B): charging every stage
+  the slowest one's time overestimated LLaMA-2-7B on 16 pipeline stages by 10%.
+  Activations cross a stage boundary on the fill and drain path 2(p·v − 1) times.
 - Data-parallel gradients: without a pipeline they overlap the last micro-batch's backward
-  except for the last bucket (PyTorch DDP); with a pipeline they follow the flush. ZeRO-1/2
-  move the all-reduce's volume, ZeRO-3 1.5× (Rajbhandari et al. 2020, §7.2).
+  except for the last bucket (PyTorch DDP); with a pipeline each stage syncs after its last
+  backward, which ends earlier the later the stage (by the drain's backward passes of the
+  stages before it), and the step ends with the stage whose sync and update end last.
+  ZeRO-1/2 reduce-scatter instead and all-gather the updated parameters after the update,
+  the all-reduce's volume; ZeRO-3 all-gathers before each pass and never after the step,
+  1.5× (Rajbhandari et al. 2020, §7.2).
 - Recomputation: full recomputes each block's forward (and its all-reduces) in its
   backward, selective only the attention core (Korthikanti et al. 2022, §4).
 """
@@ -120,42 +128,63 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
     m = plan.microbatches_for(global_batch)
     grid, place, n = Grid(d, t, p), plan.placement, plan.gpus
     cut = table.pieces(t, p * v, plan.recompute, plan.sequence_parallel and t > 1)
-    stage = max((cut[s::p] for s in range(p)),
-                key=lambda ps: sum(x.forward_s + x.backward_s for x in ps))
     act = max(DTYPE_BYTES[table.dtype], 2) * table.tokens * table.hidden
     tensor_groups = tuple(grid.tensor_group(0, r) for r in range(d))
-    compute_micro = sum(x.forward_s + x.backward_s for x in stage)
-    counts = count_collectives([c for x in stage
-                                for c in (x.forward_collectives, x.backward_collectives)])
-    tp_micro = sum(fabric.time_s(op, "ring", act, tensor_groups, n, place) * count
+
+    def tensor_comm_s(pieces_: list[Piece]) -> float:
+        counts = count_collectives([c for x in pieces_
+                                    for c in (x.forward_collectives, x.backward_collectives)])
+        return sum(fabric.time_s(op, "ring", act, tensor_groups, n, place) * count
                    for op, count in counts)
-    micro = compute_micro + tp_micro
+
+    stages = [cut[s::p] for s in range(p)]
+    stage_s = [sum(x.forward_s + x.backward_s for x in ps) + tensor_comm_s(ps) for ps in stages]
+    slowest = max(range(p), key=lambda s: sum(x.forward_s + x.backward_s for x in stages[s]))
+    stage = stages[slowest]
+    compute_micro = sum(x.forward_s + x.backward_s for x in stage)
+    tp_micro = stage_s[slowest] - compute_micro
+    micro = stage_s[slowest]
     bubble = p2p = 0.0
     if p > 1:
         pairs = tuple((grid.rank(0, r, k), grid.rank(1, r, k)) for r in range(d)
                       for k in range(t))
-        bubble = (p - 1) / v * micro
+        bubble = (sum(stage_s) - micro) / v
         size = max(x.out_bytes for x in cut) / t  # each tensor rank sends its 1/t
         p2p = 2 * (p * v - 1) * fabric.time_s("send", "direct", size, pairs, n, place)
-    params = sum(x.params for x in stage)
-    grads = params * gradient_bytes_per_param(table.dtype)
     data_groups = tuple(grid.data_group(0, k) for k in range(t))
-    if plan.zero_stage == 0:
-        sync = fabric.time_s("allreduce", plan.algorithm, grads, data_groups, n, place)
-    else:  # reduce-scatter, then all-gather the parameters (ZeRO-3: twice, per pass)
-        gathers = 2 if plan.zero_stage == 3 else 1
-        sync = (fabric.time_s("reducescatter", "ring", grads, data_groups, n, place)
-                + gathers * fabric.time_s("allgather", "ring", grads, data_groups, n, place))
-    # a tensor or pipeline plan syncs each chunk after its last backward; plain data
-    # parallelism's DDP buckets overlap the backward, all but the last bucket
-    exposed = sync
-    if p == 1 and t == 1 and d > 1:
-        backward = sum(x.backward_s for x in stage)
-        exposed = max(sync - backward, 0.0) + sync * min(1.0, BUCKET_BYTES / grads)
-    owned = params / d if plan.zero_stage > 0 else params
-    update = optimizer_time_s(owned, optimizer, table.device)
-    return Estimate(m * micro + bubble + p2p + exposed + update, {
-        "compute": m * compute_micro + update,
+
+    def sync_s(params: float) -> tuple[float, float]:
+        """A stage's gradient sync: (what may overlap the backward, what follows the update:
+        ZeRO-1/2's all-gather of the updated parameters)."""
+        grads = params * gradient_bytes_per_param(table.dtype)
+        if plan.zero_stage == 0:
+            return fabric.time_s("allreduce", plan.algorithm, grads, data_groups, n, place), 0.0
+        scatter = fabric.time_s("reducescatter", "ring", grads, data_groups, n, place)
+        gather = fabric.time_s("allgather", "ring", grads, data_groups, n, place)
+        # ZeRO-3 gathers each layer before its forward and its backward, never after the step
+        return (scatter + 2 * gather, 0.0) if plan.zero_stage == 3 else (scatter, gather)
+
+    def tail_s(s: int) -> tuple[float, float, float]:
+        """Stage s after its last backward: (exposed sync, update, how much earlier than
+        stage 0 its last backward ends: the drain's backward passes of stages 0..s-1)."""
+        params = sum(x.params for x in stages[s])
+        sync, after = sync_s(params)
+        # plain data parallelism's DDP buckets overlap the backward, all but the last one;
+        # a tensor or pipeline plan syncs each chunk after its last backward
+        if p == 1 and t == 1 and d > 1:
+            grads = params * gradient_bytes_per_param(table.dtype)
+            backward = sum(x.backward_s for x in stages[s])
+            sync = max(sync - backward, 0.0) + sync * min(1.0, BUCKET_BYTES / grads)
+        owned = params / d if plan.zero_stage > 0 else params
+        return (sync + after, optimizer_time_s(owned, optimizer, table.device),
+                sum(cut[k].backward_s for k in range(s)))
+
+    sync, update, drained = max((tail_s(s) for s in range(p)),
+                                key=lambda x: x[0] + x[1] - x[2])
+    tail = sync + update - drained  # the step ends with the stage that ends last
+    exposed = max(tail - update, 0.0)
+    return Estimate(m * micro + bubble + p2p + tail, {
+        "compute": m * compute_micro + tail - exposed,
         "tensor_comm": m * tp_micro,
         "bubble": bubble,
         "pipeline_comm": p2p,

@@ -24,10 +24,10 @@ from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.parallel.memory import memory_per_device
 from dlsim.parallel.pipeline import in_flight
 from dlsim.planner.estimate import CostTable, Fabric, estimate
-from dlsim.planner.space import ModelShape, Plan, enumerate_plans
+from dlsim.planner.space import Plan, Target, enumerate_plans
 from dlsim.simulate import simulate
-from dlsim.workload.model import TRANSFORMER_PRESETS
 from dlsim.workload.presets import build_model
+from dlsim.workload.shapes import TRANSFORMER_SHAPES, TransformerShape
 
 OBJECTIVES = {"time": "time_to_train_s", "cost": "cost_usd", "energy": "energy_kwh"}
 
@@ -61,13 +61,11 @@ class PlanResult:
     wall_s: dict[str, float] = field(default_factory=dict)
 
 
-def _shape(model: str) -> tuple[ModelShape, int, int]:
-    """Blocks, heads and hidden for the plan space; sequence length and hidden for costs."""
-    if model in TRANSFORMER_PRESETS:
-        layers, hidden, heads, seq, _ = TRANSFORMER_PRESETS[model]
-        return ModelShape(layers, heads, hidden), seq, hidden
+def _shape(model: str) -> TransformerShape:
+    if model in TRANSFORMER_SHAPES:
+        return TRANSFORMER_SHAPES[model]
     raise ScenarioError(f"the planner plans transformer models; '{model}' is not one of "
-                        f"{', '.join(sorted(TRANSFORMER_PRESETS))}.", field="--model")
+                        f"{', '.join(sorted(TRANSFORMER_SHAPES))}.", field="--model")
 
 
 def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int) -> dict[str, Any]:
@@ -109,9 +107,9 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     system = hardware.system(request.cluster)
     device = hardware.device(system.device)
     device.peak_flops(request.precision)
-    shape, seq, hidden = _shape(request.model)
+    shape = _shape(request.model)
     dtype_bytes = max(DTYPE_BYTES[request.precision], 2)
-    steps = (request.tokens / (request.global_batch * seq)) if request.tokens else 1.0
+    steps = (request.tokens / (request.global_batch * shape.seq_len)) if request.tokens else 1.0
     dpn = system.devices_per_node
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -121,15 +119,16 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
         if gpus % dpn:
             raise ScenarioError(f"{gpus} GPUs is not a whole number of {request.cluster} "
                                 f"nodes of {dpn}.", field="--gpus")
-        fabric = Fabric(build_topology(ClusterSpec(preset=request.cluster,
-                                                   nodes=gpus // dpn)))
-        for p in enumerate_plans(shape, gpus, request.global_batch, dpn):
+        topology = build_topology(ClusterSpec(preset=request.cluster, nodes=gpus // dpn))
+        fabric = Fabric(topology)
+        target = Target.on(topology, request.precision)
+        for p in enumerate_plans(shape, request.global_batch, target):
             evaluated += 1
             table = tables.get(p.microbatch)
             if table is None:
                 table = tables[p.microbatch] = CostTable(
                     build_model(ModelSpec(preset=request.model), p.microbatch, dtype_bytes),
-                    device, request.precision, p.microbatch * seq, hidden)
+                    device, request.precision, p.microbatch * shape.seq_len, shape.hidden)
             model = table.model
             m = p.microbatches_for(request.global_batch)
             memory = memory_per_device(

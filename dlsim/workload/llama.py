@@ -1,9 +1,10 @@
-"""LLaMA-2 as layers (Touvron et al. 2023, "Llama 2", Table 1 and the released configs).
+"""LLaMA-2 as layers (Touvron et al. 2023, "Llama 2", Table 1 and the released configs;
+the shapes are in ``dlsim.workload.shapes``).
 
 A LLaMA block differs from GPT's: RMSNorm (h weights, no bias) instead of layer norm, rotary
 position embeddings (no position table), grouped-query attention (``kv_heads`` key/value heads
 shared by the query heads: 70B has 8), a SwiGLU MLP of three bias-free matrices (gate, up,
-down) with intermediate size ``ffn``, and an output projection not tied to the embedding.
+down) with intermediate size ``ffn_hidden``, and an output projection not tied to the embedding.
 Parameters per block: 2h^2 + 2h*kv + 3h*ffn + 2h, where kv = kv_heads * h / heads.
 
 Stored activations apply Korthikanti et al. 2022's counting (§4.1: every tensor autograd
@@ -18,8 +19,6 @@ parallelism replicates the norm inputs and the inputs of the QKV and gate/up pro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from dlsim.workload.model import (
     BlockActivations,
     Kernel,
@@ -30,30 +29,12 @@ from dlsim.workload.model import (
     elementwise,
     gemm,
 )
+from dlsim.workload.shapes import TransformerShape
 
 
-@dataclass(frozen=True)
-class LlamaShape:
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    ffn: int
-    seq_len: int
-    vocab: int
-
-
-# The released params.json / config.json of each model: dim, n_layers, n_heads, n_kv_heads,
-# intermediate_size, max_position_embeddings 4096, vocab_size 32000.
-LLAMA_SHAPES: dict[str, LlamaShape] = {
-    "llama-2-7b": LlamaShape(32, 4096, 32, 32, 11008, 4096, 32000),
-    "llama-2-13b": LlamaShape(40, 5120, 40, 40, 13824, 4096, 32000),
-    "llama-2-70b": LlamaShape(80, 8192, 64, 8, 28672, 4096, 32000),
-}
-
-
-def llama_layers(name: str, shape: LlamaShape, b: int, dt: int) -> Model:
-    h, a, f, s, v = shape.hidden, shape.heads, shape.ffn, shape.seq_len, shape.vocab
+def llama_layers(name: str, shape: TransformerShape, b: int, dt: int) -> Model:
+    """The layers of a LLaMA ``shape`` (``dlsim.workload.shapes``) for micro-batch ``b``."""
+    h, a, f, s, v = shape.hidden, shape.heads, shape.ffn_hidden, shape.seq_len, shape.vocab
     kv = shape.kv_heads * h // a
     t = b * s
     block_fwd = (
@@ -89,7 +70,3 @@ def llama_layers(name: str, shape: LlamaShape, b: int, dt: int) -> Model:
     layers.append(Layer("lm_head", v * h + h, head_fwd, backward_of(head_fwd),
                         t * (h + v) * dt, matrices=(Matrix("lm_head", h, v),), role="head"))
     return Model(name, tuple(layers))
-
-
-LLAMA_PRESETS = {name: (lambda b, dt, name=name: llama_layers(name, LLAMA_SHAPES[name], b, dt))
-                 for name in LLAMA_SHAPES}

@@ -4,8 +4,9 @@ Counts follow the usual analytical conventions: a GEMM of (m x k)(k x n) is 2mkn
 backward is two GEMMs of the same size (input and weight gradients); a transformer layer's
 forward is 24*b*s*h^2 + 4*b*s^2*h FLOPs (Narayanan et al., SC'21, §5.1) with 12h^2 + 13h
 parameters; stored activations follow Korthikanti et al. 2022, "Reducing Activation
-Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit. Presets: GPT-2, GPT-3,
-BERT-large, the GPT models of Megatron-LM SC'21 Table 1, LLaMA-2 (``dlsim.workload.llama``), CNNs
+Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit. Presets: the
+transformers of ``dlsim.workload.shapes`` (GPT-2, GPT-3, BERT-large, the GPT models of
+Megatron-LM SC'21 Table 1, LLaMA-2, built by ``dlsim.workload.llama``), CNNs
 (``dlsim.workload.cnn``) and MLPs; ``dlsim.workload.presets`` builds a model from any of them.
 """
 
@@ -95,31 +96,6 @@ class Model:
         return sum(layer.params for layer in self.layers)
 
 
-# name: (layers, hidden, heads, seq_len, vocab); GPT-2 sizes from Radford et al. 2019 Table 2
-# and the released configs (n_ctx 1024, vocab 50257); GPT-3 from Brown et al. 2020 Table 2.1;
-# BERT-large from Devlin et al. 2019 (L=24, H=1024, A=16, WordPiece 30522, 512 positions).
-TRANSFORMER_PRESETS: dict[str, tuple[int, int, int, int, int]] = {
-    "gpt2-124m": (12, 768, 12, 1024, 50257),
-    "gpt2-1.5b": (48, 1600, 25, 1024, 50257),
-    "gpt3-175b": (96, 12288, 96, 2048, 50257),
-    "bert-large": (24, 1024, 16, 512, 30522),
-    # Narayanan et al., SC'21, Table 1: heads, hidden and layers of its ten GPT models, with
-    # sequence 2048 and vocabulary 51,200 (§5.1); named by the parameters the table prints.
-    "megatron-1.7b": (24, 2304, 24, 2048, 51200),
-    "megatron-3.6b": (30, 3072, 32, 2048, 51200),
-    "megatron-7.5b": (36, 4096, 32, 2048, 51200),
-    "megatron-18.4b": (40, 6144, 48, 2048, 51200),
-    "megatron-39.1b": (48, 8192, 64, 2048, 51200),
-    "megatron-76.1b": (60, 10240, 80, 2048, 51200),
-    "megatron-145.6b": (80, 12288, 96, 2048, 51200),
-    "megatron-310.1b": (96, 16384, 128, 2048, 51200),
-    "megatron-529.6b": (105, 20480, 128, 2048, 51200),
-    "megatron-1t": (128, 25600, 160, 2048, 51200),
-}
-# BERT (Devlin et al. 2019): token-type embeddings and an embedding layer norm; post-LN blocks
-# with the same parameters as GPT's; the masked-LM head transforms (dense h x h, GeLU, layer
-# norm) before the tied decoder with its own bias. No pooler: pre-training on MLM alone.
-ENCODER_PRESETS = {"bert-large"}
 MLP_PRESETS: dict[str, list[int]] = {
     "mlp-mnist": [784, 1024, 1024, 10],
     "mlp-wide": [4096, 16384, 16384, 16384, 4096],
@@ -145,7 +121,10 @@ def backward_of(forward: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
 def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: int,
                        b: int, dtype_bytes: int, ffn: int | None = None,
                        encoder: bool = False) -> Model:
-    """GPT (pre-LN, final layer norm, tied logits) or, with ``encoder``, BERT."""
+    """GPT (pre-LN, final layer norm, tied logits) or, with ``encoder``, BERT (Devlin et al.
+    2019): token-type embeddings and an embedding layer norm; post-LN blocks with the same
+    parameters as GPT's; the masked-LM head transforms (dense h x h, GeLU, layer norm) before
+    the tied decoder with its own bias. No pooler: pre-training on MLM alone."""
     ffn = ffn or 4 * h
     t = b * s  # tokens per micro-batch
     block_fwd = (

@@ -1,53 +1,66 @@
-"""Models by name or by shape: ``build_model`` turns a scenario's ``model:`` into layers and
-``presets`` lists every preset name.
+"""Models by name or by shape: ``build_model`` turns a scenario's ``model:`` into layers,
+``layer_count`` says how many it would have, and ``presets`` lists every preset name.
 
 It sits above ``model``, ``cnn`` and ``llama`` (which build on ``model``'s kernels and
-layers), so that every import among them points one way.
+layers), so that every import among them points one way. The scenario's ``ModelSpec`` is a
+type here only: the contract's validators call the feasibility rules, which count layers
+with this module while the contract is still loading.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import ModelSpec
 from dlsim.workload.cnn import CNN_PRESETS
-from dlsim.workload.llama import LLAMA_PRESETS
-from dlsim.workload.model import (
-    ENCODER_PRESETS,
-    MLP_PRESETS,
-    TRANSFORMER_PRESETS,
-    Model,
-    mlp_layers,
-    transformer_layers,
-)
+from dlsim.workload.llama import llama_layers
+from dlsim.workload.model import MLP_PRESETS, Model, mlp_layers, transformer_layers
+from dlsim.workload.shapes import TRANSFORMER_SHAPES, TransformerShape, shape_of
+
+if TYPE_CHECKING:
+    from dlsim.contract.scenario import ModelSpec
 
 
 def presets() -> list[str]:
     """Every model preset name, sorted."""
-    return sorted([*TRANSFORMER_PRESETS, *MLP_PRESETS, *CNN_PRESETS, *LLAMA_PRESETS])
+    return sorted([*TRANSFORMER_SHAPES, *MLP_PRESETS, *CNN_PRESETS])
+
+
+def transformer_model(name: str, shape: TransformerShape, b: int, dtype_bytes: int) -> Model:
+    """The layers of ``shape``: LLaMA's blocks for a SwiGLU shape, else GPT's or BERT's."""
+    if shape.mlp == "swiglu":
+        return llama_layers(name, shape, b, dtype_bytes)
+    return transformer_layers(name, shape.layers, shape.hidden, shape.heads, shape.seq_len,
+                              shape.vocab, b, dtype_bytes, shape.ffn_hidden, shape.encoder)
 
 
 def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
     """Layers of ``spec`` for one micro-batch of ``microbatch`` samples."""
+    shape = shape_of(spec)
+    if shape is not None:
+        name = spec.preset or f"transformer-{spec.layers}x{spec.hidden}"
+        return transformer_model(name, shape, microbatch, dtype_bytes)
+    if spec.preset in MLP_PRESETS:
+        return mlp_layers(spec.preset, MLP_PRESETS[spec.preset], microbatch, dtype_bytes)
     if spec.preset is not None:
-        if spec.preset in TRANSFORMER_PRESETS:
-            layers, h, a, s, v = TRANSFORMER_PRESETS[spec.preset]
-            return transformer_layers(spec.preset, layers, h, a, s, v, microbatch, dtype_bytes,
-                                      encoder=spec.preset in ENCODER_PRESETS)
-        if spec.preset in LLAMA_PRESETS:
-            return LLAMA_PRESETS[spec.preset](microbatch, dtype_bytes)
-        if spec.preset in MLP_PRESETS:
-            return mlp_layers(spec.preset, MLP_PRESETS[spec.preset], microbatch, dtype_bytes)
         if spec.preset in CNN_PRESETS:
             return CNN_PRESETS[spec.preset](microbatch, dtype_bytes)
         raise ScenarioError(f"unknown model preset '{spec.preset}'; available: "
                             f"{', '.join(presets())}.", field="model.preset")
-    if spec.kind == "transformer":
-        # ModelSpec's validator requires these of a transformer given by its shape
-        assert (spec.layers is not None and spec.hidden is not None and spec.heads is not None
-                and spec.seq_len is not None and spec.vocab is not None)
-        name = f"transformer-{spec.layers}x{spec.hidden}"
-        return transformer_layers(name, spec.layers, spec.hidden, spec.heads, spec.seq_len,
-                                  spec.vocab, microbatch, dtype_bytes, spec.ffn_hidden)
     assert spec.widths is not None  # ModelSpec's validator requires widths of an mlp
     return mlp_layers("mlp-" + "-".join(map(str, spec.widths)), spec.widths, microbatch,
                       dtype_bytes)
+
+
+def layer_count(spec: ModelSpec) -> int:
+    """How many layers ``build_model`` gives ``spec`` (what a pipeline cuts), without building
+    a transformer: its blocks, the embedding and the head."""
+    shape = shape_of(spec)
+    if shape is not None:
+        return shape.model_layers
+    if spec.preset is None:
+        assert spec.widths is not None  # ModelSpec's validator requires widths of an mlp
+        return len(spec.widths) - 1
+    if spec.preset in MLP_PRESETS:
+        return len(MLP_PRESETS[spec.preset]) - 1
+    return len(build_model(spec, 1, 2).layers)

@@ -20,9 +20,10 @@ from dlsim.hardware import profiles as hardware
 from dlsim.network.algorithms import Algorithm, Phase, algorithms_for, check_algorithm
 from dlsim.network.tuner import candidates, plan_collective
 from dlsim.planner.estimate import Fabric
-from dlsim.planner.space import ModelShape, enumerate_plans, searched_algorithms
+from dlsim.planner.space import Target, enumerate_plans, searched_algorithms
 from dlsim.workload.costmodel import layer_times_s, optimizer_time_s
 from dlsim.workload.presets import build_model
+from dlsim.workload.shapes import gpt
 
 B, ALPHA, N = 50e9, 2e-6, 8
 SWITCH = {"topology": "switch", "devices": N,
@@ -103,7 +104,9 @@ def test_auto_picks_star_where_it_is_cheapest(star):
 
 def test_the_planner_searches_and_prices_star(star):
     assert searched_algorithms() == ("ring", "tree", "hierarchical", "star")
-    plans = list(enumerate_plans(ModelShape(4, 8, 512), N, 64, N, recompute=("none",),
+    shape = gpt(4, 512, 8, 128, 1000)
+    target = Target.on(build_topology(ClusterSpec(**SWITCH, device="a100-sxm4-80gb")), "fp32")
+    plans = list(enumerate_plans(shape, 64, target, recompute=("none",),
                                  placements=("pack",), schedules=("1f1b",)))
     data_parallel = [p for p in plans if p.data == N and p.zero_stage == 0]
     assert [p.algorithm for p in data_parallel if p.microbatch == 1] == list(

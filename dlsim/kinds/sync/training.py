@@ -28,7 +28,7 @@ from dlsim.kinds.sync.parameter_server import ParameterServer, PSJob, PSRun
 from dlsim.kinds.sync.stragglers import schedule_slow_links, slowdown_factors
 from dlsim.network.backend import NETWORKS
 from dlsim.parallel.builder import worker_program
-from dlsim.parallel.data_parallel import split_batch
+from dlsim.parallel.feasibility import split_batch
 from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device
 from dlsim.results.intervals import breakdown
 from dlsim.results.result import Result, simulation_result

@@ -1,0 +1,241 @@
+"""Which parallel plans can run: every rule, in one place.
+
+The scenario loader applies the rules that read the parallelism section alone
+(``parallelism_conflict``, from ``ParallelismSpec``); ``check`` applies every rule, in the
+order a user meets them, to one ``JobSpec``. The engine calls it once before it builds a
+step (``dlsim.kinds.training``) and the planner filters its search with it
+(``dlsim.planner.space``), so the planner cannot propose a plan the engine refuses; the plans
+the engine runs and the planner leaves out are its own choice of what to search. The rules
+that also give the builders a value (``split_batch``, ``compression_of``,
+``local_sgd_period``) are called by them too.
+
+What a collective algorithm needs of its group (halving-doubling a power of two,
+hierarchical the same ranks on every node, parameter servers 1..n shards) is the network
+layer's lowering's to say (``dlsim.network.algorithms``); ``check`` asks it about the
+data-parallel groups where the plan's ranks are placed. Which matrices LoRA may target is
+the model's (``dlsim.workload.model.lora_parameters``).
+
+``ParallelismSpec``'s validator imports this module while ``dlsim.contract.scenario`` is
+still being defined, so the scenario models are imported here for annotations only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dlsim.contract.errors import ScenarioError
+from dlsim.contract.parallelism import parallelism_conflict
+from dlsim.network.algorithms import check_algorithm, dedicated_hosts, lower
+from dlsim.network.compression import Compression
+from dlsim.workload.presets import layer_count
+from dlsim.workload.shapes import shape_of
+
+if TYPE_CHECKING:
+    from dlsim.contract.scenario import CommunicationSpec, TrainingScenario
+    from dlsim.hardware.profiles import DeviceProfile
+    from dlsim.hardware.topology import Topology
+    from dlsim.workload.shapes import TransformerShape
+
+Placement = Callable[[int], np.ndarray]  # the devices of ranks 0..n-1; ScenarioError if none
+# what lowering the data-parallel groups of one layout gave: a planner checks thousands of
+# plans on a few layouts and keeps this between its checks
+Lowered = dict[tuple, ScenarioError | None]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One plan of one model on one cluster: what the rules read."""
+
+    shape: TransformerShape | None  # None: not a transformer (tensor parallelism can't apply)
+    layers: int  # layers of the built model, what a pipeline cuts
+    device: DeviceProfile
+    devices: int  # the cluster's
+    devices_per_node: int
+    precision: str
+    global_batch: int
+    communication: CommunicationSpec
+    microbatch: int | None = None  # None: the replica's whole batch
+    data: int | None = None  # None: the devices left over by tensor x pipeline
+    tensor: int = 1
+    pipeline: int = 1
+    schedule: str = "1f1b"
+    virtual_stages: int = 1
+    zero_stage: int = 0
+    lora: bool = False
+    steps: int = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a runnable job resolves to."""
+
+    data: int
+    microbatch: int
+    microbatches: int  # per replica and step
+    devices: np.ndarray  # rank i runs on devices[i]
+
+
+def training_job(scenario: TrainingScenario, topology: Topology) -> JobSpec:
+    """The job a ``kind: training`` scenario describes on its built cluster."""
+    if topology.device is None:
+        raise ScenarioError("a training scenario needs a device profile for its cluster.",
+                            field="cluster.device")
+    par, train = scenario.parallelism, scenario.training
+    return JobSpec(
+        shape_of(scenario.model), layer_count(scenario.model), topology.device,
+        topology.n_devices, topology.devices_per_node, scenario.precision, train.global_batch,
+        scenario.communication, train.microbatch, par.data, par.tensor, par.pipeline,
+        par.schedule, par.virtual_stages, par.zero_stage, train.lora is not None, train.steps)
+
+
+def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Layout:
+    """The job's layout, or the ScenarioError of the first rule it breaks; ``lowered``
+    remembers the verdicts on data-parallel groups between calls."""
+    conflict = parallelism_conflict(job)
+    if conflict:
+        raise ScenarioError(conflict + ".", field="parallelism")
+    comm = job.communication
+    check_algorithm("allreduce", comm.data_parallel, field="communication.data_parallel")
+    t, p, v = job.tensor, job.pipeline, job.virtual_stages
+    check_tensor_degree(job.shape, t)
+    if job.data is None and job.devices % (t * p):
+        raise ScenarioError(f"the cluster's {job.devices} devices do not divide into "
+                            f"tensor ({t}) x pipeline ({p}) groups; give "
+                            "parallelism.data or change the degrees.",
+                            field="parallelism.tensor")
+    data = job.data or job.devices // (t * p)
+    if data == 0:
+        raise ScenarioError(f"tensor ({t}) x pipeline ({p}) needs {t * p} devices but the "
+                            f"cluster has {job.devices}.", field="parallelism.pipeline")
+    devices = place(data * t * p)
+    per_replica, micro = split_batch(job.global_batch, job.microbatch, data)
+    micro_count = per_replica // micro
+    if job.schedule == "interleaved" and micro_count % p:
+        raise ScenarioError(f"the interleaved schedule needs the micro-batches per replica "
+                            f"({micro_count}) to be a multiple of pipeline ({p}), as "
+                            "Megatron-LM requires.", field="training.microbatch")
+    job.device.peak_flops(job.precision)  # a precision the device lacks
+    if p * v > job.layers:
+        raise ScenarioError(f"{p} pipeline stages x {v} virtual stages for a model "
+                            f"of {job.layers} layers.", field="parallelism.pipeline")
+    if job.lora and job.zero_stage == 3:
+        raise ScenarioError("LoRA with ZeRO-3 is not modelled: stage 3 would all-gather the "
+                            "frozen weights too, which the LoRA workload does not carry; use "
+                            "zero_stage 0, 1 or 2.", field="training.lora")
+    compression_of(comm, job.zero_stage, p == 1 and t == 1)
+    local_sgd_period(comm, job.steps, job.zero_stage, p * t)
+    hosts = (dedicated_hosts(job.devices, devices, comm.servers)
+             if comm.data_parallel == "ps" and comm.server_placement == "dedicated" else None)
+    if _allreduces_gradients(job, data):
+        check_gradient_groups(comm, devices // job.devices_per_node, data, t, p, hosts,
+                              {} if lowered is None else lowered)
+    return Layout(data, micro, micro_count, devices)
+
+
+def infeasible(job: JobSpec, place: Placement,
+               lowered: Lowered | None = None) -> ScenarioError | None:
+    """``check``'s verdict without raising: the error of the first rule broken, or None."""
+    try:
+        check(job, place, lowered)
+    except ScenarioError as exc:
+        return exc
+    return None
+
+
+def split_batch(global_batch: int, microbatch: int | None, replicas: int) -> tuple[int, int]:
+    """(each data-parallel replica's batch, its micro-batch) for ``training.global_batch`` and
+    ``training.microbatch`` over ``replicas`` replicas, rejecting a batch that does not divide."""
+    if global_batch % replicas:
+        raise ScenarioError(f"global_batch ({global_batch}) must be a multiple of the "
+                            f"data-parallel degree ({replicas}).", field="training.global_batch")
+    per_replica = global_batch // replicas
+    micro = microbatch or per_replica
+    if per_replica % micro:
+        raise ScenarioError(f"each replica's batch ({per_replica}) must be a multiple of "
+                            f"microbatch ({micro}).", field="training.microbatch")
+    return per_replica, micro
+
+
+def compression_of(comm: CommunicationSpec, zero_stage: int, pure_data_parallel: bool
+                   ) -> Compression | None:
+    """The scenario's ``communication.compression`` (None for ``none``); it applies to the
+    gradient all-reduce of plain data parallelism only."""
+    scheme = comm.compression
+    if scheme == "none":
+        return None
+    if zero_stage or not pure_data_parallel:
+        raise ScenarioError("gradient compression applies to plain data parallelism (no "
+                            "ZeRO, tensor or pipeline parallelism); use compression: none.",
+                            field="communication.compression")
+    return Compression(scheme, comm.topk_ratio)
+
+
+def local_sgd_period(comm: CommunicationSpec, steps: int, zero_stage: int,
+                     model_parallel: int) -> int:
+    """``communication.local_sgd_period`` H, checked: it needs plain data parallelism and
+    a whole number of periods in ``training.steps`` (the step time is their average)."""
+    period = comm.local_sgd_period
+    if period > 1 and (zero_stage or model_parallel > 1):
+        raise ScenarioError("local SGD applies to plain data parallelism (no ZeRO, tensor "
+                            "or pipeline parallelism).", field="communication.local_sgd_period")
+    if steps % period:
+        raise ScenarioError(f"training.steps ({steps}) must be a multiple of "
+                            f"local_sgd_period ({period}): the step time is averaged over "
+                            "whole periods.", field="training.steps")
+    return period
+
+
+def check_tensor_degree(shape: TransformerShape | None, t: int) -> None:
+    """Megatron-LM needs the attention heads, key-value heads and hidden size divisible by
+    t (Shoeybi et al. 2019, §3: heads are split among the ranks)."""
+    if t == 1:
+        return
+    if shape is None:
+        raise ScenarioError("tensor parallelism is modelled for transformer models only; "
+                            "use tensor: 1.", field="parallelism.tensor")
+    for what, size in (("attention heads", shape.heads), ("key-value heads", shape.kv_heads),
+                       ("hidden size", shape.hidden)):
+        if size % t:
+            raise ScenarioError(f"tensor ({t}) must divide the model's {what} ({size}).",
+                                field="parallelism.tensor")
+
+
+def _allreduces_gradients(job: JobSpec, data: int) -> bool:
+    """Whether the gradients cross the data-parallel groups in the scenario's all-reduce
+    algorithm: ZeRO reduce-scatters and all-gathers in rings, and signs or sparse vectors
+    (onebit, topk) are all-gathered in rings unless parameter servers add them up
+    (``dlsim.parallel.data_parallel.sync_bucket``); ``auto`` picks one that runs."""
+    comm = job.communication
+    gathered = comm.compression in ("onebit", "topk") and comm.data_parallel != "ps"
+    return data > 1 and job.zero_stage == 0 and comm.data_parallel != "auto" and not gathered
+
+
+def check_gradient_groups(comm: CommunicationSpec, nodes: np.ndarray, data: int, tensor: int,
+                          pipeline: int, hosts: np.ndarray | None, lowered: Lowered) -> None:
+    """The all-reduce algorithm must lower every data-parallel group (a stage's replicas of
+    one tensor rank) where its ranks are: ``nodes`` is each rank's node, ranks in
+    ``dlsim.parallel.grid.Grid`` order. Groups alike in their nodes are lowered once."""
+    key = (comm.data_parallel, comm.servers, None if hosts is None else hosts.tobytes(),
+           data, tensor, pipeline, nodes.tobytes())
+    if key not in lowered:
+        lowered[key] = _lowering_error(comm, nodes, data, tensor, pipeline, hosts)
+    error = lowered[key]
+    if error is not None:
+        raise error
+
+
+def _lowering_error(comm: CommunicationSpec, nodes: np.ndarray, data: int, tensor: int,
+                    pipeline: int, hosts: np.ndarray | None) -> ScenarioError | None:
+    groups = nodes.reshape(pipeline, data, tensor).transpose(0, 2, 1).reshape(-1, data)
+    for group_nodes in np.unique(groups, axis=0):
+        try:
+            lower("allreduce", comm.data_parallel, np.arange(data), 1.0, comm.servers,
+                  group_nodes, hosts)
+        except ScenarioError as exc:
+            field = "communication.data_parallel" if exc.field == "algorithm" else exc.field
+            return ScenarioError(exc.message, field=field)
+    return None
