@@ -24,7 +24,7 @@ from dlsim.contract.errors import (
 from dlsim.contract.federated import FederatedSpec
 from dlsim.contract.inference import EdgeInferenceSpec
 from dlsim.contract.loading import read_yaml
-from dlsim.contract.registry import ALGORITHM, PROTOCOL, member_of
+from dlsim.contract.registry import ALGORITHM, COMPRESSION, PROTOCOL, member_of
 from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
 
@@ -179,6 +179,8 @@ AllReduceAlgorithm = Annotated[str, member_of(ALGORITHM, also=("auto",))]
 # dlsim.network.protocol: auto = NCCL's protocols on hardware-profile GPU clusters, ideal on
 # textbook topologies; nccl = the fastest of LL, LL128 and Simple per collective
 Protocol = Annotated[str, member_of(PROTOCOL, also=("auto",))]
+# the schemes dlsim.network.compression registers (none, fp16, onebit, topk, ...)
+GradientCompression = Annotated[str, member_of(COMPRESSION)]
 
 
 class CommunicationSpec(_Spec):
@@ -190,7 +192,7 @@ class CommunicationSpec(_Spec):
     servers: int = Field(default=1, ge=1)
     server_placement: Literal["colocated", "dedicated"] = "colocated"
     protocol: Protocol = "auto"
-    compression: Literal["none", "fp16", "onebit", "topk"] = "none"
+    compression: GradientCompression = "none"
     topk_ratio: float = Field(default=0.01, gt=0, le=1)
     local_sgd_period: int = Field(default=1, ge=1)  # local SGD: average every H steps
 
