@@ -24,7 +24,7 @@ from dlsim.contract.errors import (
 from dlsim.contract.federated import FederatedSpec
 from dlsim.contract.inference import EdgeInferenceSpec
 from dlsim.contract.loading import read_yaml
-from dlsim.contract.registry import ALGORITHM, COMPRESSION, PROTOCOL, member_of
+from dlsim.contract.registry import ALGORITHM, COMPRESSION, PROTOCOL, SCHEDULE, member_of
 from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
 
@@ -138,6 +138,10 @@ class TrainingSpec(_Spec):
     lora: LoraSpec | None = None
 
 
+# the schedules dlsim.parallel.schedules registers (gpipe, 1f1b, interleaved, ...)
+PipelineSchedule = Annotated[str, member_of(SCHEDULE)]
+
+
 class ParallelismSpec(_Spec):
     """Data (with ZeRO stages), tensor (Megatron-LM) and pipeline parallelism (GPipe, 1F1B,
     interleaved 1F1B with ``virtual_stages`` model chunks per device), activation
@@ -150,7 +154,7 @@ class ParallelismSpec(_Spec):
     tensor: int = Field(default=1, ge=1)
     sequence_parallel: bool = False
     pipeline: int = Field(default=1, ge=1)
-    schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
+    schedule: PipelineSchedule = "1f1b"
     virtual_stages: int = Field(default=1, ge=1)
     recompute: Literal["none", "selective", "full"] = "none"
     offload: Literal["none", "optimizer"] = "none"

@@ -15,7 +15,8 @@ discrete-event engine and says which figures came from which. The formulas:
   layernorms and residuals split too and each all-reduce is an all-gather and a
   reduce-scatter (``dlsim.parallel.tensor.tensor_collectives``).
 - Pipeline (Narayanan et al. SC'21, §2.2): GPipe and 1F1B take (m + p − 1)·(t_f + t_b);
-  interleaved 1F1B with v chunks (m + (p − 1)/v)·(t_f + t_b); activations cross a stage
+  interleaved 1F1B with v chunks (m + (p − 1)/v)·(t_f + t_b) (each schedule's
+  ``bubble_passes``, dlsim.parallel.schedules); activations cross a stage
   boundary on the fill and drain path 2(p·v − 1) times.
 - Data-parallel gradients: without a pipeline they overlap the last micro-batch's backward
   except for the last bucket (PyTorch DDP); with a pipeline they follow the flush. ZeRO-1/2
@@ -39,6 +40,7 @@ from dlsim.network.tuner import phase_time_s, plan_collective
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param
 from dlsim.parallel.pipeline import Piece, count_collectives, pieces
+from dlsim.parallel.schedules import schedule_of
 from dlsim.parallel.tensor import shard_model
 from dlsim.planner.space import Plan
 from dlsim.workload.costmodel import optimizer_time_s
@@ -134,7 +136,7 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
     if p > 1:
         pairs = tuple((grid.rank(0, r, k), grid.rank(1, r, k)) for r in range(d)
                       for k in range(t))
-        bubble = (p - 1) / v * micro
+        bubble = schedule_of(plan.schedule).bubble_passes(p, v) * micro
         size = max(x.out_bytes for x in cut) / t  # each tensor rank sends its 1/t
         p2p = 2 * (p * v - 1) * fabric.time_s("send", "direct", size, pairs, n, place)
     params = sum(x.params for x in stage)

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 
 from dlsim.network.algorithms import algorithms_for
 from dlsim.parallel.memory import RECOMPUTE
+from dlsim.parallel.schedules import schedule_names, schedule_of
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved")
 PLACEMENTS = ("pack", "spread")
 VIRTUAL_STAGES = (2, 4)
 
@@ -77,15 +77,18 @@ def _powers_of_two_dividing(n: int, limit: int) -> list[int]:
 
 
 def enumerate_plans(shape: ModelShape, gpus: int, global_batch: int, devices_per_node: int,
-                    *, max_microbatch: int = 8, schedules: tuple[str, ...] = SCHEDULES,
+                    *, max_microbatch: int = 8, schedules: tuple[str, ...] | None = None,
                     recompute: tuple[str, ...] = RECOMPUTE,
                     placements: tuple[str, ...] = PLACEMENTS,
                     algorithms: tuple[str, ...] | None = None,
                     sequence_parallel: tuple[bool, ...] = (False, True)) -> Iterator[Plan]:
     """Every runnable plan for ``gpus`` devices, in a fixed order (so ties break the same);
-    ``algorithms`` defaults to ``searched_algorithms()``."""
+    ``algorithms`` defaults to ``searched_algorithms()``, ``schedules`` to the registered
+    ones (dlsim.parallel.schedules: gpipe, 1f1b, interleaved as shipped)."""
     if algorithms is None:
         algorithms = searched_algorithms()
+    if schedules is None:
+        schedules = schedule_names()
     tensor_options = [1]
     if shape.heads is not None and shape.hidden is not None:
         tensor_options = [t for t in _powers_of_two_dividing(gpus, 2 * devices_per_node)
@@ -118,7 +121,7 @@ def _schedules(allowed: tuple[str, ...], p: int, m: int,
         yield "1f1b", 1
         return
     for schedule in allowed:
-        if schedule != "interleaved":
+        if not schedule_of(schedule).chunked:
             yield schedule, 1
         elif m % p == 0:
             for v in VIRTUAL_STAGES:
