@@ -17,10 +17,12 @@ from pydantic import AfterValidator
 
 T = TypeVar("T")
 
-# The families scenario fields name (implemented in dlsim.network.algorithms and
-# dlsim.network.protocol)
+# The families scenario fields name (implemented in dlsim.network.algorithms,
+# dlsim.network.protocol, dlsim.network.compression and dlsim.parallel.schedules)
 ALGORITHM = "collective algorithm"
 PROTOCOL = "protocol"
+COMPRESSION = "compression scheme"
+SCHEDULE = "pipeline schedule"
 
 _FAMILIES: dict[str, dict[str, Any]] = {}
 

@@ -25,7 +25,7 @@ from dlsim.contract.federated import FederatedSpec
 from dlsim.contract.inference import EdgeInferenceSpec
 from dlsim.contract.loading import read_yaml
 from dlsim.contract.parallelism import parallelism_conflict
-from dlsim.contract.registry import ALGORITHM, PROTOCOL, member_of
+from dlsim.contract.registry import ALGORITHM, COMPRESSION, PROTOCOL, SCHEDULE, member_of
 from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
 
@@ -139,6 +139,10 @@ class TrainingSpec(_Spec):
     lora: LoraSpec | None = None
 
 
+# the schedules dlsim.parallel.schedules registers (gpipe, 1f1b, interleaved, ...)
+PipelineSchedule = Annotated[str, member_of(SCHEDULE)]
+
+
 class ParallelismSpec(_Spec):
     """Data (with ZeRO stages), tensor (Megatron-LM) and pipeline parallelism (GPipe, 1F1B,
     interleaved 1F1B with ``virtual_stages`` model chunks per device), activation
@@ -151,7 +155,7 @@ class ParallelismSpec(_Spec):
     tensor: int = Field(default=1, ge=1)
     sequence_parallel: bool = False
     pipeline: int = Field(default=1, ge=1)
-    schedule: Literal["gpipe", "1f1b", "interleaved"] = "1f1b"
+    schedule: PipelineSchedule = "1f1b"
     virtual_stages: int = Field(default=1, ge=1)
     recompute: Literal["none", "selective", "full"] = "none"
     offload: Literal["none", "optimizer"] = "none"
@@ -170,6 +174,8 @@ AllReduceAlgorithm = Annotated[str, member_of(ALGORITHM, also=("auto",))]
 # dlsim.network.protocol: auto = NCCL's protocols on hardware-profile GPU clusters, ideal on
 # textbook topologies; nccl = the fastest of LL, LL128 and Simple per collective
 Protocol = Annotated[str, member_of(PROTOCOL, also=("auto",))]
+# the schemes dlsim.network.compression registers (none, fp16, onebit, topk, ...)
+GradientCompression = Annotated[str, member_of(COMPRESSION)]
 
 
 class CommunicationSpec(_Spec):
@@ -181,7 +187,7 @@ class CommunicationSpec(_Spec):
     servers: int = Field(default=1, ge=1)
     server_placement: Literal["colocated", "dedicated"] = "colocated"
     protocol: Protocol = "auto"
-    compression: Literal["none", "fp16", "onebit", "topk"] = "none"
+    compression: GradientCompression = "none"
     topk_ratio: float = Field(default=0.01, gt=0, le=1)
     local_sgd_period: int = Field(default=1, ge=1)  # local SGD: average every H steps
 

@@ -20,7 +20,6 @@ from dlsim.workload.costmodel import kernel_time_s, layer_times_s, optimizer_tim
 from dlsim.workload.model import Kernel, Layer
 
 MiB = 1024 * 1024
-FP32 = 4
 
 
 def pass_times_s(layer: Layer, device: DeviceProfile, dtype: str,
@@ -85,18 +84,11 @@ def codec_times_s(c: Compression, elements: float, grad_bytes: int, received: in
     """(encode, decode) time for one bucket of ``elements`` gradient values, of which
     decode reads ``received`` compressed copies (every rank's after an all-gather).
 
-    Both are memory-bound elementwise kernels timed by the cost model. Bytes touched per
-    gradient element: encode reads the gradient and the error buffer and writes the error
-    buffer (3 x 4 bytes) plus the compressed output; decode reads every received compressed
-    gradient and writes the fp32 sum. fp16 casts read 4 and write 2 bytes (encode) and the
-    reverse (decode).
+    Both are memory-bound elementwise kernels timed by the cost model, touching the bytes
+    the scheme says (``dlsim.network.compression.Scheme.codec_bytes``).
     """
-    payload = c.payload_bytes(elements, grad_bytes)
-    if c.scheme == "fp16":
-        encode = decode = elements * (grad_bytes + 2)
-    else:
-        encode = elements * 3 * FP32 + payload
-        decode = received * payload + elements * FP32
+    encode, decode = c.method.codec_bytes(elements, grad_bytes,
+                                          c.payload_bytes(elements, grad_bytes), received)
     return (kernel_time_s(Kernel("elementwise", 0.0, encode, "encode"), device, dtype),
             kernel_time_s(Kernel("elementwise", 0.0, decode, "decode"), device, dtype))
 
@@ -107,9 +99,10 @@ def sync_bucket(add: Callable[[Op], int], c: Compression, name: str, key: str,
     """Add one bucket's encode -> exchange -> decode to a program (``add`` appends an op
     and returns its index); return the index of the op the optimizer must wait for.
 
-    Signs and sparse vectors do not add up, so ``onebit`` and ``topk`` are exchanged by an
-    all-gather of every rank's compressed gradient (its size grows with the ranks: N x the
-    compressed bytes, as Horovod and DGC do), or pushed to and pulled from parameter servers
+    What does not add up (a scheme that is not ``additive``: signs and sparse vectors,
+    ``onebit`` and ``topk``) is exchanged by an all-gather of every rank's compressed
+    gradient (its size grows with the ranks: N x the compressed bytes, as Horovod and DGC
+    do), or pushed to and pulled from parameter servers
     when the algorithm is ``ps`` (the servers' own decode and re-encode are not modelled).
     Encode and decode run on the communication stream, as NCCL's reduction kernels do: they
     delay the next bucket's collective, not the backward pass (the SMs they share with the
@@ -120,7 +113,7 @@ def sync_bucket(add: Callable[[Op], int], c: Compression, name: str, key: str,
                               elements * grad_bytes, algorithm, servers, deps=(after,),
                               role="data"))
     payload = c.payload_bytes(elements, grad_bytes)
-    additive = c.scheme == "fp16" or algorithm == "ps"
+    additive = c.method.additive or algorithm == "ps"
     encode_s, decode_s = codec_times_s(c, elements, grad_bytes, 1 if additive else len(group),
                                        device, dtype)
     op, size = ("allreduce", payload) if additive else ("allgather", len(group) * payload)

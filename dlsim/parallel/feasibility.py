@@ -31,6 +31,7 @@ from dlsim.contract.errors import ScenarioError
 from dlsim.contract.parallelism import parallelism_conflict
 from dlsim.network.algorithms import check_algorithm, dedicated_hosts, lower
 from dlsim.network.compression import Compression
+from dlsim.parallel.schedules import schedule_of
 from dlsim.workload.presets import layer_count
 from dlsim.workload.shapes import shape_of
 
@@ -114,7 +115,7 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
     devices = place(data * t * p)
     per_replica, micro = split_batch(job.global_batch, job.microbatch, data)
     micro_count = per_replica // micro
-    if job.schedule == "interleaved" and micro_count % p:
+    if schedule_of(job.schedule).chunked and micro_count % p:
         raise ScenarioError(f"the interleaved schedule needs the micro-batches per replica "
                             f"({micro_count}) to be a multiple of pipeline ({p}), as "
                             "Megatron-LM requires.", field="training.microbatch")
@@ -164,14 +165,14 @@ def compression_of(comm: CommunicationSpec, zero_stage: int, pure_data_parallel:
                    ) -> Compression | None:
     """The scenario's ``communication.compression`` (None for ``none``); it applies to the
     gradient all-reduce of plain data parallelism only."""
-    scheme = comm.compression
-    if scheme == "none":
+    compression = Compression(comm.compression, comm.topk_ratio)
+    if compression.method.passthrough:
         return None
     if zero_stage or not pure_data_parallel:
         raise ScenarioError("gradient compression applies to plain data parallelism (no "
                             "ZeRO, tensor or pipeline parallelism); use compression: none.",
                             field="communication.compression")
-    return Compression(scheme, comm.topk_ratio)
+    return compression
 
 
 def local_sgd_period(comm: CommunicationSpec, steps: int, zero_stage: int,

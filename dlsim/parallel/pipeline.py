@@ -3,13 +3,10 @@
 The model's layers are cut into ``stages * chunks`` contiguous pieces (transformer blocks
 in equal runs, other layers at equal compute time); device ``s`` holds pieces ``s, s + p,
 s + 2p, ...`` (its model chunks, Narayanan et al. SC'21, §2.2; one chunk unless the
-schedule is interleaved). Each micro-batch's activations go point to point to the next
+schedule takes virtual stages). Each micro-batch's activations go point to point to the next
 piece and its gradients come back (``dlsim.parallel.builder``); the bubble is not a formula
-here, it is what the stages' dependencies leave idle. Schedules: GPipe runs all forwards,
-then all backwards (Huang et al. 2019); 1F1B runs ``stages - stage - 1`` warm-up forwards,
-then alternates one forward with one backward (PipeDream-Flush, Narayanan et al. 2021);
-interleaved 1F1B walks the chunks in groups of ``stages`` micro-batches with Megatron-LM's
-warm-up of ``2(p - s - 1) + (v - 1)p`` forwards, which divides the bubble by ``v``.
+here, it is what the stages' dependencies leave idle. The schedules (GPipe, 1F1B,
+interleaved 1F1B, and any other registered) are ``dlsim.parallel.schedules``.
 
 With tensor parallelism every piece runs sharded (``dlsim.parallel.tensor``) and blocks on
 its all-reduces (with sequence parallelism, all-gathers and reduce-scatters); a pass's
@@ -26,6 +23,7 @@ import numpy as np
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.parallel.data_parallel import pass_times_s
 from dlsim.parallel.memory import pipeline_stages
+from dlsim.parallel.schedules import Pass, schedule_of
 from dlsim.parallel.tensor import Collectives, tensor_collectives
 from dlsim.workload.model import Model
 
@@ -46,48 +44,22 @@ def partition(times: list[float], stages: int) -> list[list[int]]:
 
 
 def warmup(kind: str, stage: int, stages: int, micro: int, chunks: int = 1) -> int:
-    """Forward passes a stage runs before its first backward."""
-    total = micro * chunks
-    if kind == "gpipe":
-        return total
-    if kind == "interleaved":
-        if micro == stages:  # Megatron-LM: with m = p every forward comes first
-            return total
-        return min(2 * (stages - stage - 1) + (chunks - 1) * stages, total)
-    return min(stages - stage - 1, total)
+    """Forward passes a stage runs before its first backward under schedule ``kind``."""
+    return schedule_of(kind).warmup(stage, stages, micro, chunks)
 
 
 def schedule(kind: str, stage: int, stages: int, micro: int,
-             chunks: int = 1) -> list[tuple[str, int, int]]:
+             chunks: int = 1) -> list[Pass]:
     """The order of forward ('F', micro-batch, chunk) and backward ('B', ...) passes on one
-    stage. Interleaved, the k-th forward runs chunk (k // p) mod v on micro-batch
-    (k // pv)·p + k mod p, and backwards walk the chunks in reverse (Megatron-LM's
-    ``get_model_chunk_id``)."""
-    group = stages * chunks if kind == "interleaved" else 1
-
-    def unit(k: int, forward: bool) -> tuple[int, int]:
-        if kind != "interleaved":
-            return k, 0
-        rounds, pos = divmod(k, group)
-        chunk = pos // stages
-        return rounds * stages + pos % stages, chunk if forward else chunks - 1 - chunk
-
-    total = micro * (chunks if kind == "interleaved" else 1)
-    first = warmup(kind, stage, stages, micro, chunks if kind == "interleaved" else 1)
-    order = [("F", *unit(k, True)) for k in range(first)]
-    for k in range(total - first):
-        order += [("F", *unit(first + k, True)), ("B", *unit(k, False))]
-    return order + [("B", *unit(k, False)) for k in range(total - first, total)]
+    stage under schedule ``kind``."""
+    return schedule_of(kind).order(stage, stages, micro, chunks)
 
 
 def in_flight(kind: str, stage: int, stages: int, micro: int, chunks: int = 1) -> float:
-    """Micro-batches of a whole stage whose activations it holds at once: GPipe all m, 1F1B
-    p - stage; interleaved, its warm-up plus one chunk-passes of 1/v of a stage each."""
-    if kind == "gpipe":
-        return micro
-    if kind == "interleaved":
-        return min(warmup(kind, stage, stages, micro, chunks) + 1, micro * chunks) / chunks
-    return min(stages - stage, micro)
+    """Micro-batches of a whole stage whose activations it holds at once under schedule
+    ``kind``: GPipe all m, 1F1B p - stage, interleaved its warm-up plus one chunk-passes
+    of 1/v of a stage each."""
+    return schedule_of(kind).in_flight(stage, stages, micro, chunks)
 
 
 @dataclass(frozen=True)

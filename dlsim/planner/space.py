@@ -29,9 +29,9 @@ from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import algorithms_for
 from dlsim.parallel.feasibility import JobSpec, Lowered, infeasible
 from dlsim.parallel.memory import RECOMPUTE
+from dlsim.parallel.schedules import schedule_names, schedule_of
 from dlsim.workload.shapes import TransformerShape
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved")
 PLACEMENTS = ("pack", "spread")
 VIRTUAL_STAGES = (2, 4)
 
@@ -110,7 +110,7 @@ def _powers_of_two(limit: int) -> list[int]:
 
 
 def enumerate_plans(shape: TransformerShape, global_batch: int, target: Target, *,
-                    max_microbatch: int = 8, schedules: tuple[str, ...] = SCHEDULES,
+                    max_microbatch: int = 8, schedules: tuple[str, ...] | None = None,
                     recompute: tuple[str, ...] = RECOMPUTE,
                     placements: tuple[str, ...] = PLACEMENTS,
                     algorithms: tuple[str, ...] | None = None,
@@ -120,6 +120,7 @@ def enumerate_plans(shape: TransformerShape, global_batch: int, target: Target, 
     them share one verdict. ``algorithms`` defaults to ``searched_algorithms()``."""
     gpus = target.devices
     algorithms = searched_algorithms() if algorithms is None else algorithms
+    schedules = schedule_names() if schedules is None else schedules
     verdicts: dict[tuple, bool] = {}
     for t in _powers_of_two_dividing(gpus, 2 * target.devices_per_node):
         for p in divisors(shape.layers):
@@ -162,7 +163,7 @@ def _schedules(allowed: tuple[str, ...], p: int, blocks: int) -> Iterator[tuple[
         yield "1f1b", 1
         return
     for schedule in allowed:
-        if schedule != "interleaved":
+        if not schedule_of(schedule).chunked:
             yield schedule, 1
         else:
             for v in VIRTUAL_STAGES:
