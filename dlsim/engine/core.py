@@ -59,6 +59,7 @@ class EngineRun:
     events: int
     wall_s: float
     rank_end_s: dict[int, float] = field(default_factory=dict)
+    bytes_by_role: dict[str, float] = field(default_factory=dict)  # injected, by op role
 
 
 class Engine:
@@ -77,6 +78,7 @@ class Engine:
         self.placement = np.asarray(placement)
         self.spans: list[Span] = []
         self.rank_end_s: dict[int, float] = {}
+        self.bytes_by_role: dict[str, float] = {}
         self._done = {r: [self.env.event() for _ in prog] for r, prog in programs.items()}
         self._rendezvous: dict[str, _Rendezvous] = {}
         self._lowered: dict[tuple, list[list[Phase]]] = {}
@@ -98,7 +100,7 @@ class Engine:
             raise RuntimeError(f"deadlock: rank {rank} never finished op "
                                f"{self.programs[rank][i].name!r}")
         return EngineRun(self.env.now, self.spans, self.network, self.env.events_processed,
-                         time.perf_counter() - started, self.rank_end_s)
+                         time.perf_counter() - started, self.rank_end_s, self.bytes_by_role)
 
     def _stream(self, rank: int, stream: str, indices: list[int]) -> Generator:
         device = int(self.placement[rank])
@@ -163,20 +165,26 @@ class Engine:
     def _collective(self, op: Collective, rv: _Rendezvous) -> Generator:
         plans = self._lower(op)
         if len(plans) > 1:
-            yield simpy.AllOf(self.env, [self.env.process(self._run_phases(p, op.repeat))
+            yield simpy.AllOf(self.env, [self.env.process(self._run_phases(p, op.repeat,
+                                                                           op.role))
                                          for p in plans])
         else:
-            yield from self._run_phases(plans[0], op.repeat)
+            yield from self._run_phases(plans[0], op.repeat, op.role)
         rv.done.succeed()
 
-    def _run_phases(self, phases: list[Phase], repeat: int) -> Generator:
+    def _run_phases(self, phases: list[Phase], repeat: int, role: str) -> Generator:
+        """Each phase's transfer; the bytes it injects (counted as it starts) go to ``role``."""
         for phase in phases:
             latencies = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
-            yield self.network.transfer(
+            before = self.network.bytes_injected
+            done = self.network.transfer(
                 phase.src, phase.dst, phase.size_bytes, rounds=phase.rounds * repeat,
                 latency_rounds=latencies * repeat,
                 latency_s=None if phase.latency_s is None else phase.latency_s * repeat,
                 wire_factor=phase.wire_factor)
+            self.bytes_by_role[role] = (self.bytes_by_role.get(role, 0.0)
+                                        + self.network.bytes_injected - before)
+            yield done
 
 
 def _same_shape(a: list[Phase], b: list[Phase]) -> bool:

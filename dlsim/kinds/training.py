@@ -25,7 +25,7 @@ from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, savings, stage_memory
 from dlsim.parallel.pipeline import in_flight, pieces
 from dlsim.parallel.tensor import shard_model
-from dlsim.results.intervals import breakdown
+from dlsim.results.intervals import breakdown, communication_by_axis
 from dlsim.results.result import Result
 from dlsim.results.summary import TrainingWork, compression_summary, training_summary
 from dlsim.workload.model import lora_workload
@@ -105,6 +105,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,
                                                   zero_allowed=stages == tensor == 1 < n
                                                   and lora is None)
+    summary["communication_by_axis"] = communication_by_axis(
+        run.spans, int(ranks[critical]), run.bytes_by_role, train.steps)
     summary.update(bsp_summary(scenario, run, ranks, rng))
     return engine_result(scenario, topology, run, summary,
                    "symmetric" if len(programs) < n else "full")

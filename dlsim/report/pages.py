@@ -112,8 +112,11 @@ def _breakdown_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
     if step and abs(total - step) > 1e-3 * step:
         mismatch = (f"The parts sum to {format_seconds(total)}, not the step time "
                     f"{format_seconds(step)}.")
+    axes = s.get("communication_by_axis") or {}
+    axis_rows = [(axis, format_bytes(a["bytes"]), format_seconds(a["time_s"]),
+                  format_seconds(a["exposed_s"])) for axis, a in axes.items()]
     return {"image": plots.breakdown_bar(ordered), "rows": rows,
-            "total": format_seconds(total), "mismatch": mismatch}
+            "total": format_seconds(total), "mismatch": mismatch, "axes": axis_rows}
 
 
 def _overflow_message(parts: Mapping[str, float], total: float, capacity: float) -> str:

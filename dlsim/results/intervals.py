@@ -3,7 +3,8 @@
 The breakdown partitions [0, T] of one device's timeline, so its parts sum to T exactly:
 compute (any compute span), exposed communication (a collective moving data while no compute
 runs), straggler wait (waiting at a collective for peers, with nothing else running), pipeline
-bubble (zero for data parallelism, which has none), and idle (the rest).
+bubble (zero for data parallelism, which has none), and idle (the rest). Communication is also
+split by the grid axis each collective ran over (data, tensor, pipeline, ...).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from dlsim.results.result import Span
+from dlsim.contract.program import AXIS_OF_ROLE
+from dlsim.contract.span import Span
 
 
 def union(intervals: Iterable[tuple[float, float]]) -> np.ndarray:
@@ -69,3 +71,25 @@ def breakdown(spans: list[Span], device: int, total_s: float,
         parts["bubble"] = parts.pop("straggler_wait") + parts.pop("idle")
         parts.update(straggler_wait=0.0, idle=0.0)
     return parts
+
+
+def communication_by_axis(spans: list[Span], device: int, bytes_by_role: dict[str, float],
+                          steps: int) -> dict[str, dict[str, float]]:
+    """Per grid axis a collective ran over (``dlsim.contract.program.AXIS_OF_ROLE``), per
+    step: the bytes every rank injected for it, the seconds ``device`` spent in its
+    collectives (``time_s``, their union) and the part of that no compute overlapped
+    (``exposed_s``). Each axis is measured on its own, so the exposed times of two axes that
+    ran at once both count their common stretch."""
+    mine = [s for s in spans if s.device == device]
+    compute = union((s.start_s, s.end_s) for s in mine if s.category == "compute")
+    out: dict[str, dict[str, float]] = {}
+    for role, nbytes in bytes_by_role.items():
+        axis = AXIS_OF_ROLE[role]
+        entry = out.setdefault(axis, {"bytes": 0.0, "time_s": 0.0, "exposed_s": 0.0})
+        entry["bytes"] += nbytes / steps
+    for axis, entry in out.items():
+        busy = union((s.start_s, s.end_s) for s in mine
+                     if s.category == "comm" and AXIS_OF_ROLE.get(s.role) == axis)
+        entry["time_s"] = length(busy) / steps
+        entry["exposed_s"] = length(minus(busy, compute)) / steps
+    return out
