@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dlsim.calibration import bench
 from dlsim.calibration.fit import fit_affine, fit_ring_allreduce, fit_saturating
+from dlsim.calibration.gpu_names import profile_for_gpu
 from dlsim.calibration.store import Calibration, CurveFit, LinkFit, Measurement, save
 from dlsim.contract.errors import ScenarioError
 from dlsim.hardware import profiles as hardware
@@ -88,15 +88,7 @@ def resolve_device(device: str) -> str:
 
 def _profile_for(host_name: str, device: str) -> hardware.DeviceProfile:
     """The hardware profile a calibration overlays: cpu-host for CPUs, the GPU's own."""
-    if device == "cpu":
-        return hardware.device("cpu-host")
-    for name in hardware.available("devices"):
-        profile = hardware.device(name)
-        model = re.search(r"\b[A-Z]\d{2,3}\b", profile.display_name)
-        if profile.kind == "gpu" and model and model.group() in host_name:
-            return profile
-    raise ScenarioError(f"no hardware profile matches GPU '{host_name}'; add one under "
-                        "hardware_profiles/devices/ first.", field="--device")
+    return hardware.device("cpu-host" if device == "cpu" else profile_for_gpu(host_name))
 
 
 def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,

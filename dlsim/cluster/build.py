@@ -96,11 +96,13 @@ def _preset(c: ClusterSpec) -> Topology:
     g: nx.DiGraph = nx.DiGraph()
     nics: list[str] = []
     n = s.devices_per_node
+    shared = s.nvlink_domain_nodes > 1  # e.g. NVL72: trays of one rack share its NVSwitches
     for node in range(c.nodes):
         nics += add_node(g, node, node * n, n, s.intra_node, dev_link, host,
                          mesh=[(m.a, m.b, m.lanes) for m in s.mesh], torus_dims=s.torus_dims,
                          sockets=s.sockets, socket_link=socket,
-                         per_pcie_switch=s.devices_per_pcie_switch, nics=s.nics_per_node)
+                         per_pcie_switch=s.devices_per_pcie_switch, nics=s.nics_per_node,
+                         domain=node // s.nvlink_domain_nodes if shared else None)
     if c.nodes > 1:
         if not s.nic_link:
             raise ScenarioError(f"system {s.name} has no NICs, so it cannot span "

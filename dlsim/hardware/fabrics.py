@@ -159,11 +159,14 @@ def fat_tree(n: int, spec: LinkSpec, per_leaf: int, oversubscription: float) -> 
 def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_link: LinkSpec,
              host_link: LinkSpec, *, mesh: Sequence[tuple[int, int, int]] = (),
              torus_dims: Sequence[int] = (), sockets: int = 1, socket_link: LinkSpec | None = None,
-             per_pcie_switch: int = 1, nics: int = 0) -> list[str]:
+             per_pcie_switch: int = 1, nics: int = 0, domain: int | None = None) -> list[str]:
     """Add one node's devices and internal links; return its NIC node names.
 
     NIC j hangs off the PCIe switch that serves device group j (switch, mesh and torus
-    nodes) or off socket j mod sockets (PCIe nodes), over ``host_link``.
+    nodes) or off socket j mod sockets (PCIe nodes), over ``host_link``. A switch node of
+    NVLink ``domain`` k joins the domain's shared NVSwitch ``"d<k>/nvswitch"`` instead of
+    its own, and its devices are marked with the domain (Topology keeps routes between
+    nodes of one domain on NVLink).
     """
     p = f"n{node}/"
     if intra == "torus":
@@ -173,6 +176,10 @@ def add_node(g: nx.DiGraph, node: int, first: int, n: int, intra: str, device_li
         devs = _devices(g, first, n, node)
     if intra == "switch":
         hub = p + ("nvswitch" if device_link.transport == "nvlink" else "switch")
+        if domain is not None:
+            hub = f"d{domain}/nvswitch"
+            for d in devs:
+                g.nodes[d]["domain"] = domain
         g.add_node(hub, kind="switch")  # an NVSwitch, or a Wi-Fi access point / LTE cell
         for d in devs:
             add_link(g, d, hub, device_link)

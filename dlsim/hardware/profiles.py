@@ -176,6 +176,9 @@ class SystemProfile(_Frozen):
     - ``torus``: a wrap-around torus of shape ``torus_dims`` over ``device_link``.
     Every node also has PCIe host links (``host_link``) from its devices (or their PCIe
     switches) to its NICs; ``nics_per_node`` NICs connect to the fabric over ``nic_link``.
+    ``nvlink_domain_nodes`` > 1 (switch nodes only): that many consecutive nodes share one
+    NVSwitch fabric (GB200 NVL72: 18 trays of 4 GPUs in one NVLink domain of 72), so traffic
+    between them stays on NVLink and only traffic between domains crosses the NICs.
     """
 
     name: str
@@ -193,10 +196,14 @@ class SystemProfile(_Frozen):
     nics_per_node: int = Field(ge=0)
     nic_link: str | None = None
     price_usd_per_hour: float | None = Field(default=None, ge=0)
+    nvlink_domain_nodes: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> SystemProfile:
         n = self.devices_per_node
+        if self.nvlink_domain_nodes > 1 and self.intra_node != "switch":
+            raise ValueError("nvlink_domain_nodes > 1 needs intra_node: switch (nodes share "
+                             "one NVSwitch fabric)")
         if self.intra_node == "mesh":
             if not self.mesh:
                 raise ValueError("intra_node: mesh needs a 'mesh' list of links")

@@ -48,6 +48,7 @@ class Topology:
     _fabric_ids: dict[tuple[object, ...], np.ndarray] = field(init=False, repr=False)
     _node_of: np.ndarray = field(init=False, repr=False)
     _nic_of: np.ndarray = field(init=False, repr=False)
+    _domain_of: np.ndarray = field(init=False, repr=False)
     _ecmp_of: dict[object, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +76,9 @@ class Topology:
                    for d in range(self.n_devices)]
         self._node_of = np.array([data.get("node", d) for d, data in enumerate(devices)])
         self._nic_of = np.array([data.get("nic", -1) for data in devices])
+        # each device's NVLink domain: its node, unless nodes share NVSwitches (NVL72)
+        self._domain_of = np.array([data.get("domain", node)
+                                    for data, node in zip(devices, self._node_of)])
         self._rail_gpu = {}
         if self.graph.graph.get("pxn"):
             for d in np.flatnonzero(self._nic_of >= 0):
@@ -128,7 +132,7 @@ class Topology:
 
     def _between_nodes(self, src: int, dst: int) -> bool:
         return (self.graph.graph.get("device_nics", False)
-                and self._node_of[src] != self._node_of[dst])
+                and self._domain_of[src] != self._domain_of[dst])
 
     def _node_to_node(self, src: int, dst: int) -> np.ndarray:
         """A route between nodes from cached legs: the source's path out through its NIC to
@@ -174,7 +178,7 @@ class Topology:
         that shares the destination's rail, and leaves through that GPU's NIC, so it never
         crosses a spine (NVIDIA, "Doubling all2all Performance with NCCL 2.12", 2022).
         None where the route is direct."""
-        if (not self._rail_gpu or self._node_of[src] == self._node_of[dst]
+        if (not self._rail_gpu or self._domain_of[src] == self._domain_of[dst]
                 or self._nic_of[src] == self._nic_of[dst]):
             return None
         return self._rail_gpu.get((self._node_of[src], self._nic_of[dst]))
@@ -224,7 +228,7 @@ class Topology:
         same rail, where no GPU hands the message over."""
         if not self.graph.graph.get("device_nics", False):
             return np.zeros(len(src), dtype=bool)
-        between = self._node_of[src] != self._node_of[dst]
+        between = self._domain_of[src] != self._domain_of[dst]
         if self._rail_gpu:
             between &= self._nic_of[src] == self._nic_of[dst]
         return between
