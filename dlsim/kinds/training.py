@@ -15,6 +15,7 @@ from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.run import engine_result, run_engine, symmetric
 from dlsim.kinds.sync.bsp import bsp_summary, ended_at_last_op, straggle
+from dlsim.kinds.sync.convergence import job_of
 from dlsim.kinds.sync.stragglers import schedule_slow_links
 from dlsim.network.algorithms import check_algorithm, dedicated_hosts
 from dlsim.network.backend import NETWORKS
@@ -131,6 +132,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,
                                                   zero_allowed=stages == tensor == 1 < n
                                                   and lora is None)
-    summary.update(bsp_summary(scenario, run, ranks, rng))
+    summary.update(bsp_summary(scenario, run, ranks, rng, summary,
+                               job_of(scenario.model, model, n, device.price_usd_per_hour)))
     return engine_result(scenario, topology, run, summary,
                    "symmetric" if len(programs) < n else "full")
