@@ -6,7 +6,7 @@ Field names are part of the public scenario contract (DESIGN.md): ``sync: bsp | 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -99,8 +99,35 @@ class StragglerSpec(Spec):
 
 
 class CheckpointSpec(Spec):
-    interval_steps: int = Field(ge=1)
-    cost_s: float = Field(ge=0)
+    """How often a checkpoint is written and what one costs.
+
+    The interval is ``interval_steps`` (replayed over the measured steps) or ``interval``:
+    ``auto`` (Daly's optimum, ``dlsim.kinds.sync.goodput``) or a number of steps. The cost is
+    ``cost_s`` or the model and optimizer state over ``storage_GBps``, the storage's
+    aggregate write bandwidth in GB/s (1e9 bytes). ``interval`` or ``storage_GBps`` selects
+    the expected-goodput model (Poisson failures, Monte Carlo over many seeds)."""
+
+    interval_steps: int | None = Field(default=None, ge=1)
+    interval: Literal["auto"] | Annotated[int, Field(ge=1)] | None = None
+    cost_s: float | None = Field(default=None, ge=0)
+    storage_GBps: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_each(self) -> CheckpointSpec:
+        if (self.interval_steps is None) == (self.interval is None):
+            raise ValueError("give exactly one of 'interval_steps' or 'interval' "
+                             "(auto, or a number of steps)")
+        if (self.cost_s is None) == (self.storage_GBps is None):
+            raise ValueError("give exactly one of 'cost_s' or 'storage_GBps'")
+        if self.interval_steps is not None and self.storage_GBps is not None:
+            raise ValueError("storage_GBps goes with 'interval' (auto or steps), the "
+                             "expected-goodput model; interval_steps with cost_s")
+        return self
+
+    @property
+    def expected_goodput(self) -> bool:
+        """Whether these fields ask for the expected-goodput model."""
+        return self.interval is not None or self.storage_GBps is not None
 
 
 class FailureAt(Spec):
@@ -122,14 +149,66 @@ class FailureSpec(Spec):
     restart_s: float = Field(default=0.0, ge=0)
     checkpoint: CheckpointSpec | None = None
     job_steps: int | None = Field(default=None, ge=1)
+    rates: str | None = None
+    job_days: float | None = Field(default=None, gt=0)
+    monte_carlo_runs: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _goodput_fields(self) -> FailureSpec:
+        """``rates`` (a CSV of interruptions per cause, or ``llama3`` for the bundled Llama 3
+        table), ``job_days`` (the job's wall time) and ``monte_carlo_runs`` belong to the
+        expected-goodput model, which ``checkpoint: {interval: ...}`` or ``storage_GBps``
+        selects; it draws Poisson failures at a rate, not at given times."""
+        goodput = self.checkpoint is not None and self.checkpoint.expected_goodput
+        extra = [f for f in ("rates", "job_days", "monte_carlo_runs")
+                 if f in self.model_fields_set]
+        if not goodput:
+            if extra:
+                raise ValueError(f"{', '.join(extra)} belong to the expected-goodput model: "
+                                 "give checkpoint: {interval: auto | steps, storage_GBps: "
+                                 "... | cost_s: ...}")
+            return self
+        if (self.rates is None) == (self.mtbf_s is None):
+            raise ValueError("the expected-goodput model needs exactly one of 'rates' "
+                             "(a CSV path, or llama3) or 'mtbf_s'")
+        if self.at:
+            raise ValueError("failures at given times ('at') are replayed with "
+                             "checkpoint: {interval_steps, cost_s}; the expected-goodput "
+                             "model draws them at a rate")
+        if self.job_days is not None and self.job_steps is not None:
+            raise ValueError("give the job's length as job_steps or job_days, not both")
+        return self
 
 
 class ConvergenceSpec(Spec):
-    """Steps to a target accuracy (McCandlish et al. 2018, "An Empirical Model of Large-Batch
-    Training", eq. 2.11): S = S_min (1 + B_noise / B), times (1 + staleness_penalty * mean
-    staleness) for stale updates. Both S_min and B_noise belong to the task and must be
-    measured (B_noise is the gradient noise scale, §2.2)."""
+    """Steps to a target, by one of three statistical-efficiency models
+    (``dlsim.kinds.sync.convergence`` cites each):
 
-    min_steps: float = Field(gt=0)
-    noise_batch: float = Field(gt=0)
+    - ``mccandlish`` (default; McCandlish et al. 2018, eq. 2.11): S = S_min (1 + B_noise / B),
+      with the task's measured ``min_steps`` (S_min) and ``noise_batch`` (B_noise, §2.2);
+    - ``kaplan`` (Kaplan et al. 2020): S_min and the critical batch at ``target_loss`` (nats
+      per token) from the paper's fitted constants, for a language model;
+    - ``chinchilla`` (Hoffmann et al. 2022, Approach 3): the tokens at which L(N, D) reaches
+      ``target_loss``.
+
+    Stale updates multiply the steps by (1 + staleness_penalty * mean staleness)."""
+
+    model: Literal["mccandlish", "kaplan", "chinchilla"] = "mccandlish"
+    min_steps: float | None = Field(default=None, gt=0)
+    noise_batch: float | None = Field(default=None, gt=0)
+    target_loss: float | None = Field(default=None, gt=0)
     staleness_penalty: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _model_fields(self) -> ConvergenceSpec:
+        need = {"mccandlish": ("min_steps", "noise_batch"), "kaplan": ("target_loss",),
+                "chinchilla": ("target_loss",)}[self.model]
+        missing = [f for f in need if getattr(self, f) is None]
+        given = [f for f in ("min_steps", "noise_batch", "target_loss")
+                 if f not in need and getattr(self, f) is not None]
+        if missing:
+            raise ValueError(f"convergence model {self.model} needs {', '.join(missing)}")
+        if given:
+            raise ValueError(f"convergence model {self.model} takes no {', '.join(given)} "
+                             f"(it takes {', '.join(need)})")
+        return self

@@ -14,6 +14,7 @@ from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.run import engine_result, run_engine, symmetric
 from dlsim.kinds.sync.bsp import bsp_summary, ended_at_last_op, straggle
+from dlsim.kinds.sync.convergence import job_of
 from dlsim.kinds.sync.stragglers import schedule_slow_links
 from dlsim.network.algorithms import dedicated_hosts
 from dlsim.network.backend import NETWORKS
@@ -107,6 +108,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                                                   and lora is None)
     summary["communication_by_axis"] = communication_by_axis(
         run.spans, int(ranks[critical]), run.bytes_by_role, train.steps)
-    summary.update(bsp_summary(scenario, run, ranks, rng))
+    summary.update(bsp_summary(scenario, run, ranks, rng, summary,
+                               job_of(scenario.model, model, n, device.price_usd_per_hour)))
     return engine_result(scenario, topology, run, summary,
                    "symmetric" if len(programs) < n else "full")

@@ -51,7 +51,28 @@ def _staleness(s: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"image": image, "note": note}
 
 
+def _goodput(g: Mapping[str, Any]) -> dict[str, Any]:
+    """The expected-goodput model's figures (``dlsim.kinds.sync.goodput``)."""
+    rows = [("job MTBF", format_seconds(g["mtbf_s"])),
+            ("checkpoint", format_seconds(g["checkpoint_s"])),
+            ("interval", f"{g['interval_steps']:,} steps ({format_seconds(g['interval_s'])}); "
+                         f"Daly {format_seconds(g['daly_interval_s'])}, Young "
+                         f"{format_seconds(g['young_interval_s'])}"),
+            ("goodput (closed form)", f"{100 * g['goodput_closed_form']:.2f} %"),
+            (f"goodput over {g['monte_carlo_runs']:,} runs",
+             f"mean {100 * g['goodput_mean']:.2f} %, 5-95 % {100 * g['goodput_p5']:.2f}-"
+             f"{100 * g['goodput_p95']:.2f} %")]
+    if "effective_training_days" in g:
+        rows.append((f"training in {g['job_days']:g} days",
+                     f"{g['effective_training_days']:.2f} days"))
+    rows += [(f"checkpoint every {r['interval_h']} h", f"{100 * r['goodput']:.2f} %")
+             for r in g["by_interval"]]
+    return {"rows": rows, "note": "; ".join(g["assumptions"]) + "."}
+
+
 def _failures(s: Mapping[str, Any]) -> dict[str, Any] | None:
+    if s.get("goodput"):
+        return _goodput(s["goodput"])
     f = s.get("failures")
     if not f:
         return None
@@ -81,6 +102,10 @@ def _convergence(s: Mapping[str, Any]) -> dict[str, Any] | None:
             ("batch per update", f"{c['batch_per_update']:,}"),
             ("mean staleness", f"{c['mean_staleness']:.2f}"),
             ("time per update", format_seconds(c["seconds_per_update"]))]
+    if "assumptions" in c:  # a model named in the scenario (dlsim.kinds.sync.convergence)
+        rows += [(k.replace("_", " "), f"{c[k]:,.4g}") for k in
+                 ("tokens_to_target", "critical_batch_tokens", "cost_usd") if k in c]
+        return {"rows": rows, "note": "; ".join(c["assumptions"]) + "."}
     note = (f"Updates needed = S_min (1 + B_noise / B) (1 + c x mean staleness), with "
             f"S_min = {c['min_steps']:g}, B_noise = {c['noise_batch']:g} (McCandlish et al. "
             f"2018, eq. 2.11) and c = {c['staleness_penalty']:g} (an assumption the scenario "

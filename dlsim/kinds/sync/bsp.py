@@ -8,6 +8,7 @@ environment, and read its spans.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -18,8 +19,9 @@ from dlsim.contract.program import Op
 from dlsim.contract.scenario import TrainingScenario
 from dlsim.contract.span import Span
 from dlsim.engine.core import EngineRun
-from dlsim.kinds.sync.convergence import convergence_summary
+from dlsim.kinds.sync.convergence import Job, convergence_summary
 from dlsim.kinds.sync.faults import failure_times, replay, young_daly_interval_s
+from dlsim.kinds.sync.goodput import goodput_summary
 from dlsim.kinds.sync.stragglers import (
     is_heterogeneous,
     slow_program,
@@ -61,25 +63,38 @@ def wait_per_device(spans: list[Span], devices: Iterable[int], end_s: float,
 
 
 def bsp_summary(scenario: TrainingScenario, run: EngineRun, devices: np.ndarray,
-                rng: np.random.Generator) -> dict[str, Any]:
-    """Straggler wait per device, the job's time with failures, and the time to accuracy."""
+                rng: np.random.Generator, summary: dict[str, Any], job: Job
+                ) -> dict[str, Any]:
+    """Straggler wait per device, the job's time with failures, and the time to accuracy.
+
+    ``summary`` is the training summary so far (its memory and parallelism size a
+    checkpoint), ``job`` what a time to a target loss needs of the job."""
     steps = scenario.training.steps
     out: dict[str, Any] = {"sync": "bsp"}
     if is_heterogeneous(scenario.stragglers):
         out["straggler_wait_per_device_s"] = wait_per_device(
             run.spans, sorted({s.device for s in run.spans}), run.end_s, steps)
     seconds_per_step = run.end_s / steps
-    if scenario.failures is not None:
-        spec = scenario.failures
+    spec = scenario.failures
+    if spec is not None and spec.checkpoint is not None and spec.checkpoint.expected_goodput:
+        job_steps = steps  # without job_steps or job_days, the job is the run to the target
+        if scenario.convergence is not None:
+            job_steps = math.ceil(convergence_summary(
+                scenario.convergence, scenario.training.global_batch, 0.0, seconds_per_step,
+                job)["convergence"]["steps_to_target"])
+        out["goodput"] = goodput_summary(spec, seconds_per_step, job_steps, summary, rng)
+        seconds_per_step /= out["goodput"]["goodput_closed_form"]
+    elif spec is not None:
         step_s = np.resize(step_times_s(run), spec.job_steps or steps)
         faulted = replay(step_s, spec, failure_times(spec, devices, rng))
         out["failures"] = {"job_steps": len(step_s), **faulted.as_dict(),
                            "goodput": float(step_s.sum()) / faulted.total_s}
         seconds_per_step = faulted.total_s / len(step_s)
-        if spec.mtbf_s is not None and spec.checkpoint is not None:
+        if (spec.mtbf_s is not None and spec.checkpoint is not None
+                and spec.checkpoint.cost_s is not None):
             out["failures"]["young_daly_interval_s"] = young_daly_interval_s(
                 spec.checkpoint.cost_s, spec.mtbf_s)
     if scenario.convergence is not None:
         out.update(convergence_summary(scenario.convergence, scenario.training.global_batch,
-                                       0.0, seconds_per_step))
+                                       0.0, seconds_per_step, job))
     return out

@@ -6,6 +6,9 @@ and the task's gradient noise scale B_noise, the optimizer needs
     S = S_min (1 + B_noise / B) steps and E = S * B = E_min (1 + B / B_noise) examples,
 
 with E_min = S_min * B_noise: beyond B_noise, bigger batches buy few steps for many samples.
+``dlsim.kinds.sync.scaling_laws`` gives S_min and the critical batch of a language model at a
+target loss (Kaplan et al. 2020) and the tokens a compute-optimal model needs (Hoffmann et
+al. 2022), for ``convergence: {model: kaplan | chinchilla, target_loss: L}``.
 
 Stale updates (SSP, ASP) help less than fresh ones. ASSUMPTION, not a published fit: steps
 grow by (1 + staleness_penalty * mean staleness), where staleness is counted in updates
@@ -17,28 +20,147 @@ the per-worker batch and S counts updates.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from dlsim.contract.errors import ScenarioError
+from dlsim.contract.scenario import ModelSpec
 from dlsim.contract.sync import ConvergenceSpec
+from dlsim.kinds.sync import scaling_laws as laws
+from dlsim.workload.model import Model
+from dlsim.workload.shapes import shape_of
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a time to a target needs to know of the job beyond its step time."""
+
+    devices: int
+    price_usd_per_hour: float | None  # per device, from its hardware profile
+    tokens_per_sample: int | None  # the sequence length of a language model
+    parameters: int
+    non_embedding_parameters: int  # the transformer blocks' (Kaplan et al.'s N)
+
+
+def job_of(spec: ModelSpec, model: Model, devices: int, price_usd_per_hour: float | None
+           ) -> Job:
+    """The job's facts: its sequence length from the model's shape or preset."""
+    shape = shape_of(spec)
+    seq = shape.seq_len if shape is not None else spec.seq_len
+    blocks = sum(layer.params for layer in model.layers if layer.role == "block")
+    return Job(devices, price_usd_per_hour, seq, model.parameters, blocks)
 
 
 def steps_to_target(spec: ConvergenceSpec, batch: float, mean_staleness: float) -> float:
-    """Updates of ``batch`` samples needed to reach the target."""
-    return (spec.min_steps * (1.0 + spec.noise_batch / batch)
+    """Updates of ``batch`` samples needed to reach the target (the McCandlish model)."""
+    assert spec.min_steps is not None and spec.noise_batch is not None  # the spec requires
+    return (laws.mccandlish_steps(spec.min_steps, spec.noise_batch, batch)
             * (1.0 + spec.staleness_penalty * mean_staleness))
 
 
 def convergence_summary(spec: ConvergenceSpec, batch: float, mean_staleness: float,
-                        seconds_per_update: float) -> dict[str, Any]:
-    """The summary's ``convergence`` fields and ``time_to_accuracy_s``."""
-    steps = steps_to_target(spec, batch, mean_staleness)
-    return {
-        "time_to_accuracy_s": steps * seconds_per_update,
-        "convergence": {
-            "steps_to_target": steps, "samples_to_target": steps * batch,
-            "batch_per_update": batch, "mean_staleness": mean_staleness,
-            "seconds_per_update": seconds_per_update,
-            "min_steps": spec.min_steps, "noise_batch": spec.noise_batch,
-            "staleness_penalty": spec.staleness_penalty,
-        },
+                        seconds_per_update: float, job: Job) -> dict[str, Any]:
+    """The summary's ``convergence`` fields and ``time_to_accuracy_s``.
+
+    Given ``model`` explicitly (or a model other than McCandlish's), the block also holds
+    tokens, wall time and cost to the target and the list of assumptions; without it, the
+    fields are those dlsim always wrote."""
+    if "model" not in spec.model_fields_set:
+        steps = steps_to_target(spec, batch, mean_staleness)
+        return {
+            "time_to_accuracy_s": steps * seconds_per_update,
+            "convergence": {
+                "steps_to_target": steps, "samples_to_target": steps * batch,
+                "batch_per_update": batch, "mean_staleness": mean_staleness,
+                "seconds_per_update": seconds_per_update,
+                "min_steps": spec.min_steps, "noise_batch": spec.noise_batch,
+                "staleness_penalty": spec.staleness_penalty,
+            },
+        }
+    return _target_summary(spec, batch, mean_staleness, seconds_per_update, job)
+
+
+def _tokens_per_sample(spec: ConvergenceSpec, job: Job) -> int:
+    if job.tokens_per_sample is None:
+        raise ScenarioError(f"convergence model {spec.model} counts tokens: it needs a "
+                            "transformer model with a sequence length (model: {preset: "
+                            "gpt3-175b} or {kind: transformer, seq_len: ...}).",
+                            field="convergence.model")
+    return job.tokens_per_sample
+
+
+def _target_summary(spec: ConvergenceSpec, batch: float, mean_staleness: float,
+                    seconds_per_update: float, job: Job) -> dict[str, Any]:
+    staleness = 1.0 + spec.staleness_penalty * mean_staleness
+    tokens_per_sample = job.tokens_per_sample
+    extra: dict[str, Any] = {}
+    if spec.model == "mccandlish":
+        assert spec.min_steps is not None and spec.noise_batch is not None
+        min_steps, noise = spec.min_steps, spec.noise_batch
+        base = laws.mccandlish_steps(min_steps, noise, batch)
+        assumptions = [laws.MCCANDLISH + f": S_min = {min_steps:g} steps, "
+                       f"B_noise = {noise:g} samples (given by the scenario)"]
+    elif spec.model == "kaplan":
+        assert spec.target_loss is not None
+        tokens_per_sample = _tokens_per_sample(spec, job)
+        loss, n = spec.target_loss, job.non_embedding_parameters
+        floor = laws.kaplan_loss_floor(n)
+        if loss <= floor:
+            raise ScenarioError(
+                f"convergence.target_loss {loss:g} is out of reach of a model of {n:,} "
+                f"non-embedding parameters: Kaplan et al.'s L(N, S) never falls below "
+                f"(N_c/N)^alpha_N = {floor:.4g} nats.", field="convergence.target_loss")
+        min_steps = laws.kaplan_min_steps(loss, n)
+        critical_tokens = laws.kaplan_critical_batch_tokens(loss)
+        noise = critical_tokens / tokens_per_sample
+        base = laws.mccandlish_steps(min_steps, noise, batch)
+        extra = {"critical_batch_tokens": critical_tokens,
+                 "non_embedding_parameters": n, "target_loss": loss}
+        assumptions = [laws.KAPLAN_BCRIT, laws.KAPLAN_SMIN, laws.KAPLAN_STEPS,
+                       f"N = {n:,} non-embedding parameters (the transformer blocks')",
+                       "loss in nats per token on Kaplan et al.'s WebText2: another corpus "
+                       "or tokenizer shifts every constant"]
+    else:
+        assert spec.target_loss is not None
+        tokens_per_sample = _tokens_per_sample(spec, job)
+        loss, n = spec.target_loss, job.parameters
+        floor = laws.chinchilla_loss(n, float("inf"))
+        if loss <= floor:
+            raise ScenarioError(
+                f"convergence.target_loss {loss:g} is out of reach of a model of {n:,} "
+                f"parameters: Hoffmann et al.'s L(N, D) never falls below E + A/N^alpha = "
+                f"{floor:.4g} nats.", field="convergence.target_loss")
+        tokens = laws.chinchilla_tokens(loss, n)
+        min_steps, noise = tokens / (batch * tokens_per_sample), 0.0
+        base = min_steps
+        extra = {"parameters": n, "target_loss": loss,
+                 "predicted_loss": laws.chinchilla_loss(n, tokens)}
+        assumptions = [laws.CHINCHILLA,
+                       f"N = {n:,} parameters, embeddings included (as Hoffmann et al. count)",
+                       "the tokens needed do not depend on the batch (the fit's batches "
+                       "are below the critical batch); no penalty for large batches"]
+    steps = base * staleness
+    seconds = steps * seconds_per_update
+    assumptions.append(f"stale updates: steps x (1 + {spec.staleness_penalty:g} x mean "
+                       "staleness), an ASSUMPTION (Lian et al. 2015 bound it by the delay)")
+    assumptions.append("wall time = steps x simulated time per step (with the expected cost "
+                       "of failures and checkpoints where failures are modelled)")
+    out: dict[str, Any] = {
+        "model": spec.model, "steps_to_target": steps, "samples_to_target": steps * batch,
+        "batch_per_update": batch, "mean_staleness": mean_staleness,
+        "seconds_per_update": seconds_per_update, "min_steps": min_steps,
+        "noise_batch": noise, "staleness_penalty": spec.staleness_penalty,
+        "time_to_target_s": seconds, **extra,
     }
+    if tokens_per_sample is not None:
+        out["tokens_to_target"] = steps * batch * tokens_per_sample
+        out["batch_tokens"] = batch * tokens_per_sample
+    if job.price_usd_per_hour is not None:
+        out["cost_usd"] = job.devices * seconds / 3600 * job.price_usd_per_hour
+        assumptions.append(f"cost = {job.devices:,} devices x hours x "
+                           f"{job.price_usd_per_hour:g} USD per device-hour (hardware profile)")
+    else:
+        assumptions.append("no cost: the device's hardware profile lists no hourly price")
+    assumptions.append("no energy: the summary has no measured energy per step")
+    out["assumptions"] = assumptions
+    return {"time_to_accuracy_s": seconds, "convergence": out}

@@ -72,8 +72,8 @@ def replay(step_s: np.ndarray, spec: FailureSpec, failures: Iterator[tuple[float
     a failure during a step or a checkpoint write loses everything since the last completed
     checkpoint or restart, and the job resumes from that checkpoint at failure + restart_s.
     """
-    interval = spec.checkpoint.interval_steps if spec.checkpoint else 0
-    cost = spec.checkpoint.cost_s if spec.checkpoint else 0.0
+    interval = (spec.checkpoint.interval_steps or 0) if spec.checkpoint else 0
+    cost = (spec.checkpoint.cost_s or 0.0) if spec.checkpoint else 0.0
     steps = len(step_s)
     now, step, saved_step, saved_at = 0.0, 0, 0, 0.0
     lost = restarting = written = 0.0

@@ -22,7 +22,7 @@ from dlsim.contract.scenario import TrainingScenario
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.sync.bsp import wait_per_device
-from dlsim.kinds.sync.convergence import convergence_summary
+from dlsim.kinds.sync.convergence import Job, convergence_summary, job_of
 from dlsim.kinds.sync.faults import failure_times
 from dlsim.kinds.sync.parameter_server import ParameterServer, PSJob, PSRun
 from dlsim.kinds.sync.stragglers import schedule_slow_links, slowdown_factors
@@ -110,7 +110,8 @@ def ps_training(scenario: TrainingScenario, topology: Topology) -> Result:
         communication={"communication": "ps"},
         parallelism={"data": n, "pipeline": 1, "schedule": scenario.parallelism.schedule,
                      "zero_stage": 0, "microbatches": per_worker // micro})
-    summary.update(sync_summary(scenario, run, devices, per_worker))
+    summary.update(sync_summary(scenario, run, devices, per_worker,
+                                job_of(scenario.model, model, n, device.price_usd_per_hour)))
     links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)
     return simulation_result(scenario, summary, fidelity="full", events=run.events,
                              flows=run.network.flows_started, spans=run.spans, links=links,
@@ -125,7 +126,7 @@ def _critical_breakdown(run: PSRun) -> dict[str, float]:
 
 
 def sync_summary(scenario: TrainingScenario, run: PSRun, devices: np.ndarray,
-                 per_worker: int) -> dict[str, Any]:
+                 per_worker: int, job: Job) -> dict[str, Any]:
     """Per-worker steps and waits, the staleness histogram and the time to accuracy."""
     steps = scenario.training.steps
     waits = wait_per_device(run.spans, devices, run.end_s, steps)
@@ -142,5 +143,5 @@ def sync_summary(scenario: TrainingScenario, run: PSRun, devices: np.ndarray,
     if scenario.convergence is not None and updates:
         batch = scenario.training.global_batch if scenario.sync.mode == "bsp" else per_worker
         out.update(convergence_summary(scenario.convergence, batch, mean_staleness,
-                                       run.end_s / updates))
+                                       run.end_s / updates, job))
     return out
