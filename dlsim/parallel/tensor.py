@@ -115,6 +115,12 @@ def check_tensor_degree(spec: ModelSpec, t: int) -> None:
     """Megatron-LM needs the (key-value) heads and the hidden size divisible by t."""
     if t == 1:
         return
+    if spec.torch is not None:
+        raise ScenarioError("tensor parallelism is not modelled for a model imported from "
+                            "torch: splitting it needs each GEMM's place in Megatron-LM's "
+                            "column/row pattern, which the recorded operators do not carry; "
+                            "use tensor: 1 (data and pipeline parallelism apply).",
+                            field="parallelism.tensor")
     shape = transformer_shape(spec)
     if shape is None:
         raise ScenarioError("tensor parallelism is modelled for transformer models only; "

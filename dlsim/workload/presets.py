@@ -28,6 +28,13 @@ def presets() -> list[str]:
 
 def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
     """Layers of ``spec`` for one micro-batch of ``microbatch`` samples."""
+    if spec.torch is not None:  # torch is optional: imported only for a torch model
+        from dlsim.workload.torch_import import import_torch_model
+
+        assert spec.inputs is not None  # ModelSpec's validator requires inputs of a torch model
+        return import_torch_model(spec.torch, spec.kwargs,
+                                  {k: v.model_dump() for k, v in spec.inputs.items()},
+                                  microbatch, dtype_bytes)
     if spec.preset is not None:
         if spec.preset in TRANSFORMER_PRESETS:
             layers, h, a, s, v = TRANSFORMER_PRESETS[spec.preset]
