@@ -95,7 +95,7 @@ def load_factory(target: str) -> Any:
     with _search_path():
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
+        except Exception as exc:  # not found, or the user's module failed to import
             raise ScenarioError(f"cannot import '{module_name}' for '{target}' ({exc}); the "
                                 "module is looked up on sys.path, in the current directory "
                                 f"and in dlsim's bundled examples ({EXAMPLES}).",
