@@ -14,6 +14,7 @@ DATA = {  # folder -> the files of it that ship
     "calibration": ["*.json"],
     "validation": ["*.csv", "README.md"],
     "traces": ["*.csv", "*.json", "README.md"],  # federated-traces and -flash read these
+    "examples": ["*.py"],  # torch modules that scenarios import by name (torch-import-gpt)
 }
 
 

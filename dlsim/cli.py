@@ -9,14 +9,16 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from dlsim.contract.errors import ScenarioError
+from dlsim.contract.errors import ScenarioError, describe_invalid
 from dlsim.contract.loading import read_yaml
-from dlsim.contract.scenario import scenario_model
+from dlsim.contract.scenario import ModelSpec, scenario_model
 from dlsim.data import SCENARIOS, bundled_scenario, bundled_scenarios
 from dlsim.hardware import profiles as hardware
+from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.output import to_json, write_run, write_sweep
 from dlsim.report import plots
 from dlsim.results.result import records
@@ -25,7 +27,8 @@ from dlsim.simulate import simulate
 from dlsim.sweep.executors import PointCache, executor_for
 from dlsim.sweep.grid import pivot, primary_metric, run_sweep
 from dlsim.validation import DEFAULT_DIR, host_validation, run_validation, table_errors
-from dlsim.workload.presets import presets
+from dlsim.workload.presets import build_model, presets
+from dlsim.workload.torch_import import layer_rows, parallelism_note
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="dlsim: simulate distributed deep-learning training before you rent it.")
@@ -352,6 +355,49 @@ def _plan_row(p: dict[str, Any]) -> dict[str, Any]:
             "from": p["step_time_source"][:3],
             "days": float(f"{p['time_to_train_s'] / 86400:.3g}"),
             "USD": round(p["cost_usd"]) if p["cost_usd"] is not None else None}
+
+
+def _json_option(text: str | None, option: str) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScenarioError(f"{option} is not JSON ({exc}): {text[:80]}", field=option) from exc
+    if not isinstance(value, dict):
+        raise ScenarioError(f"{option} must be a JSON object, not {text[:80]}", field=option)
+    return value
+
+
+@app.command("import-model")
+def import_model(
+        factory: Annotated[str, typer.Argument(help="package.module:factory of an nn.Module.")],
+        kwargs: Annotated[str | None, typer.Option(help="The factory's keyword arguments, "
+                                                        "as a JSON object.")] = None,
+        inputs: Annotated[str | None, typer.Option(help='Its inputs, e.g. \'{"ids": '
+                                                        '{"shape": [1, 1024], "dtype": '
+                                                        '"int64"}}\'.')] = None,
+        microbatch: Annotated[int, typer.Option(help="The first dimension of every input.")]
+        = 1,
+        precision: Annotated[str, typer.Option(help="Prices bytes at this dtype.")] = "bf16",
+        as_json: AsJson = False) -> None:
+    """Import a torch model (meta device: no weights) and print its layer table: per layer
+    the forward and backward FLOPs by kernel kind, bytes moved, parameters, activations."""
+    try:
+        spec = ModelSpec.model_validate({"torch": factory,
+                                         "kwargs": _json_option(kwargs, "--kwargs"),
+                                         "inputs": _json_option(inputs, "--inputs")})
+        model = build_model(spec, microbatch, max(DTYPE_BYTES[precision], 2))
+    except ValidationError as exc:
+        _fail(ScenarioError(describe_invalid(exc.errors(), ModelSpec), field="model"))
+    except KeyError:
+        _fail(ScenarioError(f"unknown precision '{precision}'; one of "
+                            f"{', '.join(DTYPE_BYTES)}.", field="--precision"))
+    except ScenarioError as exc:
+        _fail(exc)
+    _print_rows(f"{factory}: {model.parameters:,} parameters", layer_rows(model), as_json)
+    if not as_json:
+        out.print(parallelism_note(model), markup=False, highlight=False)
 
 
 LISTINGS = ("devices", "links", "systems", "models", "scenarios")

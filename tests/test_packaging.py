@@ -29,6 +29,7 @@ DATA = {
     "calibration": ["*.json"],
     "validation": ["*.csv", "README.md"],
     "traces": ["*.csv", "*.json", "README.md"],
+    "examples": ["*.py"],
 }
 
 
@@ -130,3 +131,13 @@ def test_installed_wheel_runs_a_bundled_scenario_by_name(venv, elsewhere):
     _run([str(venv / "bin" / "dlsim"), "run", "quickstart", "--out", str(out)], cwd=elsewhere)
     assert (out / "quickstart" / "index.html").is_file()
     assert json.loads((out / "quickstart" / "summary.json").read_text())["step_time_s"] > 0
+
+
+def test_installed_wheel_imports_the_bundled_torch_example(venv, elsewhere):
+    """scenarios/torch-import-gpt.yaml names tiny_gpt:tiny_gpt, found in the wheel's
+    bundled examples/ (this environment's torch: the venv sees its site-packages)."""
+    out = elsewhere / "reports"
+    _run([str(venv / "bin" / "dlsim"), "run", "torch-import-gpt", "--out", str(out)],
+         cwd=elsewhere)
+    summary = json.loads((out / "torch-import-gpt" / "summary.json").read_text())
+    assert summary["parameters"] == 124_439_808  # GPT-2 124M's shape, tied embedding

@@ -30,8 +30,16 @@ from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
 
 
+class TorchInput(_Spec):
+    """One input of an imported torch model; its first dimension is the micro-batch."""
+
+    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    dtype: Literal["float32", "float16", "bfloat16", "int64", "int32", "bool"] = "float32"
+
+
 class ModelSpec(_Spec):
-    """A preset name, or a transformer / MLP given by its shape."""
+    """A preset name, a transformer / MLP given by its shape, or a torch module's factory
+    (``torch: "package.module:factory"``, called with ``kwargs``, run on ``inputs``)."""
 
     preset: str | None = None
     kind: Literal["transformer", "mlp", "cnn"] | None = None
@@ -42,9 +50,22 @@ class ModelSpec(_Spec):
     vocab: int | None = Field(default=None, ge=1)
     ffn_hidden: int | None = Field(default=None, ge=1)
     widths: list[int] | None = Field(default=None, min_length=2)
+    torch: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, TorchInput] | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> ModelSpec:
+        if self.torch is not None:
+            if self.preset is not None or self.kind is not None:
+                raise ValueError("give 'torch' alone, without 'preset' or 'kind'")
+            if not self.inputs:
+                raise ValueError("a torch model needs 'inputs', e.g. {ids: {shape: [1, 1024], "
+                                 "dtype: int64}} (the first dimension is the micro-batch)")
+            return self
+        if self.kwargs or self.inputs is not None:
+            raise ValueError("'kwargs' and 'inputs' belong to a torch model ('torch: "
+                             "package.module:factory')")
         if self.preset is not None:
             return self
         if self.kind is None:

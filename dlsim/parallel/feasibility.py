@@ -86,6 +86,12 @@ def training_job(scenario: TrainingScenario, topology: Topology) -> JobSpec:
         raise ScenarioError("a training scenario needs a device profile for its cluster.",
                             field="cluster.device")
     par, train = scenario.parallelism, scenario.training
+    if scenario.model.torch is not None and par.tensor > 1:
+        raise ScenarioError("tensor parallelism is not modelled for a model imported from "
+                            "torch: splitting it needs each GEMM's place in Megatron-LM's "
+                            "column/row pattern, which the recorded operators do not carry; "
+                            "use tensor: 1 (data and pipeline parallelism apply).",
+                            field="parallelism.tensor")
     return JobSpec(
         shape_of(scenario.model), layer_count(scenario.model), topology.device,
         topology.n_devices, topology.devices_per_node, scenario.precision, train.global_batch,

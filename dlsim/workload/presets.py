@@ -36,6 +36,13 @@ def transformer_model(name: str, shape: TransformerShape, b: int, dtype_bytes: i
 
 def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
     """Layers of ``spec`` for one micro-batch of ``microbatch`` samples."""
+    if spec.torch is not None:  # torch is optional: imported only for a torch model
+        from dlsim.workload.torch_import import import_torch_model
+
+        assert spec.inputs is not None  # ModelSpec's validator requires inputs of a torch model
+        return import_torch_model(spec.torch, spec.kwargs,
+                                  {k: v.model_dump() for k, v in spec.inputs.items()},
+                                  microbatch, dtype_bytes)
     shape = shape_of(spec)
     if shape is not None:
         name = spec.preset or f"transformer-{spec.layers}x{spec.hidden}"
@@ -58,9 +65,8 @@ def layer_count(spec: ModelSpec) -> int:
     shape = shape_of(spec)
     if shape is not None:
         return shape.model_layers
-    if spec.preset is None:
-        assert spec.widths is not None  # ModelSpec's validator requires widths of an mlp
+    if spec.widths is not None:
         return len(spec.widths) - 1
     if spec.preset in MLP_PRESETS:
         return len(MLP_PRESETS[spec.preset]) - 1
-    return len(build_model(spec, 1, 2).layers)
+    return len(build_model(spec, 1, 2).layers)  # a CNN preset or an imported torch model
