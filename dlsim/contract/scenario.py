@@ -133,7 +133,7 @@ class TrainingSpec(_Spec):
     global_batch: int = Field(ge=1)
     microbatch: int | None = Field(default=None, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
-    bucket_cap_mb: float = Field(default=25.0, ge=0)
+    bucket_cap_mb: float = Field(default=25.0, ge=0)  # 0: one bucket of every gradient
     steps: int = Field(default=1, ge=1)
     lora: LoraSpec | None = None
 
@@ -242,7 +242,7 @@ class TrainingScenario(_Spec):
     stragglers: StragglerSpec | None = None
     failures: FailureSpec | None = None
     convergence: ConvergenceSpec | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy's SeedSequence takes non-negative ints
     simulation: SimulationSpec = SimulationSpec()
     sweep: Sweep | None = None
 
@@ -256,7 +256,7 @@ class CollectiveScenario(_Spec):
     cluster: ClusterSpec
     collective: CollectiveSpec
     placement: Placement = "pack"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy's SeedSequence takes non-negative ints
     simulation: SimulationSpec = SimulationSpec()
     sweep: Sweep | None = None
 
@@ -270,7 +270,7 @@ class FederatedScenario(_Spec):
     description: str = ""
     model: ModelSpec | None = None
     precision: Precision = "bf16"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy's SeedSequence takes non-negative ints
     sweep: Sweep | None = None
     federated: FederatedSpec
 
@@ -283,7 +283,7 @@ class EdgeInferenceScenario(_Spec):
     description: str = ""
     model: ModelSpec
     precision: Precision = "bf16"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy's SeedSequence takes non-negative ints
     sweep: Sweep | None = None
     inference: EdgeInferenceSpec
 
