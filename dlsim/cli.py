@@ -381,6 +381,8 @@ def plan(model: Annotated[str, typer.Option(help="Model preset, e.g. gpt3-175b."
          = "bf16",
          top: Annotated[int, typer.Option(help="Plans to show.")] = 10,
          confirm: Annotated[int, typer.Option(help="Best plans the engine simulates.")] = 3,
+         max_plans: Annotated[int, typer.Option(
+             help="Refuse a request that may enumerate more plans than this.")] = 1_000_000,
          out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
     """Find the fastest (or cheapest, or least energy) way to train a model on a cluster:
     enumerate data/tensor/pipeline plans, drop those that do not fit, rank by a closed-form
@@ -396,9 +398,11 @@ def plan(model: Annotated[str, typer.Option(help="Model preset, e.g. gpt3-175b."
         _at_least("--global-batch", global_batch, 1)
         _at_least("--top", top, 1)
         _at_least("--confirm", confirm, 0)
+        _at_least("--max-plans", max_plans, 1)
         request = PlanRequest(model, cluster, _gpu_counts(gpus), global_batch, precision,
                               tokens=tokens, objective=objective, max_days=max_days,
-                              budget_usd=budget, top=top, confirm=confirm)
+                              budget_usd=budget, top=top, confirm=confirm,
+                              max_plans=max_plans)
         with Progress(console=err, transient=True, disable=as_json) as bar:
             result = run_plan(request, lambda items, label: bar.track(items, description=label))
         with _writing(out_dir):

@@ -41,7 +41,7 @@ def slug(name: str) -> str:
     while len(kept.encode("utf-8", "surrogatepass")) > 4 * SLUG_CHARS // 2:
         kept = kept[:-1]  # wide scripts: 160 bytes at most, room for the hash
     kept = kept.strip("-.")
-    if kept == name:
+    if kept and kept == name:
         return kept
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{kept}-{digest}" if kept else f"scenario-{digest}"

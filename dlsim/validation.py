@@ -90,7 +90,7 @@ def _read(directory: Path, name: str) -> list[dict[str, str]]:
         for row in reader:
             if None in row or None in row.values():
                 given = sum(v is not None for k, v in row.items() if k is not None) + len(
-                    row.get(None) or [])  # type: ignore[call-overload]  # DictReader's restkey
+                    row.get(None) or [])  # DictReader's restkey
                 raise ScenarioError(f"line {reader.line_num} has {given} values where the "
                                     f"header names {len(reader.fieldnames or [])} columns.",
                                     file=str(path))

@@ -195,15 +195,21 @@ class CommunicationSpec(_Spec):
     local_sgd_period: int = Field(default=1, ge=1)  # local SGD: average every H steps
 
 
+MAX_MESSAGE_BYTES = 2.0**50  # 1 PiB in one buffer: thousands of times any device's memory
+
+
 class CollectiveSpec(_Spec):
     op: Literal["allreduce", "reducescatter", "allgather", "broadcast", "reduce", "alltoall",
                 "sendrecv"] = "allreduce"
     algorithm: AllReduceAlgorithm = "ring"
-    size_bytes: float = Field(gt=0)
+    size_bytes: float = Field(gt=0, le=MAX_MESSAGE_BYTES)
     servers: int = Field(default=1, ge=1)
     server_placement: Literal["colocated", "dedicated"] = "colocated"
     protocol: Protocol = "auto"
     devices: int | None = Field(default=None, ge=1)
+
+
+DEFAULT_MAX_EVENTS = 100_000_000  # about 15 minutes of engine work; raise it to go further
 
 
 class SimulationSpec(_Spec):
@@ -213,6 +219,9 @@ class SimulationSpec(_Spec):
 
     fidelity: Literal["auto", "full", "symmetric"] = "auto"
     network: Literal["fluid", "analytical"] = "fluid"
+    # admission control (dlsim.admission): a run whose estimated events exceed this is
+    # refused before it starts, instead of running for hours or exhausting memory
+    max_events: int = Field(default=DEFAULT_MAX_EVENTS, ge=1)
 
 
 Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8"]

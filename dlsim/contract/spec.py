@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import types
 import typing
-from functools import cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
@@ -32,7 +31,6 @@ class Spec(BaseModel):
         return value
 
 
-@cache
 def _numeric(tp: Any) -> bool:
     """Whether a field's type holds numbers and no booleans: int, float, their Optional,
     Annotated and list forms, and Literals of ints (``zero_stage``)."""
