@@ -245,3 +245,28 @@ def test_fuzz_random_bytes(tmp_path_factory, raw):
     path = tmp / "s.yaml"
     path.write_bytes(raw)
     _outcome(tmp, runner.invoke(app, ["run", str(path), "--out", str(tmp / "out"), "--json"]))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_interrupted_write_leaves_nothing_half_written(tmp_path, monkeypatch, existing):
+    """Ctrl-C while the second file is half written: no report, or the old one intact."""
+    from dlsim.output import write_report_dir
+
+    target = tmp_path / "report"
+    if existing:
+        write_report_dir(target, {"index.html": "old"})
+    real = Path.write_text
+
+    def interrupted(self, data, *args, **kwargs):
+        if self.name == "index.html":
+            real(self, data[:3], *args, **kwargs)
+            raise KeyboardInterrupt
+        return real(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_report_dir(target, {"summary.json": "{}", "index.html": "new report"})
+    assert [p.name for p in tmp_path.iterdir()] == (["report"] if existing else [])
+    if existing:  # the previous report is untouched
+        assert [p.name for p in target.iterdir()] == ["index.html"]
+        assert (target / "index.html").read_text() == "old"
