@@ -35,7 +35,9 @@ def cluster_devices(cluster: ClusterSpec) -> int:
     if cluster.topology is not None:
         return math.prod(cluster.dims) if cluster.topology == "torus" and cluster.dims else (
             cluster.devices or 1)
-    per_node = (hardware.system(cluster.preset).devices_per_node if cluster.preset
+    known = cluster.preset in hardware.available("systems")
+    # an unknown preset counts one device a node: the simulator's own check names it
+    per_node = (hardware.system(cluster.preset).devices_per_node if cluster.preset and known
                 else cluster.devices_per_node or 1)
     return cluster.nodes * per_node
 
