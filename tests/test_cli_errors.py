@@ -227,7 +227,7 @@ def _outcome(tmp_path, res):
         assert not out.exists() or not [p for p in out.iterdir() if p.name != ".cache"]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(doc=mutated())
 def test_fuzz_mutated_scenarios(tmp_path_factory, doc):
@@ -237,7 +237,7 @@ def test_fuzz_mutated_scenarios(tmp_path_factory, doc):
     _outcome(tmp, runner.invoke(app, ["run", str(path), "--out", str(tmp / "out"), "--json"]))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(raw=st.binary(max_size=200))
 def test_fuzz_random_bytes(tmp_path_factory, raw):
