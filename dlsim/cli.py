@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,8 +16,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from dlsim.contract.errors import ScenarioError, describe_invalid
-from dlsim.contract.loading import read_yaml
+from dlsim.contract.errors import ScenarioError, describe_invalid, excerpt
+from dlsim.contract.loading import ScenarioLoader, read_text, read_yaml
 from dlsim.contract.scenario import ModelSpec, scenario_model
 from dlsim.data import SCENARIOS, bundled_scenario, bundled_scenarios
 from dlsim.hardware import profiles as hardware
@@ -44,6 +47,30 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the rows as JSON ins
 def _fail(exc: ScenarioError) -> None:
     err.print(exc.paragraph(), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def _writing(out_dir: Path) -> Iterator[None]:
+    """A report directory that cannot be made (--out under a regular file, in /proc, on a
+    full or read-only disk) is the user's --out, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ScenarioError(f"cannot write the report under '{out_dir}': "
+                            f"{exc.strerror or exc}; choose a writable directory.",
+                            field="--out") from None
+
+
+def _positive(flag: str, value: float | None, allowed: str = "a positive number") -> None:
+    """A numeric flag that must be finite and > 0 (nan passes typer's range checks)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ScenarioError(f"{flag} takes {allowed} (got {value!r}).", field=flag)
+
+
+def _at_least(flag: str, value: int | None, least: int) -> None:
+    if value is not None and value < least:
+        raise ScenarioError(f"{flag} takes a whole number of at least {least} (got {value}).",
+                            field=flag)
 
 
 def _fmt(value: Any) -> str:
@@ -104,14 +131,18 @@ def _sweep(file: Path, base: dict[str, Any], vary: dict[str, list[Any]], out_dir
            dask_workers: int | None = None, fmt: str = "csv", cache: bool = True) -> None:
     if fmt not in ("csv", "parquet"):
         raise ScenarioError(f"--format is csv or parquet (got {fmt!r}).", field="--format")
-    points = PointCache(out_dir / CACHE_DIR) if cache else None
+    _at_least("--workers", workers, 1)
+    _at_least("--dask-workers", dask_workers, 1)
+    with _writing(out_dir):
+        points = PointCache(out_dir / CACHE_DIR) if cache else None
     with executor_for(workers, scheduler, dask_workers) as executor:
         table = run_sweep(base, vary, file=str(file), progress=not as_json, executor=executor,
                           cache=points)
     keys = list(vary)
     scaling = scaling_analysis(table, keys)
-    where = write_sweep(str(base.get("name", file.stem)), table, keys, base, out_dir,
-                        fmt=fmt, scaling=scaling)
+    with _writing(out_dir):
+        where = write_sweep(str(base.get("name", file.stem)), table, keys, base, out_dir,
+                            fmt=fmt, scaling=scaling)
     if as_json:
         print(json.dumps(records(table), indent=2, allow_nan=False))
         return
@@ -144,6 +175,7 @@ def run(file: ScenarioFile, out_dir: OutDir = Path("reports"), as_json: AsJson =
         file = _scenario_file(file)
         data = read_yaml(file)
         if calibration:
+            _check_calibration(calibration)
             if "cluster" not in scenario_model(data, str(file)).model_fields:
                 raise ScenarioError(f"--calibration overlays the device of the scenario's "
                                     f"cluster, and this {data['kind']} scenario has none.",
@@ -154,7 +186,8 @@ def run(file: ScenarioFile, out_dir: OutDir = Path("reports"), as_json: AsJson =
             _sweep(file, data, data["sweep"], out_dir, as_json)
             return
         result = simulate(data if calibration else file)
-        where = write_run(result, out_dir)
+        with _writing(out_dir):
+            where = write_run(result, out_dir)
     except ScenarioError as exc:
         _fail(exc)
     if as_json:
@@ -166,13 +199,37 @@ def run(file: ScenarioFile, out_dir: OutDir = Path("reports"), as_json: AsJson =
               f"report: {where / 'index.html'}")
 
 
+def _check_calibration(calibration: str) -> None:
+    """--calibration names a readable UTF-8 file (its contents are checked when overlaid)."""
+    from dlsim.calibration.store import resolve
+
+    path = resolve(calibration)
+    if path.is_file():
+        try:
+            read_text(path)
+        except ScenarioError as exc:
+            raise ScenarioError(exc.message, file=str(path), field="--calibration") from None
+
+
 def _parse_vary(items: list[str]) -> dict[str, list[Any]]:
+    """--vary key=v1,v2,...: the values are a YAML flow sequence, so a value may itself be
+    a list (placement=[0,1],[1,0])."""
     vary: dict[str, list[Any]] = {}
     for item in items:
         key, sep, values = item.partition("=")
-        if not sep or not key or not values:
-            raise ScenarioError(f"--vary takes key=v1,v2,... (got {item!r}).", field="--vary")
-        vary[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+        if not sep or not key.strip() or not values:
+            raise ScenarioError(f"--vary takes key=v1,v2,... (got {excerpt(repr(item))}).",
+                                field="--vary")
+        try:
+            parsed = yaml.load(f"[{values}]", Loader=ScenarioLoader)
+        except yaml.YAMLError:
+            parsed = None
+        if not isinstance(parsed, list) or not parsed:
+            raise ScenarioError(f"the values of {excerpt(repr(key.strip()))} are not a "
+                                f"comma-separated list of YAML values (got "
+                                f"{excerpt(repr(values))}); write key=v1,v2 or, for list "
+                                "values, key=[0,1],[1,0].", field="--vary")
+        vary[key.strip()] = parsed
     return vary
 
 
@@ -200,10 +257,21 @@ def sweep(file: ScenarioFile,
         file = _scenario_file(file)
         data = read_yaml(file)
         grid = _parse_vary(list(vary)) if vary else data.get("sweep") or {}
-        _sweep(file, data, grid, out_dir, as_json, workers, scheduler, dask_workers, fmt,
-               not no_cache)
+        try:
+            _sweep(file, data, grid, out_dir, as_json, workers, scheduler, dask_workers, fmt,
+                   not no_cache)
+        except ScenarioError as exc:
+            raise _as_vary(exc, list(grid) if vary else []) from None
     except ScenarioError as exc:
         _fail(exc)
+
+
+def _as_vary(exc: ScenarioError, keys: list[str]) -> ScenarioError:
+    """An error about a field that only a --vary key names is the flag's, not the file's."""
+    for key in keys:
+        if exc.field and (key == exc.field or key.startswith(f"{exc.field}.")):
+            return ScenarioError(exc.message, field=f"--vary {excerpt(key)}")
+    return exc
 
 
 @app.command()
@@ -228,10 +296,12 @@ def validate(data: Annotated[Path, typer.Option(help="Folder of published measur
         if host:
             rows = pd.concat([rows, host_validation(calibration, force, repeats,
                                                     progress=not as_json)], ignore_index=True)
+        with _writing(out_dir):
+            where = write_sweep("validation", rows, ["measured", "table"],
+                                {"data": str(data)}, out_dir, y="predicted",
+                                image=plots.parity(rows))
     except ScenarioError as exc:
         _fail(exc)
-    where = write_sweep("validation", rows, ["measured", "table"], {"data": str(data)},
-                        out_dir, y="predicted", image=plots.parity(rows))
     if as_json:
         print(rows.drop(columns="unit").to_json(orient="records", indent=2))
         return
@@ -314,6 +384,8 @@ def plan(model: Annotated[str, typer.Option(help="Model preset, e.g. gpt3-175b."
          = "bf16",
          top: Annotated[int, typer.Option(help="Plans to show.")] = 10,
          confirm: Annotated[int, typer.Option(help="Best plans the engine simulates.")] = 3,
+         max_plans: Annotated[int, typer.Option(
+             help="Refuse a request that may enumerate more plans than this.")] = 1_000_000,
          out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
     """Find the fastest (or cheapest, or least energy) way to train a model on a cluster:
     enumerate data/tensor/pipeline plans, drop those that do not fit, rank by a closed-form
@@ -323,14 +395,23 @@ def plan(model: Annotated[str, typer.Option(help="Model preset, e.g. gpt3-175b."
     from dlsim.planner import PlanRequest, plan_to_json, run_plan, write_plan
 
     try:
+        _positive("--tokens", tokens)
+        _positive("--max-days", max_days)
+        _positive("--budget", budget, "a positive amount in USD")
+        _at_least("--global-batch", global_batch, 1)
+        _at_least("--top", top, 1)
+        _at_least("--confirm", confirm, 0)
+        _at_least("--max-plans", max_plans, 1)
         request = PlanRequest(model, cluster, _gpu_counts(gpus), global_batch, precision,
                               tokens=tokens, objective=objective, max_days=max_days,
-                              budget_usd=budget, top=top, confirm=confirm)
+                              budget_usd=budget, top=top, confirm=confirm,
+                              max_plans=max_plans)
         with Progress(console=err, transient=True, disable=as_json) as bar:
             result = run_plan(request, lambda items, label: bar.track(items, description=label))
-        where = write_plan(result, out_dir)
+        with _writing(out_dir):
+            where = write_plan(result, out_dir)
     except ScenarioError as exc:
-        _fail(exc)
+        _fail(_as_flag(exc))
     if as_json:
         print(plan_to_json(result), end="")
         return
@@ -342,6 +423,18 @@ def plan(model: Annotated[str, typer.Option(help="Model preset, e.g. gpt3-175b."
     for line in result.explanation:
         out.print(line, markup=False, highlight=False)
     out.print(f"report: {where / 'index.html'}")
+
+
+PLAN_FLAGS = {"system": "--cluster", "model": "--model", "preset": "--model",
+              "precision": "--precision"}
+
+
+def _as_flag(exc: ScenarioError) -> ScenarioError:
+    """A planner error names the library's field (the hardware lookup says 'system'); the
+    user typed a flag."""
+    if exc.file is None and exc.field in PLAN_FLAGS:
+        return ScenarioError(exc.message, field=PLAN_FLAGS[exc.field])
+    return exc
 
 
 def _plan_row(p: dict[str, Any]) -> dict[str, Any]:

@@ -6,11 +6,13 @@ interrupted or failed run never leaves a half-written report behind.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,24 @@ from dlsim.results.scaling import GroupScaling
 from dlsim.results.trace import chrome_trace
 from dlsim.sweep.grid import primary_metric
 
+SLUG_CHARS = 80  # characters of the name a report directory keeps (file names: 255 bytes)
+
 
 def slug(name: str) -> str:
-    """A directory name for a scenario name (which is untrusted text)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "scenario"
+    """A directory name for a scenario name (untrusted text), one path component under
+    ``--out``: letters and digits of any script, '.', '_' and '-' are kept, anything else
+    becomes '-'; never empty, never starting with a dot ('..', hidden, the sweep cache).
+    When characters had to go, 8 hex digits of the name's SHA-256 keep distinct names in
+    distinct directories ('a/b' and 'a:b', or two names of only symbols)."""
+    text = unicodedata.normalize("NFC", name)
+    kept = re.sub(r"[^\w.-]+", "-", text).strip("-.")[:SLUG_CHARS]
+    while len(kept.encode("utf-8", "surrogatepass")) > 4 * SLUG_CHARS // 2:
+        kept = kept[:-1]  # wide scripts: 160 bytes at most, room for the hash
+    kept = kept.strip("-.")
+    if kept and kept == name:
+        return kept
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{kept}-{digest}" if kept else f"scenario-{digest}"
 
 
 def to_json(data: Any) -> str:

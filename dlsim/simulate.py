@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dlsim.admission import admit
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import Scenario, load_scenario
 from dlsim.kinds.registry import KINDS
@@ -36,6 +37,7 @@ def run_scenario(scenario: Scenario) -> Result:
     """The kind's simulation of a validated scenario; ``wall_s`` is the simulator's wall time
     from here to the Result (topology, workload, programs, engine and summary), measured the
     same way for every kind."""
+    admit(scenario)
     started = time.perf_counter()
     result = KINDS[scenario.kind].simulate(scenario)
     return replace(result, wall_s=time.perf_counter() - started)

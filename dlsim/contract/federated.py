@@ -22,12 +22,16 @@ def _known(kind: str, what: str, name: str) -> str:
     return name
 
 
+DEFAULT_MAX_FEDERATED_EVENTS = 20_000_000  # a minute or two of rounds; raise to go further
+SHARE_TOLERANCE = 1e-9  # population shares must sum to 1 this closely (float rounding)
+
+
 class DeviceClassSpec(Spec):
     """One class of client devices: a device profile on a link profile, ``share`` of the
     population. ``width`` < 1 gives this class a HeteroFL sub-model (Diao et al., ICLR 2021)."""
 
     device: str
-    share: float = Field(gt=0)
+    share: float = Field(gt=0, le=1)
     link: str = "wifi"
     packet_loss: float = Field(default=0.0, ge=0, lt=1)
     width: float = Field(default=1.0, gt=0, le=1)
@@ -152,9 +156,16 @@ class FederatedSpec(Spec):
     parameters: int | None = Field(default=None, ge=1)
     retry_s: float = Field(default=60.0, gt=0)
     trace_rounds: int = Field(default=3, ge=0)
+    # admission control (dlsim.admission): clients plus client updates over all rounds
+    max_events: int = Field(default=DEFAULT_MAX_FEDERATED_EVENTS, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> FederatedSpec:
+        total = sum(c.share for c in self.population)
+        if abs(total - 1.0) > SHARE_TOLERANCE:
+            raise ValueError(f"the population's shares are exact fractions of the clients and "
+                             f"must sum to 1 (within {SHARE_TOLERANCE:g}); they sum to "
+                             f"{total:.12g}")
         if self.clients_per_round > self.clients:
             raise ValueError(f"clients_per_round ({self.clients_per_round}) exceeds clients "
                              f"({self.clients})")

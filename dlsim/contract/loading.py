@@ -113,9 +113,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping safely; unreadable files, bad syntax, repeated keys and alias
     bombs are input errors naming the file and line."""
     try:
-        data = yaml.load(Path(path).read_text(), Loader=ScenarioLoader)
-    except OSError as exc:
-        raise ScenarioError(f"cannot read the file: {exc.strerror}.", file=str(path)) from None
+        data = yaml.load(read_text(path), Loader=ScenarioLoader)
     except Refused as exc:
         raise ScenarioError(f"refused{_at(exc.problem_mark)}: {exc.problem}.",
                             file=str(path)) from None
@@ -126,6 +124,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ScenarioError("a scenario must be a YAML mapping of its sections (at least "
                             "'name').", file=str(path))
     return data
+
+
+def read_text(path: str | Path) -> str:
+    """A user's text file as UTF-8; a missing, unreadable or binary file is an input error
+    naming the file (and, for bytes that are not UTF-8, where the first one is)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ScenarioError(f"cannot read the file: {exc.strerror or exc}.",
+                            file=str(path)) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset "
+                            f"{exc.start} is not UTF-8); save it as UTF-8 text.",
+                            file=str(path)) from None
 
 
 def _at(mark: yaml.Mark | None) -> str:

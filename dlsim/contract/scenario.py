@@ -155,7 +155,7 @@ class TrainingSpec(_Spec):
     global_batch: int = Field(ge=1)
     microbatch: int | None = Field(default=None, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
-    bucket_cap_mb: float = Field(default=25.0, ge=0)
+    bucket_cap_mb: float = Field(default=25.0, ge=0)  # 0: one bucket of every gradient
     steps: int = Field(default=1, ge=1)
     lora: LoraSpec | None = None
 
@@ -213,15 +213,21 @@ class CommunicationSpec(_Spec):
     local_sgd_period: int = Field(default=1, ge=1)  # local SGD: average every H steps
 
 
+MAX_MESSAGE_BYTES = 2.0**50  # 1 PiB in one buffer: thousands of times any device's memory
+
+
 class CollectiveSpec(_Spec):
     op: Literal["allreduce", "reducescatter", "allgather", "broadcast", "reduce", "alltoall",
                 "sendrecv"] = "allreduce"
     algorithm: AllReduceAlgorithm = "ring"
-    size_bytes: float = Field(gt=0)
+    size_bytes: float = Field(gt=0, le=MAX_MESSAGE_BYTES)
     servers: int = Field(default=1, ge=1)
     server_placement: Literal["colocated", "dedicated"] = "colocated"
     protocol: Protocol = "auto"
     devices: int | None = Field(default=None, ge=1)
+
+
+DEFAULT_MAX_EVENTS = 100_000_000  # about 15 minutes of engine work; raise it to go further
 
 
 class SimulationSpec(_Spec):
@@ -231,6 +237,9 @@ class SimulationSpec(_Spec):
 
     fidelity: Literal["auto", "full", "symmetric"] = "auto"
     network: Literal["fluid", "analytical"] = "fluid"
+    # admission control (dlsim.admission): a run whose estimated events exceed this is
+    # refused before it starts, instead of running for hours or exhausting memory
+    max_events: int = Field(default=DEFAULT_MAX_EVENTS, ge=1)
 
 
 Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8"]
@@ -260,7 +269,7 @@ class TrainingScenario(_Spec):
     stragglers: StragglerSpec | None = None
     failures: FailureSpec | None = None
     convergence: ConvergenceSpec | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy's SeedSequence takes non-negative ints
     simulation: SimulationSpec = SimulationSpec()
     sweep: Sweep | None = None
 
@@ -274,7 +283,7 @@ class CollectiveScenario(_Spec):
     cluster: ClusterSpec
     collective: CollectiveSpec
     placement: Placement = "pack"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy's SeedSequence takes non-negative ints
     simulation: SimulationSpec = SimulationSpec()
     sweep: Sweep | None = None
 
@@ -288,7 +297,7 @@ class FederatedScenario(_Spec):
     description: str = ""
     model: ModelSpec | None = None
     precision: Precision = "bf16"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy's SeedSequence takes non-negative ints
     sweep: Sweep | None = None
     federated: FederatedSpec
 
@@ -301,7 +310,7 @@ class EdgeInferenceScenario(_Spec):
     description: str = ""
     model: ModelSpec
     precision: Precision = "bf16"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy's SeedSequence takes non-negative ints
     sweep: Sweep | None = None
     inference: EdgeInferenceSpec
 

@@ -18,17 +18,26 @@ from typing import Any
 
 from dlsim.cluster.build import build_topology
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import ClusterSpec, ModelSpec
+from dlsim.contract.scenario import DEFAULT_MAX_EVENTS, ClusterSpec, ModelSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES
-from dlsim.parallel.memory import memory_per_device
+from dlsim.parallel.memory import RECOMPUTE, memory_per_device
 from dlsim.parallel.pipeline import in_flight
+from dlsim.parallel.schedules import schedule_names
 from dlsim.planner.estimate import CostTable, Fabric, estimate
-from dlsim.planner.space import Plan, Target, enumerate_plans
+from dlsim.planner.space import (
+    PLACEMENTS,
+    VIRTUAL_STAGES,
+    Plan,
+    Target,
+    enumerate_plans,
+    searched_algorithms,
+)
 from dlsim.simulate import simulate
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import TRANSFORMER_SHAPES, TransformerShape
 
+DEFAULT_MAX_PLANS = 1_000_000  # estimating a plan takes ~0.1 ms: minutes at most
 OBJECTIVES = {"time": "time_to_train_s", "cost": "cost_usd", "energy": "energy_kwh"}
 
 
@@ -46,6 +55,7 @@ class PlanRequest:
     budget_usd: float | None = None
     top: int = 10
     confirm: int = 3
+    max_plans: int = DEFAULT_MAX_PLANS
 
 
 @dataclass
@@ -111,6 +121,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     dtype_bytes = max(DTYPE_BYTES[request.precision], 2)
     steps = (request.tokens / (request.global_batch * shape.seq_len)) if request.tokens else 1.0
     dpn = system.devices_per_node
+    _admit(request, shape, dpn)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     evaluated = 0
@@ -162,12 +173,71 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     confirmed = sorted((r for r in confirmed if r["fits_in_memory"] and _meets(r, request)),
                        key=_ranking(request))
     ranked = confirmed + feasible[request.confirm:]
+    if not ranked:
+        raise ScenarioError(*_binding(request, evaluated, rows, device.memory_bytes))
     deadline_gpus = (min(r["gpus"] for r in ranked)
                      if request.max_days is not None and ranked else None)
     return PlanResult(request, evaluated, len(rows), ranked[:request.top], pareto_front(rows),
                       explain(ranked, device.memory_bytes, request.objective), deadline_gpus,
                       rows, {"estimate": estimated - started,
                              "simulate": time.perf_counter() - estimated})
+
+
+def plans_bound(shape: TransformerShape, gpus: int, global_batch: int, dpn: int) -> int:
+    """At least as many plans as ``enumerate_plans`` yields, counted without enumerating:
+    the (tensor, pipeline) pairs that divide the devices and batch, times every choice of
+    micro-batch, schedule, ZeRO stage, recompute, sequence parallelism, placement and
+    algorithm."""
+    choices = (4 * len(schedule_names()) * len(VIRTUAL_STAGES) * 4 * len(RECOMPUTE) * 2
+               * len(PLACEMENTS) * max(1, len(searched_algorithms())))
+    pairs = 0
+    t = 1
+    while t <= 2 * dpn:
+        if gpus % t == 0:
+            pairs += sum(1 for p in range(1, shape.layers + 1) if shape.layers % p == 0
+                         and gpus % (t * p) == 0 and global_batch % (gpus // (t * p)) == 0)
+        t *= 2
+    return pairs * choices
+
+
+def _admit(request: PlanRequest, shape: TransformerShape, dpn: int) -> None:
+    """Refuse a request too large to plan before building anything: a cluster past the
+    engine's default event limit (each device is a node of the topology the estimate and
+    the confirmations build), or more plans than --max-plans."""
+    for gpus in request.gpus:
+        if gpus > DEFAULT_MAX_EVENTS:
+            raise ScenarioError(f"{gpus:,} GPUs is past the {DEFAULT_MAX_EVENTS:,} devices a "
+                                "simulated topology may have (simulation.max_events); plan "
+                                "for fewer GPUs.", field="--gpus")
+    count = sum(plans_bound(shape, g, request.global_batch, dpn) for g in request.gpus)
+    if count > request.max_plans:
+        raise ScenarioError(f"this request may enumerate up to {count:,} plans, over the "
+                            f"limit of {request.max_plans:,}; give fewer --gpus counts, or "
+                            f"pass --max-plans {count} to plan it anyway.", field="--max-plans")
+
+
+def _binding(request: PlanRequest, evaluated: int, rows: list[dict[str, Any]],
+             capacity: float) -> tuple[str, None, str]:
+    """Why no plan is left, naming the constraint that binds: memory, --max-days, --budget."""
+    gb = capacity / 1e9
+    if not evaluated:
+        return (f"no data/tensor/pipeline plan divides {request.global_batch} samples and "
+                f"{', '.join(map(str, request.gpus))} GPUs; choose a --global-batch that "
+                "is a multiple of the data-parallel degree.", None, "--global-batch")
+    if not rows:
+        return (f"none of the {evaluated:,} plans fits in {gb:g} GB of memory per device; "
+                "give more --gpus (or a larger --global-batch split finer) so the model "
+                "state is spread wider.", None, "--gpus")
+    fastest = min(r["time_to_train_s"] for r in rows) / 86400
+    if request.max_days is not None and fastest > request.max_days:
+        return (f"the fastest of the {len(rows):,} plans that fit in memory takes "
+                f"{fastest:.3g} days, over --max-days {request.max_days:g}; allow more days "
+                "or give more --gpus.", None, "--max-days")
+    priced = [r["cost_usd"] for r in rows if r["cost_usd"] is not None]
+    cheapest = f"{min(priced):,.0f} USD" if priced else "unpriced (the device has no price)"
+    return (f"no plan that fits in memory{' and meets --max-days' if request.max_days else ''}"
+            f" costs at most --budget {request.budget_usd:,.0f} USD; the cheapest is "
+            f"{cheapest}.", None, "--budget")
 
 
 def _ranking(request: PlanRequest) -> Callable[[dict[str, Any]], tuple[float, float]]:
