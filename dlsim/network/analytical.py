@@ -21,6 +21,7 @@ import numpy as np
 import simpy
 
 from dlsim.hardware.topology import Topology
+from dlsim.network.records import LinkRecords
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def batch_cost(topology: Topology, capacity_Bps: np.ndarray, src: np.ndarray,
     return BatchCost(time_s, float(payload[keep].sum()), int(keep.sum()), load, first)
 
 
-class AnalyticalNetwork:
+class AnalyticalNetwork(LinkRecords):
     """The closed-form network of one simulation run, with the fluid network's records.
 
     ``link_bytes`` are exact (every byte of a batch crosses its route). As the model
@@ -81,15 +82,8 @@ class AnalyticalNetwork:
     """
 
     def __init__(self, env: simpy.Environment, topology: Topology):
-        self.env = env
-        self.topology = topology
-        self.capacity_Bps = topology.capacity_Bps.copy()
-        n_links = len(topology.edges)
-        self.link_bytes = np.zeros(n_links)
-        self.link_busy_s = np.zeros(n_links)
-        self.bytes_injected = 0.0
-        self.flows_started = 0
-        self._busy_until = np.zeros(n_links)
+        super().__init__(env, topology)
+        self._busy_until = np.zeros(len(topology.edges))
 
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,

@@ -18,6 +18,7 @@ import numpy as np
 import simpy
 
 from dlsim.hardware.topology import Topology
+from dlsim.network.records import LinkRecords
 
 
 def max_min_rates(flow_of: np.ndarray, link_of: np.ndarray, capacity: np.ndarray,
@@ -67,18 +68,11 @@ class _Batch:
     done: simpy.Event
 
 
-class Network:
+class Network(LinkRecords):
     """The shared network of one simulation run, with per-link byte and busy-time records."""
 
     def __init__(self, env: simpy.Environment, topology: Topology):
-        self.env = env
-        self.topology = topology
-        self.capacity_Bps = topology.capacity_Bps.copy()
-        n_links = len(topology.edges)
-        self.link_bytes = np.zeros(n_links)
-        self.link_busy_s = np.zeros(n_links)
-        self.bytes_injected = 0.0
-        self.flows_started = 0
+        super().__init__(env, topology)
         self._segments: list[_Segment] = []
         self._rates: list[np.ndarray] = []
         self._last_t = 0.0
