@@ -136,7 +136,10 @@ def test_bad_convergence_fields_are_refused(conv):
         load_scenario(scenario(convergence=conv))
 
 
-def test_an_unreachable_loss_names_the_floor():
+@pytest.mark.parametrize("law,floor_term", [("kaplan", "(N_c/N)^alpha_N"),
+                                             ("chinchilla", "E + A/N^alpha")])
+def test_an_unreachable_loss_names_the_floor(law, floor_term):
     with pytest.raises(ScenarioError) as err:
-        dlsim.simulate(scenario(convergence={"model": "kaplan", "target_loss": 1.0}))
+        dlsim.simulate(scenario(convergence={"model": law, "target_loss": 1.0}))
     assert err.value.field == "convergence.target_loss" and "never falls below" in str(err.value)
+    assert floor_term in str(err.value)

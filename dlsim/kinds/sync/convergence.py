@@ -104,12 +104,8 @@ def _target_summary(spec: ConvergenceSpec, batch: float, mean_staleness: float,
         assert spec.target_loss is not None
         tokens_per_sample = _tokens_per_sample(spec, job)
         loss, n = spec.target_loss, job.non_embedding_parameters
-        floor = laws.kaplan_loss_floor(n)
-        if loss <= floor:
-            raise ScenarioError(
-                f"convergence.target_loss {loss:g} is out of reach of a model of {n:,} "
-                f"non-embedding parameters: Kaplan et al.'s L(N, S) never falls below "
-                f"(N_c/N)^alpha_N = {floor:.4g} nats.", field="convergence.target_loss")
+        _reachable(loss, laws.kaplan_loss_floor(n), f"{n:,} non-embedding parameters",
+                   "Kaplan et al.'s L(N, S)", "(N_c/N)^alpha_N")
         min_steps = laws.kaplan_min_steps(loss, n)
         critical_tokens = laws.kaplan_critical_batch_tokens(loss)
         noise = critical_tokens / tokens_per_sample
@@ -124,12 +120,8 @@ def _target_summary(spec: ConvergenceSpec, batch: float, mean_staleness: float,
         assert spec.target_loss is not None
         tokens_per_sample = _tokens_per_sample(spec, job)
         loss, n = spec.target_loss, job.parameters
-        floor = laws.chinchilla_loss(n, float("inf"))
-        if loss <= floor:
-            raise ScenarioError(
-                f"convergence.target_loss {loss:g} is out of reach of a model of {n:,} "
-                f"parameters: Hoffmann et al.'s L(N, D) never falls below E + A/N^alpha = "
-                f"{floor:.4g} nats.", field="convergence.target_loss")
+        _reachable(loss, laws.chinchilla_loss(n, float("inf")), f"{n:,} parameters",
+                   "Hoffmann et al.'s L(N, D)", "E + A/N^alpha")
         tokens = laws.chinchilla_tokens(loss, n)
         min_steps, noise = tokens / (batch * tokens_per_sample), 0.0
         base = min_steps
@@ -164,3 +156,11 @@ def _target_summary(spec: ConvergenceSpec, batch: float, mean_staleness: float,
     assumptions.append("no energy: the summary has no measured energy per step")
     out["assumptions"] = assumptions
     return {"time_to_accuracy_s": seconds, "convergence": out}
+
+
+def _reachable(loss: float, floor: float, model: str, law: str, formula: str) -> None:
+    """Refuse a target at or below the loss ``law`` approaches as data grows without end."""
+    if loss <= floor:
+        raise ScenarioError(
+            f"convergence.target_loss {loss:g} is out of reach of a model of {model}: {law} "
+            f"never falls below {formula} = {floor:.4g} nats.", field="convergence.target_loss")
