@@ -180,6 +180,14 @@ class ParallelismSpec(_Spec):
     virtual_stages: int = Field(default=1, ge=1)
     recompute: Literal["none", "selective", "full"] = "none"
     offload: Literal["none", "optimizer"] = "none"
+    # context parallelism (ring attention): devices = data x context x tensor x pipeline
+    context: int = Field(default=1, ge=1)
+    # expert parallelism, folded out of a stage's data x context x tensor ranks
+    expert: int = Field(default=1, ge=1)
+    expert_tensor: int = Field(default=1, ge=1)
+    # hybrid sharding: ZeRO/FSDP shards within groups of k data-parallel ranks, replicates
+    # across them (None: shard over the whole data-parallel group)
+    shard_group: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _supported(self) -> ParallelismSpec:

@@ -68,6 +68,10 @@ class JobSpec:
     zero_stage: int = 0
     lora: bool = False
     steps: int = 1
+    context: int = 1
+    expert: int = 1
+    expert_tensor: int = 1
+    shard_group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,8 @@ def training_job(scenario: TrainingScenario, topology: Topology) -> JobSpec:
         shape_of(scenario.model), layer_count(scenario.model), topology.device,
         topology.n_devices, topology.devices_per_node, scenario.precision, train.global_batch,
         scenario.communication, train.microbatch, par.data, par.tensor, par.pipeline,
-        par.schedule, par.virtual_stages, par.zero_stage, train.lora is not None, train.steps)
+        par.schedule, par.virtual_stages, par.zero_stage, train.lora is not None, train.steps,
+        par.context, par.expert, par.expert_tensor, par.shard_group)
 
 
 def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Layout:
@@ -105,6 +110,10 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
     conflict = parallelism_conflict(job)
     if conflict:
         raise ScenarioError(conflict + ".", field="parallelism")
+    if job.context > 1 or job.expert > 1 or job.expert_tensor > 1 or job.shard_group:
+        raise ScenarioError("context and expert parallelism and hybrid sharding are being "
+                            "built (issue 13); use context: 1, expert: 1, no shard_group.",
+                            field="parallelism")
     comm = job.communication
     check_algorithm("allreduce", comm.data_parallel, field="communication.data_parallel")
     t, p, v = job.tensor, job.pipeline, job.virtual_stages

@@ -66,6 +66,27 @@ class BlockActivations:
     replicated: float
 
 
+@dataclass(frozen=True)
+class MoEBlock:
+    """The mixture-of-experts part of a transformer block, as expert parallelism sees it.
+
+    The layer's kernels (``Layer.forward`` / ``backward``) are what one device holding every
+    expert computes for one micro-batch under uniform routing: the routed experts' kernels
+    (named in ``expert_kernels``) cover ``tokens * top_k`` token copies. ``Layer.params``
+    counts every routed expert (``experts * expert_params``) plus the attention, router and
+    shared experts. Expert parallelism (``dlsim.parallel.expert``) re-prices the routed
+    kernels for the busiest rank and adds the all-to-all of ``token_bytes`` per copy."""
+
+    experts: int  # routed experts
+    top_k: int
+    expert_params: int  # one routed expert's parameters
+    tokens: int  # b*s: tokens of one micro-batch entering the router
+    token_bytes: float  # one token's hidden state (h x dtype bytes): one copy dispatched
+    expert_kernels: frozenset[str]  # names of the routed-expert kernels
+    capacity_factor: float | None = None  # None: dropless
+    router_imbalance: float = 1.0  # the busiest expert's load over the mean
+
+
 LayerRole = Literal["embedding", "block", "head", "other"]
 """Where a layer sits in a transformer (the embedding, a block, the LM head), which decides
 what tensor parallelism does to it (``dlsim.parallel.tensor``); "other" elsewhere."""
@@ -83,6 +104,7 @@ class Layer:
     matrices: tuple[Matrix, ...] = ()  # its weight matrices, by role (qkv, proj, ...)
     block: BlockActivations | None = None  # set for transformer blocks
     role: LayerRole = "other"
+    moe: MoEBlock | None = None  # set for mixture-of-experts blocks
 
 
 @dataclass(frozen=True)

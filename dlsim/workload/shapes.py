@@ -20,6 +20,32 @@ FAMILIES = {("layernorm", "gelu"), ("rmsnorm", "swiglu")}  # (norm, mlp) of the 
 
 
 @dataclass(frozen=True)
+class MoEShape:
+    """A ``moe:`` block (DESIGN.md): routed experts of ``expert_ffn_hidden``, ``top_k`` per
+    token, ``shared_experts`` every token passes, the first ``dense_layers`` blocks dense."""
+
+    experts: int
+    top_k: int
+    expert_ffn_hidden: int
+    shared_experts: int = 0
+    dense_layers: int = 0
+    capacity_factor: float | None = None  # None: dropless
+    router_imbalance: float = 1.0  # the busiest expert's load over the mean
+
+
+@dataclass(frozen=True)
+class MLAShape:
+    """Multi-head latent attention (DeepSeek-V2 §2.1, V3 §2.1.1): queries and keys/values
+    through low-rank latents, a decoupled rotary part of the query/key head."""
+
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    q_lora_rank: int | None = None  # None: queries projected at full rank
+
+
+@dataclass(frozen=True)
 class TransformerShape:
     layers: int  # transformer blocks
     hidden: int
@@ -31,6 +57,8 @@ class TransformerShape:
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     mlp: Literal["gelu", "swiglu"] = "gelu"
     encoder: bool = False  # BERT: token types, an embedding norm, the masked-LM head
+    moe: MoEShape | None = None
+    mla: MLAShape | None = None
 
     def __post_init__(self) -> None:
         if (self.norm, self.mlp) not in FAMILIES or (self.encoder and self.mlp != "gelu"):
