@@ -1,0 +1,63 @@
+"""Validation: simulated figures against published measurements (``validation/``).
+
+Each table function reads one CSV, simulates every row from the hardware, model and plan it
+describes (never from the measured figure), and returns rows of predicted vs measured. Rows
+the simulator cannot express are listed with the reason rather than skipped silently. The
+A100-era tables are ``a100``, the Hopper-era ones (NeMo / Megatron-Bridge, MoE Parallel
+Folding, MLPerf Training) ``modern``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from dlsim.contract.errors import ScenarioError
+from dlsim.data import VALIDATION
+from dlsim.validation import a100
+from dlsim.validation.reading import Row, row
+
+# The tables bundled with dlsim (validation/, copied from the project's shared/validation/);
+# an explicit directory (``dlsim validate --data DIR``) wins over them.
+DEFAULT_DIR = VALIDATION
+
+TABLES: dict[str, Callable[[Path], list[Row]]] = {
+    "zero_memory": a100.zero_memory,
+    "nccl_allreduce_busbw_8xA100": a100.nccl_allreduce,
+    "pytorch_ddp_benchmark_v100": a100.ddp_v100,
+    "megatron_sc21_table1": a100.megatron_sc21,
+    "megatron_2020_tp_scaling_dgxa100": a100.megatron_tp_scaling,
+    "dle_bert_large_dgxa100": a100.dle_bert_large,
+    "gpipe_table2_tpu": a100.gpipe_table2,
+}
+
+
+def host_validation(calibration: str | None = None, force: bool = False, repeats: int = 5,
+                    progress: bool = True) -> pd.DataFrame:
+    """Tables host-training and host-ddp: real torch training steps of models held out from
+    calibration, measured on this host and predicted on its calibrated profile
+    (dlsim/calibration/hostruns.py; needs torch)."""
+    try:
+        from dlsim.calibration.hostruns import run_host
+    except ImportError as exc:
+        raise ScenarioError(f"--host runs torch training steps, and {exc.name} is not "
+                            "installed: pip install 'dlsim[calibrate]'.") from None
+    return pd.DataFrame([row(table, case, predicted, measured, "s") for table, case,
+                         predicted, measured in run_host(calibration, force, repeats, progress)])
+
+
+def run_validation(directory: Path = DEFAULT_DIR) -> pd.DataFrame:
+    """Every modelled table's rows: table, case, predicted, measured, error_pct, unit."""
+    if not directory.is_dir():
+        raise ScenarioError("the published measurements are not there; pass --data with the "
+                            "folder that holds the validation CSV files.", file=str(directory))
+    return pd.DataFrame([row for table in TABLES.values() for row in table(directory)])
+
+
+def table_errors(rows: pd.DataFrame) -> pd.DataFrame:
+    """Median and worst absolute percentage error per table."""
+    grouped = rows.assign(abs_error_pct=rows["error_pct"].abs()).groupby("table", sort=False)
+    return grouped["abs_error_pct"].agg(rows="size", median_abs_error_pct="median",
+                                        worst_abs_error_pct="max").reset_index()
