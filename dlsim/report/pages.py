@@ -28,7 +28,14 @@ from dlsim.report.units import (
     significant,
 )
 from dlsim.results.result import Result
-from dlsim.results.scaling import GroupScaling, amdahl_speedup, usl_capacity
+from dlsim.results.scaling import (
+    AMDAHL_PARAMETERS,
+    USL_PARAMETERS,
+    GroupScaling,
+    amdahl_speedup,
+    enough_points,
+    usl_capacity,
+)
 
 BUSIEST_LINKS = 10
 TOPOLOGY_MAX_CABLES = 64
@@ -266,8 +273,10 @@ def _scaling_section(scaling: Sequence[GroupScaling]) -> dict[str, Any] | None:
                        "amdahl": amdahl_speedup(p, g.amdahl.f),
                        "usl": None if g.usl is None
                        else usl_capacity(p, g.usl.sigma, g.usl.kappa)})
-        row = g.fit_row()
-        fits.append((g.label, *(_optional(v) for k, v in row.items() if k != "line")))
+        row, counts = g.fit_row(), len(g.points)
+        fewest = {"amdahl_r2": AMDAHL_PARAMETERS, "usl_r2": USL_PARAMETERS}
+        fits.append((g.label, *("not enough points" if k in fewest and not enough_points(
+            counts, fewest[k]) else _optional(v) for k, v in row.items() if k != "line")))
         for r in g.points.to_dict("records"):
             points.append((g.label, f"{int(r['devices']):,}", format_number(r["speedup"]),
                            f"{100 * r['efficiency']:.1f} %", format_number(r["karp_flatt"]),

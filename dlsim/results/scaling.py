@@ -51,9 +51,23 @@ def karp_flatt(p: np.ndarray, speedup: np.ndarray) -> np.ndarray:
         return np.where(p > 1.0, (1.0 / s - 1.0 / p) / (1.0 - 1.0 / p), np.nan)
 
 
-def _r2(observed: np.ndarray, predicted: np.ndarray) -> float | None:
-    """Coefficient of determination of the speed-ups; None when they do not vary by more
-    than rounding (1e-9 relative), where the ratio would be noise over noise."""
+# Parameters of each law: a fit through as many points beyond the base as it has parameters
+# passes through all of them, and its R² = 1 would say nothing.
+AMDAHL_PARAMETERS, USL_PARAMETERS = 1, 2
+
+
+def enough_points(devices: int, parameters: int) -> bool:
+    """Whether ``devices`` device counts (the base, where every law gives 1, and the rest)
+    test a law of ``parameters`` fitted parameters: more points beyond the base than that."""
+    return devices - 1 > parameters
+
+
+def _r2(observed: np.ndarray, predicted: np.ndarray, parameters: int) -> float | None:
+    """Coefficient of determination of the speed-ups; None when the points are too few to
+    test the fit (``enough_points``) or do not vary by more than rounding (1e-9 relative),
+    where the ratio would be noise over noise."""
+    if not enough_points(len(observed), parameters):
+        return None
     total = float(np.sum((observed - observed.mean()) ** 2))
     if total <= len(observed) * (1e-9 * abs(float(observed.mean()))) ** 2:
         return None
@@ -83,7 +97,7 @@ def fit_amdahl(p: np.ndarray, speedup: np.ndarray) -> AmdahlFit:
     f = float(np.clip(np.linalg.lstsq(x, y, rcond=None)[0][0], 0.0, 1.0))
     limit = None if f == 1.0 else 1.0 / (1.0 - f)
     p_half = None if f in (0.0, 1.0) else f / (1.0 - f)  # f = 0: nothing to reach half of
-    return AmdahlFit(f, limit, p_half, _r2(s, amdahl_speedup(p, f)))
+    return AmdahlFit(f, limit, p_half, _r2(s, amdahl_speedup(p, f), AMDAHL_PARAMETERS))
 
 
 def fit_usl(p: np.ndarray, capacity: np.ndarray) -> USLFit:
@@ -101,7 +115,7 @@ def fit_usl(p: np.ndarray, capacity: np.ndarray) -> USLFit:
         p_peak = math.sqrt((1.0 - sigma) / kappa)
     else:
         p_peak = None
-    return USLFit(sigma, kappa, p_peak, _r2(c, usl_capacity(p, sigma, kappa)))
+    return USLFit(sigma, kappa, p_peak, _r2(c, usl_capacity(p, sigma, kappa), USL_PARAMETERS))
 
 
 def throughput(table: pd.DataFrame) -> pd.Series | None:

@@ -102,3 +102,16 @@ def test_one_device_count_is_no_curve_and_two_give_amdahl_only():
     assert two.usl is None and two.fit_row()["usl_sigma"] is None
     s = 2 ** 0.9  # one point fixes f exactly: 1/S = (1 - f) + f/2
     assert two.amdahl.f == pytest.approx(2 * (1 - 1 / s), rel=1e-12)
+
+
+def test_r2_is_reported_only_when_points_outnumber_parameters():
+    """Amdahl has one parameter and USL two; the base point (speed-up 1) fits any law, so a
+    fit through one (Amdahl) or two (USL) more points is exact by construction and its
+    R² = 1 says nothing."""
+    noisy = np.array([1.0, 1.7, 2.9, 4.1, 5.6])  # not on any one Amdahl or USL curve
+    p = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    assert fit_amdahl(p[:2], noisy[:2]).r2 is None  # two device counts
+    assert fit_amdahl(p[:3], noisy[:3]).r2 is not None
+    assert fit_usl(p[:3], noisy[:3]).r2 is None  # three device counts
+    assert fit_usl(p[:4], noisy[:4]).r2 is not None
+    assert fit_amdahl(p, noisy).r2 < 1.0
