@@ -21,6 +21,7 @@ from dlsim.report.sections import environment, scenario_yaml, simulation_line, t
 from dlsim.report.sync import sync_section
 from dlsim.report.units import (
     Card,
+    axis_label,
     format_bytes,
     format_count,
     format_number,
@@ -259,16 +260,20 @@ def _optional(value: float | None, fmt: Callable[[float], str] = format_number) 
     return "–" if value is None else fmt(value)
 
 
-def _scaling_section(scaling: Sequence[GroupScaling]) -> dict[str, Any] | None:
-    """Speed-up curves with both fits drawn, the fitted parameters and the per-point values."""
+def _scaling_section(scaling: Sequence[GroupScaling],
+                     colours: Mapping[str, str]) -> dict[str, Any] | None:
+    """Speed-up curves with both fits drawn, the fitted parameters and the per-point values;
+    a line's colour is its group's in the sweep plot (``colours`` by the group's value)."""
     if not scaling:
         return None
     curves, fits, points = [], [], []
     for g in scaling:
+        value = g.label.rsplit("=", 1)[-1]  # "group=value" (the sweep's last varied field)
         n = g.points["devices"].to_numpy(dtype=float)
         grid = np.geomspace(n.min(), n.max(), 200)
         p = grid / g.base_devices
         curves.append({"label": g.label, "devices": n, "speedup": g.points["speedup"],
+                       "colour": colours.get(value),
                        "fit_devices": grid,
                        "amdahl": amdahl_speedup(p, g.amdahl.f),
                        "usl": None if g.usl is None
@@ -297,11 +302,13 @@ def render_sweep(title: str, table: pd.DataFrame, x: str, y: str, group: str | N
         raise KeyError(f"sweep table has no column(s) {missing}; columns: {list(table.columns)}")
     rows = [[format_number(v) for v in row] for row in table.itertuples(index=False)]
     plotted = table[table["error"].isna()] if "error" in table else table  # failed points
+    colours = plots.series_colours(table[group] if group is not None else [])
     if image is None:
-        image = plots.sweep_plot(plotted, x, y, group) if len(plotted) else ""
+        image = plots.sweep_plot(plotted, x, y, group, (axis_label(x), axis_label(y)),
+                                 colours) if len(plotted) else ""
     return environment().get_template("sweep.html").render(
         title=title, subtitle=f"sweep · {len(table)} runs", image=image,
-        scaling=_scaling_section(scaling),
+        scaling=_scaling_section(scaling, colours),
         columns=[str(c) for c in table.columns], rows=rows, text_columns=[
             not pd.api.types.is_numeric_dtype(table[c]) or pd.api.types.is_bool_dtype(table[c])
             for c in table.columns],

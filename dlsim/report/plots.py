@@ -206,23 +206,35 @@ def wants_log(values: pd.Series) -> bool:
     return bool(len(xs) and xs.notna().all() and xs.min() > 0 and xs.max() / xs.min() > 100)
 
 
-def sweep_plot(table: pd.DataFrame, x: str, y: str, group: str | None) -> str:
+def series_colours(values: Iterable[object]) -> dict[str, str]:
+    """One colour per series, by its value's text in sorted order, so that every plot of a
+    report that draws the same series draws it in the same colour."""
+    return {v: f"C{i % 10}" for i, v in enumerate(sorted({str(v) for v in values}))}
+
+
+def sweep_plot(table: pd.DataFrame, x: str, y: str, group: str | None,
+               labels: tuple[str, str] | None = None,
+               colours: Mapping[str, str] | None = None) -> str:
     """``y`` against ``x``, one series per value of ``group``: lines where ``x`` is a number,
     grouped bars where it names choices (a fabric, an algorithm, on/off), whose order means
     nothing and which a line between them would misstate.
 
     A numeric axis goes logarithmic when its values are positive and span more than two
     decades, as sweeps over device counts or message sizes (and the times they give) do.
+    ``labels`` are the (x, y) axis titles (default: the column names); ``colours`` the
+    colour of each group's series by its value's text (default: ``series_colours``).
     """
     fig = _new_figure(8.0, 4.2)
     ax = fig.add_subplot()
     groups = [(None, table)] if group is None else list(table.groupby(group, sort=True))
+    colours = colours or series_colours(value for value, _ in groups)
     numeric = pd.api.types.is_numeric_dtype(table[x]) and not pd.api.types.is_bool_dtype(table[x])
     if numeric:
         for value, frame in groups:
             frame = frame.sort_values(x)
             ax.plot(frame[x].to_numpy(), frame[y].to_numpy(), marker="o", markersize=4,
-                    linewidth=1.6, label=None if group is None else str(value))
+                    linewidth=1.6, label=None if group is None else str(value),
+                    color=colours.get(str(value), "C0"))
         if wants_log(table[x]):
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -233,11 +245,13 @@ def sweep_plot(table: pd.DataFrame, x: str, y: str, group: str | None) -> str:
             heights = frame.groupby(x, sort=False)[y].first().reindex(choices)
             ax.bar(np.arange(len(choices)) + (i - (len(groups) - 1) / 2) * width,
                    heights.to_numpy(dtype=float), width=width * 0.95,
-                   label=None if group is None else str(value))
+                   label=None if group is None else str(value),
+                   color=colours.get(str(value), "C0"))
         ax.set_xticks(np.arange(len(choices)), [str(c) for c in choices])
     if wants_log(table[y]):
         ax.set_yscale("log")
-    _style(ax, f"{y} vs {x}", x, y)
+    xlabel, ylabel = labels or (x, y)
+    _style(ax, f"{ylabel} against {xlabel}", xlabel, ylabel)
     ax.grid(axis="y", color="#E6E6E6", linewidth=0.8)
     if group is not None:
         ax.legend(fontsize=8, frameon=False, title=group, title_fontsize=8)
@@ -275,14 +289,16 @@ def scaling_curves(curves: Sequence[Mapping[str, object]]) -> str:
     """Speed-up against device count: measured points, the Amdahl and USL fits, and ideal.
 
     Each curve is a mapping with ``label``, ``devices`` and ``speedup`` (the measured
-    points), and ``fit_devices`` with ``amdahl`` and/or ``usl`` (the fitted curves on a
-    dense grid). Speed-up is relative to each curve's smallest device count.
+    points), ``fit_devices`` with ``amdahl`` and/or ``usl`` (the fitted curves on a
+    dense grid), and optionally its ``colour`` (the same series' in the report's other
+    plot). Speed-up is relative to each curve's smallest device count.
     """
     fig = _new_figure(8.0, 4.4)
     ax = fig.add_subplot()
-    colours = [f"C{i}" for i in range(10)]
+    cycle = itertools.cycle([f"C{i}" for i in range(10)])
     lo, hi = np.inf, 0.0
-    for colour, curve in zip(itertools.cycle(colours), curves):
+    for curve in curves:
+        colour = str(curve.get("colour") or next(cycle))
         n = np.asarray(curve["devices"], dtype=float)
         lo, hi = min(lo, float(n.min())), max(hi, float(n.max()))
         ax.plot(n, np.asarray(curve["speedup"], dtype=float), "o", color=colour,

@@ -74,3 +74,34 @@ def format_number(value: Any) -> str:
     if isinstance(value, float | np.floating):
         return "–" if math.isnan(value) else f"{float(value):.4g}"
     return str(value)
+
+
+# Units of a field named by its suffix (the summary's convention: SI names with the unit
+# last), and words for the fields whose names carry none.
+_SUFFIX_UNITS = (("_per_s_per_gpu", "/s per GPU"), ("_samples_per_s", "samples/s"),
+                 ("_per_s", "/s"), ("_GBps", "GB/s"), ("_bytes", "bytes"), ("_usd", "USD"),
+                 ("_kwh", "kWh"), ("_ms", "ms"), ("_us", "µs"), ("_s", "s"), ("_pct", "%"),
+                 ("_days", "days"), ("_GB", "GB"))
+_FIELD_WORDS = {"mfu": "model FLOPs utilisation (fraction of peak)",
+                "tflops_per_device": "achieved TFLOP/s per device",
+                "throughput_samples_per_s": "throughput (samples/s)",
+                "busbw_GBps": "bus bandwidth (GB/s)", "algbw_GBps": "algorithm bandwidth (GB/s)",
+                "comm_bytes_total": "bytes communicated (bytes)",
+                "devices": "devices", "nodes": "nodes"}
+
+
+def axis_label(field: str) -> str:
+    """A plot axis for a table column: words with the unit in parentheses, as in
+    'step time (s)' for ``step_time_s`` or 'size (bytes)' for ``collective.size_bytes``; the
+    section a nested field sits in is kept in words where the leaf alone would be vague
+    ('data parallelism' for ``parallelism.data``)."""
+    section, _, leaf = field.rpartition(".")
+    if leaf in _FIELD_WORDS:
+        return _FIELD_WORDS[leaf]
+    for name in (leaf, section.rsplit(".", 1)[-1]):  # breakdown_s.compute: seconds too
+        for suffix, unit in _SUFFIX_UNITS:
+            if name.endswith(suffix) and len(name) > len(suffix):
+                words = (leaf[: -len(suffix)] if name == leaf else leaf).replace("_", " ")
+                return f"{words} ({unit})"
+    words = leaf.replace("_", " ")
+    return f"{words}-parallel degree" if section.endswith("parallelism") else words

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dlsim.contract.errors import ScenarioError
+from dlsim.results.result import Result
 from dlsim.simulate import simulate
 from dlsim.validation.reading import Row, read_table, row
 
@@ -80,9 +80,9 @@ class Runs:
     """Simulations by scenario, so that a plan measured in several releases runs once."""
 
     def __init__(self) -> None:
-        self._memo: dict[str, Any] = {}
+        self._memo: dict[str, Result] = {}
 
-    def __call__(self, scenario: Scenario) -> Any:
+    def __call__(self, scenario: Scenario) -> Result:
         key = json.dumps(scenario, sort_keys=True)
         if key not in self._memo:
             self._memo[key] = simulate(scenario)
@@ -90,14 +90,15 @@ class Runs:
 
 
 def _simulated(table: str, case: str, measured: float, unit: str, scenario: Scenario,
-               runs: Runs, predict: Callable[[Any], float]) -> Row:
-    """The row simulated, or listed with the engine's reason for refusing its plan."""
+               runs: Runs, per_step: float | None = None) -> Row:
+    """The row simulated: a rate, ``per_step`` (work of one step) over the step time, or the
+    step time itself; or listed with the engine's reason for refusing its plan."""
     try:
-        result = runs(scenario)
+        step_s = runs(scenario).step_time_s
     except ScenarioError as exc:
         return _not_simulated(table, case, f"dlsim refuses the plan: {exc.message}", measured,
                               unit)
-    return row(table, case, predict(result), measured, unit)
+    return row(table, case, step_s if per_step is None else per_step / step_s, measured, unit)
 
 
 def _training(name: str, model: dict[str, Any], gpus: int, precision: str, gbs: int,
@@ -150,9 +151,8 @@ def nemo_performance(directory: Path) -> list[Row]:
             par |= {"zero_stage": 3, "shard_group": fsdp}
         scenario = _training("nemo", model, gpus,
                              PRECISIONS[r["precision"]], int(r["gbs"]), _int(r["mbs"]), par)
-        tokens = int(r["gbs"]) * seq
-        out.append(_simulated(table, case, measured, unit, scenario, runs,
-                              lambda res, n=tokens, g=gpus: n / res.step_time_s / g))
+        per_gpu = int(r["gbs"]) * seq / gpus  # tokens per GPU and step
+        out.append(_simulated(table, case, measured, unit, scenario, runs, per_gpu))
     return out
 
 
@@ -257,14 +257,10 @@ def megatron_core_moe(directory: Path) -> list[Row]:
         par = {"tensor": t, "pipeline": p, "context": c, "expert": e, "expert_tensor": et,
                "virtual_stages": _int(r["vpp"])}
         scenario = _training("moe-folding", model, gpus, "bf16", gbs, _int(r["mbs"]), par)
-        if metric == "MFU":
-            out.append(_simulated(table, case, measured, unit, scenario, runs,
-                                  lambda res, m=model, b=gbs, g=gpus: 100 * mcore_model_flops(
-                                      m, b) / res.step_time_s / g / H100_BF16_PEAK))
-        else:
-            out.append(_simulated(table, case, measured, unit, scenario, runs,
-                                  lambda res, m=model, b=gbs, g=gpus: mcore_model_flops(
-                                      m, b) / res.step_time_s / g / 1e12))
+        # model FLOP/s per GPU over the peak (MFU, in %) or in TFLOP/s
+        per_gpu = mcore_model_flops(model, gbs) / gpus / (
+            H100_BF16_PEAK / 100 if metric == "MFU" else 1e12)
+        out.append(_simulated(table, case, measured, unit, scenario, runs, per_gpu))
     return out
 
 
@@ -319,5 +315,5 @@ def mlperf_training(directory: Path) -> list[Row]:
             lora = {"rank": _int(r["lora_rank"]), "targets": MLPERF_LORA_TARGETS}
         scenario = _training("mlperf", model, gpus, "fp8", gbs, micro, par, lora)
         out.append(_simulated(table, f"{case} t={t} p={p} c={c}", measured, "s", scenario,
-                              runs, lambda res: res.step_time_s))
+                              runs))
     return out

@@ -332,3 +332,20 @@ def test_parity_plot_and_bars_for_choices_draw_what_they_are_given():
         plots.sweep_plot(sweep, "op", "time_s", "fabric")
     heights = [list(c.args[2]) for c in bars.call_args_list]
     assert heights == [[3.6, 16.8], [3.6, 10.5]]  # per fabric, in the sweep's op order
+
+
+def test_axis_labels_say_the_quantity_and_its_unit():
+    from dlsim.report.units import axis_label
+
+    assert axis_label("step_time_s") == "step time (s)"
+    assert axis_label("collective.size_bytes") == "size (bytes)"
+    assert axis_label("breakdown_s.exposed_comm") == "exposed comm (s)"
+    assert axis_label("busbw_GBps") == "bus bandwidth (GB/s)"
+    assert axis_label("parallelism.data") == "data-parallel degree"
+    assert axis_label("throughput_samples_per_s") == "throughput (samples/s)"
+
+
+def test_a_series_has_one_colour_in_every_plot_of_a_report():
+    colours = plots.series_colours([16, 2, "4", 2])
+    assert colours == plots.series_colours(["4", "2", "16"])  # by value text, not order
+    assert len(set(colours.values())) == 3
