@@ -101,7 +101,9 @@ def _rows(spans: Iterable[Span]) -> list[tuple[int, str]]:
 
 
 def timeline_gantt(spans: Sequence[Span], title: str = "Timeline") -> str:
-    """Gantt chart, one row per (device, stream), bars coloured by span category.
+    """Gantt chart, one row per (device, stream), bars coloured by span category; waits
+    (a stream at a collective whose peers have not arrived) are thin lines, so the bars
+    show when bytes really move.
 
     Each category is one ``PolyCollection`` whose rectangles are built as a numpy array, not
     one artist (or one Python loop iteration inside matplotlib) per span: that is what keeps
@@ -119,7 +121,8 @@ def timeline_gantt(spans: Sequence[Span], title: str = "Timeline") -> str:
         row = np.fromiter((index[(s.device, s.stream)] for s in chosen), float, len(chosen))
         x0 = np.fromiter((s.start_s for s in chosen), float, len(chosen)) * 1e3
         x1 = np.fromiter((s.end_s for s in chosen), float, len(chosen)) * 1e3
-        y0, y1 = row - 0.38, row + 0.38
+        half = 0.08 if category == "wait" else 0.38  # a wait moves nothing: a thin line
+        y0, y1 = row - half, row + half
         verts = np.stack([np.column_stack(p) for p in ((x0, y0), (x0, y1), (x1, y1), (x1, y0))],
                          axis=1)
         bars = PolyCollection(verts,  # type: ignore[arg-type]  # stubs miss the (N, 4, 2) path
@@ -132,7 +135,9 @@ def timeline_gantt(spans: Sequence[Span], title: str = "Timeline") -> str:
     end_ms = max((s.end_s for s in spans), default=0.0) * 1e3
     ax.set_xlim(start_ms, end_ms if end_ms > start_ms else start_ms + 1.0)
     _style(ax, title, "time (ms)")
-    handles = [Patch(color=CATEGORY_COLOURS.get(c, _FALLBACK), label=c) for c in categories]
+    words = {"comm": "bytes moving", "wait": "waiting for peers"}
+    handles = [Patch(color=CATEGORY_COLOURS.get(c, _FALLBACK), label=words.get(c, c))
+               for c in categories]
     ax.legend(handles=handles, ncols=len(handles) or 1, fontsize=8, frameon=False,
               loc="lower right", bbox_to_anchor=(1, 1.0))
     return _to_data_uri(fig)

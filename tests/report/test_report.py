@@ -209,18 +209,33 @@ def test_memory_that_fits_has_no_overflow_message() -> None:
     assert "Fits:" in page.text["memory"]
 
 
-def test_timeline_shows_the_first_16_devices_and_says_how_many_were_left_out(
+def test_timeline_shows_representative_devices_and_expands_to_the_first_16(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    drawn: list[Span] = []
+    drawn: list[set[int]] = []
 
     def capture(spans: list[Span], title: str = "") -> str:
-        drawn.extend(spans)
+        drawn.append({s.device for s in spans})
         return "data:image/png;base64,"
 
     monkeypatch.setattr(report.plots, "timeline_gantt", capture)
     page = Page(render_run(training_result(n_devices=20)))
-    assert {s.device for s in drawn} == set(range(16))
-    assert "4 more device(s) omitted" in page.text["timeline"]
+    assert drawn[0] == {0, 1, 10, 18, 19}  # first two, middle, last two
+    assert drawn[1] == set(range(16))  # the expandable one
+    assert "4 more left out" in page.text["timeline"]
+
+
+def test_a_pipeline_stage_s_point_to_point_streams_are_one_row(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlsim.report.sections import timeline_section
+
+    streams: list[set[str]] = []
+    monkeypatch.setattr(report.plots, "timeline_gantt",
+                        lambda spans, title="": streams.append({s.stream for s in spans}) or "")
+    spans = [Span(0, stream, "x", "comm", 0.0, 1.0) for stream in
+             ("send-fwd", "recv-fwd", "send-bwd", "recv-bwd", "compute")]
+    section = timeline_section(spans)
+    assert section is not None and section["full"] is None  # one device: nothing to expand
+    assert streams == [{"pipeline p2p", "compute"}]
 
 
 def test_a_20000_span_timeline_renders() -> None:
