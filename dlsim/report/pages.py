@@ -19,6 +19,7 @@ import pandas as pd
 from dlsim.report import plots
 from dlsim.report.sections import environment, scenario_yaml, simulation_line, timeline_section
 from dlsim.report.sync import sync_section
+from dlsim.report.topology import aggregate
 from dlsim.report.units import (
     Card,
     axis_label,
@@ -40,6 +41,7 @@ from dlsim.results.scaling import (
 
 BUSIEST_LINKS = 10
 TOPOLOGY_MAX_CABLES = 64
+TOPOLOGY_MAX_VERTICES = 40  # more ends than this: drawn aggregated
 _BREAKDOWN_ORDER = ("compute", "exposed_comm", "bubble", "straggler_wait", "idle")
 _MEMORY_ORDER = ("params", "grads", "optimizer", "activations")
 _LINK_COLUMNS = ("src", "dst", "bandwidth_GBps", "bytes", "busy_s", "utilisation")
@@ -203,21 +205,30 @@ def _links_section(links: pd.DataFrame | None) -> dict[str, Any] | None:
 
 
 def _topology_section(links: pd.DataFrame | None) -> dict[str, Any] | None:
-    """The links that carried traffic drawn on the topology; a big one keeps its busiest
-    TOPOLOGY_MAX_CABLES cables (both directions of a cable count as one)."""
+    """The links that carried traffic drawn on the topology. One with more than
+    TOPOLOGY_MAX_VERTICES ends is drawn aggregated (``dlsim.report.topology``: devices in
+    their nodes, alike nodes together, the busiest lines labelled), and if that is still too
+    big, by its TOPOLOGY_MAX_CABLES busiest lines."""
     if links is None or links.empty or not {"src", "dst", "utilisation"} <= set(links.columns):
         return None
     ends = links[["src", "dst"]].to_numpy(dtype=str)
-    cable = pd.Series([tuple(sorted(pair)) for pair in ends], index=links.index)
-    busiest = links["utilisation"].groupby(cable).max()
-    total = len(busiest)
-    kept = busiest.sort_values(ascending=False, kind="stable").head(TOPOLOGY_MAX_CABLES)
-    chosen = links[cable.isin(set(kept.index))]
-    title = "Link utilisation on the topology"
-    if len(kept) < total:
-        title += f" (busiest {len(kept)} of {total} cables)"
-    return {"image": plots.topology_utilisation(chosen, title), "shown": len(kept),
-            "total": total}
+    total = len({tuple(sorted(pair)) for pair in ends})
+    drawn, aggregated = links, len(set(ends.ravel())) > TOPOLOGY_MAX_VERTICES
+    if aggregated:
+        drawn = aggregate(links)
+    lines = pd.Series([tuple(sorted(p)) for p in drawn[["src", "dst"]].to_numpy(dtype=str)],
+                      index=drawn.index)
+    busiest = drawn["utilisation"].groupby(lines).max()
+    shown = len(busiest)
+    if len(set(drawn[["src", "dst"]].to_numpy(dtype=str).ravel())) > TOPOLOGY_MAX_VERTICES:
+        kept = busiest.sort_values(ascending=False, kind="stable").head(TOPOLOGY_MAX_CABLES)
+        drawn, shown = drawn[lines.isin(set(kept.index))], len(kept)
+    title = "Link utilisation" + (f" ({total:,} cables, by node and switch)" if aggregated
+                                  else " on the topology")
+    if shown < len(busiest):
+        title += f", busiest {shown} of {len(busiest)} lines"
+    return {"image": plots.topology_utilisation(drawn, title), "aggregated": aggregated,
+            "shown": shown, "lines": len(busiest), "total": total}
 
 
 def render_training(result: Result) -> str:

@@ -44,6 +44,7 @@ MEMORY_COLOURS: dict[str, str] = {
     "other": "#BDBDBD",
 }
 OVERFLOW_COLOUR = "#C44E52"
+TOPOLOGY_LABELS = 6  # the busiest lines an aggregated topology labels
 _FALLBACK = "#937860"
 _DPI = 110
 
@@ -329,14 +330,17 @@ def topology_utilisation(edges: pd.DataFrame, title: str) -> str:
 
     ``edges`` has src, dst and utilisation per directed link; the two directions of a cable
     are drawn as one line with the busier direction's utilisation. Devices (the
-    integer-named nodes) are blue dots; switches, NICs and sockets grey squares. The layout
+    integer-named nodes) and groups of them ('node 3', 'nodes 4–7') are blue dots; switches,
+    NICs and sockets grey squares. With a ``cables`` column (an aggregated picture), the
+    busiest lines are labelled with their utilisation and how many cables they stand for. The layout
     is Kamada-Kawai's, which starts from a circle and has no randomness, so the same
     topology is drawn the same way every time.
     """
     graph: nx.Graph[Hashable] = nx.Graph()
-    for src, dst, u in zip(edges["src"], edges["dst"], edges["utilisation"]):
+    counts = edges["cables"] if "cables" in edges else pd.Series(0, index=edges.index)
+    for src, dst, u, n in zip(edges["src"], edges["dst"], edges["utilisation"], counts):
         busiest = graph.edges[src, dst]["u"] if graph.has_edge(src, dst) else 0.0
-        graph.add_edge(src, dst, u=max(busiest, float(u)))
+        graph.add_edge(src, dst, u=max(busiest, float(u)), cables=int(n))
     pos = nx.kamada_kawai_layout(graph)
     fig = _new_figure(8.0, 5.2)
     ax = fig.add_subplot()
@@ -348,18 +352,30 @@ def topology_utilisation(edges: pd.DataFrame, title: str) -> str:
     lines = LineCollection(segments, colors=cmap(norm(util)), linewidths=0.8 + 3.5 * util / top,
                            zorder=1)
     ax.add_collection(lines)
-    devices = [v for v in graph if str(v).isdigit()]
-    others = [v for v in graph if not str(v).isdigit()]
+    def is_devices(v: Hashable) -> bool:
+        return str(v).isdigit() or str(v).startswith(("node ", "nodes "))
+
+    devices = [v for v in graph if is_devices(v)]
+    others = [v for v in graph if not is_devices(v)]
     for nodes, marker, colour, size in ((devices, "o", CATEGORY_COLOURS["compute"], 60),
                                         (others, "s", "#7F7F7F", 45)):
         if nodes:
             xy = np.array([pos[v] for v in nodes])
             ax.scatter(xy[:, 0], xy[:, 1], s=size, marker=marker, color=colour,
                        edgecolors="white", linewidths=0.6, zorder=2)
-    if graph.number_of_nodes() <= 40:
+    if graph.number_of_nodes() <= (80 if "cables" in edges else 40):  # groups: few words
         for v, (x, y) in pos.items():
             ax.annotate(str(v), (x, y), xytext=(0, 6), textcoords="offset points",
                         ha="center", fontsize=6, color="#333333", zorder=3)
+    if "cables" in edges:  # the busiest lines, labelled
+        ranked = sorted(graph.edges(data=True), key=lambda e: -e[2]["u"])[:TOPOLOGY_LABELS]
+        for a, b, d in ranked:
+            (xa, ya), (xb, yb) = pos[a], pos[b]
+            ax.annotate(f"{100 * d['u']:.0f}% · {d['cables']} cable"
+                        f"{'s' if d['cables'] != 1 else ''}", ((xa + xb) / 2, (ya + yb) / 2),
+                        ha="center", fontsize=6, color="#111111", zorder=4,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                              "alpha": 0.8})
     ax.set_aspect("equal")
     ax.axis("off")
     fig.suptitle(title, x=0.02, ha="left", fontsize=11, fontweight="bold", color="#222222")

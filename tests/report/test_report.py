@@ -318,10 +318,10 @@ def test_topology_of_a_big_cluster_draws_its_busiest_cables_and_says_so() -> Non
                                               ((i + 1) % n, i, 0.5 * (1 - i / n)))]
     small = training_result()
     section = report._topology_section(pd.DataFrame(rows))
-    assert (section["shown"], section["total"]) == (report.TOPOLOGY_MAX_CABLES, n)
+    assert (section["shown"], section["lines"]) == (report.TOPOLOGY_MAX_CABLES, n)
     big = Result(small.summary, small.scenario, small.spans, pd.DataFrame(rows))
     note = Page(render_run(big)).text["topology"]
-    assert f"{report.TOPOLOGY_MAX_CABLES} busiest of {n} cables" in note
+    assert f"{report.TOPOLOGY_MAX_CABLES} busiest of {n} lines" in note
     assert "busiest" not in Page(render_run(small)).text["topology"]
 
 
@@ -364,3 +364,25 @@ def test_a_series_has_one_colour_in_every_plot_of_a_report():
     colours = plots.series_colours([16, 2, "4", 2])
     assert colours == plots.series_colours(["4", "2", "16"])  # by value text, not order
     assert len(set(colours.values())) == 3
+
+
+def test_a_cluster_topology_is_drawn_by_node_and_switch() -> None:
+    """Four nodes of two devices, each device on its node's switch, each node's NIC on a
+    leaf: devices fold into their nodes, nodes 0-1 (leaf0) and 2-3 (leaf1) into one group
+    each, and a line stands for the cables between two groups, at the busiest one's load."""
+    from dlsim.report.topology import aggregate
+
+    rows = []
+    for node in range(4):
+        for d in range(2):
+            rows.append((str(2 * node + d), f"n{node}/nvswitch", 0.1 * d))
+        rows.append((f"n{node}/nvswitch", f"n{node}/nic0", 0.2))
+        rows.append((f"n{node}/nic0", f"leaf{node // 2}", 0.3 + 0.1 * node))
+    rows.append(("leaf0", "spine0", 0.9))
+    rows.append(("leaf1", "spine0", 0.4))
+    links = pd.DataFrame(rows, columns=["src", "dst", "utilisation"])
+    grouped = aggregate(links).set_index(["src", "dst"])
+    assert set(grouped.index) == {("leaf0", "nodes 0–1"), ("leaf1", "nodes 2–3"),
+                                  ("leaf0", "spine0"), ("leaf1", "spine0")}
+    assert grouped.loc[("leaf1", "nodes 2–3"), "utilisation"] == pytest.approx(0.6)
+    assert grouped.loc[("leaf1", "nodes 2–3"), "cables"] == 2
