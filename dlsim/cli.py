@@ -14,6 +14,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from dlsim.contract.errors import ScenarioError, describe_invalid, excerpt
@@ -80,15 +81,24 @@ def _fmt(value: Any) -> str:
 
 
 def _print_rows(title: str, rows: list[dict[str, Any]], as_json: bool) -> None:
+    """A table that never truncates: the first column (the names a user types) keeps its
+    width, other cells wrap; piped output is as wide as the table needs, not 80 columns."""
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title=title)
-    for column in rows[0] if rows else []:
-        table.add_column(str(column))
+    columns = list(rows[0]) if rows else []
+    for i, column in enumerate(columns):
+        cells = [_fmt(row[column]) for row in rows]
+        table.add_column(str(column), overflow="fold", no_wrap=i == 0,
+                         min_width=max(map(len, cells)) if i == 0 else None)
     for row in rows:
         table.add_row(*(_fmt(v) for v in row.values()))
-    out.print(table)
+    console = out
+    if not out.is_terminal:
+        width = Measurement.get(out, out.options.update(width=10_000), table).maximum
+        console = Console(width=max(width, 20), file=out.file)
+    console.print(table)
 
 
 def _scenario_file(file: Path) -> Path:

@@ -142,3 +142,14 @@ def test_unknown_scenario_name_lists_the_bundled_ones(tmp_path, monkeypatch):
 def test_unreadable_file(tmp_path):
     res = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "cannot read" in res.output
+
+
+def test_tables_never_truncate_the_names_a_user_must_type():
+    """Piped (as CliRunner is), a table is as wide as it needs: every device name whole."""
+    from dlsim.hardware.profiles import available
+
+    result = CliRunner().invoke(app, ["list", "devices"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "…" not in result.output
+    for name in available("devices"):
+        assert name in result.output
