@@ -103,6 +103,7 @@ def render_federated(result: Result) -> str:
     drops = [(_DROP_REASONS.get(k, k), f"{v:,}") for k, v in s["dropped"].items()]
     return environment().get_template("federated.html").render(
         title=str(s["name"]), subtitle=subtitle, cards=_cards(s),
+        description=(result.scenario or {}).get("description", ""),
         rounds=_rounds_section(s), participation=_participation_section(s), drops=drops,
         asynchronous=s["algorithm"] == "fedbuff",
         timeline=timeline_section(list(result.spans)),

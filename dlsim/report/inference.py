@@ -131,6 +131,7 @@ def render_inference(result: Result) -> str:
     subtitle = f"edge-inference · {s['model']} · batch {s['batch']} · {s['precision']}"
     return environment().get_template("inference.html").render(
         title=str(s["name"]), subtitle=subtitle, cards=_cards(s),
+        description=(result.scenario or {}).get("description", ""),
         split=_split_section(s), exits=_exits_section(s), hierarchy=_hierarchy_section(s),
         spatial=_spatial_section(s), timeline=timeline_section(list(result.spans)),
         scenario=scenario_yaml(result.scenario) if result.scenario else "",

@@ -262,6 +262,7 @@ def _run_page(result: Result, cards: list[Card]) -> str:
     }
     return environment().get_template("run.html").render(
         title=name, subtitle=" · ".join(subtitle), cards=cards,
+        description=(result.scenario or {}).get("description", ""),
         details=_flatten(s), simulation=simulation_line(s.get("simulation") or {}),
         scenario=scenario_yaml(result.scenario) if result.scenario else "",
         **sections)
@@ -302,6 +303,27 @@ def _scaling_section(scaling: Sequence[GroupScaling],
             "comm_share": any("exposed_comm_share" in g.points for g in scaling)}
 
 
+def _cell(column: str, value: Any) -> str:
+    """A table cell in human units where the column's name gives them (bytes, seconds)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if column.endswith("_bytes") or column.endswith("bytes_total"):
+            return format_bytes(float(value))
+        if column.endswith("_s") or column.split(".")[0] == "breakdown_s":
+            return format_seconds(float(value))
+    return format_number(value)
+
+
+def _sweep_columns(table: pd.DataFrame, varied: list[str], result: str) -> list[str]:
+    """The runs table's columns: what was varied, the result plotted, then every other
+    column whose value differs between runs (those the same in every run are the base
+    scenario's, in sweep.csv)."""
+    def differs(column: str) -> bool:
+        return table[column].astype(str).nunique(dropna=False) > 1
+
+    first = list(dict.fromkeys([*varied, result]))
+    return first + [c for c in table.columns if c not in first and differs(str(c))]
+
+
 def render_sweep(title: str, table: pd.DataFrame, x: str, y: str, group: str | None,
                  scenario: dict[str, Any], scaling: Sequence[GroupScaling] = (),
                  image: str | None = None) -> str:
@@ -311,7 +333,9 @@ def render_sweep(title: str, table: pd.DataFrame, x: str, y: str, group: str | N
     missing = [c for c in (x, y, group) if c is not None and c not in table.columns]
     if missing:
         raise KeyError(f"sweep table has no column(s) {missing}; columns: {list(table.columns)}")
-    rows = [[format_number(v) for v in row] for row in table.itertuples(index=False)]
+    shown = _sweep_columns(table, [c for c in (x, group) if c is not None], y)
+    rows = [[_cell(str(c), v) for c, v in zip(shown, row)]
+            for row in table[shown].itertuples(index=False)]
     plotted = table[table["error"].isna()] if "error" in table else table  # failed points
     colours = plots.series_colours(table[group] if group is not None else [])
     if image is None:
@@ -319,8 +343,10 @@ def render_sweep(title: str, table: pd.DataFrame, x: str, y: str, group: str | N
                                  colours) if len(plotted) else ""
     return environment().get_template("sweep.html").render(
         title=title, subtitle=f"sweep · {len(table)} runs", image=image,
+        description=(scenario or {}).get("description", ""),
         scaling=_scaling_section(scaling, colours),
-        columns=[str(c) for c in table.columns], rows=rows, text_columns=[
+        columns=[str(c) for c in shown], rows=rows, same=len(table.columns) - len(shown),
+        text_columns=[
             not pd.api.types.is_numeric_dtype(table[c]) or pd.api.types.is_bool_dtype(table[c])
-            for c in table.columns],
+            for c in shown],
         scenario=scenario_yaml(scenario) if scenario else "")

@@ -24,7 +24,7 @@ from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from dlsim.contract.span import Span
 
@@ -244,6 +244,8 @@ def sweep_plot(table: pd.DataFrame, x: str, y: str, group: str | None,
         if wants_log(table[x]):
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        elif pd.api.types.is_integer_dtype(table[x]):  # stages, degrees: no 0.5 ticks
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         choices = list(dict.fromkeys(table[x].tolist()))  # the sweep's order
         width = 0.8 / len(groups)

@@ -104,4 +104,5 @@ def axis_label(field: str) -> str:
                 words = (leaf[: -len(suffix)] if name == leaf else leaf).replace("_", " ")
                 return f"{words} ({unit})"
     words = leaf.replace("_", " ")
-    return f"{words}-parallel degree" if section.endswith("parallelism") else words
+    return f"{words}-parallel degree" if section.endswith("parallelism") and leaf in (
+        "data", "tensor", "pipeline", "context", "expert") else words

@@ -386,3 +386,14 @@ def test_a_cluster_topology_is_drawn_by_node_and_switch() -> None:
                                   ("leaf0", "spine0"), ("leaf1", "spine0")}
     assert grouped.loc[("leaf1", "nodes 2–3"), "utilisation"] == pytest.approx(0.6)
     assert grouped.loc[("leaf1", "nodes 2–3"), "cables"] == 2
+
+
+def test_a_sweep_table_leads_with_what_was_varied_and_the_result():
+    from dlsim.report.pages import _cell, _sweep_columns
+
+    table = pd.DataFrame({"name": ["a", "a"], "devices": [8, 8], "zero": [0, 3],
+                          "memory_bytes": [9.7e10, 7.6e10], "step_time_s": [0.62, 0.60]})
+    assert _sweep_columns(table, ["zero"], "step_time_s") == ["zero", "step_time_s",
+                                                             "memory_bytes"]
+    assert _cell("memory_bytes", 9.7e10) == "97 GB"
+    assert _cell("step_time_s", 0.62) == "620 ms"
