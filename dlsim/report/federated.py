@@ -14,7 +14,7 @@ import numpy as np
 
 from dlsim.report import federated_plots as plots
 from dlsim.report.sections import environment, scenario_yaml, simulation_line, timeline_section
-from dlsim.report.units import Card, format_bytes, format_seconds, scaled, significant
+from dlsim.report.units import Card, format_bytes, format_count, format_seconds, scaled, significant
 from dlsim.results.result import Result
 
 _DROP_REASONS = {
@@ -60,7 +60,7 @@ def _cards(s: Mapping[str, Any]) -> list[Card]:
               f"update {format_bytes(s['update_bytes'])} of "
               f"{format_bytes(s['model_bytes'])}"),
         _card("Wasted device time", format_duration(wasted["device_s"]),
-              f"{wasted['clients']:,} dropped clients · {wasted['flops']:.3g} FLOPs",
+              f"{wasted['clients']:,} dropped clients · {format_count(wasted['flops'])} FLOPs",
               "bad" if wasted["clients"] else ""),
         _card("Training energy", format_joules(s["energy_J"]), "device power × training time"),
     ]

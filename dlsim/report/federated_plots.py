@@ -54,7 +54,8 @@ def participation(classes: Sequence[str], selected_per_client: Sequence[float],
     counts.set_yticks(y, list(classes))
     counts.invert_yaxis()
     _style(counts, "Participation per client", "rounds per client of the class")
-    counts.legend(fontsize=8, frameon=False, loc="lower right")
+    counts.legend(fontsize=8, frameon=False, ncols=2, loc="lower left",
+                  bbox_to_anchor=(0, 1.06))  # above the axes: never over a bar
     energy.barh(y, np.asarray(energy_J, dtype=float) / 1e3, height=0.6, color="#8172B3")
     energy.set_yticks(y, list(classes))
     energy.invert_yaxis()

@@ -117,11 +117,14 @@ def timeline_gantt(spans: Sequence[Span], title: str = "Timeline") -> str:
                                        if c in CATEGORY_COLOURS else 99, c))
     fig = _new_figure(10.0, 1.3 + 0.26 * max(len(rows), 1))
     ax = fig.add_subplot()
+    start_s = min((s.start_s for s in spans), default=0.0)
+    end_s = max((s.end_s for s in spans), default=0.0)
+    scale, unit = (1e3, "ms") if end_s - start_s < 10 else (1.0, "s")  # 35 s, not 35,000 ms
     for category in categories:
         chosen = [s for s in spans if s.category == category]
         row = np.fromiter((index[(s.device, s.stream)] for s in chosen), float, len(chosen))
-        x0 = np.fromiter((s.start_s for s in chosen), float, len(chosen)) * 1e3
-        x1 = np.fromiter((s.end_s for s in chosen), float, len(chosen)) * 1e3
+        x0 = np.fromiter((s.start_s for s in chosen), float, len(chosen)) * scale
+        x1 = np.fromiter((s.end_s for s in chosen), float, len(chosen)) * scale
         half = 0.08 if category == "wait" else 0.38  # a wait moves nothing: a thin line
         y0, y1 = row - half, row + half
         verts = np.stack([np.column_stack(p) for p in ((x0, y0), (x0, y1), (x1, y1), (x1, y0))],
@@ -132,10 +135,9 @@ def timeline_gantt(spans: Sequence[Span], title: str = "Timeline") -> str:
         ax.add_collection(bars, autolim=False)
     ax.set_yticks(range(len(rows)), [f"dev {d} · {st}" for d, st in rows])
     ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)
-    start_ms = min((s.start_s for s in spans), default=0.0) * 1e3
-    end_ms = max((s.end_s for s in spans), default=0.0) * 1e3
-    ax.set_xlim(start_ms, end_ms if end_ms > start_ms else start_ms + 1.0)
-    _style(ax, title, "time (ms)")
+    lo, hi = start_s * scale, end_s * scale
+    ax.set_xlim(lo, hi if hi > lo else lo + 1.0)
+    _style(ax, title, f"time ({unit})")
     words = {"comm": "bytes moving", "wait": "waiting for peers"}
     handles = [Patch(color=CATEGORY_COLOURS.get(c, _FALLBACK), label=words.get(c, c))
                for c in categories]
