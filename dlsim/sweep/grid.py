@@ -73,10 +73,20 @@ def run_sweep(base: dict[str, Any], vary: dict[str, list[Any]], file: str | None
         raise ScenarioError(first["error"], file=file, field=first["error_field"])
     rows = []
     for point, summary in zip(grid, summaries):
-        row = {path: _get(point, path) for path in vary}
+        row = {path: _label(_get(point, path)) for path in vary}
         row.update(_flatten(summary))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _label(value: Any) -> Any:
+    """A varied value as a table cell: a whole section varied at once (``parallelism:
+    [{data: 8}, {data: 4, tensor: 2}]``) as 'data=4, tensor=2', a list as its items."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_label(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ", ".join(str(_label(v)) for v in value) + "]"
+    return value
 
 
 def _get(data: dict[str, Any], path: str) -> Any:

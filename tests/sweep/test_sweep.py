@@ -192,3 +192,17 @@ def test_sweep_input_errors_exit_2_without_writing(tmp_path, args, fragment):
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert fragment in res.output
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_whole_section_can_be_varied_at_once_and_reads_as_text():
+    """Layouts are coupled fields (data x tensor x pipeline = devices), so a sweep varies
+    the parallelism section whole; the table shows each layout as 'data=4, tensor=2'."""
+    from dlsim.sweep.grid import run_sweep
+
+    base = {"name": "layouts", "model": {"preset": "gpt2-124m"},
+            "cluster": {"preset": "dgx-a100", "nodes": 1},
+            "training": {"global_batch": 16, "microbatch": 2}}
+    table = run_sweep(base, {"parallelism": [{"data": 8}, {"data": 4, "tensor": 2}]},
+                      progress=False)
+    assert table["parallelism"].tolist() == ["data=8", "data=4, tensor=2"]
+    assert table["parallelism.tensor"].tolist() == [1, 2]
