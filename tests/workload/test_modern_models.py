@@ -220,3 +220,20 @@ def test_active_parameters_count_top_k_of_the_experts(experts, top_k, shared):
                   moe=MoEShape(experts, top_k, 32, shared_experts=shared, dense_layers=1))
     model = decoder_layers("x", shape, 1, DT)
     assert model.parameters - model.active_parameters == 2 * (experts - top_k) * 3 * 64 * 32
+
+
+def test_dlsim_list_models_prints_parameters_and_active_parameters():
+    import json
+
+    from typer.testing import CliRunner
+
+    from dlsim.cli import app
+
+    res = CliRunner().invoke(app, ["list", "models", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    for name in PUBLISHED:
+        model = _model(name, 1)
+        assert rows[name]["parameters"] == model.parameters
+        assert rows[name]["active_parameters"] == model.active_parameters
+    assert rows["gpt2-124m"]["active_parameters"] == rows["gpt2-124m"]["parameters"]
