@@ -16,12 +16,15 @@ The closed forms are written out here from the shape, independently of the build
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from dlsim.cli import app
 from dlsim.workload.decoder import EXPERT_KERNELS, decoder_layers
 from dlsim.workload.model import Layer, Model
 from dlsim.workload.presets import transformer_model
@@ -223,12 +226,6 @@ def test_active_parameters_count_top_k_of_the_experts(experts, top_k, shared):
 
 
 def test_dlsim_list_models_prints_parameters_and_active_parameters():
-    import json
-
-    from typer.testing import CliRunner
-
-    from dlsim.cli import app
-
     res = CliRunner().invoke(app, ["list", "models", "--json"])
     assert res.exit_code == 0, res.output
     rows = {r["name"]: r for r in json.loads(res.output)}
