@@ -14,7 +14,8 @@ DATA = {  # folder -> the files of it that ship
     "calibration": ["*.json"],
     "validation": ["*.csv", "README.md"],
     "traces": ["*.csv", "*.json", "README.md"],  # federated-traces and -flash read these
-    "examples": ["*.py"],  # torch modules that scenarios import by name (torch-import-gpt)
+    "examples": ["*.py", "hf/*.json", "hf/README.md"],  # torch modules that scenarios import
+    # by name (torch-import-gpt); Hugging Face configs for model: {hf_config: examples/hf/..}
 }
 
 

@@ -31,7 +31,7 @@ from dlsim.simulate import simulate
 from dlsim.sweep.executors import PointCache, executor_for
 from dlsim.sweep.grid import pivot, primary_metric, run_sweep
 from dlsim.validation import DEFAULT_DIR, host_validation, run_validation, table_errors
-from dlsim.workload.presets import build_model, presets
+from dlsim.workload.presets import build_model, preset_rows
 from dlsim.workload.torch_import import layer_rows, parallelism_note
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -520,7 +520,7 @@ def list_(what: Annotated[str, typer.Argument(help=" | ".join(LISTINGS))],
                      "intra_node": s.intra_node, "description": s.display_name}
                     for s in map(hardware.system, hardware.available("systems"))]
         elif what == "models":
-            rows = [{"name": n} for n in presets()]
+            rows = preset_rows()
         elif what == "scenarios":
             rows = [{"name": p.stem, "file": f"scenarios/{p.name}",
                      "description": read_yaml(p).get("description", "")}

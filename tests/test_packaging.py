@@ -29,7 +29,7 @@ DATA = {
     "calibration": ["*.json"],
     "validation": ["*.csv", "README.md"],
     "traces": ["*.csv", "*.json", "README.md"],
-    "examples": ["*.py"],
+    "examples": ["*.py", "hf/*.json", "hf/README.md"],
 }
 
 
@@ -141,3 +141,13 @@ def test_installed_wheel_imports_the_bundled_torch_example(venv, elsewhere):
          cwd=elsewhere)
     summary = json.loads((out / "torch-import-gpt" / "summary.json").read_text())
     assert summary["parameters"] == 124_439_808  # GPT-2 124M's shape, tied embedding
+
+
+def test_installed_wheel_reads_a_bundled_hf_config(venv, elsewhere):
+    """``hf_config: examples/hf/<model>.json`` resolves against the wheel's bundled data."""
+    script = ("from dlsim.contract.scenario import ModelSpec; "
+              "from dlsim.workload.presets import build_model; "
+              "m = build_model(ModelSpec(hf_config='examples/hf/llama-3-8b.json'), 1, 2); "
+              "print(m.name, m.parameters)")
+    printed = _run([str(venv / "bin" / "python"), "-c", script], cwd=elsewhere).split()
+    assert printed == ["llama-3-8b", "8030261248"]

@@ -12,7 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dlsim.contract.errors import (
     ScenarioError,
@@ -22,6 +31,7 @@ from dlsim.contract.errors import (
     excerpt,
 )
 from dlsim.contract.federated import FederatedSpec
+from dlsim.contract.hf_config import import_fields
 from dlsim.contract.inference import EdgeInferenceSpec
 from dlsim.contract.loading import read_yaml
 from dlsim.contract.parallelism import parallelism_conflict
@@ -37,11 +47,71 @@ class TorchInput(_Spec):
     dtype: Literal["float32", "float16", "bfloat16", "int64", "int32", "bool"] = "float32"
 
 
+class MoESpec(_Spec):
+    """``moe:`` of a transformer: ``experts`` routed experts of ``expert_ffn_hidden`` (SwiGLU),
+    ``top_k`` of them per token, ``shared_experts`` every token passes, the first
+    ``dense_layers`` blocks dense; ``capacity_factor`` caps an expert's tokens (absent:
+    dropless) and ``router_imbalance`` is the busiest expert's load over the mean."""
+
+    experts: int = Field(ge=1)
+    top_k: int = Field(ge=1)
+    expert_ffn_hidden: int = Field(ge=1)
+    shared_experts: int = Field(default=0, ge=0)
+    dense_layers: int = Field(default=0, ge=0)
+    capacity_factor: float | None = Field(default=None, gt=0)
+    router_imbalance: float = Field(default=1.0, ge=1.0)
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_of_experts(cls, top_k: int, info: ValidationInfo) -> int:
+        experts = info.data.get("experts")
+        if experts is not None and top_k > experts:
+            raise ValueError(f"top_k ({top_k}) must be at most experts ({experts}): each "
+                             "token is routed to top_k distinct experts")
+        return top_k
+
+
+MLA_RANKS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+
+
+class AttentionSpec(_Spec):
+    """``attention:`` of a transformer: ``mha`` (multi-head, or grouped-query with
+    ``kv_heads``) or ``mla``, DeepSeek's multi-head latent attention with its low-rank
+    dimensions (``q_lora_rank`` absent: queries projected at full rank)."""
+
+    kind: Literal["mha", "mla"] = "mha"
+    kv_lora_rank: int | None = Field(default=None, ge=1)
+    q_lora_rank: int | None = Field(default=None, ge=1)
+    qk_nope_head_dim: int | None = Field(default=None, ge=1)
+    qk_rope_head_dim: int | None = Field(default=None, ge=1)
+    v_head_dim: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _ranks(self) -> AttentionSpec:
+        given = [f for f in (*MLA_RANKS, "q_lora_rank") if getattr(self, f) is not None]
+        missing = [f for f in MLA_RANKS if getattr(self, f) is None]
+        if self.kind == "mha" and given:
+            raise ValueError(f"{', '.join(given)} belong to kind: mla")
+        if self.kind == "mla" and missing:
+            raise ValueError(f"kind: mla needs {', '.join(missing)}")
+        return self
+
+
+# shape fields of a transformer beyond GPT's (DESIGN.md), each for mlp: swiglu only
+DECODER_FIELDS = ("kv_heads", "tied_embeddings", "head_dim", "moe", "attention")
+SHAPE_FIELDS = ("layers", "hidden", "heads", "seq_len", "vocab", "ffn_hidden", "mlp",
+                *DECODER_FIELDS)
+
+
 class ModelSpec(_Spec):
-    """A preset name, a transformer / MLP given by its shape, or a torch module's factory
-    (``torch: "package.module:factory"``, called with ``kwargs``, run on ``inputs``)."""
+    """A preset name, a transformer / MLP given by its shape, a Hugging Face ``config.json``
+    (``hf_config``: its shape fields fill the transformer's, any given beside it win), or a
+    torch module's factory (``torch: "package.module:factory"``, called with ``kwargs``, run
+    on ``inputs``). A transformer preset takes ``seq_len`` beside it to train at another
+    sequence length."""
 
     preset: str | None = None
+    hf_config: str | None = None
     kind: Literal["transformer", "mlp", "cnn"] | None = None
     layers: int | None = Field(default=None, ge=1)
     hidden: int | None = Field(default=None, ge=1)
@@ -49,10 +119,54 @@ class ModelSpec(_Spec):
     seq_len: int | None = Field(default=None, ge=1)
     vocab: int | None = Field(default=None, ge=1)
     ffn_hidden: int | None = Field(default=None, ge=1)
+    kv_heads: int | None = Field(default=None, ge=1)  # grouped-query attention; = heads
+    mlp: Literal["gelu", "swiglu"] | None = None  # None: gelu (GPT's blocks)
+    tied_embeddings: bool | None = None  # None: as released, GPT tied, swiglu decoders not
+    head_dim: int | None = Field(default=None, ge=1)  # None: hidden / heads
+    moe: MoESpec | None = None
+    attention: AttentionSpec | None = None
     widths: list[int] | None = Field(default=None, min_length=2)
     torch: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, TorchInput] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_hf_config(cls, data: Any, info: ValidationInfo) -> Any:
+        """Fill the shape from ``hf_config``; a config that cannot be imported is left to
+        the ``hf_config`` field's check, which names the field."""
+        if not isinstance(data, dict) or not isinstance(data.get("hf_config"), str):
+            return data
+        try:
+            imported = import_fields(data["hf_config"], _scenario_dir(info))
+        except ValueError:
+            return data
+        return imported | data
+
+    @field_validator("hf_config")
+    @classmethod
+    def _hf_config_readable(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is not None:
+            import_fields(path, _scenario_dir(info))
+        return path
+
+    @field_validator("kv_heads")
+    @classmethod
+    def _kv_heads_divide_heads(cls, kv_heads: int | None, info: ValidationInfo) -> int | None:
+        heads = info.data.get("heads")
+        if heads is not None and kv_heads is not None and heads % kv_heads:
+            raise ValueError(f"kv_heads ({kv_heads}) must divide heads ({heads}): each key-"
+                             "value head serves heads/kv_heads query heads")
+        return kv_heads
+
+    @field_validator("moe")
+    @classmethod
+    def _dense_layers_fewer(cls, moe: MoESpec | None, info: ValidationInfo) -> MoESpec | None:
+        layers = info.data.get("layers")
+        if moe is not None and layers is not None and moe.dense_layers >= layers:
+            raise ValueError(f"moe.dense_layers ({moe.dense_layers}) must be fewer than "
+                             f"layers ({layers}): the MoE blocks follow the dense ones")
+        return moe
 
     @model_validator(mode="after")
     def _complete(self) -> ModelSpec:
@@ -66,7 +180,17 @@ class ModelSpec(_Spec):
         if self.kwargs or self.inputs is not None:
             raise ValueError("'kwargs' and 'inputs' belong to a torch model ('torch: "
                              "package.module:factory')")
+        if self.hf_config is not None and (self.preset is not None or self.widths is not None
+                                           or self.kind != "transformer"):
+            raise ValueError("'hf_config' gives a transformer: give it without 'preset', "
+                             "'widths' or another kind")
         if self.preset is not None:
+            fixed = [f for f in (*SHAPE_FIELDS, "widths") if f != "seq_len"
+                     and getattr(self, f) is not None]
+            if fixed:
+                raise ValueError(f"a preset fixes its shape; beside 'preset' only seq_len may "
+                                 f"be given (not {', '.join(fixed)}); give the whole shape "
+                                 "with kind: transformer instead")
             return self
         if self.kind is None:
             raise ValueError("give either 'preset' or 'kind' (transformer or mlp)")
@@ -77,12 +201,42 @@ class ModelSpec(_Spec):
         missing = [f for f in need if getattr(self, f) is None]
         if missing:
             raise ValueError(f"a {self.kind} model needs {', '.join(missing)}")
-        if (self.kind == "transformer" and self.hidden is not None and self.heads is not None
-                and self.hidden % self.heads):
-            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.kind == "mlp":
+            extra = [f for f in SHAPE_FIELDS if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} belong to a transformer, not an mlp")
+        else:
+            self._check_transformer()
         if self.widths is not None and min(self.widths) < 1:
             raise ValueError("widths must be positive")
         return self
+
+    def _check_transformer(self) -> None:
+        mla = self.attention is not None and self.attention.kind == "mla"
+        if (self.hidden is not None and self.heads is not None and self.hidden % self.heads
+                and self.head_dim is None and not mla):
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads "
+                             f"({self.heads}), or give head_dim")
+        if self.mlp != "swiglu":
+            modern = [f for f in DECODER_FIELDS if getattr(self, f) is not None
+                      and not (f == "kv_heads" and self.kv_heads == self.heads)
+                      and not (f == "tied_embeddings" and self.tied_embeddings)
+                      and not (f == "attention" and not mla)]
+            if modern:
+                raise ValueError(f"{', '.join(modern)} need mlp: swiglu (the decoder blocks of "
+                                 "Llama, Mixtral, Qwen3 and DeepSeek); mlp: gelu builds GPT's "
+                                 "blocks: multi-head attention, a dense MLP, tied embeddings")
+        if mla and self.kv_heads is not None and self.kv_heads != self.heads:
+            raise ValueError(f"multi-head latent attention has a key and value for each of "
+                             f"the heads ({self.heads}); kv_heads ({self.kv_heads}) must equal "
+                             "heads or be left out")
+
+
+def _scenario_dir(info: ValidationInfo) -> Path | None:
+    """The folder of the scenario file being validated, which relative paths start from."""
+    context = info.context if isinstance(info.context, dict) else {}
+    where = context.get("scenario_dir")
+    return where if isinstance(where, Path) else None
 
 
 class LinkSpecIn(_Spec):
@@ -401,7 +555,9 @@ def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
     model = scenario_model(data, file)
     _check_sections(data, model, file)
     try:
-        return _SCENARIO.validate_python(data)
+        # relative paths in the model (hf_config) start from the scenario file's folder
+        context = {"scenario_dir": Path(file).parent} if file else None
+        return _SCENARIO.validate_python(data, context=context)
     except ValidationError as exc:
         # the first location is the kind's tag, which the checks above already settled
         errors = [{**e, "loc": e["loc"][1:]} for e in exc.errors()]

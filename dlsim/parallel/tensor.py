@@ -37,12 +37,19 @@ from dataclasses import replace
 from dlsim.workload.model import Kernel, Layer, Model
 
 SPLIT = frozenset({"qkv", "rope", "attention", "softmax", "proj", "mlp_up", "gelu", "swiglu",
-                   "mlp_down", "logits", "cross_entropy"})
+                   "mlp_down", "logits", "cross_entropy",
+                   # shared experts split like the dense MLP (Megatron-Core's SharedExpertMLP)
+                   "shared_up", "shared_act", "shared_down"})
 # The kernels that tensor parallelism leaves whole on every rank and sequence parallelism
-# splits along the sequence: GPT's and BERT's layernorms, Llama's RMSNorms, residual adds
-# with their dropout (dlsim.workload.model, dlsim.workload.llama).
+# splits along the sequence: GPT's and BERT's layernorms, the decoder's RMSNorms, residual
+# adds with their dropout (dlsim.workload.model, dlsim.workload.decoder), the MoE router and
+# MLA's low-rank down projections (Megatron-Core's linear_q_down_proj / linear_kv_down_proj
+# are duplicated, not split, over the tensor ranks). MLA's latent norms ("mla_norm") stay
+# whole, and the routed experts ("expert_up", "expert_act", "expert_down") are not split by
+# ``tensor``: expert parallelism with expert_tensor decides them.
 SEQUENCE_SPLIT = frozenset({"layernorm1", "rmsnorm1", "residual1+layernorm2",
-                            "residual1+rmsnorm2", "residual2", "final_layernorm"})
+                            "residual1+rmsnorm2", "residual2", "final_layernorm", "router",
+                            "mla_down"})
 # Selective recomputation re-runs the attention core only (Korthikanti et al. 2022, §4.2).
 ATTENTION_CORE = frozenset({"attention", "softmax"})
 

@@ -85,6 +85,9 @@ def training_summary(scenario: TrainingScenario, topology: Topology, device: Dev
         "tflops_per_device": tflops,
         "mfu": tflops * 1e12 / device.peak_flops(dtype),
         "parameters": model.parameters,
+        # MoE models: the parameters a token passes through (top_k of each block's experts)
+        **({"active_parameters": model.active_parameters}
+           if any(layer.moe is not None for layer in model.layers) else {}),
         "memory_per_device_bytes": memory.total,
         "memory_breakdown_bytes": memory.as_dict(),
         "memory_capacity_bytes": device.memory_bytes,

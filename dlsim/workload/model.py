@@ -6,7 +6,8 @@ forward is 24*b*s*h^2 + 4*b*s^2*h FLOPs (Narayanan et al., SC'21, §5.1) with 12
 parameters; stored activations follow Korthikanti et al. 2022, "Reducing Activation
 Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit. Presets: the
 transformers of ``dlsim.workload.shapes`` (GPT-2, GPT-3, BERT-large, the GPT models of
-Megatron-LM SC'21 Table 1, LLaMA-2, built by ``dlsim.workload.llama``), CNNs
+Megatron-LM SC'21 Table 1, and the modern decoders, Llama 2 and 3, Mixtral, Qwen3 and
+DeepSeek-V3, built by ``dlsim.workload.decoder``), CNNs
 (``dlsim.workload.cnn``) and MLPs; ``dlsim.workload.presets`` builds a model from any of them.
 """
 
@@ -116,6 +117,15 @@ class Model:
     @property
     def parameters(self) -> int:
         return sum(layer.params for layer in self.layers)
+
+    @property
+    def active_parameters(self) -> int:
+        """Parameters one token passes through: a MoE block's routed experts count ``top_k``
+        of ``experts`` (the convention of Mixtral's 12.9B of 46.7B, DeepSeek-V3's 37B of
+        671B); the embedding table counts whole."""
+        return self.parameters - sum((layer.moe.experts - layer.moe.top_k)
+                                     * layer.moe.expert_params
+                                     for layer in self.layers if layer.moe is not None)
 
 
 MLP_PRESETS: dict[str, list[int]] = {

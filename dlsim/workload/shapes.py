@@ -2,15 +2,17 @@
 ``model:`` section.
 
 Field names are the scenario contract's (DESIGN.md: layers, hidden, heads, seq_len, vocab,
-ffn_hidden, kv_heads, mlp). Two block families are built (``dlsim.workload.model`` and
-``dlsim.workload.llama``): GPT's and BERT's (layer norm, GeLU MLP, learned positions, tied
-logits) and LLaMA's (RMSNorm, SwiGLU MLP, rotary positions, untied output); ``norm`` and
-``mlp`` name which, ``encoder`` marks BERT.
+ffn_hidden, kv_heads, mlp, tied_embeddings, head_dim, moe, attention). Two block families are
+built: GPT's and BERT's (``dlsim.workload.model``: layer norm, GeLU MLP, learned positions,
+tied logits, multi-head attention) and the modern decoder's (``dlsim.workload.decoder``:
+RMSNorm, SwiGLU MLP, rotary positions, grouped-query or multi-head latent attention, dense
+or mixture-of-experts MLPs, tied or untied output); ``norm`` and ``mlp`` name which,
+``encoder`` marks BERT.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # the contract imports the feasibility rules, which read shapes here
@@ -52,24 +54,47 @@ class TransformerShape:
     heads: int
     seq_len: int
     vocab: int
-    ffn_hidden: int
+    ffn_hidden: int  # the dense MLP's intermediate size (MoE: of the first dense_layers)
     kv_heads: int  # key-value heads (grouped-query attention); = heads without GQA
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     mlp: Literal["gelu", "swiglu"] = "gelu"
     encoder: bool = False  # BERT: token types, an embedding norm, the masked-LM head
     moe: MoEShape | None = None
     mla: MLAShape | None = None
+    tied_embeddings: bool = True  # the LM head reuses the embedding table (GPT; not Llama)
+    head_dim: int | None = None  # None: hidden / heads (Qwen3 and gpt-oss give their own)
 
     def __post_init__(self) -> None:
         if (self.norm, self.mlp) not in FAMILIES or (self.encoder and self.mlp != "gelu"):
             raise ValueError(f"no blocks are built for norm {self.norm}, mlp {self.mlp}"
                              f"{', encoder' if self.encoder else ''}")
+        modern = (self.kv_heads != self.heads or self.moe is not None or self.mla is not None
+                  or not self.tied_embeddings or self.head_dim is not None)
+        if self.mlp == "gelu" and modern:
+            raise ValueError("GPT's and BERT's blocks (gelu) have multi-head attention, a dense "
+                             "MLP and tied embeddings; GQA, MoE, MLA, head_dim and untied "
+                             "embeddings are built with mlp swiglu")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads {self.kv_heads} does not divide heads {self.heads}")
+        if self.moe is not None and not (self.moe.top_k <= self.moe.experts
+                                         and self.moe.dense_layers < self.layers):
+            raise ValueError(f"moe {self.moe} does not fit {self.layers} layers")
 
     @property
     def model_layers(self) -> int:
         """Layers of the built model, what a pipeline cuts: the embedding, the blocks, the
         head (``dlsim.workload.model.transformer_model``)."""
         return self.layers + 2
+
+    @property
+    def head_size(self) -> int:
+        """Width of one query/key/value head (without MLA)."""
+        return self.head_dim if self.head_dim is not None else self.hidden // self.heads
+
+    @property
+    def moe_layers(self) -> int:
+        """Blocks whose MLP is a mixture of experts (after the first ``dense_layers``)."""
+        return 0 if self.moe is None else self.layers - self.moe.dense_layers
 
 
 def gpt(layers: int, hidden: int, heads: int, seq_len: int, vocab: int,
@@ -80,9 +105,23 @@ def gpt(layers: int, hidden: int, heads: int, seq_len: int, vocab: int,
 
 
 def llama(layers: int, hidden: int, heads: int, kv_heads: int, ffn_hidden: int, seq_len: int,
-          vocab: int) -> TransformerShape:
+          vocab: int, *, moe: MoEShape | None = None, mla: MLAShape | None = None,
+          tied_embeddings: bool = False, head_dim: int | None = None) -> TransformerShape:
+    """A modern decoder's shape (RMSNorm, SwiGLU, rotary positions), untied unless told; a
+    ``head_dim`` of hidden/heads is the default and kept as None (so equal shapes compare
+    equal however they were written)."""
+    if head_dim is not None and head_dim * heads == hidden:
+        head_dim = None
     return TransformerShape(layers, hidden, heads, seq_len, vocab, ffn_hidden, kv_heads,
-                            "rmsnorm", "swiglu")
+                            "rmsnorm", "swiglu", moe=moe, mla=mla,
+                            tied_embeddings=tied_embeddings, head_dim=head_dim)
+
+
+def swiglu_ffn_hidden(hidden: int, multiple_of: int = 256) -> int:
+    """Llama's SwiGLU width for a 4h MLP: 2/3 of 4h, rounded up to ``multiple_of`` (Meta's
+    llama/model.py, FeedForward: 11008 for h = 4096), so that the MLP keeps 8h^2 weights."""
+    width = 2 * 4 * hidden // 3
+    return multiple_of * ((width + multiple_of - 1) // multiple_of)
 
 
 # GPT-2 sizes from Radford et al. 2019 Table 2 and the released configs (n_ctx 1024, vocab
@@ -92,6 +131,14 @@ def llama(layers: int, hidden: int, heads: int, kv_heads: int, ffn_hidden: int, 
 # named by the parameters the table prints; LLaMA-2 from the released params.json /
 # config.json (dim, n_layers, n_heads, n_kv_heads, intermediate_size,
 # max_position_embeddings 4096, vocab_size 32000).
+#
+# The modern decoders take every shape field from their released config.json (shipped, shape
+# fields only, in examples/hf/: ``model: {hf_config: ...}`` gives the same shape), and as
+# seq_len the length they were pre-trained at where it is published: Llama 3 and 3.1, 8,192
+# (Llama 3 paper §3.4.1: 8K-token sequences before the long-context stage); Mixtral 8x7B,
+# 32,768 (Jiang et al. 2024 §2: "trained with a context size of 32k tokens"); Mixtral 8x22B,
+# its config's 65,536 (no paper); Qwen3, 4,096 (Qwen3 technical report §3.2, stage 1);
+# DeepSeek-V3, 4,096 (technical report §4.2). ``seq_len:`` next to a preset overrides it.
 TRANSFORMER_SHAPES: dict[str, TransformerShape] = {
     "gpt2-124m": gpt(12, 768, 12, 1024, 50257),
     "gpt2-1.5b": gpt(48, 1600, 25, 1024, 50257),
@@ -110,18 +157,55 @@ TRANSFORMER_SHAPES: dict[str, TransformerShape] = {
     "llama-2-7b": llama(32, 4096, 32, 32, 11008, 4096, 32000),
     "llama-2-13b": llama(40, 5120, 40, 40, 13824, 4096, 32000),
     "llama-2-70b": llama(80, 8192, 64, 8, 28672, 4096, 32000),
+    "llama-3-8b": llama(32, 4096, 32, 8, 14336, 8192, 128256),
+    "llama-3-70b": llama(80, 8192, 64, 8, 28672, 8192, 128256),
+    "llama-3.1-405b": llama(126, 16384, 128, 8, 53248, 8192, 128256),
+    "mixtral-8x7b": llama(32, 4096, 32, 8, 14336, 32768, 32000,
+                          moe=MoEShape(experts=8, top_k=2, expert_ffn_hidden=14336)),
+    "mixtral-8x22b": llama(56, 6144, 48, 8, 16384, 65536, 32768,
+                           moe=MoEShape(experts=8, top_k=2, expert_ffn_hidden=16384)),
+    "qwen3-30b-a3b": llama(48, 2048, 32, 4, 6144, 4096, 151936, head_dim=128,
+                           moe=MoEShape(experts=128, top_k=8, expert_ffn_hidden=768)),
+    "qwen3-235b-a22b": llama(94, 4096, 64, 4, 12288, 4096, 151936, head_dim=128,
+                             moe=MoEShape(experts=128, top_k=8, expert_ffn_hidden=1536)),
+    "deepseek-v3": llama(61, 7168, 128, 128, 18432, 4096, 129280,
+                         moe=MoEShape(experts=256, top_k=8, expert_ffn_hidden=2048,
+                                      shared_experts=1, dense_layers=3),
+                         mla=MLAShape(kv_lora_rank=512, qk_nope_head_dim=128,
+                                      qk_rope_head_dim=64, v_head_dim=128, q_lora_rank=1536)),
 }
 
 
 def shape_of(spec: ModelSpec) -> TransformerShape | None:
-    """The transformer shape of a ``model:`` section (a preset or ``kind: transformer``), or
-    None for other models (MLP, CNN, unknown presets)."""
+    """The transformer shape of a ``model:`` section (a preset, with its ``seq_len`` if one
+    is given, ``kind: transformer`` or an imported ``hf_config``, which the contract has
+    already turned into the transformer's fields), or None for other models (MLP, CNN,
+    unknown presets)."""
     if spec.preset is not None:
-        return TRANSFORMER_SHAPES.get(spec.preset)
+        shape = TRANSFORMER_SHAPES.get(spec.preset)
+        if shape is None or spec.seq_len is None:
+            return shape
+        return replace(shape, seq_len=spec.seq_len)
     if spec.kind != "transformer":
         return None
     # ModelSpec's validator requires these of a transformer given by its shape
     assert (spec.layers is not None and spec.hidden is not None and spec.heads is not None
             and spec.seq_len is not None and spec.vocab is not None)
-    return TransformerShape(spec.layers, spec.hidden, spec.heads, spec.seq_len, spec.vocab,
-                            spec.ffn_hidden or 4 * spec.hidden, spec.heads)
+    if spec.mlp != "swiglu":  # GPT's blocks (the contract refuses decoder fields with them)
+        return TransformerShape(spec.layers, spec.hidden, spec.heads, spec.seq_len,
+                                spec.vocab, spec.ffn_hidden or 4 * spec.hidden, spec.heads)
+    moe = None if spec.moe is None else MoEShape(
+        spec.moe.experts, spec.moe.top_k, spec.moe.expert_ffn_hidden, spec.moe.shared_experts,
+        spec.moe.dense_layers, spec.moe.capacity_factor, spec.moe.router_imbalance)
+    att = spec.attention
+    mla = None
+    if att is not None and att.kind == "mla":
+        # AttentionSpec's validator requires the ranks of kind: mla
+        assert (att.kv_lora_rank is not None and att.qk_nope_head_dim is not None
+                and att.qk_rope_head_dim is not None and att.v_head_dim is not None)
+        mla = MLAShape(att.kv_lora_rank, att.qk_nope_head_dim, att.qk_rope_head_dim,
+                       att.v_head_dim, att.q_lora_rank)
+    return llama(spec.layers, spec.hidden, spec.heads, spec.kv_heads or spec.heads,
+                 spec.ffn_hidden or swiglu_ffn_hidden(spec.hidden), spec.seq_len, spec.vocab,
+                 moe=moe, mla=mla, tied_embeddings=bool(spec.tied_embeddings),
+                 head_dim=spec.head_dim)

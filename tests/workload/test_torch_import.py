@@ -3,7 +3,7 @@
 The GPT, Llama-style and ResNet models are written here as plain torch modules and built on
 the meta device. Their imported GEMM, attention and convolution FLOPs (forward, and forward +
 backward) and parameters equal FlopCounterMode's totals for the same run; the GPT and Llama
-models built to a dlsim shape also equal ``transformer_layers`` / ``llama_layers`` by kernel
+models built to a dlsim shape also equal ``transformer_layers`` / ``decoder_layers`` by kernel
 kind (GEMM and attention separately), to 1e-9 relative. Element-wise kernels cannot match:
 dlsim's presets price fused passes (one "residual1+layernorm2" kernel), torch dispatches each
 aten operator, and FlopCounterMode counts none of them.
@@ -22,7 +22,7 @@ from dlsim import simulate
 from dlsim.cli import app
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import ModelSpec
-from dlsim.workload.llama import llama_layers
+from dlsim.workload.decoder import decoder_layers
 from dlsim.workload.model import Model, transformer_layers
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import TransformerShape, llama
@@ -211,7 +211,7 @@ def test_flops_and_parameters_equal_flop_counter_totals(case):
 
 @pytest.mark.parametrize("case,preset", [
     ("gpt", lambda: transformer_layers("gpt", *GPT_SHAPE, b=B, dtype_bytes=2)),
-    ("llama", lambda: llama_layers("llama", LLAMA_SHAPE, B, 2)),
+    ("llama", lambda: decoder_layers("llama", LLAMA_SHAPE, B, 2)),
 ])
 def test_transformers_equal_the_dlsim_preset_of_their_shape(case, preset):
     """Parameters, and GEMM and attention FLOPs of each pass, kind by kind; the blocks are
