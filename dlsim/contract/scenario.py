@@ -53,9 +53,10 @@ class MoESpec(_Spec):
     ``dense_layers`` blocks dense; ``capacity_factor`` caps an expert's tokens (absent:
     dropless) and ``router_imbalance`` is the busiest expert's load over the mean."""
 
-    experts: int = Field(ge=1)
-    top_k: int = Field(ge=1)
-    expert_ffn_hidden: int = Field(ge=1)
+    # required of a shape given in full; beside a preset only the routing fields are given
+    experts: int | None = Field(default=None, ge=1)
+    top_k: int | None = Field(default=None, ge=1)
+    expert_ffn_hidden: int | None = Field(default=None, ge=1)
     shared_experts: int = Field(default=0, ge=0)
     dense_layers: int = Field(default=0, ge=0)
     capacity_factor: float | None = Field(default=None, gt=0)
@@ -63,12 +64,17 @@ class MoESpec(_Spec):
 
     @field_validator("top_k")
     @classmethod
-    def _top_k_of_experts(cls, top_k: int, info: ValidationInfo) -> int:
+    def _top_k_of_experts(cls, top_k: int | None, info: ValidationInfo) -> int | None:
         experts = info.data.get("experts")
-        if experts is not None and top_k > experts:
+        if experts is not None and top_k is not None and top_k > experts:
             raise ValueError(f"top_k ({top_k}) must be at most experts ({experts}): each "
                              "token is routed to top_k distinct experts")
         return top_k
+
+
+# How tokens are routed: a run's choice, which a preset's MoE shape takes from the scenario.
+MOE_ROUTING = ("capacity_factor", "router_imbalance")
+MOE_SHAPE = ("experts", "top_k", "expert_ffn_hidden")
 
 
 MLA_RANKS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
@@ -185,12 +191,16 @@ class ModelSpec(_Spec):
             raise ValueError("'hf_config' gives a transformer: give it without 'preset', "
                              "'widths' or another kind")
         if self.preset is not None:
-            fixed = [f for f in (*SHAPE_FIELDS, "widths") if f != "seq_len"
+            fixed = [f for f in (*SHAPE_FIELDS, "widths") if f not in ("seq_len", "moe")
                      and getattr(self, f) is not None]
+            if self.moe is not None:
+                fixed += [f"moe.{f}" for f in sorted(self.moe.model_fields_set)
+                          if f not in MOE_ROUTING]
             if fixed:
-                raise ValueError(f"a preset fixes its shape; beside 'preset' only seq_len may "
-                                 f"be given (not {', '.join(fixed)}); give the whole shape "
-                                 "with kind: transformer instead")
+                raise ValueError(f"a preset fixes its shape; beside 'preset' only seq_len and "
+                                 f"the routing of its experts (moe: {{{', '.join(MOE_ROUTING)}"
+                                 f"}}) may be given (not {', '.join(fixed)}); give the whole "
+                                 "shape with kind: transformer instead")
             return self
         if self.kind is None:
             raise ValueError("give either 'preset' or 'kind' (transformer or mlp)")
@@ -226,6 +236,10 @@ class ModelSpec(_Spec):
                 raise ValueError(f"{', '.join(modern)} need mlp: swiglu (the decoder blocks of "
                                  "Llama, Mixtral, Qwen3 and DeepSeek); mlp: gelu builds GPT's "
                                  "blocks: multi-head attention, a dense MLP, tied embeddings")
+        if self.moe is not None:
+            missing = [f"moe.{f}" for f in MOE_SHAPE if getattr(self.moe, f) is None]
+            if missing:
+                raise ValueError(f"a transformer's moe block needs {', '.join(missing)}")
         if mla and self.kv_heads is not None and self.kv_heads != self.heads:
             raise ValueError(f"multi-head latent attention has a key and value for each of "
                              f"the heads ({self.heads}); kv_heads ({self.kv_heads}) must equal "

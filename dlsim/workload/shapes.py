@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from dlsim.contract.errors import ScenarioError
+
 if TYPE_CHECKING:  # the contract imports the feasibility rules, which read shapes here
     from dlsim.contract.scenario import ModelSpec
 
@@ -183,9 +185,17 @@ def shape_of(spec: ModelSpec) -> TransformerShape | None:
     unknown presets)."""
     if spec.preset is not None:
         shape = TRANSFORMER_SHAPES.get(spec.preset)
-        if shape is None or spec.seq_len is None:
-            return shape
-        return replace(shape, seq_len=spec.seq_len)
+        if shape is None:
+            return None
+        if spec.moe is not None:  # the run's routing of the preset's experts
+            if shape.moe is None:
+                raise ScenarioError(f"'{spec.preset}' has no experts to route; 'moe' beside a "
+                                    "preset sets the routing of a mixture-of-experts "
+                                    "preset's experts.", field="model.moe")
+            shape = replace(shape, moe=replace(
+                shape.moe, capacity_factor=spec.moe.capacity_factor,
+                router_imbalance=spec.moe.router_imbalance))
+        return shape if spec.seq_len is None else replace(shape, seq_len=spec.seq_len)
     if spec.kind != "transformer":
         return None
     # ModelSpec's validator requires these of a transformer given by its shape
@@ -194,9 +204,13 @@ def shape_of(spec: ModelSpec) -> TransformerShape | None:
     if spec.mlp != "swiglu":  # GPT's blocks (the contract refuses decoder fields with them)
         return TransformerShape(spec.layers, spec.hidden, spec.heads, spec.seq_len,
                                 spec.vocab, spec.ffn_hidden or 4 * spec.hidden, spec.heads)
-    moe = None if spec.moe is None else MoEShape(
-        spec.moe.experts, spec.moe.top_k, spec.moe.expert_ffn_hidden, spec.moe.shared_experts,
-        spec.moe.dense_layers, spec.moe.capacity_factor, spec.moe.router_imbalance)
+    moe = None
+    if spec.moe is not None:
+        m = spec.moe
+        # ModelSpec's validator requires a full moe block of a transformer given by its shape
+        assert m.experts is not None and m.top_k is not None and m.expert_ffn_hidden is not None
+        moe = MoEShape(m.experts, m.top_k, m.expert_ffn_hidden, m.shared_experts,
+                       m.dense_layers, m.capacity_factor, m.router_imbalance)
     att = spec.attention
     mla = None
     if att is not None and att.kind == "mla":

@@ -202,3 +202,24 @@ def test_cli_refuses_an_unknown_architecture_in_one_paragraph(tmp_path):
     assert "\n" not in text and "Traceback" not in text
     for name in ("s.yaml", "model.hf_config", "architectures", "FalconForCausalLM"):
         assert name in text, (name, text)
+
+
+def test_a_moe_preset_takes_the_run_s_routing_and_nothing_else_of_its_shape():
+    from dlsim.contract.scenario import ModelSpec
+    from dlsim.workload.shapes import TRANSFORMER_SHAPES, shape_of
+
+    spec = ModelSpec.model_validate({"preset": "mixtral-8x7b", "seq_len": 4096,
+                                     "moe": {"capacity_factor": 1.0, "router_imbalance": 1.3}})
+    shape = shape_of(spec)
+    assert shape is not None and shape.moe is not None
+    assert (shape.moe.capacity_factor, shape.moe.router_imbalance) == (1.0, 1.3)
+    assert shape.moe.experts == TRANSFORMER_SHAPES["mixtral-8x7b"].moe.experts
+    with pytest.raises(ValueError, match="moe.experts"):
+        ModelSpec.model_validate({"preset": "mixtral-8x7b", "moe": {"experts": 4}})
+    with pytest.raises(ScenarioError, match="no experts to route"):
+        shape_of(ModelSpec.model_validate({"preset": "llama-3-8b",
+                                           "moe": {"capacity_factor": 1.0}}))
+    with pytest.raises(ValueError, match="moe.top_k"):
+        ModelSpec.model_validate({"kind": "transformer", "layers": 2, "hidden": 64,
+                                  "heads": 4, "seq_len": 8, "vocab": 10, "mlp": "swiglu",
+                                  "moe": {"experts": 4}})
