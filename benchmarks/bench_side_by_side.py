@@ -82,13 +82,13 @@ def ring(devices: int) -> dict[str, Any]:
 FAMILIES: list[tuple[str, list[tuple[int, Any]]]] = [
     ("GPT-3 175B, t=8 p=16, interleaved (symmetry)",
      [(n, lambda n=n: gpt3(n, False)) for n in (1024, 4096, 16384)]),
+    ("ring all-reduce 1 GiB, DGX A100 nodes", [(n, lambda n=n: ring(n)) for n in (1024, 4096)]),
     ("GPT-3 175B, t=8 p=16, interleaved, sequence parallel (symmetry)",
      [(n, lambda n=n: gpt3(n, True)) for n in (1024, 4096, 16384)]),
     ("Megatron 1T, t=8 p=64, 512 micro-batches (Korthikanti et al.)",
      [(512, korthikanti_1t)]),
     ("GPT-2 1.5B data parallel, one GPU 1.5x slow (every rank)",
-     [(n, lambda n=n: dp_slow_gpu(n)) for n in (1024, 4096)]),
-    ("ring all-reduce 1 GiB, DGX A100 nodes", [(n, lambda n=n: ring(n)) for n in (1024, 4096)]),
+     [(n, lambda n=n: dp_slow_gpu(n)) for n in (256, 1024)]),
 ]
 
 
