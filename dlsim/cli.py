@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.measure import Measurement
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from dlsim.contract.errors import ScenarioError, describe_invalid, excerpt
@@ -23,6 +25,7 @@ from dlsim.contract.scenario import ModelSpec, scenario_model
 from dlsim.data import SCENARIOS, bundled_scenario, bundled_scenarios
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES
+from dlsim.kinds.run import observing
 from dlsim.output import to_json, write_run, write_sweep
 from dlsim.report import plots
 from dlsim.results.result import records
@@ -195,7 +198,8 @@ def run(file: ScenarioFile, out_dir: OutDir = Path("reports"), as_json: AsJson =
         if data.get("sweep"):
             _sweep(file, data, data["sweep"], out_dir, as_json)
             return
-        result = simulate(data if calibration else file)
+        with _run_progress(err) as progress, observing(progress):
+            result = simulate(data if calibration else file)
         with _writing(out_dir):
             where = write_run(result, out_dir)
     except ScenarioError as exc:
@@ -207,6 +211,46 @@ def run(file: ScenarioFile, out_dir: OutDir = Path("reports"), as_json: AsJson =
     events = result.summary["simulation"]["events"]
     out.print(f"simulated in {result.wall_s:.3f} s ({events} events); "
               f"report: {where / 'index.html'}")
+
+
+class RunProgress:
+    """The progress bar of one run: simulated time over the engine's estimate of it (a
+    floor: the busiest rank's compute), on stderr once the run has taken ``AFTER_S`` of
+    wall time, so that quick runs print nothing; nothing when stderr is not a terminal."""
+
+    AFTER_S = 2.0
+
+    def __init__(self, console: Console, clock: Callable[[], float] = time.perf_counter):
+        self.console = console
+        self.clock = clock
+        self.started = clock()
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def __call__(self, now_s: float, estimate_s: float) -> None:
+        if self.bar is None:
+            if not self.console.is_terminal or self.clock() - self.started < self.AFTER_S:
+                return
+            self.bar = Progress(console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("simulating", total=None)
+        assert self.task is not None
+        total = max(estimate_s, now_s)
+        self.bar.update(self.task, completed=now_s, total=total,
+                        description=f"simulated {now_s:.4g} s of about {total:.4g} s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@contextmanager
+def _run_progress(console: Console) -> Iterator[RunProgress]:
+    progress = RunProgress(console)
+    try:
+        yield progress
+    finally:
+        progress.close()
 
 
 def _check_calibration(calibration: str) -> None:

@@ -14,7 +14,7 @@ but their identical compute is not re-simulated; the result is the same as runni
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,16 +28,23 @@ from dlsim.network.backend import NetworkBackend, NetworkFactory
 from dlsim.network.fluid import Network
 from dlsim.network.tuner import plan_collective
 
+Observer = Callable[[float, float], None]  # (simulated time now, estimated end), in seconds
+OBSERVE_EVERY = 4096  # events between two calls of a run's observer
+
 
 class CountingEnvironment(simpy.Environment):
-    """A SimPy environment that counts the events it processes (for events/s figures)."""
+    """A SimPy environment that counts the events it processes (for events/s figures) and
+    tells an observer, if it has one, how far the clock is every ``OBSERVE_EVERY`` events."""
 
     def __init__(self) -> None:
         super().__init__()
         self.events_processed = 0
+        self.observer: Callable[[float], None] | None = None
 
     def step(self) -> None:
         self.events_processed += 1
+        if self.observer is not None and self.events_processed % OBSERVE_EVERY == 0:
+            self.observer(self.now)
         super().step()
 
 
@@ -84,8 +91,19 @@ class Engine:
         self._lowered: dict[tuple, list[list[Phase]]] = {}
         self._plans: dict[tuple, list[Phase]] = {}
 
-    def run(self) -> EngineRun:
+    def estimated_end_s(self) -> float:
+        """A floor of the run's simulated length, known before it runs: the busiest
+        simulated rank's compute (a progress bar's total)."""
+        return max((sum(op.duration_s for op in program if isinstance(op, Compute))
+                    for program in self.programs.values()), default=0.0)
+
+    def run(self, observer: Observer | None = None) -> EngineRun:
+        """Run every program to its end; ``observer(now, estimated end)`` is told the
+        clock now and then (a progress bar)."""
         started = time.perf_counter()
+        if observer is not None:
+            estimate = self.estimated_end_s()
+            self.env.observer = lambda now: observer(now, estimate)
         for rank, program in self.programs.items():
             streams: dict[str, list[int]] = {}
             for i, op in enumerate(program):

@@ -3,12 +3,15 @@ engine, and the Result built from its run."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import CollectiveScenario, SimulationSpec, TrainingScenario
 from dlsim.contract.sync import StragglerSpec
-from dlsim.engine.core import Engine, EngineRun
+from dlsim.engine.core import Engine, EngineRun, Observer
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.sync.stragglers import is_heterogeneous
 from dlsim.results.result import Result, simulation_result
@@ -21,10 +24,24 @@ def symmetric(simulation: SimulationSpec, stragglers: StragglerSpec | None = Non
     return simulation.fidelity != "full" and not is_heterogeneous(stragglers)
 
 
+_OBSERVER: ContextVar[Observer | None] = ContextVar("engine_observer", default=None)
+
+
+@contextmanager
+def observing(observer: Observer) -> Iterator[None]:
+    """Engine runs started inside this block report their clock to ``observer(now,
+    estimated end)`` (the CLI's progress bar for a single run)."""
+    token = _OBSERVER.set(observer)
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)
+
+
 def run_engine(engine: Engine, algorithm_field: str) -> EngineRun:
     """Run the engine; an algorithm that cannot serve the group names the scenario field."""
     try:
-        return engine.run()
+        return engine.run(_OBSERVER.get())
     except ScenarioError as exc:
         field = algorithm_field if exc.field == "algorithm" else exc.field
         raise ScenarioError(exc.message, field=field) from None

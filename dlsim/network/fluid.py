@@ -7,11 +7,17 @@ flow first waits out its path latency, then competes for bandwidth; rates are re
 (vectorised, numpy) only when the set of competing flows changes, so a phase of N symmetric
 flows costs one rate computation however large N is. This is the fluid model of SimGrid and
 of ASTRA-sim's analytical backend; there are no packets.
+
+The work follows what is active, not the size of the topology: arrays span the links that
+active flows cross; a start or an end re-solves only the component of flows it is linked to;
+a flow set seen before gets its remembered rates; flows that share no link take their path's
+narrowest capacity. Each is exactly what progressive filling over every link would give
+(``tests/network/test_fluid_incremental.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -51,6 +57,43 @@ def max_min_rates(flow_of: np.ndarray, link_of: np.ndarray, capacity: np.ndarray
         np.maximum(residual, 0.0, out=residual)
 
 
+def disjoint_rates(flow_of: np.ndarray, link_of: np.ndarray, capacity: np.ndarray,
+                   n_flows: int) -> np.ndarray:
+    """Max-min rates of flows that share no link: each runs at its path's narrowest link.
+
+    ``flow_of`` must be non-decreasing and name every flow (as a batch's incidences are).
+    Progressive filling gives the same: a link's share is its whole capacity, and no other
+    flow ever takes from it.
+    """
+    starts = np.searchsorted(flow_of, np.arange(n_flows))
+    return np.minimum.reduceat(capacity[link_of], starts).astype(float)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Flows of one transfer that share a latency: which links each crosses."""
+
+    latency_s: float
+    members: np.ndarray       # indices of the flows in the transfer's kept flows
+    flow_of: np.ndarray       # local flow index per (flow, link) incidence (non-decreasing)
+    link_of: np.ndarray       # edge id per incidence
+    links: np.ndarray         # the distinct edge ids the flows cross (sorted)
+    local: np.ndarray         # index into ``links`` per incidence
+
+    @classmethod
+    def of(cls, latency_s: float, members: np.ndarray,
+           routes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> _Group:
+        """Flows ``members`` of a transfer whose routes are ``routes`` (flow_routes')."""
+        link_of, starts, lengths = routes
+        if len(members) < len(starts):
+            lengths = lengths[members]
+            first = np.repeat(starts[members] - np.cumsum(lengths) + lengths, lengths)
+            link_of = link_of[first + np.arange(int(lengths.sum()))]
+        links, local = np.unique(link_of, return_inverse=True)
+        return cls(latency_s, members, np.repeat(np.arange(len(members)), lengths), link_of,
+                   links, local)
+
+
 @dataclass
 class _Segment:
     """Flows of one batch that became active together (they share a latency)."""
@@ -58,8 +101,26 @@ class _Segment:
     batch: _Batch
     size: np.ndarray          # bytes per flow
     remaining: np.ndarray     # bytes per flow still to send
-    flow_of: np.ndarray       # local flow index per (flow, link) incidence
+    flow_of: np.ndarray       # local flow index per (flow, link) incidence (non-decreasing)
     link_of: np.ndarray       # edge id per incidence
+    links: np.ndarray         # the distinct edge ids the segment's flows cross (sorted)
+    local: np.ndarray         # index into ``links`` per incidence
+    rate: np.ndarray = field(default_factory=lambda: np.zeros(0))  # bytes/s per flow
+
+    def without(self, done: np.ndarray) -> _Segment:
+        """The segment less its finished flows ``done``, keeping the others' rates."""
+        keep = ~done
+        renumber = np.cumsum(keep) - 1
+        inc = keep[self.flow_of]
+        local = self.local[inc]
+        used = np.bincount(local, minlength=len(self.links)) > 0
+        links = self.links
+        if not used.all():
+            links = links[used]
+            local = (np.cumsum(used) - 1)[local]
+        return _Segment(self.batch, self.size[keep], self.remaining[keep],
+                        renumber[self.flow_of[inc]], self.link_of[inc], links, local,
+                        self.rate[keep])
 
 
 @dataclass
@@ -68,15 +129,65 @@ class _Batch:
     done: simpy.Event
 
 
+class RateSolver:
+    """Max-min rates of a set of flows, over the links that set uses only, remembered by the
+    flow set: a step repeats the same tensor all-reduce thousands of times, and the same
+    flows on the same links (at the same capacities) always get the same rates. Flows that
+    share no link take the fast path (``disjoint_rates``)."""
+
+    MEMO_LIMIT = 4096
+
+    def __init__(self, capacity_Bps: np.ndarray):
+        self.capacity_Bps = capacity_Bps
+        self._memo: dict[tuple[bytes, bytes], np.ndarray] = {}
+        self.solved = 0   # rate computations done (not remembered)
+
+    def forget(self) -> None:
+        """Capacities changed: no remembered solution holds."""
+        self._memo.clear()
+
+    def rates(self, flow_of: np.ndarray, link_of: np.ndarray, n_flows: int) -> np.ndarray:
+        key = (flow_of.tobytes(), link_of.tobytes())
+        rates = self._memo.get(key)
+        if rates is None:
+            links, local, counts = np.unique(link_of, return_inverse=True, return_counts=True)
+            capacity = self.capacity_Bps[links]
+            if counts.max() == 1:
+                rates = disjoint_rates(flow_of, local, capacity, n_flows)
+            else:
+                rates = max_min_rates(flow_of, local, capacity, n_flows)
+            if len(self._memo) >= self.MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[key] = rates
+            self.solved += 1
+        return rates
+
+
 class Network(LinkRecords):
-    """The shared network of one simulation run, with per-link byte and busy-time records."""
+    """The shared network of one simulation run, with per-link byte and busy-time records.
+
+    Work follows what is active: rates are solved over the links active flows use, and when
+    a segment starts or flows end only the segments connected to them through shared links
+    (their component) are solved again; the others keep their rates, which max-min fairness
+    on disjoint components leaves unchanged.
+    """
+
+    LAYOUT_LIMIT = 4096
 
     def __init__(self, env: simpy.Environment, topology: Topology):
         super().__init__(env, topology)
         self._segments: list[_Segment] = []
-        self._rates: list[np.ndarray] = []
+        self._busy_links = np.zeros(0, dtype=np.intp)  # links carrying bytes at the rates
         self._last_t = 0.0
         self._generation = 0
+        self._solver = RateSolver(self.capacity_Bps)
+        self._mark = np.zeros(len(topology.edges), dtype=bool)  # scratch, all False between uses
+        self._layouts: dict[tuple, list[_Group]] = {}
+
+    @property
+    def rate_solutions(self) -> int:
+        """How many max-min rate computations the run needed (not remembered)."""
+        return self._solver.solved
 
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
@@ -100,22 +211,16 @@ class Network(LinkRecords):
         src, dst, size = src[keep], dst[keep], size[keep]
         if len(src) == 0:
             return done.succeed()
-        routes = self.topology.flow_routes(src, dst)
-        if latency_s is None:
-            latency = np.add.reduceat(self.topology.latency_s[routes[0]], routes[1])
-            steps = rounds if latency_rounds is None else latency_rounds
-            latency = latency * np.broadcast_to(np.asarray(steps, dtype=float), keep.shape)[keep]
-        else:
-            latency = np.broadcast_to(np.asarray(latency_s, dtype=float), keep.shape)[keep]
+        layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s)
         self.bytes_injected += float(size.sum())
         if wire_factor is not None:
             size = size * np.broadcast_to(np.asarray(wire_factor, dtype=float), keep.shape)[keep]
         self.flows_started += len(src)
         batch = _Batch(pending=len(src), done=done)
-        for lat in np.unique(latency):
-            members = np.flatnonzero(latency == lat)
-            seg = self._segment(batch, routes, members, size[members])
-            self.env.timeout(float(lat)).callbacks.append(partial(self._activate, seg))
+        for group in layout:
+            seg = _Segment(batch, size[group.members], size[group.members], group.flow_of,
+                           group.link_of, group.links, group.local)
+            self.env.timeout(group.latency_s).callbacks.append(partial(self._activate, seg))
         return done
 
     def scale_links(self, edges: np.ndarray, factor: float) -> None:
@@ -124,19 +229,34 @@ class Network(LinkRecords):
         and go on at the new fair rates."""
         self._advance()
         self.capacity_Bps[edges] = self.topology.capacity_Bps[edges] * factor
-        self._reschedule()
+        self._solver.forget()
+        self._reschedule(self._segments)
 
-    @staticmethod
-    def _segment(batch: _Batch, routes: tuple[np.ndarray, np.ndarray, np.ndarray],
-                 members: np.ndarray, size: np.ndarray) -> _Segment:
-        """Flows ``members`` of a batch whose routes are ``routes`` (flow_routes' arrays)."""
-        links, starts, lengths = routes
-        if len(members) < len(starts):
-            lengths = lengths[members]
-            first = np.repeat(starts[members] - np.cumsum(lengths) + lengths, lengths)
-            links = links[first + np.arange(int(lengths.sum()))]
-        return _Segment(batch, size.copy(), size.copy(),
-                        np.repeat(np.arange(len(members)), lengths), links)
+    def _layout(self, src: np.ndarray, dst: np.ndarray, keep: np.ndarray, rounds: int,
+                latency_rounds: int | np.ndarray | None,
+                latency_s: np.ndarray | None) -> list[_Group]:
+        """The routed flows ``src[i] -> dst[i]`` (those kept), grouped by their latency.
+        Routes and latencies do not change during a run and a step repeats its phases
+        thousands of times, so each distinct phase is routed and grouped once."""
+        key = (src.tobytes(), dst.tobytes(), keep.tobytes(), rounds,
+               None if latency_rounds is None else np.asarray(latency_rounds).tobytes(),
+               None if latency_s is None else np.asarray(latency_s, dtype=float).tobytes())
+        layout = self._layouts.get(key)
+        if layout is not None:
+            return layout
+        links, starts, lengths = routes = self.topology.flow_routes(src, dst)
+        if latency_s is None:
+            latency = np.add.reduceat(self.topology.latency_s[links], starts)
+            steps = rounds if latency_rounds is None else latency_rounds
+            latency = latency * np.broadcast_to(np.asarray(steps, dtype=float), keep.shape)[keep]
+        else:
+            latency = np.broadcast_to(np.asarray(latency_s, dtype=float), keep.shape)[keep]
+        layout = [_Group.of(float(lat), np.flatnonzero(latency == lat), routes)
+                  for lat in np.unique(latency)]
+        if len(self._layouts) >= self.LAYOUT_LIMIT:
+            self._layouts.clear()
+        self._layouts[key] = layout
+        return layout
 
     # --- the fluid model --------------------------------------------------------------------
 
@@ -146,38 +266,87 @@ class Network(LinkRecords):
         self._last_t = self.env.now
         if dt <= 0 or not self._segments:
             return
-        for seg, rate in zip(self._segments, self._rates):
-            seg.remaining -= rate * dt
-            carried = np.bincount(seg.link_of, weights=rate[seg.flow_of] * dt,
-                                  minlength=len(self.link_bytes))
-            self.link_bytes += carried
-        self.link_busy_s[self._load() > 0] += dt
-
-    def _load(self) -> np.ndarray:
-        load = np.zeros(len(self.link_bytes))
-        for seg, rate in zip(self._segments, self._rates):
-            load += np.bincount(seg.link_of, weights=rate[seg.flow_of], minlength=len(load))
-        return load
+        for seg in self._segments:
+            seg.remaining -= seg.rate * dt
+            self.link_bytes[seg.links] += np.bincount(
+                seg.local, weights=seg.rate[seg.flow_of] * dt, minlength=len(seg.links))
+        self.link_busy_s[self._busy_links] += dt
 
     def _activate(self, seg: _Segment, _latency_elapsed: simpy.Event) -> None:
         """Segment ``seg`` starts sending once its flows' latency has elapsed."""
         self._advance()
         self._segments.append(seg)
-        self._reschedule()
+        self._reschedule([seg])
 
-    def _reschedule(self) -> None:
-        """Recompute fair rates and wake up at the next flow completion."""
+    def _component(self, links: np.ndarray) -> list[_Segment]:
+        """The active segments connected to ``links`` through shared links."""
+        mark = self._mark
+        marked = [links]
+        mark[links] = True
+        affected: list[_Segment] = []
+        rest = self._segments
+        grew = True
+        while grew:
+            grew = False
+            outside = []
+            for seg in rest:
+                if mark[seg.links].any():
+                    affected.append(seg)
+                    mark[seg.links] = True
+                    marked.append(seg.links)
+                    grew = True
+                else:
+                    outside.append(seg)
+            rest = outside
+        for m in marked:
+            mark[m] = False
+        return affected
+
+    def _union(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """The distinct edge ids of ``arrays`` (each already distinct), in no set order."""
+        if len(arrays) == 1:
+            return arrays[0]
+        mark = self._mark
+        parts = []
+        for a in arrays:
+            new = a[~mark[a]]
+            mark[new] = True
+            parts.append(new)
+        union = np.concatenate(parts)
+        mark[union] = False
+        return union
+
+    def _solve(self, segments: list[_Segment]) -> None:
+        """New max-min rates for ``segments`` (a union of whole components)."""
+        if not segments:
+            return
+        if len(segments) == 1:
+            seg = segments[0]
+            seg.rate = self._solver.rates(seg.flow_of, seg.link_of, len(seg.size))
+            return
+        offsets = np.cumsum([0] + [len(s.size) for s in segments])
+        flow_of = np.concatenate([s.flow_of + o for s, o in zip(segments, offsets)])
+        link_of = np.concatenate([s.link_of for s in segments])
+        rates = self._solver.rates(flow_of, link_of, int(offsets[-1]))
+        for seg, a, b in zip(segments, offsets[:-1], offsets[1:]):
+            seg.rate = rates[a:b]
+
+    def _reschedule(self, changed: list[_Segment], freed: np.ndarray | None = None) -> None:
+        """Solve the rates of the component that ``changed`` segments and the links of
+        finished flows (``freed``) touch, then wake up at the next flow completion."""
         self._generation += 1
         if not self._segments:
-            self._rates = []
+            self._busy_links = np.zeros(0, dtype=np.intp)
             return
-        offsets = np.cumsum([0] + [len(s.size) for s in self._segments])
-        flow_of = np.concatenate([s.flow_of + o for s, o in zip(self._segments, offsets)])
-        link_of = np.concatenate([s.link_of for s in self._segments])
-        rates = max_min_rates(flow_of, link_of, self.capacity_Bps, int(offsets[-1]))
-        self._rates = [rates[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-        finish = np.concatenate([s.remaining for s in self._segments]) / rates
-        dt = float(finish.min())
+        touched = [s.links for s in changed]
+        if freed is not None:
+            touched.append(freed)
+        if touched:
+            self._solve(self._component(np.concatenate(touched)))
+        self._busy_links = self._union([
+            s.links if s.rate.min() > 0 else s.links[np.unique(s.local[s.rate[s.flow_of] > 0])]
+            for s in self._segments])
+        dt = min(float((s.remaining / s.rate).min()) for s in self._segments)
         generation = self._generation
         self.env.timeout(max(dt, 0.0)).callbacks.append(
             lambda _ev: self._complete(generation, dt))
@@ -186,24 +355,20 @@ class Network(LinkRecords):
         if generation != self._generation:
             return  # the flow set changed since this wake-up was scheduled
         self._advance()
-        kept_segments, kept_rates = [], []
-        for seg, rate in zip(self._segments, self._rates):
+        kept: list[_Segment] = []
+        freed: list[np.ndarray] = []
+        for seg in self._segments:
             # finished within rounding of the clock (relative 1e-9 of this interval, or a few
             # ulps of the absolute time, so that a tiny remainder cannot stall the clock)
-            done = seg.remaining <= rate * (dt * 1e-9 + self.env.now * 1e-14)
+            done = seg.remaining <= seg.rate * (dt * 1e-9 + self.env.now * 1e-14)
             if done.any():
                 seg.batch.pending -= int(done.sum())
                 if seg.batch.pending == 0:
                     seg.batch.done.succeed()
+                freed.append(seg.link_of[done[seg.flow_of]])
                 if done.all():
                     continue
-                keep = ~done
-                renumber = np.cumsum(keep) - 1
-                inc = keep[seg.flow_of]
-                seg = _Segment(seg.batch, seg.size[keep], seg.remaining[keep],
-                               renumber[seg.flow_of[inc]], seg.link_of[inc])
-                rate = rate[keep]
-            kept_segments.append(seg)
-            kept_rates.append(rate)
-        self._segments, self._rates = kept_segments, kept_rates
-        self._reschedule()
+                seg = seg.without(done)
+            kept.append(seg)
+        self._segments = kept
+        self._reschedule([], np.concatenate(freed) if freed else None)

@@ -58,8 +58,11 @@ def step_times_s(run: EngineRun) -> np.ndarray:
 def wait_per_device(spans: list[Span], devices: Iterable[int], end_s: float,
                     steps: int) -> dict[str, float]:
     """Each device's straggler wait per step (keyed by the device as a string, for JSON)."""
-    return {str(int(d)): breakdown(spans, int(d), end_s)["straggler_wait"] / steps
-            for d in devices}
+    mine: dict[int, list[Span]] = {}  # each device's spans, split once for all devices
+    for s in spans:
+        mine.setdefault(s.device, []).append(s)
+    return {str(int(d)): breakdown(mine.get(int(d), []), int(d), end_s)["straggler_wait"]
+            / steps for d in devices}
 
 
 def bsp_summary(scenario: TrainingScenario, run: EngineRun, devices: np.ndarray,
