@@ -123,7 +123,8 @@ class _RankProgram:
         self.last_piece = self.p * job.chunks - 1
         self.grad_bytes = gradient_bytes_per_param(dtype)
         self.weight_bytes = weight_bytes_per_param(dtype)
-        self.sharded = job.zero_stage > 0 and grid.data > 1
+        # ZeRO partitions over the ranks the dense gradients sync over: data x context
+        self.sharded = job.zero_stage > 0 and grid.data * grid.context > 1
         self.by_layer = job.gradient_sync == "buckets"
         self.program: list[Op] = []
         # By symmetry one collective carries the identical ones of the unsimulated peers:
@@ -188,7 +189,8 @@ class _RankProgram:
         stage = f" stage{self.s}" if self.p > 1 else ""
         update: tuple[int, ...] = (*self.syncs, *self.blocked)
         for what, seconds, role in optimizer_steps(
-                params / job.grid.data if self.sharded else params, job.optimizer,
+                params / (job.grid.data * job.grid.context) if self.sharded else params,
+                job.optimizer,
                 self.device, self.dtype, job.offload, job.sharing):
             update = (self.add(Compute(f"{what}{stage} s{step}", seconds, deps=update,
                                        role=role)),)

@@ -118,6 +118,7 @@ def test_ring_bytes_are_the_closed_form(recompute):
     {"data": 2, "tensor": 2, "pipeline": 1, "context": 2},
     {"data": 1, "tensor": 2, "pipeline": 2, "context": 4},
     {"data": 2, "tensor": 1, "pipeline": 2, "context": 2, "schedule": "gpipe"},
+    {"data": 2, "tensor": 2, "pipeline": 1, "context": 2, "zero_stage": 1},
 ])
 def test_symmetric_run_equals_full_fidelity(parallelism):
     full = dlsim.simulate(ring_scenario("full", **parallelism))
@@ -184,3 +185,21 @@ def test_devices_are_data_x_context_x_tensor_x_pipeline():
     result = dlsim.simulate(ring_scenario("symmetric", tensor=2, context=4))
     assert result.summary["parallelism"]["data"] == 2
     assert result.summary["devices"] == 16
+
+
+def test_zero_partitions_over_data_x_context():
+    """ZeRO-1 with d = 2, c = 2: the gradients are reduce-scattered and the parameters
+    all-gathered over the 4 ranks of data x context, each a ring moving (N-1)/N of G."""
+    result = dlsim.simulate(ring_scenario("symmetric", data=2, tensor=1, pipeline=1,
+                                          context=2, zero_stage=1))
+    model = build_model(ModelSpec(preset="gpt2-124m"), 1, 2)
+    n, grads = 4, model.parameters * 2
+    expected = 2 * (n - 1) / n * grads * n  # reduce-scatter + all-gather, every rank
+    got = result.summary["communication_by_axis"]["data"]["bytes"]
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_zero3_with_context_parallelism_is_refused_for_now():
+    with pytest.raises(ScenarioError) as err:
+        dlsim.simulate(ring_scenario("symmetric", data=2, context=2, zero_stage=3))
+    assert err.value.field == "parallelism.zero_stage"
