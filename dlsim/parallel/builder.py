@@ -50,6 +50,7 @@ from dlsim.contract.program import Collective, Compute, Op
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.network.compression import Compression
 from dlsim.parallel.data_parallel import gradient_buckets, optimizer_steps, sync_bucket
+from dlsim.parallel.expert import expert_coordinates
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
 from dlsim.parallel.pipeline import Piece, pieces, schedule
@@ -138,6 +139,7 @@ class _RankProgram:
         self.data_groups = tuple(r for j in self.ks for r in grid.data_group(s, j, c=None))
         self.pair_group = cache(self._pair_group)
         self.ring_groups = self._ring_groups()
+        self.expert_at = expert_coordinates(grid, grid.rank(s, replica, k, c))
         self.expert_groups, self.expert_data_groups = self._expert_groups()
 
     def add(self, op: Op) -> int:
@@ -347,11 +349,10 @@ class _RankProgram:
         stage by symmetry: its stage-local index (replica, c, k) re-read as (expert-data
         replica, expert rank, expert-tensor rank), expert tensor innermost (``Grid``)."""
         grid = self.job.grid
-        if grid.expert * grid.expert_tensor == 1 and grid.expert_data == 1:
+        if not any(piece.expert_params for piece in self.pieces):
             return (), ()
-        local = self.grid_rank - self.s * grid.stage_size
+        j, e, k = self.expert_at
         et = grid.expert_tensor
-        j, e, k = local // (grid.expert * et), local // et % grid.expert, local % et
         if self.symmetric:
             a2a = [(jj, kk) for jj in range(grid.expert_data) for kk in range(et)]
             syncs = [(ee, kk) for ee in range(grid.expert) for kk in range(et)]
@@ -359,10 +360,6 @@ class _RankProgram:
             a2a, syncs = [(j, k)], [(e, k)]
         return (tuple(r for jj, kk in a2a for r in grid.expert_group(self.s, jj, kk)),
                 tuple(r for ee, kk in syncs for r in grid.expert_data_group(self.s, ee, kk)))
-
-    @property
-    def grid_rank(self) -> int:
-        return self.job.grid.rank(self.s, self.replica, self.k, self.c)
 
     def _segmented(self, piece: int, phase: int, tag: str, deps: tuple[int, ...]) -> int:
         """A pass (``phase`` 0 forward, 1 backward) run segment by segment, the compute
@@ -415,9 +412,8 @@ class _RankProgram:
     def _alltoall(self, what: str, key: str, segment: Segment, deps: tuple[int, ...]) -> int:
         """An all-to-all over the expert group, which the next kernels wait for."""
         grid = self.job.grid
-        local = self.grid_rank - self.s * grid.stage_size
-        group = "" if self.symmetric else f" j{local // (grid.expert * grid.expert_tensor)}"
-        group += "" if self.symmetric else f" k{local % grid.expert_tensor}"
+        j, _, k = self.expert_at
+        group = "" if self.symmetric else f" j{j} k{k}"
         return self.add(Collective(
             f"alltoall {what}", f"ep {key}{group}", self.expert_groups, "alltoall",
             segment.size_bytes, "direct", deps=deps, stream="expert",
@@ -429,9 +425,8 @@ class _RankProgram:
         grid, cost = self.job.grid, self.pieces[piece]
         if grid.expert_data == 1 or cost.expert_params == 0:
             return
-        local = self.grid_rank - self.s * grid.stage_size
-        et = grid.expert_tensor
-        rank = "" if self.symmetric else f" e{local // et % grid.expert} k{local % et}"
+        _, e, k = self.expert_at
+        rank = "" if self.symmetric else f" e{e} k{k}"
         self.syncs.append(self.add(Collective(
             f"allreduce expert gradients p{piece} s{step}", f"ep-dp s{step} p{piece}{rank}",
             self.expert_data_groups, "allreduce", cost.expert_params * self.grad_bytes,

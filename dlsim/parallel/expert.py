@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from dlsim.workload.model import Layer, Model, MoEBlock
+from dlsim.parallel.grid import Grid
+from dlsim.workload.model import Kernel, Layer, Model, MoEBlock
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class ExpertLayout:
     expert: int = 1
     expert_tensor: int = 1
     tensor: int = 1
+
+
+def expert_coordinates(grid: Grid, rank: int) -> tuple[int, int, int]:
+    """(expert-data replica, expert rank, expert-tensor rank) of grid rank ``rank``: its
+    index within its stage re-read with expert tensor innermost (``Grid``'s folding)."""
+    local, et = rank % grid.stage_size, grid.expert_tensor
+    return local // (grid.expert * et), local // et % grid.expert, local % et
 
 
 def load_factor(moe: MoEBlock, expert: int) -> float:
@@ -89,7 +97,7 @@ def _repriced(layer: Layer, layout: ExpertLayout) -> Layer:
     if scale == 1.0:
         return layer
 
-    def price(kernels: tuple) -> tuple:
+    def price(kernels: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
         return tuple(replace(k, flops=k.flops * scale, bytes=k.bytes * scale)
                      if k.name in moe.expert_kernels else k for k in kernels)
 
