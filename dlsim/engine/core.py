@@ -148,7 +148,8 @@ class Engine:
     def _arrive(self, op: Collective) -> _Rendezvous:
         rv = self._rendezvous.get(op.key)
         if rv is None:
-            expected = sum(1 for r in op.group if r in self.programs)
+            # distinct ranks: in a ring shift every rank is both a sender and a receiver
+            expected = len(self.programs.keys() & set(op.group))
             rv = self._rendezvous[op.key] = _Rendezvous(expected, self.env.event())
         rv.arrived += 1
         if rv.arrived == rv.expected:

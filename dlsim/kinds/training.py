@@ -1,4 +1,5 @@
-"""``kind: training``: a training step under data, tensor and pipeline parallelism."""
+"""``kind: training``: a training step under data, context, tensor, pipeline and expert
+parallelism."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from dlsim.network.algorithms import dedicated_hosts
 from dlsim.network.backend import NETWORKS
 from dlsim.network.protocol import resolve_mode
 from dlsim.parallel.builder import TrainingJob, build_programs
+from dlsim.parallel.context import context_shard, kv_bytes
 from dlsim.parallel.data_parallel import MiB
+from dlsim.parallel.expert import ExpertLayout, reprice_experts
 from dlsim.parallel.feasibility import check, compression_of, local_sgd_period, training_job
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, savings, stage_memory
@@ -29,8 +32,9 @@ from dlsim.parallel.tensor import shard_model
 from dlsim.results.intervals import breakdown, communication_by_axis
 from dlsim.results.result import Result
 from dlsim.results.summary import TrainingWork, compression_summary, training_summary
-from dlsim.workload.model import lora_workload
+from dlsim.workload.model import Model, lora_workload
 from dlsim.workload.presets import build_model
+from dlsim.workload.shapes import shape_of
 
 
 def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
@@ -42,7 +46,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
     stages, tensor, chunks = par.pipeline, par.tensor, par.virtual_stages
     sequence_parallel = par.sequence_parallel and tensor > 1  # Megatron-LM ignores it at t=1
     data, micro, micro_count = layout.data, layout.microbatch, layout.microbatches
-    grid = Grid(data, tensor, stages)
+    context, expert, expert_tensor = par.context, par.expert, par.expert_tensor
+    grid = Grid(data, tensor, stages, context, expert, expert_tensor)
     n = grid.size
     ranks = layout.devices
     train = scenario.training
@@ -53,26 +58,35 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
     comm = scenario.communication
     symmetric_run = symmetric(scenario.simulation, scenario.stragglers)
     replicas = [0] if symmetric_run else list(range(data))
-    data_parallel_only = stages == 1 and tensor == 1
-    shard = shard_model(executed, tensor, sequence_parallel)
-    cut = pieces(executed, shard, device, dtype, stages * chunks, par.recompute,
-                 sequence_parallel)
+    data_parallel_only = stages == tensor == context == expert == 1
+    per_rank = context_shard(executed, context)  # one context rank's share of each sequence
+    layout_e = ExpertLayout(expert, expert_tensor, tensor)
+    shard = reprice_experts(shard_model(per_rank, tensor, sequence_parallel), layout_e)
+    shape = shape_of(scenario.model)
+    kv_block = (kv_bytes(shape, micro, max(DTYPE_BYTES[dtype], 2), tensor) / context
+                if context > 1 and shape is not None else 0.0)
+    cut = pieces(per_rank, shard, device, dtype, stages * chunks, par.recompute,
+                 sequence_parallel, context=context, kv_block_bytes=kv_block,
+                 experts=layout_e if expert > 1 or model_has_moe(model) else None)
     job = TrainingJob(
         grid, chunks, micro_count, par.schedule, train.optimizer, comm.data_parallel,
-        comm.servers, train.steps, hidden_bytes=model.layers[0].output_bytes,
+        comm.servers, train.steps, hidden_bytes=per_rank.layers[0].output_bytes,
         # DDP's buckets where nothing else is parallel; Megatron-LM's per-chunk exchange
         gradient_sync="buckets" if data_parallel_only else "chunks",
         bucket_cap_bytes=train.bucket_cap_mb * MiB, zero_stage=par.zero_stage,
         offload=par.offload, sharing=topology.devices_per_node,
         compression=compression_of(comm, par.zero_stage, data_parallel_only),
-        sync_every=local_sgd_period(comm, train.steps, par.zero_stage, stages * tensor))
+        sync_every=local_sgd_period(comm, train.steps, par.zero_stage,
+                                    stages * tensor * context * expert))
     programs = build_programs(job, cut, device, dtype, replicas,
-                              [0] if symmetric_run else list(range(tensor)))
+                              [0] if symmetric_run else list(range(tensor)),
+                              [0] if symmetric_run else list(range(context)))
     memory_of = partial(
         stage_memory, model, [[i for c in range(chunks) for i in cut[c * stages + s].layers]
                               for s in range(stages)], dtype, train.optimizer,
         [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
-        data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel)
+        data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel,
+        context=context, expert=expert, expert_tensor=expert_tensor)
     memory_options: dict[str, Any] = {"zero_stage": par.zero_stage, "recompute": par.recompute,
                       "offload": par.offload}
     if tensor > 1:  # sequence parallelism is a saving only a tensor-parallel plan can take
@@ -100,7 +114,9 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                      "sequence_parallel": sequence_parallel, "pipeline": stages,
                      "schedule": par.schedule, "virtual_stages": chunks,
                      "zero_stage": par.zero_stage, "recompute": par.recompute,
-                     "offload": par.offload, "microbatches": micro_count},
+                     "offload": par.offload, "microbatches": micro_count,
+                     **({"context": context, "expert": expert, "expert_tensor": expert_tensor}
+                        if context * expert * expert_tensor > 1 else {})},
         lora_and_offload=True)
     if not summary["fits_in_memory"]:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,
@@ -112,3 +128,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                                job_of(scenario.model, model, n, device.price_usd_per_hour)))
     return engine_result(scenario, topology, run, summary,
                    "symmetric" if len(programs) < n else "full")
+
+
+def model_has_moe(model: Model) -> bool:
+    return any(layer.moe is not None for layer in model.layers)

@@ -24,11 +24,20 @@ on a prefetch stream one layer ahead, and never after the step (1.5x the volume,
 Every op carries its role (``dlsim.contract.program.Role``): the grid axis a collective runs
 over, or compute, optimizer, offload, codec, so that metrics never parse op names.
 
-Symmetry: simulated by one replica and one tensor rank per stage, a point-to-point send
-carries the identical sends of every replica and tensor rank, a tensor collective those of
-every replica's tensor group and a gradient collective those of every tensor rank's
-data-parallel group, so all the traffic is on the network while the compute is simulated
-once (DESIGN.md).
+Context parallelism (``dlsim.parallel.context``) and expert parallelism
+(``dlsim.parallel.expert``) cut a pass where their communication interrupts it
+(``dlsim.parallel.segments``): an attention core runs as c ring steps, each overlapping the
+point-to-point send of the K/V block in hand to the next context rank (stream ``context``),
+and a MoE layer's routed experts run between two all-to-alls over the expert group (stream
+``expert``). Dense gradients sync over data x context, routed-expert gradients over the
+expert-data group.
+
+Symmetry: simulated by one replica, one context rank and one tensor rank per stage, a
+point-to-point send carries the identical sends of every replica, context and tensor rank, a
+tensor collective those of every replica's and context rank's tensor group, a ring step
+those of every context group, an all-to-all those of every expert group and a gradient
+collective those of every tensor rank's data-parallel group, so all the traffic is on the
+network while the compute is simulated once (DESIGN.md).
 """
 
 from __future__ import annotations
@@ -41,9 +50,11 @@ from dlsim.contract.program import Collective, Compute, Op
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.network.compression import Compression
 from dlsim.parallel.data_parallel import gradient_buckets, optimizer_steps, sync_bucket
+from dlsim.parallel.expert import expert_coordinates
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
 from dlsim.parallel.pipeline import Piece, pieces, schedule
+from dlsim.parallel.segments import Segment
 from dlsim.parallel.tensor import Collectives
 from dlsim.workload.model import Model
 
@@ -73,18 +84,21 @@ class TrainingJob:
 
 
 def build_programs(job: TrainingJob, pieces: list[Piece], device: DeviceProfile, dtype: str,
-                   replicas: list[int], tensor_ranks: list[int]) -> dict[int, list[Op]]:
-    """Programs of the ranks of ``replicas`` x ``tensor_ranks`` of every stage. Without
-    tensor or pipeline parallelism nothing in a program names its replica, so the replicas
-    share one program."""
+                   replicas: list[int], tensor_ranks: list[int],
+                   context_ranks: tuple[int, ...] | list[int] = (0,)) -> dict[int, list[Op]]:
+    """Programs of the ranks of ``replicas`` x ``context_ranks`` x ``tensor_ranks`` of every
+    stage. Without tensor, pipeline, context or expert parallelism nothing in a program
+    names its replica, so the replicas share one program."""
     grid = job.grid
-    symmetric = len(replicas) * len(tensor_ranks) < grid.data * grid.tensor
-    if grid.tensor == grid.pipeline == 1:
+    symmetric = (len(replicas) * len(context_ranks) * len(tensor_ranks)
+                 < grid.data * grid.context * grid.tensor)
+    if grid.tensor == grid.pipeline == grid.context == grid.expert == 1:
         shared = _RankProgram(job, pieces, device, dtype, 0, replicas[0], 0, symmetric).build()
         return {grid.rank(0, r, 0): shared for r in replicas}
-    return {grid.rank(s, r, k): _RankProgram(job, pieces, device, dtype, s, r, k,
-                                             symmetric).build()
-            for r in replicas for s in range(grid.pipeline) for k in tensor_ranks}
+    return {grid.rank(s, r, k, c): _RankProgram(job, pieces, device, dtype, s, r, k,
+                                                symmetric, c).build()
+            for r in replicas for s in range(grid.pipeline) for c in context_ranks
+            for k in tensor_ranks}
 
 
 def worker_program(model: Model, device: DeviceProfile, dtype: str, micro: int,
@@ -97,27 +111,36 @@ def worker_program(model: Model, device: DeviceProfile, dtype: str, micro: int,
 
 
 class _RankProgram:
-    """The program of the rank (stage ``s``, replica, tensor rank ``k``), built op by op."""
+    """The program of the rank (stage ``s``, replica, tensor rank ``k``, context rank
+    ``c``), built op by op."""
 
     def __init__(self, job: TrainingJob, pieces: list[Piece], device: DeviceProfile,
-                 dtype: str, s: int, replica: int, k: int, symmetric: bool):
+                 dtype: str, s: int, replica: int, k: int, symmetric: bool, c: int = 0):
         self.job, self.pieces, self.device, self.dtype = job, pieces, device, dtype
         self.s, self.replica, self.k, self.symmetric = s, replica, k, symmetric
+        self.c = c
         grid = job.grid
         self.p, self.t = grid.pipeline, grid.tensor
         self.last_piece = self.p * job.chunks - 1
         self.grad_bytes = gradient_bytes_per_param(dtype)
         self.weight_bytes = weight_bytes_per_param(dtype)
-        self.sharded = job.zero_stage > 0 and grid.data > 1
+        # ZeRO partitions over the ranks the dense gradients sync over: data x context
+        self.sharded = job.zero_stage > 0 and grid.data * grid.context > 1
         self.by_layer = job.gradient_sync == "buckets"
         self.program: list[Op] = []
         # By symmetry one collective carries the identical ones of the unsimulated peers:
-        # every replica's tensor group, every tensor rank's data-parallel group.
-        self.peers = range(grid.data) if symmetric else [replica]
-        self.tensor_groups = tuple(r for j in self.peers for r in grid.tensor_group(s, j))
+        # every replica's and context rank's tensor group, every tensor rank's data-parallel
+        # (data x context) group, every context group's ring, every expert group.
+        self.peers = ([(j, ci) for j in range(grid.data) for ci in range(grid.context)]
+                      if symmetric else [(replica, c)])
+        self.tensor_groups = tuple(r for j, ci in self.peers
+                                   for r in grid.tensor_group(s, j, ci))
         self.ks = range(self.t) if symmetric else [k]
-        self.data_groups = tuple(r for j in self.ks for r in grid.data_group(s, j))
+        self.data_groups = tuple(r for j in self.ks for r in grid.data_group(s, j, c=None))
         self.pair_group = cache(self._pair_group)
+        self.ring_groups = self._ring_groups()
+        self.expert_at = expert_coordinates(grid, grid.rank(s, replica, k, c))
+        self.expert_groups, self.expert_data_groups = self._expert_groups()
 
     def add(self, op: Op) -> int:
         self.program.append(op)
@@ -147,15 +170,19 @@ class _RankProgram:
                 last = syncing and i == job.micro - 1
                 last_backward[c] = self._backward(piece, name, tag, done[(i, c)],
                                                   step if last else None)
-        if job.gradient_sync == "chunks" and job.grid.data > 1:
+        if job.gradient_sync == "chunks" and job.grid.data * job.grid.context > 1:
             op = "reducescatter" if self.sharded else "allreduce"
             for c in sorted(last_backward):
                 piece = c * p + s
+                cost = self.pieces[piece]
                 self.syncs.append(self.add(Collective(
                     f"{op} gradients chunk{c} s{step}", f"dp s{step} p{piece} k{self.k}",
-                    self.data_groups, op, self.pieces[piece].params * self.grad_bytes,
+                    self.data_groups, op, (cost.params - cost.expert_params) * self.grad_bytes,
                     job.algorithm if op == "allreduce" else "ring", job.servers,
                     deps=(last_backward[c],), instances=len(self.ks), role="data")))
+        if job.gradient_sync == "chunks":
+            for c in sorted(last_backward):
+                self._expert_sync(step, c * p + s, last_backward[c])
         self._optimizer(step)
 
     def _optimizer(self, step: int) -> None:
@@ -164,7 +191,8 @@ class _RankProgram:
         stage = f" stage{self.s}" if self.p > 1 else ""
         update: tuple[int, ...] = (*self.syncs, *self.blocked)
         for what, seconds, role in optimizer_steps(
-                params / job.grid.data if self.sharded else params, job.optimizer,
+                params / (job.grid.data * job.grid.context) if self.sharded else params,
+                job.optimizer,
                 self.device, self.dtype, job.offload, job.sharing):
             update = (self.add(Compute(f"{what}{stage} s{step}", seconds, deps=update,
                                        role=role)),)
@@ -188,6 +216,8 @@ class _RankProgram:
                 ran.append(self.add(Compute(f"fwd {cost.names[j]} {tag}",
                                             cost.layer_times_s[j][0], deps)))
             out = ran[-1]
+        elif cost.passes:
+            out = self._segmented(piece, 0, tag, (*recv, *self.blocked))
         else:
             out = self.add(Compute(f"fwd {name} {tag}", cost.forward_s,
                                    deps=(*recv, *self.blocked)))
@@ -207,6 +237,8 @@ class _RankProgram:
                           "grad " + tag),) if piece < self.last_piece else ()
         if self.by_layer:
             out = self._backward_by_layer(piece, tag, sync_step, (*recv, *self.blocked))
+        elif cost.passes:
+            out = self._segmented(piece, 1, tag, (*recv, forward, *self.blocked))
         else:
             out = self.add(Compute(f"bwd {name} {tag}", cost.backward_s,
                                    deps=(*recv, forward, *self.blocked)))
@@ -269,7 +301,7 @@ class _RankProgram:
             return after
         for op, count in collectives:
             after = self.add(Collective(
-                f"tensor {op} x{count} {what}", f"{key} {op} r{self.replica}",
+                f"tensor {op} x{count} {what}", f"{key} {op} r{self.replica} c{self.c}",
                 self.tensor_groups, op, self.job.hidden_bytes, "ring", deps=(after,),
                 stream="tensor", repeat=count, instances=len(self.peers), role="tensor"))
         self.blocked = (after,)
@@ -280,17 +312,123 @@ class _RankProgram:
         """Send from piece ``src`` to piece ``dst``, 1/t of it from each tensor rank over its
         own NIC (Megatron-LM's scatter/gather optimisation, SC'21 §4.1)."""
         key = (f"{tag} {src}->{dst}" if self.symmetric
-               else f"{tag} r{self.replica} k{self.k} {src}->{dst}")
+               else f"{tag} r{self.replica} c{self.c} k{self.k} {src}->{dst}")
         return self.add(Collective(f"{what} {tag}", key,
                                    self.pair_group(src % self.p, dst % self.p), "send",
                                    size / self.t, "direct", deps=deps, stream=stream,
                                    role="pipeline"))
 
     def _pair_group(self, src: int, dst: int) -> tuple[int, ...]:
-        """Senders then receivers: every replica's and tensor rank's by symmetry."""
+        """Senders then receivers: every replica's, context and tensor rank's by symmetry."""
         grid = self.job.grid
-        pairs = ([(r, j) for r in range(grid.data) for j in range(self.t)] if self.symmetric
-                 else [(self.replica, self.k)])
-        return (*(grid.rank(src, r, j) for r, j in pairs),
-                *(grid.rank(dst, r, j) for r, j in pairs))
+        pairs = ([(r, ci, j) for r in range(grid.data) for ci in range(grid.context)
+                  for j in range(self.t)] if self.symmetric
+                 else [(self.replica, self.c, self.k)])
+        return (*(grid.rank(src, r, j, ci) for r, ci, j in pairs),
+                *(grid.rank(dst, r, j, ci) for r, ci, j in pairs))
 
+
+    # -- context and expert parallelism ---------------------------------------------------
+
+    def _ring_groups(self) -> tuple[int, ...]:
+        """Each context ring as senders then receivers (rank i sends to rank i+1, the last
+        to the first): this rank's ring, or every ring of the stage by symmetry."""
+        grid = self.job.grid
+        if grid.context == 1:
+            return ()
+        rings = ([(j, k) for j in range(grid.data) for k in range(self.t)] if self.symmetric
+                 else [(self.replica, self.k)])
+        out: list[int] = []
+        for j, k in rings:
+            ring = grid.context_group(self.s, j, k)
+            out += [*ring, *ring[1:], ring[0]]
+        return tuple(out)
+
+    def _expert_groups(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(all-to-all groups, expert-data groups) of this rank, or of every rank of the
+        stage by symmetry: its stage-local index (replica, c, k) re-read as (expert-data
+        replica, expert rank, expert-tensor rank), expert tensor innermost (``Grid``)."""
+        grid = self.job.grid
+        if not any(piece.expert_params for piece in self.pieces):
+            return (), ()
+        j, e, k = self.expert_at
+        et = grid.expert_tensor
+        if self.symmetric:
+            a2a = [(jj, kk) for jj in range(grid.expert_data) for kk in range(et)]
+            syncs = [(ee, kk) for ee in range(grid.expert) for kk in range(et)]
+        else:
+            a2a, syncs = [(j, k)], [(e, k)]
+        return (tuple(r for jj, kk in a2a for r in grid.expert_group(self.s, jj, kk)),
+                tuple(r for ee, kk in syncs for r in grid.expert_data_group(self.s, ee, kk)))
+
+    def _segmented(self, piece: int, phase: int, tag: str, deps: tuple[int, ...]) -> int:
+        """A pass (``phase`` 0 forward, 1 backward) run segment by segment, the compute
+        between two communication segments as one kernel group."""
+        cost = self.pieces[piece]
+        what = ("fwd", "bwd")[phase]
+        order = range(len(cost.layers)) if phase == 0 else reversed(range(len(cost.layers)))
+        last, pending = deps, 0.0
+        for j in order:
+            for n, segment in enumerate(cost.passes[j][phase]):
+                if segment.kind == "compute":
+                    pending += segment.seconds
+                    continue
+                if pending:
+                    last = (self.add(Compute(f"{what} {cost.names[j]} {tag}", pending,
+                                             last)),)
+                    pending = 0.0
+                key = f"{tag} {what} L{cost.layers[j]} n{n}"
+                if segment.kind == "ring":
+                    last = self._ring(f"{what} {cost.names[j]} {tag}", key, segment, last)
+                else:
+                    last = (self._alltoall(f"{segment.kind} {what} {cost.names[j]} {tag}",
+                                           key, segment, last),)
+        if pending or len(last) != 1:
+            last = (self.add(Compute(f"{what} {cost.names[-1]} {tag}", pending, last)),)
+        return last[0]
+
+    def _ring(self, what: str, key: str, segment: Segment,
+              deps: tuple[int, ...]) -> tuple[int, ...]:
+        """Ring attention: c steps of the attention core on the block in hand, each step
+        but the last sending that block on at once; a step waits for the previous step's
+        block to arrive and its compute to free the buffer (Transformer Engine's double
+        buffering)."""
+        c = self.job.grid.context
+        rank = "" if self.symmetric else f" r{self.replica} k{self.k}"
+        instances = len(self.ring_groups) // (2 * c)
+        last = deps
+        sent: tuple[int, ...] = ()
+        for i in range(c):
+            ready = (*last, *sent)
+            if i < c - 1:
+                sent = (self.add(Collective(
+                    f"ring send K/V {i} {what}", f"cp {key} i{i}{rank}", self.ring_groups,
+                    "send", segment.size_bytes, "direct", deps=ready, stream="context",
+                    instances=instances, role="context")),)
+            last = (self.add(Compute(f"attention step {i} {what}", segment.seconds / c,
+                                     ready)),)
+        return last
+
+    def _alltoall(self, what: str, key: str, segment: Segment, deps: tuple[int, ...]) -> int:
+        """An all-to-all over the expert group, which the next kernels wait for."""
+        grid = self.job.grid
+        j, _, k = self.expert_at
+        group = "" if self.symmetric else f" j{j} k{k}"
+        return self.add(Collective(
+            f"alltoall {what}", f"ep {key}{group}", self.expert_groups, "alltoall",
+            segment.size_bytes, "direct", deps=deps, stream="expert",
+            instances=len(self.expert_groups) // grid.expert, role="expert"))
+
+    def _expert_sync(self, step: int, piece: int, after: int) -> None:
+        """The routed experts' gradient all-reduce over the expert-data group (in rings, as
+        Megatron-Core's NCCL does; the scenario's algorithm is for the dense gradients)."""
+        grid, cost = self.job.grid, self.pieces[piece]
+        if grid.expert_data == 1 or cost.expert_params == 0:
+            return
+        _, e, k = self.expert_at
+        rank = "" if self.symmetric else f" e{e} k{k}"
+        self.syncs.append(self.add(Collective(
+            f"allreduce expert gradients p{piece} s{step}", f"ep-dp s{step} p{piece}{rank}",
+            self.expert_data_groups, "allreduce", cost.expert_params * self.grad_bytes,
+            "ring", deps=(after,),
+            instances=len(self.expert_data_groups) // grid.expert_data, role="expert")))

@@ -110,24 +110,32 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
     conflict = parallelism_conflict(job)
     if conflict:
         raise ScenarioError(conflict + ".", field="parallelism")
-    if job.context > 1 or job.expert > 1 or job.expert_tensor > 1 or job.shard_group:
-        raise ScenarioError("context and expert parallelism and hybrid sharding are being "
-                            "built (issue 13); use context: 1, expert: 1, no shard_group.",
-                            field="parallelism")
+    if job.shard_group:
+        raise ScenarioError("hybrid sharding is being built (issue 13); give no "
+                            "shard_group.", field="parallelism.shard_group")
     comm = job.communication
     check_algorithm("allreduce", comm.data_parallel, field="communication.data_parallel")
-    t, p, v = job.tensor, job.pipeline, job.virtual_stages
+    t, p, v, cp = job.tensor, job.pipeline, job.virtual_stages, job.context
     check_tensor_degree(job.shape, t)
-    if job.data is None and job.devices % (t * p):
+    check_context_degree(job.shape, cp)
+    model_parallel = t * p * cp  # every degree but data; devices = data x all of them
+    if job.data is None and job.devices % model_parallel:
         raise ScenarioError(f"the cluster's {job.devices} devices do not divide into "
-                            f"tensor ({t}) x pipeline ({p}) groups; give "
+                            f"tensor ({t}) x pipeline ({p}) x context ({cp}) groups; give "
                             "parallelism.data or change the degrees.",
                             field="parallelism.tensor")
-    data = job.data or job.devices // (t * p)
+    data = job.data or job.devices // model_parallel
     if data == 0:
-        raise ScenarioError(f"tensor ({t}) x pipeline ({p}) needs {t * p} devices but the "
-                            f"cluster has {job.devices}.", field="parallelism.pipeline")
-    devices = place(data * t * p)
+        raise ScenarioError(f"tensor ({t}) x pipeline ({p}) x context ({cp}) needs "
+                            f"{model_parallel} devices but the cluster has {job.devices}.",
+                            field="parallelism.pipeline")
+    check_expert_degrees(job.shape, job.expert, job.expert_tensor, data * cp * t)
+    if job.zero_stage == 3 and (cp > 1 or job.expert > 1):
+        raise ScenarioError("ZeRO-3 gathers each layer's parameters on the data-parallel "
+                            "path, which context and expert parallelism do not take yet "
+                            "(FSDP composed with them is being built, issue 13); use "
+                            "zero_stage 0, 1 or 2.", field="parallelism.zero_stage")
+    devices = place(data * model_parallel)
     per_replica, micro = split_batch(job.global_batch, job.microbatch, data)
     micro_count = per_replica // micro
     if schedule_of(job.schedule).chunked and micro_count % p:
@@ -142,13 +150,13 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
         raise ScenarioError("LoRA with ZeRO-3 is not modelled: stage 3 would all-gather the "
                             "frozen weights too, which the LoRA workload does not carry; use "
                             "zero_stage 0, 1 or 2.", field="training.lora")
-    compression_of(comm, job.zero_stage, p == 1 and t == 1)
-    local_sgd_period(comm, job.steps, job.zero_stage, p * t)
+    compression_of(comm, job.zero_stage, p == t == cp == job.expert == 1)
+    local_sgd_period(comm, job.steps, job.zero_stage, p * t * cp * job.expert)
     hosts = (dedicated_hosts(job.devices, devices, comm.servers)
              if comm.data_parallel == "ps" and comm.server_placement == "dedicated" else None)
-    if _allreduces_gradients(job, data):
+    if _allreduces_gradients(job, data * cp):
         check_gradient_groups(comm, devices // job.devices_per_node, data, t, p, hosts,
-                              {} if lowered is None else lowered)
+                              {} if lowered is None else lowered, context=cp)
     return Layout(data, micro, micro_count, devices)
 
 
@@ -220,6 +228,54 @@ def check_tensor_degree(shape: TransformerShape | None, t: int) -> None:
                                 field="parallelism.tensor")
 
 
+def check_context_degree(shape: TransformerShape | None, c: int) -> None:
+    """Context parallelism splits a transformer's sequence into c parts; a decoder's causal
+    load balancing cuts it into 2c chunks, rank i holding chunks i and 2c-1-i
+    (``dlsim.parallel.context``), so 2c must divide it."""
+    if c == 1:
+        return
+    if shape is None:
+        raise ScenarioError("context parallelism splits a transformer's sequence; this "
+                            "model is not a transformer, so use context: 1.",
+                            field="parallelism.context")
+    s = shape.seq_len
+    if s % c:
+        raise ScenarioError(f"context ({c}) must divide the sequence length ({s}): each "
+                            "context rank holds s/c of it.", field="parallelism.context")
+    if not shape.encoder and s % (2 * c):
+        raise ScenarioError(f"the causal split of context ({c}) cuts the sequence into "
+                            f"2 x {c} = {2 * c} chunks (rank i holds chunks i and "
+                            f"{2 * c - 1} - i), which must divide the sequence length ({s}); "
+                            "use a context degree whose double divides it.",
+                            field="parallelism.context")
+
+
+def check_expert_degrees(shape: TransformerShape | None, e: int, et: int,
+                         stage_ranks: int) -> None:
+    """Expert parallelism needs MoE layers, experts/e whole experts per rank, and the
+    e x expert_tensor ranks folded out of a stage's data x context x tensor ones (Liu et al.
+    2025, §3)."""
+    if e == et == 1:
+        return
+    field = "parallelism.expert" if e > 1 else "parallelism.expert_tensor"
+    moe = None if shape is None else shape.moe
+    if moe is None:
+        raise ScenarioError("expert parallelism splits the routed experts of MoE layers; "
+                            "this model has none (give model.moe), so use expert: 1 and "
+                            "expert_tensor: 1.", field=field)
+    if moe.experts % e:
+        raise ScenarioError(f"expert ({e}) must divide the model's {moe.experts} routed "
+                            "experts: each expert rank holds experts/expert of them.",
+                            field="parallelism.expert")
+    if moe.expert_ffn_hidden % et:
+        raise ScenarioError(f"expert_tensor ({et}) must divide the experts' hidden size "
+                            f"({moe.expert_ffn_hidden}).", field="parallelism.expert_tensor")
+    if stage_ranks % (e * et):
+        raise ScenarioError(f"expert ({e}) x expert_tensor ({et}) = {e * et} must divide a "
+                            f"pipeline stage's data x context x tensor = {stage_ranks} "
+                            "ranks, which the expert ranks are folded out of.", field=field)
+
+
 def _allreduces_gradients(job: JobSpec, data: int) -> bool:
     """Whether the gradients cross the data-parallel groups in the scenario's all-reduce
     algorithm: ZeRO reduce-scatters and all-gathers in rings, and signs or sparse vectors
@@ -231,14 +287,16 @@ def _allreduces_gradients(job: JobSpec, data: int) -> bool:
 
 
 def check_gradient_groups(comm: CommunicationSpec, nodes: np.ndarray, data: int, tensor: int,
-                          pipeline: int, hosts: np.ndarray | None, lowered: Lowered) -> None:
+                          pipeline: int, hosts: np.ndarray | None, lowered: Lowered,
+                          context: int = 1) -> None:
     """The all-reduce algorithm must lower every data-parallel group (a stage's replicas of
-    one tensor rank) where its ranks are: ``nodes`` is each rank's node, ranks in
-    ``dlsim.parallel.grid.Grid`` order. Groups alike in their nodes are lowered once."""
+    one tensor rank, at every context rank) where its ranks are: ``nodes`` is each rank's
+    node, ranks in ``dlsim.parallel.grid.Grid`` order. Groups alike in their nodes are
+    lowered once."""
     key = (comm.data_parallel, comm.servers, None if hosts is None else hosts.tobytes(),
-           data, tensor, pipeline, nodes.tobytes())
+           data, tensor, pipeline, nodes.tobytes(), context)
     if key not in lowered:
-        lowered[key] = _lowering_error(comm, nodes, data, tensor, pipeline, hosts)
+        lowered[key] = _lowering_error(comm, nodes, data * context, tensor, pipeline, hosts)
     error = lowered[key]
     if error is not None:
         raise error

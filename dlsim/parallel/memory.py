@@ -28,6 +28,13 @@ Offload (Ren et al., "ZeRO-Offload", ATC'21, §4.1): the optimizer state moves t
 and the optimizer step runs on the CPU; each step the device's gradients go down and its
 updated 16-bit weights come back over PCIe.
 
+Context parallelism (``dlsim.parallel.context``) keeps s/c of every sequence on a rank, so
+its stored activations are 1/c; model state is whole on every context rank, and ZeRO
+partitions it over the data x context ranks its gradients sync over (Megatron-Core's
+distributed optimizer over the dp-cp group). Expert parallelism (``dlsim.parallel.expert``)
+gives a rank experts/e of each MoE layer's routed experts, split expert_tensor ways, with
+their gradients and optimizer state; ZeRO partitions those over the expert-data group.
+
 LoRA (Hu et al., "LoRA", ICLR'22, §4.1): the base weights are frozen in 16 bits with neither
 gradients nor optimizer state; each adapted d_in x d_out matrix gains A (d_in x r) and
 B (r x d_out), r*(d_in + d_out) trainable parameters with full mixed-precision state.
@@ -45,6 +52,7 @@ import numpy as np
 
 from dlsim.contract.scenario import LoraSpec
 from dlsim.hardware.profiles import DTYPE_BYTES
+from dlsim.parallel.expert import routed_params
 from dlsim.workload.model import Layer, Model, lora_parameters
 
 # Bytes per parameter of optimizer state (ZeRO §3.1: K = 12 for mixed-precision Adam, whose
@@ -132,11 +140,13 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
                       in_flight_microbatches: float = 1, zero_stage: int = 0,
                       recompute: str = "none", offload: str = "none",
                       lora: LoraSpec | None = None,
-                      sequence_parallel: bool = False) -> MemoryPlan:
+                      sequence_parallel: bool = False, context: int = 1, expert: int = 1,
+                      expert_tensor: int = 1) -> MemoryPlan:
     """Bytes on one device: the layers in ``stage_layers`` (default: the fullest of
     ``pipeline`` stages from ``pipeline_stages``), their model state split ``tensor`` ways
     and partitioned over ``data`` ranks as far as ``zero_stage`` says, and
-    ``in_flight_microbatches`` micro-batches of their stored activations."""
+    ``in_flight_microbatches`` micro-batches of their stored activations, 1/``context``
+    of each sequence; routed experts ``expert`` x ``expert_tensor`` ways."""
     if recompute not in RECOMPUTE or offload not in OFFLOAD:
         raise ValueError(f"recompute must be one of {RECOMPUTE}, offload one of {OFFLOAD}")
     if stage_layers is None:
@@ -144,18 +154,30 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
             model, dtype, optimizer, data=data, tensor=tensor, stage_layers=part,
             in_flight_microbatches=in_flight_microbatches, zero_stage=zero_stage,
             recompute=recompute, offload=offload, lora=lora,
-            sequence_parallel=sequence_parallel)
+            sequence_parallel=sequence_parallel, context=context, expert=expert,
+            expert_tensor=expert_tensor)
             for part in pipeline_stages(model, pipeline)), key=lambda plan: plan.total)
     layers = [model.layers[i] for i in stage_layers]
-    base = sum(layer.params for layer in layers) / tensor
+    routed = sum(routed_params(layer) for layer in layers)
+    base = (sum(layer.params for layer in layers) - routed) / tensor
+    experts = routed / (expert * expert_tensor)
     trainable = base if lora is None else lora_parameters(layers, lora.rank, lora.targets) / tensor
     frozen = base if lora is not None else 0.0
-    share = [1.0 if zero_stage < stage else 1.0 / data for stage in (1, 2, 3)]
-    optimizer_bytes = trainable * OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype))] * share[0]
-    grads = trainable * gradient_bytes_per_param(dtype) * share[1]
-    params = (frozen * 2 + trainable * weight_bytes_per_param(dtype)) * share[2]
+    expert_data = data * context * tensor // (expert * expert_tensor)
+    share = [1.0 if zero_stage < stage else 1.0 / (data * context) for stage in (1, 2, 3)]
+    expert_share = [1.0 if zero_stage < stage else 1.0 / expert_data for stage in (1, 2, 3)]
+    if lora is not None:
+        experts = 0.0  # LoRA adapts the named matrices only; no routed expert trains
+        frozen += routed / (expert * expert_tensor)
+    state = OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype))]
+    optimizer_bytes = trainable * state * share[0] + experts * state * expert_share[0]
+    grads = (trainable * gradient_bytes_per_param(dtype) * share[1]
+             + experts * gradient_bytes_per_param(dtype) * expert_share[1])
+    params = ((frozen * 2 + trainable * weight_bytes_per_param(dtype)) * share[2]
+              + experts * weight_bytes_per_param(dtype) * expert_share[2])
     activations = in_flight_microbatches * sum(
-        stored_activations(layer, tensor, recompute, sequence_parallel) for layer in layers)
+        stored_activations(layer, tensor, recompute, sequence_parallel)
+        for layer in layers) / context
     gathered = 0.0
     if zero_stage == 3 and data > 1:
         largest = max((layer.params for layer in layers), default=0) / tensor
@@ -163,7 +185,7 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
     host = traffic = 0.0
     if offload == "optimizer":
         host, optimizer_bytes = optimizer_bytes, 0.0
-        owned = trainable * share[0]
+        owned = trainable * share[0] + experts * expert_share[0]
         traffic = owned * (gradient_bytes_per_param(dtype) + weight_bytes_per_param(dtype))
     return MemoryPlan(params, grads, optimizer_bytes, activations, gathered, host, traffic,
                       trainable)

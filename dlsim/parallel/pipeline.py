@@ -22,8 +22,10 @@ import numpy as np
 
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.parallel.data_parallel import pass_times_s
+from dlsim.parallel.expert import ExpertLayout, rank_expert_params, rank_params
 from dlsim.parallel.memory import pipeline_stages
 from dlsim.parallel.schedules import Pass, schedule_of
+from dlsim.parallel.segments import LayerPass, layer_segments
 from dlsim.parallel.tensor import Collectives, tensor_collectives
 from dlsim.workload.model import Model
 
@@ -66,7 +68,12 @@ def in_flight(kind: str, stage: int, stages: int, micro: int, chunks: int = 1) -
 class Piece:
     """One model chunk of one stage: its layers, pass times and tensor-parallel collectives
     of b·s·h, as (op, count) per pass; and per layer, the names, (forward, backward) times
-    and parameters a pass run layer by layer needs (DDP buckets, ZeRO-3 gathers)."""
+    and parameters a pass run layer by layer needs (DDP buckets, ZeRO-3 gathers).
+
+    Under context or expert parallelism ``passes`` holds each layer's (forward, backward)
+    segments (``dlsim.parallel.segments``), which the builder runs instead of one kernel
+    group, and ``expert_params`` the routed-expert parameters the rank holds, which sync
+    over the expert-data group rather than data x context."""
 
     layers: list[int]
     forward_s: float
@@ -79,6 +86,8 @@ class Piece:
     names: tuple[str, ...] = ()
     layer_times_s: tuple[tuple[float, float], ...] = ()
     layer_params: tuple[int, ...] = ()
+    passes: tuple[tuple[LayerPass, LayerPass], ...] = ()
+    expert_params: float = 0.0
 
 
 def count_collectives(collectives: list[Collectives]) -> Collectives:
@@ -91,12 +100,21 @@ def count_collectives(collectives: list[Collectives]) -> Collectives:
 
 
 def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts: int,
-           recompute: str, sequence_parallel: bool = False) -> list[Piece]:
+           recompute: str, sequence_parallel: bool = False, *, context: int = 1,
+           kv_block_bytes: float = 0.0, experts: ExpertLayout | None = None) -> list[Piece]:
     """Cut ``shard`` (one tensor rank's layers) into ``parts`` pieces as Megatron-LM does:
     transformer blocks in runs of equal count, the embedding with the first and the head
     with the last (``dlsim.parallel.memory.pipeline_stages``); other models into pieces of equal
-    time."""
+    time. ``context`` > 1 or an ``experts`` layout gives the pieces their layers' segments
+    (``kv_block_bytes``: one ring step's K/V block) and per-rank expert parameters."""
     times = [pass_times_s(layer, device, dtype, recompute) for layer in shard.layers]
+    layout = experts or ExpertLayout()
+    segmented = context > 1 or layout.expert > 1
+    passes = [layer_segments(layer, device, dtype, recompute, context, kv_block_bytes, layout)
+              for layer in shard.layers] if segmented else []
+    params = [rank_params(full, layout) if full.moe is not None else layer.params
+              for full, layer in zip(model.layers, shard.layers)]
+    expert_params = [rank_expert_params(full, layout) for full in model.layers]
     counts = [tensor_collectives(layer, sequence_parallel) for layer in shard.layers]
     blocks = sum(layer.block is not None for layer in shard.layers)
     cut = (pipeline_stages(shard, parts) if blocks >= parts
@@ -110,9 +128,11 @@ def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts:
             layers, sum(times[i][0] for i in layers), sum(times[i][1] for i in layers),
             count_collectives(forward),
             count_collectives(backward + (forward if recompute == "full" else [])),
-            sum(shard.layers[i].params for i in layers),
+            sum(params[i] for i in layers),
             model.layers[first - 1].output_bytes if first else 0.0,
             model.layers[layers[-1]].output_bytes,
             tuple(shard.layers[i].name for i in layers), tuple(times[i] for i in layers),
-            tuple(shard.layers[i].params for i in layers)))
+            tuple(round(params[i]) for i in layers),
+            tuple(passes[i] for i in layers) if passes else (),
+            sum(expert_params[i] for i in layers)))
     return out

@@ -1,0 +1,73 @@
+"""Context parallelism: ring attention over the context group, as Megatron-Core runs it with
+Transformer Engine (Liu et al. 2023, "Ring Attention with Blockwise Transformers"; TE's
+``AttnFuncWithCPAndKVP2P``).
+
+Each of the c ranks of a context group holds s/c of every sequence, in the two-chunk split
+of causal load balancing: the sequence is cut into 2c chunks and rank i holds chunks i and
+2c-1-i, so each rank's queries see the same number of causal key blocks (2c+1 chunk pairs
+with the diagonals counted whole) and each of the c ring steps is the same work. Every
+per-token kernel (projections, MLP, norms, embedding and head) is therefore 1/c per rank, and
+so is the attention core: 1/c of the whole sequence's QK^T and AV, run in c equal steps, one
+per K/V block in hand (``dlsim.parallel.segments``). The weights are whole on every context
+rank, so their gradients are all-reduced over data x context (``Grid.data_group(c=None)``).
+
+Ring traffic, per rank and attention layer of one micro-batch: "the K/V bytes" of a layer are
+its keys and values for the whole sequence on one tensor rank, KV = 2·b·s·h_kv·dtype / t
+(K and V, each b·s·h_kv; h_kv = kv_heads·head_dim). A block is KV/c; the forward ring passes
+c-1 blocks on, (c-1)/c·KV = 2·(c-1)/c·b·s·h_kv·dtype/t; the backward ring passes each block
+with its gradients dK, dV (twice the bytes), 2·(c-1)/c·KV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dlsim.workload.model import Kernel, Layer, Model
+from dlsim.workload.shapes import TransformerShape
+
+
+def _split(kernels: tuple[Kernel, ...], c: int) -> tuple[Kernel, ...]:
+    return tuple(replace(k, flops=k.flops / c, bytes=k.bytes / c) for k in kernels)
+
+
+def _layer_share(layer: Layer, c: int) -> Layer:
+    block = layer.block
+    moe = layer.moe
+    return replace(
+        layer, forward=_split(layer.forward, c), backward=_split(layer.backward, c),
+        activation_bytes=layer.activation_bytes / c, output_bytes=layer.output_bytes / c,
+        block=None if block is None else replace(
+            block, attention_core=block.attention_core / c, block_input=block.block_input / c,
+            replicated=block.replicated / c),
+        moe=None if moe is None else replace(moe, tokens=moe.tokens // c))
+
+
+def context_shard(model: Model, c: int) -> Model:
+    """What one rank of a context group of ``c`` computes: every kernel, stored activation
+    and boundary tensor 1/c (its share of each sequence); parameters whole."""
+    if c == 1:
+        return model
+    return replace(model, layers=tuple(_layer_share(layer, c) for layer in model.layers),
+                   input_bytes=model.input_bytes / c)
+
+
+def kv_width(shape: TransformerShape) -> int:
+    """Keys plus values per token of one attention layer, in elements: 2·kv_heads·head_dim;
+    multi-head latent attention circulates its up-projected keys (nope and rope parts) and
+    values per head, as Megatron-Core's MLA under context parallelism does."""
+    mla = shape.mla
+    if mla is not None:
+        return shape.heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim + mla.v_head_dim)
+    return 2 * shape.kv_heads * (shape.hidden // shape.heads)
+
+
+def kv_bytes(shape: TransformerShape, microbatch: int, dtype_bytes: int, tensor: int) -> float:
+    """The K/V bytes of one attention layer and micro-batch on one tensor rank, for the whole
+    sequence: 2·b·s·h_kv·dtype / t (the module docstring's KV)."""
+    return microbatch * shape.seq_len * kv_width(shape) * dtype_bytes / tensor
+
+
+def ring_bytes_per_rank(kv: float, c: int) -> tuple[float, float]:
+    """(forward, backward) bytes one rank sends around the ring per attention layer:
+    (c-1)/c·KV and 2·(c-1)/c·KV."""
+    return (c - 1) / c * kv, 2 * (c - 1) / c * kv

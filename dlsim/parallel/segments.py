@@ -1,0 +1,108 @@
+"""A layer's pass cut where context or expert parallelism interrupts its kernels.
+
+Under context parallelism an attention block's core (QK^T, softmax, AV) runs as a ring of c
+steps, each on the K/V block in hand while the next block travels
+(``dlsim.parallel.context``); under expert parallelism a MoE block's routed experts run
+between an all-to-all dispatch and an all-to-all combine (``dlsim.parallel.expert``). The
+builder turns each ``Segment`` into ops; the compute between them stays one kernel group.
+
+Backward runs the layer's kernels in reverse: its rings pass each block with its gradients
+(twice the bytes), its all-to-alls the tokens' gradients. Recomputation re-runs what it
+recomputes with its communication: full recomputation the whole forward (its rings and
+all-to-alls) before the backward, selective the attention core, as its own forward ring,
+just before the backward ring. So a pass's segment times add up to ``pass_times_s``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dlsim.hardware.profiles import DeviceProfile
+from dlsim.parallel.expert import ExpertLayout, dispatch_bytes
+from dlsim.parallel.tensor import ATTENTION_CORE
+from dlsim.workload.costmodel import kernel_time_s
+from dlsim.workload.model import Kernel, Layer
+
+SegmentKind = Literal["compute", "ring", "dispatch", "combine"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``compute``: ``seconds`` of kernels; ``ring``: the attention core's ``seconds`` over
+    all the ring's steps, each passing a block of ``size_bytes`` on; ``dispatch`` and
+    ``combine``: an all-to-all of ``size_bytes`` per rank (nccl-tests' buffer)."""
+
+    kind: SegmentKind
+    seconds: float = 0.0
+    size_bytes: float = 0.0
+
+
+LayerPass = tuple[Segment, ...]
+
+
+def _walk(items: list[tuple[str, float]], ring_bytes: float, a2a_bytes: float
+          ) -> list[Segment]:
+    """Segments of a run of (class, seconds) kernels: consecutive kernels of one class are
+    one segment; ``recomputed-ring`` is the forward ring that selective recomputation re-runs
+    (blocks without their gradients)."""
+    out: list[Segment] = []
+    i = 0
+    while i < len(items):
+        j = i
+        while j < len(items) and items[j][0] == items[i][0]:
+            j += 1
+        what, seconds = items[i][0], sum(t for _, t in items[i:j])
+        if what == "ring":
+            out.append(Segment("ring", seconds, ring_bytes))
+        elif what == "recomputed-ring":
+            out.append(Segment("ring", seconds, ring_bytes / 2))
+        elif what == "expert":
+            out += [Segment("dispatch", 0.0, a2a_bytes), Segment("compute", seconds),
+                    Segment("combine", 0.0, a2a_bytes)]
+        else:
+            out.append(Segment("compute", seconds))
+        i = j
+    return out
+
+
+def _merged(segments: list[Segment]) -> LayerPass:
+    """Adjacent compute segments as one."""
+    out: list[Segment] = []
+    for seg in segments:
+        if out and seg.kind == out[-1].kind == "compute":
+            out[-1] = Segment("compute", out[-1].seconds + seg.seconds)
+        else:
+            out.append(seg)
+    return tuple(out)
+
+
+def layer_segments(layer: Layer, device: DeviceProfile, dtype: str, recompute: str,
+                   context: int, kv_block_bytes: float,
+                   experts: ExpertLayout) -> tuple[LayerPass, LayerPass]:
+    """(forward, backward) segments of one (sharded) layer for one micro-batch;
+    ``kv_block_bytes`` is one ring step's K/V block in forward."""
+    moe = layer.moe
+    ring = context > 1 and layer.block is not None
+    routed = moe.expert_kernels if moe is not None and experts.expert > 1 else frozenset()
+    a2a = 0.0 if moe is None else dispatch_bytes(moe, experts)
+
+    def items(kernels: list[Kernel]) -> list[tuple[str, float]]:
+        return [("ring" if ring and k.name in ATTENTION_CORE
+                 else "expert" if k.name in routed else "compute",
+                 kernel_time_s(k, device, dtype)) for k in kernels]
+
+    forward = items(list(layer.forward))
+    bwd_kernels = list(reversed(layer.backward))
+    backward = items(bwd_kernels)
+    if recompute == "full":
+        backward = [("recomputed-ring" if what == "ring" else what, seconds)
+                    for what, seconds in forward] + backward
+    elif recompute == "selective":
+        core = [k for k in layer.forward if k.name in ATTENTION_CORE]
+        at = next((n for n, k in enumerate(bwd_kernels) if k.name in ATTENTION_CORE), None)
+        if at is not None:
+            backward.insert(at, ("recomputed-ring" if ring else "compute",
+                                 sum(kernel_time_s(k, device, dtype) for k in core)))
+    return (_merged(_walk(forward, kv_block_bytes, a2a)),
+            _merged(_walk(backward, 2 * kv_block_bytes, a2a)))
