@@ -1,11 +1,11 @@
 """Expert parallelism: all-to-all and gradient bytes, the busiest rank's expert FLOPs, the
 expert groups on the grid, symmetry against full fidelity, the topology's say, memory and
-the rules. The MoE model is built by hand (``moe_fixture``) until the MoE presets land."""
+the rules, on a small MoE transformer written as a user writes one (``moe_fixture``)."""
 
 from __future__ import annotations
 
 import pytest
-from moe_fixture import moe_model, use_moe
+from moe_fixture import moe_model, moe_spec
 
 import dlsim
 from dlsim.contract.errors import ScenarioError
@@ -18,13 +18,15 @@ from dlsim.parallel.memory import memory_per_device
 from dlsim.parallel.pipeline import pieces
 from dlsim.parallel.tensor import shard_model
 
-E, TOP_K, FFN = 8, 2, 3072  # routed experts of GPT-2 124M's blocks
+E, TOP_K, FFN = 8, 2, 3072  # routed SwiGLU experts on GPT-2 124M-sized blocks
 B, S, H, LAYERS = 1, 1024, 768, 12
+EXPERT = 3 * H * FFN  # gate, up and down
 
 
 def scenario(fidelity: str = "symmetric", nodes: int = 2, batch: int = 32,
-             placement: str = "pack", **parallelism) -> dict:
-    return {"name": "ep", "model": {"preset": "gpt2-124m"},
+             placement: str = "pack", moe: dict | None = None, **parallelism) -> dict:
+    model = moe_spec(LAYERS, H, 12, S, 50257, E, TOP_K, FFN, **(moe or {}))
+    return {"name": "ep", "model": model,
             "cluster": {"preset": "dgx-a100", "nodes": nodes}, "precision": "bf16",
             "training": {"global_batch": batch, "microbatch": 1, "optimizer": "adam"},
             "parallelism": parallelism, "placement": placement,
@@ -33,19 +35,18 @@ def scenario(fidelity: str = "symmetric", nodes: int = 2, batch: int = 32,
 
 @pytest.mark.parametrize(("imbalance", "capacity", "factor"),
                          [(1.0, None, 1.0), (1.25, None, 1.25), (1.25, 1.1, 1.1)])
-def test_alltoall_and_gradient_bytes_are_the_closed_form(monkeypatch, imbalance, capacity,
-                                                         factor):
+def test_alltoall_and_gradient_bytes_are_the_closed_form(imbalance, capacity, factor):
     """Per rank, MoE layer, micro-batch and direction the dispatch sends (e-1)/e of
     top_k·b·s/(c·t)·h·dtype, times the busiest rank's load (router_imbalance, capped by
     the capacity factor); four all-to-alls (dispatch and combine, forward and backward).
     Expert gradients go over the expert-data group (d·c·t/(e·et) = 2 ranks: a ring moves
     2(N-1)/N·G = G per rank), dense gradients over data x context (4 ranks)."""
-    use_moe(monkeypatch, E, TOP_K, FFN, router_imbalance=imbalance, capacity_factor=capacity)
     d, t, p, e = 4, 2, 2, 4
-    result = dlsim.simulate(scenario(data=d, tensor=t, pipeline=p, expert=e))
+    result = dlsim.simulate(scenario(data=d, tensor=t, pipeline=p, expert=e, moe={
+        "router_imbalance": imbalance, "capacity_factor": capacity}))
     ranks, micro, per_stage = d * t * p, 32 // d, LAYERS // p
     a2a = (e - 1) / e * TOP_K * B * S / t * H * 2 * factor
-    routed_per_rank = E * 2 * H * FFN / e  # per layer
+    routed_per_rank = E * EXPERT / e  # per layer
     expert_data = d * t // e
     expert_sync = 2 * (expert_data - 1) / expert_data * routed_per_rank * per_stage * 2
     expected = ranks * (4 * a2a * per_stage * micro + expert_sync)
@@ -53,7 +54,7 @@ def test_alltoall_and_gradient_bytes_are_the_closed_form(monkeypatch, imbalance,
     assert axes["expert"]["bytes"] == pytest.approx(expected, rel=1e-12)
     # dense gradients: each stage's attention, router, embedding or head, 1/t per rank
     model = moe_model(LAYERS, H, 12, S, 50257, 1, E, TOP_K, FFN)
-    dense = [(layer.params - (E * 2 * H * FFN if layer.moe else 0)) / t
+    dense = [(layer.params - (E * EXPERT if layer.moe else 0)) / t
              for layer in model.layers]
     stages = [dense[:1 + per_stage], dense[1 + per_stage:]]
     data_bytes = sum(2 * (d - 1) / d * sum(stage) * 2 * (d * t) for stage in stages)
@@ -64,14 +65,14 @@ def test_alltoall_and_gradient_bytes_are_the_closed_form(monkeypatch, imbalance,
                          [(1, 1, 4, 1.3, None), (2, 2, 8, 1.3, 1.2), (1, 2, 1, 1.3, None)])
 def test_busiest_rank_runs_its_share_of_routed_flops(c, t, e, imbalance, capacity):
     """Token conservation: the routed FLOPs of one micro-batch of the whole sequence
-    (2·b·s·top_k·h·f for the up projection) / (c·t), times min(imbalance, capacity) where
+    (2·b·s·top_k·h·2f for the gate and up projections) / (c·t), times min(imbalance, capacity) where
     e > 1 (with every expert on every rank routing cannot unbalance the ranks)."""
     model = moe_model(2, H, 12, S, 1000, B, E, TOP_K, FFN, router_imbalance=imbalance,
                       capacity_factor=capacity)
     shard = reprice_experts(shard_model(context_shard(model, c), t), ExpertLayout(e, 1, t))
-    up = next(k for k in shard.layers[1].forward if k.name == "expert_up")
+    up = next(k for k in shard.layers[1].forward if k.name == "expert_up")  # gate and up
     factor = min(imbalance, capacity or float("inf")) if e > 1 else 1.0
-    assert up.flops == pytest.approx(2 * B * S * TOP_K * H * FFN / (c * t) * factor,
+    assert up.flops == pytest.approx(2 * B * S * TOP_K * H * 2 * FFN / (c * t) * factor,
                                      rel=1e-15)
     router = next(k for k in shard.layers[1].forward if k.name == "router")
     assert router.flops == pytest.approx(2 * B * S * H * E / c, rel=1e-15)  # not split by t
@@ -97,7 +98,7 @@ def test_alltoall_groups_are_the_folded_expert_groups():
     assert {op.group for op in a2a} == {(4, 5, 6, 7)} == {grid.expert_group(0, 1, 0)}
     syncs = [op for op in ops if getattr(op, "role", "") == "expert" and op.op == "allreduce"]
     assert [op.group for op in syncs] == [(1, 5)] == [grid.expert_data_group(0, 1, 0)]
-    assert syncs[0].size_bytes == pytest.approx(2 * E * 2 * H * FFN / 4 * 2, rel=1e-15)
+    assert syncs[0].size_bytes == pytest.approx(2 * E * EXPERT / 4 * 2, rel=1e-15)
 
 
 @pytest.mark.parametrize("parallelism", [
@@ -105,24 +106,23 @@ def test_alltoall_groups_are_the_folded_expert_groups():
     {"data": 2, "tensor": 2, "pipeline": 1, "context": 2, "expert": 8},
     {"data": 4, "tensor": 2, "pipeline": 1, "expert": 2, "expert_tensor": 2},
 ])
-def test_symmetric_run_equals_full_fidelity(monkeypatch, parallelism):
-    use_moe(monkeypatch, E, TOP_K, FFN, router_imbalance=1.2)
+def test_symmetric_run_equals_full_fidelity(parallelism):
     nodes = 2 if parallelism["pipeline"] == 2 else 1
-    full = dlsim.simulate(scenario("full", nodes, batch=8, **parallelism))
-    sym = dlsim.simulate(scenario("symmetric", nodes, batch=8, **parallelism))
+    moe = {"router_imbalance": 1.2}
+    full = dlsim.simulate(scenario("full", nodes, batch=8, moe=moe, **parallelism))
+    sym = dlsim.simulate(scenario("symmetric", nodes, batch=8, moe=moe, **parallelism))
     assert sym.step_time_s == pytest.approx(full.step_time_s, rel=1e-12)
     assert sym.comm_bytes_total == pytest.approx(full.comm_bytes_total, rel=1e-12)
     for axis, row in full.summary["communication_by_axis"].items():
         assert sym.summary["communication_by_axis"][axis] == pytest.approx(row, rel=1e-12)
 
 
-def test_alltoall_inside_the_nvlink_domain_is_fast_and_across_nodes_is_not(monkeypatch):
+def test_alltoall_inside_the_nvlink_domain_is_fast_and_across_nodes_is_not():
     """8 ranks, e = 8 (no expert-data replicas, so the expert axis is the all-to-alls) on
     two DGX A100: packed, the expert group is one node (NVLink, 300 GB/s per GPU); spread,
     its ranks alternate nodes and half of each rank's dispatch crosses InfiniBand (25 GB/s
     per GPU, 14 us a message): 0.5/25 against 7/8/300 of the buffer per byte, about 7x on
     bandwidth alone; with the latencies of 3 MB all-to-alls the engine gives 3.37x."""
-    use_moe(monkeypatch, E, TOP_K, FFN)
     packed = dlsim.simulate(scenario(data=8, expert=8, batch=8))
     spread = dlsim.simulate(scenario(data=8, expert=8, batch=8, placement="spread"))
     a2a = {name: r.summary["communication_by_axis"]["expert"]["time_s"]
@@ -139,7 +139,7 @@ def test_memory_per_rank_with_expert_and_context_degrees():
     d, c, t, e, et = 2, 2, 2, 4, 2
     plan = memory_per_device(model, "bf16", "adam", data=d, tensor=t, context=c, expert=e,
                              expert_tensor=et, zero_stage=1)
-    routed = sum(E * 2 * H * FFN for layer in model.layers if layer.moe)
+    routed = sum(E * EXPERT for layer in model.layers if layer.moe)
     dense = (model.parameters - routed) / t
     experts = routed / (e * et)
     expert_data = d * c * t // (e * et)
@@ -158,8 +158,7 @@ def test_memory_per_rank_with_expert_and_context_degrees():
     ({"data": 8, "expert": 2, "expert_tensor": 5}, "parallelism.expert_tensor",
      "must divide the experts' hidden size (3072)"),
 ])
-def test_bad_expert_degrees_name_the_field(monkeypatch, parallelism, field, message):
-    use_moe(monkeypatch, E, TOP_K, FFN)
+def test_bad_expert_degrees_name_the_field(parallelism, field, message):
     with pytest.raises(ScenarioError) as err:
         dlsim.simulate(scenario(nodes=1, batch=8, **parallelism))
     assert err.value.field == field
@@ -167,7 +166,8 @@ def test_bad_expert_degrees_name_the_field(monkeypatch, parallelism, field, mess
 
 
 def test_expert_parallelism_on_a_dense_model_is_refused():
+    dense = scenario(nodes=1, batch=8, data=8, expert=2) | {"model": {"preset": "gpt2-124m"}}
     with pytest.raises(ScenarioError) as err:
-        dlsim.simulate(scenario(nodes=1, batch=8, data=8, expert=2))
+        dlsim.simulate(dense)
     assert err.value.field == "parallelism.expert"
     assert "has none" in str(err.value)
