@@ -168,8 +168,8 @@ def test_a_name_nothing_resembles_lists_the_registered_names():
                        "communication": {"data_parallel": "magic"}})
     message = str(err.value)
     assert "field 'communication.data_parallel'" in message and "did you mean" not in message
-    assert "allowed: auto, direct, gossip, halving-doubling, hierarchical, nvls, ps, ring, tree" in (
-        message)
+    assert ("allowed: auto, direct, gossip, halving-doubling, hierarchical, nvls, ps, ring, "
+            "tree") in message
 
 
 def test_an_algorithm_that_does_not_run_the_op_names_those_that_do():
