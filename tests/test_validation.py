@@ -128,8 +128,9 @@ def test_per_table_summary(rows):
     assert list(summary.table) == ["zero_memory", "nccl_allreduce_busbw_8xA100",
                                    "pytorch_ddp_benchmark_v100", "megatron_sc21_table1",
                                    "megatron_2020_tp_scaling_dgxa100",
-                                   "dle_bert_large_dgxa100", "gpipe_table2_tpu"]
-    assert summary.rows.tolist() == [54, 24, 10, 5, 4, 8, 18]
+                                   "dle_bert_large_dgxa100", "gpipe_table2_tpu",
+                                   "nccl_h100_other_sources"]
+    assert summary.rows.tolist() == [54, 24, 10, 5, 4, 8, 18, 125]
     nccl = rows[rows.table == "nccl_allreduce_busbw_8xA100"].error_pct.abs()
     row = summary.set_index("table").loc["nccl_allreduce_busbw_8xA100"]
     assert row.median_abs_error_pct == pytest.approx(nccl.median())

@@ -31,19 +31,21 @@ class LinkSpec:
     down_Bps: float
     latency_s: float
     transport: Transport = "net"
+    nvswitch_generation: int = 0  # of the NVSwitch it plugs into; 0: none (LinkProfile)
 
     @classmethod
     def of(cls, profile: LinkProfile, lanes: int = 1) -> LinkSpec:
         return cls(profile.name, profile.up_Bps * lanes, profile.down_Bps * lanes,
-                   profile.latency_s, profile.transport)
+                   profile.latency_s, profile.transport, profile.nvswitch_generation or 0)
 
 
 def add_link(g: nx.DiGraph, lower: object, upper: object, spec: LinkSpec) -> None:
     """Join ``lower`` (device side) and ``upper`` (network side) with a full-duplex link."""
     g.add_edge(lower, upper, bandwidth_Bps=spec.up_Bps, latency_s=spec.latency_s, link=spec.name,
-               transport=spec.transport)
+               transport=spec.transport, nvswitch_generation=spec.nvswitch_generation)
     g.add_edge(upper, lower, bandwidth_Bps=spec.down_Bps, latency_s=spec.latency_s,
-               link=spec.name, transport=spec.transport)
+               link=spec.name, transport=spec.transport,
+               nvswitch_generation=spec.nvswitch_generation)
 
 
 def _devices(g: nx.DiGraph, first: int, count: int, node: int) -> list[int]:

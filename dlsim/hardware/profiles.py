@@ -135,6 +135,9 @@ class LinkProfile(_Frozen):
     up_GBps: float | None = Field(default=None, gt=0)
     down_GBps: float | None = Field(default=None, gt=0)
     latency_us: float = Field(ge=0)
+    # The NVSwitch generation the link plugs into (None: no NVSwitch). Generation 3 (H100/H200,
+    # NVLink 4) and later reduce in the switch (NVLS multimem ops), which NVLS needs.
+    nvswitch_generation: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _one_bandwidth(self) -> LinkProfile:

@@ -37,6 +37,8 @@ class Topology:
     capacity_Bps: np.ndarray = field(init=False)
     latency_s: np.ndarray = field(init=False)
     link_class: np.ndarray = field(init=False)
+    # per edge: the NVSwitch generation it plugs into, 0 for none (NVLS needs 3 or later)
+    nvswitch_generation: np.ndarray = field(init=False)
     _edge_id: dict[tuple[object, object], int] = field(init=False, repr=False)
     _routes: dict[tuple[int, int], np.ndarray] = field(init=False, repr=False)
     _flow_routes: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
@@ -58,6 +60,8 @@ class Topology:
         self.latency_s = np.array([self.graph.edges[e]["latency_s"] for e in self.edges])
         self.link_class = np.array([LINK_CLASSES.index(self.graph.edges[e]["transport"])
                                     for e in self.edges], dtype=int)
+        self.nvswitch_generation = np.array(
+            [self.graph.edges[e].get("nvswitch_generation", 0) for e in self.edges], dtype=int)
         self._routes = {}
         self._flow_routes = {}
         self._legs = {}

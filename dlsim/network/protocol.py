@@ -34,6 +34,16 @@ LL's bus bandwidth is also capped per architecture and node count (``llMaxBws``,
 2.19+: Ampere 87.7 / 22.5 / 19.0 GB/s for 1 / 2 / more nodes): every sender's LL payload,
 its flows together, moves at most that fast.
 
+NVLS (``dlsim.network.algorithms.nvls``) runs with Simple only (NCCL enables no other
+protocol for it). Its flows move at the NVLink payload rate times NCCL's ``nvlsEfficiency``
+for the switch generation's GPU architecture (``src/graph/tuning.cc``, 2.19+: Hopper 0.85,
+Blackwell 0.74), both NCCL's own constants, nothing fitted. Its per-collective latency is
+the one constant fitted here: 71 us (NCCL's own model charges 25), fitted on NVIDIA's DGX
+H100 sample output alone (``nccl_h100_other_sources.csv``, the dgxc-benchmarking rows of
+4 MiB and more, 13 rows: the integer latency with the lowest median absolute error of
+``algorithm: auto``); the H200 and B200 tables of that file are held out
+(``dlsim.validation.nccl_other``).
+
 Not modelled: NCCL's channels. A collective runs on the communicator's channels (24 on an
 8x A100 NVSwitch board, nccl-tests issue #100), fewer for small sizes (``src/enqueue.cc``
 removes one while the size is below channels x threads x a per-thread threshold: LL 512 x
@@ -60,9 +70,14 @@ for _name, _meaning in {"ideal": "textbook: path latency per step, links at line
                         **{p: f"NCCL's {p} protocol" for p in PROTOCOLS}}.items():
     register(PROTOCOL, _name, _meaning)
 
-# NCCL tuning.cc baseLat[algorithm][protocol], us: Tree {6.8, 14.0, 8.4}, Ring {6.6, 14.0, 8.4}
+# NCCL tuning.cc baseLat[algorithm][protocol], us: Tree {6.8, 14.0, 8.4}, Ring {6.6, 14.0, 8.4},
+# NVLS {0, 0, 0} (its whole latency is its hwLat)
 BASE_LATENCY_US = {"tree": {"LL": 6.8, "LL128": 14.0, "Simple": 8.4},
-                   "ring": {"LL": 6.6, "LL128": 14.0, "Simple": 8.4}}
+                   "ring": {"LL": 6.6, "LL128": 14.0, "Simple": 8.4},
+                   "nvls": {"Simple": 0.0}}
+# NVLS's latency per collective, us: fitted on the DGX H100 sample (module docstring); NCCL's
+# hwLat[NVLINK][NVLS][Simple] is 25. NVLS flows cross NVLink only (nvls.on_reducing_switch).
+NVLS_LATENCY_US = 71.0
 # NCCL tuning.cc hwLat[hw][algorithm][protocol], us per step, hw = NVLINK, PCI, NET
 STEP_LATENCY_US = {
     ("nvlink", "tree"): {"LL": 0.6, "LL128": 1.25, "Simple": 4.0},
@@ -71,11 +86,16 @@ STEP_LATENCY_US = {
     ("pci", "ring"): {"LL": 1.0, "LL128": 2.5, "Simple": 5.7},
     ("net", "tree"): {"LL": 5.0, "LL128": 8.5, "Simple": 14.0},
     ("net", "ring"): {"LL": 2.7, "LL128": 4.0, "Simple": 14.0},
+    **{(c, "nvls"): {"Simple": NVLS_LATENCY_US} for c in ("nvlink", "pci", "net")},
 }
 # Fraction of the bus bandwidth each protocol reaches (ncclTopoTuneModel refinements): ring
 # LL x 0.5, LL128 x 0.92 (~120/128); tree all-reduce x 0.92, then LL x 1/3.8, LL128 x 120/128.
 PROTOCOL_EFFICIENCY = {"ring": {"LL": 0.5, "LL128": 0.92, "Simple": 1.0},
-                       "tree": {"LL": 0.92 / 3.8, "LL128": 0.92 * 120 / 128, "Simple": 0.92}}
+                       "tree": {"LL": 0.92 / 3.8, "LL128": 0.92 * 120 / 128, "Simple": 0.92},
+                       "nvls": {"Simple": 1.0}}
+# NCCL tuning.cc nvlsEfficiency by compute capability (Hopper 0.85, Blackwell 0.74), keyed
+# here by the NVSwitch generation each architecture ships with (3: Hopper, 4: Blackwell).
+NVLS_EFFICIENCY = {3: 0.85, 4: 0.74}
 # Payload rate NCCL assumes per link / line rate (src/graph/topo.h, see the module docstring).
 TRANSPORT_EFFICIENCY = {"nvlink": 20.0 / 25.0, "pci": 12.0 / 15.75, "net": 12.0 / 12.5}
 # LL bus-bandwidth cap, GB/s, by architecture for 1, 2 and more nodes (tuning.cc llMaxBws,
@@ -98,9 +118,14 @@ def resolve_mode(mode: str, topology: Topology, textbook: bool) -> str:
 
 
 def family(algorithm: str) -> str:
-    """Which of NCCL's constant sets an algorithm pays: trees their own, all else the ring's
-    (halving-doubling, direct, PS and chains are point-to-point steps like a ring's)."""
-    return "tree" if algorithm == "tree" else "ring"
+    """Which of NCCL's constant sets an algorithm pays: trees and NVLS their own, all else
+    the ring's (halving-doubling, direct, PS and chains are point-to-point steps)."""
+    return algorithm if algorithm in ("tree", "nvls") else "ring"
+
+
+def runs(protocol: str, algorithm: str) -> bool:
+    """Whether NCCL runs ``algorithm`` with ``protocol`` (NVLS: Simple only)."""
+    return protocol in ("ideal", *PROTOCOL_EFFICIENCY[family(algorithm)])
 
 
 def _flow_links(topology: Topology, src: np.ndarray, dst: np.ndarray
@@ -123,6 +148,14 @@ def _flow_links(topology: Topology, src: np.ndarray, dst: np.ndarray
     at_min = capacity == np.repeat(capacity_min[moving], lengths)
     narrow[moving] = np.maximum.reduceat(np.where(at_min, classes, -1), starts)
     return worst, narrow, capacity_min
+
+
+def _nvls_efficiency(topology: Topology, phase: Phase) -> np.ndarray:
+    """Per flow, NCCL's nvlsEfficiency for the oldest NVSwitch generation on its route."""
+    links, starts, _ = topology.flow_routes(phase.src, phase.dst)
+    generation = np.minimum.reduceat(topology.nvswitch_generation[links], starts)
+    newest = max(NVLS_EFFICIENCY)
+    return np.array([NVLS_EFFICIENCY[min(int(g), newest)] for g in generation])
 
 
 def enabled(protocol: str, topology: Topology, phases: list[Phase]) -> bool:
@@ -158,6 +191,8 @@ def apply(phases: list[Phase], topology: Topology, protocol: str, algorithm: str
         step = np.array([STEP_LATENCY_US[(c, fam)][protocol] for c in LINK_CLASSES])[worst]
         eff = PROTOCOL_EFFICIENCY[fam][protocol] * np.array(
             [TRANSPORT_EFFICIENCY[c] for c in LINK_CLASSES])[narrow]
+        if fam == "nvls":
+            eff = eff * _nvls_efficiency(topology, phase)
         if ll_cap is not None:
             # every sender's LL payload, all its flows together, at most the cap
             src = np.asarray(phase.src)

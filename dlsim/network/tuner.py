@@ -24,6 +24,7 @@ from dlsim.contract.errors import ScenarioError
 from dlsim.hardware.topology import Topology
 from dlsim.network import protocol as proto
 from dlsim.network.algorithms import Phase, algorithms_for, lower, needs_peers
+from dlsim.network.algorithms import algorithms as registered_algorithms
 from dlsim.network.analytical import batch_cost
 
 
@@ -58,11 +59,12 @@ def estimate_time_s(op: str, algorithm: str, size_bytes: float, devices: np.ndar
 
 def candidates(op: str, algorithm: str, protocol: str) -> list[str]:
     """What ``auto`` chooses among, in precedence order: the registered algorithms for
-    ``op`` that allow it. Under NCCL's protocols NCCL's own (ring and tree; CollNet and NVLS
-    need in-network reduction, not modelled); under the ideal model also the classic
-    alternatives MPI libraries pick from by size (Thakur et al. 2005), but not deployment
-    choices (parameter server, direct exchange) nor gossip, which does not compute the
-    average. Every algorithm for ``op`` where none allows it (all-to-all: direct)."""
+    ``op`` that allow it. Under NCCL's protocols NCCL's own (ring, tree, and NVLS where the
+    group sits on one NVSwitch of generation 3+; CollNet/SHARP is not modelled); under the
+    ideal model also the classic alternatives MPI libraries pick from by size (Thakur et
+    al. 2005), but not deployment choices (parameter server, direct exchange) nor gossip,
+    which does not compute the average. Every algorithm for ``op`` where none allows it
+    (all-to-all: direct)."""
     if algorithm != "auto":
         return [algorithm]
     every = algorithms_for(op)
@@ -95,7 +97,21 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
             if not choose:
                 raise
             continue  # e.g. halving-doubling on a group that is not a power of two
+        runs_on = registered_algorithms()[alg].runs_on
+        if phases and runs_on is not None and not runs_on(topology, phases):
+            if len(algorithms) > 1:
+                continue
+            raise ScenarioError(
+                f"'{alg}' needs every rank of the group on one NVSwitch of generation 3 or "
+                f"later (H100, H200, B200 systems; across nodes NCCL runs NVLS-Tree, not "
+                f"modelled), which {topology.description} does not give this group; use "
+                f"ring, tree or auto.", field="algorithm")
         for p in protocols:
+            if not proto.runs(p, alg):
+                if len(protocols) > 1:
+                    continue
+                raise ScenarioError(f"'{alg}' runs with NCCL's Simple protocol only, not "
+                                    f"{p}; use protocol: Simple or auto.", field="protocol")
             if choose and not proto.enabled(p, topology, phases):
                 continue
             run = proto.apply(phases, topology, p, alg, n_nodes, op)

@@ -19,6 +19,7 @@ import numpy as np
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.contract.registry import ALGORITHM, did_you_mean, registered
+from dlsim.hardware.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ class Algorithm:
     is one of NCCL's own algorithms, the only candidates of ``auto`` under NCCL's protocols;
     ``nccl_lowerings``: how NCCL runs an op where that differs from the textbook lowering;
     ``planner``: the planner searches it for data-parallel gradients; ``peers``: it lowers
-    over each rank's neighbours in the topology (the tuner passes them). ``precedence`` is
+    over each rank's neighbours in the topology (the tuner passes them); ``runs_on``: whether
+    the hardware can run its lowered phases at all (NVLS needs an NVSwitch that reduces;
+    None: any topology). ``precedence`` is
     the tie order: of equally fast candidates ``auto`` keeps the one with the lowest
     (NCCL's tuner keeps the earlier candidate), and lists of algorithms follow it.
     """
@@ -65,6 +68,7 @@ class Algorithm:
     nccl_lowerings: Mapping[str, Lowering] = field(default_factory=dict)
     planner: bool = False
     peers: bool = False
+    runs_on: Callable[[Topology, list[Phase]], bool] | None = None
     precedence: int = 100  # after every algorithm dlsim ships
 
 
