@@ -188,6 +188,9 @@ class ParallelismSpec(_Spec):
     # hybrid sharding: ZeRO/FSDP shards within groups of k data-parallel ranks, replicates
     # across them (None: shard over the whole data-parallel group)
     shard_group: int | None = Field(default=None, ge=1)
+    # ZeRO-1/2: the parameter all-gather after the update overlaps the next step's forward
+    # (Megatron-Core's --overlap-param-gather, off by default as there)
+    overlap_param_gather: bool = False
 
     @model_validator(mode="after")
     def _supported(self) -> ParallelismSpec:

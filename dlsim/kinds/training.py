@@ -65,14 +65,16 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         bucket_cap_bytes=train.bucket_cap_mb * MiB, zero_stage=par.zero_stage,
         offload=par.offload, sharing=topology.devices_per_node,
         compression=compression_of(comm, par.zero_stage, data_parallel_only),
-        sync_every=local_sgd_period(comm, train.steps, par.zero_stage, stages * tensor))
+        sync_every=local_sgd_period(comm, train.steps, par.zero_stage, stages * tensor),
+        shard_group=par.shard_group, overlap_param_gather=par.overlap_param_gather)
     programs = build_programs(job, cut, device, dtype, replicas,
                               [0] if symmetric_run else list(range(tensor)))
     memory_of = partial(
         stage_memory, model, [[i for c in range(chunks) for i in cut[c * stages + s].layers]
                               for s in range(stages)], dtype, train.optimizer,
         [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
-        data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel)
+        data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel,
+        shard=par.shard_group)
     memory_options: dict[str, Any] = {"zero_stage": par.zero_stage, "recompute": par.recompute,
                       "offload": par.offload}
     if tensor > 1:  # sequence parallelism is a saving only a tensor-parallel plan can take
@@ -100,7 +102,9 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                      "sequence_parallel": sequence_parallel, "pipeline": stages,
                      "schedule": par.schedule, "virtual_stages": chunks,
                      "zero_stage": par.zero_stage, "recompute": par.recompute,
-                     "offload": par.offload, "microbatches": micro_count},
+                     "offload": par.offload, "microbatches": micro_count}
+        | ({"shard_group": par.shard_group} if par.shard_group else {})
+        | ({"overlap_param_gather": True} if par.overlap_param_gather else {}),
         lora_and_offload=True)
     if not summary["fits_in_memory"]:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,

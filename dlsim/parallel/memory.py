@@ -5,8 +5,11 @@ keeps 16-bit weights and gradients (2 + 2 bytes per parameter) and K bytes of op
 (K = 12 for Adam: fp32 master weights, momentum and variance). ZeRO stage 1 partitions the
 optimizer state over the N_d data-parallel ranks, stage 2 also the gradients, stage 3 also
 the weights; stage 3 then holds the layers it computes gathered, as many as its prefetch
-keeps resident (two:
-``dlsim.parallel.data_parallel``). Tensor parallelism (Shoeybi et al. 2019) splits
+keeps resident (two: ``dlsim.parallel.builder``). With hybrid sharding the state is
+partitioned over the ``shard`` ranks of a shard group instead of all N_d
+(``dlsim.parallel.sharding``): stage 3 holds (2 + 2 + K)·Ψ/(t·p·N_shard) plus its gathered
+layers, stage 1 (Megatron-Core's distributed optimizer) 4·Ψ/(t·p) + K·Ψ/(t·p·N_shard).
+Tensor parallelism (Shoeybi et al. 2019) splits
 every weight matrix and the vocabulary t ways, so model state is divided by t (the layer
 norms' few h-sized vectors, which Megatron-LM replicates, are counted as split: under 0.1 %
 of a block for h >= 1024); a pipeline stage holds its own layers' state only.
@@ -132,11 +135,12 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
                       in_flight_microbatches: float = 1, zero_stage: int = 0,
                       recompute: str = "none", offload: str = "none",
                       lora: LoraSpec | None = None,
-                      sequence_parallel: bool = False) -> MemoryPlan:
+                      sequence_parallel: bool = False, shard: int | None = None) -> MemoryPlan:
     """Bytes on one device: the layers in ``stage_layers`` (default: the fullest of
     ``pipeline`` stages from ``pipeline_stages``), their model state split ``tensor`` ways
-    and partitioned over ``data`` ranks as far as ``zero_stage`` says, and
-    ``in_flight_microbatches`` micro-batches of their stored activations."""
+    and partitioned over ``shard`` ranks (default ``data``: no hybrid sharding) as far as
+    ``zero_stage`` says, and ``in_flight_microbatches`` micro-batches of their stored
+    activations."""
     if recompute not in RECOMPUTE or offload not in OFFLOAD:
         raise ValueError(f"recompute must be one of {RECOMPUTE}, offload one of {OFFLOAD}")
     if stage_layers is None:
@@ -144,20 +148,21 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
             model, dtype, optimizer, data=data, tensor=tensor, stage_layers=part,
             in_flight_microbatches=in_flight_microbatches, zero_stage=zero_stage,
             recompute=recompute, offload=offload, lora=lora,
-            sequence_parallel=sequence_parallel)
+            sequence_parallel=sequence_parallel, shard=shard)
             for part in pipeline_stages(model, pipeline)), key=lambda plan: plan.total)
     layers = [model.layers[i] for i in stage_layers]
     base = sum(layer.params for layer in layers) / tensor
     trainable = base if lora is None else lora_parameters(layers, lora.rank, lora.targets) / tensor
     frozen = base if lora is not None else 0.0
-    share = [1.0 if zero_stage < stage else 1.0 / data for stage in (1, 2, 3)]
+    shard = data if shard is None else shard
+    share = [1.0 if zero_stage < stage else 1.0 / shard for stage in (1, 2, 3)]
     optimizer_bytes = trainable * OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype))] * share[0]
     grads = trainable * gradient_bytes_per_param(dtype) * share[1]
     params = (frozen * 2 + trainable * weight_bytes_per_param(dtype)) * share[2]
     activations = in_flight_microbatches * sum(
         stored_activations(layer, tensor, recompute, sequence_parallel) for layer in layers)
     gathered = 0.0
-    if zero_stage == 3 and data > 1:
+    if zero_stage == 3 and shard > 1:
         largest = max((layer.params for layer in layers), default=0) / tensor
         gathered = ZERO3_RESIDENT_LAYERS * largest * weight_bytes_per_param(dtype)
     host = traffic = 0.0
