@@ -337,7 +337,10 @@ class ParallelismSpec(_Spec):
     interleaved 1F1B with ``virtual_stages`` model chunks per device), activation
     recomputation and optimizer offload. ``sequence_parallel`` is Megatron-LM's sequence
     parallelism (Korthikanti et al. 2022, §4.2.2); as Megatron-LM does, it is ignored with
-    tensor 1."""
+    tensor 1. ZeRO-3 composes with tensor and pipeline parallelism as FSDP does
+    (``dlsim.parallel.builder``), ``shard_group`` is hybrid sharding
+    (``dlsim.parallel.sharding``) and ``overlap_param_gather`` Megatron-Core's overlapped
+    distributed-optimizer gather."""
 
     data: int | None = Field(default=None, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
@@ -356,6 +359,9 @@ class ParallelismSpec(_Spec):
     # hybrid sharding: ZeRO/FSDP shards within groups of k data-parallel ranks, replicates
     # across them (None: shard over the whole data-parallel group)
     shard_group: int | None = Field(default=None, ge=1)
+    # ZeRO-1/2: the parameter all-gather after the update overlaps the next step's forward
+    # (Megatron-Core's --overlap-param-gather, off by default as there)
+    overlap_param_gather: bool = False
 
     @model_validator(mode="after")
     def _supported(self) -> ParallelismSpec:

@@ -77,7 +77,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         offload=par.offload, sharing=topology.devices_per_node,
         compression=compression_of(comm, par.zero_stage, data_parallel_only),
         sync_every=local_sgd_period(comm, train.steps, par.zero_stage,
-                                    stages * tensor * context * expert))
+                                    stages * tensor * context * expert),
+        shard_group=par.shard_group, overlap_param_gather=par.overlap_param_gather)
     programs = build_programs(job, cut, device, dtype, replicas,
                               [0] if symmetric_run else list(range(tensor)),
                               [0] if symmetric_run else list(range(context)))
@@ -86,7 +87,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                               for s in range(stages)], dtype, train.optimizer,
         [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
         data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel,
-        context=context, expert=expert, expert_tensor=expert_tensor)
+        context=context, expert=expert, expert_tensor=expert_tensor, shard=par.shard_group)
     memory_options: dict[str, Any] = {"zero_stage": par.zero_stage, "recompute": par.recompute,
                       "offload": par.offload}
     if tensor > 1:  # sequence parallelism is a saving only a tensor-parallel plan can take
@@ -116,7 +117,9 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                      "zero_stage": par.zero_stage, "recompute": par.recompute,
                      "offload": par.offload, "microbatches": micro_count,
                      **({"context": context, "expert": expert, "expert_tensor": expert_tensor}
-                        if context * expert * expert_tensor > 1 else {})},
+                        if context * expert * expert_tensor > 1 else {})}
+        | ({"shard_group": par.shard_group} if par.shard_group else {})
+        | ({"overlap_param_gather": True} if par.overlap_param_gather else {}),
         lora_and_offload=True)
     if not summary["fits_in_memory"]:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,

@@ -20,6 +20,19 @@ ZeRO (Rajbhandari et al., SC'20) stages 1 and 2 replace the gradient all-reduce 
 reduce-scatter, step the optimizer on 1/d of the parameters and all-gather them after the
 step; stage 3 instead all-gathers each layer's parameters before its forward and backward,
 on a prefetch stream one layer ahead, and never after the step (1.5x the volume, §7.2.2).
+Under tensor parallelism each tensor rank gathers its own 1/t shard over its data-parallel
+group (FSDP2 over TP, torchtitan; Megatron-Core FSDP), and ZeRO-3 always runs its passes
+layer by layer, reduce-scattering each layer's gradients as the step's last backward pass
+produces them. Gradients accumulate unsharded over a step's micro-batches and the layers
+are re-gathered for every micro-batch's forward and backward pass: what
+``torch.distributed.pipelining`` runs for FSDP modules (``backward_maybe_with_nosync``:
+no gradient sync until the stage's last backward) with ``reshard_after_forward=True``
+(torchtitan's ``reshard_after_forward_policy: always``; its pipeline default ``never``
+keeps a whole stage gathered instead, which costs its memory). Hybrid sharding and the
+shard groups are ``dlsim.parallel.sharding``'s. With ``overlap_param_gather`` (Megatron-Core's
+``--overlap-param-gather``) the all-gather after the update runs layer by layer on the
+prefetch stream and each layer's first forward of the next step waits for its own gather
+only.
 
 Every op carries its role (``dlsim.contract.program.Role``): the grid axis a collective runs
 over, or compute, optimizer, offload, codec, so that metrics never parse op names.
@@ -55,6 +68,7 @@ from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
 from dlsim.parallel.pipeline import Piece, pieces, schedule
 from dlsim.parallel.segments import Segment
+from dlsim.parallel.sharding import sharding_groups
 from dlsim.parallel.tensor import Collectives
 from dlsim.workload.model import Model
 
@@ -81,6 +95,8 @@ class TrainingJob:
     sharing: int = 1  # devices of a node sharing its host (offload)
     compression: Compression | None = None
     sync_every: int = 1  # local SGD: average every H-th step only (Stich, ICLR 2019)
+    shard_group: int | None = None  # hybrid sharding: ZeRO shards within runs of k replicas
+    overlap_param_gather: bool = False  # ZeRO-1/2: the gather overlaps the next forward
 
 
 def build_programs(job: TrainingJob, pieces: list[Piece], device: DeviceProfile, dtype: str,
@@ -92,7 +108,10 @@ def build_programs(job: TrainingJob, pieces: list[Piece], device: DeviceProfile,
     grid = job.grid
     symmetric = (len(replicas) * len(context_ranks) * len(tensor_ranks)
                  < grid.data * grid.context * grid.tensor)
-    if grid.tensor == grid.pipeline == grid.context == grid.expert == 1:
+    dense = grid.data * grid.context
+    hybrid = job.zero_stage > 0 and (job.shard_group or dense) < dense
+    if grid.tensor == grid.pipeline == grid.context == grid.expert == 1 and not (
+            hybrid and not symmetric):
         shared = _RankProgram(job, pieces, device, dtype, 0, replicas[0], 0, symmetric).build()
         return {grid.rank(0, r, 0): shared for r in replicas}
     return {grid.rank(s, r, k, c): _RankProgram(job, pieces, device, dtype, s, r, k,
@@ -125,8 +144,14 @@ class _RankProgram:
         self.grad_bytes = gradient_bytes_per_param(dtype)
         self.weight_bytes = weight_bytes_per_param(dtype)
         # ZeRO partitions over the ranks the dense gradients sync over: data x context
-        self.sharded = job.zero_stage > 0 and grid.data * grid.context > 1
-        self.by_layer = job.gradient_sync == "buckets"
+        dense = grid.data * grid.context
+        self.shard = min(job.shard_group or dense, dense)  # ranks model state is sharded over
+        self.sharded = job.zero_stage > 0 and self.shard > 1
+        self.hybrid = self.sharded and self.shard < dense  # replicated across shard groups
+        self.zero3 = job.zero_stage == 3 and self.sharded
+        self.by_layer = job.gradient_sync == "buckets" or self.zero3
+        self.param_gates: dict[int, dict[int, int]] = {}  # overlap_param_gather's, by piece
+        self.gathered: tuple[int, ...] = ()  # the ZeRO-1/2 gather the next step waits for
         self.program: list[Op] = []
         # By symmetry one collective carries the identical ones of the unsimulated peers:
         # every replica's and context rank's tensor group, every tensor rank's data-parallel
@@ -137,6 +162,9 @@ class _RankProgram:
                                    for r in grid.tensor_group(s, j, ci))
         self.ks = range(self.t) if symmetric else [k]
         self.data_groups = tuple(r for j in self.ks for r in grid.data_group(s, j, c=None))
+        self.shards = sharding_groups(grid, s, self.ks, self.shard, replica, symmetric, c=c)
+        self.replicas = sharding_groups(grid, s, self.ks, self.shard, replica, symmetric,
+                                        across=True, c=c)
         self.pair_group = cache(self._pair_group)
         self.ring_groups = self._ring_groups()
         self.expert_at = expert_coordinates(grid, grid.rank(s, replica, k, c))
@@ -155,7 +183,9 @@ class _RankProgram:
 
     def _step(self, step: int) -> None:
         job, s, p = self.job, self.s, self.p
-        self.blocked: tuple[int, ...] = ()  # the last tensor collective: compute waits for it
+        # compute waits for the last tensor collective and, at a step's start, for the
+        # parameters ZeRO-1/2 gathered after the previous update
+        self.blocked: tuple[int, ...] = self.gathered
         self.syncs: list[int] = []  # the gradient exchanges the optimizer waits for
         done: dict[tuple[int, int], int] = {}
         last_backward: dict[int, int] = {}
@@ -170,16 +200,19 @@ class _RankProgram:
                 last = syncing and i == job.micro - 1
                 last_backward[c] = self._backward(piece, name, tag, done[(i, c)],
                                                   step if last else None)
-        if job.gradient_sync == "chunks" and job.grid.data * job.grid.context > 1:
-            op = "reducescatter" if self.sharded else "allreduce"
+        if (job.gradient_sync == "chunks" and job.grid.data * job.grid.context > 1
+                and not self.zero3):
             for c in sorted(last_backward):
                 piece = c * p + s
                 cost = self.pieces[piece]
-                self.syncs.append(self.add(Collective(
-                    f"{op} gradients chunk{c} s{step}", f"dp s{step} p{piece} k{self.k}",
-                    self.data_groups, op, (cost.params - cost.expert_params) * self.grad_bytes,
-                    job.algorithm if op == "allreduce" else "ring", job.servers,
-                    deps=(last_backward[c],), instances=len(self.ks), role="data")))
+                what, key = f"gradients chunk{c} s{step}", f"dp s{step} p{piece} k{self.k}"
+                size = (cost.params - cost.expert_params) * self.grad_bytes
+                self.syncs.append(
+                    self._reduce_scatter(what, key, size, last_backward[c]) if self.sharded
+                    else self.add(Collective(
+                        f"allreduce {what}", key, self.data_groups, "allreduce", size,
+                        job.algorithm, job.servers, deps=(last_backward[c],),
+                        instances=len(self.ks), role="data")))
         if job.gradient_sync == "chunks":
             for c in sorted(last_backward):
                 self._expert_sync(step, c * p + s, last_backward[c])
@@ -191,16 +224,51 @@ class _RankProgram:
         stage = f" stage{self.s}" if self.p > 1 else ""
         update: tuple[int, ...] = (*self.syncs, *self.blocked)
         for what, seconds, role in optimizer_steps(
-                params / (job.grid.data * job.grid.context) if self.sharded else params,
-                job.optimizer,
+                params / self.shard if self.sharded else params, job.optimizer,
                 self.device, self.dtype, job.offload, job.sharing):
             update = (self.add(Compute(f"{what}{stage} s{step}", seconds, deps=update,
                                        role=role)),)
-        if self.sharded and job.zero_stage < 3:
-            self.add(Collective(f"allgather parameters s{step}",
-                                f"zero s{step} stage{self.s} k{self.k}", self.data_groups,
-                                "allgather", params * self.weight_bytes, "ring", deps=update,
-                                instances=len(self.ks), role="data"))
+        if not self.sharded or job.zero_stage == 3:
+            return
+        if job.overlap_param_gather:
+            self._gather_for_next_step(step, update)
+            return
+        self.gathered = (self.add(Collective(f"allgather parameters s{step}",
+                            f"zero s{step} stage{self.s} k{self.k}" + self.shards.tag,
+                            self.shards.ranks, "allgather", params * self.weight_bytes, "ring",
+                            deps=update, instances=self.shards.instances, role="data")),)
+
+    def _gather_for_next_step(self, step: int, update: tuple[int, ...]) -> None:
+        """Megatron-Core's overlapped parameter gather: the updated parameters are gathered
+        layer by layer (a bucket per layer), in forward order, on the prefetch stream; the
+        next step's first forward pass of each layer waits for that layer's gather only
+        (``param_gates``), so the gather hides behind the forward passes before it."""
+        for c in range(self.job.chunks):
+            piece = c * self.p + self.s
+            cost = self.pieces[piece]
+            gates = self.param_gates.setdefault(piece, {})
+            for j, layer_params in enumerate(cost.layer_params):
+                if layer_params:
+                    gates[j] = self.add(Collective(
+                        f"allgather {cost.names[j]} s{step}",
+                        f"zero s{step} p{piece} {cost.layers[j]} k{self.k}" + self.shards.tag,
+                        self.shards.ranks, "allgather", layer_params * self.weight_bytes,
+                        "ring", deps=update, stream="prefetch",
+                        instances=self.shards.instances, role="data"))
+
+    def _reduce_scatter(self, what: str, key: str, size: float, after: int) -> int:
+        """ZeRO's gradient exchange: a reduce-scatter within the shard group and, with
+        hybrid sharding, an all-reduce of its 1/k shard across the shard groups."""
+        out = self.add(Collective(f"reducescatter {what}", key + self.shards.tag,
+                                  self.shards.ranks, "reducescatter", size, "ring",
+                                  self.job.servers, deps=(after,),
+                                  instances=self.shards.instances, role="data"))
+        if self.hybrid:
+            out = self.add(Collective(f"allreduce shard {what}", key + " x" + self.replicas.tag,
+                                      self.replicas.ranks, "allreduce", size / self.shard,
+                                      "ring", deps=(out,), instances=self.replicas.instances,
+                                      role="data"))
+        return out
 
     # -- passes ---------------------------------------------------------------------------
 
@@ -208,11 +276,13 @@ class _RankProgram:
         cost = self.pieces[piece]
         recv = (self._p2p("recv activations", piece - 1, piece, cost.in_bytes, "recv-fwd",
                           "act " + tag),) if piece else ()
-        if self.by_layer:
+        gates = self.param_gates.pop(piece, {})
+        if self.by_layer or gates:
             ran: list[int] = []
             for j in range(len(cost.layers)):
                 deps = self._gather(j, cost, "fwd", tag, ran) + (
-                    () if ran else (*recv, *self.blocked))
+                    () if ran else (*recv, *self.blocked)) + (
+                    (gates[j],) if j in gates else ())
                 ran.append(self.add(Compute(f"fwd {cost.names[j]} {tag}",
                                             cost.layer_times_s[j][0], deps)))
             out = ran[-1]
@@ -253,7 +323,9 @@ class _RankProgram:
                            first_deps: tuple[int, ...]) -> int:
         """Layer by layer in reverse, each finished bucket's exchange launched at once."""
         job, cost = self.job, self.pieces[piece]
-        buckets = gradient_buckets(cost.layer_params, self.grad_bytes, job.bucket_cap_bytes)
+        buckets = (gradient_buckets(cost.layer_params, self.grad_bytes, job.bucket_cap_bytes)
+                   if job.gradient_sync == "buckets"  # else ZeRO-3: one reduce-scatter a layer
+                   else [[j] for j in reversed(range(len(cost.layers))) if cost.layer_params[j]])
         closes = {b[-1]: n for n, b in enumerate(buckets)}
         ran: list[int] = []
         for j in reversed(range(len(cost.layers))):
@@ -261,7 +333,7 @@ class _RankProgram:
             backward = self.add(Compute(f"bwd {cost.names[j]} {tag}",
                                         cost.layer_times_s[j][1], deps))
             ran.append(backward)
-            if sync_step is not None and job.grid.data > 1 and j in closes:
+            if sync_step is not None and job.grid.data * job.grid.context > 1 and j in closes:
                 n = closes[j]
                 size = sum(cost.layer_params[i] for i in buckets[n]) * self.grad_bytes
                 self.syncs.append(self._bucket(sync_step, piece, n, size, backward))
@@ -271,14 +343,15 @@ class _RankProgram:
         job = self.job
         key = f"dp s{step} p{piece} b{n} k{self.k}"
         what = f"bucket {n} s{step}"
-        if job.compression is not None and not self.sharded:
+        if self.sharded:
+            return self._reduce_scatter(what, key, size, after)
+        if job.compression is not None:
             return sync_bucket(self.add, job.compression, what, key, self.data_groups,
                                size / self.grad_bytes, self.grad_bytes, job.algorithm,
                                job.servers, after, self.device, self.dtype)
-        op = "reducescatter" if self.sharded else "allreduce"
-        return self.add(Collective(f"{op} {what}", key, self.data_groups, op, size,
-                                   job.algorithm if op == "allreduce" else "ring",
-                                   job.servers, deps=(after,), role="data"))
+        return self.add(Collective(f"allreduce {what}", key, self.data_groups, "allreduce",
+                                   size, job.algorithm, job.servers, deps=(after,),
+                                   role="data"))
 
     def _gather(self, j: int, cost: Piece, phase: str, tag: str,
                 ran: list[int]) -> tuple[int, ...]:
@@ -286,13 +359,14 @@ class _RankProgram:
         (prefetch stream), once the layer two places earlier in this pass (``ran``: its
         compute ops so far) is done, so that at most two gathered layers are resident."""
         params = cost.layer_params[j]
-        if self.job.zero_stage < 3 or not self.sharded or params == 0:
+        if not self.zero3 or params == 0:
             return ()
+        rank = f" k{self.k}" if self.t > 1 else ""
         return (self.add(Collective(
             f"allgather {cost.names[j]} ({phase}) {tag}",
-            f"zero3 {tag} {phase} {cost.layers[j]}", self.data_groups, "allgather",
-            params * self.weight_bytes, "ring", deps=tuple(ran[-2:-1]), stream="prefetch",
-            role="zero-gather")),)
+            f"zero3 {tag} {phase} {cost.layers[j]}{rank}" + self.shards.tag, self.shards.ranks,
+            "allgather", params * self.weight_bytes, "ring", deps=tuple(ran[-2:-1]),
+            stream="prefetch", instances=self.shards.instances, role="zero-gather")),)
 
     def _tensor(self, what: str, key: str, collectives: Collectives, after: int) -> int:
         """A pass's tensor collectives, one repeated op per kind, each after the last; the

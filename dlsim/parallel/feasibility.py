@@ -72,6 +72,7 @@ class JobSpec:
     expert: int = 1
     expert_tensor: int = 1
     shard_group: int | None = None
+    overlap_param_gather: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def training_job(scenario: TrainingScenario, topology: Topology) -> JobSpec:
         topology.n_devices, topology.devices_per_node, scenario.precision, train.global_batch,
         scenario.communication, train.microbatch, par.data, par.tensor, par.pipeline,
         par.schedule, par.virtual_stages, par.zero_stage, train.lora is not None, train.steps,
-        par.context, par.expert, par.expert_tensor, par.shard_group)
+        par.context, par.expert, par.expert_tensor, par.shard_group, par.overlap_param_gather)
 
 
 def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Layout:
@@ -110,9 +111,6 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
     conflict = parallelism_conflict(job)
     if conflict:
         raise ScenarioError(conflict + ".", field="parallelism")
-    if job.shard_group:
-        raise ScenarioError("hybrid sharding is being built (issue 13); give no "
-                            "shard_group.", field="parallelism.shard_group")
     comm = job.communication
     check_algorithm("allreduce", comm.data_parallel, field="communication.data_parallel")
     t, p, v, cp = job.tensor, job.pipeline, job.virtual_stages, job.context
@@ -135,6 +133,7 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
                             "path, which context and expert parallelism do not take yet "
                             "(FSDP composed with them is being built, issue 13); use "
                             "zero_stage 0, 1 or 2.", field="parallelism.zero_stage")
+    check_shard_group(job.shard_group, job.zero_stage, data * cp)
     devices = place(data * model_parallel)
     per_replica, micro = split_batch(job.global_batch, job.microbatch, data)
     micro_count = per_replica // micro
@@ -168,6 +167,27 @@ def infeasible(job: JobSpec, place: Placement,
     except ScenarioError as exc:
         return exc
     return None
+
+
+def check_shard_group(shard_group: int | None, zero_stage: int, dense: int) -> None:
+    """Hybrid sharding shards ZeRO's model state within runs of ``shard_group``
+    consecutive members of the dense gradient group (``dense`` = data x context ranks,
+    ``dlsim.parallel.sharding``) and replicates it across them, so it needs a ZeRO stage
+    and a group size that divides ``dense`` (PyTorch's HSDP mesh, Megatron-Core's
+    ``num_distributed_optimizer_instances`` need the same)."""
+    if shard_group is None:
+        return
+    if zero_stage == 0:
+        raise ScenarioError(f"shard_group ({shard_group}) shards ZeRO's model state within "
+                            "groups of that many data-parallel ranks, and zero_stage 0 shards "
+                            "nothing; set zero_stage 1, 2 or 3, or leave shard_group out.",
+                            field="parallelism.shard_group")
+    if dense % shard_group:
+        divisors = ", ".join(str(k) for k in range(1, dense + 1) if dense % k == 0)
+        raise ScenarioError(f"shard_group ({shard_group}) must divide the data-parallel "
+                            f"degree ({dense} ranks of data x context) so that every shard "
+                            f"group is whole; use one of its divisors ({divisors}).",
+                            field="parallelism.shard_group")
 
 
 def split_batch(global_batch: int, microbatch: int | None, replicas: int) -> tuple[int, int]:

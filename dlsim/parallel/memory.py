@@ -5,8 +5,11 @@ keeps 16-bit weights and gradients (2 + 2 bytes per parameter) and K bytes of op
 (K = 12 for Adam: fp32 master weights, momentum and variance). ZeRO stage 1 partitions the
 optimizer state over the N_d data-parallel ranks, stage 2 also the gradients, stage 3 also
 the weights; stage 3 then holds the layers it computes gathered, as many as its prefetch
-keeps resident (two:
-``dlsim.parallel.data_parallel``). Tensor parallelism (Shoeybi et al. 2019) splits
+keeps resident (two: ``dlsim.parallel.builder``). With hybrid sharding the state is
+partitioned over the ``shard`` ranks of a shard group instead of all N_d
+(``dlsim.parallel.sharding``): stage 3 holds (2 + 2 + K)·Ψ/(t·p·N_shard) plus its gathered
+layers, stage 1 (Megatron-Core's distributed optimizer) 4·Ψ/(t·p) + K·Ψ/(t·p·N_shard).
+Tensor parallelism (Shoeybi et al. 2019) splits
 every weight matrix and the vocabulary t ways, so model state is divided by t (the layer
 norms' few h-sized vectors, which Megatron-LM replicates, are counted as split: under 0.1 %
 of a block for h >= 1024); a pipeline stage holds its own layers' state only.
@@ -141,12 +144,13 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
                       recompute: str = "none", offload: str = "none",
                       lora: LoraSpec | None = None,
                       sequence_parallel: bool = False, context: int = 1, expert: int = 1,
-                      expert_tensor: int = 1) -> MemoryPlan:
+                      expert_tensor: int = 1, shard: int | None = None) -> MemoryPlan:
     """Bytes on one device: the layers in ``stage_layers`` (default: the fullest of
     ``pipeline`` stages from ``pipeline_stages``), their model state split ``tensor`` ways
-    and partitioned over ``data`` ranks as far as ``zero_stage`` says, and
-    ``in_flight_microbatches`` micro-batches of their stored activations, 1/``context``
-    of each sequence; routed experts ``expert`` x ``expert_tensor`` ways."""
+    and partitioned over ``shard`` ranks (default ``data`` x ``context``: no hybrid
+    sharding) as far as ``zero_stage`` says, and ``in_flight_microbatches`` micro-batches
+    of their stored activations, 1/``context`` of each sequence; routed experts
+    ``expert`` x ``expert_tensor`` ways, their state over the expert-data ranks."""
     if recompute not in RECOMPUTE or offload not in OFFLOAD:
         raise ValueError(f"recompute must be one of {RECOMPUTE}, offload one of {OFFLOAD}")
     if stage_layers is None:
@@ -155,7 +159,7 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
             in_flight_microbatches=in_flight_microbatches, zero_stage=zero_stage,
             recompute=recompute, offload=offload, lora=lora,
             sequence_parallel=sequence_parallel, context=context, expert=expert,
-            expert_tensor=expert_tensor)
+            expert_tensor=expert_tensor, shard=shard)
             for part in pipeline_stages(model, pipeline)), key=lambda plan: plan.total)
     layers = [model.layers[i] for i in stage_layers]
     routed = sum(routed_params(layer) for layer in layers)
@@ -164,7 +168,8 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
     trainable = base if lora is None else lora_parameters(layers, lora.rank, lora.targets) / tensor
     frozen = base if lora is not None else 0.0
     expert_data = data * context * tensor // (expert * expert_tensor)
-    share = [1.0 if zero_stage < stage else 1.0 / (data * context) for stage in (1, 2, 3)]
+    shard = data * context if shard is None else shard
+    share = [1.0 if zero_stage < stage else 1.0 / shard for stage in (1, 2, 3)]
     expert_share = [1.0 if zero_stage < stage else 1.0 / expert_data for stage in (1, 2, 3)]
     if lora is not None:
         experts = 0.0  # LoRA adapts the named matrices only; no routed expert trains
@@ -179,7 +184,7 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
         stored_activations(layer, tensor, recompute, sequence_parallel)
         for layer in layers) / context
     gathered = 0.0
-    if zero_stage == 3 and data > 1:
+    if zero_stage == 3 and shard > 1:
         largest = max((layer.params for layer in layers), default=0) / tensor
         gathered = ZERO3_RESIDENT_LAYERS * largest * weight_bytes_per_param(dtype)
     host = traffic = 0.0

@@ -27,7 +27,12 @@ discrete-event engine and says which figures came from which. The formulas:
   stages before it), and the step ends with the stage whose sync and update end last.
   ZeRO-1/2 reduce-scatter instead and all-gather the updated parameters after the update,
   the all-reduce's volume; ZeRO-3 all-gathers before each pass and never after the step,
-  1.5× (Rajbhandari et al. 2020, §7.2).
+  1.5× (Rajbhandari et al. 2020, §7.2). With tensor or pipeline parallelism ZeRO-3 runs as
+  the engine runs it (``dlsim.parallel.builder``): every micro-batch's forward and backward
+  gather the stage's layers on a prefetch stream beside the compute, so a micro-batch
+  pays the part of its two gathers its compute does not cover, and the reduce-scatter runs
+  layer by layer in the last backward, exposing what the backward does not cover plus the
+  last layer's (the stage's first).
 - Recomputation: full recomputes each block's forward (and its all-reduces) in its
   backward, selective only the attention core (Korthikanti et al. 2022, §4).
 """
@@ -45,7 +50,7 @@ from dlsim.network.algorithms import merge_phases
 from dlsim.network.protocol import resolve_mode
 from dlsim.network.tuner import phase_time_s, plan_collective
 from dlsim.parallel.grid import Grid
-from dlsim.parallel.memory import gradient_bytes_per_param
+from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
 from dlsim.parallel.pipeline import Piece, count_collectives, pieces
 from dlsim.parallel.tensor import shard_model
 from dlsim.planner.space import Plan
@@ -138,7 +143,20 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
                    for op, count in counts)
 
     stages = [cut[s::p] for s in range(p)]
-    stage_s = [sum(x.forward_s + x.backward_s for x in ps) + tensor_comm_s(ps) for ps in stages]
+    data_groups = tuple(grid.data_group(0, k) for k in range(t))
+    layered = plan.zero_stage == 3 and (p > 1 or t > 1) and d > 1
+
+    def gathers_exposed_s(pieces_: list[Piece]) -> float:
+        """Layer-by-layer ZeRO-3: a micro-batch's two gathers of its stage's parameters,
+        less the compute they run beside."""
+        if not layered:
+            return 0.0
+        weights = sum(x.params for x in pieces_) * weight_bytes_per_param(table.dtype)
+        gather = fabric.time_s("allgather", "ring", weights, data_groups, n, place)
+        return max(2 * gather - sum(x.forward_s + x.backward_s for x in pieces_), 0.0)
+
+    stage_s = [sum(x.forward_s + x.backward_s for x in ps) + tensor_comm_s(ps)
+               + gathers_exposed_s(ps) for ps in stages]
     slowest = max(range(p), key=lambda s: sum(x.forward_s + x.backward_s for x in stages[s]))
     stage = stages[slowest]
     compute_micro = sum(x.forward_s + x.backward_s for x in stage)
@@ -151,7 +169,6 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
         bubble = (sum(stage_s) - micro) / v
         size = max(x.out_bytes for x in cut) / t  # each tensor rank sends its 1/t
         p2p = 2 * (p * v - 1) * fabric.time_s("send", "direct", size, pairs, n, place)
-    data_groups = tuple(grid.data_group(0, k) for k in range(t))
 
     def sync_s(params: float) -> tuple[float, float]:
         """A stage's gradient sync: (what may overlap the backward, what follows the update:
@@ -161,6 +178,8 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
             return fabric.time_s("allreduce", plan.algorithm, grads, data_groups, n, place), 0.0
         scatter = fabric.time_s("reducescatter", "ring", grads, data_groups, n, place)
         gather = fabric.time_s("allgather", "ring", grads, data_groups, n, place)
+        if layered:  # the gathers ran beside each micro-batch (gathers_exposed_s)
+            return scatter, 0.0
         # ZeRO-3 gathers each layer before its forward and its backward, never after the step
         return (scatter + 2 * gather, 0.0) if plan.zero_stage == 3 else (scatter, gather)
 
@@ -175,6 +194,9 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
             grads = params * gradient_bytes_per_param(table.dtype)
             backward = sum(x.backward_s for x in stages[s])
             sync = max(sync - backward, 0.0) + sync * min(1.0, BUCKET_BYTES / grads)
+        elif layered and params:  # one reduce-scatter a layer, the stage's first one last
+            backward = sum(x.backward_s for x in stages[s])
+            sync = max(sync - backward, 0.0) + sync * stages[s][0].layer_params[0] / params
         owned = params / d if plan.zero_stage > 0 else params
         return (sync + after, optimizer_time_s(owned, optimizer, table.device),
                 sum(cut[k].backward_s for k in range(s)))

@@ -36,12 +36,19 @@ def length(intervals: np.ndarray) -> float:
 
 
 def minus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The parts of disjoint intervals ``a`` not covered by disjoint intervals ``b``."""
+    """The parts of disjoint sorted intervals ``a`` not covered by disjoint sorted intervals
+    ``b``, in one sweep over both (a step of ZeRO-3's per-layer gathers holds thousands)."""
     out = []
-    for start, end in a:
-        cursor = start
-        for bs, be in b:
-            if be <= cursor or bs >= end:
+    cuts = b.tolist()
+    first = 0  # the first interval of b that does not end before the current one of a
+    for start, end in a.tolist():
+        while first < len(cuts) and cuts[first][1] <= start:
+            first += 1
+        cursor, i = start, first
+        while i < len(cuts) and cuts[i][0] < end:
+            bs, be = cuts[i]
+            i += 1
+            if be <= cursor:
                 continue
             if bs > cursor:
                 out.append((cursor, bs))

@@ -185,14 +185,3 @@ def test_symmetry_is_exact_across_3d_plans(shape, schedule, placement, algorithm
     full = dlsim.simulate({**scenario, "simulation": {"fidelity": "full"}})
     assert full.step_time_s == pytest.approx(sym.step_time_s, rel=1e-12)
     assert full.comm_bytes_total == pytest.approx(sym.comm_bytes_total, rel=1e-12)
-
-
-def test_zero3_with_tensor_parallelism_is_refused_not_mis_modelled():
-    """The tensor-parallel path exchanges parameters once per step (ZeRO-1/2), so ZeRO-3's
-    per-pass gathers would be missed: the scenario is refused, naming the field, and
-    ZeRO-1/2 with tensor parallelism still run."""
-    with pytest.raises(ScenarioError) as err:
-        dlsim.simulate(_transformer(2, {"tensor": 2, "data": 2, "zero_stage": 3}, batch=2 * B))
-    assert "field 'parallelism'" in str(err.value) and "zero_stage 0, 1 or 2" in str(err.value)
-    assert dlsim.simulate(_transformer(2, {"tensor": 2, "data": 2, "zero_stage": 2},
-                                       batch=2 * B)).step_time_s > 0

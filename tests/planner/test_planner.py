@@ -33,7 +33,8 @@ def cli(tmp_path, *args) -> tuple[int, str]:
 def _brute_force(blocks: int, heads: int, hidden: int, gpus: int, batch: int,
                  per_node: int) -> set[tuple]:
     """The runnable (d, t, p, b, schedule, v, zero, sequence parallel) tuples, by trying
-    every value; sequence parallelism only with t > 1, ZeRO-3 only with t = 1."""
+    every value; sequence parallelism only with t > 1, ZeRO only without a pipeline (the
+    planner's space; the engine also runs ZeRO-1 and 3 with one)."""
     found = set()
     for t, p, b in itertools.product(range(1, gpus + 1), range(1, blocks + 1), range(1, 9)):
         if t & (t - 1) or b & (b - 1) or t > 2 * per_node:  # powers of two
@@ -46,7 +47,7 @@ def _brute_force(blocks: int, heads: int, hidden: int, gpus: int, batch: int,
         m = batch // (d * b)
         schedules = [("1f1b", 1)] if p == 1 else [("gpipe", 1), ("1f1b", 1)] + [
             ("interleaved", v) for v in (2, 4) if m % p == 0 and blocks % (p * v) == 0]
-        zeros = ((0, 1, 2, 3) if t == 1 else (0, 1, 2)) if p == 1 and d > 1 else (0,)
+        zeros = (0, 1, 2, 3) if p == 1 and d > 1 else (0,)
         for (schedule, v), zero, sp in itertools.product(schedules, zeros,
                                                          (False, True) if t > 1 else (False,)):
             found.add((d, t, p, b, schedule, v, zero, sp))
@@ -174,8 +175,9 @@ def _estimate_errors(model: str, gpus: int, batch: int, stride: int) -> list[flo
 def test_estimate_tracks_the_engine():
     """The closed form ranks plans; the engine decides. Over every 41st plan of Megatron's
     7.5B model on 32 A100s (DP, TP in and across nodes, PP, interleaving, ZeRO, recompute,
-    sequence parallelism, both placements; 86 of 3,522 plans) the estimate is within 3.3%
-    of the engine, median 0.002%. Reached: median 0.0013%, worst 3.28% (d=32 spread with
+    sequence parallelism, ZeRO-3 with tensor parallelism, both placements; 91 of 3,714
+    plans) the estimate is within 3.3% of the engine, median 0.002%. Reached: median
+    0.00017%, worst 3.28% (d=32 spread with
     tree all-reduce). Before the pipeline's fill and drain were charged stage by stage and
     the step's end at the stage that ends last: median 0.089%."""
     errors = _estimate_errors("megatron-7.5b", 32, 128, 41)
@@ -184,12 +186,13 @@ def test_estimate_tracks_the_engine():
 
 
 def test_estimate_tracks_the_engine_on_llama():
-    """LLaMA-2-7B (SwiGLU, RMSNorm, untied head) on 16 A100s: over every 101st plan (36 of
-    3,588) the estimate is within 0.8% of the engine, median 0.02%. Reached: median 0.013%,
-    worst 0.77% (p=8 interleaved with v=4: the heavy head chunk stalls the interleaved
-    schedule a little more than the fill-and-drain sum says)."""
+    """LLaMA-2-7B (SwiGLU, RMSNorm, untied head) on 16 A100s: over every 101st plan (37 of
+    3,720, ZeRO-3 with tensor parallelism among them) the estimate is within 0.8% of the
+    engine, median 0.02%. Reached: median 0.0092%, worst 0.77% (p=8 interleaved with v=4: the
+    heavy head chunk stalls the interleaved schedule a little more than the fill-and-drain
+    sum says)."""
     errors = _estimate_errors("llama-2-7b", 16, 32, 101)
-    assert len(errors) == 36
+    assert len(errors) == 37
     assert np.median(errors) <= 2e-4 and max(errors) <= 0.008
 
 
