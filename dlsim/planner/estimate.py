@@ -28,6 +28,9 @@ discrete-event engine and says which figures came from which. The formulas:
   ZeRO-1/2 reduce-scatter instead and all-gather the updated parameters after the update,
   the all-reduce's volume; ZeRO-3 all-gathers before each pass and never after the step,
   1.5× (Rajbhandari et al. 2020, §7.2).
+- Optimizer offload (Ren et al. 2021, §4): the update is the gradients' trip to the host over
+  PCIe, the CPU's update and the parameters' trip back, one after the other (the engine's
+  ``optimizer_steps``).
 - Recomputation: full recomputes each block's forward (and its all-reduces) in its
   backward, selective only the attention core (Korthikanti et al. 2022, §4).
 """
@@ -41,9 +44,10 @@ import numpy as np
 from dlsim.cluster.build import placement
 from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
 from dlsim.hardware.topology import Topology
-from dlsim.network.algorithms import merge_phases
+from dlsim.network.algorithms import Phase, merge_phases
 from dlsim.network.protocol import resolve_mode
 from dlsim.network.tuner import phase_time_s, plan_collective
+from dlsim.parallel.data_parallel import optimizer_steps
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param
 from dlsim.parallel.pipeline import Piece, count_collectives, pieces
@@ -65,11 +69,22 @@ class Fabric:
     costs its busiest link's bytes over that link's bandwidth plus its latency
     (``phase_time_s``)."""
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, protocol: str = "auto",
+                 siblings: dict[str, Fabric] | None = None) -> None:
         self.topology = topology
-        self.protocol = resolve_mode("auto", topology, False)
+        self.protocol = resolve_mode(protocol, topology, False)
         self._placement: dict[tuple[int, str], np.ndarray] = {}
         self._memo: dict[tuple, float] = {}
+        self._group_memo: dict[tuple, list[Phase]] = {}
+        self._siblings = {protocol: self} if siblings is None else siblings
+
+    def for_protocol(self, protocol: str) -> Fabric:
+        """The same cluster with ``communication.protocol`` ``protocol`` (memoised)."""
+        if protocol not in self._siblings:
+            sibling = Fabric(self.topology, protocol, self._siblings)
+            sibling._placement = self._placement
+            self._siblings[protocol] = sibling
+        return self._siblings[protocol]
 
     def devices(self, ranks: int, policy: str) -> np.ndarray:
         key = (ranks, policy)
@@ -85,11 +100,21 @@ class Fabric:
         key = (op, algorithm, size_bytes, groups, ranks, policy)
         if key not in self._memo:
             where = self.devices(ranks, policy)
-            plans = [plan_collective(op, algorithm, where[list(g)], size_bytes, self.topology,
-                                     self.protocol, timed=False).phases for g in groups]
+            plans = [self._phases(op, algorithm, where[list(g)], size_bytes) for g in groups]
             self._memo[key] = sum(phase_time_s(merge_phases(phases), self.topology)
                                   for phases in zip(*plans))
         return self._memo[key]
+
+    def _phases(self, op: str, algorithm: str, devices: np.ndarray,
+                size_bytes: float) -> list[Phase]:
+        """One group's lowering, memoised on its devices: plans of other degrees run many
+        of the same groups (a replica's tensor group is the same devices whatever d is)."""
+        key = (op, algorithm, size_bytes, devices.tobytes())
+        if key not in self._group_memo:
+            self._group_memo[key] = plan_collective(op, algorithm, devices, size_bytes,
+                                                    self.topology, self.protocol,
+                                                    timed=False).phases
+        return self._group_memo[key]
 
 
 class CostTable:
@@ -115,6 +140,17 @@ class CostTable:
         return self._memo[key]
 
 
+def update_s(params: float, optimizer: str, device: DeviceProfile, dtype: str, offload: str,
+             sharing: int) -> float:
+    """The optimizer step of ``params`` as the engine runs it
+    (``dlsim.parallel.data_parallel.optimizer_steps``): on the device, or offloaded, the
+    gradients down, the host's update and the parameters back over PCIe."""
+    if offload == "none":
+        return optimizer_time_s(params, optimizer, device)
+    return sum(s for _, s, _ in optimizer_steps(params, optimizer, device, dtype, offload,
+                                                sharing))
+
+
 @dataclass(frozen=True)
 class Estimate:
     step_time_s: float
@@ -123,7 +159,9 @@ class Estimate:
 
 def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
              fabric: Fabric) -> Estimate:
-    """Closed-form step time of ``plan``; ``table`` holds the model at ``plan.microbatch``."""
+    """Closed-form step time of ``plan``; ``table`` holds the model at ``plan.microbatch``;
+    ``fabric`` prices collectives (at ``plan.protocol``)."""
+    fabric = fabric.for_protocol(plan.protocol)
     t, p, d, v = plan.tensor, plan.pipeline, plan.data, plan.virtual_stages
     m = plan.microbatches_for(global_batch)
     grid, place, n = Grid(d, t, p), plan.placement, plan.gpus
@@ -176,7 +214,8 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
             backward = sum(x.backward_s for x in stages[s])
             sync = max(sync - backward, 0.0) + sync * min(1.0, BUCKET_BYTES / grads)
         owned = params / d if plan.zero_stage > 0 else params
-        return (sync + after, optimizer_time_s(owned, optimizer, table.device),
+        return (sync + after, update_s(owned, optimizer, table.device, table.dtype,
+                                       plan.offload, fabric.topology.devices_per_node),
                 sum(cut[k].backward_s for k in range(s)))
 
     sync, update, drained = max((tail_s(s) for s in range(p)),
