@@ -439,7 +439,7 @@ def plan(model: Annotated[str, typer.Option(help="Model preset, e.g. gpt3-175b."
          top: Annotated[int, typer.Option(help="Plans to show.")] = 10,
          confirm: Annotated[int, typer.Option(help="Best plans the engine simulates.")] = 3,
          max_plans: Annotated[int, typer.Option(
-             help="Refuse a request that may enumerate more plans than this.")] = 1_000_000,
+             help="Refuse a request that enumerates more plans than this.")] = 50_000_000,
          out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
     """Find the fastest (or cheapest, or least energy) way to train a model on a cluster:
     enumerate data/tensor/pipeline plans, drop those that do not fit, rank by a closed-form
@@ -469,8 +469,10 @@ def plan(model: Annotated[str, typer.Option(help="Model preset, e.g. gpt3-175b."
     if as_json:
         print(plan_to_json(result), end="")
         return
-    _print_rows(f"{result.evaluated:,} plans evaluated, {result.fitting:,} fit in memory",
-                [_plan_row(p) for p in result.plans], False)
+    size = result.space
+    _print_rows(f"{size['enumerated']:,} plans enumerated, {size['feasible']:,} feasible, "
+                f"{size['fitting']:,} fit in memory, {size['estimated']:,} estimated, "
+                f"{size['pruned']:,} pruned", [_plan_row(p) for p in result.plans], False)
     if result.smallest_gpus_meeting_deadline is not None:
         out.print(f"smallest cluster meeting {max_days:g} days: "
                   f"{result.smallest_gpus_meeting_deadline:,} GPUs")

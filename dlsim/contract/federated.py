@@ -47,6 +47,11 @@ class DeviceClassSpec(Spec):
         return _known("links", "link", name)
 
 
+# A log-normal spread of 4 already puts two clients in twenty 3,000x apart (e^(2·4)); beyond
+# some 100 the draws overflow to infinity or zero, so larger spreads are refused.
+MAX_LOG_SIGMA = 4.0
+
+
 class SamplesSpec(Spec):
     """Samples per client (quantity skew): ``constant`` (every client has ``mean``),
     ``lognormal`` (arithmetic mean ``mean``, log-space spread ``sigma``) or ``zipf`` (the
@@ -55,7 +60,7 @@ class SamplesSpec(Spec):
 
     distribution: Literal["constant", "lognormal", "zipf"] = "lognormal"
     mean: float = Field(default=100.0, gt=0)
-    sigma: float = Field(default=1.0, ge=0)
+    sigma: float = Field(default=1.0, ge=0, le=MAX_LOG_SIGMA)
     zipf_a: float = Field(default=1.0, gt=0)
 
 
@@ -143,8 +148,9 @@ class FederatedSpec(Spec):
     local_epochs: int = Field(default=1, ge=1)
     batch_size: int = Field(default=32, ge=1)
     samples: SamplesSpec = SamplesSpec()
-    speed_sigma: float = Field(default=0.0, ge=0)
-    bandwidth_sigma: float = Field(default=0.0, ge=0)
+    # log-space spreads of the clients' speeds and bandwidths; MAX_LOG_SIGMA bounds them
+    speed_sigma: float = Field(default=0.0, ge=0, le=MAX_LOG_SIGMA)
+    bandwidth_sigma: float = Field(default=0.0, ge=0, le=MAX_LOG_SIGMA)
     availability: AvailabilitySpec = AvailabilitySpec()
     straggler: StragglerSpec = StragglerSpec()
     min_participation: float = Field(default=0.0, ge=0, le=1)

@@ -18,7 +18,7 @@ __all__ = ["PlanRequest", "PlanResult", "plan_to_json", "run_plan", "write_plan"
 
 def plan_summary(result: PlanResult) -> dict:
     """What `dlsim plan --json` prints and summary.json holds."""
-    return {"evaluated": result.evaluated, "fitting": result.fitting,
+    return {"evaluated": result.evaluated, "fitting": result.fitting, "space": result.space,
             "request": asdict(result.request),
             "plans": result.plans, "pareto": result.pareto,
             "explanation": result.explanation,

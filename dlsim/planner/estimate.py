@@ -33,6 +33,9 @@ discrete-event engine and says which figures came from which. The formulas:
   pays the part of its two gathers its compute does not cover, and the reduce-scatter runs
   layer by layer in the last backward, exposing what the backward does not cover plus the
   last layer's (the stage's first).
+- Optimizer offload (Ren et al. 2021, §4): the update is the gradients' trip to the host over
+  PCIe, the CPU's update and the parameters' trip back, one after the other (the engine's
+  ``optimizer_steps``).
 - Recomputation: full recomputes each block's forward (and its all-reduces) in its
   backward, selective only the attention core (Korthikanti et al. 2022, §4).
 """
@@ -46,9 +49,10 @@ import numpy as np
 from dlsim.cluster.build import placement
 from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
 from dlsim.hardware.topology import Topology
-from dlsim.network.algorithms import merge_phases
+from dlsim.network.algorithms import Phase, merge_phases
 from dlsim.network.protocol import resolve_mode
 from dlsim.network.tuner import phase_time_s, plan_collective
+from dlsim.parallel.data_parallel import optimizer_steps
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
 from dlsim.parallel.pipeline import Piece, count_collectives, pieces
@@ -70,11 +74,22 @@ class Fabric:
     costs its busiest link's bytes over that link's bandwidth plus its latency
     (``phase_time_s``)."""
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, protocol: str = "auto",
+                 siblings: dict[str, Fabric] | None = None) -> None:
         self.topology = topology
-        self.protocol = resolve_mode("auto", topology, False)
+        self.protocol = resolve_mode(protocol, topology, False)
         self._placement: dict[tuple[int, str], np.ndarray] = {}
         self._memo: dict[tuple, float] = {}
+        self._group_memo: dict[tuple, list[Phase]] = {}
+        self._siblings = {protocol: self} if siblings is None else siblings
+
+    def for_protocol(self, protocol: str) -> Fabric:
+        """The same cluster with ``communication.protocol`` ``protocol`` (memoised)."""
+        if protocol not in self._siblings:
+            sibling = Fabric(self.topology, protocol, self._siblings)
+            sibling._placement = self._placement
+            self._siblings[protocol] = sibling
+        return self._siblings[protocol]
 
     def devices(self, ranks: int, policy: str) -> np.ndarray:
         key = (ranks, policy)
@@ -90,11 +105,21 @@ class Fabric:
         key = (op, algorithm, size_bytes, groups, ranks, policy)
         if key not in self._memo:
             where = self.devices(ranks, policy)
-            plans = [plan_collective(op, algorithm, where[list(g)], size_bytes, self.topology,
-                                     self.protocol, timed=False).phases for g in groups]
+            plans = [self._phases(op, algorithm, where[list(g)], size_bytes) for g in groups]
             self._memo[key] = sum(phase_time_s(merge_phases(phases), self.topology)
                                   for phases in zip(*plans))
         return self._memo[key]
+
+    def _phases(self, op: str, algorithm: str, devices: np.ndarray,
+                size_bytes: float) -> list[Phase]:
+        """One group's lowering, memoised on its devices: plans of other degrees run many
+        of the same groups (a replica's tensor group is the same devices whatever d is)."""
+        key = (op, algorithm, size_bytes, devices.tobytes())
+        if key not in self._group_memo:
+            self._group_memo[key] = plan_collective(op, algorithm, devices, size_bytes,
+                                                    self.topology, self.protocol,
+                                                    timed=False).phases
+        return self._group_memo[key]
 
 
 class CostTable:
@@ -120,21 +145,64 @@ class CostTable:
         return self._memo[key]
 
 
+def update_s(params: float, optimizer: str, device: DeviceProfile, dtype: str, offload: str,
+             sharing: int) -> float:
+    """The optimizer step of ``params`` as the engine runs it
+    (``dlsim.parallel.data_parallel.optimizer_steps``): on the device, or offloaded, the
+    gradients down, the host's update and the parameters back over PCIe."""
+    if offload == "none":
+        return optimizer_time_s(params, optimizer, device)
+    return sum(s for _, s, _ in optimizer_steps(params, optimizer, device, dtype, offload,
+                                                sharing))
+
+
 @dataclass(frozen=True)
 class Estimate:
     step_time_s: float
     breakdown_s: dict[str, float]
 
 
-def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
-             fabric: Fabric) -> Estimate:
-    """Closed-form step time of ``plan``; ``table`` holds the model at ``plan.microbatch``."""
+@dataclass(frozen=True)
+class MicroPart:
+    """One micro-batch's share of a plan's step, and what its tail needs of each stage."""
+
+    compute: float  # the slowest stage's compute per micro-batch
+    micro: float  # ... with its tensor-parallel collectives and exposed ZeRO-3 gathers
+    bubble: float
+    p2p: float
+    params: tuple[float, ...]  # per stage
+    backward: tuple[float, ...]  # per stage, per micro-batch
+    drained: tuple[float, ...]  # how much earlier than stage 0 each stage's last backward ends
+    first_layer: tuple[float, ...]  # per stage: its first layer's parameters
+
+
+@dataclass(frozen=True)
+class SyncPart:
+    """Per stage: the gradient sync (what may overlap the backward), what follows the update
+    (ZeRO-1/2's all-gather), the update, and the gradient bytes."""
+
+    sync: tuple[float, ...]
+    after: tuple[float, ...]
+    update: tuple[float, ...]
+    grads: tuple[float, ...]
+
+
+def layered(plan: Plan) -> bool:
+    """ZeRO-3 with tensor or pipeline parallelism: gathered layer by layer every micro-batch."""
+    return plan.zero_stage == 3 and (plan.pipeline > 1 or plan.tensor > 1) and plan.data > 1
+
+
+def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
+    """The parts of ``plan``'s step that depend on (t, p, v, b, recompute, sequence
+    parallelism, placement, protocol, and whether ZeRO-3 gathers layer by layer)."""
+    fabric = fabric.for_protocol(plan.protocol)
     t, p, d, v = plan.tensor, plan.pipeline, plan.data, plan.virtual_stages
-    m = plan.microbatches_for(global_batch)
     grid, place, n = Grid(d, t, p), plan.placement, plan.gpus
     cut = table.pieces(t, p * v, plan.recompute, plan.sequence_parallel and t > 1)
     act = max(DTYPE_BYTES[table.dtype], 2) * table.tokens * table.hidden
     tensor_groups = tuple(grid.tensor_group(0, r) for r in range(d))
+    data_groups = tuple(grid.data_group(0, k) for k in range(t))
+    gathers = layered(plan)
 
     def tensor_comm_s(pieces_: list[Piece]) -> float:
         counts = count_collectives([c for x in pieces_
@@ -142,25 +210,20 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
         return sum(fabric.time_s(op, "ring", act, tensor_groups, n, place) * count
                    for op, count in counts)
 
-    stages = [cut[s::p] for s in range(p)]
-    data_groups = tuple(grid.data_group(0, k) for k in range(t))
-    layered = plan.zero_stage == 3 and (p > 1 or t > 1) and d > 1
-
     def gathers_exposed_s(pieces_: list[Piece]) -> float:
         """Layer-by-layer ZeRO-3: a micro-batch's two gathers of its stage's parameters,
         less the compute they run beside."""
-        if not layered:
+        if not gathers:
             return 0.0
         weights = sum(x.params for x in pieces_) * weight_bytes_per_param(table.dtype)
         gather = fabric.time_s("allgather", "ring", weights, data_groups, n, place)
         return max(2 * gather - sum(x.forward_s + x.backward_s for x in pieces_), 0.0)
 
+    stages = [cut[s::p] for s in range(p)]
     stage_s = [sum(x.forward_s + x.backward_s for x in ps) + tensor_comm_s(ps)
                + gathers_exposed_s(ps) for ps in stages]
     slowest = max(range(p), key=lambda s: sum(x.forward_s + x.backward_s for x in stages[s]))
-    stage = stages[slowest]
-    compute_micro = sum(x.forward_s + x.backward_s for x in stage)
-    tp_micro = stage_s[slowest] - compute_micro
+    compute = sum(x.forward_s + x.backward_s for x in stages[slowest])
     micro = stage_s[slowest]
     bubble = p2p = 0.0
     if p > 1:
@@ -169,46 +232,83 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
         bubble = (sum(stage_s) - micro) / v
         size = max(x.out_bytes for x in cut) / t  # each tensor rank sends its 1/t
         p2p = 2 * (p * v - 1) * fabric.time_s("send", "direct", size, pairs, n, place)
+    return MicroPart(compute, micro, bubble, p2p,
+                     tuple(sum(x.params for x in stages[s]) for s in range(p)),
+                     tuple(sum(x.backward_s for x in stages[s]) for s in range(p)),
+                     tuple(sum(cut[k].backward_s for k in range(s)) for s in range(p)),
+                     tuple(stages[s][0].layer_params[0] for s in range(p)))
 
-    def sync_s(params: float) -> tuple[float, float]:
-        """A stage's gradient sync: (what may overlap the backward, what follows the update:
-        ZeRO-1/2's all-gather of the updated parameters)."""
-        grads = params * gradient_bytes_per_param(table.dtype)
+
+def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer: str,
+              fabric: Fabric) -> SyncPart:
+    """Each stage's gradient sync and update: what depends on (the stages' parameters,
+    ZeRO stage, algorithm, placement, protocol, offload)."""
+    fabric = fabric.for_protocol(plan.protocol)
+    t, p, d = plan.tensor, plan.pipeline, plan.data
+    grid, place, n = Grid(d, t, p), plan.placement, plan.gpus
+    data_groups = tuple(grid.data_group(0, k) for k in range(t))
+    sync, after, update, grads_ = [], [], [], []
+    for stage_params in params:
+        grads = stage_params * gradient_bytes_per_param(table.dtype)
         if plan.zero_stage == 0:
-            return fabric.time_s("allreduce", plan.algorithm, grads, data_groups, n, place), 0.0
-        scatter = fabric.time_s("reducescatter", "ring", grads, data_groups, n, place)
-        gather = fabric.time_s("allgather", "ring", grads, data_groups, n, place)
-        if layered:  # the gathers ran beside each micro-batch (gathers_exposed_s)
-            return scatter, 0.0
-        # ZeRO-3 gathers each layer before its forward and its backward, never after the step
-        return (scatter + 2 * gather, 0.0) if plan.zero_stage == 3 else (scatter, gather)
+            s_, a_ = fabric.time_s("allreduce", plan.algorithm, grads, data_groups, n,
+                                   place), 0.0
+        else:
+            scatter = fabric.time_s("reducescatter", "ring", grads, data_groups, n, place)
+            gather = fabric.time_s("allgather", "ring", grads, data_groups, n, place)
+            if layered(plan):  # the gathers ran beside each micro-batch (micro_part)
+                s_, a_ = scatter, 0.0
+            elif plan.zero_stage == 3:  # before each pass, never after the step
+                s_, a_ = scatter + 2 * gather, 0.0
+            else:
+                s_, a_ = scatter, gather
+        owned = stage_params / d if plan.zero_stage > 0 else stage_params
+        sync.append(s_)
+        after.append(a_)
+        update.append(update_s(owned, optimizer, table.device, table.dtype, plan.offload,
+                               fabric.topology.devices_per_node))
+        grads_.append(grads)
+    return SyncPart(tuple(sync), tuple(after), tuple(update), tuple(grads_))
 
-    def tail_s(s: int) -> tuple[float, float, float]:
-        """Stage s after its last backward: (exposed sync, update, how much earlier than
-        stage 0 its last backward ends: the drain's backward passes of stages 0..s-1)."""
-        params = sum(x.params for x in stages[s])
-        sync, after = sync_s(params)
+
+def combine(plan: Plan, part: MicroPart, syncs: SyncPart, global_batch: int) -> Estimate:
+    """The step: m micro-batches of the micro part, the bubble and point-to-point, and the
+    tail of the stage whose sync and update end last (it ends with that stage)."""
+    t, p, d = plan.tensor, plan.pipeline, plan.data
+    m = plan.microbatches_for(global_batch)
+    best = None
+    for s in range(p):
+        sync = syncs.sync[s]
         # plain data parallelism's DDP buckets overlap the backward, all but the last one;
         # a tensor or pipeline plan syncs each chunk after its last backward
         if p == 1 and t == 1 and d > 1:
-            grads = params * gradient_bytes_per_param(table.dtype)
-            backward = sum(x.backward_s for x in stages[s])
-            sync = max(sync - backward, 0.0) + sync * min(1.0, BUCKET_BYTES / grads)
-        elif layered and params:  # one reduce-scatter a layer, the stage's first one last
-            backward = sum(x.backward_s for x in stages[s])
-            sync = max(sync - backward, 0.0) + sync * stages[s][0].layer_params[0] / params
-        owned = params / d if plan.zero_stage > 0 else params
-        return (sync + after, optimizer_time_s(owned, optimizer, table.device),
-                sum(cut[k].backward_s for k in range(s)))
-
-    sync, update, drained = max((tail_s(s) for s in range(p)),
-                                key=lambda x: x[0] + x[1] - x[2])
-    tail = sync + update - drained  # the step ends with the stage that ends last
+            sync = (max(sync - part.backward[s], 0.0)
+                    + sync * min(1.0, BUCKET_BYTES / syncs.grads[s]))
+        elif layered(plan) and part.params[s]:  # one reduce-scatter a layer, the first last
+            sync = (max(sync - part.backward[s], 0.0)
+                    + sync * part.first_layer[s] / part.params[s])
+        candidate = (sync + syncs.after[s], syncs.update[s], part.drained[s])
+        if best is None or (candidate[0] + candidate[1] - candidate[2]
+                            > best[0] + best[1] - best[2]):
+            best = candidate
+    assert best is not None  # p >= 1 stages
+    sync, update, drained = best
+    tail = sync + update - drained
     exposed = max(tail - update, 0.0)
-    return Estimate(m * micro + bubble + p2p + tail, {
-        "compute": m * compute_micro + tail - exposed,
-        "tensor_comm": m * tp_micro,
-        "bubble": bubble,
-        "pipeline_comm": p2p,
+    return Estimate(m * part.micro + part.bubble + part.p2p + tail, {
+        "compute": m * part.compute + tail - exposed,
+        "tensor_comm": m * (part.micro - part.compute),
+        "bubble": part.bubble,
+        "pipeline_comm": part.p2p,
         "exposed_dp_comm": exposed,
     })
+
+
+def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
+             fabric: Fabric) -> Estimate:
+    """Closed-form step time of ``plan``; ``table`` holds the model at ``plan.microbatch``;
+    ``fabric`` prices collectives (at ``plan.protocol``). ``dlsim.planner.factored``
+    memoises the same parts across a space."""
+    part = micro_part(plan, table, fabric)
+    return combine(plan, part, sync_part(plan, part.params, table, optimizer, fabric),
+                   global_batch)

@@ -9,8 +9,9 @@ from dlsim.report import plots
 from dlsim.report.sections import environment
 from dlsim.report.units import Card, format_bytes, format_number, format_seconds
 
-COLUMNS = ("gpus", "data", "tensor", "pipeline", "microbatch", "schedule", "virtual_stages",
-           "zero_stage", "recompute", "sequence_parallel", "placement", "algorithm", "step_time_s",
+COLUMNS = ("gpus", "data", "tensor", "pipeline", "context", "expert", "microbatch", "schedule",
+           "virtual_stages", "zero_stage", "shard_group", "recompute", "sequence_parallel",
+           "offload", "placement", "algorithm", "protocol", "step_time_s",
            "step_time_source", "time_to_train_s", "cost_usd", "energy_kwh",
            "memory_per_device_bytes")
 
@@ -41,8 +42,9 @@ def pareto_scatter(candidates: list[dict[str, Any]], front: list[dict[str, Any]]
 def render_plan(result: PlanResult) -> str:
     r = result.request
     best = result.plans[0] if result.plans else None
-    cards = [Card("Plans evaluated", f"{result.evaluated:,}",
-                  detail=f"{result.fitting:,} fit in memory"),
+    size = result.space
+    cards = [Card("Plans searched", f"{size['enumerated']:,}",
+                  detail=f"{size['feasible']:,} feasible, {result.fitting:,} fit in memory"),
              Card("GPUs", ", ".join(f"{g:,}" for g in r.gpus), detail=r.cluster)]
     if best is not None:
         cards.append(Card.of("Best step time", format_seconds(best["step_time_s"]),

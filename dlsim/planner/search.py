@@ -21,23 +21,17 @@ from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import DEFAULT_MAX_EVENTS, ClusterSpec, ModelSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES
-from dlsim.parallel.memory import RECOMPUTE, memory_per_device
-from dlsim.parallel.pipeline import in_flight
-from dlsim.parallel.schedules import schedule_names
-from dlsim.planner.estimate import CostTable, Fabric, estimate
-from dlsim.planner.space import (
-    PLACEMENTS,
-    VIRTUAL_STAGES,
-    Plan,
-    Target,
-    enumerate_plans,
-    searched_algorithms,
-)
+from dlsim.hardware.topology import Topology
+from dlsim.planner.estimate import CostTable, Fabric
+from dlsim.planner.factored import Estimator
+from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target
 from dlsim.simulate import simulate
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import TRANSFORMER_SHAPES, TransformerShape
 
-DEFAULT_MAX_PLANS = 1_000_000  # estimating a plan takes ~0.1 ms: minutes at most
+# the space is counted before anything is estimated (GPT-3 175B on 1,024 GPUs: 12.4 M plans
+# in a few seconds); only feasible plans are estimated
+DEFAULT_MAX_PLANS = 50_000_000
 OBJECTIVES = {"time": "time_to_train_s", "cost": "cost_usd", "energy": "energy_kwh"}
 
 
@@ -69,6 +63,8 @@ class PlanResult:
     smallest_gpus_meeting_deadline: int | None
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every fitting plan
     wall_s: dict[str, float] = field(default_factory=dict)
+    # plans enumerated, feasible (the engine's rules), fitting in memory, estimated, pruned
+    space: dict[str, int] = field(default_factory=dict)
 
 
 def _shape(model: str) -> TransformerShape:
@@ -91,8 +87,10 @@ def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int) -> dict
         "parallelism": {"data": plan.data, "tensor": plan.tensor, "pipeline": plan.pipeline,
                         "schedule": plan.schedule, "virtual_stages": plan.virtual_stages,
                         "zero_stage": plan.zero_stage, "recompute": plan.recompute,
-                        "sequence_parallel": plan.sequence_parallel},
-        "communication": {"data_parallel": plan.algorithm},
+                        "sequence_parallel": plan.sequence_parallel, "offload": plan.offload,
+                        "context": plan.context, "expert": plan.expert,
+                        "expert_tensor": plan.expert_tensor, "shard_group": plan.shard_group},
+        "communication": {"data_parallel": plan.algorithm, "protocol": plan.protocol},
         "placement": plan.placement,
     }
 
@@ -121,44 +119,40 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     dtype_bytes = max(DTYPE_BYTES[request.precision], 2)
     steps = (request.tokens / (request.global_batch * shape.seq_len)) if request.tokens else 1.0
     dpn = system.devices_per_node
-    _admit(request, shape, dpn)
+    spaces = _admit(request, shape, system)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    evaluated = 0
     tables: dict[int, CostTable] = {}
-    for gpus in request.gpus:
-        if gpus % dpn:
-            raise ScenarioError(f"{gpus} GPUs is not a whole number of {request.cluster} "
-                                f"nodes of {dpn}.", field="--gpus")
-        topology = build_topology(ClusterSpec(preset=request.cluster, nodes=gpus // dpn))
-        fabric = Fabric(topology)
-        target = Target.on(topology, request.precision)
-        for p in enumerate_plans(shape, request.global_batch, target):
-            evaluated += 1
-            table = tables.get(p.microbatch)
-            if table is None:
-                table = tables[p.microbatch] = CostTable(
-                    build_model(ModelSpec(preset=request.model), p.microbatch, dtype_bytes),
-                    device, request.precision, p.microbatch * shape.seq_len, shape.hidden)
-            model = table.model
-            m = p.microbatches_for(request.global_batch)
-            memory = memory_per_device(
-                model, request.precision, request.optimizer, data=p.data, tensor=p.tensor,
-                pipeline=p.pipeline, in_flight_microbatches=in_flight(
-                    p.schedule, 0, p.pipeline, m, p.virtual_stages),
-                zero_stage=p.zero_stage, recompute=p.recompute,
-                sequence_parallel=p.sequence_parallel and p.tensor > 1)
-            row: dict[str, Any] = {**p.as_dict(), "microbatches": m,
-                                   "memory_per_device_bytes": memory.total,
-                                   "fits_in_memory": memory.total <= device.memory_bytes}
-            if not row["fits_in_memory"]:
+
+    def table(microbatch: int) -> CostTable:
+        if microbatch not in tables:
+            tables[microbatch] = CostTable(
+                build_model(_model_spec(request.model), microbatch, dtype_bytes), device,
+                request.precision, microbatch * shape.seq_len, shape.hidden)
+        return tables[microbatch]
+
+    size = SpaceCount()
+    unpriced = 0
+    for gpus, space, topology in spaces:
+        estimator = Estimator(table, request.optimizer, request.global_batch,
+                              Fabric(topology))
+        for p in space:
+            if not priced(p):
+                unpriced += 1
                 continue
-            est = estimate(p, table, request.optimizer, request.global_batch, fabric)
-            row.update(step_time_s=est.step_time_s, step_time_source="estimate",
-                       estimated_step_time_s=est.step_time_s,
-                       estimated_breakdown_s=est.breakdown_s)
+            memory = estimator.memory_bytes(p)
+            if memory > device.memory_bytes:
+                continue
+            est = estimator.estimate(p)
+            row: dict[str, Any] = {**p.as_dict(), "microbatches": p.microbatches_for(
+                request.global_batch), "memory_per_device_bytes": memory,
+                "fits_in_memory": True, "step_time_s": est.step_time_s,
+                "step_time_source": "estimate", "estimated_step_time_s": est.step_time_s,
+                "estimated_breakdown_s": est.breakdown_s}
             _objectives(row, est.step_time_s, steps, gpus, device)
             rows.append(row)
+        size.enumerated += space.count.enumerated
+        size.feasible += space.count.feasible
     estimated = time.perf_counter()
     feasible = sorted((r for r in rows if _meets(r, request)), key=_ranking(request))
     confirmed = feasible[:request.confirm]
@@ -173,47 +167,59 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     confirmed = sorted((r for r in confirmed if r["fits_in_memory"] and _meets(r, request)),
                        key=_ranking(request))
     ranked = confirmed + feasible[request.confirm:]
+    space_size = {"enumerated": size.enumerated, "feasible": size.feasible,
+                  "fitting": len(rows), "estimated": len(rows), "pruned": 0,
+                  "unpriced": unpriced}
     if not ranked:
-        raise ScenarioError(*_binding(request, evaluated, rows, device.memory_bytes))
+        raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes))
     deadline_gpus = (min(r["gpus"] for r in ranked)
                      if request.max_days is not None and ranked else None)
-    return PlanResult(request, evaluated, len(rows), ranked[:request.top], pareto_front(rows),
-                      explain(ranked, device.memory_bytes, request.objective), deadline_gpus,
-                      rows, {"estimate": estimated - started,
-                             "simulate": time.perf_counter() - estimated})
+    return PlanResult(request, size.feasible, len(rows), ranked[:request.top],
+                      pareto_front(rows), explain(ranked, device.memory_bytes,
+                                                  request.objective),
+                      deadline_gpus, rows, {"estimate": estimated - started,
+                                            "simulate": time.perf_counter() - estimated},
+                      space_size)
 
 
-def plans_bound(shape: TransformerShape, gpus: int, global_batch: int, dpn: int) -> int:
-    """At least as many plans as ``enumerate_plans`` yields, counted without enumerating:
-    the (tensor, pipeline) pairs that divide the devices and batch, times every choice of
-    micro-batch, schedule, ZeRO stage, recompute, sequence parallelism, placement and
-    algorithm."""
-    choices = (4 * len(schedule_names()) * len(VIRTUAL_STAGES) * 4 * len(RECOMPUTE) * 2
-               * len(PLACEMENTS) * max(1, len(searched_algorithms())))
-    pairs = 0
-    t = 1
-    while t <= 2 * dpn:
-        if gpus % t == 0:
-            pairs += sum(1 for p in range(1, shape.layers + 1) if shape.layers % p == 0
-                         and gpus % (t * p) == 0 and global_batch % (gpus // (t * p)) == 0)
-        t *= 2
-    return pairs * choices
+def priced(plan: Plan) -> bool:
+    """Whether the closed form prices ``plan``: not yet context or expert parallelism or
+    hybrid sharding (issue 13 builds them in the engine; their plans are counted as
+    ``unpriced`` until the estimate has their terms, rather than ranked without them)."""
+    return (plan.context == 1 and plan.expert == 1 and plan.expert_tensor == 1
+            and plan.shard_group is None)
 
 
-def _admit(request: PlanRequest, shape: TransformerShape, dpn: int) -> None:
-    """Refuse a request too large to plan before building anything: a cluster past the
-    engine's default event limit (each device is a node of the topology the estimate and
-    the confirmations build), or more plans than --max-plans."""
+def _model_spec(model: str) -> ModelSpec:
+    return ModelSpec(preset=model)
+
+
+def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.SystemProfile
+           ) -> list[tuple[int, PlanSpace, Topology]]:
+    """Each GPU count's plan space, refusing a request too large to plan before estimating
+    anything: a GPU count that is not whole nodes, a cluster past the engine's default event
+    limit (each device is a node of the topology the estimate and the confirmations build),
+    or more plans than --max-plans (counted, not enumerated)."""
+    dpn = system.devices_per_node
     for gpus in request.gpus:
         if gpus > DEFAULT_MAX_EVENTS:
             raise ScenarioError(f"{gpus:,} GPUs is past the {DEFAULT_MAX_EVENTS:,} devices a "
                                 "simulated topology may have (simulation.max_events); plan "
                                 "for fewer GPUs.", field="--gpus")
-    count = sum(plans_bound(shape, g, request.global_batch, dpn) for g in request.gpus)
+        if gpus % dpn:
+            raise ScenarioError(f"{gpus} GPUs is not a whole number of {request.cluster} "
+                                f"nodes of {dpn}.", field="--gpus")
+    spaces = []
+    for gpus in request.gpus:
+        topology = build_topology(ClusterSpec(preset=request.cluster, nodes=gpus // dpn))
+        target = Target.on(topology, request.precision, system.nvlink_domain_nodes)
+        spaces.append((gpus, PlanSpace(shape, request.global_batch, target), topology))
+    count = sum(space.size() for _, space, _ in spaces)
     if count > request.max_plans:
-        raise ScenarioError(f"this request may enumerate up to {count:,} plans, over the "
+        raise ScenarioError(f"this request enumerates {count:,} plans, over the "
                             f"limit of {request.max_plans:,}; give fewer --gpus counts, or "
                             f"pass --max-plans {count} to plan it anyway.", field="--max-plans")
+    return spaces
 
 
 def _binding(request: PlanRequest, evaluated: int, rows: list[dict[str, Any]],

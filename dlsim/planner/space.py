@@ -1,24 +1,39 @@
 """The plan space: every way to run one model on N devices of one system that the planner
-searches.
+searches, as a table of dimensions.
 
-A plan fixes the data, tensor and pipeline degrees (d·t·p = N), the micro-batch, the pipeline
-schedule (and its virtual stages), the ZeRO stage, recomputation, placement, the
-data-parallel collective algorithm and, with t > 1, sequence parallelism (Korthikanti et al.
-2022, §4.2.2). Which plans can run is not decided here: every candidate passes
-``dlsim.parallel.feasibility.check``, the rules the engine applies, so no plan is proposed that
-the engine refuses. What is decided here is the breadth of the search, Megatron-LM's
-conventions: tensor degrees are powers of two within two nodes, pipeline stages hold equal
-numbers of transformer blocks (interleaved chunks too: blocks divisible by p·v, v = 2 or 4),
-micro-batches are powers of two up to 8, every device is used (d = N / (t·p)), and ZeRO is
-searched only without a pipeline and with d > 1. ZeRO's reduce-scatter and all-gathers run as
-rings, so its plans name the ring only.
+A plan fixes the tensor, context, pipeline and data degrees (d·c·t·p = N), the expert
+degrees folded out of a stage's ranks, the micro-batch, the pipeline schedule and its virtual
+stages, the ZeRO stage and its shard group, the data-parallel collective algorithm,
+placement, and the choices no feasibility rule reads: recomputation, sequence parallelism
+(t > 1, Korthikanti et al. 2022, §4.2.2), optimizer offload and the NCCL protocol. Each is one
+entry of ``DIMENSIONS``: its values, given the dimensions before it. Which plans run is not
+decided here: every candidate passes ``dlsim.parallel.feasibility.check``, the rules the engine
+applies, so a dimension the engine refuses today (context, expert, hybrid sharding, ZeRO-2/3
+with a pipeline) is enumerated, counted and dropped, and is searched the day the engine
+accepts it. What is decided here is the breadth of the search:
+
+- tensor: powers of two within one NVLink domain (the node, or ``nvlink_domain_nodes`` nodes
+  of one NVSwitch fabric such as NVL72), as Megatron-LM keeps tensor groups on NVLink;
+- context: 1 and every c whose 2c chunks divide the sequence (causal load balancing);
+- pipeline: every divisor of the blocks; virtual stages: every divisor > 1 of the blocks per
+  stage (interleaved schedules);
+- expert (MoE shapes): every divisor of the experts dividing a stage's d·c·t ranks, and
+  expert_tensor a tensor degree dividing what is left;
+- micro-batch: every divisor of the replica's batch;
+- ZeRO 0-3 wherever the dense gradient group (data × context) has more than one rank, with
+  shard groups every proper divisor k of the data degree (1 < k < d) besides the whole group;
+- the data-parallel algorithm (``searched_algorithms``) for ZeRO-0 all-reduces (ZeRO's
+  reduce-scatters and all-gathers run as rings, so its plans name the ring only);
+- every device is used (d = N / (t·c·p)), and d divides the global batch.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -27,13 +42,15 @@ from dlsim.contract.scenario import CommunicationSpec
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import algorithms_for
+from dlsim.network.protocol import PROTOCOLS
 from dlsim.parallel.feasibility import JobSpec, Lowered, infeasible
-from dlsim.parallel.memory import RECOMPUTE
+from dlsim.parallel.memory import OFFLOAD, RECOMPUTE
 from dlsim.parallel.schedules import schedule_names, schedule_of
 from dlsim.workload.shapes import TransformerShape
 
 PLACEMENTS = ("pack", "spread")
-VIRTUAL_STAGES = (2, 4)
+# communication.protocol: auto (NCCL's choice per collective) or one NCCL protocol forced
+PLAN_PROTOCOLS = ("auto", *PROTOCOLS)
 
 
 def searched_algorithms() -> tuple[str, ...]:
@@ -55,9 +72,10 @@ class Target:
     devices_per_node: int
     place: Callable[[int, str], np.ndarray]
     lowered: Lowered = field(default_factory=dict)
+    nvlink_domain: int = 0  # devices sharing one NVLink fabric (0: the node's)
 
     @classmethod
-    def on(cls, topology: Topology, precision: str) -> Target:
+    def on(cls, topology: Topology, precision: str, nvlink_domain_nodes: int = 1) -> Target:
         memo: dict[tuple[int, str], np.ndarray] = {}
 
         def place(n: int, policy: str) -> np.ndarray:
@@ -67,7 +85,7 @@ class Target:
 
         assert topology.device is not None  # system presets name their device
         return cls(topology.device, precision, topology.n_devices, topology.devices_per_node,
-                   place)
+                   place, nvlink_domain=nvlink_domain_nodes * topology.devices_per_node)
 
 
 @dataclass(frozen=True)
@@ -84,88 +102,269 @@ class Plan:
     placement: str
     algorithm: str
     sequence_parallel: bool = False
+    context: int = 1
+    expert: int = 1
+    expert_tensor: int = 1
+    shard_group: int | None = None
+    offload: str = "none"
+    protocol: str = "auto"
 
     def microbatches_for(self, global_batch: int) -> int:
         return global_batch // self.data // self.microbatch
 
-    def as_dict(self) -> dict[str, int | str]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in PLAN_FIELDS}
+
+
+PLAN_FIELDS = tuple(f.name for f in fields(Plan))
 
 
 def divisors(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
 
 
-def _powers_of_two_dividing(n: int, limit: int) -> list[int]:
-    out, k = [], 1
-    while k <= limit:
-        if n % k == 0:
-            out.append(k)
-        k *= 2
-    return out
+@dataclass(frozen=True)
+class Problem:
+    """What the dimensions' values depend on: the model, the batch and the target."""
+
+    shape: TransformerShape
+    global_batch: int
+    target: Target
+    algorithms: tuple[str, ...] = field(default_factory=lambda: searched_algorithms())
 
 
-def _powers_of_two(limit: int) -> list[int]:
-    return [1 << k for k in range(limit.bit_length())]
+Chosen = dict[str, Any]  # the values of the dimensions before this one
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One axis of the space: ``values(problem, chosen)`` given the dimensions before it;
+    ``checked``: whether the feasibility rules read it (plans that differ only in unchecked
+    dimensions share one verdict)."""
+
+    name: str
+    values: Callable[[Problem, Chosen], Sequence[Any]]
+    checked: bool = True
+
+
+def _tensor(pr: Problem, _: Chosen) -> list[int]:
+    domain = pr.target.nvlink_domain or pr.target.devices_per_node
+    return [1 << k for k in range(domain.bit_length())
+            if (1 << k) <= domain and pr.target.devices % (1 << k) == 0]
+
+
+def _context(pr: Problem, ch: Chosen) -> list[int]:
+    s = pr.shape.seq_len
+    return [c for c in divisors(s) if (c == 1 or s % (2 * c) == 0)
+            and pr.target.devices % (ch["tensor"] * c) == 0]
+
+
+def _pipeline(pr: Problem, ch: Chosen) -> list[int]:
+    return [p for p in divisors(pr.shape.layers)
+            if pr.target.devices % (ch["tensor"] * ch["context"] * p) == 0]
+
+
+def _data(pr: Problem, ch: Chosen) -> list[int]:
+    d = pr.target.devices // (ch["tensor"] * ch["context"] * ch["pipeline"])
+    return [d] if pr.global_batch % d == 0 else []
+
+
+def _expert(pr: Problem, ch: Chosen) -> list[int]:
+    moe = pr.shape.moe
+    if moe is None:
+        return [1]
+    stage = ch["data"] * ch["context"] * ch["tensor"]
+    return [e for e in divisors(moe.experts) if stage % e == 0]
+
+
+def _expert_tensor(pr: Problem, ch: Chosen) -> list[int]:
+    if pr.shape.moe is None:
+        return [1]
+    stage = ch["data"] * ch["context"] * ch["tensor"]
+    return [k for k in _tensor(pr, ch) if stage % (ch["expert"] * k) == 0]
+
+
+def _microbatch(pr: Problem, ch: Chosen) -> list[int]:
+    return divisors(pr.global_batch // ch["data"])
+
+
+def _schedule(_: Problem, ch: Chosen) -> Sequence[str]:
+    return ("1f1b",) if ch["pipeline"] == 1 else schedule_names()  # p = 1: moot, named once
+
+
+def _virtual(pr: Problem, ch: Chosen) -> list[int]:
+    if not schedule_of(ch["schedule"]).chunked:
+        return [1]
+    return [v for v in divisors(pr.shape.layers // ch["pipeline"]) if v > 1]
+
+
+def _dense_group(ch: Chosen) -> int:
+    return int(ch["data"] * ch["context"])
+
+
+def _zero(_: Problem, ch: Chosen) -> tuple[int, ...]:
+    return (0, 1, 2, 3) if _dense_group(ch) > 1 else (0,)
+
+
+def _shard_group(_: Problem, ch: Chosen) -> list[int | None]:
+    if ch["zero_stage"] == 0:
+        return [None]
+    return [None, *(k for k in divisors(ch["data"]) if 1 < k < ch["data"])]
+
+
+def _algorithm(pr: Problem, ch: Chosen) -> tuple[str, ...]:
+    algorithms = pr.algorithms
+    return algorithms if ch["zero_stage"] == 0 and _dense_group(ch) > 1 else algorithms[:1]
+
+
+def _sequence_parallel(_: Problem, ch: Chosen) -> tuple[bool, ...]:
+    return (False, True) if ch["tensor"] > 1 else (False,)
+
+
+def _protocol(pr: Problem, _: Chosen) -> tuple[str, ...]:
+    return PLAN_PROTOCOLS if pr.target.devices > 1 and pr.target.device.kind == "gpu" else (
+        "auto",)
+
+
+DIMENSIONS: tuple[Dimension, ...] = (
+    Dimension("tensor", _tensor),
+    Dimension("context", _context),
+    Dimension("pipeline", _pipeline),
+    Dimension("data", _data),
+    Dimension("expert", _expert),
+    Dimension("expert_tensor", _expert_tensor),
+    Dimension("microbatch", _microbatch),
+    Dimension("schedule", _schedule),
+    Dimension("virtual_stages", _virtual),
+    Dimension("zero_stage", _zero),
+    Dimension("shard_group", _shard_group),
+    Dimension("algorithm", _algorithm),
+    Dimension("placement", lambda pr, ch: PLACEMENTS),
+    # read by no feasibility rule (they change no layout): one verdict for all their values
+    Dimension("recompute", lambda pr, ch: RECOMPUTE, checked=False),
+    Dimension("sequence_parallel", _sequence_parallel, checked=False),
+    Dimension("offload", lambda pr, ch: OFFLOAD, checked=False),
+    Dimension("protocol", _protocol, checked=False),
+)
+
+
+@dataclass
+class SpaceCount:
+    """How much of the space a search went through: every plan ``enumerated``, those the
+    engine's rules accept (``feasible``)."""
+
+    enumerated: int = 0
+    feasible: int = 0
+
+
+class PlanSpace:
+    """The plans of ``DIMENSIONS`` for one model, batch and target; ``only`` narrows a
+    dimension to the values it names (tests, ablations)."""
+
+    def __init__(self, shape: TransformerShape, global_batch: int, target: Target,
+                 only: Mapping[str, Sequence[Any]] | None = None,
+                 dimensions: tuple[Dimension, ...] = DIMENSIONS) -> None:
+        self.problem = Problem(shape, global_batch, target)
+        self.only = dict(only or {})
+        self.checked = [d for d in dimensions if d.checked]
+        self.free = [d for d in dimensions if not d.checked]
+        self.count = SpaceCount()
+        self._layouts: list[tuple[Chosen, list[Sequence[Any]], int]] | None = None
+        self._comm: dict[str, CommunicationSpec] = {}
+
+    def _values(self, dim: Dimension, chosen: Chosen) -> Sequence[Any]:
+        values = dim.values(self.problem, chosen)
+        allowed = self.only.get(dim.name)
+        if allowed is None or (dim.name == "schedule" and chosen["pipeline"] == 1):
+            return values  # without a pipeline the schedule is moot: never narrowed away
+        return [v for v in values if v in allowed]
+
+    def _walk(self) -> Iterator[Chosen]:
+        """Every choice of the checked dimensions, depth first, without recursion (a
+        stack of the values left at each level)."""
+        dims, chosen = self.checked, {}  # type: list[Dimension], Chosen
+        stack = [iter(self._values(dims[0], chosen))]
+        while stack:
+            level = len(stack) - 1
+            value = next(stack[-1], _DONE)
+            if value is _DONE:
+                stack.pop()
+                continue
+            chosen[dims[level].name] = value
+            if level + 1 == len(dims):
+                yield dict(chosen)
+            else:
+                stack.append(iter(self._values(dims[level + 1], chosen)))
+
+    def layouts(self) -> list[tuple[Chosen, list[Sequence[Any]], int]]:
+        """Each layout (the checked dimensions' values), the unchecked dimensions' values
+        (which depend on the checked ones only) and how many plans that makes; walked
+        once and kept: counting for --max-plans and iterating share it."""
+        if self._layouts is None:
+            self._layouts = []
+            for layout in self._walk():
+                free = [self._values(d, layout) for d in self.free]
+                self._layouts.append((layout, free, math.prod(map(len, free))))
+        return self._layouts
+
+    def size(self) -> int:
+        """Plans enumerated, counted without checking any (what --max-plans bounds)."""
+        return sum(count for _, _, count in self.layouts())
+
+    def __iter__(self) -> Iterator[Plan]:
+        """Every feasible plan, in a fixed order (so ties break the same). A layout is
+        checked once, with its first free values: the rules read none of the others."""
+        gpus = self.problem.target.devices
+        names = [d.name for d in self.free]
+        for layout, free, count in self.layouts():
+            self.count.enumerated += count
+            if not count or not self.runs(Plan(gpus, **layout,
+                                               **{n: v[0] for n, v in zip(names, free)})):
+                continue
+            self.count.feasible += count
+            for values in itertools.product(*free):
+                yield Plan(gpus, **layout, **dict(zip(names, values)))
+
+    def runs(self, plan: Plan) -> bool:
+        """Whether the engine runs ``plan`` (``dlsim.parallel.feasibility``)."""
+        pr = self.problem
+        if plan.algorithm not in self._comm:
+            self._comm[plan.algorithm] = CommunicationSpec(data_parallel=plan.algorithm)
+        job = job_of(plan, pr.shape, pr.global_batch, pr.target, self._comm[plan.algorithm])
+        return infeasible(job, lambda n: pr.target.place(n, plan.placement),
+                          pr.target.lowered) is None
 
 
 def enumerate_plans(shape: TransformerShape, global_batch: int, target: Target, *,
-                    max_microbatch: int = 8, schedules: tuple[str, ...] | None = None,
-                    recompute: tuple[str, ...] = RECOMPUTE,
-                    placements: tuple[str, ...] = PLACEMENTS,
+                    schedules: tuple[str, ...] | None = None,
+                    recompute: tuple[str, ...] | None = None,
+                    placements: tuple[str, ...] | None = None,
                     algorithms: tuple[str, ...] | None = None,
-                    sequence_parallel: tuple[bool, ...] = (False, True)) -> Iterator[Plan]:
-    """Every runnable plan searched for ``target``, in a fixed order (so ties break the same).
-    Recomputation and sequence parallelism change no rule, so the plans that differ only in
-    them share one verdict. ``algorithms`` defaults to ``searched_algorithms()``."""
-    gpus = target.devices
-    algorithms = searched_algorithms() if algorithms is None else algorithms
-    schedules = schedule_names() if schedules is None else schedules
-    verdicts: dict[tuple, bool] = {}
-    for t in _powers_of_two_dividing(gpus, 2 * target.devices_per_node):
-        for p in divisors(shape.layers):
-            if gpus % (t * p):
-                continue
-            d = gpus // (t * p)
-            for b, (schedule, v) in itertools.product(_powers_of_two(max_microbatch),
-                                                      _schedules(schedules, p, shape.layers)):
-                for zero in (0, 1, 2, 3) if p == 1 and d > 1 else (0,):
-                    for rc, sp, place in itertools.product(
-                            recompute, sequence_parallel if t > 1 else (False,), placements):
-                        for algo in algorithms if d > 1 and zero == 0 else algorithms[:1]:
-                            plan = Plan(gpus, d, t, p, b, schedule, v, zero, rc, place, algo,
-                                        sp)
-                            key = (t, p, b, schedule, v, zero, place, algo)
-                            if key not in verdicts:
-                                verdicts[key] = runs(plan, shape, global_batch, target)
-                            if verdicts[key]:
-                                yield plan
+                    sequence_parallel: tuple[bool, ...] | None = None,
+                    **only: Sequence[Any]) -> Iterator[Plan]:
+    """Every feasible plan of ``PlanSpace``, narrowed by the keywords (each a dimension's
+    allowed values; None: all of them)."""
+    named = {"schedule": schedules, "recompute": recompute, "placement": placements,
+             "algorithm": algorithms, "sequence_parallel": sequence_parallel, **only}
+    narrowed = {k: v for k, v in named.items() if v is not None}
+    return iter(PlanSpace(shape, global_batch, target, narrowed))
 
 
-def job_of(plan: Plan, shape: TransformerShape, global_batch: int,
-           target: Target) -> JobSpec:
+def job_of(plan: Plan, shape: TransformerShape, global_batch: int, target: Target,
+           communication: CommunicationSpec | None = None) -> JobSpec:
     """What the feasibility rules read of ``plan``: the scenario ``scenario_of`` writes."""
+    comm = communication or CommunicationSpec(data_parallel=plan.algorithm,
+                                              protocol=plan.protocol)
     return JobSpec(shape, shape.model_layers, target.device, target.devices,
-                       target.devices_per_node, target.precision, global_batch,
-                       CommunicationSpec(data_parallel=plan.algorithm), plan.microbatch,
-                       plan.data, plan.tensor, plan.pipeline, plan.schedule,
-                       plan.virtual_stages, plan.zero_stage)
+                   target.devices_per_node, target.precision, global_batch, comm,
+                   plan.microbatch, plan.data, plan.tensor, plan.pipeline, plan.schedule,
+                   plan.virtual_stages, plan.zero_stage, context=plan.context,
+                   expert=plan.expert, expert_tensor=plan.expert_tensor,
+                   shard_group=plan.shard_group)
 
 
 def runs(plan: Plan, shape: TransformerShape, global_batch: int, target: Target) -> bool:
     """Whether the engine runs ``plan`` (``dlsim.parallel.feasibility``)."""
     return infeasible(job_of(plan, shape, global_batch, target),
                       lambda n: target.place(n, plan.placement), target.lowered) is None
-
-
-def _schedules(allowed: tuple[str, ...], p: int, blocks: int) -> Iterator[tuple[str, int]]:
-    if p == 1:  # no pipeline: the schedule is moot, name it once
-        yield "1f1b", 1
-        return
-    for schedule in allowed:
-        if not schedule_of(schedule).chunked:
-            yield schedule, 1
-        else:
-            for v in VIRTUAL_STAGES:
-                if blocks % (p * v) == 0:
-                    yield schedule, v

@@ -107,7 +107,8 @@ def test_the_planner_searches_and_prices_star(star):
     shape = gpt(4, 512, 8, 128, 1000)
     target = Target.on(build_topology(ClusterSpec(**SWITCH, device="a100-sxm4-80gb")), "fp32")
     plans = list(enumerate_plans(shape, 64, target, recompute=("none",),
-                                 placements=("pack",), schedules=("1f1b",)))
+                                 placements=("pack",), schedules=("1f1b",),
+                                 offload=("none",), protocol=("auto",)))
     data_parallel = [p for p in plans if p.data == N and p.zero_stage == 0]
     assert [p.algorithm for p in data_parallel if p.microbatch == 1] == list(
         searched_algorithms())

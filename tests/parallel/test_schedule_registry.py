@@ -112,7 +112,7 @@ def test_the_planner_enumerates_the_registered_schedules_in_order(lifo):
                                       link={"bandwidth_GBps": 50, "latency_us": 1}))
     plans = enumerate_plans(gpt(8, 512, 8, 128, 1000), 16, Target.on(four, "bf16"),
                             recompute=("none",), placements=("pack",),
-                            sequence_parallel=(False,))
+                            sequence_parallel=(False,), offload=("none",), protocol=("auto",))
     piped = [(p.schedule, p.virtual_stages) for p in plans
              if p.pipeline == 4 and p.microbatch == 1]
     assert piped == [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("gpipe-lifo", 1)]

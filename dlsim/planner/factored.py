@@ -1,0 +1,97 @@
+"""The closed-form estimate of every plan of a space, factored by what each part depends on.
+
+``dlsim.planner.estimate.estimate`` prices one plan from its parts (``micro_part``,
+``sync_part``, ``combine``); across a space, plans that differ in one dimension share most
+of their parts, so each part is memoised here on the dimensions it reads and combined by the
+same ``combine`` (one implementation: the two agree to the last bit; the tests check it):
+
+- the micro-batch part (compute, tensor-parallel collectives, the pipeline bubble and the
+  point-to-point transfers, each stage's drain and backward) per (t, p, v, b, recompute,
+  sequence parallelism, placement, protocol);
+- the gradient sync and update per (the stages' parameters, ZeRO stage, algorithm,
+  placement, protocol, offload);
+- memory per (t, p, b, recompute, sequence parallelism, ZeRO stage, offload) as each stage's
+  state plus its activations per micro-batch in flight, scaled by the schedule's in-flight
+  count (``dlsim.parallel.memory.memory_per_device`` is linear in it).
+
+Only the combination runs per plan: m micro-batches of the micro part, plus the tail of the
+stage whose sync and update end last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dlsim.parallel.memory import (
+    memory_per_device,
+    pipeline_stages,
+)
+from dlsim.parallel.pipeline import in_flight
+from dlsim.planner.estimate import (
+    CostTable,
+    Estimate,
+    Fabric,
+    MicroPart,
+    SyncPart,
+    combine,
+    layered,
+    micro_part,
+    sync_part,
+)
+from dlsim.planner.space import Plan
+
+
+class Estimator:
+    """Estimates and memory verdicts of many plans of one model on one cluster."""
+
+    def __init__(self, table: Callable[[int], CostTable], optimizer: str, global_batch: int,
+                 fabric: Fabric) -> None:
+        self.table, self.optimizer, self.global_batch = table, optimizer, global_batch
+        self.fabric = fabric
+        self._micro: dict[tuple, MicroPart] = {}
+        self._sync: dict[tuple, SyncPart] = {}
+        self._memory: dict[tuple, list[tuple[float, float, float]]] = {}
+
+    def micro_part(self, plan: Plan) -> MicroPart:
+        t = plan.tensor
+        sp = plan.sequence_parallel and t > 1
+        key = (t, plan.pipeline, plan.data, plan.virtual_stages, plan.microbatch,
+               plan.recompute, sp, plan.placement, plan.protocol, layered(plan))
+        if key not in self._micro:
+            self._micro[key] = micro_part(plan, self.table(plan.microbatch), self.fabric)
+        return self._micro[key]
+
+    def sync_part(self, plan: Plan, params: tuple[float, ...]) -> SyncPart:
+        key = (plan.tensor, plan.pipeline, plan.data, params, plan.zero_stage, layered(plan),
+               plan.algorithm, plan.placement, plan.protocol, plan.offload)
+        if key not in self._sync:
+            self._sync[key] = sync_part(plan, params, self.table(plan.microbatch),
+                                        self.optimizer, self.fabric)
+        return self._sync[key]
+
+    def estimate(self, plan: Plan) -> Estimate:
+        """What ``dlsim.planner.estimate.estimate`` gives for ``plan``, from memoised parts."""
+        part = self.micro_part(plan)
+        return combine(plan, part, self.sync_part(plan, part.params), self.global_batch)
+
+    def memory_bytes(self, plan: Plan) -> float:
+        """``memory_per_device(...).total`` of ``plan`` as the planner has always priced it:
+        the fullest of p stages, each holding stage 0's micro-batches in flight."""
+        sp = plan.sequence_parallel and plan.tensor > 1
+        key = (plan.tensor, plan.pipeline, plan.data, plan.microbatch, plan.recompute, sp,
+               plan.zero_stage, plan.offload)
+        if key not in self._memory:
+            table = self.table(plan.microbatch)
+            self._memory[key] = []
+            for part in pipeline_stages(table.model, plan.pipeline):
+                one = memory_per_device(
+                    table.model, table.dtype, self.optimizer, data=plan.data,
+                    tensor=plan.tensor, stage_layers=part, in_flight_microbatches=1,
+                    zero_stage=plan.zero_stage, recompute=plan.recompute,
+                    offload=plan.offload, sequence_parallel=sp)
+                self._memory[key].append((one.params + one.grads + one.optimizer,
+                                          one.activations, one.gathered))
+        held = in_flight(plan.schedule, 0, plan.pipeline,
+                         plan.microbatches_for(self.global_batch), plan.virtual_stages)
+        return max(state + held * activations + gathered
+                   for state, activations, gathered in self._memory[key])
