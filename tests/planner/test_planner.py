@@ -139,26 +139,26 @@ def _estimate_errors(model: str, gpus: int, batch: int, stride: int) -> list[flo
 
 
 def test_estimate_tracks_the_engine():
-    """The closed form ranks plans; the engine decides. Over every 41st plan of Megatron's
-    7.5B model on 32 A100s (DP, TP in and across nodes, PP, interleaving, ZeRO with and
-    without a pipeline, recompute, sequence parallelism, both placements; 95 of 3,876 plans)
-    the estimate is within 3.3% of the engine, median 0.0025%. Reached: median 0.0023%,
-    worst 3.28% (d=32 spread with tree all-reduce). Before the pipeline's fill and drain
+    """The closed form ranks plans; the engine decides. Over every 79th priced plan of
+    Megatron's 7.5B model on 32 A100s (DP, TP in and across nodes, PP, interleaving, ZeRO
+    with and without a pipeline, FSDP with tensor and pipeline parallelism, recompute,
+    sequence parallelism, both placements; 61 of 4,758 plans) the estimate is within 1.4%
+    of the engine. Reached: median 0.011%, worst 1.34%. Before the pipeline's fill and drain
     were charged stage by stage and the step's end at the stage that ends last: median
     0.089%."""
     errors = _estimate_errors("megatron-7.5b", 32, 128, 79)
-    assert len(errors) == 95
-    assert np.median(errors) <= 2.5e-5 and max(errors) <= 0.033
+    assert len(errors) == 61
+    assert np.median(errors) <= 1.2e-4 and max(errors) <= 0.0134
 
 
 def test_estimate_tracks_the_engine_on_llama():
-    """LLaMA-2-7B (SwiGLU, RMSNorm, untied head) on 16 A100s: over every 101st plan (43 of
-    4,272) the estimate is within 1% of the engine, median 0.01%. Reached: median 0.0078%,
-    worst 0.99% (interleaved pipelines: the heavy head chunk stalls the interleaved
-    schedule a little more than the fill-and-drain sum says)."""
+    """LLaMA-2-7B (SwiGLU, RMSNorm, untied head) on 16 A100s: over every 171st priced plan
+    (31 of 5,136) the estimate is within 1% of the engine. Reached: median 0.020%, worst
+    0.91% (interleaved pipelines: the heavy head chunk stalls the interleaved schedule a
+    little more than the fill-and-drain sum says)."""
     errors = _estimate_errors("llama-2-7b", 16, 32, 171)
-    assert len(errors) == 43
-    assert np.median(errors) <= 1e-4 and max(errors) <= 0.01
+    assert len(errors) == 31
+    assert np.median(errors) <= 2.0e-4 and max(errors) <= 0.0091
 
 
 def test_the_planner_plans_llama():
