@@ -314,14 +314,19 @@ def _cell(column: str, value: Any) -> str:
 
 
 def _sweep_columns(table: pd.DataFrame, varied: list[str], result: str) -> list[str]:
-    """The runs table's columns: what was varied, the result plotted, then every other
-    column whose value differs between runs (those the same in every run are the base
-    scenario's, in sweep.csv)."""
-    def differs(column: str) -> bool:
-        return table[column].astype(str).nunique(dropna=False) > 1
+    """The runs table's columns in the table's order, less those the same in every run (the
+    base scenario's, in sweep.csv), with the result plotted moved up beside the last varied
+    column if it stood further right (a sweep's summary fields follow its varied ones)."""
+    def kept(column: str) -> bool:
+        return column in varied or column == result or table[column].astype(
+            str).nunique(dropna=False) > 1
 
-    first = list(dict.fromkeys([*varied, result]))
-    return first + [c for c in table.columns if c not in first and differs(str(c))]
+    columns = [str(c) for c in table.columns if kept(str(c))]
+    last = max(columns.index(c) for c in varied) if varied else -1
+    if columns.index(result) > last:
+        columns.remove(result)
+        columns.insert(last + 1, result)
+    return columns
 
 
 def render_sweep(title: str, table: pd.DataFrame, x: str, y: str, group: str | None,

@@ -393,7 +393,12 @@ def test_a_sweep_table_leads_with_what_was_varied_and_the_result():
 
     table = pd.DataFrame({"name": ["a", "a"], "devices": [8, 8], "zero": [0, 3],
                           "memory_bytes": [9.7e10, 7.6e10], "step_time_s": [0.62, 0.60]})
+    table = table[["zero", "name", "devices", "memory_bytes", "step_time_s"]]
     assert _sweep_columns(table, ["zero"], "step_time_s") == ["zero", "step_time_s",
                                                              "memory_bytes"]
+    # a table whose result already stands before what was varied keeps its order
+    rows = pd.DataFrame({"table": ["a", "b"], "case": ["x", "y"], "predicted": [1.0, 2.0],
+                         "measured": [1.1, 2.2], "error_pct": [-9.1, -9.2]})
+    assert _sweep_columns(rows, ["measured", "table"], "predicted") == list(rows.columns)
     assert _cell("memory_bytes", 9.7e10) == "97 GB"
     assert _cell("step_time_s", 0.62) == "620 ms"
