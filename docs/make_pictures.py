@@ -64,6 +64,10 @@ PICTURES: dict[str, tuple[list[str], str, list[str], int]] = {
     "rail-fabric": (["run", "scenarios/rail-fabric.yaml"], "rail-fabric", ["plot"], 1000),
     "sequence-parallel": (["run", "scenarios/sequence-parallel.yaml"], "sequence-parallel",
                           ["plot"], 1000),
+    "gpt3-time-to-loss": (["run", "scenarios/gpt3-time-to-loss.yaml"], "gpt3-time-to-loss",
+                          ["sync"], 1100),
+    "goodput-16k-h100": (["run", "scenarios/goodput-16k-h100.yaml"], "goodput-16k-h100",
+                         ["sync"], 1100),
 }
 
 

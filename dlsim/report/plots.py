@@ -208,6 +208,26 @@ def bars(labels: Sequence[str | int], values: Sequence[float] | np.ndarray, titl
     return _to_data_uri(fig)
 
 
+def goodput_curve(intervals_h: Sequence[float], goodput: Sequence[float], chosen_h: float,
+                  chosen: float, spread: tuple[float, float]) -> str:
+    """Goodput against the time between checkpoints (log hours), with the scenario's interval
+    marked and its 5-95 % spread over the Monte Carlo runs as an error bar."""
+    fig = _new_figure(8.0, 3.4)
+    ax = fig.add_subplot()
+    ax.plot(intervals_h, 100 * np.asarray(goodput, dtype=float), marker="o", markersize=4,
+            linewidth=1.6, color=CATEGORY_COLOURS["compute"], label="fixed interval")
+    low, high = 100 * spread[0], 100 * spread[1]
+    ax.errorbar([chosen_h], [100 * chosen], yerr=[[100 * chosen - low], [high - 100 * chosen]],
+                fmt="D", color=OVERFLOW_COLOUR, capsize=4, label="this run (5-95 %)")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    _style(ax, "Goodput against the checkpoint interval", "time between checkpoints (h)",
+           "goodput (% of wall time)")
+    ax.grid(axis="y", color="#E6E6E6", linewidth=0.8)
+    ax.legend(fontsize=8, frameon=False)
+    return _to_data_uri(fig)
+
+
 def wants_log(values: pd.Series) -> bool:
     """True when the values are all positive numbers spanning more than two decades."""
     xs = pd.to_numeric(values, errors="coerce")

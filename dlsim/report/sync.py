@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from dlsim.report import plots
-from dlsim.report.units import format_seconds
+from dlsim.report.units import format_count, format_seconds
 
 
 def sync_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -67,7 +67,11 @@ def _goodput(g: Mapping[str, Any]) -> dict[str, Any]:
                      f"{g['effective_training_days']:.2f} days"))
     rows += [(f"checkpoint every {r['interval_h']} h", f"{100 * r['goodput']:.2f} %")
              for r in g["by_interval"]]
-    return {"rows": rows, "note": "; ".join(g["assumptions"]) + "."}
+    curve = g["by_interval"]
+    image = plots.goodput_curve([r["interval_h"] for r in curve], [r["goodput"] for r in curve],
+                                g["interval_s"] / 3600, g["goodput_mean"],
+                                (g["goodput_p5"], g["goodput_p95"]))
+    return {"rows": rows, "note": "; ".join(g["assumptions"]) + ".", "image": image}
 
 
 def _failures(s: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -103,8 +107,12 @@ def _convergence(s: Mapping[str, Any]) -> dict[str, Any] | None:
             ("mean staleness", f"{c['mean_staleness']:.2f}"),
             ("time per update", format_seconds(c["seconds_per_update"]))]
     if "assumptions" in c:  # a model named in the scenario (dlsim.kinds.sync.convergence)
-        rows += [(k.replace("_", " "), f"{c[k]:,.4g}") for k in
-                 ("tokens_to_target", "critical_batch_tokens", "cost_usd") if k in c]
+        if "tokens_to_target" in c:
+            rows.append(("tokens to the target", f"{format_count(c['tokens_to_target'])} tokens"))
+        if "critical_batch_tokens" in c:
+            rows.append(("critical batch", f"{format_count(c['critical_batch_tokens'])} tokens"))
+        if "cost_usd" in c:
+            rows.append(("cost to the target", f"{format_count(c['cost_usd'])} USD"))
         return {"rows": rows, "note": "; ".join(c["assumptions"]) + "."}
     note = (f"Updates needed = S_min (1 + B_noise / B) (1 + c x mean staleness), with "
             f"S_min = {c['min_steps']:g}, B_noise = {c['noise_batch']:g} (McCandlish et al. "

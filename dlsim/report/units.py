@@ -48,10 +48,12 @@ def scaled(value: float, units: tuple[tuple[float, str], ...], sep: str) -> str:
 
 
 def format_seconds(seconds: float) -> str:
-    """12.3 ms, 4.56 µs, 1.5 s: three significant figures in the unit that reads best."""
+    """12.3 ms, 4.56 µs, 1.5 s, 3.09 h, 7.08 days: three significant figures in the unit that
+    reads best."""
     if seconds == 0:
         return "0 s"
-    return scaled(seconds, ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")), " ")
+    return scaled(seconds, ((86400.0, "days"), (3600.0, "h"), (1.0, "s"), (1e-3, "ms"),
+                            (1e-6, "µs"), (1e-9, "ns")), " ")
 
 
 def format_bytes(nbytes: float) -> str:

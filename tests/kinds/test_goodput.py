@@ -169,3 +169,14 @@ def test_a_run_with_failures_spends_the_expected_wall_time_per_step():
     per_step = s["step_time_s"] / g["goodput_closed_form"]
     assert s["time_to_accuracy_s"] == pytest.approx(100 * (1 + 8 / 8) * per_step, rel=1e-12)
     assert "failures" not in s
+
+
+def test_the_report_plots_goodput_against_the_interval_with_the_runs_spread():
+    from dlsim.report.sync import sync_section
+    spec = FailureSpec(rates="llama3", restart_s=600, job_days=54, monte_carlo_runs=500,
+                       checkpoint={"interval": "auto", "storage_GBps": 2000})
+    g = goodput_summary(spec, 2.0, 1, summary_of(), np.random.default_rng(1))
+    part = sync_section({"goodput": g})
+    assert part is not None and part["failures"]["image"].startswith("data:image/png;base64,")
+    rows = dict(part["failures"]["rows"])
+    assert rows["job MTBF"] == f"{54 * 24 / 419:.3g} h"  # 3.09 h: 419 interruptions in 54 days

@@ -296,7 +296,8 @@ def test_log_x_only_beyond_two_decades() -> None:
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
-    (0.0123, "12.3 ms"), (1.5e-6, "1.5 µs"), (2.0, "2 s"), (0.9996, "1 s"), (0.0, "0 s")])
+    (0.0123, "12.3 ms"), (1.5e-6, "1.5 µs"), (2.0, "2 s"), (0.9996, "1 s"), (0.0, "0 s"),
+    (11135.0, "3.09 h"), (611821.0, "7.08 days"), (3000.0, "3,000 s"), (3599.0, "1 h")])
 def test_format_seconds(seconds: float, text: str) -> None:
     assert format_seconds(seconds) == text
 
