@@ -92,7 +92,7 @@ def _failures(s: Mapping[str, Any]) -> dict[str, Any] | None:
         rows.append(("Young's optimal interval", format_seconds(f["young_daly_interval_s"])))
         note += (" Young's optimal time between checkpoints is sqrt(2 x checkpoint cost x "
                  "MTBF) (CACM 1974; Daly 2006 refines it).")
-    return {"rows": rows, "note": note}
+    return {"rows": rows, "note": note, "image": None}
 
 
 def _convergence(s: Mapping[str, Any]) -> dict[str, Any] | None:
