@@ -150,7 +150,8 @@ class _RankProgram:
         self.hybrid = self.sharded and self.shard < dense  # replicated across shard groups
         self.zero3 = job.zero_stage == 3 and self.sharded
         self.by_layer = job.gradient_sync == "buckets" or self.zero3
-        self.param_gates: dict[int, dict[int, int]] = {}  # overlap_param_gather's, by piece
+        # overlap_param_gather's gathers each layer's first forward waits for, by piece
+        self.param_gates: dict[int, dict[int, tuple[int, ...]]] = {}
         self.gathered: tuple[int, ...] = ()  # the ZeRO-1/2 gather the next step waits for
         self.program: list[Op] = []
         # By symmetry one collective carries the identical ones of the unsimulated peers:
@@ -213,19 +214,24 @@ class _RankProgram:
                         f"allreduce {what}", key, self.data_groups, "allreduce", size,
                         job.algorithm, job.servers, deps=(last_backward[c],),
                         instances=len(self.ks), role="data")))
-        if job.gradient_sync == "chunks":
+        if job.gradient_sync == "chunks" and not self.zero3:
             for c in sorted(last_backward):
                 self._expert_sync(step, c * p + s, last_backward[c])
         self._optimizer(step)
 
     def _optimizer(self, step: int) -> None:
         job = self.job
-        params = sum(self.pieces[c * self.p + self.s].params for c in range(job.chunks))
+        mine = [self.pieces[c * self.p + self.s] for c in range(job.chunks)]
+        params = sum(piece.params for piece in mine)
+        experts = sum(piece.expert_params for piece in mine)
         stage = f" stage{self.s}" if self.p > 1 else ""
         update: tuple[int, ...] = (*self.syncs, *self.blocked)
+        # ZeRO partitions dense state over the shard group, routed experts' over the
+        # expert-data group (Megatron-Core's expert distributed optimizer)
+        owned = ((params - experts) / self.shard + experts / self.job.grid.expert_data
+                 if self.sharded else params)
         for what, seconds, role in optimizer_steps(
-                params / self.shard if self.sharded else params, job.optimizer,
-                self.device, self.dtype, job.offload, job.sharing):
+                owned, job.optimizer, self.device, self.dtype, job.offload, job.sharing):
             update = (self.add(Compute(f"{what}{stage} s{step}", seconds, deps=update,
                                        role=role)),)
         if not self.sharded or job.zero_stage == 3:
@@ -235,8 +241,12 @@ class _RankProgram:
             return
         self.gathered = (self.add(Collective(f"allgather parameters s{step}",
                             f"zero s{step} stage{self.s} k{self.k}" + self.shards.tag,
-                            self.shards.ranks, "allgather", params * self.weight_bytes, "ring",
-                            deps=update, instances=self.shards.instances, role="data")),)
+                            self.shards.ranks, "allgather",
+                            (params - experts) * self.weight_bytes, "ring",
+                            deps=update, instances=self.shards.instances, role="data")),
+                         *self._expert_collective("allgather", f"expert parameters s{step}",
+                                                  f"zero s{step} stage{self.s}",
+                                                  experts * self.weight_bytes, update))
 
     def _gather_for_next_step(self, step: int, update: tuple[int, ...]) -> None:
         """Megatron-Core's overlapped parameter gather: the updated parameters are gathered
@@ -249,12 +259,17 @@ class _RankProgram:
             gates = self.param_gates.setdefault(piece, {})
             for j, layer_params in enumerate(cost.layer_params):
                 if layer_params:
-                    gates[j] = self.add(Collective(
+                    dense = self.add(Collective(
                         f"allgather {cost.names[j]} s{step}",
                         f"zero s{step} p{piece} {cost.layers[j]} k{self.k}" + self.shards.tag,
-                        self.shards.ranks, "allgather", layer_params * self.weight_bytes,
+                        self.shards.ranks, "allgather",
+                        (layer_params - _experts_of(cost, j)) * self.weight_bytes,
                         "ring", deps=update, stream="prefetch",
                         instances=self.shards.instances, role="data"))
+                    gates[j] = (dense, *self._expert_collective(
+                        "allgather", f"expert {cost.names[j]} s{step}",
+                        f"zero s{step} p{piece} {cost.layers[j]}",
+                        _experts_of(cost, j) * self.weight_bytes, update, "prefetch"))
 
     def _reduce_scatter(self, what: str, key: str, size: float, after: int) -> int:
         """ZeRO's gradient exchange: a reduce-scatter within the shard group and, with
@@ -282,9 +297,8 @@ class _RankProgram:
             for j in range(len(cost.layers)):
                 deps = self._gather(j, cost, "fwd", tag, ran) + (
                     () if ran else (*recv, *self.blocked)) + (
-                    (gates[j],) if j in gates else ())
-                ran.append(self.add(Compute(f"fwd {cost.names[j]} {tag}",
-                                            cost.layer_times_s[j][0], deps)))
+                    gates.get(j, ()))
+                ran.append(self._layer(piece, j, 0, tag, deps))
             out = ran[-1]
         elif cost.passes:
             out = self._segmented(piece, 0, tag, (*recv, *self.blocked))
@@ -330,14 +344,32 @@ class _RankProgram:
         ran: list[int] = []
         for j in reversed(range(len(cost.layers))):
             deps = self._gather(j, cost, "bwd", tag, ran) + (() if ran else first_deps)
-            backward = self.add(Compute(f"bwd {cost.names[j]} {tag}",
-                                        cost.layer_times_s[j][1], deps))
+            backward = self._layer(piece, j, 1, tag, deps)
             ran.append(backward)
             if sync_step is not None and job.grid.data * job.grid.context > 1 and j in closes:
                 n = closes[j]
-                size = sum(cost.layer_params[i] for i in buckets[n]) * self.grad_bytes
+                size = sum(cost.layer_params[i] - _experts_of(cost, i)
+                           for i in buckets[n]) * self.grad_bytes
                 self.syncs.append(self._bucket(sync_step, piece, n, size, backward))
+            if sync_step is not None and self.zero3:
+                self.syncs += self._expert_collective(
+                    "reducescatter", f"expert gradients {cost.names[j]} s{sync_step}",
+                    f"ep-dp s{sync_step} p{piece} {cost.layers[j]}",
+                    _experts_of(cost, j) * self.grad_bytes, (backward,))
         return ran[-1]
+
+    def _layer(self, piece: int, j: int, phase: int, tag: str, deps: tuple[int, ...]) -> int:
+        """One layer's pass (``phase`` 0 forward, 1 backward) on its own: one kernel group,
+        or under context or expert parallelism its segments."""
+        cost = self.pieces[piece]
+        what = ("fwd", "bwd")[phase]
+        if not cost.passes:
+            return self.add(Compute(f"{what} {cost.names[j]} {tag}",
+                                    cost.layer_times_s[j][phase], deps))
+        last, pending = self._layer_segments(piece, j, phase, tag, deps, 0.0)
+        if pending or len(last) != 1:
+            last = (self.add(Compute(f"{what} {cost.names[j]} {tag}", pending, last)),)
+        return last[0]
 
     def _bucket(self, step: int, piece: int, n: int, size: float, after: int) -> int:
         job = self.job
@@ -362,11 +394,16 @@ class _RankProgram:
         if not self.zero3 or params == 0:
             return ()
         rank = f" k{self.k}" if self.t > 1 else ""
+        experts = _experts_of(cost, j)
         return (self.add(Collective(
             f"allgather {cost.names[j]} ({phase}) {tag}",
             f"zero3 {tag} {phase} {cost.layers[j]}{rank}" + self.shards.tag, self.shards.ranks,
-            "allgather", params * self.weight_bytes, "ring", deps=tuple(ran[-2:-1]),
-            stream="prefetch", instances=self.shards.instances, role="zero-gather")),)
+            "allgather", (params - experts) * self.weight_bytes, "ring",
+            deps=tuple(ran[-2:-1]), stream="prefetch", instances=self.shards.instances,
+            role="zero-gather")), *self._expert_collective(
+                "allgather", f"expert {cost.names[j]} ({phase}) {tag}",
+                f"zero3 {tag} {phase} {cost.layers[j]}", experts * self.weight_bytes,
+                tuple(ran[-2:-1]), "prefetch"))
 
     def _tensor(self, what: str, key: str, collectives: Collectives, after: int) -> int:
         """A pass's tensor collectives, one repeated op per kind, each after the last; the
@@ -443,23 +480,33 @@ class _RankProgram:
         order = range(len(cost.layers)) if phase == 0 else reversed(range(len(cost.layers)))
         last, pending = deps, 0.0
         for j in order:
-            for n, segment in enumerate(cost.passes[j][phase]):
-                if segment.kind == "compute":
-                    pending += segment.seconds
-                    continue
-                if pending:
-                    last = (self.add(Compute(f"{what} {cost.names[j]} {tag}", pending,
-                                             last)),)
-                    pending = 0.0
-                key = f"{tag} {what} L{cost.layers[j]} n{n}"
-                if segment.kind == "ring":
-                    last = self._ring(f"{what} {cost.names[j]} {tag}", key, segment, last)
-                else:
-                    last = (self._alltoall(f"{segment.kind} {what} {cost.names[j]} {tag}",
-                                           key, segment, last),)
+            last, pending = self._layer_segments(piece, j, phase, tag, last, pending)
         if pending or len(last) != 1:
             last = (self.add(Compute(f"{what} {cost.names[-1]} {tag}", pending, last)),)
         return last[0]
+
+    def _layer_segments(self, piece: int, j: int, phase: int, tag: str,
+                        last: tuple[int, ...], pending: float
+                        ) -> tuple[tuple[int, ...], float]:
+        """Layer ``j``'s segments after ``last``, ``pending`` seconds of compute not yet
+        issued before them; returns the new (last, pending), compute that runs on into the
+        next layer left pending so that it joins that layer's first kernels."""
+        cost = self.pieces[piece]
+        what = ("fwd", "bwd")[phase]
+        for n, segment in enumerate(cost.passes[j][phase]):
+            if segment.kind == "compute":
+                pending += segment.seconds
+                continue
+            if pending:
+                last = (self.add(Compute(f"{what} {cost.names[j]} {tag}", pending, last)),)
+                pending = 0.0
+            key = f"{tag} {what} L{cost.layers[j]} n{n}"
+            if segment.kind == "ring":
+                last = self._ring(f"{what} {cost.names[j]} {tag}", key, segment, last)
+            else:
+                last = (self._alltoall(f"{segment.kind} {what} {cost.names[j]} {tag}",
+                                       key, segment, last),)
+        return last, pending
 
     def _ring(self, what: str, key: str, segment: Segment,
               deps: tuple[int, ...]) -> tuple[int, ...]:
@@ -499,10 +546,26 @@ class _RankProgram:
         grid, cost = self.job.grid, self.pieces[piece]
         if grid.expert_data == 1 or cost.expert_params == 0:
             return
+        self.syncs += self._expert_collective(
+            "reducescatter" if self.sharded else "allreduce",
+            f"expert gradients p{piece} s{step}", f"ep-dp s{step} p{piece}",
+            cost.expert_params * self.grad_bytes, (after,))
+
+    def _expert_collective(self, op: str, what: str, key: str, size: float,
+                           deps: tuple[int, ...], stream: str = "comm") -> tuple[int, ...]:
+        """A collective of the routed experts' state over the expert-data group (in rings, as
+        Megatron-Core's NCCL does), or nothing when no other rank holds the same experts."""
+        grid = self.job.grid
+        if grid.expert_data == 1 or size == 0:
+            return ()
         _, e, k = self.expert_at
         rank = "" if self.symmetric else f" e{e} k{k}"
-        self.syncs.append(self.add(Collective(
-            f"allreduce expert gradients p{piece} s{step}", f"ep-dp s{step} p{piece}{rank}",
-            self.expert_data_groups, "allreduce", cost.expert_params * self.grad_bytes,
-            "ring", deps=(after,),
-            instances=len(self.expert_data_groups) // grid.expert_data, role="expert")))
+        return (self.add(Collective(
+            f"{op} {what}", f"experts {key}{rank}", self.expert_data_groups, op, size, "ring",
+            deps=deps, stream=stream,
+            instances=len(self.expert_data_groups) // grid.expert_data, role="expert")),)
+
+
+def _experts_of(cost: Piece, j: int) -> float:
+    """The routed-expert part of the piece's layer ``j``'s parameters on this rank."""
+    return cost.layer_expert_params[j] if cost.layer_expert_params else 0.0

@@ -128,11 +128,6 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
                             f"{model_parallel} devices but the cluster has {job.devices}.",
                             field="parallelism.pipeline")
     check_expert_degrees(job.shape, job.expert, job.expert_tensor, data * cp * t)
-    if job.zero_stage == 3 and (cp > 1 or job.expert > 1):
-        raise ScenarioError("ZeRO-3 gathers each layer's parameters on the data-parallel "
-                            "path, which context and expert parallelism do not take yet "
-                            "(FSDP composed with them is being built, issue 13); use "
-                            "zero_stage 0, 1 or 2.", field="parallelism.zero_stage")
     check_shard_group(job.shard_group, job.zero_stage, data * cp)
     devices = place(data * model_parallel)
     per_replica, micro = split_batch(job.global_batch, job.microbatch, data)

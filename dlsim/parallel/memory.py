@@ -185,7 +185,9 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
         for layer in layers) / context
     gathered = 0.0
     if zero_stage == 3 and shard > 1:
-        largest = max((layer.params for layer in layers), default=0) / tensor
+        largest = max(((layer.params - routed_params(layer)) / tensor
+                       + routed_params(layer) / (expert * expert_tensor)
+                       for layer in layers), default=0.0)
         gathered = ZERO3_RESIDENT_LAYERS * largest * weight_bytes_per_param(dtype)
     host = traffic = 0.0
     if offload == "optimizer":

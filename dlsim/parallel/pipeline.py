@@ -88,6 +88,7 @@ class Piece:
     layer_params: tuple[int, ...] = ()
     passes: tuple[tuple[LayerPass, LayerPass], ...] = ()
     expert_params: float = 0.0
+    layer_expert_params: tuple[float, ...] = ()  # per layer, the part of layer_params above
 
 
 def count_collectives(collectives: list[Collectives]) -> Collectives:
@@ -134,5 +135,5 @@ def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts:
             tuple(shard.layers[i].name for i in layers), tuple(times[i] for i in layers),
             tuple(round(params[i]) for i in layers),
             tuple(passes[i] for i in layers) if passes else (),
-            sum(expert_params[i] for i in layers)))
+            sum(expert_params[i] for i in layers), tuple(expert_params[i] for i in layers)))
     return out

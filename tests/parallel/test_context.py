@@ -199,7 +199,3 @@ def test_zero_partitions_over_data_x_context():
     assert got == pytest.approx(expected, rel=1e-12)
 
 
-def test_zero3_with_context_parallelism_is_refused_for_now():
-    with pytest.raises(ScenarioError) as err:
-        dlsim.simulate(ring_scenario("symmetric", data=2, context=2, zero_stage=3))
-    assert err.value.field == "parallelism.zero_stage"
