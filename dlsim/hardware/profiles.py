@@ -82,7 +82,8 @@ class DeviceProfile(_Frozen):
     peak_tflops: dict[DType, float]
     memory_GB: float = Field(gt=0)
     memory_bandwidth_GBps: float = Field(gt=0)
-    power_W: float = Field(gt=0)
+    power_W: float = Field(gt=0)  # board power limit (TDP): the power model's cap
+    idle_power_W: float | None = Field(default=None, ge=0)  # powered on, running nothing
     price_usd_per_hour: float | None = Field(default=None, ge=0)
     kernel_launch_us: float = Field(ge=0)
     efficiency: Efficiency
@@ -98,6 +99,8 @@ class DeviceProfile(_Frozen):
         bad = [k for k, v in self.peak_tflops.items() if v <= 0]
         if bad:
             raise ValueError(f"peak_tflops must be positive for {bad}")
+        if self.idle_power_W is not None and self.idle_power_W > self.power_W:
+            raise ValueError("idle_power_W cannot exceed power_W")
         return self
 
     def peak_flops(self, dtype: str) -> float:

@@ -30,8 +30,14 @@ from dlsim.parallel.memory import gradient_bytes_per_param, savings, stage_memor
 from dlsim.parallel.pipeline import in_flight, pieces
 from dlsim.parallel.tensor import shard_model
 from dlsim.results.intervals import breakdown, communication_by_axis
+from dlsim.results.power import power_model
 from dlsim.results.result import Result
-from dlsim.results.summary import TrainingWork, compression_summary, training_summary
+from dlsim.results.summary import (
+    TrainingWork,
+    compression_summary,
+    energy_summary,
+    training_summary,
+)
 from dlsim.workload.model import Model, lora_workload
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import shape_of
@@ -127,6 +133,10 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                                                   and lora is None)
     summary["communication_by_axis"] = communication_by_axis(
         run.spans, int(ranks[critical]), run.bytes_by_role, train.steps)
+    summary.update(energy_summary(
+        power_model(executed, device, dtype), run.spans, n, run.end_s, train.steps,
+        work.samples / train.steps, shape.seq_len if shape is not None else None,
+        device.price_usd_per_hour))
     summary.update(bsp_summary(scenario, run, ranks, rng, summary,
                                job_of(scenario.model, model, n, device.price_usd_per_hour)))
     return engine_result(scenario, topology, run, summary,

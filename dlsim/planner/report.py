@@ -55,7 +55,7 @@ def render_plan(result: PlanResult) -> str:
             cards.append(Card("Cost", f"{best['cost_usd'] / 1e3:,.0f}", "kUSD",
                               "device-hours × hourly price"))
         cards.append(Card("Energy", f"{best['energy_kwh'] / 1e3:,.3g}", "MWh",
-                          "at board power"))
+                          "idle + dynamic power by activity"))
         cards.append(Card.of("Memory per device", format_bytes(best["memory_per_device_bytes"])))
     if result.smallest_gpus_meeting_deadline is not None:
         cards.append(Card("Smallest cluster", f"{result.smallest_gpus_meeting_deadline:,}",

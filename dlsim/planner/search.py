@@ -5,8 +5,9 @@ that cannot run; the closed-form estimate (``estimate.py``) ranks every remainin
 discrete-event engine simulates only the best few, and those confirmed figures decide the
 winner. Every figure a plan carries says where it came from (``step_time_source``).
 Objectives: time to train (steps × step time), cost (device-hours × the device's hourly
-price in its profile) and energy (devices × the profile's board power × time, an upper bound
-since boards rarely sit at their power limit).
+price in its profile) and energy (``dlsim.results.power``: idle power plus dynamic power by
+what each device does, from the estimate's parts, or from the engine's spans for the plans it
+confirms).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dlsim.hardware.topology import Topology
 from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
 from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target
+from dlsim.results.power import PowerModel, estimated_energy_J, power_model
 from dlsim.simulate import simulate
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import TRANSFORMER_SHAPES, TransformerShape
@@ -96,12 +98,12 @@ def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int) -> dict
 
 
 def _objectives(row: dict[str, Any], step_s: float, steps: float, gpus: int,
-                device: hardware.DeviceProfile) -> None:
+                device: hardware.DeviceProfile, energy_per_step_J: float) -> None:
     seconds = step_s * steps
     row["time_to_train_s"] = seconds
     row["cost_usd"] = (gpus * seconds / 3600 * device.price_usd_per_hour
                        if device.price_usd_per_hour is not None else None)
-    row["energy_kwh"] = gpus * device.power_W * seconds / 3.6e6
+    row["energy_kwh"] = energy_per_step_J * steps / 3.6e6
 
 
 Progress = Callable[[list[dict[str, Any]], str], Iterable[dict[str, Any]]]
@@ -131,6 +133,13 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                 request.precision, microbatch * shape.seq_len, shape.hidden)
         return tables[microbatch]
 
+    powers: dict[int, PowerModel] = {}
+
+    def power(microbatch: int) -> PowerModel:
+        if microbatch not in powers:
+            powers[microbatch] = power_model(table(microbatch).model, device, request.precision)
+        return powers[microbatch]
+
     size = SpaceCount()
     unpriced = 0
     for gpus, space, topology in spaces:
@@ -149,7 +158,8 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                 "fits_in_memory": True, "step_time_s": est.step_time_s,
                 "step_time_source": "estimate", "estimated_step_time_s": est.step_time_s,
                 "estimated_breakdown_s": est.breakdown_s}
-            _objectives(row, est.step_time_s, steps, gpus, device)
+            _objectives(row, est.step_time_s, steps, gpus, device, gpus * estimated_energy_J(
+                power(p.microbatch), est.step_time_s, est.breakdown_s))
             rows.append(row)
         size.enumerated += space.count.enumerated
         size.feasible += space.count.feasible
@@ -163,7 +173,8 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                    breakdown_s=result.breakdown_s,
                    memory_per_device_bytes=result.memory_per_device_bytes,
                    fits_in_memory=result.fits_in_memory, scenario=scenario)
-        _objectives(row, result.step_time_s, steps, row["gpus"], device)
+        _objectives(row, result.step_time_s, steps, row["gpus"], device,
+                    result.energy_per_step_J)
     confirmed = sorted((r for r in confirmed if r["fits_in_memory"] and _meets(r, request)),
                        key=_ranking(request))
     ranked = confirmed + feasible[request.confirm:]

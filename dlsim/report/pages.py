@@ -25,8 +25,11 @@ from dlsim.report.units import (
     axis_label,
     format_bytes,
     format_count,
+    format_energy,
     format_number,
+    format_power,
     format_seconds,
+    format_usd,
     significant,
 )
 from dlsim.results.result import Result
@@ -66,7 +69,26 @@ def _collective_cards(s: Mapping[str, Any]) -> list[Card]:
             *_card(s, "busbw_GBps", "Bus bandwidth", lambda v: f"{significant(v)} GB/s",
                    "as nccl-tests reports"),
             *_card(s, "comm_bytes_total", "Communication", format_bytes,
-                   "bytes sent by all devices")]
+                   "bytes sent by all devices"),
+            *_card(s, "energy_J", "Energy", format_energy, _average_power(s)),
+            *_card(s, "cost_usd", "Cost", format_usd, "devices x time x hourly price")]
+
+
+def _average_power(s: Mapping[str, Any]) -> str:
+    watts = s.get("average_power_W")
+    return f"average {format_power(watts)} per device" if watts is not None else ""
+
+
+def _energy_cards(s: Mapping[str, Any]) -> list[Card]:
+    """Energy and cost per step, and per token (or per sample for models without one)."""
+    unit = "token" if "energy_per_token_J" in s else "sample"
+    per_energy, per_cost = s.get(f"energy_per_{unit}_J"), s.get(f"cost_per_{unit}_usd")
+    return [*_card(s, "energy_per_step_J", "Energy per step", format_energy,
+                   " · ".join(x for x in (_average_power(s), f"{format_energy(per_energy)} "
+                              f"per {unit}" if per_energy is not None else "") if x)),
+            *_card(s, "cost_per_step_usd", "Cost per step", format_usd,
+                   f"{format_usd(per_cost * 1e6)} per million {unit}s"
+                   if per_cost is not None else "")]
 
 
 def _training_cards(s: Mapping[str, Any]) -> list[Card]:
@@ -89,7 +111,7 @@ def _training_cards(s: Mapping[str, Any]) -> list[Card]:
         tone = "" if fits is None else ("good" if fits else "bad")
         cards.append(Card.of("Memory per device", format_bytes(mem), detail, tone))
     return cards + _card(s, "comm_bytes_total", "Communication", format_bytes,
-                         "bytes sent by all devices")
+                         "bytes sent by all devices") + _energy_cards(s)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:

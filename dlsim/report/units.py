@@ -62,6 +62,28 @@ def format_bytes(nbytes: float) -> str:
                            (1.0, "B")), " ")
 
 
+def format_energy(joules: float) -> str:
+    """Joules in the unit that reads best: 573 J, 1.2 MJ, 2.19 mJ; kWh above 3.6 MJ, as
+    power bills count it."""
+    if joules >= 3.6e6:
+        return scaled(joules / 3.6e6, ((1e6, "GWh"), (1e3, "MWh"), (1.0, "kWh")), " ")
+    if joules == 0:
+        return "0 J"
+    return scaled(joules, ((1e3, "kJ"), (1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"),
+                           (1e-9, "nJ")), " ")
+
+
+def format_power(watts: float) -> str:
+    """272 W, 5.6 kW, 1.2 MW."""
+    return scaled(watts, ((1e6, "MW"), (1e3, "kW"), (1.0, "W"), (1e-3, "mW")), " ")
+
+
+def format_usd(usd: float) -> str:
+    """Dollars and cents from a dollar up (1,234.56 USD), three significant figures below
+    (0.00300 USD a step, 1.15e-08 USD a token)."""
+    return f"{usd:,.2f} USD" if usd >= 1 else f"{usd:.3g} USD"
+
+
 def format_count(count: float) -> str:
     """Parameter counts the way the field writes them: 25.6M, 175B, 1.2T."""
     return scaled(count, ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"), (1.0, "")), "")
@@ -83,7 +105,7 @@ def format_number(value: Any) -> str:
 _SUFFIX_UNITS = (("_per_s_per_gpu", "/s per GPU"), ("_samples_per_s", "samples/s"),
                  ("_per_s", "/s"), ("_GBps", "GB/s"), ("_bytes", "bytes"), ("_usd", "USD"),
                  ("_kwh", "kWh"), ("_ms", "ms"), ("_us", "µs"), ("_s", "s"), ("_pct", "%"),
-                 ("_days", "days"), ("_GB", "GB"))
+                 ("_days", "days"), ("_GB", "GB"), ("_J", "J"), ("_W", "W"))
 _FIELD_WORDS = {"mfu": "model FLOPs utilisation (fraction of peak)",
                 "tflops_per_device": "achieved TFLOP/s per device",
                 "throughput_samples_per_s": "throughput (samples/s)",

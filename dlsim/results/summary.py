@@ -19,6 +19,7 @@ from dlsim.hardware.profiles import DeviceProfile
 from dlsim.hardware.topology import Topology
 from dlsim.network.compression import Compression
 from dlsim.parallel.memory import MemoryPlan
+from dlsim.results.power import PowerModel, device_energy_J
 from dlsim.workload.model import Model
 
 
@@ -116,3 +117,27 @@ def compression_summary(comm: CommunicationSpec, grad_bytes: int, spans: list[Sp
     codec = sum(s.end_s - s.start_s for s in spans if s.device == first
                 and s.role == "codec")
     return {"scheme": scheme, "bytes_ratio": c.ratio(grad_bytes), "codec_s": codec / steps}
+
+
+def energy_summary(power: PowerModel, spans: list[Span], devices: int, end_s: float,
+                   steps: int, samples_per_step: float, seq_len: int | None,
+                   price_usd_per_hour: float | None) -> dict[str, float | None]:
+    """Energy and cost per step of ``devices`` devices (``dlsim.results.power``'s closed
+    form on each simulated device's timeline over [0, ``end_s``], averaged, so that a
+    symmetric run's representatives stand for their peers), and per token (``seq_len``
+    tokens a sample) or, for models without a sequence, per sample. Cost is the rented time:
+    price per device-hour × devices × step time; None where the profile has no price."""
+    simulated = sorted({s.device for s in spans}) or [0]
+    device_J = [device_energy_J(power, spans, d, end_s) for d in simulated]
+    mean_J = sum(device_J) / len(device_J)
+    step_s = end_s / steps
+    per_step_J = mean_J * devices / steps
+    unit = "token" if seq_len is not None else "sample"
+    units = samples_per_step * (seq_len or 1)
+    cost = (price_usd_per_hour * devices * step_s / 3600
+            if price_usd_per_hour is not None else None)
+    return {"energy_per_step_J": per_step_J,
+            f"energy_per_{unit}_J": per_step_J / units if units else None,
+            "average_power_W": mean_J / end_s if end_s > 0 else power.idle_W,
+            "cost_per_step_usd": cost,
+            f"cost_per_{unit}_usd": cost / units if cost is not None and units else None}

@@ -31,10 +31,12 @@ from dlsim.parallel.builder import worker_program
 from dlsim.parallel.feasibility import split_batch
 from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device
 from dlsim.results.intervals import breakdown
+from dlsim.results.power import power_model
 from dlsim.results.result import Result, simulation_result
-from dlsim.results.summary import TrainingWork, link_table, training_summary
+from dlsim.results.summary import TrainingWork, energy_summary, link_table, training_summary
 from dlsim.workload.costmodel import optimizer_time_s
 from dlsim.workload.presets import build_model
+from dlsim.workload.shapes import shape_of
 
 
 def uses_parameter_server_simulator(scenario: TrainingScenario) -> bool:
@@ -110,6 +112,11 @@ def ps_training(scenario: TrainingScenario, topology: Topology) -> Result:
         communication={"communication": "ps"},
         parallelism={"data": n, "pipeline": 1, "schedule": scenario.parallelism.schedule,
                      "zero_stage": 0, "microbatches": per_worker // micro})
+    summary.update(energy_summary(
+        power_model(model, device, dtype), run.spans, n, run.end_s, train.steps,
+        summary["throughput_samples_per_s"] * summary["step_time_s"],
+        shape.seq_len if (shape := shape_of(scenario.model)) is not None else None,
+        device.price_usd_per_hour))
     summary.update(sync_summary(scenario, run, devices, per_worker,
                                 job_of(scenario.model, model, n, device.price_usd_per_hour)))
     links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)
