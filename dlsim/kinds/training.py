@@ -138,7 +138,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         work.samples / train.steps, shape.seq_len if shape is not None else None,
         device.price_usd_per_hour))
     summary.update(bsp_summary(scenario, run, ranks, rng, summary,
-                               job_of(scenario.model, model, n, device.price_usd_per_hour)))
+                               job_of(scenario.model, model, n, device.price_usd_per_hour,
+                                      summary.get("average_power_W"))))
     return engine_result(scenario, topology, run, summary,
                    "symmetric" if len(programs) < n else "full")
 

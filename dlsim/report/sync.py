@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from dlsim.report import plots
-from dlsim.report.units import format_count, format_seconds
+from dlsim.report.units import format_count, format_energy, format_seconds
 
 
 def sync_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -113,6 +113,8 @@ def _convergence(s: Mapping[str, Any]) -> dict[str, Any] | None:
             rows.append(("critical batch", f"{format_count(c['critical_batch_tokens'])} tokens"))
         if "cost_usd" in c:
             rows.append(("cost to the target", f"{format_count(c['cost_usd'])} USD"))
+        if "energy_to_target_J" in c:
+            rows.append(("energy to the target", format_energy(c["energy_to_target_J"])))
         return {"rows": rows, "note": "; ".join(c["assumptions"]) + "."}
     note = (f"Updates needed = S_min (1 + B_noise / B) (1 + c x mean staleness), with "
             f"S_min = {c['min_steps']:g}, B_noise = {c['noise_batch']:g} (McCandlish et al. "

@@ -40,15 +40,17 @@ class Job:
     tokens_per_sample: int | None  # the sequence length of a language model
     parameters: int
     non_embedding_parameters: int  # the transformer blocks' (Kaplan et al.'s N)
+    average_power_W: float | None = None  # per device over the simulated steps
 
 
-def job_of(spec: ModelSpec, model: Model, devices: int, price_usd_per_hour: float | None
-           ) -> Job:
-    """The job's facts: its sequence length from the model's shape or preset."""
+def job_of(spec: ModelSpec, model: Model, devices: int, price_usd_per_hour: float | None,
+           average_power_W: float | None = None) -> Job:
+    """The job's facts: its sequence length from the model's shape or preset, and the
+    simulated steps' average power per device (``dlsim.results.power``)."""
     shape = shape_of(spec)
     seq = shape.seq_len if shape is not None else spec.seq_len
     blocks = sum(layer.params for layer in model.layers if layer.role == "block")
-    return Job(devices, price_usd_per_hour, seq, model.parameters, blocks)
+    return Job(devices, price_usd_per_hour, seq, model.parameters, blocks, average_power_W)
 
 
 def steps_to_target(spec: ConvergenceSpec, batch: float, mean_staleness: float) -> float:
@@ -153,7 +155,13 @@ def _target_summary(spec: ConvergenceSpec, batch: float, mean_staleness: float,
                            f"{job.price_usd_per_hour:g} USD per device-hour (hardware profile)")
     else:
         assumptions.append("no cost: the device's hardware profile lists no hourly price")
-    assumptions.append("no energy: the summary has no measured energy per step")
+    if job.average_power_W is not None:
+        out["energy_to_target_J"] = job.devices * job.average_power_W * seconds
+        assumptions.append(f"energy = {job.devices:,} devices x {job.average_power_W:.4g} W "
+                           "(the simulated steps' average power, dlsim.results.power) x wall "
+                           "time: lost work, checkpoints and restarts draw the steps' average")
+    else:
+        assumptions.append("no energy: the run has no simulated power")
     out["assumptions"] = assumptions
     return {"time_to_accuracy_s": seconds, "convergence": out}
 

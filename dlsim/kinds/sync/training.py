@@ -118,7 +118,8 @@ def ps_training(scenario: TrainingScenario, topology: Topology) -> Result:
         shape.seq_len if (shape := shape_of(scenario.model)) is not None else None,
         device.price_usd_per_hour))
     summary.update(sync_summary(scenario, run, devices, per_worker,
-                                job_of(scenario.model, model, n, device.price_usd_per_hour)))
+                                job_of(scenario.model, model, n, device.price_usd_per_hour,
+                                      summary.get("average_power_W"))))
     links = link_table(topology, run.network.link_bytes, run.network.link_busy_s, run.end_s)
     return simulation_result(scenario, summary, fidelity="full", events=run.events,
                              flows=run.network.flows_started, spans=run.spans, links=links,
