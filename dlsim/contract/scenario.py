@@ -424,7 +424,7 @@ class SimulationSpec(_Spec):
     max_events: int = Field(default=DEFAULT_MAX_EVENTS, ge=1)
 
 
-Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8"]
+Precision = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "fp4"]
 Placement = Literal["pack", "spread"] | list[int]  # or rank i -> device ids[i]
 Name = Annotated[str, Field(min_length=1)]
 Sweep = dict[str, list[Any]]  # dotted field path -> values (dlsim.sweep.grid)

@@ -22,9 +22,12 @@ from dlsim.data import HARDWARE_PROFILES
 # hwLat: NVLink, PCI and NET rows; dlsim/comm/protocol.py)
 Transport = Literal["nvlink", "pci", "net"]
 
-DType = Literal["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8"]
+DType = Literal["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "fp4", "int8"]
+# Whole bytes of one stored element. fp4 (NVFP4/MXFP4) packs two values a byte plus block
+# scales; training never stores tensors below 16 bit here (weights, gradients and
+# activations stay bf16, dlsim/workload/precision.py), so it counts as one byte at most.
 DTYPE_BYTES: dict[str, int] = {
-    "fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1,
+    "fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "fp4": 1, "int8": 1,
 }
 
 PROFILES_DIR = Path(os.environ.get("DLSIM_PROFILES", HARDWARE_PROFILES))
@@ -45,6 +48,16 @@ class Curve(_Frozen):
         return self.max * gflop / (gflop + self.half_gflop) if gflop > 0 else self.max
 
 
+class GemmFit(_Frozen):
+    """One dtype's published GEMM curve: eff(f) = max * f / (f + f_half), f_half =
+    ``half_gflop`` at a peak of ``fit_tflops`` (scaled to another peak as ``Efficiency``
+    says, for a device that borrows another device's fit of this dtype)."""
+
+    max: float = Field(gt=0, le=1)
+    half_gflop: float = Field(gt=0)
+    fit_tflops: float = Field(gt=0)
+
+
 class Efficiency(_Frozen):
     """Default roofline efficiencies, used until a calibration file overlays them.
 
@@ -55,6 +68,9 @@ class Efficiency(_Frozen):
     fixed per-kernel time (launch, tail, wave quantisation): a GEMM is at half efficiency
     when it runs as long as the fitted one did (2.43 GFLOP at 0.41 × 312 TFLOP/s ≈ 19 µs on
     the A100).
+    ``gemm`` holds the curves of the dtypes with a published fit of their own (BF16 and FP8
+    GEMMs reach different fractions of their peaks on Hopper); a dtype without one borrows
+    the default curve above by that rule, and the profile's comment says which dtypes do.
     Memory-bound kernels reach ``memory`` of the memory bandwidth; unfused attention
     (batched QK^T, softmax, AV as separate kernels) reaches ``attention`` of peak.
     A calibration adds ``curves`` keyed "<kind>.<dtype>" (gemm.fp32, conv.fp32, ...), which
@@ -66,11 +82,20 @@ class Efficiency(_Frozen):
     gemm_fit_tflops: float = Field(gt=0)
     memory: float = Field(gt=0, le=1)
     attention: float = Field(gt=0, le=1)
+    gemm: dict[DType, GemmFit] = Field(default_factory=dict)
     curves: dict[str, Curve] = Field(default_factory=dict)
 
     def gemm_half_at(self, peak_flops: float) -> float:
-        """f_half in GFLOP for a kernel running at ``peak_flops`` peak."""
+        """f_half in GFLOP of the default curve for a kernel running at ``peak_flops`` peak."""
         return self.gemm_half_gflop * peak_flops / (self.gemm_fit_tflops * 1e12)
+
+    def gemm_curve(self, dtype: str, peak_flops: float) -> tuple[float, float]:
+        """(max, f_half in GFLOP) of a GEMM in ``dtype`` at ``peak_flops``: the dtype's own
+        fit where the profile has one, else the default curve borrowed at this peak."""
+        fit = self.gemm.get(dtype)  # type: ignore[call-overload]
+        if fit is None:
+            return self.gemm_max, self.gemm_half_at(peak_flops)
+        return fit.max, fit.half_gflop * peak_flops / (fit.fit_tflops * 1e12)
 
 
 class DeviceProfile(_Frozen):

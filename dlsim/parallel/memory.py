@@ -27,6 +27,11 @@ vocabulary-parallel logits dominate).
 A pipeline stage holds the activations of every micro-batch in flight (GPipe all m, 1F1B at
 most p; ``dlsim.parallel.pipeline.in_flight``).
 
+FP8/FP4 training (Transformer Engine) keeps the 16-bit weights and adds its cached
+low-precision copies of the blocks' linear weights, a row-wise and a transposed one
+(``dlsim.workload.precision.weight_cache_bytes_per_param``: 2 bytes per parameter for FP8,
+1.125 for NVFP4), split and partitioned as the weights are.
+
 Offload (Ren et al., "ZeRO-Offload", ATC'21, §4.1): the optimizer state moves to host memory
 and the optimizer step runs on the CPU; each step the device's gradients go down and its
 updated 16-bit weights come back over PCIe.
@@ -57,6 +62,7 @@ from dlsim.contract.scenario import LoraSpec
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.parallel.expert import routed_params
 from dlsim.workload.model import Layer, Model, lora_parameters
+from dlsim.workload.precision import is_low_precision, weight_cache_bytes_per_param
 
 # Bytes per parameter of optimizer state (ZeRO §3.1: K = 12 for mixed-precision Adam, whose
 # state holds fp32 master weights; pure fp32 training needs no master copy).
@@ -180,6 +186,11 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
              + experts * gradient_bytes_per_param(dtype) * expert_share[1])
     params = ((frozen * 2 + trainable * weight_bytes_per_param(dtype)) * share[2]
               + experts * weight_bytes_per_param(dtype) * expert_share[2])
+    if is_low_precision(dtype):  # TE's cached FP8/FP4 copies of the blocks' linear weights
+        blocks = (sum(layer.params for layer in layers if layer.role == "block")
+                  - routed) / tensor
+        params += weight_cache_bytes_per_param(dtype) * (
+            blocks * share[2] + routed / (expert * expert_tensor) * expert_share[2])
     activations = in_flight_microbatches * sum(
         stored_activations(layer, tensor, recompute, sequence_parallel)
         for layer in layers) / context

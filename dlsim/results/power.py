@@ -39,6 +39,7 @@ from dlsim.hardware.profiles import DeviceProfile
 from dlsim.results.intervals import length, minus, union
 from dlsim.workload.costmodel import kernel_time_s
 from dlsim.workload.model import Model
+from dlsim.workload.precision import compute_dtype
 
 # Assumption (no published per-activity split found for these boards): a memory-bound
 # kernel at its full bandwidth keeps the HBM stacks and memory controllers busy but not the
@@ -87,9 +88,11 @@ def kernel_activity(flops: float, nbytes: float, time_s: float, device: DevicePr
     if time_s <= 0:
         return 0.0
     eff = device.efficiency
-    u = flops / (time_s * device.peak_flops(dtype))
+    peak = device.peak_flops(dtype)
+    u = flops / (time_s * peak)
     m = nbytes / (time_s * device.memory_bandwidth_Bps)
-    return min(1.0, max(u / eff.gemm_max, A_MEMORY * m / eff.memory))
+    best, _ = eff.gemm_curve(dtype, peak)  # the dtype's own GEMM ceiling draws the limit
+    return min(1.0, max(u / best, A_MEMORY * m / eff.memory))
 
 
 def compute_activity(model: Model, device: DeviceProfile, dtype: str) -> float:
@@ -100,7 +103,8 @@ def compute_activity(model: Model, device: DeviceProfile, dtype: str) -> float:
         for k in (*layer.forward, *layer.backward):
             t = kernel_time_s(k, device, dtype)
             busy += t
-            weighted += t * kernel_activity(k.flops, k.bytes, t, device, dtype)
+            weighted += t * kernel_activity(k.flops, k.bytes, t, device,
+                                            compute_dtype(k, dtype))
     return weighted / busy if busy > 0 else 0.0
 
 

@@ -6,33 +6,46 @@ gemm_max * f / (f + f_half), f_half scaled to the dtype's peak (``Efficiency``),
 constant for unfused attention; memory-bound kernels use
 eff_m. The efficiencies come from the device profile (published microbenchmarks) until a
 calibration file overlays them with a fitted curve per kind and dtype (dlsim/calibration/).
+The dtype a kernel computes in is the scenario's precision except under fp8/fp4, where only
+the linear layers' GEMMs run low-precision, with their cast kernels added, and the rest stays
+bf16 (``dlsim.workload.precision``).
 """
 
 from __future__ import annotations
 
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.workload.model import Kernel, Layer
+from dlsim.workload.precision import HIGH_PRECISION, cast_kernel, compute_dtype
 
 
 def compute_efficiency(kernel: Kernel, device: DeviceProfile, dtype: str) -> float:
+    """Fraction of ``dtype``'s peak ``kernel`` reaches (``dtype``: what it computes in)."""
     eff = device.efficiency
     curve = eff.curves.get(f"{kernel.kind}.{dtype}")
     if curve is not None:  # a calibration measured this kind and dtype
         return curve.at(kernel.flops / 1e9)
     if kernel.kind in ("gemm", "conv"):  # convolutions run as implicit GEMMs
         gflop = kernel.flops / 1e9
-        half = eff.gemm_half_at(device.peak_flops(dtype))
-        return eff.gemm_max * gflop / (gflop + half)
+        top, half = eff.gemm_curve(dtype, device.peak_flops(dtype))
+        return top * gflop / (gflop + half)
     if kernel.kind == "attention":
         return eff.attention
     return eff.memory  # elementwise FLOPs run at the memory-bound rate at best
 
 
-def kernel_time_s(kernel: Kernel, device: DeviceProfile, dtype: str) -> float:
+def roofline_s(kernel: Kernel, device: DeviceProfile, dtype: str) -> float:
+    """One kernel computing in ``dtype``: the slower of its compute and memory, plus launch."""
     compute = kernel.flops / (device.peak_flops(dtype)
                               * compute_efficiency(kernel, device, dtype))
     memory = kernel.bytes / (device.memory_bandwidth_Bps * device.efficiency.memory)
     return max(compute, memory) + device.kernel_launch_s
+
+
+def kernel_time_s(kernel: Kernel, device: DeviceProfile, precision: str) -> float:
+    """``kernel`` in a run at ``precision``, with the cast kernels a low-precision GEMM needs."""
+    time = roofline_s(kernel, device, compute_dtype(kernel, precision))
+    cast = cast_kernel(kernel, precision)
+    return time if cast is None else time + roofline_s(cast, device, HIGH_PRECISION)
 
 
 def layer_times_s(layer: Layer, device: DeviceProfile, dtype: str) -> tuple[float, float]:
