@@ -33,6 +33,7 @@ from dlsim.parallel.memory import gradient_bytes_per_param, memory_per_device
 from dlsim.results.intervals import breakdown
 from dlsim.results.result import Result, simulation_result
 from dlsim.results.summary import TrainingWork, link_table, training_summary
+from dlsim.workload.attention import attention_kernel
 from dlsim.workload.costmodel import optimizer_time_s
 from dlsim.workload.presets import build_model
 
@@ -79,7 +80,8 @@ def ps_training(scenario: TrainingScenario, topology: Topology) -> Result:
                             f"{comm.servers}.", field="communication.servers")
     dtype = scenario.precision
     device.peak_flops(dtype)
-    model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2))
+    model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2),
+                        attention_kernel(scenario.model, device, dtype))
     one_worker = worker_program(model, device, dtype, per_worker // micro, train.optimizer)
     grad_bytes = model.parameters * gradient_bytes_per_param(dtype)
     shard_bytes = grad_bytes / comm.servers
