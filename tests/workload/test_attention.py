@@ -185,3 +185,14 @@ def test_fused_kernel_where_none_runs_is_refused(cluster, precision, says):
     with pytest.raises(ScenarioError) as err:
         simulate(_scenario({"preset": "gpt2-124m", "attention": "flash"}, cluster, precision))
     assert err.value.field == "model.attention" and says in str(err.value)
+
+
+def test_kernel_beside_an_mla_hf_config_keeps_its_latent_attention():
+    """``attention: eager`` beside DeepSeek-V3's config.json sets the kernel and keeps the
+    imported kind: mla with its ranks."""
+    root = Path(__file__).resolve().parents[2]
+    spec = ModelSpec.model_validate({"hf_config": str(root / "examples/hf/deepseek-v3.json"),
+                                     "attention": "eager"})
+    assert spec.attention is not None
+    assert spec.attention.kind == "mla" and spec.attention.kernel == "eager"
+    assert spec.attention.kv_lora_rank == 512
