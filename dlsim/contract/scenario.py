@@ -38,6 +38,7 @@ from dlsim.contract.parallelism import parallelism_conflict
 from dlsim.contract.registry import ALGORITHM, COMPRESSION, PROTOCOL, SCHEDULE, member_of
 from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
+from dlsim.hardware.profiles import ATTENTION_KERNELS, AttentionKernel
 
 
 class TorchInput(_Spec):
@@ -83,14 +84,28 @@ MLA_RANKS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim
 class AttentionSpec(_Spec):
     """``attention:`` of a transformer: ``mha`` (multi-head, or grouped-query with
     ``kv_heads``) or ``mla``, DeepSeek's multi-head latent attention with its low-rank
-    dimensions (``q_lora_rank`` absent: queries projected at full rank)."""
+    dimensions (``q_lora_rank`` absent: queries projected at full rank), and the ``kernel``
+    that runs it (flash | sdpa | eager; None: the device's default,
+    ``dlsim.workload.attention``). A bare string is the kernel: ``attention: eager``."""
 
     kind: Literal["mha", "mla"] = "mha"
+    kernel: AttentionKernel | None = None
     kv_lora_rank: int | None = Field(default=None, ge=1)
     q_lora_rank: int | None = Field(default=None, ge=1)
     qk_nope_head_dim: int | None = Field(default=None, ge=1)
     qk_rope_head_dim: int | None = Field(default=None, ge=1)
     v_head_dim: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kernel_alone(cls, data: Any) -> Any:
+        if not isinstance(data, str):
+            return data
+        if data not in ATTENTION_KERNELS:
+            raise ValueError(f"'{data}' is not an attention kernel; give one of "
+                             f"{', '.join(ATTENTION_KERNELS)}, or a mapping {{kind: mha|mla, "
+                             "..., kernel: ...}")
+        return {"kernel": data}
 
     @model_validator(mode="after")
     def _ranks(self) -> AttentionSpec:
@@ -147,6 +162,9 @@ class ModelSpec(_Spec):
             imported = import_fields(data["hf_config"], _scenario_dir(info))
         except ValueError:
             return data
+        kernel = data.get("attention")
+        if isinstance(kernel, str) and isinstance(imported.get("attention"), dict):
+            data = data | {"attention": imported["attention"] | {"kernel": kernel}}
         return imported | data
 
     @field_validator("hf_config")
@@ -192,12 +210,15 @@ class ModelSpec(_Spec):
                              "'widths' or another kind")
         if self.preset is not None:
             fixed = [f for f in (*SHAPE_FIELDS, "widths") if f not in ("seq_len", "moe")
-                     and getattr(self, f) is not None]
+                     and getattr(self, f) is not None
+                     and not (f == "attention" and self.attention is not None
+                              and self.attention.model_fields_set <= {"kernel"})]
             if self.moe is not None:
                 fixed += [f"moe.{f}" for f in sorted(self.moe.model_fields_set)
                           if f not in MOE_ROUTING]
             if fixed:
-                raise ValueError(f"a preset fixes its shape; beside 'preset' only seq_len and "
+                raise ValueError(f"a preset fixes its shape; beside 'preset' only seq_len, "
+                                 "the attention kernel (attention: flash|sdpa|eager) and "
                                  f"the routing of its experts (moe: {{{', '.join(MOE_ROUTING)}"
                                  f"}}) may be given (not {', '.join(fixed)}); give the whole "
                                  "shape with kind: transformer instead")

@@ -98,6 +98,54 @@ class Efficiency(_Frozen):
         return fit.max, fit.half_gflop * peak_flops / (fit.fit_tflops * 1e12)
 
 
+AttentionKernel = Literal["flash", "sdpa", "eager"]
+"""How a transformer's attention runs: ``flash`` (FlashAttention, fused), ``sdpa`` (torch's
+scaled_dot_product_attention, which on CUDA dispatches to a fused kernel) or ``eager``
+(unfused: QK^T, softmax and AV as separate kernels, the scores in memory)."""
+ATTENTION_KERNELS: tuple[AttentionKernel, ...] = ("flash", "sdpa", "eager")
+
+
+class AttentionFit(_Frozen):
+    """One fused attention kernel family's published calibration (``dlsim.workload.attention``):
+    forward efficiency ``forward_max[d] * s / (s + half)`` of the 16-bit peak at head dim d and
+    sequence length s, ``half`` = ``seq_half`` or, causal, ``causal_seq_half``; the backward
+    runs at ``backward_ratio`` times the forward's efficiency."""
+
+    forward_max: dict[int, float]
+    seq_half: float = Field(gt=0)
+    causal_seq_half: float = Field(gt=0)
+    backward_ratio: float = Field(gt=0, le=2)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> AttentionFit:
+        if not self.forward_max or any(not 0 < v <= 1 for v in self.forward_max.values()):
+            raise ValueError("forward_max needs fractions of peak in (0, 1] by head dim")
+        return self
+
+
+class AttentionKernels(_Frozen):
+    """The fused attention kernels a device has: which fitted family ``flash`` and ``sdpa``
+    run (None: not available), and what a scenario that names none gets (``default``)."""
+
+    default: AttentionKernel = "eager"
+    flash: str | None = None
+    sdpa: str | None = None
+    fits: dict[str, AttentionFit] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _families_fitted(self) -> AttentionKernels:
+        missing = [f for f in (self.flash, self.sdpa) if f is not None and f not in self.fits]
+        if missing:
+            raise ValueError(f"attention kernel families {missing} have no entry in fits")
+        if self.default != "eager" and getattr(self, self.default) is None:
+            raise ValueError(f"default {self.default} is not available on this device")
+        return self
+
+    def family(self, kernel: AttentionKernel) -> str | None:
+        """The fitted family ``kernel`` runs here; None for eager or one the device lacks."""
+        return None if kernel == "eager" else getattr(self, kernel)
+
+
 class DeviceProfile(_Frozen):
     """One accelerator or host: peak compute per dtype, memory, power and price."""
 
@@ -118,6 +166,7 @@ class DeviceProfile(_Frozen):
     # NCCL's architecture class for its per-architecture tuner caps (src/graph/tuning.cc
     # llMaxBws: Volta / Ampere / Hopper rows); None: no such cap is applied
     nccl_arch: Literal["volta", "ampere", "hopper"] | None = None
+    attention_kernels: AttentionKernels = AttentionKernels()  # none fused: eager only
 
     @model_validator(mode="after")
     def _positive_peaks(self) -> DeviceProfile:

@@ -38,6 +38,7 @@ from dlsim.results.summary import (
     energy_summary,
     training_summary,
 )
+from dlsim.workload.attention import attention_kernel
 from dlsim.workload.model import Model, lora_workload
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import shape_of
@@ -58,7 +59,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
     ranks = layout.devices
     train = scenario.training
     dtype = scenario.precision
-    model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2))
+    model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2),
+                        attention_kernel(scenario.model, device, dtype))
     lora = train.lora
     executed = lora_workload(model, lora.rank, lora.targets) if lora else model
     comm = scenario.communication

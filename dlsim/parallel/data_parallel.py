@@ -26,14 +26,16 @@ def pass_times_s(layer: Layer, device: DeviceProfile, dtype: str,
                  recompute: str = "none") -> tuple[float, float]:
     """(forward, backward) time of one layer for one micro-batch; the backward pass first
     recomputes what was not stored: nothing (``none``), the attention core, QK^T, softmax
-    and AV (``selective``, Korthikanti et al. 2022, §4.2), or the whole forward (``full``,
+    and AV (``selective``, Korthikanti et al. 2022, §4.2; nothing with fused attention, which
+    stores no scores and recomputes them in its own backward), or the whole forward (``full``,
     Chen et al. 2016, as Megatron-LM checkpoints each layer's input)."""
     forward, backward = layer_times_s(layer, device, dtype)
     if recompute == "full":
         return forward, backward + forward
     if recompute == "selective":
         return forward, backward + sum(kernel_time_s(k, device, dtype)
-                                       for k in layer.forward if k.name in ATTENTION_CORE)
+                                       for k in layer.forward
+                                       if k.name in ATTENTION_CORE and k.fused is None)
     return forward, backward
 
 

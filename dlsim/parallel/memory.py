@@ -22,7 +22,10 @@ with ``sequence_parallel`` that part is split too: s*b*h*(34 + 5*a*s/h)/t. Selec
 recomputation drops the attention core (5*a*s^2*b): s*b*h*(10 + 24/t), or 34*s*b*h/t with
 sequence parallelism; full recomputation keeps only each block's input, 2*s*b*h, which
 sequence parallelism holds split along the sequence (Megatron-LM checkpoints the s/t shard
-each rank holds): 2*s*b*h/t. The embedding and head are counted as split t ways (their
+each rank holds): 2*s*b*h/t. Fused attention (``attention: flash | sdpa``,
+dlsim.workload.attention) stores no s x s tensors, only an fp32 logsumexp per row: 34*s*b*h
++ 4*a*s*b, and leaves selective recomputation nothing to drop (the block's
+``attention_core`` is 0). The embedding and head are counted as split t ways (their
 vocabulary-parallel logits dominate).
 A pipeline stage holds the activations of every micro-batch in flight (GPipe all m, 1F1B at
 most p; ``dlsim.parallel.pipeline.in_flight``).

@@ -99,9 +99,9 @@ def layer_segments(layer: Layer, device: DeviceProfile, dtype: str, recompute: s
         backward = [("recomputed-ring" if what == "ring" else what, seconds)
                     for what, seconds in forward] + backward
     elif recompute == "selective":
-        core = [k for k in layer.forward if k.name in ATTENTION_CORE]
+        core = [k for k in layer.forward if k.name in ATTENTION_CORE and k.fused is None]
         at = next((n for n, k in enumerate(bwd_kernels) if k.name in ATTENTION_CORE), None)
-        if at is not None:
+        if at is not None and core:  # fused attention stores no scores: nothing to redo
             backward.insert(at, ("recomputed-ring" if ring else "compute",
                                  sum(kernel_time_s(k, device, dtype) for k in core)))
     return (_merged(_walk(forward, kv_block_bytes, a2a)),

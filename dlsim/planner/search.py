@@ -28,6 +28,7 @@ from dlsim.planner.factored import Estimator
 from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target
 from dlsim.results.power import PowerModel, estimated_energy_J, power_model
 from dlsim.simulate import simulate
+from dlsim.workload.attention import attention_kernel
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import TRANSFORMER_SHAPES, TransformerShape
 
@@ -125,11 +126,13 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     tables: dict[int, CostTable] = {}
+    spec = _model_spec(request.model)
 
     def table(microbatch: int) -> CostTable:
         if microbatch not in tables:
             tables[microbatch] = CostTable(
-                build_model(_model_spec(request.model), microbatch, dtype_bytes), device,
+                build_model(spec, microbatch, dtype_bytes,
+                            attention_kernel(spec, device, request.precision)), device,
                 request.precision, microbatch * shape.seq_len, shape.hidden)
         return tables[microbatch]
 

@@ -2,8 +2,10 @@
 
 time = max(flops / (peak(dtype) * eff_c), bytes / (mem_bw * eff_m)) + launch overhead
 (DESIGN.md, "Modelling rules"). eff_c for GEMMs grows with problem size as
-gemm_max * f / (f + f_half), f_half scaled to the dtype's peak (``Efficiency``), and is
-constant for unfused attention; memory-bound kernels use
+gemm_max * f / (f + f_half), f_half scaled to the dtype's peak (``Efficiency``), is
+constant for unfused attention and, for fused attention, the published fit by head dim,
+sequence length, mask and pass of ``dlsim.workload.attention`` (a fraction of the 16-bit peak,
+whatever the run's dtype); memory-bound kernels use
 eff_m. The efficiencies come from the device profile (published microbenchmarks) until a
 calibration file overlays them with a fitted curve per kind and dtype (dlsim/calibration/).
 The dtype a kernel computes in is the scenario's precision except under fp8/fp4, where only
@@ -14,6 +16,7 @@ bf16 (``dlsim.workload.precision``).
 from __future__ import annotations
 
 from dlsim.hardware.profiles import DeviceProfile
+from dlsim.workload.attention import fused_efficiency, peak_16bit
 from dlsim.workload.model import Kernel, Layer
 from dlsim.workload.precision import HIGH_PRECISION, cast_kernel, compute_dtype
 
@@ -29,7 +32,10 @@ def compute_efficiency(kernel: Kernel, device: DeviceProfile, dtype: str) -> flo
         top, half = eff.gemm_curve(dtype, device.peak_flops(dtype))
         return top * gflop / (gflop + half)
     if kernel.kind == "attention":
-        return eff.attention
+        if kernel.fused is None:
+            return eff.attention
+        return fused_efficiency(kernel.fused, device) * peak_16bit(device) / device.peak_flops(
+            dtype)
     return eff.memory  # elementwise FLOPs run at the memory-bound rate at best
 
 

@@ -24,7 +24,9 @@ Stored activations apply Korthikanti et al. 2022's counting (§4.1: every tensor
 keeps, 2 bytes per element at 16 bit) to this block, which has no dropout: the inputs of both
 norms (4sbh), of the QKV projection (2sbh), of the output projection (2sb·a·d) and of the MLP
 (2sbh); Q after rotation, K and V (2sb·a·d + 4sb·kv·d); the softmax output (2as²b, the
-attention core that selective recomputation drops); in a dense MLP the gate and up outputs,
+attention core that selective recomputation drops; fused attention, ``dlsim.workload.attention``,
+keeps only an fp32 logsumexp per row, 2asb, and leaves selective recomputation nothing to
+drop); in a dense MLP the gate and up outputs,
 SiLU's output and the product fed to the down projection (8sb·ffn). MLA keeps instead the
 latents both as norm inputs and as up-projection inputs (4sb·(q_lora + kv_lora); without a
 query latent, 4sb·kv_lora), Q and K of the heads (4sb·a·d_qk) and V (2sb·a·d_v). A MoE MLP
@@ -37,6 +39,7 @@ For the Llama-2 shapes these are the counts of the Llama block dlsim has always 
 
 from __future__ import annotations
 
+from dlsim.hardware.profiles import AttentionKernel
 from dlsim.workload.model import (
     BlockActivations,
     Kernel,
@@ -44,6 +47,7 @@ from dlsim.workload.model import (
     Matrix,
     Model,
     MoEBlock,
+    attention_kernels,
     backward_of,
     elementwise,
     gemm,
@@ -75,7 +79,13 @@ def grouped_gemm(tokens: float, k: float, n: float, groups: int, dtype_bytes: in
                   dtype_bytes * (tokens * k + groups * k * n + tokens * n), name)
 
 
-def _gqa(shape: TransformerShape, b: int, dt: int) -> _Part:
+def _scores(kernel: AttentionKernel, a: int, s: int, b: int) -> int:
+    """Stored elements of the attention core: the softmax output (2·a·s²·b) unfused; fused,
+    the fp32 logsumexp per row (a·s·b floats: 2·a·s·b at 2 bytes)."""
+    return 2 * a * s * s * b if kernel == "eager" else 2 * a * s * b
+
+
+def _gqa(shape: TransformerShape, b: int, dt: int, kernel: AttentionKernel) -> _Part:
     h, a, s = shape.hidden, shape.heads, shape.seq_len
     q, kv = a * shape.head_size, shape.kv_heads * shape.head_size
     t = b * s
@@ -83,18 +93,18 @@ def _gqa(shape: TransformerShape, b: int, dt: int) -> _Part:
         elementwise(t * h, dt, name="rmsnorm1"),
         gemm(t, h, q + 2 * kv, dt, "qkv"),
         elementwise(t * (q + kv), dt, name="rope"),
-        Kernel("attention", 4.0 * b * s * s * q,                        # QK^T and AV
-               dt * (2 * t * q + 2 * t * kv + 2 * b * a * s * s), "attention"),
-        elementwise(b * a * s * s, dt, name="softmax"),
+        *attention_kernels(kernel, b, s, a, shape.head_size, shape.head_size,
+                           t * q + 2 * t * kv, True, dt),
         gemm(t, q, h, dt, "proj"),
     )
     matrices = (Matrix("q_proj", h, q), Matrix("k_proj", h, kv), Matrix("v_proj", h, kv),
                 Matrix("o_proj", q, h))
-    stored = 4 * t * h + 2 * t * q + 4 * t * kv + 2 * a * s * s * b + 2 * t * q
+    stored = 4 * t * h + 2 * t * q + 4 * t * kv + _scores(kernel, a, s, b) + 2 * t * q
     return _Part(forward, matrices, stored)
 
 
-def _mla(shape: TransformerShape, mla: MLAShape, b: int, dt: int) -> _Part:
+def _mla(shape: TransformerShape, mla: MLAShape, b: int, dt: int,
+         kernel: AttentionKernel) -> _Part:
     h, a, s = shape.hidden, shape.heads, shape.seq_len
     t = b * s
     rope, kvl, ql = mla.qk_rope_head_dim, mla.kv_lora_rank, mla.q_lora_rank or 0
@@ -114,15 +124,13 @@ def _mla(shape: TransformerShape, mla: MLAShape, b: int, dt: int) -> _Part:
         q_up,
         gemm(t, kvl, kv_up.d_out, dt, "qkv"),
         elementwise(t * (a * rope + rope), dt, name="rope"),
-        Kernel("attention", 2.0 * b * s * s * a * (qk + v),               # QK^T and AV
-               dt * (2 * t * a * qk + 2 * t * a * v + 2 * b * a * s * s), "attention"),
-        elementwise(b * a * s * s, dt, name="softmax"),
+        *attention_kernels(kernel, b, s, a, qk, v, 2 * t * a * qk + t * a * v, True, dt),
         gemm(t, a * v, h, dt, "proj"),
     )
     matrices = (*q_mats, Matrix("kv_a_proj_with_mqa", h, kvl + rope), kv_up,
                 Matrix("o_proj", a * v, h))
     stored = (4 * t * h + 4 * t * (ql + kvl) + 4 * t * a * qk + 2 * t * a * v
-              + 2 * a * s * s * b + 2 * t * a * v)
+              + _scores(kernel, a, s, b) + 2 * t * a * v)
     return _Part(forward, matrices, stored, extra_params=ql + kvl)       # the latent norms
 
 
@@ -155,13 +163,16 @@ def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int) -> _Part:
     return _Part(forward, matrices, stored, extra_params=e * 3 * h * f)
 
 
-def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int) -> Model:
-    """The layers of a decoder ``shape`` for micro-batch ``b`` at ``dt`` bytes per element."""
+def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
+                   kernel: AttentionKernel = "eager") -> Model:
+    """The layers of a decoder ``shape`` for micro-batch ``b`` at ``dt`` bytes per element,
+    its attention run by ``kernel`` (``dlsim.workload.attention``)."""
     h, v, t = shape.hidden, shape.vocab, b * shape.seq_len
-    attention = _gqa(shape, b, dt) if shape.mla is None else _mla(shape, shape.mla, b, dt)
+    attention = (_gqa(shape, b, dt, kernel) if shape.mla is None
+                 else _mla(shape, shape.mla, b, dt, kernel))
     hidden_bytes = t * h * dt
-    block = BlockActivations(2 * shape.heads * shape.seq_len ** 2 * b * dt / 2, t * h * dt,
-                             4 * t * h * dt)
+    core = 2 * shape.heads * shape.seq_len ** 2 * b * dt / 2 if kernel == "eager" else 0.0
+    block = BlockActivations(core, t * h * dt, 4 * t * h * dt)
     dense = _dense_mlp(h, shape.ffn_hidden, t, dt)
     moe = None if shape.moe is None else _moe_mlp(h, shape.moe, t, dt)
     first_moe = shape.layers - shape.moe_layers

@@ -4,7 +4,9 @@ Counts follow the usual analytical conventions: a GEMM of (m x k)(k x n) is 2mkn
 backward is two GEMMs of the same size (input and weight gradients); a transformer layer's
 forward is 24*b*s*h^2 + 4*b*s^2*h FLOPs (Narayanan et al., SC'21, §5.1) with 12h^2 + 13h
 parameters; stored activations follow Korthikanti et al. 2022, "Reducing Activation
-Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit. Presets: the
+Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit, or 34*s*b*h + 4*a*s*b
+with fused attention (``dlsim.workload.attention``: no s x s tensors, a logsumexp per row,
+causal work halved). Presets: the
 transformers of ``dlsim.workload.shapes`` (GPT-2, GPT-3, BERT-large, the GPT models of
 Megatron-LM SC'21 Table 1, and the modern decoders, Llama 2 and 3, Mixtral, Qwen3 and
 DeepSeek-V3, built by ``dlsim.workload.decoder``), CNNs
@@ -18,6 +20,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from dlsim.contract.errors import ScenarioError
+from dlsim.hardware.profiles import AttentionKernel
+from dlsim.workload.attention import BACKWARD_FLOPS, FusedAttention, fused_flops
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Kernel:
     flops: float
     bytes: float
     name: str = ""  # its role in the layer (qkv, attention, softmax, ...), for strategies
+    fused: FusedAttention | None = None  # set for fused attention (dlsim.workload.attention)
 
 
 @dataclass(frozen=True)
@@ -146,13 +151,33 @@ def elementwise(elements: float, dtype_bytes: int, passes: float = 2.0,
 
 
 def backward_of(forward: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
-    """Input- and weight-gradient GEMMs (2x FLOPs); elementwise backward reads twice as much."""
-    return tuple(Kernel(k.kind, 2 * k.flops, 2 * k.bytes, k.name) for k in forward)
+    """Input- and weight-gradient GEMMs (2x FLOPs); elementwise backward reads twice as much;
+    fused attention's backward is 2.5x its forward (it recomputes the scores)."""
+    return tuple(Kernel(k.kind, 2 * k.flops, 2 * k.bytes, k.name) if k.fused is None
+                 else replace(k, flops=BACKWARD_FLOPS * k.flops, bytes=2 * k.bytes,
+                              fused=replace(k.fused, backward=True)) for k in forward)
+
+
+def attention_kernels(kernel: AttentionKernel, b: int, s: int, heads: int, d_qk: int,
+                      d_v: int, reads: float, causal: bool, dtype_bytes: int
+                      ) -> tuple[Kernel, ...]:
+    """The attention core of one block: unfused (``eager``), QK^T and AV over the whole
+    square (4·b·s²·a·d for d_qk = d_v) writing and reading the scores, then the softmax over
+    them; fused, one kernel of ``fused_flops`` reading Q, K, V (``reads`` elements) and
+    writing the output."""
+    if kernel == "eager":
+        scores = b * heads * s * s
+        return (Kernel("attention", 2.0 * b * s * s * heads * (d_qk + d_v),
+                       dtype_bytes * (reads + b * s * heads * d_v + 2 * scores), "attention"),
+                elementwise(scores, dtype_bytes, name="softmax"))
+    call = FusedAttention(kernel, (d_qk + d_v) / 2, s, causal)
+    return (Kernel("attention", fused_flops(b, s, heads, d_qk, d_v, causal),
+                   dtype_bytes * (reads + b * s * heads * d_v), "attention", call),)
 
 
 def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: int,
                        b: int, dtype_bytes: int, ffn: int | None = None,
-                       encoder: bool = False) -> Model:
+                       encoder: bool = False, attention: AttentionKernel = "eager") -> Model:
     """GPT (pre-LN, final layer norm, tied logits) or, with ``encoder``, BERT (Devlin et al.
     2019): token-type embeddings and an embedding layer norm; post-LN blocks with the same
     parameters as GPT's; the masked-LM head transforms (dense h x h, GeLU, layer norm) before
@@ -162,9 +187,8 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
     block_fwd = (
         elementwise(t * h, dtype_bytes, name="layernorm1"),
         gemm(t, h, 3 * h, dtype_bytes, "qkv"),
-        Kernel("attention", 4.0 * b * s * s * h,                        # QK^T and AV
-               dtype_bytes * (3 * t * h + 2 * b * a * s * s + t * h), "attention"),
-        elementwise(b * a * s * s, dtype_bytes, name="softmax"),
+        *attention_kernels(attention, b, s, a, h // a, h // a, 3 * t * h, not encoder,
+                           dtype_bytes),
         gemm(t, h, h, dtype_bytes, "proj"),                            # output projection
         elementwise(t * h, dtype_bytes, 3.0, "residual1+layernorm2"),
         gemm(t, h, ffn, dtype_bytes, "mlp_up"),
@@ -173,8 +197,12 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
         elementwise(t * h, dtype_bytes, 3.0, "residual2"),
     )
     block_params = 4 * h * h + 2 * h * ffn + 9 * h + ffn  # = 12h^2 + 13h when ffn = 4h
-    act = s * b * h * (34 + 5 * a * s / h) * dtype_bytes / 2
-    block = BlockActivations(5 * a * s * s * b * dtype_bytes / 2, t * h * dtype_bytes,
+    # Korthikanti's 5·a·s²·b of scores, softmax and dropout; fused attention keeps none of
+    # them (its dropout mask is regenerated from the seed), only an fp32 logsumexp per row
+    core = 5 * a * s * s * b if attention == "eager" else 0  # what selective recompute drops
+    act = (s * b * h * (34 + 5 * a * s / h) if attention == "eager"
+           else 34 * s * b * h + 4 * a * s * b) * dtype_bytes / 2
+    block = BlockActivations(core * dtype_bytes / 2, t * h * dtype_bytes,
                              5 * t * h * dtype_bytes)
     matrices = (Matrix("qkv", h, 3 * h), Matrix("proj", h, h), Matrix("mlp_up", h, ffn),
                 Matrix("mlp_down", ffn, h))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dlsim.contract.errors import ScenarioError
+from dlsim.hardware.profiles import AttentionKernel
 from dlsim.workload.cnn import CNN_PRESETS
 from dlsim.workload.decoder import decoder_layers
 from dlsim.workload.model import MLP_PRESETS, Model, mlp_layers, transformer_layers
@@ -44,17 +45,22 @@ def _preset_spec(name: str) -> ModelSpec:
     return ModelSpec(preset=name)
 
 
-def transformer_model(name: str, shape: TransformerShape, b: int, dtype_bytes: int) -> Model:
+def transformer_model(name: str, shape: TransformerShape, b: int, dtype_bytes: int,
+                      attention: AttentionKernel = "eager") -> Model:
     """The layers of ``shape``: the modern decoder's blocks for a SwiGLU shape, else GPT's or
-    BERT's."""
+    BERT's, their attention run by ``attention``."""
     if shape.mlp == "swiglu":
-        return decoder_layers(name, shape, b, dtype_bytes)
+        return decoder_layers(name, shape, b, dtype_bytes, attention)
     return transformer_layers(name, shape.layers, shape.hidden, shape.heads, shape.seq_len,
-                              shape.vocab, b, dtype_bytes, shape.ffn_hidden, shape.encoder)
+                              shape.vocab, b, dtype_bytes, shape.ffn_hidden, shape.encoder,
+                              attention)
 
 
-def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
-    """Layers of ``spec`` for one micro-batch of ``microbatch`` samples."""
+def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int,
+                attention: AttentionKernel = "eager") -> Model:
+    """Layers of ``spec`` for one micro-batch of ``microbatch`` samples; a transformer's
+    attention runs as ``attention`` (``dlsim.workload.attention.attention_kernel`` picks it
+    for a run's device)."""
     if spec.torch is not None:  # torch is optional: imported only for a torch model
         from dlsim.workload.torch_import import import_torch_model
 
@@ -65,7 +71,7 @@ def build_model(spec: ModelSpec, microbatch: int, dtype_bytes: int) -> Model:
     shape = shape_of(spec)
     if shape is not None:
         name = spec.preset or _imported_name(spec) or f"transformer-{spec.layers}x{spec.hidden}"
-        return transformer_model(name, shape, microbatch, dtype_bytes)
+        return transformer_model(name, shape, microbatch, dtype_bytes, attention)
     if spec.preset is not None and spec.seq_len is not None:
         raise ScenarioError(f"seq_len sets a transformer preset's sequence length; "
                             f"'{spec.preset}' is not a transformer.", field="model.seq_len")

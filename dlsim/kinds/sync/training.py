@@ -34,6 +34,7 @@ from dlsim.results.intervals import breakdown
 from dlsim.results.power import power_model
 from dlsim.results.result import Result, simulation_result
 from dlsim.results.summary import TrainingWork, energy_summary, link_table, training_summary
+from dlsim.workload.attention import attention_kernel
 from dlsim.workload.costmodel import optimizer_time_s
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import shape_of
@@ -81,7 +82,8 @@ def ps_training(scenario: TrainingScenario, topology: Topology) -> Result:
                             f"{comm.servers}.", field="communication.servers")
     dtype = scenario.precision
     device.peak_flops(dtype)
-    model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2))
+    model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2),
+                        attention_kernel(scenario.model, device, dtype))
     one_worker = worker_program(model, device, dtype, per_worker // micro, train.optimizer)
     grad_bytes = model.parameters * gradient_bytes_per_param(dtype)
     shard_bytes = grad_bytes / comm.servers
