@@ -24,6 +24,7 @@ import dlsim  # noqa: E402
 from dlsim.contract.scenario import ModelSpec  # noqa: E402
 from dlsim.hardware import profiles as hw  # noqa: E402
 from dlsim.parallel.tensor import shard_model  # noqa: E402
+from dlsim.workload.attention import attention_kernel  # noqa: E402
 from dlsim.workload.costmodel import roofline_s  # noqa: E402
 from dlsim.workload.precision import HIGH_PRECISION, cast_kernel, compute_dtype  # noqa: E402
 from dlsim.workload.presets import build_model  # noqa: E402
@@ -46,7 +47,9 @@ def step(precision: str) -> dict[str, float]:
 def block_groups(precision: str) -> dict[str, float]:
     """Seconds one tensor rank spends on one block and micro-batch, by kernel group."""
     device = hw.device("h100-sxm5-80gb")
-    model = shard_model(build_model(ModelSpec(preset="llama-3-70b"), 1, 2), 4, True)
+    spec = ModelSpec(preset="llama-3-70b")
+    kernel_of_run = attention_kernel(spec, device, precision)  # flash on H100, as the run
+    model = shard_model(build_model(spec, 1, 2, kernel_of_run), 4, True)
     block = next(layer for layer in model.layers if layer.role == "block")
     out = dict.fromkeys(GROUPS, 0.0)
     for kernel in block.forward + block.backward:
