@@ -294,9 +294,9 @@ def classify(path: str | Path, dtype_bytes: int,
         measured_s = (measured or {}).get(node.rf_id) if node.rf_id is not None else None
         if bucket == "free" and node.id in callers:
             bucket = "structure"
-        if bucket == "custom":
-            bucket = ("compute" if measured_s is not None else
-                      "structure" if node.id in callers else "unmapped")
+        if bucket == "custom":  # a wrapper of its children, else a kernel of its own
+            bucket = ("structure" if node.id in callers else
+                      "compute" if measured_s is not None else "unmapped")
         work.counts[bucket] += 1
         if bucket == "unmapped":
             work.unmapped[node.name] += 1
