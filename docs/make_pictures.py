@@ -64,6 +64,8 @@ PICTURES: dict[str, tuple[list[str], str, list[str], int]] = {
     "rail-fabric": (["run", "scenarios/rail-fabric.yaml"], "rail-fabric", ["plot"], 1000),
     "sequence-parallel": (["run", "scenarios/sequence-parallel.yaml"], "sequence-parallel",
                           ["plot"], 1000),
+    "trace-replay": (["run", "examples/trace-replay.yaml"], "trace-replay-dgx-a100",
+                     ["summary", "timeline"], 1100),
 }
 
 
