@@ -4,6 +4,7 @@ A real DDP step is recorded here (examples/record_ddp_trace.py: two gloo process
 CPU, the MLP of ``dlsim validate --host``'s host-ddp row) and replayed on the host's
 calibration and on a DGX A100; the committed trace examples/traces/ddp_mlp_et_0.json (an
 MLP whose GEMMs dominate) replays to the step time of the dlsim scenario of the same model.
+Reading and replaying a trace needs no torch; only the tests that record one skip without it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from dlsim.contract.errors import ScenarioError
 from dlsim.data import ROOT
 from dlsim.workload.execution_trace import classify
 
-torch = pytest.importorskip("torch")
-
 EXAMPLE = ROOT / "examples" / "traces" / "ddp_mlp_et_0.json"
 EXAMPLE_WIDTHS, EXAMPLE_BATCH = [32, 2048, 2048, 32], 2048  # per rank; see record_ddp_trace
 HOST_CLUSTER = yaml.safe_load((ROOT / "scenarios" / "host-calibrated-ddp.yaml").read_text())[
@@ -34,6 +33,7 @@ MEASURED_HOST_DDP_S, HOST_DDP_WORST = 84.1e-3, 0.160
 
 
 def _recorder():
+    pytest.importorskip("torch")
     spec = importlib.util.spec_from_file_location(
         "record_ddp_trace", ROOT / "examples" / "record_ddp_trace.py")
     assert spec is not None and spec.loader is not None
@@ -42,13 +42,15 @@ def _recorder():
     return module
 
 
-RECORDER = _recorder()
+@pytest.fixture(scope="module")
+def recorder():
+    return _recorder()
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory) -> Path:
+def recorded(recorder, tmp_path_factory) -> Path:
     """One DDP step of the host-ddp MLP on two gloo ranks, with its Kineto trace."""
-    return RECORDER.record(tmp_path_factory.mktemp("et"), kineto=True, start_method="fork")
+    return recorder.record(tmp_path_factory.mktemp("et"), kineto=True, start_method="fork")
 
 
 def _scenario(trace: str | Path, cluster: dict, precision: str = "fp32", batch: int = 128,
@@ -62,12 +64,12 @@ def _params(widths: list[int]) -> int:
     return sum(a * b + b for a, b in zip(widths, widths[1:]))
 
 
-def test_the_recorded_step_is_its_gemms_and_gradient_all_reduces(recorded):
+def test_the_recorded_step_is_its_gemms_and_gradient_all_reduces(recorder, recorded):
     """Closed forms of the MLP: forward 2·b·Σ w_i·w_(i+1) GEMM FLOPs, backward twice that
     but for the first layer's input gradient (the data needs none); the all-reduces carry
     every fp32 gradient once; nothing is left unmapped."""
     work = classify(recorded / "ddp_mlp_et_0.json", 4)
-    w, b = RECORDER.WIDTHS, RECORDER.BATCH
+    w, b = recorder.WIDTHS, recorder.BATCH
     gemm = sum(op.kernel.flops for op in work.ops if op.kernel and op.kernel.kind == "gemm")
     pairs = sum(x * y for x, y in zip(w, w[1:]))
     assert gemm == pytest.approx(6 * b * pairs - 2 * b * w[0] * w[1], rel=1e-12)
