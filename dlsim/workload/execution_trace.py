@@ -12,18 +12,21 @@ node's input is the JSON list of process groups (``pg_name``, ``ranks``, ``group
 
 What becomes of each node (``classify``):
 
-- structure: annotations and composites, which cost nothing themselves because their
-  children are recorded too: the ``[pytorch|profiler|...]`` roots, ``## ... ##`` markers,
-  autograd wrappers, ``DistributedDataParallel.forward``, ``Optimizer.step#...``, and every
-  node that calls other operators (``aten::linear`` is its ``aten::addmm``);
-- free: leaf views and allocations (``aten::view``, ``aten::t``, ``aten::empty``, ...), which
-  launch no kernel;
-- compute: every other leaf ``aten::`` operator, priced by the cost model from its shapes
-  (``kernel_of``): ``mm``/``addmm``/``bmm``/``baddbmm``/``matmul`` 2·m·k·n FLOPs (a GEMM),
-  ``convolution`` 2·N·C_out·H_out·W_out·(C_in/groups)·kh·kw (a conv), fused attention
-  4·b·h·s_q·s_k·d (attention), anything else an element-wise kernel of as many FLOPs as its
-  output has elements; bytes are every tensor read and written once. A measured duration
-  from a Kineto trace (``kineto_durations``) replaces the cost model where present;
+- structure: annotations and wrappers, which cost nothing themselves because what they
+  call is recorded too: the ``[pytorch|profiler|...]`` roots, ``## ... ##`` markers,
+  autograd nodes (``AddmmBackward0``, ``autograd::engine::...``, ``AccumulateGrad``),
+  ``DistributedDataParallel.forward``, ``Optimizer.step#...``;
+- free: views and allocations (``aten::view``, ``aten::t``, ``aten::empty``, ...), which
+  launch no kernel (one that calls others, ``aten::reshape`` copying, is opened);
+- compute: the outermost ``aten::`` operator of each call, priced by the cost model from its
+  shapes (``kernel_of``); what it calls is ``inside`` it (``aten::linear`` is its GEMM, not
+  also its ``aten::addmm``): ``mm``/``addmm``/``bmm``/``baddbmm``/``matmul``/``linear``
+  2·m·k·n FLOPs (a GEMM), ``convolution`` 2·N·C_out·H_out·W_out·(C_in/groups)·kh·kw and its
+  backward that once per gradient asked (a conv), fused attention 4·b·h·s_q·s_k·d and its
+  backward 2.5 times that (attention), as FlopCounterMode counts them; anything else an
+  element-wise kernel of as many FLOPs as its output has elements. Bytes are every tensor
+  read and written once. A measured duration from a Kineto trace (``kineto_durations``)
+  replaces the cost model where present;
 - collective: ``c10d::`` collectives (``allreduce_``, ``allgather_``, ``reduce_scatter_``,
   ``broadcast_``, ``alltoall_`` and their ``_base``/``_into_tensor`` forms) with their
   tensors' real sizes; the backend's own record of the same work (``gloo:all_reduce``,
@@ -41,6 +44,7 @@ its bucket, and copying the bucket back into ``.grad`` waits for the all-reduce.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from math import prod
@@ -78,7 +82,8 @@ COLLECTIVES = {
 GATHERED = frozenset({"allgather"})  # sized by their output, as nccl-tests sizes them
 BACKEND_RECORDS = ("gloo:", "nccl:", "record_param_comms")
 STRUCTURE_PREFIXES = ("[pytorch|profiler", "## ", "autograd::", "DistributedDataParallel.",
-                      "Optimizer.", "ProfilerStep#", "torch.distributed.")
+                      "Optimizer.", "ProfilerStep#", "torch.distributed.", "torch::autograd::")
+AUTOGRAD_NODE = re.compile(r"^\w+Backward\d*$")  # CloneBackward0: runs only what it calls
 DTYPES = {"float": "fp32", "double": "fp64", "c10::Half": "fp16", "c10::BFloat16": "bf16",
           "c10::Float8_e4m3fn": "fp8", "c10::Float8_e5m2": "fp8"}
 
@@ -103,6 +108,7 @@ class TraceNode:
     shapes: tuple[Any, ...]  # of the inputs, as recorded
     out_shapes: tuple[Any, ...]
     rf_id: int | None = None
+    args: tuple[Any, ...] = ()  # the inputs' recorded values (an output_mask, a flag)
 
 
 @dataclass(frozen=True)
@@ -156,11 +162,11 @@ def _tensors(value: Any, kind: str) -> list[Tensor]:
     return [Tensor(int(value[1]), int(value[3]), int(value[4]), floating)]
 
 
-def _side(raw: Any) -> tuple[tuple[Tensor, ...], tuple[Any, ...], list[str]]:
+def _side(raw: Any) -> tuple[tuple[Tensor, ...], tuple[Any, ...], tuple[Any, ...]]:
     raw = raw if isinstance(raw, dict) else {}
     values, types = raw.get("values") or [], raw.get("types") or []
     tensors = [t for v, k in zip(values, types) for t in _tensors(v, str(k))]
-    return tuple(tensors), tuple(raw.get("shapes") or []), [str(k) for k in types]
+    return tuple(tensors), tuple(raw.get("shapes") or []), tuple(values)
 
 
 def _node(raw: Any, path: str | Path) -> TraceNode:
@@ -168,12 +174,12 @@ def _node(raw: Any, path: str | Path) -> TraceNode:
         raise _fail(path, "every entry of 'nodes' needs an 'id' and a 'name' (the schema "
                     "torch.profiler.ExecutionTraceObserver writes); found "
                     f"{str(raw)[:80]}.")
-    ins, in_shapes, _ = _side(raw.get("inputs"))
+    ins, in_shapes, args = _side(raw.get("inputs"))
     outs, out_shapes, _ = _side(raw.get("outputs"))
     rf = next((a.get("value") for a in raw.get("attrs") or []
                if isinstance(a, dict) and a.get("name") == "rf_id"), None)
     return TraceNode(int(raw["id"]), str(raw["name"]), int(raw.get("ctrl_deps") or 0), ins,
-                     outs, in_shapes, out_shapes, None if rf is None else int(rf))
+                     outs, in_shapes, out_shapes, None if rf is None else int(rf), args)
 
 
 def _groups(nodes: list[TraceNode], raw_nodes: list[Any]) -> list[ProcessGroup]:
@@ -226,9 +232,23 @@ def _conv_flops(shapes: tuple[Any, ...], out_shapes: tuple[Any, ...]) -> float:
     return 2.0 * prod(out) * prod(weight[1:])  # C_in/groups is weight's second dimension
 
 
+def _conv_backward_flops(node: TraceNode) -> float:
+    """The forward's FLOPs once for each gradient ``output_mask`` asks of input and weight
+    (the bias gradient is a sum): FlopCounterMode's count."""
+    mask = node.args[-1] if node.args and isinstance(node.args[-1], list) else [True, True]
+    forward = 2.0 * prod(_dims(node.shapes[0])) * prod(_dims(node.shapes[2])[1:])
+    return forward * (bool(mask[0]) + bool(mask[1]))
+
+
 def _attention_flops(shapes: tuple[Any, ...]) -> float:
     q, k = _dims(shapes[0]), _dims(shapes[1])
     return 4.0 * prod(q[:-1]) * k[-2] * q[-1]  # QK^T and AV: 2·b·h·s_q·s_k·d each
+
+
+def _attention_backward_flops(shapes: tuple[Any, ...]) -> float:
+    """FlashAttention's backward: S = QK^T again, then dV, dP, dQ and dK, five products of
+    2·b·h·s_q·s_k·d (FlopCounterMode's count); the inputs are grad_out, q, k, v, ..."""
+    return 2.5 * _attention_flops(shapes[1:])
 
 
 def kernel_of(node: TraceNode, dtype_bytes: int) -> Kernel:
@@ -243,8 +263,12 @@ def kernel_of(node: TraceNode, dtype_bytes: int) -> Kernel:
             return Kernel("gemm", _matmul_flops(op, node.shapes), moved, op)
         if op in CONVS:
             return Kernel("conv", _conv_flops(node.shapes, node.out_shapes), moved, op)
+        if op == "convolution_backward":
+            return Kernel("conv", _conv_backward_flops(node), moved, op)
         if op in ATTENTION:
             return Kernel("attention", _attention_flops(node.shapes), moved, op)
+        if op.endswith("_backward") and op[:-len("_backward")] in ATTENTION:
+            return Kernel("attention", _attention_backward_flops(node.shapes), moved, op)
     except (IndexError, TypeError, ValueError):
         pass  # shapes not as the schema says: priced by its bytes below
     elements = max((t.numel for t in node.outputs), default=0)
@@ -257,7 +281,7 @@ def _bucket(node: TraceNode) -> str:
         return "collective" if name[6:] in COLLECTIVES else "unmapped"
     if name.startswith(BACKEND_RECORDS):
         return "backend"
-    if name.startswith(STRUCTURE_PREFIXES):
+    if name.startswith(STRUCTURE_PREFIXES) or AUTOGRAD_NODE.match(name):
         return "structure"
     if name.startswith("aten::"):
         return "free" if name[6:].split(".")[0] in FREE else "compute"

@@ -198,3 +198,43 @@ def test_trace_goes_alone():
     with pytest.raises(ScenarioError) as err:
         simulate(bad)
     assert "give 'trace' alone" in err.value.message
+
+
+def test_conv_attention_and_batched_gemms_count_as_flop_counter_does(tmp_path):
+    """A convolution, a linear layer, fused attention and batched GEMMs, traced in this
+    process: GEMM and conv FLOPs (forward and backward) equal FlopCounterMode's total for the
+    same step; attention, which FlopCounterMode does not count on CPU, is 4·b·h·s²·d forward
+    and FlashAttention's 10·b·h·s²·d backward; nothing is unmapped."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+    nn, F = torch.nn, torch.nn.functional
+    b, heads, s, d = 2, 2, 64, 8
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.lin = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, heads * d)
+
+        def forward(self, x):
+            t = self.conv(x).flatten(2).transpose(1, 2)  # [b, s, 8]
+            t = self.lin(t).view(b, s, heads, d).transpose(1, 2)
+            a = F.scaled_dot_product_attention(t, t, t).reshape(b * heads, s, d)
+            return torch.bmm(a, a.transpose(1, 2)).sum()
+
+    model, x = Small(), torch.randn(b, 3, 8, 8)
+    with FlopCounterMode(display=False) as counter:
+        model(x).backward()
+    observer = torch.profiler.ExecutionTraceObserver()
+    observer.register_callback(str(tmp_path / "et.json"))
+    observer.start()
+    model(x).backward()
+    observer.stop()
+    observer.unregister_callback()
+    work = classify(tmp_path / "et.json", 4)
+    flops = {kind: sum(op.kernel.flops for op in work.ops
+                       if op.kernel is not None and op.kernel.kind == kind)
+             for kind in ("gemm", "conv", "attention")}
+    assert flops["gemm"] + flops["conv"] == counter.get_total_flops()
+    assert flops["conv"] > 0
+    assert flops["attention"] == (4 + 10) * b * heads * s * s * d
+    assert not work.unmapped
