@@ -91,9 +91,27 @@ def _check_fits(work: TraceWork, topology: Topology) -> None:
                                 "group (rank r on the r-th device).", field=FIELD)
 
 
+def _check_nothing_else(scenario: TrainingScenario, world: int) -> None:
+    """The trace fixes the job: a parallelism plan or a straggler, failure or convergence
+    model beside it would be silently ignored, so each is refused."""
+    par = scenario.parallelism
+    plan = sorted(par.model_fields_set - {"data"})
+    if plan or par.data not in (None, world):
+        given = plan or [f"data: {par.data}"]
+        raise ScenarioError(f"a trace replay runs the parallelism the trace recorded "
+                            f"({world} rank(s)); {', '.join(given)} cannot be applied to it: "
+                            "leave 'parallelism' out, or give data equal to the trace's "
+                            "ranks.", field="parallelism")
+    for section in ("stragglers", "failures", "convergence"):
+        if getattr(scenario, section) is not None:
+            raise ScenarioError(f"'{section}' is not applied to a trace replay (the trace's "
+                                "step is replayed as recorded); leave it out.", field=section)
+
+
 def simulate_trace(scenario: TrainingScenario, topology: Topology) -> Result:
     works = read_works(scenario)
     first = works[0]
+    _check_nothing_else(scenario, first.world)
     _check_fits(first, topology)
     device = topology.device
     if device is None:

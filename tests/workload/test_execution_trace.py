@@ -238,3 +238,19 @@ def test_conv_attention_and_batched_gemms_count_as_flop_counter_does(tmp_path):
     assert flops["conv"] > 0
     assert flops["attention"] == (4 + 10) * b * heads * s * s * d
     assert not work.unmapped
+
+
+@pytest.mark.parametrize("extra,field", [({"parallelism": {"tensor": 2}}, "parallelism"),
+                                         ({"parallelism": {"data": 4}}, "parallelism"),
+                                         ({"stragglers": {"fixed": {1: 2.0}}}, "stragglers")])
+def test_what_the_trace_fixes_cannot_be_given_beside_it(extra, field):
+    with pytest.raises(ScenarioError) as err:
+        simulate(_scenario(EXAMPLE, HOST_CLUSTER, batch=2 * EXAMPLE_BATCH) | extra)
+    assert err.value.field == field
+
+
+def test_data_equal_to_the_traces_ranks_is_allowed():
+    given = simulate(_scenario(EXAMPLE, HOST_CLUSTER, batch=2 * EXAMPLE_BATCH)
+                     | {"parallelism": {"data": 2}})
+    bare = simulate(_scenario(EXAMPLE, HOST_CLUSTER, batch=2 * EXAMPLE_BATCH))
+    assert given.step_time_s == bare.step_time_s
