@@ -14,8 +14,9 @@ DATA = {  # folder -> the files of it that ship
     "calibration": ["*.json"],
     "validation": ["*.csv", "README.md"],
     "traces": ["*.csv", "*.json", "README.md"],  # federated-traces and -flash read these
-    "examples": ["*.py", "hf/*.json", "hf/README.md"],  # torch modules that scenarios import
-    # by name (torch-import-gpt); Hugging Face configs for model: {hf_config: examples/hf/..}
+    "examples": ["*.py", "*.yaml", "hf/*.json", "hf/README.md", "traces/*.json"],  # torch
+    # modules that scenarios import by name (torch-import-gpt); Hugging Face configs for
+    # model: {hf_config: examples/hf/..}; an execution trace for model: {trace: ...}
 }
 
 

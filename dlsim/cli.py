@@ -34,6 +34,7 @@ from dlsim.simulate import simulate
 from dlsim.sweep.executors import PointCache, executor_for
 from dlsim.sweep.grid import pivot, primary_metric, run_sweep
 from dlsim.validation import DEFAULT_DIR, host_validation, run_validation, table_errors
+from dlsim.workload.execution_trace import classify, trace_rows
 from dlsim.workload.presets import build_model, preset_rows
 from dlsim.workload.torch_import import layer_rows, parallelism_note
 
@@ -531,7 +532,12 @@ def import_model(
         precision: Annotated[str, typer.Option(help="Prices bytes at this dtype.")] = "bf16",
         as_json: AsJson = False) -> None:
     """Import a torch model (meta device: no weights) and print its layer table: per layer
-    the forward and backward FLOPs by kernel kind, bytes moved, parameters, activations."""
+    the forward and backward FLOPs by kernel kind, bytes moved, parameters, activations.
+    Given a PyTorch execution trace (a .json file) instead, print the operators a replay
+    runs and the nodes it cannot map."""
+    if factory.endswith(".json"):
+        _print_trace(factory, precision, as_json)
+        return
     try:
         spec = ModelSpec.model_validate({"torch": factory,
                                          "kwargs": _json_option(kwargs, "--kwargs"),
@@ -547,6 +553,19 @@ def import_model(
     _print_rows(f"{factory}: {model.parameters:,} parameters", layer_rows(model), as_json)
     if not as_json:
         out.print(parallelism_note(model), markup=False, highlight=False)
+
+
+def _print_trace(path: str, precision: str, as_json: bool) -> None:
+    try:
+        work = classify(path, max(DTYPE_BYTES[precision], 2))
+    except KeyError:
+        _fail(ScenarioError(f"unknown precision '{precision}'; one of "
+                            f"{', '.join(DTYPE_BYTES)}.", field="--precision"))
+    except ScenarioError as exc:
+        _fail(exc)
+    unmapped = sum(work.unmapped.values())
+    _print_rows(f"{path}: {len(work.ops)} ops over {work.world} rank(s), {unmapped} "
+                "unmapped node(s)", trace_rows(work), as_json)
 
 
 LISTINGS = ("devices", "links", "systems", "models", "scenarios")

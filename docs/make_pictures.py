@@ -68,6 +68,8 @@ PICTURES: dict[str, tuple[list[str], str, list[str], int]] = {
                           ["sync"], 1100),
     "goodput-16k-h100": (["run", "scenarios/goodput-16k-h100.yaml"], "goodput-16k-h100",
                          ["sync"], 1100),
+    "trace-replay": (["run", "examples/trace-replay.yaml"], "trace-replay-dgx-a100",
+                     ["summary", "timeline"], 1100),
 }
 
 

@@ -29,7 +29,7 @@ DATA = {
     "calibration": ["*.json"],
     "validation": ["*.csv", "README.md"],
     "traces": ["*.csv", "*.json", "README.md"],
-    "examples": ["*.py", "hf/*.json", "hf/README.md"],
+    "examples": ["*.py", "*.yaml", "hf/*.json", "hf/README.md", "traces/*.json"],
 }
 
 

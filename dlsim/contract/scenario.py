@@ -31,7 +31,7 @@ from dlsim.contract.errors import (
     excerpt,
 )
 from dlsim.contract.federated import FederatedSpec
-from dlsim.contract.hf_config import import_fields
+from dlsim.contract.hf_config import import_fields, resolve
 from dlsim.contract.inference import EdgeInferenceSpec
 from dlsim.contract.loading import read_yaml
 from dlsim.contract.parallelism import parallelism_conflict
@@ -128,8 +128,10 @@ class ModelSpec(_Spec):
     """A preset name, a transformer / MLP given by its shape, a Hugging Face ``config.json``
     (``hf_config``: its shape fields fill the transformer's, any given beside it win), or a
     torch module's factory (``torch: "package.module:factory"``, called with ``kwargs``, run
-    on ``inputs``). A transformer preset takes ``seq_len`` beside it to train at another
-    sequence length."""
+    on ``inputs``), or a PyTorch execution trace to replay (``trace: et.json``, one file
+    replicated on every rank of its process group or ``et_{rank}.json`` one per rank, with
+    ``kineto:`` an optional chrome trace of measured op times). A transformer preset takes
+    ``seq_len`` beside it to train at another sequence length."""
 
     preset: str | None = None
     hf_config: str | None = None
@@ -150,6 +152,8 @@ class ModelSpec(_Spec):
     torch: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, TorchInput] | None = None
+    trace: str | None = None
+    kineto: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -174,6 +178,25 @@ class ModelSpec(_Spec):
             import_fields(path, _scenario_dir(info))
         return path
 
+    @field_validator("trace", "kineto")
+    @classmethod
+    def _trace_found(cls, path: str | None, info: ValidationInfo) -> str | None:
+        """The trace's path, absolute: relative to the scenario file, the working directory
+        or dlsim's bundled data; ``{rank}`` stands for each rank's number (its 0 is looked
+        for)."""
+        if path is None:
+            return None
+        try:
+            found = resolve(path.replace("{rank}", "0"), _scenario_dir(info))
+        except ValueError:
+            raise ValueError(f"file '{path}' not found (relative paths start from the "
+                             "scenario's folder); give the JSON that "
+                             "torch.profiler.ExecutionTraceObserver writes (trace) or the "
+                             "chrome trace of torch.profiler (kineto)") from None
+        if "{rank}" not in path:
+            return str(found.resolve())
+        return str(found.resolve().parent / Path(path).name)  # {rank} in the file's name
+
     @field_validator("kv_heads")
     @classmethod
     def _kv_heads_divide_heads(cls, kv_heads: int | None, info: ValidationInfo) -> int | None:
@@ -194,6 +217,15 @@ class ModelSpec(_Spec):
 
     @model_validator(mode="after")
     def _complete(self) -> ModelSpec:
+        if self.kineto is not None and self.trace is None:
+            raise ValueError("'kineto' gives measured times for a 'trace': give both")
+        if self.trace is not None:
+            given = [f for f in ("preset", "kind", "torch", "hf_config", "widths")
+                     if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"give 'trace' alone (with 'kineto' at most), without "
+                                 f"{', '.join(given)}: the trace is the model")
+            return self
         if self.torch is not None:
             if self.preset is not None or self.kind is not None:
                 raise ValueError("give 'torch' alone, without 'preset' or 'kind'")

@@ -17,6 +17,7 @@ from dlsim.kinds.run import engine_result, run_engine, symmetric
 from dlsim.kinds.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.kinds.sync.convergence import job_of
 from dlsim.kinds.sync.stragglers import schedule_slow_links
+from dlsim.kinds.trace_replay import simulate_trace
 from dlsim.network.algorithms import dedicated_hosts
 from dlsim.network.backend import NETWORKS
 from dlsim.network.protocol import resolve_mode
@@ -45,6 +46,8 @@ from dlsim.workload.shapes import shape_of
 
 
 def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
+    if scenario.model.trace is not None:  # a recorded job: its own programs
+        return simulate_trace(scenario, topology)
     layout = check(training_job(scenario, topology),
                    lambda n: placement(n, topology, scenario.placement))
     device = topology.device

@@ -110,8 +110,12 @@ def _training_cards(s: Mapping[str, Any]) -> list[Card]:
             detail = f"{detail} · {'fits' if fits else 'does not fit'}".strip(" ·")
         tone = "" if fits is None else ("good" if fits else "bad")
         cards.append(Card.of("Memory per device", format_bytes(mem), detail, tone))
-    return cards + _card(s, "comm_bytes_total", "Communication", format_bytes,
-                         "bytes sent by all devices") + _energy_cards(s)
+    unmapped = (s.get("trace") or {}).get("unmapped") or {}
+    return (cards + _card(s, "comm_bytes_total", "Communication", format_bytes,
+                          "bytes sent by all devices") + _energy_cards(s)
+            + _card(s, "unmapped_trace_nodes", "Unmapped trace nodes", format_count,
+                    ", ".join(f"{name} ×{n}" for name, n in unmapped.items())
+                    or "every trace node ran or was a view, annotation or wrapper"))
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
