@@ -92,6 +92,9 @@ class DeviceProfile(_Frozen):
     # NCCL's architecture class for its per-architecture tuner caps (src/graph/tuning.cc
     # llMaxBws: Volta / Ampere / Hopper rows); None: no such cap is applied
     nccl_arch: Literal["volta", "ampere", "hopper"] | None = None
+    # the share of compute throughput an overlapped collective takes (its SMs and HBM
+    # traffic) while it runs beside compute (dlsim.engine.core); 0: overlap is free
+    comm_contention: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _positive_peaks(self) -> DeviceProfile:
