@@ -341,13 +341,15 @@ def validate(data: Annotated[Path, typer.Option(help="Folder of published measur
              force: Annotated[bool, typer.Option(
                  help="Use a calibration measured on another device.")] = False,
              repeats: Annotated[int, typer.Option(min=1, help="Timed steps per host row.")]
-             = 5) -> None:
+             = 5,
+             table: Annotated[list[str] | None, typer.Option(
+                 help="Only this table (repeatable; default: all of them).")] = None) -> None:
     """Predict published measurements (the bundled validation/ tables, or --data DIR) and
     print the error per row and per table; with --host, also time real torch training steps
     of held-out models on this host against their prediction with its calibration; writes
     reports/validation/."""
     try:
-        rows = run_validation(data)
+        rows = run_validation(data, table or None)
         if host:
             rows = pd.concat([rows, host_validation(calibration, force, repeats,
                                                     progress=not as_json)], ignore_index=True)

@@ -13,12 +13,15 @@ import pytest
 from typer.testing import CliRunner
 
 from dlsim.cli import app
-from dlsim.validation import run_validation, table_errors
+from dlsim.validation import MODERN, TABLES, run_validation, table_errors
+
+# the Hopper-era tables take minutes: tests/validation/test_modern.py runs them
+A100_ERA = [name for name in TABLES if name not in MODERN]
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return run_validation()
+    return run_validation(tables=A100_ERA)
 
 
 def test_zero_memory_table_within_printed_rounding(rows):
@@ -138,11 +141,17 @@ def test_per_table_summary(rows):
 
 
 def test_validate_cli_json_and_report(tmp_path):
-    res = CliRunner().invoke(app, ["validate", "--json", "--out", str(tmp_path)])
+    fast = [arg for name in A100_ERA for arg in ("--table", name)]
+    res = CliRunner().invoke(app, ["validate", "--json", "--out", str(tmp_path), *fast])
     assert res.exit_code == 0, res.output
     records = json.loads(res.output)
     assert set(records[0]) == {"table", "case", "predicted", "measured", "error_pct"}
     assert (tmp_path / "validation" / "index.html").exists()
+
+
+def test_validate_unknown_table_is_a_clear_error():
+    res = CliRunner().invoke(app, ["validate", "--table", "nemo"])
+    assert res.exit_code == 2 and "--table" in res.output and "nemo_performance" in res.output
 
 
 def test_validate_missing_data_is_a_clear_error(tmp_path):

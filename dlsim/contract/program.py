@@ -43,6 +43,9 @@ class Collective:
     all-reduces without an event per layer. With ``instances`` > 1, ``group`` is that many
     equal consecutive sub-groups, each running the collective at once: in a symmetric run,
     the identical collectives of the simulated rank's peers, whose flows share the network.
+    ``contention`` is the share of the issuing rank's compute throughput the collective
+    takes while it is in flight (its SMs and HBM traffic): compute overlapped with it runs
+    at ``1 - contention`` of its speed (``dlsim.engine.core``); 0 leaves compute alone.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Collective:
     repeat: int = 1
     instances: int = 1
     role: Role = "data"
+    contention: float = 0.0
 
 
 Op = Compute | Collective

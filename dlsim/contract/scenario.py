@@ -415,12 +415,21 @@ class ParallelismSpec(_Spec):
     # ZeRO-1/2: the parameter all-gather after the update overlaps the next step's forward
     # (Megatron-Core's --overlap-param-gather, off by default as there)
     overlap_param_gather: bool = False
+    # sequence-parallel TP: the all-gathers and reduce-scatters run beside the pass's GEMMs
+    # (Transformer Engine userbuffers, Megatron-LM's --tp-comm-overlap), slowing them by the
+    # device's comm_contention while they run (dlsim.parallel.builder)
+    tp_comm_overlap: bool = False
 
     @model_validator(mode="after")
     def _supported(self) -> ParallelismSpec:
         conflict = parallelism_conflict(self)
         if conflict:
             raise ValueError(conflict)
+        if self.tp_comm_overlap and not (self.tensor > 1 and self.sequence_parallel):
+            raise ValueError("tp_comm_overlap overlaps sequence parallelism's all-gathers and "
+                             "reduce-scatters with the GEMMs beside them, so it needs tensor > 1 "
+                             "and sequence_parallel: true (Megatron-LM's --tp-comm-overlap "
+                             "requires --sequence-parallel)")
         return self
 
 

@@ -6,6 +6,14 @@ when every simulated member of its group has reached it (the wait before that is
 and then runs its phases on the shared network: the backend given to the engine
 (``dlsim.network.backend``; the fluid max-min network unless told otherwise).
 
+Contention: a collective with ``contention`` u > 0 takes that share of its rank's compute
+throughput from the moment the rank launches it until it ends (its kernels hold SMs and HBM
+bandwidth even while they wait for peers), so a compute op overlapped with it progresses at
+1 - u of its speed (the largest u in flight when several are): a compute op of length a
+overlapped from its start by one such collective of length b ends at a + u·b when
+b < a / (1 - u), else at a / (1 - u). Ranks whose programs hold no such collective run their
+compute as plain timeouts.
+
 Symmetry: a homogeneous job may be given programs for representative ranks only. Their peers'
 traffic still crosses the network (a collective's phases always carry every member's flows),
 but their identical compute is not re-simulated; the result is the same as running every rank.
@@ -90,6 +98,12 @@ class Engine:
         self._rendezvous: dict[str, _Rendezvous] = {}
         self._lowered: dict[tuple, list[list[Phase]]] = {}
         self._plans: dict[tuple, list[Phase]] = {}
+        # contention in flight by rank (the collectives' shares) and the event that tells
+        # the rank's compute that it changed; only ranks with a contending collective
+        self._contending: dict[int, list[float]] = {
+            r: [] for r, prog in programs.items()
+            if any(isinstance(op, Collective) and op.contention > 0 for op in prog)}
+        self._contention_changed = {r: self.env.event() for r in self._contending}
 
     def estimated_end_s(self) -> float:
         """A floor of the run's simulated length, known before it runs: the busiest
@@ -131,12 +145,19 @@ class Engine:
                     yield done[d]
             start = self.env.now
             if isinstance(op, Compute):
-                yield self.env.timeout(op.duration_s)
+                if rank in self._contending:
+                    yield from self._contended_compute(rank, op.duration_s)
+                else:
+                    yield self.env.timeout(op.duration_s)
                 self.spans.append(Span(device, stream, op.name, "compute", start, self.env.now,
                                        op.role))
             else:
                 rv = self._arrive(op)
+                if op.contention > 0:
+                    self._contend(rank, op.contention)
                 yield rv.done
+                if op.contention > 0:
+                    self._contend(rank, -op.contention)
                 if rv.start_s > start:
                     self.spans.append(Span(device, stream, op.name, "wait", start, rv.start_s,
                                            op.role))
@@ -144,6 +165,31 @@ class Engine:
                                        self.env.now, op.role))
             done[i].succeed()
         self.rank_end_s[rank] = max(self.rank_end_s.get(rank, 0.0), self.env.now)
+
+    def _contend(self, rank: int, share: float) -> None:
+        """A contending collective of the rank launched (``share`` > 0) or ended (< 0)."""
+        shares = self._contending[rank]
+        if share > 0:
+            shares.append(share)
+        else:
+            shares.remove(-share)
+        changed = self._contention_changed[rank]
+        self._contention_changed[rank] = self.env.event()
+        changed.succeed()
+
+    def _contended_compute(self, rank: int, duration_s: float) -> Generator:
+        """``duration_s`` of work at 1 - u of full speed while collectives with contention u
+        are in flight on the rank, at full speed otherwise."""
+        remaining = duration_s
+        while remaining > 0:
+            shares = self._contending[rank]
+            speed = 1.0 - max(shares, default=0.0)
+            started = self.env.now
+            finished = self.env.timeout(remaining / speed)
+            yield finished | self._contention_changed[rank]
+            if finished.processed:
+                return
+            remaining -= (self.env.now - started) * speed
 
     def _arrive(self, op: Collective) -> _Rendezvous:
         rv = self._rendezvous.get(op.key)

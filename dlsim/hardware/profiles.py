@@ -167,6 +167,9 @@ class DeviceProfile(_Frozen):
     # llMaxBws: Volta / Ampere / Hopper rows); None: no such cap is applied
     nccl_arch: Literal["volta", "ampere", "hopper"] | None = None
     attention_kernels: AttentionKernels = AttentionKernels()  # none fused: eager only
+    # the share of compute throughput an overlapped collective takes (its SMs and HBM
+    # traffic) while it runs beside compute (dlsim.engine.core); 0: overlap is free
+    comm_contention: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _positive_peaks(self) -> DeviceProfile:

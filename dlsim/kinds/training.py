@@ -89,7 +89,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         compression=compression_of(comm, par.zero_stage, data_parallel_only),
         sync_every=local_sgd_period(comm, train.steps, par.zero_stage,
                                     stages * tensor * context * expert),
-        shard_group=par.shard_group, overlap_param_gather=par.overlap_param_gather)
+        shard_group=par.shard_group, overlap_param_gather=par.overlap_param_gather,
+        tp_comm_overlap=par.tp_comm_overlap, comm_contention=device.comm_contention)
     programs = build_programs(job, cut, device, dtype, replicas,
                               [0] if symmetric_run else list(range(tensor)),
                               [0] if symmetric_run else list(range(context)))
@@ -130,7 +131,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                      **({"context": context, "expert": expert, "expert_tensor": expert_tensor}
                         if context * expert * expert_tensor > 1 else {})}
         | ({"shard_group": par.shard_group} if par.shard_group else {})
-        | ({"overlap_param_gather": True} if par.overlap_param_gather else {}),
+        | ({"overlap_param_gather": True} if par.overlap_param_gather else {})
+        | ({"tp_comm_overlap": True} if par.tp_comm_overlap else {}),
         lora_and_offload=True)
     if not summary["fits_in_memory"]:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,

@@ -34,6 +34,16 @@ shard groups are ``dlsim.parallel.sharding``'s. With ``overlap_param_gather`` (M
 prefetch stream and each layer's first forward of the next step waits for its own gather
 only.
 
+With ``tp_comm_overlap`` (Transformer Engine's userbuffers, Megatron-LM's
+``--tp-comm-overlap``) a pass's sequence-parallel all-gathers and reduce-scatters start with
+the pass on the tensor stream instead of after it, and the pass ends when both are done: TE
+splits each collective into chunks pipelined with the GEMM it feeds or drains, so the
+communication hides behind the compute as far as the compute lasts. The collectives take
+the device's ``comm_contention`` share of its compute while they run (the engine slows the
+overlapped compute by it), so the overlap is never free. Not modelled: the first and last
+chunk that cannot overlap (1/t of a collective) and that only the GEMMs, not the attention
+core, hide the communication.
+
 Every op carries its role (``dlsim.contract.program.Role``): the grid axis a collective runs
 over, or compute, optimizer, offload, codec, so that metrics never parse op names.
 
@@ -97,6 +107,8 @@ class TrainingJob:
     sync_every: int = 1  # local SGD: average every H-th step only (Stich, ICLR 2019)
     shard_group: int | None = None  # hybrid sharding: ZeRO shards within runs of k replicas
     overlap_param_gather: bool = False  # ZeRO-1/2: the gather overlaps the next forward
+    tp_comm_overlap: bool = False  # sequence-parallel TP collectives beside the pass's GEMMs
+    comm_contention: float = 0.0  # compute share an overlapped TP collective takes (device)
 
 
 def build_programs(job: TrainingJob, pieces: list[Piece], device: DeviceProfile, dtype: str,
@@ -291,6 +303,7 @@ class _RankProgram:
         cost = self.pieces[piece]
         recv = (self._p2p("recv activations", piece - 1, piece, cost.in_bytes, "recv-fwd",
                           "act " + tag),) if piece else ()
+        start = (*recv, *self.blocked)
         gates = self.param_gates.pop(piece, {})
         if self.by_layer or gates:
             ran: list[int] = []
@@ -306,7 +319,7 @@ class _RankProgram:
             out = self.add(Compute(f"fwd {name} {tag}", cost.forward_s,
                                    deps=(*recv, *self.blocked)))
         out = self._tensor(f"fwd {name} {tag}", f"tp fwd {tag} p{piece}",
-                           cost.forward_collectives, out)
+                           cost.forward_collectives, out, start)
         if piece < self.last_piece:
             self._p2p("send activations", piece, piece + 1, cost.out_bytes, "send-fwd",
                       "act " + tag, (out,))
@@ -319,6 +332,7 @@ class _RankProgram:
         cost = self.pieces[piece]
         recv = (self._p2p("recv gradients", piece + 1, piece, cost.out_bytes, "recv-bwd",
                           "grad " + tag),) if piece < self.last_piece else ()
+        start = (*recv, forward, *self.blocked)
         if self.by_layer:
             out = self._backward_by_layer(piece, tag, sync_step, (*recv, *self.blocked))
         elif cost.passes:
@@ -327,7 +341,7 @@ class _RankProgram:
             out = self.add(Compute(f"bwd {name} {tag}", cost.backward_s,
                                    deps=(*recv, forward, *self.blocked)))
         out = self._tensor(f"bwd {name} {tag}", f"tp bwd {tag} p{piece}",
-                           cost.backward_collectives, out)
+                           cost.backward_collectives, out, start)
         if piece:
             self._p2p("send gradients", piece, piece - 1, cost.in_bytes, "send-bwd",
                       "grad " + tag, (out,))
@@ -405,18 +419,28 @@ class _RankProgram:
                 f"zero3 {tag} {phase} {cost.layers[j]}", experts * self.weight_bytes,
                 tuple(ran[-2:-1]), "prefetch"))
 
-    def _tensor(self, what: str, key: str, collectives: Collectives, after: int) -> int:
+    def _tensor(self, what: str, key: str, collectives: Collectives, after: int,
+                start: tuple[int, ...]) -> int:
         """A pass's tensor collectives, one repeated op per kind, each after the last; the
-        next compute waits for the last one."""
+        next compute waits for the last one. Overlapped (``tp_comm_overlap``), the first
+        starts with the pass (``start``: the pass's own dependencies) and the pass ends at
+        a join of its compute (``after``) and its last collective."""
         if self.t == 1:
             return after
+        job = self.job
+        overlap = job.tp_comm_overlap and bool(collectives)
+        last = start if overlap else (after,)
         for op, count in collectives:
-            after = self.add(Collective(
+            last = (self.add(Collective(
                 f"tensor {op} x{count} {what}", f"{key} {op} r{self.replica} c{self.c}",
-                self.tensor_groups, op, self.job.hidden_bytes, "ring", deps=(after,),
-                stream="tensor", repeat=count, instances=len(self.peers), role="tensor"))
-        self.blocked = (after,)
-        return after
+                self.tensor_groups, op, job.hidden_bytes, "ring", deps=last,
+                stream="tensor", repeat=count, instances=len(self.peers), role="tensor",
+                contention=job.comm_contention if overlap else 0.0)),)
+        if overlap:
+            last = (self.add(Compute(f"tensor overlap join {what}", 0.0,
+                                     deps=(after, *last))),)
+        self.blocked = last
+        return last[0]
 
     def _p2p(self, what: str, src: int, dst: int, size: float, stream: str, tag: str,
              deps: tuple[int, ...] = ()) -> int:

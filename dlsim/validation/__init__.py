@@ -9,14 +9,14 @@ Folding, MLPerf Training) ``modern``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.data import VALIDATION
-from dlsim.validation import a100, nccl_other
+from dlsim.validation import a100, modern, nccl_other
 from dlsim.validation.reading import Row, row
 
 # The tables bundled with dlsim (validation/, copied from the project's shared/validation/);
@@ -32,7 +32,12 @@ TABLES: dict[str, Callable[[Path], list[Row]]] = {
     "dle_bert_large_dgxa100": a100.dle_bert_large,
     "gpipe_table2_tpu": a100.gpipe_table2,
     "nccl_h100_other_sources": nccl_other.nccl_other_sources,
+    "nemo_performance": modern.nemo_performance,
+    "megatron_core_moe": modern.megatron_core_moe,
+    "mlperf_training_v40_v41": modern.mlperf_training,
 }
+# The Hopper-era tables: whole H100 training jobs, minutes of simulation between them
+MODERN = ("nemo_performance", "megatron_core_moe", "mlperf_training_v40_v41")
 
 
 def host_validation(calibration: str | None = None, force: bool = False, repeats: int = 5,
@@ -49,12 +54,19 @@ def host_validation(calibration: str | None = None, force: bool = False, repeats
                          predicted, measured in run_host(calibration, force, repeats, progress)])
 
 
-def run_validation(directory: Path = DEFAULT_DIR) -> pd.DataFrame:
-    """Every modelled table's rows: table, case, predicted, measured, error_pct, unit."""
+def run_validation(directory: Path = DEFAULT_DIR,
+                   tables: Iterable[str] | None = None) -> pd.DataFrame:
+    """The rows of ``tables`` (default: every modelled table): table, case, predicted,
+    measured, error_pct, unit; an unknown table name is an input error naming them all."""
     if not directory.is_dir():
         raise ScenarioError("the published measurements are not there; pass --data with the "
                             "folder that holds the validation CSV files.", file=str(directory))
-    return pd.DataFrame([row for table in TABLES.values() for row in table(directory)])
+    names = list(TABLES) if tables is None else list(tables)
+    unknown = [name for name in names if name not in TABLES]
+    if unknown:
+        raise ScenarioError(f"no validation table {unknown[0]!r}; the tables are "
+                            f"{', '.join(TABLES)}.", field="--table")
+    return pd.DataFrame([row for name in names for row in TABLES[name](directory)])
 
 
 def table_errors(rows: pd.DataFrame) -> pd.DataFrame:

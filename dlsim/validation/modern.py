@@ -8,7 +8,11 @@ plan the row prints (never from its figure); a row it cannot express is listed w
 reason, and so is a row the engine refuses (the engine's own one-paragraph error). What is
 assumed where a row is silent is said next to it here: the distributed optimizer (ZeRO-1) and
 sequence parallelism with tensor > 1, as NeMo 2 / Megatron-Bridge recipes default; micro-batch
-1 where none is printed; no activation recomputation where none is printed.
+1 where none is printed; no activation recomputation where none is printed. Tensor-parallel
+communication overlap (``tp_comm_overlap``, Transformer Engine userbuffers) is on where a row
+says so (MLPerf's ``tp_comm_overlap`` column) and on the NeMo / Megatron-Bridge rows with
+tensor > 1 (their H100 performance recipes, scripts/performance, enable it through
+``CommOverlapConfig``); the MoE paper's rows print nothing and run without it.
 
 What is compared is the row's own figure: tokens/s per GPU (NeMo tables), MFU as Megatron-Core
 counts model FLOPs (the MoE paper: ``mcore_model_flops``, over the 989.5 TFLOP/s BF16 peak it
@@ -102,10 +106,14 @@ def _simulated(table: str, case: str, measured: float, unit: str, scenario: Scen
 
 
 def _training(name: str, model: dict[str, Any], gpus: int, precision: str, gbs: int,
-              mbs: int, par: dict[str, Any], lora: dict[str, Any] | None = None) -> Scenario:
-    """A scenario on DGX H100 nodes with the recipes' defaults for what a row leaves out."""
+              mbs: int, par: dict[str, Any], lora: dict[str, Any] | None = None,
+              tp_comm_overlap: bool = False) -> Scenario:
+    """A scenario on DGX H100 nodes with the recipes' defaults for what a row leaves out;
+    ``tp_comm_overlap`` applies where tensor > 1 (TE's overlap needs sequence parallelism)."""
     tensor = par.get("tensor", 1)
     parallelism = {"sequence_parallel": tensor > 1, "zero_stage": 1, **par}
+    if tp_comm_overlap and tensor > 1:
+        parallelism["tp_comm_overlap"] = True
     if parallelism.get("virtual_stages", 1) > 1:
         parallelism["schedule"] = "interleaved"
     training: dict[str, Any] = {"global_batch": gbs, "microbatch": mbs, "optimizer": "adam"}
@@ -149,8 +157,8 @@ def nemo_performance(directory: Path) -> list[Row]:
                                "virtual_stages": v}
         if fsdp:
             par |= {"zero_stage": 3, "shard_group": fsdp}
-        scenario = _training("nemo", model, gpus,
-                             PRECISIONS[r["precision"]], int(r["gbs"]), _int(r["mbs"]), par)
+        scenario = _training("nemo", model, gpus, PRECISIONS[r["precision"]], int(r["gbs"]),
+                             _int(r["mbs"]), par, tp_comm_overlap=True)
         per_gpu = int(r["gbs"]) * seq / gpus  # tokens per GPU and step
         out.append(_simulated(table, case, measured, unit, scenario, runs, per_gpu))
     return out
@@ -298,6 +306,9 @@ def mlperf_training(directory: Path) -> list[Row]:
             why = "a duplicate of another row"
         elif math.isnan(measured):
             why = "no step time logged"
+        elif gpus % 8:
+            why = (f"{gpus} GPUs: a 4-GPU HGX H100 board, and dlsim's H100 system (dgx-h100) "
+                   "has 8 GPUs per node")
         if why is not None:
             out.append(_not_simulated(table, case, why, measured, "s"))
             continue
@@ -313,7 +324,8 @@ def mlperf_training(directory: Path) -> list[Row]:
             par = {"tensor": t, "pipeline": p, "context": c}
             micro = gbs // (dp * _int(r["grad_accum_logged"]))
             lora = {"rank": _int(r["lora_rank"]), "targets": MLPERF_LORA_TARGETS}
-        scenario = _training("mlperf", model, gpus, "fp8", gbs, micro, par, lora)
+        overlap = r["tp_comm_overlap"].strip().lower() in ("true", "1")
+        scenario = _training("mlperf", model, gpus, "fp8", gbs, micro, par, lora, overlap)
         out.append(_simulated(table, f"{case} t={t} p={p} c={c}", measured, "s", scenario,
                               runs))
     return out
