@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("base", type=Path, help="the earlier commit's tree")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-devices", type=int, default=16384)
+    parser.add_argument("--only", nargs="*", default=[""],
+                        help="run only the families whose label contains one of these texts")
     parser.add_argument("--long-s", type=float, default=40.0,
                         help="a case whose first run takes longer is run once on each tree")
     args = parser.parse_args()
@@ -114,6 +116,8 @@ def main() -> None:
           "peak memory (MB) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, sizes in FAMILIES:
+        if not any(text in label for text in args.only):
+            continue
         points = []
         for n, make in sizes:
             if n > args.max_devices:
