@@ -140,8 +140,10 @@ class Engine:
             streams: dict[str, list[int]] = {}
             for i, op in enumerate(program):
                 streams.setdefault(op.stream, []).append(i)
+            waited = {d for op in program for d in op.deps if program[d].stream != op.stream}
             for stream, indices in streams.items():
-                self.env.process(self._stream(rank, stream, self._blocks(program, indices)))
+                self.env.process(self._stream(rank, stream,
+                                              self._blocks(program, indices, waited)))
         self.env.run()
         self._record_pending(float("inf"))
         unfinished = [(r, i) for r, evs in self._done.items()
@@ -159,13 +161,14 @@ class Engine:
         ``merge_compute=False``: a merged run's durations are all taken at its start."""
         return op.duration_s
 
-    def _blocks(self, program: list[Op], indices: list[int]) -> list[list[int]]:
+    def _blocks(self, program: list[Op], indices: list[int],
+                waited: set[int]) -> list[list[int]]:
         """The ops of one stream (``indices``, in order) in runs that share one event: a
         compute op joins the run before it when that run's last op is a compute op no other
-        stream waits on and the op itself waits on nothing outside the stream."""
+        stream waits on (``waited``: the ops another stream's ops wait on) and the op itself
+        waits on nothing outside the stream."""
         if not self.merge_compute:
             return [[i] for i in indices]
-        waited = {d for op in program for d in op.deps if program[d].stream != op.stream}
         blocks: list[list[int]] = []
         for i in indices:
             op = program[i]
