@@ -5,7 +5,8 @@ Run: git archive <commit> | tar -x -C /tmp/base
 
 Each case runs in a fresh process per measurement (so peak memory is the case's own),
 alternating the two trees, and the median wall time of ``dlsim.simulate`` is reported with
-the ratio earlier / this tree; a loaded machine slows both alike. A case whose first run
+the ratio earlier / this tree, and the ratio of CPU times (on a machine whose load swings,
+the steadier of the two). A case whose first run
 takes longer than ``--long-s`` on either tree is run once on each. The exponent
 is the slope of log wall time against log devices between a family's smallest and largest.
 """
@@ -28,11 +29,11 @@ CHILD = """
 import json, resource, sys, time
 import dlsim
 scenario = json.loads(sys.argv[1])
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 result = dlsim.simulate(scenario)
-wall = time.perf_counter() - start
+wall, cpu = time.perf_counter() - start, time.process_time() - cpu
 s = result.summary
-print(json.dumps({"wall_s": wall, "events": s["simulation"]["events"],
+print(json.dumps({"wall_s": wall, "cpu_s": cpu, "events": s["simulation"]["events"],
                   "simulated_s": s.get("step_time_s", s.get("time_s")),
                   "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -95,8 +96,10 @@ FAMILIES: list[tuple[str, list[tuple[int, Any]]]] = [
 def measure(tree: Path, scenario: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     try:
+        # run in the tree: ``python -c`` puts the working directory first on sys.path
         done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(scenario)], env=env,
-                              capture_output=True, text=True, timeout=timeout_s, check=True)
+                              cwd=tree, capture_output=True, text=True, timeout=timeout_s,
+                              check=True)
     except subprocess.TimeoutExpired:
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -107,13 +110,17 @@ def main() -> None:
     parser.add_argument("base", type=Path, help="the earlier commit's tree")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-devices", type=int, default=16384)
+    parser.add_argument("--only", nargs="*", default=[""],
+                        help="run only the families whose label contains one of these texts")
     parser.add_argument("--long-s", type=float, default=40.0,
                         help="a case whose first run takes longer is run once on each tree")
     args = parser.parse_args()
-    print("| case | devices | this tree (s) | earlier (s) | earlier / this | events | "
-          "peak memory (MB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| case | devices | this tree (s) | earlier (s) | earlier / this | CPU time, earlier / "
+          "this | events | peak memory (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, sizes in FAMILIES:
+        if not any(text in label for text in args.only):
+            continue
         points = []
         for n, make in sizes:
             if n > args.max_devices:
@@ -133,13 +140,16 @@ def main() -> None:
             runs = f" ({len(new_ok)} run{'s' if len(new_ok) > 1 else ''})"
             earlier = f"{base_wall:.2f}" if base_wall else "over 600"
             ratio = f"{base_wall / wall:.2f}x" if base_wall else "-"
-            print(f"| {label} | {n:,} | {wall:.3f}{runs} | {earlier} | {ratio} | "
+            cpu_ratio = (statistics.median(m["cpu_s"] for m in old_ok)
+                         / statistics.median(m["cpu_s"] for m in new_ok)) if old_ok else None
+            cpu = f"{cpu_ratio:.2f}x" if cpu_ratio else "-"
+            print(f"| {label} | {n:,} | {wall:.3f}{runs} | {earlier} | {ratio} | {cpu} | "
                   f"{new_ok[0]['events']:,} | {max(m['peak_rss_MB'] for m in new_ok):,.0f} |")
             sys.stdout.flush()
         if len(points) > 1:
             (n0, w0), (n1, w1) = points[0], points[-1]
             print(f"| {label}: wall time ~ N^{math.log(w1 / w0) / math.log(n1 / n0):.2f} "
-                  f"({n0:,} to {n1:,}) | | | | | | |")
+                  f"({n0:,} to {n1:,}) | | | | | | | |")
 
 
 if __name__ == "__main__":

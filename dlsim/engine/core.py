@@ -17,16 +17,24 @@ compute as plain timeouts.
 Symmetry: a homogeneous job may be given programs for representative ranks only. Their peers'
 traffic still crosses the network (a collective's phases always carry every member's flows),
 but their identical compute is not re-simulated; the result is the same as running every rank.
+
+Fewer events: a run of compute ops on one stream that nothing outside the stream waits on
+between them (a forward pass without communication) takes one timeout at the run's end,
+the ops' own ends found by adding their durations in order exactly as one timeout each
+would; their spans enter the timeline at those ends, in the order one event each would have
+given. A collective's phases chain by callbacks, without a SimPy process of their own.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
+from simpy.events import NORMAL
 
 from dlsim.contract.program import Collective, Compute, Op
 from dlsim.contract.span import Span
@@ -54,6 +62,24 @@ class CountingEnvironment(simpy.Environment):
         if self.observer is not None and self.events_processed % OBSERVE_EVERY == 0:
             self.observer(self.now)
         super().step()
+
+    def timeout_at(self, when: float) -> simpy.Event:
+        """An event at exactly ``when`` (``timeout(when - now)`` may round to a neighbour)."""
+        event = simpy.Event(self)
+        event._ok = True
+        event._value = None
+        heapq.heappush(self._queue, (when, NORMAL, next(self._eid), event))
+        return event
+
+
+def _settled(env: simpy.Environment) -> simpy.Event:
+    """An event that counts as processed at once, never queued: the end of a merged op that
+    no one waits on."""
+    event = simpy.Event(env)
+    event._ok = True
+    event._value = None
+    event.callbacks = None  # type: ignore[assignment]
+    return event
 
 
 @dataclass
@@ -83,8 +109,10 @@ class Engine:
 
     def __init__(self, topology: Topology, programs: dict[int, list[Op]],
                  placement: np.ndarray, protocol: str = "ideal",
-                 ps_hosts: np.ndarray | None = None, network: NetworkFactory = Network):
+                 ps_hosts: np.ndarray | None = None, network: NetworkFactory = Network,
+                 merge_compute: bool = True):
         self.env = CountingEnvironment()
+        self.merge_compute = merge_compute  # runs of compute ops in one timeout each
         self.topology = topology
         self.protocol = protocol  # dlsim.network.protocol: ideal, nccl, LL, LL128 or Simple
         self.ps_hosts = ps_hosts  # devices of dedicated parameter servers (None: colocated)
@@ -95,6 +123,8 @@ class Engine:
         self.rank_end_s: dict[int, float] = {}
         self.bytes_by_role: dict[str, float] = {}
         self._done = {r: [self.env.event() for _ in prog] for r, prog in programs.items()}
+        # the ops some op waits on: only their ends need an event of their own
+        self._waited = {r: {d for op in prog for d in op.deps} for r, prog in programs.items()}
         self._rendezvous: dict[str, _Rendezvous] = {}
         self._lowered: dict[tuple, list[list[Phase]]] = {}
         self._plans: dict[tuple, list[Phase]] = {}
@@ -104,6 +134,8 @@ class Engine:
             r: [] for r, prog in programs.items()
             if any(isinstance(op, Collective) and op.contention > 0 for op in prog)}
         self._contention_changed = {r: self.env.event() for r in self._contending}
+        self._pending: list[tuple[float, float, int, Span]] = []  # merged ops' spans
+        self._pending_seq = 0
 
     def estimated_end_s(self) -> float:
         """A floor of the run's simulated length, known before it runs: the busiest
@@ -122,9 +154,15 @@ class Engine:
             streams: dict[str, list[int]] = {}
             for i, op in enumerate(program):
                 streams.setdefault(op.stream, []).append(i)
+            waited = {d for op in program for d in op.deps if program[d].stream != op.stream}
             for stream, indices in streams.items():
-                self.env.process(self._stream(rank, stream, indices))
+                # a rank whose compute slows under its overlapped collectives runs each op
+                # on its own: its durations depend on what is in flight when it runs
+                blocks = ([[i] for i in indices] if rank in self._contending
+                          else self._blocks(program, indices, waited))
+                self.env.process(self._stream(rank, stream, blocks))
         self.env.run()
+        self._record_pending(float("inf"))
         unfinished = [(r, i) for r, evs in self._done.items()
                       for i, ev in enumerate(evs) if not ev.processed]
         if unfinished:
@@ -134,23 +172,62 @@ class Engine:
         return EngineRun(self.env.now, self.spans, self.network, self.env.events_processed,
                          time.perf_counter() - started, self.rank_end_s, self.bytes_by_role)
 
-    def _stream(self, rank: int, stream: str, indices: list[int]) -> Generator:
+    def duration_s(self, rank: int, op: Compute, start_s: float) -> float:
+        """How long compute op ``op`` of ``rank`` takes when it starts at ``start_s``. A
+        duration that depends on what else runs at that time must build the engine with
+        ``merge_compute=False``: a merged run's durations are all taken at its start."""
+        return op.duration_s
+
+    def _blocks(self, program: list[Op], indices: list[int],
+                waited: set[int]) -> list[list[int]]:
+        """The ops of one stream (``indices``, in order) in runs that share one event: a
+        compute op joins the run before it when that run's last op is a compute op no other
+        stream waits on (``waited``: the ops another stream's ops wait on) and the op itself
+        waits on nothing outside the stream."""
+        if not self.merge_compute:
+            return [[i] for i in indices]
+        blocks: list[list[int]] = []
+        for i in indices:
+            op = program[i]
+            if (blocks and isinstance(op, Compute) and isinstance(program[blocks[-1][-1]], Compute)
+                    and blocks[-1][-1] not in waited
+                    and all(d < i and program[d].stream == op.stream for d in op.deps)):
+                blocks[-1].append(i)
+            else:
+                blocks.append([i])
+        return blocks
+
+    def _record(self, span: Span) -> None:
+        """Add ``span`` to the timeline now, after the merged ops' spans that ended by now."""
+        if self._pending and self._pending[0][0] <= self.env.now:
+            self._record_pending(self.env.now)
+        self.spans.append(span)
+
+    def _record_pending(self, until_s: float) -> None:
+        pending = self._pending
+        while pending and pending[0][0] <= until_s:
+            self.spans.append(heapq.heappop(pending)[3])
+
+    def _stream(self, rank: int, stream: str, blocks: list[list[int]]) -> Generator:
         device = int(self.placement[rank])
         done = self._done[rank]
         program = self.programs[rank]
-        for i in indices:
-            op = program[i]
+        for block in blocks:
+            op = program[block[0]]
             for d in op.deps:
                 if not done[d].processed:
                     yield done[d]
             start = self.env.now
+            if len(block) > 1:
+                yield from self._merged(rank, device, stream, block)
+                continue
             if isinstance(op, Compute):
                 if rank in self._contending:
-                    yield from self._contended_compute(rank, op.duration_s)
+                    yield from self._contended_compute(rank, self.duration_s(rank, op, start))
                 else:
-                    yield self.env.timeout(op.duration_s)
-                self.spans.append(Span(device, stream, op.name, "compute", start, self.env.now,
-                                       op.role))
+                    yield self.env.timeout(self.duration_s(rank, op, start))
+                self._record(Span(device, stream, op.name, "compute", start, self.env.now,
+                                  op.role))
             else:
                 rv = self._arrive(op)
                 if op.contention > 0:
@@ -159,11 +236,11 @@ class Engine:
                 if op.contention > 0:
                     self._contend(rank, -op.contention)
                 if rv.start_s > start:
-                    self.spans.append(Span(device, stream, op.name, "wait", start, rv.start_s,
-                                           op.role))
-                self.spans.append(Span(device, stream, op.name, "comm", rv.start_s,
-                                       self.env.now, op.role))
-            done[i].succeed()
+                    self._record(Span(device, stream, op.name, "wait", start, rv.start_s,
+                                      op.role))
+                self._record(Span(device, stream, op.name, "comm", rv.start_s,
+                                  self.env.now, op.role))
+            self._finish(rank, block[0])
         self.rank_end_s[rank] = max(self.rank_end_s.get(rank, 0.0), self.env.now)
 
     def _contend(self, rank: int, share: float) -> None:
@@ -191,6 +268,32 @@ class Engine:
                 return
             remaining -= (self.env.now - started) * speed
 
+    def _merged(self, rank: int, device: int, stream: str, block: list[int]) -> Generator:
+        """Compute ops ``block`` back to back in one timeout; each op's end is the sum of the
+        durations before it, added one by one as the clock would have."""
+        program = self.programs[rank]
+        end = self.env.now
+        for i in block:
+            op = program[i]
+            assert isinstance(op, Compute)
+            start, end = end, end + self.duration_s(rank, op, end)
+            self._pending_seq += 1
+            # by end, then (as one timeout each would have been queued) by start
+            heapq.heappush(self._pending, (end, start, self._pending_seq,
+                                           Span(device, stream, op.name, "compute", start, end,
+                                                op.role)))
+        yield self.env.timeout_at(end)
+        self._record_pending(self.env.now)
+        for i in block:
+            self._finish(rank, i)
+
+    def _finish(self, rank: int, i: int) -> None:
+        """Op ``i`` of ``rank`` ended now: its event fires if some op waits on it."""
+        if i in self._waited[rank]:
+            self._done[rank][i].succeed()
+        else:
+            self._done[rank][i] = _settled(self.env)
+
     def _arrive(self, op: Collective) -> _Rendezvous:
         rv = self._rendezvous.get(op.key)
         if rv is None:
@@ -200,7 +303,11 @@ class Engine:
         rv.arrived += 1
         if rv.arrived == rv.expected:
             rv.start_s = self.env.now
-            self.env.process(self._collective(op, rv))
+            plans = self._lower(op)
+            if len(plans) > 1:
+                self.env.process(self._collective(plans, op, rv))
+            else:
+                self._chain(plans[0], 0, op, rv.done)
         return rv
 
     def _phases(self, group: np.ndarray, op: Collective) -> list[Phase]:
@@ -227,29 +334,39 @@ class Engine:
             self._lowered[key] = plans
         return self._lowered[key]
 
-    def _collective(self, op: Collective, rv: _Rendezvous) -> Generator:
-        plans = self._lower(op)
-        if len(plans) > 1:
-            yield simpy.AllOf(self.env, [self.env.process(self._run_phases(p, op.repeat,
-                                                                           op.role))
-                                         for p in plans])
-        else:
-            yield from self._run_phases(plans[0], op.repeat, op.role)
+    def _collective(self, plans: list[list[Phase]], op: Collective,
+                    rv: _Rendezvous) -> Generator:
+        """Instances whose phases differ, each a chain of its own, all at once."""
+        ends = []
+        for phases in plans:
+            end = self.env.event()
+            self._chain(phases, 0, op, end)
+            ends.append(end)
+        yield simpy.AllOf(self.env, ends)
         rv.done.succeed()
 
-    def _run_phases(self, phases: list[Phase], repeat: int, role: str) -> Generator:
-        """Each phase's transfer; the bytes it injects (counted as it starts) go to ``role``."""
-        for phase in phases:
-            latencies = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
-            before = self.network.bytes_injected
-            done = self.network.transfer(
-                phase.src, phase.dst, phase.size_bytes, rounds=phase.rounds * repeat,
-                latency_rounds=latencies * repeat,
-                latency_s=None if phase.latency_s is None else phase.latency_s * repeat,
-                wire_factor=phase.wire_factor)
-            self.bytes_by_role[role] = (self.bytes_by_role.get(role, 0.0)
-                                        + self.network.bytes_injected - before)
-            yield done
+    def _chain(self, phases: list[Phase], k: int, op: Collective, end: simpy.Event) -> None:
+        """Start phase ``k`` now; when its last byte arrives start the next, and after the
+        last succeed ``end``. The bytes a phase injects (counted as it starts) go to its
+        op's role."""
+        phase = phases[k]
+        latencies = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
+        before = self.network.bytes_injected
+        done = self.network.transfer(
+            phase.src, phase.dst, phase.size_bytes, rounds=phase.rounds * op.repeat,
+            latency_rounds=latencies * op.repeat,
+            latency_s=None if phase.latency_s is None else phase.latency_s * op.repeat,
+            wire_factor=phase.wire_factor)
+        self.bytes_by_role[op.role] = (self.bytes_by_role.get(op.role, 0.0)
+                                       + self.network.bytes_injected - before)
+        if k + 1 < len(phases):
+            done.callbacks.append(lambda _ev: self._chain(phases, k + 1, op, end))
+        else:
+            done.callbacks.append(lambda _ev: _succeed(end))
+
+
+def _succeed(event: simpy.Event) -> None:
+    event.succeed()
 
 
 def _same_shape(a: list[Phase], b: list[Phase]) -> bool:

@@ -123,6 +123,13 @@ class _Segment:
                         self.rate[keep])
 
 
+def _sending(seg: _Segment) -> np.ndarray:
+    """The links of ``seg`` that carry bytes at its rates."""
+    if seg.rate.min() > 0:
+        return seg.links
+    return seg.links[np.unique(seg.local[seg.rate[seg.flow_of] > 0])]
+
+
 @dataclass
 class _Batch:
     pending: int
@@ -177,7 +184,8 @@ class Network(LinkRecords):
     def __init__(self, env: simpy.Environment, topology: Topology):
         super().__init__(env, topology)
         self._segments: list[_Segment] = []
-        self._busy_links = np.zeros(0, dtype=np.intp)  # links carrying bytes at the rates
+        # links carrying bytes at the rates; None: not yet found since the rates changed
+        self._busy_links: np.ndarray | None = np.zeros(0, dtype=np.intp)
         self._last_t = 0.0
         self._generation = 0
         self._solver = RateSolver(self.capacity_Bps)
@@ -270,6 +278,8 @@ class Network(LinkRecords):
             seg.remaining -= seg.rate * dt
             self.link_bytes[seg.links] += np.bincount(
                 seg.local, weights=seg.rate[seg.flow_of] * dt, minlength=len(seg.links))
+        if self._busy_links is None:  # found once per interval that moves the clock
+            self._busy_links = self._union([_sending(s) for s in self._segments])
         self.link_busy_s[self._busy_links] += dt
 
     def _activate(self, seg: _Segment, _latency_elapsed: simpy.Event) -> None:
@@ -343,9 +353,7 @@ class Network(LinkRecords):
             touched.append(freed)
         if touched:
             self._solve(self._component(np.concatenate(touched)))
-        self._busy_links = self._union([
-            s.links if s.rate.min() > 0 else s.links[np.unique(s.local[s.rate[s.flow_of] > 0])]
-            for s in self._segments])
+        self._busy_links = None  # the segments and their rates hold until the next _advance
         dt = min(float((s.remaining / s.rate).min()) for s in self._segments)
         generation = self._generation
         self.env.timeout(max(dt, 0.0)).callbacks.append(

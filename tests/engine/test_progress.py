@@ -21,7 +21,8 @@ def _engine(ops: int) -> Engine:
     topology = topology_of(star(2, LinkSpec("l", 1e9, 1e9, 0.0)), 2)
     programs = {0: [Compute(f"a{i}", 0.5) for i in range(ops)],
                 1: [Compute(f"b{i}", 0.25) for i in range(ops)]}
-    return Engine(topology, programs, np.arange(2))
+    # one event per op (merged, each rank's ops would be a single timeout)
+    return Engine(topology, programs, np.arange(2), merge_compute=False)
 
 
 def test_observer_sees_the_clock_advance_towards_the_busiest_ranks_compute(monkeypatch):
