@@ -59,10 +59,11 @@ def estimate_time_s(op: str, algorithm: str, size_bytes: float, devices: np.ndar
 
 def candidates(op: str, algorithm: str, protocol: str) -> list[str]:
     """What ``auto`` chooses among, in precedence order: the registered algorithms for
-    ``op`` that allow it. Under NCCL's protocols NCCL's own (ring, tree, and NVLS where the
-    group sits on one NVSwitch of generation 3+; CollNet/SHARP is not modelled); under the
-    ideal model also the classic alternatives MPI libraries pick from by size (Thakur et
-    al. 2005), but not deployment choices (parameter server, direct exchange) nor gossip,
+    ``op`` that allow it. Under NCCL's protocols NCCL's own (ring, tree, NVLS where the
+    group sits on one NVSwitch of generation 3+, and multi-ring where its devices form rings
+    over a mesh's direct lanes; CollNet/SHARP is not modelled); under the ideal model also
+    the classic alternatives MPI libraries pick from by size (Thakur et al. 2005) and the
+    per-dimension rings of a whole torus, but not deployment choices (parameter server, direct exchange) nor gossip,
     which does not compute the average. Every algorithm for ``op`` where none allows it
     (all-to-all: direct)."""
     if algorithm != "auto":
@@ -92,9 +93,9 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
         try:
             peers = topology.device_peers(devices) if needs_peers(alg) else None
             phases = lower(op, alg, devices, size_bytes, servers, nodes, hosts, peers,
-                           nccl=protocol != "ideal")
+                           nccl=protocol != "ideal", topology=topology)
         except ScenarioError:
-            if not choose:
+            if len(algorithms) == 1:
                 raise
             continue  # e.g. halving-doubling on a group that is not a power of two
         runs_on = registered_algorithms()[alg].runs_on

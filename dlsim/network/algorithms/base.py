@@ -140,15 +140,17 @@ def needs_peers(algorithm: str) -> bool:
 def lower(op: str, algorithm: str, devices: np.ndarray, size_bytes: float,
           servers: int = 1, nodes: np.ndarray | None = None,
           hosts: np.ndarray | None = None, peers: list[np.ndarray] | None = None,
-          nccl: bool = False) -> list[Phase]:
+          nccl: bool = False, topology: Topology | None = None) -> list[Phase]:
     """The phases of collective ``op`` run by ``algorithm`` over ``devices``; ``nodes``
     gives each device's node (hierarchical algorithms need it), ``hosts`` the devices of
     dedicated parameter servers (None: colocated), ``peers`` each rank's gossip partners,
-    ``nccl`` whether NCCL's library runs it (its protocols)."""
+    ``nccl`` whether NCCL's library runs it (its protocols), ``topology`` the hardware
+    (algorithms that find their rings in the links need it: multi-ring, torus rings)."""
     devices = np.asarray(devices)
     nodes = np.zeros(len(devices), dtype=int) if nodes is None else np.asarray(nodes)
     return lowering(op, algorithm, nccl=nccl)(devices, float(size_bytes), servers=servers,
-                                              nodes=nodes, hosts=hosts, peers=peers)
+                                              nodes=nodes, hosts=hosts, peers=peers,
+                                              topology=topology)
 
 
 def busbw_factor(op: str, n: int) -> float:
