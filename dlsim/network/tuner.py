@@ -63,8 +63,9 @@ def candidates(op: str, algorithm: str, protocol: str) -> list[str]:
     group sits on one NVSwitch of generation 3+, and multi-ring where its devices form rings
     over a mesh's direct lanes; CollNet/SHARP is not modelled); under the ideal model also
     the classic alternatives MPI libraries pick from by size (Thakur et al. 2005) and the
-    per-dimension rings of a whole torus, but not deployment choices (parameter server, direct exchange) nor gossip,
-    which does not compute the average. Every algorithm for ``op`` where none allows it
+    per-dimension rings of a whole torus, but not deployment choices (parameter server,
+    direct exchange), gossip, which does not compute the average, nor NVLS-Tree, which is
+    asked for by name. Every algorithm for ``op`` where none allows it
     (all-to-all: direct)."""
     if algorithm != "auto":
         return [algorithm]
@@ -98,15 +99,14 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
             if len(algorithms) == 1:
                 raise
             continue  # e.g. halving-doubling on a group that is not a power of two
-        runs_on = registered_algorithms()[alg].runs_on
-        if phases and runs_on is not None and not runs_on(topology, phases):
+        spec = registered_algorithms()[alg]
+        if phases and spec.runs_on is not None and not spec.runs_on(topology, phases):
             if len(algorithms) > 1:
                 continue
+            across = " (across nodes: nvls-tree)" if alg == "nvls" else ""
             raise ScenarioError(
-                f"'{alg}' needs every rank of the group on one NVSwitch of generation 3 or "
-                f"later (H100, H200, B200 systems; across nodes NCCL runs NVLS-Tree, not "
-                f"modelled), which {topology.description} does not give this group; use "
-                f"ring, tree or auto.", field="algorithm")
+                f"'{alg}' needs {spec.needs}{across}, which {topology.description} does not "
+                f"give this group; use ring, tree or auto.", field="algorithm")
         for p in protocols:
             if not proto.runs(p, alg):
                 if len(protocols) > 1:

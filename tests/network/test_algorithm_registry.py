@@ -127,7 +127,7 @@ def test_auto_tie_order_and_candidates_are_the_shipped_ones():
     """Ties go to the earlier candidate, so this order is part of every result."""
     assert list(algorithms_for("allreduce")) == [
         "ring", "tree", "halving-doubling", "direct", "hierarchical", "ps", "gossip", "nvls",
-        "multi-ring", "torus-rings"]
+        "multi-ring", "torus-rings", "nvls-tree"]
     assert candidates("allreduce", "auto", "ideal") == [
         "ring", "tree", "halving-doubling", "hierarchical", "torus-rings"]
     assert candidates("allreduce", "auto", "nccl") == ["ring", "tree", "nvls", "multi-ring"]
@@ -160,7 +160,7 @@ def test_a_misspelled_algorithm_gets_did_you_mean_and_the_registered_names(star)
     assert "field 'collective.algorithm'" in message
     assert "did you mean 'star'?" in message
     assert ("allowed: auto, direct, gossip, halving-doubling, hierarchical, multi-ring, nvls, "
-            "ps, ring, torus-rings, tree, star") in message
+            "nvls-tree, ps, ring, torus-rings, tree, star") in message
 
 
 def test_a_name_nothing_resembles_lists_the_registered_names():
@@ -171,7 +171,7 @@ def test_a_name_nothing_resembles_lists_the_registered_names():
     message = str(err.value)
     assert "field 'communication.data_parallel'" in message and "did you mean" not in message
     assert ("allowed: auto, direct, gossip, halving-doubling, hierarchical, multi-ring, nvls, "
-            "ps, ring, torus-rings, tree") in message
+            "nvls-tree, ps, ring, torus-rings, tree") in message
 
 
 def test_an_algorithm_that_does_not_run_the_op_names_those_that_do():

@@ -57,7 +57,7 @@ class Algorithm:
     ``planner``: the planner searches it for data-parallel gradients; ``peers``: it lowers
     over each rank's neighbours in the topology (the tuner passes them); ``runs_on``: whether
     the hardware can run its lowered phases at all (NVLS needs an NVSwitch that reduces;
-    None: any topology). ``precedence`` is
+    None: any topology), ``needs`` what it asks for. ``precedence`` is
     the tie order: of equally fast candidates ``auto`` keeps the one with the lowest
     (NCCL's tuner keeps the earlier candidate), and lists of algorithms follow it.
     """
@@ -69,6 +69,8 @@ class Algorithm:
     planner: bool = False
     peers: bool = False
     runs_on: Callable[[Topology, list[Phase]], bool] | None = None
+    needs: str = "every rank of the group on one NVSwitch of generation 3 or later (H100, " \
+                 "H200, B200 systems)"  # what runs_on asks for, in the error when it fails
     precedence: int = 100  # after every algorithm dlsim ships
 
 

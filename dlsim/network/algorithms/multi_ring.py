@@ -35,7 +35,7 @@ def lane_graph(topology: Topology, devices: np.ndarray) -> nx.Graph:
     over the narrowest such link of the group)."""
     g = topology.graph
     members = {int(d) for d in devices}
-    mesh = nx.Graph()
+    mesh: nx.Graph = nx.Graph()
     mesh.add_nodes_from(members)
     for a in members:
         for b in g.successors(a):
@@ -43,8 +43,9 @@ def lane_graph(topology: Topology, devices: np.ndarray) -> nx.Graph:
                 mesh.add_edge(a, b, capacity=min(g.edges[a, b]["bandwidth_Bps"],
                                                  g.edges[b, a]["bandwidth_Bps"]))
     if mesh.number_of_edges():
-        narrowest = min(c for _, _, c in mesh.edges(data="capacity"))
-        for a, b, c in mesh.edges(data="capacity"):
+        capacity: dict[tuple[int, int], float] = nx.get_edge_attributes(mesh, "capacity")
+        narrowest = min(capacity.values())
+        for (a, b), c in capacity.items():
             mesh.edges[a, b]["lanes"] = max(1, round(c / narrowest))
     return mesh
 
