@@ -154,3 +154,15 @@ def test_validate_rows_are_the_closed_forms_within_the_latencies():
     assert [r["case"].split(" (")[1].split(",")[0] for r in rows] == ["multi-ring",
                                                                        "torus-rings"]
     assert max(abs(r["error_pct"]) for r in rows) < 0.4
+
+
+def test_a_fully_connected_group_gets_as_many_rings_as_its_degree_allows():
+    """8 fully connected devices (2,520 Hamiltonian cycles): degree 7 bounds it at 3 rings,
+    each link used at most once; 9 devices are beyond the search."""
+    topology = build_topology(ClusterSpec(topology="fully-connected", devices=9,
+                                          link={"bandwidth_GBps": 25, "latency_us": 1}))
+    rings = disjoint_rings(lane_graph(topology, np.arange(N)))
+    used = Counter(tuple(sorted((r[i], r[(i + 1) % N]))) for r in rings for i in range(N))
+    assert len(rings) == 3 and max(used.values()) == 1
+    with pytest.raises(ScenarioError, match="2 to 8 devices"):
+        lower("allreduce", "multi-ring", np.arange(9), 1e6, topology=topology)

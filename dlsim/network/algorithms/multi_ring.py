@@ -25,7 +25,10 @@ from dlsim.contract.registry import register
 from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms.base import ALGORITHM, Algorithm, Phase
 
-MAX_RING_DEVICES = 16  # NCCL builds rings within a node; beyond this the search is not cheap
+# NCCL builds rings within a node; 8 devices have at most 2,520 Hamiltonian cycles, 16 up to
+# 6.5e11, more than a search per collective can afford
+MAX_RING_DEVICES = 8
+MAX_SEARCH_STEPS = 200_000  # cycles tried in the disjoint-set search before it keeps its best
 STEPS = {"allreduce": lambda n: 2 * (n - 1), "reducescatter": lambda n: n - 1,
          "allgather": lambda n: n - 1}
 
@@ -83,7 +86,7 @@ def _cycle_edges(cycle: tuple[int, ...]) -> list[tuple[int, int]]:
 def disjoint_rings(mesh: nx.Graph) -> list[tuple[int, ...]]:
     """The most Hamiltonian cycles of ``mesh`` that together use no pair's link more times
     than it has lanes (a depth-first search over the cycles, stopped at the bound every
-    node's lanes set: half its lane degree)."""
+    node's lanes set, half its lane degree, or at the search budget)."""
     cycles = hamiltonian_cycles(mesh)
     if not cycles:
         return []
@@ -92,14 +95,18 @@ def disjoint_rings(mesh: nx.Graph) -> list[tuple[int, ...]]:
     free = {tuple(sorted(e)): mesh.edges[e]["lanes"] for e in mesh.edges}
     best: list[tuple[int, ...]] = []
     chosen: list[tuple[int, ...]] = []
+    steps = 0
 
     def search(first: int) -> bool:
-        nonlocal best
+        nonlocal best, steps
         if len(chosen) > len(best):
             best = list(chosen)
         if len(best) == bound:
             return True
         for i in range(first, len(cycles)):
+            steps += 1
+            if steps > MAX_SEARCH_STEPS:
+                return True
             edges = _cycle_edges(cycles[i])
             if all(free[e] > 0 for e in edges):
                 for e in edges:
