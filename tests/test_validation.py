@@ -132,8 +132,8 @@ def test_per_table_summary(rows):
                                    "pytorch_ddp_benchmark_v100", "megatron_sc21_table1",
                                    "megatron_2020_tp_scaling_dgxa100",
                                    "dle_bert_large_dgxa100", "gpipe_table2_tpu",
-                                   "nccl_h100_other_sources"]
-    assert summary.rows.tolist() == [54, 24, 10, 5, 4, 8, 18, 125]
+                                   "nccl_h100_other_sources", "multi_ring_closed_forms"]
+    assert summary.rows.tolist() == [54, 24, 10, 5, 4, 8, 18, 125, 2]
     nccl = rows[rows.table == "nccl_allreduce_busbw_8xA100"].error_pct.abs()
     row = summary.set_index("table").loc["nccl_allreduce_busbw_8xA100"]
     assert row.median_abs_error_pct == pytest.approx(nccl.median())

@@ -89,6 +89,7 @@ def torus(dims: list[int], spec: LinkSpec, first: int = 0, g: nx.DiGraph | None 
     g = nx.DiGraph() if g is None else g
     n = int(np.prod(dims))
     _devices(g, first, n, node)
+    g.graph.setdefault("tori", []).append((first, tuple(dims)))  # for per-dimension rings
     coords = np.array(np.unravel_index(np.arange(n), dims)).T
     for idx, c in enumerate(coords):
         for axis, size in enumerate(dims):

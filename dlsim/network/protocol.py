@@ -86,7 +86,9 @@ STEP_LATENCY_US = {
     ("pci", "ring"): {"LL": 1.0, "LL128": 2.5, "Simple": 5.7},
     ("net", "tree"): {"LL": 5.0, "LL128": 8.5, "Simple": 14.0},
     ("net", "ring"): {"LL": 2.7, "LL128": 4.0, "Simple": 14.0},
-    **{(c, "nvls"): {"Simple": NVLS_LATENCY_US} for c in ("nvlink", "pci", "net")},
+    **{(c, "nvls"): {"Simple": NVLS_LATENCY_US} for c in ("nvlink", "pci")},
+    # NVLS-Tree's inter-node steps (only NVLS-Tree's flows cross a NIC): hwLat[NET][NVLSTree]
+    ("net", "nvls"): {"Simple": 20.9},
 }
 # Fraction of the bus bandwidth each protocol reaches (ncclTopoTuneModel refinements): ring
 # LL x 0.5, LL128 x 0.92 (~120/128); tree all-reduce x 0.92, then LL x 1/3.8, LL128 x 120/128.
@@ -120,7 +122,8 @@ def resolve_mode(mode: str, topology: Topology, textbook: bool) -> str:
 def family(algorithm: str) -> str:
     """Which of NCCL's constant sets an algorithm pays: trees and NVLS their own, all else
     the ring's (halving-doubling, direct, PS and chains are point-to-point steps)."""
-    return algorithm if algorithm in ("tree", "nvls") else "ring"
+    return "nvls" if algorithm == "nvls-tree" else (
+        algorithm if algorithm in ("tree", "nvls") else "ring")
 
 
 def runs(protocol: str, algorithm: str) -> bool:
@@ -151,11 +154,12 @@ def _flow_links(topology: Topology, src: np.ndarray, dst: np.ndarray
 
 
 def _nvls_efficiency(topology: Topology, phase: Phase) -> np.ndarray:
-    """Per flow, NCCL's nvlsEfficiency for the oldest NVSwitch generation on its route."""
+    """Per flow, NCCL's nvlsEfficiency for the oldest NVSwitch generation on its route; 1
+    for a flow through no NVSwitch (NVLS-Tree's inter-node legs, NIC to NIC)."""
     links, starts, _ = topology.flow_routes(phase.src, phase.dst)
     generation = np.minimum.reduceat(topology.nvswitch_generation[links], starts)
     newest = max(NVLS_EFFICIENCY)
-    return np.array([NVLS_EFFICIENCY[min(int(g), newest)] for g in generation])
+    return np.array([NVLS_EFFICIENCY[min(int(g), newest)] if g else 1.0 for g in generation])
 
 
 def enabled(protocol: str, topology: Topology, phases: list[Phase]) -> bool:

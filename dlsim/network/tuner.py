@@ -59,11 +59,13 @@ def estimate_time_s(op: str, algorithm: str, size_bytes: float, devices: np.ndar
 
 def candidates(op: str, algorithm: str, protocol: str) -> list[str]:
     """What ``auto`` chooses among, in precedence order: the registered algorithms for
-    ``op`` that allow it. Under NCCL's protocols NCCL's own (ring, tree, and NVLS where the
-    group sits on one NVSwitch of generation 3+; CollNet/SHARP is not modelled); under the
-    ideal model also the classic alternatives MPI libraries pick from by size (Thakur et
-    al. 2005), but not deployment choices (parameter server, direct exchange) nor gossip,
-    which does not compute the average. Every algorithm for ``op`` where none allows it
+    ``op`` that allow it. Under NCCL's protocols NCCL's own (ring, tree, NVLS where the
+    group sits on one NVSwitch of generation 3+, and multi-ring where its devices form rings
+    over a mesh's direct lanes; CollNet/SHARP is not modelled); under the ideal model also
+    the classic alternatives MPI libraries pick from by size (Thakur et al. 2005) and the
+    per-dimension rings of a whole torus, but not deployment choices (parameter server,
+    direct exchange), gossip, which does not compute the average, nor NVLS-Tree, which is
+    asked for by name. Every algorithm for ``op`` where none allows it
     (all-to-all: direct)."""
     if algorithm != "auto":
         return [algorithm]
@@ -92,20 +94,19 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
         try:
             peers = topology.device_peers(devices) if needs_peers(alg) else None
             phases = lower(op, alg, devices, size_bytes, servers, nodes, hosts, peers,
-                           nccl=protocol != "ideal")
+                           nccl=protocol != "ideal", topology=topology)
         except ScenarioError:
-            if not choose:
+            if len(algorithms) == 1:
                 raise
             continue  # e.g. halving-doubling on a group that is not a power of two
-        runs_on = registered_algorithms()[alg].runs_on
-        if phases and runs_on is not None and not runs_on(topology, phases):
+        spec = registered_algorithms()[alg]
+        if phases and spec.runs_on is not None and not spec.runs_on(topology, phases):
             if len(algorithms) > 1:
                 continue
+            across = " (across nodes: nvls-tree)" if alg == "nvls" else ""
             raise ScenarioError(
-                f"'{alg}' needs every rank of the group on one NVSwitch of generation 3 or "
-                f"later (H100, H200, B200 systems; across nodes NCCL runs NVLS-Tree, not "
-                f"modelled), which {topology.description} does not give this group; use "
-                f"ring, tree or auto.", field="algorithm")
+                f"'{alg}' needs {spec.needs}{across}, which {topology.description} does not "
+                f"give this group; use ring, tree or auto.", field="algorithm")
         for p in protocols:
             if not proto.runs(p, alg):
                 if len(protocols) > 1:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.data import VALIDATION
-from dlsim.validation import a100, modern, nccl_other
+from dlsim.validation import a100, modern, multi_ring, nccl_other
 from dlsim.validation.reading import Row, row
 
 # The tables bundled with dlsim (validation/, copied from the project's shared/validation/);
@@ -32,6 +32,7 @@ TABLES: dict[str, Callable[[Path], list[Row]]] = {
     "dle_bert_large_dgxa100": a100.dle_bert_large,
     "gpipe_table2_tpu": a100.gpipe_table2,
     "nccl_h100_other_sources": nccl_other.nccl_other_sources,
+    "multi_ring_closed_forms": multi_ring.multi_ring_closed_forms,
     "nemo_performance": modern.nemo_performance,
     "megatron_core_moe": modern.megatron_core_moe,
     "mlperf_training_v40_v41": modern.mlperf_training,

@@ -126,11 +126,12 @@ def test_unregistered_afterwards():
 def test_auto_tie_order_and_candidates_are_the_shipped_ones():
     """Ties go to the earlier candidate, so this order is part of every result."""
     assert list(algorithms_for("allreduce")) == [
-        "ring", "tree", "halving-doubling", "direct", "hierarchical", "ps", "gossip", "nvls"]
+        "ring", "tree", "halving-doubling", "direct", "hierarchical", "ps", "gossip", "nvls",
+        "multi-ring", "torus-rings", "nvls-tree"]
     assert candidates("allreduce", "auto", "ideal") == [
-        "ring", "tree", "halving-doubling", "hierarchical"]
-    assert candidates("allreduce", "auto", "nccl") == ["ring", "tree", "nvls"]
-    assert candidates("reducescatter", "auto", "ideal") == ["ring"]
+        "ring", "tree", "halving-doubling", "hierarchical", "torus-rings"]
+    assert candidates("allreduce", "auto", "nccl") == ["ring", "tree", "nvls", "multi-ring"]
+    assert candidates("reducescatter", "auto", "ideal") == ["ring", "torus-rings"]
     assert candidates("alltoall", "auto", "nccl") == ["direct"]  # nothing else runs it
 
 
@@ -158,8 +159,8 @@ def test_a_misspelled_algorithm_gets_did_you_mean_and_the_registered_names(star)
     message = str(err.value)
     assert "field 'collective.algorithm'" in message
     assert "did you mean 'star'?" in message
-    assert ("allowed: auto, direct, gossip, halving-doubling, hierarchical, nvls, ps, ring, tree, "
-            "star") in message
+    assert ("allowed: auto, direct, gossip, halving-doubling, hierarchical, multi-ring, nvls, "
+            "nvls-tree, ps, ring, torus-rings, tree, star") in message
 
 
 def test_a_name_nothing_resembles_lists_the_registered_names():
@@ -169,8 +170,8 @@ def test_a_name_nothing_resembles_lists_the_registered_names():
                        "communication": {"data_parallel": "magic"}})
     message = str(err.value)
     assert "field 'communication.data_parallel'" in message and "did you mean" not in message
-    assert ("allowed: auto, direct, gossip, halving-doubling, hierarchical, nvls, ps, ring, "
-            "tree") in message
+    assert ("allowed: auto, direct, gossip, halving-doubling, hierarchical, multi-ring, nvls, "
+            "nvls-tree, ps, ring, torus-rings, tree") in message
 
 
 def test_an_algorithm_that_does_not_run_the_op_names_those_that_do():

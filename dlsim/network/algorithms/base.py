@@ -57,7 +57,7 @@ class Algorithm:
     ``planner``: the planner searches it for data-parallel gradients; ``peers``: it lowers
     over each rank's neighbours in the topology (the tuner passes them); ``runs_on``: whether
     the hardware can run its lowered phases at all (NVLS needs an NVSwitch that reduces;
-    None: any topology). ``precedence`` is
+    None: any topology), ``needs`` what it asks for. ``precedence`` is
     the tie order: of equally fast candidates ``auto`` keeps the one with the lowest
     (NCCL's tuner keeps the earlier candidate), and lists of algorithms follow it.
     """
@@ -69,6 +69,8 @@ class Algorithm:
     planner: bool = False
     peers: bool = False
     runs_on: Callable[[Topology, list[Phase]], bool] | None = None
+    needs: str = "every rank of the group on one NVSwitch of generation 3 or later (H100, " \
+                 "H200, B200 systems)"  # what runs_on asks for, in the error when it fails
     precedence: int = 100  # after every algorithm dlsim ships
 
 
@@ -140,15 +142,17 @@ def needs_peers(algorithm: str) -> bool:
 def lower(op: str, algorithm: str, devices: np.ndarray, size_bytes: float,
           servers: int = 1, nodes: np.ndarray | None = None,
           hosts: np.ndarray | None = None, peers: list[np.ndarray] | None = None,
-          nccl: bool = False) -> list[Phase]:
+          nccl: bool = False, topology: Topology | None = None) -> list[Phase]:
     """The phases of collective ``op`` run by ``algorithm`` over ``devices``; ``nodes``
     gives each device's node (hierarchical algorithms need it), ``hosts`` the devices of
     dedicated parameter servers (None: colocated), ``peers`` each rank's gossip partners,
-    ``nccl`` whether NCCL's library runs it (its protocols)."""
+    ``nccl`` whether NCCL's library runs it (its protocols), ``topology`` the hardware
+    (algorithms that find their rings in the links need it: multi-ring, torus rings)."""
     devices = np.asarray(devices)
     nodes = np.zeros(len(devices), dtype=int) if nodes is None else np.asarray(nodes)
     return lowering(op, algorithm, nccl=nccl)(devices, float(size_bytes), servers=servers,
-                                              nodes=nodes, hosts=hosts, peers=peers)
+                                              nodes=nodes, hosts=hosts, peers=peers,
+                                              topology=topology)
 
 
 def busbw_factor(op: str, n: int) -> float:

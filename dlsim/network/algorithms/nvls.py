@@ -15,7 +15,7 @@ The switch is the only place the bytes meet, so the lowering is one phase of flo
 load each GPU's two switch ports as the multimem operations do: GPU i sends the port
 load to GPU i+1 (its bytes go up i's port and down i+1's). Only groups whose every flow
 crosses one NVSwitch of generation 3 or later run it (``runs_on``): across nodes NCCL runs
-NVLS-Tree (NVLS inside the node, a tree across), not modelled here.
+NVLS-Tree (NVLS inside the node, a tree across: ``nvls_tree``).
 """
 
 from __future__ import annotations
