@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlsim.planner.models import model_name
 from dlsim.planner.search import PlanResult
 from dlsim.report import plots
 from dlsim.report.sections import environment
@@ -64,7 +65,7 @@ def render_plan(result: PlanResult) -> str:
     image = pareto_scatter(candidates, result.pareto, r.max_days) if candidates else ""
     rows = [[format_number(p.get(c)) for c in COLUMNS] for p in result.plans]
     return environment().get_template("plan.html").render(
-        title=f"Plan: {r.model} on {r.cluster}",
+        title=f"Plan: {model_name(r.model)} on {r.cluster}",
         subtitle=f"plan · objective {r.objective} · global batch {r.global_batch:,}",
         cards=cards, explanation=result.explanation, evaluated=f"{result.evaluated:,}",
         pareto=image, columns=COLUMNS, rows=rows)

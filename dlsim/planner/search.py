@@ -18,16 +18,17 @@ from typing import Any
 
 from dlsim.cluster.build import build_topology
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import DEFAULT_MAX_EVENTS, ClusterSpec, ModelSpec
+from dlsim.contract.scenario import DEFAULT_MAX_EVENTS, ClusterSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
 from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
+from dlsim.planner.models import model_name, model_section, model_shape, model_spec
 from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target
 from dlsim.simulate import simulate
 from dlsim.workload.presets import build_model
-from dlsim.workload.shapes import TRANSFORMER_SHAPES, TransformerShape
+from dlsim.workload.shapes import TransformerShape
 
 # the space is counted before anything is estimated (GPT-3 175B on 1,024 GPUs: 12.4 M plans
 # in a few seconds); only feasible plans are estimated
@@ -67,19 +68,12 @@ class PlanResult:
     space: dict[str, int] = field(default_factory=dict)
 
 
-def _shape(model: str) -> TransformerShape:
-    if model in TRANSFORMER_SHAPES:
-        return TRANSFORMER_SHAPES[model]
-    raise ScenarioError(f"the planner plans transformer models; '{model}' is not one of "
-                        f"{', '.join(sorted(TRANSFORMER_SHAPES))}.", field="--model")
-
-
 def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int) -> dict[str, Any]:
     """The scenario that runs ``plan``: what the engine confirms and the user can rerun."""
     return {
-        "name": (f"plan-{request.model}-{plan.gpus}gpu-d{plan.data}t{plan.tensor}"
+        "name": (f"plan-{model_name(request.model)}-{plan.gpus}gpu-d{plan.data}t{plan.tensor}"
                  f"p{plan.pipeline}" + ("-sp" if plan.sequence_parallel else "")),
-        "model": {"preset": request.model},
+        "model": model_section(request.model),
         "cluster": {"preset": request.cluster, "nodes": plan.gpus // devices_per_node},
         "precision": request.precision,
         "training": {"global_batch": request.global_batch, "microbatch": plan.microbatch,
@@ -115,7 +109,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     system = hardware.system(request.cluster)
     device = hardware.device(system.device)
     device.peak_flops(request.precision)
-    shape = _shape(request.model)
+    shape = model_shape(request.model)
     dtype_bytes = max(DTYPE_BYTES[request.precision], 2)
     steps = (request.tokens / (request.global_batch * shape.seq_len)) if request.tokens else 1.0
     dpn = system.devices_per_node
@@ -127,7 +121,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     def table(microbatch: int) -> CostTable:
         if microbatch not in tables:
             tables[microbatch] = CostTable(
-                build_model(_model_spec(request.model), microbatch, dtype_bytes), device,
+                build_model(model_spec(request.model), microbatch, dtype_bytes), device,
                 request.precision, microbatch * shape.seq_len, shape.hidden)
         return tables[microbatch]
 
@@ -188,10 +182,6 @@ def priced(plan: Plan) -> bool:
     ``unpriced`` until the estimate has their terms, rather than ranked without them)."""
     return (plan.context == 1 and plan.expert == 1 and plan.expert_tensor == 1
             and plan.shard_group is None)
-
-
-def _model_spec(model: str) -> ModelSpec:
-    return ModelSpec(preset=model)
 
 
 def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.SystemProfile
