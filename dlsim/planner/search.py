@@ -122,18 +122,15 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
         if microbatch not in tables:
             tables[microbatch] = CostTable(
                 build_model(model_spec(request.model), microbatch, dtype_bytes), device,
-                request.precision, microbatch * shape.seq_len, shape.hidden)
+                request.precision, microbatch * shape.seq_len, shape.hidden, shape,
+                microbatch)
         return tables[microbatch]
 
     size = SpaceCount()
-    unpriced = 0
     for gpus, space, topology in spaces:
         estimator = Estimator(table, request.optimizer, request.global_batch,
                               Fabric(topology))
         for p in space:
-            if not priced(p):
-                unpriced += 1
-                continue
             memory = estimator.memory_bytes(p)
             if memory > device.memory_bytes:
                 continue
@@ -162,8 +159,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                        key=_ranking(request))
     ranked = confirmed + feasible[request.confirm:]
     space_size = {"enumerated": size.enumerated, "feasible": size.feasible,
-                  "fitting": len(rows), "estimated": len(rows), "pruned": 0,
-                  "unpriced": unpriced}
+                  "fitting": len(rows), "estimated": len(rows), "pruned": 0}
     if not ranked:
         raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes))
     deadline_gpus = (min(r["gpus"] for r in ranked)
@@ -174,14 +170,6 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                       deadline_gpus, rows, {"estimate": estimated - started,
                                             "simulate": time.perf_counter() - estimated},
                       space_size)
-
-
-def priced(plan: Plan) -> bool:
-    """Whether the closed form prices ``plan``: not yet context or expert parallelism or
-    hybrid sharding (issue 13 builds them in the engine; their plans are counted as
-    ``unpriced`` until the estimate has their terms, rather than ranked without them)."""
-    return (plan.context == 1 and plan.expert == 1 and plan.expert_tensor == 1
-            and plan.shard_group is None)
 
 
 def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.SystemProfile
@@ -285,7 +273,10 @@ def explain(ranked: list[dict[str, Any]], capacity: float, objective: str = "tim
     shares = ", ".join(f"{_PARTS.get(k, k)} {100 * v / total:.0f}%"
                        for k, v in parts.items() if v > 0)
     headroom = capacity - win["memory_per_device_bytes"]
-    lines = [f"The winner (d={win['data']}, t={win['tensor']}, p={win['pipeline']}, "
+    extra = "".join(f", {k}={win[k]}" for k in ("context", "expert", "expert_tensor")
+                    if win.get(k, 1) > 1)
+    extra += f", shard group {win['shard_group']}" if win.get("shard_group") else ""
+    lines = [f"The winner (d={win['data']}, t={win['tensor']}, p={win['pipeline']}{extra}, "
              f"micro-batch {win['microbatch']}, {win['schedule']}, ZeRO-{win['zero_stage']}, "
              f"recompute {win['recompute']}"
              f"{', sequence parallel' if win.get('sequence_parallel') else ''}, "
