@@ -7,9 +7,9 @@ Run: python benchmarks/bench_planner.py [--model gpt3-175b --cluster dgx-a100 --
 the estimate's wall and CPU time and plans per second, the engine confirmations, and the
 best plan. ``--against TREE`` runs the same request with TREE's dlsim first (another
 checkout, e.g. main before the wider space) in a subprocess and prints both side by side
-with the ratios. The model is a parameter: Llama-2-70B stands in for Llama-3.1 405B on
-8,192 H100s until that preset exists (``--model llama-2-70b --cluster dgx-h100 --gpus 8192
---global-batch 2048``).
+with the ratios. Llama-3.1 405B on 8,192 H100 (1,024 DGX H100):
+``--model llama-3.1-405b --cluster dgx-h100 --gpus 8192 --global-batch 2048``; ``--model``
+also takes a Hugging Face config.json.
 """
 
 from __future__ import annotations

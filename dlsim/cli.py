@@ -429,7 +429,8 @@ def _gpu_counts(text: str) -> tuple[int, ...]:
 
 
 @app.command()
-def plan(model: Annotated[str, typer.Option(help="Model preset, e.g. gpt3-175b.")],
+def plan(model: Annotated[str, typer.Option(
+             help="Model preset (e.g. gpt3-175b) or a Hugging Face config.json path.")],
          cluster: Annotated[str, typer.Option(help="System preset, e.g. dgx-a100.")],
          gpus: Annotated[str, typer.Option(help="Device count, or counts: 256,512,1024.")],
          global_batch: Annotated[int, typer.Option(help="Samples per step.")],

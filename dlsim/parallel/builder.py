@@ -362,7 +362,8 @@ class _RankProgram:
             ran.append(backward)
             if sync_step is not None and job.grid.data * job.grid.context > 1 and j in closes:
                 n = closes[j]
-                size = sum(cost.layer_params[i] - _experts_of(cost, i)
+                # ZeRO-3 reduce-scatters the routed experts over their expert-data group
+                size = sum(cost.layer_params[i] - (_experts_of(cost, i) if self.zero3 else 0)
                            for i in buckets[n]) * self.grad_bytes
                 self.syncs.append(self._bucket(sync_step, piece, n, size, backward))
             if sync_step is not None and self.zero3:

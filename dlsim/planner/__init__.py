@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dlsim.output import slug, to_json, write_report_dir
+from dlsim.planner.models import model_name
 from dlsim.planner.search import PlanRequest, PlanResult
 from dlsim.planner.search import plan as run_plan
 
@@ -38,6 +39,6 @@ def write_plan(result: PlanResult, out_dir: Path) -> Path:
     r = result.request
     table = pd.DataFrame([{k: v for k, v in row.items() if not isinstance(v, dict)}
                           for row in result.candidates])
-    return write_report_dir(out_dir / slug(f"plan-{r.model}-{r.cluster}"), {
+    return write_report_dir(out_dir / slug(f"plan-{model_name(r.model)}-{r.cluster}"), {
         "summary.json": plan_to_json(result), "plans.csv": table.to_csv(index=False),
         "index.html": render_plan(result)})

@@ -38,10 +38,31 @@ discrete-event engine and says which figures came from which. The formulas:
   ``optimizer_steps``).
 - Recomputation: full recomputes each block's forward (and its all-reduces) in its
   backward, selective only the attention core (Korthikanti et al. 2022, §4).
+- Context parallelism (``dlsim.parallel.context``): a rank computes 1/c of every sequence;
+  an attention core runs as c ring steps, each on the K/V block in hand while that block
+  travels to the next context rank, so a core of T seconds takes
+  (c − 1)·max(T/c, send) + T/c: the ring is hidden while a step's compute outlasts one
+  block's send. The tensor-parallel collectives carry 1/c of b·s·h; the dense gradients
+  sync over data × context.
+- Expert parallelism (``dlsim.parallel.expert``): the busiest rank's routed GEMMs
+  (router_imbalance, capped by the capacity factor), and per MoE layer and micro-batch an
+  all-to-all dispatch and combine in forward and again in backward (with full
+  recomputation, the recomputed forward's two as well), each blocking the kernels after
+  it; the routed experts' gradients are all-reduced over the expert-data group after the
+  dense ones, on the same stream.
+- Hybrid sharding (``dlsim.parallel.sharding``): ZeRO's gathers and reduce-scatters run in
+  the shard groups of k, and each reduce-scatter is followed by an all-reduce of its 1/k
+  shard across the replicas.
+
+Under ZeRO-1/2/3 routed experts' state is sharded over the expert-data group: their
+gradients reduce-scatter there, their gathers (after the update, or before each pass with
+ZeRO-3) run there after the dense ones, and each rank updates its dense shard and its
+experts' shard (``dlsim.parallel.builder``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,14 +73,19 @@ from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import Phase, merge_phases
 from dlsim.network.protocol import resolve_mode
 from dlsim.network.tuner import phase_time_s, plan_collective
+from dlsim.parallel.context import context_shard, kv_bytes
 from dlsim.parallel.data_parallel import optimizer_steps
+from dlsim.parallel.expert import ExpertLayout, reprice_experts
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
 from dlsim.parallel.pipeline import Piece, count_collectives, pieces
+from dlsim.parallel.segments import LayerPass
+from dlsim.parallel.sharding import sharding_groups
 from dlsim.parallel.tensor import shard_model
 from dlsim.planner.space import Plan
 from dlsim.workload.costmodel import optimizer_time_s
 from dlsim.workload.model import Model
+from dlsim.workload.shapes import TransformerShape
 
 BUCKET_BYTES = 25 * 1024 * 1024  # PyTorch DDP's default bucket_cap_mb
 
@@ -124,24 +150,37 @@ class Fabric:
 
 class CostTable:
     """One model at one micro-batch on one device, cut the way the engine cuts it
-    (``dlsim.parallel.pipeline.pieces`` of ``dlsim.parallel.tensor.shard_model``), memoised per
-    tensor degree,
-    piece count, recomputation and sequence parallelism: thousands of plans share a few
-    hundred cuts."""
+    (``dlsim.kinds.training``: ``dlsim.parallel.pipeline.pieces`` of one context rank's
+    share, sharded ``dlsim.parallel.tensor.shard_model`` and its routed experts repriced for
+    the expert layout), memoised per tensor, context and expert degrees, piece count,
+    recomputation and sequence parallelism: thousands of plans share a few hundred cuts.
+    ``shape`` and ``microbatch`` size the ring's K/V blocks (context parallelism)."""
 
     def __init__(self, model: Model, device: DeviceProfile, dtype: str, tokens: float,
-                 hidden: int) -> None:
+                 hidden: int, shape: TransformerShape | None = None,
+                 microbatch: int = 1) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.tokens, self.hidden = tokens, hidden
-        self._memo: dict[tuple[int, int, str, bool], list[Piece]] = {}
+        self.shape, self.microbatch = shape, microbatch
+        self.moe = any(layer.moe is not None for layer in model.layers)
+        self._memo: dict[tuple, list[Piece]] = {}
 
-    def pieces(self, t: int, parts: int, recompute: str,
-               sequence_parallel: bool = False) -> list[Piece]:
-        key = (t, parts, recompute, sequence_parallel)
+    def pieces(self, t: int, parts: int, recompute: str, sequence_parallel: bool = False,
+               context: int = 1, expert: int = 1, expert_tensor: int = 1) -> list[Piece]:
+        key = (t, parts, recompute, sequence_parallel, context, expert, expert_tensor)
         if key not in self._memo:
-            self._memo[key] = pieces(self.model, shard_model(self.model, t, sequence_parallel),
-                                     self.device, self.dtype, parts, recompute,
-                                     sequence_parallel)
+            per_rank = context_shard(self.model, context)
+            layout = ExpertLayout(expert, expert_tensor, t)
+            shard = reprice_experts(shard_model(per_rank, t, sequence_parallel), layout)
+            kv_block = 0.0
+            if context > 1:
+                assert self.shape is not None  # context parallelism plans a transformer
+                kv_block = kv_bytes(self.shape, self.microbatch,
+                                    max(DTYPE_BYTES[self.dtype], 2), t) / context
+            self._memo[key] = pieces(per_rank, shard, self.device, self.dtype, parts,
+                                     recompute, sequence_parallel, context=context,
+                                     kv_block_bytes=kv_block,
+                                     experts=layout if expert > 1 or self.moe else None)
         return self._memo[key]
 
 
@@ -174,6 +213,9 @@ class MicroPart:
     backward: tuple[float, ...]  # per stage, per micro-batch
     drained: tuple[float, ...]  # how much earlier than stage 0 each stage's last backward ends
     first_layer: tuple[float, ...]  # per stage: its first layer's parameters
+    ring: float = 0.0  # the slowest stage's exposed ring attention per micro-batch
+    alltoall: float = 0.0  # ... and its all-to-alls
+    expert_params: tuple[float, ...] = ()  # per stage: its routed-expert parameters
 
 
 @dataclass(frozen=True)
@@ -187,22 +229,84 @@ class SyncPart:
     grads: tuple[float, ...]
 
 
+def data_parallel_only(plan: Plan) -> bool:
+    """No tensor, pipeline, context or expert parallelism: the engine's DDP buckets."""
+    return plan.tensor == plan.pipeline == plan.context == plan.expert == 1
+
+
+def shard_size(plan: Plan) -> int:
+    """The ranks ZeRO shards model state over: the shard group, or all data x context."""
+    dense = plan.data * plan.context
+    return min(plan.shard_group or dense, dense)
+
+
+def sharded(plan: Plan) -> bool:
+    return plan.zero_stage > 0 and shard_size(plan) > 1
+
+
 def layered(plan: Plan) -> bool:
-    """ZeRO-3 with tensor or pipeline parallelism: gathered layer by layer every micro-batch."""
-    return plan.zero_stage == 3 and (plan.pipeline > 1 or plan.tensor > 1) and plan.data > 1
+    """ZeRO-3 with tensor, pipeline, context or expert parallelism: gathered layer by layer
+    every micro-batch."""
+    return plan.zero_stage == 3 and sharded(plan) and not data_parallel_only(plan)
+
+
+def _grid(plan: Plan) -> Grid:
+    return Grid(plan.data, plan.tensor, plan.pipeline, plan.context, plan.expert,
+                plan.expert_tensor)
+
+
+def _split(ranks: tuple[int, ...], size: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(ranks[i:i + size] for i in range(0, len(ranks), size))
+
+
+def shard_groups(plan: Plan, across: bool = False) -> tuple[tuple[int, ...], ...]:
+    """Stage 0's shard groups of every tensor rank (``across``: its replica groups), as the
+    engine's symmetric run forms them (``dlsim.parallel.sharding``)."""
+    groups = sharding_groups(_grid(plan), 0, range(plan.tensor), shard_size(plan), 0, True,
+                             across=across)
+    return _split(groups.ranks, groups.size)
+
+
+def pass_comm_s(passes: tuple[LayerPass, ...], context: int, send_s: Callable[[float], float],
+                alltoall_s: Callable[[float], float]) -> tuple[float, float]:
+    """(ring, all-to-all) seconds a run of segmented layer passes adds to its compute: a
+    core of T seconds in c steps beside c - 1 block sends takes (c - 1)·max(T/c, send) + T/c
+    (``dlsim.parallel.builder._ring``), an all-to-all blocks its whole time."""
+    ring = a2a = 0.0
+    for segment in (seg for layer_pass in passes for seg in layer_pass):
+        if segment.kind == "ring":
+            step = segment.seconds / context
+            ring += (context - 1) * max(send_s(segment.size_bytes) - step, 0.0)
+        elif segment.kind in ("dispatch", "combine"):
+            a2a += alltoall_s(segment.size_bytes)
+    return ring, a2a
 
 
 def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
-    """The parts of ``plan``'s step that depend on (t, p, v, b, recompute, sequence
-    parallelism, placement, protocol, and whether ZeRO-3 gathers layer by layer)."""
+    """The parts of ``plan``'s step that depend on (t, c, p, v, b, e, et, recompute,
+    sequence parallelism, placement, protocol, and whether ZeRO-3 gathers layer by layer,
+    in which shard groups)."""
     fabric = fabric.for_protocol(plan.protocol)
-    t, p, d, v = plan.tensor, plan.pipeline, plan.data, plan.virtual_stages
-    grid, place, n = Grid(d, t, p), plan.placement, plan.gpus
-    cut = table.pieces(t, p * v, plan.recompute, plan.sequence_parallel and t > 1)
-    act = max(DTYPE_BYTES[table.dtype], 2) * table.tokens * table.hidden
-    tensor_groups = tuple(grid.tensor_group(0, r) for r in range(d))
-    data_groups = tuple(grid.data_group(0, k) for k in range(t))
+    t, p, d, v, c = plan.tensor, plan.pipeline, plan.data, plan.virtual_stages, plan.context
+    grid, place, n = _grid(plan), plan.placement, plan.gpus
+    cut = table.pieces(t, p * v, plan.recompute, plan.sequence_parallel and t > 1, c,
+                       plan.expert, plan.expert_tensor)
+    act = max(DTYPE_BYTES[table.dtype], 2) * table.tokens * table.hidden / c
+    tensor_groups = tuple(grid.tensor_group(0, r, ci) for r in range(d) for ci in range(c))
     gathers = layered(plan)
+    gather_groups = shard_groups(plan) if gathers else ()
+    rings = tuple((ring[i], ring[(i + 1) % c]) for r in range(d) for k in range(t)
+                  for ring in (grid.context_group(0, r, k),) for i in range(c)) if c > 1 else ()
+    a2a_groups = tuple(grid.expert_group(0, j, k) for j in range(grid.expert_data)
+                       for k in range(grid.expert_tensor)) if plan.expert > 1 else ()
+    expert_data_groups = tuple(grid.expert_data_group(0, e, k) for e in range(grid.expert)
+                               for k in range(grid.expert_tensor))
+
+    def send_s(size: float) -> float:
+        return fabric.time_s("send", "direct", size, rings, n, place)
+
+    def alltoall_s(size: float) -> float:
+        return fabric.time_s("alltoall", "direct", size, a2a_groups, n, place)
 
     def tensor_comm_s(pieces_: list[Piece]) -> float:
         counts = count_collectives([c for x in pieces_
@@ -210,25 +314,41 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
         return sum(fabric.time_s(op, "ring", act, tensor_groups, n, place) * count
                    for op, count in counts)
 
+    def segments_s(pieces_: list[Piece]) -> tuple[float, float]:
+        """Ring and all-to-all time of segmented passes."""
+        ring = a2a = 0.0
+        for x in pieces_:
+            r, a = pass_comm_s(tuple(ps for pair in x.passes for ps in pair), c, send_s,
+                               alltoall_s)
+            ring, a2a = ring + r, a2a + a
+        return ring, a2a
+
     def gathers_exposed_s(pieces_: list[Piece]) -> float:
         """Layer-by-layer ZeRO-3: a micro-batch's two gathers of its stage's parameters,
         less the compute they run beside."""
         if not gathers:
             return 0.0
-        weights = sum(x.params for x in pieces_) * weight_bytes_per_param(table.dtype)
-        gather = fabric.time_s("allgather", "ring", weights, data_groups, n, place)
+        experts = sum(x.expert_params for x in pieces_)
+        weights = (sum(x.params for x in pieces_) - experts) * weight_bytes_per_param(
+            table.dtype)
+        gather = fabric.time_s("allgather", "ring", weights, gather_groups, n, place)
+        if experts and grid.expert_data > 1:  # the experts' own, after it on the same stream
+            gather += fabric.time_s("allgather", "ring",
+                                    experts * weight_bytes_per_param(table.dtype),
+                                    expert_data_groups, n, place)
         return max(2 * gather - sum(x.forward_s + x.backward_s for x in pieces_), 0.0)
 
     stages = [cut[s::p] for s in range(p)]
+    comm = [segments_s(ps) for ps in stages]
     stage_s = [sum(x.forward_s + x.backward_s for x in ps) + tensor_comm_s(ps)
-               + gathers_exposed_s(ps) for ps in stages]
+               + gathers_exposed_s(ps) + sum(comm[s]) for s, ps in enumerate(stages)]
     slowest = max(range(p), key=lambda s: sum(x.forward_s + x.backward_s for x in stages[s]))
     compute = sum(x.forward_s + x.backward_s for x in stages[slowest])
     micro = stage_s[slowest]
     bubble = p2p = 0.0
     if p > 1:
-        pairs = tuple((grid.rank(0, r, k), grid.rank(1, r, k)) for r in range(d)
-                      for k in range(t))
+        pairs = tuple((grid.rank(0, r, k, ci), grid.rank(1, r, k, ci)) for r in range(d)
+                      for ci in range(c) for k in range(t))
         bubble = (sum(stage_s) - micro) / v
         size = max(x.out_bytes for x in cut) / t  # each tensor rank sends its 1/t
         p2p = 2 * (p * v - 1) * fabric.time_s("send", "direct", size, pairs, n, place)
@@ -236,33 +356,63 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
                      tuple(sum(x.params for x in stages[s]) for s in range(p)),
                      tuple(sum(x.backward_s for x in stages[s]) for s in range(p)),
                      tuple(sum(cut[k].backward_s for k in range(s)) for s in range(p)),
-                     tuple(stages[s][0].layer_params[0] for s in range(p)))
+                     tuple(stages[s][0].layer_params[0] for s in range(p)),
+                     *comm[slowest],
+                     tuple(sum(x.expert_params for x in stages[s]) for s in range(p)))
 
 
 def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer: str,
-              fabric: Fabric) -> SyncPart:
-    """Each stage's gradient sync and update: what depends on (the stages' parameters,
-    ZeRO stage, algorithm, placement, protocol, offload)."""
+              fabric: Fabric, expert_params: tuple[float, ...] = ()) -> SyncPart:
+    """Each stage's gradient sync and update: what depends on (the stages' parameters and
+    routed-expert parameters, ZeRO stage and shard group, algorithm, layout, placement,
+    protocol, offload)."""
     fabric = fabric.for_protocol(plan.protocol)
-    t, p, d = plan.tensor, plan.pipeline, plan.data
-    grid, place, n = Grid(d, t, p), plan.placement, plan.gpus
-    data_groups = tuple(grid.data_group(0, k) for k in range(t))
+    t, d, c = plan.tensor, plan.data, plan.context
+    grid, place, n = _grid(plan), plan.placement, plan.gpus
+    data_groups = tuple(grid.data_group(0, k, None) for k in range(t))
+    shard, hybrid = shard_size(plan), sharded(plan) and shard_size(plan) < d * c
+    shards = shard_groups(plan) if sharded(plan) else ()
+    across = shard_groups(plan, across=True) if hybrid else ()
+    expert_groups = tuple(grid.expert_data_group(0, e, k) for e in range(grid.expert)
+                          for k in range(grid.expert_tensor))
+    grad_bytes = gradient_bytes_per_param(table.dtype)
     sync, after, update, grads_ = [], [], [], []
-    for stage_params in params:
-        grads = stage_params * gradient_bytes_per_param(table.dtype)
-        if plan.zero_stage == 0:
+    for s, stage_params in enumerate(params):
+        routed = expert_params[s] if expert_params else 0.0
+        # DDP buckets carry every parameter; ZeRO-3 and Megatron's per-chunk exchange the
+        # dense ones, the routed experts' going over the expert-data group
+        experts_apart = not data_parallel_only(plan) or plan.zero_stage == 3
+        grads = (stage_params - routed if experts_apart else stage_params) * grad_bytes
+        if d * c == 1:
+            s_, a_ = 0.0, 0.0
+        elif not sharded(plan):
             s_, a_ = fabric.time_s("allreduce", plan.algorithm, grads, data_groups, n,
                                    place), 0.0
         else:
-            scatter = fabric.time_s("reducescatter", "ring", grads, data_groups, n, place)
-            gather = fabric.time_s("allgather", "ring", grads, data_groups, n, place)
+            scatter = fabric.time_s("reducescatter", "ring", grads, shards, n, place)
+            if hybrid:
+                scatter += fabric.time_s("allreduce", "ring", grads / shard, across, n, place)
+            gather = fabric.time_s("allgather", "ring",
+                                   (stage_params - routed) * weight_bytes_per_param(
+                                       table.dtype), shards, n, place)
+            if routed and grid.expert_data > 1:
+                if experts_apart:
+                    scatter += fabric.time_s("reducescatter", "ring", routed * grad_bytes,
+                                             expert_groups, n, place)
+                gather += fabric.time_s("allgather", "ring",
+                                        routed * weight_bytes_per_param(table.dtype),
+                                        expert_groups, n, place)
             if layered(plan):  # the gathers ran beside each micro-batch (micro_part)
                 s_, a_ = scatter, 0.0
             elif plan.zero_stage == 3:  # before each pass, never after the step
                 s_, a_ = scatter + 2 * gather, 0.0
             else:
                 s_, a_ = scatter, gather
-        owned = stage_params / d if plan.zero_stage > 0 else stage_params
+        if routed and not sharded(plan) and experts_apart and grid.expert_data > 1:
+            s_ += fabric.time_s("allreduce", "ring", routed * grad_bytes, expert_groups, n,
+                                place)
+        owned = ((stage_params - routed) / shard + routed / grid.expert_data
+                 if sharded(plan) else stage_params)
         sync.append(s_)
         after.append(a_)
         update.append(update_s(owned, optimizer, table.device, table.dtype, plan.offload,
@@ -274,14 +424,14 @@ def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer
 def combine(plan: Plan, part: MicroPart, syncs: SyncPart, global_batch: int) -> Estimate:
     """The step: m micro-batches of the micro part, the bubble and point-to-point, and the
     tail of the stage whose sync and update end last (it ends with that stage)."""
-    t, p, d = plan.tensor, plan.pipeline, plan.data
+    p, d = plan.pipeline, plan.data
     m = plan.microbatches_for(global_batch)
     best = None
     for s in range(p):
         sync = syncs.sync[s]
         # plain data parallelism's DDP buckets overlap the backward, all but the last one;
-        # a tensor or pipeline plan syncs each chunk after its last backward
-        if p == 1 and t == 1 and d > 1:
+        # a tensor, pipeline, context or expert plan syncs each chunk after its last backward
+        if data_parallel_only(plan) and d > 1:
             sync = (max(sync - part.backward[s], 0.0)
                     + sync * min(1.0, BUCKET_BYTES / syncs.grads[s]))
         elif layered(plan) and part.params[s]:  # one reduce-scatter a layer, the first last
@@ -295,13 +445,18 @@ def combine(plan: Plan, part: MicroPart, syncs: SyncPart, global_batch: int) -> 
     sync, update, drained = best
     tail = sync + update - drained
     exposed = max(tail - update, 0.0)
-    return Estimate(m * part.micro + part.bubble + part.p2p + tail, {
+    breakdown = {
         "compute": m * part.compute + tail - exposed,
-        "tensor_comm": m * (part.micro - part.compute),
+        "tensor_comm": m * (part.micro - part.compute - part.ring - part.alltoall),
         "bubble": part.bubble,
         "pipeline_comm": part.p2p,
         "exposed_dp_comm": exposed,
-    })
+    }
+    if plan.context > 1:
+        breakdown["context_comm"] = m * part.ring
+    if plan.expert > 1:
+        breakdown["expert_comm"] = m * part.alltoall
+    return Estimate(m * part.micro + part.bubble + part.p2p + tail, breakdown)
 
 
 def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
@@ -310,5 +465,5 @@ def estimate(plan: Plan, table: CostTable, optimizer: str, global_batch: int,
     ``fabric`` prices collectives (at ``plan.protocol``). ``dlsim.planner.factored``
     memoises the same parts across a space."""
     part = micro_part(plan, table, fabric)
-    return combine(plan, part, sync_part(plan, part.params, table, optimizer, fabric),
-                   global_batch)
+    return combine(plan, part, sync_part(plan, part.params, table, optimizer, fabric,
+                                         part.expert_params), global_batch)

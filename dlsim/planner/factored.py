@@ -5,12 +5,14 @@
 of their parts, so each part is memoised here on the dimensions it reads and combined by the
 same ``combine`` (one implementation: the two agree to the last bit; the tests check it):
 
-- the micro-batch part (compute, tensor-parallel collectives, the pipeline bubble and the
-  point-to-point transfers, each stage's drain and backward) per (t, p, v, b, recompute,
-  sequence parallelism, placement, protocol);
-- the gradient sync and update per (the stages' parameters, ZeRO stage, algorithm,
-  placement, protocol, offload);
-- memory per (t, p, b, recompute, sequence parallelism, ZeRO stage, offload) as each stage's
+- the micro-batch part (compute, tensor-parallel collectives, ring attention and
+  all-to-alls, the pipeline bubble and the point-to-point transfers, each stage's drain and
+  backward) per (t, c, p, v, b, e, et, recompute, sequence parallelism, placement,
+  protocol, layer-by-layer ZeRO-3 and its shard group);
+- the gradient sync and update per (the stages' parameters, the layout, ZeRO stage and
+  shard group, algorithm, placement, protocol, offload);
+- memory per (t, c, p, b, e, et, recompute, sequence parallelism, ZeRO stage, shard group,
+  offload) as each stage's
   state plus its activations per micro-batch in flight, scaled by the schedule's in-flight
   count (``dlsim.parallel.memory.memory_per_device`` is linear in it).
 
@@ -55,31 +57,37 @@ class Estimator:
     def micro_part(self, plan: Plan) -> MicroPart:
         t = plan.tensor
         sp = plan.sequence_parallel and t > 1
+        gathers = layered(plan)
         key = (t, plan.pipeline, plan.data, plan.virtual_stages, plan.microbatch,
-               plan.recompute, sp, plan.placement, plan.protocol, layered(plan))
+               plan.recompute, sp, plan.placement, plan.protocol, gathers, plan.context,
+               plan.expert, plan.expert_tensor, plan.shard_group if gathers else None)
         if key not in self._micro:
             self._micro[key] = micro_part(plan, self.table(plan.microbatch), self.fabric)
         return self._micro[key]
 
-    def sync_part(self, plan: Plan, params: tuple[float, ...]) -> SyncPart:
+    def sync_part(self, plan: Plan, params: tuple[float, ...],
+                  expert_params: tuple[float, ...] = ()) -> SyncPart:
         key = (plan.tensor, plan.pipeline, plan.data, params, plan.zero_stage, layered(plan),
-               plan.algorithm, plan.placement, plan.protocol, plan.offload)
+               plan.algorithm, plan.placement, plan.protocol, plan.offload, plan.context,
+               plan.expert, plan.expert_tensor, plan.shard_group, expert_params)
         if key not in self._sync:
             self._sync[key] = sync_part(plan, params, self.table(plan.microbatch),
-                                        self.optimizer, self.fabric)
+                                        self.optimizer, self.fabric, expert_params)
         return self._sync[key]
 
     def estimate(self, plan: Plan) -> Estimate:
         """What ``dlsim.planner.estimate.estimate`` gives for ``plan``, from memoised parts."""
         part = self.micro_part(plan)
-        return combine(plan, part, self.sync_part(plan, part.params), self.global_batch)
+        return combine(plan, part, self.sync_part(plan, part.params, part.expert_params),
+                       self.global_batch)
 
     def memory_bytes(self, plan: Plan) -> float:
         """``memory_per_device(...).total`` of ``plan`` as the planner has always priced it:
         the fullest of p stages, each holding stage 0's micro-batches in flight."""
         sp = plan.sequence_parallel and plan.tensor > 1
         key = (plan.tensor, plan.pipeline, plan.data, plan.microbatch, plan.recompute, sp,
-               plan.zero_stage, plan.offload)
+               plan.zero_stage, plan.offload, plan.context, plan.expert, plan.expert_tensor,
+               plan.shard_group)
         if key not in self._memory:
             table = self.table(plan.microbatch)
             self._memory[key] = []
@@ -88,7 +96,9 @@ class Estimator:
                     table.model, table.dtype, self.optimizer, data=plan.data,
                     tensor=plan.tensor, stage_layers=part, in_flight_microbatches=1,
                     zero_stage=plan.zero_stage, recompute=plan.recompute,
-                    offload=plan.offload, sequence_parallel=sp)
+                    offload=plan.offload, sequence_parallel=sp, context=plan.context,
+                    expert=plan.expert, expert_tensor=plan.expert_tensor,
+                    shard=plan.shard_group)
                 self._memory[key].append((one.params + one.grads + one.optimizer,
                                           one.activations, one.gathered))
         held = in_flight(plan.schedule, 0, plan.pipeline,

@@ -19,18 +19,19 @@ from typing import Any
 
 from dlsim.cluster.build import build_topology
 from dlsim.contract.errors import ScenarioError
-from dlsim.contract.scenario import DEFAULT_MAX_EVENTS, ClusterSpec, ModelSpec
+from dlsim.contract.scenario import DEFAULT_MAX_EVENTS, ClusterSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
 from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
+from dlsim.planner.models import model_name, model_section, model_shape, model_spec
 from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target
 from dlsim.results.power import PowerModel, estimated_energy_J, power_model
 from dlsim.simulate import simulate
 from dlsim.workload.attention import attention_kernel
 from dlsim.workload.presets import build_model
-from dlsim.workload.shapes import TRANSFORMER_SHAPES, TransformerShape
+from dlsim.workload.shapes import TransformerShape
 
 # the space is counted before anything is estimated (GPT-3 175B on 1,024 GPUs: 12.4 M plans
 # in a few seconds); only feasible plans are estimated
@@ -70,19 +71,12 @@ class PlanResult:
     space: dict[str, int] = field(default_factory=dict)
 
 
-def _shape(model: str) -> TransformerShape:
-    if model in TRANSFORMER_SHAPES:
-        return TRANSFORMER_SHAPES[model]
-    raise ScenarioError(f"the planner plans transformer models; '{model}' is not one of "
-                        f"{', '.join(sorted(TRANSFORMER_SHAPES))}.", field="--model")
-
-
 def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int) -> dict[str, Any]:
     """The scenario that runs ``plan``: what the engine confirms and the user can rerun."""
     return {
-        "name": (f"plan-{request.model}-{plan.gpus}gpu-d{plan.data}t{plan.tensor}"
+        "name": (f"plan-{model_name(request.model)}-{plan.gpus}gpu-d{plan.data}t{plan.tensor}"
                  f"p{plan.pipeline}" + ("-sp" if plan.sequence_parallel else "")),
-        "model": {"preset": request.model},
+        "model": model_section(request.model),
         "cluster": {"preset": request.cluster, "nodes": plan.gpus // devices_per_node},
         "precision": request.precision,
         "training": {"global_batch": request.global_batch, "microbatch": plan.microbatch,
@@ -118,7 +112,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     system = hardware.system(request.cluster)
     device = hardware.device(system.device)
     device.peak_flops(request.precision)
-    shape = _shape(request.model)
+    shape = model_shape(request.model)
     dtype_bytes = max(DTYPE_BYTES[request.precision], 2)
     steps = (request.tokens / (request.global_batch * shape.seq_len)) if request.tokens else 1.0
     dpn = system.devices_per_node
@@ -126,14 +120,15 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     tables: dict[int, CostTable] = {}
-    spec = _model_spec(request.model)
+    spec = model_spec(request.model)
 
     def table(microbatch: int) -> CostTable:
         if microbatch not in tables:
             tables[microbatch] = CostTable(
                 build_model(spec, microbatch, dtype_bytes,
                             attention_kernel(spec, device, request.precision)), device,
-                request.precision, microbatch * shape.seq_len, shape.hidden)
+                request.precision, microbatch * shape.seq_len, shape.hidden, shape,
+                microbatch)
         return tables[microbatch]
 
     powers: dict[int, PowerModel] = {}
@@ -144,14 +139,10 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
         return powers[microbatch]
 
     size = SpaceCount()
-    unpriced = 0
     for gpus, space, topology in spaces:
         estimator = Estimator(table, request.optimizer, request.global_batch,
                               Fabric(topology))
         for p in space:
-            if not priced(p):
-                unpriced += 1
-                continue
             memory = estimator.memory_bytes(p)
             if memory > device.memory_bytes:
                 continue
@@ -182,8 +173,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                        key=_ranking(request))
     ranked = confirmed + feasible[request.confirm:]
     space_size = {"enumerated": size.enumerated, "feasible": size.feasible,
-                  "fitting": len(rows), "estimated": len(rows), "pruned": 0,
-                  "unpriced": unpriced}
+                  "fitting": len(rows), "estimated": len(rows), "pruned": 0}
     if not ranked:
         raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes))
     deadline_gpus = (min(r["gpus"] for r in ranked)
@@ -194,18 +184,6 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                       deadline_gpus, rows, {"estimate": estimated - started,
                                             "simulate": time.perf_counter() - estimated},
                       space_size)
-
-
-def priced(plan: Plan) -> bool:
-    """Whether the closed form prices ``plan``: not yet context or expert parallelism or
-    hybrid sharding (issue 13 builds them in the engine; their plans are counted as
-    ``unpriced`` until the estimate has their terms, rather than ranked without them)."""
-    return (plan.context == 1 and plan.expert == 1 and plan.expert_tensor == 1
-            and plan.shard_group is None)
-
-
-def _model_spec(model: str) -> ModelSpec:
-    return ModelSpec(preset=model)
 
 
 def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.SystemProfile
@@ -309,7 +287,10 @@ def explain(ranked: list[dict[str, Any]], capacity: float, objective: str = "tim
     shares = ", ".join(f"{_PARTS.get(k, k)} {100 * v / total:.0f}%"
                        for k, v in parts.items() if v > 0)
     headroom = capacity - win["memory_per_device_bytes"]
-    lines = [f"The winner (d={win['data']}, t={win['tensor']}, p={win['pipeline']}, "
+    extra = "".join(f", {k}={win[k]}" for k in ("context", "expert", "expert_tensor")
+                    if win.get(k, 1) > 1)
+    extra += f", shard group {win['shard_group']}" if win.get("shard_group") else ""
+    lines = [f"The winner (d={win['data']}, t={win['tensor']}, p={win['pipeline']}{extra}, "
              f"micro-batch {win['microbatch']}, {win['schedule']}, ZeRO-{win['zero_stage']}, "
              f"recompute {win['recompute']}"
              f"{', sequence parallel' if win.get('sequence_parallel') else ''}, "

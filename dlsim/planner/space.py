@@ -23,7 +23,10 @@ accepts it. What is decided here is the breadth of the search:
 - ZeRO 0-3 wherever the dense gradient group (data × context) has more than one rank, with
   shard groups every proper divisor k of the data degree (1 < k < d) besides the whole group;
 - the data-parallel algorithm (``searched_algorithms``) for ZeRO-0 all-reduces (ZeRO's
-  reduce-scatters and all-gathers run as rings, so its plans name the ring only);
+  reduce-scatters and all-gathers run as rings, so its plans name the ring only); an
+  algorithm with a ``runs_on`` check (NVLS: one NVSwitch of generation 3 or later) is
+  searched where the check passes for every gradient group of the layout on the cluster
+  (``PlanSpace.runs``), and only with the protocols NCCL runs it with (NVLS: Simple);
 - every device is used (d = N / (t·c·p)), and d divides the global batch.
 """
 
@@ -38,12 +41,15 @@ from typing import Any
 import numpy as np
 
 from dlsim.cluster.build import placement
+from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import CommunicationSpec
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.hardware.topology import Topology
-from dlsim.network.algorithms import algorithms_for
+from dlsim.network.algorithms import algorithms, algorithms_for, lower
 from dlsim.network.protocol import PROTOCOLS
+from dlsim.network.protocol import runs as protocol_runs
 from dlsim.parallel.feasibility import JobSpec, Lowered, infeasible
+from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import OFFLOAD, RECOMPUTE
 from dlsim.parallel.schedules import schedule_names, schedule_of
 from dlsim.workload.shapes import TransformerShape
@@ -55,8 +61,8 @@ PLAN_PROTOCOLS = ("auto", *PROTOCOLS)
 
 def searched_algorithms() -> tuple[str, ...]:
     """The data-parallel all-reduce algorithms the planner tries, in precedence order: the
-    registered ones that ask for it (dlsim.network.algorithms; ring, tree and hierarchical
-    today)."""
+    registered ones that ask for it (dlsim.network.algorithms; ring, tree, hierarchical and
+    NVLS today, NVLS only where its ``runs_on`` check passes: ``PlanSpace.runs``)."""
     return tuple(name for name, a in algorithms_for("allreduce").items() if a.planner)
 
 
@@ -73,6 +79,8 @@ class Target:
     place: Callable[[int, str], np.ndarray]
     lowered: Lowered = field(default_factory=dict)
     nvlink_domain: int = 0  # devices sharing one NVLink fabric (0: the node's)
+    # the built cluster, for algorithms whose ``runs_on`` reads it (None: none checked)
+    topology: Topology | None = field(default=None, compare=False)
 
     @classmethod
     def on(cls, topology: Topology, precision: str, nvlink_domain_nodes: int = 1) -> Target:
@@ -85,7 +93,8 @@ class Target:
 
         assert topology.device is not None  # system presets name their device
         return cls(topology.device, precision, topology.n_devices, topology.devices_per_node,
-                   place, nvlink_domain=nvlink_domain_nodes * topology.devices_per_node)
+                   place, nvlink_domain=nvlink_domain_nodes * topology.devices_per_node,
+                   topology=topology)
 
 
 @dataclass(frozen=True)
@@ -214,17 +223,24 @@ def _shard_group(_: Problem, ch: Chosen) -> list[int | None]:
 
 
 def _algorithm(pr: Problem, ch: Chosen) -> tuple[str, ...]:
-    algorithms = pr.algorithms
-    return algorithms if ch["zero_stage"] == 0 and _dense_group(ch) > 1 else algorithms[:1]
+    """The searched algorithms for a ZeRO-0 all-reduce (the first otherwise), less those
+    whose ``runs_on`` check cannot pass here: the group is larger than one node, or the
+    cluster's nodes fail it (NVLS on A100's NVSwitch gen 2)."""
+    if ch["zero_stage"] or _dense_group(ch) < 2:
+        return pr.algorithms[:1]
+    return tuple(a for a in pr.algorithms if algorithms()[a].runs_on is None or (
+        _dense_group(ch) <= pr.target.devices_per_node and node_runs(a, pr.target)))
 
 
 def _sequence_parallel(_: Problem, ch: Chosen) -> tuple[bool, ...]:
     return (False, True) if ch["tensor"] > 1 else (False,)
 
 
-def _protocol(pr: Problem, _: Chosen) -> tuple[str, ...]:
-    return PLAN_PROTOCOLS if pr.target.devices > 1 and pr.target.device.kind == "gpu" else (
-        "auto",)
+def _protocol(pr: Problem, ch: Chosen) -> tuple[str, ...]:
+    """auto and each protocol NCCL runs the data-parallel algorithm with (NVLS: Simple)."""
+    if pr.target.devices == 1 or pr.target.device.kind != "gpu":
+        return ("auto",)
+    return tuple(p for p in PLAN_PROTOCOLS if p == "auto" or protocol_runs(p, ch["algorithm"]))
 
 
 DIMENSIONS: tuple[Dimension, ...] = (
@@ -333,7 +349,49 @@ class PlanSpace:
             self._comm[plan.algorithm] = CommunicationSpec(data_parallel=plan.algorithm)
         job = job_of(plan, pr.shape, pr.global_batch, pr.target, self._comm[plan.algorithm])
         return infeasible(job, lambda n: pr.target.place(n, plan.placement),
-                          pr.target.lowered) is None
+                          pr.target.lowered) is None and runs_on_cluster(plan, pr.target)
+
+
+def node_runs(algorithm: str, target: Target) -> bool:
+    """Whether ``algorithm``'s ``runs_on`` check passes for an all-reduce over one node's
+    devices (memoised in ``target.lowered``)."""
+    check = algorithms()[algorithm].runs_on
+    if check is None:
+        return True
+    if target.topology is None:
+        return False
+    key = ("node_runs", algorithm)
+    if key not in target.lowered:
+        node = target.place(target.devices_per_node, "pack")
+        ok = check(target.topology, lower("allreduce", algorithm, node, 1.0))
+        target.lowered[key] = None if ok else ScenarioError(
+            f"{algorithm} does not run on one node", field="algorithm")
+    return target.lowered[key] is None
+
+
+def runs_on_cluster(plan: Plan, target: Target) -> bool:
+    """Whether the data-parallel algorithm's ``runs_on`` check (NVLS: every flow through one
+    NVSwitch of generation 3 or later) passes for every gradient group (data x context) of
+    ``plan`` where ``plan.placement`` puts it; the engine's tuner refuses it otherwise.
+    Memoised in ``target.lowered`` per layout."""
+    check = algorithms()[plan.algorithm].runs_on
+    if check is None or plan.zero_stage or plan.data * plan.context < 2:
+        return True
+    if target.topology is None:
+        return False
+    key = ("runs_on", plan.algorithm, plan.data, plan.tensor, plan.pipeline, plan.context,
+           plan.placement)
+    if key not in target.lowered:
+        grid = Grid(plan.data, plan.tensor, plan.pipeline, plan.context)
+        where = target.place(plan.gpus, plan.placement)
+        groups = {tuple(where[list(grid.data_group(s, k, None))])
+                  for s in range(plan.pipeline) for k in range(plan.tensor)}
+        fails = any(not check(target.topology, lower("allreduce", plan.algorithm,
+                                                     np.array(g), 1.0))
+                    for g in groups)
+        target.lowered[key] = ScenarioError(f"{plan.algorithm} does not run on these "
+                                            "groups", field="algorithm") if fails else None
+    return target.lowered[key] is None
 
 
 def enumerate_plans(shape: TransformerShape, global_batch: int, target: Target, *,
@@ -367,4 +425,5 @@ def job_of(plan: Plan, shape: TransformerShape, global_batch: int, target: Targe
 def runs(plan: Plan, shape: TransformerShape, global_batch: int, target: Target) -> bool:
     """Whether the engine runs ``plan`` (``dlsim.parallel.feasibility``)."""
     return infeasible(job_of(plan, shape, global_batch, target),
-                      lambda n: target.place(n, plan.placement), target.lowered) is None
+                      lambda n: target.place(n, plan.placement),
+                      target.lowered) is None and runs_on_cluster(plan, target)

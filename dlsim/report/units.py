@@ -80,7 +80,9 @@ def format_power(watts: float) -> str:
 
 def format_usd(usd: float) -> str:
     """Dollars and cents from a dollar up (1,234.56 USD), three significant figures below
-    (0.00300 USD a step, 1.15e-08 USD a token)."""
+    (0.00300 USD a step, 1.15e-08 USD a token) and from ten thousand (891k USD, 1.2M USD)."""
+    if usd >= 1e4:
+        return scaled(usd, ((1e9, "B"), (1e6, "M"), (1e3, "k")), "") + " USD"
     return f"{usd:,.2f} USD" if usd >= 1 else f"{usd:.3g} USD"
 
 

@@ -35,14 +35,15 @@ def _table(microbatch: int) -> CostTable:
     device = build_topology(ClusterSpec(preset="dgx-a100", nodes=1)).device
     shape = TRANSFORMER_SHAPES[MODEL]
     return CostTable(build_model(ModelSpec(preset=MODEL), microbatch, 2), device, "bf16",
-                     microbatch * shape.seq_len, shape.hidden)
+                     microbatch * shape.seq_len, shape.hidden, shape, microbatch)
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_factored_estimate_equals_the_per_plan_estimate(data):
-    """A random plan of megatron-1.7b on 16 A100s (every dimension: offload and forced
-    protocols too): the same step time, breakdown and memory, exactly."""
+    """A random plan of megatron-1.7b on 16 A100s (every dimension: context parallelism,
+    shard groups, offload and forced protocols too): the same step time, breakdown and
+    memory, exactly."""
     plans, estimator, fabric = _setup()
     plan = plans[data.draw(st.integers(0, len(plans) - 1))]
     table = _table(plan.microbatch)
@@ -53,7 +54,8 @@ def test_factored_estimate_equals_the_per_plan_estimate(data):
         pipeline=plan.pipeline, in_flight_microbatches=in_flight(
             plan.schedule, 0, plan.pipeline, m, plan.virtual_stages),
         zero_stage=plan.zero_stage, recompute=plan.recompute, offload=plan.offload,
-        sequence_parallel=plan.sequence_parallel and plan.tensor > 1)
+        sequence_parallel=plan.sequence_parallel and plan.tensor > 1, context=plan.context,
+        shard=plan.shard_group)
     assert estimator.memory_bytes(plan) == memory.total
 
 

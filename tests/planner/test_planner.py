@@ -17,7 +17,7 @@ from dlsim.hardware import profiles as hardware
 from dlsim.network.tuner import estimate_time_s
 from dlsim.planner import PlanRequest, run_plan
 from dlsim.planner.estimate import CostTable, Fabric, estimate
-from dlsim.planner.search import pareto_front, priced, scenario_of
+from dlsim.planner.search import pareto_front, scenario_of
 from dlsim.planner.space import Plan, Target, enumerate_plans
 from dlsim.workload.costmodel import layer_times_s, optimizer_time_s
 from dlsim.workload.presets import build_model
@@ -128,10 +128,13 @@ def _estimate_errors(model: str, gpus: int, batch: int, stride: int) -> list[flo
     # offload, NCCL's own protocols), so that the figures below stay comparable
     narrowed = enumerate_plans(shape, batch, _target(gpus), microbatch=(1, 2, 4, 8),
                                virtual_stages=(1, 2, 4), offload=("none",), protocol=("auto",))
-    # the plans the closed form prices (``priced``: not context, expert or hybrid sharding)
-    for plan in [plan for plan in narrowed if priced(plan)][::stride]:
+    # the plans of the space before context parallelism and hybrid sharding joined it
+    # (tests/planner/test_layouts.py samples those)
+    for plan in [plan for plan in narrowed
+                 if plan.context == 1 and plan.shard_group is None][::stride]:
         built = build_model(ModelSpec(preset=model), plan.microbatch, 2)
-        table = CostTable(built, device, "bf16", plan.microbatch * shape.seq_len, shape.hidden)
+        table = CostTable(built, device, "bf16", plan.microbatch * shape.seq_len, shape.hidden,
+                          shape, plan.microbatch)
         est = estimate(plan, table, "adam", batch, fabric)
         sim = dlsim.simulate(scenario_of(request, plan, 8))
         errors.append(abs(est.step_time_s - sim.step_time_s) / sim.step_time_s)

@@ -11,7 +11,7 @@ from dlsim.cluster.build import build_topology
 from dlsim.contract.scenario import ClusterSpec, ModelSpec
 from dlsim.planner import PlanRequest
 from dlsim.planner.estimate import CostTable, Fabric, estimate
-from dlsim.planner.search import priced, scenario_of
+from dlsim.planner.search import scenario_of
 from dlsim.planner.space import Target, enumerate_plans
 from dlsim.results.power import estimated_energy_J, power_model
 from dlsim.workload.presets import build_model
@@ -30,9 +30,12 @@ def _energy_errors(model: str, gpus: int, batch: int, stride: int) -> list[float
                                microbatch=(1, 2, 4, 8), virtual_stages=(1, 2, 4),
                                offload=("none",), protocol=("auto",))
     errors = []
-    for plan in [plan for plan in narrowed if priced(plan)][::stride]:
+    # the plans of the step-time comparison (tests/planner/test_planner.py)
+    for plan in [plan for plan in narrowed
+                 if plan.context == 1 and plan.shard_group is None][::stride]:
         built = build_model(ModelSpec(preset=model), plan.microbatch, 2)
-        table = CostTable(built, device, "bf16", plan.microbatch * shape.seq_len, shape.hidden)
+        table = CostTable(built, device, "bf16", plan.microbatch * shape.seq_len, shape.hidden,
+                          shape, plan.microbatch)
         est = estimate(plan, table, "adam", batch, fabric)
         energy = gpus * estimated_energy_J(power_model(built, device, "bf16"),
                                            est.step_time_s, est.breakdown_s)

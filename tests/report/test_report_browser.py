@@ -4,7 +4,10 @@ skips locally but fails under CI=true."""
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -106,11 +109,58 @@ def plan_report(tmp_path_factory):
 
 
 def test_plan_report_renders_in_chromium(chromium, plan_report, tmp_path):
-    dom = _dom(chromium, plan_report, tmp_path, ("summary", "why", "plans"))
+    dom = _dom(chromium, plan_report, tmp_path, ("answer", "why", "plans"))
     assert "<script>alert('plan')</script>" not in dom
     assert "&lt;script&gt;alert('plan')&lt;/script&gt;" in dom
     assert "Why this plan" in dom and "simulated" in dom  # the confirmed winner is explained
     assert dom.count("<tr") >= 2  # the top-plans table has a header and at least one plan
+
+
+def _measured(chromium: str, page: Path, tmp_path: Path, width: int, height: int) -> dict:
+    """Layout figures of ``page`` in a ``width`` x ``height`` window, measured by a probe
+    script appended to a copy of it: where the answer line ends, how wide the page is."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", """<script>
+      var answer = document.getElementById("result").getBoundingClientRect();
+      document.body.setAttribute("data-probe", JSON.stringify({
+        answer_bottom: answer.bottom, page_width: document.documentElement.scrollWidth,
+        window_width: window.innerWidth}));
+    </script></body>"""), encoding="utf-8")
+    run = _browse(chromium, probe, tmp_path / "probe-profile", "--dump-dom",
+                  f"--window-size={width},{height}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', run.stdout)
+    assert found, run.stdout[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_plan_report_leads_with_the_answer_and_fits_1400_px(chromium, plan_report, tmp_path):
+    """The winner's layout in words and its figures are the first thing on the page (inside
+    the first 900 px), and the page does not scroll sideways in a 1400 px window."""
+    shown = _measured(chromium, plan_report, tmp_path, 1400, 900)
+    assert shown["window_width"] == 1400
+    assert 0 < shown["answer_bottom"] <= 900
+    assert shown["page_width"] <= 1400
+
+
+def test_plan_report_table_sorts_on_a_heading_click(chromium, plan_report, tmp_path):
+    """Clicking the step-time heading twice orders the rows by step time, longest first."""
+    page = plan_report.read_text(encoding="utf-8")
+    probe = tmp_path / "sort.html"
+    probe.write_text(page.replace("</body>", """<script>
+      var table = document.querySelector("#plans table");
+      var heads = Array.prototype.map.call(table.tHead.rows[0].cells, function (c) {
+        return c.textContent; });
+      var column = heads.indexOf("step");
+      table.tHead.rows[0].cells[column].click();
+      table.tHead.rows[0].cells[column].click();
+      var keys = Array.prototype.map.call(table.tBodies[0].rows, function (r) {
+        return parseFloat(r.cells[column].dataset.key); });
+      document.body.setAttribute("data-probe", JSON.stringify(keys));
+    </script></body>"""), encoding="utf-8")
+    run = _browse(chromium, probe, tmp_path / "sort-profile", "--dump-dom")
+    keys = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', run.stdout).group(1)))
+    assert len(keys) >= 2 and keys == sorted(keys, reverse=True)
 
 
 @pytest.fixture(scope="module")

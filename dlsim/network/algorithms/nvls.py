@@ -69,4 +69,4 @@ def on_reducing_switch(topology: Topology, phases: list[Phase]) -> bool:
 register(ALGORITHM, "nvls", Algorithm(
     {"allreduce": nvls_allreduce, "reducescatter": nvls_reduce_scatter,
      "allgather": nvls_allgather}, auto=False, nccl=True, runs_on=on_reducing_switch,
-    precedence=7))
+    planner=True, precedence=7))

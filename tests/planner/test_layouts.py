@@ -1,0 +1,121 @@
+"""The estimate against the engine on the layouts of issue 13: context parallelism (ring
+attention), expert parallelism (all-to-alls, the busiest rank's experts, expert gradients
+over the expert-data group) and hybrid sharding (ZeRO in shard groups, an all-reduce across).
+
+Each test samples every ``stride``-th plan of a space narrowed to that layout and compares
+the closed form with the engine on the plan's scenario (``scenario_of``); the tolerances are
+the errors reached."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dlsim
+from dlsim.cluster.build import build_topology
+from dlsim.contract.scenario import ClusterSpec
+from dlsim.planner import PlanRequest, run_plan
+from dlsim.planner.estimate import CostTable, Fabric, estimate
+from dlsim.planner.models import model_shape, model_spec
+from dlsim.planner.search import scenario_of
+from dlsim.planner.space import Plan, Target, enumerate_plans
+from dlsim.workload.attention import attention_kernel
+from dlsim.workload.presets import build_model
+
+NARROW = {"offload": ("none",), "protocol": ("auto",)}
+# a Mixtral-like MoE of 4 blocks (8 experts, top-2) and a Llama-like model at 32k tokens
+TINY_MOE = {"architectures": ["MixtralForCausalLM"], "num_hidden_layers": 4,
+            "hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 4,
+            "intermediate_size": 2816, "num_local_experts": 8, "num_experts_per_tok": 2,
+            "max_position_embeddings": 4096, "vocab_size": 32000}
+LONG_CONTEXT = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 4,
+                "hidden_size": 2048, "num_attention_heads": 16, "num_key_value_heads": 4,
+                "intermediate_size": 5632, "max_position_embeddings": 32768,
+                "vocab_size": 32000}
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("hf")
+    out = {}
+    for name, config in (("tiny-moe", TINY_MOE), ("long-context", LONG_CONTEXT)):
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(config))
+        out[name] = str(path)
+    return out
+
+
+def _errors(model: str, cluster: str, gpus: int, batch: int, keep: Callable[[Plan], bool],
+            stride: int, **only: tuple) -> list[float]:
+    shape = model_shape(model)
+    topology = build_topology(ClusterSpec(preset=cluster, nodes=gpus // 8))
+    fabric, target = Fabric(topology), Target.on(topology, "bf16")
+    request = PlanRequest(model, cluster, (gpus,), batch)
+    plans = [p for p in enumerate_plans(shape, batch, target, **NARROW, **only) if keep(p)]
+    errors = []
+    for plan in plans[::stride]:
+        spec = model_spec(model)
+        kernel = attention_kernel(spec, topology.device, "bf16")  # the run's: flash on H100
+        table = CostTable(build_model(spec, plan.microbatch, 2, kernel), topology.device,
+                          "bf16", plan.microbatch * shape.seq_len, shape.hidden, shape,
+                          plan.microbatch)
+        est = estimate(plan, table, "adam", batch, fabric).step_time_s
+        sim = dlsim.simulate(scenario_of(request, plan, 8)).step_time_s
+        errors.append(abs(est - sim) / sim)
+    return errors
+
+
+def test_context_parallel_estimate_tracks_the_engine(configs):
+    """32k tokens on 16 H100s, every context degree with data, tensor and pipeline
+    parallelism, ZeRO (FSDP included) and both placements, FlashAttention as the H100 runs
+    it: every 40th of 3,762 plans (95). Reached: median 0.0094%, worst 9.32% (ZeRO-3 with
+    c = 8 and two stages: the estimate adds the per-layer gathers' exposed time and the ring
+    steps' separately, where the engine overlaps them on the prefetch stream; without FSDP
+    the worst is 1.7%)."""
+    errors = _errors(configs["long-context"], "dgx-h100", 16, 16, lambda p: p.context > 1,
+                     40, microbatch=(1, 2))
+    assert len(errors) == 95
+    assert np.median(errors) <= 9.5e-5 and max(errors) <= 0.0933
+
+
+def test_expert_parallel_estimate_tracks_the_engine(configs):
+    """The MoE model on 16 H100s, every expert and expert-tensor degree folded into data,
+    tensor and pipeline parallelism: every 800th of the plans (51). Reached: median 1e-13
+    (the all-to-alls block the compute in the engine as in the closed form), worst 16.5%
+    (ZeRO-3 with expert parallelism: the experts' gathers over the expert-data group after
+    the dense ones, which the estimate adds whole; without FSDP the worst is 0.55%)."""
+    errors = _errors(configs["tiny-moe"], "dgx-h100", 16, 32, lambda p: p.expert > 1, 800,
+                     microbatch=(1, 2))
+    assert len(errors) == 51
+    assert np.median(errors) <= 1e-12 and max(errors) <= 0.166
+
+
+def test_hybrid_sharding_estimate_tracks_the_engine():
+    """Megatron's 7.5B model on 32 A100s with ZeRO 1-3 in shard groups of 2-16: every 100th
+    of the plans (46, context parallelism with FSDP among them). Reached: median 0.0037%,
+    worst 6.62% (the new ZeRO-3 with context plans; before them 0.86%). Known gap, outside this
+    sample: ZeRO-3 in shard groups spread across nodes with a pipeline (d16 p2 shard group
+    4, micro-batch 1) is 11.6% under the engine, whose per-layer gathers, reduce-scatters and
+    cross-group all-reduces contend for the same NICs in the last backward."""
+    errors = _errors("megatron-7.5b", "dgx-a100", 32, 128,
+                     lambda p: p.shard_group is not None, 100, microbatch=(1, 2, 4, 8),
+                     virtual_stages=(1, 2, 4))
+    assert len(errors) == 46
+    assert np.median(errors) <= 3.7e-5 and max(errors) <= 0.0662
+
+
+def test_every_enumerated_layout_is_priced(configs):
+    """Context, expert and hybrid-sharded plans are ranked with the rest: the planner's
+    candidates include each, and the engine confirms the best."""
+    result = run_plan(PlanRequest(configs["tiny-moe"], "dgx-h100", (16,), 32, confirm=1))
+    rows = result.candidates
+    assert "unpriced" not in result.space
+    assert result.space["estimated"] == len(rows) == result.fitting
+    assert any(r["expert"] > 1 for r in rows) and any(r["context"] > 1 for r in rows)
+    assert any(r["shard_group"] is not None for r in rows)
+    assert result.plans[0]["step_time_source"] == "simulated"
+    Path(result.plans[0]["scenario"]["model"]["hf_config"]).is_file()
