@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from dlsim.contract.program import Collective
 from dlsim.engine.core import Engine
@@ -11,6 +12,10 @@ from dlsim.hardware.fabrics import LinkSpec
 from dlsim.hardware.topology import Topology
 from dlsim.network.backend import NetworkFactory
 from dlsim.network.fluid import Network
+
+# Property tests check values, not speed: a loaded CI machine must not fail them on time.
+settings.register_profile("dlsim", deadline=None)
+settings.load_profile("dlsim")
 
 
 def topology_of(graph, n: int) -> Topology:

@@ -14,6 +14,7 @@ from dlsim.planner import PlanRequest
 from dlsim.planner.estimate import CostTable, Fabric, estimate
 from dlsim.planner.search import scenario_of
 from dlsim.planner.space import Plan, Target, enumerate_plans
+from dlsim.workload.attention import attention_kernel
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import TRANSFORMER_SHAPES
 
@@ -60,13 +61,14 @@ def test_nvls_plans_keep_every_gradient_group_inside_one_h100_node():
 
 def test_nvls_estimate_matches_the_engine():
     """The estimate prices the gradient all-reduce with the tuner's NVLS lowering, the one
-    the engine runs: on one DGX H100 within the 0.031 % the estimate reaches on plain data
+    the engine runs: on one DGX H100 within the 0.079 % the estimate reaches on plain data
     parallelism (the engine's DDP buckets end a little later) and exactly otherwise."""
     topology = _topology("dgx-h100", 1)
     request = PlanRequest("llama-3-8b", "dgx-h100", (8,), 64)
-    table = CostTable(build_model(ModelSpec(preset="llama-3-8b"), 1, 2),
-                      hardware.device("h100-sxm5-80gb"), "bf16", SHAPE.seq_len, SHAPE.hidden)
-    for d, t, tol in ((8, 1, 3.1e-4), (4, 2, 1e-9), (2, 4, 1e-9)):
+    spec, device = ModelSpec(preset="llama-3-8b"), hardware.device("h100-sxm5-80gb")
+    table = CostTable(build_model(spec, 1, 2, attention_kernel(spec, device, "bf16")),
+                      device, "bf16", SHAPE.seq_len, SHAPE.hidden)  # flash, as the run
+    for d, t, tol in ((8, 1, 7.9e-4), (4, 2, 1e-9), (2, 4, 1e-9)):
         plan = Plan(8, d, t, 1, 1, "1f1b", 1, 0, "full", "pack", "nvls")
         est = estimate(plan, table, "adam", 64, Fabric(topology)).step_time_s
         sim = dlsim.simulate(scenario_of(request, plan, 8)).step_time_s
