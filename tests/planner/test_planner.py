@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from comparison_plans import sampled_plans
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -18,10 +19,9 @@ from dlsim.network.tuner import estimate_time_s
 from dlsim.planner import PlanRequest, run_plan
 from dlsim.planner.estimate import CostTable, Fabric, estimate
 from dlsim.planner.search import pareto_front, scenario_of
-from dlsim.planner.space import Plan, Target, enumerate_plans
+from dlsim.planner.space import Plan, Target
 from dlsim.workload.costmodel import layer_times_s, optimizer_time_s
 from dlsim.workload.presets import build_model
-from dlsim.workload.shapes import TRANSFORMER_SHAPES
 
 
 def cli(tmp_path, *args) -> tuple[int, str]:
@@ -119,22 +119,11 @@ def test_plan_cli_rejects_an_unknown_model(tmp_path):
 
 def _estimate_errors(model: str, gpus: int, batch: int, stride: int) -> list[float]:
     """|estimate - engine| / engine over every ``stride``-th plan of the planner's space."""
-    shape = TRANSFORMER_SHAPES[model]
     request = PlanRequest(model, "dgx-a100", (gpus,), batch)
     fabric = _dgx(gpus // 8)
     device = fabric.topology.device
     errors = []
-    # the space as it was before issue 13 widened it (micro-batches 1-8, v 2 or 4, no
-    # offload, NCCL's own protocols), so that the figures below stay comparable
-    narrowed = enumerate_plans(shape, batch, _target(gpus), microbatch=(1, 2, 4, 8),
-                               virtual_stages=(1, 2, 4), offload=("none",), protocol=("auto",))
-    # the plans of the space before context parallelism and hybrid sharding joined it
-    # (tests/planner/test_layouts.py samples those)
-    for plan in [plan for plan in narrowed
-                 if plan.context == 1 and plan.shard_group is None][::stride]:
-        built = build_model(ModelSpec(preset=model), plan.microbatch, 2)
-        table = CostTable(built, device, "bf16", plan.microbatch * shape.seq_len, shape.hidden,
-                          shape, plan.microbatch)
+    for plan, _, table in sampled_plans(model, batch, _target(gpus), device, stride):
         est = estimate(plan, table, "adam", batch, fabric)
         sim = dlsim.simulate(scenario_of(request, plan, 8))
         errors.append(abs(est.step_time_s - sim.step_time_s) / sim.step_time_s)

@@ -5,37 +5,28 @@ estimate-vs-engine tests compare."""
 from __future__ import annotations
 
 import numpy as np
+from comparison_plans import sampled_plans
 
 import dlsim
 from dlsim.cluster.build import build_topology
-from dlsim.contract.scenario import ClusterSpec, ModelSpec
+from dlsim.contract.scenario import ClusterSpec
 from dlsim.planner import PlanRequest
-from dlsim.planner.estimate import CostTable, Fabric, estimate
+from dlsim.planner.estimate import Fabric, estimate
 from dlsim.planner.search import scenario_of
-from dlsim.planner.space import Target, enumerate_plans
+from dlsim.planner.space import Target
 from dlsim.results.power import estimated_energy_J, power_model
-from dlsim.workload.presets import build_model
-from dlsim.workload.shapes import TRANSFORMER_SHAPES
 
 
 def _energy_errors(model: str, gpus: int, batch: int, stride: int) -> list[float]:
     """(estimate − engine) / engine of the energy per step over every ``stride``-th priced
     plan of the narrowed space ``tests/planner/test_planner.py`` samples."""
-    shape = TRANSFORMER_SHAPES[model]
     request = PlanRequest(model, "dgx-a100", (gpus,), batch)
     topology = build_topology(ClusterSpec(preset="dgx-a100", nodes=gpus // 8))
     fabric, device = Fabric(topology), topology.device
     assert device is not None
-    narrowed = enumerate_plans(shape, batch, Target.on(topology, "bf16"),
-                               microbatch=(1, 2, 4, 8), virtual_stages=(1, 2, 4),
-                               offload=("none",), protocol=("auto",))
     errors = []
-    # the plans of the step-time comparison (tests/planner/test_planner.py)
-    for plan in [plan for plan in narrowed
-                 if plan.context == 1 and plan.shard_group is None][::stride]:
-        built = build_model(ModelSpec(preset=model), plan.microbatch, 2)
-        table = CostTable(built, device, "bf16", plan.microbatch * shape.seq_len, shape.hidden,
-                          shape, plan.microbatch)
+    for plan, built, table in sampled_plans(model, batch, Target.on(topology, "bf16"),
+                                            device, stride):
         est = estimate(plan, table, "adam", batch, fabric)
         energy = gpus * estimated_energy_J(power_model(built, device, "bf16"),
                                            est.step_time_s, est.breakdown_s)
