@@ -16,7 +16,8 @@ same time as interleaving them because each blocks the next kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from dlsim.parallel.memory import pipeline_stages
 from dlsim.parallel.schedules import Pass, schedule_of
 from dlsim.parallel.segments import LayerPass, layer_segments
 from dlsim.parallel.tensor import Collectives, tensor_collectives
-from dlsim.workload.model import Model
+from dlsim.workload.model import Layer, Model
 
 
 def partition(times: list[float], stages: int) -> list[list[int]]:
@@ -100,28 +101,57 @@ def count_collectives(collectives: list[Collectives]) -> Collectives:
     return tuple(total.items())
 
 
-def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts: int,
-           recompute: str, sequence_parallel: bool = False, *, context: int = 1,
-           kv_block_bytes: float = 0.0, experts: ExpertLayout | None = None) -> list[Piece]:
-    """Cut ``shard`` (one tensor rank's layers) into ``parts`` pieces as Megatron-LM does:
-    transformer blocks in runs of equal count, the embedding with the first and the head
-    with the last (``dlsim.parallel.memory.pipeline_stages``); other models into pieces of equal
-    time. ``context`` > 1 or an ``experts`` layout gives the pieces their layers' segments
-    (``kv_block_bytes``: one ring step's K/V block) and per-rank expert parameters."""
-    times = [pass_times_s(layer, device, dtype, recompute) for layer in shard.layers]
+@dataclass(frozen=True)
+class LayerCosts:
+    """Per layer of one shard, what any cut of it sums: (forward, backward) times, segments
+    (context or expert parallelism), parameters per rank, routed-expert parameters and
+    tensor-parallel collectives. It does not depend on the piece count, so a planner that
+    cuts one shard many ways prices its layers once."""
+
+    times: tuple[tuple[float, float], ...]
+    passes: tuple[tuple[LayerPass, LayerPass], ...]
+    params: tuple[float, ...]
+    expert_params: tuple[float, ...]
+    counts: tuple[tuple[Collectives, Collectives], ...]
+
+
+def layer_costs(model: Model, shard: Model, device: DeviceProfile, dtype: str,
+                recompute: str, sequence_parallel: bool = False, *, context: int = 1,
+                kv_block_bytes: float = 0.0, experts: ExpertLayout | None = None
+                ) -> LayerCosts:
+    """What each layer of ``shard`` costs (see ``pieces`` for the arguments). Layers equal
+    but for their names (a model's repeated blocks) are priced once."""
     layout = experts or ExpertLayout()
     segmented = context > 1 or layout.expert > 1
-    passes = [layer_segments(layer, device, dtype, recompute, context, kv_block_bytes, layout)
-              for layer in shard.layers] if segmented else []
-    params = [rank_params(full, layout) if full.moe is not None else layer.params
-              for full, layer in zip(model.layers, shard.layers)]
-    expert_params = [rank_expert_params(full, layout) for full in model.layers]
-    counts = [tensor_collectives(layer, sequence_parallel) for layer in shard.layers]
+    first: dict[tuple[Layer, Layer], int] = {}
+    same = [first.setdefault((replace(layer, name=""), replace(full, name="")), i)
+            for i, (full, layer) in enumerate(zip(model.layers, shard.layers))]
+    unique = [(model.layers[i], shard.layers[i]) for i in sorted(set(same))]
+    at = {i: n for n, i in enumerate(sorted(set(same)))}
+
+    def each(values: list[Any]) -> tuple[Any, ...]:
+        return tuple(values[at[i]] for i in same)
+
+    return LayerCosts(
+        each([pass_times_s(layer, device, dtype, recompute) for _, layer in unique]),
+        each([layer_segments(layer, device, dtype, recompute, context, kv_block_bytes,
+                             layout) for _, layer in unique]) if segmented else (),
+        each([rank_params(full, layout) if full.moe is not None else layer.params
+              for full, layer in unique]),
+        each([rank_expert_params(full, layout) for full, _ in unique]),
+        each([tensor_collectives(layer, sequence_parallel) for _, layer in unique]))
+
+
+def cut_shard(model: Model, shard: Model, costs: LayerCosts, parts: int,
+        recompute: str) -> list[Piece]:
+    """``shard`` cut into ``parts`` pieces priced by its ``costs`` (see ``pieces``)."""
+    times, passes, params = costs.times, costs.passes, costs.params
+    expert_params, counts = costs.expert_params, costs.counts
     blocks = sum(layer.block is not None for layer in shard.layers)
-    cut = (pipeline_stages(shard, parts) if blocks >= parts
-           else partition([f + b for f, b in times], parts))
+    runs = (pipeline_stages(shard, parts) if blocks >= parts
+            else partition([f + b for f, b in times], parts))
     out = []
-    for layers in cut:
+    for layers in runs:
         forward = [counts[i][0] for i in layers]
         backward = [counts[i][1] for i in layers]
         first = layers[0]
@@ -137,3 +167,16 @@ def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts:
             tuple(passes[i] for i in layers) if passes else (),
             sum(expert_params[i] for i in layers), tuple(expert_params[i] for i in layers)))
     return out
+
+
+def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts: int,
+           recompute: str, sequence_parallel: bool = False, *, context: int = 1,
+           kv_block_bytes: float = 0.0, experts: ExpertLayout | None = None) -> list[Piece]:
+    """Cut ``shard`` (one tensor rank's layers) into ``parts`` pieces as Megatron-LM does:
+    transformer blocks in runs of equal count, the embedding with the first and the head
+    with the last (``dlsim.parallel.memory.pipeline_stages``); other models into pieces of equal
+    time. ``context`` > 1 or an ``experts`` layout gives the pieces their layers' segments
+    (``kv_block_bytes``: one ring step's K/V block) and per-rank expert parameters."""
+    costs = layer_costs(model, shard, device, dtype, recompute, sequence_parallel,
+                        context=context, kv_block_bytes=kv_block_bytes, experts=experts)
+    return cut_shard(model, shard, costs, parts, recompute)

@@ -62,8 +62,10 @@ experts' shard (``dlsim.parallel.builder``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -78,10 +80,16 @@ from dlsim.parallel.data_parallel import optimizer_steps
 from dlsim.parallel.expert import ExpertLayout, reprice_experts
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
-from dlsim.parallel.pipeline import Piece, count_collectives, pieces
-from dlsim.parallel.segments import LayerPass
+from dlsim.parallel.pipeline import (
+    LayerCosts,
+    Piece,
+    count_collectives,
+    cut_shard,
+    layer_costs,
+)
+from dlsim.parallel.segments import LayerPass, Segment
 from dlsim.parallel.sharding import sharding_groups
-from dlsim.parallel.tensor import shard_model
+from dlsim.parallel.tensor import Collectives, shard_model
 from dlsim.planner.space import Plan
 from dlsim.workload.costmodel import optimizer_time_s
 from dlsim.workload.model import Model
@@ -164,11 +172,16 @@ class CostTable:
         self.shape, self.microbatch = shape, microbatch
         self.moe = any(layer.moe is not None for layer in model.layers)
         self._memo: dict[tuple, list[Piece]] = {}
+        self._shards: dict[tuple, tuple[Model, Model, float, ExpertLayout | None]] = {}
+        self._costs: dict[tuple, LayerCosts] = {}
+        self._sums: dict[tuple, StageSums] = {}
 
-    def pieces(self, t: int, parts: int, recompute: str, sequence_parallel: bool = False,
-               context: int = 1, expert: int = 1, expert_tensor: int = 1) -> list[Piece]:
-        key = (t, parts, recompute, sequence_parallel, context, expert, expert_tensor)
-        if key not in self._memo:
+    def _shard(self, t: int, sequence_parallel: bool, context: int, expert: int,
+               expert_tensor: int) -> tuple[Model, Model, float, ExpertLayout | None]:
+        """One rank's share of the model, its tensor shard, the ring's K/V block and the
+        expert layout the pieces are priced with."""
+        key = (t, sequence_parallel, context, expert, expert_tensor)
+        if key not in self._shards:
             per_rank = context_shard(self.model, context)
             layout = ExpertLayout(expert, expert_tensor, t)
             shard = reprice_experts(shard_model(per_rank, t, sequence_parallel), layout)
@@ -177,11 +190,66 @@ class CostTable:
                 assert self.shape is not None  # context parallelism plans a transformer
                 kv_block = kv_bytes(self.shape, self.microbatch,
                                     max(DTYPE_BYTES[self.dtype], 2), t) / context
-            self._memo[key] = pieces(per_rank, shard, self.device, self.dtype, parts,
-                                     recompute, sequence_parallel, context=context,
-                                     kv_block_bytes=kv_block,
-                                     experts=layout if expert > 1 or self.moe else None)
+            self._shards[key] = (per_rank, shard, kv_block,
+                                 layout if expert > 1 or self.moe else None)
+        return self._shards[key]
+
+    def pieces(self, t: int, parts: int, recompute: str, sequence_parallel: bool = False,
+               context: int = 1, expert: int = 1, expert_tensor: int = 1) -> list[Piece]:
+        key = (t, parts, recompute, sequence_parallel, context, expert, expert_tensor)
+        if key not in self._memo:
+            per_rank, shard, kv_block, layout = self._shard(t, sequence_parallel, context,
+                                                            expert, expert_tensor)
+            costs = (t, sequence_parallel, context, expert, expert_tensor, recompute)
+            if costs not in self._costs:  # the layers' costs, whatever the piece count
+                self._costs[costs] = layer_costs(
+                    per_rank, shard, self.device, self.dtype, recompute, sequence_parallel,
+                    context=context, kv_block_bytes=kv_block, experts=layout)
+            self._memo[key] = cut_shard(per_rank, shard, self._costs[costs], parts, recompute)
         return self._memo[key]
+
+    def stage_sums(self, t: int, parts: int, recompute: str, sequence_parallel: bool,
+                   context: int, expert: int, expert_tensor: int, stages: int) -> StageSums:
+        """What ``micro_part`` reads of a cut's stages, summed once per cut and stage
+        count (plans of every placement, protocol and ZeRO stage share it)."""
+        key = (t, parts, recompute, sequence_parallel, context, expert, expert_tensor, stages)
+        if key not in self._sums:
+            cut = self.pieces(t, parts, recompute, sequence_parallel, context, expert,
+                              expert_tensor)
+            runs = [cut[s::stages] for s in range(stages)]
+            self._sums[key] = StageSums(
+                tuple(sum(x.forward_s + x.backward_s for x in ps) for ps in runs),
+                tuple(sum(x.params for x in ps) for ps in runs),
+                tuple(sum(x.backward_s for x in ps) for ps in runs),
+                tuple(sum(cut[k].backward_s for k in range(s)) for s in range(stages)),
+                tuple(ps[0].layer_params[0] for ps in runs),
+                tuple(sum(x.expert_params for x in ps) for ps in runs),
+                tuple(count_collectives([c for x in ps for c in (x.forward_collectives,
+                                                                 x.backward_collectives)])
+                      for ps in runs),
+                tuple(segment_counts(ps for x in run for pair in x.passes for ps in pair)
+                      for run in runs),
+                max(x.out_bytes for x in cut))
+        return self._sums[key]
+
+
+@dataclass(frozen=True)
+class StageSums:
+    """Per pipeline stage of one cut: compute (forward + backward) per micro-batch,
+    parameters, backward, how much earlier than stage 0 its last backward ends, its first
+    layer's parameters, its routed-expert parameters, its tensor-parallel collectives and
+    its counted ring and all-to-all segments; and the largest piece output (what a pipeline
+    send carries)."""
+
+    compute: tuple[float, ...]
+    params: tuple[float, ...]
+    backward: tuple[float, ...]
+    drained: tuple[float, ...]
+    first_layer: tuple[float, ...]
+    expert_params: tuple[float, ...]
+    collectives: tuple[Collectives, ...]
+    segments: tuple[SegmentCounts, ...]
+    out_bytes: float
 
 
 def update_s(params: float, optimizer: str, device: DeviceProfile, dtype: str, offload: str,
@@ -267,19 +335,57 @@ def shard_groups(plan: Plan, across: bool = False) -> tuple[tuple[int, ...], ...
     return _split(groups.ranks, groups.size)
 
 
-def pass_comm_s(passes: tuple[LayerPass, ...], context: int, send_s: Callable[[float], float],
+SegmentCounts = tuple[tuple[Segment, int], ...]
+
+
+def segment_counts(passes: Iterable[LayerPass]) -> SegmentCounts:
+    """The ring and all-to-all segments of ``passes``, each distinct one with its count."""
+    counts = Counter(seg for layer_pass in passes for seg in layer_pass
+                     if seg.kind != "compute")
+    return tuple(counts.items())
+
+
+def pass_comm_s(segments: SegmentCounts, context: int, send_s: Callable[[float], float],
                 alltoall_s: Callable[[float], float]) -> tuple[float, float]:
-    """(ring, all-to-all) seconds a run of segmented layer passes adds to its compute: a
+    """(ring, all-to-all) seconds that counted layer-pass segments add to their compute: a
     core of T seconds in c steps beside c - 1 block sends takes (c - 1)·max(T/c, send) + T/c
     (``dlsim.parallel.builder._ring``), an all-to-all blocks its whole time."""
     ring = a2a = 0.0
-    for segment in (seg for layer_pass in passes for seg in layer_pass):
+    for segment, count in segments:
         if segment.kind == "ring":
             step = segment.seconds / context
-            ring += (context - 1) * max(send_s(segment.size_bytes) - step, 0.0)
+            ring += count * (context - 1) * max(send_s(segment.size_bytes) - step, 0.0)
         elif segment.kind in ("dispatch", "combine"):
-            a2a += alltoall_s(segment.size_bytes)
+            a2a += count * alltoall_s(segment.size_bytes)
     return ring, a2a
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Stage 0's rank groups of one grid, as the engine's symmetric run forms them: tensor
+    groups, context rings' (sender, receiver) pairs, all-to-all groups, expert-data groups
+    and the pipeline's stage-0-to-1 pairs."""
+
+    tensor: tuple[tuple[int, ...], ...]
+    rings: tuple[tuple[int, ...], ...]
+    alltoall: tuple[tuple[int, ...], ...]
+    expert_data: tuple[tuple[int, ...], ...]
+    pipeline: tuple[tuple[int, ...], ...]
+
+
+@lru_cache(maxsize=4096)
+def groups_of(grid: Grid) -> Groups:
+    d, t, c = grid.data, grid.tensor, grid.context
+    return Groups(
+        tuple(grid.tensor_group(0, r, ci) for r in range(d) for ci in range(c)),
+        tuple((ring[i], ring[(i + 1) % c]) for r in range(d) for k in range(t)
+              for ring in (grid.context_group(0, r, k),) for i in range(c)) if c > 1 else (),
+        tuple(grid.expert_group(0, j, k) for j in range(grid.expert_data)
+              for k in range(grid.expert_tensor)) if grid.expert > 1 else (),
+        tuple(grid.expert_data_group(0, e, k) for e in range(grid.expert)
+              for k in range(grid.expert_tensor)),
+        tuple((grid.rank(0, r, k, ci), grid.rank(1, r, k, ci)) for r in range(d)
+              for ci in range(c) for k in range(t)) if grid.pipeline > 1 else ())
 
 
 def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
@@ -287,78 +393,51 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
     sequence parallelism, placement, protocol, and whether ZeRO-3 gathers layer by layer,
     in which shard groups)."""
     fabric = fabric.for_protocol(plan.protocol)
-    t, p, d, v, c = plan.tensor, plan.pipeline, plan.data, plan.virtual_stages, plan.context
+    t, p, v, c = plan.tensor, plan.pipeline, plan.virtual_stages, plan.context
     grid, place, n = _grid(plan), plan.placement, plan.gpus
-    cut = table.pieces(t, p * v, plan.recompute, plan.sequence_parallel and t > 1, c,
-                       plan.expert, plan.expert_tensor)
+    sums = table.stage_sums(t, p * v, plan.recompute, plan.sequence_parallel and t > 1, c,
+                            plan.expert, plan.expert_tensor, p)
     act = max(DTYPE_BYTES[table.dtype], 2) * table.tokens * table.hidden / c
-    tensor_groups = tuple(grid.tensor_group(0, r, ci) for r in range(d) for ci in range(c))
+    groups = groups_of(grid)
     gathers = layered(plan)
     gather_groups = shard_groups(plan) if gathers else ()
-    rings = tuple((ring[i], ring[(i + 1) % c]) for r in range(d) for k in range(t)
-                  for ring in (grid.context_group(0, r, k),) for i in range(c)) if c > 1 else ()
-    a2a_groups = tuple(grid.expert_group(0, j, k) for j in range(grid.expert_data)
-                       for k in range(grid.expert_tensor)) if plan.expert > 1 else ()
-    expert_data_groups = tuple(grid.expert_data_group(0, e, k) for e in range(grid.expert)
-                               for k in range(grid.expert_tensor))
+    weight_bytes = weight_bytes_per_param(table.dtype)
 
     def send_s(size: float) -> float:
-        return fabric.time_s("send", "direct", size, rings, n, place)
+        return fabric.time_s("send", "direct", size, groups.rings, n, place)
 
     def alltoall_s(size: float) -> float:
-        return fabric.time_s("alltoall", "direct", size, a2a_groups, n, place)
+        return fabric.time_s("alltoall", "direct", size, groups.alltoall, n, place)
 
-    def tensor_comm_s(pieces_: list[Piece]) -> float:
-        counts = count_collectives([c for x in pieces_
-                                    for c in (x.forward_collectives, x.backward_collectives)])
-        return sum(fabric.time_s(op, "ring", act, tensor_groups, n, place) * count
-                   for op, count in counts)
+    def tensor_comm_s(s: int) -> float:
+        return sum(fabric.time_s(op, "ring", act, groups.tensor, n, place) * count
+                   for op, count in sums.collectives[s])
 
-    def segments_s(pieces_: list[Piece]) -> tuple[float, float]:
-        """Ring and all-to-all time of segmented passes."""
-        ring = a2a = 0.0
-        for x in pieces_:
-            r, a = pass_comm_s(tuple(ps for pair in x.passes for ps in pair), c, send_s,
-                               alltoall_s)
-            ring, a2a = ring + r, a2a + a
-        return ring, a2a
-
-    def gathers_exposed_s(pieces_: list[Piece]) -> float:
+    def gathers_exposed_s(s: int) -> float:
         """Layer-by-layer ZeRO-3: a micro-batch's two gathers of its stage's parameters,
         less the compute they run beside."""
         if not gathers:
             return 0.0
-        experts = sum(x.expert_params for x in pieces_)
-        weights = (sum(x.params for x in pieces_) - experts) * weight_bytes_per_param(
-            table.dtype)
-        gather = fabric.time_s("allgather", "ring", weights, gather_groups, n, place)
+        experts = sums.expert_params[s]
+        gather = fabric.time_s("allgather", "ring", (sums.params[s] - experts) * weight_bytes,
+                               gather_groups, n, place)
         if experts and grid.expert_data > 1:  # the experts' own, after it on the same stream
-            gather += fabric.time_s("allgather", "ring",
-                                    experts * weight_bytes_per_param(table.dtype),
-                                    expert_data_groups, n, place)
-        return max(2 * gather - sum(x.forward_s + x.backward_s for x in pieces_), 0.0)
+            gather += fabric.time_s("allgather", "ring", experts * weight_bytes,
+                                    groups.expert_data, n, place)
+        return max(2 * gather - sums.compute[s], 0.0)
 
-    stages = [cut[s::p] for s in range(p)]
-    comm = [segments_s(ps) for ps in stages]
-    stage_s = [sum(x.forward_s + x.backward_s for x in ps) + tensor_comm_s(ps)
-               + gathers_exposed_s(ps) + sum(comm[s]) for s, ps in enumerate(stages)]
-    slowest = max(range(p), key=lambda s: sum(x.forward_s + x.backward_s for x in stages[s]))
-    compute = sum(x.forward_s + x.backward_s for x in stages[slowest])
+    comm = [pass_comm_s(counts, c, send_s, alltoall_s) for counts in sums.segments]
+    stage_s = [sums.compute[s] + tensor_comm_s(s) + gathers_exposed_s(s) + sum(comm[s])
+               for s in range(p)]
+    slowest = max(range(p), key=sums.compute.__getitem__)
     micro = stage_s[slowest]
     bubble = p2p = 0.0
     if p > 1:
-        pairs = tuple((grid.rank(0, r, k, ci), grid.rank(1, r, k, ci)) for r in range(d)
-                      for ci in range(c) for k in range(t))
         bubble = (sum(stage_s) - micro) / v
-        size = max(x.out_bytes for x in cut) / t  # each tensor rank sends its 1/t
-        p2p = 2 * (p * v - 1) * fabric.time_s("send", "direct", size, pairs, n, place)
-    return MicroPart(compute, micro, bubble, p2p,
-                     tuple(sum(x.params for x in stages[s]) for s in range(p)),
-                     tuple(sum(x.backward_s for x in stages[s]) for s in range(p)),
-                     tuple(sum(cut[k].backward_s for k in range(s)) for s in range(p)),
-                     tuple(stages[s][0].layer_params[0] for s in range(p)),
-                     *comm[slowest],
-                     tuple(sum(x.expert_params for x in stages[s]) for s in range(p)))
+        p2p = 2 * (p * v - 1) * fabric.time_s("send", "direct", sums.out_bytes / t,
+                                              groups.pipeline, n, place)
+    return MicroPart(sums.compute[slowest], micro, bubble, p2p, sums.params, sums.backward,
+                     sums.drained, sums.first_layer, *comm[slowest], sums.expert_params)
 
 
 def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer: str,
