@@ -457,6 +457,9 @@ def plan(model: Annotated[str, typer.Option(
          confirm: Annotated[int, typer.Option(help="Best plans the engine simulates.")] = 3,
          max_plans: Annotated[int, typer.Option(
              help="Refuse a request that enumerates more plans than this.")] = 50_000_000,
+         all_plans: Annotated[bool, typer.Option(
+             "--all-plans", help="Estimate every plan, not only those that can reach the "
+             "top (slower; plans.csv then lists every plan that fits).")] = False,
          out_dir: OutDir = Path("reports"), as_json: AsJson = False) -> None:
     """Find the fastest (or cheapest, or least energy) way to train a model on a cluster:
     enumerate data/tensor/pipeline plans, drop those that do not fit, rank by a closed-form
@@ -476,7 +479,7 @@ def plan(model: Annotated[str, typer.Option(
         request = PlanRequest(model, cluster, _gpu_counts(gpus), global_batch, precision,
                               tokens=tokens, objective=objective, max_days=max_days,
                               budget_usd=budget, top=top, confirm=confirm,
-                              max_plans=max_plans)
+                              max_plans=max_plans, exhaustive=all_plans)
         with Progress(console=err, transient=True, disable=as_json) as bar:
             result = run_plan(request, lambda items, label: bar.track(items, description=label))
         with _writing(out_dir):

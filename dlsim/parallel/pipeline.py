@@ -17,7 +17,7 @@ same time as interleaving them because each blocks the next kernel.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -115,17 +115,32 @@ class LayerCosts:
     counts: tuple[tuple[Collectives, Collectives], ...]
 
 
+T = TypeVar("T")
+
+
+def expanded(costs: LayerCosts, at: tuple[int, ...]) -> LayerCosts:
+    """``costs`` of a model's distinct layers spread over all its layers (``at[i]``: layer
+    i's distinct layer)."""
+    def spread(values: tuple[T, ...]) -> tuple[T, ...]:
+        return tuple(values[k] for k in at) if values else ()
+
+    return LayerCosts(spread(costs.times), spread(costs.passes), spread(costs.params),
+                      spread(costs.expert_params), spread(costs.counts))
+
+
 def layer_costs(model: Model, shard: Model, device: DeviceProfile, dtype: str,
                 recompute: str, sequence_parallel: bool = False, *, context: int = 1,
-                kv_block_bytes: float = 0.0, experts: ExpertLayout | None = None
-                ) -> LayerCosts:
+                kv_block_bytes: float = 0.0, experts: ExpertLayout | None = None,
+                same: tuple[int, ...] | None = None) -> LayerCosts:
     """What each layer of ``shard`` costs (see ``pieces`` for the arguments). Layers equal
-    but for their names (a model's repeated blocks) are priced once."""
+    but for their names (a model's repeated blocks) are priced once; ``same`` (from
+    ``repeats``) saves finding them again in each shard of one model."""
     layout = experts or ExpertLayout()
     segmented = context > 1 or layout.expert > 1
-    first: dict[tuple[Layer, Layer], int] = {}
-    same = [first.setdefault((replace(layer, name=""), replace(full, name="")), i)
-            for i, (full, layer) in enumerate(zip(model.layers, shard.layers))]
+    if same is None:
+        first: dict[tuple[Layer, Layer], int] = {}
+        same = tuple(first.setdefault((replace(layer, name=""), replace(full, name="")), i)
+                     for i, (full, layer) in enumerate(zip(model.layers, shard.layers)))
     unique = [(model.layers[i], shard.layers[i]) for i in sorted(set(same))]
     at = {i: n for n, i in enumerate(sorted(set(same)))}
 
@@ -142,16 +157,30 @@ def layer_costs(model: Model, shard: Model, device: DeviceProfile, dtype: str,
         each([tensor_collectives(layer, sequence_parallel) for _, layer in unique]))
 
 
+def repeats(model: Model) -> tuple[int, ...]:
+    """Per layer, the index of the first layer equal to it but for its name: tensor, context
+    and expert sharding transform each layer alone, so every shard of ``model`` repeats its
+    layers the same way (``layer_costs(same=...)``)."""
+    first: dict[Layer, int] = {}
+    return tuple(first.setdefault(replace(layer, name=""), i)
+                 for i, layer in enumerate(model.layers))
+
+
+def cut_layers(shard: Model, times: tuple[tuple[float, float], ...],
+               parts: int) -> list[list[int]]:
+    """The layers of each of ``parts`` pieces (see ``pieces``)."""
+    blocks = sum(layer.block is not None for layer in shard.layers)
+    return (pipeline_stages(shard, parts) if blocks >= parts
+            else partition([f + b for f, b in times], parts))
+
+
 def cut_shard(model: Model, shard: Model, costs: LayerCosts, parts: int,
         recompute: str) -> list[Piece]:
     """``shard`` cut into ``parts`` pieces priced by its ``costs`` (see ``pieces``)."""
     times, passes, params = costs.times, costs.passes, costs.params
     expert_params, counts = costs.expert_params, costs.counts
-    blocks = sum(layer.block is not None for layer in shard.layers)
-    runs = (pipeline_stages(shard, parts) if blocks >= parts
-            else partition([f + b for f, b in times], parts))
     out = []
-    for layers in runs:
+    for layers in cut_layers(shard, times, parts):
         forward = [counts[i][0] for i in layers]
         backward = [counts[i][1] for i in layers]
         first = layers[0]

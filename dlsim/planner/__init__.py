@@ -31,7 +31,9 @@ def plan_to_json(result: PlanResult) -> str:
 
 
 def write_plan(result: PlanResult, out_dir: Path) -> Path:
-    """reports/plan-<model>-<cluster>/: summary.json, plans.csv (every fitting plan), index.html."""
+    """reports/plan-<model>-<cluster>/: summary.json, plans.csv (every plan estimated: those
+    that fit and could reach the top, or every one that fits with ``--all-plans``),
+    index.html."""
     import pandas as pd
 
     from dlsim.planner.report import render_plan

@@ -84,8 +84,11 @@ from dlsim.parallel.pipeline import (
     LayerCosts,
     Piece,
     count_collectives,
+    cut_layers,
     cut_shard,
+    expanded,
     layer_costs,
+    repeats,
 )
 from dlsim.parallel.segments import LayerPass, Segment
 from dlsim.parallel.sharding import sharding_groups
@@ -175,6 +178,12 @@ class CostTable:
         self._shards: dict[tuple, tuple[Model, Model, float, ExpertLayout | None]] = {}
         self._costs: dict[tuple, LayerCosts] = {}
         self._sums: dict[tuple, StageSums] = {}
+        self._compute: dict[tuple, tuple[float, ...]] = {}
+        # the model's distinct layers (repeated blocks once) and where each layer's is
+        same = repeats(model)
+        firsts = sorted(set(same))
+        self._distinct = Model(model.name, tuple(model.layers[i] for i in firsts))
+        self._at = tuple(firsts.index(i) for i in same)
 
     def _shard(self, t: int, sequence_parallel: bool, context: int, expert: int,
                expert_tensor: int) -> tuple[Model, Model, float, ExpertLayout | None]:
@@ -182,17 +191,26 @@ class CostTable:
         expert layout the pieces are priced with."""
         key = (t, sequence_parallel, context, expert, expert_tensor)
         if key not in self._shards:
-            per_rank = context_shard(self.model, context)
-            layout = ExpertLayout(expert, expert_tensor, t)
-            shard = reprice_experts(shard_model(per_rank, t, sequence_parallel), layout)
-            kv_block = 0.0
-            if context > 1:
-                assert self.shape is not None  # context parallelism plans a transformer
-                kv_block = kv_bytes(self.shape, self.microbatch,
-                                    max(DTYPE_BYTES[self.dtype], 2), t) / context
-            self._shards[key] = (per_rank, shard, kv_block,
-                                 layout if expert > 1 or self.moe else None)
+            self._shards[key] = (*self._transform(self.model, *key),
+                                 *self._ring_and_layout(t, context, expert, expert_tensor))
         return self._shards[key]
+
+    @staticmethod
+    def _transform(model: Model, t: int, sequence_parallel: bool, context: int, expert: int,
+                   expert_tensor: int) -> tuple[Model, Model]:
+        per_rank = context_shard(model, context)
+        layout = ExpertLayout(expert, expert_tensor, t)
+        return per_rank, reprice_experts(shard_model(per_rank, t, sequence_parallel), layout)
+
+    def _ring_and_layout(self, t: int, context: int, expert: int,
+                         expert_tensor: int) -> tuple[float, ExpertLayout | None]:
+        kv_block = 0.0
+        if context > 1:
+            assert self.shape is not None  # context parallelism plans a transformer
+            kv_block = kv_bytes(self.shape, self.microbatch, max(DTYPE_BYTES[self.dtype], 2),
+                                t) / context
+        layout = ExpertLayout(expert, expert_tensor, t)
+        return kv_block, layout if expert > 1 or self.moe else None
 
     def pieces(self, t: int, parts: int, recompute: str, sequence_parallel: bool = False,
                context: int = 1, expert: int = 1, expert_tensor: int = 1) -> list[Piece]:
@@ -200,13 +218,41 @@ class CostTable:
         if key not in self._memo:
             per_rank, shard, kv_block, layout = self._shard(t, sequence_parallel, context,
                                                             expert, expert_tensor)
-            costs = (t, sequence_parallel, context, expert, expert_tensor, recompute)
-            if costs not in self._costs:  # the layers' costs, whatever the piece count
-                self._costs[costs] = layer_costs(
-                    per_rank, shard, self.device, self.dtype, recompute, sequence_parallel,
-                    context=context, kv_block_bytes=kv_block, experts=layout)
-            self._memo[key] = cut_shard(per_rank, shard, self._costs[costs], parts, recompute)
+            costs = self.layer_costs(t, recompute, sequence_parallel, context, expert,
+                                     expert_tensor)
+            self._memo[key] = cut_shard(per_rank, shard, costs, parts, recompute)
         return self._memo[key]
+
+    def layer_costs(self, t: int, recompute: str, sequence_parallel: bool, context: int,
+                    expert: int, expert_tensor: int) -> LayerCosts:
+        """The layers' costs at one sharding, whatever the piece count."""
+        key = (t, sequence_parallel, context, expert, expert_tensor, recompute)
+        if key not in self._costs:  # priced on the distinct layers, then spread out
+            per_rank, shard = self._transform(self._distinct, t, sequence_parallel, context,
+                                              expert, expert_tensor)
+            kv_block, layout = self._ring_and_layout(t, context, expert, expert_tensor)
+            self._costs[key] = expanded(layer_costs(
+                per_rank, shard, self.device, self.dtype, recompute, sequence_parallel,
+                context=context, kv_block_bytes=kv_block, experts=layout,
+                same=tuple(range(len(shard.layers)))), self._at)
+        return self._costs[key]
+
+    def stage_compute(self, t: int, parts: int, recompute: str, sequence_parallel: bool,
+                      context: int, expert: int, expert_tensor: int,
+                      stages: int) -> tuple[float, ...]:
+        """``stage_sums(...).compute`` without cutting the pieces (what the planner's lower
+        bounds read of every cut, most of which it never estimates)."""
+        key = (t, parts, recompute, sequence_parallel, context, expert, expert_tensor, stages)
+        if key in self._sums:
+            return self._sums[key].compute
+        if key not in self._compute:
+            costs = self.layer_costs(t, recompute, sequence_parallel, context, expert,
+                                     expert_tensor)
+            times = costs.times  # sharding keeps the layers' roles: cut as the model
+            piece = [sum(times[i][0] for i in layers) + sum(times[i][1] for i in layers)
+                     for layers in cut_layers(self.model, times, parts)]
+            self._compute[key] = tuple(sum(piece[s::stages]) for s in range(stages))
+        return self._compute[key]
 
     def stage_sums(self, t: int, parts: int, recompute: str, sequence_parallel: bool,
                    context: int, expert: int, expert_tensor: int, stages: int) -> StageSums:

@@ -12,8 +12,11 @@ confirms).
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +26,7 @@ from dlsim.contract.scenario import DEFAULT_MAX_EVENTS, ClusterSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
+from dlsim.planner.bounds import Block, energy_lower_bound_J, step_lower_bound
 from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
 from dlsim.planner.models import model_name, model_section, model_shape, model_spec
@@ -54,6 +58,7 @@ class PlanRequest:
     top: int = 10
     confirm: int = 3
     max_plans: int = DEFAULT_MAX_PLANS
+    exhaustive: bool = False  # estimate every plan, not only those the bounds leave in
 
 
 @dataclass
@@ -65,7 +70,7 @@ class PlanResult:
     pareto: list[dict[str, Any]]
     explanation: list[str]
     smallest_gpus_meeting_deadline: int | None
-    candidates: list[dict[str, Any]] = field(default_factory=list)  # every fitting plan
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every plan estimated
     wall_s: dict[str, float] = field(default_factory=dict)
     # plans enumerated, feasible (the engine's rules), fitting in memory, estimated, pruned
     space: dict[str, int] = field(default_factory=dict)
@@ -138,25 +143,40 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
             powers[microbatch] = power_model(table(microbatch).model, device, request.precision)
         return powers[microbatch]
 
+    keep = max(request.top, request.confirm, 2)  # the explanation reads the runner-up
+    best = _Best(keep)
     size = SpaceCount()
+    pruned = 0
     for gpus, space, topology in spaces:
         estimator = Estimator(table, request.optimizer, request.global_batch,
                               Fabric(topology))
-        for p in space:
-            memory = estimator.memory_bytes(p)
-            if memory > device.memory_bytes:
+        found: list[tuple[tuple[int, ...], dict[str, Any]]] = []
+        fastest = float("inf")  # this count's fastest plan: the Pareto front may hold it
+        for block in _blocks(space, table, power, request, steps, device):
+            if (not request.exhaustive and block.key > best.worst()
+                    and block.step_s > fastest):
+                pruned += block.plans
                 continue
-            est = estimator.estimate(p)
-            row: dict[str, Any] = {**p.as_dict(), "microbatches": p.microbatches_for(
-                request.global_batch), "memory_per_device_bytes": memory,
-                "fits_in_memory": True, "step_time_s": est.step_time_s,
-                "step_time_source": "estimate", "estimated_step_time_s": est.step_time_s,
-                "estimated_breakdown_s": est.breakdown_s}
-            _objectives(row, est.step_time_s, steps, gpus, device, gpus * estimated_energy_J(
-                power(p.microbatch), est.step_time_s, est.breakdown_s))
-            rows.append(row)
-        size.enumerated += space.count.enumerated
-        size.feasible += space.count.feasible
+            for order, p in _block_plans(space, block, size):
+                memory = estimator.memory_bytes(p)
+                if memory > device.memory_bytes:
+                    continue
+                est = estimator.estimate(p)
+                row: dict[str, Any] = {**p.as_dict(), "microbatches": p.microbatches_for(
+                    request.global_batch), "memory_per_device_bytes": memory,
+                    "fits_in_memory": True, "step_time_s": est.step_time_s,
+                    "step_time_source": "estimate", "estimated_step_time_s": est.step_time_s,
+                    "estimated_breakdown_s": est.breakdown_s}
+                _objectives(row, est.step_time_s, steps, gpus, device,
+                            gpus * estimated_energy_J(power(p.microbatch), est.step_time_s,
+                                                      est.breakdown_s))
+                found.append((order, row))
+                fastest = min(fastest, est.step_time_s)
+                if _meets(row, request):
+                    best.add(_ranking(request)(row))
+        found.sort(key=lambda item: item[0])  # enumeration order: ties break the same
+        rows.extend(row for _, row in found)
+        size.enumerated += space.size()
     estimated = time.perf_counter()
     feasible = sorted((r for r in rows if _meets(r, request)), key=_ranking(request))
     confirmed = feasible[:request.confirm]
@@ -173,7 +193,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                        key=_ranking(request))
     ranked = confirmed + feasible[request.confirm:]
     space_size = {"enumerated": size.enumerated, "feasible": size.feasible,
-                  "fitting": len(rows), "estimated": len(rows), "pruned": 0}
+                  "fitting": len(rows), "estimated": len(rows), "pruned": pruned}
     if not ranked:
         raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes))
     deadline_gpus = (min(r["gpus"] for r in ranked)
@@ -184,6 +204,93 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                       deadline_gpus, rows, {"estimate": estimated - started,
                                             "simulate": time.perf_counter() - estimated},
                       space_size)
+
+
+class _Best:
+    """The ``keep`` best ranking keys seen so far among plans that meet the constraints."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._heap: list[tuple[float, float]] = []  # negated: the worst kept on top
+
+    def add(self, key: tuple[float, float]) -> None:
+        heapq.heappush(self._heap, (-key[0], -key[1]))
+        if len(self._heap) > self.keep:
+            heapq.heappop(self._heap)
+
+    def worst(self) -> tuple[float, float]:
+        """The key a plan must beat to be kept (none yet: anything is kept)."""
+        if len(self._heap) < self.keep:
+            return (float("inf"), float("inf"))
+        return (-self._heap[0][0], -self._heap[0][1])
+
+
+# the free dimensions the step's lower bound reads (the cut's compute); the others (offload,
+# protocol) and every checked dimension but the layout's degrees share one bound
+BOUND_DIMENSIONS = ("recompute", "sequence_parallel")
+
+
+def _blocks(space: PlanSpace, table: Callable[[int], CostTable],
+            power: Callable[[int], PowerModel], request: PlanRequest, steps: float,
+            device: hardware.DeviceProfile) -> list[Block]:
+    """The space's plans in blocks that share a lower bound (``dlsim.planner.bounds``),
+    best bound first: layouts of equal degrees, micro-batch and virtual stages (whatever
+    their schedule, ZeRO stage, shard group, algorithm and placement) at one recompute and
+    sequence-parallel choice."""
+    names = [d.name for d in space.free]
+    fixed = [names.index(n) for n in BOUND_DIMENSIONS]
+    rest = [i for i in range(len(names)) if i not in fixed]
+    grouped: dict[tuple, list[int]] = {}
+    for index, (layout, free, _) in enumerate(space.layouts()):
+        degrees = tuple(layout[k] for k in ("tensor", "context", "pipeline", "data", "expert",
+                                            "expert_tensor", "microbatch", "virtual_stages"))
+        for choice in itertools.product(*(free[i] for i in fixed)):
+            grouped.setdefault((degrees, choice), []).append(index)
+    layouts = space.layouts()
+    blocks = []
+    for (degrees, choice), indices in grouped.items():
+        t, c, p, d, e, et, mb, v = degrees
+        recompute, sp = choice
+        compute = table(mb).stage_compute(t, p * v, recompute, sp and t > 1, c, e, et, p)
+        m = request.global_batch // d // mb
+        step = step_lower_bound(compute, m, v)
+        plans = sum(math.prod(len(layouts[i][1][k]) for k in rest) for i in indices)
+        blocks.append(Block(tuple(indices), tuple(zip(BOUND_DIMENSIONS, choice)), plans, step,
+                            _bound_key(request, step, steps, space.problem.target.devices,
+                                       device, power(mb), m * max(compute))))
+    return sorted(blocks, key=lambda b: (b.key, b.indices))
+
+
+def _bound_key(request: PlanRequest, step_s: float, steps: float, gpus: int,
+               device: hardware.DeviceProfile, power: PowerModel,
+               compute_s: float) -> tuple[float, float]:
+    """The ranking key (``_ranking``) no plan of a block beats."""
+    seconds = step_s * steps
+    if request.objective == "time":
+        return (seconds, seconds)
+    if request.objective == "cost":
+        price = device.price_usd_per_hour
+        return (gpus * seconds / 3600 * price if price is not None else float("inf"),
+                seconds)
+    return (gpus * energy_lower_bound_J(power, step_s, compute_s) * steps / 3.6e6, seconds)
+
+
+def _block_plans(space: PlanSpace, block: Block, size: SpaceCount
+                 ) -> Iterator[tuple[tuple[int, ...], Plan]]:
+    """The feasible plans of ``block`` with their place in the enumeration order (the
+    layout's index, then each free dimension's value index); counts the feasible ones."""
+    names = [d.name for d in space.free]
+    chosen = dict(block.choice)
+    for index in block.indices:
+        if not space.layout_runs(index):
+            continue
+        layout, free, _ = space.layouts()[index]
+        options = [[(free[i].index(chosen[n]), chosen[n])] if n in chosen
+                   else list(enumerate(free[i])) for i, n in enumerate(names)]
+        for values in itertools.product(*options):
+            size.feasible += 1
+            yield (index, *(k for k, _ in values)), space.plan(
+                layout, {n: v for n, (_, v) in zip(names, values)})
 
 
 def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.SystemProfile

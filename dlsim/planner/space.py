@@ -288,6 +288,7 @@ class PlanSpace:
         self.count = SpaceCount()
         self._layouts: list[tuple[Chosen, list[Sequence[Any]], int]] | None = None
         self._comm: dict[str, CommunicationSpec] = {}
+        self._runs: dict[int, bool] = {}
 
     def _values(self, dim: Dimension, chosen: Chosen) -> Sequence[Any]:
         values = dim.values(self.problem, chosen)
@@ -329,18 +330,28 @@ class PlanSpace:
         return sum(count for _, _, count in self.layouts())
 
     def __iter__(self) -> Iterator[Plan]:
-        """Every feasible plan, in a fixed order (so ties break the same). A layout is
-        checked once, with its first free values: the rules read none of the others."""
-        gpus = self.problem.target.devices
+        """Every feasible plan, in a fixed order (so ties break the same)."""
         names = [d.name for d in self.free]
-        for layout, free, count in self.layouts():
+        for index, (layout, free, count) in enumerate(self.layouts()):
             self.count.enumerated += count
-            if not count or not self.runs(Plan(gpus, **layout,
-                                               **{n: v[0] for n, v in zip(names, free)})):
+            if not self.layout_runs(index):
                 continue
             self.count.feasible += count
             for values in itertools.product(*free):
-                yield Plan(gpus, **layout, **dict(zip(names, values)))
+                yield self.plan(layout, dict(zip(names, values)))
+
+    def plan(self, layout: Chosen, free: Chosen) -> Plan:
+        return Plan(self.problem.target.devices, **layout, **free)
+
+    def layout_runs(self, index: int) -> bool:
+        """Whether the engine runs the plans of layout ``index`` of ``layouts()``: checked
+        once, with its first free values (the rules read none of the others)."""
+        if index not in self._runs:
+            layout, free, count = self.layouts()[index]
+            names = [d.name for d in self.free]
+            self._runs[index] = bool(count) and self.runs(
+                self.plan(layout, {n: v[0] for n, v in zip(names, free)}))
+        return self._runs[index]
 
     def runs(self, plan: Plan) -> bool:
         """Whether the engine runs ``plan`` (``dlsim.parallel.feasibility``)."""

@@ -130,7 +130,8 @@ def test_every_plan_the_planner_returns_passes_the_rules():
         plan = Plan(*(row[f.name] for f in dataclasses.fields(Plan)))
         feasibility.check(job_of(plan, TRANSFORMER_SHAPES["megatron-1.7b"], 32, target),
                           lambda n, policy=plan.placement: target.place(n, policy))
-    space = result.space
-    assert space["enumerated"] >= space["feasible"] >= space["fitting"] == len(
-        result.candidates) == space["estimated"] + space["pruned"]
+    space = result.space  # pruned plans are skipped before any check
+    assert space["enumerated"] >= space["feasible"] + space["pruned"]
+    assert space["feasible"] >= space["fitting"] == len(result.candidates) == space[
+        "estimated"]
 

@@ -1,0 +1,86 @@
+"""The planner's lower bounds (``dlsim.planner.bounds``) skip only plans that cannot reach
+the ranking: a bounded search returns what the exhaustive one does."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlsim.planner import PlanRequest, run_plan
+from dlsim.planner import search as S
+from dlsim.planner.bounds import step_lower_bound
+
+CASES = [
+    # (request keywords, what it exercises)
+    (dict(model="megatron-1.7b", cluster="dgx-a100", gpus=(8, 16), global_batch=32),
+     "two GPU counts, time"),
+    (dict(model="megatron-1.7b", cluster="dgx-a100", gpus=(8, 16), global_batch=32,
+          objective="cost", tokens=2e9), "cost over two counts: the Pareto front"),
+    (dict(model="megatron-1.7b", cluster="dgx-a100", gpus=(8, 16), global_batch=32,
+          objective="energy", tokens=2e9), "energy"),
+    (dict(model="gpt2-1.5b", cluster="dgx-a100", gpus=(8, 16), global_batch=64,
+          tokens=5e9, max_days=0.3), "a deadline only some plans meet"),
+    (dict(model="mixtral-8x7b", cluster="dgx-h100", gpus=(8,), global_batch=16, top=5),
+     "expert parallelism"),
+]
+
+
+def _without_order(result: S.PlanResult) -> tuple:
+    return (result.plans, result.pareto, result.explanation,
+            result.smallest_gpus_meeting_deadline)
+
+
+@pytest.mark.parametrize("kwargs", [c for c, _ in CASES], ids=[i for _, i in CASES])
+def test_bounded_search_ranks_as_the_exhaustive_one(kwargs: dict) -> None:
+    bounded = run_plan(PlanRequest(**kwargs, confirm=0))
+    exhaustive = run_plan(PlanRequest(**kwargs, confirm=0, exhaustive=True))
+    assert _without_order(bounded) == _without_order(exhaustive)
+    assert exhaustive.space["pruned"] == 0
+    assert bounded.space["pruned"] > 0  # the bound did skip plans, or the test shows nothing
+    assert bounded.space["enumerated"] == exhaustive.space["enumerated"]
+    assert (bounded.space["feasible"] + bounded.space["pruned"]
+            >= exhaustive.space["feasible"])
+    # what the bounded search estimated, it estimated exactly as the exhaustive one
+    everything = {tuple(sorted((k, v) for k, v in r.items() if not isinstance(v, dict)))
+                  for r in exhaustive.candidates}
+    assert all(tuple(sorted((k, v) for k, v in r.items() if not isinstance(v, dict)))
+               in everything for r in bounded.candidates)
+
+
+def test_no_estimate_is_below_its_blocks_bound() -> None:
+    """The bound of every block is at most the estimate of each of its plans (the
+    exhaustive search estimates them all)."""
+    request = PlanRequest("gpt2-1.5b", "dgx-a100", (16,), 64, confirm=0, exhaustive=True)
+    result = run_plan(request)
+    system = S.hardware.system(request.cluster)
+    device = S.hardware.device(system.device)
+    shape, spec = S.model_shape(request.model), S.model_spec(request.model)
+    ((_, space, _),) = S._admit(request, shape, system)
+    tables: dict[int, S.CostTable] = {}
+
+    def table(mb: int) -> S.CostTable:
+        if mb not in tables:
+            kernel = S.attention_kernel(spec, device, "bf16")
+            tables[mb] = S.CostTable(S.build_model(spec, mb, 2, kernel), device, "bf16",
+                                     mb * shape.seq_len, shape.hidden, shape, mb)
+        return tables[mb]
+
+    def power(mb: int) -> S.PowerModel:
+        return S.power_model(table(mb).model, device, "bf16")
+
+    layout_fields = tuple(space.layouts()[0][0])
+    bound_of = {}
+    for block in S._blocks(space, table, power, request, 1.0, device):
+        for index in block.indices:
+            layout = space.layouts()[index][0]
+            bound_of[tuple(layout.values()) + tuple(v for _, v in block.choice)] = block.step_s
+    for row in result.candidates:
+        key = tuple(row[k] for k in (*layout_fields, *S.BOUND_DIMENSIONS))
+        assert bound_of[key] <= row["step_time_s"], row
+    assert len(result.candidates) > 1000
+
+
+def test_step_bound_closed_form() -> None:
+    # p = 1: m micro-batches of compute; p = 4, v = 2: (m - 1/2)·C + sum/2
+    assert step_lower_bound((2.0,), 8, 1) == pytest.approx(16.0, rel=1e-11)
+    assert step_lower_bound((1.0, 2.0, 1.0, 1.0), 8, 2) == pytest.approx(
+        7.5 * 2.0 + 5.0 / 2, rel=1e-11)
