@@ -32,7 +32,8 @@ from dlsim.network.protocol import resolve_mode
 from dlsim.results.intervals import breakdown
 from dlsim.results.result import Result
 from dlsim.workload.costmodel import kernel_time_s
-from dlsim.workload.execution_trace import FIELD, TraceWork, classify, kineto_durations
+from dlsim.workload.execution_trace import FIELD, TraceWork, classify
+from dlsim.workload.kineto import kineto_durations
 
 MODEL_FLOP_KINDS = ("gemm", "attention", "conv")  # as training_summary counts model FLOPs
 

@@ -107,7 +107,7 @@ def test_replay_on_a_dgx_a100(recorded):
 def test_kineto_times_replace_the_cost_model(recorded):
     """With the Kineto trace every compute op runs for its measured time: rank 0's compute
     (one stream, in order) is their sum."""
-    from dlsim.workload.execution_trace import kineto_durations
+    from dlsim.workload.kineto import kineto_durations
     kineto = recorded / "ddp_mlp_kineto_0.json"
     measured = kineto_durations(kineto)
     work = classify(recorded / "ddp_mlp_et_0.json", 4, measured)
