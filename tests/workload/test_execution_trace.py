@@ -241,9 +241,11 @@ def test_conv_attention_and_batched_gemms_count_as_flop_counter_does(tmp_path):
 
 
 @pytest.mark.parametrize("extra,field", [({"parallelism": {"tensor": 2}}, "parallelism"),
-                                         ({"parallelism": {"data": 4}}, "parallelism"),
+                                         ({"parallelism": {"data": 4}}, "model.trace"),
                                          ({"stragglers": {"fixed": {1: 2.0}}}, "stragglers")])
 def test_what_the_trace_fixes_cannot_be_given_beside_it(extra, field):
+    """A plan, or a straggler model, is refused; data: 4 scales the trace but needs four
+    devices (the host cluster has two)."""
     with pytest.raises(ScenarioError) as err:
         simulate(_scenario(EXAMPLE, HOST_CLUSTER, batch=2 * EXAMPLE_BATCH) | extra)
     assert err.value.field == field
