@@ -137,8 +137,10 @@ def program_of(job: Job, rank: int, device: DeviceProfile, dtype: str, algorithm
                symmetric_run: bool) -> list[Op]:
     """``rank``'s ops: compute on the compute stream, collectives on the communication
     stream over ``rank``'s block of their group (in a symmetric run, with every other block
-    as ``instances``), sends and receives on streams of their own; each op waits for the
-    ops whose tensors it reads."""
+    as ``instances``) by the scenario's ``communication.data_parallel`` algorithm (an
+    all-to-all direct, the one algorithm dlsim has for it, as expert parallelism runs it),
+    sends and receives on streams of their own; each op waits for the ops whose tensors it
+    reads."""
     ops: list[Op] = []
     issued: Counter[str] = Counter()
     for op in job.work(rank).ops:
@@ -171,7 +173,8 @@ def program_of(job: Job, rank: int, device: DeviceProfile, dtype: str, algorithm
             instances = len(blocks)
         ops.append(Collective(name, f"{pg} {mine[0]}#{issued[pg]}", group,
                               "allreduce" if comm.op == "barrier" else comm.op,
-                              comm.size_bytes, algorithm, deps=op.deps, instances=instances))
+                              comm.size_bytes, "direct" if comm.op == "alltoall" else algorithm,
+                              deps=op.deps, instances=instances))
     return ops
 
 
@@ -247,7 +250,7 @@ def simulate_trace(scenario: TrainingScenario, topology: Topology) -> Result:
                             "operators; name one (cluster.device).", field="cluster.device")
     world = job.world
     algorithm = scenario.communication.data_parallel
-    for op in {o.collective for o in first.ops} - {None, "send", "recv"}:
+    for op in {o.collective for o in first.ops} - {None, "send", "recv", "alltoall"}:
         assert op is not None
         check_algorithm("allreduce" if op == "barrier" else op, algorithm,
                         field="communication.data_parallel")

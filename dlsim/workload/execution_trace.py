@@ -211,6 +211,16 @@ def _bucket(node: TraceNode) -> str:
     return "custom"
 
 
+def _own_comm(node: TraceNode, enclosing: str | None) -> bool:
+    """A collective recorded below another collective of a different kind is its own: the
+    observer parents a node on whatever its thread had open (an asynchronous functional
+    collective's wrapper can still be open when the next collective starts), while a
+    functional collective's own ``c10d::`` call is the same kind of collective."""
+    if comm_kind(node.name) != "comm" or enclosing is None:
+        return False
+    return comm_of(node, []).op != enclosing
+
+
 def _below(node: TraceNode, children: dict[int, list[TraceNode]]) -> list[TraceNode]:
     """Every node ``node`` called, at any depth."""
     out, stack = [], list(children.get(node.id, ()))
@@ -239,12 +249,19 @@ def classify(path: str | Path, dtype_bytes: int,
     work = TraceWork(str(path), [], groups)
     writer: dict[int, int] = {}  # storage id -> index of the last op writing it
     claimed: set[int] = set()  # ids of replayed ops and of every node below them
+    comm_op: dict[int, str | None] = {}  # claimed node id -> the collective it is part of
     fence: int | None = None  # the last barrier: the first op after it waits for it
     fenced: set[str] = set()  # streams whose first op after the fence waits for it
     last: dict[str, int] = {}  # stream -> its last op
     for node in nodes:
-        if node.parent in claimed and node.parent != node.id:
+        if comm_kind(node.name) == "free":  # a wait's result is the collective's output
+            for src, dst in zip(node.inputs, node.outputs):
+                if src.storage in writer:
+                    writer[dst.storage] = writer[src.storage]
+        if node.parent in claimed and node.parent != node.id and not _own_comm(
+                node, comm_op.get(node.parent)):
             claimed.add(node.id)
+            comm_op.setdefault(node.id, comm_op.get(node.parent))
             work.counts["inside"] += 1
             continue
         bucket = _bucket(node)
@@ -253,10 +270,6 @@ def classify(path: str | Path, dtype_bytes: int,
         measured_s = (measured or {}).get(node.rf_id) if node.rf_id is not None else None
         if bucket == "free" and node.id in children:
             bucket = "structure"
-        if bucket == "free" and comm_kind(node.name) == "free":
-            for src, dst in zip(node.inputs, node.outputs):  # the result is the wait's input
-                if src.storage in writer:
-                    writer[dst.storage] = writer[src.storage]
         if bucket == "custom":  # a wrapper of its children, else a kernel of its own
             bucket = ("structure" if node.id in children else
                       "compute" if measured_s is not None else "unmapped")
@@ -279,6 +292,7 @@ def classify(path: str | Path, dtype_bytes: int,
                         node.inputs))
             reads, writes = comm.reads, comm.writes
             op = TraceOp(node, (), comm=comm, measured_s=measured_s)
+            comm_op[node.id] = comm.op
         deps = {writer[t.storage] for t in reads if t.storage in writer}
         if op.collective == "barrier":
             deps |= set(last.values())  # every stream's work so far
