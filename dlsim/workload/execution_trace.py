@@ -323,22 +323,30 @@ def _backend_op(name: str) -> str:
         short, "allreduce")
 
 
+def _group_label(op: TraceOp) -> str:
+    if op.comm is None:
+        return ""
+    return op.comm.group if op.comm.group is not None else "world (assumed)"
+
+
 def trace_rows(work: TraceWork) -> list[dict[str, Any]]:
-    """The table ``dlsim import-model`` prints for a trace: the replayed operators by name,
-    in order of first appearance, with their count, GFLOP, MB moved (compute) or MB sent
-    through a collective, then every unmapped node by name."""
-    rows: dict[str, dict[str, Any]] = {}
+    """The table ``dlsim import-model`` prints for a trace: the replayed operators by name
+    (and, for communication, process group: a name the trace gives, else "world
+    (assumed)"), in order of first appearance, with their count, GFLOP, MB moved (compute)
+    or MB sent through a collective, then every unmapped node by name."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     for op in work.ops:
-        row = rows.setdefault(op.node.name, {
+        group = _group_label(op)
+        row = rows.setdefault((op.node.name, group), {
             "op": op.node.name, "kind": op.kernel.kind if op.kernel else op.collective,
-            "count": 0, "GFLOP": 0.0, "moved_MB": 0.0, "collective_MB": 0.0})
+            "group": group, "count": 0, "GFLOP": 0.0, "moved_MB": 0.0, "collective_MB": 0.0})
         row["count"] += 1
         if op.kernel is not None:
             row["GFLOP"] += op.kernel.flops / 1e9
             row["moved_MB"] += op.kernel.bytes / 1e6
         else:
             row["collective_MB"] += op.size_bytes / 1e6
-    unmapped = [{"op": name, "kind": "unmapped", "count": count, "GFLOP": 0.0,
+    unmapped = [{"op": name, "kind": "unmapped", "group": "", "count": count, "GFLOP": 0.0,
                  "moved_MB": 0.0, "collective_MB": 0.0}
                 for name, count in sorted(work.unmapped.items())]
     return [*rows.values(), *unmapped]
