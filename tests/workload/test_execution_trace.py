@@ -256,3 +256,22 @@ def test_data_equal_to_the_traces_ranks_is_allowed():
                      | {"parallelism": {"data": 2}})
     bare = simulate(_scenario(EXAMPLE, HOST_CLUSTER, batch=2 * EXAMPLE_BATCH))
     assert given.step_time_s == bare.step_time_s
+
+
+def test_closed_loop_scaled_the_trace_takes_the_scenarios_step_on_eight_ranks():
+    """parallelism.data: 8 scales the committed 2-rank DDP trace (every collective over the
+    world group) to eight ranks of the calibrated host network; the dlsim scenario of that
+    MLP on eight ranks takes the same step: the issue asks for 2 %; reached 0.89 % (0.7589 s
+    against 0.7521 s: the trace's gradient buckets are torch's, not dlsim's bucket model),
+    and the bytes on the wire agree to 1e-5 (the trace's two 36-byte broadcasts)."""
+    cluster = HOST_CLUSTER | {"devices": 8}
+    training = {"global_batch": 8 * EXAMPLE_BATCH, "optimizer": "sgd", "bucket_cap_mb": 25}
+    trace = simulate(_scenario(EXAMPLE, cluster) | {"parallelism": {"data": 8},
+                                                    "training": training})
+    preset = simulate({"name": "preset", "model": {"kind": "mlp", "widths": EXAMPLE_WIDTHS},
+                       "cluster": cluster, "precision": "fp32", "parallelism": {"data": 8},
+                       "training": training})
+    assert trace.summary["devices"] == 8 and trace.summary["trace"]["recorded_ranks"] == 2
+    assert trace.step_time_s == pytest.approx(preset.step_time_s, rel=1e-2)
+    assert trace.summary["comm_bytes_total"] == pytest.approx(
+        preset.summary["comm_bytes_total"], rel=1e-5)
