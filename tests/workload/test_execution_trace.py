@@ -275,3 +275,17 @@ def test_closed_loop_scaled_the_trace_takes_the_scenarios_step_on_eight_ranks():
     assert trace.step_time_s == pytest.approx(preset.step_time_s, rel=1e-2)
     assert trace.summary["comm_bytes_total"] == pytest.approx(
         preset.summary["comm_bytes_total"], rel=1e-5)
+
+
+@pytest.mark.parametrize("example,devices", [("trace-replay.yaml", 2),
+                                             ("trace-replay-scaled.yaml", 64)])
+def test_the_example_scenarios_run_from_the_cli(tmp_path, monkeypatch, example, devices):
+    """`dlsim run examples/...` from the checkout (the examples name their trace relative
+    to it), end to end: summary.json holds the replay's ranks and its assumed groups."""
+    monkeypatch.chdir(ROOT)
+    out = CliRunner().invoke(app, ["run", f"examples/{example}", "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    (summary,) = tmp_path.glob("*/summary.json")
+    data = json.loads(summary.read_text())
+    assert data["devices"] == devices and data["trace"]["recorded_ranks"] == 2
+    assert data["trace_groups_assumed"] == 4  # gloo names no group: 2 broadcasts, 2 all-reduces
