@@ -88,11 +88,12 @@ class Job:
             return ProcessGroup("world", (), self.world)
         return pg
 
-    def block(self, comm: Comm, rank: int) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    def block(self, comm: Comm, rank: int
+              ) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
         """``rank``'s ranks of the comm's group, and every block of its partition."""
         pg = self.group(comm)
         if not self.single_file:
-            return pg.members(self.world), [pg.members(self.world)]
+            return pg.members(self.world), (pg.members(self.world),)
         blocks = partition(pg, self.world)
         return next(b for b in blocks if rank in b), blocks
 
@@ -192,7 +193,9 @@ def _check_matched(job: Job) -> None:
                 continue
             if op.comm.op in ("send", "recv"):
                 members = job.group(op.comm).members(job.world)
-                peer = members[op.comm.peer or 0]
+                if op.comm.peer is None or not 0 <= op.comm.peer < len(members):
+                    continue  # program_of says so, naming the node
+                peer = members[op.comm.peer]
                 (sends if op.comm.op == "send" else recvs)[
                     (rank, peer) if op.comm.op == "send" else (peer, rank)] += 1
             else:

@@ -23,6 +23,7 @@ records below it (NCCL: ``pg_name``, ``pg_size``, ``global_rank_start``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from dlsim.workload.trace_nodes import ProcessGroup, Tensor, TraceNode
@@ -151,7 +152,8 @@ class IrregularGroup(ValueError):
     """A process group that is not one block of a regular partition of the world."""
 
 
-def partition(group: ProcessGroup, world: int) -> list[tuple[int, ...]]:
+@lru_cache(maxsize=1024)  # a replay asks it for every collective of every rank
+def partition(group: ProcessGroup, world: int) -> tuple[tuple[int, ...], ...]:
     """The regular partition of ``world`` ranks that ``group`` is one block of, as tensor-
     and data-parallel groups are: ``k`` ranks ``s`` apart, in blocks of ``k·s`` consecutive
     ranks (s = 1: contiguous groups [0,1], [2,3]; s > 1: strided ones [0,2], [1,3]). One
@@ -160,12 +162,12 @@ def partition(group: ProcessGroup, world: int) -> list[tuple[int, ...]]:
     ranks = group.members(world)
     k = len(ranks)
     if k == world:
-        return [tuple(range(world))]
+        return (tuple(range(world)),)
     stride = ranks[1] - ranks[0] if k > 1 else 1
     block = stride * k
     if (k < 1 or stride < 1 or any(b - a != stride for a, b in zip(ranks, ranks[1:]))
             or world % block or ranks[0] % block >= stride or ranks[-1] >= world):
         raise IrregularGroup(f"process group '{group.name}' (ranks {list(ranks)}) is not one "
                              f"block of a regular partition of the {world} ranks")
-    return [tuple(base + offset + stride * i for i in range(k))
-            for base in range(0, world, block) for offset in range(stride)]
+    return tuple(tuple(base + offset + stride * i for i in range(k))
+                 for base in range(0, world, block) for offset in range(stride))
