@@ -200,8 +200,9 @@ def _check_matched(job: Job) -> None:
                     (rank, peer) if op.comm.op == "send" else (peer, rank)] += 1
             else:
                 pg = job.group(op.comm)
-                issued.setdefault(f"{pg.name} {list(pg.members(job.world))}", Counter())[
-                    rank] += 1
+                members = pg.members(job.world)
+                issued.setdefault(f"{pg.name} {list(members)}",
+                                  Counter(dict.fromkeys(members, 0)))[rank] += 1
     for name, counts in issued.items():
         if len(set(counts.values())) > 1:
             each = ", ".join(f"rank {r}: {c}" for r, c in sorted(counts.items()))
