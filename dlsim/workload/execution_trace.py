@@ -196,7 +196,7 @@ def _bucket(node: TraceNode) -> str:
     kind = comm_kind(name)
     if kind is not None:
         return "collective" if kind == "comm" else "free"
-    if name.startswith(("c10d::", "_c10d_functional::")):
+    if name.startswith(("c10d::", "_c10d_functional::", "c10d_functional::")):
         return "unmapped"
     if name.startswith(BACKEND_RECORDS):
         return "backend"

@@ -12,7 +12,8 @@ holds G (``C10D``), never by every tensor it was given. The functional collectiv
 (``_c10d_functional::all_reduce(input, op, group_name)``, ...) return their result: an
 all-gather is sized by its output, the others by their input.
 
-Process groups: a functional collective names its group (its last string argument); a
+Process groups: a functional collective names its group (its last string argument; the
+older ``c10d_functional::`` ones list its ranks); a
 ``c10d::`` operator names it only through the ``record_param_comms`` node its backend
 records below it (NCCL: ``pg_name``, ``pg_size``, ``global_rank_start``,
 ``global_rank_stride``). A collective whose group the trace does not name (gloo records no
@@ -70,6 +71,12 @@ class Comm:
     group_size: int | None = None  # as a record_param_comms or functional call gives it
     rank_start: int | None = None
     rank_stride: int | None = None
+    ranks: tuple[int, ...] = ()  # as the older functional collectives list them
+
+
+FUNCTIONAL_NAMESPACES = ("_c10d_functional::", "c10d_functional::")
+"""The functional collectives' namespaces: ``_c10d_functional`` names its group by name,
+the older ``c10d_functional`` (torch 2.1-2.2) by its ranks (``tag, ranks, group_size``)."""
 
 
 def comm_kind(name: str) -> str | None:
@@ -77,7 +84,7 @@ def comm_kind(name: str) -> str | None:
     ``None`` for anything else."""
     if name.startswith("c10d::"):
         return "comm" if name[6:] in C10D else None
-    if name.startswith("_c10d_functional::"):
+    if name.startswith(FUNCTIONAL_NAMESPACES):
         short = name.split("::", 1)[1].split(".")[0]
         return "comm" if short in FUNCTIONAL else "free" if short in FUNCTIONAL_FREE else None
     return None
@@ -118,11 +125,18 @@ def comm_of(node: TraceNode, below: list[TraceNode]) -> Comm:
     """The communication of ``node`` (``comm_kind`` 'comm'); ``below`` are the nodes it
     called (where a ``record_param_comms`` may name its group)."""
     short = node.name.split("::", 1)[1].split(".")[0]
-    if node.name.startswith("_c10d_functional::"):
+    if node.name.startswith(FUNCTIONAL_NAMESPACES):
         op = FUNCTIONAL[short]
-        names = [a for a in node.args if isinstance(a, str)]
         sized = node.outputs if op == "allgather" else node.inputs
         sizes = [a for a in node.args[1:] if isinstance(a, int) and not isinstance(a, bool)]
+        if node.name.startswith("c10d_functional::"):  # (..., tag, ranks, group_size)
+            lists = [a for a in node.args[1:] if isinstance(a, list)
+                     and all(isinstance(r, int) for r in a)]
+            ranks = tuple(lists[-1]) if lists else ()
+            return Comm(op, _bytes(sized), f"ranks {list(ranks)}" if ranks else None,
+                        node.inputs, node.outputs, group_size=len(ranks) or None,
+                        ranks=ranks)
+        names = [a for a in node.args if isinstance(a, str)]
         return Comm(op, _bytes(sized), names[-1] if names else None, node.inputs,
                     node.outputs, group_size=sizes[0] if op in ("allgather", "reducescatter")
                     and sizes else None)
@@ -140,6 +154,9 @@ def resolve_group(comm: Comm, groups: dict[str, ProcessGroup], world: int) -> Pr
     ``Comm.group`` of ``None``: assumed)."""
     if comm.group is not None and comm.group in groups:
         return groups[comm.group]
+    if comm.ranks:
+        ranks = tuple(sorted(comm.ranks))
+        return ProcessGroup(comm.group or "", () if len(ranks) == world else ranks, len(ranks))
     if comm.group is not None and comm.group_size and comm.rank_start is not None:
         stride = comm.rank_stride or 1
         ranks = tuple(comm.rank_start + stride * i for i in range(comm.group_size))

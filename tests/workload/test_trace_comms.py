@@ -26,7 +26,7 @@ from dlsim.data import ROOT
 from dlsim.hardware.profiles import device as device_profile
 from dlsim.workload.costmodel import kernel_time_s
 from dlsim.workload.execution_trace import classify
-from dlsim.workload.trace_comms import IrregularGroup, partition
+from dlsim.workload.trace_comms import IrregularGroup, partition, resolve_group
 from dlsim.workload.trace_nodes import ProcessGroup
 
 B, ALPHA = 10e9, 5e-6  # link bandwidth (bytes/s) and latency (s)
@@ -163,6 +163,7 @@ def test_record_param_comms_names_the_group(tmp_path):
     trace = _trace(tmp_path / "et.json", [_allreduce(4), record], 4)
     work = classify(trace, 4)
     assert work.groups_assumed == 0 and work.ops[0].comm.group == "7"
+    assert resolve_group(work.ops[0].comm, {}, 4).ranks == (0, 2)
     result = simulate(_scenario(trace, 4, topology="fully-connected"))
     # ranks {0, 2} and {1, 3}: each a 2-rank ring over one direct link
     assert result.step_time_s == pytest.approx(ring_allreduce_s(2, G), rel=1e-9)
@@ -182,6 +183,19 @@ def test_a_subgroup_allreduce_runs_on_each_block_at_once(tmp_path, fidelity):
     assert result.step_time_s == pytest.approx(ring_allreduce_s(2, G), rel=1e-9)
     assert result.summary["comm_bytes_total"] == pytest.approx(4 * G, rel=1e-12)
     assert result.summary["trace_groups_assumed"] == 0
+
+
+def test_the_older_functional_collectives_name_their_ranks(tmp_path):
+    """torch 2.1-2.2's c10d_functional::all_reduce(self, op, tag, ranks, group_size): the
+    group is its ranks, [2, 3] of four (a block of [0, 1], [2, 3])."""
+    functional = _node(4, "c10d_functional::all_reduce",
+                       [(_t(1, 10), TENSOR), ("sum", "String"), ("", "String"),
+                        ([2, 3], "GenericList[Int,Int]"), (2, "Int")], [(_t(2, 11), TENSOR)])
+    trace = _trace(tmp_path / "et.json", [functional], 4)
+    assert classify(trace, 4).groups_assumed == 0
+    result = simulate(_scenario(trace, 4))
+    assert result.step_time_s == pytest.approx(ring_allreduce_s(2, G), rel=1e-9)
+    assert result.summary["comm_bytes_total"] == pytest.approx(4 * G, rel=1e-12)
 
 
 @settings(max_examples=60, deadline=None)
