@@ -212,8 +212,8 @@ def _bucket(node: TraceNode) -> str:
 
 
 def _own_comm(node: TraceNode, enclosing: str | None) -> bool:
-    """A collective recorded below another collective of a different kind is its own: the
-    observer parents a node on whatever its thread had open (an asynchronous functional
+    """A collective recorded below a kernel or a collective of a different kind is its own:
+    the observer parents a node on whatever its thread had open (an asynchronous functional
     collective's wrapper can still be open when the next collective starts), while a
     functional collective's own ``c10d::`` call is the same kind of collective."""
     if comm_kind(node.name) != "comm" or enclosing is None:
@@ -249,7 +249,7 @@ def classify(path: str | Path, dtype_bytes: int,
     work = TraceWork(str(path), [], groups)
     writer: dict[int, int] = {}  # storage id -> index of the last op writing it
     claimed: set[int] = set()  # ids of replayed ops and of every node below them
-    comm_op: dict[int, str | None] = {}  # claimed node id -> the collective it is part of
+    comm_op: dict[int, str | None] = {}  # claimed node id -> its op's collective, or compute
     fence: int | None = None  # the last barrier: the first op after it waits for it
     fenced: set[str] = set()  # streams whose first op after the fence waits for it
     last: dict[str, int] = {}  # stream -> its last op
@@ -285,6 +285,7 @@ def classify(path: str | Path, dtype_bytes: int,
             kernel = (kernel_of(node, dtype_bytes) if node.name.startswith("aten::")
                       else Kernel("elementwise", 0.0, 0.0, node.name))
             op = TraceOp(node, (), kernel=kernel, measured_s=measured_s)
+            comm_op[node.id] = "compute"
         else:
             comm = (comm_of(node, _below(node, children)) if comm_kind(node.name) == "comm"
                     else Comm(_backend_op(node.name), float(sum(

@@ -142,6 +142,21 @@ def test_a_collective_writes_only_its_output_buffer(tmp_path):
     assert [op.deps for op in work.ops] == [(), (), (0,)]
 
 
+def test_a_collective_recorded_below_another_op_is_its_own(tmp_path):
+    """The observer parents a node on whatever its thread had open: an all-to-all recorded
+    below a functional all-gather (as rank 1 of the recorded job has it) or below a kernel
+    still runs; the all-gather's own c10d call stays inside it."""
+    gather = _node(4, "_c10d_functional::all_gather_into_tensor",
+                   [(_t(2, 12, N4), TENSOR), (4, "Int"), ("0", "String")], [(_t(1, 11), TENSOR)])
+    own = _node(5, SIZED[1][0], SIZED[1][1], SIZED[1][2], parent=4)
+    a2a = _node(6, SIZED[5][0], SIZED[5][1], SIZED[5][2], parent=4)
+    mul = _node(7, "aten::mul", [(_t(3, 30), TENSOR), (2.0, "Double")], [(_t(4, 40), TENSOR)])
+    under_kernel = _allreduce(8)
+    under_kernel["ctrl_deps"] = 7
+    work = classify(_trace(tmp_path / "et.json", [gather, own, a2a, mul, under_kernel], 4), 4)
+    assert [op.collective for op in work.ops] == ["allgather", "alltoall", None, "allreduce"]
+
+
 # --- process groups ------------------------------------------------------------------------
 
 def test_a_world_allreduce_is_the_ring_closed_form_and_its_group_is_counted(tmp_path):
