@@ -584,7 +584,8 @@ def _print_trace(path: str, precision: str, as_json: bool) -> None:
         _fail(exc)
     unmapped = sum(work.unmapped.values())
     _print_rows(f"{path}: {len(work.ops)} ops over {work.world} rank(s), {unmapped} "
-                "unmapped node(s)", trace_rows(work), as_json)
+                f"unmapped node(s), {work.groups_assumed} communication op(s) whose process "
+                "group the trace does not name (world assumed)", trace_rows(work), as_json)
 
 
 LISTINGS = ("devices", "links", "systems", "models", "scenarios")

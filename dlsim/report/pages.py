@@ -115,7 +115,10 @@ def _training_cards(s: Mapping[str, Any]) -> list[Card]:
                           "bytes sent by all devices") + _energy_cards(s)
             + _card(s, "unmapped_trace_nodes", "Unmapped trace nodes", format_count,
                     ", ".join(f"{name} ×{n}" for name, n in unmapped.items())
-                    or "every trace node ran or was a view, annotation or wrapper"))
+                    or "every trace node ran or was a view, annotation or wrapper")
+            + _card(s, "trace_groups_assumed", "Process groups assumed", format_count,
+                    "communication ops whose group the trace does not name (gloo records "
+                    "none): run over the world group"))
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:

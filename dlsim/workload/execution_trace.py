@@ -1,23 +1,17 @@
 """A PyTorch execution trace (the JSON ``torch.profiler.ExecutionTraceObserver`` writes) as
-dlsim work: compute kernels, collectives and the dependencies between them.
+dlsim work: compute kernels, communication and the dependencies between them.
 
-The ``chakra`` package that reads these traces for ASTRA-sim is not on the registry, so this
-is a reader of the JSON itself (schema ``1.0.x`` and ``1.1.x-chakra``). A trace is
-``{"schema", "pid", "nodes": [...]}``; each node has an ``id`` (in the order its operator
-started), a ``name``, ``ctrl_deps`` (the id of the operator or annotation that called it),
-``inputs`` / ``outputs`` with parallel ``values``, ``shapes`` and ``types`` lists (a tensor's
-value is ``[tensor_id, storage_id, offset, numel, itemsize, device]``; a list of tensors is a
-list of those), and ``attrs`` (``rf_id``, ``op_schema``, ...). The ``## process_group:init ##``
-node's input is the JSON list of process groups (``pg_name``, ``ranks``, ``group_size``).
-
-What becomes of each node (``classify``):
+The JSON is read by ``dlsim.workload.trace_nodes``; communication nodes are mapped by
+``dlsim.workload.trace_comms``; measured times come from ``dlsim.workload.kineto``. What
+becomes of each node (``classify``):
 
 - structure: annotations and wrappers, which cost nothing themselves because what they
   call is recorded too: the ``[pytorch|profiler|...]`` roots, ``## ... ##`` markers,
   autograd nodes (``AddmmBackward0``, ``autograd::engine::...``, ``AccumulateGrad``),
   ``DistributedDataParallel.forward``, ``Optimizer.step#...``;
 - free: views and allocations (``aten::view``, ``aten::t``, ``aten::empty``, ...), which
-  launch no kernel (one that calls others, ``aten::reshape`` copying, is opened);
+  launch no kernel (one that calls others, ``aten::reshape`` copying, is opened), and the
+  functional collectives' ``wait_tensor`` (the data dependency it stands for is kept);
 - compute: the outermost ``aten::`` operator of each call, priced by the cost model from its
   shapes (``kernel_of``); what it calls is ``inside`` it (``aten::linear`` is its GEMM, not
   also its ``aten::addmm``): ``mm``/``addmm``/``bmm``/``baddbmm``/``matmul``/``linear``
@@ -25,25 +19,28 @@ What becomes of each node (``classify``):
   backward that once per gradient asked (a conv), fused attention 4·b·h·s_q·s_k·d and its
   backward 2.5 times that (attention), as FlopCounterMode counts them; anything else an
   element-wise kernel of as many FLOPs as its output has elements. Bytes are every tensor
-  read and written once. A measured duration from a Kineto trace (``kineto_durations``)
-  replaces the cost model where present;
-- collective: ``c10d::`` collectives (``allreduce_``, ``allgather_``, ``reduce_scatter_``,
-  ``broadcast_``, ``alltoall_`` and their ``_base``/``_into_tensor`` forms) with their
-  tensors' real sizes; the backend's own record of the same work (``gloo:all_reduce``,
+  read and written once. A measured duration from a Kineto trace replaces the cost model
+  where present;
+- collective: ``c10d::`` collectives, barrier, send and recv, and the functional
+  collectives (``_c10d_functional::all_reduce``, ...), sized and grouped as torch defines
+  them (``trace_comms``); the backend's own record of the same work (``gloo:all_reduce``,
   ``nccl:all_reduce``, ``record_param_comms``) is counted with it, not run twice;
 - unmapped: a leaf outside ``aten::`` with tensors (a custom kernel) and no measured
-  duration, and ``c10d::`` operators that are not collectives (barrier, send, recv): listed
-  by name in the run's summary, never silently dropped.
+  duration, and ``c10d::`` operators dlsim has no collective for (``gather_``,
+  ``scatter_``, ``recv_any_source_``): listed by name in the run's summary, never silently
+  dropped.
 
-Dependencies: operators run in id order on their stream (compute or communication, as CUDA
-streams do), and an operator also waits for the last earlier operator that wrote a storage
-it reads (``storage_id``): a gradient all-reduce waits for the backward kernels that filled
-its bucket, and copying the bucket back into ``.grad`` waits for the all-reduce.
+Dependencies: operators run in id order on their stream (compute, communication, and one
+stream each for sends and receives, as NCCL runs point-to-point on its own streams), and an
+operator also waits for the last earlier operator that wrote a storage it reads
+(``storage_id``): a gradient all-reduce waits for the backward kernels that filled its
+bucket, and copying the bucket back into ``.grad`` waits for the all-reduce. A collective
+writes only the buffers torch says it writes (an all-to-all its output, not its input); a
+barrier waits for everything before it and everything after it waits for the barrier.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,10 +48,12 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-from dlsim.contract.errors import ScenarioError
 from dlsim.workload.model import Kernel
+from dlsim.workload.trace_comms import Comm, comm_kind, comm_of
+from dlsim.workload.trace_nodes import FIELD, ProcessGroup, TraceNode, fail, read_nodes
 
-FIELD = "model.trace"
+__all__ = ["FIELD", "TraceOp", "TraceWork", "classify", "kernel_of", "trace_rows"]
+
 FREE = frozenset({
     "view", "_unsafe_view", "reshape", "as_strided", "t", "transpose", "permute", "expand",
     "expand_as", "squeeze", "unsqueeze", "select", "slice", "narrow", "split",
@@ -70,52 +69,12 @@ ATTENTION = frozenset({"_scaled_dot_product_flash_attention", "_scaled_dot_produ
                        "_scaled_dot_product_efficient_attention", "_flash_attention_forward",
                        "_scaled_dot_product_flash_attention_for_cpu",
                        "_scaled_dot_product_cudnn_attention", "scaled_dot_product_attention"})
-COLLECTIVES = {
-    "allreduce_": "allreduce", "allreduce_coalesced_": "allreduce",
-    "allgather_": "allgather", "_allgather_base_": "allgather",
-    "allgather_into_tensor_coalesced_": "allgather",
-    "reduce_scatter_": "reducescatter", "_reduce_scatter_base_": "reducescatter",
-    "reduce_scatter_tensor_coalesced_": "reducescatter",
-    "broadcast_": "broadcast", "reduce_": "reduce",
-    "alltoall_": "alltoall", "alltoall_base_": "alltoall"}
-"""``c10d::`` operator -> dlsim collective (``collective.op``'s names)."""
-GATHERED = frozenset({"allgather"})  # sized by their output, as nccl-tests sizes them
 BACKEND_RECORDS = ("gloo:", "nccl:", "record_param_comms")
 STRUCTURE_PREFIXES = ("[pytorch|profiler", "## ", "autograd::", "DistributedDataParallel.",
                       "Optimizer.", "ProfilerStep#", "torch.distributed.", "torch::autograd::")
 AUTOGRAD_NODE = re.compile(r"^\w+Backward\d*$")  # CloneBackward0: runs only what it calls
 DTYPES = {"float": "fp32", "double": "fp64", "c10::Half": "fp16", "c10::BFloat16": "bf16",
           "c10::Float8_e4m3fn": "fp8", "c10::Float8_e5m2": "fp8"}
-
-
-@dataclass(frozen=True)
-class Tensor:
-    storage: int
-    numel: int
-    itemsize: int
-    floating: bool
-
-
-@dataclass(frozen=True)
-class TraceNode:
-    """One recorded operator or annotation."""
-
-    id: int
-    name: str
-    parent: int
-    inputs: tuple[Tensor, ...]
-    outputs: tuple[Tensor, ...]
-    shapes: tuple[Any, ...]  # of the inputs, as recorded
-    out_shapes: tuple[Any, ...]
-    rf_id: int | None = None
-    args: tuple[Any, ...] = ()  # the inputs' recorded values (an output_mask, a flag)
-
-
-@dataclass(frozen=True)
-class ProcessGroup:
-    name: str
-    ranks: tuple[int, ...]  # empty: every rank of the job
-    size: int
 
 
 @dataclass(frozen=True)
@@ -126,9 +85,23 @@ class TraceOp:
     node: TraceNode
     deps: tuple[int, ...]
     kernel: Kernel | None = None  # compute
-    collective: str | None = None  # allreduce, allgather, ...
-    size_bytes: float = 0.0
+    comm: Comm | None = None  # a collective, barrier, send or receive
     measured_s: float | None = None  # from Kineto
+
+    @property
+    def collective(self) -> str | None:
+        """allreduce, allgather, ..., barrier, send, recv; ``None`` for compute."""
+        return self.comm.op if self.comm is not None else None
+
+    @property
+    def size_bytes(self) -> float:
+        return self.comm.size_bytes if self.comm is not None else 0.0
+
+    @property
+    def stream(self) -> str:
+        """compute, comm, or send / recv: NCCL runs point-to-point on streams of its own."""
+        op = self.collective
+        return "compute" if op is None else op if op in ("send", "recv") else "comm"
 
 
 @dataclass
@@ -146,71 +119,14 @@ class TraceWork:
     def world(self) -> int:
         return max((g.size for g in self.groups), default=1)
 
+    @property
+    def groups_assumed(self) -> int:
+        """Communication ops whose process group the trace does not name (world assumed)."""
+        return sum(op.comm is not None and op.comm.group is None for op in self.ops)
 
-def _fail(path: str | Path, message: str) -> ScenarioError:
-    return ScenarioError(f"{path}: {message}", field=FIELD)
-
-
-def _tensors(value: Any, kind: str) -> list[Tensor]:
-    if not kind.startswith(("Tensor", "GenericList[Tensor")) or not isinstance(value, list):
-        return []
-    if value and isinstance(value[0], list):  # a list of tensors
-        return [t for v in value for t in _tensors(v, "Tensor")]
-    if len(value) < 5:
-        return []
-    floating = any(n in kind for n in ("float", "double", "Half", "BFloat16", "Float8"))
-    return [Tensor(int(value[1]), int(value[3]), int(value[4]), floating)]
-
-
-def _side(raw: Any) -> tuple[tuple[Tensor, ...], tuple[Any, ...], tuple[Any, ...]]:
-    raw = raw if isinstance(raw, dict) else {}
-    values, types = raw.get("values") or [], raw.get("types") or []
-    tensors = [t for v, k in zip(values, types) for t in _tensors(v, str(k))]
-    return tuple(tensors), tuple(raw.get("shapes") or []), tuple(values)
-
-
-def _node(raw: Any, path: str | Path) -> TraceNode:
-    if not isinstance(raw, dict) or "id" not in raw or "name" not in raw:
-        raise _fail(path, "every entry of 'nodes' needs an 'id' and a 'name' (the schema "
-                    "torch.profiler.ExecutionTraceObserver writes); found "
-                    f"{str(raw)[:80]}.")
-    ins, in_shapes, args = _side(raw.get("inputs"))
-    outs, out_shapes, _ = _side(raw.get("outputs"))
-    rf = next((a.get("value") for a in raw.get("attrs") or []
-               if isinstance(a, dict) and a.get("name") == "rf_id"), None)
-    return TraceNode(int(raw["id"]), str(raw["name"]), int(raw.get("ctrl_deps") or 0), ins,
-                     outs, in_shapes, out_shapes, None if rf is None else int(rf), args)
-
-
-def _groups(nodes: list[TraceNode], raw_nodes: list[Any]) -> list[ProcessGroup]:
-    for raw in raw_nodes:
-        if isinstance(raw, dict) and raw.get("name") == "## process_group:init ##":
-            try:
-                listed = json.loads((raw.get("inputs") or {}).get("values", [""])[0])
-            except (ValueError, IndexError, TypeError):
-                return []
-            return [ProcessGroup(str(g.get("pg_name")), tuple(g.get("ranks") or ()),
-                                 int(g.get("group_size") or len(g.get("ranks") or ()) or 1))
-                    for g in listed if isinstance(g, dict)]
-    return []
-
-
-def read_nodes(path: str | Path) -> tuple[list[TraceNode], list[ProcessGroup]]:
-    """The nodes of an execution trace, in id order, and its process groups."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise _fail(path, f"cannot read the execution trace ({exc.strerror}).") from exc
-    except ValueError as exc:
-        raise _fail(path, f"is not JSON ({exc}); model.trace takes the file "
-                    "torch.profiler.ExecutionTraceObserver writes.") from exc
-    raw_nodes = data.get("nodes") if isinstance(data, dict) else None
-    if not isinstance(raw_nodes, list) or not raw_nodes:
-        raise _fail(path, "holds no 'nodes': model.trace takes the JSON "
-                    "torch.profiler.ExecutionTraceObserver writes, {\"schema\", \"nodes\": "
-                    "[{\"id\", \"name\", \"ctrl_deps\", \"inputs\", \"outputs\", ...}]}.")
-    nodes = sorted((_node(n, path) for n in raw_nodes), key=lambda n: n.id)
-    return nodes, _groups(nodes, raw_nodes)
+    @property
+    def p2p(self) -> int:
+        return sum(op.collective in ("send", "recv") for op in self.ops)
 
 
 def _dims(shape: Any) -> list[int]:
@@ -277,8 +193,11 @@ def kernel_of(node: TraceNode, dtype_bytes: int) -> Kernel:
 
 def _bucket(node: TraceNode) -> str:
     name = node.name
-    if name.startswith("c10d::"):
-        return "collective" if name[6:] in COLLECTIVES else "unmapped"
+    kind = comm_kind(name)
+    if kind is not None:
+        return "collective" if kind == "comm" else "free"
+    if name.startswith(("c10d::", "_c10d_functional::", "c10d_functional::")):
+        return "unmapped"
     if name.startswith(BACKEND_RECORDS):
         return "backend"
     if name.startswith(STRUCTURE_PREFIXES) or AUTOGRAD_NODE.match(name):
@@ -292,34 +211,67 @@ def _bucket(node: TraceNode) -> str:
     return "custom"
 
 
+def _own_comm(node: TraceNode, enclosing: str | None) -> bool:
+    """A collective recorded below a kernel or a collective of a different kind is its own:
+    the observer parents a node on whatever its thread had open (an asynchronous functional
+    collective's wrapper can still be open when the next collective starts), while a
+    functional collective's own ``c10d::`` call is the same kind of collective."""
+    if comm_kind(node.name) != "comm" or enclosing is None:
+        return False
+    return comm_of(node, []).op != enclosing
+
+
+def _below(node: TraceNode, children: dict[int, list[TraceNode]]) -> list[TraceNode]:
+    """Every node ``node`` called, at any depth."""
+    out, stack = [], list(children.get(node.id, ()))
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(children.get(n.id, ()))
+    return out
+
+
 def classify(path: str | Path, dtype_bytes: int,
              measured: dict[int, float] | None = None) -> TraceWork:
     """The ops to replay from one rank's trace; ``measured`` maps ``rf_id`` to a measured
-    duration in seconds (``kineto_durations``).
+    duration in seconds (``dlsim.workload.kineto``).
 
     The outermost ``aten::`` operator of a call is the kernel (``aten::linear`` is priced
     as its GEMM; the views and copies it calls are part of it), and so is a collective: the
     nodes below either are counted as ``inside``. A free operator (a view) that calls others
     is opened: ``aten::reshape`` that copies is its ``aten::clone``."""
     nodes, groups = read_nodes(path)
-    callers = {n.parent for n in nodes if n.parent != n.id}
-    has_c10d = any(n.name[6:] in COLLECTIVES for n in nodes if n.name.startswith("c10d::"))
+    children: dict[int, list[TraceNode]] = {}
+    for n in nodes:
+        if n.parent != n.id:
+            children.setdefault(n.parent, []).append(n)
+    has_c10d = any(comm_kind(n.name) == "comm" for n in nodes)
     work = TraceWork(str(path), [], groups)
     writer: dict[int, int] = {}  # storage id -> index of the last op writing it
     claimed: set[int] = set()  # ids of replayed ops and of every node below them
+    comm_op: dict[int, str | None] = {}  # claimed node id -> its op's collective, or compute
+    fence: int | None = None  # the last barrier: the first op after it waits for it
+    fenced: set[str] = set()  # streams whose first op after the fence waits for it
+    last: dict[str, int] = {}  # stream -> its last op
     for node in nodes:
-        if node.parent in claimed and node.parent != node.id:
+        if comm_kind(node.name) == "free":  # a wait's result is the collective's output
+            for src, dst in zip(node.inputs, node.outputs):
+                if src.storage in writer:
+                    writer[dst.storage] = writer[src.storage]
+        if node.parent in claimed and node.parent != node.id and not _own_comm(
+                node, comm_op.get(node.parent)):
             claimed.add(node.id)
+            comm_op.setdefault(node.id, comm_op.get(node.parent))
             work.counts["inside"] += 1
             continue
         bucket = _bucket(node)
         if bucket == "backend" and not has_c10d and node.name.startswith(("nccl:", "gloo:")):
             bucket = "collective"  # a trace without c10d:: records: the backend's is the op
         measured_s = (measured or {}).get(node.rf_id) if node.rf_id is not None else None
-        if bucket == "free" and node.id in callers:
+        if bucket == "free" and node.id in children:
             bucket = "structure"
         if bucket == "custom":  # a wrapper of its children, else a kernel of its own
-            bucket = ("structure" if node.id in callers else
+            bucket = ("structure" if node.id in children else
                       "compute" if measured_s is not None else "unmapped")
         work.counts[bucket] += 1
         if bucket == "unmapped":
@@ -327,26 +279,38 @@ def classify(path: str | Path, dtype_bytes: int,
         if bucket not in ("compute", "collective"):
             continue
         claimed.add(node.id)
-        deps = tuple(sorted({writer[t.storage] for t in node.inputs if t.storage in writer}))
         index = len(work.ops)
         if bucket == "compute":
+            reads, writes = node.inputs, node.outputs
             kernel = (kernel_of(node, dtype_bytes) if node.name.startswith("aten::")
                       else Kernel("elementwise", 0.0, 0.0, node.name))
-            work.ops.append(TraceOp(node, deps, kernel=kernel, measured_s=measured_s))
+            op = TraceOp(node, (), kernel=kernel, measured_s=measured_s)
+            comm_op[node.id] = "compute"
         else:
-            op = (COLLECTIVES[node.name[6:]] if node.name.startswith("c10d::")
-                  else _backend_op(node.name))
-            tensors = node.outputs if op in GATHERED else node.inputs
-            size = float(sum(t.numel * t.itemsize for t in tensors))
-            work.ops.append(TraceOp(node, deps, collective=op, size_bytes=size,
-                                    measured_s=measured_s))
-        for t in node.outputs or node.inputs:  # in-place collectives write their inputs
+            comm = (comm_of(node, _below(node, children)) if comm_kind(node.name) == "comm"
+                    else Comm(_backend_op(node.name), float(sum(
+                        t.numel * t.itemsize for t in node.inputs)), None, node.inputs,
+                        node.inputs))
+            reads, writes = comm.reads, comm.writes
+            op = TraceOp(node, (), comm=comm, measured_s=measured_s)
+            comm_op[node.id] = comm.op
+        deps = {writer[t.storage] for t in reads if t.storage in writer}
+        if op.collective == "barrier":
+            deps |= set(last.values())  # every stream's work so far
+            fence, fenced = index, {op.stream}
+        elif fence is not None and op.stream not in fenced:
+            deps.add(fence)
+            fenced.add(op.stream)
+        work.ops.append(TraceOp(op.node, tuple(sorted(deps)), op.kernel, op.comm,
+                                op.measured_s))
+        last[op.stream] = index
+        for t in writes:
             writer[t.storage] = index
     work.steps = max(1, sum(n.name.startswith("ProfilerStep#") for n in nodes))
     if not work.ops:
-        raise _fail(path, f"has {len(nodes)} nodes but no operator to replay (no aten:: "
-                    "kernel, no c10d:: collective); record the training step between "
-                    "ExecutionTraceObserver's start() and stop().")
+        raise fail(path, f"has {len(nodes)} nodes but no operator to replay (no aten:: "
+                   "kernel, no c10d:: collective); record the training step between "
+                   "ExecutionTraceObserver's start() and stop().")
     return work
 
 
@@ -360,57 +324,30 @@ def _backend_op(name: str) -> str:
         short, "allreduce")
 
 
-def kineto_durations(path: str | Path) -> dict[int, float]:
-    """Measured seconds by ``rf_id`` from a Kineto (chrome) trace: each ``cpu_op``'s
-    ``Record function id``; where the op launched device kernels (``External id`` shared with
-    ``kernel`` events), the sum of their durations instead of the host time."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the Kineto trace ({exc.strerror}).",
-                            field="model.kineto") from exc
-    except ValueError as exc:
-        raise ScenarioError(f"{path}: is not JSON ({exc}); model.kineto takes the chrome "
-                            "trace torch.profiler writes (export_chrome_trace).",
-                            field="model.kineto") from exc
-    events = data.get("traceEvents") if isinstance(data, dict) else None
-    if not isinstance(events, list):
-        raise ScenarioError(f"{path}: holds no 'traceEvents' (the chrome trace "
-                            "torch.profiler.export_chrome_trace writes).", field="model.kineto")
-    kernels: dict[int, float] = {}
-    for e in events:
-        if isinstance(e, dict) and e.get("cat") == "kernel":
-            key = int((e.get("args") or {}).get("External id", -1))
-            kernels[key] = kernels.get(key, 0.0) + float(e.get("dur", 0))
-    out: dict[int, float] = {}
-    for e in events:
-        if not isinstance(e, dict) or e.get("cat") != "cpu_op":
-            continue
-        args = e.get("args") or {}
-        rf = args.get("Record function id")
-        if rf is None:
-            continue
-        on_device = kernels.get(int(args.get("External id", -2)))
-        out[int(rf)] = (on_device if on_device else float(e.get("dur", 0))) * 1e-6
-    return out
+def _group_label(op: TraceOp) -> str:
+    if op.comm is None:
+        return ""
+    return op.comm.group if op.comm.group is not None else "world (assumed)"
 
 
 def trace_rows(work: TraceWork) -> list[dict[str, Any]]:
-    """The table ``dlsim import-model`` prints for a trace: the replayed operators by name,
-    in order of first appearance, with their count, GFLOP, MB moved (compute) or MB sent
-    through a collective, then every unmapped node by name."""
-    rows: dict[str, dict[str, Any]] = {}
+    """The table ``dlsim import-model`` prints for a trace: the replayed operators by name
+    (and, for communication, process group: a name the trace gives, else "world
+    (assumed)"), in order of first appearance, with their count, GFLOP, MB moved (compute)
+    or MB sent through a collective, then every unmapped node by name."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     for op in work.ops:
-        row = rows.setdefault(op.node.name, {
+        group = _group_label(op)
+        row = rows.setdefault((op.node.name, group), {
             "op": op.node.name, "kind": op.kernel.kind if op.kernel else op.collective,
-            "count": 0, "GFLOP": 0.0, "moved_MB": 0.0, "collective_MB": 0.0})
+            "group": group, "count": 0, "GFLOP": 0.0, "moved_MB": 0.0, "collective_MB": 0.0})
         row["count"] += 1
         if op.kernel is not None:
             row["GFLOP"] += op.kernel.flops / 1e9
             row["moved_MB"] += op.kernel.bytes / 1e6
         else:
             row["collective_MB"] += op.size_bytes / 1e6
-    unmapped = [{"op": name, "kind": "unmapped", "count": count, "GFLOP": 0.0,
+    unmapped = [{"op": name, "kind": "unmapped", "group": "", "count": count, "GFLOP": 0.0,
                  "moved_MB": 0.0, "collective_MB": 0.0}
                 for name, count in sorted(work.unmapped.items())]
     return [*rows.values(), *unmapped]
