@@ -65,7 +65,11 @@ from dlsim.contract.scenario import LoraSpec
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.parallel.expert import routed_params
 from dlsim.workload.model import Layer, Model, lora_parameters
-from dlsim.workload.precision import is_low_precision, weight_cache_bytes_per_param
+from dlsim.workload.precision import (
+    is_low_precision,
+    saved_input_ratio,
+    weight_cache_bytes_per_param,
+)
 
 # Bytes per parameter of optimizer state (ZeRO §3.1: K = 12 for mixed-precision Adam, whose
 # state holds fp32 master weights; pure fp32 training needs no master copy).
@@ -120,16 +124,21 @@ class MemoryPlan:
 
 
 def stored_activations(layer: Layer, tensor: int, recompute: str,
-                       sequence_parallel: bool = False) -> float:
-    """One micro-batch of ``layer``'s stored activations (Korthikanti et al. 2022, Table 2)."""
+                       sequence_parallel: bool = False, dtype: str = "bf16") -> float:
+    """One micro-batch of ``layer``'s stored activations (Korthikanti et al. 2022, Table 2),
+    its linear-layer inputs saved as TE saves them at ``dtype`` (``BlockActivations``)."""
     block = layer.block
     if block is None:
         return layer.activation_bytes / tensor
     if recompute == "full":
         return block.block_input / (tensor if sequence_parallel else 1)
     dropped = block.attention_core if recompute == "selective" else 0.0
-    kept = block.replicated / (tensor if sequence_parallel else 1)
-    return (layer.activation_bytes - dropped - block.replicated) / tensor + kept
+    cast = saved_input_ratio(dtype)
+    copies = block.shared_gemm_inputs * cast if is_low_precision(dtype) else 0.0
+    total = layer.activation_bytes - (1.0 - cast) * block.gemm_inputs + copies
+    replicated = block.replicated - (1.0 - cast) * block.replicated_gemm_inputs
+    kept = replicated / (tensor if sequence_parallel else 1)
+    return (total - dropped - replicated) / tensor + kept
 
 
 def pipeline_stages(model: Model, pipeline: int) -> list[list[int]]:
@@ -195,7 +204,7 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
         params += weight_cache_bytes_per_param(dtype) * (
             blocks * share[2] + routed / (expert * expert_tensor) * expert_share[2])
     activations = in_flight_microbatches * sum(
-        stored_activations(layer, tensor, recompute, sequence_parallel)
+        stored_activations(layer, tensor, recompute, sequence_parallel, dtype)
         for layer in layers) / context
     gathered = 0.0
     if zero_stage == 3 and shard > 1:

@@ -39,6 +39,8 @@ For the Llama-2 shapes these are the counts of the Llama block dlsim has always 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 from dlsim.hardware.profiles import AttentionKernel
 from dlsim.workload.model import (
     BlockActivations,
@@ -57,14 +59,44 @@ from dlsim.workload.shapes import MLAShape, MoEShape, TransformerShape
 EXPERT_KERNELS = frozenset({"expert_up", "expert_act", "expert_down"})
 
 
+FP32_BYTES = 4  # RMSNorm's 1/rms and fused attention's logsumexp are saved in fp32
+
+
+@dataclass(frozen=True)
+class Saved:
+    """Bytes one part of a block saves for backward, as ``BlockActivations`` splits them:
+    all of them, those every tensor rank keeps without sequence parallelism, and the
+    linear-layer inputs (only the layer saves them; of them replicated; also saved 16-bit
+    by another kernel)."""
+
+    total: float
+    replicated: float = 0.0
+    gemm_inputs: float = 0.0
+    replicated_gemm_inputs: float = 0.0
+    shared_gemm_inputs: float = 0.0
+
+    def __add__(self, other: Saved) -> Saved:
+        return Saved(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+def _rmsnorm_linear(h: int, t: int, dt: int) -> Saved:
+    """A fused RMSNorm and the linear layer it feeds (TE ``LayerNormLinear``, Megatron-Core's
+    ``TELayerNormColumnParallelLinear``: it saves ``inputmat``, ``ln_out``, ``rsigma``): the
+    norm's input, its fp32 1/rms per token and its output, the GEMM's input; all on every
+    tensor rank without sequence parallelism."""
+    gemm_input = dt * t * h
+    norm = dt * t * h + FP32_BYTES * t
+    return Saved(norm + gemm_input, norm + gemm_input, gemm_input, gemm_input)
+
+
 class _Part:
-    """Forward kernels, weight matrices, other parameters and stored elements (at 2 bytes
-    each: Korthikanti's count) of one part of a block."""
+    """Forward kernels, weight matrices, other parameters and saved bytes of one part of a
+    block."""
 
     def __init__(self, forward: tuple[Kernel, ...], matrices: tuple[Matrix, ...],
-                 stored_elements: int, extra_params: int = 0):
+                 saved: Saved, extra_params: int = 0):
         self.forward, self.matrices = forward, matrices
-        self.stored_elements, self.extra_params = stored_elements, extra_params
+        self.saved, self.extra_params = saved, extra_params
 
     @property
     def params(self) -> int:
@@ -85,6 +117,18 @@ def _scores(kernel: AttentionKernel, a: int, s: int, b: int) -> int:
     return 2 * a * s * s * b if kernel == "eager" else 2 * a * s * b
 
 
+def _attention_core(kernel: AttentionKernel, a: int, s: int, b: int, out: float, dt: int
+                    ) -> Saved:
+    """What the attention core saves besides Q, K and V, and the output projection's input
+    (``out`` elements). Fused (FlashAttention's and TE's fused-attention forward save q, k,
+    v, out and the fp32 softmax logsumexp, a per row and head): 4·a·s·b bytes, and the
+    output, which the projection's input shares. Eager: the softmax output (a·s²·b, which AV
+    saves too) and the AV output, which only the projection saves."""
+    if kernel == "eager":
+        return Saved(dt * a * s * s * b + dt * out, gemm_inputs=dt * out)
+    return Saved(FP32_BYTES * a * s * b + dt * out, shared_gemm_inputs=dt * out)
+
+
 def _gqa(shape: TransformerShape, b: int, dt: int, kernel: AttentionKernel) -> _Part:
     h, a, s = shape.hidden, shape.heads, shape.seq_len
     q, kv = a * shape.head_size, shape.kv_heads * shape.head_size
@@ -99,8 +143,10 @@ def _gqa(shape: TransformerShape, b: int, dt: int, kernel: AttentionKernel) -> _
     )
     matrices = (Matrix("q_proj", h, q), Matrix("k_proj", h, kv), Matrix("v_proj", h, kv),
                 Matrix("o_proj", q, h))
-    stored = 4 * t * h + 2 * t * q + 4 * t * kv + _scores(kernel, a, s, b) + 2 * t * q
-    return _Part(forward, matrices, stored)
+    # Q and K after rotation (the fused RoPE saves only its frequencies), V: kv_heads only
+    qkv = Saved(dt * t * (q + 2 * kv))
+    saved = _rmsnorm_linear(h, t, dt) + qkv + _attention_core(kernel, a, s, b, t * q, dt)
+    return _Part(forward, matrices, saved)
 
 
 def _mla(shape: TransformerShape, mla: MLAShape, b: int, dt: int,
@@ -130,8 +176,12 @@ def _mla(shape: TransformerShape, mla: MLAShape, b: int, dt: int,
     matrices = (*q_mats, Matrix("kv_a_proj_with_mqa", h, kvl + rope), kv_up,
                 Matrix("o_proj", a * v, h))
     stored = (4 * t * h + 4 * t * (ql + kvl) + 4 * t * a * qk + 2 * t * a * v
-              + _scores(kernel, a, s, b) + 2 * t * a * v)
-    return _Part(forward, matrices, stored, extra_params=ql + kvl)       # the latent norms
+              + _scores(kernel, a, s, b) + 2 * t * a * v) * dt / 2
+    down_in, up_in, proj_in = dt * t * h, dt * t * (ql + kvl), dt * t * a * v
+    eager = kernel == "eager"  # else the fused kernel saves its output, proj's input
+    saved = Saved(stored, 2 * dt * t * h, down_in + up_in + (proj_in if eager else 0.0),
+                  down_in, 0.0 if eager else proj_in)
+    return _Part(forward, matrices, saved, extra_params=ql + kvl)        # the latent norms
 
 
 def _dense_mlp(h: int, f: int, t: int, dt: int) -> _Part:
@@ -139,7 +189,12 @@ def _dense_mlp(h: int, f: int, t: int, dt: int) -> _Part:
                elementwise(t * f, dt, 3.0, "swiglu"),
                gemm(t, f, h, dt, "mlp_down"))
     matrices = (Matrix("gate_proj", h, f), Matrix("up_proj", h, f), Matrix("down_proj", f, h))
-    return _Part(forward, matrices, 4 * t * h + 8 * t * f)
+    # fc1 with its fused RMSNorm; Megatron-Core's fused SwiGLU (``bias_swiglu_impl``) saves
+    # only its input, the gate and up outputs (2f), and recomputes SiLU in backward; fc2
+    # saves its input, the SwiGLU output (f)
+    down_in = dt * t * f
+    saved = _rmsnorm_linear(h, t, dt) + Saved(dt * t * 2 * f + down_in, gemm_inputs=down_in)
+    return _Part(forward, matrices, saved)
 
 
 def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int) -> _Part:
@@ -159,8 +214,9 @@ def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int) -> _Part:
     matrices = (Matrix("router", h, e),
                 *((Matrix("shared_gate_proj", h, shared), Matrix("shared_up_proj", h, shared),
                    Matrix("shared_down_proj", shared, h)) if shared else ()))
-    stored = 4 * t * h + 2 * t * e + 4 * copies * h + 8 * copies * f + 8 * t * shared
-    return _Part(forward, matrices, stored, extra_params=e * 3 * h * f)
+    stored = (4 * t * h + 2 * t * e + 4 * copies * h + 8 * copies * f + 8 * t * shared) * dt / 2
+    saved = Saved(stored, 2 * dt * t * h)
+    return _Part(forward, matrices, saved, extra_params=e * 3 * h * f)
 
 
 def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
@@ -172,7 +228,6 @@ def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
                  else _mla(shape, shape.mla, b, dt, kernel))
     hidden_bytes = t * h * dt
     core = 2 * shape.heads * shape.seq_len ** 2 * b * dt / 2 if kernel == "eager" else 0.0
-    block = BlockActivations(core, t * h * dt, 4 * t * h * dt)
     dense = _dense_mlp(h, shape.ffn_hidden, t, dt)
     moe = None if shape.moe is None else _moe_mlp(h, shape.moe, t, dt)
     first_moe = shape.layers - shape.moe_layers
@@ -181,7 +236,9 @@ def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
         mlp = dense if moe is None or i < first_moe else moe
         forward = (*attention.forward, elementwise(t * h, dt, 3.0, "residual1+rmsnorm2"),
                    *mlp.forward, elementwise(t * h, dt, 3.0, "residual2"))
-        stored = (attention.stored_elements + mlp.stored_elements) * dt / 2
+        saved = attention.saved + mlp.saved
+        block = BlockActivations(core, t * h * dt, saved.replicated, saved.gemm_inputs,
+                                 saved.replicated_gemm_inputs, saved.shared_gemm_inputs)
         moe_block = None
         if mlp is moe and shape.moe is not None:
             f = shape.moe.expert_ffn_hidden
@@ -189,7 +246,7 @@ def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
                                  EXPERT_KERNELS, shape.moe.capacity_factor,
                                  shape.moe.router_imbalance)
         return Layer(f"block{i}", attention.params + mlp.params + 2 * h, forward,
-                     backward_of(forward), stored, hidden_bytes,
+                     backward_of(forward), saved.total, hidden_bytes,
                      matrices=attention.matrices + mlp.matrices, block=block, role="block",
                      moe=moe_block)
 
