@@ -25,7 +25,11 @@ sequence parallelism holds split along the sequence (Megatron-LM checkpoints the
 each rank holds): 2*s*b*h/t. Fused attention (``attention: flash | sdpa``,
 dlsim.workload.attention) stores no s x s tensors, only an fp32 logsumexp per row: 34*s*b*h
 + 4*a*s*b, and leaves selective recomputation nothing to drop (the block's
-``attention_core`` is 0). The embedding and head are counted as split t ways (their
+``attention_core`` is 0). The modern decoder's blocks count what Megatron-Core with
+Transformer Engine saves (``dlsim.workload.decoder``: fused RMSNorm-linear, fused SwiGLU,
+grouped-query K and V). Under FP8/FP4 a block's linear-layer inputs are saved as TE's
+low-precision casts (``BlockActivations.gemm_inputs``; GPT: 27*s*b*h + 5*a*s^2*b, or
+29*s*b*h + 4*a*s*b fused). The embedding and head are counted as split t ways (their
 vocabulary-parallel logits dominate).
 A pipeline stage holds the activations of every micro-batch in flight (GPipe all m, 1F1B at
 most p; ``dlsim.parallel.pipeline.in_flight``).

@@ -20,21 +20,32 @@ FLOPs: a GEMM (m x k)(k x n) is 2mkn; attention's QK^T and AV are 4·b·s²·a·
 norms; MLA replaces q/k/v by q_a (h x q_lora) + its norm + q_b (q_lora x a·d_qk), kv_a
 (h x (kv_lora + rope)) + its norm + kv_b (kv_lora x a·(nope + d_v)), and o is a·d_v x h.
 
-Stored activations apply Korthikanti et al. 2022's counting (§4.1: every tensor autograd
-keeps, 2 bytes per element at 16 bit) to this block, which has no dropout: the inputs of both
-norms (4sbh), of the QKV projection (2sbh), of the output projection (2sb·a·d) and of the MLP
-(2sbh); Q after rotation, K and V (2sb·a·d + 4sb·kv·d); the softmax output (2as²b, the
-attention core that selective recomputation drops; fused attention, ``dlsim.workload.attention``,
-keeps only an fp32 logsumexp per row, 2asb, and leaves selective recomputation nothing to
-drop); in a dense MLP the gate and up outputs,
-SiLU's output and the product fed to the down projection (8sb·ffn). MLA keeps instead the
-latents both as norm inputs and as up-projection inputs (4sb·(q_lora + kv_lora); without a
-query latent, 4sb·kv_lora), Q and K of the heads (4sb·a·d_qk) and V (2sb·a·d_v). A MoE MLP
-keeps the router's probabilities (2sb·E), the permuted token copies going into the experts and
-their outputs waiting for the weighted combine (4sb·top_k·h), the experts' SwiGLU tensors
-(8sb·top_k·f_e) and the shared experts' (8sb·shared·f_e). Tensor parallelism without sequence
-parallelism replicates the norm inputs and the inputs of the QKV and MLP projections (8sbh).
-For the Llama-2 shapes these are the counts of the Llama block dlsim has always built.
+Stored activations are the tensors Megatron-Core with Transformer Engine saves for backward
+(``Saved``; Korthikanti et al. 2022 §4.1 count every tensor autograd keeps, and these are
+the tensors the fused kernels keep). A block has no dropout. RMSNorm fused into the linear
+layer it feeds (TE ``LayerNormLinear`` saves ``inputmat``, ``ln_out``, ``rsigma``): the
+norm's input, its fp32 1/rms per token and the GEMM's input, ``2·dt·h + 4`` bytes a token,
+for the QKV projection and for fc1. Attention: Q and K after rotation (Megatron's fused RoPE
+saves only its frequency table) and V at ``kv_heads`` (grouped-query K and V are never
+expanded); a fused kernel (FlashAttention's forward and TE's fused attention save q, k, v,
+out and the softmax logsumexp) keeps its output, which is also the output projection's
+input, and the fp32 logsumexp per row and head (4·a·s·b bytes); eager attention keeps the
+softmax output (2·a·s²·b at 16 bit: the attention core selective recomputation drops) and
+the AV output for the projection. Dense MLP: Megatron's fused SwiGLU (``bias_swiglu_impl``)
+saves only its input, the gate and up outputs (2·ffn), and recomputes SiLU in backward; fc2
+saves the SwiGLU output (ffn): 6·s·b·ffn bytes at 16 bit, not the 8 of SiLU and a product
+written out. Per token at 16 bit a dense GQA block with a fused kernel saves
+8h + 4·a·d + 4·kv·d + 6·ffn + 8 + 4a bytes. Under FP8/FP4 TE saves each linear layer's
+input as its cast (``BlockActivations``: the QKV, fc1 and fc2 inputs shrink to one byte;
+the output projection adds a one-byte cast beside the fused kernel's 16-bit output). MLA
+keeps Korthikanti-style counts: the latents as norm inputs and as up-projection inputs
+(4sb·(q_lora + kv_lora); without a query latent, 4sb·kv_lora), Q and K of the heads
+(4sb·a·d_qk) and V (2sb·a·d_v). A MoE MLP: its RMSNorm (input, 1/rms) and the output the
+16-bit router saves, the router's probabilities (2sb·E), the permuted token copies the
+experts' fc1 saves and their outputs waiting for the weighted combine (4sb·top_k·h), the
+experts' and shared experts' SwiGLU as in the dense MLP (6sb·top_k·f_e, 6sb·shared·f_e).
+Tensor parallelism without sequence parallelism replicates the norm inputs, their 1/rms and
+the inputs of the QKV projection and of the MLP.
 """
 
 from __future__ import annotations
@@ -214,8 +225,20 @@ def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int) -> _Part:
     matrices = (Matrix("router", h, e),
                 *((Matrix("shared_gate_proj", h, shared), Matrix("shared_up_proj", h, shared),
                    Matrix("shared_down_proj", shared, h)) if shared else ()))
-    stored = (4 * t * h + 2 * t * e + 4 * copies * h + 8 * copies * f + 8 * t * shared) * dt / 2
-    saved = Saved(stored, 2 * dt * t * h)
+    # Megatron-Core's MoE layer: a separate RMSNorm (input, fp32 1/rms) whose output the
+    # 16-bit router GEMM saves (and the shared experts' fc1 beside it), the router's
+    # probabilities; the permutation keeps only indices, the experts' fc1 (TE GroupedLinear)
+    # saves the permuted copies, the unpermute their outputs with the probabilities for the
+    # weighted combine; each expert's fused SwiGLU saves 2f and its fc2 input f
+    norm_out = dt * t * h
+    norm = Saved(dt * t * h + FP32_BYTES * t + norm_out, dt * t * h + FP32_BYTES * t + norm_out)
+    router = Saved(dt * t * e)
+    expert_in, expert_down_in = dt * copies * h, dt * copies * f
+    experts = Saved(expert_in + dt * copies * 2 * f + expert_down_in + dt * copies * h,
+                    gemm_inputs=expert_in + expert_down_in)
+    shared_part = Saved(dt * t * 3 * shared, gemm_inputs=dt * t * shared,
+                        shared_gemm_inputs=norm_out if shared else 0.0)
+    saved = norm + router + experts + shared_part
     return _Part(forward, matrices, saved, extra_params=e * 3 * h * f)
 
 

@@ -6,7 +6,10 @@ forward is 24*b*s*h^2 + 4*b*s^2*h FLOPs (Narayanan et al., SC'21, §5.1) with 12
 parameters; stored activations follow Korthikanti et al. 2022, "Reducing Activation
 Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit, or 34*s*b*h + 4*a*s*b
 with fused attention (``dlsim.workload.attention``: no s x s tensors, a logsumexp per row,
-causal work halved). Presets: the
+causal work halved). Under FP8 Transformer Engine saves the linear layers' inputs as 1-byte
+casts (``BlockActivations``): 27*s*b*h + 5*a*s^2*b eager (the qkv, proj and mlp_up inputs,
+2sbh each, and mlp_down's 8sbh halve), 29*s*b*h + 4*a*s*b fused (the fused kernel keeps its
+16-bit output for its own backward, so proj's 1-byte cast is added beside it). Presets: the
 transformers of ``dlsim.workload.shapes`` (GPT-2, GPT-3, BERT-large, the GPT models of
 Megatron-LM SC'21 Table 1, and the modern decoders, Llama 2 and 3, Mixtral, Qwen3 and
 DeepSeek-V3, built by ``dlsim.workload.decoder``), CNNs

@@ -231,3 +231,27 @@ def test_llama_fp8_casts_under_sequence_parallelism():
     assert stored_activations(layer, t, "selective", True, "bf16") == bf16 / t
     fp8 = bf16 - s * (2 * h + f) + s * h
     assert stored_activations(layer, t, "selective", True, "fp8") == fp8 / t
+
+
+def test_moe_block_counts_megatron_moe_layer():
+    """A MoE block against the dense block of the same attention: the router's
+    probabilities (t·E), the permuted copies into the experts and their outputs before the
+    combine (2·k·t·h), the experts' and the shared expert's SwiGLU (3 elements an ffn column)
+    in place of the dense SwiGLU; under FP8 the experts' fc1 and fc2 inputs and the shared
+    expert's fc2 input are 1-byte casts and the shared expert's fc1 adds a cast of the norm
+    output the 16-bit router keeps."""
+    from dlsim.workload.shapes import MoEShape
+
+    h, a, kv, f, s, vocab = 256, 4, 2, 512, 64, 128
+    e, k, fe, shared = 8, 2, 128, 1
+    moe = MoEShape(e, k, fe, shared_experts=shared, dense_layers=1)
+    model = decoder_layers("m", llama(2, h, a, kv, f, s, vocab, moe=moe), 1, 2, "flash")
+    dense, sparse = model.layers[1], model.layers[2]
+    assert dense.moe is None and sparse.moe is not None
+    t = s
+    expected = 2 * (t * e + 2 * k * t * h + 3 * k * t * fe + 3 * t * shared * fe - 3 * t * f)
+    assert sparse.activation_bytes - dense.activation_bytes == expected
+    lost = (stored_activations(sparse, 1, "none", False, "bf16")
+            - stored_activations(sparse, 1, "none", False, "fp8"))
+    # the attention part nets to zero here: qkv's input loses h, proj's cast adds a·d = h
+    assert lost == k * t * h + k * t * fe + t * shared * fe - t * h
