@@ -38,9 +38,11 @@ written out. Per token at 16 bit a dense GQA block with a fused kernel saves
 8h + 4·a·d + 4·kv·d + 6·ffn + 8 + 4a bytes. Under FP8/FP4 TE saves each linear layer's
 input as its cast (``BlockActivations``: the QKV, fc1 and fc2 inputs shrink to one byte;
 the output projection adds a one-byte cast beside the fused kernel's 16-bit output). MLA
-keeps Korthikanti-style counts: the latents as norm inputs and as up-projection inputs
-(4sb·(q_lora + kv_lora); without a query latent, 4sb·kv_lora), Q and K of the heads
-(4sb·a·d_qk) and V (2sb·a·d_v). A MoE MLP: its RMSNorm (input, 1/rms) and the output the
+(Megatron-Core's ``MLASelfAttention``): a separate RMSNorm (input, 1/rms) whose output both
+down projections save (one 16-bit tensor, a cast each under FP8), each latent's RMSNorm fused
+into its up projection (input, 1/rms, output: 4sb·(q_lora + kv_lora) + 8sb; without a query
+latent, 4sb·kv_lora + 4sb), Q and K of the heads (4sb·a·d_qk), V (2sb·a·d_v) and the core
+as above. A MoE MLP: its RMSNorm (input, 1/rms) and the output the
 16-bit router saves, the router's probabilities (2sb·E), the permuted token copies the
 experts' fc1 saves and their outputs waiting for the weighted combine (4sb·top_k·h), the
 experts' and shared experts' SwiGLU as in the dense MLP (6sb·top_k·f_e, 6sb·shared·f_e).
@@ -90,13 +92,15 @@ class Saved:
         return Saved(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
-def _rmsnorm_linear(h: int, t: int, dt: int) -> Saved:
+def _rmsnorm_linear(h: int, t: int, dt: int, replicated: bool = True) -> Saved:
     """A fused RMSNorm and the linear layer it feeds (TE ``LayerNormLinear``, Megatron-Core's
     ``TELayerNormColumnParallelLinear``: it saves ``inputmat``, ``ln_out``, ``rsigma``): the
     norm's input, its fp32 1/rms per token and its output, the GEMM's input; all on every
-    tensor rank without sequence parallelism."""
+    tensor rank without sequence parallelism unless not ``replicated``."""
     gemm_input = dt * t * h
     norm = dt * t * h + FP32_BYTES * t
+    if not replicated:
+        return Saved(norm + gemm_input, gemm_inputs=gemm_input)
     return Saved(norm + gemm_input, norm + gemm_input, gemm_input, gemm_input)
 
 
@@ -120,12 +124,6 @@ def grouped_gemm(tokens: float, k: float, n: float, groups: int, dtype_bytes: in
     reading the tokens and every group's weights once and writing the products."""
     return Kernel("gemm", 2.0 * tokens * k * n,
                   dtype_bytes * (tokens * k + groups * k * n + tokens * n), name)
-
-
-def _scores(kernel: AttentionKernel, a: int, s: int, b: int) -> int:
-    """Stored elements of the attention core: the softmax output (2·a·s²·b) unfused; fused,
-    the fp32 logsumexp per row (a·s·b floats: 2·a·s·b at 2 bytes)."""
-    return 2 * a * s * s * b if kernel == "eager" else 2 * a * s * b
 
 
 def _attention_core(kernel: AttentionKernel, a: int, s: int, b: int, out: float, dt: int
@@ -186,12 +184,16 @@ def _mla(shape: TransformerShape, mla: MLAShape, b: int, dt: int,
     )
     matrices = (*q_mats, Matrix("kv_a_proj_with_mqa", h, kvl + rope), kv_up,
                 Matrix("o_proj", a * v, h))
-    stored = (4 * t * h + 4 * t * (ql + kvl) + 4 * t * a * qk + 2 * t * a * v
-              + _scores(kernel, a, s, b) + 2 * t * a * v) * dt / 2
-    down_in, up_in, proj_in = dt * t * h, dt * t * (ql + kvl), dt * t * a * v
-    eager = kernel == "eager"  # else the fused kernel saves its output, proj's input
-    saved = Saved(stored, 2 * dt * t * h, down_in + up_in + (proj_in if eager else 0.0),
-                  down_in, 0.0 if eager else proj_in)
+    # Megatron-Core's MLA: a separate RMSNorm whose output the down projections (q_a, or
+    # q at full rank, and kv_a) both save (one 16-bit tensor; under FP8 a cast each), each
+    # latent's RMSNorm fused into its up projection, Q and K of the heads, V, the core
+    norm = dt * t * h + FP32_BYTES * t
+    down_in = dt * t * h
+    saved = Saved(norm + down_in, norm + down_in, down_in, down_in, down_in)
+    for latent in (ql, kvl):
+        if latent:  # counted split over tensor ranks, as dlsim always has
+            saved += _rmsnorm_linear(latent, t, dt, replicated=False)
+    saved += Saved(dt * t * a * (2 * qk + v)) + _attention_core(kernel, a, s, b, t * a * v, dt)
     return _Part(forward, matrices, saved, extra_params=ql + kvl)        # the latent norms
 
 

@@ -255,3 +255,24 @@ def test_moe_block_counts_megatron_moe_layer():
             - stored_activations(sparse, 1, "none", False, "fp8"))
     # the attention part nets to zero here: qkv's input loses h, proj's cast adds a·d = h
     assert lost == k * t * h + k * t * fe + t * shared * fe - t * h
+
+
+def test_mla_block_counts_megatron_mla():
+    """MLA at 16 bit with a fused kernel, per token: the block norm's input and 1/rms and
+    its output (saved once for both down projections), each latent's fused norm-linear
+    (2 bytes twice and a 4-byte 1/rms), Q and K of the heads, V, the output and the
+    logsumexp; the dense SwiGLU MLP as for GQA. Under FP8 the norm output is two 1-byte
+    casts (no saving), the latents' and the MLP's GEMM inputs halve, proj adds its cast."""
+    from dlsim.workload.shapes import MLAShape
+
+    h, a, f, s = 256, 4, 512, 64
+    mla = MLAShape(kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
+                   q_lora_rank=96)
+    layer = decoder_layers("d", llama(1, h, a, a, f, s, 128, mla=mla), 1, 2, "flash").layers[1]
+    qk, v, ql, kvl = 48, 32, 96, 64
+    attention = (2 * h + 4 + 2 * h + (4 * ql + 4) + (4 * kvl + 4) + 2 * a * (2 * qk + v)
+                 + 2 * a * v + 4 * a)
+    mlp = 2 * h + 4 + 2 * h + 6 * f
+    assert layer.activation_bytes == s * (attention + mlp)
+    fp8 = s * (attention + mlp - ql - kvl + a * v - h - f)
+    assert stored_activations(layer, 1, "none", True, "fp8") == fp8
