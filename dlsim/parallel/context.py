@@ -36,9 +36,7 @@ def _layer_share(layer: Layer, c: int) -> Layer:
     return replace(
         layer, forward=_split(layer.forward, c), backward=_split(layer.backward, c),
         activation_bytes=layer.activation_bytes / c, output_bytes=layer.output_bytes / c,
-        block=None if block is None else replace(
-            block, attention_core=block.attention_core / c, block_input=block.block_input / c,
-            replicated=block.replicated / c),
+        block=None if block is None else block.divided(c),
         moe=None if moe is None else replace(moe, tokens=moe.tokens // c))
 
 

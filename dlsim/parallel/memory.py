@@ -25,7 +25,11 @@ sequence parallelism holds split along the sequence (Megatron-LM checkpoints the
 each rank holds): 2*s*b*h/t. Fused attention (``attention: flash | sdpa``,
 dlsim.workload.attention) stores no s x s tensors, only an fp32 logsumexp per row: 34*s*b*h
 + 4*a*s*b, and leaves selective recomputation nothing to drop (the block's
-``attention_core`` is 0). The embedding and head are counted as split t ways (their
+``attention_core`` is 0). The modern decoder's blocks count what Megatron-Core with
+Transformer Engine saves (``dlsim.workload.decoder``: fused RMSNorm-linear, fused SwiGLU,
+grouped-query K and V). Under FP8/FP4 a block's linear-layer inputs are saved as TE's
+low-precision casts (``BlockActivations.gemm_inputs``; GPT: 27*s*b*h + 5*a*s^2*b, or
+29*s*b*h + 4*a*s*b fused). The embedding and head are counted as split t ways (their
 vocabulary-parallel logits dominate).
 A pipeline stage holds the activations of every micro-batch in flight (GPipe all m, 1F1B at
 most p; ``dlsim.parallel.pipeline.in_flight``).
@@ -65,7 +69,11 @@ from dlsim.contract.scenario import LoraSpec
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.parallel.expert import routed_params
 from dlsim.workload.model import Layer, Model, lora_parameters
-from dlsim.workload.precision import is_low_precision, weight_cache_bytes_per_param
+from dlsim.workload.precision import (
+    is_low_precision,
+    saved_input_ratio,
+    weight_cache_bytes_per_param,
+)
 
 # Bytes per parameter of optimizer state (ZeRO §3.1: K = 12 for mixed-precision Adam, whose
 # state holds fp32 master weights; pure fp32 training needs no master copy).
@@ -120,16 +128,21 @@ class MemoryPlan:
 
 
 def stored_activations(layer: Layer, tensor: int, recompute: str,
-                       sequence_parallel: bool = False) -> float:
-    """One micro-batch of ``layer``'s stored activations (Korthikanti et al. 2022, Table 2)."""
+                       sequence_parallel: bool = False, dtype: str = "bf16") -> float:
+    """One micro-batch of ``layer``'s stored activations (Korthikanti et al. 2022, Table 2),
+    its linear-layer inputs saved as TE saves them at ``dtype`` (``BlockActivations``)."""
     block = layer.block
     if block is None:
         return layer.activation_bytes / tensor
     if recompute == "full":
         return block.block_input / (tensor if sequence_parallel else 1)
     dropped = block.attention_core if recompute == "selective" else 0.0
-    kept = block.replicated / (tensor if sequence_parallel else 1)
-    return (layer.activation_bytes - dropped - block.replicated) / tensor + kept
+    cast = saved_input_ratio(dtype)
+    copies = block.shared_gemm_inputs * cast if is_low_precision(dtype) else 0.0
+    total = layer.activation_bytes - (1.0 - cast) * block.gemm_inputs + copies
+    replicated = block.replicated - (1.0 - cast) * block.replicated_gemm_inputs
+    kept = replicated / (tensor if sequence_parallel else 1)
+    return (total - dropped - replicated) / tensor + kept
 
 
 def pipeline_stages(model: Model, pipeline: int) -> list[list[int]]:
@@ -195,7 +208,7 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
         params += weight_cache_bytes_per_param(dtype) * (
             blocks * share[2] + routed / (expert * expert_tensor) * expert_share[2])
     activations = in_flight_microbatches * sum(
-        stored_activations(layer, tensor, recompute, sequence_parallel)
+        stored_activations(layer, tensor, recompute, sequence_parallel, dtype)
         for layer in layers) / context
     gathered = 0.0
     if zero_stage == 3 and shard > 1:

@@ -20,24 +20,39 @@ FLOPs: a GEMM (m x k)(k x n) is 2mkn; attention's QK^T and AV are 4·b·s²·a·
 norms; MLA replaces q/k/v by q_a (h x q_lora) + its norm + q_b (q_lora x a·d_qk), kv_a
 (h x (kv_lora + rope)) + its norm + kv_b (kv_lora x a·(nope + d_v)), and o is a·d_v x h.
 
-Stored activations apply Korthikanti et al. 2022's counting (§4.1: every tensor autograd
-keeps, 2 bytes per element at 16 bit) to this block, which has no dropout: the inputs of both
-norms (4sbh), of the QKV projection (2sbh), of the output projection (2sb·a·d) and of the MLP
-(2sbh); Q after rotation, K and V (2sb·a·d + 4sb·kv·d); the softmax output (2as²b, the
-attention core that selective recomputation drops; fused attention, ``dlsim.workload.attention``,
-keeps only an fp32 logsumexp per row, 2asb, and leaves selective recomputation nothing to
-drop); in a dense MLP the gate and up outputs,
-SiLU's output and the product fed to the down projection (8sb·ffn). MLA keeps instead the
-latents both as norm inputs and as up-projection inputs (4sb·(q_lora + kv_lora); without a
-query latent, 4sb·kv_lora), Q and K of the heads (4sb·a·d_qk) and V (2sb·a·d_v). A MoE MLP
-keeps the router's probabilities (2sb·E), the permuted token copies going into the experts and
-their outputs waiting for the weighted combine (4sb·top_k·h), the experts' SwiGLU tensors
-(8sb·top_k·f_e) and the shared experts' (8sb·shared·f_e). Tensor parallelism without sequence
-parallelism replicates the norm inputs and the inputs of the QKV and MLP projections (8sbh).
-For the Llama-2 shapes these are the counts of the Llama block dlsim has always built.
+Stored activations are the tensors Megatron-Core with Transformer Engine saves for backward
+(``Saved``; Korthikanti et al. 2022 §4.1 count every tensor autograd keeps, and these are
+the tensors the fused kernels keep). A block has no dropout. RMSNorm fused into the linear
+layer it feeds (TE ``LayerNormLinear`` saves ``inputmat``, ``ln_out``, ``rsigma``): the
+norm's input, its fp32 1/rms per token and the GEMM's input, ``2·dt·h + 4`` bytes a token,
+for the QKV projection and for fc1. Attention: Q and K after rotation (Megatron's fused RoPE
+saves only its frequency table) and V at ``kv_heads`` (grouped-query K and V are never
+expanded); a fused kernel (FlashAttention's forward and TE's fused attention save q, k, v,
+out and the softmax logsumexp) keeps its output, which is also the output projection's
+input, and the fp32 logsumexp per row and head (4·a·s·b bytes); eager attention keeps the
+softmax output (2·a·s²·b at 16 bit: the attention core selective recomputation drops) and
+the AV output for the projection. Dense MLP: Megatron's fused SwiGLU (``bias_swiglu_impl``)
+saves only its input, the gate and up outputs (2·ffn), and recomputes SiLU in backward; fc2
+saves the SwiGLU output (ffn): 6·s·b·ffn bytes at 16 bit, not the 8 of SiLU and a product
+written out. Per token at 16 bit a dense GQA block with a fused kernel saves
+8h + 4·a·d + 4·kv·d + 6·ffn + 8 + 4a bytes. Under FP8/FP4 TE saves each linear layer's
+input as its cast (``BlockActivations``: the QKV, fc1 and fc2 inputs shrink to one byte;
+the output projection adds a one-byte cast beside the fused kernel's 16-bit output). MLA
+(Megatron-Core's ``MLASelfAttention``): a separate RMSNorm (input, 1/rms) whose output both
+down projections save (one 16-bit tensor, a cast each under FP8), each latent's RMSNorm fused
+into its up projection (input, 1/rms, output: 4sb·(q_lora + kv_lora) + 8sb; without a query
+latent, 4sb·kv_lora + 4sb), Q and K of the heads (4sb·a·d_qk), V (2sb·a·d_v) and the core
+as above. A MoE MLP: its RMSNorm (input, 1/rms) and the output the
+16-bit router saves, the router's probabilities (2sb·E), the permuted token copies the
+experts' fc1 saves and their outputs waiting for the weighted combine (4sb·top_k·h), the
+experts' and shared experts' SwiGLU as in the dense MLP (6sb·top_k·f_e, 6sb·shared·f_e).
+Tensor parallelism without sequence parallelism replicates the norm inputs, their 1/rms and
+the inputs of the QKV projection and of the MLP.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, fields
 
 from dlsim.hardware.profiles import AttentionKernel
 from dlsim.workload.model import (
@@ -57,14 +72,46 @@ from dlsim.workload.shapes import MLAShape, MoEShape, TransformerShape
 EXPERT_KERNELS = frozenset({"expert_up", "expert_act", "expert_down"})
 
 
+FP32_BYTES = 4  # RMSNorm's 1/rms and fused attention's logsumexp are saved in fp32
+
+
+@dataclass(frozen=True)
+class Saved:
+    """Bytes one part of a block saves for backward, as ``BlockActivations`` splits them:
+    all of them, those every tensor rank keeps without sequence parallelism, and the
+    linear-layer inputs (only the layer saves them; of them replicated; also saved 16-bit
+    by another kernel)."""
+
+    total: float
+    replicated: float = 0.0
+    gemm_inputs: float = 0.0
+    replicated_gemm_inputs: float = 0.0
+    shared_gemm_inputs: float = 0.0
+
+    def __add__(self, other: Saved) -> Saved:
+        return Saved(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+def _rmsnorm_linear(h: int, t: int, dt: int, replicated: bool = True) -> Saved:
+    """A fused RMSNorm and the linear layer it feeds (TE ``LayerNormLinear``, Megatron-Core's
+    ``TELayerNormColumnParallelLinear``: it saves ``inputmat``, ``ln_out``, ``rsigma``): the
+    norm's input, its fp32 1/rms per token and its output, the GEMM's input; all on every
+    tensor rank without sequence parallelism unless not ``replicated``."""
+    gemm_input = dt * t * h
+    norm = dt * t * h + FP32_BYTES * t
+    if not replicated:
+        return Saved(norm + gemm_input, gemm_inputs=gemm_input)
+    return Saved(norm + gemm_input, norm + gemm_input, gemm_input, gemm_input)
+
+
 class _Part:
-    """Forward kernels, weight matrices, other parameters and stored elements (at 2 bytes
-    each: Korthikanti's count) of one part of a block."""
+    """Forward kernels, weight matrices, other parameters and saved bytes of one part of a
+    block."""
 
     def __init__(self, forward: tuple[Kernel, ...], matrices: tuple[Matrix, ...],
-                 stored_elements: int, extra_params: int = 0):
+                 saved: Saved, extra_params: int = 0):
         self.forward, self.matrices = forward, matrices
-        self.stored_elements, self.extra_params = stored_elements, extra_params
+        self.saved, self.extra_params = saved, extra_params
 
     @property
     def params(self) -> int:
@@ -79,10 +126,16 @@ def grouped_gemm(tokens: float, k: float, n: float, groups: int, dtype_bytes: in
                   dtype_bytes * (tokens * k + groups * k * n + tokens * n), name)
 
 
-def _scores(kernel: AttentionKernel, a: int, s: int, b: int) -> int:
-    """Stored elements of the attention core: the softmax output (2·a·s²·b) unfused; fused,
-    the fp32 logsumexp per row (a·s·b floats: 2·a·s·b at 2 bytes)."""
-    return 2 * a * s * s * b if kernel == "eager" else 2 * a * s * b
+def _attention_core(kernel: AttentionKernel, a: int, s: int, b: int, out: float, dt: int
+                    ) -> Saved:
+    """What the attention core saves besides Q, K and V, and the output projection's input
+    (``out`` elements). Fused (FlashAttention's and TE's fused-attention forward save q, k,
+    v, out and the fp32 softmax logsumexp, a per row and head): 4·a·s·b bytes, and the
+    output, which the projection's input shares. Eager: the softmax output (a·s²·b, which AV
+    saves too) and the AV output, which only the projection saves."""
+    if kernel == "eager":
+        return Saved(dt * a * s * s * b + dt * out, gemm_inputs=dt * out)
+    return Saved(FP32_BYTES * a * s * b + dt * out, shared_gemm_inputs=dt * out)
 
 
 def _gqa(shape: TransformerShape, b: int, dt: int, kernel: AttentionKernel) -> _Part:
@@ -99,8 +152,10 @@ def _gqa(shape: TransformerShape, b: int, dt: int, kernel: AttentionKernel) -> _
     )
     matrices = (Matrix("q_proj", h, q), Matrix("k_proj", h, kv), Matrix("v_proj", h, kv),
                 Matrix("o_proj", q, h))
-    stored = 4 * t * h + 2 * t * q + 4 * t * kv + _scores(kernel, a, s, b) + 2 * t * q
-    return _Part(forward, matrices, stored)
+    # Q and K after rotation (the fused RoPE saves only its frequencies), V: kv_heads only
+    qkv = Saved(dt * t * (q + 2 * kv))
+    saved = _rmsnorm_linear(h, t, dt) + qkv + _attention_core(kernel, a, s, b, t * q, dt)
+    return _Part(forward, matrices, saved)
 
 
 def _mla(shape: TransformerShape, mla: MLAShape, b: int, dt: int,
@@ -129,9 +184,17 @@ def _mla(shape: TransformerShape, mla: MLAShape, b: int, dt: int,
     )
     matrices = (*q_mats, Matrix("kv_a_proj_with_mqa", h, kvl + rope), kv_up,
                 Matrix("o_proj", a * v, h))
-    stored = (4 * t * h + 4 * t * (ql + kvl) + 4 * t * a * qk + 2 * t * a * v
-              + _scores(kernel, a, s, b) + 2 * t * a * v)
-    return _Part(forward, matrices, stored, extra_params=ql + kvl)       # the latent norms
+    # Megatron-Core's MLA: a separate RMSNorm whose output the down projections (q_a, or
+    # q at full rank, and kv_a) both save (one 16-bit tensor; under FP8 a cast each), each
+    # latent's RMSNorm fused into its up projection, Q and K of the heads, V, the core
+    norm = dt * t * h + FP32_BYTES * t
+    down_in = dt * t * h
+    saved = Saved(norm + down_in, norm + down_in, down_in, down_in, down_in)
+    for latent in (ql, kvl):
+        if latent:  # counted split over tensor ranks, as dlsim always has
+            saved += _rmsnorm_linear(latent, t, dt, replicated=False)
+    saved += Saved(dt * t * a * (2 * qk + v)) + _attention_core(kernel, a, s, b, t * a * v, dt)
+    return _Part(forward, matrices, saved, extra_params=ql + kvl)        # the latent norms
 
 
 def _dense_mlp(h: int, f: int, t: int, dt: int) -> _Part:
@@ -139,7 +202,12 @@ def _dense_mlp(h: int, f: int, t: int, dt: int) -> _Part:
                elementwise(t * f, dt, 3.0, "swiglu"),
                gemm(t, f, h, dt, "mlp_down"))
     matrices = (Matrix("gate_proj", h, f), Matrix("up_proj", h, f), Matrix("down_proj", f, h))
-    return _Part(forward, matrices, 4 * t * h + 8 * t * f)
+    # fc1 with its fused RMSNorm; Megatron-Core's fused SwiGLU (``bias_swiglu_impl``) saves
+    # only its input, the gate and up outputs (2f), and recomputes SiLU in backward; fc2
+    # saves its input, the SwiGLU output (f)
+    down_in = dt * t * f
+    saved = _rmsnorm_linear(h, t, dt) + Saved(dt * t * 2 * f + down_in, gemm_inputs=down_in)
+    return _Part(forward, matrices, saved)
 
 
 def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int) -> _Part:
@@ -159,8 +227,21 @@ def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int) -> _Part:
     matrices = (Matrix("router", h, e),
                 *((Matrix("shared_gate_proj", h, shared), Matrix("shared_up_proj", h, shared),
                    Matrix("shared_down_proj", shared, h)) if shared else ()))
-    stored = 4 * t * h + 2 * t * e + 4 * copies * h + 8 * copies * f + 8 * t * shared
-    return _Part(forward, matrices, stored, extra_params=e * 3 * h * f)
+    # Megatron-Core's MoE layer: a separate RMSNorm (input, fp32 1/rms) whose output the
+    # 16-bit router GEMM saves (and the shared experts' fc1 beside it), the router's
+    # probabilities; the permutation keeps only indices, the experts' fc1 (TE GroupedLinear)
+    # saves the permuted copies, the unpermute their outputs with the probabilities for the
+    # weighted combine; each expert's fused SwiGLU saves 2f and its fc2 input f
+    norm_out = dt * t * h
+    norm = Saved(dt * t * h + FP32_BYTES * t + norm_out, dt * t * h + FP32_BYTES * t + norm_out)
+    router = Saved(dt * t * e)
+    expert_in, expert_down_in = dt * copies * h, dt * copies * f
+    experts = Saved(expert_in + dt * copies * 2 * f + expert_down_in + dt * copies * h,
+                    gemm_inputs=expert_in + expert_down_in)
+    shared_part = Saved(dt * t * 3 * shared, gemm_inputs=dt * t * shared,
+                        shared_gemm_inputs=norm_out if shared else 0.0)
+    saved = norm + router + experts + shared_part
+    return _Part(forward, matrices, saved, extra_params=e * 3 * h * f)
 
 
 def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
@@ -172,7 +253,6 @@ def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
                  else _mla(shape, shape.mla, b, dt, kernel))
     hidden_bytes = t * h * dt
     core = 2 * shape.heads * shape.seq_len ** 2 * b * dt / 2 if kernel == "eager" else 0.0
-    block = BlockActivations(core, t * h * dt, 4 * t * h * dt)
     dense = _dense_mlp(h, shape.ffn_hidden, t, dt)
     moe = None if shape.moe is None else _moe_mlp(h, shape.moe, t, dt)
     first_moe = shape.layers - shape.moe_layers
@@ -181,7 +261,9 @@ def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
         mlp = dense if moe is None or i < first_moe else moe
         forward = (*attention.forward, elementwise(t * h, dt, 3.0, "residual1+rmsnorm2"),
                    *mlp.forward, elementwise(t * h, dt, 3.0, "residual2"))
-        stored = (attention.stored_elements + mlp.stored_elements) * dt / 2
+        saved = attention.saved + mlp.saved
+        block = BlockActivations(core, t * h * dt, saved.replicated, saved.gemm_inputs,
+                                 saved.replicated_gemm_inputs, saved.shared_gemm_inputs)
         moe_block = None
         if mlp is moe and shape.moe is not None:
             f = shape.moe.expert_ffn_hidden
@@ -189,7 +271,7 @@ def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
                                  EXPERT_KERNELS, shape.moe.capacity_factor,
                                  shape.moe.router_imbalance)
         return Layer(f"block{i}", attention.params + mlp.params + 2 * h, forward,
-                     backward_of(forward), stored, hidden_bytes,
+                     backward_of(forward), saved.total, hidden_bytes,
                      matrices=attention.matrices + mlp.matrices, block=block, role="block",
                      moe=moe_block)
 

@@ -6,7 +6,10 @@ forward is 24*b*s*h^2 + 4*b*s^2*h FLOPs (Narayanan et al., SC'21, §5.1) with 12
 parameters; stored activations follow Korthikanti et al. 2022, "Reducing Activation
 Recomputation", Eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer at 16-bit, or 34*s*b*h + 4*a*s*b
 with fused attention (``dlsim.workload.attention``: no s x s tensors, a logsumexp per row,
-causal work halved). Presets: the
+causal work halved). Under FP8 Transformer Engine saves the linear layers' inputs as 1-byte
+casts (``BlockActivations``): 27*s*b*h + 5*a*s^2*b eager (the qkv, proj and mlp_up inputs,
+2sbh each, and mlp_down's 8sbh halve), 29*s*b*h + 4*a*s*b fused (the fused kernel keeps its
+16-bit output for its own backward, so proj's 1-byte cast is added beside it). Presets: the
 transformers of ``dlsim.workload.shapes`` (GPT-2, GPT-3, BERT-large, the GPT models of
 Megatron-LM SC'21 Table 1, and the modern decoders, Llama 2 and 3, Mixtral, Qwen3 and
 DeepSeek-V3, built by ``dlsim.workload.decoder``), CNNs
@@ -16,7 +19,7 @@ DeepSeek-V3, built by ``dlsim.workload.decoder``), CNNs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from dlsim.contract.errors import ScenarioError
@@ -60,16 +63,32 @@ class Matrix:
 
 @dataclass(frozen=True)
 class BlockActivations:
-    """A transformer block's stored activations as recomputation and tensor parallelism see
-    them (Korthikanti et al. 2022, §4): selective recomputation drops the ``attention_core``
-    (softmax output, dropout mask and output: 5*a*s^2*b bytes at 16 bit); full recomputation
-    keeps only the ``block_input`` (2*s*b*h); the ``replicated`` part (layer-norm inputs,
-    dropout masks, attention and MLP inputs: 10*s*b*h) is on every tensor rank unless
-    sequence parallelism splits it too."""
+    """A transformer block's stored activations as recomputation, tensor parallelism and the
+    training precision see them (Korthikanti et al. 2022, §4): selective recomputation drops
+    the ``attention_core`` (softmax output, dropout mask and output: 5*a*s^2*b bytes at 16
+    bit); full recomputation keeps only the ``block_input`` (2*s*b*h); the ``replicated``
+    part (GPT: layer-norm inputs, dropout masks, attention and MLP inputs, 10*s*b*h) is on
+    every tensor rank unless sequence parallelism splits it too.
+
+    ``gemm_inputs`` are the 16-bit bytes of linear-layer inputs that only the linear layer
+    saves (``replicated_gemm_inputs`` of them replicated); ``shared_gemm_inputs`` those that
+    another kernel also saves in 16 bit (a fused attention's output, which its backward
+    needs, is the output projection's input). Under FP8/FP4 Transformer Engine saves a
+    linear layer's input as its low-precision cast (TE ``Linear`` / ``LayerNormLinear``
+    forward: the quantised input, column-wise for the weight gradient, in place of the 16-bit
+    one; ``dlsim.parallel.memory.stored_activations``): the first shrink to the cast's bytes,
+    the shared ones gain a cast copy beside the 16-bit tensor that is kept anyway."""
 
     attention_core: float
     block_input: float
     replicated: float
+    gemm_inputs: float = 0.0
+    replicated_gemm_inputs: float = 0.0
+    shared_gemm_inputs: float = 0.0
+
+    def divided(self, c: int) -> BlockActivations:
+        """Every part over ``c`` (a context rank's 1/c of each sequence)."""
+        return BlockActivations(*(getattr(self, f.name) / c for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -202,8 +221,14 @@ def transformer_layers(name: str, layers: int, h: int, a: int, s: int, vocab: in
     core = 5 * a * s * s * b if attention == "eager" else 0  # what selective recompute drops
     act = (s * b * h * (34 + 5 * a * s / h) if attention == "eager"
            else 34 * s * b * h + 4 * a * s * b) * dtype_bytes / 2
+    # Linear-layer inputs (Korthikanti §4.1): qkv and mlp_up read the layer norms' outputs
+    # (2sbh each, replicated), mlp_down the GeLU output (2s·b·ffn); proj reads the attention
+    # output, which a fused kernel saves itself (its backward needs it), eager AV does not
+    qkv_mlp_in, proj_in = 2 * t * h * dtype_bytes, t * h * dtype_bytes
+    gemm_inputs = qkv_mlp_in + t * ffn * dtype_bytes + (proj_in if attention == "eager" else 0)
     block = BlockActivations(core * dtype_bytes / 2, t * h * dtype_bytes,
-                             5 * t * h * dtype_bytes)
+                             5 * t * h * dtype_bytes, gemm_inputs, qkv_mlp_in,
+                             0.0 if attention == "eager" else proj_in)
     matrices = (Matrix("qkv", h, 3 * h), Matrix("proj", h, h), Matrix("mlp_up", h, ffn),
                 Matrix("mlp_down", ffn, h))
     embed_fwd = (elementwise(t * h, dtype_bytes, 3.0 if encoder else 2.0, "embedding"),)

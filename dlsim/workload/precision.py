@@ -66,3 +66,10 @@ def weight_cache_bytes_per_param(precision: str) -> float:
     """Bytes per linear-layer parameter of TE's cached low-precision weights: a row-wise and a
     column-wise (transposed) copy, kept across micro-batches, on top of the bf16 weights."""
     return 2.0 * LOW_PRECISION_BYTES[precision] if is_low_precision(precision) else 0.0
+
+
+def saved_input_ratio(precision: str) -> float:
+    """Bytes of the linear-layer input TE saves for the weight gradient over its 16-bit bytes:
+    the low-precision cast under FP8/FP4 (TE ``Linear`` and ``LayerNormLinear`` save the
+    quantised input, not the 16-bit one), the input itself otherwise."""
+    return LOW_PRECISION_BYTES[precision] / 2.0 if is_low_precision(precision) else 1.0

@@ -246,13 +246,14 @@ def test_bad_lora_names_the_field(lora, field):
         dlsim.simulate(_training(training={"lora": lora}))
 
 
-def test_llama_block_activations_apply_korthikanti_counting_to_swiglu_and_gqa():
-    """LLaMA-2-70B block at 16 bit, s = 4096, b = 1: norm inputs 4sbh, QKV/output/MLP inputs
-    6sbh, Q 2sbh, K and V 2sb·kv each (kv = 8 heads x 128), softmax output 2as²b, SwiGLU's
-    gate, up, SiLU and product 8sb·ffn; selective recomputation drops the softmax output."""
+def test_llama_block_activations_count_what_megatron_and_te_save():
+    """LLaMA-2-70B block at 16 bit, eager attention, s = 4096, b = 1: norm inputs 4sbh and
+    their fp32 1/rms 8sb, QKV/output/MLP inputs 6sbh, Q 2sbh, K and V 2sb·kv each (kv = 8
+    heads x 128), softmax output 2as²b, the fused SwiGLU's input (gate and up) and output
+    6sb·ffn; selective recomputation drops the softmax output."""
     model = build_model(ModelSpec(preset="llama-2-70b"), 1, 2)
     s, h, a, kv, ffn = 4096, 8192, 64, 1024, 28672
-    expected = 12 * s * h + 4 * s * kv + 8 * s * ffn + 2 * a * s * s
+    expected = 12 * s * h + 4 * s * kv + 6 * s * ffn + 2 * a * s * s + 8 * s
     assert model.layers[1].activation_bytes == expected
     selective = memory_per_device(model, "bf16", "adam", stage_layers=[1],
                                   recompute="selective").activations

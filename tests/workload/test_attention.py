@@ -128,7 +128,8 @@ def test_decoder_keeps_a_logsumexp_and_selective_recompute_adds_no_time():
     shape = llama(2, 4096, 32, 8, 14336, 8192, 128256)
     b, a, s = 1, 32, 8192
     eager, flash = (decoder_layers("l", shape, b, 2, k).layers[1] for k in ("eager", "flash"))
-    assert eager.activation_bytes - flash.activation_bytes == 2 * a * s * s * b - 2 * a * s * b
+    # the softmax output (2 bytes per score) against an fp32 logsumexp per row and head
+    assert eager.activation_bytes - flash.activation_bytes == 2 * a * s * s * b - 4 * a * s * b
     assert flash.block is not None and flash.block.attention_core == 0.0
     none, selective = (pass_times_s(flash, H100, "bf16", r) for r in ("none", "selective"))
     assert selective == none

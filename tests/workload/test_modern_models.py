@@ -163,15 +163,17 @@ def test_deepseek_v3_dense_blocks_come_first_and_mla_attention():
     assert _flops(blocks[0], "proj") == 2 * t * a * 128 * h
 
 
-def test_llama2_blocks_keep_their_counts():
-    """The Llama-2 block as dlsim built it before the decoder builder (llama.py): the
-    Korthikanti-style stored bytes 12sbh + 4sb·kv + 8sb·ffn + 2as²b at 16 bit."""
+def test_llama2_blocks_count_what_megatron_saves():
+    """The Llama-2 block with eager attention as Megatron-Core with Transformer Engine saves
+    it at 16 bit (``dlsim.workload.decoder``): 12sbh of norm inputs, GEMM inputs, Q and the
+    AV output, 4sb·kv of K and V, 6sb·ffn of the fused SwiGLU's input and output, the
+    softmax output 2as²b and two fp32 1/rms per token."""
     shape = TRANSFORMER_SHAPES["llama-2-70b"]
     h, a, f, s = shape.hidden, shape.heads, shape.ffn_hidden, shape.seq_len
     t, kv = B * s, 8 * 128
     block = _block(_model("llama-2-70b"))
-    assert block.activation_bytes == (12 * t * h + 4 * t * kv + 8 * t * f
-                                      + 2 * a * s * s * B) * DT / 2
+    assert block.activation_bytes == (12 * t * h + 4 * t * kv + 6 * t * f
+                                      + 2 * a * s * s * B) * DT / 2 + 8 * t
     assert block.params == 2 * h * h + 2 * h * kv + 3 * h * f + 2 * h
     assert [k.name for k in block.forward] == [
         "rmsnorm1", "qkv", "rope", "attention", "softmax", "proj", "residual1+rmsnorm2",
