@@ -23,7 +23,11 @@ split expert_tensor ways: f/et wide, on the copies of et ranks) and regroup them
 All-to-all bytes per rank and direction: a rank dispatches top_k copies of its tokens, 1/(c·t)
 of the micro-batch's b·s (the dispatcher splits a tensor group's tokens among its ranks when
 expert_tensor < tensor), of h·dtype bytes each, scaled by the same load factor; uniform
-routing sends (e-1)/e of them off the rank (``alltoall`` lowering, ``dlsim.network``).
+routing sends (e-1)/e of them off the rank (``alltoall`` lowering, ``dlsim.network``). With
+expert_tensor et > 1 each expert is split et ways, so the copies a rank received are then
+all-gathered over its expert-tensor group (each of the et ranks computes f/et of every copy)
+and the experts' partial outputs reduce-scattered back before the combine: et times the
+all-to-all buffer each (``gather_bytes``).
 """
 
 from __future__ import annotations
@@ -95,6 +99,16 @@ def rank_kernels(moe: MoEBlock, layout: ExpertLayout) -> tuple[Kernel, ...]:
     return moe_kernels(moe.hidden, moe.expert_ffn_hidden, moe.experts, moe.top_k,
                        moe.dtype_bytes, tokens, received, moe.experts // layout.expert,
                        layout.expert_tensor)
+
+
+def gather_bytes(moe: MoEBlock, layout: ExpertLayout) -> float:
+    """The expert-tensor all-gather of the dispatched copies (after the dispatch; the
+    reduce-scatter of the experts' outputs before the combine is its mirror), nccl-tests'
+    buffer: the et ranks' received copies together, et times ``dispatch_bytes``; none
+    without expert tensor parallelism (Megatron-Core's ``MoEAlltoAllTokenDispatcher``
+    ``dispatch_postprocess`` / ``combine_preprocess``)."""
+    et = layout.expert_tensor
+    return 0.0 if et == 1 else et * dispatch_bytes(moe, layout)
 
 
 def reprice_experts(model: Model, layout: ExpertLayout) -> Model:
