@@ -61,6 +61,28 @@ def test_alltoall_and_gradient_bytes_are_the_closed_form(imbalance, capacity, fa
     assert axes["data"]["bytes"] == pytest.approx(data_bytes, rel=1e-12)
 
 
+def test_expert_tensor_gathers_and_scatters_are_the_closed_form():
+    """With expert_tensor et = 2 each expert is split over 2 ranks: after the dispatch the
+    copies received are all-gathered over those ranks and the experts' outputs reduce-
+    scattered before the combine (forward and backward: four per MoE layer and
+    micro-batch), each a ring over et ranks of et·top_k·b·s/t·h·dtype·load (the gathered
+    buffer), of which a rank sends (et-1)/et; the all-to-alls send (e-1)/e of
+    top_k·b·s/t·h·dtype·load; the experts' gradients sync over d·t/(e·et) = 2 ranks."""
+    d, t, p, e, et, factor = 4, 2, 2, 2, 2, 1.25
+    result = dlsim.simulate(scenario(data=d, tensor=t, pipeline=p, expert=e, expert_tensor=et,
+                                     moe={"router_imbalance": factor}))
+    ranks, micro, per_stage = d * t * p, 32 // d, LAYERS // p
+    copies = TOP_K * B * S / t * H * 2 * factor  # one rank's dispatch buffer
+    a2a = (e - 1) / e * copies
+    etp = (et - 1) / et * et * copies
+    routed_per_rank = E * EXPERT / (e * et)
+    expert_data = d * t // (e * et)
+    expert_sync = 2 * (expert_data - 1) / expert_data * routed_per_rank * per_stage * 2
+    expected = ranks * (4 * (a2a + etp) * per_stage * micro + expert_sync)
+    axes = result.summary["communication_by_axis"]
+    assert axes["expert"]["bytes"] == pytest.approx(expected, rel=1e-12)
+
+
 @pytest.mark.parametrize(("c", "t", "e", "imbalance", "capacity"),
                          [(1, 1, 4, 1.3, None), (2, 2, 8, 1.3, 1.2), (1, 2, 1, 1.3, None)])
 def test_busiest_rank_runs_its_share_of_routed_flops(c, t, e, imbalance, capacity):
