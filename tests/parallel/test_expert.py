@@ -9,6 +9,7 @@ from moe_fixture import moe_model, moe_spec
 
 import dlsim
 from dlsim.contract.errors import ScenarioError
+from dlsim.contract.scenario import ModelSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.parallel.builder import TrainingJob, _RankProgram
 from dlsim.parallel.context import context_shard
@@ -16,7 +17,8 @@ from dlsim.parallel.expert import ExpertLayout, reprice_experts
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import memory_per_device
 from dlsim.parallel.pipeline import pieces
-from dlsim.parallel.tensor import shard_model
+from dlsim.parallel.tensor import shard_model, tensor_collectives
+from dlsim.workload.presets import build_model
 
 E, TOP_K, FFN = 8, 2, 3072  # routed SwiGLU experts on GPT-2 124M-sized blocks
 B, S, H, LAYERS = 1, 1024, 768, 12
@@ -81,6 +83,21 @@ def test_expert_tensor_gathers_and_scatters_are_the_closed_form():
     expected = ranks * (4 * (a2a + etp) * per_stage * micro + expert_sync)
     axes = result.summary["communication_by_axis"]
     assert axes["expert"]["bytes"] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("shared", [0, 1])
+def test_moe_block_gathers_over_the_tensor_group_only_for_attention_and_shared_experts(shared):
+    """Under sequence parallelism a MoE block all-gathers and reduce-scatters b·s·h for its
+    attention, and for its MLP only when a shared expert (split like the dense MLP) needs
+    the whole sequence: the routed experts take the sequence shards' tokens by all-to-all."""
+    spec = moe_spec(2, H, 12, S, 1000, E, TOP_K, FFN)
+    spec["moe"]["shared_experts"] = shared
+    model = build_model(ModelSpec.model_validate(spec), B, 2)
+    block = next(layer for layer in model.layers if layer.moe is not None)
+    n = 1 + shared
+    both = (("allgather", n), ("reducescatter", n))
+    assert tensor_collectives(block, sequence_parallel=True) == (both, both)
+    assert tensor_collectives(block) == ((("allreduce", n),), (("allreduce", n),))
 
 
 @pytest.mark.parametrize(("c", "t", "e", "imbalance", "capacity"),
