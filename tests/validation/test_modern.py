@@ -104,3 +104,20 @@ def test_full_tables_error_does_not_grow():
         _within(_errors(rows[rows.table == table]), pin)
     listed = rows[rows.predicted.isna()]
     assert listed.case.str.contains("not simulated").all()
+
+
+def test_a_moe_row_without_its_configuration_is_listed_not_a_crash(tmp_path):
+    """The Megatron-LM README's Mixtral 8x7B row prints a figure but no sequence, batch or
+    plan (quality "low (config unknown)"): it is listed with its reason."""
+    name = "megatron_core_moe.csv"
+    with open(DEFAULT_DIR / name, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r["quality"].startswith("low (config unknown)")]
+        header = reader.fieldnames or []
+    assert rows and not rows[0]["seq_len"].strip()
+    with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, header)
+        writer.writeheader()
+        writer.writerows(rows)
+    listed = pd.DataFrame(TABLES["megatron_core_moe"](tmp_path))
+    assert listed.predicted.isna().all() and listed.case.str.contains("not simulated").all()
