@@ -77,7 +77,7 @@ from dlsim.parallel.expert import expert_coordinates
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
 from dlsim.parallel.pipeline import Piece, pieces, schedule
-from dlsim.parallel.segments import Segment
+from dlsim.parallel.segments import EXPERT_TENSOR_OPS, Segment
 from dlsim.parallel.sharding import sharding_groups
 from dlsim.parallel.tensor import Collectives
 from dlsim.workload.model import Model
@@ -528,6 +528,9 @@ class _RankProgram:
             key = f"{tag} {what} L{cost.layers[j]} n{n}"
             if segment.kind == "ring":
                 last = self._ring(f"{what} {cost.names[j]} {tag}", key, segment, last)
+            elif segment.kind in EXPERT_TENSOR_OPS:
+                last = (self._expert_tensor(f"{what} {cost.names[j]} {tag}", key, segment,
+                                            last),)
             else:
                 last = (self._alltoall(f"{segment.kind} {what} {cost.names[j]} {tag}",
                                        key, segment, last),)
@@ -564,6 +567,22 @@ class _RankProgram:
             f"alltoall {what}", f"ep {key}{group}", self.expert_groups, "alltoall",
             segment.size_bytes, "direct", deps=deps, stream="expert",
             instances=len(self.expert_groups) // grid.expert, role="expert"))
+
+    def _expert_tensor(self, what: str, key: str, segment: Segment,
+                       deps: tuple[int, ...]) -> int:
+        """The expert-tensor all-gather (or reduce-scatter) of the dispatched copies over
+        the ranks that split each expert (``dlsim.parallel.expert.gather_bytes``), which the
+        next kernels wait for; of every such group of the stage by symmetry."""
+        grid = self.job.grid
+        j, e, _ = self.expert_at
+        pairs = ([(jj, ee) for jj in range(grid.expert_data) for ee in range(grid.expert)]
+                 if self.symmetric else [(j, e)])
+        groups = tuple(r for jj, ee in pairs for r in grid.expert_tensor_group(self.s, jj, ee))
+        op = EXPERT_TENSOR_OPS[segment.kind]
+        return self.add(Collective(
+            f"{op} {what}", f"etp {key}{'' if self.symmetric else f' j{j} e{e}'}", groups, op,
+            segment.size_bytes, "ring", deps=deps, stream="expert", instances=len(pairs),
+            role="expert"))
 
     def _expert_sync(self, step: int, piece: int, after: int) -> None:
         """The routed experts' gradient all-reduce over the expert-data group (in rings, as

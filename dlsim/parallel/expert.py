@@ -14,12 +14,20 @@ share the stage's tokens, so a rank's routed FLOPs are the layer's (one micro-ba
 whole sequence, ``dlsim.workload.model.MoEBlock``) / (context·tensor), times the busiest
 rank's load over the mean: ``router_imbalance``, capped by ``capacity_factor`` (tokens beyond
 capacity are dropped; dropless, None, caps nothing). With every expert on every rank
-(e = 1) routing cannot unbalance the ranks, only a capacity below 1 can drop tokens.
+(e = 1) routing cannot unbalance the ranks, only a capacity below 1 can drop tokens. The
+kernels are Megatron-Core's (``dlsim.workload.moe``): the rank permutes its own tokens' copies
+before the dispatch and un-permutes them after the combine; between the two its experts/e
+local experts regroup the copies received, run as grouped GEMMs of experts/e groups (each
+split expert_tensor ways: f/et wide, on the copies of et ranks) and regroup them back.
 
 All-to-all bytes per rank and direction: a rank dispatches top_k copies of its tokens, 1/(c·t)
 of the micro-batch's b·s (the dispatcher splits a tensor group's tokens among its ranks when
 expert_tensor < tensor), of h·dtype bytes each, scaled by the same load factor; uniform
-routing sends (e-1)/e of them off the rank (``alltoall`` lowering, ``dlsim.network``).
+routing sends (e-1)/e of them off the rank (``alltoall`` lowering, ``dlsim.network``). With
+expert_tensor et > 1 each expert is split et ways, so the copies a rank received are then
+all-gathered over its expert-tensor group (each of the et ranks computes f/et of every copy)
+and the experts' partial outputs reduce-scattered back before the combine: et times the
+all-to-all buffer each (``gather_bytes``).
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import math
 from dataclasses import dataclass, replace
 
 from dlsim.parallel.grid import Grid
-from dlsim.workload.model import Kernel, Layer, Model, MoEBlock
+from dlsim.workload.model import Kernel, Layer, Model, MoEBlock, backward_of
+from dlsim.workload.moe import MOE_KERNELS, moe_kernels
 
 
 @dataclass(frozen=True)
@@ -80,10 +89,32 @@ def dispatch_bytes(moe: MoEBlock, layout: ExpertLayout) -> float:
             * load_factor(moe, layout.expert))
 
 
+def rank_kernels(moe: MoEBlock, layout: ExpertLayout) -> tuple[Kernel, ...]:
+    """The routed path of a MoE layer (``dlsim.workload.moe``, after the router GEMM) as the
+    busiest rank runs it: it routes 1/t of the (context rank's) tokens, its experts/e local
+    experts compute on the copies it receives, load factor times its own top_k·tokens/t,
+    gathered from the et ranks that split each expert (each computing f/et of them)."""
+    tokens = moe.tokens / layout.tensor
+    received = moe.top_k * tokens * load_factor(moe, layout.expert) * layout.expert_tensor
+    return moe_kernels(moe.hidden, moe.expert_ffn_hidden, moe.experts, moe.top_k,
+                       moe.dtype_bytes, tokens, received, moe.experts // layout.expert,
+                       layout.expert_tensor)
+
+
+def gather_bytes(moe: MoEBlock, layout: ExpertLayout) -> float:
+    """The expert-tensor all-gather of the dispatched copies (after the dispatch; the
+    reduce-scatter of the experts' outputs before the combine is its mirror), nccl-tests'
+    buffer: the et ranks' received copies together, et times ``dispatch_bytes``; none
+    without expert tensor parallelism (Megatron-Core's ``MoEAlltoAllTokenDispatcher``
+    ``dispatch_postprocess`` / ``combine_preprocess``)."""
+    et = layout.expert_tensor
+    return 0.0 if et == 1 else et * dispatch_bytes(moe, layout)
+
+
 def reprice_experts(model: Model, layout: ExpertLayout) -> Model:
-    """The routed-expert kernels of every MoE layer as the busiest rank runs them: 1/t of the
-    (context rank's) FLOPs and bytes, times the load factor; tensor parallelism leaves them
-    whole (``dlsim.parallel.tensor``), so this applies after ``shard_model``."""
+    """Every MoE layer's routed path as the busiest rank runs it (``rank_kernels``); tensor
+    parallelism leaves it whole (``dlsim.parallel.tensor``), so this applies after
+    ``shard_model``."""
     if not any(layer.moe is not None for layer in model.layers):
         return model
     return replace(model, layers=tuple(_repriced(layer, layout) for layer in model.layers))
@@ -93,12 +124,12 @@ def _repriced(layer: Layer, layout: ExpertLayout) -> Layer:
     moe = layer.moe
     if moe is None:
         return layer
-    scale = load_factor(moe, layout.expert) / layout.tensor
-    if scale == 1.0:
-        return layer
+    forward = rank_kernels(moe, layout)
+    return replace(layer, forward=_swapped(layer.forward, forward),
+                   backward=_swapped(layer.backward, backward_of(forward)))
 
-    def price(kernels: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
-        return tuple(replace(k, flops=k.flops * scale, bytes=k.bytes * scale)
-                     if k.name in moe.expert_kernels else k for k in kernels)
 
-    return replace(layer, forward=price(layer.forward), backward=price(layer.backward))
+def _swapped(kernels: tuple[Kernel, ...], path: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
+    """``kernels`` with their routed path (one run of ``MOE_KERNELS``) replaced by ``path``."""
+    at = [i for i, k in enumerate(kernels) if k.name in MOE_KERNELS]
+    return kernels[:at[0]] + path + kernels[at[-1] + 1:]

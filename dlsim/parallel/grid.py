@@ -73,6 +73,12 @@ class Grid:
         return tuple(base + (j * self.expert + e) * self.expert_tensor + k
                      for e in range(self.expert))
 
+    def expert_tensor_group(self, stage: int, j: int, e: int) -> tuple[int, ...]:
+        """The ``expert_tensor`` ranks that split the experts of expert rank ``e`` of
+        replica ``j``: what the dispatched tokens are all-gathered over."""
+        base = stage * self.stage_size + (j * self.expert + e) * self.expert_tensor
+        return tuple(base + k for k in range(self.expert_tensor))
+
     def expert_data_group(self, stage: int, e: int, k: int) -> tuple[int, ...]:
         """The replicas of expert rank ``e``, expert-tensor rank ``k``: what the expert
         gradients are all-reduced over."""

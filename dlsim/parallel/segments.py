@@ -3,8 +3,10 @@
 Under context parallelism an attention block's core (QK^T, softmax, AV) runs as a ring of c
 steps, each on the K/V block in hand while the next block travels
 (``dlsim.parallel.context``); under expert parallelism a MoE block's routed experts run
-between an all-to-all dispatch and an all-to-all combine (``dlsim.parallel.expert``). The
-builder turns each ``Segment`` into ops; the compute between them stays one kernel group.
+between an all-to-all dispatch and an all-to-all combine (``dlsim.parallel.expert``), with
+expert tensor parallelism an all-gather after the dispatch and a reduce-scatter before the
+combine. The builder turns each ``Segment`` into ops; the compute between them stays one
+kernel group.
 
 Backward runs the layer's kernels in reverse: its rings pass each block with its gradients
 (twice the bytes), its all-to-alls the tokens' gradients. Recomputation re-runs what it
@@ -19,19 +21,23 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dlsim.hardware.profiles import DeviceProfile
-from dlsim.parallel.expert import ExpertLayout, dispatch_bytes
+from dlsim.parallel.expert import ExpertLayout, dispatch_bytes, gather_bytes
 from dlsim.parallel.tensor import ATTENTION_CORE
 from dlsim.workload.costmodel import kernel_time_s
 from dlsim.workload.model import Kernel, Layer
 
-SegmentKind = Literal["compute", "ring", "dispatch", "combine"]
+SegmentKind = Literal["compute", "ring", "dispatch", "gather", "scatter", "combine"]
+# The expert-tensor segments' collectives over the ranks that split each expert.
+EXPERT_TENSOR_OPS = {"gather": "allgather", "scatter": "reducescatter"}
 
 
 @dataclass(frozen=True)
 class Segment:
     """``compute``: ``seconds`` of kernels; ``ring``: the attention core's ``seconds`` over
     all the ring's steps, each passing a block of ``size_bytes`` on; ``dispatch`` and
-    ``combine``: an all-to-all of ``size_bytes`` per rank (nccl-tests' buffer)."""
+    ``combine``: an all-to-all of ``size_bytes`` per rank (nccl-tests' buffer); ``gather``
+    and ``scatter``: the expert-tensor all-gather after the dispatch and reduce-scatter
+    before the combine, of ``size_bytes`` (nccl-tests' buffer)."""
 
     kind: SegmentKind
     seconds: float = 0.0
@@ -41,8 +47,8 @@ class Segment:
 LayerPass = tuple[Segment, ...]
 
 
-def _walk(items: list[tuple[str, float]], ring_bytes: float, a2a_bytes: float
-          ) -> list[Segment]:
+def _walk(items: list[tuple[str, float]], ring_bytes: float, a2a_bytes: float,
+          gather: float = 0.0) -> list[Segment]:
     """Segments of a run of (class, seconds) kernels: consecutive kernels of one class are
     one segment; ``recomputed-ring`` is the forward ring that selective recomputation re-runs
     (blocks without their gradients)."""
@@ -58,7 +64,10 @@ def _walk(items: list[tuple[str, float]], ring_bytes: float, a2a_bytes: float
         elif what == "recomputed-ring":
             out.append(Segment("ring", seconds, ring_bytes / 2))
         elif what == "expert":
-            out += [Segment("dispatch", 0.0, a2a_bytes), Segment("compute", seconds),
+            out += [Segment("dispatch", 0.0, a2a_bytes),
+                    *((Segment("gather", 0.0, gather),) if gather else ()),
+                    Segment("compute", seconds),
+                    *((Segment("scatter", 0.0, gather),) if gather else ()),
                     Segment("combine", 0.0, a2a_bytes)]
         else:
             out.append(Segment("compute", seconds))
@@ -86,6 +95,7 @@ def layer_segments(layer: Layer, device: DeviceProfile, dtype: str, recompute: s
     ring = context > 1 and layer.block is not None
     routed = moe.expert_kernels if moe is not None and experts.expert > 1 else frozenset()
     a2a = 0.0 if moe is None else dispatch_bytes(moe, experts)
+    gather = 0.0 if moe is None else gather_bytes(moe, experts)
 
     def items(kernels: list[Kernel]) -> list[tuple[str, float]]:
         return [("ring" if ring and k.name in ATTENTION_CORE
@@ -104,5 +114,5 @@ def layer_segments(layer: Layer, device: DeviceProfile, dtype: str, recompute: s
         if at is not None and core:  # fused attention stores no scores: nothing to redo
             backward.insert(at, ("recomputed-ring" if ring else "compute",
                                  sum(kernel_time_s(k, device, dtype) for k in core)))
-    return (_merged(_walk(forward, kv_block_bytes, a2a)),
-            _merged(_walk(backward, 2 * kv_block_bytes, a2a)))
+    return (_merged(_walk(forward, kv_block_bytes, a2a, gather)),
+            _merged(_walk(backward, 2 * kv_block_bytes, a2a, gather)))

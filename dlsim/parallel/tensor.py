@@ -36,10 +36,10 @@ from dataclasses import replace
 
 from dlsim.workload.model import Kernel, Layer, Model
 
+# shared experts split like the dense MLP (Megatron-Core's SharedExpertMLP)
+SHARED = frozenset({"shared_up", "shared_act", "shared_down"})
 SPLIT = frozenset({"qkv", "rope", "attention", "softmax", "proj", "mlp_up", "gelu", "swiglu",
-                   "mlp_down", "logits", "cross_entropy",
-                   # shared experts split like the dense MLP (Megatron-Core's SharedExpertMLP)
-                   "shared_up", "shared_act", "shared_down"})
+                   "mlp_down", "logits", "cross_entropy"}) | SHARED
 # The kernels that tensor parallelism leaves whole on every rank and sequence parallelism
 # splits along the sequence: GPT's and BERT's layernorms, the decoder's RMSNorms, residual
 # adds with their dropout (dlsim.workload.model, dlsim.workload.decoder), the MoE router and
@@ -63,7 +63,14 @@ ALLREDUCES: dict[str, tuple[int, int]] = {"block": (2, 2), "embedding": (1, 0), 
 
 
 def allreduces(layer: Layer) -> tuple[int, int]:
-    """Tensor-parallel all-reduces of one layer: (in forward, in backward), by its role."""
+    """Tensor-parallel all-reduces of one layer: (in forward, in backward), by its role; a
+    MoE block without shared experts has only its attention's: its routed experts take
+    their tokens from the sequence-parallel shards by all-to-all (``dlsim.parallel.expert``;
+    Megatron-Core's ``MoEAlltoAllTokenDispatcher``), and only a shared expert, split like
+    the dense MLP, gathers and reduces over the tensor group."""
+    if layer.role == "block" and layer.moe is not None and not any(
+            k.name in SHARED for k in layer.forward):
+        return 1, 1
     return ALLREDUCES.get(layer.role, (0, 0))
 
 
@@ -78,7 +85,7 @@ def tensor_collectives(layer: Layer,
         return (tuple((("allreduce", forward),) if forward else ()),
                 tuple((("allreduce", backward),) if backward else ()))
     if layer.role == "block":  # g before QKV and MLP-up, g-bar after projection and MLP-down
-        both = (("allgather", 2), ("reducescatter", 2))
+        both = (("allgather", forward), ("reducescatter", forward))
         return both, both
     if layer.role == "embedding":
         return (("reducescatter", 1),), (("allgather", 1),)

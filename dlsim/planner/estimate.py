@@ -90,7 +90,7 @@ from dlsim.parallel.pipeline import (
     layer_costs,
     repeats,
 )
-from dlsim.parallel.segments import LayerPass, Segment
+from dlsim.parallel.segments import EXPERT_TENSOR_OPS, LayerPass, Segment
 from dlsim.parallel.sharding import sharding_groups
 from dlsim.parallel.tensor import Collectives, shard_model
 from dlsim.planner.space import Plan
@@ -392,10 +392,13 @@ def segment_counts(passes: Iterable[LayerPass]) -> SegmentCounts:
 
 
 def pass_comm_s(segments: SegmentCounts, context: int, send_s: Callable[[float], float],
-                alltoall_s: Callable[[float], float]) -> tuple[float, float]:
-    """(ring, all-to-all) seconds that counted layer-pass segments add to their compute: a
+                alltoall_s: Callable[[float], float],
+                expert_tensor_s: Callable[[str, float], float] | None = None
+                ) -> tuple[float, float]:
+    """(ring, expert) seconds that counted layer-pass segments add to their compute: a
     core of T seconds in c steps beside c - 1 block sends takes (c - 1)·max(T/c, send) + T/c
-    (``dlsim.parallel.builder._ring``), an all-to-all blocks its whole time."""
+    (``dlsim.parallel.builder._ring``), an all-to-all blocks its whole time, and so does an
+    expert-tensor all-gather or reduce-scatter (``expert_tensor_s(op, size)``)."""
     ring = a2a = 0.0
     for segment, count in segments:
         if segment.kind == "ring":
@@ -403,20 +406,23 @@ def pass_comm_s(segments: SegmentCounts, context: int, send_s: Callable[[float],
             ring += count * (context - 1) * max(send_s(segment.size_bytes) - step, 0.0)
         elif segment.kind in ("dispatch", "combine"):
             a2a += count * alltoall_s(segment.size_bytes)
+        elif segment.kind in EXPERT_TENSOR_OPS and expert_tensor_s is not None:
+            a2a += count * expert_tensor_s(EXPERT_TENSOR_OPS[segment.kind], segment.size_bytes)
     return ring, a2a
 
 
 @dataclass(frozen=True)
 class Groups:
     """Stage 0's rank groups of one grid, as the engine's symmetric run forms them: tensor
-    groups, context rings' (sender, receiver) pairs, all-to-all groups, expert-data groups
-    and the pipeline's stage-0-to-1 pairs."""
+    groups, context rings' (sender, receiver) pairs, all-to-all groups, expert-data groups,
+    the pipeline's stage-0-to-1 pairs and the expert-tensor groups."""
 
     tensor: tuple[tuple[int, ...], ...]
     rings: tuple[tuple[int, ...], ...]
     alltoall: tuple[tuple[int, ...], ...]
     expert_data: tuple[tuple[int, ...], ...]
     pipeline: tuple[tuple[int, ...], ...]
+    expert_tensor: tuple[tuple[int, ...], ...] = ()
 
 
 @lru_cache(maxsize=4096)
@@ -431,7 +437,9 @@ def groups_of(grid: Grid) -> Groups:
         tuple(grid.expert_data_group(0, e, k) for e in range(grid.expert)
               for k in range(grid.expert_tensor)),
         tuple((grid.rank(0, r, k, ci), grid.rank(1, r, k, ci)) for r in range(d)
-              for ci in range(c) for k in range(t)) if grid.pipeline > 1 else ())
+              for ci in range(c) for k in range(t)) if grid.pipeline > 1 else (),
+        tuple(grid.expert_tensor_group(0, j, e) for j in range(grid.expert_data)
+              for e in range(grid.expert)) if grid.expert > 1 < grid.expert_tensor else ())
 
 
 def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
@@ -472,7 +480,11 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
                                     groups.expert_data, n, place)
         return max(2 * gather - sums.compute[s], 0.0)
 
-    comm = [pass_comm_s(counts, c, send_s, alltoall_s) for counts in sums.segments]
+    def expert_tensor_s(op: str, size: float) -> float:
+        return fabric.time_s(op, "ring", size, groups.expert_tensor, n, place)
+
+    comm = [pass_comm_s(counts, c, send_s, alltoall_s, expert_tensor_s)
+            for counts in sums.segments]
     stage_s = [sums.compute[s] + tensor_comm_s(s) + gathers_exposed_s(s) + sum(comm[s])
                for s in range(p)]
     slowest = max(range(p), key=sums.compute.__getitem__)

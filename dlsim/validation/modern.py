@@ -239,7 +239,8 @@ def megatron_core_moe(directory: Path) -> list[Row]:
             continue
         unit = "%" if metric == "MFU" else "TFLOP/s"
         measured = float(value)
-        seq_text, gbs_text = r["seq_len"].split()[0], r["gbs"].split()[0]
+        # a blank cell (a README row without its configuration) reads as no figure
+        seq_text, gbs_text = (r["seq_len"].split() or [""])[0], (r["gbs"].split() or [""])[0]
         method = r["method"].strip().lower()
         why = None
         if "suspect" in r["quality"]:

@@ -2,7 +2,8 @@
 
 time = max(flops / (peak(dtype) * eff_c), bytes / (mem_bw * eff_m)) + launch overhead
 (DESIGN.md, "Modelling rules"). eff_c for GEMMs grows with problem size as
-gemm_max * f / (f + f_half), f_half scaled to the dtype's peak (``Efficiency``), is
+gemm_max * f / (f + f_half), f_half scaled to the dtype's peak (``Efficiency``; f of one GEMM
+of a grouped GEMM, ``Kernel.groups``), is
 constant for unfused attention and, for fused attention, the published fit by head dim,
 sequence length, mask and pass of ``dlsim.workload.attention`` (a fraction of the 16-bit peak,
 whatever the run's dtype); memory-bound kernels use
@@ -24,11 +25,11 @@ from dlsim.workload.precision import HIGH_PRECISION, cast_kernel, compute_dtype
 def compute_efficiency(kernel: Kernel, device: DeviceProfile, dtype: str) -> float:
     """Fraction of ``dtype``'s peak ``kernel`` reaches (``dtype``: what it computes in)."""
     eff = device.efficiency
+    gflop = kernel.flops / kernel.groups / 1e9  # a grouped GEMM: the size of one of its GEMMs
     curve = eff.curves.get(f"{kernel.kind}.{dtype}")
     if curve is not None:  # a calibration measured this kind and dtype
-        return curve.at(kernel.flops / 1e9)
+        return curve.at(gflop)
     if kernel.kind in ("gemm", "conv"):  # convolutions run as implicit GEMMs
-        gflop = kernel.flops / 1e9
         top, half = eff.gemm_curve(dtype, device.peak_flops(dtype))
         return top * gflop / (gflop + half)
     if kernel.kind == "attention":

@@ -67,10 +67,8 @@ from dlsim.workload.model import (
     elementwise,
     gemm,
 )
+from dlsim.workload.moe import ROUTED_KERNELS, moe_kernels, router, shared_expert_kernels
 from dlsim.workload.shapes import MLAShape, MoEShape, TransformerShape
-
-EXPERT_KERNELS = frozenset({"expert_up", "expert_act", "expert_down"})
-
 
 FP32_BYTES = 4  # RMSNorm's 1/rms and fused attention's logsumexp are saved in fp32
 
@@ -116,14 +114,6 @@ class _Part:
     @property
     def params(self) -> int:
         return sum(m.d_in * m.d_out for m in self.matrices) + self.extra_params
-
-
-def grouped_gemm(tokens: float, k: float, n: float, groups: int, dtype_bytes: int,
-                 name: str) -> Kernel:
-    """``groups`` expert GEMMs sharing ``tokens`` rows of (. x k)(k x n): 2·tokens·k·n FLOPs,
-    reading the tokens and every group's weights once and writing the products."""
-    return Kernel("gemm", 2.0 * tokens * k * n,
-                  dtype_bytes * (tokens * k + groups * k * n + tokens * n), name)
 
 
 def _attention_core(kernel: AttentionKernel, a: int, s: int, b: int, out: float, dt: int
@@ -213,17 +203,9 @@ def _dense_mlp(h: int, f: int, t: int, dt: int) -> _Part:
 def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int) -> _Part:
     e, k, f = moe.experts, moe.top_k, moe.expert_ffn_hidden
     copies = t * k
-    forward: tuple[Kernel, ...] = (
-        gemm(t, h, e, dt, "router"),
-        grouped_gemm(copies, h, 2 * f, e, dt, "expert_up"),
-        elementwise(copies * f, dt, 3.0, "expert_act"),
-        grouped_gemm(copies, f, h, e, dt, "expert_down"),
-    )
     shared = moe.shared_experts * f
-    if shared:
-        forward += (gemm(t, h, 2 * shared, dt, "shared_up"),
-                    elementwise(t * shared, dt, 3.0, "shared_act"),
-                    gemm(t, shared, h, dt, "shared_down"))
+    forward = (router(h, e, t, dt), *moe_kernels(h, f, e, k, dt, t, copies, e),
+               *shared_expert_kernels(h, shared, t, dt))
     matrices = (Matrix("router", h, e),
                 *((Matrix("shared_gate_proj", h, shared), Matrix("shared_up_proj", h, shared),
                    Matrix("shared_down_proj", shared, h)) if shared else ()))
@@ -234,13 +216,13 @@ def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int) -> _Part:
     # weighted combine; each expert's fused SwiGLU saves 2f and its fc2 input f
     norm_out = dt * t * h
     norm = Saved(dt * t * h + FP32_BYTES * t + norm_out, dt * t * h + FP32_BYTES * t + norm_out)
-    router = Saved(dt * t * e)
+    probabilities = Saved(dt * t * e)
     expert_in, expert_down_in = dt * copies * h, dt * copies * f
     experts = Saved(expert_in + dt * copies * 2 * f + expert_down_in + dt * copies * h,
                     gemm_inputs=expert_in + expert_down_in)
     shared_part = Saved(dt * t * 3 * shared, gemm_inputs=dt * t * shared,
                         shared_gemm_inputs=norm_out if shared else 0.0)
-    saved = norm + router + experts + shared_part
+    saved = norm + probabilities + experts + shared_part
     return _Part(forward, matrices, saved, extra_params=e * 3 * h * f)
 
 
@@ -268,8 +250,8 @@ def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
         if mlp is moe and shape.moe is not None:
             f = shape.moe.expert_ffn_hidden
             moe_block = MoEBlock(shape.moe.experts, shape.moe.top_k, 3 * h * f, t, h * dt,
-                                 EXPERT_KERNELS, shape.moe.capacity_factor,
-                                 shape.moe.router_imbalance)
+                                 ROUTED_KERNELS, shape.moe.capacity_factor,
+                                 shape.moe.router_imbalance, h, f, dt)
         return Layer(f"block{i}", attention.params + mlp.params + 2 * h, forward,
                      backward_of(forward), saved.total, hidden_bytes,
                      matrices=attention.matrices + mlp.matrices, block=block, role="block",

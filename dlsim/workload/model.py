@@ -29,13 +29,18 @@ from dlsim.workload.attention import BACKWARD_FLOPS, FusedAttention, fused_flops
 
 @dataclass(frozen=True)
 class Kernel:
-    """One kernel: ``kind`` is gemm, conv, attention or elementwise (memory-bound)."""
+    """One kernel: ``kind`` is gemm, conv, attention, elementwise (memory-bound) or copy
+    (memory-bound data movement, such as MoE token permutation: its backward moves the
+    gradients the same way back, the same bytes)."""
 
     kind: str
     flops: float
     bytes: float
     name: str = ""  # its role in the layer (qkv, attention, softmax, ...), for strategies
     fused: FusedAttention | None = None  # set for fused attention (dlsim.workload.attention)
+    # a grouped GEMM (MoE experts, dlsim.workload.moe): ``groups`` GEMMs of flops/groups each
+    # in one launch, each as efficient as a GEMM of its own size
+    groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,9 @@ class MoEBlock:
     expert_kernels: frozenset[str]  # names of the routed-expert kernels
     capacity_factor: float | None = None  # None: dropless
     router_imbalance: float = 1.0  # the busiest expert's load over the mean
+    hidden: int = 0  # h: what the MoE kernels of dlsim.workload.moe are rebuilt from
+    expert_ffn_hidden: int = 0  # one routed expert's intermediate size
+    dtype_bytes: int = 2
 
 
 LayerRole = Literal["embedding", "block", "head", "other"]
@@ -170,11 +178,21 @@ def elementwise(elements: float, dtype_bytes: int, passes: float = 2.0,
 
 
 def backward_of(forward: tuple[Kernel, ...]) -> tuple[Kernel, ...]:
-    """Input- and weight-gradient GEMMs (2x FLOPs); elementwise backward reads twice as much;
-    fused attention's backward is 2.5x its forward (it recomputes the scores)."""
-    return tuple(Kernel(k.kind, 2 * k.flops, 2 * k.bytes, k.name) if k.fused is None
-                 else replace(k, flops=BACKWARD_FLOPS * k.flops, bytes=2 * k.bytes,
-                              fused=replace(k.fused, backward=True)) for k in forward)
+    """Input- and weight-gradient GEMMs (2x FLOPs; a grouped GEMM's are two grouped GEMMs of
+    its groups, each GEMM of its forward size); elementwise backward reads twice as much, a
+    copy moves the same bytes back; fused attention's backward is 2.5x its forward (it
+    recomputes the scores)."""
+    return tuple(_backward(k) for k in forward)
+
+
+def _backward(k: Kernel) -> Kernel:
+    if k.fused is not None:
+        return replace(k, flops=BACKWARD_FLOPS * k.flops, bytes=2 * k.bytes,
+                       fused=replace(k.fused, backward=True))
+    if k.kind == "copy":
+        return k
+    return Kernel(k.kind, 2 * k.flops, 2 * k.bytes, k.name,
+                  groups=2 * k.groups if k.groups > 1 else 1)
 
 
 def attention_kernels(kernel: AttentionKernel, b: int, s: int, heads: int, d_qk: int,

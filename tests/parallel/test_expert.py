@@ -9,6 +9,7 @@ from moe_fixture import moe_model, moe_spec
 
 import dlsim
 from dlsim.contract.errors import ScenarioError
+from dlsim.contract.scenario import ModelSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.parallel.builder import TrainingJob, _RankProgram
 from dlsim.parallel.context import context_shard
@@ -16,7 +17,8 @@ from dlsim.parallel.expert import ExpertLayout, reprice_experts
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import memory_per_device
 from dlsim.parallel.pipeline import pieces
-from dlsim.parallel.tensor import shard_model
+from dlsim.parallel.tensor import shard_model, tensor_collectives
+from dlsim.workload.presets import build_model
 
 E, TOP_K, FFN = 8, 2, 3072  # routed SwiGLU experts on GPT-2 124M-sized blocks
 B, S, H, LAYERS = 1, 1024, 768, 12
@@ -59,6 +61,43 @@ def test_alltoall_and_gradient_bytes_are_the_closed_form(imbalance, capacity, fa
     stages = [dense[:1 + per_stage], dense[1 + per_stage:]]
     data_bytes = sum(2 * (d - 1) / d * sum(stage) * 2 * (d * t) for stage in stages)
     assert axes["data"]["bytes"] == pytest.approx(data_bytes, rel=1e-12)
+
+
+def test_expert_tensor_gathers_and_scatters_are_the_closed_form():
+    """With expert_tensor et = 2 each expert is split over 2 ranks: after the dispatch the
+    copies received are all-gathered over those ranks and the experts' outputs reduce-
+    scattered before the combine (forward and backward: four per MoE layer and
+    micro-batch), each a ring over et ranks of et·top_k·b·s/t·h·dtype·load (the gathered
+    buffer), of which a rank sends (et-1)/et; the all-to-alls send (e-1)/e of
+    top_k·b·s/t·h·dtype·load; the experts' gradients sync over d·t/(e·et) = 2 ranks."""
+    d, t, p, e, et, factor = 4, 2, 2, 2, 2, 1.25
+    result = dlsim.simulate(scenario(data=d, tensor=t, pipeline=p, expert=e, expert_tensor=et,
+                                     moe={"router_imbalance": factor}))
+    ranks, micro, per_stage = d * t * p, 32 // d, LAYERS // p
+    copies = TOP_K * B * S / t * H * 2 * factor  # one rank's dispatch buffer
+    a2a = (e - 1) / e * copies
+    etp = (et - 1) / et * et * copies
+    routed_per_rank = E * EXPERT / (e * et)
+    expert_data = d * t // (e * et)
+    expert_sync = 2 * (expert_data - 1) / expert_data * routed_per_rank * per_stage * 2
+    expected = ranks * (4 * (a2a + etp) * per_stage * micro + expert_sync)
+    axes = result.summary["communication_by_axis"]
+    assert axes["expert"]["bytes"] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("shared", [0, 1])
+def test_moe_block_gathers_over_the_tensor_group_only_for_attention_and_shared_experts(shared):
+    """Under sequence parallelism a MoE block all-gathers and reduce-scatters b·s·h for its
+    attention, and for its MLP only when a shared expert (split like the dense MLP) needs
+    the whole sequence: the routed experts take the sequence shards' tokens by all-to-all."""
+    spec = moe_spec(2, H, 12, S, 1000, E, TOP_K, FFN)
+    spec["moe"]["shared_experts"] = shared
+    model = build_model(ModelSpec.model_validate(spec), B, 2)
+    block = next(layer for layer in model.layers if layer.moe is not None)
+    n = 1 + shared
+    both = (("allgather", n), ("reducescatter", n))
+    assert tensor_collectives(block, sequence_parallel=True) == (both, both)
+    assert tensor_collectives(block) == ((("allreduce", n),), (("allreduce", n),))
 
 
 @pytest.mark.parametrize(("c", "t", "e", "imbalance", "capacity"),

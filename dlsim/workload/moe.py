@@ -1,0 +1,107 @@
+"""A mixture-of-experts MLP kernel by kernel, as Megatron-Core's ``MoELayer`` runs it with the
+all-to-all token dispatcher (NVIDIA/Megatron-LM, megatron/core/transformer/moe/: router.py,
+token_dispatcher.py ``MoEAlltoAllTokenDispatcher``, experts.py ``TEGroupedMLP``, moe_utils.py
+``permute`` / ``unpermute`` / ``sort_chunks_by_idxs``), with the options of NVIDIA's MoE
+benchmark configs (yanring/Megatron-MoE-ModelZoo model_configs/benchmarking: grouped GEMM,
+``--moe-permute-fusion``, aux-loss load balancing).
+
+Forward, for the ``tokens`` (t) a rank routes, c = top_k·t copies, h hidden, E experts, dt
+bytes per element:
+
+- ``router``: the gating GEMM t x h x E (kept in 16 bit under FP8, ``dlsim.workload.precision``).
+- ``moe_route``: softmax over the E logits, top-k, the probabilities and the routing map
+  scattered back to t x E, the aux loss's scores (a second softmax) summed over the tokens:
+  unfused PyTorch ops, seven sweeps over t·E fp32 values, 28·t·E bytes.
+- ``moe_permute``: Transformer Engine's fused permute, which reads each token once and writes
+  its copies grouped by expert: (t + c)·h·dt bytes.
+- (the all-to-all dispatch, ``dlsim.parallel.expert``; under expert_tensor et > 1 the copies
+  are then all-gathered over the et ranks that split each expert.)
+- ``moe_sort``: with more than one local expert, ``sort_chunks_by_idxs`` regroups the r copies
+  the rank received (from every source rank) by local expert, reading and writing them:
+  2·r·h·dt bytes.
+- ``expert_up``, ``expert_act``, ``expert_down``: the local experts' SwiGLU as two grouped GEMMs
+  (r x h x 2f/et, then r x f/et x h) around the activation on r x f/et; a grouped GEMM is
+  ``groups`` = local experts GEMMs of r/groups rows each (``Kernel.groups``: each as efficient
+  as a GEMM of its own size), reading the copies, every local expert's weights and writing its
+  product.
+- ``moe_unsort``: the inverse regrouping, 2·r·h·dt bytes.
+- (the all-to-all combine)
+- ``moe_unpermute``: TE's fused unpermute: each token's copies read, weighted by their
+  probabilities, summed and written: (c + t)·h·dt bytes.
+
+The shared experts, which every token passes, follow as a dense SwiGLU MLP of shared·f
+(split over the tensor ranks like the dense MLP, Megatron-Core's ``SharedExpertMLP``).
+
+Backward (``dlsim.workload.model.backward_of``) runs each GEMM's input- and weight-gradient
+GEMMs (a grouped GEMM's as two grouped GEMMs of the same groups) and moves each copy's bytes
+back (a permutation's gradient is the inverse permutation; the probabilities' gradient, one
+dot product per copy, is left out).
+
+Built for one device holding every expert (the decoder's layers), r = c and every expert is
+local; expert parallelism re-prices the routed kernels for the busiest rank with
+``moe_kernels`` (``dlsim.parallel.expert``).
+"""
+
+from __future__ import annotations
+
+from dlsim.workload.model import Kernel, elementwise, gemm
+
+# Between the dispatch and the combine all-to-alls: the kernels that run on received copies.
+ROUTED_KERNELS = frozenset({"moe_sort", "expert_up", "expert_act", "expert_down",
+                            "moe_unsort"})
+# Every kernel of the routed path, which expert parallelism re-prices as a whole.
+MOE_KERNELS = ROUTED_KERNELS | {"moe_route", "moe_permute", "moe_unpermute"}
+
+ROUTE_SWEEPS = 7  # softmax read+write, top-k read, probs and map scatter, aux softmax, sum
+FP32 = 4
+
+
+def grouped_gemm(rows: float, k: float, n: float, groups: int, dtype_bytes: int,
+                 name: str) -> Kernel:
+    """``groups`` expert GEMMs sharing ``rows`` rows of (. x k)(k x n): 2·rows·k·n FLOPs,
+    reading the rows and every group's weights once and writing the products."""
+    return Kernel("gemm", 2.0 * rows * k * n,
+                  dtype_bytes * (rows * k + groups * k * n + rows * n), name, groups=groups)
+
+
+def copy(elements: float, dtype_bytes: int, name: str) -> Kernel:
+    """A memory-bound data movement of ``elements`` read and written in total."""
+    return Kernel("copy", 0.0, dtype_bytes * elements, name)
+
+
+def moe_kernels(hidden: int, ffn: int, experts: int, top_k: int, dtype_bytes: int,
+                tokens: float, received: float, local_experts: int,
+                expert_tensor: int = 1) -> tuple[Kernel, ...]:
+    """The routed path of one MoE layer after the router GEMM (module docstring,
+    ``moe_route`` to ``moe_unpermute``) on one rank that routes ``tokens`` tokens and whose
+    ``local_experts`` compute on ``received`` token copies, each expert split
+    ``expert_tensor`` ways."""
+    h, dt, copies = hidden, dtype_bytes, top_k * tokens
+    f = ffn / expert_tensor
+    sort = local_experts > 1
+    return (
+        Kernel("elementwise", ROUTE_SWEEPS * tokens * experts,
+               ROUTE_SWEEPS * FP32 * tokens * experts, "moe_route"),
+        copy((tokens + copies) * h, dt, "moe_permute"),
+        *((copy(2 * received * h, dt, "moe_sort"),) if sort else ()),
+        grouped_gemm(received, h, 2 * f, local_experts, dt, "expert_up"),
+        elementwise(received * f, dt, 3.0, "expert_act"),
+        grouped_gemm(received, f, h, local_experts, dt, "expert_down"),
+        *((copy(2 * received * h, dt, "moe_unsort"),) if sort else ()),
+        copy((copies + tokens) * h, dt, "moe_unpermute"),
+    )
+
+
+def router(hidden: int, experts: int, tokens: float, dtype_bytes: int) -> Kernel:
+    """The gating GEMM, t x h x E (tensor parallelism splits it along the sequence)."""
+    return gemm(tokens, hidden, experts, dtype_bytes, "router")
+
+
+def shared_expert_kernels(hidden: int, shared_ffn: int, tokens: float,
+                          dtype_bytes: int) -> tuple[Kernel, ...]:
+    """The shared experts as one dense SwiGLU MLP of ``shared_ffn`` (gate and up, down)."""
+    if not shared_ffn:
+        return ()
+    return (gemm(tokens, hidden, 2 * shared_ffn, dtype_bytes, "shared_up"),
+            elementwise(tokens * shared_ffn, dtype_bytes, 3.0, "shared_act"),
+            gemm(tokens, shared_ffn, hidden, dtype_bytes, "shared_down"))
