@@ -303,11 +303,11 @@ class Engine:
         rv.arrived += 1
         if rv.arrived == rv.expected:
             rv.start_s = self.env.now
-            plans = self._lower(op)
+            plans, instances = self._lower(op)
             if len(plans) > 1:
                 self.env.process(self._collective(plans, op, rv))
             else:
-                self._chain(plans[0], 0, op, rv.done)
+                self._chain(plans[0], 0, op, rv.done, instances)
         return rv
 
     def _phases(self, group: np.ndarray, op: Collective) -> list[Phase]:
@@ -321,17 +321,22 @@ class Engine:
                 self.protocol, op.servers, hosts=self.ps_hosts, timed=False).phases
         return self._plans[key]
 
-    def _lower(self, op: Collective) -> list[list[Phase]]:
+    def _lower(self, op: Collective) -> tuple[list[list[Phase]], int]:
         """The phase lists to run at once: one list whose phases carry every instance's
-        flows, or one list per instance where their phases differ. A pipeline repeats the
-        same collectives thousands of times, so each is lowered (and its protocol chosen)
-        once."""
+        flows (and how many instances, in equal consecutive blocks, the network may solve
+        as copies of the first), or one list per instance where their phases differ. A
+        pipeline repeats the same collectives thousands of times, so each is lowered (and
+        its protocol chosen) once."""
         key = (op.op, op.algorithm, op.group, op.size_bytes, op.servers, op.instances)
         if key not in self._lowered:
             plans = [self._phases(g, op) for g in np.split(np.asarray(op.group), op.instances)]
+            instances = 1
             if all(_same_shape(plans[0], p) for p in plans[1:]):
+                if all(len(p.src) == len(q.src) for ps in zip(*plans) for p, q in
+                       zip(ps, ps[1:])):
+                    instances = op.instances
                 plans = [[merge_phases(ps) for ps in zip(*plans)]]
-            self._lowered[key] = plans
+            self._lowered[key] = (plans, instances)
         return self._lowered[key]
 
     def _collective(self, plans: list[list[Phase]], op: Collective,
@@ -345,10 +350,11 @@ class Engine:
         yield simpy.AllOf(self.env, ends)
         rv.done.succeed()
 
-    def _chain(self, phases: list[Phase], k: int, op: Collective, end: simpy.Event) -> None:
+    def _chain(self, phases: list[Phase], k: int, op: Collective, end: simpy.Event,
+               instances: int = 1) -> None:
         """Start phase ``k`` now; when its last byte arrives start the next, and after the
         last succeed ``end``. The bytes a phase injects (counted as it starts) go to its
-        op's role."""
+        op's role; a phase carrying ``instances`` equal blocks of flows says so."""
         phase = phases[k]
         latencies = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
         before = self.network.bytes_injected
@@ -356,11 +362,11 @@ class Engine:
             phase.src, phase.dst, phase.size_bytes, rounds=phase.rounds * op.repeat,
             latency_rounds=latencies * op.repeat,
             latency_s=None if phase.latency_s is None else phase.latency_s * op.repeat,
-            wire_factor=phase.wire_factor)
+            wire_factor=phase.wire_factor, instances=instances)
         self.bytes_by_role[op.role] = (self.bytes_by_role.get(op.role, 0.0)
                                        + self.network.bytes_injected - before)
         if k + 1 < len(phases):
-            done.callbacks.append(lambda _ev: self._chain(phases, k + 1, op, end))
+            done.callbacks.append(lambda _ev: self._chain(phases, k + 1, op, end, instances))
         else:
             done.callbacks.append(lambda _ev: _succeed(end))
 
