@@ -25,7 +25,7 @@ import simpy
 
 from dlsim.hardware.topology import Topology
 from dlsim.network.records import LinkRecords
-from dlsim.network.symmetry import CopySet, Footprint, compatible, copy_set
+from dlsim.network.symmetry import CopySet, Footprint, compatible, copy_set, repeats
 
 _NO_COPIES = np.zeros((0, 0), dtype=np.intp)
 
@@ -263,7 +263,9 @@ class Network(LinkRecords):
         if wire_factor is not None:
             size = size * np.broadcast_to(np.asarray(wire_factor, dtype=float), keep.shape)[keep]
         layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s,
-                              size, instances if self.symmetry else 1)
+                              instances if self.symmetry else 0)
+        if layout[0].k > 1 and not repeats(size, layout[0].k):  # copies of unequal sizes
+            layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s, 0)
         self.flows_started += len(src)
         batch = _Batch(pending=len(src), done=done)
         for group in layout:
@@ -288,16 +290,17 @@ class Network(LinkRecords):
 
     def _layout(self, src: np.ndarray, dst: np.ndarray, keep: np.ndarray, rounds: int,
                 latency_rounds: int | np.ndarray | None, latency_s: np.ndarray | None,
-                size: np.ndarray, instances: int) -> list[_Group]:
+                instances: int) -> list[_Group]:
         """The routed flows ``src[i] -> dst[i]`` (those kept), grouped by their latency, and
         of the first instance only when the ``instances`` are identical link-disjoint copies
-        (``size``: the kept flows' wire bytes, which must repeat instance by instance).
+        but for their sizes (which the caller checks); with one instance, each flow is tried
+        as a copy (a point-to-point send of every replica); 0: no copies.
         Routes and latencies do not change during a run and a step repeats its phases
         thousands of times, so each distinct phase is routed and grouped once."""
         key = (src.tobytes(), dst.tobytes(), keep.tobytes(), rounds,
                None if latency_rounds is None else np.asarray(latency_rounds).tobytes(),
                None if latency_s is None else np.asarray(latency_s, dtype=float).tobytes(),
-               instances, None if instances == 1 else size.tobytes())
+               instances)
         layout = self._layouts.get(key)
         if layout is not None:
             return layout
@@ -310,7 +313,10 @@ class Network(LinkRecords):
             latency = np.broadcast_to(np.asarray(latency_s, dtype=float), keep.shape)[keep]
         copies = None
         if instances > 1:
-            copies = copy_set(instances, keep, [latency, size], routes, self.capacity_Bps)
+            copies = copy_set(instances, keep, [latency], routes, self.capacity_Bps)
+        elif instances == 1 and len(src) > 1:
+            copies = copy_set(len(src), np.ones(len(src), dtype=bool), [latency], routes,
+                              self.capacity_Bps)
         if copies is not None:
             latency = latency[:copies.m]
         layout = [_Group.of(float(lat), np.flatnonzero(latency == lat), routes, copies)

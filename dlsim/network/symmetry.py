@@ -85,7 +85,8 @@ class CopySet:
         return self.copies[:, np.searchsorted(self.links, links)]
 
 
-def _rows_equal(a: np.ndarray, k: int) -> bool:
+def repeats(a: np.ndarray, k: int) -> bool:
+    """Whether ``a`` is ``k`` equal consecutive blocks."""
     rows = a.reshape(k, -1)
     return bool((rows[1:] == rows[0]).all())
 
@@ -97,16 +98,16 @@ def copy_set(k: int, keep: np.ndarray, per_flow: list[np.ndarray],
     the blocks are not identical link-disjoint copies. ``keep`` marks the flows of all blocks
     that carry bytes; ``per_flow`` are arrays over the kept flows that must repeat block by
     block (sizes, latencies); ``routes`` are the kept flows' (``Topology.flow_routes``)."""
-    if k <= 1 or len(keep) % k or not _rows_equal(keep, k):
+    if k <= 1 or len(keep) % k or not repeats(keep, k):
         return None
     n = int(keep.sum())
-    if n == 0 or any(not _rows_equal(np.broadcast_to(a, (n,)), k) for a in per_flow):
+    if n == 0 or any(not repeats(np.broadcast_to(a, (n,)), k) for a in per_flow):
         return None
     link_of, _starts, lengths = routes
-    if not _rows_equal(lengths, k):
+    if not repeats(lengths, k):
         return None
     rows = link_of.reshape(k, -1)
-    if not _rows_equal(capacity_Bps[link_of], k):
+    if not repeats(capacity_Bps[link_of], k):
         return None
     links, first, inverse = np.unique(rows[0], return_index=True, return_inverse=True)
     copies = rows[1:, first]
