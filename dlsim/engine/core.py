@@ -126,7 +126,7 @@ class Engine:
         # the ops some op waits on: only their ends need an event of their own
         self._waited = {r: {d for op in prog for d in op.deps} for r, prog in programs.items()}
         self._rendezvous: dict[str, _Rendezvous] = {}
-        self._lowered: dict[tuple, list[list[Phase]]] = {}
+        self._lowered: dict[tuple, tuple[list[list[Phase]], int]] = {}
         self._plans: dict[tuple, list[Phase]] = {}
         # contention in flight by rank (the collectives' shares) and the event that tells
         # the rank's compute that it changed; only ranks with a contending collective

@@ -11,10 +11,10 @@ other instances' links the representative's records (``dlsim.network.fluid``).
 That stays exact while every flow in flight on a copy's link belongs to a copy set with the
 same relabelling (the k copies of the whole network state are then identical). A
 ``Footprint`` names, for every link an instance set crosses, which copy it is and which
-representative link it stands for; two footprints are ``compatible`` when they share no link
-or agree on every shared one. The fluid network expands a copy set into its full flows
-whenever a newcomer is not compatible with it (a straggler's transfer, a failure, a slow
-link), so heterogeneity keeps full fidelity.
+representative link it stands for; two footprints are ``compatible`` when they share no link,
+or agree on every shared one and share each shared representative's every copy. The fluid
+network expands a copy set into its full flows whenever a newcomer is not compatible with it
+(a straggler's transfer, a failure, a slow link), so heterogeneity keeps full fidelity.
 """
 
 from __future__ import annotations
@@ -58,15 +58,19 @@ class Footprint:
 
 def compatible(a: Footprint, b: Footprint) -> bool:
     """Whether copy sets ``a`` and ``b`` can be in flight together and still be solved by
-    their representatives: both flow by flow, or no shared link, or the same number of copies
-    and the same copy and representative on every shared link."""
+    their representatives: both flow by flow, or no shared link, or the same number of copies,
+    the same copy and representative on every shared link, and every copy of a shared
+    representative shared."""
     if a.k == 1 and b.k == 1:
         return True
     _, ia, ib = np.intersect1d(a.foot, b.foot, assume_unique=True, return_indices=True)
     if len(ia) == 0:
         return True
+    # and every shared representative shared in all its copies: the two then meet in each
+    # copy as their representatives meet
     return (a.k == b.k and np.array_equal(a.rep_of[ia], b.rep_of[ib])
-            and np.array_equal(a.copy_of[ia], b.copy_of[ib]))
+            and np.array_equal(a.copy_of[ia], b.copy_of[ib])
+            and len(ia) == a.k * len(np.unique(a.rep_of[ia])))
 
 
 @dataclass(frozen=True)

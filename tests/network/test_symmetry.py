@@ -73,7 +73,7 @@ def _run(jobs, slow_at: float | None, symmetry: bool):
     return sorted(finished), net
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(workloads(), st.sampled_from([None, 5e-4]))
 def test_copy_sets_equal_every_flow_simulated(jobs, slow_at):
     """The same completion times, bit for bit, and the same per-link records as the network
@@ -127,8 +127,10 @@ def test_footprints_meet_only_where_they_agree():
     other = Footprint.of(np.array([6]), np.array([[1]]))   # the copies swapped
     single = Footprint.of(np.array([5]), np.zeros((0, 1), dtype=np.intp))
     apart = Footprint.of(np.array([2]), np.array([[7]]))
+    elsewhere = Footprint.of(np.array([1]), np.array([[8]]))  # meets a in copy 0 only
     assert compatible(a, same) and compatible(a, apart) and compatible(single, single)
     assert not compatible(a, other) and not compatible(a, single)
+    assert not compatible(a, elsewhere)
     assert compatible(a.expanded(), single) and not compatible(a.expanded(), a)
 
 
