@@ -17,6 +17,8 @@ compute as plain timeouts.
 Symmetry: a homogeneous job may be given programs for representative ranks only. Their peers'
 traffic still crosses the network (a collective's phases always carry every member's flows),
 but their identical compute is not re-simulated; the result is the same as running every rank.
+A phase carrying the instances of a collective says how many it carries, so that the network
+can solve identical link-disjoint instances as one (``dlsim.network.symmetry``).
 
 Fewer events: a run of compute ops on one stream that nothing outside the stream waits on
 between them (a forward pass without communication) takes one timeout at the run's end,

@@ -13,6 +13,13 @@ active flows cross; a start or an end re-solves only the component of flows it i
 a flow set seen before gets its remembered rates; flows that share no link take their path's
 narrowest capacity. Each is exactly what progressive filling over every link would give
 (``tests/network/test_fluid_incremental.py``).
+
+Copy sets (``dlsim.network.symmetry``): the instances of a symmetric phase (every node's
+tensor all-reduce, every replica's pipeline send) that are identical and share no link travel
+as their first instance, standing for all of them; the other instances' links take its
+records when it ends. A newcomer whose links meet a copy set's in any other way expands it
+into its flows, so the results are those of every flow simulated
+(``tests/network/test_symmetry.py``).
 """
 
 from __future__ import annotations
