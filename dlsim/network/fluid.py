@@ -230,9 +230,11 @@ class Network(LinkRecords):
         # each), their records when the first took hold, and which footprints may meet
         self.symmetry = True  # solve identical link-disjoint instances once (until a link slows)
         n_links = len(topology.edges)
+        # the two records as rows of one array, so that a copy set's are moved in one go
+        self._records = np.zeros((2, n_links))
+        self.link_bytes, self.link_busy_s = self._records
         self._held = np.zeros(n_links, dtype=np.intp)
-        self._held_bytes = np.zeros(n_links)
-        self._held_busy = np.zeros(n_links)
+        self._held_records = np.zeros((2, n_links))
         self._copy_sets = 0  # segments in flight with k > 1
         self._compatible: dict[tuple[int, int], bool] = {}
 
@@ -374,13 +376,16 @@ class Network(LinkRecords):
     def _admit(self, seg: _Segment) -> list[_Segment]:
         """Add ``seg`` to the flows in flight, expanding copy sets (its own first) until
         every pair in flight is compatible; the segments whose flows changed."""
-        changed = []
-        if any(self._meets(seg, t) for t in self._segments) and seg.k > 1:
+        meets = [t for t in self._segments if self._meets(seg, t)]
+        if not meets:
+            self._segments.append(seg)
+            if seg.k > 1:
+                self._hold(seg)
+            return [seg]
+        if seg.k > 1:
             seg = seg.expanded()
         self._segments.append(seg)
-        if seg.k > 1:
-            self._hold(seg)
-        changed.append(seg)
+        changed = [seg]
         queue = [seg]
         while queue and self._copy_sets:
             new = queue.pop()
@@ -400,8 +405,7 @@ class Network(LinkRecords):
         """Copy set ``seg`` takes its links: their records from now on are its copies'."""
         links = seg.links
         fresh = links[self._held[links] == 0]
-        self._held_bytes[fresh] = self.link_bytes[fresh]
-        self._held_busy[fresh] = self.link_busy_s[fresh]
+        self._held_records[:, fresh] = self._records[:, fresh]
         self._held[links] += 1
         self._copy_sets += 1
 
@@ -417,11 +421,12 @@ class Network(LinkRecords):
         last = self._held[links] == 0
         if not last.any():
             return
-        reps, copies = links[last], copies[:, last]
-        for record, held in ((self.link_bytes, self._held_bytes),
-                             (self.link_busy_s, self._held_busy)):
-            now, then, was = record[reps], held[reps], record[copies]
-            record[copies] = np.where(was == then, now, was + (now - then))
+        if not last.all():
+            links, copies = links[last], copies[:, last]
+        records = self._records
+        now, then, was = records[:, None, links], self._held_records[:, None, links], \
+            records[:, copies]
+        records[:, copies] = np.where(was == then, now, was + (now - then))
 
     def _component(self, links: np.ndarray) -> list[_Segment]:
         """The active segments connected to ``links`` through shared links."""
