@@ -44,6 +44,7 @@ from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import Phase, merge_phases
 from dlsim.network.backend import NetworkBackend, NetworkFactory
 from dlsim.network.fluid import Network
+from dlsim.network.symmetry import moved
 from dlsim.network.tuner import plan_collective
 
 Observer = Callable[[float, float], None]  # (simulated time now, estimated end), in seconds
@@ -312,16 +313,42 @@ class Engine:
                 self._chain(plans[0], 0, op, rv.done, instances)
         return rv
 
-    def _phases(self, group: np.ndarray, op: Collective) -> list[Phase]:
+    def _phases(self, group: np.ndarray, op: Collective,
+                like: tuple[np.ndarray, list[Phase]] | None = None) -> list[Phase]:
         """The lowered phases, planned once per distinct collective (the buckets of a
-        data-parallel step mostly share one size and group)."""
+        data-parallel step mostly share one size and group). ``like``: the devices and
+        phases of another instance, moved here instead of planned where that is the same
+        (``_moved``)."""
         devices = self.placement[group]
         key = (op.op, op.algorithm, op.size_bytes, op.servers, devices.tobytes())
         if key not in self._plans:  # nodes: plan_collective's default, each device's node
-            self._plans[key] = plan_collective(
+            phases = None if like is None else self._moved(op, *like, devices)
+            self._plans[key] = phases if phases is not None else plan_collective(
                 op.op, op.algorithm, devices, op.size_bytes, self.topology,
                 self.protocol, op.servers, hosts=self.ps_hosts, timed=False).phases
         return self._plans[key]
+
+    def _moved(self, op: Collective, first: np.ndarray, phases: list[Phase],
+               devices: np.ndarray) -> list[Phase] | None:
+        """The phases planned for a collective of one node's devices ``first``, moved to
+        the same devices of another node, or None where planning could differ there: a
+        chosen (not ``auto``) algorithm whose flows stay among the group, with the same
+        direct links between the devices and the same routes (``symmetry.moved``). A
+        symmetric job plans its tensor collectives once, not once per node."""
+        per_node = self.topology.devices_per_node
+        offset = int(devices[0] - first[0])
+        if (op.algorithm == "auto" or self.ps_hosts is not None or offset % per_node
+                or not np.array_equal(devices, first + offset)
+                or len(np.unique(first // per_node)) != 1):
+            return None
+        if not all(np.isin(p.src, first).all() and np.isin(p.dst, first).all()
+                   for p in phases):
+            return None
+        peers, there = self.topology.device_peers(first), self.topology.device_peers(devices)
+        if (peers is None) != (there is None) or (peers is not None and there is not None and any(
+                not np.array_equal(a, b) for a, b in zip(peers, there))):
+            return None
+        return moved(self.topology, phases, offset)
 
     def _lower(self, op: Collective) -> tuple[list[list[Phase]], int]:
         """The phase lists to run at once: one list whose phases carry every instance's
@@ -331,7 +358,10 @@ class Engine:
         its protocol chosen) once."""
         key = (op.op, op.algorithm, op.group, op.size_bytes, op.servers, op.instances)
         if key not in self._lowered:
-            plans = [self._phases(g, op) for g in np.split(np.asarray(op.group), op.instances)]
+            groups = np.split(np.asarray(op.group), op.instances)
+            first = self._phases(groups[0], op)
+            like = (self.placement[groups[0]], first)
+            plans = [first] + [self._phases(g, op, like) for g in groups[1:]]
             instances = 1
             if all(_same_shape(plans[0], p) for p in plans[1:]):
                 if all(len(p.src) == len(q.src) for ps in zip(*plans) for p, q in

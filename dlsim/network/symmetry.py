@@ -20,9 +20,12 @@ network expands a copy set into its full flows whenever a newcomer is not compat
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from dlsim.hardware.topology import Topology
+from dlsim.network.algorithms import Phase
 
 _uids = itertools.count()
 
@@ -122,3 +125,34 @@ def copy_set(k: int, keep: np.ndarray, per_flow: list[np.ndarray],
     if len(np.unique(link_of)) != k * len(links):
         return None
     return CopySet(k, n // k, links, copies)
+
+
+def same_routes(topology: Topology, src: np.ndarray, dst: np.ndarray, offset: int) -> bool:
+    """Whether flows ``src + offset -> dst + offset`` cross links just like ``src -> dst``
+    do: position by position the same capacity, latency, hardware class and NVSwitch
+    generation, and links shared where, and only where, the originals share theirs. Then
+    whatever prices or protocol choices the originals got, the moved flows get too."""
+    a = topology.flow_routes(src, dst)
+    b = topology.flow_routes(src + offset, dst + offset)
+    if not np.array_equal(a[2], b[2]):
+        return False
+    la, lb = a[0], b[0]
+    if not all(np.array_equal(attr[la], attr[lb]) for attr in (
+            topology.capacity_Bps, topology.latency_s, topology.link_class,
+            topology.nvswitch_generation)):
+        return False
+    pairs = np.unique(np.stack((la, lb)), axis=1).shape[1]
+    return pairs == len(np.unique(la)) == len(np.unique(lb))
+
+
+def moved(topology: Topology, phases: list[Phase], offset: int) -> list[Phase] | None:
+    """``phases`` (a collective planned within one node) for the same devices of the node
+    ``offset`` devices on, or None where their routes there differ (``same_routes``)."""
+    out = []
+    for phase in phases:
+        src, dst = np.asarray(phase.src), np.asarray(phase.dst)
+        local = src != dst
+        if local.any() and not same_routes(topology, src[local], dst[local], offset):
+            return None
+        out.append(replace(phase, src=src + offset, dst=dst + offset))
+    return out
