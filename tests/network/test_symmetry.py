@@ -12,9 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dlsim
+from dlsim.cluster.build import build_topology
+from dlsim.contract.scenario import ClusterSpec
 from dlsim.hardware.fabrics import LinkSpec, fat_tree
 from dlsim.network.fluid import Network
-from dlsim.network.symmetry import Footprint, compatible, copy_set
+from dlsim.network.symmetry import Footprint, compatible, copy_set, moved, same_routes
+from dlsim.network.tuner import plan_collective
 
 N = 16        # devices, 4 per leaf: the four leaves' devices are copies of each other
 PER_LEAF = 4
@@ -191,3 +194,32 @@ def test_a_straggler_keeps_full_fidelity():
     assert with_copies.summary["simulation"]["fidelity"] == "full"
     assert with_copies.step_time_s == reference.step_time_s
     assert with_copies.summary == reference.summary
+
+
+@pytest.mark.parametrize("preset,op,algorithm,protocol", [
+    ("dgx-a100", "allreduce", "ring", "nccl"), ("dgx-a100", "allgather", "ring", "Simple"),
+    ("dgx-h100", "reducescatter", "ring", "nccl"), ("dgx1-v100", "allreduce", "multi-ring", "nccl"),
+    ("pcie-8gpu-2socket", "allreduce", "ring", "nccl"),
+])
+def test_a_collective_moved_to_another_node_is_planned_as_there(preset, op, algorithm,
+                                                                protocol):
+    """A one-node collective planned on node 0 and moved to node 3 has the phases planning
+    it on node 3 gives; a group split across nodes is not moved."""
+    topology = build_topology(ClusterSpec(preset=preset, nodes=4))
+    per_node = topology.devices_per_node
+    first = np.arange(per_node)
+    planned = plan_collective(op, algorithm, first, 1 << 24, topology, protocol,
+                              timed=False).phases
+    offset = 3 * per_node
+    there = plan_collective(op, algorithm, first + offset, 1 << 24, topology, protocol,
+                            timed=False).phases
+    shifted = moved(topology, planned, offset)
+    assert shifted is not None and len(shifted) == len(there)
+    for a, b in zip(shifted, there):
+        assert np.array_equal(a.src, b.src) and np.array_equal(a.dst, b.dst)
+        assert np.array_equal(a.size_bytes, b.size_bytes) and a.rounds == b.rounds
+        for field in ("latency_rounds", "latency_s", "wire_factor"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert (x is None) == (y is None) and (x is None or np.array_equal(x, y))
+    # an NVLink hop moved onto a node boundary crosses the fabric instead
+    assert not same_routes(topology, np.array([0]), np.array([1]), per_node - 1)
