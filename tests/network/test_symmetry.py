@@ -23,6 +23,12 @@ N = 16        # devices, 4 per leaf: the four leaves' devices are copies of each
 PER_LEAF = 4
 
 
+@pytest.fixture(autouse=True)
+def every_transfer_may_be_a_copy_set(monkeypatch):
+    """These cases are small: copy sets for transfers of any size."""
+    monkeypatch.setattr(Network, "MIN_COPY_FLOWS", 0)
+
+
 def _topology():
     return topology_of(fat_tree(N, LinkSpec("l", 1e9, 1e9, 1e-6), PER_LEAF, 2.0), N)
 
