@@ -17,6 +17,8 @@ compute as plain timeouts.
 Symmetry: a homogeneous job may be given programs for representative ranks only. Their peers'
 traffic still crosses the network (a collective's phases always carry every member's flows),
 but their identical compute is not re-simulated; the result is the same as running every rank.
+A phase carrying the instances of a collective says how many it carries, so that the network
+can solve identical link-disjoint instances as one (``dlsim.network.symmetry``).
 
 Fewer events: a run of compute ops on one stream that nothing outside the stream waits on
 between them (a forward pass without communication) takes one timeout at the run's end,
@@ -42,6 +44,7 @@ from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import Phase, merge_phases
 from dlsim.network.backend import NetworkBackend, NetworkFactory
 from dlsim.network.fluid import Network
+from dlsim.network.symmetry import moved
 from dlsim.network.tuner import plan_collective
 
 Observer = Callable[[float, float], None]  # (simulated time now, estimated end), in seconds
@@ -126,7 +129,7 @@ class Engine:
         # the ops some op waits on: only their ends need an event of their own
         self._waited = {r: {d for op in prog for d in op.deps} for r, prog in programs.items()}
         self._rendezvous: dict[str, _Rendezvous] = {}
-        self._lowered: dict[tuple, list[list[Phase]]] = {}
+        self._lowered: dict[tuple, tuple[list[list[Phase]], int]] = {}
         self._plans: dict[tuple, list[Phase]] = {}
         # contention in flight by rank (the collectives' shares) and the event that tells
         # the rank's compute that it changed; only ranks with a contending collective
@@ -303,35 +306,69 @@ class Engine:
         rv.arrived += 1
         if rv.arrived == rv.expected:
             rv.start_s = self.env.now
-            plans = self._lower(op)
+            plans, instances = self._lower(op)
             if len(plans) > 1:
                 self.env.process(self._collective(plans, op, rv))
             else:
-                self._chain(plans[0], 0, op, rv.done)
+                self._chain(plans[0], 0, op, rv.done, instances)
         return rv
 
-    def _phases(self, group: np.ndarray, op: Collective) -> list[Phase]:
+    def _phases(self, group: np.ndarray, op: Collective,
+                like: tuple[np.ndarray, list[Phase]] | None = None) -> list[Phase]:
         """The lowered phases, planned once per distinct collective (the buckets of a
-        data-parallel step mostly share one size and group)."""
+        data-parallel step mostly share one size and group). ``like``: the devices and
+        phases of another instance, moved here instead of planned where that is the same
+        (``_moved``)."""
         devices = self.placement[group]
         key = (op.op, op.algorithm, op.size_bytes, op.servers, devices.tobytes())
         if key not in self._plans:  # nodes: plan_collective's default, each device's node
-            self._plans[key] = plan_collective(
+            phases = None if like is None else self._moved(op, *like, devices)
+            self._plans[key] = phases if phases is not None else plan_collective(
                 op.op, op.algorithm, devices, op.size_bytes, self.topology,
                 self.protocol, op.servers, hosts=self.ps_hosts, timed=False).phases
         return self._plans[key]
 
-    def _lower(self, op: Collective) -> list[list[Phase]]:
+    def _moved(self, op: Collective, first: np.ndarray, phases: list[Phase],
+               devices: np.ndarray) -> list[Phase] | None:
+        """The phases planned for a collective of one node's devices ``first``, moved to
+        the same devices of another node, or None where planning could differ there: a
+        chosen (not ``auto``) algorithm whose flows stay among the group, with the same
+        direct links between the devices and the same routes (``symmetry.moved``). A
+        symmetric job plans its tensor collectives once, not once per node."""
+        per_node = self.topology.devices_per_node
+        offset = int(devices[0] - first[0])
+        if (op.algorithm == "auto" or self.ps_hosts is not None or offset % per_node
+                or not np.array_equal(devices, first + offset)
+                or len(np.unique(first // per_node)) != 1):
+            return None
+        if not all(np.isin(p.src, first).all() and np.isin(p.dst, first).all()
+                   for p in phases):
+            return None
+        peers, there = self.topology.device_peers(first), self.topology.device_peers(devices)
+        if (peers is None) != (there is None) or (peers is not None and there is not None and any(
+                not np.array_equal(a, b) for a, b in zip(peers, there))):
+            return None
+        return moved(self.topology, phases, offset)
+
+    def _lower(self, op: Collective) -> tuple[list[list[Phase]], int]:
         """The phase lists to run at once: one list whose phases carry every instance's
-        flows, or one list per instance where their phases differ. A pipeline repeats the
-        same collectives thousands of times, so each is lowered (and its protocol chosen)
-        once."""
+        flows (and how many instances, in equal consecutive blocks, the network may solve
+        as copies of the first), or one list per instance where their phases differ. A
+        pipeline repeats the same collectives thousands of times, so each is lowered (and
+        its protocol chosen) once."""
         key = (op.op, op.algorithm, op.group, op.size_bytes, op.servers, op.instances)
         if key not in self._lowered:
-            plans = [self._phases(g, op) for g in np.split(np.asarray(op.group), op.instances)]
+            groups = np.split(np.asarray(op.group), op.instances)
+            first = self._phases(groups[0], op)
+            like = (self.placement[groups[0]], first)
+            plans = [first] + [self._phases(g, op, like) for g in groups[1:]]
+            instances = 1
             if all(_same_shape(plans[0], p) for p in plans[1:]):
+                if all(len(p.src) == len(q.src) for ps in zip(*plans) for p, q in
+                       zip(ps, ps[1:])):
+                    instances = op.instances
                 plans = [[merge_phases(ps) for ps in zip(*plans)]]
-            self._lowered[key] = plans
+            self._lowered[key] = (plans, instances)
         return self._lowered[key]
 
     def _collective(self, plans: list[list[Phase]], op: Collective,
@@ -345,10 +382,11 @@ class Engine:
         yield simpy.AllOf(self.env, ends)
         rv.done.succeed()
 
-    def _chain(self, phases: list[Phase], k: int, op: Collective, end: simpy.Event) -> None:
+    def _chain(self, phases: list[Phase], k: int, op: Collective, end: simpy.Event,
+               instances: int = 1) -> None:
         """Start phase ``k`` now; when its last byte arrives start the next, and after the
         last succeed ``end``. The bytes a phase injects (counted as it starts) go to its
-        op's role."""
+        op's role; a phase carrying ``instances`` equal blocks of flows says so."""
         phase = phases[k]
         latencies = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
         before = self.network.bytes_injected
@@ -356,11 +394,11 @@ class Engine:
             phase.src, phase.dst, phase.size_bytes, rounds=phase.rounds * op.repeat,
             latency_rounds=latencies * op.repeat,
             latency_s=None if phase.latency_s is None else phase.latency_s * op.repeat,
-            wire_factor=phase.wire_factor)
+            wire_factor=phase.wire_factor, instances=instances)
         self.bytes_by_role[op.role] = (self.bytes_by_role.get(op.role, 0.0)
                                        + self.network.bytes_injected - before)
         if k + 1 < len(phases):
-            done.callbacks.append(lambda _ev: self._chain(phases, k + 1, op, end))
+            done.callbacks.append(lambda _ev: self._chain(phases, k + 1, op, end, instances))
         else:
             done.callbacks.append(lambda _ev: _succeed(end))
 

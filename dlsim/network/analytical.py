@@ -31,8 +31,9 @@ class BatchCost:
     time_s: float             # when its last byte arrives, from its start
     payload_bytes: float      # bytes the senders hand over (what bytes_injected counts)
     flows: int                # flows between distinct devices that carry bytes
-    link_bytes: np.ndarray    # bytes each link carries on the wire
-    link_start_s: np.ndarray  # when each link's first byte arrives (inf: unused)
+    links: np.ndarray         # the edge ids the flows cross (sorted)
+    link_bytes: np.ndarray    # bytes each of ``links`` carries on the wire
+    link_start_s: np.ndarray  # when each of ``links`` gets its first byte
 
 
 def batch_cost(topology: Topology, capacity_Bps: np.ndarray, src: np.ndarray,
@@ -43,14 +44,16 @@ def batch_cost(topology: Topology, capacity_Bps: np.ndarray, src: np.ndarray,
     """The closed-form cost of sending ``size_bytes[i]`` from ``src[i]`` to ``dst[i]`` in
     ``rounds`` pipelined rounds, with the arguments of ``dlsim.network.fluid.Network.transfer``
     (``latency_rounds`` latencies, or each flow's whole ``latency_s``; ``wire_factor`` wire
-    bytes per payload byte) on links of ``capacity_Bps``."""
+    bytes per payload byte) on links of ``capacity_Bps``. Priced over the links the flows
+    cross only: the tuner prices every instance of a collective, and a topology of 16,384
+    GPUs has far more links than one instance uses."""
     src, dst = np.asarray(src), np.asarray(dst)
     payload = np.broadcast_to(np.asarray(size_bytes, dtype=float), src.shape) * rounds
     size = payload if wire_factor is None else payload * wire_factor
     keep = (src != dst) & (payload > 0)
-    n_links = len(capacity_Bps)
     if not keep.any():
-        return BatchCost(0.0, 0.0, 0, np.zeros(n_links), np.full(n_links, np.inf))
+        none = np.zeros(0)
+        return BatchCost(0.0, 0.0, 0, np.zeros(0, dtype=np.intp), none, none)
     links, starts, lengths = topology.flow_routes(src[keep], dst[keep])
     if latency_s is None:
         steps = rounds if latency_rounds is None else latency_rounds
@@ -59,14 +62,15 @@ def batch_cost(topology: Topology, capacity_Bps: np.ndarray, src: np.ndarray,
     else:
         latency = np.broadcast_to(latency_s, src.shape)[keep]
     size = size[keep]
-    load = np.bincount(links, weights=np.repeat(size, lengths), minlength=n_links)
-    first = np.full(n_links, np.inf)
-    np.minimum.at(first, links, np.repeat(latency, lengths))
+    crossed, local = np.unique(links, return_inverse=True)
+    load = np.bincount(local, weights=np.repeat(size, lengths), minlength=len(crossed))
+    first = np.full(len(crossed), np.inf)
+    np.minimum.at(first, local, np.repeat(latency, lengths))
     used = load > 0
-    by_link = first[used] + load[used] / capacity_Bps[used]
+    by_link = first[used] + load[used] / capacity_Bps[crossed[used]]
     narrowest = np.minimum.reduceat(capacity_Bps[links], starts)
     time_s = float(max(by_link.max(), (latency + size / narrowest).max()))
-    return BatchCost(time_s, float(payload[keep].sum()), int(keep.sum()), load, first)
+    return BatchCost(time_s, float(payload[keep].sum()), int(keep.sum()), crossed, load, first)
 
 
 class AnalyticalNetwork(LinkRecords):
@@ -88,17 +92,19 @@ class AnalyticalNetwork(LinkRecords):
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
                  latency_s: np.ndarray | None = None,
-                 wire_factor: np.ndarray | None = None) -> simpy.Event:
+                 wire_factor: np.ndarray | None = None, instances: int = 1) -> simpy.Event:
         """Start a batch now (``dlsim.network.fluid.Network.transfer``'s arguments); the
-        event fires after its closed-form time."""
+        event fires after its closed-form time. ``instances`` changes nothing: a batch is
+        priced whole, each link by its own bytes."""
         cost = batch_cost(self.topology, self.capacity_Bps, src, dst, size_bytes, rounds,
                           latency_rounds, latency_s, wire_factor)
         self.bytes_injected += cost.payload_bytes
         self.flows_started += cost.flows
-        self.link_bytes += cost.link_bytes
-        used = np.flatnonzero(cost.link_bytes > 0)
-        start = cost.link_start_s[used]
-        end_s = self.env.now + start + cost.link_bytes[used] / self.capacity_Bps[used]
+        self.link_bytes[cost.links] += cost.link_bytes
+        carried = cost.link_bytes > 0
+        used = cost.links[carried]
+        start = cost.link_start_s[carried]
+        end_s = self.env.now + start + cost.link_bytes[carried] / self.capacity_Bps[used]
         for offset in np.unique(start):  # marked when they start, so intervals come in order
             at = start == offset
             self.env.timeout(float(offset)).callbacks.append(

@@ -13,6 +13,13 @@ active flows cross; a start or an end re-solves only the component of flows it i
 a flow set seen before gets its remembered rates; flows that share no link take their path's
 narrowest capacity. Each is exactly what progressive filling over every link would give
 (``tests/network/test_fluid_incremental.py``).
+
+Copy sets (``dlsim.network.symmetry``): the instances of a symmetric phase (every node's
+tensor all-reduce, every replica's pipeline send) that are identical and share no link travel
+as their first instance, standing for all of them; the other instances' links take its
+records when it ends. A newcomer whose links meet a copy set's in any other way expands it
+into its flows, so the results are those of every flow simulated
+(``tests/network/test_symmetry.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ import simpy
 
 from dlsim.hardware.topology import Topology
 from dlsim.network.records import LinkRecords
+from dlsim.network.symmetry import CopySet, Footprint, compatible, copy_set, repeats
+
+_NO_COPIES = np.zeros((0, 0), dtype=np.intp)
 
 
 def max_min_rates(flow_of: np.ndarray, link_of: np.ndarray, capacity: np.ndarray,
@@ -79,19 +89,26 @@ class _Group:
     link_of: np.ndarray       # edge id per incidence
     links: np.ndarray         # the distinct edge ids the flows cross (sorted)
     local: np.ndarray         # index into ``links`` per incidence
+    k: int                    # identical link-disjoint copies the flows stand for
+    copies: np.ndarray        # copies[i - 1, j]: copy i's link for links[j]
+    footprint: Footprint
 
     @classmethod
     def of(cls, latency_s: float, members: np.ndarray,
-           routes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> _Group:
-        """Flows ``members`` of a transfer whose routes are ``routes`` (flow_routes')."""
+           routes: tuple[np.ndarray, np.ndarray, np.ndarray],
+           copy_set: CopySet | None = None) -> _Group:
+        """Flows ``members`` of a transfer whose routes are ``routes`` (flow_routes'); with
+        a ``copy_set``, members of its instance 0 standing for every instance."""
         link_of, starts, lengths = routes
         if len(members) < len(starts):
             lengths = lengths[members]
             first = np.repeat(starts[members] - np.cumsum(lengths) + lengths, lengths)
             link_of = link_of[first + np.arange(int(lengths.sum()))]
         links, local = np.unique(link_of, return_inverse=True)
+        copies = _NO_COPIES if copy_set is None else copy_set.copies_of(links)
+        k = 1 if copy_set is None else copy_set.k
         return cls(latency_s, members, np.repeat(np.arange(len(members)), lengths), link_of,
-                   links, local)
+                   links, local, k, copies, Footprint.of(links, copies))
 
 
 @dataclass
@@ -105,22 +122,40 @@ class _Segment:
     link_of: np.ndarray       # edge id per incidence
     links: np.ndarray         # the distinct edge ids the segment's flows cross (sorted)
     local: np.ndarray         # index into ``links`` per incidence
+    k: int = 1                # identical link-disjoint copies each flow stands for
+    copies: np.ndarray = field(default_factory=lambda: _NO_COPIES)  # copy i: copies[i - 1]
+    footprint: Footprint | None = None  # every link the copies may cross (k > 1)
     rate: np.ndarray = field(default_factory=lambda: np.zeros(0))  # bytes/s per flow
 
-    def without(self, done: np.ndarray) -> _Segment:
-        """The segment less its finished flows ``done``, keeping the others' rates."""
+    def without(self, done: np.ndarray) -> tuple[_Segment, np.ndarray]:
+        """The segment less its finished flows ``done``, keeping the others' rates, and
+        which of its links it no longer crosses."""
         keep = ~done
         renumber = np.cumsum(keep) - 1
         inc = keep[self.flow_of]
         local = self.local[inc]
         used = np.bincount(local, minlength=len(self.links)) > 0
-        links = self.links
+        links, copies = self.links, self.copies
         if not used.all():
             links = links[used]
+            if self.k > 1:
+                copies = copies[:, used]
             local = (np.cumsum(used) - 1)[local]
         return _Segment(self.batch, self.size[keep], self.remaining[keep],
                         renumber[self.flow_of[inc]], self.link_of[inc], links, local,
-                        self.rate[keep])
+                        self.k, copies, self.footprint, self.rate[keep]), ~used
+
+    def expanded(self) -> _Segment:
+        """The same flows, every copy on its own links (``k`` = 1), each where its
+        representative is: the copies are identical, so this is exact at any time."""
+        k, n = self.k, len(self.size)
+        link_of = np.concatenate([self.link_of] + [c[self.local] for c in self.copies])
+        flow_of = np.concatenate([self.flow_of + i * n for i in range(k)])
+        links, local = np.unique(link_of, return_inverse=True)
+        assert self.footprint is not None
+        return _Segment(self.batch, np.tile(self.size, k), np.tile(self.remaining, k),
+                        flow_of, link_of, links, local, 1, _NO_COPIES,
+                        self.footprint.expanded(), np.tile(self.rate, k))
 
 
 def _sending(seg: _Segment) -> np.ndarray:
@@ -180,6 +215,10 @@ class Network(LinkRecords):
     """
 
     LAYOUT_LIMIT = 4096
+    # copy sets for transfers of this many flows or more: below it, the few array operations
+    # a copy set costs at its start and end outweigh the flows they save (GPT-3 on 1,024 GPUs
+    # was 15-20 % slower with copy sets of 64 flows); results are the same either way
+    MIN_COPY_FLOWS = 256
 
     def __init__(self, env: simpy.Environment, topology: Topology):
         super().__init__(env, topology)
@@ -191,6 +230,17 @@ class Network(LinkRecords):
         self._solver = RateSolver(self.capacity_Bps)
         self._mark = np.zeros(len(topology.edges), dtype=bool)  # scratch, all False between uses
         self._layouts: dict[tuple, list[_Group]] = {}
+        # copy sets: the representative links held by copy sets in flight (how many hold
+        # each), their records when the first took hold, and which footprints may meet
+        self.symmetry = True  # solve identical link-disjoint instances once (until a link slows)
+        n_links = len(topology.edges)
+        # the two records as rows of one array, so that a copy set's are moved in one go
+        self._records = np.zeros((2, n_links))
+        self.link_bytes, self.link_busy_s = self._records
+        self._held = np.zeros(n_links, dtype=np.intp)
+        self._held_records = np.zeros((2, n_links))
+        self._copy_sets = 0  # segments in flight with k > 1
+        self._compatible: dict[tuple[int, int], bool] = {}
 
     @property
     def rate_solutions(self) -> int:
@@ -200,7 +250,7 @@ class Network(LinkRecords):
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
                  latency_s: np.ndarray | None = None,
-                 wire_factor: np.ndarray | None = None) -> simpy.Event:
+                 wire_factor: np.ndarray | None = None, instances: int = 1) -> simpy.Event:
         """Send ``size_bytes[i]`` from device ``src[i]`` to ``dst[i]``, all starting now.
 
         ``rounds`` identical rounds are sent back to back as one pipelined flow: each round
@@ -210,7 +260,10 @@ class Network(LinkRecords):
         overrides the number of latencies paid (a pipeline's depth); ``latency_s[i]``, if
         given, replaces flow i's whole latency (a protocol's per-step costs), and
         ``wire_factor[i]`` makes it put that many bytes on the wire per payload byte (a
-        protocol's flags and headers); ``bytes_injected`` counts payload.
+        protocol's flags and headers); ``bytes_injected`` counts payload. With
+        ``instances`` k > 1 the flows are k equal consecutive blocks (one per instance of a
+        collective); when they are identical link-disjoint copies (``dlsim.network.symmetry``)
+        only the first is simulated, standing for all, with the same result.
         """
         done = self.env.event()
         src, dst = np.asarray(src), np.asarray(dst)
@@ -219,36 +272,49 @@ class Network(LinkRecords):
         src, dst, size = src[keep], dst[keep], size[keep]
         if len(src) == 0:
             return done.succeed()
-        layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s)
         self.bytes_injected += float(size.sum())
         if wire_factor is not None:
             size = size * np.broadcast_to(np.asarray(wire_factor, dtype=float), keep.shape)[keep]
+        layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s,
+                              instances if self.symmetry
+                              and len(src) >= self.MIN_COPY_FLOWS else 0)
+        if layout[0].k > 1 and not repeats(size, layout[0].k):  # copies of unequal sizes
+            layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s, 0)
         self.flows_started += len(src)
         batch = _Batch(pending=len(src), done=done)
         for group in layout:
             seg = _Segment(batch, size[group.members], size[group.members], group.flow_of,
-                           group.link_of, group.links, group.local)
+                           group.link_of, group.links, group.local, group.k, group.copies,
+                           group.footprint)
             self.env.timeout(group.latency_s).callbacks.append(partial(self._activate, seg))
         return done
 
     def scale_links(self, edges: np.ndarray, factor: float) -> None:
         """From now on, links ``edges`` carry ``factor`` of their nominal bandwidth (a
         transient slow link; factor 1 restores it). Flows in flight keep what they have sent
-        and go on at the new fair rates."""
+        and go on at the new fair rates. Copies need not be identical from now on: copy
+        sets in flight are expanded and later phases are simulated flow by flow."""
         self._advance()
+        self.symmetry = False
+        self._layouts.clear()
+        self._segments = [self._expand(s) if s.k > 1 else s for s in self._segments]
         self.capacity_Bps[edges] = self.topology.capacity_Bps[edges] * factor
         self._solver.forget()
         self._reschedule(self._segments)
 
     def _layout(self, src: np.ndarray, dst: np.ndarray, keep: np.ndarray, rounds: int,
-                latency_rounds: int | np.ndarray | None,
-                latency_s: np.ndarray | None) -> list[_Group]:
-        """The routed flows ``src[i] -> dst[i]`` (those kept), grouped by their latency.
+                latency_rounds: int | np.ndarray | None, latency_s: np.ndarray | None,
+                instances: int) -> list[_Group]:
+        """The routed flows ``src[i] -> dst[i]`` (those kept), grouped by their latency, and
+        of the first instance only when the ``instances`` are identical link-disjoint copies
+        but for their sizes (which the caller checks); with one instance, each flow is tried
+        as a copy (a point-to-point send of every replica); 0: no copies.
         Routes and latencies do not change during a run and a step repeats its phases
         thousands of times, so each distinct phase is routed and grouped once."""
         key = (src.tobytes(), dst.tobytes(), keep.tobytes(), rounds,
                None if latency_rounds is None else np.asarray(latency_rounds).tobytes(),
-               None if latency_s is None else np.asarray(latency_s, dtype=float).tobytes())
+               None if latency_s is None else np.asarray(latency_s, dtype=float).tobytes(),
+               instances)
         layout = self._layouts.get(key)
         if layout is not None:
             return layout
@@ -259,7 +325,15 @@ class Network(LinkRecords):
             latency = latency * np.broadcast_to(np.asarray(steps, dtype=float), keep.shape)[keep]
         else:
             latency = np.broadcast_to(np.asarray(latency_s, dtype=float), keep.shape)[keep]
-        layout = [_Group.of(float(lat), np.flatnonzero(latency == lat), routes)
+        copies = None
+        if instances > 1:
+            copies = copy_set(instances, keep, [latency], routes, self.capacity_Bps)
+        elif instances == 1 and len(src) > 1:
+            copies = copy_set(len(src), np.ones(len(src), dtype=bool), [latency], routes,
+                              self.capacity_Bps)
+        if copies is not None:
+            latency = latency[:copies.m]
+        layout = [_Group.of(float(lat), np.flatnonzero(latency == lat), routes, copies)
                   for lat in np.unique(latency)]
         if len(self._layouts) >= self.LAYOUT_LIMIT:
             self._layouts.clear()
@@ -285,8 +359,79 @@ class Network(LinkRecords):
     def _activate(self, seg: _Segment, _latency_elapsed: simpy.Event) -> None:
         """Segment ``seg`` starts sending once its flows' latency has elapsed."""
         self._advance()
+        if self._copy_sets or seg.k > 1:
+            self._reschedule(self._admit(seg))
+        else:
+            self._segments.append(seg)
+            self._reschedule([seg])
+
+    # --- copy sets (dlsim.network.symmetry) ---------------------------------------------------
+
+    def _meets(self, a: _Segment, b: _Segment) -> bool:
+        """Whether ``a`` and ``b`` in flight together cannot both keep their copy sets."""
+        fa, fb = a.footprint, b.footprint
+        if a.k == 1 and b.k == 1 or fa is None or fb is None:
+            return False
+        key = (fa.uid, fb.uid)
+        ok = self._compatible.get(key)
+        if ok is None:
+            ok = self._compatible[key] = compatible(fa, fb)
+        return not ok
+
+    def _admit(self, seg: _Segment) -> list[_Segment]:
+        """Add ``seg`` to the flows in flight, expanding copy sets (its own first) until
+        every pair in flight is compatible; the segments whose flows changed."""
+        meets = [t for t in self._segments if self._meets(seg, t)]
+        if not meets:
+            self._segments.append(seg)
+            if seg.k > 1:
+                self._hold(seg)
+            return [seg]
+        if seg.k > 1:
+            seg = seg.expanded()
         self._segments.append(seg)
-        self._reschedule([seg])
+        changed = [seg]
+        queue = [seg]
+        while queue and self._copy_sets:
+            new = queue.pop()
+            for i, t in enumerate(self._segments):
+                if t.k > 1 and t is not new and self._meets(new, t):
+                    self._segments[i] = t = self._expand(t)
+                    changed.append(t)
+                    queue.append(t)
+        return changed
+
+    def _expand(self, seg: _Segment) -> _Segment:
+        """``seg`` flow by flow from now on, its copies' records brought up to date."""
+        self._release(seg, seg.links, seg.copies)
+        return seg.expanded()
+
+    def _hold(self, seg: _Segment) -> None:
+        """Copy set ``seg`` takes its links: their records from now on are its copies'."""
+        links = seg.links
+        fresh = links[self._held[links] == 0]
+        self._held_records[:, fresh] = self._records[:, fresh]
+        self._held[links] += 1
+        self._copy_sets += 1
+
+    def _release(self, seg: _Segment, links: np.ndarray, copies: np.ndarray,
+                 ends: bool = True) -> None:
+        """Copy set ``seg`` leaves representative ``links`` (``copies`` theirs): where no
+        other copy set holds one, its copies get the bytes and busy time it gained since it
+        was taken (its very records where a copy's history was the same)."""
+        self._copy_sets -= int(ends)
+        if len(links) == 0:
+            return
+        self._held[links] -= 1
+        last = self._held[links] == 0
+        if not last.any():
+            return
+        if not last.all():
+            links, copies = links[last], copies[:, last]
+        records = self._records
+        now, then, was = records[:, None, links], self._held_records[:, None, links], \
+            records[:, copies]
+        records[:, copies] = np.where(was == then, now, was + (now - then))
 
     def _component(self, links: np.ndarray) -> list[_Segment]:
         """The active segments connected to ``links`` through shared links."""
@@ -370,13 +515,19 @@ class Network(LinkRecords):
             # ulps of the absolute time, so that a tiny remainder cannot stall the clock)
             done = seg.remaining <= seg.rate * (dt * 1e-9 + self.env.now * 1e-14)
             if done.any():
-                seg.batch.pending -= int(done.sum())
+                seg.batch.pending -= int(done.sum()) * seg.k
                 if seg.batch.pending == 0:
                     seg.batch.done.succeed()
                 freed.append(seg.link_of[done[seg.flow_of]])
                 if done.all():
+                    if seg.k > 1:
+                        self._release(seg, seg.links, seg.copies)
                     continue
-                seg = seg.without(done)
+                left = seg
+                seg, dropped = seg.without(done)
+                if seg.k > 1 and dropped.any():
+                    self._release(left, left.links[dropped], left.copies[:, dropped],
+                                  ends=False)
             kept.append(seg)
         self._segments = kept
         self._reschedule([], np.concatenate(freed) if freed else None)
