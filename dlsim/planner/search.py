@@ -4,7 +4,8 @@ Planning is a funnel, the way good planners work: the memory model (arithmetic) 
 that cannot run; the closed-form estimate (``estimate.py``) ranks every remaining plan; the
 discrete-event engine simulates only the best few, and those confirmed figures decide the
 winner. Every figure a plan carries says where it came from (``step_time_source``).
-Objectives: time to train (steps × step time), cost (device-hours × the device's hourly
+Objectives: time to train (steps × step time; with a target loss, the steps to reach it at
+each searched global batch, ``time_to_loss``), cost (device-hours × the device's hourly
 price in its profile) and energy (``dlsim.results.power``: idle power plus dynamic power by
 what each device does, from the estimate's parts, or from the engine's spans for the plans it
 confirms).
@@ -23,10 +24,13 @@ from dlsim.contract.scenario import DEFAULT_MAX_EVENTS, ClusterSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
+from dlsim.planner.batches import around_critical
 from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
 from dlsim.planner.models import model_name, model_section, model_shape, model_spec
 from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target
+from dlsim.planner.time_to_loss import LossTarget, to_target
+from dlsim.planner.time_to_loss import summary as loss_summary
 from dlsim.results.power import PowerModel, estimated_energy_J, power_model
 from dlsim.simulate import simulate
 from dlsim.workload.attention import attention_kernel
@@ -54,6 +58,10 @@ class PlanRequest:
     top: int = 10
     confirm: int = 3
     max_plans: int = DEFAULT_MAX_PLANS
+    # with a target loss the global batch is searched: these batches, or (empty) the
+    # global_batch·2^k around the critical batch (dlsim.planner.batches)
+    target_loss: float | None = None
+    global_batches: tuple[int, ...] = ()
 
 
 @dataclass
@@ -69,17 +77,21 @@ class PlanResult:
     wall_s: dict[str, float] = field(default_factory=dict)
     # plans enumerated, feasible (the engine's rules), fitting in memory, estimated, pruned
     space: dict[str, int] = field(default_factory=dict)
+    time_to_loss: dict[str, Any] | None = None  # with a target loss (time_to_loss.summary)
 
 
-def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int) -> dict[str, Any]:
-    """The scenario that runs ``plan``: what the engine confirms and the user can rerun."""
+def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int,
+                global_batch: int | None = None) -> dict[str, Any]:
+    """The scenario that runs ``plan`` at ``global_batch`` (the request's by default): what
+    the engine confirms and the user can rerun."""
+    batch = request.global_batch if global_batch is None else global_batch
     return {
         "name": (f"plan-{model_name(request.model)}-{plan.gpus}gpu-d{plan.data}t{plan.tensor}"
                  f"p{plan.pipeline}" + ("-sp" if plan.sequence_parallel else "")),
         "model": model_section(request.model),
         "cluster": {"preset": request.cluster, "nodes": plan.gpus // devices_per_node},
         "precision": request.precision,
-        "training": {"global_batch": request.global_batch, "microbatch": plan.microbatch,
+        "training": {"global_batch": batch, "microbatch": plan.microbatch,
                      "optimizer": request.optimizer},
         "parallelism": {"data": plan.data, "tensor": plan.tensor, "pipeline": plan.pipeline,
                         "schedule": plan.schedule, "virtual_stages": plan.virtual_stages,
@@ -105,7 +117,11 @@ Progress = Callable[[list[dict[str, Any]], str], Iterable[dict[str, Any]]]
 
 
 def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
-    """Plan ``request``; ``progress(items, label)`` wraps the engine confirmations (a bar)."""
+    """Plan ``request``; ``progress(items, label)`` wraps the engine confirmations (a bar).
+
+    With a target loss every plan is priced at each searched global batch it can split (its
+    micro and sync parts once: ``Estimator``; only the micro-batch count changes) and kept at
+    its best batch by the objective."""
     if request.objective not in OBJECTIVES:
         raise ScenarioError(f"objective must be one of {', '.join(OBJECTIVES)}.",
                             field="--objective")
@@ -114,11 +130,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     device.peak_flops(request.precision)
     shape = model_shape(request.model)
     dtype_bytes = max(DTYPE_BYTES[request.precision], 2)
-    steps = (request.tokens / (request.global_batch * shape.seq_len)) if request.tokens else 1.0
     dpn = system.devices_per_node
-    spaces = _admit(request, shape, system)
-    started = time.perf_counter()
-    rows: list[dict[str, Any]] = []
     tables: dict[int, CostTable] = {}
     spec = model_spec(request.model)
 
@@ -131,6 +143,17 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                 microbatch)
         return tables[microbatch]
 
+    target = (LossTarget.of(request.target_loss, table(1).model, shape.seq_len)
+              if request.target_loss is not None else None)
+    batches = searched_batches(request, target)
+
+    def steps_at(batch: int) -> float:
+        if target is not None:
+            return target.steps(batch)
+        return request.tokens / (batch * shape.seq_len) if request.tokens else 1.0
+
+    spaces = _admit(request, shape, system, batches)
+    started = time.perf_counter()
     powers: dict[int, PowerModel] = {}
 
     def power(microbatch: int) -> PowerModel:
@@ -139,59 +162,125 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
         return powers[microbatch]
 
     size = SpaceCount()
-    for gpus, space, topology in spaces:
-        estimator = Estimator(table, request.optimizer, request.global_batch,
-                              Fabric(topology))
-        for p in space:
-            memory = estimator.memory_bytes(p)
-            if memory > device.memory_bytes:
-                continue
-            est = estimator.estimate(p)
-            row: dict[str, Any] = {**p.as_dict(), "microbatches": p.microbatches_for(
-                request.global_batch), "memory_per_device_bytes": memory,
-                "fits_in_memory": True, "step_time_s": est.step_time_s,
-                "step_time_source": "estimate", "estimated_step_time_s": est.step_time_s,
-                "estimated_breakdown_s": est.breakdown_s}
-            _objectives(row, est.step_time_s, steps, gpus, device, gpus * estimated_energy_J(
-                power(p.microbatch), est.step_time_s, est.breakdown_s))
-            rows.append(row)
-        size.enumerated += space.count.enumerated
-        size.feasible += space.count.feasible
+    rank = _ranking(request)
+    best: dict[Plan, dict[str, Any]] = {}  # each plan at its best batch
+    estimators: dict[int, Estimator] = {}
+    for gpus, topology, by_batch in spaces:
+        estimator = estimators[gpus] = Estimator(table, request.optimizer, Fabric(topology))
+        for batch, space in by_batch:
+            steps = steps_at(batch)
+            for p in space:
+                memory = estimator.memory_bytes(p, batch)
+                if memory > device.memory_bytes:
+                    continue
+                est = estimator.estimate(p, batch)
+                row: dict[str, Any] = {**p.as_dict(), "global_batch": batch,
+                                       "microbatches": p.microbatches_for(batch),
+                                       "memory_per_device_bytes": memory,
+                                       "fits_in_memory": True, "step_time_s": est.step_time_s,
+                                       "step_time_source": "estimate",
+                                       "estimated_step_time_s": est.step_time_s,
+                                       "estimated_breakdown_s": est.breakdown_s}
+                if target is not None:
+                    to_target(row, target, batch)
+                _objectives(row, est.step_time_s, steps, gpus, device, gpus * estimated_energy_J(
+                    power(p.microbatch), est.step_time_s, est.breakdown_s))
+                if p not in best or rank(row) < rank(best[p]):
+                    best[p] = row
+            size.enumerated += space.count.enumerated
+            size.feasible += space.count.feasible
+    rows = list(best.values())
     estimated = time.perf_counter()
-    feasible = sorted((r for r in rows if _meets(r, request)), key=_ranking(request))
+    feasible = sorted((r for r in rows if _meets(r, request)), key=rank)
     confirmed = feasible[:request.confirm]
     for row in (progress(confirmed, "simulating the best plans") if progress else confirmed):
-        scenario = scenario_of(request, Plan(*(row[f] for f in Plan.__dataclass_fields__)), dpn)
+        scenario = scenario_of(request, plan_of(row), dpn, row["global_batch"])
         result = simulate(scenario)
         row.update(step_time_s=result.step_time_s, step_time_source="simulated",
                    breakdown_s=result.breakdown_s,
                    memory_per_device_bytes=result.memory_per_device_bytes,
                    fits_in_memory=result.fits_in_memory, scenario=scenario)
-        _objectives(row, result.step_time_s, steps, row["gpus"], device,
-                    result.energy_per_step_J)
+        _objectives(row, result.step_time_s, steps_at(row["global_batch"]), row["gpus"],
+                    device, result.energy_per_step_J)
     confirmed = sorted((r for r in confirmed if r["fits_in_memory"] and _meets(r, request)),
-                       key=_ranking(request))
+                       key=rank)
     ranked = confirmed + feasible[request.confirm:]
     space_size = {"enumerated": size.enumerated, "feasible": size.feasible,
                   "fitting": len(rows), "estimated": len(rows), "pruned": 0}
     if not ranked:
-        raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes))
+        raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes,
+                                      batches))
     deadline_gpus = (min(r["gpus"] for r in ranked)
                      if request.max_days is not None and ranked else None)
+    loss = None
+    if target is not None:
+        space_at = {(gpus, batch): space for gpus, _, pairs in spaces for batch, space in pairs}
+        loss = loss_summary(target, batches, [
+            batch_curve(row, batches, estimators[row["gpus"]], space_at, target,
+                        device.memory_bytes) for row in ranked[:CURVES]])
     return PlanResult(request, size.feasible, len(rows), ranked[:request.top],
                       pareto_front(rows), explain(ranked, device.memory_bytes,
                                                   request.objective),
                       deadline_gpus, rows, {"estimate": estimated - started,
                                             "simulate": time.perf_counter() - estimated},
-                      space_size)
+                      space_size, loss)
 
 
-def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.SystemProfile
-           ) -> list[tuple[int, PlanSpace, Topology]]:
-    """Each GPU count's plan space, refusing a request too large to plan before estimating
-    anything: a GPU count that is not whole nodes, a cluster past the engine's default event
-    limit (each device is a node of the topology the estimate and the confirmations build),
-    or more plans than --max-plans (counted, not enumerated)."""
+CURVES = 3  # the best layouts whose step time, steps and time to target the report draws
+
+
+def plan_of(row: dict[str, Any]) -> Plan:
+    return Plan(*(row[f] for f in Plan.__dataclass_fields__))
+
+
+def searched_batches(request: PlanRequest, target: LossTarget | None) -> tuple[int, ...]:
+    """The global batches planned: the request's list, or around the critical batch with a
+    target loss, or the one global batch. Several batches need a target loss: with a fixed
+    number of tokens a larger batch only ever looks faster (it needs fewer steps)."""
+    if target is not None and request.tokens is not None:
+        raise ScenarioError("--tokens and --target-loss both say how much to train; give "
+                            "one of them.", field="--tokens")
+    if request.global_batches:
+        if len(request.global_batches) > 1 and target is None:
+            raise ScenarioError("--global-batch names several batches, which the planner "
+                                "searches only against a --target-loss (steps then depend on "
+                                "the batch); give one batch, or a --target-loss.",
+                                field="--global-batch")
+        return tuple(sorted(request.global_batches))
+    if target is not None:
+        return around_critical(request.global_batch, target.critical_batch_samples)
+    return (request.global_batch,)
+
+
+def batch_curve(row: dict[str, Any], batches: tuple[int, ...], estimator: Estimator,
+                spaces: dict[tuple[int, int], PlanSpace], target: LossTarget,
+                capacity: float) -> dict[str, Any]:
+    """One layout's step time (estimate), steps and time to the target at each searched
+    batch it can split, runs and fits in memory at."""
+    plan = plan_of(row)
+    points = []
+    for batch in batches:
+        space = spaces[plan.gpus, batch]
+        if (batch % (plan.data * plan.microbatch) or not space.runs(plan)
+                or estimator.memory_bytes(plan, batch) > capacity):
+            continue
+        step = estimator.estimate(plan, batch).step_time_s
+        steps = target.steps(batch)
+        points.append({"global_batch": batch, "step_time_s": step,
+                       "steps_to_target": steps, "tokens_to_target": target.tokens(batch),
+                       "time_to_target_s": steps * step})
+    return {"plan": plan.as_dict(), "best_global_batch": row["global_batch"],
+            "step_time_source": "estimate", "points": points}
+
+
+def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.SystemProfile,
+           batches: tuple[int, ...]
+           ) -> list[tuple[int, Topology, list[tuple[int, PlanSpace]]]]:
+    """Each GPU count's plan space at each batch, refusing a request too large to plan
+    before estimating anything: a GPU count that is not whole nodes, a cluster past the
+    engine's default event limit (each device is a node of the topology the estimate and the
+    confirmations build), or more plans at one batch than --max-plans (counted, not
+    enumerated)."""
     dpn = system.devices_per_node
     for gpus in request.gpus:
         if gpus > DEFAULT_MAX_EVENTS:
@@ -205,21 +294,26 @@ def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.Syste
     for gpus in request.gpus:
         topology = build_topology(ClusterSpec(preset=request.cluster, nodes=gpus // dpn))
         target = Target.on(topology, request.precision, system.nvlink_domain_nodes)
-        spaces.append((gpus, PlanSpace(shape, request.global_batch, target), topology))
-    count = sum(space.size() for _, space, _ in spaces)
-    if count > request.max_plans:
-        raise ScenarioError(f"this request enumerates {count:,} plans, over the "
-                            f"limit of {request.max_plans:,}; give fewer --gpus counts, or "
-                            f"pass --max-plans {count} to plan it anyway.", field="--max-plans")
+        spaces.append((gpus, topology, [(batch, PlanSpace(shape, batch, target))
+                                        for batch in batches]))
+    for i, batch in enumerate(batches):
+        count = sum(by_batch[i][1].size() for _, _, by_batch in spaces)
+        if count > request.max_plans:
+            at = f" at global batch {batch:,}" if len(batches) > 1 else ""
+            raise ScenarioError(f"this request enumerates {count:,} plans{at}, over the "
+                                f"limit of {request.max_plans:,}; give fewer --gpus counts, "
+                                f"or pass --max-plans {count} to plan it anyway.",
+                                field="--max-plans")
     return spaces
 
 
 def _binding(request: PlanRequest, evaluated: int, rows: list[dict[str, Any]],
-             capacity: float) -> tuple[str, None, str]:
+             capacity: float, batches: tuple[int, ...]) -> tuple[str, None, str]:
     """Why no plan is left, naming the constraint that binds: memory, --max-days, --budget."""
     gb = capacity / 1e9
     if not evaluated:
-        return (f"no data/tensor/pipeline plan divides {request.global_batch} samples and "
+        return (f"no data/tensor/pipeline plan divides {', '.join(map(str, batches))} "
+                "samples and "
                 f"{', '.join(map(str, request.gpus))} GPUs; choose a --global-batch that "
                 "is a multiple of the data-parallel degree.", None, "--global-batch")
     if not rows:
