@@ -22,24 +22,38 @@ def curve_label(plan: dict[str, Any]) -> str:
             f"micro-batch {plan['microbatch']}")
 
 
+def _time_unit(seconds: float) -> tuple[str, float]:
+    """The unit the longest time reads best in: days, hours or minutes."""
+    for unit, scale in (("days", 86400.0), ("hours", 3600.0)):
+        if seconds >= 2 * scale:
+            return unit, scale
+    return "minutes", 60.0
+
+
 def batch_figure(loss: dict[str, Any]) -> str:
     """Three panels against the global batch (samples, log scale), one line per layout."""
     fig = plots._new_figure(11.0, 3.4)
     axes = fig.subplots(1, 3)
-    panels = (("step_time_s", "Step time (estimate)", "s per step", 1.0),
+    longest = max((p["time_to_target_s"] for c in loss["curves"] for p in c["points"]),
+                  default=1.0)
+    unit, scale = _time_unit(longest)
+    panels = (("step_time_s", "Step time (estimate)", "seconds per step", 1.0),
               ("steps_to_target", "Steps to the target", "steps", 1.0),
-              ("time_to_target_s", "Time to the target", "days", 86400.0))
+              ("time_to_target_s", "Time to the target", unit, scale))
     critical = loss["critical_batch_samples"]
-    for ax, (key, title, unit, scale) in zip(axes, panels):
+    batches = loss["batches"]
+    for ax, (key, title, label, per) in zip(axes, panels):
         for colour, curve in zip(COLOURS, loss["curves"]):
             points = curve["points"]
-            ax.plot([p["global_batch"] for p in points], [p[key] / scale for p in points],
+            ax.plot([p["global_batch"] for p in points], [p[key] / per for p in points],
                     marker="o", markersize=3, color=colour, label=curve_label(curve["plan"]))
         ax.axvline(critical, color="#C44E52", linestyle="--", linewidth=1,
                    label=f"B_crit = {critical:,.0f} samples")
-        ax.set_xscale("log", base=2)
+        ax.set_xscale("log")
         ax.set_yscale("log")
-        plots._style(ax, title, "global batch (samples per step)", unit)
+        ax.set_xticks(batches, [f"{b:,}" for b in batches])
+        ax.minorticks_off()
+        plots._style(ax, title, "global batch (samples per step)", label)
     axes[0].legend(fontsize=7, frameon=False)
     return plots._to_data_uri(fig)
 

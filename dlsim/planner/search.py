@@ -217,7 +217,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
         space_at = {(gpus, batch): space for gpus, _, pairs in spaces for batch, space in pairs}
         loss = loss_summary(target, batches, [
             batch_curve(row, batches, estimators[row["gpus"]], space_at, target,
-                        device.memory_bytes) for row in ranked[:CURVES]])
+                        device.memory_bytes) for row in distinct_layouts(ranked, CURVES)])
     return PlanResult(request, size.feasible, len(rows), ranked[:request.top],
                       pareto_front(rows), explain(ranked, device.memory_bytes,
                                                   request.objective),
@@ -227,6 +227,24 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
 
 
 CURVES = 3  # the best layouts whose step time, steps and time to target the report draws
+
+
+LAYOUT = ("gpus", "data", "tensor", "pipeline", "context", "expert", "microbatch")
+
+
+def distinct_layouts(ranked: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The best ``count`` plans whose degrees or micro-batch differ (not only their
+    placement or protocol), in rank order."""
+    seen: set[tuple] = set()
+    out = []
+    for row in ranked:
+        key = tuple(row[f] for f in LAYOUT)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+            if len(out) == count:
+                break
+    return out
 
 
 def plan_of(row: dict[str, Any]) -> Plan:

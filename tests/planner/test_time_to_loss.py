@@ -18,6 +18,7 @@ from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import ModelSpec
 from dlsim.planner import PlanRequest, plan_summary, run_plan
 from dlsim.planner.batches import WINDOW, around_critical, parse_global_batch
+from dlsim.planner.space import PLAN_FIELDS
 from dlsim.planner.time_to_loss import LossTarget
 from dlsim.workload.presets import build_model
 
@@ -117,12 +118,14 @@ def test_each_plan_is_kept_at_its_best_batch(planned):
                                     / (row["global_batch"] * SEQ))
         assert row["steps_to_target"] == pytest.approx(steps, rel=1e-12)
         assert row["time_to_train_s"] == pytest.approx(steps * row["step_time_s"], rel=1e-12)
-    keys = [tuple(r[f] for f in ("data", "tensor", "pipeline", "microbatch", "schedule",
-                                 "virtual_stages", "zero_stage", "shard_group", "recompute",
-                                 "sequence_parallel", "offload", "placement", "algorithm",
-                                 "protocol")) for r in planned.candidates]
+    keys = [tuple(r[f] for f in PLAN_FIELDS) for r in planned.candidates]
     assert len(keys) == len(set(keys))  # one row per plan
-    for curve, row in zip(loss["curves"], planned.plans):
+    layouts = [tuple(c["plan"][f] for f in ("data", "tensor", "pipeline", "microbatch"))
+               for c in loss["curves"]]
+    assert len(layouts) == 3 and len(set(layouts)) == 3  # the best distinct layouts
+    by_plan = {tuple(r[f] for f in PLAN_FIELDS): r for r in planned.candidates}
+    for curve in loss["curves"]:
+        row = by_plan[tuple(curve["plan"][f] for f in PLAN_FIELDS)]
         times = {p["global_batch"]: p["time_to_target_s"] for p in curve["points"]}
         assert curve["best_global_batch"] == row["global_batch"] == min(times, key=times.get)
         assert times[row["global_batch"]] == pytest.approx(row["time_to_train_s"], rel=1e-12)
