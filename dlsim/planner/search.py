@@ -163,7 +163,10 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
 
     size = SpaceCount()
     rank = _ranking(request)
-    best: dict[Plan, dict[str, Any]] = {}  # each plan at its best batch
+    # each plan at its best batch: at one plan's GPU count and price, cost orders its
+    # batches as time does (unpriced: by time), energy by energy
+    best: dict[Plan, dict[str, Any]] = {}
+    by_time = request.objective != "energy"
     estimators: dict[int, Estimator] = {}
     for gpus, topology, by_batch in spaces:
         estimator = estimators[gpus] = Estimator(table, request.optimizer, Fabric(topology))
@@ -174,6 +177,15 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                 if memory > device.memory_bytes:
                     continue
                 est = estimator.estimate(p, batch)
+                kept = best.get(p)
+                if kept is not None and by_time and (est.step_time_s * steps
+                                                     >= kept["time_to_train_s"]):
+                    continue  # a batch no better than one already priced for this plan
+                energy_J = gpus * estimated_energy_J(power(p.microbatch), est.step_time_s,
+                                                     est.breakdown_s)
+                if kept is not None and not by_time and (energy_J * steps / 3.6e6
+                                                         >= kept["energy_kwh"]):
+                    continue
                 row: dict[str, Any] = {**p.as_dict(), "global_batch": batch,
                                        "microbatches": p.microbatches_for(batch),
                                        "memory_per_device_bytes": memory,
@@ -183,10 +195,8 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                                        "estimated_breakdown_s": est.breakdown_s}
                 if target is not None:
                     to_target(row, target, batch)
-                _objectives(row, est.step_time_s, steps, gpus, device, gpus * estimated_energy_J(
-                    power(p.microbatch), est.step_time_s, est.breakdown_s))
-                if p not in best or rank(row) < rank(best[p]):
-                    best[p] = row
+                _objectives(row, est.step_time_s, steps, gpus, device, energy_J)
+                best[p] = row
             size.enumerated += space.count.enumerated
             size.feasible += space.count.feasible
     rows = list(best.values())
