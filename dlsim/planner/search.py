@@ -29,7 +29,7 @@ from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
 from dlsim.planner.models import model_name, model_section, model_shape, model_spec
 from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target
-from dlsim.planner.time_to_loss import LossTarget, to_target
+from dlsim.planner.time_to_loss import LossTarget, batch_reason, to_target
 from dlsim.planner.time_to_loss import summary as loss_summary
 from dlsim.results.power import PowerModel, estimated_energy_J, power_model
 from dlsim.simulate import simulate
@@ -223,14 +223,15 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     deadline_gpus = (min(r["gpus"] for r in ranked)
                      if request.max_days is not None and ranked else None)
     loss = None
+    explanation = explain(ranked, device.memory_bytes, request.objective)
     if target is not None:
+        explanation.insert(1, batch_reason(ranked[0], target, batches))
         space_at = {(gpus, batch): space for gpus, _, pairs in spaces for batch, space in pairs}
         loss = loss_summary(target, batches, [
             batch_curve(row, batches, estimators[row["gpus"]], space_at, target,
                         device.memory_bytes) for row in distinct_layouts(ranked, CURVES)])
     return PlanResult(request, size.feasible, len(rows), ranked[:request.top],
-                      pareto_front(rows), explain(ranked, device.memory_bytes,
-                                                  request.objective),
+                      pareto_front(rows), explanation,
                       deadline_gpus, rows, {"estimate": estimated - started,
                                             "simulate": time.perf_counter() - estimated},
                       space_size, loss)

@@ -90,3 +90,21 @@ def summary(target: LossTarget, batches: tuple[int, ...],
             "non_embedding_parameters": target.non_embedding_parameters,
             "seq_len": target.seq_len, "batches": list(batches), "curves": curves,
             "assumptions": target.assumptions()}
+
+
+def batch_reason(row: dict[str, Any], target: LossTarget, batches: tuple[int, ...]) -> str:
+    """Where the winner's batch lies against B_crit and the searched batches, in words."""
+    batch = row["global_batch"]
+    edge = ""
+    if len(batches) > 1 and batch == batches[0]:
+        edge = ("; it is the smallest batch searched: its steps are compute-bound, and "
+                "fewer samples per step waste fewer tokens")
+    elif len(batches) > 1 and batch == batches[-1]:
+        edge = ("; it is the largest batch searched: fixed costs per step (gradient sync, "
+                "the bubble) still outweigh the extra tokens")
+    return (f"At loss {target.loss:g} the critical batch is "
+            f"{target.critical_batch_samples:,.0f} samples "
+            f"({target.critical_batch_tokens:,.0f} tokens) and S_min "
+            f"{target.min_steps:,.0f} steps (Kaplan et al. 2020); the winner runs a global "
+            f"batch of {batch:,} ({batch / target.critical_batch_samples:.2g} x B_crit): "
+            f"{row['steps_to_target']:,.0f} steps, {row['tokens_to_target']:.3g} tokens{edge}.")

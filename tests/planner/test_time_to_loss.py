@@ -113,6 +113,10 @@ def test_each_plan_is_kept_at_its_best_batch(planned):
     loss = plan_summary(planned)["time_to_loss"]
     assert loss["batches"] == [16, 64, 256]
     assert loss["critical_batch_tokens"] == target.critical_batch_tokens
+    best = planned.plans[0]
+    assert (f"batch of {best['global_batch']:,} "
+            f"({best['global_batch'] / target.critical_batch_samples:.2g} x B_crit)"
+            in planned.explanation[1])
     for row in planned.candidates:
         steps = target.min_steps * (1 + target.critical_batch_tokens
                                     / (row["global_batch"] * SEQ))
