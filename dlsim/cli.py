@@ -447,6 +447,7 @@ def plan(model: Annotated[str, typer.Option(
          cluster: Annotated[str, typer.Option(help="System preset, e.g. dgx-a100.")],
          gpus: Annotated[str, typer.Option(help="Device count, or counts: 256,512,1024.")],
          global_batch: Annotated[str, typer.Option(
+             metavar="N|LIST|LO:HI",
              help="Samples per step: 1536, a list 512,1024,2048 or doublings 512:8192 "
                   "(several batches need --target-loss).")],
          tokens: Annotated[float | None, typer.Option(help="Tokens to train on.")] = None,
