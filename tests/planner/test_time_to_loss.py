@@ -81,6 +81,7 @@ def test_around_critical_is_every_doubling_of_the_base_in_the_window():
     assert err.value.field == "--global-batch"
 
 
+@settings(deadline=None)
 @given(st.integers(1, 4096), st.floats(1.0, 1e5))
 def test_around_critical_stays_in_the_window(base, critical):
     try:
