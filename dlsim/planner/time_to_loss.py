@@ -97,11 +97,11 @@ def batch_reason(row: dict[str, Any], target: LossTarget, batches: tuple[int, ..
     batch = row["global_batch"]
     edge = ""
     if len(batches) > 1 and batch == batches[0]:
-        edge = ("; it is the smallest batch searched: its steps are compute-bound, and "
-                "fewer samples per step waste fewer tokens")
+        edge = ("; it is the smallest batch searched (B_crit/8 bounds the search): at "
+                "this layout a larger batch lengthens the step more than it cuts the steps")
     elif len(batches) > 1 and batch == batches[-1]:
-        edge = ("; it is the largest batch searched: fixed costs per step (gradient sync, "
-                "the bubble) still outweigh the extra tokens")
+        edge = ("; it is the largest batch searched (8 B_crit bounds the search): a larger "
+                "batch still cut the steps more than it lengthened each one")
     return (f"At loss {target.loss:g} the critical batch is "
             f"{target.critical_batch_samples:,.0f} samples "
             f"({target.critical_batch_tokens:,.0f} tokens) and S_min "
