@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from matplotlib.ticker import NullLocator
+
 from dlsim.report import plots
 from dlsim.report.units import Card, format_count
 
@@ -18,8 +20,10 @@ COLOURS = ("#4C72B0", "#DD8452", "#55A868")
 
 
 def curve_label(plan: dict[str, Any]) -> str:
-    return (f"{plan['gpus']:,} GPUs d{plan['data']}·t{plan['tensor']}·p{plan['pipeline']}, "
-            f"micro-batch {plan['microbatch']}")
+    degrees = "·".join(f"{k[0]}{plan[k]}" for k in ("data", "tensor", "pipeline", "context",
+                                                    "expert")
+                       if plan[k] > 1 or k in ("data", "tensor", "pipeline"))
+    return f"{plan['gpus']:,} GPUs {degrees}, micro-batch {plan['microbatch']}"
 
 
 def _time_unit(seconds: float) -> tuple[str, float]:
@@ -52,7 +56,7 @@ def batch_figure(loss: dict[str, Any]) -> str:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(batches, [f"{b:,}" for b in batches])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(NullLocator())
         plots._style(ax, title, "global batch (samples per step)", label)
     axes[0].legend(fontsize=7, frameon=False)
     return plots._to_data_uri(fig)
