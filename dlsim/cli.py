@@ -446,8 +446,14 @@ def plan(model: Annotated[str, typer.Option(
              help="Model preset (e.g. gpt3-175b) or a Hugging Face config.json path.")],
          cluster: Annotated[str, typer.Option(help="System preset, e.g. dgx-a100.")],
          gpus: Annotated[str, typer.Option(help="Device count, or counts: 256,512,1024.")],
-         global_batch: Annotated[int, typer.Option(help="Samples per step.")],
+         global_batch: Annotated[str, typer.Option(
+             metavar="N|LIST|LO:HI",
+             help="Samples per step: 1536, a list 512,1024,2048 or doublings 512:8192 "
+                  "(several batches need --target-loss).")],
          tokens: Annotated[float | None, typer.Option(help="Tokens to train on.")] = None,
+         target_loss: Annotated[float | None, typer.Option(
+             help="Kaplan et al.'s loss (nats per token) to reach: the global batch is "
+                  "searched around the critical batch, plans ranked by time to it.")] = None,
          objective: Annotated[str, typer.Option(help="time | cost | energy")] = "time",
          max_days: Annotated[float | None, typer.Option(help="Deadline in days.")] = None,
          budget: Annotated[float | None, typer.Option(help="Budget in USD.")] = None,
@@ -467,19 +473,23 @@ def plan(model: Annotated[str, typer.Option(
     from rich.progress import Progress
 
     from dlsim.planner import PlanRequest, plan_to_json, run_plan, write_plan
+    from dlsim.planner.batches import parse_global_batch
 
     try:
+        batches = parse_global_batch(global_batch)
+        _positive("--target-loss", target_loss, "a positive loss in nats per token")
         _positive("--tokens", tokens)
         _positive("--max-days", max_days)
         _positive("--budget", budget, "a positive amount in USD")
-        _at_least("--global-batch", global_batch, 1)
         _at_least("--top", top, 1)
         _at_least("--confirm", confirm, 0)
         _at_least("--max-plans", max_plans, 1)
-        request = PlanRequest(model, cluster, _gpu_counts(gpus), global_batch, precision,
+        request = PlanRequest(model, cluster, _gpu_counts(gpus), batches[0], precision,
                               tokens=tokens, objective=objective, max_days=max_days,
                               budget_usd=budget, top=top, confirm=confirm,
-                              max_plans=max_plans, exhaustive=all_plans)
+                              max_plans=max_plans, exhaustive=all_plans,
+                              target_loss=target_loss,
+                              global_batches=batches if len(batches) > 1 else ())
         with Progress(console=err, transient=True, disable=as_json) as bar:
             result = run_plan(request, lambda items, label: bar.track(items, description=label))
         with _writing(out_dir):
@@ -496,6 +506,13 @@ def plan(model: Annotated[str, typer.Option(
     if result.smallest_gpus_meeting_deadline is not None:
         out.print(f"smallest cluster meeting {max_days:g} days: "
                   f"{result.smallest_gpus_meeting_deadline:,} GPUs")
+    if result.time_to_loss is not None:
+        loss = result.time_to_loss
+        out.print(f"target loss {loss['target_loss']:g}: critical batch B_crit = "
+                  f"{loss['critical_batch_tokens']:,.0f} tokens "
+                  f"({loss['critical_batch_samples']:,.0f} samples), S_min = "
+                  f"{loss['min_steps']:,.0f} steps (Kaplan et al. 2020); batches searched: "
+                  f"{', '.join(f'{b:,}' for b in loss['batches'])}")
     for line in result.explanation:
         out.print(line, markup=False, highlight=False)
     out.print(f"report: {where / 'index.html'}")
@@ -516,7 +533,10 @@ def _as_flag(exc: ScenarioError) -> ScenarioError:
 def _plan_row(p: dict[str, Any]) -> dict[str, Any]:
     """One plan on one terminal line: degrees as d·t·p, where the step time came from."""
     schedule = p["schedule"] + (f"×{p['virtual_stages']}" if p["virtual_stages"] > 1 else "")
-    return {"gpus": p["gpus"], "d·t·p": f"{p['data']}·{p['tensor']}·{p['pipeline']}",
+    batch = ({"batch": p["global_batch"], "steps": round(p["steps_to_target"])}
+             if "steps_to_target" in p else {})
+    return {"gpus": p["gpus"], **batch,
+            "d·t·p": f"{p['data']}·{p['tensor']}·{p['pipeline']}",
             "micro": p["microbatch"], "schedule": schedule, "zero": p["zero_stage"],
             "recompute": p["recompute"], "sp": "yes" if p.get("sequence_parallel") else "",
             "placement": p["placement"],

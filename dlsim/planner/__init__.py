@@ -23,7 +23,8 @@ def plan_summary(result: PlanResult) -> dict:
             "request": asdict(result.request),
             "plans": result.plans, "pareto": result.pareto,
             "explanation": result.explanation,
-            "smallest_gpus_meeting_deadline": result.smallest_gpus_meeting_deadline}
+            "smallest_gpus_meeting_deadline": result.smallest_gpus_meeting_deadline,
+            **({"time_to_loss": result.time_to_loss} if result.time_to_loss else {})}
 
 
 def plan_to_json(result: PlanResult) -> str:

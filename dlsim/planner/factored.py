@@ -46,10 +46,9 @@ from dlsim.planner.space import Plan
 class Estimator:
     """Estimates and memory verdicts of many plans of one model on one cluster."""
 
-    def __init__(self, table: Callable[[int], CostTable], optimizer: str, global_batch: int,
+    def __init__(self, table: Callable[[int], CostTable], optimizer: str,
                  fabric: Fabric) -> None:
-        self.table, self.optimizer, self.global_batch = table, optimizer, global_batch
-        self.fabric = fabric
+        self.table, self.optimizer, self.fabric = table, optimizer, fabric
         self._micro: dict[tuple, MicroPart] = {}
         self._sync: dict[tuple, SyncPart] = {}
         self._memory: dict[tuple, list[tuple[float, float, float]]] = {}
@@ -75,15 +74,18 @@ class Estimator:
                                         self.optimizer, self.fabric, expert_params)
         return self._sync[key]
 
-    def estimate(self, plan: Plan) -> Estimate:
-        """What ``dlsim.planner.estimate.estimate`` gives for ``plan``, from memoised parts."""
+    def estimate(self, plan: Plan, global_batch: int) -> Estimate:
+        """What ``dlsim.planner.estimate.estimate`` gives for ``plan`` at ``global_batch``,
+        from memoised parts: no part reads the batch, so a plan priced at one batch costs
+        only ``combine`` at another (the micro-batch count m is all that changes)."""
         part = self.micro_part(plan)
         return combine(plan, part, self.sync_part(plan, part.params, part.expert_params),
-                       self.global_batch)
+                       global_batch)
 
-    def memory_bytes(self, plan: Plan) -> float:
-        """``memory_per_device(...).total`` of ``plan`` as the planner has always priced it:
-        the fullest of p stages, each holding stage 0's micro-batches in flight."""
+    def memory_bytes(self, plan: Plan, global_batch: int) -> float:
+        """``memory_per_device(...).total`` of ``plan`` at ``global_batch`` as the planner has
+        always priced it: the fullest of p stages, each holding stage 0's micro-batches in
+        flight (the only part that reads the batch)."""
         sp = plan.sequence_parallel and plan.tensor > 1
         key = (plan.tensor, plan.pipeline, plan.data, plan.microbatch, plan.recompute, sp,
                plan.zero_stage, plan.offload, plan.context, plan.expert, plan.expert_tensor,
@@ -102,6 +104,6 @@ class Estimator:
                 self._memory[key].append((one.params + one.grads + one.optimizer,
                                           one.activations, one.gathered))
         held = in_flight(plan.schedule, 0, plan.pipeline,
-                         plan.microbatches_for(self.global_batch), plan.virtual_stages)
+                         plan.microbatches_for(global_batch), plan.virtual_stages)
         return max(state + held * activations + gathered
                    for state, activations, gathered in self._memory[key])

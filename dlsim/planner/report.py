@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dlsim.planner.loss_report import batch_figure, loss_cards
 from dlsim.planner.models import model_name
 from dlsim.planner.search import PlanResult
 from dlsim.report import plots
@@ -23,19 +24,23 @@ from dlsim.report.units import (
 )
 
 # the plan's fields in the table, in this order, where they differ between the top plans
-LAYOUT_COLUMNS = ("gpus", "data", "tensor", "pipeline", "context", "expert", "expert_tensor",
+LAYOUT_COLUMNS = ("gpus", "global_batch", "data", "tensor", "pipeline", "context", "expert",
+                  "expert_tensor",
                   "microbatch", "schedule", "virtual_stages", "zero_stage", "shard_group",
                   "recompute", "sequence_parallel", "offload", "placement", "algorithm",
                   "protocol")
-RESULT_COLUMNS = ("step_time_s", "step_time_source", "time_to_train_s", "cost_usd",
+RESULT_COLUMNS = ("step_time_s", "step_time_source", "steps_to_target", "time_to_train_s",
+                  "cost_usd",
                   "energy_kwh", "memory_per_device_bytes")
-HEADINGS = {"gpus": "GPUs", "data": "data", "tensor": "tensor", "pipeline": "pipeline",
+HEADINGS = {"gpus": "GPUs", "global_batch": "global batch", "data": "data",
+            "tensor": "tensor", "pipeline": "pipeline",
             "context": "context", "expert": "expert", "expert_tensor": "expert tensor",
             "microbatch": "micro-batch", "schedule": "schedule", "virtual_stages": "virtual",
             "zero_stage": "ZeRO", "shard_group": "shard group", "recompute": "recompute",
             "sequence_parallel": "seq. parallel", "offload": "offload",
             "placement": "placement", "algorithm": "DP algorithm", "protocol": "protocol",
             "step_time_s": "step", "step_time_source": "from",
+            "steps_to_target": "steps to target",
             "time_to_train_s": "time to train", "cost_usd": "cost",
             "energy_kwh": "energy", "memory_per_device_bytes": "memory / GPU"}
 
@@ -147,7 +152,8 @@ def differing_columns(plans: list[dict[str, Any]]) -> list[str]:
         keep = [c for c in LAYOUT_COLUMNS if c in plans[0]] if plans else []
     else:
         keep = [c for c in LAYOUT_COLUMNS if len({str(p.get(c)) for p in plans}) > 1]
-    return keep + list(RESULT_COLUMNS)
+    return keep + [c for c in RESULT_COLUMNS
+                   if c != "steps_to_target" or any(c in p for p in plans)]
 
 
 def render_plan(result: PlanResult) -> str:
@@ -162,15 +168,19 @@ def render_plan(result: PlanResult) -> str:
 
         per_node = hardware.system(r.cluster).devices_per_node
         layout = layout_in_words(best, model_shape(r.model).layers, per_node)
+        amount = (f" {format_count(r.tokens)} tokens" if r.tokens else
+                  f" to loss {r.target_loss:g} at a global batch of {best['global_batch']:,}"
+                  if r.target_loss is not None else " (one step)")
         answer = (f"Train {name} on {best['gpus']:,} {r.cluster} GPUs as {layout}: "
                   f"{format_seconds(best['step_time_s'])} per step "
                   f"({best['step_time_source']}), "
-                  f"{format_duration(best['time_to_train_s'])} to train"
-                  + (f" {format_count(r.tokens)} tokens" if r.tokens else " (one step)") + ".")
+                  f"{format_duration(best['time_to_train_s'])} to train{amount}.")
         cards += [Card.of("Step time", format_seconds(best["step_time_s"]),
                           best["step_time_source"], "good"),
                   Card.of("Time to train", format_duration(best["time_to_train_s"]),
-                          f"{format_count(r.tokens)} tokens" if r.tokens else "one step"),
+                          f"{format_count(r.tokens)} tokens" if r.tokens else
+                          f"to loss {r.target_loss:g}" if r.target_loss is not None
+                          else "one step"),
                   Card.of("Cost", _usd(best["cost_usd"]),
                           "device-hours × hourly price"),
                   Card.of("Energy", format_energy(best["energy_kwh"] * 3.6e6),
@@ -184,12 +194,18 @@ def render_plan(result: PlanResult) -> str:
                           "GPUs", f"meets {r.max_days:g} days"))
     candidates = [c for c in result.candidates if c["cost_usd"] is not None]
     image = pareto_scatter(candidates, result.pareto, r.max_days) if candidates else ""
+    loss = result.time_to_loss
+    loss_image = batch_figure(loss) if loss else ""
     columns = differing_columns(result.plans)
     rows = [[_cell(c, p.get(c)) for c in columns] for p in result.plans]
     return environment().get_template("plan.html").render(
         title=f"Plan: {name} on {r.cluster}",
-        subtitle=f"plan · objective {r.objective} · global batch {r.global_batch:,}",
+        subtitle=(f"plan · objective {r.objective} · target loss {r.target_loss:g}"
+                  if loss else f"plan · objective {r.objective} · global batch "
+                  f"{r.global_batch:,}"),
         answer=answer, cards=cards, explanation=result.explanation,
+        loss_image=loss_image, loss_cards=loss_cards(loss, best) if loss else [],
+        loss_batches=", ".join(f"{b:,}" for b in loss["batches"]) if loss else "",
         evaluated=f"{result.evaluated:,}", pareto=image,
         columns=[HEADINGS[c] for c in columns], rows=rows,
         same=[f"{HEADINGS[c]} {format_number(best.get(c))}" for c in LAYOUT_COLUMNS

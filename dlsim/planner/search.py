@@ -4,7 +4,8 @@ Planning is a funnel, the way good planners work: the memory model (arithmetic) 
 that cannot run; the closed-form estimate (``estimate.py``) ranks every remaining plan; the
 discrete-event engine simulates only the best few, and those confirmed figures decide the
 winner. Every figure a plan carries says where it came from (``step_time_source``).
-Objectives: time to train (steps × step time), cost (device-hours × the device's hourly
+Objectives: time to train (steps × step time; with a target loss, the steps to reach it at
+each searched global batch, ``time_to_loss``), cost (device-hours × the device's hourly
 price in its profile) and energy (``dlsim.results.power``: idle power plus dynamic power by
 what each device does, from the estimate's parts, or from the engine's spans for the plans it
 confirms).
@@ -26,11 +27,14 @@ from dlsim.contract.scenario import DEFAULT_MAX_EVENTS, ClusterSpec
 from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
+from dlsim.planner.batches import around_critical
 from dlsim.planner.bounds import Block, energy_lower_bound_J, step_lower_bound
 from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
 from dlsim.planner.models import model_name, model_section, model_shape, model_spec
 from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target
+from dlsim.planner.time_to_loss import LossTarget, batch_reason, to_target
+from dlsim.planner.time_to_loss import summary as loss_summary
 from dlsim.results.power import PowerModel, estimated_energy_J, power_model
 from dlsim.simulate import simulate
 from dlsim.workload.attention import attention_kernel
@@ -59,6 +63,10 @@ class PlanRequest:
     confirm: int = 3
     max_plans: int = DEFAULT_MAX_PLANS
     exhaustive: bool = False  # estimate every plan, not only those the bounds leave in
+    # with a target loss the global batch is searched: these batches, or (empty) the
+    # global_batch·2^k around the critical batch (dlsim.planner.batches)
+    target_loss: float | None = None
+    global_batches: tuple[int, ...] = ()
 
 
 @dataclass
@@ -74,17 +82,21 @@ class PlanResult:
     wall_s: dict[str, float] = field(default_factory=dict)
     # plans enumerated, feasible (the engine's rules), fitting in memory, estimated, pruned
     space: dict[str, int] = field(default_factory=dict)
+    time_to_loss: dict[str, Any] | None = None  # with a target loss (time_to_loss.summary)
 
 
-def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int) -> dict[str, Any]:
-    """The scenario that runs ``plan``: what the engine confirms and the user can rerun."""
+def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int,
+                global_batch: int | None = None) -> dict[str, Any]:
+    """The scenario that runs ``plan`` at ``global_batch`` (the request's by default): what
+    the engine confirms and the user can rerun."""
+    batch = request.global_batch if global_batch is None else global_batch
     return {
         "name": (f"plan-{model_name(request.model)}-{plan.gpus}gpu-d{plan.data}t{plan.tensor}"
                  f"p{plan.pipeline}" + ("-sp" if plan.sequence_parallel else "")),
         "model": model_section(request.model),
         "cluster": {"preset": request.cluster, "nodes": plan.gpus // devices_per_node},
         "precision": request.precision,
-        "training": {"global_batch": request.global_batch, "microbatch": plan.microbatch,
+        "training": {"global_batch": batch, "microbatch": plan.microbatch,
                      "optimizer": request.optimizer},
         "parallelism": {"data": plan.data, "tensor": plan.tensor, "pipeline": plan.pipeline,
                         "schedule": plan.schedule, "virtual_stages": plan.virtual_stages,
@@ -110,7 +122,11 @@ Progress = Callable[[list[dict[str, Any]], str], Iterable[dict[str, Any]]]
 
 
 def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
-    """Plan ``request``; ``progress(items, label)`` wraps the engine confirmations (a bar)."""
+    """Plan ``request``; ``progress(items, label)`` wraps the engine confirmations (a bar).
+
+    With a target loss every plan is priced at each searched global batch it can split (its
+    micro and sync parts once: ``Estimator``; only the micro-batch count changes) and kept at
+    its best batch by the objective."""
     if request.objective not in OBJECTIVES:
         raise ScenarioError(f"objective must be one of {', '.join(OBJECTIVES)}.",
                             field="--objective")
@@ -119,11 +135,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     device.peak_flops(request.precision)
     shape = model_shape(request.model)
     dtype_bytes = max(DTYPE_BYTES[request.precision], 2)
-    steps = (request.tokens / (request.global_batch * shape.seq_len)) if request.tokens else 1.0
     dpn = system.devices_per_node
-    spaces = _admit(request, shape, system)
-    started = time.perf_counter()
-    rows: list[dict[str, Any]] = []
     tables: dict[int, CostTable] = {}
     spec = model_spec(request.model)
 
@@ -136,6 +148,17 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                 microbatch)
         return tables[microbatch]
 
+    target = (LossTarget.of(request.target_loss, table(1).model, shape.seq_len)
+              if request.target_loss is not None else None)
+    batches = searched_batches(request, target)
+
+    def steps_at(batch: int) -> float:
+        if target is not None:
+            return target.steps(batch)
+        return request.tokens / (batch * shape.seq_len) if request.tokens else 1.0
+
+    spaces = _admit(request, shape, system, batches)
+    started = time.perf_counter()
     powers: dict[int, PowerModel] = {}
 
     def power(microbatch: int) -> PowerModel:
@@ -143,67 +166,94 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
             powers[microbatch] = power_model(table(microbatch).model, device, request.precision)
         return powers[microbatch]
 
-    keep = max(request.top, request.confirm, 2)  # the explanation reads the runner-up
-    best = _Best(keep)
     size = SpaceCount()
     pruned = 0
-    for gpus, space, topology in spaces:
-        estimator = Estimator(table, request.optimizer, request.global_batch,
-                              Fabric(topology))
-        found: list[tuple[tuple[int, ...], dict[str, Any]]] = []
-        fastest = float("inf")  # this count's fastest plan: the Pareto front may hold it
-        for block in _blocks(space, table, power, request, steps, device):
-            if (not request.exhaustive and block.key > best.worst()
-                    and block.step_s > fastest):
-                pruned += block.plans
-                continue
-            for order, p in _block_plans(space, block, size):
-                memory = estimator.memory_bytes(p)
-                if memory > device.memory_bytes:
+    rank = _ranking(request)
+    # one row per plan, at its best batch: at one plan's GPU count and price, cost orders
+    # its batches as time does (unpriced: by time), energy by energy
+    by_time = request.objective != "energy"
+    # the bounds may skip blocks worse than the kept plans, each plan holding a row per
+    # batch at most (so the kept rows hold at least that many plans), and worse than each
+    # count's fastest (the Pareto front's); energy over several batches keeps a plan at its
+    # least-energy batch, not its fastest, so the front needs every plan estimated there
+    bounded = not request.exhaustive and (by_time or len(batches) == 1)
+    kept = _Best(max(request.top, request.confirm, 2) * len(batches))
+    best: dict[Plan, tuple[tuple[int, ...], dict[str, Any]]] = {}
+    estimators: dict[int, Estimator] = {}
+    for g, (gpus, topology, by_batch) in enumerate(spaces):
+        estimator = estimators[gpus] = Estimator(table, request.optimizer, Fabric(topology))
+        fastest = float("inf")  # this count's least time to train
+        for b, (batch, space) in enumerate(by_batch):
+            steps = steps_at(batch)
+            for block in _blocks(space, table, power, request, batch, steps, device):
+                if bounded and block.key > kept.worst() and block.key[1] > fastest:
+                    pruned += block.plans
                     continue
-                est = estimator.estimate(p)
-                row: dict[str, Any] = {**p.as_dict(), "microbatches": p.microbatches_for(
-                    request.global_batch), "memory_per_device_bytes": memory,
-                    "fits_in_memory": True, "step_time_s": est.step_time_s,
-                    "step_time_source": "estimate", "estimated_step_time_s": est.step_time_s,
-                    "estimated_breakdown_s": est.breakdown_s}
-                _objectives(row, est.step_time_s, steps, gpus, device,
-                            gpus * estimated_energy_J(power(p.microbatch), est.step_time_s,
-                                                      est.breakdown_s))
-                found.append((order, row))
-                fastest = min(fastest, est.step_time_s)
-                if _meets(row, request):
-                    best.add(_ranking(request)(row))
-        found.sort(key=lambda item: item[0])  # enumeration order: ties break the same
-        rows.extend(row for _, row in found)
-        size.enumerated += space.size()
+                for order, p in _block_plans(space, block, size):
+                    memory = estimator.memory_bytes(p, batch)
+                    if memory > device.memory_bytes:
+                        continue
+                    est = estimator.estimate(p, batch)
+                    energy_J = gpus * estimated_energy_J(power(p.microbatch), est.step_time_s,
+                                                         est.breakdown_s)
+                    row: dict[str, Any] = {
+                        **p.as_dict(), "global_batch": batch,
+                        "microbatches": p.microbatches_for(batch),
+                        "memory_per_device_bytes": memory, "fits_in_memory": True,
+                        "step_time_s": est.step_time_s, "step_time_source": "estimate",
+                        "estimated_step_time_s": est.step_time_s,
+                        "estimated_breakdown_s": est.breakdown_s}
+                    if target is not None:
+                        to_target(row, target, batch)
+                    _objectives(row, est.step_time_s, steps, gpus, device, energy_J)
+                    fastest = min(fastest, row["time_to_train_s"])
+                    if _meets(row, request):
+                        kept.add(rank(row))
+                    mine = row["time_to_train_s" if by_time else "energy_kwh"]
+                    before = best.get(p)
+                    # the best batch; of equal ones the first searched
+                    if before is None or (mine, b) < (before[1]["time_to_train_s" if by_time
+                                                                else "energy_kwh"],
+                                                      before[0][1]):
+                        best[p] = ((g, b, *order), row)
+            size.enumerated += space.size()
+    # enumeration order (GPU count, batch, layout, free values): ties break the same
+    rows = [row for _, row in sorted(best.values(), key=lambda item: item[0])]
     estimated = time.perf_counter()
-    feasible = sorted((r for r in rows if _meets(r, request)), key=_ranking(request))
+    feasible = sorted((r for r in rows if _meets(r, request)), key=rank)
     confirmed = feasible[:request.confirm]
     for row in (progress(confirmed, "simulating the best plans") if progress else confirmed):
-        scenario = scenario_of(request, Plan(*(row[f] for f in Plan.__dataclass_fields__)), dpn)
+        scenario = scenario_of(request, plan_of(row), dpn, row["global_batch"])
         result = simulate(scenario)
         row.update(step_time_s=result.step_time_s, step_time_source="simulated",
                    breakdown_s=result.breakdown_s,
                    memory_per_device_bytes=result.memory_per_device_bytes,
                    fits_in_memory=result.fits_in_memory, scenario=scenario)
-        _objectives(row, result.step_time_s, steps, row["gpus"], device,
-                    result.energy_per_step_J)
+        _objectives(row, result.step_time_s, steps_at(row["global_batch"]), row["gpus"],
+                    device, result.energy_per_step_J)
     confirmed = sorted((r for r in confirmed if r["fits_in_memory"] and _meets(r, request)),
-                       key=_ranking(request))
+                       key=rank)
     ranked = confirmed + feasible[request.confirm:]
     space_size = {"enumerated": size.enumerated, "feasible": size.feasible,
                   "fitting": len(rows), "estimated": len(rows), "pruned": pruned}
     if not ranked:
-        raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes))
+        raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes,
+                                      batches))
     deadline_gpus = (min(r["gpus"] for r in ranked)
                      if request.max_days is not None and ranked else None)
+    loss = None
+    explanation = explain(ranked, device.memory_bytes, request.objective)
+    if target is not None:
+        explanation.insert(1, batch_reason(ranked[0], target, batches))
+        space_at = {(gpus, batch): space for gpus, _, pairs in spaces for batch, space in pairs}
+        loss = loss_summary(target, batches, [
+            batch_curve(row, batches, estimators[row["gpus"]], space_at, target,
+                        device.memory_bytes) for row in distinct_layouts(ranked, CURVES)])
     return PlanResult(request, size.feasible, len(rows), ranked[:request.top],
-                      pareto_front(rows), explain(ranked, device.memory_bytes,
-                                                  request.objective),
+                      pareto_front(rows), explanation,
                       deadline_gpus, rows, {"estimate": estimated - started,
                                             "simulate": time.perf_counter() - estimated},
-                      space_size)
+                      space_size, loss)
 
 
 class _Best:
@@ -231,8 +281,8 @@ BOUND_DIMENSIONS = ("recompute", "sequence_parallel")
 
 
 def _blocks(space: PlanSpace, table: Callable[[int], CostTable],
-            power: Callable[[int], PowerModel], request: PlanRequest, steps: float,
-            device: hardware.DeviceProfile) -> list[Block]:
+            power: Callable[[int], PowerModel], request: PlanRequest, batch: int,
+            steps: float, device: hardware.DeviceProfile) -> list[Block]:
     """The space's plans in blocks that share a lower bound (``dlsim.planner.bounds``),
     best bound first: layouts of equal degrees, micro-batch and virtual stages (whatever
     their schedule, ZeRO stage, shard group, algorithm and placement) at one recompute and
@@ -252,7 +302,7 @@ def _blocks(space: PlanSpace, table: Callable[[int], CostTable],
         t, c, p, d, e, et, mb, v = degrees
         recompute, sp = choice
         compute = table(mb).stage_compute(t, p * v, recompute, sp and t > 1, c, e, et, p)
-        m = request.global_batch // d // mb
+        m = batch // d // mb
         step = step_lower_bound(compute, m, v)
         plans = sum(math.prod(len(layouts[i][1][k]) for k in rest) for i in indices)
         blocks.append(Block(tuple(indices), tuple(zip(BOUND_DIMENSIONS, choice)), plans, step,
@@ -293,12 +343,79 @@ def _block_plans(space: PlanSpace, block: Block, size: SpaceCount
                 layout, {n: v for n, (_, v) in zip(names, values)})
 
 
-def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.SystemProfile
-           ) -> list[tuple[int, PlanSpace, Topology]]:
-    """Each GPU count's plan space, refusing a request too large to plan before estimating
-    anything: a GPU count that is not whole nodes, a cluster past the engine's default event
-    limit (each device is a node of the topology the estimate and the confirmations build),
-    or more plans than --max-plans (counted, not enumerated)."""
+CURVES = 3  # the best layouts whose step time, steps and time to target the report draws
+
+
+LAYOUT = ("gpus", "data", "tensor", "pipeline", "context", "expert", "microbatch")
+
+
+def distinct_layouts(ranked: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The best ``count`` plans whose degrees or micro-batch differ (not only their
+    placement or protocol), in rank order."""
+    seen: set[tuple] = set()
+    out = []
+    for row in ranked:
+        key = tuple(row[f] for f in LAYOUT)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+            if len(out) == count:
+                break
+    return out
+
+
+def plan_of(row: dict[str, Any]) -> Plan:
+    return Plan(*(row[f] for f in Plan.__dataclass_fields__))
+
+
+def searched_batches(request: PlanRequest, target: LossTarget | None) -> tuple[int, ...]:
+    """The global batches planned: the request's list, or around the critical batch with a
+    target loss, or the one global batch. Several batches need a target loss: with a fixed
+    number of tokens a larger batch only ever looks faster (it needs fewer steps)."""
+    if target is not None and request.tokens is not None:
+        raise ScenarioError("--tokens and --target-loss both say how much to train; give "
+                            "one of them.", field="--tokens")
+    if request.global_batches:
+        if len(request.global_batches) > 1 and target is None:
+            raise ScenarioError("--global-batch names several batches, which the planner "
+                                "searches only against a --target-loss (steps then depend on "
+                                "the batch); give one batch, or a --target-loss.",
+                                field="--global-batch")
+        return tuple(sorted(request.global_batches))
+    if target is not None:
+        return around_critical(request.global_batch, target.critical_batch_samples)
+    return (request.global_batch,)
+
+
+def batch_curve(row: dict[str, Any], batches: tuple[int, ...], estimator: Estimator,
+                spaces: dict[tuple[int, int], PlanSpace], target: LossTarget,
+                capacity: float) -> dict[str, Any]:
+    """One layout's step time (estimate), steps and time to the target at each searched
+    batch it can split, runs and fits in memory at."""
+    plan = plan_of(row)
+    points = []
+    for batch in batches:
+        space = spaces[plan.gpus, batch]
+        if (batch % (plan.data * plan.microbatch) or not space.runs(plan)
+                or estimator.memory_bytes(plan, batch) > capacity):
+            continue
+        step = estimator.estimate(plan, batch).step_time_s
+        steps = target.steps(batch)
+        points.append({"global_batch": batch, "step_time_s": step,
+                       "steps_to_target": steps, "tokens_to_target": target.tokens(batch),
+                       "time_to_target_s": steps * step})
+    return {"plan": plan.as_dict(), "best_global_batch": row["global_batch"],
+            "step_time_source": "estimate", "points": points}
+
+
+def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.SystemProfile,
+           batches: tuple[int, ...]
+           ) -> list[tuple[int, Topology, list[tuple[int, PlanSpace]]]]:
+    """Each GPU count's plan space at each batch, refusing a request too large to plan
+    before estimating anything: a GPU count that is not whole nodes, a cluster past the
+    engine's default event limit (each device is a node of the topology the estimate and the
+    confirmations build), or more plans at one batch than --max-plans (counted, not
+    enumerated)."""
     dpn = system.devices_per_node
     for gpus in request.gpus:
         if gpus > DEFAULT_MAX_EVENTS:
@@ -312,21 +429,26 @@ def _admit(request: PlanRequest, shape: TransformerShape, system: hardware.Syste
     for gpus in request.gpus:
         topology = build_topology(ClusterSpec(preset=request.cluster, nodes=gpus // dpn))
         target = Target.on(topology, request.precision, system.nvlink_domain_nodes)
-        spaces.append((gpus, PlanSpace(shape, request.global_batch, target), topology))
-    count = sum(space.size() for _, space, _ in spaces)
-    if count > request.max_plans:
-        raise ScenarioError(f"this request enumerates {count:,} plans, over the "
-                            f"limit of {request.max_plans:,}; give fewer --gpus counts, or "
-                            f"pass --max-plans {count} to plan it anyway.", field="--max-plans")
+        spaces.append((gpus, topology, [(batch, PlanSpace(shape, batch, target))
+                                        for batch in batches]))
+    for i, batch in enumerate(batches):
+        count = sum(by_batch[i][1].size() for _, _, by_batch in spaces)
+        if count > request.max_plans:
+            at = f" at global batch {batch:,}" if len(batches) > 1 else ""
+            raise ScenarioError(f"this request enumerates {count:,} plans{at}, over the "
+                                f"limit of {request.max_plans:,}; give fewer --gpus counts, "
+                                f"or pass --max-plans {count} to plan it anyway.",
+                                field="--max-plans")
     return spaces
 
 
 def _binding(request: PlanRequest, evaluated: int, rows: list[dict[str, Any]],
-             capacity: float) -> tuple[str, None, str]:
+             capacity: float, batches: tuple[int, ...]) -> tuple[str, None, str]:
     """Why no plan is left, naming the constraint that binds: memory, --max-days, --budget."""
     gb = capacity / 1e9
     if not evaluated:
-        return (f"no data/tensor/pipeline plan divides {request.global_batch} samples and "
+        return (f"no data/tensor/pipeline plan divides {', '.join(map(str, batches))} "
+                "samples and "
                 f"{', '.join(map(str, request.gpus))} GPUs; choose a --global-batch that "
                 "is a multiple of the data-parallel degree.", None, "--global-batch")
     if not rows:

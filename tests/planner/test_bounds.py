@@ -54,7 +54,7 @@ def test_no_estimate_is_below_its_blocks_bound() -> None:
     system = S.hardware.system(request.cluster)
     device = S.hardware.device(system.device)
     shape, spec = S.model_shape(request.model), S.model_spec(request.model)
-    ((_, space, _),) = S._admit(request, shape, system)
+    ((_, _, ((batch, space),)),) = S._admit(request, shape, system, (64,))
     tables: dict[int, S.CostTable] = {}
 
     def table(mb: int) -> S.CostTable:
@@ -69,7 +69,7 @@ def test_no_estimate_is_below_its_blocks_bound() -> None:
 
     layout_fields = tuple(space.layouts()[0][0])
     bound_of = {}
-    for block in S._blocks(space, table, power, request, 1.0, device):
+    for block in S._blocks(space, table, power, request, batch, 1.0, device):
         for index in block.indices:
             layout = space.layouts()[index][0]
             bound_of[tuple(layout.values()) + tuple(v for _, v in block.choice)] = block.step_s
@@ -84,3 +84,14 @@ def test_step_bound_closed_form() -> None:
     assert step_lower_bound((2.0,), 8, 1) == pytest.approx(16.0, rel=1e-11)
     assert step_lower_bound((1.0, 2.0, 1.0, 1.0), 8, 2) == pytest.approx(
         7.5 * 2.0 + 5.0 / 2, rel=1e-11)
+
+
+def test_bounded_search_over_batches_ranks_as_the_exhaustive_one() -> None:
+    """With a target loss each plan keeps its best batch; the bounds hold at every batch."""
+    kwargs = dict(model="gpt2-124m", cluster="dgx-a100", gpus=(8,), global_batch=64,
+                  target_loss=3.5, confirm=0)
+    bounded = run_plan(PlanRequest(**kwargs))
+    exhaustive = run_plan(PlanRequest(**kwargs, exhaustive=True))
+    assert _without_order(bounded) == _without_order(exhaustive)
+    assert bounded.time_to_loss == exhaustive.time_to_loss
+    assert bounded.space["pruned"] > 0

@@ -26,7 +26,7 @@ def _setup() -> tuple[tuple[Plan, ...], Estimator, Fabric]:
     topology = build_topology(ClusterSpec(preset="dgx-a100", nodes=GPUS // 8))
     shape = TRANSFORMER_SHAPES[MODEL]
     plans = tuple(enumerate_plans(shape, BATCH, Target.on(topology, "bf16")))
-    estimator = Estimator(_table, "adam", BATCH, Fabric(topology))
+    estimator = Estimator(_table, "adam", Fabric(topology))
     return plans, estimator, Fabric(topology)  # the per-plan estimate gets its own fabric
 
 
@@ -47,7 +47,7 @@ def test_factored_estimate_equals_the_per_plan_estimate(data):
     plans, estimator, fabric = _setup()
     plan = plans[data.draw(st.integers(0, len(plans) - 1))]
     table = _table(plan.microbatch)
-    assert estimator.estimate(plan) == estimate(plan, table, "adam", BATCH, fabric)
+    assert estimator.estimate(plan, BATCH) == estimate(plan, table, "adam", BATCH, fabric)
     m = plan.microbatches_for(BATCH)
     memory = memory_per_device(
         table.model, "bf16", "adam", data=plan.data, tensor=plan.tensor,
@@ -56,7 +56,7 @@ def test_factored_estimate_equals_the_per_plan_estimate(data):
         zero_stage=plan.zero_stage, recompute=plan.recompute, offload=plan.offload,
         sequence_parallel=plan.sequence_parallel and plan.tensor > 1, context=plan.context,
         shard=plan.shard_group)
-    assert estimator.memory_bytes(plan) == memory.total
+    assert estimator.memory_bytes(plan, BATCH) == memory.total
 
 
 def test_offload_adds_the_pcie_round_trip_and_the_host_update():

@@ -116,6 +116,29 @@ def test_plan_report_renders_in_chromium(chromium, plan_report, tmp_path):
     assert dom.count("<tr") >= 2  # the top-plans table has a header and at least one plan
 
 
+@pytest.fixture(scope="module")
+def loss_plan_report(tmp_path_factory):
+    from dlsim.planner import PlanRequest, run_plan, write_plan
+
+    result = run_plan(PlanRequest("gpt2-124m", "dgx-a100", (8,), 16, confirm=1,
+                                  target_loss=3.5, global_batches=(16, 64, 256)))
+    return write_plan(result, tmp_path_factory.mktemp("reports")) / "index.html"
+
+
+def test_plan_report_draws_time_to_loss_against_the_batch(chromium, loss_plan_report,
+                                                          tmp_path):
+    """The time-to-loss section renders: its cards (target, B_crit, S_min, best batch), the
+    three panels (one image, units on every axis are drawn into it) and the batches named."""
+    dom = _dom(chromium, loss_plan_report, tmp_path, ("answer", "time-to-loss", "plans"))
+    start = dom.index('id="time-to-loss"')
+    section = dom[start:dom.index("<section", start)]
+    assert section.count("data:image/png;base64,") == 1
+    for text in ("Target loss", "Critical batch", "S_min", "Best batch", "16, 64, 256",
+                 "B_crit"):
+        assert text in section, text
+    assert "to loss 3.5 at a global batch of" in dom  # the answer names the batch
+
+
 def _measured(chromium: str, page: Path, tmp_path: Path, width: int, height: int) -> dict:
     """Layout figures of ``page`` in a ``width`` x ``height`` window, measured by a probe
     script appended to a copy of it: where the answer line ends, how wide the page is."""
