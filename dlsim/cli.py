@@ -535,12 +535,19 @@ def _plan_row(p: dict[str, Any]) -> dict[str, Any]:
     schedule = p["schedule"] + (f"×{p['virtual_stages']}" if p["virtual_stages"] > 1 else "")
     batch = ({"batch": p["global_batch"], "steps": round(p["steps_to_target"])}
              if "steps_to_target" in p else {})
+    # context, expert and expert-tensor degrees and the ZeRO shard group where they apply
+    extra = "".join(f" {tag}{p[k]}" for k, tag in (("context", "c"), ("expert", "e"),
+                                                   ("expert_tensor", "et"))
+                    if p.get(k, 1) > 1)
+    zero = f"{p['zero_stage']}" + (f"/{p['shard_group']}" if p.get("shard_group") else "")
     return {"gpus": p["gpus"], **batch,
-            "d·t·p": f"{p['data']}·{p['tensor']}·{p['pipeline']}",
-            "micro": p["microbatch"], "schedule": schedule, "zero": p["zero_stage"],
+            "d·t·p": f"{p['data']}·{p['tensor']}·{p['pipeline']}{extra}",
+            "micro": p["microbatch"], "schedule": schedule, "zero": zero,
             "recompute": p["recompute"], "sp": "yes" if p.get("sequence_parallel") else "",
             "placement": p["placement"],
-            "algorithm": p["algorithm"], "step (s)": float(f"{p['step_time_s']:.3g}"),
+            "algorithm": p["algorithm"] + (f" {p['protocol']}" if p.get("protocol", "auto")
+                                           != "auto" else ""),
+            "step (s)": float(f"{p['step_time_s']:.3g}"),
             "from": p["step_time_source"][:3],
             "days": float(f"{p['time_to_train_s'] / 86400:.3g}"),
             "USD": round(p["cost_usd"]) if p["cost_usd"] is not None else None}

@@ -48,7 +48,7 @@ PICTURES: dict[str, tuple[list[str], str, list[str], int]] = {
                            ["summary", "breakdown"], 1100),
     "plan-gpt3-175b": (["plan", "--model", "gpt3-175b", "--cluster", "dgx-a100", "--gpus",
                         "1024", "--global-batch", "1536", "--tokens", "300e9"],
-                       "plan-gpt3-175b-dgx-a100", ["summary", "why"], 1100),
+                       "plan-gpt3-175b-dgx-a100", ["answer", "why"], 1100),
     "scaling-gpt2": (["sweep", "scenarios/scaling-gpt2-data-parallel.yaml", "--workers", "1"],
                      "scaling-gpt2-data-parallel", ["scaling"], 1100),
     "stragglers-bsp": (["run", "scenarios/stragglers-bsp.yaml"], "stragglers-bsp",
