@@ -187,8 +187,11 @@ def render_plan(result: PlanResult) -> str:
                           "idle + dynamic power by activity"),
                   Card.of("Memory per GPU", format_bytes(best["memory_per_device_bytes"]),
                           f"{best['gpus']:,} GPUs")]
+    skipped = (f"; {size['pruned']:,} skipped unchecked: their bound is slower than the top"
+               if size.get("pruned") else "")
     cards.append(Card("Plans searched", f"{size['enumerated']:,}",
-                      detail=f"{size['feasible']:,} feasible, {result.fitting:,} fit in memory"))
+                      detail=f"{size['feasible']:,} checked and feasible, {result.fitting:,} "
+                             f"fit in memory and estimated{skipped}"))
     if result.smallest_gpus_meeting_deadline is not None:
         cards.append(Card("Smallest cluster", f"{result.smallest_gpus_meeting_deadline:,}",
                           "GPUs", f"meets {r.max_days:g} days"))
@@ -206,7 +209,7 @@ def render_plan(result: PlanResult) -> str:
         answer=answer, cards=cards, explanation=result.explanation,
         loss_image=loss_image, loss_cards=loss_cards(loss, best) if loss else [],
         loss_batches=", ".join(f"{b:,}" for b in loss["batches"]) if loss else "",
-        evaluated=f"{result.evaluated:,}", pareto=image,
+        evaluated=f"{result.fitting:,}", pareto=image,
         columns=[HEADINGS[c] for c in columns], rows=rows,
         same=[f"{HEADINGS[c]} {format_number(best.get(c))}" for c in LAYOUT_COLUMNS
               if c not in columns and c in best] if best is not None else [])
