@@ -221,6 +221,26 @@ def _own_comm(node: TraceNode, enclosing: str | None) -> bool:
     return comm_of(node, []).op != enclosing
 
 
+FUNCTIONAL = ("_c10d_functional::", "c10d_functional::")
+
+
+def _same_call(node: TraceNode, comm: Comm, previous: TraceOp | None) -> bool:
+    """Whether ``node`` is the previous collective recorded again: a functional collective
+    writes a buffer of its own each call, so a functional record of the same op and group
+    writing the same buffers as the one before it (or the c10d:: call it runs) is that
+    call, seen at another dispatcher level that the observer parented elsewhere (it parents
+    on whatever its thread had open)."""
+    if previous is None or previous.comm is None:
+        return False
+    if (previous.comm.op, previous.comm.group) != (comm.op, comm.group) and not (
+            previous.comm.op == comm.op and None in (previous.comm.group, comm.group)):
+        return False
+    if not (node.name.startswith(FUNCTIONAL) or previous.node.name.startswith(FUNCTIONAL)):
+        return False
+    mine = {t.storage for t in comm.writes}
+    return bool(mine) and mine == {t.storage for t in previous.comm.writes}
+
+
 def _below(node: TraceNode, children: dict[int, list[TraceNode]]) -> list[TraceNode]:
     """Every node ``node`` called, at any depth."""
     out, stack = [], list(children.get(node.id, ()))
@@ -253,6 +273,7 @@ def classify(path: str | Path, dtype_bytes: int,
     fence: int | None = None  # the last barrier: the first op after it waits for it
     fenced: set[str] = set()  # streams whose first op after the fence waits for it
     last: dict[str, int] = {}  # stream -> its last op
+    last_comm: TraceOp | None = None
     for node in nodes:
         if comm_kind(node.name) == "free":  # a wait's result is the collective's output
             for src, dst in zip(node.inputs, node.outputs):
@@ -291,9 +312,15 @@ def classify(path: str | Path, dtype_bytes: int,
                     else Comm(_backend_op(node.name), float(sum(
                         t.numel * t.itemsize for t in node.inputs)), None, node.inputs,
                         node.inputs))
+            if _same_call(node, comm, last_comm):
+                claimed.add(node.id)
+                comm_op[node.id] = comm.op
+                work.counts["inside"] += 1
+                continue
             reads, writes = comm.reads, comm.writes
             op = TraceOp(node, (), comm=comm, measured_s=measured_s)
             comm_op[node.id] = comm.op
+            last_comm = op
         deps = {writer[t.storage] for t in reads if t.storage in writer}
         if op.collective == "barrier":
             deps |= set(last.values())  # every stream's work so far

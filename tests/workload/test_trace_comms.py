@@ -157,6 +157,24 @@ def test_a_collective_recorded_below_another_op_is_its_own(tmp_path):
     assert [op.collective for op in work.ops] == ["allgather", "alltoall", None, "allreduce"]
 
 
+def test_a_functional_collective_recorded_twice_is_one_call(tmp_path):
+    """The observer may record a functional collective's dispatcher levels as siblings
+    (rank 3 of a CI recording: two all_gather_into_tensor nodes writing one buffer, the
+    second parented on another op): it is one all-gather. A second call writes a buffer of
+    its own, so it stays a second all-gather."""
+    def gather(nid: int, out_storage: int, parent: int = 2) -> dict:
+        return _node(nid, "_c10d_functional::all_gather_into_tensor",
+                     [(_t(2, 12, N4), TENSOR), (4, "Int"), ("0", "String")],
+                     [(_t(nid, out_storage), TENSOR)], parent=parent)
+
+    mul = _node(5, "aten::mul", [(_t(3, 30), TENSOR), (2.0, "Double")], [(_t(4, 40), TENSOR)])
+    again = classify(_trace(tmp_path / "a.json", [gather(4, 11), mul, gather(6, 11, 5)], 4), 4)
+    assert [op.collective for op in again.ops] == ["allgather", None]
+    assert again.counts["inside"] >= 1
+    twice = classify(_trace(tmp_path / "b.json", [gather(4, 11), gather(6, 13)], 4), 4)
+    assert [op.collective for op in twice.ops] == ["allgather", "allgather"]
+
+
 # --- process groups ------------------------------------------------------------------------
 
 def test_a_world_allreduce_is_the_ring_closed_form_and_its_group_is_counted(tmp_path):
