@@ -138,9 +138,7 @@ def layer_costs(model: Model, shard: Model, device: DeviceProfile, dtype: str,
     layout = experts or ExpertLayout()
     segmented = context > 1 or layout.expert > 1
     if same is None:
-        first: dict[tuple[Layer, Layer], int] = {}
-        same = tuple(first.setdefault((replace(layer, name=""), replace(full, name="")), i)
-                     for i, (full, layer) in enumerate(zip(model.layers, shard.layers)))
+        same = repeats(model)
     unique = [(model.layers[i], shard.layers[i]) for i in sorted(set(same))]
     at = {i: n for n, i in enumerate(sorted(set(same)))}
 
