@@ -3,20 +3,24 @@
 ``model: {hf_config: path/to/config.json}`` reads the released shape of a model from disk
 (json only: no network, no weights, no transformers). Each supported architecture names its
 shape with its own keys (``transformers``' LlamaConfig, MistralConfig, MixtralConfig,
-Qwen2Config, Qwen3Config, Qwen3MoeConfig, DeepseekV3Config); this module maps them onto the
-contract's (DESIGN.md): num_hidden_layers -> layers, hidden_size -> hidden,
+Qwen2Config, Qwen3Config, Qwen3MoeConfig, DeepseekV3Config, GptOssConfig); this module maps
+them onto the contract's (DESIGN.md): num_hidden_layers -> layers, hidden_size -> hidden,
 num_attention_heads -> heads, num_key_value_heads -> kv_heads, intermediate_size ->
 ffn_hidden, vocab_size -> vocab, tie_word_embeddings -> tied_embeddings, head_dim ->
 head_dim, max_position_embeddings -> seq_len (the longest context the model was released
 for; ``seq_len:`` next to ``hf_config`` trains at another length), the experts' keys ->
-``moe:`` and MLA's ranks -> ``attention: {kind: mla, ...}``.
+``moe:`` and MLA's ranks -> ``attention: {kind: mla, ...}``; gpt-oss's
+``sliding_window`` and ``layer_types`` -> ``attention: {sliding_window, full_attention_every,
+sinks: true}`` and its ``attention_bias`` (with the biased router and experts every gpt-oss
+checkpoint has) -> ``linear_bias``.
 
 What the blocks built from these shapes leave out (each under 0.01 % of the parameters of the
 released models): Qwen2's q/k/v biases, Qwen3's per-head q/k RMSNorms (2·head_dim weights a
 block), DeepSeek-V3's router score-correction bias (one number per expert) and its
 multi-token-prediction module (``num_nextn_predict_layers``: 14B beside the 671B main model,
-used only in training's auxiliary loss). A sliding window (Mistral 7B) is full causal
-attention, exact when ``seq_len`` is at most the window.
+used only in training's auxiliary loss). A Mistral 7B sliding window is full causal
+attention, exact when ``seq_len`` is at most the window; gpt-oss's 128-token bands are built
+(``dlsim.workload.attention``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ ARCHITECTURES: dict[str, tuple[str, int | None]] = {
     "MixtralForCausalLM": ("mixtral", None),
     "Qwen3MoeForCausalLM": ("qwen3_moe", 128),
     "DeepseekV3ForCausalLM": ("deepseek_v3", None),
+    "GptOssForCausalLM": ("gpt_oss", 64),
 }
 
 
@@ -115,6 +120,18 @@ def model_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
                              "as the first ones (moe.dense_layers), not in between")
         fields["moe"] = {"experts": need("num_experts"), "top_k": need("num_experts_per_tok"),
                          "expert_ffn_hidden": need("moe_intermediate_size")}
+    elif family == "gpt_oss":
+        fields["moe"] = {"experts": need("num_local_experts"),
+                         "top_k": need("num_experts_per_tok"),
+                         "expert_ffn_hidden": fields["ffn_hidden"]}
+        fields["attention"] = {"sinks": True, **_banded(config, path, fields["layers"])}
+        bias = config.get("attention_bias", False)
+        if not isinstance(bias, bool):
+            raise ValueError(f"'attention_bias' in {path} must be true or false")
+        if not bias:
+            raise ValueError(f"'attention_bias' in {path} is false; dlsim builds gpt-oss "
+                             "with its released biases (attention, router and experts)")
+        fields["linear_bias"] = True
     elif family == "deepseek_v3":
         _only(config, path, "moe_layer_freq", 1, "every block after the dense ones a MoE "
               "block")
@@ -138,6 +155,31 @@ def model_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
             raise ValueError(f"first_k_dense_replace ({moe['dense_layers']}) in {path} must "
                              f"be fewer than num_hidden_layers ({fields['layers']})")
     return fields
+
+
+def _banded(config: dict[str, Any], path: Path, layers: int) -> dict[str, int]:
+    """gpt-oss's ``sliding_window`` and ``layer_types`` as attention.sliding_window and
+    full_attention_every: every k-th block full attention, the others banded."""
+    window = config.get("sliding_window")
+    types = config.get("layer_types")
+    if window is None:
+        return {}
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"'sliding_window' in {path} must be a positive integer "
+                         f"(got {window!r})")
+    if types is None:
+        return {"sliding_window": window}
+    full = [i for i, kind in enumerate(types) if kind == "full_attention"]
+    every = full[0] + 1 if full else None
+    if every == 1:
+        return {}  # every block full attention
+    expected = ["full_attention" if every and (i + 1) % every == 0 else "sliding_attention"
+                for i in range(layers)]
+    if not isinstance(types, list) or types != expected:
+        raise ValueError(f"'layer_types' in {path} must list {layers} blocks, sliding_attention "
+                         "but for full_attention at every k-th block (gpt-oss: every 2nd)")
+    return {"sliding_window": window} if every is None else {
+        "sliding_window": window, "full_attention_every": every}
 
 
 def _only(config: dict[str, Any], path: Path, key: str, value: int, meaning: str) -> None:

@@ -79,6 +79,7 @@ MOE_SHAPE = ("experts", "top_k", "expert_ffn_hidden")
 
 
 MLA_RANKS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+BANDED = ("sliding_window", "full_attention_every", "sinks")
 
 
 class AttentionSpec(_Spec):
@@ -95,6 +96,10 @@ class AttentionSpec(_Spec):
     qk_nope_head_dim: int | None = Field(default=None, ge=1)
     qk_rope_head_dim: int | None = Field(default=None, ge=1)
     v_head_dim: int | None = Field(default=None, ge=1)
+    # a band of keys per query (Mistral, gpt-oss), in every block or all but each k-th
+    sliding_window: int | None = Field(default=None, ge=1)
+    full_attention_every: int | None = Field(default=None, ge=2)
+    sinks: bool = False  # a learned logit per head in the softmax (gpt-oss)
 
     @model_validator(mode="before")
     @classmethod
@@ -115,11 +120,24 @@ class AttentionSpec(_Spec):
             raise ValueError(f"{', '.join(given)} belong to kind: mla")
         if self.kind == "mla" and missing:
             raise ValueError(f"kind: mla needs {', '.join(missing)}")
+        banded = [f for f in BANDED if getattr(self, f)]
+        if self.kind == "mla" and banded:
+            raise ValueError(f"{', '.join(banded)} belong to grouped-query attention "
+                             "(kind: mha), not mla")
+        if self.full_attention_every is not None and self.sliding_window is None:
+            raise ValueError("full_attention_every says which blocks skip the sliding "
+                             "window: give sliding_window (keys per query) too")
         return self
+
+    @property
+    def banded(self) -> bool:
+        """Whether a field beyond the kernel shapes the attention of grouped-query blocks."""
+        return any(getattr(self, f) for f in BANDED)
 
 
 # shape fields of a transformer beyond GPT's (DESIGN.md), each for mlp: swiglu only
-DECODER_FIELDS = ("kv_heads", "tied_embeddings", "head_dim", "moe", "attention")
+DECODER_FIELDS = ("kv_heads", "tied_embeddings", "head_dim", "moe", "attention",
+                  "linear_bias")
 SHAPE_FIELDS = ("layers", "hidden", "heads", "seq_len", "vocab", "ffn_hidden", "mlp",
                 *DECODER_FIELDS)
 
@@ -148,6 +166,7 @@ class ModelSpec(_Spec):
     head_dim: int | None = Field(default=None, ge=1)  # None: hidden / heads
     moe: MoESpec | None = None
     attention: AttentionSpec | None = None
+    linear_bias: bool | None = None  # biased attention, router, expert layers (gpt-oss)
     widths: list[int] | None = Field(default=None, min_length=2)
     torch: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -284,10 +303,13 @@ class ModelSpec(_Spec):
             modern = [f for f in DECODER_FIELDS if getattr(self, f) is not None
                       and not (f == "kv_heads" and self.kv_heads == self.heads)
                       and not (f == "tied_embeddings" and self.tied_embeddings)
-                      and not (f == "attention" and not mla)]
+                      and not (f == "linear_bias" and not self.linear_bias)
+                      and not (f == "attention" and not mla and self.attention is not None
+                               and not self.attention.banded)]
             if modern:
                 raise ValueError(f"{', '.join(modern)} need mlp: swiglu (the decoder blocks of "
-                                 "Llama, Mixtral, Qwen3 and DeepSeek); mlp: gelu builds GPT's "
+                                 "Llama, Mixtral, Qwen3, DeepSeek and gpt-oss); mlp: gelu builds "
+                                 "GPT's "
                                  "blocks: multi-head attention, a dense MLP, tied embeddings")
         if self.moe is not None:
             missing = [f"moe.{f}" for f in MOE_SHAPE if getattr(self.moe, f) is None]

@@ -18,6 +18,14 @@ interpolated linearly in log2(d) between the fitted head dims and held beyond th
 constants are the device profile's ``attention_kernels.fits`` (h100-sxm5-80gb.yaml: fitted
 by docs/analysis/flash_attention.py to shared/validation/flashattention_h100.csv).
 
+A sliding window of w keys (Mistral 7B, gpt-oss's banded layers of 128: Beltagy et al.
+2020, Longformer §3.1; FlashAttention-2's ``window_size`` since flash-attn 2.3 skips the key
+tiles outside the band) leaves each query the w keys up to itself: s·w − w²/2 pairs in the
+same convention (s²/2 at w = s), so a 128-token band over 4,096 tokens is 1/16 of the causal
+work. Its efficiency is the fit's at ``seq_len`` = w: each query tile walks w keys, as in a
+causal sequence of w tokens (an approximation: the fit has no banded points). Unfused
+attention masks the whole square and does no less work.
+
 ``sdpa`` is torch.nn.functional.scaled_dot_product_attention: on CUDA with 16-bit inputs
 it dispatches to its FlashAttention-2 backend (PyTorch 2.2 release notes, Jan 2024: "SDPA
 now supports FlashAttention-2"), so the profile maps it to the fa2 fit. Fused kernels run
@@ -52,10 +60,16 @@ class FusedAttention:
     backward: bool = False
 
 
-def fused_flops(b: int, s: int, heads: int, d_qk: int, d_v: int, causal: bool) -> float:
-    """Forward FLOPs of fused attention: 2·b·s²·a·(d_qk + d_v), half of it causal."""
-    square = 2.0 * b * s * s * heads * (d_qk + d_v)
-    return square / 2 if causal else square
+def fused_flops(b: int, s: int, heads: int, d_qk: int, d_v: int, causal: bool,
+                window: int | None = None) -> float:
+    """Forward FLOPs of fused attention: 2·b·a·(d_qk + d_v) per query-key pair, s² pairs,
+    s²/2 causal, s·w − w²/2 causal within a sliding window of w < s keys."""
+    per_pair = 2.0 * b * heads * (d_qk + d_v)
+    if window is not None and window < s:
+        if not causal:
+            raise ValueError("a sliding window is built for causal attention only")
+        return per_pair * (s * window - window * window / 2)
+    return per_pair * s * s / (2 if causal else 1)
 
 
 def forward_max(fit: AttentionFit, head_dim: float) -> float:

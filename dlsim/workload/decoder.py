@@ -128,7 +128,9 @@ def _attention_core(kernel: AttentionKernel, a: int, s: int, b: int, out: float,
     return Saved(FP32_BYTES * a * s * b + dt * out, shared_gemm_inputs=dt * out)
 
 
-def _gqa(shape: TransformerShape, b: int, dt: int, kernel: AttentionKernel) -> _Part:
+def _gqa(shape: TransformerShape, b: int, dt: int, kernel: AttentionKernel,
+         window: int | None = None) -> _Part:
+    """Grouped-query attention, its queries attending within ``window`` keys when given."""
     h, a, s = shape.hidden, shape.heads, shape.seq_len
     q, kv = a * shape.head_size, shape.kv_heads * shape.head_size
     t = b * s
@@ -137,15 +139,18 @@ def _gqa(shape: TransformerShape, b: int, dt: int, kernel: AttentionKernel) -> _
         gemm(t, h, q + 2 * kv, dt, "qkv"),
         elementwise(t * (q + kv), dt, name="rope"),
         *attention_kernels(kernel, b, s, a, shape.head_size, shape.head_size,
-                           t * q + 2 * t * kv, True, dt),
+                           t * q + 2 * t * kv, True, dt, window),
         gemm(t, q, h, dt, "proj"),
     )
     matrices = (Matrix("q_proj", h, q), Matrix("k_proj", h, kv), Matrix("v_proj", h, kv),
                 Matrix("o_proj", q, h))
+    # gpt-oss: a bias on each projection's outputs (added in the GEMM's epilogue, no
+    # kernel of its own) and a learned sink logit per head
+    extra = (q + 2 * kv + h if shape.linear_bias else 0) + (a if shape.attention_sinks else 0)
     # Q and K after rotation (the fused RoPE saves only its frequencies), V: kv_heads only
     qkv = Saved(dt * t * (q + 2 * kv))
     saved = _rmsnorm_linear(h, t, dt) + qkv + _attention_core(kernel, a, s, b, t * q, dt)
-    return _Part(forward, matrices, saved)
+    return _Part(forward, matrices, saved, extra_params=extra)
 
 
 def _mla(shape: TransformerShape, mla: MLAShape, b: int, dt: int,
@@ -200,7 +205,13 @@ def _dense_mlp(h: int, f: int, t: int, dt: int) -> _Part:
     return _Part(forward, matrices, saved)
 
 
-def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int) -> _Part:
+def expert_params(h: int, f: int, bias: bool) -> int:
+    """One routed SwiGLU expert's parameters: 3·h·f, plus the gate/up (2f) and down (h)
+    biases of gpt-oss's experts."""
+    return 3 * h * f + (2 * f + h if bias else 0)
+
+
+def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int, bias: bool = False) -> _Part:
     e, k, f = moe.experts, moe.top_k, moe.expert_ffn_hidden
     copies = t * k
     shared = moe.shared_experts * f
@@ -223,7 +234,9 @@ def _moe_mlp(h: int, moe: MoEShape, t: int, dt: int) -> _Part:
     shared_part = Saved(dt * t * 3 * shared, gemm_inputs=dt * t * shared,
                         shared_gemm_inputs=norm_out if shared else 0.0)
     saved = norm + probabilities + experts + shared_part
-    return _Part(forward, matrices, saved, extra_params=e * 3 * h * f)
+    router_bias = e if bias else 0
+    return _Part(forward, matrices, saved,
+                 extra_params=e * expert_params(h, f, bias) + router_bias)
 
 
 def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
@@ -231,16 +244,19 @@ def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
     """The layers of a decoder ``shape`` for micro-batch ``b`` at ``dt`` bytes per element,
     its attention run by ``kernel`` (``dlsim.workload.attention``)."""
     h, v, t = shape.hidden, shape.vocab, b * shape.seq_len
-    attention = (_gqa(shape, b, dt, kernel) if shape.mla is None
-                 else _mla(shape, shape.mla, b, dt, kernel))
+    full = (_gqa(shape, b, dt, kernel) if shape.mla is None
+            else _mla(shape, shape.mla, b, dt, kernel))
+    windowed = (None if not any(shape.windowed(i) for i in range(shape.layers))
+                else _gqa(shape, b, dt, kernel, shape.sliding_window))
     hidden_bytes = t * h * dt
     core = 2 * shape.heads * shape.seq_len ** 2 * b * dt / 2 if kernel == "eager" else 0.0
     dense = _dense_mlp(h, shape.ffn_hidden, t, dt)
-    moe = None if shape.moe is None else _moe_mlp(h, shape.moe, t, dt)
+    moe = None if shape.moe is None else _moe_mlp(h, shape.moe, t, dt, shape.linear_bias)
     first_moe = shape.layers - shape.moe_layers
 
     def layer(i: int) -> Layer:
         mlp = dense if moe is None or i < first_moe else moe
+        attention = windowed if windowed is not None and shape.windowed(i) else full
         forward = (*attention.forward, elementwise(t * h, dt, 3.0, "residual1+rmsnorm2"),
                    *mlp.forward, elementwise(t * h, dt, 3.0, "residual2"))
         saved = attention.saved + mlp.saved
@@ -249,7 +265,8 @@ def decoder_layers(name: str, shape: TransformerShape, b: int, dt: int,
         moe_block = None
         if mlp is moe and shape.moe is not None:
             f = shape.moe.expert_ffn_hidden
-            moe_block = MoEBlock(shape.moe.experts, shape.moe.top_k, 3 * h * f, t, h * dt,
+            moe_block = MoEBlock(shape.moe.experts, shape.moe.top_k,
+                                 expert_params(h, f, shape.linear_bias), t, h * dt,
                                  ROUTED_KERNELS, shape.moe.capacity_factor,
                                  shape.moe.router_imbalance, h, f, dt)
         return Layer(f"block{i}", attention.params + mlp.params + 2 * h, forward,

@@ -196,19 +196,21 @@ def _backward(k: Kernel) -> Kernel:
 
 
 def attention_kernels(kernel: AttentionKernel, b: int, s: int, heads: int, d_qk: int,
-                      d_v: int, reads: float, causal: bool, dtype_bytes: int
-                      ) -> tuple[Kernel, ...]:
+                      d_v: int, reads: float, causal: bool, dtype_bytes: int,
+                      window: int | None = None) -> tuple[Kernel, ...]:
     """The attention core of one block: unfused (``eager``), QK^T and AV over the whole
     square (4·b·s²·a·d for d_qk = d_v) writing and reading the scores, then the softmax over
-    them; fused, one kernel of ``fused_flops`` reading Q, K, V (``reads`` elements) and
-    writing the output."""
+    them (a sliding ``window`` is a mask on that square: no less work); fused, one kernel
+    of ``fused_flops`` (within the ``window``, if any) reading Q, K, V (``reads`` elements)
+    and writing the output."""
     if kernel == "eager":
         scores = b * heads * s * s
         return (Kernel("attention", 2.0 * b * s * s * heads * (d_qk + d_v),
                        dtype_bytes * (reads + b * s * heads * d_v + 2 * scores), "attention"),
                 elementwise(scores, dtype_bytes, name="softmax"))
-    call = FusedAttention(kernel, (d_qk + d_v) / 2, s, causal)
-    return (Kernel("attention", fused_flops(b, s, heads, d_qk, d_v, causal),
+    keys = s if window is None else min(s, window)  # the keys one query row walks
+    call = FusedAttention(kernel, (d_qk + d_v) / 2, keys, causal)
+    return (Kernel("attention", fused_flops(b, s, heads, d_qk, d_v, causal, window),
                    dtype_bytes * (reads + b * s * heads * d_v), "attention", call),)
 
 

@@ -2,7 +2,9 @@
 ``model:`` section.
 
 Field names are the scenario contract's (DESIGN.md: layers, hidden, heads, seq_len, vocab,
-ffn_hidden, kv_heads, mlp, tied_embeddings, head_dim, moe, attention). Two block families are
+ffn_hidden, kv_heads, mlp, tied_embeddings, head_dim, moe, attention; gpt-oss adds
+attention.sliding_window, attention.full_attention_every, attention.sinks and
+linear_bias). Two block families are
 built: GPT's and BERT's (``dlsim.workload.model``: layer norm, GeLU MLP, learned positions,
 tied logits, multi-head attention) and the modern decoder's (``dlsim.workload.decoder``:
 RMSNorm, SwiGLU MLP, rotary positions, grouped-query or multi-head latent attention, dense
@@ -65,17 +67,30 @@ class TransformerShape:
     mla: MLAShape | None = None
     tied_embeddings: bool = True  # the LM head reuses the embedding table (GPT; not Llama)
     head_dim: int | None = None  # None: hidden / heads (Qwen3 and gpt-oss give their own)
+    sliding_window: int | None = None  # keys a windowed query sees, itself included
+    full_attention_every: int | None = None  # k: every k-th block full; None: all windowed
+    attention_sinks: bool = False  # a learned logit per head beside the keys (gpt-oss)
+    linear_bias: bool = False  # attention, router and expert linear layers biased (gpt-oss)
 
     def __post_init__(self) -> None:
         if (self.norm, self.mlp) not in FAMILIES or (self.encoder and self.mlp != "gelu"):
             raise ValueError(f"no blocks are built for norm {self.norm}, mlp {self.mlp}"
                              f"{', encoder' if self.encoder else ''}")
         modern = (self.kv_heads != self.heads or self.moe is not None or self.mla is not None
-                  or not self.tied_embeddings or self.head_dim is not None)
+                  or not self.tied_embeddings or self.head_dim is not None
+                  or self.sliding_window is not None or self.attention_sinks
+                  or self.linear_bias)
         if self.mlp == "gelu" and modern:
             raise ValueError("GPT's and BERT's blocks (gelu) have multi-head attention, a dense "
-                             "MLP and tied embeddings; GQA, MoE, MLA, head_dim and untied "
-                             "embeddings are built with mlp swiglu")
+                             "MLP and tied embeddings; GQA, MoE, MLA, head_dim, sliding "
+                             "windows, sinks, biases and untied embeddings are built with mlp "
+                             "swiglu")
+        if self.mla is not None and (self.sliding_window is not None or self.attention_sinks):
+            raise ValueError("sliding windows and sinks are built for grouped-query "
+                             "attention, not MLA")
+        if self.full_attention_every is not None and self.sliding_window is None:
+            raise ValueError("full_attention_every sets which blocks skip the sliding "
+                             "window: give sliding_window too")
         if self.heads % self.kv_heads:
             raise ValueError(f"kv_heads {self.kv_heads} does not divide heads {self.heads}")
         if self.moe is not None and not (self.moe.top_k <= self.moe.experts
@@ -93,6 +108,15 @@ class TransformerShape:
         """Width of one query/key/value head (without MLA)."""
         return self.head_dim if self.head_dim is not None else self.hidden // self.heads
 
+    def windowed(self, block: int) -> bool:
+        """Whether block ``block`` (from 0) attends within the sliding window: every block
+        but each ``full_attention_every``-th (gpt-oss: 0, 2, 4, ... windowed, 1, 3, ... full,
+        its config's ``layer_types``)."""
+        if self.sliding_window is None or self.sliding_window >= self.seq_len:
+            return False
+        every = self.full_attention_every
+        return every is None or (block + 1) % every != 0
+
     @property
     def moe_layers(self) -> int:
         """Blocks whose MLP is a mixture of experts (after the first ``dense_layers``)."""
@@ -108,7 +132,9 @@ def gpt(layers: int, hidden: int, heads: int, seq_len: int, vocab: int,
 
 def llama(layers: int, hidden: int, heads: int, kv_heads: int, ffn_hidden: int, seq_len: int,
           vocab: int, *, moe: MoEShape | None = None, mla: MLAShape | None = None,
-          tied_embeddings: bool = False, head_dim: int | None = None) -> TransformerShape:
+          tied_embeddings: bool = False, head_dim: int | None = None,
+          sliding_window: int | None = None, full_attention_every: int | None = None,
+          attention_sinks: bool = False, linear_bias: bool = False) -> TransformerShape:
     """A modern decoder's shape (RMSNorm, SwiGLU, rotary positions), untied unless told; a
     ``head_dim`` of hidden/heads is the default and kept as None (so equal shapes compare
     equal however they were written)."""
@@ -116,7 +142,10 @@ def llama(layers: int, hidden: int, heads: int, kv_heads: int, ffn_hidden: int, 
         head_dim = None
     return TransformerShape(layers, hidden, heads, seq_len, vocab, ffn_hidden, kv_heads,
                             "rmsnorm", "swiglu", moe=moe, mla=mla,
-                            tied_embeddings=tied_embeddings, head_dim=head_dim)
+                            tied_embeddings=tied_embeddings, head_dim=head_dim,
+                            sliding_window=sliding_window,
+                            full_attention_every=full_attention_every,
+                            attention_sinks=attention_sinks, linear_bias=linear_bias)
 
 
 def swiglu_ffn_hidden(hidden: int, multiple_of: int = 256) -> int:
@@ -140,7 +169,18 @@ def swiglu_ffn_hidden(hidden: int, multiple_of: int = 256) -> int:
 # (Llama 3 paper §3.4.1: 8K-token sequences before the long-context stage); Mixtral 8x7B,
 # 32,768 (Jiang et al. 2024 §2: "trained with a context size of 32k tokens"); Mixtral 8x22B,
 # its config's 65,536 (no paper); Qwen3, 4,096 (Qwen3 technical report §3.2, stage 1);
-# DeepSeek-V3, 4,096 (technical report §4.2). ``seq_len:`` next to a preset overrides it.
+# DeepSeek-V3, 4,096 (technical report §4.2); gpt-oss-120b, 4,096 (its config's
+# initial_context_length, the length YaRN extends to 131,072: model card, arXiv 2508.10925
+# §2.1). ``seq_len:`` next to a preset overrides it.
+#
+# gpt-oss-120b (openai/gpt-oss-120b config.json: num_hidden_layers 36, hidden_size 2880,
+# num_attention_heads 64, head_dim 64, num_key_value_heads 8, num_local_experts 128,
+# num_experts_per_tok 4, intermediate_size 2880, vocab_size 201088, tie_word_embeddings
+# false, attention_bias true, sliding_window 128 with layer_types sliding/full alternating
+# from the first block; the model card §2.1: "banded window and fully dense patterns, where
+# the bandwidth is 128 tokens", a learned sink logit per head in the softmax, biased expert
+# projections as in its reference implementation's MLPBlock): 116.83B parameters, 5.13B
+# active (card Table 1, which counts the unembedding and not the embedding as active).
 TRANSFORMER_SHAPES: dict[str, TransformerShape] = {
     "gpt2-124m": gpt(12, 768, 12, 1024, 50257),
     "gpt2-1.5b": gpt(48, 1600, 25, 1024, 50257),
@@ -175,6 +215,10 @@ TRANSFORMER_SHAPES: dict[str, TransformerShape] = {
                                       shared_experts=1, dense_layers=3),
                          mla=MLAShape(kv_lora_rank=512, qk_nope_head_dim=128,
                                       qk_rope_head_dim=64, v_head_dim=128, q_lora_rank=1536)),
+    "gpt-oss-120b": llama(36, 2880, 64, 8, 2880, 4096, 201088, head_dim=64,
+                          moe=MoEShape(experts=128, top_k=4, expert_ffn_hidden=2880),
+                          sliding_window=128, full_attention_every=2, attention_sinks=True,
+                          linear_bias=True),
 }
 
 
@@ -222,4 +266,8 @@ def shape_of(spec: ModelSpec) -> TransformerShape | None:
     return llama(spec.layers, spec.hidden, spec.heads, spec.kv_heads or spec.heads,
                  spec.ffn_hidden or swiglu_ffn_hidden(spec.hidden), spec.seq_len, spec.vocab,
                  moe=moe, mla=mla, tied_embeddings=bool(spec.tied_embeddings),
-                 head_dim=spec.head_dim)
+                 head_dim=spec.head_dim,
+                 sliding_window=None if att is None else att.sliding_window,
+                 full_attention_every=None if att is None else att.full_attention_every,
+                 attention_sinks=att is not None and att.sinks,
+                 linear_bias=bool(spec.linear_bias))

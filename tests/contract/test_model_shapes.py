@@ -45,7 +45,7 @@ def _refused(model: dict, *names: str, tmp_path: Path | None = None) -> str:
 def test_bundled_configs_cover_every_modern_preset():
     assert CONFIGS == sorted(["llama-3-8b", "llama-3-70b", "llama-3.1-405b", "mixtral-8x7b",
                               "mixtral-8x22b", "qwen3-30b-a3b", "qwen3-235b-a22b",
-                              "deepseek-v3"])
+                              "deepseek-v3", "gpt-oss-120b"])
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -156,6 +156,35 @@ def test_decoder_fields_need_swiglu():
            "vocab": 100}
     _refused({**gpt, "kv_heads": 2}, "kv_heads", "mlp: swiglu")
     _refused({**gpt, "tied_embeddings": False}, "tied_embeddings", "mlp: swiglu")
+
+
+def test_banded_attention_and_biases_need_swiglu_and_grouped_query_attention():
+    gpt = {"kind": "transformer", "layers": 2, "hidden": 64, "heads": 4, "seq_len": 32,
+           "vocab": 100}
+    _refused({**gpt, "attention": {"sliding_window": 8}}, "attention", "mlp: swiglu")
+    _refused({**gpt, "linear_bias": True}, "linear_bias", "mlp: swiglu")
+    _refused({**TINY_MOE, "attention": {"full_attention_every": 2}}, "model.attention",
+             "give sliding_window")
+    _refused({**TINY_MOE, "attention": {"kind": "mla", "kv_lora_rank": 16,
+                                        "qk_nope_head_dim": 8, "qk_rope_head_dim": 8,
+                                        "v_head_dim": 16, "sinks": True}},
+             "model.attention", "sinks", "not mla")
+
+
+def test_gpt_oss_shape_as_written_and_its_layer_types(tmp_path):
+    """The shape fields of gpt-oss-120b give the preset; a config whose layer_types are not
+    every k-th block full attention is refused, naming the field."""
+    oss = {"kind": "transformer", "layers": 36, "hidden": 2880, "heads": 64, "kv_heads": 8,
+           "head_dim": 64, "seq_len": 4096, "vocab": 201088, "ffn_hidden": 2880,
+           "mlp": "swiglu", "linear_bias": True,
+           "moe": {"experts": 128, "top_k": 4, "expert_ffn_hidden": 2880},
+           "attention": {"sliding_window": 128, "full_attention_every": 2, "sinks": True}}
+    assert shape_of(ModelSpec.model_validate(oss)) == TRANSFORMER_SHAPES["gpt-oss-120b"]
+    config = json.loads((HF / "gpt-oss-120b.json").read_text())
+    types = list(config["layer_types"])
+    types[3] = "sliding_attention"  # blocks 1, 5, 7, ... full: no period
+    (tmp_path / "odd.json").write_text(json.dumps({**config, "layer_types": types}))
+    _refused({"hf_config": str(tmp_path / "odd.json")}, "model.hf_config", "layer_types")
 
 
 def test_a_preset_fixes_its_shape():

@@ -85,6 +85,55 @@ def test_deepseek_v3_parameters_by_hand():
     assert _model("deepseek-v3", 1).active_parameters == total - 58 * (256 - 8) * expert
 
 
+def test_gpt_oss_120b_parameters_equal_the_model_card():
+    """gpt-oss-120b summed from its config (module docstring of dlsim.workload.shapes): per
+    block q/k/v/o of 64 query and 8 KV heads of 64 with their biases, a sink per head, a
+    biased router over 128 experts, 128 SwiGLU experts of 2880 with gate/up and down biases,
+    two norms; untied embedding and head of 201,088, the final norm. The card (arXiv
+    2508.10925, Table 1) prints 116.83B total and 5.13B active, the active count with the
+    unembedding but not the embedding (dlsim's active_parameters counts the embedding
+    whole, as Mixtral's 12.9B does)."""
+    h, a, kv, d, e, f, v, layers = 2880, 64, 8, 64, 128, 2880, 201088, 36
+    attention = 2 * h * a * d + 2 * h * kv * d + (a * d + 2 * kv * d + h) + a
+    expert = 3 * h * f + 2 * f + h
+    router = h * e + e
+    total = layers * (attention + router + e * expert + 2 * h) + 2 * v * h + h
+    active = total - layers * (e - 4) * expert
+    model = _model("gpt-oss-120b", 1)
+    assert model.parameters == total
+    assert model.active_parameters == active
+    assert round(total / 1e9, 2) == 116.83
+    assert round((active - v * h) / 1e9, 2) == 5.13
+    # the card's breakdown: MLP 114.71B, attention 0.96B, embedding and unembedding 1.16B
+    assert round(layers * (router + e * expert) / 1e9, 2) == 114.71
+    assert round(layers * attention / 1e9, 2) == 0.96
+    assert round(2 * v * h / 1e9, 2) == 1.16
+
+
+def test_sliding_window_attention_is_priced_within_its_band():
+    """gpt-oss's even blocks attend within 128 keys: a causal band of w keys over s tokens
+    has s·w − w²/2 query-key pairs (s²/2 without it), so fused attention's forward is
+    2·b·a·(d_qk + d_v)·(s·w − w²/2) there and 2·b·a·(d_qk + d_v)·s²/2 in the odd blocks;
+    eager attention masks the whole square and does the same work in both."""
+    shape = TRANSFORMER_SHAPES["gpt-oss-120b"]
+    s, w, a, d = shape.seq_len, 128, 64, 64
+    fused = transformer_model("g", shape, B, DT, "flash")
+    banded, full = _block(fused, 0), _block(fused, 1)
+    assert _flops(banded, "attention") == 2 * B * a * 2 * d * (s * w - w * w / 2)
+    assert _flops(full, "attention") == 2 * B * a * 2 * d * s * s / 2
+    assert [shape.windowed(i) for i in range(4)] == [True, False, True, False]
+    assert banded.params == full.params
+    kernel = {k.name: k for k in banded.forward}["attention"]
+    assert kernel.fused is not None and kernel.fused.seq_len == w
+    eager = _model("gpt-oss-120b")
+    assert _flops(_block(eager, 0), "attention") == _flops(_block(eager, 1), "attention") \
+        == 4 * B * s * s * a * d
+    # a window as long as the sequence is no window at all
+    wide = replace(shape, sliding_window=s)
+    assert _flops(_block(transformer_model("w", wide, B, DT, "flash"), 0), "attention") \
+        == _flops(full, "attention")
+
+
 def _block(model: Model, i: int = 0) -> Layer:
     return [layer for layer in model.layers if layer.role == "block"][i]
 
