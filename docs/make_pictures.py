@@ -7,7 +7,8 @@ Each picture runs the page's own command (`dlsim run|sweep|plan|validate ... --o
 the repository root into a temporary directory, cuts the named <section>s out of the report's
 index.html (with the report's stylesheet), opens that in headless Chromium and takes a
 screenshot, then crops the white margin and stores a 256-colour PNG (each under ~250 KB).
-Needs chromium (Debian's `chromium` package) and Pillow. Last regenerated 2026-11-23.
+Needs chromium (Debian's `chromium` package) and Pillow. Last regenerated 2026-11-23
+(deepseek-v3-2048-h800: 2026-12-02).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ PICTURES: dict[str, tuple[list[str], str, list[str], int]] = {
                          ["sync"], 1100),
     "trace-replay": (["run", "examples/trace-replay.yaml"], "trace-replay-dgx-a100",
                      ["summary", "timeline"], 1100),
+    "deepseek-v3-2048-h800": (["run", "scenarios/deepseek-v3-2048-h800.yaml"],
+                              "deepseek-v3-2048-h800", ["summary", "breakdown"], 1100),
 }
 
 
@@ -122,7 +125,9 @@ def main(prefix: str = "") -> None:
         for name, (args, report, sections, width) in PICTURES.items():
             if not name.startswith(prefix):
                 continue
-            run = subprocess.run(["dlsim", *args, "--out", str(out / "reports")], cwd=ROOT,
+            # this checkout's dlsim (python -m from ROOT), not whichever one is installed
+            run = subprocess.run([sys.executable, "-m", "dlsim", *args, "--out",
+                                  str(out / "reports")], cwd=ROOT,
                                  env=env, capture_output=True, text=True, timeout=300)
             if run.returncode != 0:
                 raise SystemExit(f"dlsim {' '.join(args)} failed:\n{run.stdout}{run.stderr}")
