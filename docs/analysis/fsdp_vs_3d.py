@@ -24,8 +24,8 @@ import dlsim  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "img" / "fsdp-vs-3d.png"
 SCENARIO = ROOT / "scenarios" / "llama3-70b-fsdp-vs-3d.yaml"
-LABELS = ("FSDP d64\nfull recompute", "FSDP d8 x TP8\nselective", "3D t4 p8 v5 d2\nZeRO-1, selective",
-          "3D, FP8")
+LABELS = ("FSDP d64\nfull recompute", "FSDP d8 x TP8\nselective",
+          "3D t4 p8 v5 d2\nZeRO-1, selective", "3D, FP8")
 PARTS = ("compute", "exposed_comm", "bubble")
 MEMORY = {"params": "params (FP8: + cached FP8 weights)", "grads": "grads",
           "optimizer": "optimizer", "activations": "activations",

@@ -24,7 +24,8 @@ import dlsim  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "img" / "mixtral-expert-placement.png"
 SCENARIO = ROOT / "scenarios" / "mixtral-8x22b-ep.yaml"
-LABELS = {"pack": "pack: experts on\none node's NVSwitch", "spread": "spread: experts on\n8 nodes, InfiniBand"}
+LABELS = {"pack": "pack: experts on\none node's NVSwitch",
+          "spread": "spread: experts on\n8 nodes, InfiniBand"}
 PARTS = ("compute", "exposed_comm", "bubble")
 
 
