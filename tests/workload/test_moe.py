@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from dlsim.hardware import profiles as hardware
 from dlsim.workload.costmodel import compute_efficiency, roofline_s
 from dlsim.workload.model import Kernel, backward_of, gemm
-from dlsim.workload.moe import ROUTED_KERNELS, grouped_gemm, moe_kernels
+from dlsim.workload.moe import HOST_KERNELS, ROUTED_KERNELS, grouped_gemm, moe_kernels
 
 H100 = hardware.device("h100-sxm5-80gb")
 sizes = st.sampled_from([256, 1024, 2048, 4096])
@@ -80,3 +80,28 @@ def test_backward_runs_two_grouped_gemms_and_moves_copies_back(groups, m, h):
         assert roofline_s(backward[name], H100, "bf16") == pytest.approx(
             backward[name].bytes / (H100.memory_bandwidth_Bps * H100.efficiency.memory)
             + H100.kernel_launch_s, rel=1e-12)
+
+
+@pytest.mark.parametrize(("capacity", "e", "et", "copies"),
+                         [(1.0, 4, 1, 5), (1.0, 1, 2, 5), (1.0, 1, 1, 2), (None, 4, 1, 0)])
+def test_a_token_dropping_dispatcher_stalls_for_its_host_copies_in_forward_only(
+        capacity, e, et, copies):
+    """Under a capacity factor Megatron-Core moves the copy counts and the all-to-all splits
+    to the host before the first permutation and synchronises: five device-to-host copies
+    with expert or expert-tensor ranks (tokens_per_expert and num_out_tokens alone without),
+    then the relaunch, a launch latency each on a GPU that has nothing else queued: (n + 1)
+    launches before ``moe_permute`` in the forward, none in the backward; dropless, nothing."""
+    from dlsim.parallel.expert import ExpertLayout, rank_kernels
+    from dlsim.workload.model import MoEBlock
+
+    moe = MoEBlock(8, 2, 3 * 512 * 1024, 1024, 512 * 2, ROUTED_KERNELS, capacity, 1.0,
+                   512, 1024, 2)
+    forward = rank_kernels(moe, ExpertLayout(e, et, 1))
+    names = [k.name for k in forward]
+    stall = [k for k in forward if k.name in HOST_KERNELS]
+    assert len(stall) == (copies + 1 if copies else 0)
+    assert sum(roofline_s(k, H100, "bf16") for k in stall) == pytest.approx(
+        (copies + 1) * H100.kernel_launch_s if copies else 0.0, rel=1e-12)
+    if copies:
+        assert names.index("moe_sync") == names.index("moe_permute") - 1
+        assert names.index("moe_d2h") == names.index("moe_route") + 1
