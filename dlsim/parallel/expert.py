@@ -41,8 +41,8 @@ import math
 from dataclasses import dataclass, replace
 
 from dlsim.parallel.grid import Grid
-from dlsim.workload.model import Kernel, Layer, Model, MoEBlock, backward_of
-from dlsim.workload.moe import D2H_COPIES, HOST_KERNELS, MOE_KERNELS, moe_kernels
+from dlsim.workload.model import Kernel, Layer, Model, MoEBlock
+from dlsim.workload.moe import D2H_COPIES, MOE_KERNELS, moe_backward, moe_kernels
 
 # One expert's token count, ``routing_map.sum(dim=0).long()``: an int64
 COUNT_BYTES = 8
@@ -159,7 +159,8 @@ def _repriced(layer: Layer, layout: ExpertLayout) -> Layer:
     if moe is None:
         return layer
     forward = rank_kernels(moe, layout)
-    backward = backward_of(tuple(k for k in forward if k.name not in HOST_KERNELS))
+    backward = moe_backward(forward, moe.hidden, moe.tokens / layout.tensor, moe.top_k,
+                            moe.dtype_bytes)
     return replace(layer, forward=_swapped(layer.forward, forward),
                    backward=_swapped(layer.backward, backward))
 

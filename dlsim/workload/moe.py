@@ -42,10 +42,13 @@ bytes per element:
 The shared experts, which every token passes, follow as a dense SwiGLU MLP of shared·f
 (split over the tensor ranks like the dense MLP, Megatron-Core's ``SharedExpertMLP``).
 
-Backward (``dlsim.workload.model.backward_of``) runs each GEMM's input- and weight-gradient
-GEMMs (a grouped GEMM's as two grouped GEMMs of the same groups) and moves each copy's bytes
-back (a permutation's gradient is the inverse permutation; the probabilities' gradient, one
-dot product per copy, is left out).
+Backward (``moe_backward``: ``dlsim.workload.model.backward_of`` less the host stall) runs
+each GEMM's input- and weight-gradient GEMMs (a grouped GEMM's as two grouped GEMMs of the
+same groups) and moves each copy's bytes back (a permutation's gradient is the inverse
+permutation). The unpermute's backward also differentiates the probabilities it weighted the
+copies by: TE's ``unpermute_with_mask_map_bwd_with_merging_probs`` reads the output gradient
+(t·h), the forward's permuted input (c·h, for one dot product per copy) and writes the
+copies' gradient (c·h): (t + 2c)·h·dt bytes.
 
 Built for one device holding every expert (the decoder's layers), r = c and every expert is
 local; expert parallelism re-prices the routed kernels for the busiest rank with
@@ -54,7 +57,7 @@ local; expert parallelism re-prices the routed kernels for the busiest rank with
 
 from __future__ import annotations
 
-from dlsim.workload.model import Kernel, elementwise, gemm
+from dlsim.workload.model import Kernel, backward_of, elementwise, gemm
 
 # Between the dispatch and the combine all-to-alls: the kernels that run on received copies.
 ROUTED_KERNELS = frozenset({"moe_sort", "expert_up", "expert_act", "expert_down",
@@ -114,6 +117,16 @@ def moe_kernels(hidden: int, ffn: int, experts: int, top_k: int, dtype_bytes: in
         *((copy(2 * received * h, dt, "moe_unsort"),) if sort else ()),
         copy((copies + tokens) * h, dt, "moe_unpermute"),
     )
+
+
+def moe_backward(forward: tuple[Kernel, ...], hidden: int, tokens: float, top_k: int,
+                 dtype_bytes: int) -> tuple[Kernel, ...]:
+    """The backward of a routed path (``moe_kernels``) of ``tokens`` routed tokens: no host
+    stall, and an unpermute that also reads the forward's copies for the probabilities'
+    gradient, (t + 2·top_k·t)·h·dt bytes."""
+    unpermute = copy((tokens + 2 * top_k * tokens) * hidden, dtype_bytes, "moe_unpermute")
+    return tuple(unpermute if k.name == "moe_unpermute" else k
+                 for k in backward_of(tuple(k for k in forward if k.name not in HOST_KERNELS)))
 
 
 def router(hidden: int, experts: int, tokens: float, dtype_bytes: int) -> Kernel:
