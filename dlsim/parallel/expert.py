@@ -28,6 +28,11 @@ expert_tensor et > 1 each expert is split et ways, so the copies a rank received
 all-gathered over its expert-tensor group (each of the et ranks computes f/et of every copy)
 and the experts' partial outputs reduce-scattered back before the combine: et times the
 all-to-all buffer each (``gather_bytes``).
+
+Before every forward dispatch the ranks exchange their per-expert token counts
+(``counts_bytes``, Megatron-Core's ``MoEAlltoAllTokenDispatcher.preprocess``): the dispatch
+sizes its variable splits from them. They are tiny; what they cost is a collective's latency
+per MoE layer and micro-batch.
 """
 
 from __future__ import annotations
@@ -36,8 +41,11 @@ import math
 from dataclasses import dataclass, replace
 
 from dlsim.parallel.grid import Grid
-from dlsim.workload.model import Kernel, Layer, Model, MoEBlock, backward_of
-from dlsim.workload.moe import MOE_KERNELS, moe_kernels
+from dlsim.workload.model import Kernel, Layer, Model, MoEBlock
+from dlsim.workload.moe import D2H_COPIES, MOE_KERNELS, moe_backward, moe_kernels
+
+# One expert's token count, ``routing_map.sum(dim=0).long()``: an int64
+COUNT_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,33 @@ def rank_kernels(moe: MoEBlock, layout: ExpertLayout) -> tuple[Kernel, ...]:
     received = moe.top_k * tokens * load_factor(moe, layout.expert) * layout.expert_tensor
     return moe_kernels(moe.hidden, moe.expert_ffn_hidden, moe.experts, moe.top_k,
                        moe.dtype_bytes, tokens, received, moe.experts // layout.expert,
-                       layout.expert_tensor)
+                       layout.expert_tensor, d2h_copies(moe, layout))
+
+
+def d2h_copies(moe: MoEBlock, layout: ExpertLayout) -> int:
+    """The device-to-host copies a token-dropping dispatcher waits for before its permute
+    (``dlsim.workload.moe``): all five with expert or expert-tensor ranks, otherwise
+    tokens_per_expert and num_out_tokens (the splits are None); none dropless, where the
+    copies run beside the permute."""
+    if moe.capacity_factor is None:
+        return 0
+    return D2H_COPIES if layout.expert * layout.expert_tensor > 1 else 2
+
+
+def counts_bytes(moe: MoEBlock, layout: ExpertLayout) -> float:
+    """The token-count exchange before every forward dispatch, nccl-tests' buffer over the e
+    ranks of the expert group: each rank's E int64 counts, e of them. Megatron-Core's
+    ``MoEAlltoAllTokenDispatcher.preprocess`` all-gathers them over the expert x
+    expert-tensor group (``gather_from_sequence_parallel_region(..., tp_ep_group)``) to size
+    the all-to-all splits; with et > 1 the expert-tensor all-gather of et times this buffer
+    (``counts_gather_bytes``) completes it. None without expert ranks (no dispatch)."""
+    return 0.0 if layout.expert == 1 else layout.expert * moe.experts * COUNT_BYTES
+
+
+def counts_gather_bytes(moe: MoEBlock, layout: ExpertLayout) -> float:
+    """The expert-tensor half of the token-count all-gather: et·e·E int64s; none at et = 1."""
+    et = layout.expert_tensor
+    return 0.0 if et == 1 else et * counts_bytes(moe, layout)
 
 
 def gather_bytes(moe: MoEBlock, layout: ExpertLayout) -> float:
@@ -125,8 +159,10 @@ def _repriced(layer: Layer, layout: ExpertLayout) -> Layer:
     if moe is None:
         return layer
     forward = rank_kernels(moe, layout)
+    backward = moe_backward(forward, moe.hidden, moe.tokens / layout.tensor, moe.top_k,
+                            moe.dtype_bytes)
     return replace(layer, forward=_swapped(layer.forward, forward),
-                   backward=_swapped(layer.backward, backward_of(forward)))
+                   backward=_swapped(layer.backward, backward))
 
 
 def _swapped(kernels: tuple[Kernel, ...], path: tuple[Kernel, ...]) -> tuple[Kernel, ...]:

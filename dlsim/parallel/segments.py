@@ -21,12 +21,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dlsim.hardware.profiles import DeviceProfile
-from dlsim.parallel.expert import ExpertLayout, dispatch_bytes, gather_bytes
+from dlsim.parallel.expert import (
+    ExpertLayout,
+    counts_bytes,
+    counts_gather_bytes,
+    dispatch_bytes,
+    gather_bytes,
+)
 from dlsim.parallel.tensor import ATTENTION_CORE
 from dlsim.workload.costmodel import kernel_time_s
 from dlsim.workload.model import Kernel, Layer
 
-SegmentKind = Literal["compute", "ring", "dispatch", "gather", "scatter", "combine"]
+SegmentKind = Literal["compute", "ring", "counts", "dispatch", "gather", "scatter", "combine"]
 # The expert-tensor segments' collectives over the ranks that split each expert.
 EXPERT_TENSOR_OPS = {"gather": "allgather", "scatter": "reducescatter"}
 
@@ -48,10 +54,11 @@ LayerPass = tuple[Segment, ...]
 
 
 def _walk(items: list[tuple[str, float]], ring_bytes: float, a2a_bytes: float,
-          gather: float = 0.0) -> list[Segment]:
+          gather: float = 0.0, counts: tuple[float, float] = (0.0, 0.0)) -> list[Segment]:
     """Segments of a run of (class, seconds) kernels: consecutive kernels of one class are
     one segment; ``recomputed-ring`` is the forward ring that selective recomputation re-runs
-    (blocks without their gradients)."""
+    (blocks without their gradients); ``counts`` (forward only): the token-count exchange
+    over the expert group and its expert-tensor all-gather before each dispatch."""
     out: list[Segment] = []
     i = 0
     while i < len(items):
@@ -64,7 +71,9 @@ def _walk(items: list[tuple[str, float]], ring_bytes: float, a2a_bytes: float,
         elif what == "recomputed-ring":
             out.append(Segment("ring", seconds, ring_bytes / 2))
         elif what == "expert":
-            out += [Segment("dispatch", 0.0, a2a_bytes),
+            out += [*((Segment("counts", 0.0, counts[0]),) if counts[0] else ()),
+                    *((Segment("gather", 0.0, counts[1]),) if counts[1] else ()),
+                    Segment("dispatch", 0.0, a2a_bytes),
                     *((Segment("gather", 0.0, gather),) if gather else ()),
                     Segment("compute", seconds),
                     *((Segment("scatter", 0.0, gather),) if gather else ()),
@@ -96,6 +105,8 @@ def layer_segments(layer: Layer, device: DeviceProfile, dtype: str, recompute: s
     routed = moe.expert_kernels if moe is not None and experts.expert > 1 else frozenset()
     a2a = 0.0 if moe is None else dispatch_bytes(moe, experts)
     gather = 0.0 if moe is None else gather_bytes(moe, experts)
+    counts = (0.0, 0.0) if moe is None else (counts_bytes(moe, experts),
+                                             counts_gather_bytes(moe, experts))
 
     def items(kernels: list[Kernel]) -> list[tuple[str, float]]:
         return [("ring" if ring and k.name in ATTENTION_CORE
@@ -114,5 +125,5 @@ def layer_segments(layer: Layer, device: DeviceProfile, dtype: str, recompute: s
         if at is not None and core:  # fused attention stores no scores: nothing to redo
             backward.insert(at, ("recomputed-ring" if ring else "compute",
                                  sum(kernel_time_s(k, device, dtype) for k in core)))
-    return (_merged(_walk(forward, kv_block_bytes, a2a, gather)),
+    return (_merged(_walk(forward, kv_block_bytes, a2a, gather, counts)),
             _merged(_walk(backward, 2 * kv_block_bytes, a2a, gather)))

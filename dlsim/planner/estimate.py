@@ -404,7 +404,7 @@ def pass_comm_s(segments: SegmentCounts, context: int, send_s: Callable[[float],
         if segment.kind == "ring":
             step = segment.seconds / context
             ring += count * (context - 1) * max(send_s(segment.size_bytes) - step, 0.0)
-        elif segment.kind in ("dispatch", "combine"):
+        elif segment.kind in ("counts", "dispatch", "combine"):
             a2a += count * alltoall_s(segment.size_bytes)
         elif segment.kind in EXPERT_TENSOR_OPS and expert_tensor_s is not None:
             a2a += count * expert_tensor_s(EXPERT_TENSOR_OPS[segment.kind], segment.size_bytes)

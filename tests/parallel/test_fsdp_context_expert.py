@@ -60,14 +60,15 @@ def test_fsdp_with_expert_parallelism_shards_experts_over_the_expert_data_group(
     """Dense weights (attention, router, embedding, head) go over the d data ranks:
     3·(d - 1)·2Ψ_dense. Each rank's E/e experts go over its expert-data group of d/e ranks,
     e groups: 3·(d/e - 1)·2·(E/e)·EXPERT·layers·e on the expert axis, beside the four
-    all-to-alls per MoE layer of (e - 1)/e·top_k·s·h·2 bytes per rank."""
+    all-to-alls per MoE layer of (e - 1)/e·top_k·s·h·2 bytes per rank and the token-count
+    exchange before each forward dispatch, (e - 1)·E int64s per rank."""
     r = dlsim.simulate(_moe({"data": d, "expert": e, "zero_stage": 3}, d))
     model = moe_model(LAYERS, H, 8, S, VOCAB, 1, E, TOP_K, FFN)
     routed = E * EXPERT * LAYERS
     dense = model.parameters - routed
     ed = d // e
     assert _axes(r)["data"]["bytes"] == pytest.approx(3 * (d - 1) * 2 * dense, rel=1e-12)
-    a2a = d * 4 * LAYERS * (e - 1) / e * TOP_K * S * H * 2
+    a2a = d * LAYERS * (4 * (e - 1) / e * TOP_K * S * H * 2 + (e - 1) * E * 8)
     state = 3 * (ed - 1) * 2 * routed / e * e
     assert _axes(r)["expert"]["bytes"] == pytest.approx(a2a + state, rel=1e-12)
 

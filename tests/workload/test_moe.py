@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from dlsim.hardware import profiles as hardware
 from dlsim.workload.costmodel import compute_efficiency, roofline_s
 from dlsim.workload.model import Kernel, backward_of, gemm
-from dlsim.workload.moe import ROUTED_KERNELS, grouped_gemm, moe_kernels
+from dlsim.workload.moe import (
+    HOST_KERNELS,
+    ROUTED_KERNELS,
+    grouped_gemm,
+    moe_backward,
+    moe_kernels,
+)
 
 H100 = hardware.device("h100-sxm5-80gb")
 sizes = st.sampled_from([256, 1024, 2048, 4096])
@@ -75,8 +81,51 @@ def test_backward_runs_two_grouped_gemms_and_moves_copies_back(groups, m, h):
     assert backward["expert_up"].groups == 2 * groups
     assert compute_efficiency(backward["expert_up"], H100, "bf16") == pytest.approx(
         compute_efficiency(up, H100, "bf16"), rel=1e-12)
-    for name in ("moe_permute", "moe_sort", "moe_unsort", "moe_unpermute"):
+    for name in ("moe_permute", "moe_sort", "moe_unsort"):
         assert backward[name].bytes == _by_name(forward)[name].bytes
         assert roofline_s(backward[name], H100, "bf16") == pytest.approx(
             backward[name].bytes / (H100.memory_bandwidth_Bps * H100.efficiency.memory)
             + H100.kernel_launch_s, rel=1e-12)
+
+
+@pytest.mark.parametrize(("capacity", "e", "et", "copies"),
+                         [(1.0, 4, 1, 5), (1.0, 1, 2, 5), (1.0, 1, 1, 2), (None, 4, 1, 0)])
+def test_a_token_dropping_dispatcher_stalls_for_its_host_copies_in_forward_only(
+        capacity, e, et, copies):
+    """Under a capacity factor Megatron-Core moves the copy counts and the all-to-all splits
+    to the host before the first permutation and synchronises: five device-to-host copies
+    with expert or expert-tensor ranks (tokens_per_expert and num_out_tokens alone without),
+    then the relaunch, a launch latency each on a GPU that has nothing else queued: (n + 1)
+    launches before ``moe_permute`` in the forward, none in the backward; dropless, nothing."""
+    from dlsim.parallel.expert import ExpertLayout, rank_kernels
+    from dlsim.workload.model import MoEBlock
+
+    moe = MoEBlock(8, 2, 3 * 512 * 1024, 1024, 512 * 2, ROUTED_KERNELS, capacity, 1.0,
+                   512, 1024, 2)
+    forward = rank_kernels(moe, ExpertLayout(e, et, 1))
+    names = [k.name for k in forward]
+    stall = [k for k in forward if k.name in HOST_KERNELS]
+    assert len(stall) == (copies + 1 if copies else 0)
+    assert sum(roofline_s(k, H100, "bf16") for k in stall) == pytest.approx(
+        (copies + 1) * H100.kernel_launch_s if copies else 0.0, rel=1e-12)
+    if copies:
+        assert names.index("moe_sync") == names.index("moe_permute") - 1
+        assert names.index("moe_d2h") == names.index("moe_route") + 1
+
+
+@given(st.sampled_from([512, 3584]), sizes, st.integers(1, 8))
+def test_the_unpermute_backward_also_reads_the_copies_for_the_probabilities_gradient(
+        h, tokens, top_k):
+    """TE's unpermute backward with merging probabilities reads the output gradient (t·h),
+    the forward's c = top_k·t permuted copies (the probabilities' gradient is one dot
+    product per copy) and writes the copies' gradient: (t + 2c)·h·2 bytes, c·h·2 more than
+    the forward's unpermute; the other movements move their forward bytes back and the host
+    stall has no backward."""
+    forward = moe_kernels(h, 2 * h, 8, top_k, 2, tokens, top_k * tokens, 4, d2h_copies=5)
+    backward = moe_backward(forward, h, tokens, top_k, 2)
+    fwd, bwd = _by_name(forward), _by_name(backward)
+    assert bwd["moe_unpermute"].bytes == 2 * (tokens + 2 * top_k * tokens) * h
+    assert bwd["moe_unpermute"].bytes - fwd["moe_unpermute"].bytes == 2 * top_k * tokens * h
+    for name in ("moe_permute", "moe_sort", "moe_unsort"):
+        assert bwd[name].bytes == fwd[name].bytes
+    assert not HOST_KERNELS & set(bwd)
