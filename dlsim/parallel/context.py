@@ -56,7 +56,7 @@ def kv_width(shape: TransformerShape) -> int:
     mla = shape.mla
     if mla is not None:
         return shape.heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim + mla.v_head_dim)
-    return 2 * shape.kv_heads * (shape.hidden // shape.heads)
+    return 2 * shape.kv_heads * shape.head_size
 
 
 def kv_bytes(shape: TransformerShape, microbatch: int, dtype_bytes: int, tensor: int) -> float:

@@ -199,3 +199,17 @@ def test_zero_partitions_over_data_x_context():
     assert got == pytest.approx(expected, rel=1e-12)
 
 
+
+
+@pytest.mark.parametrize("name", ["qwen3-235b-a22b", "gpt-oss-120b", "llama-3-70b"])
+def test_ring_carries_keys_and_values_of_the_head_width(name):
+    """K/V per token is 2·kv_heads·head_dim, with head_dim as the config gives it: Qwen3-235B
+    has 64 heads of 128 on a hidden size of 4,096 (not 4,096/64 = 64), gpt-oss 64 of 64 on
+    2,880 (not 45); Llama 3 70B's 128 is hidden/heads."""
+    from dlsim.parallel.context import kv_bytes, kv_width
+    from dlsim.workload.shapes import TRANSFORMER_SHAPES
+    shape = TRANSFORMER_SHAPES[name]
+    head_dim = {"qwen3-235b-a22b": 128, "gpt-oss-120b": 64, "llama-3-70b": 128}[name]
+    kv_heads = {"qwen3-235b-a22b": 4, "gpt-oss-120b": 8, "llama-3-70b": 8}[name]
+    assert kv_width(shape) == 2 * kv_heads * head_dim
+    assert kv_bytes(shape, 2, 2, 4) == 2 * shape.seq_len * 2 * kv_heads * head_dim * 2 / 4
