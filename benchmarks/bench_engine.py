@@ -3,19 +3,29 @@
 Run: python benchmarks/bench_engine.py  (prints a Markdown table for the README).
 Each case is simulated `REPEATS` times and the median wall time is reported; wall time is
 measured around dlsim.simulate, so it includes building the topology and routing.
+
+``--family gpt3 --devices 1024 16384`` runs the GPT-3 175B family of issue 15 instead (t=8,
+p=16, interleaved, 192 micro-batches per replica: ``bench_side_by_side.gpt3``), with CPU
+time beside wall time (on a shared machine the steadier figure); ``--profile N`` prints the
+N costliest functions of each run by own time (cProfile), where the time goes.
 """
 
 from __future__ import annotations
 
+import argparse
+import cProfile
+import pstats
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import dlsim
-
 REPEATS = 3
 ROOT = Path(__file__).resolve().parents[1]
+# this checkout's dlsim, not an installed one (a script's path puts benchmarks/ first)
+sys.path.insert(0, str(ROOT))
+
+import dlsim  # noqa: E402
 
 
 def ring_allreduce(n: int, preset: bool) -> dict:
@@ -60,7 +70,42 @@ CASES = [
 ]
 
 
+def gpt3_family(devices: list[int], sequence_parallel: bool, profile: int) -> None:
+    """One GPT-3 175B step per device count: wall and CPU seconds, events, step time."""
+    from bench_side_by_side import gpt3  # the same scenarios the side-by-side run uses
+
+    print("| devices | wall time (s) | CPU time (s) | events | simulated time (s) |")
+    print("|---:|---:|---:|---:|---:|")
+    for n in devices:
+        profiler = cProfile.Profile() if profile else None
+        start, cpu = time.perf_counter(), time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        result = dlsim.simulate(gpt3(n, sequence_parallel))
+        if profiler is not None:
+            profiler.disable()
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        s = result.summary
+        print(f"| {n:,} | {wall:.2f} | {cpu:.2f} | {s['simulation']['events']:,} | "
+              f"{s['step_time_s']:.4g} |")
+        if profiler is not None:
+            pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(profile)
+        sys.stdout.flush()
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=("cases", "gpt3"), default="cases",
+                        help="cases: the README table; gpt3: GPT-3 175B at --devices")
+    parser.add_argument("--devices", type=int, nargs="*", default=[1024, 16384],
+                        help="device counts of the gpt3 family (multiples of 128)")
+    parser.add_argument("--sequence-parallel", action="store_true")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N costliest functions of each gpt3 run")
+    args = parser.parse_args()
+    if args.family == "gpt3":
+        gpt3_family(args.devices, args.sequence_parallel, args.profile)
+        return
     print("| case | devices | wall time (s) | events | events/s | simulated time (s) |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, n, make in CASES:
