@@ -74,7 +74,8 @@ from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
 from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import Phase, merge_phases
 from dlsim.network.protocol import resolve_mode
-from dlsim.network.tuner import phase_time_s, plan_collective
+from dlsim.network.translates import classes, moves_exactly
+from dlsim.network.tuner import candidates, phase_time_s, plan_collective
 from dlsim.parallel.context import context_shard, kv_bytes
 from dlsim.parallel.data_parallel import optimizer_steps
 from dlsim.parallel.expert import ExpertLayout, reprice_experts
@@ -118,13 +119,17 @@ class Fabric:
         self._placement: dict[tuple[int, str], np.ndarray] = {}
         self._memo: dict[tuple, float] = {}
         self._group_memo: dict[tuple, list[Phase]] = {}
+        self._classes: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._moves: dict[tuple, bool] = {}
+        self.symmetric = True  # False lowers every group (the tests' reference)
         self._siblings = {protocol: self} if siblings is None else siblings
 
     def for_protocol(self, protocol: str) -> Fabric:
         """The same cluster with ``communication.protocol`` ``protocol`` (memoised)."""
         if protocol not in self._siblings:
             sibling = Fabric(self.topology, protocol, self._siblings)
-            sibling._placement = self._placement
+            sibling._placement, sibling._classes = self._placement, self._classes
+            sibling.symmetric = self.symmetric
             self._siblings[protocol] = sibling
         return self._siblings[protocol]
 
@@ -141,11 +146,37 @@ class Fabric:
             return 0.0
         key = (op, algorithm, size_bytes, groups, ranks, policy)
         if key not in self._memo:
-            where = self.devices(ranks, policy)
-            plans = [self._phases(op, algorithm, where[list(g)], size_bytes) for g in groups]
+            plans = self._plans(op, algorithm, size_bytes, groups, ranks, policy)
             self._memo[key] = sum(phase_time_s(merge_phases(phases), self.topology)
                                   for phases in zip(*plans))
         return self._memo[key]
+
+    def _plans(self, op: str, algorithm: str, size_bytes: float,
+               groups: tuple[tuple[int, ...], ...], ranks: int,
+               policy: str) -> list[list[Phase]]:
+        """The lowerings whose merged phases cost what every group's do: one group of each
+        class of link-disjoint translates where they are (``dlsim.network.translates``),
+        else every group's."""
+        where = self.devices(ranks, policy)
+        every = [where[list(g)] for g in groups]
+        if (not self.symmetric or len(groups) < 2 or len({len(g) for g in groups}) > 1
+                or len(candidates(op, algorithm, self.protocol)) > 1
+                or self.topology.graph.graph.get("tori")):
+            return [self._phases(op, algorithm, d, size_bytes) for d in every]
+        key = (groups, ranks, policy)
+        if key not in self._classes:
+            self._classes[key] = classes(np.array(every), self.topology.devices_per_node)
+        first, cls, offset = self._classes[key]
+        plans = [self._phases(op, algorithm, every[i], size_bytes) for i in first]
+        flows = [(np.concatenate([ph.src[ph.src != ph.dst] for ph in phases] or [[]]),
+                  np.concatenate([ph.dst[ph.src != ph.dst] for ph in phases] or [[]]))
+                 for phases in plans]
+        check = (key, tuple((s.tobytes(), d.tobytes()) for s, d in flows))
+        if check not in self._moves:
+            self._moves[check] = moves_exactly(self.topology, flows, cls, offset)
+        if self._moves[check]:
+            return plans
+        return [self._phases(op, algorithm, d, size_bytes) for d in every]
 
     def _phases(self, op: str, algorithm: str, devices: np.ndarray,
                 size_bytes: float) -> list[Phase]:
