@@ -40,14 +40,14 @@ def moves_exactly(topology: Topology, flows: list[tuple[np.ndarray, np.ndarray]]
                   cls: np.ndarray, offset: np.ndarray) -> bool:
     """Whether class c's flows ``flows[c]`` (src, dst; no local flows), moved by each
     instance's ``offset``, route like the originals and no two instances share a link."""
+    if not sum(len(s) for s, _ in flows):
+        return True  # no flow leaves its device: nothing to share or to price
     src, dst, owner = [], [], []
     for c, (s, d) in enumerate(flows):
         members = np.flatnonzero(cls == c)
         src.append((s[None, :] + offset[members, None]).ravel())
         dst.append((d[None, :] + offset[members, None]).ravel())
         owner.append(np.repeat(members, len(s)))
-    if not sum(len(s) for s, _ in flows):
-        return True  # no flow leaves its device: nothing to share or to price
     links, starts, lengths = topology.flow_routes(np.concatenate(src), np.concatenate(dst))
     flow_owner = np.concatenate(owner)
     link_owner = np.repeat(flow_owner, lengths)

@@ -125,7 +125,10 @@ def counts_bytes(moe: MoEBlock, layout: ExpertLayout) -> float:
     ``MoEAlltoAllTokenDispatcher.preprocess`` all-gathers them over the expert x
     expert-tensor group (``gather_from_sequence_parallel_region(..., tp_ep_group)``) to size
     the all-to-all splits; with et > 1 the expert-tensor all-gather of et times this buffer
-    (``counts_gather_bytes``) completes it. None without expert ranks (no dispatch)."""
+    (``counts_gather_bytes``) completes it. None without expert ranks (no dispatch). The
+    engine and the planner run it as the dispatch's collective (an all-to-all of this
+    buffer over the expert group), not as an all-gather: at E·e int64s both are a few
+    launch and link latencies, and which of the two it is has not been measured apart."""
     return 0.0 if layout.expert == 1 else layout.expert * moe.experts * COUNT_BYTES
 
 

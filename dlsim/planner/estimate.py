@@ -129,6 +129,7 @@ class Fabric:
         if protocol not in self._siblings:
             sibling = Fabric(self.topology, protocol, self._siblings)
             sibling._placement, sibling._classes = self._placement, self._classes
+            sibling._moves = self._moves
             sibling.symmetric = self.symmetric
             self._siblings[protocol] = sibling
         return self._siblings[protocol]
