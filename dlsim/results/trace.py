@@ -7,14 +7,17 @@ from typing import Any
 
 from dlsim.results.result import Result
 
+# the engine's usual streams keep fixed ids; any other (expert, send-fwd, recv-bwd, ...) gets
+# the next free one the first time it appears, so every stream is its own track
 STREAM_TIDS = {"compute": 0, "comm": 1, "prefetch": 2}
 
 
 def chrome_trace(result: Result) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     seen: set[tuple[int, str]] = set()
+    tids = dict(STREAM_TIDS)
     for span in result.spans:
-        tid = STREAM_TIDS.get(span.stream, len(STREAM_TIDS))
+        tid = tids.setdefault(span.stream, len(tids))
         if (span.device, span.stream) not in seen:
             seen.add((span.device, span.stream))
             events.append({"ph": "M", "name": "thread_name", "pid": span.device, "tid": tid,
