@@ -30,7 +30,7 @@ from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import gradient_bytes_per_param, savings, stage_memory
 from dlsim.parallel.pipeline import in_flight, pieces
 from dlsim.parallel.tensor import shard_model
-from dlsim.results.intervals import breakdown, communication_by_axis
+from dlsim.results.intervals import breakdown, communication_by_axis, stage_breakdowns
 from dlsim.results.power import power_model
 from dlsim.results.result import Result
 from dlsim.results.summary import (
@@ -140,6 +140,11 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                                                   and lora is None)
     summary["communication_by_axis"] = communication_by_axis(
         run.spans, int(ranks[critical]), run.bytes_by_role, train.steps)
+    if stages > 1:
+        first_of_stage = [int(ranks[min(r for r in programs if r // grid.stage_size == s)])
+                          for s in range(stages)]
+        summary["breakdown_by_stage_s"] = stage_breakdowns(run.spans, first_of_stage,
+                                                           run.end_s, train.steps)
     summary.update(energy_summary(
         power_model(executed, device, dtype), run.spans, n, run.end_s, train.steps,
         work.samples / train.steps, shape.seq_len if shape is not None else None,

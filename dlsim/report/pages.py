@@ -154,8 +154,40 @@ def _breakdown_section(s: Mapping[str, Any]) -> dict[str, Any] | None:
     axes = s.get("communication_by_axis") or {}
     axis_rows = [(axis, format_bytes(a["bytes"]), format_seconds(a["time_s"]),
                   format_seconds(a["exposed_s"])) for axis, a in axes.items()]
+    stage_rows, stage_note = _stage_rows(s.get("breakdown_by_stage_s") or [], step)
     return {"image": plots.breakdown_bar(ordered), "rows": rows,
-            "total": format_seconds(total), "mismatch": mismatch, "axes": axis_rows}
+            "total": format_seconds(total), "mismatch": mismatch, "axes": axis_rows,
+            "stages": stage_rows, "stages_note": stage_note}
+
+
+def _stage_rows(stages: Sequence[Mapping[str, float]], step: float
+                ) -> tuple[list[tuple[str, ...]], str]:
+    """One row per run of consecutive pipeline stages alike to 1 % of the step (their mean),
+    and which stage sets the pace: a stage that ends last need not be the busiest, and then
+    its bubble is also the wait for the busiest one."""
+    if not stages or not step:
+        return [], ""
+    parts = np.array([[p["compute"], p["exposed_comm"], p["bubble"]] for p in stages])
+    busy = parts[:, 0] + parts[:, 1]
+    rows: list[tuple[str, ...]] = []
+    busiest, first = "", 0
+    for s in range(1, len(stages) + 1):
+        if s < len(stages) and np.abs(parts[s] - parts[first]).max() <= 0.01 * step:
+            continue
+        compute, exposed, bubble = parts[first:s].mean(axis=0)
+        label = f"{first}" if first == s - 1 else f"{first}–{s - 1}"
+        rows.append((label, format_seconds(compute), format_seconds(exposed),
+                     format_seconds(bubble), f"{100 * (compute + exposed) / step:.1f} %"))
+        if first <= busy.argmax() < s:
+            busiest = f"Stage {label} is" if first == s - 1 else f"Stages {label} are"
+        first = s
+    note = (f"{busiest} the busiest: {format_seconds(busy.max())} of compute and "
+            f"exposed communication a step; the least busy, "
+            f"{format_seconds(busy.min())}. Every micro-batch waits for the busiest stage, so "
+            f"on the others the bubble is the fill and drain and that wait."
+            if busy.max() > 1.01 * busy.min() else
+            "The stages are equally busy: the bubble is the pipeline's fill and drain.")
+    return rows, note
 
 
 def _overflow_message(parts: Mapping[str, float], total: float, capacity: float) -> str:

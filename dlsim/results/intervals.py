@@ -9,6 +9,7 @@ split by the grid axis each collective ran over (data, tensor, pipeline, ...).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
@@ -78,6 +79,20 @@ def breakdown(spans: list[Span], device: int, total_s: float,
         parts["bubble"] = parts.pop("straggler_wait") + parts.pop("idle")
         parts.update(straggler_wait=0.0, idle=0.0)
     return parts
+
+
+def stage_breakdowns(spans: list[Span], devices: list[int], total_s: float, steps: int
+                     ) -> list[dict[str, float]]:
+    """The pipeline breakdown per step of one device of each stage (``devices[s]``). The
+    critical device's breakdown alone misleads when stages are unequal: the stage that ends
+    last is often not the slowest, and its bubble then holds the wait for the slowest one."""
+    mine: dict[int, list[Span]] = defaultdict(list)
+    wanted = set(devices)
+    for span in spans:
+        if span.device in wanted:
+            mine[span.device].append(span)
+    return [{k: v / steps for k, v in breakdown(mine[d], d, total_s, pipeline=True).items()}
+            for d in devices]
 
 
 def communication_by_axis(spans: list[Span], device: int, bytes_by_role: dict[str, float],

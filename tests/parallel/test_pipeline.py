@@ -214,3 +214,47 @@ def test_optimizer_offload_is_a_pcie_round_trip_and_a_host_update():
                 - device.kernel_launch_s)
     assert offload.step_time_s - plain.step_time_s == pytest.approx(expected, rel=1e-9)
     assert offload.parallelism["offload"] == "optimizer"
+
+
+def _unequal(widths: list[int], m: int, kind: str) -> dict:
+    p = len(widths) - 1
+    return {"name": "pp", "model": {"kind": "mlp", "widths": widths},
+            "cluster": {"topology": "switch", "devices": p, "device": "a100-sxm4-80gb",
+                        "link": {"bandwidth_GBps": 1e200, "latency_us": 0}},
+            "training": {"global_batch": MICRO * m, "microbatch": MICRO, "optimizer": "sgd"},
+            "parallelism": {"pipeline": p, "schedule": kind}}
+
+
+WIDTHS = st.lists(st.sampled_from([512, 1024, 2048, 4096]), min_size=3, max_size=6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(widths=WIDTHS, m=st.integers(1, 8))
+def test_gpipe_with_unequal_stages_is_two_flow_shops(widths, m):
+    """One layer a stage, free links: the forwards are a flow shop of m equal jobs (the last
+    forward ends at sum f + (m-1) max f), the backwards another one from the last stage
+    down; stage s ends its last backward at E_s and then runs its optimizer."""
+    device = hardware.device("a100-sxm4-80gb")
+    model = build_model(ModelSpec(kind="mlp", widths=widths), MICRO, 2)
+    f, b = zip(*(layer_times_s(layer, device, "bf16") for layer in model.layers))
+    opt = [optimizer_time_s(layer.params, "sgd", device) for layer in model.layers]
+    forwards = sum(f) + (m - 1) * max(f)
+    ends = [forwards + sum(b[s:]) + (m - 1) * max(b[s:]) for s in range(len(f))]
+    r = dlsim.simulate(_unequal(widths, m, "gpipe"))
+    assert r.step_time_s == pytest.approx(max(e + o for e, o in zip(ends, opt)), rel=1e-9)
+    for s, parts in enumerate(r.summary["breakdown_by_stage_s"]):
+        assert parts["compute"] == pytest.approx(m * (f[s] + b[s]) + opt[s], rel=1e-9)
+        assert sum(parts.values()) == pytest.approx(r.step_time_s, rel=1e-9)
+
+
+@settings(max_examples=10, deadline=None)
+@given(widths=WIDTHS, extra=st.integers(0, 4))
+def test_each_further_micro_batch_costs_the_slowest_stage(widths, extra):
+    """In 1F1B's steady state every stage waits for the slowest: one more micro-batch adds
+    that stage's forward and backward to the step, whichever stage ends last."""
+    device = hardware.device("a100-sxm4-80gb")
+    model = build_model(ModelSpec(kind="mlp", widths=widths), MICRO, 2)
+    slowest = max(sum(layer_times_s(layer, device, "bf16")) for layer in model.layers)
+    m = len(model.layers) + extra
+    one, more = (dlsim.simulate(_unequal(widths, k, "1f1b")).step_time_s for k in (m, m + 1))
+    assert more - one == pytest.approx(slowest, rel=1e-9)

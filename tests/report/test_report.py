@@ -403,3 +403,23 @@ def test_a_sweep_table_leads_with_what_was_varied_and_the_result():
     assert _sweep_columns(rows, ["measured", "table"], "predicted") == list(rows.columns)
     assert _cell("memory_bytes", 9.7e10) == "97 GB"
     assert _cell("step_time_s", 0.62) == "620 ms"
+
+
+def test_pipeline_stages_table_groups_alike_stages_and_names_the_busiest() -> None:
+    """Four one-layer stages, the last the widest: the stage that sets the pace is named,
+    and the two equal middle stages share one row."""
+    import dlsim
+
+    result = dlsim.simulate({
+        "name": "pp-unequal", "model": {"kind": "mlp", "widths": [2048, 1024, 1024, 1024, 4096]},
+        "cluster": {"topology": "switch", "devices": 4, "device": "a100-sxm4-80gb",
+                    "link": {"bandwidth_GBps": 1e200, "latency_us": 0}},
+        "training": {"global_batch": 128, "microbatch": 16, "optimizer": "sgd"},
+        "parallelism": {"pipeline": 4, "schedule": "1f1b"}})
+    stages = result.summary["breakdown_by_stage_s"]
+    busy = [s["compute"] + s["exposed_comm"] for s in stages]
+    page = Page(render_run(result))
+    labels = [r[0] for r in page.body_rows("breakdown") if r[0][0].isdigit()]
+    assert labels == ["0", "1–2", "3"]
+    assert busy.index(max(busy)) == 3
+    assert "Stage 3 is the busiest" in page.text["breakdown"]
