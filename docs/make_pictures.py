@@ -8,7 +8,7 @@ the repository root into a temporary directory, cuts the named <section>s out of
 index.html (with the report's stylesheet), opens that in headless Chromium and takes a
 screenshot, then crops the white margin and stores a 256-colour PNG (each under ~250 KB).
 Needs chromium (Debian's `chromium` package) and Pillow. Last regenerated 2026-11-23
-(deepseek-v3-2048-h800: 2026-12-02).
+(deepseek-v3-2048-h800: 2026-12-03).
 """
 
 from __future__ import annotations
