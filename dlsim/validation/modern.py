@@ -167,9 +167,14 @@ def nemo_performance(directory: Path) -> list[Row]:
 def mcore_model_flops(shape: dict[str, Any], batch: int) -> float:
     """Model FLOPs of one step as Megatron-Core counts them (``num_floating_point_operations``
     in megatron/training/training.py, the count behind the MoE paper's MFU): 12·B·s·l·h² ·
-    ((1 + g/a + s/h)·(a·d/h) + (f/h)·k·m + (f_shared/h)·m + V/(2·l·h)), with g query groups,
-    d the head dim, f the (expert) FFN width, k experts per token (1 for a dense model),
-    m = 3/2 for a gated (SwiGLU) MLP; causal masking is not discounted."""
+    ((1 + g/a + s/(2h))·(a·d/h) + (f/h)·k·m + (f_shared/h)·m + V/(2·l·h)), with g query
+    groups, d the head dim, f the (expert) FFN width, k experts per token (1 for a dense
+    model), m = 3/2 for a gated (SwiGLU) MLP. The s/(2h) is causal masking: only half the
+    score matrix multiplies V. Megatron-LM counts it so from 8873b55 (2025-03-06, "Fixes in
+    number of floating-point operation estimates for MoE and attention layer"); the paper
+    (April 2025) ran Megatron-Core's development branch, which its benchmark configs
+    (yanring/Megatron-MoE-ModelZoo, from 2025-04-03) name. Before it the count had s/h, 3.5 %
+    more at 4,096 tokens for Mixtral 8x22B and 54 % more at 131,072."""
     h, a, s, layers = shape["hidden"], shape["heads"], shape["seq_len"], shape["layers"]
     g = shape.get("kv_heads", a)
     query = a * shape.get("head_dim", h // a) / h  # query projection over hidden
@@ -179,7 +184,7 @@ def mcore_model_flops(shape: dict[str, Any], batch: int) -> float:
     shared = moe.get("shared_experts", 0) * moe["expert_ffn_hidden"] if moe else 0
     gated = 1.5 if shape.get("mlp") == "swiglu" else 1.0
     return 12 * batch * s * layers * h * h * (
-        (1 + g / a + s / h) * query + f / h * k * gated + shared / h * gated
+        (1 + g / a + s / (2 * h)) * query + f / h * k * gated + shared / h * gated
         + shape["vocab"] / (2 * layers * h))
 
 
