@@ -426,8 +426,13 @@ class ParallelismSpec(_Spec):
     virtual_stages: int = Field(default=1, ge=1)
     recompute: Literal["none", "selective", "full"] = "none"
     offload: Literal["none", "optimizer"] = "none"
-    # context parallelism (ring attention): devices = data x context x tensor x pipeline
+    # context parallelism: devices = data x context x tensor x pipeline; how the context
+    # group exchanges (Megatron-Core's --cp-comm-type): p2p, ring attention passing K/V
+    # blocks; a2a, all-to-alls that trade the sequence split for a head split around the
+    # attention core (DeepSpeed-Ulysses), the one Transformer Engine runs windowed attention
+    # and attention sinks with
     context: int = Field(default=1, ge=1)
+    context_comm: Literal["p2p", "a2a"] = "p2p"
     # expert parallelism, folded out of a stage's data x context x tensor ranks
     expert: int = Field(default=1, ge=1)
     expert_tensor: int = Field(default=1, ge=1)

@@ -22,7 +22,7 @@ from dlsim.network.algorithms import dedicated_hosts
 from dlsim.network.backend import NETWORKS
 from dlsim.network.protocol import resolve_mode
 from dlsim.parallel.builder import TrainingJob, build_programs
-from dlsim.parallel.context import context_shard, kv_bytes
+from dlsim.parallel.context import context_shard, head_split_bytes, kv_bytes
 from dlsim.parallel.data_parallel import MiB
 from dlsim.parallel.expert import ExpertLayout, reprice_experts
 from dlsim.parallel.feasibility import check, compression_of, local_sgd_period, training_job
@@ -74,10 +74,15 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
     layout_e = ExpertLayout(expert, expert_tensor, tensor)
     shard = reprice_experts(shard_model(per_rank, tensor, sequence_parallel), layout_e)
     shape = shape_of(scenario.model)
-    kv_block = (kv_bytes(shape, micro, max(DTYPE_BYTES[dtype], 2), tensor) / context
-                if context > 1 and shape is not None else 0.0)
+    kv_block, head_split, act_bytes = 0.0, None, max(DTYPE_BYTES[dtype], 2)
+    if context > 1 and shape is not None:  # the ring's K/V block, or the a2a's buffers
+        if par.context_comm == "a2a":
+            head_split = head_split_bytes(shape, micro, act_bytes, tensor, context)
+        else:
+            kv_block = kv_bytes(shape, micro, act_bytes, tensor) / context
     cut = pieces(per_rank, shard, device, dtype, stages * chunks, par.recompute,
                  sequence_parallel, context=context, kv_block_bytes=kv_block,
+                 head_split=head_split,
                  experts=layout_e if expert > 1 or model_has_moe(model) else None)
     job = TrainingJob(
         grid, chunks, micro_count, par.schedule, train.optimizer, comm.data_parallel,
@@ -130,6 +135,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                      "offload": par.offload, "microbatches": micro_count,
                      **({"context": context, "expert": expert, "expert_tensor": expert_tensor}
                         if context * expert * expert_tensor > 1 else {})}
+        | ({"context_comm": par.context_comm} if context > 1 else {})
         | ({"shard_group": par.shard_group} if par.shard_group else {})
         | ({"overlap_param_gather": True} if par.overlap_param_gather else {})
         | ({"tp_comm_overlap": True} if par.tp_comm_overlap else {}),

@@ -51,6 +51,7 @@ Context parallelism (``dlsim.parallel.context``) and expert parallelism
 (``dlsim.parallel.expert``) cut a pass where their communication interrupts it
 (``dlsim.parallel.segments``): an attention core runs as c ring steps, each overlapping the
 point-to-point send of the K/V block in hand to the next context rank (stream ``context``),
+or, with context_comm a2a, between two all-to-alls over the context group (same stream),
 and a MoE layer's routed experts run between two all-to-alls over the expert group (stream
 ``expert``). Dense gradients sync over data x context, routed-expert gradients over the
 expert-data group.
@@ -180,6 +181,7 @@ class _RankProgram:
                                         across=True, c=c)
         self.pair_group = cache(self._pair_group)
         self.ring_groups = self._ring_groups()
+        self.context_groups = self._context_groups()
         self.expert_at = expert_coordinates(grid, grid.rank(s, replica, k, c))
         self.expert_groups, self.expert_data_groups = self._expert_groups()
 
@@ -466,19 +468,31 @@ class _RankProgram:
 
     # -- context and expert parallelism ---------------------------------------------------
 
+    def _context_pairs(self) -> list[tuple[int, int]]:
+        """(replica, tensor rank) of this rank's context group, or of every one of the
+        stage by symmetry."""
+        return ([(j, k) for j in range(self.job.grid.data) for k in range(self.t)]
+                if self.symmetric else [(self.replica, self.k)])
+
     def _ring_groups(self) -> tuple[int, ...]:
         """Each context ring as senders then receivers (rank i sends to rank i+1, the last
         to the first): this rank's ring, or every ring of the stage by symmetry."""
         grid = self.job.grid
         if grid.context == 1:
             return ()
-        rings = ([(j, k) for j in range(grid.data) for k in range(self.t)] if self.symmetric
-                 else [(self.replica, self.k)])
         out: list[int] = []
-        for j, k in rings:
+        for j, k in self._context_pairs():
             ring = grid.context_group(self.s, j, k)
             out += [*ring, *ring[1:], ring[0]]
         return tuple(out)
+
+    def _context_groups(self) -> tuple[int, ...]:
+        """The context groups the a2a exchange runs over, one after another."""
+        grid = self.job.grid
+        if grid.context == 1:
+            return ()
+        return tuple(r for j, k in self._context_pairs()
+                     for r in grid.context_group(self.s, j, k))
 
     def _expert_groups(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(all-to-all groups, expert-data groups) of this rank, or of every rank of the
@@ -528,6 +542,8 @@ class _RankProgram:
             key = f"{tag} {what} L{cost.layers[j]} n{n}"
             if segment.kind == "ring":
                 last = self._ring(f"{what} {cost.names[j]} {tag}", key, segment, last)
+            elif segment.kind == "heads":
+                last = (self._head_swap(f"{what} {cost.names[j]} {tag}", key, segment, last),)
             elif segment.kind in EXPERT_TENSOR_OPS:
                 last = (self._expert_tensor(f"{what} {cost.names[j]} {tag}", key, segment,
                                             last),)
@@ -557,6 +573,16 @@ class _RankProgram:
             last = (self.add(Compute(f"attention step {i} {what}", segment.seconds / c,
                                      ready)),)
         return last
+
+    def _head_swap(self, what: str, key: str, segment: Segment, deps: tuple[int, ...]) -> int:
+        """context_comm a2a: the all-to-all over the context group that trades the sequence
+        split for the head split around the attention core (or back), which the next kernels
+        wait for."""
+        rank = "" if self.symmetric else f" r{self.replica} k{self.k}"
+        return self.add(Collective(
+            f"alltoall heads {what}", f"cp {key}{rank}", self.context_groups, "alltoall",
+            segment.size_bytes, "direct", deps=deps, stream="context",
+            instances=len(self.context_groups) // self.job.grid.context, role="context"))
 
     def _alltoall(self, what: str, key: str, segment: Segment, deps: tuple[int, ...]) -> int:
         """An all-to-all over the expert group, which the next kernels wait for."""

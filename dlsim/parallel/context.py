@@ -16,6 +16,16 @@ its keys and values for the whole sequence on one tensor rank, KV = 2·b·s·h_k
 (K and V, each b·s·h_kv; h_kv = kv_heads·head_dim). A block is KV/c; the forward ring passes
 c-1 blocks on, (c-1)/c·KV = 2·(c-1)/c·b·s·h_kv·dtype/t; the backward ring passes each block
 with its gradients dK, dV (twice the bytes), 2·(c-1)/c·KV.
+
+``context_comm: a2a`` (DeepSpeed-Ulysses, Jacobs et al. 2023; TE's
+``AttnFuncWithCPAndQKVOA2A``) runs no ring: before the core an all-to-all over the context
+group trades each rank's s/c tokens of every head for all s tokens of a/c heads (Q, K and V),
+the core runs whole on those heads, and an all-to-all of its output trades back. Each
+rank's buffer is its Q, K and V, b·(s/c)·(a·d + 2·h_kv)·dtype/t, then its output,
+b·(s/c)·a·d·dtype/t, of which it sends (c-1)/c; backward runs the gradients the other way
+(dO before the core's backward, dQ, dK, dV after it). Nothing overlaps them. The core's
+work per rank is the same 1/c; a window or attention sinks need nothing from other ranks,
+which is why Transformer Engine runs those only this way (or by all-gather), never by ring.
 """
 
 from __future__ import annotations
@@ -63,6 +73,26 @@ def kv_bytes(shape: TransformerShape, microbatch: int, dtype_bytes: int, tensor:
     """The K/V bytes of one attention layer and micro-batch on one tensor rank, for the whole
     sequence: 2·b·s·h_kv·dtype / t (the module docstring's KV)."""
     return microbatch * shape.seq_len * kv_width(shape) * dtype_bytes / tensor
+
+
+def query_width(shape: TransformerShape) -> tuple[int, int]:
+    """(query, output) elements per token of one attention layer: a·d each; MLA's queries
+    carry the nope and rope parts, its output the value head dim."""
+    mla = shape.mla
+    if mla is not None:
+        return (shape.heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim),
+                shape.heads * mla.v_head_dim)
+    return shape.heads * shape.head_size, shape.heads * shape.head_size
+
+
+def head_split_bytes(shape: TransformerShape, microbatch: int, dtype_bytes: int, tensor: int,
+                     c: int) -> tuple[float, float]:
+    """(Q, K and V; output) bytes of one rank's a2a buffers per attention layer and
+    micro-batch (the module docstring): its s/c tokens on one tensor rank."""
+    tokens = microbatch * shape.seq_len / c
+    query, out = query_width(shape)
+    return ((query + kv_width(shape)) * tokens * dtype_bytes / tensor,
+            out * tokens * dtype_bytes / tensor)
 
 
 def ring_bytes_per_rank(kv: float, c: int) -> tuple[float, float]:

@@ -73,6 +73,7 @@ class JobSpec:
     expert_tensor: int = 1
     shard_group: int | None = None
     overlap_param_gather: bool = False
+    context_comm: str = "p2p"
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def training_job(scenario: TrainingScenario, topology: Topology) -> JobSpec:
         topology.n_devices, topology.devices_per_node, scenario.precision, train.global_batch,
         scenario.communication, train.microbatch, par.data, par.tensor, par.pipeline,
         par.schedule, par.virtual_stages, par.zero_stage, train.lora is not None, train.steps,
-        par.context, par.expert, par.expert_tensor, par.shard_group, par.overlap_param_gather)
+        par.context, par.expert, par.expert_tensor, par.shard_group, par.overlap_param_gather,
+        par.context_comm)
 
 
 def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Layout:
@@ -115,7 +117,7 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
     check_algorithm("allreduce", comm.data_parallel, field="communication.data_parallel")
     t, p, v, cp = job.tensor, job.pipeline, job.virtual_stages, job.context
     check_tensor_degree(job.shape, t)
-    check_context_degree(job.shape, cp)
+    check_context_degree(job.shape, cp, job.context_comm, t)
     model_parallel = t * p * cp  # every degree but data; devices = data x all of them
     if job.data is None and job.devices % model_parallel:
         raise ScenarioError(f"the cluster's {job.devices} devices do not divide into "
@@ -243,10 +245,13 @@ def check_tensor_degree(shape: TransformerShape | None, t: int) -> None:
                                 field="parallelism.tensor")
 
 
-def check_context_degree(shape: TransformerShape | None, c: int) -> None:
+def check_context_degree(shape: TransformerShape | None, c: int, comm: str = "p2p",
+                         t: int = 1) -> None:
     """Context parallelism splits a transformer's sequence into c parts; a decoder's causal
     load balancing cuts it into 2c chunks, rank i holding chunks i and 2c-1-i
-    (``dlsim.parallel.context``), so 2c must divide it."""
+    (``dlsim.parallel.context``), so 2c must divide it. The ring cannot run a sliding window
+    or attention sinks (Transformer Engine asserts so); the a2a exchange splits each tensor
+    rank's query and key-value heads c ways, so c must divide both."""
     if c == 1:
         return
     if shape is None:
@@ -263,6 +268,21 @@ def check_context_degree(shape: TransformerShape | None, c: int) -> None:
                             f"{2 * c - 1} - i), which must divide the sequence length ({s}); "
                             "use a context degree whose double divides it.",
                             field="parallelism.context")
+    banded = shape.sliding_window is not None and any(
+        shape.windowed(b) for b in range(shape.layers))
+    if comm == "p2p" and (banded or shape.attention_sinks):
+        what = " and ".join(x for x, on in (("a sliding window", banded),
+                                            ("attention sinks", shape.attention_sinks)) if on)
+        raise ScenarioError(f"this model's attention has {what}, which ring attention "
+                            "(context_comm: p2p) does not run: Transformer Engine runs them "
+                            "under context parallelism only with cp_comm_type a2a; use "
+                            "context_comm: a2a.", field="parallelism.context_comm")
+    kv_heads = shape.heads if shape.mla is not None else shape.kv_heads
+    if comm == "a2a" and (shape.heads // t % c or kv_heads // t % c):
+        raise ScenarioError(f"context_comm a2a splits each tensor rank's heads over the "
+                            f"context group: context ({c}) must divide the query heads "
+                            f"({shape.heads} / tensor {t}) and the key-value heads "
+                            f"({kv_heads} / tensor {t}).", field="parallelism.context_comm")
 
 
 def check_expert_degrees(shape: TransformerShape | None, e: int, et: int,

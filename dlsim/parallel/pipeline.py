@@ -131,7 +131,8 @@ def expanded(costs: LayerCosts, at: tuple[int, ...]) -> LayerCosts:
 def layer_costs(model: Model, shard: Model, device: DeviceProfile, dtype: str,
                 recompute: str, sequence_parallel: bool = False, *, context: int = 1,
                 kv_block_bytes: float = 0.0, experts: ExpertLayout | None = None,
-                same: tuple[int, ...] | None = None) -> LayerCosts:
+                same: tuple[int, ...] | None = None,
+                head_split: tuple[float, float] | None = None) -> LayerCosts:
     """What each layer of ``shard`` costs (see ``pieces`` for the arguments). Layers equal
     but for their names (a model's repeated blocks) are priced once; ``same`` (from
     ``repeats``) saves finding them again in each shard of one model."""
@@ -148,7 +149,7 @@ def layer_costs(model: Model, shard: Model, device: DeviceProfile, dtype: str,
     return LayerCosts(
         each([pass_times_s(layer, device, dtype, recompute) for _, layer in unique]),
         each([layer_segments(layer, device, dtype, recompute, context, kv_block_bytes,
-                             layout) for _, layer in unique]) if segmented else (),
+                             layout, head_split) for _, layer in unique]) if segmented else (),
         each([rank_params(full, layout) if full.moe is not None else layer.params
               for full, layer in unique]),
         each([rank_expert_params(full, layout) for full, _ in unique]),
@@ -198,12 +199,15 @@ def cut_shard(model: Model, shard: Model, costs: LayerCosts, parts: int,
 
 def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts: int,
            recompute: str, sequence_parallel: bool = False, *, context: int = 1,
-           kv_block_bytes: float = 0.0, experts: ExpertLayout | None = None) -> list[Piece]:
+           kv_block_bytes: float = 0.0, experts: ExpertLayout | None = None,
+           head_split: tuple[float, float] | None = None) -> list[Piece]:
     """Cut ``shard`` (one tensor rank's layers) into ``parts`` pieces as Megatron-LM does:
     transformer blocks in runs of equal count, the embedding with the first and the head
     with the last (``dlsim.parallel.memory.pipeline_stages``); other models into pieces of equal
     time. ``context`` > 1 or an ``experts`` layout gives the pieces their layers' segments
-    (``kv_block_bytes``: one ring step's K/V block) and per-rank expert parameters."""
+    (``kv_block_bytes``: one ring step's K/V block; ``head_split``: the all-to-alls of
+    context_comm a2a instead) and per-rank expert parameters."""
     costs = layer_costs(model, shard, device, dtype, recompute, sequence_parallel,
-                        context=context, kv_block_bytes=kv_block_bytes, experts=experts)
+                        context=context, kv_block_bytes=kv_block_bytes, experts=experts,
+                        head_split=head_split)
     return cut_shard(model, shard, costs, parts, recompute)

@@ -213,3 +213,87 @@ def test_ring_carries_keys_and_values_of_the_head_width(name):
     kv_heads = {"qwen3-235b-a22b": 4, "gpt-oss-120b": 8, "llama-3-70b": 8}[name]
     assert kv_width(shape) == 2 * kv_heads * head_dim
     assert kv_bytes(shape, 2, 2, 4) == 2 * shape.seq_len * 2 * kv_heads * head_dim * 2 / 4
+
+
+# -- context_comm: a2a (DeepSpeed-Ulysses; Transformer Engine's cp_comm_type a2a) ----------
+
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_a2a_bytes_are_the_closed_form(recompute):
+    """Per rank, attention layer and micro-batch each all-to-all sends (c-1)/c of its buffer:
+    forward Q, K, V (b·(s/c)·3h·dtype/t for GPT-2's 12 heads of 64) and the output
+    (b·(s/c)·h·dtype/t), backward their gradients; full recomputation re-runs the forward's
+    pair, selective none (the head-split Q, K and V are saved)."""
+    d, c, t = 4, 2, 2
+    result = dlsim.simulate(ring_scenario("symmetric", recompute, data=d, tensor=t,
+                                          context=c, context_comm="a2a"))
+    b, s, h, layers = 1, 1024, 768, 12
+    qkv, out = 3 * b * s / c * h * 2 / t, b * s / c * h * 2 / t
+    passes = 3 if recompute == "full" else 2
+    expected = (c - 1) / c * (qkv + out) * passes * layers * (8 // d) * (d * c * t)
+    got = result.summary["communication_by_axis"]["context"]["bytes"]
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert result.summary["parallelism"]["context_comm"] == "a2a"
+
+
+def test_a2a_step_matches_hand_computation():
+    """Two ranks on their own link: each all-to-all is one message of half the buffer each
+    way, α + B/(2·bw), and blocks the core; four per attention layer (Q/K/V and output
+    forward, their gradients backward), nothing overlaps them."""
+    c, bandwidth, latency = 2, 1e9, 2e-6
+    result = dlsim.simulate(textbook(c, bandwidth / 1e9, latency * 1e6, context_comm="a2a"))
+    ring_step, ring_exposed = hand_step_s(c, bandwidth, latency)
+    qkv, out = 3 * S / c * H * 2, S / c * H * 2
+    swaps = LAYERS * 2 * ((latency + qkv / c / bandwidth) + (latency + out / c / bandwidth))
+    assert result.step_time_s == pytest.approx(ring_step - ring_exposed + swaps, rel=1e-12)
+    assert result.summary["communication_by_axis"]["context"]["exposed_s"] == pytest.approx(
+        swaps, rel=1e-9)
+
+
+@pytest.mark.parametrize("parallelism", [
+    {"data": 2, "tensor": 2, "pipeline": 1, "context": 2},
+    {"data": 1, "tensor": 1, "pipeline": 2, "context": 4, "recompute": "full"},
+])
+def test_a2a_symmetric_run_equals_full_fidelity(parallelism):
+    recompute = parallelism.pop("recompute", "none")
+    full = dlsim.simulate(ring_scenario("full", recompute, context_comm="a2a", **parallelism))
+    sym = dlsim.simulate(ring_scenario("symmetric", recompute, context_comm="a2a",
+                                       **parallelism))
+    assert sym.step_time_s == pytest.approx(full.step_time_s, rel=1e-12)
+    assert sym.comm_bytes_total == pytest.approx(full.comm_bytes_total, rel=1e-12)
+
+
+def test_windowed_attention_and_sinks_need_the_a2a_exchange():
+    """gpt-oss (128-token bands on every other block, sinks on all): ring attention is
+    refused naming the field; a2a runs, its bytes the closed form of 64 query heads and 8
+    key-value heads of 64 on every one of the 36 blocks."""
+    c, s = 8, 4096
+    data = {"name": "oss", "model": {"preset": "gpt-oss-120b", "seq_len": s},
+            "cluster": {"preset": "dgx-h100", "nodes": 1}, "precision": "bf16",
+            "training": {"global_batch": 1, "optimizer": "adam"},
+            "parallelism": {"data": 1, "expert": 8, "context": c}}
+    with pytest.raises(ScenarioError) as err:
+        dlsim.simulate(data)
+    assert err.value.field == "parallelism.context_comm"
+    assert "a sliding window and attention sinks" in str(err.value)
+    data["parallelism"]["context_comm"] = "a2a"
+    result = dlsim.simulate(data)
+    qkv, out = s / c * (64 * 64 + 2 * 8 * 64) * 2, s / c * 64 * 64 * 2
+    expected = (c - 1) / c * (qkv + out) * 2 * 36 * c
+    got = result.summary["communication_by_axis"]["context"]["bytes"]
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(("tensor", "context", "ok"), [(1, 4, True), (2, 2, True),
+                                                      (2, 4, False), (1, 8, False)])
+def test_a2a_needs_context_to_divide_each_tensor_rank_s_heads(tensor, context, ok):
+    """GPT-2 124M has 12 heads: 12/t heads per tensor rank must split c ways."""
+    from dlsim.parallel.feasibility import check_context_degree
+    from dlsim.workload.shapes import TRANSFORMER_SHAPES
+
+    shape = TRANSFORMER_SHAPES["gpt2-124m"]
+    if ok:
+        check_context_degree(shape, context, "a2a", tensor)
+        return
+    with pytest.raises(ScenarioError) as err:
+        check_context_degree(shape, context, "a2a", tensor)
+    assert err.value.field == "parallelism.context_comm"
