@@ -75,6 +75,13 @@ def kv_bytes(shape: TransformerShape, microbatch: int, dtype_bytes: int, tensor:
     return microbatch * shape.seq_len * kv_width(shape) * dtype_bytes / tensor
 
 
+def needs_head_split(shape: TransformerShape) -> bool:
+    """Whether ``shape``'s attention runs under context parallelism only by the a2a
+    exchange: a sliding window (on a block where it is narrower than the sequence) or
+    attention sinks, which Transformer Engine's ring refuses."""
+    return shape.attention_sinks or any(shape.windowed(b) for b in range(shape.layers))
+
+
 def query_width(shape: TransformerShape) -> tuple[int, int]:
     """(query, output) elements per token of one attention layer: a·d each; MLA's queries
     carry the nope and rope parts, its output the value head dim."""

@@ -31,6 +31,7 @@ from dlsim.contract.errors import ScenarioError
 from dlsim.contract.parallelism import parallelism_conflict
 from dlsim.network.algorithms import check_algorithm, dedicated_hosts, lower
 from dlsim.network.compression import Compression
+from dlsim.parallel.context import needs_head_split
 from dlsim.parallel.schedules import schedule_of
 from dlsim.workload.presets import layer_count
 from dlsim.workload.shapes import shape_of
@@ -268,9 +269,8 @@ def check_context_degree(shape: TransformerShape | None, c: int, comm: str = "p2
                             f"{2 * c - 1} - i), which must divide the sequence length ({s}); "
                             "use a context degree whose double divides it.",
                             field="parallelism.context")
-    banded = shape.sliding_window is not None and any(
-        shape.windowed(b) for b in range(shape.layers))
-    if comm == "p2p" and (banded or shape.attention_sinks):
+    if comm == "p2p" and needs_head_split(shape):
+        banded = any(shape.windowed(b) for b in range(shape.layers))
         what = " and ".join(x for x, on in (("a sliding window", banded),
                                             ("attention sinks", shape.attention_sinks)) if on)
         raise ScenarioError(f"this model's attention has {what}, which ring attention "

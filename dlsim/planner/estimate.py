@@ -76,7 +76,7 @@ from dlsim.network.algorithms import Phase, merge_phases
 from dlsim.network.protocol import resolve_mode
 from dlsim.network.translates import classes, moves_exactly
 from dlsim.network.tuner import candidates, phase_time_s, plan_collective
-from dlsim.parallel.context import context_shard, kv_bytes
+from dlsim.parallel.context import context_shard, head_split_bytes, kv_bytes
 from dlsim.parallel.data_parallel import optimizer_steps
 from dlsim.parallel.expert import ExpertLayout, reprice_experts
 from dlsim.parallel.grid import Grid
@@ -94,7 +94,7 @@ from dlsim.parallel.pipeline import (
 from dlsim.parallel.segments import EXPERT_TENSOR_OPS, LayerPass, Segment
 from dlsim.parallel.sharding import sharding_groups
 from dlsim.parallel.tensor import Collectives, shard_model
-from dlsim.planner.space import Plan
+from dlsim.planner.space import Plan, context_comm_for
 from dlsim.workload.costmodel import optimizer_time_s
 from dlsim.workload.model import Model
 from dlsim.workload.shapes import TransformerShape
@@ -234,10 +234,18 @@ class CostTable:
         layout = ExpertLayout(expert, expert_tensor, t)
         return per_rank, reprice_experts(shard_model(per_rank, t, sequence_parallel), layout)
 
+    def _head_split(self, t: int, context: int) -> tuple[float, float] | None:
+        """The a2a exchange's buffers where only it runs the attention (``context_comm_for``);
+        None: the ring's."""
+        if context == 1 or self.shape is None or context_comm_for(self.shape) == "p2p":
+            return None
+        return head_split_bytes(self.shape, self.microbatch, max(DTYPE_BYTES[self.dtype], 2),
+                                t, context)
+
     def _ring_and_layout(self, t: int, context: int, expert: int,
                          expert_tensor: int) -> tuple[float, ExpertLayout | None]:
         kv_block = 0.0
-        if context > 1:
+        if context > 1 and self._head_split(t, context) is None:
             assert self.shape is not None  # context parallelism plans a transformer
             kv_block = kv_bytes(self.shape, self.microbatch, max(DTYPE_BYTES[self.dtype], 2),
                                 t) / context
@@ -266,7 +274,8 @@ class CostTable:
             self._costs[key] = expanded(layer_costs(
                 per_rank, shard, self.device, self.dtype, recompute, sequence_parallel,
                 context=context, kv_block_bytes=kv_block, experts=layout,
-                same=tuple(range(len(shard.layers)))), self._at)
+                same=tuple(range(len(shard.layers))),
+                head_split=self._head_split(t, context)), self._at)
         return self._costs[key]
 
     def stage_compute(self, t: int, parts: int, recompute: str, sequence_parallel: bool,
@@ -425,17 +434,20 @@ def segment_counts(passes: Iterable[LayerPass]) -> SegmentCounts:
 
 def pass_comm_s(segments: SegmentCounts, context: int, send_s: Callable[[float], float],
                 alltoall_s: Callable[[float], float],
-                expert_tensor_s: Callable[[str, float], float] | None = None
-                ) -> tuple[float, float]:
-    """(ring, expert) seconds that counted layer-pass segments add to their compute: a
+                expert_tensor_s: Callable[[str, float], float] | None = None,
+                head_swap_s: Callable[[float], float] | None = None) -> tuple[float, float]:
+    """(context, expert) seconds that counted layer-pass segments add to their compute: a
     core of T seconds in c steps beside c - 1 block sends takes (c - 1)·max(T/c, send) + T/c
-    (``dlsim.parallel.builder._ring``), an all-to-all blocks its whole time, and so does an
-    expert-tensor all-gather or reduce-scatter (``expert_tensor_s(op, size)``)."""
+    (``dlsim.parallel.builder._ring``), an all-to-all blocks its whole time (the context
+    group's of context_comm a2a: ``head_swap_s(size)``), and so does an expert-tensor
+    all-gather or reduce-scatter (``expert_tensor_s(op, size)``)."""
     ring = a2a = 0.0
     for segment, count in segments:
         if segment.kind == "ring":
             step = segment.seconds / context
             ring += count * (context - 1) * max(send_s(segment.size_bytes) - step, 0.0)
+        elif segment.kind == "heads" and head_swap_s is not None:
+            ring += count * head_swap_s(segment.size_bytes)
         elif segment.kind in ("counts", "dispatch", "combine"):
             a2a += count * alltoall_s(segment.size_bytes)
         elif segment.kind in EXPERT_TENSOR_OPS and expert_tensor_s is not None:
@@ -455,6 +467,7 @@ class Groups:
     expert_data: tuple[tuple[int, ...], ...]
     pipeline: tuple[tuple[int, ...], ...]
     expert_tensor: tuple[tuple[int, ...], ...] = ()
+    context: tuple[tuple[int, ...], ...] = ()
 
 
 @lru_cache(maxsize=4096)
@@ -471,7 +484,9 @@ def groups_of(grid: Grid) -> Groups:
         tuple((grid.rank(0, r, k, ci), grid.rank(1, r, k, ci)) for r in range(d)
               for ci in range(c) for k in range(t)) if grid.pipeline > 1 else (),
         tuple(grid.expert_tensor_group(0, j, e) for j in range(grid.expert_data)
-              for e in range(grid.expert)) if grid.expert > 1 < grid.expert_tensor else ())
+              for e in range(grid.expert)) if grid.expert > 1 < grid.expert_tensor else (),
+        tuple(grid.context_group(0, r, k) for r in range(d) for k in range(t)) if c > 1
+        else ())
 
 
 def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
@@ -515,7 +530,10 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
     def expert_tensor_s(op: str, size: float) -> float:
         return fabric.time_s(op, "ring", size, groups.expert_tensor, n, place)
 
-    comm = [pass_comm_s(counts, c, send_s, alltoall_s, expert_tensor_s)
+    def head_swap_s(size: float) -> float:
+        return fabric.time_s("alltoall", "direct", size, groups.context, n, place)
+
+    comm = [pass_comm_s(counts, c, send_s, alltoall_s, expert_tensor_s, head_swap_s)
             for counts in sums.segments]
     stage_s = [sums.compute[s] + tensor_comm_s(s) + gathers_exposed_s(s) + sum(comm[s])
                for s in range(p)]

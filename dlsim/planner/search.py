@@ -32,7 +32,7 @@ from dlsim.planner.bounds import Block, energy_lower_bound_J, step_lower_bound
 from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
 from dlsim.planner.models import model_name, model_section, model_shape, model_spec
-from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target
+from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target, context_comm_for
 from dlsim.planner.time_to_loss import LossTarget, batch_reason, to_target
 from dlsim.planner.time_to_loss import summary as loss_summary
 from dlsim.results.power import PowerModel, estimated_energy_J, power_model
@@ -103,10 +103,18 @@ def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int,
                         "zero_stage": plan.zero_stage, "recompute": plan.recompute,
                         "sequence_parallel": plan.sequence_parallel, "offload": plan.offload,
                         "context": plan.context, "expert": plan.expert,
-                        "expert_tensor": plan.expert_tensor, "shard_group": plan.shard_group},
+                        "expert_tensor": plan.expert_tensor, "shard_group": plan.shard_group}
+        | _exchange(request, plan),
         "communication": {"data_parallel": plan.algorithm, "protocol": plan.protocol},
         "placement": plan.placement,
     }
+
+
+def _exchange(request: PlanRequest, plan: Plan) -> dict[str, str]:
+    """``context_comm`` where the plan's context parallelism needs the a2a exchange."""
+    if plan.context == 1 or context_comm_for(model_shape(request.model)) == "p2p":
+        return {}
+    return {"context_comm": "a2a"}
 
 
 def _objectives(row: dict[str, Any], step_s: float, steps: float, gpus: int,

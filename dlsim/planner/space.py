@@ -48,6 +48,7 @@ from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import algorithms, algorithms_for, lower
 from dlsim.network.protocol import PROTOCOLS
 from dlsim.network.protocol import runs as protocol_runs
+from dlsim.parallel.context import needs_head_split
 from dlsim.parallel.feasibility import JobSpec, Lowered, infeasible
 from dlsim.parallel.grid import Grid
 from dlsim.parallel.memory import OFFLOAD, RECOMPUTE
@@ -420,6 +421,11 @@ def enumerate_plans(shape: TransformerShape, global_batch: int, target: Target, 
     return iter(PlanSpace(shape, global_batch, target, narrowed))
 
 
+def context_comm_for(shape: TransformerShape) -> str:
+    """The planner's context exchange: the ring, but for attention only a2a runs."""
+    return "a2a" if needs_head_split(shape) else "p2p"
+
+
 def job_of(plan: Plan, shape: TransformerShape, global_batch: int, target: Target,
            communication: CommunicationSpec | None = None) -> JobSpec:
     """What the feasibility rules read of ``plan``: the scenario ``scenario_of`` writes."""
@@ -430,7 +436,7 @@ def job_of(plan: Plan, shape: TransformerShape, global_batch: int, target: Targe
                    plan.microbatch, plan.data, plan.tensor, plan.pipeline, plan.schedule,
                    plan.virtual_stages, plan.zero_stage, context=plan.context,
                    expert=plan.expert, expert_tensor=plan.expert_tensor,
-                   shard_group=plan.shard_group)
+                   shard_group=plan.shard_group, context_comm=context_comm_for(shape))
 
 
 def runs(plan: Plan, shape: TransformerShape, global_batch: int, target: Target) -> bool:
