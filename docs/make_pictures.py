@@ -71,6 +71,8 @@ PICTURES: dict[str, tuple[list[str], str, list[str], int]] = {
                          ["sync"], 1100),
     "trace-replay": (["run", "examples/trace-replay.yaml"], "trace-replay-dgx-a100",
                      ["summary", "timeline"], 1100),
+    "ring-vs-ulysses": (["run", "scenarios/ring-vs-ulysses.yaml"], "ring-vs-ulysses",
+                        ["plot"], 1000),
     "deepseek-v3-2048-h800": (["run", "scenarios/deepseek-v3-2048-h800.yaml"],
                               "deepseek-v3-2048-h800", ["summary", "breakdown"], 1100),
 }
