@@ -401,6 +401,10 @@ class TrainingSpec(_Spec):
     bucket_cap_mb: float = Field(default=25.0, ge=0)  # 0: one bucket of every gradient
     steps: int = Field(default=1, ge=1)
     lora: LoraSpec | None = None
+    # the dtype gradients are accumulated and reduced in: None, the training dtype (bf16
+    # under fp8), as PyTorch DDP, FSDP and DeepSpeed keep them; fp32 as Megatron-Core does
+    # with bf16 (main_grads fp32 buffers, --accumulate-allreduce-grads-in-fp32)
+    grad_dtype: Literal["fp32", "bf16", "fp16"] | None = None
 
 
 # the schedules dlsim.parallel.schedules registers (gpipe, 1f1b, interleaved, ...)

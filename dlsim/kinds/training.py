@@ -95,7 +95,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         sync_every=local_sgd_period(comm, train.steps, par.zero_stage,
                                     stages * tensor * context * expert),
         shard_group=par.shard_group, overlap_param_gather=par.overlap_param_gather,
-        tp_comm_overlap=par.tp_comm_overlap, comm_contention=device.comm_contention)
+        tp_comm_overlap=par.tp_comm_overlap, comm_contention=device.comm_contention,
+        grad_dtype=train.grad_dtype)
     programs = build_programs(job, cut, device, dtype, replicas,
                               [0] if symmetric_run else list(range(tensor)),
                               [0] if symmetric_run else list(range(context)))
@@ -104,7 +105,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                               for s in range(stages)], dtype, train.optimizer,
         [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
         data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel,
-        context=context, expert=expert, expert_tensor=expert_tensor, shard=par.shard_group)
+        context=context, expert=expert, expert_tensor=expert_tensor, shard=par.shard_group,
+        grad_dtype=train.grad_dtype)
     memory_options: dict[str, Any] = {"zero_stage": par.zero_stage, "recompute": par.recompute,
                       "offload": par.offload}
     if tensor > 1:  # sequence parallelism is a saving only a tensor-parallel plan can take
@@ -127,7 +129,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         run.network.bytes_injected, parts_s,
         communication={"communication": comm.data_parallel, "protocol": mode,
                        "compression": compression_summary(
-                           comm, gradient_bytes_per_param(dtype), run.spans, train.steps)},
+                           comm, gradient_bytes_per_param(dtype, train.grad_dtype), run.spans,
+                           train.steps)},
         parallelism={"data": data, "tensor": tensor,
                      "sequence_parallel": sequence_parallel, "pipeline": stages,
                      "schedule": par.schedule, "virtual_stages": chunks,
@@ -140,6 +143,8 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         | ({"overlap_param_gather": True} if par.overlap_param_gather else {})
         | ({"tp_comm_overlap": True} if par.tp_comm_overlap else {}),
         lora_and_offload=True)
+    if train.grad_dtype:
+        summary["grad_dtype"] = train.grad_dtype
     if not summary["fits_in_memory"]:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,
                                                   zero_allowed=stages == tensor == 1 < n

@@ -110,6 +110,7 @@ class TrainingJob:
     overlap_param_gather: bool = False  # ZeRO-1/2: the gather overlaps the next forward
     tp_comm_overlap: bool = False  # sequence-parallel TP collectives beside the pass's GEMMs
     comm_contention: float = 0.0  # compute share an overlapped TP collective takes (device)
+    grad_dtype: str | None = None  # what gradients are reduced in (None: the training dtype)
 
 
 def build_programs(job: TrainingJob, pieces: list[Piece], device: DeviceProfile, dtype: str,
@@ -154,7 +155,7 @@ class _RankProgram:
         grid = job.grid
         self.p, self.t = grid.pipeline, grid.tensor
         self.last_piece = self.p * job.chunks - 1
-        self.grad_bytes = gradient_bytes_per_param(dtype)
+        self.grad_bytes = gradient_bytes_per_param(dtype, job.grad_dtype)
         self.weight_bytes = weight_bytes_per_param(dtype)
         # ZeRO partitions over the ranks the dense gradients sync over: data x context
         dense = grid.data * grid.context
@@ -245,7 +246,8 @@ class _RankProgram:
         owned = ((params - experts) / self.shard + experts / self.job.grid.expert_data
                  if self.sharded else params)
         for what, seconds, role in optimizer_steps(
-                owned, job.optimizer, self.device, self.dtype, job.offload, job.sharing):
+                owned, job.optimizer, self.device, self.dtype, job.offload, job.sharing,
+                job.grad_dtype):
             update = (self.add(Compute(f"{what}{stage} s{step}", seconds, deps=update,
                                        role=role)),)
         if not self.sharded or job.zero_stage == 3:

@@ -46,7 +46,8 @@ OFFLOAD_HOST = "cpu-host"
 
 
 def optimizer_steps(params: float, optimizer: str, device: DeviceProfile, dtype: str,
-                    offload: str = "none", sharing: int = 1) -> list[tuple[str, float, Role]]:
+                    offload: str = "none", sharing: int = 1,
+                    grad_dtype: str | None = None) -> list[tuple[str, float, Role]]:
     """The optimizer step of ``params`` parameters, as (name, seconds, role) in order.
 
     Offloaded (ZeRO-Offload, Ren et al. 2021, §4), the gradients go to the host over the
@@ -58,7 +59,8 @@ def optimizer_steps(params: float, optimizer: str, device: DeviceProfile, dtype:
         return [("optimizer", optimizer_time_s(params, optimizer, device), "optimizer")]
     pcie = hardware.link(device.pcie or "pcie4-x16")
     host = hardware.device(OFFLOAD_HOST)
-    return [("gradients to host", params * gradient_bytes_per_param(dtype) / pcie.up_Bps,
+    return [("gradients to host",
+             params * gradient_bytes_per_param(dtype, grad_dtype) / pcie.up_Bps,
              "offload"),
             ("optimizer on host", optimizer_time_s(params * sharing, optimizer, host),
              "optimizer"),

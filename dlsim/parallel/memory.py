@@ -97,9 +97,10 @@ def weight_bytes_per_param(dtype: str) -> int:
     return max(DTYPE_BYTES[dtype], 2)
 
 
-def gradient_bytes_per_param(dtype: str) -> int:
-    """Gradients are kept in the training dtype, and fp8 training keeps them in bf16."""
-    return max(DTYPE_BYTES[dtype], 2)
+def gradient_bytes_per_param(dtype: str, grad_dtype: str | None = None) -> int:
+    """Gradients are kept (and reduced) in ``grad_dtype``; by default in the training
+    dtype, and fp8 training keeps them in bf16."""
+    return DTYPE_BYTES[grad_dtype] if grad_dtype else max(DTYPE_BYTES[dtype], 2)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
                       recompute: str = "none", offload: str = "none",
                       lora: LoraSpec | None = None,
                       sequence_parallel: bool = False, context: int = 1, expert: int = 1,
-                      expert_tensor: int = 1, shard: int | None = None) -> MemoryPlan:
+                      expert_tensor: int = 1, shard: int | None = None,
+                      grad_dtype: str | None = None) -> MemoryPlan:
     """Bytes on one device: the layers in ``stage_layers`` (default: the fullest of
     ``pipeline`` stages from ``pipeline_stages``), their model state split ``tensor`` ways
     and partitioned over ``shard`` ranks (default ``data`` x ``context``: no hybrid
@@ -181,7 +183,7 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
             in_flight_microbatches=in_flight_microbatches, zero_stage=zero_stage,
             recompute=recompute, offload=offload, lora=lora,
             sequence_parallel=sequence_parallel, context=context, expert=expert,
-            expert_tensor=expert_tensor, shard=shard)
+            expert_tensor=expert_tensor, shard=shard, grad_dtype=grad_dtype)
             for part in pipeline_stages(model, pipeline)), key=lambda plan: plan.total)
     layers = [model.layers[i] for i in stage_layers]
     routed = sum(routed_params(layer) for layer in layers)
@@ -198,8 +200,8 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
         frozen += routed / (expert * expert_tensor)
     state = OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype))]
     optimizer_bytes = trainable * state * share[0] + experts * state * expert_share[0]
-    grads = (trainable * gradient_bytes_per_param(dtype) * share[1]
-             + experts * gradient_bytes_per_param(dtype) * expert_share[1])
+    grad_bytes = gradient_bytes_per_param(dtype, grad_dtype)
+    grads = trainable * grad_bytes * share[1] + experts * grad_bytes * expert_share[1]
     params = ((frozen * 2 + trainable * weight_bytes_per_param(dtype)) * share[2]
               + experts * weight_bytes_per_param(dtype) * expert_share[2])
     if is_low_precision(dtype):  # TE's cached FP8/FP4 copies of the blocks' linear weights
@@ -220,7 +222,7 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
     if offload == "optimizer":
         host, optimizer_bytes = optimizer_bytes, 0.0
         owned = trainable * share[0] + experts * expert_share[0]
-        traffic = owned * (gradient_bytes_per_param(dtype) + weight_bytes_per_param(dtype))
+        traffic = owned * (grad_bytes + weight_bytes_per_param(dtype))
     return MemoryPlan(params, grads, optimizer_bytes, activations, gathered, host, traffic,
                       trainable)
 

@@ -63,3 +63,31 @@ def test_zero3_prefetch_stream_appears_in_the_trace():
     r = dlsim.simulate(_scenario(3))
     assert {s.stream for s in r.spans} == {"compute", "comm", "prefetch"}
     assert sum(r.breakdown_s.values()) == pytest.approx(r.step_time_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("d", [1, 8, 64])
+def test_megatron_distributed_optimizer_holds_6_plus_12_over_d_bytes_a_parameter(d):
+    """Megatron-Core's distributed optimizer with bf16 and fp32 main grads (its default):
+    bf16 parameter and fp32 gradient whole on each rank, 6 bytes, and fp32 master weight,
+    Adam's m and v sharded over d, 12/d (its docs' per-parameter table)."""
+    psi = 7e9
+    model = Model("psi", (Layer("all", int(psi), (), (), 0.0),))
+    plan = memory_per_device(model, "bf16", "adam", data=d, zero_stage=1, grad_dtype="fp32")
+    assert plan.params + plan.grads + plan.optimizer == pytest.approx(psi * (6 + 12 / d),
+                                                                      rel=1e-12)
+
+
+@pytest.mark.parametrize("stage,reduce,gathers", [(0, 2, 0), (1, 1, 1), (3, 1, 2)])
+def test_fp32_gradients_double_the_gradient_traffic(stage, reduce, gathers):
+    """Gradients reduced in fp32 (4 bytes) where the parameters are bf16 (2): per rank the
+    all-reduce moves 2(N-1)/N of the fp32 gradients, ZeRO-1's reduce-scatter (N-1)/N of
+    them and its parameter all-gather (N-1)/N of the bf16 parameters, ZeRO-3 two such
+    gathers."""
+    n = 8
+    data = _scenario(stage, n)
+    data["training"]["grad_dtype"] = "fp32"
+    r = dlsim.simulate(data)
+    params = r.parameters
+    expected = (n - 1) * params * (reduce * 4 + gathers * 2)
+    assert r.comm_bytes_total == pytest.approx(expected, rel=1e-9)
+    assert r.summary["grad_dtype"] == "fp32"

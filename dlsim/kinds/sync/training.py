@@ -85,7 +85,7 @@ def ps_training(scenario: TrainingScenario, topology: Topology) -> Result:
     model = build_model(scenario.model, micro, max(DTYPE_BYTES[dtype], 2),
                         attention_kernel(scenario.model, device, dtype))
     one_worker = worker_program(model, device, dtype, per_worker // micro, train.optimizer)
-    grad_bytes = model.parameters * gradient_bytes_per_param(dtype)
+    grad_bytes = model.parameters * gradient_bytes_per_param(dtype, train.grad_dtype)
     shard_bytes = grad_bytes / comm.servers
     mode = scenario.sync.mode
     budget = train.steps if mode == "bsp" else train.steps * n
