@@ -14,6 +14,8 @@ says so (MLPerf's ``tp_comm_overlap`` column) and on the NeMo / Megatron-Bridge 
 tensor > 1 (their H100 performance recipes, scripts/performance, enable it through
 ``CommOverlapConfig``); the MoE paper's rows print nothing and run without it.
 
+Gradients are reduced in fp32 on the NeMo and MoE rows (``MEGATRON_GRADS``).
+
 What is compared is the row's own figure: tokens/s per GPU (NeMo tables), MFU as Megatron-Core
 counts model FLOPs (the MoE paper: ``mcore_model_flops``, over the 989.5 TFLOP/s BF16 peak it
 divides by), step time (MLPerf). Rows with the same plan (a recipe measured in several
@@ -68,6 +70,11 @@ PRECISIONS = {"BF16": "bf16", "FP8": "fp8", "FP8-CS": "fp8", "FP8(hybrid)": "fp8
               "(not stated in table)": "fp8"}
 H100_BF16_PEAK = 989.5e12  # the MoE paper's MFU denominator (§4.1)
 MISSING = ("", "n/a", "nan")
+# Megatron-Core accumulates and reduces bf16 training's gradients in fp32 (main_grads fp32,
+# megatron/training/arguments.py), and Megatron-Bridge's recipes say so
+# (DistributedDataParallelConfig(grad_reduce_in_fp32=True)): the NeMo and MoE-paper rows run
+# so; MLPerf's logs do not say, and its rows keep the training dtype.
+MEGATRON_GRADS = "fp32"
 
 
 def _int(value: str, default: int = 1) -> int:
@@ -107,9 +114,10 @@ def _simulated(table: str, case: str, measured: float, unit: str, scenario: Scen
 
 def _training(name: str, model: dict[str, Any], gpus: int, precision: str, gbs: int,
               mbs: int, par: dict[str, Any], lora: dict[str, Any] | None = None,
-              tp_comm_overlap: bool = False) -> Scenario:
+              tp_comm_overlap: bool = False, grad_dtype: str | None = None) -> Scenario:
     """A scenario on DGX H100 nodes with the recipes' defaults for what a row leaves out;
-    ``tp_comm_overlap`` applies where tensor > 1 (TE's overlap needs sequence parallelism)."""
+    ``tp_comm_overlap`` applies where tensor > 1 (TE's overlap needs sequence parallelism);
+    ``grad_dtype`` what the gradients are reduced in."""
     tensor = par.get("tensor", 1)
     parallelism = {"sequence_parallel": tensor > 1, "zero_stage": 1, **par}
     if tp_comm_overlap and tensor > 1:
@@ -117,6 +125,8 @@ def _training(name: str, model: dict[str, Any], gpus: int, precision: str, gbs: 
     if parallelism.get("virtual_stages", 1) > 1:
         parallelism["schedule"] = "interleaved"
     training: dict[str, Any] = {"global_batch": gbs, "microbatch": mbs, "optimizer": "adam"}
+    if grad_dtype is not None:
+        training["grad_dtype"] = grad_dtype
     if lora is not None:
         training["lora"] = lora
     return {"name": name, "model": model, "cluster": {"preset": "dgx-h100", "nodes": gpus // 8},
@@ -158,7 +168,8 @@ def nemo_performance(directory: Path) -> list[Row]:
         if fsdp:
             par |= {"zero_stage": 3, "shard_group": fsdp}
         scenario = _training("nemo", model, gpus, PRECISIONS[r["precision"]], int(r["gbs"]),
-                             _int(r["mbs"]), par, tp_comm_overlap=True)
+                             _int(r["mbs"]), par, tp_comm_overlap=True,
+                             grad_dtype=MEGATRON_GRADS)
         per_gpu = int(r["gbs"]) * seq / gpus  # tokens per GPU and step
         out.append(_simulated(table, case, measured, unit, scenario, runs, per_gpu))
     return out
@@ -270,7 +281,8 @@ def megatron_core_moe(directory: Path) -> list[Row]:
             model["moe"]["capacity_factor"] = 1.0
         par = {"tensor": t, "pipeline": p, "context": c, "expert": e, "expert_tensor": et,
                "virtual_stages": _int(r["vpp"])}
-        scenario = _training("moe-folding", model, gpus, "bf16", gbs, _int(r["mbs"]), par)
+        scenario = _training("moe-folding", model, gpus, "bf16", gbs, _int(r["mbs"]), par,
+                             grad_dtype=MEGATRON_GRADS)
         # model FLOP/s per GPU over the peak (MFU, in %) or in TFLOP/s
         per_gpu = mcore_model_flops(model, gbs) / gpus / (
             H100_BF16_PEAK / 100 if metric == "MFU" else 1e12)
