@@ -116,7 +116,8 @@ def test_full_tables_error_does_not_grow():
 def test_gpt_oss_rows_are_simulated_and_their_error_does_not_grow(tmp_path):
     """The five H100 GPT OSS 120B rows (BF16, p = 4, e = 8), refused before the preset:
     reached on 2026-12-02 +72.8 % to +78.3 % at micro-batch 1 and +52.6 % at 4 (25.11),
-    median 73.1 %, too fast (docs/questions/23-validation-hopper.md)."""
+    median 73.1 %, too fast (docs/questions/23-validation-hopper.md); with fp32 gradient
+    reduction (MEGATRON_GRADS) +70.4 % to +75.8 % and +49.0 %, median 70.7 %."""
     name = "nemo_performance.csv"
     with open(DEFAULT_DIR / name, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -127,7 +128,7 @@ def test_gpt_oss_rows_are_simulated_and_their_error_does_not_grow(tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     result = pd.DataFrame(TABLES["nemo_performance"](tmp_path))
-    _within(_errors(result), (5, 73.1, 78.3))
+    _within(_errors(result), (5, 70.7, 75.8))
 
 
 def test_a_moe_row_without_its_configuration_is_listed_not_a_crash(tmp_path):
