@@ -428,6 +428,11 @@ class ParallelismSpec(_Spec):
     pipeline: int = Field(default=1, ge=1)
     schedule: PipelineSchedule = "1f1b"
     virtual_stages: int = Field(default=1, ge=1)
+    # transformer blocks on each pipeline piece in model order (pipeline x virtual_stages of
+    # them; the embedding rides with the first, the head with the last): Megatron-Core's
+    # uneven layouts (--decoder-first/last-pipeline-num-layers, --pipeline-model-parallel-
+    # layout); None: equal runs
+    stage_blocks: list[Annotated[int, Field(ge=1)]] | None = None
     recompute: Literal["none", "selective", "full"] = "none"
     offload: Literal["none", "optimizer"] = "none"
     # context parallelism: devices = data x context x tensor x pipeline; how the context

@@ -82,7 +82,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
             kv_block = kv_bytes(shape, micro, act_bytes, tensor) / context
     cut = pieces(per_rank, shard, device, dtype, stages * chunks, par.recompute,
                  sequence_parallel, context=context, kv_block_bytes=kv_block,
-                 head_split=head_split,
+                 head_split=head_split, stage_blocks=par.stage_blocks,
                  experts=layout_e if expert > 1 or model_has_moe(model) else None)
     job = TrainingJob(
         grid, chunks, micro_count, par.schedule, train.optimizer, comm.data_parallel,
@@ -139,6 +139,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                      **({"context": context, "expert": expert, "expert_tensor": expert_tensor}
                         if context * expert * expert_tensor > 1 else {})}
         | ({"context_comm": par.context_comm} if context > 1 else {})
+        | ({"stage_blocks": par.stage_blocks} if par.stage_blocks else {})
         | ({"shard_group": par.shard_group} if par.shard_group else {})
         | ({"overlap_param_gather": True} if par.overlap_param_gather else {})
         | ({"tp_comm_overlap": True} if par.tp_comm_overlap else {}),

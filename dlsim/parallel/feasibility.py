@@ -75,6 +75,7 @@ class JobSpec:
     shard_group: int | None = None
     overlap_param_gather: bool = False
     context_comm: str = "p2p"
+    stage_blocks: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def training_job(scenario: TrainingScenario, topology: Topology) -> JobSpec:
         scenario.communication, train.microbatch, par.data, par.tensor, par.pipeline,
         par.schedule, par.virtual_stages, par.zero_stage, train.lora is not None, train.steps,
         par.context, par.expert, par.expert_tensor, par.shard_group, par.overlap_param_gather,
-        par.context_comm)
+        par.context_comm, None if par.stage_blocks is None else tuple(par.stage_blocks))
 
 
 def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Layout:
@@ -143,6 +144,7 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
     if p * v > job.layers:
         raise ScenarioError(f"{p} pipeline stages x {v} virtual stages for a model "
                             f"of {job.layers} layers.", field="parallelism.pipeline")
+    check_stage_blocks(job.stage_blocks, job.shape, p * v)
     if job.lora and job.zero_stage == 3:
         raise ScenarioError("LoRA with ZeRO-3 is not modelled: stage 3 would all-gather the "
                             "frozen weights too, which the LoRA workload does not carry; use "
@@ -283,6 +285,22 @@ def check_context_degree(shape: TransformerShape | None, c: int, comm: str = "p2
                             f"context group: context ({c}) must divide the query heads "
                             f"({shape.heads} / tensor {t}) and the key-value heads "
                             f"({kv_heads} / tensor {t}).", field="parallelism.context_comm")
+
+
+def check_stage_blocks(counts: tuple[int, ...] | None, shape: TransformerShape | None,
+                       pieces: int) -> None:
+    """An uneven layout names every piece's blocks, and all of the model's."""
+    if counts is None:
+        return
+    if shape is None:
+        raise ScenarioError("stage_blocks counts transformer blocks; this model has none, so "
+                            "leave it out.", field="parallelism.stage_blocks")
+    if len(counts) != pieces or sum(counts) != shape.layers:
+        raise ScenarioError(f"stage_blocks gives {len(counts)} pieces holding {sum(counts)} "
+                            f"blocks; the plan has pipeline x virtual_stages = {pieces} "
+                            f"pieces and the model {shape.layers} blocks, so list {pieces} "
+                            f"counts summing to {shape.layers}.",
+                            field="parallelism.stage_blocks")
 
 
 def check_expert_degrees(shape: TransformerShape | None, e: int, et: int,

@@ -59,6 +59,7 @@ input gradients (the adapters' own s*b*r intermediates, r/h of one hidden state,
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,15 +147,19 @@ def stored_activations(layer: Layer, tensor: int, recompute: str,
     return (total - dropped - replicated) / tensor + kept
 
 
-def pipeline_stages(model: Model, pipeline: int) -> list[list[int]]:
-    """Transformer blocks cut into ``pipeline`` runs of equal count, the layers before the
-    first block on the first stage and those after the last on the last (Megatron-LM's
-    layout); models without blocks cut into runs of equal layer count."""
+def pipeline_stages(model: Model, pipeline: int,
+                    counts: Sequence[int] | None = None) -> list[list[int]]:
+    """Transformer blocks cut into ``pipeline`` runs of equal count (or of ``counts`` blocks
+    each, Megatron-Core's uneven layouts), the layers before the first block on the first
+    stage and those after the last on the last (Megatron-LM's layout); models without
+    blocks cut into runs of equal layer count."""
     blocks = [i for i, layer in enumerate(model.layers) if layer.block is not None]
     if len(blocks) < pipeline:
         return [part.tolist() for part in np.array_split(np.arange(len(model.layers)),
                                                          pipeline)]
-    parts = [part.tolist() for part in np.array_split(np.array(blocks), pipeline)]
+    parts = ([part.tolist() for part in np.array_split(np.array(blocks), pipeline)]
+             if counts is None else
+             [blocks[a:b] for a, b in itertools.pairwise([0, *itertools.accumulate(counts)])])
     parts[0] = list(range(blocks[0])) + parts[0]
     parts[-1] = parts[-1] + list(range(blocks[-1] + 1, len(model.layers)))
     return parts

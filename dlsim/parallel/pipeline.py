@@ -16,6 +16,7 @@ same time as interleaving them because each blocks the next kernel.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -166,20 +167,20 @@ def repeats(model: Model) -> tuple[int, ...]:
 
 
 def cut_layers(shard: Model, times: tuple[tuple[float, float], ...],
-               parts: int) -> list[list[int]]:
+               parts: int, stage_blocks: Sequence[int] | None = None) -> list[list[int]]:
     """The layers of each of ``parts`` pieces (see ``pieces``)."""
     blocks = sum(layer.block is not None for layer in shard.layers)
-    return (pipeline_stages(shard, parts) if blocks >= parts
+    return (pipeline_stages(shard, parts, stage_blocks) if blocks >= parts
             else partition([f + b for f, b in times], parts))
 
 
 def cut_shard(model: Model, shard: Model, costs: LayerCosts, parts: int,
-        recompute: str) -> list[Piece]:
+        recompute: str, stage_blocks: Sequence[int] | None = None) -> list[Piece]:
     """``shard`` cut into ``parts`` pieces priced by its ``costs`` (see ``pieces``)."""
     times, passes, params = costs.times, costs.passes, costs.params
     expert_params, counts = costs.expert_params, costs.counts
     out = []
-    for layers in cut_layers(shard, times, parts):
+    for layers in cut_layers(shard, times, parts, stage_blocks):
         forward = [counts[i][0] for i in layers]
         backward = [counts[i][1] for i in layers]
         first = layers[0]
@@ -200,14 +201,16 @@ def cut_shard(model: Model, shard: Model, costs: LayerCosts, parts: int,
 def pieces(model: Model, shard: Model, device: DeviceProfile, dtype: str, parts: int,
            recompute: str, sequence_parallel: bool = False, *, context: int = 1,
            kv_block_bytes: float = 0.0, experts: ExpertLayout | None = None,
-           head_split: tuple[float, float] | None = None) -> list[Piece]:
+           head_split: tuple[float, float] | None = None,
+           stage_blocks: Sequence[int] | None = None) -> list[Piece]:
     """Cut ``shard`` (one tensor rank's layers) into ``parts`` pieces as Megatron-LM does:
     transformer blocks in runs of equal count, the embedding with the first and the head
     with the last (``dlsim.parallel.memory.pipeline_stages``); other models into pieces of equal
-    time. ``context`` > 1 or an ``experts`` layout gives the pieces their layers' segments
+    time; ``stage_blocks`` gives each piece's block count instead of equal runs.
+    ``context`` > 1 or an ``experts`` layout gives the pieces their layers' segments
     (``kv_block_bytes``: one ring step's K/V block; ``head_split``: the all-to-alls of
     context_comm a2a instead) and per-rank expert parameters."""
     costs = layer_costs(model, shard, device, dtype, recompute, sequence_parallel,
                         context=context, kv_block_bytes=kv_block_bytes, experts=experts,
                         head_split=head_split)
-    return cut_shard(model, shard, costs, parts, recompute)
+    return cut_shard(model, shard, costs, parts, recompute, stage_blocks)

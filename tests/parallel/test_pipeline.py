@@ -258,3 +258,46 @@ def test_each_further_micro_batch_costs_the_slowest_stage(widths, extra):
     m = len(model.layers) + extra
     one, more = (dlsim.simulate(_unequal(widths, k, "1f1b")).step_time_s for k in (m, m + 1))
     assert more - one == pytest.approx(slowest, rel=1e-9)
+
+
+TRANSFORMER = {"kind": "transformer", "layers": 6, "hidden": 512, "heads": 8, "seq_len": 256,
+               "vocab": 1000}
+
+
+@pytest.mark.parametrize("counts", [[1, 2, 3], [3, 2, 1], [2, 2, 2]])
+def test_stage_blocks_cut_the_pipeline_where_they_say(counts):
+    """Three stages of 1, 2 and 3 blocks (the embedding with the first, the head with the
+    last), GPipe on free links: the step is the two flow shops of those stages' times."""
+    m = 4
+    device = hardware.device("a100-sxm4-80gb")
+    model = build_model(ModelSpec(**TRANSFORMER), MICRO, 2)
+    layers = model.layers
+    bounds = [0, 1 + counts[0], 1 + counts[0] + counts[1], len(layers)]
+    stages = [range(a, b) for a, b in zip(bounds, bounds[1:])]
+    times = [[layer_times_s(layers[i], device, "bf16") for i in stage] for stage in stages]
+    f = [sum(t[0] for t in stage) for stage in times]
+    b = [sum(t[1] for t in stage) for stage in times]
+    opt = [optimizer_time_s(sum(layers[i].params for i in stage), "adam", device)
+           for stage in stages]
+    forwards = sum(f) + (m - 1) * max(f)
+    ends = [forwards + sum(b[s:]) + (m - 1) * max(b[s:]) for s in range(3)]
+    data = {"name": "pp", "model": TRANSFORMER,
+            "cluster": {"topology": "switch", "devices": 3, "device": "a100-sxm4-80gb",
+                        "link": {"bandwidth_GBps": 1e200, "latency_us": 0}},
+            "training": {"global_batch": MICRO * m, "microbatch": MICRO},
+            "parallelism": {"pipeline": 3, "schedule": "gpipe", "stage_blocks": counts}}
+    r = dlsim.simulate(data)
+    assert r.step_time_s == pytest.approx(max(e + o for e, o in zip(ends, opt)), rel=1e-9)
+    assert r.summary["parallelism"]["stage_blocks"] == counts
+
+
+@pytest.mark.parametrize("counts", [[2, 2], [2, 2, 3], [0, 3, 3]])
+def test_stage_blocks_that_do_not_cover_the_model_name_the_field(counts):
+    data = {"name": "pp", "model": TRANSFORMER,
+            "cluster": {"topology": "switch", "devices": 3, "device": "a100-sxm4-80gb",
+                        "link": {"bandwidth_GBps": 100, "latency_us": 1}},
+            "training": {"global_batch": 32, "microbatch": 8},
+            "parallelism": {"pipeline": 3, "stage_blocks": counts}}
+    with pytest.raises(ScenarioError) as err:
+        dlsim.simulate(data)
+    assert "parallelism.stage_blocks" in str(err.value)
