@@ -165,6 +165,25 @@ def _sending(seg: _Segment) -> np.ndarray:
     return seg.links[np.unique(seg.local[seg.rate[seg.flow_of] > 0])]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a transfer starts: its ``flows`` (those that move bytes), their payload, and
+    per latency group the flows' routes and wire bytes."""
+
+    flows: int
+    payload_bytes: float
+    groups: list[_Group]
+    sizes: list[np.ndarray]
+
+
+def _key(value: np.ndarray | float | None) -> object:
+    """An argument of ``transfer`` as part of a dict key."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    a = np.asarray(value)
+    return float(a) if a.ndim == 0 else (a.dtype.char, a.shape, a.tobytes())
+
+
 @dataclass
 class _Batch:
     pending: int
@@ -214,7 +233,7 @@ class Network(LinkRecords):
     on disjoint components leaves unchanged.
     """
 
-    LAYOUT_LIMIT = 4096
+    PLAN_LIMIT = 4096
     # copy sets for transfers of this many flows or more: below it, the few array operations
     # a copy set costs at its start and end outweigh the flows they save (GPT-3 on 1,024 GPUs
     # was 15-20 % slower with copy sets of 64 flows); results are the same either way
@@ -229,7 +248,7 @@ class Network(LinkRecords):
         self._generation = 0
         self._solver = RateSolver(self.capacity_Bps)
         self._mark = np.zeros(len(topology.edges), dtype=bool)  # scratch, all False between uses
-        self._layouts: dict[tuple, list[_Group]] = {}
+        self._plans: dict[tuple, _Plan] = {}
         # copy sets: the representative links held by copy sets in flight (how many hold
         # each), their records when the first took hold, and which footprints may meet
         self.symmetry = True  # solve identical link-disjoint instances once (until a link slows)
@@ -267,12 +286,39 @@ class Network(LinkRecords):
         """
         done = self.env.event()
         src, dst = np.asarray(src), np.asarray(dst)
+        key = (src.tobytes(), dst.tobytes(), _key(size_bytes), rounds, _key(latency_rounds),
+               _key(latency_s), _key(wire_factor), instances)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(src, dst, size_bytes, rounds, latency_rounds, latency_s,
+                              wire_factor, instances)
+            if len(self._plans) >= self.PLAN_LIMIT:
+                self._plans.clear()
+            self._plans[key] = plan
+        if plan.flows == 0:
+            return done.succeed()
+        self.bytes_injected += plan.payload_bytes
+        self.flows_started += plan.flows
+        batch = _Batch(pending=plan.flows, done=done)
+        for group, size in zip(plan.groups, plan.sizes):
+            seg = _Segment(batch, size, size.copy(), group.flow_of, group.link_of, group.links,
+                           group.local, group.k, group.copies, group.footprint)
+            self.env.timeout(group.latency_s).callbacks.append(partial(self._activate, seg))
+        return done
+
+    def _plan(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
+              rounds: int, latency_rounds: int | np.ndarray | None,
+              latency_s: np.ndarray | None, wire_factor: np.ndarray | None,
+              instances: int) -> _Plan:
+        """What ``transfer`` starts for these arguments. Routes and latencies do not change
+        during a run and a step repeats its phases thousands of times, so each distinct
+        phase is routed and grouped once (until ``scale_links``)."""
         size = np.broadcast_to(np.asarray(size_bytes, dtype=float), src.shape) * rounds
         keep = (src != dst) & (size > 0)
         src, dst, size = src[keep], dst[keep], size[keep]
         if len(src) == 0:
-            return done.succeed()
-        self.bytes_injected += float(size.sum())
+            return _Plan(0, 0.0, [], [])
+        payload = float(size.sum())
         if wire_factor is not None:
             size = size * np.broadcast_to(np.asarray(wire_factor, dtype=float), keep.shape)[keep]
         layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s,
@@ -280,14 +326,7 @@ class Network(LinkRecords):
                               and len(src) >= self.MIN_COPY_FLOWS else 0)
         if layout[0].k > 1 and not repeats(size, layout[0].k):  # copies of unequal sizes
             layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s, 0)
-        self.flows_started += len(src)
-        batch = _Batch(pending=len(src), done=done)
-        for group in layout:
-            seg = _Segment(batch, size[group.members], size[group.members], group.flow_of,
-                           group.link_of, group.links, group.local, group.k, group.copies,
-                           group.footprint)
-            self.env.timeout(group.latency_s).callbacks.append(partial(self._activate, seg))
-        return done
+        return _Plan(len(src), payload, layout, [size[g.members] for g in layout])
 
     def scale_links(self, edges: np.ndarray, factor: float) -> None:
         """From now on, links ``edges`` carry ``factor`` of their nominal bandwidth (a
@@ -296,7 +335,7 @@ class Network(LinkRecords):
         sets in flight are expanded and later phases are simulated flow by flow."""
         self._advance()
         self.symmetry = False
-        self._layouts.clear()
+        self._plans.clear()
         self._segments = [self._expand(s) if s.k > 1 else s for s in self._segments]
         self.capacity_Bps[edges] = self.topology.capacity_Bps[edges] * factor
         self._solver.forget()
@@ -308,16 +347,7 @@ class Network(LinkRecords):
         """The routed flows ``src[i] -> dst[i]`` (those kept), grouped by their latency, and
         of the first instance only when the ``instances`` are identical link-disjoint copies
         but for their sizes (which the caller checks); with one instance, each flow is tried
-        as a copy (a point-to-point send of every replica); 0: no copies.
-        Routes and latencies do not change during a run and a step repeats its phases
-        thousands of times, so each distinct phase is routed and grouped once."""
-        key = (src.tobytes(), dst.tobytes(), keep.tobytes(), rounds,
-               None if latency_rounds is None else np.asarray(latency_rounds).tobytes(),
-               None if latency_s is None else np.asarray(latency_s, dtype=float).tobytes(),
-               instances)
-        layout = self._layouts.get(key)
-        if layout is not None:
-            return layout
+        as a copy (a point-to-point send of every replica); 0: no copies.        """
         links, starts, lengths = routes = self.topology.flow_routes(src, dst)
         if latency_s is None:
             latency = np.add.reduceat(self.topology.latency_s[links], starts)
@@ -333,12 +363,8 @@ class Network(LinkRecords):
                               self.capacity_Bps)
         if copies is not None:
             latency = latency[:copies.m]
-        layout = [_Group.of(float(lat), np.flatnonzero(latency == lat), routes, copies)
-                  for lat in np.unique(latency)]
-        if len(self._layouts) >= self.LAYOUT_LIMIT:
-            self._layouts.clear()
-        self._layouts[key] = layout
-        return layout
+        return [_Group.of(float(lat), np.flatnonzero(latency == lat), routes, copies)
+                for lat in np.unique(latency)]
 
     # --- the fluid model --------------------------------------------------------------------
 
