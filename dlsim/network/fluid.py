@@ -35,6 +35,8 @@ from dlsim.network.records import LinkRecords
 from dlsim.network.symmetry import CopySet, Footprint, compatible, copy_set, repeats
 
 _NO_COPIES = np.zeros((0, 0), dtype=np.intp)
+_NO_LINKS = np.zeros(0, dtype=np.intp)
+_NO_RATES = np.zeros(0)
 
 
 def max_min_rates(flow_of: np.ndarray, link_of: np.ndarray, capacity: np.ndarray,
@@ -89,6 +91,7 @@ class _Group:
     link_of: np.ndarray       # edge id per incidence
     links: np.ndarray         # the distinct edge ids the flows cross (sorted)
     local: np.ndarray         # index into ``links`` per incidence
+    counts: np.ndarray        # incidences per link of ``links`` (float)
     k: int                    # identical link-disjoint copies the flows stand for
     copies: np.ndarray        # copies[i - 1, j]: copy i's link for links[j]
     footprint: Footprint
@@ -108,28 +111,58 @@ class _Group:
         copies = _NO_COPIES if copy_set is None else copy_set.copies_of(links)
         k = 1 if copy_set is None else copy_set.k
         return cls(latency_s, members, np.repeat(np.arange(len(members)), lengths), link_of,
-                   links, local, k, copies, Footprint.of(links, copies))
+                   links, local, np.bincount(local).astype(float), k, copies,
+                   Footprint.of(links, copies))
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class _Segment:
-    """Flows of one batch that became active together (they share a latency)."""
+    """Flows of one batch that became active together (they share a latency).
+
+    While its flows have one size and one rate (every flow of a symmetric phase), a segment
+    keeps their remaining bytes as one number, ``left`` (``remaining`` is None), moved at
+    ``speed``: the arithmetic each flow's array entry would see, on one float, so the same
+    results bit for bit without an array operation per segment and event."""
 
     batch: _Batch
     size: np.ndarray          # bytes per flow
-    remaining: np.ndarray     # bytes per flow still to send
+    remaining: np.ndarray | None  # bytes per flow still to send; None: every flow's is left
+    left: float               # bytes each flow still has to send (remaining is None)
     flow_of: np.ndarray       # local flow index per (flow, link) incidence (non-decreasing)
     link_of: np.ndarray       # edge id per incidence
     links: np.ndarray         # the distinct edge ids the segment's flows cross (sorted)
     local: np.ndarray         # index into ``links`` per incidence
+    counts: np.ndarray | None  # incidences per link of ``links`` (remaining is None)
     k: int = 1                # identical link-disjoint copies each flow stands for
     copies: np.ndarray = field(default_factory=lambda: _NO_COPIES)  # copy i: copies[i - 1]
     footprint: Footprint | None = None  # every link the copies may cross (k > 1)
-    rate: np.ndarray = field(default_factory=lambda: np.zeros(0))  # bytes/s per flow
+    rate: np.ndarray = field(default_factory=lambda: _NO_RATES)  # bytes/s per flow
+    speed: float = 0.0        # every flow's rate (remaining is None)
+    sending: np.ndarray = field(default_factory=lambda: _NO_LINKS)  # links it keeps busy
+
+    def rated(self) -> None:
+        """New ``rate``s were solved: one number for all flows while they allow it."""
+        if self.remaining is None:
+            lo = self.rate.min()
+            if lo > 0 and lo == self.rate.max():
+                self.speed = float(lo)
+            else:
+                self.remaining = np.full(len(self.size), self.left)
+
+    def sent(self, flows: np.ndarray | None = None) -> np.ndarray:
+        """Bytes per link of ``links`` that its flows (or ``flows``, a mask) have sent."""
+        if self.remaining is None:
+            assert self.counts is not None
+            return self.counts * (self.size[0] - self.left)
+        done = self.size - self.remaining
+        if flows is not None:
+            done = np.where(flows, done, 0.0)
+        return np.bincount(self.local, weights=done[self.flow_of], minlength=len(self.links))
 
     def without(self, done: np.ndarray) -> tuple[_Segment, np.ndarray]:
         """The segment less its finished flows ``done``, keeping the others' rates, and
-        which of its links it no longer crosses."""
+        which of its links it no longer crosses (flows of one ``left`` finish together)."""
+        assert self.remaining is not None
         keep = ~done
         renumber = np.cumsum(keep) - 1
         inc = keep[self.flow_of]
@@ -141,9 +174,10 @@ class _Segment:
             if self.k > 1:
                 copies = copies[:, used]
             local = (np.cumsum(used) - 1)[local]
-        return _Segment(self.batch, self.size[keep], self.remaining[keep],
-                        renumber[self.flow_of[inc]], self.link_of[inc], links, local,
-                        self.k, copies, self.footprint, self.rate[keep]), ~used
+        return _Segment(self.batch, self.size[keep], self.remaining[keep], 0.0,
+                        renumber[self.flow_of[inc]], self.link_of[inc], links, local, None,
+                        self.k, copies, self.footprint, self.rate[keep],
+                        sending=self.sending), ~used
 
     def expanded(self) -> _Segment:
         """The same flows, every copy on its own links (``k`` = 1), each where its
@@ -153,14 +187,17 @@ class _Segment:
         flow_of = np.concatenate([self.flow_of + i * n for i in range(k)])
         links, local = np.unique(link_of, return_inverse=True)
         assert self.footprint is not None
-        return _Segment(self.batch, np.tile(self.size, k), np.tile(self.remaining, k),
-                        flow_of, link_of, links, local, 1, _NO_COPIES,
-                        self.footprint.expanded(), np.tile(self.rate, k))
+        return _Segment(self.batch, np.tile(self.size, k),
+                        None if self.remaining is None else np.tile(self.remaining, k),
+                        self.left, flow_of, link_of, links, local,
+                        np.bincount(local).astype(float), 1, _NO_COPIES,
+                        self.footprint.expanded(), np.tile(self.rate, k), self.speed,
+                        self.sending)
 
 
 def _sending(seg: _Segment) -> np.ndarray:
     """The links of ``seg`` that carry bytes at its rates."""
-    if seg.rate.min() > 0:
+    if seg.remaining is None or seg.rate.min() > 0:
         return seg.links
     return seg.links[np.unique(seg.local[seg.rate[seg.flow_of] > 0])]
 
@@ -174,6 +211,7 @@ class _Plan:
     payload_bytes: float
     groups: list[_Group]
     sizes: list[np.ndarray]
+    uniform: list[bool]       # per group: whether its flows have one size
 
 
 def _key(value: np.ndarray | float | None) -> object:
@@ -242,20 +280,23 @@ class Network(LinkRecords):
     def __init__(self, env: simpy.Environment, topology: Topology):
         super().__init__(env, topology)
         self._segments: list[_Segment] = []
-        # links carrying bytes at the rates; None: not yet found since the rates changed
-        self._busy_links: np.ndarray | None = np.zeros(0, dtype=np.intp)
         self._last_t = 0.0
         self._generation = 0
         self._solver = RateSolver(self.capacity_Bps)
-        self._mark = np.zeros(len(topology.edges), dtype=bool)  # scratch, all False between uses
+        n_links = len(topology.edges)
+        self._mark = np.zeros(n_links, dtype=bool)  # scratch, all False between uses
+        self._users = np.zeros(n_links, dtype=np.intp)  # segments in flight crossing each link
         self._plans: dict[tuple, _Plan] = {}
+        # the two records as rows of one array, so that a copy set's are moved in one go;
+        # a link's busy time is added when it falls idle (a link busy since _busy_since
+        # for _busy_count segments sending over it), a flow's bytes when it ends
+        self._records = np.zeros((2, n_links))
+        self.link_bytes, self.link_busy_s = self._records
+        self._busy_count = np.zeros(n_links, dtype=np.intp)
+        self._busy_since = np.zeros(n_links)
         # copy sets: the representative links held by copy sets in flight (how many hold
         # each), their records when the first took hold, and which footprints may meet
         self.symmetry = True  # solve identical link-disjoint instances once (until a link slows)
-        n_links = len(topology.edges)
-        # the two records as rows of one array, so that a copy set's are moved in one go
-        self._records = np.zeros((2, n_links))
-        self.link_bytes, self.link_busy_s = self._records
         self._held = np.zeros(n_links, dtype=np.intp)
         self._held_records = np.zeros((2, n_links))
         self._copy_sets = 0  # segments in flight with k > 1
@@ -300,9 +341,10 @@ class Network(LinkRecords):
         self.bytes_injected += plan.payload_bytes
         self.flows_started += plan.flows
         batch = _Batch(pending=plan.flows, done=done)
-        for group, size in zip(plan.groups, plan.sizes):
-            seg = _Segment(batch, size, size.copy(), group.flow_of, group.link_of, group.links,
-                           group.local, group.k, group.copies, group.footprint)
+        for group, size, uniform in zip(plan.groups, plan.sizes, plan.uniform):
+            seg = _Segment(batch, size, None if uniform else size.copy(), float(size[0]),
+                           group.flow_of, group.link_of, group.links, group.local,
+                           group.counts, group.k, group.copies, group.footprint)
             self.env.timeout(group.latency_s).callbacks.append(partial(self._activate, seg))
         return done
 
@@ -317,7 +359,7 @@ class Network(LinkRecords):
         keep = (src != dst) & (size > 0)
         src, dst, size = src[keep], dst[keep], size[keep]
         if len(src) == 0:
-            return _Plan(0, 0.0, [], [])
+            return _Plan(0, 0.0, [], [], [])
         payload = float(size.sum())
         if wire_factor is not None:
             size = size * np.broadcast_to(np.asarray(wire_factor, dtype=float), keep.shape)[keep]
@@ -326,7 +368,9 @@ class Network(LinkRecords):
                               and len(src) >= self.MIN_COPY_FLOWS else 0)
         if layout[0].k > 1 and not repeats(size, layout[0].k):  # copies of unequal sizes
             layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s, 0)
-        return _Plan(len(src), payload, layout, [size[g.members] for g in layout])
+        sizes = [size[g.members] for g in layout]
+        return _Plan(len(src), payload, layout, sizes,
+                     [bool(x.min() == x.max()) for x in sizes])
 
     def scale_links(self, edges: np.ndarray, factor: float) -> None:
         """From now on, links ``edges`` carry ``factor`` of their nominal bandwidth (a
@@ -347,7 +391,7 @@ class Network(LinkRecords):
         """The routed flows ``src[i] -> dst[i]`` (those kept), grouped by their latency, and
         of the first instance only when the ``instances`` are identical link-disjoint copies
         but for their sizes (which the caller checks); with one instance, each flow is tried
-        as a copy (a point-to-point send of every replica); 0: no copies.        """
+        as a copy (a point-to-point send of every replica); 0: no copies."""
         links, starts, lengths = routes = self.topology.flow_routes(src, dst)
         if latency_s is None:
             latency = np.add.reduceat(self.topology.latency_s[links], starts)
@@ -372,15 +416,13 @@ class Network(LinkRecords):
         """Move every active flow forward to now at its current rate."""
         dt = self.env.now - self._last_t
         self._last_t = self.env.now
-        if dt <= 0 or not self._segments:
+        if dt <= 0:
             return
         for seg in self._segments:
-            seg.remaining -= seg.rate * dt
-            self.link_bytes[seg.links] += np.bincount(
-                seg.local, weights=seg.rate[seg.flow_of] * dt, minlength=len(seg.links))
-        if self._busy_links is None:  # found once per interval that moves the clock
-            self._busy_links = self._union([_sending(s) for s in self._segments])
-        self.link_busy_s[self._busy_links] += dt
+            if seg.remaining is None:
+                seg.left -= seg.speed * dt
+            else:
+                seg.remaining -= seg.rate * dt
 
     def _activate(self, seg: _Segment, _latency_elapsed: simpy.Event) -> None:
         """Segment ``seg`` starts sending once its flows' latency has elapsed."""
@@ -388,8 +430,37 @@ class Network(LinkRecords):
         if self._copy_sets or seg.k > 1:
             self._reschedule(self._admit(seg))
         else:
-            self._segments.append(seg)
+            self._start(seg)
             self._reschedule([seg])
+
+    def _start(self, seg: _Segment) -> None:
+        """``seg`` is in flight from now on."""
+        self._segments.append(seg)
+        self._users[seg.links] += 1
+
+    def _busy(self, seg: _Segment, links: np.ndarray) -> None:
+        """``seg`` keeps ``links`` busy from now on instead of those it did: a link's busy
+        time grows from when its first sending segment starts until its last one stops."""
+        old = seg.sending
+        if old is links:
+            return
+        now, count, since = self.env.now, self._busy_count, self._busy_since
+        if len(old):
+            count[old] -= 1
+            idle = old[count[old] == 0]
+            self.link_busy_s[idle] += now - since[idle]
+        if len(links):
+            count[links] += 1
+            since[links[count[links] == 1]] = now
+        seg.sending = links
+
+    def _end(self, seg: _Segment) -> None:
+        """Every flow of ``seg`` has ended: its links get its bytes, its busy time ends."""
+        self.link_bytes[seg.links] += seg.sent()
+        self._busy(seg, _NO_LINKS)
+        self._users[seg.links] -= 1
+        if seg.k > 1:
+            self._release(seg, seg.links, seg.copies)
 
     # --- copy sets (dlsim.network.symmetry) ---------------------------------------------------
 
@@ -409,13 +480,13 @@ class Network(LinkRecords):
         every pair in flight is compatible; the segments whose flows changed."""
         meets = [t for t in self._segments if self._meets(seg, t)]
         if not meets:
-            self._segments.append(seg)
+            self._start(seg)
             if seg.k > 1:
                 self._hold(seg)
             return [seg]
         if seg.k > 1:
             seg = seg.expanded()
-        self._segments.append(seg)
+        self._start(seg)
         changed = [seg]
         queue = [seg]
         while queue and self._copy_sets:
@@ -429,8 +500,15 @@ class Network(LinkRecords):
 
     def _expand(self, seg: _Segment) -> _Segment:
         """``seg`` flow by flow from now on, its copies' records brought up to date."""
-        self._release(seg, seg.links, seg.copies)
-        return seg.expanded()
+        links = seg.links
+        busy = links[self._busy_count[links] > 0]  # their busy time so far, split here
+        self.link_busy_s[busy] += self.env.now - self._busy_since[busy]
+        self._busy_since[busy] = self.env.now
+        self._release(seg, links, seg.copies)
+        full = seg.expanded()
+        self._users[links] -= 1
+        self._users[full.links] += 1
+        return full
 
     def _hold(self, seg: _Segment) -> None:
         """Copy set ``seg`` takes its links: their records from now on are its copies'."""
@@ -459,8 +537,21 @@ class Network(LinkRecords):
             records[:, copies]
         records[:, copies] = np.where(was == then, now, was + (now - then))
 
-    def _component(self, links: np.ndarray) -> list[_Segment]:
-        """The active segments connected to ``links`` through shared links."""
+    def _component(self, changed: list[_Segment], freed: np.ndarray | None) -> list[_Segment]:
+        """The active segments connected through shared links to the ``changed`` ones and
+        to the links of finished flows (``freed``)."""
+        users = self._users
+        if freed is None:
+            if len(changed) == 1 and users[changed[0].links].max() == 1:
+                return changed  # it shares no link: the common case, found in one look
+            touched = [s.links for s in changed]
+        elif not changed:
+            if users[freed].max() == 0:
+                return []  # nothing in flight crosses them
+            touched = [freed]
+        else:
+            touched = [s.links for s in changed] + [freed]
+        links = np.concatenate(touched) if len(touched) > 1 else touched[0]
         mark = self._mark
         marked = [links]
         mark[links] = True
@@ -483,24 +574,8 @@ class Network(LinkRecords):
             mark[m] = False
         return affected
 
-    def _union(self, arrays: list[np.ndarray]) -> np.ndarray:
-        """The distinct edge ids of ``arrays`` (each already distinct), in no set order."""
-        if len(arrays) == 1:
-            return arrays[0]
-        mark = self._mark
-        parts = []
-        for a in arrays:
-            new = a[~mark[a]]
-            mark[new] = True
-            parts.append(new)
-        union = np.concatenate(parts)
-        mark[union] = False
-        return union
-
     def _solve(self, segments: list[_Segment]) -> None:
         """New max-min rates for ``segments`` (a union of whole components)."""
-        if not segments:
-            return
         if len(segments) == 1:
             seg = segments[0]
             seg.rate = self._solver.rates(seg.flow_of, seg.link_of, len(seg.size))
@@ -517,15 +592,16 @@ class Network(LinkRecords):
         finished flows (``freed``) touch, then wake up at the next flow completion."""
         self._generation += 1
         if not self._segments:
-            self._busy_links = np.zeros(0, dtype=np.intp)
             return
-        touched = [s.links for s in changed]
-        if freed is not None:
-            touched.append(freed)
-        if touched:
-            self._solve(self._component(np.concatenate(touched)))
-        self._busy_links = None  # the segments and their rates hold until the next _advance
-        dt = min(float((s.remaining / s.rate).min()) for s in self._segments)
+        if changed or freed is not None:
+            component = self._component(changed, freed)
+            if component:
+                self._solve(component)
+                for seg in component:
+                    seg.rated()
+                    self._busy(seg, _sending(seg))
+        dt = min(s.left / s.speed if s.remaining is None else float((s.remaining / s.rate).min())
+                 for s in self._segments)
         generation = self._generation
         self.env.timeout(max(dt, 0.0)).callbacks.append(
             lambda _ev: self._complete(generation, dt))
@@ -534,26 +610,45 @@ class Network(LinkRecords):
         if generation != self._generation:
             return  # the flow set changed since this wake-up was scheduled
         self._advance()
+        # finished within rounding of the clock (relative 1e-9 of this interval, or a few
+        # ulps of the absolute time, so that a tiny remainder cannot stall the clock)
+        slack = dt * 1e-9 + self.env.now * 1e-14
         kept: list[_Segment] = []
         freed: list[np.ndarray] = []
         for seg in self._segments:
-            # finished within rounding of the clock (relative 1e-9 of this interval, or a few
-            # ulps of the absolute time, so that a tiny remainder cannot stall the clock)
-            done = seg.remaining <= seg.rate * (dt * 1e-9 + self.env.now * 1e-14)
-            if done.any():
-                seg.batch.pending -= int(done.sum()) * seg.k
-                if seg.batch.pending == 0:
-                    seg.batch.done.succeed()
-                freed.append(seg.link_of[done[seg.flow_of]])
-                if done.all():
-                    if seg.k > 1:
-                        self._release(seg, seg.links, seg.copies)
+            if seg.remaining is None:
+                if seg.left > seg.speed * slack:
+                    kept.append(seg)
                     continue
-                left = seg
-                seg, dropped = seg.without(done)
-                if seg.k > 1 and dropped.any():
-                    self._release(left, left.links[dropped], left.copies[:, dropped],
-                                  ends=False)
-            kept.append(seg)
+                done = None
+            else:
+                done = seg.remaining <= seg.rate * slack
+                if not done.any():
+                    kept.append(seg)
+                    continue
+                if not done.all():
+                    seg = self._finish_some(seg, done, freed)
+                    kept.append(seg)
+                    continue
+            seg.batch.pending -= len(seg.size) * seg.k
+            if seg.batch.pending == 0:
+                seg.batch.done.succeed()
+            freed.append(seg.links)
+            self._end(seg)
         self._segments = kept
         self._reschedule([], np.concatenate(freed) if freed else None)
+
+    def _finish_some(self, seg: _Segment, done: np.ndarray,
+                     freed: list[np.ndarray]) -> _Segment:
+        """Flows ``done`` of ``seg`` (not all) have ended; the segment of those left."""
+        seg.batch.pending -= int(done.sum()) * seg.k
+        if seg.batch.pending == 0:
+            seg.batch.done.succeed()
+        freed.append(seg.link_of[done[seg.flow_of]])
+        self.link_bytes[seg.links] += seg.sent(done)
+        left, (seg, dropped) = seg, seg.without(done)
+        self._busy(seg, _sending(seg))
+        self._users[left.links[dropped]] -= 1
+        if seg.k > 1 and dropped.any():
+            self._release(left, left.links[dropped], left.copies[:, dropped], ends=False)
+        return seg
