@@ -36,10 +36,18 @@ class NetworkBackend(Protocol):
     """What the engine calls, and the records it reads after the run."""
 
     topology: Topology
-    link_bytes: np.ndarray    # bytes each directed link carried on the wire (edge id order)
-    link_busy_s: np.ndarray   # time each link carried any bytes
     bytes_injected: float     # payload bytes handed to the network
     flows_started: int
+
+    @property
+    def link_bytes(self) -> np.ndarray:
+        """Bytes each directed link carried on the wire (edge id order)."""
+        ...
+
+    @property
+    def link_busy_s(self) -> np.ndarray:
+        """Time each link carried any bytes."""
+        ...
 
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: float | np.ndarray,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,

@@ -24,7 +24,7 @@ into its flows, so the results are those of every flow simulated
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -95,6 +95,7 @@ class _Group:
     k: int                    # identical link-disjoint copies the flows stand for
     copies: np.ndarray        # copies[i - 1, j]: copy i's link for links[j]
     footprint: Footprint
+    relabelling: int = -1     # which (links, copies) these are, among the network's
 
     @classmethod
     def of(cls, latency_s: float, members: np.ndarray,
@@ -139,6 +140,7 @@ class _Segment:
     rate: np.ndarray = field(default_factory=lambda: _NO_RATES)  # bytes/s per flow
     speed: float = 0.0        # every flow's rate (remaining is None)
     sending: np.ndarray = field(default_factory=lambda: _NO_LINKS)  # links it keeps busy
+    relabelling: int = -1     # its group's, while it has the group's links and copies
 
     def rated(self) -> None:
         """New ``rate``s were solved: one number for all flows while they allow it."""
@@ -287,11 +289,9 @@ class Network(LinkRecords):
         self._mark = np.zeros(n_links, dtype=bool)  # scratch, all False between uses
         self._users = np.zeros(n_links, dtype=np.intp)  # segments in flight crossing each link
         self._plans: dict[tuple, _Plan] = {}
-        # the two records as rows of one array, so that a copy set's are moved in one go;
         # a link's busy time is added when it falls idle (a link busy since _busy_since
         # for _busy_count segments sending over it), a flow's bytes when it ends
-        self._records = np.zeros((2, n_links))
-        self.link_bytes, self.link_busy_s = self._records
+        self._bytes, self._busy_s = self._records
         self._busy_count = np.zeros(n_links, dtype=np.intp)
         self._busy_since = np.zeros(n_links)
         # copy sets: the representative links held by copy sets in flight (how many hold
@@ -301,6 +301,17 @@ class Network(LinkRecords):
         self._held_records = np.zeros((2, n_links))
         self._copy_sets = 0  # segments in flight with k > 1
         self._compatible: dict[tuple[int, int], bool] = {}
+        # releases of copy sets that ended, not yet given to their copies (_defer): per
+        # representative link the copies' records after them (_chain_value) and which
+        # copies those are (_chain_column, -1: none), per copy the link it waits for
+        self._relabellings: dict[tuple[bytes, bytes], int] = {}
+        self._columns_of: list[np.ndarray] = []  # per relabelling, its links' column ids
+        self._columns: list[np.ndarray] = []     # per column id, the copies of one link
+        self._column_ids: dict[bytes, int] = {}
+        self._chain_column = np.full(n_links, -1, dtype=np.intp)
+        self._chain_value = np.zeros((2, n_links))
+        self._chains = 0
+        self._waits = np.full(n_links, -1, dtype=np.intp)
 
     @property
     def rate_solutions(self) -> int:
@@ -344,7 +355,8 @@ class Network(LinkRecords):
         for group, size, uniform in zip(plan.groups, plan.sizes, plan.uniform):
             seg = _Segment(batch, size, None if uniform else size.copy(), float(size[0]),
                            group.flow_of, group.link_of, group.links, group.local,
-                           group.counts, group.k, group.copies, group.footprint)
+                           group.counts, group.k, group.copies, group.footprint,
+                           relabelling=group.relabelling)
             self.env.timeout(group.latency_s).callbacks.append(partial(self._activate, seg))
         return done
 
@@ -407,8 +419,25 @@ class Network(LinkRecords):
                               self.capacity_Bps)
         if copies is not None:
             latency = latency[:copies.m]
-        return [_Group.of(float(lat), np.flatnonzero(latency == lat), routes, copies)
-                for lat in np.unique(latency)]
+        groups = [_Group.of(float(lat), np.flatnonzero(latency == lat), routes, copies)
+                  for lat in np.unique(latency)]
+        if copies is None:
+            return groups
+        return [replace(g, relabelling=self._relabelling(g.links, g.copies)) for g in groups]
+
+    def _relabelling(self, links: np.ndarray, copies: np.ndarray) -> int:
+        """Which relabelling (links, copies) is, and the column of copies of each link."""
+        key = (links.tobytes(), copies.tobytes())
+        found = self._relabellings.get(key)
+        if found is None:
+            found = self._relabellings[key] = len(self._columns_of)
+            ids = []
+            for column in copies.T:
+                ids.append(self._column_ids.setdefault(column.tobytes(), len(self._columns)))
+                if ids[-1] == len(self._columns):
+                    self._columns.append(column.copy())
+            self._columns_of.append(np.array(ids, dtype=np.intp))
+        return found
 
     # --- the fluid model --------------------------------------------------------------------
 
@@ -434,7 +463,9 @@ class Network(LinkRecords):
             self._reschedule([seg])
 
     def _start(self, seg: _Segment) -> None:
-        """``seg`` is in flight from now on."""
+        """``seg`` is in flight from now on (its links' records brought up to date)."""
+        if self._chains:
+            self._settle(seg.links)
         self._segments.append(seg)
         self._users[seg.links] += 1
 
@@ -448,7 +479,7 @@ class Network(LinkRecords):
         if len(old):
             count[old] -= 1
             idle = old[count[old] == 0]
-            self.link_busy_s[idle] += now - since[idle]
+            self._busy_s[idle] += now - since[idle]
         if len(links):
             count[links] += 1
             since[links[count[links] == 1]] = now
@@ -456,11 +487,11 @@ class Network(LinkRecords):
 
     def _end(self, seg: _Segment) -> None:
         """Every flow of ``seg`` has ended: its links get its bytes, its busy time ends."""
-        self.link_bytes[seg.links] += seg.sent()
+        self._bytes[seg.links] += seg.sent()
         self._busy(seg, _NO_LINKS)
         self._users[seg.links] -= 1
         if seg.k > 1:
-            self._release(seg, seg.links, seg.copies)
+            self._release(seg, seg.links, seg.copies, defer=True)
 
     # --- copy sets (dlsim.network.symmetry) ---------------------------------------------------
 
@@ -502,7 +533,7 @@ class Network(LinkRecords):
         """``seg`` flow by flow from now on, its copies' records brought up to date."""
         links = seg.links
         busy = links[self._busy_count[links] > 0]  # their busy time so far, split here
-        self.link_busy_s[busy] += self.env.now - self._busy_since[busy]
+        self._busy_s[busy] += self.env.now - self._busy_since[busy]
         self._busy_since[busy] = self.env.now
         self._release(seg, links, seg.copies)
         full = seg.expanded()
@@ -519,10 +550,11 @@ class Network(LinkRecords):
         self._copy_sets += 1
 
     def _release(self, seg: _Segment, links: np.ndarray, copies: np.ndarray,
-                 ends: bool = True) -> None:
+                 ends: bool = True, defer: bool = False) -> None:
         """Copy set ``seg`` leaves representative ``links`` (``copies`` theirs): where no
         other copy set holds one, its copies get the bytes and busy time it gained since it
-        was taken (its very records where a copy's history was the same)."""
+        was taken (its very records where a copy's history was the same). With ``defer``
+        (a whole copy set that ended) they may get them when someone reads them."""
         self._copy_sets -= int(ends)
         if len(links) == 0:
             return
@@ -530,12 +562,81 @@ class Network(LinkRecords):
         last = self._held[links] == 0
         if not last.any():
             return
+        records = self._records
+        if defer and seg.relabelling >= 0:
+            last &= ~self._defer(seg.relabelling, links, last, self._held_records[:, links],
+                                 records[:, links])
+            if not last.any():
+                return
         if not last.all():
             links, copies = links[last], copies[:, last]
-        records = self._records
+        self._settle(copies)
         now, then, was = records[:, None, links], self._held_records[:, None, links], \
             records[:, copies]
         records[:, copies] = np.where(was == then, now, was + (now - then))
+
+    def _defer(self, relabelling: int, links: np.ndarray, last: np.ndarray,
+               then: np.ndarray, now: np.ndarray) -> np.ndarray:
+        """Keep the release of representative links ``last`` (``_release``'s, records
+        ``then`` at the hold and ``now``) for when someone reads their copies; which ones
+        were kept. A copy that started like its representative (its records were the
+        representative's at its first release) goes through the same numbers at every
+        release as every such copy, so a chain of releases of one link to one column of
+        copies is one value per representative link; a copy that did not is given its
+        release now, and so is the column of another chain, once that chain is given."""
+        column = self._columns_of[relabelling][last]
+        reps = links[last]
+        then, now = then[:, last], now[:, last]
+        chained = self._chain_column[reps]
+        same = chained == column
+        value = self._chain_value
+        if same.all():  # every link's chain goes on: the common case
+            v = value[:, reps]
+            value[:, reps] = np.where(v == then, now, v + (now - then))
+            return last
+        if (chained[~same] >= 0).any():
+            self._give(reps[~same][chained[~same] >= 0])
+        go_on = np.flatnonzero(same)
+        if len(go_on):
+            r = reps[go_on]
+            v = value[:, r]
+            value[:, r] = np.where(v == then[:, go_on], now[:, go_on],
+                                   v + (now[:, go_on] - then[:, go_on]))
+        kept = same.copy()
+        for i in np.flatnonzero(~same).tolist():
+            copies = self._columns[int(column[i])]
+            self._settle(copies)
+            if not (self._records[:, copies] == then[:, i, None]).all():
+                continue
+            value[:, reps[i]] = now[:, i]
+            self._chain_column[reps[i]] = column[i]
+            self._waits[copies] = reps[i]
+            self._chains += 1
+            kept[i] = True
+        out = np.zeros(len(links), dtype=bool)
+        out[np.flatnonzero(last)[kept]] = True
+        return out
+
+    def _settle(self, links: np.ndarray | None = None) -> None:
+        """The deferred releases that ``links`` wait for (all: None) given to them."""
+        if not self._chains:
+            return
+        if links is None:
+            self._give(np.flatnonzero(self._chain_column >= 0))
+            return
+        waits = self._waits[links]
+        waits = waits[waits >= 0]
+        if len(waits):
+            self._give(np.unique(waits))
+
+    def _give(self, reps: np.ndarray) -> None:
+        """The chains of representative links ``reps`` given to their copies."""
+        for rep in reps.tolist():
+            copies = self._columns[int(self._chain_column[rep])]
+            self._records[:, copies] = self._chain_value[:, rep, None]
+            self._waits[copies] = -1
+            self._chain_column[rep] = -1
+            self._chains -= 1
 
     def _component(self, changed: list[_Segment], freed: np.ndarray | None) -> list[_Segment]:
         """The active segments connected through shared links to the ``changed`` ones and
@@ -645,7 +746,7 @@ class Network(LinkRecords):
         if seg.batch.pending == 0:
             seg.batch.done.succeed()
         freed.append(seg.link_of[done[seg.flow_of]])
-        self.link_bytes[seg.links] += seg.sent(done)
+        self._bytes[seg.links] += seg.sent(done)
         left, (seg, dropped) = seg, seg.without(done)
         self._busy(seg, _sending(seg))
         self._users[left.links[dropped]] -= 1
