@@ -35,7 +35,6 @@ from dlsim.network.records import LinkRecords
 from dlsim.network.symmetry import CopySet, Footprint, compatible, copy_set, repeats
 
 _NO_COPIES = np.zeros((0, 0), dtype=np.intp)
-_NO_LINKS = np.zeros(0, dtype=np.intp)
 _NO_RATES = np.zeros(0)
 
 
@@ -139,7 +138,6 @@ class _Segment:
     footprint: Footprint | None = None  # every link the copies may cross (k > 1)
     rate: np.ndarray = field(default_factory=lambda: _NO_RATES)  # bytes/s per flow
     speed: float = 0.0        # every flow's rate (remaining is None)
-    sending: np.ndarray = field(default_factory=lambda: _NO_LINKS)  # links it keeps busy
     relabelling: int = -1     # its group's, while it has the group's links and copies
 
     def rated(self) -> None:
@@ -178,8 +176,7 @@ class _Segment:
             local = (np.cumsum(used) - 1)[local]
         return _Segment(self.batch, self.size[keep], self.remaining[keep], 0.0,
                         renumber[self.flow_of[inc]], self.link_of[inc], links, local, None,
-                        self.k, copies, self.footprint, self.rate[keep],
-                        sending=self.sending), ~used
+                        self.k, copies, self.footprint, self.rate[keep]), ~used
 
     def expanded(self) -> _Segment:
         """The same flows, every copy on its own links (``k`` = 1), each where its
@@ -193,15 +190,7 @@ class _Segment:
                         None if self.remaining is None else np.tile(self.remaining, k),
                         self.left, flow_of, link_of, links, local,
                         np.bincount(local).astype(float), 1, _NO_COPIES,
-                        self.footprint.expanded(), np.tile(self.rate, k), self.speed,
-                        self.sending)
-
-
-def _sending(seg: _Segment) -> np.ndarray:
-    """The links of ``seg`` that carry bytes at its rates."""
-    if seg.remaining is None or seg.rate.min() > 0:
-        return seg.links
-    return seg.links[np.unique(seg.local[seg.rate[seg.flow_of] > 0])]
+                        self.footprint.expanded(), np.tile(self.rate, k), self.speed)
 
 
 @dataclass(frozen=True)
@@ -287,12 +276,12 @@ class Network(LinkRecords):
         self._solver = RateSolver(self.capacity_Bps)
         n_links = len(topology.edges)
         self._mark = np.zeros(n_links, dtype=bool)  # scratch, all False between uses
-        self._users = np.zeros(n_links, dtype=np.intp)  # segments in flight crossing each link
         self._plans: dict[tuple, _Plan] = {}
-        # a link's busy time is added when it falls idle (a link busy since _busy_since
-        # for _busy_count segments sending over it), a flow's bytes when it ends
+        # a flow's bytes are added when it ends, a link's busy time when it falls idle: a
+        # link is busy while segments in flight cross it (_users of them, since
+        # _busy_since), as every flow moves at a positive rate (capacities are positive)
         self._bytes, self._busy_s = self._records
-        self._busy_count = np.zeros(n_links, dtype=np.intp)
+        self._users = np.zeros(n_links, dtype=np.intp)
         self._busy_since = np.zeros(n_links)
         # copy sets: the representative links held by copy sets in flight (how many hold
         # each), their records when the first took hold, and which footprints may meet
@@ -467,29 +456,25 @@ class Network(LinkRecords):
         if self._chains:
             self._settle(seg.links)
         self._segments.append(seg)
-        self._users[seg.links] += 1
+        self._cross(seg.links, 1)
 
-    def _busy(self, seg: _Segment, links: np.ndarray) -> None:
-        """``seg`` keeps ``links`` busy from now on instead of those it did: a link's busy
-        time grows from when its first sending segment starts until its last one stops."""
-        old = seg.sending
-        if old is links:
-            return
-        now, count, since = self.env.now, self._busy_count, self._busy_since
-        if len(old):
-            count[old] -= 1
-            idle = old[count[old] == 0]
-            self._busy_s[idle] += now - since[idle]
-        if len(links):
-            count[links] += 1
-            since[links[count[links] == 1]] = now
-        seg.sending = links
+    def _cross(self, links: np.ndarray, change: int) -> None:
+        """One more (``change`` 1) or one fewer (-1) segment crosses ``links`` (distinct)
+        from now on; a link's busy time runs from when the first starts to cross it until
+        the last stops."""
+        users = self._users[links]
+        self._users[links] = users + change
+        turns = users == (0 if change > 0 else 1)
+        turned = links if turns.all() else links[turns]
+        if change > 0:
+            self._busy_since[turned] = self.env.now
+        else:
+            self._busy_s[turned] += self.env.now - self._busy_since[turned]
 
     def _end(self, seg: _Segment) -> None:
         """Every flow of ``seg`` has ended: its links get its bytes, its busy time ends."""
         self._bytes[seg.links] += seg.sent()
-        self._busy(seg, _NO_LINKS)
-        self._users[seg.links] -= 1
+        self._cross(seg.links, -1)
         if seg.k > 1:
             self._release(seg, seg.links, seg.copies, defer=True)
 
@@ -531,14 +516,12 @@ class Network(LinkRecords):
 
     def _expand(self, seg: _Segment) -> _Segment:
         """``seg`` flow by flow from now on, its copies' records brought up to date."""
-        links = seg.links
-        busy = links[self._busy_count[links] > 0]  # their busy time so far, split here
-        self._busy_s[busy] += self.env.now - self._busy_since[busy]
-        self._busy_since[busy] = self.env.now
+        links = seg.links  # their busy time so far (they are busy), split here
+        self._busy_s[links] += self.env.now - self._busy_since[links]
+        self._busy_since[links] = self.env.now
         self._release(seg, links, seg.copies)
         full = seg.expanded()
-        self._users[links] -= 1
-        self._users[full.links] += 1
+        self._cross(np.setdiff1d(full.links, links, assume_unique=True), 1)
         return full
 
     def _hold(self, seg: _Segment) -> None:
@@ -700,7 +683,6 @@ class Network(LinkRecords):
                 self._solve(component)
                 for seg in component:
                     seg.rated()
-                    self._busy(seg, _sending(seg))
         dt = min(s.left / s.speed if s.remaining is None else float((s.remaining / s.rate).min())
                  for s in self._segments)
         generation = self._generation
@@ -748,8 +730,7 @@ class Network(LinkRecords):
         freed.append(seg.link_of[done[seg.flow_of]])
         self._bytes[seg.links] += seg.sent(done)
         left, (seg, dropped) = seg, seg.without(done)
-        self._busy(seg, _sending(seg))
-        self._users[left.links[dropped]] -= 1
+        self._cross(left.links[dropped], -1)
         if seg.k > 1 and dropped.any():
             self._release(left, left.links[dropped], left.copies[:, dropped], ends=False)
         return seg
