@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
-from simpy.events import NORMAL
+from simpy.events import NORMAL, Event, Timeout
 
 from dlsim.contract.program import Collective, Compute, Op
 from dlsim.contract.span import Span
@@ -231,7 +231,7 @@ class Engine:
                 if rank in self._contending:
                     yield from self._contended_compute(rank, self.duration_s(rank, op, start))
                 else:
-                    yield self.env.timeout(self.duration_s(rank, op, start))
+                    yield Timeout(self.env, self.duration_s(rank, op, start))
                 self._record(Span(device, stream, op.name, "compute", start, self.env.now,
                                   op.role))
             else:
@@ -308,7 +308,7 @@ class Engine:
                 # distinct ranks: in a ring shift every rank is both a sender and a receiver
                 expected = self._expected[id(op.group)] = len(self.programs.keys()
                                                               & set(op.group))
-            rv = self._rendezvous[op.key] = _Rendezvous(expected, self.env.event())
+            rv = self._rendezvous[op.key] = _Rendezvous(expected, Event(self.env))
         rv.arrived += 1
         if rv.arrived == rv.expected:
             rv.start_s = self.env.now

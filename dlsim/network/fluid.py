@@ -29,6 +29,7 @@ from functools import partial
 
 import numpy as np
 import simpy
+from simpy.events import Event, Timeout
 
 from dlsim.hardware.topology import Topology
 from dlsim.network.records import LinkRecords
@@ -325,7 +326,7 @@ class Network(LinkRecords):
         collective); when they are identical link-disjoint copies (``dlsim.network.symmetry``)
         only the first is simulated, standing for all, with the same result.
         """
-        done = self.env.event()
+        done = Event(self.env)
         src, dst = np.asarray(src), np.asarray(dst)
         key = (src.tobytes(), dst.tobytes(), _key(size_bytes), rounds, _key(latency_rounds),
                _key(latency_s), _key(wire_factor), instances)
@@ -346,7 +347,7 @@ class Network(LinkRecords):
                            group.flow_of, group.link_of, group.links, group.local,
                            group.counts, group.k, group.copies, group.footprint,
                            relabelling=group.relabelling)
-            self.env.timeout(group.latency_s).callbacks.append(partial(self._activate, seg))
+            Timeout(self.env, group.latency_s).callbacks.append(partial(self._activate, seg))
         return done
 
     def _plan(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
@@ -686,7 +687,7 @@ class Network(LinkRecords):
         dt = min(s.left / s.speed if s.remaining is None else float((s.remaining / s.rate).min())
                  for s in self._segments)
         generation = self._generation
-        self.env.timeout(max(dt, 0.0)).callbacks.append(
+        Timeout(self.env, max(dt, 0.0)).callbacks.append(
             lambda _ev: self._complete(generation, dt))
 
     def _complete(self, generation: int, dt: float) -> None:
