@@ -449,20 +449,20 @@ class Network(LinkRecords):
         if self._copy_sets or seg.k > 1:
             self._reschedule(self._admit(seg))
         else:
-            self._start(seg)
-            self._reschedule([seg])
+            self._reschedule([seg], alone=self._start(seg))
 
-    def _start(self, seg: _Segment) -> None:
-        """``seg`` is in flight from now on (its links' records brought up to date)."""
+    def _start(self, seg: _Segment) -> bool:
+        """``seg`` is in flight from now on (its links' records brought up to date);
+        whether it shares no link with the others."""
         if self._chains:
             self._settle(seg.links)
         self._segments.append(seg)
-        self._cross(seg.links, 1)
+        return self._cross(seg.links, 1)
 
-    def _cross(self, links: np.ndarray, change: int) -> None:
+    def _cross(self, links: np.ndarray, change: int) -> bool:
         """One more (``change`` 1) or one fewer (-1) segment crosses ``links`` (distinct)
-        from now on; a link's busy time runs from when the first starts to cross it until
-        the last stops."""
+        from now on; whether that was the first (the last) on every one. A link's busy
+        time runs from when the first starts to cross it until the last stops."""
         users = self._users[links]
         self._users[links] = users + change
         turns = users == (0 if change > 0 else 1)
@@ -471,13 +471,16 @@ class Network(LinkRecords):
             self._busy_since[turned] = self.env.now
         else:
             self._busy_s[turned] += self.env.now - self._busy_since[turned]
+        return turned is links
 
-    def _end(self, seg: _Segment) -> None:
-        """Every flow of ``seg`` has ended: its links get its bytes, its busy time ends."""
+    def _end(self, seg: _Segment) -> bool:
+        """Every flow of ``seg`` has ended: its links get its bytes, its busy time ends;
+        whether nothing in flight crosses them now."""
         self._bytes[seg.links] += seg.sent()
-        self._cross(seg.links, -1)
+        idle = self._cross(seg.links, -1)
         if seg.k > 1:
             self._release(seg, seg.links, seg.copies, defer=True)
+        return idle
 
     # --- copy sets (dlsim.network.symmetry) ---------------------------------------------------
 
@@ -622,9 +625,13 @@ class Network(LinkRecords):
             self._chain_column[rep] = -1
             self._chains -= 1
 
-    def _component(self, changed: list[_Segment], freed: np.ndarray | None) -> list[_Segment]:
+    def _component(self, changed: list[_Segment], freed: np.ndarray | None,
+                   alone: bool = False) -> list[_Segment]:
         """The active segments connected through shared links to the ``changed`` ones and
-        to the links of finished flows (``freed``)."""
+        to the links of finished flows (``freed``); ``alone``: nothing else crosses their
+        links (known already)."""
+        if alone:
+            return changed
         users = self._users
         if freed is None:
             if len(changed) == 1 and users[changed[0].links].max() == 1:
@@ -672,14 +679,16 @@ class Network(LinkRecords):
         for seg, a, b in zip(segments, offsets[:-1], offsets[1:]):
             seg.rate = rates[a:b]
 
-    def _reschedule(self, changed: list[_Segment], freed: np.ndarray | None = None) -> None:
+    def _reschedule(self, changed: list[_Segment], freed: np.ndarray | None = None,
+                    alone: bool = False) -> None:
         """Solve the rates of the component that ``changed`` segments and the links of
-        finished flows (``freed``) touch, then wake up at the next flow completion."""
+        finished flows (``freed``) touch (``alone``: just those segments, nothing else
+        crosses those links), then wake up at the next flow completion."""
         self._generation += 1
         if not self._segments:
             return
         if changed or freed is not None:
-            component = self._component(changed, freed)
+            component = self._component(changed, freed, alone)
             if component:
                 self._solve(component)
                 for seg in component:
@@ -699,6 +708,7 @@ class Network(LinkRecords):
         slack = dt * 1e-9 + self.env.now * 1e-14
         kept: list[_Segment] = []
         freed: list[np.ndarray] = []
+        idle = True  # nothing in flight crosses the links of the flows that ended
         for seg in self._segments:
             if seg.remaining is None:
                 if seg.left > seg.speed * slack:
@@ -713,14 +723,15 @@ class Network(LinkRecords):
                 if not done.all():
                     seg = self._finish_some(seg, done, freed)
                     kept.append(seg)
+                    idle = False
                     continue
             seg.batch.pending -= len(seg.size) * seg.k
             if seg.batch.pending == 0:
                 seg.batch.done.succeed()
             freed.append(seg.links)
-            self._end(seg)
+            idle &= self._end(seg)
         self._segments = kept
-        self._reschedule([], np.concatenate(freed) if freed else None)
+        self._reschedule([], np.concatenate(freed) if freed else None, idle)
 
     def _finish_some(self, seg: _Segment, done: np.ndarray,
                      freed: list[np.ndarray]) -> _Segment:
