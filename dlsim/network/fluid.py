@@ -12,14 +12,16 @@ The work follows what is active, not the size of the topology: arrays span the l
 active flows cross; a start or an end re-solves only the component of flows it is linked to;
 a flow set seen before gets its remembered rates; flows that share no link take their path's
 narrowest capacity. Each is exactly what progressive filling over every link would give
-(``tests/network/test_fluid_incremental.py``).
+(``tests/network/test_fluid_incremental.py``). The records follow the same rule: a link gets
+a flow's bytes when the flow ends and its busy time when it falls idle, not at every event.
 
 Copy sets (``dlsim.network.symmetry``): the instances of a symmetric phase (every node's
 tensor all-reduce, every replica's pipeline send) that are identical and share no link travel
 as their first instance, standing for all of them; the other instances' links take its
-records when it ends. A newcomer whose links meet a copy set's in any other way expands it
-into its flows, so the results are those of every flow simulated
-(``tests/network/test_symmetry.py``).
+records when it ends, or rather when someone next reads or crosses them (a step ends
+thousands of copy sets, whose copies nobody reads in between). A newcomer whose links meet a
+copy set's in any other way expands it into its flows, so the results are those of every
+flow simulated (``tests/network/test_symmetry.py``).
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ class _Segment:
 
     def without(self, done: np.ndarray) -> tuple[_Segment, np.ndarray]:
         """The segment less its finished flows ``done``, keeping the others' rates, and
-        which of its links it no longer crosses (flows of one ``left`` finish together)."""
+        which of its links it no longer crosses (a segment of one ``left`` ends whole)."""
         assert self.remaining is not None
         keep = ~done
         renumber = np.cumsum(keep) - 1
