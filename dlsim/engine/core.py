@@ -401,7 +401,7 @@ class Engine:
         before = self.network.bytes_injected
         done = self.network.transfer(send.src, send.dst, send.size_bytes, send.rounds,
                                      send.latency_rounds, send.latency_s, send.wire_factor,
-                                     instances)
+                                     instances, (send, instances))
         self.bytes_by_role[op.role] = (self.bytes_by_role.get(op.role, 0.0)
                                        + self.network.bytes_injected - before)
         if k + 1 < len(sends):
@@ -410,10 +410,11 @@ class Engine:
             done.callbacks.append(lambda _ev: _succeed(end))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Send:
     """A phase as its collective asks the network to send it: ``repeat`` times back to
-    back, each paying its latencies (``Network.transfer``'s arguments)."""
+    back, each paying its latencies (``Network.transfer``'s arguments). Equal by identity:
+    an engine makes one per phase and repeat and never changes it, so it names them."""
 
     src: np.ndarray
     dst: np.ndarray

@@ -280,6 +280,7 @@ class Network(LinkRecords):
         n_links = len(topology.edges)
         self._mark = np.zeros(n_links, dtype=bool)  # scratch, all False between uses
         self._plans: dict[tuple, _Plan] = {}
+        self._named: dict[object, _Plan] = {}  # the plans of named arguments (transfer)
         # a flow's bytes are added when it ends, a link's busy time when it falls idle: a
         # link is busy while segments in flight cross it (_users of them, since
         # _busy_since), as every flow moves at a positive rate (capacities are positive)
@@ -313,7 +314,8 @@ class Network(LinkRecords):
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
                  latency_s: np.ndarray | None = None,
-                 wire_factor: np.ndarray | None = None, instances: int = 1) -> simpy.Event:
+                 wire_factor: np.ndarray | None = None, instances: int = 1,
+                 name: object = None) -> simpy.Event:
         """Send ``size_bytes[i]`` from device ``src[i]`` to ``dst[i]``, all starting now.
 
         ``rounds`` identical rounds are sent back to back as one pipelined flow: each round
@@ -326,19 +328,27 @@ class Network(LinkRecords):
         protocol's flags and headers); ``bytes_injected`` counts payload. With
         ``instances`` k > 1 the flows are k equal consecutive blocks (one per instance of a
         collective); when they are identical link-disjoint copies (``dlsim.network.symmetry``)
-        only the first is simulated, standing for all, with the same result.
+        only the first is simulated, standing for all, with the same result. ``name``
+        (hashable), if given, stands for these arguments whenever they recur (a phase that
+        a run sends thousands of times: telling them apart by their values costs more than
+        the rest of a transfer of thousands of flows).
         """
         done = Event(self.env)
-        src, dst = np.asarray(src), np.asarray(dst)
-        key = (src.tobytes(), dst.tobytes(), _key(size_bytes), rounds, _key(latency_rounds),
-               _key(latency_s), _key(wire_factor), instances)
-        plan = self._plans.get(key)
+        plan = None if name is None else self._named.get(name)
         if plan is None:
-            plan = self._plan(src, dst, size_bytes, rounds, latency_rounds, latency_s,
-                              wire_factor, instances)
-            if len(self._plans) >= self.PLAN_LIMIT:
-                self._plans.clear()
-            self._plans[key] = plan
+            src, dst = np.asarray(src), np.asarray(dst)
+            key = (src.tobytes(), dst.tobytes(), _key(size_bytes), rounds,
+                   _key(latency_rounds), _key(latency_s), _key(wire_factor), instances)
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plan(src, dst, size_bytes, rounds, latency_rounds, latency_s,
+                                  wire_factor, instances)
+                if len(self._plans) >= self.PLAN_LIMIT:
+                    self._plans.clear()
+                    self._named.clear()
+                self._plans[key] = plan
+            if name is not None:
+                self._named[name] = plan
         if plan.flows == 0:
             return done.succeed()
         self.bytes_injected += plan.payload_bytes
@@ -384,6 +394,7 @@ class Network(LinkRecords):
         self._advance()
         self.symmetry = False
         self._plans.clear()
+        self._named.clear()
         self._segments = [self._expand(s) if s.k > 1 else s for s in self._segments]
         self.capacity_Bps[edges] = self.topology.capacity_Bps[edges] * factor
         self._solver.forget()
