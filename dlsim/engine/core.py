@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
-from simpy.events import NORMAL
+from simpy.events import NORMAL, Event, Timeout
 
 from dlsim.contract.program import Collective, Compute, Op
 from dlsim.contract.span import Span
@@ -129,7 +129,10 @@ class Engine:
         # the ops some op waits on: only their ends need an event of their own
         self._waited = {r: {d for op in prog for d in op.deps} for r, prog in programs.items()}
         self._rendezvous: dict[str, _Rendezvous] = {}
-        self._lowered: dict[tuple, tuple[list[list[Phase]], int]] = {}
+        # by the identity of an op's group (the programs hold every group for the run), not
+        # its value: hashing a group of thousands of ranks at every collective costs more
+        self._expected: dict[int, int] = {}  # simulated members of a group
+        self._lowered: dict[tuple, tuple[list[list[_Send]], int]] = {}
         self._plans: dict[tuple, list[Phase]] = {}
         # contention in flight by rank (the collectives' shares) and the event that tells
         # the rank's compute that it changed; only ranks with a contending collective
@@ -228,7 +231,7 @@ class Engine:
                 if rank in self._contending:
                     yield from self._contended_compute(rank, self.duration_s(rank, op, start))
                 else:
-                    yield self.env.timeout(self.duration_s(rank, op, start))
+                    yield Timeout(self.env, self.duration_s(rank, op, start))
                 self._record(Span(device, stream, op.name, "compute", start, self.env.now,
                                   op.role))
             else:
@@ -300,9 +303,12 @@ class Engine:
     def _arrive(self, op: Collective) -> _Rendezvous:
         rv = self._rendezvous.get(op.key)
         if rv is None:
-            # distinct ranks: in a ring shift every rank is both a sender and a receiver
-            expected = len(self.programs.keys() & set(op.group))
-            rv = self._rendezvous[op.key] = _Rendezvous(expected, self.env.event())
+            expected = self._expected.get(id(op.group))
+            if expected is None:
+                # distinct ranks: in a ring shift every rank is both a sender and a receiver
+                expected = self._expected[id(op.group)] = len(self.programs.keys()
+                                                              & set(op.group))
+            rv = self._rendezvous[op.key] = _Rendezvous(expected, Event(self.env))
         rv.arrived += 1
         if rv.arrived == rv.expected:
             rv.start_s = self.env.now
@@ -350,14 +356,16 @@ class Engine:
             return None
         return moved(self.topology, phases, offset)
 
-    def _lower(self, op: Collective) -> tuple[list[list[Phase]], int]:
-        """The phase lists to run at once: one list whose phases carry every instance's
+    def _lower(self, op: Collective) -> tuple[list[list[_Send]], int]:
+        """The phase lists to run at once, as sent: one list whose phases carry every instance's
         flows (and how many instances, in equal consecutive blocks, the network may solve
         as copies of the first), or one list per instance where their phases differ. A
         pipeline repeats the same collectives thousands of times, so each is lowered (and
         its protocol chosen) once."""
-        key = (op.op, op.algorithm, op.group, op.size_bytes, op.servers, op.instances)
-        if key not in self._lowered:
+        key = (op.op, op.algorithm, id(op.group), op.size_bytes, op.servers, op.instances,
+               op.repeat)
+        lowered = self._lowered.get(key)
+        if lowered is None:
             groups = np.split(np.asarray(op.group), op.instances)
             first = self._phases(groups[0], op)
             like = (self.placement[groups[0]], first)
@@ -368,10 +376,12 @@ class Engine:
                        zip(ps, ps[1:])):
                     instances = op.instances
                 plans = [[merge_phases(ps) for ps in zip(*plans)]]
-            self._lowered[key] = (plans, instances)
-        return self._lowered[key]
+            lowered = self._lowered[key] = (
+                [[_Send.of(phase, op.repeat) for phase in phases] for phases in plans],
+                instances)
+        return lowered
 
-    def _collective(self, plans: list[list[Phase]], op: Collective,
+    def _collective(self, plans: list[list[_Send]], op: Collective,
                     rv: _Rendezvous) -> Generator:
         """Instances whose phases differ, each a chain of its own, all at once."""
         ends = []
@@ -382,25 +392,45 @@ class Engine:
         yield simpy.AllOf(self.env, ends)
         rv.done.succeed()
 
-    def _chain(self, phases: list[Phase], k: int, op: Collective, end: simpy.Event,
+    def _chain(self, sends: list[_Send], k: int, op: Collective, end: simpy.Event,
                instances: int = 1) -> None:
         """Start phase ``k`` now; when its last byte arrives start the next, and after the
         last succeed ``end``. The bytes a phase injects (counted as it starts) go to its
         op's role; a phase carrying ``instances`` equal blocks of flows says so."""
-        phase = phases[k]
-        latencies = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
+        send = sends[k]
         before = self.network.bytes_injected
-        done = self.network.transfer(
-            phase.src, phase.dst, phase.size_bytes, rounds=phase.rounds * op.repeat,
-            latency_rounds=latencies * op.repeat,
-            latency_s=None if phase.latency_s is None else phase.latency_s * op.repeat,
-            wire_factor=phase.wire_factor, instances=instances)
+        done = self.network.transfer(send.src, send.dst, send.size_bytes, send.rounds,
+                                     send.latency_rounds, send.latency_s, send.wire_factor,
+                                     instances, (send, instances))
         self.bytes_by_role[op.role] = (self.bytes_by_role.get(op.role, 0.0)
                                        + self.network.bytes_injected - before)
-        if k + 1 < len(phases):
-            done.callbacks.append(lambda _ev: self._chain(phases, k + 1, op, end, instances))
+        if k + 1 < len(sends):
+            done.callbacks.append(lambda _ev: self._chain(sends, k + 1, op, end, instances))
         else:
             done.callbacks.append(lambda _ev: _succeed(end))
+
+
+@dataclass(frozen=True, eq=False)
+class _Send:
+    """A phase as its collective asks the network to send it: ``repeat`` times back to
+    back, each paying its latencies (``Network.transfer``'s arguments). Equal by identity:
+    an engine makes one per phase and repeat and never changes it, so it names them."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    size_bytes: np.ndarray | float
+    rounds: int
+    latency_rounds: int | np.ndarray
+    latency_s: np.ndarray | None
+    wire_factor: np.ndarray | None
+
+    @classmethod
+    def of(cls, phase: Phase, repeat: int) -> _Send:
+        latencies = phase.rounds if phase.latency_rounds is None else phase.latency_rounds
+        return cls(phase.src, phase.dst, phase.size_bytes, phase.rounds * repeat,
+                   latencies * repeat,
+                   None if phase.latency_s is None else phase.latency_s * repeat,
+                   phase.wire_factor)
 
 
 def _succeed(event: simpy.Event) -> None:

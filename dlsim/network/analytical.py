@@ -92,10 +92,11 @@ class AnalyticalNetwork(LinkRecords):
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
                  latency_s: np.ndarray | None = None,
-                 wire_factor: np.ndarray | None = None, instances: int = 1) -> simpy.Event:
+                 wire_factor: np.ndarray | None = None, instances: int = 1,
+                 name: object = None) -> simpy.Event:
         """Start a batch now (``dlsim.network.fluid.Network.transfer``'s arguments); the
-        event fires after its closed-form time. ``instances`` changes nothing: a batch is
-        priced whole, each link by its own bytes."""
+        event fires after its closed-form time. ``instances`` and ``name`` change nothing:
+        a batch is priced whole, each link by its own bytes."""
         cost = batch_cost(self.topology, self.capacity_Bps, src, dst, size_bytes, rounds,
                           latency_rounds, latency_s, wire_factor)
         self.bytes_injected += cost.payload_bytes

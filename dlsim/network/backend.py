@@ -36,18 +36,28 @@ class NetworkBackend(Protocol):
     """What the engine calls, and the records it reads after the run."""
 
     topology: Topology
-    link_bytes: np.ndarray    # bytes each directed link carried on the wire (edge id order)
-    link_busy_s: np.ndarray   # time each link carried any bytes
     bytes_injected: float     # payload bytes handed to the network
     flows_started: int
+
+    @property
+    def link_bytes(self) -> np.ndarray:
+        """Bytes each directed link carried on the wire (edge id order)."""
+        ...
+
+    @property
+    def link_busy_s(self) -> np.ndarray:
+        """Time each link carried any bytes."""
+        ...
 
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: float | np.ndarray,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
                  latency_s: np.ndarray | None = None,
-                 wire_factor: np.ndarray | None = None, instances: int = 1) -> simpy.Event:
+                 wire_factor: np.ndarray | None = None, instances: int = 1,
+                 name: object = None) -> simpy.Event:
         """Send ``size_bytes[i]`` from device ``src[i]`` to ``dst[i]``, all starting now;
         ``instances`` k > 1 says the flows are k equal consecutive blocks (the instances of
-        a collective), which a backend may price as copies of the first when they are."""
+        a collective), which a backend may price as copies of the first when they are;
+        ``name`` (hashable), if given, stands for the same arguments whenever it recurs."""
         ...
 
     def scale_links(self, edges: np.ndarray, factor: float) -> None:

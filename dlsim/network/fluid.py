@@ -12,29 +12,33 @@ The work follows what is active, not the size of the topology: arrays span the l
 active flows cross; a start or an end re-solves only the component of flows it is linked to;
 a flow set seen before gets its remembered rates; flows that share no link take their path's
 narrowest capacity. Each is exactly what progressive filling over every link would give
-(``tests/network/test_fluid_incremental.py``).
+(``tests/network/test_fluid_incremental.py``). The records follow the same rule: a link gets
+a flow's bytes when the flow ends and its busy time when it falls idle, not at every event.
 
 Copy sets (``dlsim.network.symmetry``): the instances of a symmetric phase (every node's
 tensor all-reduce, every replica's pipeline send) that are identical and share no link travel
 as their first instance, standing for all of them; the other instances' links take its
-records when it ends. A newcomer whose links meet a copy set's in any other way expands it
-into its flows, so the results are those of every flow simulated
-(``tests/network/test_symmetry.py``).
+records when it ends, or rather when someone next reads or crosses them (a step ends
+thousands of copy sets, whose copies nobody reads in between). A newcomer whose links meet a
+copy set's in any other way expands it into its flows, so the results are those of every
+flow simulated (``tests/network/test_symmetry.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
 import simpy
+from simpy.events import Event, Timeout
 
 from dlsim.hardware.topology import Topology
 from dlsim.network.records import LinkRecords
 from dlsim.network.symmetry import CopySet, Footprint, compatible, copy_set, repeats
 
 _NO_COPIES = np.zeros((0, 0), dtype=np.intp)
+_NO_RATES = np.zeros(0)
 
 
 def max_min_rates(flow_of: np.ndarray, link_of: np.ndarray, capacity: np.ndarray,
@@ -89,9 +93,11 @@ class _Group:
     link_of: np.ndarray       # edge id per incidence
     links: np.ndarray         # the distinct edge ids the flows cross (sorted)
     local: np.ndarray         # index into ``links`` per incidence
+    counts: np.ndarray        # incidences per link of ``links`` (float)
     k: int                    # identical link-disjoint copies the flows stand for
     copies: np.ndarray        # copies[i - 1, j]: copy i's link for links[j]
     footprint: Footprint
+    relabelling: int = -1     # which (links, copies) these are, among the network's
 
     @classmethod
     def of(cls, latency_s: float, members: np.ndarray,
@@ -108,28 +114,58 @@ class _Group:
         copies = _NO_COPIES if copy_set is None else copy_set.copies_of(links)
         k = 1 if copy_set is None else copy_set.k
         return cls(latency_s, members, np.repeat(np.arange(len(members)), lengths), link_of,
-                   links, local, k, copies, Footprint.of(links, copies))
+                   links, local, np.bincount(local).astype(float), k, copies,
+                   Footprint.of(links, copies))
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class _Segment:
-    """Flows of one batch that became active together (they share a latency)."""
+    """Flows of one batch that became active together (they share a latency).
+
+    While its flows have one size and one rate (every flow of a symmetric phase), a segment
+    keeps their remaining bytes as one number, ``left`` (``remaining`` is None), moved at
+    ``speed``: the arithmetic each flow's array entry would see, on one float, so the same
+    results bit for bit without an array operation per segment and event."""
 
     batch: _Batch
     size: np.ndarray          # bytes per flow
-    remaining: np.ndarray     # bytes per flow still to send
+    remaining: np.ndarray | None  # bytes per flow still to send; None: every flow's is left
+    left: float               # bytes each flow still has to send (remaining is None)
     flow_of: np.ndarray       # local flow index per (flow, link) incidence (non-decreasing)
     link_of: np.ndarray       # edge id per incidence
     links: np.ndarray         # the distinct edge ids the segment's flows cross (sorted)
     local: np.ndarray         # index into ``links`` per incidence
+    counts: np.ndarray | None  # incidences per link of ``links`` (remaining is None)
     k: int = 1                # identical link-disjoint copies each flow stands for
     copies: np.ndarray = field(default_factory=lambda: _NO_COPIES)  # copy i: copies[i - 1]
     footprint: Footprint | None = None  # every link the copies may cross (k > 1)
-    rate: np.ndarray = field(default_factory=lambda: np.zeros(0))  # bytes/s per flow
+    rate: np.ndarray = field(default_factory=lambda: _NO_RATES)  # bytes/s per flow
+    speed: float = 0.0        # every flow's rate (remaining is None)
+    relabelling: int = -1     # its group's, while it has the group's links and copies
+
+    def rated(self) -> None:
+        """New ``rate``s were solved: one number for all flows while they allow it."""
+        if self.remaining is None:
+            lo = self.rate.min()
+            if lo > 0 and lo == self.rate.max():
+                self.speed = float(lo)
+            else:
+                self.remaining = np.full(len(self.size), self.left)
+
+    def sent(self, flows: np.ndarray | None = None) -> np.ndarray:
+        """Bytes per link of ``links`` that its flows (or ``flows``, a mask) have sent."""
+        if self.remaining is None:
+            assert self.counts is not None
+            return self.counts * (self.size[0] - self.left)
+        done = self.size - self.remaining
+        if flows is not None:
+            done = np.where(flows, done, 0.0)
+        return np.bincount(self.local, weights=done[self.flow_of], minlength=len(self.links))
 
     def without(self, done: np.ndarray) -> tuple[_Segment, np.ndarray]:
         """The segment less its finished flows ``done``, keeping the others' rates, and
-        which of its links it no longer crosses."""
+        which of its links it no longer crosses (a segment of one ``left`` ends whole)."""
+        assert self.remaining is not None
         keep = ~done
         renumber = np.cumsum(keep) - 1
         inc = keep[self.flow_of]
@@ -141,8 +177,8 @@ class _Segment:
             if self.k > 1:
                 copies = copies[:, used]
             local = (np.cumsum(used) - 1)[local]
-        return _Segment(self.batch, self.size[keep], self.remaining[keep],
-                        renumber[self.flow_of[inc]], self.link_of[inc], links, local,
+        return _Segment(self.batch, self.size[keep], self.remaining[keep], 0.0,
+                        renumber[self.flow_of[inc]], self.link_of[inc], links, local, None,
                         self.k, copies, self.footprint, self.rate[keep]), ~used
 
     def expanded(self) -> _Segment:
@@ -153,16 +189,31 @@ class _Segment:
         flow_of = np.concatenate([self.flow_of + i * n for i in range(k)])
         links, local = np.unique(link_of, return_inverse=True)
         assert self.footprint is not None
-        return _Segment(self.batch, np.tile(self.size, k), np.tile(self.remaining, k),
-                        flow_of, link_of, links, local, 1, _NO_COPIES,
-                        self.footprint.expanded(), np.tile(self.rate, k))
+        return _Segment(self.batch, np.tile(self.size, k),
+                        None if self.remaining is None else np.tile(self.remaining, k),
+                        self.left, flow_of, link_of, links, local,
+                        np.bincount(local).astype(float), 1, _NO_COPIES,
+                        self.footprint.expanded(), np.tile(self.rate, k), self.speed)
 
 
-def _sending(seg: _Segment) -> np.ndarray:
-    """The links of ``seg`` that carry bytes at its rates."""
-    if seg.rate.min() > 0:
-        return seg.links
-    return seg.links[np.unique(seg.local[seg.rate[seg.flow_of] > 0])]
+@dataclass(frozen=True)
+class _Plan:
+    """What a transfer starts: its ``flows`` (those that move bytes), their payload, and
+    per latency group the flows' routes and wire bytes."""
+
+    flows: int
+    payload_bytes: float
+    groups: list[_Group]
+    sizes: list[np.ndarray]
+    uniform: list[bool]       # per group: whether its flows have one size
+
+
+def _key(value: np.ndarray | float | None) -> object:
+    """An argument of ``transfer`` as part of a dict key."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    a = np.asarray(value)
+    return float(a) if a.ndim == 0 else (a.dtype.char, a.shape, a.tobytes())
 
 
 @dataclass
@@ -214,7 +265,7 @@ class Network(LinkRecords):
     on disjoint components leaves unchanged.
     """
 
-    LAYOUT_LIMIT = 4096
+    PLAN_LIMIT = 4096
     # copy sets for transfers of this many flows or more: below it, the few array operations
     # a copy set costs at its start and end outweigh the flows they save (GPT-3 on 1,024 GPUs
     # was 15-20 % slower with copy sets of 64 flows); results are the same either way
@@ -223,24 +274,37 @@ class Network(LinkRecords):
     def __init__(self, env: simpy.Environment, topology: Topology):
         super().__init__(env, topology)
         self._segments: list[_Segment] = []
-        # links carrying bytes at the rates; None: not yet found since the rates changed
-        self._busy_links: np.ndarray | None = np.zeros(0, dtype=np.intp)
         self._last_t = 0.0
         self._generation = 0
         self._solver = RateSolver(self.capacity_Bps)
-        self._mark = np.zeros(len(topology.edges), dtype=bool)  # scratch, all False between uses
-        self._layouts: dict[tuple, list[_Group]] = {}
+        n_links = len(topology.edges)
+        self._mark = np.zeros(n_links, dtype=bool)  # scratch, all False between uses
+        self._plans: dict[tuple, _Plan] = {}
+        self._named: dict[object, _Plan] = {}  # the plans of named arguments (transfer)
+        # a flow's bytes are added when it ends, a link's busy time when it falls idle: a
+        # link is busy while segments in flight cross it (_users of them, since
+        # _busy_since), as every flow moves at a positive rate (capacities are positive)
+        self._bytes, self._busy_s = self._records
+        self._users = np.zeros(n_links, dtype=np.intp)
+        self._busy_since = np.zeros(n_links)
         # copy sets: the representative links held by copy sets in flight (how many hold
         # each), their records when the first took hold, and which footprints may meet
         self.symmetry = True  # solve identical link-disjoint instances once (until a link slows)
-        n_links = len(topology.edges)
-        # the two records as rows of one array, so that a copy set's are moved in one go
-        self._records = np.zeros((2, n_links))
-        self.link_bytes, self.link_busy_s = self._records
         self._held = np.zeros(n_links, dtype=np.intp)
         self._held_records = np.zeros((2, n_links))
         self._copy_sets = 0  # segments in flight with k > 1
         self._compatible: dict[tuple[int, int], bool] = {}
+        # releases of copy sets that ended, not yet given to their copies (_defer): per
+        # representative link the copies' records after them (_chain_value) and which
+        # copies those are (_chain_column, -1: none), per copy the link it waits for
+        self._relabellings: dict[tuple[bytes, bytes], int] = {}
+        self._columns_of: list[np.ndarray] = []  # per relabelling, its links' column ids
+        self._columns: list[np.ndarray] = []     # per column id, the copies of one link
+        self._column_ids: dict[bytes, int] = {}
+        self._chain_column = np.full(n_links, -1, dtype=np.intp)
+        self._chain_value = np.zeros((2, n_links))
+        self._chains = 0
+        self._waits = np.full(n_links, -1, dtype=np.intp)
 
     @property
     def rate_solutions(self) -> int:
@@ -250,7 +314,8 @@ class Network(LinkRecords):
     def transfer(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
                  rounds: int = 1, latency_rounds: int | np.ndarray | None = None,
                  latency_s: np.ndarray | None = None,
-                 wire_factor: np.ndarray | None = None, instances: int = 1) -> simpy.Event:
+                 wire_factor: np.ndarray | None = None, instances: int = 1,
+                 name: object = None) -> simpy.Event:
         """Send ``size_bytes[i]`` from device ``src[i]`` to ``dst[i]``, all starting now.
 
         ``rounds`` identical rounds are sent back to back as one pipelined flow: each round
@@ -263,16 +328,53 @@ class Network(LinkRecords):
         protocol's flags and headers); ``bytes_injected`` counts payload. With
         ``instances`` k > 1 the flows are k equal consecutive blocks (one per instance of a
         collective); when they are identical link-disjoint copies (``dlsim.network.symmetry``)
-        only the first is simulated, standing for all, with the same result.
+        only the first is simulated, standing for all, with the same result. ``name``
+        (hashable), if given, stands for these arguments whenever they recur (a phase that
+        a run sends thousands of times: telling them apart by their values costs more than
+        the rest of a transfer of thousands of flows).
         """
-        done = self.env.event()
-        src, dst = np.asarray(src), np.asarray(dst)
+        done = Event(self.env)
+        plan = None if name is None else self._named.get(name)
+        if plan is None:
+            src, dst = np.asarray(src), np.asarray(dst)
+            key = (src.tobytes(), dst.tobytes(), _key(size_bytes), rounds,
+                   _key(latency_rounds), _key(latency_s), _key(wire_factor), instances)
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plan(src, dst, size_bytes, rounds, latency_rounds, latency_s,
+                                  wire_factor, instances)
+                if len(self._plans) >= self.PLAN_LIMIT:
+                    self._plans.clear()
+                    self._named.clear()
+                self._plans[key] = plan
+            if name is not None:
+                self._named[name] = plan
+        if plan.flows == 0:
+            return done.succeed()
+        self.bytes_injected += plan.payload_bytes
+        self.flows_started += plan.flows
+        batch = _Batch(pending=plan.flows, done=done)
+        for group, size, uniform in zip(plan.groups, plan.sizes, plan.uniform):
+            seg = _Segment(batch, size, None if uniform else size.copy(), float(size[0]),
+                           group.flow_of, group.link_of, group.links, group.local,
+                           group.counts, group.k, group.copies, group.footprint,
+                           relabelling=group.relabelling)
+            Timeout(self.env, group.latency_s).callbacks.append(partial(self._activate, seg))
+        return done
+
+    def _plan(self, src: np.ndarray, dst: np.ndarray, size_bytes: np.ndarray | float,
+              rounds: int, latency_rounds: int | np.ndarray | None,
+              latency_s: np.ndarray | None, wire_factor: np.ndarray | None,
+              instances: int) -> _Plan:
+        """What ``transfer`` starts for these arguments. Routes and latencies do not change
+        during a run and a step repeats its phases thousands of times, so each distinct
+        phase is routed and grouped once (until ``scale_links``)."""
         size = np.broadcast_to(np.asarray(size_bytes, dtype=float), src.shape) * rounds
         keep = (src != dst) & (size > 0)
         src, dst, size = src[keep], dst[keep], size[keep]
         if len(src) == 0:
-            return done.succeed()
-        self.bytes_injected += float(size.sum())
+            return _Plan(0, 0.0, [], [], [])
+        payload = float(size.sum())
         if wire_factor is not None:
             size = size * np.broadcast_to(np.asarray(wire_factor, dtype=float), keep.shape)[keep]
         layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s,
@@ -280,14 +382,9 @@ class Network(LinkRecords):
                               and len(src) >= self.MIN_COPY_FLOWS else 0)
         if layout[0].k > 1 and not repeats(size, layout[0].k):  # copies of unequal sizes
             layout = self._layout(src, dst, keep, rounds, latency_rounds, latency_s, 0)
-        self.flows_started += len(src)
-        batch = _Batch(pending=len(src), done=done)
-        for group in layout:
-            seg = _Segment(batch, size[group.members], size[group.members], group.flow_of,
-                           group.link_of, group.links, group.local, group.k, group.copies,
-                           group.footprint)
-            self.env.timeout(group.latency_s).callbacks.append(partial(self._activate, seg))
-        return done
+        sizes = [size[g.members] for g in layout]
+        return _Plan(len(src), payload, layout, sizes,
+                     [bool(x.min() == x.max()) for x in sizes])
 
     def scale_links(self, edges: np.ndarray, factor: float) -> None:
         """From now on, links ``edges`` carry ``factor`` of their nominal bandwidth (a
@@ -296,7 +393,8 @@ class Network(LinkRecords):
         sets in flight are expanded and later phases are simulated flow by flow."""
         self._advance()
         self.symmetry = False
-        self._layouts.clear()
+        self._plans.clear()
+        self._named.clear()
         self._segments = [self._expand(s) if s.k > 1 else s for s in self._segments]
         self.capacity_Bps[edges] = self.topology.capacity_Bps[edges] * factor
         self._solver.forget()
@@ -308,16 +406,7 @@ class Network(LinkRecords):
         """The routed flows ``src[i] -> dst[i]`` (those kept), grouped by their latency, and
         of the first instance only when the ``instances`` are identical link-disjoint copies
         but for their sizes (which the caller checks); with one instance, each flow is tried
-        as a copy (a point-to-point send of every replica); 0: no copies.
-        Routes and latencies do not change during a run and a step repeats its phases
-        thousands of times, so each distinct phase is routed and grouped once."""
-        key = (src.tobytes(), dst.tobytes(), keep.tobytes(), rounds,
-               None if latency_rounds is None else np.asarray(latency_rounds).tobytes(),
-               None if latency_s is None else np.asarray(latency_s, dtype=float).tobytes(),
-               instances)
-        layout = self._layouts.get(key)
-        if layout is not None:
-            return layout
+        as a copy (a point-to-point send of every replica); 0: no copies."""
         links, starts, lengths = routes = self.topology.flow_routes(src, dst)
         if latency_s is None:
             latency = np.add.reduceat(self.topology.latency_s[links], starts)
@@ -333,12 +422,25 @@ class Network(LinkRecords):
                               self.capacity_Bps)
         if copies is not None:
             latency = latency[:copies.m]
-        layout = [_Group.of(float(lat), np.flatnonzero(latency == lat), routes, copies)
+        groups = [_Group.of(float(lat), np.flatnonzero(latency == lat), routes, copies)
                   for lat in np.unique(latency)]
-        if len(self._layouts) >= self.LAYOUT_LIMIT:
-            self._layouts.clear()
-        self._layouts[key] = layout
-        return layout
+        if copies is None:
+            return groups
+        return [replace(g, relabelling=self._relabelling(g.links, g.copies)) for g in groups]
+
+    def _relabelling(self, links: np.ndarray, copies: np.ndarray) -> int:
+        """Which relabelling (links, copies) is, and the column of copies of each link."""
+        key = (links.tobytes(), copies.tobytes())
+        found = self._relabellings.get(key)
+        if found is None:
+            found = self._relabellings[key] = len(self._columns_of)
+            ids = []
+            for column in copies.T:
+                ids.append(self._column_ids.setdefault(column.tobytes(), len(self._columns)))
+                if ids[-1] == len(self._columns):
+                    self._columns.append(column.copy())
+            self._columns_of.append(np.array(ids, dtype=np.intp))
+        return found
 
     # --- the fluid model --------------------------------------------------------------------
 
@@ -346,15 +448,13 @@ class Network(LinkRecords):
         """Move every active flow forward to now at its current rate."""
         dt = self.env.now - self._last_t
         self._last_t = self.env.now
-        if dt <= 0 or not self._segments:
+        if dt <= 0:
             return
         for seg in self._segments:
-            seg.remaining -= seg.rate * dt
-            self.link_bytes[seg.links] += np.bincount(
-                seg.local, weights=seg.rate[seg.flow_of] * dt, minlength=len(seg.links))
-        if self._busy_links is None:  # found once per interval that moves the clock
-            self._busy_links = self._union([_sending(s) for s in self._segments])
-        self.link_busy_s[self._busy_links] += dt
+            if seg.remaining is None:
+                seg.left -= seg.speed * dt
+            else:
+                seg.remaining -= seg.rate * dt
 
     def _activate(self, seg: _Segment, _latency_elapsed: simpy.Event) -> None:
         """Segment ``seg`` starts sending once its flows' latency has elapsed."""
@@ -362,8 +462,38 @@ class Network(LinkRecords):
         if self._copy_sets or seg.k > 1:
             self._reschedule(self._admit(seg))
         else:
-            self._segments.append(seg)
-            self._reschedule([seg])
+            self._reschedule([seg], alone=self._start(seg))
+
+    def _start(self, seg: _Segment) -> bool:
+        """``seg`` is in flight from now on (its links' records brought up to date);
+        whether it shares no link with the others."""
+        if self._chains:
+            self._settle(seg.links)
+        self._segments.append(seg)
+        return self._cross(seg.links, 1)
+
+    def _cross(self, links: np.ndarray, change: int) -> bool:
+        """One more (``change`` 1) or one fewer (-1) segment crosses ``links`` (distinct)
+        from now on; whether that was the first (the last) on every one. A link's busy
+        time runs from when the first starts to cross it until the last stops."""
+        users = self._users[links]
+        self._users[links] = users + change
+        turns = users == (0 if change > 0 else 1)
+        turned = links if turns.all() else links[turns]
+        if change > 0:
+            self._busy_since[turned] = self.env.now
+        else:
+            self._busy_s[turned] += self.env.now - self._busy_since[turned]
+        return turned is links
+
+    def _end(self, seg: _Segment) -> bool:
+        """Every flow of ``seg`` has ended: its links get its bytes, its busy time ends;
+        whether nothing in flight crosses them now."""
+        self._bytes[seg.links] += seg.sent()
+        idle = self._cross(seg.links, -1)
+        if seg.k > 1:
+            self._release(seg, seg.links, seg.copies, defer=True)
+        return idle
 
     # --- copy sets (dlsim.network.symmetry) ---------------------------------------------------
 
@@ -383,13 +513,13 @@ class Network(LinkRecords):
         every pair in flight is compatible; the segments whose flows changed."""
         meets = [t for t in self._segments if self._meets(seg, t)]
         if not meets:
-            self._segments.append(seg)
+            self._start(seg)
             if seg.k > 1:
                 self._hold(seg)
             return [seg]
         if seg.k > 1:
             seg = seg.expanded()
-        self._segments.append(seg)
+        self._start(seg)
         changed = [seg]
         queue = [seg]
         while queue and self._copy_sets:
@@ -403,8 +533,13 @@ class Network(LinkRecords):
 
     def _expand(self, seg: _Segment) -> _Segment:
         """``seg`` flow by flow from now on, its copies' records brought up to date."""
-        self._release(seg, seg.links, seg.copies)
-        return seg.expanded()
+        links = seg.links  # their busy time so far (they are busy), split here
+        self._busy_s[links] += self.env.now - self._busy_since[links]
+        self._busy_since[links] = self.env.now
+        self._release(seg, links, seg.copies)
+        full = seg.expanded()
+        self._cross(np.setdiff1d(full.links, links, assume_unique=True), 1)
+        return full
 
     def _hold(self, seg: _Segment) -> None:
         """Copy set ``seg`` takes its links: their records from now on are its copies'."""
@@ -415,10 +550,11 @@ class Network(LinkRecords):
         self._copy_sets += 1
 
     def _release(self, seg: _Segment, links: np.ndarray, copies: np.ndarray,
-                 ends: bool = True) -> None:
+                 ends: bool = True, defer: bool = False) -> None:
         """Copy set ``seg`` leaves representative ``links`` (``copies`` theirs): where no
         other copy set holds one, its copies get the bytes and busy time it gained since it
-        was taken (its very records where a copy's history was the same)."""
+        was taken (its very records where a copy's history was the same). With ``defer``
+        (a whole copy set that ended) they may get them when someone reads them."""
         self._copy_sets -= int(ends)
         if len(links) == 0:
             return
@@ -426,15 +562,101 @@ class Network(LinkRecords):
         last = self._held[links] == 0
         if not last.any():
             return
+        records = self._records
+        if defer and seg.relabelling >= 0:
+            last &= ~self._defer(seg.relabelling, links, last, self._held_records[:, links],
+                                 records[:, links])
+            if not last.any():
+                return
         if not last.all():
             links, copies = links[last], copies[:, last]
-        records = self._records
+        self._settle(copies)
         now, then, was = records[:, None, links], self._held_records[:, None, links], \
             records[:, copies]
         records[:, copies] = np.where(was == then, now, was + (now - then))
 
-    def _component(self, links: np.ndarray) -> list[_Segment]:
-        """The active segments connected to ``links`` through shared links."""
+    def _defer(self, relabelling: int, links: np.ndarray, last: np.ndarray,
+               then: np.ndarray, now: np.ndarray) -> np.ndarray:
+        """Keep the release of representative links ``last`` (``_release``'s, records
+        ``then`` at the hold and ``now``) for when someone reads their copies; which ones
+        were kept. A copy that started like its representative (its records were the
+        representative's at its first release) goes through the same numbers at every
+        release as every such copy, so a chain of releases of one link to one column of
+        copies is one value per representative link; a copy that did not is given its
+        release now, and so is the column of another chain, once that chain is given."""
+        column = self._columns_of[relabelling][last]
+        reps = links[last]
+        then, now = then[:, last], now[:, last]
+        chained = self._chain_column[reps]
+        same = chained == column
+        value = self._chain_value
+        if same.all():  # every link's chain goes on: the common case
+            v = value[:, reps]
+            value[:, reps] = np.where(v == then, now, v + (now - then))
+            return last
+        if (chained[~same] >= 0).any():
+            self._give(reps[~same][chained[~same] >= 0])
+        go_on = np.flatnonzero(same)
+        if len(go_on):
+            r = reps[go_on]
+            v = value[:, r]
+            value[:, r] = np.where(v == then[:, go_on], now[:, go_on],
+                                   v + (now[:, go_on] - then[:, go_on]))
+        kept = same.copy()
+        for i in np.flatnonzero(~same).tolist():
+            copies = self._columns[int(column[i])]
+            self._settle(copies)
+            if not (self._records[:, copies] == then[:, i, None]).all():
+                continue
+            value[:, reps[i]] = now[:, i]
+            self._chain_column[reps[i]] = column[i]
+            self._waits[copies] = reps[i]
+            self._chains += 1
+            kept[i] = True
+        out = np.zeros(len(links), dtype=bool)
+        out[np.flatnonzero(last)[kept]] = True
+        return out
+
+    def _settle(self, links: np.ndarray | None = None) -> None:
+        """The deferred releases that ``links`` wait for (all: None) given to them."""
+        if not self._chains:
+            return
+        if links is None:
+            self._give(np.flatnonzero(self._chain_column >= 0))
+            return
+        waits = self._waits[links]
+        waits = waits[waits >= 0]
+        if len(waits):
+            self._give(np.unique(waits))
+
+    def _give(self, reps: np.ndarray) -> None:
+        """The chains of representative links ``reps`` given to their copies."""
+        for rep in reps.tolist():
+            copies = self._columns[int(self._chain_column[rep])]
+            self._records[:, copies] = self._chain_value[:, rep, None]
+            self._waits[copies] = -1
+            self._chain_column[rep] = -1
+            self._chains -= 1
+
+    def _component(self, changed: list[_Segment], freed: np.ndarray | None,
+                   alone: bool = False) -> list[_Segment]:
+        """The active segments connected through shared links to the ``changed`` ones and
+        to the links of finished flows (``freed``); ``alone``: nothing else crosses their
+        links (known already)."""
+        if alone:
+            return changed
+        users = self._users
+        if freed is None:
+            if len(changed) == 1 and users[changed[0].links].max() == 1:
+                return changed  # it shares no link: the common case, found in one look
+            touched = [s.links for s in changed]
+        elif not changed:
+            if users[freed].max() == 0:
+                return []  # nothing in flight crosses them
+            touched = [freed]
+        else:
+            touched = [s.links for s in changed] + [freed]
+        links = np.concatenate(touched) if len(touched) > 1 else touched[0]
         mark = self._mark
         marked = [links]
         mark[links] = True
@@ -457,24 +679,8 @@ class Network(LinkRecords):
             mark[m] = False
         return affected
 
-    def _union(self, arrays: list[np.ndarray]) -> np.ndarray:
-        """The distinct edge ids of ``arrays`` (each already distinct), in no set order."""
-        if len(arrays) == 1:
-            return arrays[0]
-        mark = self._mark
-        parts = []
-        for a in arrays:
-            new = a[~mark[a]]
-            mark[new] = True
-            parts.append(new)
-        union = np.concatenate(parts)
-        mark[union] = False
-        return union
-
     def _solve(self, segments: list[_Segment]) -> None:
         """New max-min rates for ``segments`` (a union of whole components)."""
-        if not segments:
-            return
         if len(segments) == 1:
             seg = segments[0]
             seg.rate = self._solver.rates(seg.flow_of, seg.link_of, len(seg.size))
@@ -486,48 +692,70 @@ class Network(LinkRecords):
         for seg, a, b in zip(segments, offsets[:-1], offsets[1:]):
             seg.rate = rates[a:b]
 
-    def _reschedule(self, changed: list[_Segment], freed: np.ndarray | None = None) -> None:
+    def _reschedule(self, changed: list[_Segment], freed: np.ndarray | None = None,
+                    alone: bool = False) -> None:
         """Solve the rates of the component that ``changed`` segments and the links of
-        finished flows (``freed``) touch, then wake up at the next flow completion."""
+        finished flows (``freed``) touch (``alone``: just those segments, nothing else
+        crosses those links), then wake up at the next flow completion."""
         self._generation += 1
         if not self._segments:
-            self._busy_links = np.zeros(0, dtype=np.intp)
             return
-        touched = [s.links for s in changed]
-        if freed is not None:
-            touched.append(freed)
-        if touched:
-            self._solve(self._component(np.concatenate(touched)))
-        self._busy_links = None  # the segments and their rates hold until the next _advance
-        dt = min(float((s.remaining / s.rate).min()) for s in self._segments)
+        if changed or freed is not None:
+            component = self._component(changed, freed, alone)
+            if component:
+                self._solve(component)
+                for seg in component:
+                    seg.rated()
+        dt = min(s.left / s.speed if s.remaining is None else float((s.remaining / s.rate).min())
+                 for s in self._segments)
         generation = self._generation
-        self.env.timeout(max(dt, 0.0)).callbacks.append(
+        Timeout(self.env, max(dt, 0.0)).callbacks.append(
             lambda _ev: self._complete(generation, dt))
 
     def _complete(self, generation: int, dt: float) -> None:
         if generation != self._generation:
             return  # the flow set changed since this wake-up was scheduled
         self._advance()
+        # finished within rounding of the clock (relative 1e-9 of this interval, or a few
+        # ulps of the absolute time, so that a tiny remainder cannot stall the clock)
+        slack = dt * 1e-9 + self.env.now * 1e-14
         kept: list[_Segment] = []
         freed: list[np.ndarray] = []
+        idle = True  # nothing in flight crosses the links of the flows that ended
         for seg in self._segments:
-            # finished within rounding of the clock (relative 1e-9 of this interval, or a few
-            # ulps of the absolute time, so that a tiny remainder cannot stall the clock)
-            done = seg.remaining <= seg.rate * (dt * 1e-9 + self.env.now * 1e-14)
-            if done.any():
-                seg.batch.pending -= int(done.sum()) * seg.k
-                if seg.batch.pending == 0:
-                    seg.batch.done.succeed()
-                freed.append(seg.link_of[done[seg.flow_of]])
-                if done.all():
-                    if seg.k > 1:
-                        self._release(seg, seg.links, seg.copies)
+            if seg.remaining is None:
+                if seg.left > seg.speed * slack:
+                    kept.append(seg)
                     continue
-                left = seg
-                seg, dropped = seg.without(done)
-                if seg.k > 1 and dropped.any():
-                    self._release(left, left.links[dropped], left.copies[:, dropped],
-                                  ends=False)
-            kept.append(seg)
+                done = None
+            else:
+                done = seg.remaining <= seg.rate * slack
+                if not done.any():
+                    kept.append(seg)
+                    continue
+                if not done.all():
+                    seg = self._finish_some(seg, done, freed)
+                    kept.append(seg)
+                    idle = False
+                    continue
+            seg.batch.pending -= len(seg.size) * seg.k
+            if seg.batch.pending == 0:
+                seg.batch.done.succeed()
+            freed.append(seg.links)
+            idle &= self._end(seg)
         self._segments = kept
-        self._reschedule([], np.concatenate(freed) if freed else None)
+        self._reschedule([], np.concatenate(freed) if freed else None, idle)
+
+    def _finish_some(self, seg: _Segment, done: np.ndarray,
+                     freed: list[np.ndarray]) -> _Segment:
+        """Flows ``done`` of ``seg`` (not all) have ended; the segment of those left."""
+        seg.batch.pending -= int(done.sum()) * seg.k
+        if seg.batch.pending == 0:
+            seg.batch.done.succeed()
+        freed.append(seg.link_of[done[seg.flow_of]])
+        self._bytes[seg.links] += seg.sent(done)
+        left, (seg, dropped) = seg, seg.without(done)
+        self._cross(left.links[dropped], -1)
+        if seg.k > 1 and dropped.any():
+            self._release(left, left.links[dropped], left.copies[:, dropped], ends=False)
+        return seg

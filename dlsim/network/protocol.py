@@ -131,8 +131,16 @@ def runs(protocol: str, algorithm: str) -> bool:
     return protocol in ("ideal", *PROTOCOL_EFFICIENCY[family(algorithm)])
 
 
-def _flow_links(topology: Topology, src: np.ndarray, dst: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+FlowLinks = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def flow_links(topology: Topology, phases: list[Phase]) -> list[FlowLinks]:
+    """``_flow_links`` of every phase: what ``enabled`` and ``apply`` read of the routes,
+    found once where a tuner tries every protocol on the same phases."""
+    return [_flow_links(topology, phase.src, phase.dst) for phase in phases]
+
+
+def _flow_links(topology: Topology, src: np.ndarray, dst: np.ndarray) -> FlowLinks:
     """Per flow: the slowest hardware class on its route (index into LINK_CLASSES), the
     class of its narrowest link (whose payload efficiency bounds the flow) and that link's
     capacity, B/s (inf for a local flow)."""
@@ -162,22 +170,24 @@ def _nvls_efficiency(topology: Topology, phase: Phase) -> np.ndarray:
     return np.array([NVLS_EFFICIENCY[min(int(g), newest)] if g else 1.0 for g in generation])
 
 
-def enabled(protocol: str, topology: Topology, phases: list[Phase]) -> bool:
+def enabled(protocol: str, topology: Topology, phases: list[Phase],
+            links: list[FlowLinks] | None = None) -> bool:
     """NCCL enables LL128 by default only where the intra-node path is NVLink
-    (tuning.cc, protoEnable); LL and Simple always."""
+    (tuning.cc, protoEnable); LL and Simple always. ``links``: ``flow_links(phases)``."""
     if protocol != "LL128":
         return True
-    for phase in phases:
-        worst = _flow_links(topology, phase.src, phase.dst)[0]
+    for worst, _, _ in links if links is not None else flow_links(topology, phases):
         if (worst == LINK_CLASSES.index("pci")).any():
             return False
     return True
 
 
 def apply(phases: list[Phase], topology: Topology, protocol: str, algorithm: str,
-          nodes: int = 1, op: str = "allreduce") -> list[Phase]:
+          nodes: int = 1, op: str = "allreduce",
+          links: list[FlowLinks] | None = None) -> list[Phase]:
     """The phases as ``protocol`` runs them (``ideal``: unchanged); ``nodes`` (how many
-    nodes the collective spans) picks the LL cap where the device has ``nccl_arch``. The
+    nodes the collective spans) picks the LL cap where the device has ``nccl_arch``;
+    ``links``: ``flow_links(phases)``, where known. The
     cap is a figure of NCCL's tuner, which prices its five collectives only
     (``NCCL_NUM_FUNCTIONS 5 // Send/Recv not included``), so point-to-point ops go uncapped."""
     if protocol == "ideal" or not phases:
@@ -190,8 +200,9 @@ def apply(phases: list[Phase], topology: Topology, protocol: str, algorithm: str
               if protocol == "LL" and fam == "ring" and arch is not None
               and op in TUNED_OPS else None)
     out = []
-    for k, phase in enumerate(phases):
-        worst, narrow, capacity_min = _flow_links(topology, phase.src, phase.dst)
+    if links is None:
+        links = flow_links(topology, phases)
+    for k, (phase, (worst, narrow, capacity_min)) in enumerate(zip(phases, links)):
         step = np.array([STEP_LATENCY_US[(c, fam)][protocol] for c in LINK_CLASSES])[worst]
         eff = PROTOCOL_EFFICIENCY[fam][protocol] * np.array(
             [TRANSPORT_EFFICIENCY[c] for c in LINK_CLASSES])[narrow]

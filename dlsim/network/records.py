@@ -17,8 +17,23 @@ class LinkRecords:
         self.env = env
         self.topology = topology
         self.capacity_Bps = topology.capacity_Bps.copy()
-        n_links = len(topology.edges)
-        self.link_bytes = np.zeros(n_links)
-        self.link_busy_s = np.zeros(n_links)
+        # the two per-link records as rows of one array, so that both move in one go
+        self._records = np.zeros((2, len(topology.edges)))
         self.bytes_injected = 0.0
         self.flows_started = 0
+
+    @property
+    def link_bytes(self) -> np.ndarray:
+        """Bytes each directed link carried on the wire (edge id order)."""
+        self._settle()
+        return self._records[0]
+
+    @property
+    def link_busy_s(self) -> np.ndarray:
+        """Time each link carried any bytes (edge id order)."""
+        self._settle()
+        return self._records[1]
+
+    def _settle(self) -> None:
+        """Bring the records up to date before they are read (a backend that defers its
+        bookkeeping does it here)."""

@@ -107,15 +107,16 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
             raise ScenarioError(
                 f"'{alg}' needs {spec.needs}{across}, which {topology.description} does not "
                 f"give this group; use ring, tree or auto.", field="algorithm")
+        links = None if protocols == ["ideal"] else proto.flow_links(topology, phases)
         for p in protocols:
             if not proto.runs(p, alg):
                 if len(protocols) > 1:
                     continue
                 raise ScenarioError(f"'{alg}' runs with NCCL's Simple protocol only, not "
                                     f"{p}; use protocol: Simple or auto.", field="protocol")
-            if choose and not proto.enabled(p, topology, phases):
+            if choose and not proto.enabled(p, topology, phases, links):
                 continue
-            run = proto.apply(phases, topology, p, alg, n_nodes, op)
+            run = proto.apply(phases, topology, p, alg, n_nodes, op, links)
             t = (sum(phase_time_s(ph, topology) for ph in run) if choose or timed
                  else float("nan"))
             if best is None or t < best.time_s:

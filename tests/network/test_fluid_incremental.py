@@ -20,7 +20,7 @@ REL = 1e-12
 class FullRecomputation(Network):
     """The reference: every change solves every active flow over all links, nothing kept."""
 
-    def _component(self, links: np.ndarray) -> list:
+    def _component(self, changed: list, freed: np.ndarray | None, alone: bool = False) -> list:
         return list(self._segments)
 
     def _solve(self, segments: list) -> None:

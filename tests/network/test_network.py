@@ -86,3 +86,32 @@ def test_latency_then_bandwidth():
     net.transfer(np.array([0]), np.array([1]), np.array([1e6]), rounds=4)
     env.run()
     assert env.now == pytest.approx(4 * (2e-3 + 1e-3))
+
+
+def test_a_named_transfer_is_the_transfer_its_name_first_stood_for():
+    """The two sends of the competitor example, each named and sent again as soon as it
+    ends: the same times as when the network compares their arguments, and a name never
+    stands for another transfer's arguments."""
+    topo = topology_of(star(3, LinkSpec("l", 1e9, 1e9, 0.0)), 3)
+
+    def run(named: bool) -> list[tuple[str, float]]:
+        env = simpy.Environment()
+        net = Network(env, topo)
+        done: list[tuple[str, float]] = []
+
+        def send(size: float, label: str):
+            for _ in range(2):
+                yield net.transfer(np.array([1]), np.array([0]), np.array([size]),
+                                   name=label if named else None)
+                done.append((label, env.now))
+
+        for size, label in [(1e9, "small"), (3e9, "big")]:
+            env.process(send(size, label))
+        env.run()
+        return done
+
+    named = run(named=True)
+    assert named == run(named=False)
+    assert [label for label, _ in named] == ["small", "small", "big", "big"]
+    # both at 0.5 GB/s until each small one ends (2 s, 4 s), then the big one alone
+    assert [t for _, t in named] == pytest.approx([2.0, 4.0, 5.0, 8.0], rel=1e-15)

@@ -104,7 +104,7 @@ def test_a_symmetric_phase_is_solved_as_one_instance():
     src = np.concatenate([ring + c * PER_LEAF for c in range(4)])
     dst = np.concatenate([(ring + 1) % PER_LEAF + c * PER_LEAF for c in range(4)])
     net.transfer(src, dst, 1e6, instances=4)
-    layout = next(iter(net._layouts.values()))
+    layout = next(iter(net._plans.values())).groups
     assert [g.k for g in layout] == [4] and all(len(g.members) == PER_LEAF for g in layout)
     env.run()
     routes, starts, _ = net.topology.flow_routes(src, dst)
