@@ -250,14 +250,21 @@ def test_gpipe_with_unequal_stages_is_two_flow_shops(widths, m):
 @settings(max_examples=10, deadline=None)
 @given(widths=WIDTHS, extra=st.integers(0, 4))
 def test_each_further_micro_batch_costs_the_slowest_stage(widths, extra):
-    """In 1F1B's steady state every stage waits for the slowest: one more micro-batch adds
-    that stage's forward and backward to the step, whichever stage ends last."""
+    """In 1F1B's steady state every stage waits for the slowest: once it is reached (by 3p
+    micro-batches on these stages) one more micro-batch adds exactly that stage's forward
+    and backward to the step, whichever stage ends last; before it, never more (stages
+    within a fraction of a percent of each other take a few cycles to settle)."""
     device = hardware.device("a100-sxm4-80gb")
     model = build_model(ModelSpec(kind="mlp", widths=widths), MICRO, 2)
     slowest = max(sum(layer_times_s(layer, device, "bf16")) for layer in model.layers)
-    m = len(model.layers) + extra
-    one, more = (dlsim.simulate(_unequal(widths, k, "1f1b")).step_time_s for k in (m, m + 1))
-    assert more - one == pytest.approx(slowest, rel=1e-9)
+    p = len(model.layers)
+
+    def step(m: int) -> float:
+        return dlsim.simulate(_unequal(widths, m, "1f1b")).step_time_s
+
+    settled = 3 * p + extra
+    assert step(settled + 1) - step(settled) == pytest.approx(slowest, rel=1e-9)
+    assert step(p + 1) - step(p) <= slowest * (1 + 1e-9)
 
 
 TRANSFORMER = {"kind": "transformer", "layers": 6, "hidden": 512, "heads": 8, "seq_len": 256,
