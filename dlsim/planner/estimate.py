@@ -74,7 +74,7 @@ from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
 from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import Phase, merge_phases
 from dlsim.network.protocol import resolve_mode
-from dlsim.network.translates import classes, moves_exactly
+from dlsim.network.translates import classes, move_phase, moved_routes, split
 from dlsim.network.tuner import candidates, phase_time_s, plan_collective
 from dlsim.parallel.context import context_shard, kv_bytes
 from dlsim.parallel.data_parallel import optimizer_steps
@@ -119,8 +119,8 @@ class Fabric:
         self._placement: dict[tuple[int, str], np.ndarray] = {}
         self._memo: dict[tuple, float] = {}
         self._group_memo: dict[tuple, list[Phase]] = {}
-        self._classes: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._moves: dict[tuple, bool] = {}
+        self._classes: dict[tuple, tuple[np.ndarray, ...]] = {}
+        self._moves: dict[tuple, tuple[np.ndarray, bool]] = {}
         self.symmetric = True  # False lowers every group (the tests' reference)
         self._siblings = {protocol: self} if siblings is None else siblings
 
@@ -147,37 +147,47 @@ class Fabric:
             return 0.0
         key = (op, algorithm, size_bytes, groups, ranks, policy)
         if key not in self._memo:
-            plans = self._plans(op, algorithm, size_bytes, groups, ranks, policy)
-            self._memo[key] = sum(phase_time_s(merge_phases(phases), self.topology)
-                                  for phases in zip(*plans))
+            self._memo[key] = sum(
+                phase_time_s(phase, self.topology)
+                for phase in self._merged(op, algorithm, size_bytes, groups, ranks, policy))
         return self._memo[key]
 
-    def _plans(self, op: str, algorithm: str, size_bytes: float,
-               groups: tuple[tuple[int, ...], ...], ranks: int,
-               policy: str) -> list[list[Phase]]:
-        """The lowerings whose merged phases cost what every group's do: one group of each
-        class of link-disjoint translates where they are (``dlsim.network.translates``),
-        else every group's."""
+    def _merged(self, op: str, algorithm: str, size_bytes: float,
+                groups: tuple[tuple[int, ...], ...], ranks: int, policy: str) -> list[Phase]:
+        """Each phase of every group's lowering merged: one lowering per class of translates
+        that route alike (``dlsim.network.translates``), and only the classes' first
+        groups' phases where no two groups share a link (the same figure)."""
         where = self.devices(ranks, policy)
-        every = [where[list(g)] for g in groups]
         if (not self.symmetric or len(groups) < 2 or len({len(g) for g in groups}) > 1
                 or len(candidates(op, algorithm, self.protocol)) > 1
                 or self.topology.graph.graph.get("tori")):
-            return [self._phases(op, algorithm, d, size_bytes) for d in every]
+            return self._every(op, algorithm, size_bytes, [where[list(g)] for g in groups])
         key = (groups, ranks, policy)
         if key not in self._classes:
-            self._classes[key] = classes(np.array(every), self.topology.devices_per_node)
-        first, cls, offset = self._classes[key]
-        plans = [self._phases(op, algorithm, every[i], size_bytes) for i in first]
-        flows = [(np.concatenate([ph.src[ph.src != ph.dst] for ph in phases] or [[]]),
-                  np.concatenate([ph.dst[ph.src != ph.dst] for ph in phases] or [[]]))
-                 for phases in plans]
-        check = (key, tuple((s.tobytes(), d.tobytes()) for s, d in flows))
-        if check not in self._moves:
-            self._moves[check] = moves_exactly(self.topology, flows, cls, offset)
-        if self._moves[check]:
-            return plans
-        return [self._phases(op, algorithm, d, size_bytes) for d in every]
+            every = np.array([where[list(g)] for g in groups])
+            self._classes[key] = (every, *classes(every, self.topology.devices_per_node))
+        every, first, cls, offset = self._classes[key]
+        dpn = self.topology.devices_per_node
+        while True:  # until every group is its class's first moved
+            plans = [self._phases(op, algorithm, every[i], size_bytes) for i in first]
+            flows = [(np.concatenate([ph.src[ph.src != ph.dst] for ph in phases] or [[]]),
+                      np.concatenate([ph.dst[ph.src != ph.dst] for ph in phases] or [[]]))
+                     for phases in plans]
+            check = (key, cls.tobytes(), tuple((s.tobytes(), d.tobytes()) for s, d in flows))
+            if check not in self._moves:
+                self._moves[check] = moved_routes(self.topology, flows, cls, offset)
+            alike, disjoint = self._moves[check]
+            if alike.all():
+                break
+            first, cls, offset = split(cls, alike, every[:, 0] - every[:, 0] % dpn)
+        if disjoint:
+            return [merge_phases(phases) for phases in zip(*plans)]
+        return [move_phase(phases, cls, offset) for phases in zip(*plans)]
+
+    def _every(self, op: str, algorithm: str, size_bytes: float,
+               every: list[np.ndarray]) -> list[Phase]:
+        plans = [self._phases(op, algorithm, d, size_bytes) for d in every]
+        return [merge_phases(phases) for phases in zip(*plans)]
 
     def _phases(self, op: str, algorithm: str, devices: np.ndarray,
                 size_bytes: float) -> list[Phase]:
