@@ -22,6 +22,7 @@ among several, the other candidates' flows are not checked, so the caller prices
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,7 @@ def move_phase(phases: tuple[Phase, ...], cls: np.ndarray, offset: np.ndarray) -
                                           dst=phases[c].dst + o)
                                   for c, o in zip(cls, offset)))
 
-    def each(arrays: list[np.ndarray]) -> np.ndarray:
+    def each(arrays: list[Any]) -> np.ndarray:
         return np.stack(arrays)[cls].ravel()
 
     first = phases[cls[0]]
@@ -127,7 +128,7 @@ def move_phase(phases: tuple[Phase, ...], cls: np.ndarray, offset: np.ndarray) -
         first, src=(np.stack([p.src for p in phases])[cls] + offset[:, None]).ravel(),
         dst=(np.stack([p.dst for p in phases])[cls] + offset[:, None]).ravel(),
         size_bytes=each([p.size_bytes for p in phases]),
-        latency_rounds=(each([p.latency_rounds for p in phases])  # type: ignore[misc]
+        latency_rounds=(each([p.latency_rounds for p in phases])
                         if isinstance(first.latency_rounds, np.ndarray)
                         else first.latency_rounds),
         latency_s=None if first.latency_s is None else each([p.latency_s for p in phases]),

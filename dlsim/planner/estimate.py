@@ -411,16 +411,27 @@ def _grid(plan: Plan) -> Grid:
                 plan.expert_tensor)
 
 
-def _split(ranks: tuple[int, ...], size: int) -> tuple[tuple[int, ...], ...]:
-    return tuple(ranks[i:i + size] for i in range(0, len(ranks), size))
+class RankGroups(tuple):
+    """Rank groups that run a collective at once, hashed once: the fabric's memo keys hold
+    groups of up to thousands of ranks and are looked up hundreds of thousands of times."""
+
+    def __hash__(self) -> int:
+        if "_hash" not in self.__dict__:
+            self.__dict__["_hash"] = tuple.__hash__(self)
+        return self.__dict__["_hash"]
 
 
 def shard_groups(plan: Plan, across: bool = False) -> tuple[tuple[int, ...], ...]:
     """Stage 0's shard groups of every tensor rank (``across``: its replica groups), as the
     engine's symmetric run forms them (``dlsim.parallel.sharding``)."""
-    groups = sharding_groups(_grid(plan), 0, range(plan.tensor), shard_size(plan), 0, True,
-                             across=across)
-    return _split(groups.ranks, groups.size)
+    return _shard_groups(_grid(plan), shard_size(plan), across)
+
+
+@lru_cache(maxsize=4096)
+def _shard_groups(grid: Grid, shard: int, across: bool) -> RankGroups:
+    groups = sharding_groups(grid, 0, range(grid.tensor), shard, 0, True, across=across)
+    return RankGroups(groups.ranks[i:i + groups.size]
+                      for i in range(0, len(groups.ranks), groups.size))
 
 
 SegmentCounts = tuple[tuple[Segment, int], ...]
@@ -457,7 +468,8 @@ def pass_comm_s(segments: SegmentCounts, context: int, send_s: Callable[[float],
 class Groups:
     """Stage 0's rank groups of one grid, as the engine's symmetric run forms them: tensor
     groups, context rings' (sender, receiver) pairs, all-to-all groups, expert-data groups,
-    the pipeline's stage-0-to-1 pairs and the expert-tensor groups."""
+    the pipeline's stage-0-to-1 pairs, the expert-tensor groups and the dense gradients'
+    data x context groups."""
 
     tensor: tuple[tuple[int, ...], ...]
     rings: tuple[tuple[int, ...], ...]
@@ -465,23 +477,26 @@ class Groups:
     expert_data: tuple[tuple[int, ...], ...]
     pipeline: tuple[tuple[int, ...], ...]
     expert_tensor: tuple[tuple[int, ...], ...] = ()
+    data: tuple[tuple[int, ...], ...] = ()
 
 
 @lru_cache(maxsize=4096)
 def groups_of(grid: Grid) -> Groups:
     d, t, c = grid.data, grid.tensor, grid.context
     return Groups(
-        tuple(grid.tensor_group(0, r, ci) for r in range(d) for ci in range(c)),
-        tuple((ring[i], ring[(i + 1) % c]) for r in range(d) for k in range(t)
-              for ring in (grid.context_group(0, r, k),) for i in range(c)) if c > 1 else (),
-        tuple(grid.expert_group(0, j, k) for j in range(grid.expert_data)
-              for k in range(grid.expert_tensor)) if grid.expert > 1 else (),
-        tuple(grid.expert_data_group(0, e, k) for e in range(grid.expert)
-              for k in range(grid.expert_tensor)),
-        tuple((grid.rank(0, r, k, ci), grid.rank(1, r, k, ci)) for r in range(d)
-              for ci in range(c) for k in range(t)) if grid.pipeline > 1 else (),
-        tuple(grid.expert_tensor_group(0, j, e) for j in range(grid.expert_data)
-              for e in range(grid.expert)) if grid.expert > 1 < grid.expert_tensor else ())
+        RankGroups(grid.tensor_group(0, r, ci) for r in range(d) for ci in range(c)),
+        RankGroups((ring[i], ring[(i + 1) % c]) for r in range(d) for k in range(t)
+                   for ring in (grid.context_group(0, r, k),) for i in range(c))
+        if c > 1 else (),
+        RankGroups(grid.expert_group(0, j, k) for j in range(grid.expert_data)
+                   for k in range(grid.expert_tensor)) if grid.expert > 1 else (),
+        RankGroups(grid.expert_data_group(0, e, k) for e in range(grid.expert)
+                   for k in range(grid.expert_tensor)),
+        RankGroups((grid.rank(0, r, k, ci), grid.rank(1, r, k, ci)) for r in range(d)
+                   for ci in range(c) for k in range(t)) if grid.pipeline > 1 else (),
+        RankGroups(grid.expert_tensor_group(0, j, e) for j in range(grid.expert_data)
+                   for e in range(grid.expert)) if grid.expert > 1 < grid.expert_tensor else (),
+        RankGroups(grid.data_group(0, k, None) for k in range(t)))
 
 
 def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
@@ -546,14 +561,12 @@ def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer
     routed-expert parameters, ZeRO stage and shard group, algorithm, layout, placement,
     protocol, offload)."""
     fabric = fabric.for_protocol(plan.protocol)
-    t, d, c = plan.tensor, plan.data, plan.context
+    d, c = plan.data, plan.context
     grid, place, n = _grid(plan), plan.placement, plan.gpus
-    data_groups = tuple(grid.data_group(0, k, None) for k in range(t))
+    groups = groups_of(grid)
     shard, hybrid = shard_size(plan), sharded(plan) and shard_size(plan) < d * c
     shards = shard_groups(plan) if sharded(plan) else ()
     across = shard_groups(plan, across=True) if hybrid else ()
-    expert_groups = tuple(grid.expert_data_group(0, e, k) for e in range(grid.expert)
-                          for k in range(grid.expert_tensor))
     grad_bytes = gradient_bytes_per_param(table.dtype)
     sync, after, update, grads_ = [], [], [], []
     for s, stage_params in enumerate(params):
@@ -565,7 +578,7 @@ def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer
         if d * c == 1:
             s_, a_ = 0.0, 0.0
         elif not sharded(plan):
-            s_, a_ = fabric.time_s("allreduce", plan.algorithm, grads, data_groups, n,
+            s_, a_ = fabric.time_s("allreduce", plan.algorithm, grads, groups.data, n,
                                    place), 0.0
         else:
             scatter = fabric.time_s("reducescatter", "ring", grads, shards, n, place)
@@ -577,10 +590,10 @@ def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer
             if routed and grid.expert_data > 1:
                 if experts_apart:
                     scatter += fabric.time_s("reducescatter", "ring", routed * grad_bytes,
-                                             expert_groups, n, place)
+                                             groups.expert_data, n, place)
                 gather += fabric.time_s("allgather", "ring",
                                         routed * weight_bytes_per_param(table.dtype),
-                                        expert_groups, n, place)
+                                        groups.expert_data, n, place)
             if layered(plan):  # the gathers ran beside each micro-batch (micro_part)
                 s_, a_ = scatter, 0.0
             elif plan.zero_stage == 3:  # before each pass, never after the step
@@ -588,7 +601,7 @@ def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer
             else:
                 s_, a_ = scatter, gather
         if routed and not sharded(plan) and experts_apart and grid.expert_data > 1:
-            s_ += fabric.time_s("allreduce", "ring", routed * grad_bytes, expert_groups, n,
+            s_ += fabric.time_s("allreduce", "ring", routed * grad_bytes, groups.expert_data, n,
                                 place)
         owned = ((stage_params - routed) / shard + routed / grid.expert_data
                  if sharded(plan) else stage_params)

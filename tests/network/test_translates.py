@@ -58,9 +58,10 @@ def test_translates_are_lowered_once_a_class_whether_or_not_they_share_links():
     each node are eight classes (the pair of positions i, i+1 and the wrap-around pair);
     GPU i of node n sending to GPU i of node n + 2 (two nodes a leaf) is sixteen classes of
     translates (the last two nodes' wrap around to nodes 0 and 1) whose routes share
-    leaf-spine links, priced merged; node n to node n + 1 stays under one leaf for even n and crosses the spine for
-    odd n, and the last node's sends wrap around to node 0, so its pairs' 16 classes of
-    translates split into 24 that route alike. Each is the time of lowering every group."""
+    leaf-spine links, priced merged; node n to node n + 1 stays under one leaf for even n
+    and crosses the spine for odd n, and the last node's sends wrap around to node 0, so
+    its pairs' 16 classes of translates split into 24 that route alike. Each is the time of
+    lowering every group."""
     for groups, lowered in ((groups_of(Grid(8, 8, 1)).tensor, 1),
                             (groups_of(Grid(8, 1, 1, 8)).rings, 8),
                             (tuple((r, (r + 16) % 64) for r in range(64)), 16),
