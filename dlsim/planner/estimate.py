@@ -80,7 +80,11 @@ from dlsim.parallel.context import context_shard, kv_bytes
 from dlsim.parallel.data_parallel import optimizer_steps
 from dlsim.parallel.expert import ExpertLayout, reprice_experts
 from dlsim.parallel.grid import Grid
-from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
+from dlsim.parallel.memory import (
+    gradient_bytes_per_param,
+    pipeline_stages,
+    weight_bytes_per_param,
+)
 from dlsim.parallel.pipeline import (
     LayerCosts,
     Piece,
@@ -221,6 +225,9 @@ class CostTable:
         self._costs: dict[tuple, LayerCosts] = {}
         self._sums: dict[tuple, StageSums] = {}
         self._compute: dict[tuple, tuple[float, ...]] = {}
+        self._pieces: dict[tuple, list[float]] = {}
+        self._stages: dict[int, list[list[int]]] = {}
+        self._blocks = sum(layer.block is not None for layer in model.layers)
         # the model's distinct layers (repeated blocks once) and where each layer's is
         same = repeats(model)
         firsts = sorted(set(same))
@@ -288,13 +295,31 @@ class CostTable:
         if key in self._sums:
             return self._sums[key].compute
         if key not in self._compute:
-            costs = self.layer_costs(t, recompute, sequence_parallel, context, expert,
-                                     expert_tensor)
-            times = costs.times  # sharding keeps the layers' roles: cut as the model
-            piece = [sum(times[i][0] for i in layers) + sum(times[i][1] for i in layers)
-                     for layers in cut_layers(self.model, times, parts)]
+            piece = self._piece_compute(t, parts, recompute, sequence_parallel, context,
+                                        expert, expert_tensor)
             self._compute[key] = tuple(sum(piece[s::stages]) for s in range(stages))
         return self._compute[key]
+
+    def _piece_compute(self, t: int, parts: int, recompute: str, sequence_parallel: bool,
+                       context: int, expert: int, expert_tensor: int) -> list[float]:
+        """Each piece's forward + backward seconds (whatever the stage count)."""
+        key = (t, parts, recompute, sequence_parallel, context, expert, expert_tensor)
+        if key not in self._pieces:
+            times = self.layer_costs(t, recompute, sequence_parallel, context, expert,
+                                     expert_tensor).times
+            # sharding keeps the layers' roles: cut as the model
+            cut = (self.stages(parts) if self._blocks >= parts
+                   else cut_layers(self.model, times, parts))
+            self._pieces[key] = [sum(times[i][0] for i in layers)
+                                 + sum(times[i][1] for i in layers) for layers in cut]
+        return self._pieces[key]
+
+    def stages(self, pipeline: int) -> list[list[int]]:
+        """``dlsim.parallel.memory.pipeline_stages`` of the model (memoised: it is the cut
+        by blocks of every sharding, and the memory model's stages)."""
+        if pipeline not in self._stages:
+            self._stages[pipeline] = pipeline_stages(self.model, pipeline)
+        return self._stages[pipeline]
 
     def stage_sums(self, t: int, parts: int, recompute: str, sequence_parallel: bool,
                    context: int, expert: int, expert_tensor: int, stages: int) -> StageSums:

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dlsim.parallel.memory import (
-    memory_per_device,
-    pipeline_stages,
-)
+from dlsim.parallel.memory import memory_per_device
 from dlsim.parallel.pipeline import in_flight
 from dlsim.planner.estimate import (
     CostTable,
@@ -93,7 +90,7 @@ class Estimator:
         if key not in self._memory:
             table = self.table(plan.microbatch)
             self._memory[key] = []
-            for part in pipeline_stages(table.model, plan.pipeline):
+            for part in table.stages(plan.pipeline):
                 one = memory_per_device(
                     table.model, table.dtype, self.optimizer, data=plan.data,
                     tensor=plan.tensor, stage_layers=part, in_flight_microbatches=1,
