@@ -64,7 +64,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -240,9 +240,21 @@ class CostTable:
         expert layout the pieces are priced with."""
         key = (t, sequence_parallel, context, expert, expert_tensor)
         if key not in self._shards:
-            self._shards[key] = (*self._transform(self.model, *key),
+            per_rank, shard = self._transform(replace(self.model, layers=self._distinct.layers),
+                                              *key)
+            self._shards[key] = (self._spread(per_rank), self._spread(shard),
                                  *self._ring_and_layout(t, context, expert, expert_tensor))
         return self._shards[key]
+
+    def _spread(self, distinct: Model) -> Model:
+        """``distinct``, a transform of the model's distinct layers, with each layer at every
+        place of the model it holds, under that place's name: the transforms work layer by
+        layer and read no name, so this is the transform of the whole model, built from a
+        few layers' (a 96-block model's sharding once, not 96 times)."""
+        layers = distinct.layers
+        return replace(distinct, layers=tuple(
+            layers[k] if layers[k].name == own.name else replace(layers[k], name=own.name)
+            for k, own in zip(self._at, self.model.layers)))
 
     @staticmethod
     def _transform(model: Model, t: int, sequence_parallel: bool, context: int, expert: int,

@@ -49,6 +49,7 @@ class Estimator:
         self._micro: dict[tuple, MicroPart] = {}
         self._sync: dict[tuple, SyncPart] = {}
         self._memory: dict[tuple, list[tuple[float, float, float]]] = {}
+        self._verdicts: dict[tuple, float] = {}
 
     def micro_part(self, plan: Plan) -> MicroPart:
         t = plan.tensor
@@ -82,7 +83,23 @@ class Estimator:
     def memory_bytes(self, plan: Plan, global_batch: int) -> float:
         """``memory_per_device(...).total`` of ``plan`` at ``global_batch`` as the planner has
         always priced it: the fullest of p stages, each holding stage 0's micro-batches in
-        flight (the only part that reads the batch)."""
+        flight (the only part that reads the batch). Memoised per verdict too: plans of
+        every algorithm, placement and protocol share it."""
+        verdict = (plan.tensor, plan.pipeline, plan.data, plan.microbatch, plan.recompute,
+                   plan.sequence_parallel, plan.zero_stage, plan.offload, plan.context,
+                   plan.expert, plan.expert_tensor, plan.shard_group, plan.schedule,
+                   plan.virtual_stages, global_batch)
+        if verdict not in self._verdicts:
+            held = in_flight(plan.schedule, 0, plan.pipeline,
+                             plan.microbatches_for(global_batch), plan.virtual_stages)
+            self._verdicts[verdict] = max(state + held * activations + gathered
+                                          for state, activations, gathered
+                                          in self._stage_memory(plan))
+        return self._verdicts[verdict]
+
+    def _stage_memory(self, plan: Plan) -> list[tuple[float, float, float]]:
+        """Each stage's model state, activations of one micro-batch and ZeRO-3's gathered
+        layers."""
         sp = plan.sequence_parallel and plan.tensor > 1
         key = (plan.tensor, plan.pipeline, plan.data, plan.microbatch, plan.recompute, sp,
                plan.zero_stage, plan.offload, plan.context, plan.expert, plan.expert_tensor,
@@ -100,7 +117,4 @@ class Estimator:
                     shard=plan.shard_group)
                 self._memory[key].append((one.params + one.grads + one.optimizer,
                                           one.activations, one.gathered))
-        held = in_flight(plan.schedule, 0, plan.pipeline,
-                         plan.microbatches_for(global_batch), plan.virtual_stages)
-        return max(state + held * activations + gathered
-                   for state, activations, gathered in self._memory[key])
+        return self._memory[key]
