@@ -291,12 +291,14 @@ def _blocks(space: PlanSpace, table: Callable[[int], CostTable],
     fixed = [names.index(n) for n in BOUND_DIMENSIONS]
     rest = [i for i in range(len(names)) if i not in fixed]
     grouped: dict[tuple, list[int]] = {}
+    plans: dict[tuple, int] = {}
     for index, (layout, free, _) in enumerate(space.layouts()):
         degrees = tuple(layout[k] for k in ("tensor", "context", "pipeline", "data", "expert",
                                             "expert_tensor", "microbatch", "virtual_stages"))
+        each = math.prod(len(free[i]) for i in rest)  # plans per choice of the bound's values
         for choice in itertools.product(*(free[i] for i in fixed)):
             grouped.setdefault((degrees, choice), []).append(index)
-    layouts = space.layouts()
+            plans[degrees, choice] = plans.get((degrees, choice), 0) + each
     blocks = []
     for (degrees, choice), indices in grouped.items():
         t, c, p, d, e, et, mb, v = degrees
@@ -304,8 +306,8 @@ def _blocks(space: PlanSpace, table: Callable[[int], CostTable],
         compute = table(mb).stage_compute(t, p * v, recompute, sp and t > 1, c, e, et, p)
         m = batch // d // mb
         step = step_lower_bound(compute, m, v)
-        plans = sum(math.prod(len(layouts[i][1][k]) for k in rest) for i in indices)
-        blocks.append(Block(tuple(indices), tuple(zip(BOUND_DIMENSIONS, choice)), plans, step,
+        blocks.append(Block(tuple(indices), tuple(zip(BOUND_DIMENSIONS, choice)),
+                            plans[degrees, choice], step,
                             _bound_key(request, step, steps, space.problem.target.devices,
                                        device, power(mb), m * max(compute))))
     return sorted(blocks, key=lambda b: (b.key, b.indices))
