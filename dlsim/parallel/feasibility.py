@@ -116,7 +116,8 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
     if conflict:
         raise ScenarioError(conflict + ".", field="parallelism")
     comm = job.communication
-    check_algorithm("allreduce", comm.data_parallel, field="communication.data_parallel")
+    _remembered(lowered, ("algorithm", comm.data_parallel), lambda: check_algorithm(
+        "allreduce", comm.data_parallel, field="communication.data_parallel"))
     t, p, v, cp = job.tensor, job.pipeline, job.virtual_stages, job.context
     check_tensor_degree(job.shape, t)
     check_context_degree(job.shape, cp, job.context_comm, t)
@@ -157,6 +158,22 @@ def check(job: JobSpec, place: Placement, lowered: Lowered | None = None) -> Lay
         check_gradient_groups(comm, devices // job.devices_per_node, data, t, p, hosts,
                               {} if lowered is None else lowered, context=cp)
     return Layout(data, micro, micro_count, devices)
+
+
+def _remembered(lowered: Lowered | None, key: tuple, rule: Callable[[], None]) -> None:
+    """``rule()``, its verdict kept in ``lowered`` (where given) under ``key``."""
+    if lowered is None:
+        return rule()
+    if key not in lowered:
+        try:
+            rule()
+            lowered[key] = None
+        except ScenarioError as exc:
+            lowered[key] = exc
+    error = lowered[key]
+    if error is not None:
+        raise error
+    return None
 
 
 def infeasible(job: JobSpec, place: Placement,

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -74,13 +74,17 @@ from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
 from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import Phase, merge_phases
 from dlsim.network.protocol import resolve_mode
-from dlsim.network.translates import classes, moves_exactly
+from dlsim.network.translates import classes, move_phase, moved_routes, split
 from dlsim.network.tuner import candidates, phase_time_s, plan_collective
 from dlsim.parallel.context import context_shard, head_split_bytes, kv_bytes
 from dlsim.parallel.data_parallel import optimizer_steps
 from dlsim.parallel.expert import ExpertLayout, reprice_experts
 from dlsim.parallel.grid import Grid
-from dlsim.parallel.memory import gradient_bytes_per_param, weight_bytes_per_param
+from dlsim.parallel.memory import (
+    gradient_bytes_per_param,
+    pipeline_stages,
+    weight_bytes_per_param,
+)
 from dlsim.parallel.pipeline import (
     LayerCosts,
     Piece,
@@ -119,8 +123,8 @@ class Fabric:
         self._placement: dict[tuple[int, str], np.ndarray] = {}
         self._memo: dict[tuple, float] = {}
         self._group_memo: dict[tuple, list[Phase]] = {}
-        self._classes: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._moves: dict[tuple, bool] = {}
+        self._classes: dict[tuple, tuple[np.ndarray, ...]] = {}
+        self._moves: dict[tuple, tuple[np.ndarray, bool]] = {}
         self.symmetric = True  # False lowers every group (the tests' reference)
         self._siblings = {protocol: self} if siblings is None else siblings
 
@@ -147,37 +151,47 @@ class Fabric:
             return 0.0
         key = (op, algorithm, size_bytes, groups, ranks, policy)
         if key not in self._memo:
-            plans = self._plans(op, algorithm, size_bytes, groups, ranks, policy)
-            self._memo[key] = sum(phase_time_s(merge_phases(phases), self.topology)
-                                  for phases in zip(*plans))
+            self._memo[key] = sum(
+                phase_time_s(phase, self.topology)
+                for phase in self._merged(op, algorithm, size_bytes, groups, ranks, policy))
         return self._memo[key]
 
-    def _plans(self, op: str, algorithm: str, size_bytes: float,
-               groups: tuple[tuple[int, ...], ...], ranks: int,
-               policy: str) -> list[list[Phase]]:
-        """The lowerings whose merged phases cost what every group's do: one group of each
-        class of link-disjoint translates where they are (``dlsim.network.translates``),
-        else every group's."""
+    def _merged(self, op: str, algorithm: str, size_bytes: float,
+                groups: tuple[tuple[int, ...], ...], ranks: int, policy: str) -> list[Phase]:
+        """Each phase of every group's lowering merged: one lowering per class of translates
+        that route alike (``dlsim.network.translates``), and only the classes' first
+        groups' phases where no two groups share a link (the same figure)."""
         where = self.devices(ranks, policy)
-        every = [where[list(g)] for g in groups]
         if (not self.symmetric or len(groups) < 2 or len({len(g) for g in groups}) > 1
                 or len(candidates(op, algorithm, self.protocol)) > 1
                 or self.topology.graph.graph.get("tori")):
-            return [self._phases(op, algorithm, d, size_bytes) for d in every]
+            return self._every(op, algorithm, size_bytes, [where[list(g)] for g in groups])
         key = (groups, ranks, policy)
         if key not in self._classes:
-            self._classes[key] = classes(np.array(every), self.topology.devices_per_node)
-        first, cls, offset = self._classes[key]
-        plans = [self._phases(op, algorithm, every[i], size_bytes) for i in first]
-        flows = [(np.concatenate([ph.src[ph.src != ph.dst] for ph in phases] or [[]]),
-                  np.concatenate([ph.dst[ph.src != ph.dst] for ph in phases] or [[]]))
-                 for phases in plans]
-        check = (key, tuple((s.tobytes(), d.tobytes()) for s, d in flows))
-        if check not in self._moves:
-            self._moves[check] = moves_exactly(self.topology, flows, cls, offset)
-        if self._moves[check]:
-            return plans
-        return [self._phases(op, algorithm, d, size_bytes) for d in every]
+            every = np.array([where[list(g)] for g in groups])
+            self._classes[key] = (every, *classes(every, self.topology.devices_per_node))
+        every, first, cls, offset = self._classes[key]
+        dpn = self.topology.devices_per_node
+        while True:  # until every group is its class's first moved
+            plans = [self._phases(op, algorithm, every[i], size_bytes) for i in first]
+            flows = [(np.concatenate([ph.src[ph.src != ph.dst] for ph in phases] or [[]]),
+                      np.concatenate([ph.dst[ph.src != ph.dst] for ph in phases] or [[]]))
+                     for phases in plans]
+            check = (key, cls.tobytes(), tuple((s.tobytes(), d.tobytes()) for s, d in flows))
+            if check not in self._moves:
+                self._moves[check] = moved_routes(self.topology, flows, cls, offset)
+            alike, disjoint = self._moves[check]
+            if alike.all():
+                break
+            first, cls, offset = split(cls, alike, every[:, 0] - every[:, 0] % dpn)
+        if disjoint:
+            return [merge_phases(phases) for phases in zip(*plans)]
+        return [move_phase(phases, cls, offset) for phases in zip(*plans)]
+
+    def _every(self, op: str, algorithm: str, size_bytes: float,
+               every: list[np.ndarray]) -> list[Phase]:
+        plans = [self._phases(op, algorithm, d, size_bytes) for d in every]
+        return [merge_phases(phases) for phases in zip(*plans)]
 
     def _phases(self, op: str, algorithm: str, devices: np.ndarray,
                 size_bytes: float) -> list[Phase]:
@@ -211,6 +225,9 @@ class CostTable:
         self._costs: dict[tuple, LayerCosts] = {}
         self._sums: dict[tuple, StageSums] = {}
         self._compute: dict[tuple, tuple[float, ...]] = {}
+        self._pieces: dict[tuple, list[float]] = {}
+        self._stages: dict[int, list[list[int]]] = {}
+        self._blocks = sum(layer.block is not None for layer in model.layers)
         # the model's distinct layers (repeated blocks once) and where each layer's is
         same = repeats(model)
         firsts = sorted(set(same))
@@ -223,9 +240,21 @@ class CostTable:
         expert layout the pieces are priced with."""
         key = (t, sequence_parallel, context, expert, expert_tensor)
         if key not in self._shards:
-            self._shards[key] = (*self._transform(self.model, *key),
+            per_rank, shard = self._transform(replace(self.model, layers=self._distinct.layers),
+                                              *key)
+            self._shards[key] = (self._spread(per_rank), self._spread(shard),
                                  *self._ring_and_layout(t, context, expert, expert_tensor))
         return self._shards[key]
+
+    def _spread(self, distinct: Model) -> Model:
+        """``distinct``, a transform of the model's distinct layers, with each layer at every
+        place of the model it holds, under that place's name: the transforms work layer by
+        layer and read no name, so this is the transform of the whole model, built from a
+        few layers' (a 96-block model's sharding once, not 96 times)."""
+        layers = distinct.layers
+        return replace(distinct, layers=tuple(
+            layers[k] if layers[k].name == own.name else replace(layers[k], name=own.name)
+            for k, own in zip(self._at, self.model.layers)))
 
     @staticmethod
     def _transform(model: Model, t: int, sequence_parallel: bool, context: int, expert: int,
@@ -287,13 +316,31 @@ class CostTable:
         if key in self._sums:
             return self._sums[key].compute
         if key not in self._compute:
-            costs = self.layer_costs(t, recompute, sequence_parallel, context, expert,
-                                     expert_tensor)
-            times = costs.times  # sharding keeps the layers' roles: cut as the model
-            piece = [sum(times[i][0] for i in layers) + sum(times[i][1] for i in layers)
-                     for layers in cut_layers(self.model, times, parts)]
+            piece = self._piece_compute(t, parts, recompute, sequence_parallel, context,
+                                        expert, expert_tensor)
             self._compute[key] = tuple(sum(piece[s::stages]) for s in range(stages))
         return self._compute[key]
+
+    def _piece_compute(self, t: int, parts: int, recompute: str, sequence_parallel: bool,
+                       context: int, expert: int, expert_tensor: int) -> list[float]:
+        """Each piece's forward + backward seconds (whatever the stage count)."""
+        key = (t, parts, recompute, sequence_parallel, context, expert, expert_tensor)
+        if key not in self._pieces:
+            times = self.layer_costs(t, recompute, sequence_parallel, context, expert,
+                                     expert_tensor).times
+            # sharding keeps the layers' roles: cut as the model
+            cut = (self.stages(parts) if self._blocks >= parts
+                   else cut_layers(self.model, times, parts))
+            self._pieces[key] = [sum(times[i][0] for i in layers)
+                                 + sum(times[i][1] for i in layers) for layers in cut]
+        return self._pieces[key]
+
+    def stages(self, pipeline: int) -> list[list[int]]:
+        """``dlsim.parallel.memory.pipeline_stages`` of the model (memoised: it is the cut
+        by blocks of every sharding, and the memory model's stages)."""
+        if pipeline not in self._stages:
+            self._stages[pipeline] = pipeline_stages(self.model, pipeline)
+        return self._stages[pipeline]
 
     def stage_sums(self, t: int, parts: int, recompute: str, sequence_parallel: bool,
                    context: int, expert: int, expert_tensor: int, stages: int) -> StageSums:
@@ -410,16 +457,27 @@ def _grid(plan: Plan) -> Grid:
                 plan.expert_tensor)
 
 
-def _split(ranks: tuple[int, ...], size: int) -> tuple[tuple[int, ...], ...]:
-    return tuple(ranks[i:i + size] for i in range(0, len(ranks), size))
+class RankGroups(tuple):
+    """Rank groups that run a collective at once, hashed once: the fabric's memo keys hold
+    groups of up to thousands of ranks and are looked up hundreds of thousands of times."""
+
+    def __hash__(self) -> int:
+        if "_hash" not in self.__dict__:
+            self.__dict__["_hash"] = tuple.__hash__(self)
+        return self.__dict__["_hash"]
 
 
 def shard_groups(plan: Plan, across: bool = False) -> tuple[tuple[int, ...], ...]:
     """Stage 0's shard groups of every tensor rank (``across``: its replica groups), as the
     engine's symmetric run forms them (``dlsim.parallel.sharding``)."""
-    groups = sharding_groups(_grid(plan), 0, range(plan.tensor), shard_size(plan), 0, True,
-                             across=across)
-    return _split(groups.ranks, groups.size)
+    return _shard_groups(_grid(plan), shard_size(plan), across)
+
+
+@lru_cache(maxsize=4096)
+def _shard_groups(grid: Grid, shard: int, across: bool) -> RankGroups:
+    groups = sharding_groups(grid, 0, range(grid.tensor), shard, 0, True, across=across)
+    return RankGroups(groups.ranks[i:i + groups.size]
+                      for i in range(0, len(groups.ranks), groups.size))
 
 
 SegmentCounts = tuple[tuple[Segment, int], ...]
@@ -459,7 +517,8 @@ def pass_comm_s(segments: SegmentCounts, context: int, send_s: Callable[[float],
 class Groups:
     """Stage 0's rank groups of one grid, as the engine's symmetric run forms them: tensor
     groups, context rings' (sender, receiver) pairs, all-to-all groups, expert-data groups,
-    the pipeline's stage-0-to-1 pairs and the expert-tensor groups."""
+    the pipeline's stage-0-to-1 pairs, the expert-tensor groups, the dense gradients'
+    data x context groups and the context groups (context_comm a2a's all-to-alls)."""
 
     tensor: tuple[tuple[int, ...], ...]
     rings: tuple[tuple[int, ...], ...]
@@ -467,6 +526,7 @@ class Groups:
     expert_data: tuple[tuple[int, ...], ...]
     pipeline: tuple[tuple[int, ...], ...]
     expert_tensor: tuple[tuple[int, ...], ...] = ()
+    data: tuple[tuple[int, ...], ...] = ()
     context: tuple[tuple[int, ...], ...] = ()
 
 
@@ -474,18 +534,20 @@ class Groups:
 def groups_of(grid: Grid) -> Groups:
     d, t, c = grid.data, grid.tensor, grid.context
     return Groups(
-        tuple(grid.tensor_group(0, r, ci) for r in range(d) for ci in range(c)),
-        tuple((ring[i], ring[(i + 1) % c]) for r in range(d) for k in range(t)
-              for ring in (grid.context_group(0, r, k),) for i in range(c)) if c > 1 else (),
-        tuple(grid.expert_group(0, j, k) for j in range(grid.expert_data)
-              for k in range(grid.expert_tensor)) if grid.expert > 1 else (),
-        tuple(grid.expert_data_group(0, e, k) for e in range(grid.expert)
-              for k in range(grid.expert_tensor)),
-        tuple((grid.rank(0, r, k, ci), grid.rank(1, r, k, ci)) for r in range(d)
-              for ci in range(c) for k in range(t)) if grid.pipeline > 1 else (),
-        tuple(grid.expert_tensor_group(0, j, e) for j in range(grid.expert_data)
-              for e in range(grid.expert)) if grid.expert > 1 < grid.expert_tensor else (),
-        tuple(grid.context_group(0, r, k) for r in range(d) for k in range(t)) if c > 1
+        RankGroups(grid.tensor_group(0, r, ci) for r in range(d) for ci in range(c)),
+        RankGroups((ring[i], ring[(i + 1) % c]) for r in range(d) for k in range(t)
+                   for ring in (grid.context_group(0, r, k),) for i in range(c))
+        if c > 1 else (),
+        RankGroups(grid.expert_group(0, j, k) for j in range(grid.expert_data)
+                   for k in range(grid.expert_tensor)) if grid.expert > 1 else (),
+        RankGroups(grid.expert_data_group(0, e, k) for e in range(grid.expert)
+                   for k in range(grid.expert_tensor)),
+        RankGroups((grid.rank(0, r, k, ci), grid.rank(1, r, k, ci)) for r in range(d)
+                   for ci in range(c) for k in range(t)) if grid.pipeline > 1 else (),
+        RankGroups(grid.expert_tensor_group(0, j, e) for j in range(grid.expert_data)
+                   for e in range(grid.expert)) if grid.expert > 1 < grid.expert_tensor else (),
+        RankGroups(grid.data_group(0, k, None) for k in range(t)),
+        RankGroups(grid.context_group(0, r, k) for r in range(d) for k in range(t)) if c > 1
         else ())
 
 
@@ -554,14 +616,12 @@ def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer
     routed-expert parameters, ZeRO stage and shard group, algorithm, layout, placement,
     protocol, offload)."""
     fabric = fabric.for_protocol(plan.protocol)
-    t, d, c = plan.tensor, plan.data, plan.context
+    d, c = plan.data, plan.context
     grid, place, n = _grid(plan), plan.placement, plan.gpus
-    data_groups = tuple(grid.data_group(0, k, None) for k in range(t))
+    groups = groups_of(grid)
     shard, hybrid = shard_size(plan), sharded(plan) and shard_size(plan) < d * c
     shards = shard_groups(plan) if sharded(plan) else ()
     across = shard_groups(plan, across=True) if hybrid else ()
-    expert_groups = tuple(grid.expert_data_group(0, e, k) for e in range(grid.expert)
-                          for k in range(grid.expert_tensor))
     grad_bytes = gradient_bytes_per_param(table.dtype)
     sync, after, update, grads_ = [], [], [], []
     for s, stage_params in enumerate(params):
@@ -573,7 +633,7 @@ def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer
         if d * c == 1:
             s_, a_ = 0.0, 0.0
         elif not sharded(plan):
-            s_, a_ = fabric.time_s("allreduce", plan.algorithm, grads, data_groups, n,
+            s_, a_ = fabric.time_s("allreduce", plan.algorithm, grads, groups.data, n,
                                    place), 0.0
         else:
             scatter = fabric.time_s("reducescatter", "ring", grads, shards, n, place)
@@ -585,10 +645,10 @@ def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer
             if routed and grid.expert_data > 1:
                 if experts_apart:
                     scatter += fabric.time_s("reducescatter", "ring", routed * grad_bytes,
-                                             expert_groups, n, place)
+                                             groups.expert_data, n, place)
                 gather += fabric.time_s("allgather", "ring",
                                         routed * weight_bytes_per_param(table.dtype),
-                                        expert_groups, n, place)
+                                        groups.expert_data, n, place)
             if layered(plan):  # the gathers ran beside each micro-batch (micro_part)
                 s_, a_ = scatter, 0.0
             elif plan.zero_stage == 3:  # before each pass, never after the step
@@ -596,7 +656,7 @@ def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer
             else:
                 s_, a_ = scatter, gather
         if routed and not sharded(plan) and experts_apart and grid.expert_data > 1:
-            s_ += fabric.time_s("allreduce", "ring", routed * grad_bytes, expert_groups, n,
+            s_ += fabric.time_s("allreduce", "ring", routed * grad_bytes, groups.expert_data, n,
                                 place)
         owned = ((stage_params - routed) / shard + routed / grid.expert_data
                  if sharded(plan) else stage_params)

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dlsim.parallel.memory import (
-    memory_per_device,
-    pipeline_stages,
-)
+from dlsim.parallel.memory import memory_per_device, stored_activations
 from dlsim.parallel.pipeline import in_flight
 from dlsim.planner.estimate import (
     CostTable,
@@ -51,7 +48,9 @@ class Estimator:
         self.table, self.optimizer, self.fabric = table, optimizer, fabric
         self._micro: dict[tuple, MicroPart] = {}
         self._sync: dict[tuple, SyncPart] = {}
-        self._memory: dict[tuple, list[tuple[float, float, float]]] = {}
+        self._state: dict[tuple, list[tuple[float, float]]] = {}
+        self._activations: dict[tuple, list[float]] = {}
+        self._verdicts: dict[tuple, float] = {}
 
     def micro_part(self, plan: Plan) -> MicroPart:
         t = plan.tensor
@@ -85,25 +84,46 @@ class Estimator:
     def memory_bytes(self, plan: Plan, global_batch: int) -> float:
         """``memory_per_device(...).total`` of ``plan`` at ``global_batch`` as the planner has
         always priced it: the fullest of p stages, each holding stage 0's micro-batches in
-        flight (the only part that reads the batch)."""
+        flight (the only part that reads the batch). Memoised per verdict too: plans of
+        every algorithm, placement and protocol share it."""
+        verdict = (plan.tensor, plan.pipeline, plan.data, plan.microbatch, plan.recompute,
+                   plan.sequence_parallel, plan.zero_stage, plan.offload, plan.context,
+                   plan.expert, plan.expert_tensor, plan.shard_group, plan.schedule,
+                   plan.virtual_stages, global_batch)
+        if verdict not in self._verdicts:
+            held = in_flight(plan.schedule, 0, plan.pipeline,
+                             plan.microbatches_for(global_batch), plan.virtual_stages)
+            self._verdicts[verdict] = max(state + held * activations + gathered
+                                          for state, activations, gathered
+                                          in self._stage_memory(plan))
+        return self._verdicts[verdict]
+
+    def _stage_memory(self, plan: Plan) -> list[tuple[float, float, float]]:
+        """Each stage's model state, activations of one micro-batch and ZeRO-3's gathered
+        layers: the state (``memory_per_device`` at one micro-batch in flight) does not read
+        the micro-batch, recomputation or sequence parallelism, and the activations
+        (its ``stored_activations`` term) read nothing else, so each is memoised apart."""
         sp = plan.sequence_parallel and plan.tensor > 1
-        key = (plan.tensor, plan.pipeline, plan.data, plan.microbatch, plan.recompute, sp,
-               plan.zero_stage, plan.offload, plan.context, plan.expert, plan.expert_tensor,
-               plan.shard_group)
-        if key not in self._memory:
-            table = self.table(plan.microbatch)
-            self._memory[key] = []
-            for part in pipeline_stages(table.model, plan.pipeline):
+        t, p, c = plan.tensor, plan.pipeline, plan.context
+        table = self.table(plan.microbatch)
+        held = (t, p, plan.microbatch, plan.recompute, sp, c)
+        if held not in self._activations:
+            self._activations[held] = [
+                sum(stored_activations(table.model.layers[i], t, plan.recompute, sp,
+                                       table.dtype) for i in part) / c
+                for part in table.stages(p)]
+        state = (t, p, plan.data, plan.zero_stage, plan.offload, c, plan.expert,
+                 plan.expert_tensor, plan.shard_group)
+        if state not in self._state:
+            self._state[state] = []
+            for part in table.stages(p):
                 one = memory_per_device(
-                    table.model, table.dtype, self.optimizer, data=plan.data,
-                    tensor=plan.tensor, stage_layers=part, in_flight_microbatches=1,
-                    zero_stage=plan.zero_stage, recompute=plan.recompute,
-                    offload=plan.offload, sequence_parallel=sp, context=plan.context,
+                    table.model, table.dtype, self.optimizer, data=plan.data, tensor=t,
+                    stage_layers=part, in_flight_microbatches=0,
+                    zero_stage=plan.zero_stage, offload=plan.offload, context=c,
                     expert=plan.expert, expert_tensor=plan.expert_tensor,
                     shard=plan.shard_group)
-                self._memory[key].append((one.params + one.grads + one.optimizer,
-                                          one.activations, one.gathered))
-        held = in_flight(plan.schedule, 0, plan.pipeline,
-                         plan.microbatches_for(global_batch), plan.virtual_stages)
-        return max(state + held * activations + gathered
-                   for state, activations, gathered in self._memory[key])
+                self._state[state].append((one.params + one.grads + one.optimizer,
+                                           one.gathered))
+        return [(kept, activations, gathered) for (kept, gathered), activations
+                in zip(self._state[state], self._activations[held])]

@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from dlsim.cluster.build import build_topology
@@ -197,10 +198,9 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                 if bounded and block.key > kept.worst() and block.key[1] > fastest:
                     pruned += block.plans
                     continue
-                for order, p in _block_plans(space, block, size):
+                for order, p in _block_plans(space, block, size, partial(
+                        _fits, estimator, batch, device.memory_bytes)):
                     memory = estimator.memory_bytes(p, batch)
-                    if memory > device.memory_bytes:
-                        continue
                     est = estimator.estimate(p, batch)
                     energy_J = gpus * estimated_energy_J(power(p.microbatch), est.step_time_s,
                                                          est.breakdown_s)
@@ -299,12 +299,14 @@ def _blocks(space: PlanSpace, table: Callable[[int], CostTable],
     fixed = [names.index(n) for n in BOUND_DIMENSIONS]
     rest = [i for i in range(len(names)) if i not in fixed]
     grouped: dict[tuple, list[int]] = {}
+    plans: dict[tuple, int] = {}
     for index, (layout, free, _) in enumerate(space.layouts()):
         degrees = tuple(layout[k] for k in ("tensor", "context", "pipeline", "data", "expert",
                                             "expert_tensor", "microbatch", "virtual_stages"))
+        each = math.prod(len(free[i]) for i in rest)  # plans per choice of the bound's values
         for choice in itertools.product(*(free[i] for i in fixed)):
             grouped.setdefault((degrees, choice), []).append(index)
-    layouts = space.layouts()
+            plans[degrees, choice] = plans.get((degrees, choice), 0) + each
     blocks = []
     for (degrees, choice), indices in grouped.items():
         t, c, p, d, e, et, mb, v = degrees
@@ -312,8 +314,8 @@ def _blocks(space: PlanSpace, table: Callable[[int], CostTable],
         compute = table(mb).stage_compute(t, p * v, recompute, sp and t > 1, c, e, et, p)
         m = batch // d // mb
         step = step_lower_bound(compute, m, v)
-        plans = sum(math.prod(len(layouts[i][1][k]) for k in rest) for i in indices)
-        blocks.append(Block(tuple(indices), tuple(zip(BOUND_DIMENSIONS, choice)), plans, step,
+        blocks.append(Block(tuple(indices), tuple(zip(BOUND_DIMENSIONS, choice)),
+                            plans[degrees, choice], step,
                             _bound_key(request, step, steps, space.problem.target.devices,
                                        device, power(mb), m * max(compute))))
     return sorted(blocks, key=lambda b: (b.key, b.indices))
@@ -333,22 +335,35 @@ def _bound_key(request: PlanRequest, step_s: float, steps: float, gpus: int,
     return (gpus * energy_lower_bound_J(power, step_s, compute_s) * steps / 3.6e6, seconds)
 
 
-def _block_plans(space: PlanSpace, block: Block, size: SpaceCount
-                 ) -> Iterator[tuple[tuple[int, ...], Plan]]:
-    """The feasible plans of ``block`` with their place in the enumeration order (the
-    layout's index, then each free dimension's value index); counts the feasible ones."""
+def _fits(estimator: Estimator, batch: int, capacity: float, plan: Plan) -> bool:
+    return estimator.memory_bytes(plan, batch) <= capacity
+
+
+def _block_plans(space: PlanSpace, block: Block, size: SpaceCount,
+                 fits: Callable[[Plan], bool]) -> Iterator[tuple[tuple[int, ...], Plan]]:
+    """The feasible plans of ``block`` that ``fits`` (memory) with their place in the
+    enumeration order (the layout's index, then each free dimension's value index); counts
+    the feasible ones. ``fits`` reads no protocol, the innermost dimension, so it is asked
+    once for the protocols of each choice of the others (most plans do not fit)."""
     names = [d.name for d in space.free]
+    assert names[-1] == "protocol"
     chosen = dict(block.choice)
     for index in block.indices:
         if not space.layout_runs(index):
             continue
         layout, free, _ = space.layouts()[index]
-        options = [[(free[i].index(chosen[n]), chosen[n])] if n in chosen
-                   else list(enumerate(free[i])) for i, n in enumerate(names)]
+        *options, protocols = [[(free[i].index(chosen[n]), chosen[n])] if n in chosen
+                               else list(enumerate(free[i])) for i, n in enumerate(names)]
         for values in itertools.product(*options):
-            size.feasible += 1
-            yield (index, *(k for k, _ in values)), space.plan(
-                layout, {n: v for n, (_, v) in zip(names, values)})
+            size.feasible += len(protocols)
+            named = {n: v for n, (_, v) in zip(names, values)}
+            order = tuple(k for k, _ in values)
+            plans = (space.plan(layout, {**named, "protocol": protocol})
+                     for _, protocol in protocols)
+            first = next(plans)
+            if fits(first):
+                for (k, _), plan in zip(protocols, itertools.chain((first,), plans)):
+                    yield (index, *order, k), plan
 
 
 CURVES = 3  # the best layouts whose step time, steps and time to target the report draws

@@ -151,11 +151,14 @@ _DONE = object()
 class Dimension:
     """One axis of the space: ``values(problem, chosen)`` given the dimensions before it;
     ``checked``: whether the feasibility rules read it (plans that differ only in unchecked
-    dimensions share one verdict)."""
+    dimensions share one verdict); ``reads``: the dimensions ``values`` reads of
+    ``chosen``, where it is an unchecked one's (its values are then listed once per
+    choice of those, not once per layout; None: every one)."""
 
     name: str
     values: Callable[[Problem, Chosen], Sequence[Any]]
     checked: bool = True
+    reads: tuple[str, ...] | None = None
 
 
 def _tensor(pr: Problem, _: Chosen) -> list[int]:
@@ -259,10 +262,10 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("algorithm", _algorithm),
     Dimension("placement", lambda pr, ch: PLACEMENTS),
     # read by no feasibility rule (they change no layout): one verdict for all their values
-    Dimension("recompute", lambda pr, ch: RECOMPUTE, checked=False),
-    Dimension("sequence_parallel", _sequence_parallel, checked=False),
-    Dimension("offload", lambda pr, ch: OFFLOAD, checked=False),
-    Dimension("protocol", _protocol, checked=False),
+    Dimension("recompute", lambda pr, ch: RECOMPUTE, checked=False, reads=()),
+    Dimension("sequence_parallel", _sequence_parallel, checked=False, reads=("tensor",)),
+    Dimension("offload", lambda pr, ch: OFFLOAD, checked=False, reads=()),
+    Dimension("protocol", _protocol, checked=False, reads=("algorithm",)),
 )
 
 
@@ -321,8 +324,17 @@ class PlanSpace:
         once and kept: counting for --max-plans and iterating share it."""
         if self._layouts is None:
             self._layouts = []
+            listed: dict[tuple, Sequence[Any]] = {}
             for layout in self._walk():
-                free = [self._values(d, layout) for d in self.free]
+                free = []
+                for d in self.free:
+                    if d.reads is None:
+                        free.append(self._values(d, layout))
+                        continue
+                    key = (d.name, *(layout[n] for n in d.reads))
+                    if key not in listed:
+                        listed[key] = self._values(d, layout)
+                    free.append(listed[key])
                 self._layouts.append((layout, free, math.prod(map(len, free))))
         return self._layouts
 

@@ -3,8 +3,10 @@ per-plan estimate and ``memory_per_device`` to the last bit."""
 
 from __future__ import annotations
 
+import itertools
 from functools import cache
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,3 +84,19 @@ def test_offload_adds_the_pcie_round_trip_and_the_host_update():
                                                        hardware.device(OFFLOAD_HOST))
                 + n * 2 / pcie.down_Bps - optimizer_time_s(n, "adam", device))
     assert abs(grown - expected) <= 1e-9 * abs(expected)
+
+
+@pytest.mark.parametrize("model", ["megatron-1.7b", "mixtral-8x7b", "deepseek-v3"])
+def test_shards_built_from_the_distinct_layers_are_the_whole_models(model):
+    """The cost table shards a model's distinct layers and spreads them over its layers
+    (``CostTable._spread``): the same models, to the last field, as sharding every layer,
+    at every tensor, sequence-parallel, context and expert choice."""
+    device = build_topology(ClusterSpec(preset="dgx-h100", nodes=1)).device
+    shape = TRANSFORMER_SHAPES[model]
+    table = CostTable(build_model(ModelSpec(preset=model), 2, 2), device, "bf16",
+                      2 * shape.seq_len, shape.hidden, shape, 2)
+    experts = (1, 2, 8) if shape.moe is not None else (1,)
+    for t, sp, c, e in itertools.product((1, 2, 8), (False, True), (1, 4), experts):
+        for et in (1, 2) if shape.moe is not None else (1,):
+            assert (table._shard(t, sp, c, e, et)[:2]
+                    == CostTable._transform(table.model, t, sp, c, e, et))
