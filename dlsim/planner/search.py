@@ -229,8 +229,8 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     rows = [row for _, row in sorted(best.values(), key=lambda item: item[0])]
     estimated = time.perf_counter()
     feasible = sorted((r for r in rows if _meets(r, request)), key=rank)
-    confirmed = feasible[:request.confirm]
-    for row in (progress(confirmed, "simulating the best plans") if progress else confirmed):
+
+    def confirm(row: dict[str, Any]) -> None:
         scenario = scenario_of(request, plan_of(row), dpn, row["global_batch"])
         result = simulate(scenario)
         row.update(step_time_s=result.step_time_s, step_time_source="simulated",
@@ -239,11 +239,21 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                    fits_in_memory=result.fits_in_memory, scenario=scenario)
         _objectives(row, result.step_time_s, steps_at(row["global_batch"]), row["gpus"],
                     device, result.energy_per_step_J)
-    confirmed = sorted((r for r in confirmed if r["fits_in_memory"] and _meets(r, request)),
-                       key=rank)
-    ranked = confirmed + feasible[request.confirm:]
+
+    def confirming(rows: list[dict[str, Any]], label: str) -> None:
+        for row in (progress(rows, label) if progress else rows):
+            confirm(row)
+
+    first = feasible[:request.confirm]
+    confirming(first, "simulating the best plans")
+    done = len(first) + _confirm_beaten(feasible, len(first), request, rank, lambda row: (
+        confirming([row], "simulating a plan the estimate puts ahead of the simulated")))
+    confirmed = sorted((r for r in feasible[:done]
+                        if r["fits_in_memory"] and _meets(r, request)), key=rank)
+    ranked = confirmed + feasible[done:]
     space_size = {"enumerated": size.enumerated, "feasible": size.feasible,
-                  "fitting": len(rows), "estimated": len(rows), "pruned": pruned}
+                  "fitting": len(rows), "estimated": len(rows), "pruned": pruned,
+                  "confirmed": done}
     if not ranked:
         raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes,
                                       batches))
@@ -494,6 +504,31 @@ def _ranking(request: PlanRequest) -> Callable[[dict[str, Any]], tuple[float, fl
     """Order by the objective (unpriced plans last when it is cost), then by time."""
     key = OBJECTIVES[request.objective]
     return lambda r: (r[key] if r[key] is not None else float("inf"), r["time_to_train_s"])
+
+
+# at most this many plans beyond --confirm are confirmed because the engine found the
+# confirmed ones slower than the next estimates
+EXTRA_CONFIRMATIONS = 3
+
+
+def _confirm_beaten(feasible: list[dict[str, Any]], start: int, request: PlanRequest,
+                    rank: Callable[[dict[str, Any]], tuple[float, float]],
+                    confirm: Callable[[dict[str, Any]], None]) -> int:
+    """Confirm the next plans by estimate while the best confirmed one, as the engine
+    simulated it, is worse than the next plan's estimate (the estimate is the optimistic
+    one: the engine found what it leaves out), at most ``EXTRA_CONFIRMATIONS`` of them;
+    the count confirmed."""
+    if not start:
+        return 0
+    extra = 0
+    while start + extra < len(feasible) and extra < EXTRA_CONFIRMATIONS:
+        fitting = [rank(r) for r in feasible[:start + extra]
+                   if r["fits_in_memory"] and _meets(r, request)]
+        if fitting and min(fitting) <= rank(feasible[start + extra]):
+            break
+        confirm(feasible[start + extra])
+        extra += 1
+    return extra
 
 
 def _meets(row: dict[str, Any], request: PlanRequest) -> bool:

@@ -1,0 +1,80 @@
+"""The planner's funnel end: which estimated plans the engine confirms.
+
+The engine decides the winner, but it only sees the plans it confirms. When it finds the
+confirmed ones slower than the next plans' estimates, those are confirmed too (a few more),
+so the winner is not a simulated plan that the next plans' estimates beat, unless the
+extra confirmations run out.
+"""
+
+from __future__ import annotations
+
+from dlsim.planner import PlanRequest
+from dlsim.planner.search import EXTRA_CONFIRMATIONS, _confirm_beaten, _ranking
+
+REQUEST = PlanRequest(model="gpt3-175b", cluster="dgx-a100", gpus=(8,), global_batch=8)
+RANK = _ranking(REQUEST)
+
+
+def _row(seconds: float) -> dict:
+    return {"time_to_train_s": seconds, "step_time_s": seconds, "fits_in_memory": True}
+
+
+def _simulating(engine: dict[int, float]):
+    """A stand-in for the engine: the plan at index i of the list takes engine[i] s."""
+    seen: list[int] = []
+
+    def confirm(row: dict) -> None:
+        seen.append(row["index"])
+        row["time_to_train_s"] = row["step_time_s"] = engine[row["index"]]
+    return confirm, seen
+
+
+def _plans(estimates: list[float]) -> list[dict]:
+    rows = [_row(s) for s in estimates]
+    for i, r in enumerate(rows):
+        r["index"] = i
+    return rows
+
+
+def test_no_extra_confirmation_when_the_engine_agrees():
+    rows = _plans([10.0, 11.0, 12.0, 13.0])
+    confirm, seen = _simulating({0: 10.5, 1: 11.5})
+    for r in rows[:2]:
+        confirm(r)
+    assert _confirm_beaten(rows, 2, REQUEST, RANK, confirm) == 0
+    assert seen == [0, 1]
+
+
+def test_plans_whose_estimate_beats_the_confirmed_are_confirmed():
+    """The engine finds the first two 20 % slower than the third's estimate: the third is
+    confirmed, and then no more, since it beats the fourth's estimate."""
+    rows = _plans([10.0, 10.0, 11.0, 12.5, 13.0])
+    confirm, seen = _simulating({0: 13.2, 1: 13.2, 2: 11.1, 3: 12.6})
+    for r in rows[:2]:
+        confirm(r)
+    assert _confirm_beaten(rows, 2, REQUEST, RANK, confirm) == 1
+    assert seen == [0, 1, 2]
+
+
+def test_extra_confirmations_are_capped():
+    rows = _plans([10.0 + i for i in range(10)])
+    confirm, seen = _simulating({i: 100.0 for i in range(10)})  # the engine: all slow
+    confirm(rows[0])
+    assert _confirm_beaten(rows, 1, REQUEST, RANK, confirm) == EXTRA_CONFIRMATIONS
+    assert seen == list(range(1 + EXTRA_CONFIRMATIONS))
+
+
+def test_a_plan_that_does_not_fit_in_the_engine_does_not_count_as_confirmed_best():
+    rows = _plans([10.0, 11.0, 12.0])
+    confirm, seen = _simulating({0: 10.5, 1: 11.2})
+    confirm(rows[0])
+    rows[0]["fits_in_memory"] = False  # the engine's memory says no
+    assert _confirm_beaten(rows, 1, REQUEST, RANK, confirm) == 1
+    assert seen == [0, 1]
+
+
+def test_nothing_confirmed_nothing_added():
+    rows = _plans([10.0, 11.0])
+    confirm, seen = _simulating({})
+    assert _confirm_beaten(rows, 0, REQUEST, RANK, confirm) == 0
+    assert seen == []
