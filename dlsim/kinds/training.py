@@ -40,7 +40,8 @@ from dlsim.results.summary import (
     training_summary,
 )
 from dlsim.workload.attention import attention_kernel
-from dlsim.workload.model import Model, lora_workload
+from dlsim.workload.lora import lora_workload
+from dlsim.workload.model import Model
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import shape_of
 

@@ -13,7 +13,7 @@ What a collective algorithm needs of its group (halving-doubling a power of two,
 hierarchical the same ranks on every node, parameter servers 1..n shards) is the network
 layer's lowering's to say (``dlsim.network.algorithms``); ``check`` asks it about the
 data-parallel groups where the plan's ranks are placed. Which matrices LoRA may target is
-the model's (``dlsim.workload.model.lora_parameters``).
+the model's (``dlsim.workload.lora.lora_parameters``).
 
 ``ParallelismSpec``'s validator imports this module while ``dlsim.contract.scenario`` is
 still being defined, so the scenario models are imported here for annotations only.

@@ -69,7 +69,8 @@ import numpy as np
 from dlsim.contract.scenario import LoraSpec
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.parallel.expert import routed_params
-from dlsim.workload.model import Layer, Model, lora_parameters
+from dlsim.workload.lora import lora_parameters
+from dlsim.workload.model import Layer, Model
 from dlsim.workload.precision import (
     is_low_precision,
     saved_input_ratio,

@@ -38,8 +38,13 @@ from dlsim.workload.model import Kernel, Layer, Model
 
 # shared experts split like the dense MLP (Megatron-Core's SharedExpertMLP)
 SHARED = frozenset({"shared_up", "shared_act", "shared_down"})
+# LoRA adapters (dlsim.workload.lora): all write their rank's share of the adapted outputs; a
+# row-parallel GEMM's reads its rank's share of the input, a column-parallel one's
+# ("qkv_lora_in", "mlp_up_lora_in") the whole gathered input on every rank
+LORA_SPLIT = frozenset({"proj_lora_in", "mlp_down_lora_in", "qkv_lora_out", "proj_lora_out",
+                        "mlp_up_lora_out", "mlp_down_lora_out", "lora_lora_out"})
 SPLIT = frozenset({"qkv", "rope", "attention", "softmax", "proj", "mlp_up", "gelu", "swiglu",
-                   "mlp_down", "logits", "cross_entropy"}) | SHARED
+                   "mlp_down", "logits", "cross_entropy"}) | SHARED | LORA_SPLIT
 # The kernels that tensor parallelism leaves whole on every rank and sequence parallelism
 # splits along the sequence: GPT's and BERT's layernorms, the decoder's RMSNorms, residual
 # adds with their dropout (dlsim.workload.model, dlsim.workload.decoder), the MoE router and

@@ -18,11 +18,9 @@ DeepSeek-V3, built by ``dlsim.workload.decoder``), CNNs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
-from dlsim.contract.errors import ScenarioError
 from dlsim.hardware.profiles import AttentionKernel
 from dlsim.workload.attention import BACKWARD_FLOPS, FusedAttention, fused_flops
 
@@ -279,38 +277,3 @@ def mlp_layers(name: str, widths: list[int], b: int, dtype_bytes: int) -> Model:
         layers.append(Layer(f"linear{i}", n_in * n_out + n_out, fwd, backward_of(fwd),
                             b * (n_in + n_out) * dtype_bytes, b * n_out * dtype_bytes))
     return Model(name, tuple(layers), b * widths[0] * dtype_bytes)
-
-
-def lora_parameters(layers: Sequence[Layer], rank: int, targets: Sequence[str]) -> int:
-    """Trainable adapter parameters: r*(d_in + d_out) for every matrix named in ``targets``
-    (Hu et al., "LoRA", ICLR'22, §4.1: W + BA with B d_out x r and A r x d_in)."""
-    named = {m.name for layer in layers for m in layer.matrices}
-    unknown = sorted(set(targets) - named)
-    if unknown:
-        raise ScenarioError(f"LoRA targets {unknown} are not weight matrices of this model; "
-                            f"it has {', '.join(sorted(named)) or 'none'}.",
-                            field="training.lora.targets")
-    return sum(_adapters(layer, rank, targets) for layer in layers)
-
-
-def _adapters(layer: Layer, rank: int, targets: Sequence[str]) -> int:
-    return sum(rank * (m.d_in + m.d_out) for m in layer.matrices if m.name in targets)
-
-
-def lora_workload(model: Model, rank: int, targets: Sequence[str]) -> Model:
-    """What LoRA fine-tuning runs: the base weights are frozen, so every weight GEMM's
-    backward computes the input gradient only (one GEMM, not two), and each layer's
-    trainable parameters, which gradients synchronise and the optimizer updates, are its
-    adapters'. The adapters' own GEMMs, 2*t*r*(d_in + d_out) FLOPs against the base's
-    2*t*d_in*d_out (under 1 % for r = 16, d = 4096), are left out."""
-    lora_parameters(model.layers, rank, targets)  # reject unknown targets
-
-    def frozen(kernel: Kernel) -> Kernel:
-        if kernel.kind not in ("gemm", "conv"):
-            return kernel
-        return replace(kernel, flops=kernel.flops / 2, bytes=kernel.bytes / 2)
-
-    return replace(model, layers=tuple(
-        replace(layer, params=_adapters(layer, rank, targets),
-                backward=tuple(frozen(k) for k in layer.backward))
-        for layer in model.layers))
