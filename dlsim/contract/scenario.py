@@ -38,7 +38,7 @@ from dlsim.contract.parallelism import parallelism_conflict
 from dlsim.contract.registry import ALGORITHM, COMPRESSION, PROTOCOL, SCHEDULE, member_of
 from dlsim.contract.spec import Spec as _Spec
 from dlsim.contract.sync import ConvergenceSpec, FailureSpec, StragglerSpec, SyncSpec
-from dlsim.hardware.profiles import ATTENTION_KERNELS, AttentionKernel
+from dlsim.hardware.profiles import ATTENTION_KERNELS, AttentionKernel, FP8Recipe
 
 
 class TorchInput(_Spec):
@@ -405,6 +405,9 @@ class TrainingSpec(_Spec):
     # under fp8), as PyTorch DDP, FSDP and DeepSpeed keep them; fp32 as Megatron-Core does
     # with bf16 (main_grads fp32 buffers, --accumulate-allreduce-grads-in-fp32)
     grad_dtype: Literal["fp32", "bf16", "fp16"] | None = None
+    # Transformer Engine's FP8 scaling recipe under precision fp8 (dlsim.workload.precision);
+    # None: TE's default for the device
+    fp8_recipe: FP8Recipe | None = None
 
 
 # the schedules dlsim.parallel.schedules registers (gpipe, 1f1b, interleaved, ...)

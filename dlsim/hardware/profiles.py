@@ -23,6 +23,9 @@ from dlsim.data import HARDWARE_PROFILES
 Transport = Literal["nvlink", "pci", "net"]
 
 DType = Literal["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "fp4", "int8"]
+# Transformer Engine's FP8 scaling recipes (transformer_engine.common.recipe): DelayedScaling,
+# Float8CurrentScaling, Float8BlockScaling (1x128 / 128x128 blocks), MXFP8BlockScaling
+FP8Recipe = Literal["delayed", "current", "blockwise", "mxfp8"]
 # Whole bytes of one stored element. fp4 (NVFP4/MXFP4) packs two values a byte plus block
 # scales; training never stores tensors below 16 bit here (weights, gradients and
 # activations stay bf16, dlsim/workload/precision.py), so it counts as one byte at most.
@@ -166,6 +169,12 @@ class DeviceProfile(_Frozen):
     # NCCL's architecture class for its per-architecture tuner caps (src/graph/tuning.cc
     # llMaxBws: Volta / Ampere / Hopper rows); None: no such cap is applied
     nccl_arch: Literal["volta", "ampere", "hopper"] | None = None
+    # CUDA compute capability (NVIDIA's CUDA GPUs table), which decides the FP8 recipes
+    # Transformer Engine runs on it (dlsim.workload.precision); None: not an NVIDIA GPU
+    compute_capability: float | None = None
+    # the FP8 scaling recipe a run uses (the scenario's fp8_recipe); None: TE's default for
+    # the device (dlsim.workload.precision.fp8_recipe_of)
+    fp8_recipe: FP8Recipe | None = None
     attention_kernels: AttentionKernels = AttentionKernels()  # none fused: eager only
     # the share of compute throughput an overlapped collective takes (its SMs and HBM
     # traffic) while it runs beside compute (dlsim.engine.core); 0: overlap is free

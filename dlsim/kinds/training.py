@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from dlsim.cluster.build import placement
+from dlsim.contract.errors import ScenarioError
 from dlsim.contract.scenario import TrainingScenario
 from dlsim.engine.core import Engine
-from dlsim.hardware.profiles import DTYPE_BYTES
+from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
 from dlsim.hardware.topology import Topology
 from dlsim.kinds.run import engine_result, run_engine, symmetric
 from dlsim.kinds.sync.bsp import bsp_summary, ended_at_last_op, straggle
@@ -42,13 +43,30 @@ from dlsim.results.summary import (
 from dlsim.workload.attention import attention_kernel
 from dlsim.workload.lora import lora_workload
 from dlsim.workload.model import Model
+from dlsim.workload.precision import check_fp8_recipe
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import shape_of
+
+
+def _with_recipe(scenario: TrainingScenario, device: DeviceProfile | None
+                 ) -> DeviceProfile | None:
+    """The device running the scenario's FP8 recipe (checked against what Transformer
+    Engine runs on it); only under precision fp8."""
+    recipe = scenario.training.fp8_recipe
+    if recipe is None or device is None:
+        return device
+    field = "training.fp8_recipe"
+    if scenario.precision != "fp8":
+        raise ScenarioError(f"fp8_recipe {recipe} scales FP8 tensors; it needs precision fp8 "
+                            f"(precision is {scenario.precision}).", field=field)
+    check_fp8_recipe(recipe, device, field)
+    return device.model_copy(update={"fp8_recipe": recipe})
 
 
 def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
     if scenario.model.trace is not None:  # a recorded job: its own programs
         return simulate_trace(scenario, topology)
+    topology.device = _with_recipe(scenario, topology.device)
     layout = check(training_job(scenario, topology),
                    lambda n: placement(n, topology, scenario.placement))
     device = topology.device

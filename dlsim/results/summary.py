@@ -21,6 +21,7 @@ from dlsim.network.compression import Compression
 from dlsim.parallel.memory import MemoryPlan
 from dlsim.results.power import PowerModel, device_energy_J
 from dlsim.workload.model import Model
+from dlsim.workload.precision import fp8_recipe_of
 
 
 def link_table(topology: Topology, link_bytes: np.ndarray, link_busy_s: np.ndarray,
@@ -80,6 +81,8 @@ def training_summary(scenario: TrainingScenario, topology: Topology, device: Dev
     summary: dict[str, Any] = {
         "name": scenario.name, "kind": "training", "model": model.name,
         "device": device.name, "devices": work.devices, "precision": dtype,
+        # the FP8 scaling recipe that priced the casts (dlsim.workload.precision)
+        **({"fp8_recipe": fp8_recipe_of(device)} if dtype == "fp8" else {}),
         "topology": topology.description,
         "step_time_s": end_s / steps,
         "throughput_samples_per_s": work.samples / work.seconds,

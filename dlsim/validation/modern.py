@@ -68,6 +68,9 @@ PRECISIONS = {"BF16": "bf16", "FP8": "fp8", "FP8-CS": "fp8", "FP8(hybrid)": "fp8
               # Megatron-Bridge 25.09 prints no precision; its note gives H100 FP8 blockwise
               # scaling (128x128 weights, 1x128 activations)
               "(not stated in table)": "fp8"}
+# the FP8 recipes the rows name (dlsim.workload.precision); the rest run TE's default on
+# H100, delayed scaling (the MLPerf configs' FP8_AMAX_HISTORY), as NeMo's FP8 rows do
+RECIPES = {"FP8-CS": "current", "(not stated in table)": "blockwise"}
 H100_BF16_PEAK = 989.5e12  # the MoE paper's MFU denominator (§4.1)
 MISSING = ("", "n/a", "nan")
 # Megatron-Core accumulates and reduces bf16 training's gradients in fp32 (main_grads fp32,
@@ -115,11 +118,12 @@ def _simulated(table: str, case: str, measured: float, unit: str, scenario: Scen
 def _training(name: str, model: dict[str, Any], gpus: int, precision: str, gbs: int,
               mbs: int, par: dict[str, Any], lora: dict[str, Any] | None = None,
               tp_comm_overlap: bool = False, grad_dtype: str | None = None,
-              fabric: str | None = None) -> Scenario:
+              fabric: str | None = None, fp8_recipe: str | None = None) -> Scenario:
     """A scenario on DGX H100 nodes with the recipes' defaults for what a row leaves out;
     ``tp_comm_overlap`` applies where tensor > 1 (TE's overlap needs sequence parallelism);
     ``grad_dtype`` what the gradients are reduced in; ``fabric`` the cluster's fabric where
-    the row's system says which (the preset's fat tree otherwise)."""
+    the row's system says which (the preset's fat tree otherwise); ``fp8_recipe`` the FP8
+    scaling recipe where the row names one."""
     tensor = par.get("tensor", 1)
     parallelism = {"sequence_parallel": tensor > 1, "zero_stage": 1, **par}
     if tp_comm_overlap and tensor > 1:
@@ -129,6 +133,8 @@ def _training(name: str, model: dict[str, Any], gpus: int, precision: str, gbs: 
     training: dict[str, Any] = {"global_batch": gbs, "microbatch": mbs, "optimizer": "adam"}
     if grad_dtype is not None:
         training["grad_dtype"] = grad_dtype
+    if fp8_recipe is not None:
+        training["fp8_recipe"] = fp8_recipe
     if lora is not None:
         training["lora"] = lora
     cluster: dict[str, Any] = {"preset": "dgx-h100", "nodes": gpus // 8}
@@ -174,7 +180,7 @@ def nemo_performance(directory: Path) -> list[Row]:
             par |= {"zero_stage": 3, "shard_group": fsdp}
         scenario = _training("nemo", model, gpus, PRECISIONS[r["precision"]], int(r["gbs"]),
                              _int(r["mbs"]), par, tp_comm_overlap=True,
-                             grad_dtype=MEGATRON_GRADS)
+                             grad_dtype=MEGATRON_GRADS, fp8_recipe=RECIPES.get(r["precision"]))
         per_gpu = int(r["gbs"]) * seq / gpus  # tokens per GPU and step
         out.append(_simulated(table, case, measured, unit, scenario, runs, per_gpu))
     return out

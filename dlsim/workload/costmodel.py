@@ -19,7 +19,7 @@ from __future__ import annotations
 from dlsim.hardware.profiles import DeviceProfile
 from dlsim.workload.attention import fused_efficiency, peak_16bit
 from dlsim.workload.model import Kernel, Layer
-from dlsim.workload.precision import HIGH_PRECISION, cast_kernel, compute_dtype
+from dlsim.workload.precision import HIGH_PRECISION, cast_kernel, compute_dtype, fp8_recipe_of
 
 
 def compute_efficiency(kernel: Kernel, device: DeviceProfile, dtype: str) -> float:
@@ -51,7 +51,7 @@ def roofline_s(kernel: Kernel, device: DeviceProfile, dtype: str) -> float:
 def kernel_time_s(kernel: Kernel, device: DeviceProfile, precision: str) -> float:
     """``kernel`` in a run at ``precision``, with the cast kernels a low-precision GEMM needs."""
     time = roofline_s(kernel, device, compute_dtype(kernel, precision))
-    cast = cast_kernel(kernel, precision)
+    cast = cast_kernel(kernel, precision, fp8_recipe_of(device))
     return time if cast is None else time + roofline_s(cast, device, HIGH_PRECISION)
 
 

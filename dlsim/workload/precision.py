@@ -17,10 +17,31 @@ bytes per micro-batch, q the low-precision bytes per element: (1 + q) times the 
 16-bit bytes as ``model.gemm`` counts them. Kernels carry flops and bytes, not shapes, so the
 cast traffic is spread over the GEMM's forward and backward kernels by their bytes (1 : 2),
 a third of (1 + q) times each kernel's bytes: exact per GEMM over a step, approximate per pass.
+
+FP8 recipes (Transformer Engine's ``transformer_engine.common.recipe`` and the device checks
+of ``transformer_engine.pytorch.quantization``), which change what a cast moves:
+
+- ``delayed`` (DelayedScaling): the scale comes from the amax history of earlier steps, so
+  the cast reads the 16-bit tensor once and writes its copy and transpose: (1 + q).
+- ``current`` (Float8CurrentScaling): the scale comes from this tensor's amax, a separate
+  reduction that reads the 16-bit tensor before the cast does: (2 + q).
+- ``blockwise`` (Float8BlockScaling, DeepSeek-V3's 1x128 activation and 128x128 weight
+  blocks): the cast finds each block's amax as it goes and writes an fp32 scale per 128
+  elements with each copy: (1 + q + 4/128).
+- ``mxfp8`` (MXFP8BlockScaling, Blackwell): an E8M0 scale per 32 elements with each of the
+  row-wise and column-wise copies: (1 + q + 1/32).
+
+TE runs delayed and current scaling from compute capability 8.9, block scaling from 9.0
+(CUDA 12.9), MXFP8 on 10.x only; its default recipe is MXFP8 where MXFP8 runs, current
+scaling from 12.0, delayed scaling otherwise (``get_default_fp8_recipe``). The FP8 GEMM
+curve is the device's whatever the recipe: no calibration input measures block-scaled or MX
+GEMMs apart.
 """
 
 from __future__ import annotations
 
+from dlsim.contract.errors import ScenarioError
+from dlsim.hardware.profiles import DeviceProfile, FP8Recipe
 from dlsim.workload.model import Kernel
 
 HIGH_PRECISION = "bf16"  # what TE keeps the non-linear-layer kernels and the weights in
@@ -52,13 +73,57 @@ def compute_dtype(kernel: Kernel, precision: str) -> str:
     return HIGH_PRECISION
 
 
-def cast_kernel(kernel: Kernel, precision: str) -> Kernel | None:
+# per recipe, what a cast moves over the 16-bit bytes it reads once, less q (module docstring)
+RECIPE_CAST_EXTRA: dict[str, float] = {"delayed": 1.0, "current": 2.0,
+                                       "blockwise": 1.0 + 4.0 / 128, "mxfp8": 1.0 + 1.0 / 32}
+# the compute capabilities TE runs each recipe on: [from, below)
+RECIPE_CAPABILITY: dict[str, tuple[float, float]] = {
+    "delayed": (8.9, float("inf")), "current": (8.9, float("inf")),
+    "blockwise": (9.0, float("inf")), "mxfp8": (10.0, 12.0)}
+
+
+def default_fp8_recipe(capability: float | None) -> FP8Recipe:
+    """TE's ``get_default_fp8_recipe`` for a device of ``capability`` (delayed scaling where
+    the capability is not known: a device TE does not run on, whose FP8 is priced alike)."""
+    if capability is None:
+        return "delayed"
+    low, high = RECIPE_CAPABILITY["mxfp8"]
+    if low <= capability < high:
+        return "mxfp8"
+    return "current" if capability >= 12.0 else "delayed"
+
+
+def fp8_recipe_of(device: DeviceProfile) -> FP8Recipe:
+    """The recipe a run on ``device`` uses: the scenario's, else TE's default for it."""
+    return device.fp8_recipe or default_fp8_recipe(device.compute_capability)
+
+
+def check_fp8_recipe(recipe: FP8Recipe, device: DeviceProfile, field: str) -> None:
+    """Refuse a recipe TE does not run on ``device``, naming ``field``."""
+    low, high = RECIPE_CAPABILITY[recipe]
+    capability = device.compute_capability
+    if capability is not None and not low <= capability < high:
+        runs = ", ".join(r for r, (lo, hi) in RECIPE_CAPABILITY.items()
+                         if lo <= capability < hi)
+        raise ScenarioError(f"Transformer Engine runs {recipe} scaling on compute capability "
+                            f"{low:g}{'+' if high == float('inf') else f' to {high:g}'}; "
+                            f"{device.name} is {capability:g}, which runs {runs}.",
+                            field=field)
+    if capability is None and recipe in ("blockwise", "mxfp8"):
+        raise ScenarioError(f"{recipe} scaling needs an NVIDIA GPU of compute capability "
+                            f"{low:g}+; {device.name} gives none (delayed or current).",
+                            field=field)
+
+
+def cast_kernel(kernel: Kernel, precision: str, recipe: str = "delayed") -> Kernel | None:
     """The memory-bound cast/amax/transpose traffic a low-precision GEMM kernel brings (module
-    docstring: a third of (1 + q) times its bytes), or None for a kernel without one."""
+    docstring: a third of (extra + q) times its bytes, extra 1 for delayed scaling), or None
+    for a kernel without one; ``recipe`` applies to fp8 (fp4 casts as delayed FP8 does)."""
     if not runs_low_precision(kernel, precision):
         return None
     q = LOW_PRECISION_BYTES[precision]
-    return Kernel("elementwise", 0.0, (1.0 + q) * kernel.bytes / 3.0,
+    extra = RECIPE_CAST_EXTRA[recipe] if precision == "fp8" else 1.0
+    return Kernel("elementwise", 0.0, (extra + q) * kernel.bytes / 3.0,
                   f"{kernel.name or 'gemm'}_{precision}_cast")
 
 
