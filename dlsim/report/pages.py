@@ -312,7 +312,8 @@ def _run_page(result: Result, cards: list[Card]) -> str:
         subtitle.append(f"{s['devices']:,} × {s['device']}" if s.get("device")
                         else f"{s['devices']:,} devices")
     if s.get("precision"):
-        subtitle.append(str(s["precision"]))
+        recipe = f" ({s['fp8_recipe']} scaling)" if s.get("fp8_recipe") else ""
+        subtitle.append(f"{s['precision']}{recipe}")
     sections = {
         "breakdown": _breakdown_section(s),
         "sync": sync_section(s),

@@ -99,3 +99,14 @@ def test_cli_refuses_a_recipe_with_the_field(tmp_path, recipe, precision, words)
     assert "Traceback" not in res.output
     for word in words:
         assert word in res.output
+
+
+def test_the_report_names_the_recipe(tmp_path):
+    import yaml
+
+    path = tmp_path / "fp8.yaml"
+    path.write_text(yaml.safe_dump(_scenario("current")))
+    res = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    page = next(tmp_path.rglob("index.html")).read_text()
+    assert "fp8 (current scaling)" in page
