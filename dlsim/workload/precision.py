@@ -104,7 +104,7 @@ def check_fp8_recipe(recipe: FP8Recipe, device: DeviceProfile, field: str) -> No
     capability = device.compute_capability
     if capability is not None and not low <= capability < high:
         runs = ", ".join(r for r, (lo, hi) in RECIPE_CAPABILITY.items()
-                         if lo <= capability < hi)
+                         if lo <= capability < hi) or "no FP8 recipe"
         raise ScenarioError(f"Transformer Engine runs {recipe} scaling on compute capability "
                             f"{low:g}{'+' if high == float('inf') else f' to {high:g}'}; "
                             f"{device.name} is {capability:g}, which runs {runs}.",

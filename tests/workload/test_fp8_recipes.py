@@ -57,6 +57,8 @@ def test_recipes_refused_where_te_does_not_run_them():
                                             "delayed, current, blockwise") as err:
         check_fp8_recipe("mxfp8", H100, "fp8_recipe")
     assert err.value.field == "fp8_recipe"
+    with pytest.raises(ScenarioError, match="8, which runs no FP8 recipe"):
+        check_fp8_recipe("delayed", hw.device("a100-sxm4-80gb"), "fp8_recipe")
     with pytest.raises(ScenarioError, match="NVIDIA GPU"):
         check_fp8_recipe("blockwise", hw.device("mi300x"), "fp8_recipe")
 
