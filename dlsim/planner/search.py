@@ -246,14 +246,15 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
 
     first = feasible[:request.confirm]
     confirming(first, "simulating the best plans")
-    done = len(first) + _confirm_beaten(feasible, len(first), request, rank, lambda row: (
+    done = first + _confirm_beaten(feasible, first, request, rank, lambda row: (
         confirming([row], "simulating a plan the estimate puts ahead of the simulated")))
-    confirmed = sorted((r for r in feasible[:done]
-                        if r["fits_in_memory"] and _meets(r, request)), key=rank)
-    ranked = confirmed + feasible[done:]
+    simulated = {id(r) for r in done}
+    confirmed = sorted((r for r in done if r["fits_in_memory"] and _meets(r, request)),
+                       key=lambda r: (*(_rounded(x) for x in rank(r)), _model_parallel(r)))
+    ranked = confirmed + [r for r in feasible if id(r) not in simulated]
     space_size = {"enumerated": size.enumerated, "feasible": size.feasible,
                   "fitting": len(rows), "estimated": len(rows), "pruned": pruned,
-                  "confirmed": done}
+                  "confirmed": len(done)}
     if not ranked:
         raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes,
                                       batches))
@@ -511,24 +512,52 @@ def _ranking(request: PlanRequest) -> Callable[[dict[str, Any]], tuple[float, fl
 EXTRA_CONFIRMATIONS = 3
 
 
-def _confirm_beaten(feasible: list[dict[str, Any]], start: int, request: PlanRequest,
+def _confirm_beaten(feasible: list[dict[str, Any]], confirmed: list[dict[str, Any]],
+                    request: PlanRequest,
                     rank: Callable[[dict[str, Any]], tuple[float, float]],
-                    confirm: Callable[[dict[str, Any]], None]) -> int:
+                    confirm: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """Confirm the next plans by estimate while the best confirmed one, as the engine
     simulated it, is worse than the next plan's estimate (the estimate is the optimistic
-    one: the engine found what it leaves out), at most ``EXTRA_CONFIRMATIONS`` of them;
-    the count confirmed."""
-    if not start:
-        return 0
-    extra = 0
-    while start + extra < len(feasible) and extra < EXTRA_CONFIRMATIONS:
-        fitting = [rank(r) for r in feasible[:start + extra]
-                   if r["fits_in_memory"] and _meets(r, request)]
-        if fitting and min(fitting) <= rank(feasible[start + extra]):
+    one: the engine found what it leaves out), at most ``EXTRA_CONFIRMATIONS`` of them; the
+    plans confirmed so. A plan that differs from a confirmed one only in its NCCL protocol
+    is passed over: the engine prices the protocol as the estimate does, and the
+    confirmations go to layouts the engine has not seen."""
+    if not confirmed:
+        return []
+    done = [*confirmed]
+    seen = {_layout_key(r) for r in done}
+    extra: list[dict[str, Any]] = []
+    for row in feasible:
+        if len(extra) == EXTRA_CONFIRMATIONS:
             break
-        confirm(feasible[start + extra])
-        extra += 1
+        if any(row is r for r in done) or _layout_key(row) in seen:
+            continue
+        fitting = [rank(r) for r in done if r["fits_in_memory"] and _meets(r, request)]
+        if fitting and min(fitting) <= rank(row):
+            break
+        confirm(row)
+        done.append(row)
+        extra.append(row)
+        seen.add(_layout_key(row))
     return extra
+
+
+def _rounded(x: float) -> float:
+    """``x`` to 12 significant digits: simulated plans that differ by float noise (the same
+    compute summed in another order, 5e-17 s) tie."""
+    return float(f"{x:.12g}") if math.isfinite(x) else x
+
+
+def _model_parallel(row: dict[str, Any]) -> int:
+    """Ranks a plan splits each replica over (tensor x pipeline x context x expert): of
+    simulated plans that tie, the one with fewer goes first."""
+    return row["tensor"] * row["pipeline"] * row["context"] * row["expert"]
+
+
+def _layout_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A plan's fields but its NCCL protocol, and the batch it runs at."""
+    return (*(row[f] for f in Plan.__dataclass_fields__ if f != "protocol"),
+            row["global_batch"])
 
 
 def _meets(row: dict[str, Any], request: PlanRequest) -> bool:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from dlsim.planner import PlanRequest
 from dlsim.planner.search import EXTRA_CONFIRMATIONS, _confirm_beaten, _ranking
+from dlsim.planner.space import Plan
 
 REQUEST = PlanRequest(model="gpt3-175b", cluster="dgx-a100", gpus=(8,), global_batch=8)
 RANK = _ranking(REQUEST)
 
 
-def _row(seconds: float) -> dict:
-    return {"time_to_train_s": seconds, "step_time_s": seconds, "fits_in_memory": True}
+def _row(seconds: float, layout: int, protocol: str = "auto") -> dict:
+    """A plan row: ``layout`` tells layouts apart (its data degree), ``protocol`` twins."""
+    fields = {f: 1 for f in Plan.__dataclass_fields__} | {"data": layout,
+                                                            "protocol": protocol}
+    return {**fields, "global_batch": 8, "time_to_train_s": seconds, "step_time_s": seconds,
+            "fits_in_memory": True}
 
 
 def _simulating(engine: dict[int, float]):
@@ -30,7 +35,7 @@ def _simulating(engine: dict[int, float]):
 
 
 def _plans(estimates: list[float]) -> list[dict]:
-    rows = [_row(s) for s in estimates]
+    rows = [_row(s, i) for i, s in enumerate(estimates)]
     for i, r in enumerate(rows):
         r["index"] = i
     return rows
@@ -41,7 +46,7 @@ def test_no_extra_confirmation_when_the_engine_agrees():
     confirm, seen = _simulating({0: 10.5, 1: 11.5})
     for r in rows[:2]:
         confirm(r)
-    assert _confirm_beaten(rows, 2, REQUEST, RANK, confirm) == 0
+    assert _confirm_beaten(rows, rows[:2], REQUEST, RANK, confirm) == []
     assert seen == [0, 1]
 
 
@@ -52,7 +57,7 @@ def test_plans_whose_estimate_beats_the_confirmed_are_confirmed():
     confirm, seen = _simulating({0: 13.2, 1: 13.2, 2: 11.1, 3: 12.6})
     for r in rows[:2]:
         confirm(r)
-    assert _confirm_beaten(rows, 2, REQUEST, RANK, confirm) == 1
+    assert _confirm_beaten(rows, rows[:2], REQUEST, RANK, confirm) == [rows[2]]
     assert seen == [0, 1, 2]
 
 
@@ -60,7 +65,7 @@ def test_extra_confirmations_are_capped():
     rows = _plans([10.0 + i for i in range(10)])
     confirm, seen = _simulating({i: 100.0 for i in range(10)})  # the engine: all slow
     confirm(rows[0])
-    assert _confirm_beaten(rows, 1, REQUEST, RANK, confirm) == EXTRA_CONFIRMATIONS
+    assert len(_confirm_beaten(rows, rows[:1], REQUEST, RANK, confirm)) == EXTRA_CONFIRMATIONS
     assert seen == list(range(1 + EXTRA_CONFIRMATIONS))
 
 
@@ -69,12 +74,37 @@ def test_a_plan_that_does_not_fit_in_the_engine_does_not_count_as_confirmed_best
     confirm, seen = _simulating({0: 10.5, 1: 11.2})
     confirm(rows[0])
     rows[0]["fits_in_memory"] = False  # the engine's memory says no
-    assert _confirm_beaten(rows, 1, REQUEST, RANK, confirm) == 1
+    assert _confirm_beaten(rows, rows[:1], REQUEST, RANK, confirm) == [rows[1]]
     assert seen == [0, 1]
 
 
 def test_nothing_confirmed_nothing_added():
     rows = _plans([10.0, 11.0])
     confirm, seen = _simulating({})
-    assert _confirm_beaten(rows, 0, REQUEST, RANK, confirm) == 0
+    assert _confirm_beaten(rows, [], REQUEST, RANK, confirm) == []
     assert seen == []
+
+
+def test_protocol_twins_of_a_confirmed_plan_are_passed_over():
+    """The confirmed plan's LL128 twin is next by estimate; the extra confirmation goes to
+    the next layout instead."""
+    rows = _plans([10.0, 10.0, 10.5, 12.0])
+    rows[1].update(data=0, protocol="LL128")  # layout 0 again, another protocol
+    confirm, seen = _simulating({0: 12.5, 2: 10.9})
+    confirm(rows[0])
+    assert _confirm_beaten(rows, rows[:1], REQUEST, RANK, confirm) == [rows[2]]
+    assert seen == [0, 2]
+
+
+def test_simulated_ties_go_to_the_plan_with_fewer_model_parallel_ranks():
+    """GPT-2 1.5B on 16 A100: ZeRO-3 over d = 16, or d = 8 with context 2, simulate alike to
+    5e-17 s; the winner is the plan without context parallelism."""
+    from dlsim.planner import run_plan
+
+    result = run_plan(PlanRequest("gpt2-1.5b", "dgx-a100", (16,), 64, confirm=1))
+    simulated = [r for r in result.plans if r["step_time_source"] == "simulated"]
+    assert len(simulated) > 1
+    best = simulated[0]
+    assert all(best["tensor"] * best["pipeline"] * best["context"] * best["expert"]
+               <= r["tensor"] * r["pipeline"] * r["context"] * r["expert"]
+               for r in simulated if abs(r["step_time_s"] / best["step_time_s"] - 1) < 1e-12)

@@ -108,7 +108,7 @@ def test_plan_cli_json(tmp_path):
     assert data["evaluated"] >= len(data["plans"]) > 0
     best = data["plans"][0]
     assert best["step_time_source"] == "simulated" and best["fits_in_memory"]
-    assert best["data"] * best["tensor"] * best["pipeline"] == 16
+    assert best["data"] * best["tensor"] * best["pipeline"] * best["context"] == 16
 
 
 def test_plan_cli_rejects_an_unknown_model(tmp_path):
@@ -160,7 +160,7 @@ def test_the_planner_plans_llama():
     assert result.fitting > 0
     best = result.plans[0]
     assert best["step_time_source"] == "simulated" and best["fits_in_memory"]
-    assert best["data"] * best["tensor"] * best["pipeline"] == 16
+    assert best["data"] * best["tensor"] * best["pipeline"] * best["context"] == 16
     again = dlsim.simulate(best["scenario"])
     assert again.step_time_s == best["step_time_s"]
 
