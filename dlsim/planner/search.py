@@ -524,19 +524,18 @@ def _confirm_beaten(feasible: list[dict[str, Any]], confirmed: list[dict[str, An
     confirmations go to layouts the engine has not seen."""
     if not confirmed:
         return []
-    done = [*confirmed]
-    seen = {_layout_key(r) for r in done}
+    seen = {_layout_key(r) for r in confirmed}  # a confirmed plan is its own twin
     extra: list[dict[str, Any]] = []
     for row in feasible:
         if len(extra) == EXTRA_CONFIRMATIONS:
             break
-        if any(row is r for r in done) or _layout_key(row) in seen:
+        if _layout_key(row) in seen:
             continue
-        fitting = [rank(r) for r in done if r["fits_in_memory"] and _meets(r, request)]
+        fitting = [rank(r) for r in (*confirmed, *extra)
+                   if r["fits_in_memory"] and _meets(r, request)]
         if fitting and min(fitting) <= rank(row):
             break
         confirm(row)
-        done.append(row)
         extra.append(row)
         seen.add(_layout_key(row))
     return extra

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from dlsim.contract.errors import ScenarioError
-from dlsim.workload.model import Kernel, Layer, Model
+from dlsim.workload.model import Kernel, Layer, Matrix, Model
 
 # the GEMM kernel that computes each adaptable matrix (dlsim.workload.model and .decoder)
 GEMM_OF = {"qkv": "qkv", "q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv",
@@ -75,12 +75,18 @@ def adapter_kernels(name: str, tokens: float, d_in: int, d_out: int, r: int
     return forward, backward
 
 
+def _rows(gemm: Kernel, matrices: Sequence[Matrix]) -> float:
+    """Rows (tokens) of the GEMM that computes ``matrices``: its FLOPs over 2·d_in·(their
+    widths)."""
+    return gemm.flops / (2.0 * matrices[0].d_in * sum(m.d_out for m in matrices))
+
+
 def _tokens(layer: Layer) -> float | None:
-    """Rows of the layer's GEMMs: a known GEMM's FLOPs over 2·d_in·(its matrices' widths)."""
+    """Rows of the layer's GEMMs, counted on the first GEMM whose matrices it names."""
     for kernel in layer.forward:
         computed = [m for m in layer.matrices if GEMM_OF.get(m.name) == kernel.name]
         if kernel.kind == "gemm" and computed:
-            return kernel.flops / (2.0 * computed[0].d_in * sum(m.d_out for m in computed))
+            return _rows(kernel, computed)
     return None
 
 
@@ -103,7 +109,7 @@ def _adapted_layer(layer: Layer, rank: int, targets: Sequence[str]) -> Layer:
         if at is None:
             at = next(i for i, k in enumerate(forward) if k.kind == "gemm")
         if tokens is None:  # no known GEMM to count rows by: the matrix's own GEMM
-            tokens = forward[at].flops / (2.0 * mine[0].d_in * sum(m.d_out for m in mine))
+            tokens = _rows(forward[at], mine)
         (f_in, f_out), (b_in, b_out) = adapter_kernels(
             gemm, tokens, mine[0].d_in, sum(m.d_out for m in mine), rank * len(mine))
         forward[at + 1:at + 1] = [f_in, f_out]
