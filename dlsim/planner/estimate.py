@@ -358,10 +358,17 @@ class CostTable:
                 tuple(sum(cut[k].backward_s for k in range(s)) for s in range(stages)),
                 tuple(ps[0].layer_params[0] for ps in runs),
                 tuple(sum(x.expert_params for x in ps) for ps in runs),
+                tuple(tuple(Counter(
+                    (float(params - (x.layer_expert_params[j] if x.layer_expert_params else 0)),
+                     float(x.layer_expert_params[j] if x.layer_expert_params else 0))
+                    for x in ps for j, params in enumerate(x.layer_params) if params).items())
+                      for ps in runs),
                 tuple(count_collectives([c for x in ps for c in (x.forward_collectives,
                                                                  x.backward_collectives)])
                       for ps in runs),
                 tuple(segment_counts(ps for x in run for pair in x.passes for ps in pair)
+                      for run in runs),
+                tuple(segment_counts(pair[1] for x in run for pair in x.passes)
                       for run in runs),
                 max(x.out_bytes for x in cut))
         return self._sums[key]
@@ -371,9 +378,10 @@ class CostTable:
 class StageSums:
     """Per pipeline stage of one cut: compute (forward + backward) per micro-batch,
     parameters, backward, how much earlier than stage 0 its last backward ends, its first
-    layer's parameters, its routed-expert parameters, its tensor-parallel collectives and
-    its counted ring and all-to-all segments; and the largest piece output (what a pipeline
-    send carries)."""
+    layer's parameters, its routed-expert parameters, its layers' (dense, routed-expert)
+    parameters counted (what layer-by-layer ZeRO-3 gathers), its tensor-parallel
+    collectives and its counted ring and all-to-all segments (and its backward's alone);
+    and the largest piece output (what a pipeline send carries)."""
 
     compute: tuple[float, ...]
     params: tuple[float, ...]
@@ -381,8 +389,10 @@ class StageSums:
     drained: tuple[float, ...]
     first_layer: tuple[float, ...]
     expert_params: tuple[float, ...]
+    layer_shapes: tuple[tuple[tuple[tuple[float, float], int], ...], ...]
     collectives: tuple[Collectives, ...]
     segments: tuple[SegmentCounts, ...]
+    backward_segments: tuple[SegmentCounts, ...]
     out_bytes: float
 
 
@@ -418,6 +428,7 @@ class MicroPart:
     ring: float = 0.0  # the slowest stage's exposed ring attention per micro-batch
     alltoall: float = 0.0  # ... and its all-to-alls
     expert_params: tuple[float, ...] = ()  # per stage: its routed-expert parameters
+    gathers: tuple[float, ...] = ()  # per stage: layer-by-layer ZeRO-3's gather of one pass
 
 
 @dataclass(frozen=True)
@@ -576,18 +587,30 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
         return sum(fabric.time_s(op, "ring", act, groups.tensor, n, place) * count
                    for op, count in sums.collectives[s])
 
-    def gathers_exposed_s(s: int) -> float:
-        """Layer-by-layer ZeRO-3: a micro-batch's two gathers of its stage's parameters,
-        less the compute they run beside."""
+    def gather_s(s: int) -> float:
+        """Layer-by-layer ZeRO-3: one pass's gathers of the stage's parameters."""
         if not gathers:
             return 0.0
-        experts = sums.expert_params[s]
-        gather = fabric.time_s("allgather", "ring", (sums.params[s] - experts) * weight_bytes,
-                               gather_groups, n, place)
-        if experts and grid.expert_data > 1:  # the experts' own, after it on the same stream
-            gather += fabric.time_s("allgather", "ring", experts * weight_bytes,
-                                    groups.expert_data, n, place)
-        return max(2 * gather - sums.compute[s], 0.0)
+        gather = 0.0
+        for (dense, experts), count in sums.layer_shapes[s]:
+            gather += count * fabric.time_s("allgather", "ring", dense * weight_bytes,
+                                            gather_groups, n, place)
+            if experts and grid.expert_data > 1:  # the experts' own, on the same stream
+                gather += count * fabric.time_s("allgather", "ring", experts * weight_bytes,
+                                                groups.expert_data, n, place)
+        return gather
+
+    def gathers_exposed_s(s: int) -> float:
+        """A micro-batch's gathers less the pass they run beside (its compute and its
+        exposed ring and all-to-all time): prefetched two layers ahead, a forward's gathers
+        cannot hide in the backward."""
+        if not gather[s]:
+            return 0.0
+        backward = sums.backward[s] + sum(pass_comm_s(sums.backward_segments[s], c, send_s,
+                                                      alltoall_s, expert_tensor_s,
+                                                      head_swap_s))
+        forward = sums.compute[s] + sum(comm[s]) - backward
+        return max(gather[s] - forward, 0.0) + max(gather[s] - backward, 0.0)
 
     def expert_tensor_s(op: str, size: float) -> float:
         return fabric.time_s(op, "ring", size, groups.expert_tensor, n, place)
@@ -597,6 +620,7 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
 
     comm = [pass_comm_s(counts, c, send_s, alltoall_s, expert_tensor_s, head_swap_s)
             for counts in sums.segments]
+    gather = [gather_s(s) for s in range(p)]
     stage_s = [sums.compute[s] + tensor_comm_s(s) + gathers_exposed_s(s) + sum(comm[s])
                for s in range(p)]
     slowest = max(range(p), key=sums.compute.__getitem__)
@@ -607,7 +631,8 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
         p2p = 2 * (p * v - 1) * fabric.time_s("send", "direct", sums.out_bytes / t,
                                               groups.pipeline, n, place)
     return MicroPart(sums.compute[slowest], micro, bubble, p2p, sums.params, sums.backward,
-                     sums.drained, sums.first_layer, *comm[slowest], sums.expert_params)
+                     sums.drained, sums.first_layer, *comm[slowest], sums.expert_params,
+                     tuple(gather))
 
 
 def sync_part(plan: Plan, params: tuple[float, ...], table: CostTable, optimizer: str,
@@ -681,8 +706,11 @@ def combine(plan: Plan, part: MicroPart, syncs: SyncPart, global_batch: int) -> 
         if data_parallel_only(plan) and d > 1:
             sync = (max(sync - part.backward[s], 0.0)
                     + sync * min(1.0, BUCKET_BYTES / syncs.grads[s]))
-        elif layered(plan) and part.params[s]:  # one reduce-scatter a layer, the first last
-            sync = (max(sync - part.backward[s], 0.0)
+        elif layered(plan) and part.params[s]:
+            # one reduce-scatter a layer in the last backward, the first last, on the links
+            # of that pass's gathers (micro_part priced the gathers' own excess)
+            gather, backward = part.gathers[s], part.backward[s]
+            sync = (max(gather + sync - backward, 0.0) - max(gather - backward, 0.0)
                     + sync * part.first_layer[s] / part.params[s])
         candidate = (sync + syncs.after[s], syncs.update[s], part.drained[s])
         if best is None or (candidate[0] + candidate[1] - candidate[2]

@@ -107,13 +107,14 @@ def test_expert_parallel_estimate_tracks_the_engine(configs):
     (the all-to-alls and expert-tensor gathers block the compute in the engine as in the
     closed form; 25 plans agree to 1e-13, and the median plan, c = 4, e = 2, et = 2 spread
     over two nodes, differs by 2.35e-5 since its expert-tensor gathers were added: not
-    explained yet), worst 11.2% (ZeRO-3 with expert parallelism: the experts' gathers over
-    the expert-data group after the dense ones, which the estimate adds whole; without FSDP
-    the worst is 1.6%, 1.9% before these gathers)."""
+    explained yet), worst 5.68% (ZeRO-3 with c = 2, e = 4 and two stages spread over two
+    nodes, under the engine; 12.5% over it, d = 2 with c = 8, before the estimate hid a
+    pass's gathers behind its exposed ring and all-to-all time as the engine's prefetch
+    stream does; without FSDP the worst is 1.6%)."""
     errors = _errors(configs["tiny-moe"], "dgx-h100", 16, 32, lambda p: p.expert > 1, 800,
                      microbatch=(1, 2))
     assert len(errors) == 51
-    assert np.median(errors) <= 2.4e-5 and max(errors) <= 0.113
+    assert np.median(errors) <= 2.4e-5 and max(errors) <= 0.0569
 
 
 def test_hybrid_sharding_estimate_tracks_the_engine():
@@ -121,8 +122,9 @@ def test_hybrid_sharding_estimate_tracks_the_engine():
     of the plans (46, context parallelism with FSDP among them). Reached: median 0.0037%,
     worst 6.62% (the new ZeRO-3 with context plans; before them 0.86%). Known gap, outside this
     sample: ZeRO-3 in shard groups spread across nodes with a pipeline (d16 p2 shard group
-    4, micro-batch 1) is 11.6% under the engine, whose per-layer gathers, reduce-scatters and
-    cross-group all-reduces contend for the same NICs in the last backward."""
+    4, micro-batch 1) is 6.4% under the engine (11.6% before the estimate priced the gathers
+    layer by layer and the last backward's reduce-scatters on their links), whose
+    cross-group all-reduces also contend for the same NICs in the last backward."""
     errors = _errors("megatron-7.5b", "dgx-a100", 32, 128,
                      lambda p: p.shard_group is not None, 100, microbatch=(1, 2, 4, 8),
                      virtual_stages=(1, 2, 4))
