@@ -604,8 +604,8 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
         """A micro-batch's gathers less the pass they run beside (its compute and its
         exposed ring and all-to-all time): prefetched two layers ahead, a forward's gathers
         cannot hide in the backward."""
-        if not gather[s]:
-            return 0.0
+        if gather[s] <= min(sums.backward[s], sums.compute[s] - sums.backward[s]):
+            return 0.0  # hidden behind the compute alone
         backward = sums.backward[s] + sum(pass_comm_s(sums.backward_segments[s], c, send_s,
                                                       alltoall_s, expert_tensor_s,
                                                       head_swap_s))
