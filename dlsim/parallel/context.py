@@ -79,7 +79,11 @@ def needs_head_split(shape: TransformerShape) -> bool:
     """Whether ``shape``'s attention runs under context parallelism only by the a2a
     exchange: a sliding window (on a block where it is narrower than the sequence) or
     attention sinks, which Transformer Engine's ring refuses."""
-    return shape.attention_sinks or any(shape.windowed(b) for b in range(shape.layers))
+    if shape.attention_sinks:
+        return True
+    window = shape.sliding_window
+    return (window is not None and window < shape.seq_len
+            and any(shape.windowed(b) for b in range(shape.layers)))
 
 
 def query_width(shape: TransformerShape) -> tuple[int, int]:
