@@ -29,11 +29,18 @@ from dlsim.hardware import profiles as hardware
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
 from dlsim.planner.batches import around_critical
-from dlsim.planner.bounds import Block, energy_lower_bound_J, step_lower_bound
+from dlsim.planner.bounds import MARGIN, Block, energy_lower_bound_J, step_lower_bound
 from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
 from dlsim.planner.models import model_name, model_section, model_shape, model_spec
-from dlsim.planner.space import Plan, PlanSpace, SpaceCount, Target, context_comm_for
+from dlsim.planner.space import (
+    PLAN_PROTOCOLS,
+    Plan,
+    PlanSpace,
+    SpaceCount,
+    Target,
+    context_comm_for,
+)
 from dlsim.planner.time_to_loss import LossTarget, batch_reason, to_target
 from dlsim.planner.time_to_loss import summary as loss_summary
 from dlsim.results.power import PowerModel, estimated_energy_J, power_model
@@ -176,7 +183,6 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
         return powers[microbatch]
 
     size = SpaceCount()
-    pruned = 0
     rank = _ranking(request)
     # one row per plan, at its best batch: at one plan's GPU count and price, cost orders
     # its batches as time does (unpriced: by time), energy by energy
@@ -186,20 +192,26 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     # count's fastest (the Pareto front's); energy over several batches keeps a plan at its
     # least-energy batch, not its fastest, so the front needs every plan estimated there
     bounded = not request.exhaustive and (by_time or len(batches) == 1)
-    kept = _Best(max(request.top, request.confirm, 2) * len(batches))
+    # ... and deep enough for the extra confirmations, which pass over protocol twins of
+    # confirmed plans: the j-th extra lies within the first (confirm + j) x protocols
+    kept = _Best(max(request.top, (request.confirm + EXTRA_CONFIRMATIONS) * len(PLAN_PROTOCOLS),
+                     2) * len(batches))
     best: dict[Plan, tuple[tuple[int, ...], dict[str, Any]]] = {}
     estimators: dict[int, Estimator] = {}
+    fastest: dict[int, float] = {}
     for g, (gpus, topology, by_batch) in enumerate(spaces):
         estimator = estimators[gpus] = Estimator(table, request.optimizer, Fabric(topology))
-        fastest = float("inf")  # this count's least time to train
+        fastest[gpus] = float("inf")  # this count's least time to train
         for b, (batch, space) in enumerate(by_batch):
             steps = steps_at(batch)
             for block in _blocks(space, table, power, request, batch, steps, device):
-                if bounded and block.key > kept.worst() and block.key[1] > fastest:
-                    pruned += block.plans
+                if bounded and block.key > kept.worst() and block.key[1] > fastest[gpus]:
+                    size.pruned += block.plans
                     continue
+                beaten = partial(_layout_beaten, estimator, request, batch, steps, device,
+                                 power, kept, fastest, gpus) if bounded else None
                 for order, p in _block_plans(space, block, size, partial(
-                        _fits, estimator, batch, device.memory_bytes)):
+                        _fits, estimator, batch, device.memory_bytes), beaten):
                     memory = estimator.memory_bytes(p, batch)
                     est = estimator.estimate(p, batch)
                     energy_J = gpus * estimated_energy_J(power(p.microbatch), est.step_time_s,
@@ -214,7 +226,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                     if target is not None:
                         to_target(row, target, batch)
                     _objectives(row, est.step_time_s, steps, gpus, device, energy_J)
-                    fastest = min(fastest, row["time_to_train_s"])
+                    fastest[gpus] = min(fastest[gpus], row["time_to_train_s"])
                     if _meets(row, request):
                         kept.add(rank(row))
                     mine = row["time_to_train_s" if by_time else "energy_kwh"]
@@ -253,7 +265,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                        key=lambda r: (*(_rounded(x) for x in rank(r)), _model_parallel(r)))
     ranked = confirmed + [r for r in feasible if id(r) not in simulated]
     space_size = {"enumerated": size.enumerated, "feasible": size.feasible,
-                  "fitting": len(rows), "estimated": len(rows), "pruned": pruned,
+                  "fitting": len(rows), "estimated": len(rows), "pruned": size.pruned,
                   "confirmed": len(done)}
     if not ranked:
         raise ScenarioError(*_binding(request, size.feasible, rows, device.memory_bytes,
@@ -346,16 +358,36 @@ def _bound_key(request: PlanRequest, step_s: float, steps: float, gpus: int,
     return (gpus * energy_lower_bound_J(power, step_s, compute_s) * steps / 3.6e6, seconds)
 
 
+def _layout_beaten(estimator: Estimator, request: PlanRequest, batch: int, steps: float,
+                   device: hardware.DeviceProfile, power: Callable[[int], PowerModel],
+                   kept: _Best, fastest: dict[int, float], gpus: int,
+                   plans: list[Plan]) -> bool:
+    """Whether no plan of a layout (``plans``: its first that fits, at each protocol) can
+    reach the kept plans or its count's fastest: m micro-batches of its slowest stage with
+    their communication, the bubble and the transfers, at its fastest protocol
+    (``combine``'s tail is never negative, and no other dimension left changes them)."""
+    parts = [estimator.micro_part(plan) for plan in plans]
+    m = plans[0].microbatches_for(batch)
+    step = MARGIN * min(m * part.micro + part.bubble + part.p2p for part in parts)
+    key = _bound_key(request, step, steps, gpus, device, power(plans[0].microbatch),
+                     m * parts[0].compute)
+    return key > kept.worst() and key[1] > fastest[gpus]
+
+
 def _fits(estimator: Estimator, batch: int, capacity: float, plan: Plan) -> bool:
     return estimator.memory_bytes(plan, batch) <= capacity
 
 
 def _block_plans(space: PlanSpace, block: Block, size: SpaceCount,
-                 fits: Callable[[Plan], bool]) -> Iterator[tuple[tuple[int, ...], Plan]]:
+                 fits: Callable[[Plan], bool],
+                 beaten: Callable[[list[Plan]], bool] | None = None
+                 ) -> Iterator[tuple[tuple[int, ...], Plan]]:
     """The feasible plans of ``block`` that ``fits`` (memory) with their place in the
     enumeration order (the layout's index, then each free dimension's value index); counts
     the feasible ones. ``fits`` reads no protocol, the innermost dimension, so it is asked
-    once for the protocols of each choice of the others (most plans do not fit)."""
+    once for the protocols of each choice of the others (most plans do not fit). At a
+    layout's first plan that fits, ``beaten`` (its plans at each protocol) may skip the
+    layout's remaining plans, counted as pruned."""
     names = [d.name for d in space.free]
     assert names[-1] == "protocol"
     chosen = dict(block.choice)
@@ -365,16 +397,24 @@ def _block_plans(space: PlanSpace, block: Block, size: SpaceCount,
         layout, free, _ = space.layouts()[index]
         *options, protocols = [[(free[i].index(chosen[n]), chosen[n])] if n in chosen
                                else list(enumerate(free[i])) for i, n in enumerate(names)]
-        for values in itertools.product(*options):
-            size.feasible += len(protocols)
+        checked = False
+        for seen, values in enumerate(itertools.product(*options)):
             named = {n: v for n, (_, v) in zip(names, values)}
             order = tuple(k for k, _ in values)
-            plans = (space.plan(layout, {**named, "protocol": protocol})
-                     for _, protocol in protocols)
-            first = next(plans)
-            if fits(first):
-                for (k, _), plan in zip(protocols, itertools.chain((first,), plans)):
-                    yield (index, *order, k), plan
+            first = space.plan(layout, {**named, "protocol": protocols[0][1]})
+            if not fits(first):
+                size.feasible += len(protocols)
+                continue
+            plans = [first, *(space.plan(layout, {**named, "protocol": protocol})
+                              for _, protocol in protocols[1:])]
+            if beaten is not None and not checked:
+                checked = True
+                if beaten(plans):
+                    size.pruned += (math.prod(map(len, options)) - seen) * len(protocols)
+                    break
+            size.feasible += len(protocols)
+            for (k, _), plan in zip(protocols, plans):
+                yield (index, *order, k), plan
 
 
 CURVES = 3  # the best layouts whose step time, steps and time to target the report draws

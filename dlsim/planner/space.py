@@ -272,10 +272,11 @@ DIMENSIONS: tuple[Dimension, ...] = (
 @dataclass
 class SpaceCount:
     """How much of the space a search went through: every plan ``enumerated``, those the
-    engine's rules accept (``feasible``)."""
+    engine's rules accept (``feasible``) and those the bounds skipped unchecked (``pruned``)."""
 
     enumerated: int = 0
     feasible: int = 0
+    pruned: int = 0
 
 
 class PlanSpace:
