@@ -13,7 +13,9 @@ placement, offload and protocol of a layout at one recomputation and sequence-pa
 choice (a *block* of plans). Energy is bounded the same way: idle power over the step plus
 dynamic power over the m micro-batches' compute (``dlsim.results.power``: the estimate's
 compute part is at least m·C). ``dlsim.planner.search`` estimates blocks in the order of
-their bounds and skips a block once its bound is worse than the plans it would have to beat.
+their bounds and skips a block once its bound is worse than the plans it would have to beat;
+within a block it skips a layout whose micro-batches, priced with their communication, are
+already worse (``search._layout_beaten``).
 """
 
 from __future__ import annotations
