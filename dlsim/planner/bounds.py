@@ -14,8 +14,9 @@ choice (a *block* of plans). Energy is bounded the same way: idle power over the
 dynamic power over the m micro-batches' compute (``dlsim.results.power``: the estimate's
 compute part is at least m·C). ``dlsim.planner.search`` estimates blocks in the order of
 their bounds and skips a block once its bound is worse than the plans it would have to beat;
-within a block it skips a layout whose micro-batches, priced with their communication, are
-already worse (``search._layout_beaten``).
+at a block's first plan that fits it skips the block if its micro-batches, priced with their
+communication at each collective's fastest protocol and without ZeRO-3's gathers, are
+already worse, and within a block a layout whose micro-batches are (``search._beaten``).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ experts' shard (``dlsim.parallel.builder``).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -203,6 +204,35 @@ class Fabric:
                                                     self.topology, self.protocol,
                                                     timed=False).phases
         return self._group_memo[key]
+
+
+class FastestProtocol:
+    """The fabric with each collective at the least time any of ``protocols`` gives it:
+    ``micro_part`` priced on it bounds that of every one of them from below, since a micro
+    part never shrinks when one of its collectives takes longer (the planner's bounds).
+    ``rounded`` prices each collective at its size rounded down to a power of two: no
+    lowering's structure depends on the size (its bytes scale with it), so a collective
+    never gets faster as it grows, and the rounded sizes bound a whole range of plans from
+    below with a few dozen sizes priced per group instead of one per plan."""
+
+    def __init__(self, fabric: Fabric, protocols: tuple[str, ...],
+                 rounded: bool = False) -> None:
+        self._fabrics = [fabric.for_protocol(p) for p in protocols]
+        self._rounded = rounded
+        self._memo: dict[tuple, float] = {}
+
+    def for_protocol(self, protocol: str) -> FastestProtocol:
+        return self
+
+    def time_s(self, op: str, algorithm: str, size_bytes: float,
+               groups: tuple[tuple[int, ...], ...], ranks: int, policy: str) -> float:
+        if self._rounded and size_bytes > 0:
+            size_bytes = 2.0 ** math.floor(math.log2(size_bytes))
+        key = (op, algorithm, size_bytes, groups, ranks, policy)
+        if key not in self._memo:
+            self._memo[key] = min(f.time_s(op, algorithm, size_bytes, groups, ranks, policy)
+                                  for f in self._fabrics)
+        return self._memo[key]
 
 
 class CostTable:
@@ -562,7 +592,7 @@ def groups_of(grid: Grid) -> Groups:
         else ())
 
 
-def micro_part(plan: Plan, table: CostTable, fabric: Fabric) -> MicroPart:
+def micro_part(plan: Plan, table: CostTable, fabric: Fabric | FastestProtocol) -> MicroPart:
     """The parts of ``plan``'s step that depend on (t, c, p, v, b, e, et, recompute,
     sequence parallelism, placement, protocol, and whether ZeRO-3 gathers layer by layer,
     in which shard groups)."""

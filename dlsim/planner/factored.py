@@ -30,6 +30,7 @@ from dlsim.planner.estimate import (
     CostTable,
     Estimate,
     Fabric,
+    FastestProtocol,
     MicroPart,
     SyncPart,
     combine,
@@ -51,17 +52,28 @@ class Estimator:
         self._state: dict[tuple, list[tuple[float, float]]] = {}
         self._activations: dict[tuple, list[float]] = {}
         self._verdicts: dict[tuple, float] = {}
+        self._floors: dict[tuple, MicroPart] = {}
+        self._fastest: dict[tuple[tuple[str, ...], bool], FastestProtocol] = {}
 
     def micro_part(self, plan: Plan) -> MicroPart:
-        t = plan.tensor
-        sp = plan.sequence_parallel and t > 1
-        gathers = layered(plan)
-        key = (t, plan.pipeline, plan.data, plan.virtual_stages, plan.microbatch,
-               plan.recompute, sp, plan.placement, plan.protocol, gathers, plan.context,
-               plan.expert, plan.expert_tensor, plan.shard_group if gathers else None)
+        key = (*_micro_key(plan), plan.protocol)
         if key not in self._micro:
             self._micro[key] = micro_part(plan, self.table(plan.microbatch), self.fabric)
         return self._micro[key]
+
+    def micro_floor(self, plan: Plan, protocols: tuple[str, ...],
+                    rounded: bool = False) -> MicroPart:
+        """``plan``'s micro part with each collective at its fastest of ``protocols``
+        (``rounded``: and at its size rounded down to a power of two): no field of it
+        exceeds that of ``micro_part`` at any of them (the planner's bounds)."""
+        key = (*_micro_key(plan), protocols, rounded)
+        if key not in self._floors:
+            if (protocols, rounded) not in self._fastest:
+                self._fastest[protocols, rounded] = FastestProtocol(self.fabric, protocols,
+                                                                    rounded)
+            self._floors[key] = micro_part(plan, self.table(plan.microbatch),
+                                           self._fastest[protocols, rounded])
+        return self._floors[key]
 
     def sync_part(self, plan: Plan, params: tuple[float, ...],
                   expert_params: tuple[float, ...] = ()) -> SyncPart:
@@ -127,3 +139,12 @@ class Estimator:
                                            one.gathered))
         return [(kept, activations, gathered) for (kept, gathered), activations
                 in zip(self._state[state], self._activations[held])]
+
+
+def _micro_key(plan: Plan) -> tuple:
+    """What ``micro_part`` reads of a plan but its protocol."""
+    gathers = layered(plan)
+    return (plan.tensor, plan.pipeline, plan.data, plan.virtual_stages, plan.microbatch,
+            plan.recompute, plan.sequence_parallel and plan.tensor > 1, plan.placement,
+            gathers, plan.context, plan.expert, plan.expert_tensor,
+            plan.shard_group if gathers else None)

@@ -18,7 +18,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -208,7 +208,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                 if bounded and block.key > kept.worst() and block.key[1] > fastest[gpus]:
                     size.pruned += block.plans
                     continue
-                beaten = partial(_layout_beaten, estimator, request, batch, steps, device,
+                beaten = partial(_beaten, estimator, request, batch, steps, device,
                                  power, kept, fastest, gpus) if bounded else None
                 for order, p in _block_plans(space, block, size, partial(
                         _fits, estimator, batch, device.memory_bytes), beaten):
@@ -358,20 +358,26 @@ def _bound_key(request: PlanRequest, step_s: float, steps: float, gpus: int,
     return (gpus * energy_lower_bound_J(power, step_s, compute_s) * steps / 3.6e6, seconds)
 
 
-def _layout_beaten(estimator: Estimator, request: PlanRequest, batch: int, steps: float,
-                   device: hardware.DeviceProfile, power: Callable[[int], PowerModel],
-                   kept: _Best, fastest: dict[int, float], gpus: int,
-                   plans: list[Plan]) -> bool:
-    """Whether no plan of a layout (``plans``: its first that fits, at each protocol) can
-    reach the kept plans or its count's fastest: m micro-batches of its slowest stage with
-    their communication, the bubble and the transfers, at its fastest protocol
-    (``combine``'s tail is never negative, and no other dimension left changes them)."""
-    parts = [estimator.micro_part(plan) for plan in plans]
+def _beaten(estimator: Estimator, request: PlanRequest, batch: int, steps: float,
+            device: hardware.DeviceProfile, power: Callable[[int], PowerModel], kept: _Best,
+            fastest: dict[int, float], gpus: int, plans: list[Plan],
+            rounded: bool = False) -> bool:
+    """Whether no plan like ``plans`` (each a micro part's dimensions, the protocols and
+    placements a layout or a block runs at) can reach the kept plans or its count's fastest:
+    m micro-batches of the slowest stage with their communication at its fastest protocol,
+    the bubble and the transfers (``combine``'s tail is never negative, and no dimension
+    left changes them). ``rounded``: each collective's size rounded down to a power of two
+    (``Estimator.micro_floor``), a looser bound with far fewer collectives to price."""
+    protocols = tuple(dict.fromkeys(plan.protocol for plan in plans))
     m = plans[0].microbatches_for(batch)
-    step = MARGIN * min(m * part.micro + part.bubble + part.p2p for part in parts)
-    key = _bound_key(request, step, steps, gpus, device, power(plans[0].microbatch),
-                     m * parts[0].compute)
-    return key > kept.worst() and key[1] > fastest[gpus]
+    for plan in dict.fromkeys(replace(plan, protocol=protocols[0]) for plan in plans):
+        part = estimator.micro_floor(plan, protocols, rounded)
+        step = MARGIN * (m * part.micro + part.bubble + part.p2p)
+        key = _bound_key(request, step, steps, gpus, device, power(plan.microbatch),
+                         m * part.compute)
+        if key <= kept.worst() or key[1] <= fastest[gpus]:
+            return False
+    return True
 
 
 def _fits(estimator: Estimator, batch: int, capacity: float, plan: Plan) -> bool:
@@ -380,25 +386,33 @@ def _fits(estimator: Estimator, batch: int, capacity: float, plan: Plan) -> bool
 
 def _block_plans(space: PlanSpace, block: Block, size: SpaceCount,
                  fits: Callable[[Plan], bool],
-                 beaten: Callable[[list[Plan]], bool] | None = None
+                 beaten: Callable[..., bool] | None = None
                  ) -> Iterator[tuple[tuple[int, ...], Plan]]:
     """The feasible plans of ``block`` that ``fits`` (memory) with their place in the
     enumeration order (the layout's index, then each free dimension's value index); counts
     the feasible ones. ``fits`` reads no protocol, the innermost dimension, so it is asked
-    once for the protocols of each choice of the others (most plans do not fit). At a
-    layout's first plan that fits, ``beaten`` (its plans at each protocol) may skip the
-    layout's remaining plans, counted as pruned."""
+    once for the protocols of each choice of the others (most plans do not fit). At the
+    block's first plan that fits, ``beaten`` (its micro parts at every placement and
+    protocol of the block, without ZeRO-3's gathers, which only add) may skip the whole
+    block; at each layout's first, ``beaten`` (its plans at each protocol) may skip the
+    layout's remaining plans; both counted as pruned."""
     names = [d.name for d in space.free]
     assert names[-1] == "protocol"
     chosen = dict(block.choice)
-    for index in block.indices:
+
+    def options(index: int) -> list[list[tuple[int, Any]]]:
+        free = space.layouts()[index][1]
+        return [[(free[i].index(chosen[n]), chosen[n])] if n in chosen
+                else list(enumerate(free[i])) for i, n in enumerate(names)]
+
+    block_checked = beaten is None
+    for at, index in enumerate(block.indices):
         if not space.layout_runs(index):
             continue
-        layout, free, _ = space.layouts()[index]
-        *options, protocols = [[(free[i].index(chosen[n]), chosen[n])] if n in chosen
-                               else list(enumerate(free[i])) for i, n in enumerate(names)]
+        layout = space.layouts()[index][0]
+        *others, protocols = options(index)
         checked = False
-        for seen, values in enumerate(itertools.product(*options)):
+        for seen, values in enumerate(itertools.product(*others)):
             named = {n: v for n, (_, v) in zip(names, values)}
             order = tuple(k for k, _ in values)
             first = space.plan(layout, {**named, "protocol": protocols[0][1]})
@@ -407,14 +421,34 @@ def _block_plans(space: PlanSpace, block: Block, size: SpaceCount,
                 continue
             plans = [first, *(space.plan(layout, {**named, "protocol": protocol})
                               for _, protocol in protocols[1:])]
+            left = (math.prod(map(len, others)) - seen) * len(protocols)
+            if not block_checked:
+                assert beaten is not None
+                block_checked = True
+                floor = _block_floor(space, block, options, first)
+                if beaten(floor, rounded=True) or beaten(floor):
+                    size.pruned += left + sum(math.prod(map(len, options(i)))
+                                              for i in block.indices[at + 1:])
+                    return
             if beaten is not None and not checked:
                 checked = True
                 if beaten(plans):
-                    size.pruned += (math.prod(map(len, options)) - seen) * len(protocols)
+                    size.pruned += left
                     break
             size.feasible += len(protocols)
             for (k, _), plan in zip(protocols, plans):
                 yield (index, *order, k), plan
+
+
+def _block_floor(space: PlanSpace, block: Block,
+                 options: Callable[[int], list[list[tuple[int, Any]]]],
+                 plan: Plan) -> list[Plan]:
+    """``plan`` at every placement and protocol of ``block``'s layouts, without ZeRO-3's
+    layer-by-layer gathers: every micro part of the block is at least one of theirs."""
+    placements = {space.layouts()[i][0]["placement"] for i in block.indices}
+    protocols = dict.fromkeys(p for i in block.indices for _, p in options(i)[-1])
+    return [replace(plan, placement=where, protocol=protocol, zero_stage=0, shard_group=None)
+            for where in sorted(placements) for protocol in protocols]
 
 
 CURVES = 3  # the best layouts whose step time, steps and time to target the report draws

@@ -3,11 +3,19 @@ the ranking: a bounded search returns what the exhaustive one does."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
+from dlsim.cluster.build import build_topology
+from dlsim.contract.scenario import ClusterSpec
 from dlsim.planner import PlanRequest, run_plan
 from dlsim.planner import search as S
 from dlsim.planner.bounds import step_lower_bound
+from dlsim.planner.estimate import Fabric
+from dlsim.planner.factored import Estimator
+from dlsim.planner.space import PLAN_PROTOCOLS, PlanSpace, Target
 
 CASES = [
     # (request keywords, what it exercises)
@@ -113,7 +121,65 @@ def test_bounded_search_confirms_as_the_exhaustive_one() -> None:
     assert _without_order(bounded) == _without_order(exhaustive)
     assert bounded.space["estimated"] < exhaustive.space["estimated"] / 10
     estimates = sorted(r["estimated_step_time_s"] for r in exhaustive.candidates)
-    depth = (3 + S.EXTRA_CONFIRMATIONS) * len(S.PLAN_PROTOCOLS)
+    depth = (3 + S.EXTRA_CONFIRMATIONS) * len(PLAN_PROTOCOLS)
     for row in exhaustive.candidates:
         if row["step_time_source"] == "simulated":
             assert estimates.index(row["estimated_step_time_s"]) < depth, row
+
+
+MIXTRAL_LIKE = {"architectures": ["MixtralForCausalLM"], "num_hidden_layers": 4,
+                "hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 4,
+                "intermediate_size": 2816, "num_local_experts": 8, "num_experts_per_tok": 2,
+                "max_position_embeddings": 8192, "vocab_size": 32000}
+
+
+def _step(part, m: int) -> float:
+    return m * part.micro + part.bubble + part.p2p
+
+
+def test_floors_never_exceed_a_protocols_micro_part(tmp_path) -> None:
+    """The micro part at each collective's fastest protocol, exact or at sizes rounded down
+    to a power of two, and without ZeRO-3's gathers (the block's floor), is at most the
+    micro part of the plan at every protocol: fields and the step they make. Every plan of
+    an MoE model with context, expert, tensor and pipeline parallelism and FSDP on 16 H100s
+    that the engine runs at micro-batch 1 with ring all-reduce (over 2,000); the rounded floor
+    is strictly below every protocol's for over 100 of them (a floor, not a copy)."""
+    config = tmp_path / "moe.json"
+    config.write_text(json.dumps(MIXTRAL_LIKE))
+    shape = S.model_shape(str(config))
+    topology = build_topology(ClusterSpec(preset="dgx-h100", nodes=2))
+    target = Target.on(topology, "bf16")
+    device = topology.device
+    spec = S.model_spec(str(config))
+    tables: dict[int, S.CostTable] = {}
+
+    def table(mb: int) -> S.CostTable:
+        if mb not in tables:
+            kernel = S.attention_kernel(spec, device, "bf16")
+            tables[mb] = S.CostTable(S.build_model(spec, mb, 2, kernel), device, "bf16",
+                                     mb * shape.seq_len, shape.hidden, shape, mb)
+        return tables[mb]
+
+    estimator = Estimator(table, "adam", Fabric(topology))
+    space = PlanSpace(shape, 16, target, only={"offload": ("none",), "microbatch": (1,),
+                                                "algorithm": ("ring",)})
+    protocols = PLAN_PROTOCOLS
+    checked = lower = 0
+    for plan in space:
+        if plan.protocol != "auto":
+            continue
+        m = plan.microbatches_for(16)
+        parts = [estimator.micro_part(replace(plan, protocol=p)) for p in protocols]
+        block = replace(plan, zero_stage=0, shard_group=None)
+        for floor in (estimator.micro_floor(plan, protocols),
+                      estimator.micro_floor(plan, protocols, rounded=True),
+                      estimator.micro_floor(block, protocols),
+                      estimator.micro_floor(block, protocols, rounded=True)):
+            for part in parts:
+                assert floor.micro <= part.micro and floor.bubble <= part.bubble
+                assert floor.p2p <= part.p2p and floor.compute == part.compute
+                assert _step(floor, m) <= _step(part, m)
+        rounded = estimator.micro_floor(plan, protocols, rounded=True)
+        lower += _step(rounded, m) < min(_step(part, m) for part in parts)
+        checked += 1
+    assert checked > 2000 and lower > 100
