@@ -47,13 +47,53 @@ def batch_cost(topology: Topology, capacity_Bps: np.ndarray, src: np.ndarray,
     bytes per payload byte) on links of ``capacity_Bps``. Priced over the links the flows
     cross only: the tuner prices every instance of a collective, and a topology of 16,384
     GPUs has far more links than one instance uses."""
+    routed = _routed(topology, capacity_Bps, src, dst, size_bytes, rounds, latency_rounds,
+                     latency_s, wire_factor)
+    if routed is None:
+        none = np.zeros(0)
+        return BatchCost(0.0, 0.0, 0, np.zeros(0, dtype=np.intp), none, none)
+    payload, latency, size, crossed, load, first, narrowest = routed
+    used = load > 0
+    by_link = first[used] + load[used] / capacity_Bps[crossed[used]]
+    time_s = float(max(by_link.max(), (latency + size / narrowest).max()))
+    return BatchCost(time_s, float(payload.sum()), len(payload), crossed, load, first)
+
+
+def batch_lines(topology: Topology, src: np.ndarray, dst: np.ndarray,
+                size_bytes: float | np.ndarray, rounds: int = 1,
+                latency_rounds: int | np.ndarray | None = None,
+                latency_s: float | np.ndarray | None = None,
+                wire_factor: float | np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``batch_cost``'s time with every size scaled by x, as lines: max(a + b·x) (each
+    link's first start and its bytes over its bandwidth, each flow's latency and its bytes
+    over its narrowest link, at x = 1), on the topology's own capacities. Nothing but the
+    bytes depends on x, so one routing prices every multiple of a batch."""
+    capacity_Bps = topology.capacity_Bps
+    routed = _routed(topology, capacity_Bps, src, dst, size_bytes, rounds, latency_rounds,
+                     latency_s, wire_factor)
+    if routed is None:
+        return np.zeros(1), np.zeros(1)
+    _, latency, size, crossed, load, first, narrowest = routed
+    used = load > 0
+    return (np.concatenate([first[used], latency]),
+            np.concatenate([load[used] / capacity_Bps[crossed[used]],
+                            size / narrowest]))
+
+
+def _routed(topology: Topology, capacity_Bps: np.ndarray, src: np.ndarray, dst: np.ndarray,
+            size_bytes: float | np.ndarray, rounds: int,
+            latency_rounds: int | np.ndarray | None, latency_s: float | np.ndarray | None,
+            wire_factor: float | np.ndarray | None) -> tuple[np.ndarray, ...] | None:
+    """Of the flows that carry bytes between devices: payloads, latencies and wire bytes,
+    the links they cross with each one's wire bytes and first start, and each flow's
+    narrowest capacity in ``capacity_Bps`` (None: no such flow)."""
     src, dst = np.asarray(src), np.asarray(dst)
     payload = np.broadcast_to(np.asarray(size_bytes, dtype=float), src.shape) * rounds
     size = payload if wire_factor is None else payload * wire_factor
     keep = (src != dst) & (payload > 0)
     if not keep.any():
-        none = np.zeros(0)
-        return BatchCost(0.0, 0.0, 0, np.zeros(0, dtype=np.intp), none, none)
+        return None
     links, starts, lengths = topology.flow_routes(src[keep], dst[keep])
     if latency_s is None:
         steps = rounds if latency_rounds is None else latency_rounds
@@ -66,11 +106,8 @@ def batch_cost(topology: Topology, capacity_Bps: np.ndarray, src: np.ndarray,
     load = np.bincount(local, weights=np.repeat(size, lengths), minlength=len(crossed))
     first = np.full(len(crossed), np.inf)
     np.minimum.at(first, local, np.repeat(latency, lengths))
-    used = load > 0
-    by_link = first[used] + load[used] / capacity_Bps[crossed[used]]
     narrowest = np.minimum.reduceat(capacity_Bps[links], starts)
-    time_s = float(max(by_link.max(), (latency + size / narrowest).max()))
-    return BatchCost(time_s, float(payload[keep].sum()), int(keep.sum()), crossed, load, first)
+    return payload[keep], latency, size, crossed, load, first, narrowest
 
 
 class AnalyticalNetwork(LinkRecords):

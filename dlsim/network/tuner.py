@@ -16,6 +16,7 @@ time wins; ties go to the earlier candidate).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from dlsim.hardware.topology import Topology
 from dlsim.network import protocol as proto
 from dlsim.network.algorithms import Phase, algorithms_for, lower, needs_peers
 from dlsim.network.algorithms import algorithms as registered_algorithms
-from dlsim.network.analytical import batch_cost
+from dlsim.network.analytical import batch_cost, batch_lines
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class CollectivePlan:
     protocol: str
     time_s: float
     phases: list[Phase]
+
+
+def phase_lines(phase: Phase, topology: Topology) -> tuple[np.ndarray, np.ndarray]:
+    """``phase_time_s`` of the phase with its sizes scaled by x: max(a + b·x) (``batch_lines``):
+    a lowering's structure never depends on the collective's size, only its bytes do."""
+    return batch_lines(topology, phase.src, phase.dst, phase.size_bytes, phase.rounds,
+                       phase.latency_rounds, phase.latency_s, phase.wire_factor)
 
 
 def phase_time_s(phase: Phase, topology: Topology) -> float:
@@ -82,19 +90,37 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
     LL, LL128 and Simple) with their lowered phases and estimated time. ``nodes`` defaults
     to each device's node in the topology. With ``timed`` False a plan that has nothing to
     choose from is not estimated (time_s is NaN)."""
-    devices = np.asarray(devices)
-    if nodes is None:
-        nodes = devices // topology.devices_per_node
-    n_nodes = len(np.unique(nodes))
     algorithms = candidates(op, algorithm, protocol)
     protocols = list(proto.PROTOCOLS) if protocol == "nccl" else [protocol]
     choose = len(algorithms) * len(protocols) > 1
     best: CollectivePlan | None = None
+    for alg, p, run in choices(op, algorithms, protocols, devices, size_bytes, topology,
+                               servers, nodes, hosts):
+        t = (sum(phase_time_s(ph, topology) for ph in run) if choose or timed
+             else float("nan"))
+        if best is None or t < best.time_s:
+            best = CollectivePlan(alg, p, t, run)
+    assert best is not None  # every op has an algorithm that lowers any group
+    return best
+
+
+def choices(op: str, algorithms: list[str], protocols: list[str], devices: np.ndarray,
+            size_bytes: float, topology: Topology, servers: int = 1,
+            nodes: np.ndarray | None = None, hosts: np.ndarray | None = None
+            ) -> Iterator[tuple[str, str, list[Phase]]]:
+    """Each (algorithm, protocol, its phases as the protocol runs them) the tuner chooses
+    among, in precedence order: those that lower the group, run on the hardware and that
+    NCCL enables. With nothing to choose from, the one asked for or a clear error."""
+    devices = np.asarray(devices)
+    if nodes is None:
+        nodes = devices // topology.devices_per_node
+    n_nodes = len(np.unique(nodes))
+    choose = len(algorithms) * len(protocols) > 1
     for alg in algorithms:
         try:
             peers = topology.device_peers(devices) if needs_peers(alg) else None
             phases = lower(op, alg, devices, size_bytes, servers, nodes, hosts, peers,
-                           nccl=protocol != "ideal", topology=topology)
+                           nccl=protocols != ["ideal"], topology=topology)
         except ScenarioError:
             if len(algorithms) == 1:
                 raise
@@ -116,10 +142,5 @@ def plan_collective(op: str, algorithm: str, devices: np.ndarray, size_bytes: fl
                                     f"{p}; use protocol: Simple or auto.", field="protocol")
             if choose and not proto.enabled(p, topology, phases, links):
                 continue
-            run = proto.apply(phases, topology, p, alg, n_nodes, op, links)
-            t = (sum(phase_time_s(ph, topology) for ph in run) if choose or timed
-                 else float("nan"))
-            if best is None or t < best.time_s:
-                best = CollectivePlan(alg, p, t, run)
-    assert best is not None  # every op has an algorithm that lowers any group
-    return best
+            yield alg, p, proto.apply(phases, topology, p, alg, n_nodes, op, links)
+

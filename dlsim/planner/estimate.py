@@ -74,9 +74,9 @@ from dlsim.cluster.build import placement
 from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
 from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import Phase, merge_phases
-from dlsim.network.protocol import resolve_mode
+from dlsim.network.protocol import PROTOCOLS, resolve_mode
 from dlsim.network.translates import classes, move_phase, moved_routes, split
-from dlsim.network.tuner import candidates, phase_time_s, plan_collective
+from dlsim.network.tuner import candidates, choices, phase_lines, phase_time_s, plan_collective
 from dlsim.parallel.context import context_shard, head_split_bytes, kv_bytes
 from dlsim.parallel.data_parallel import optimizer_steps
 from dlsim.parallel.expert import ExpertLayout, reprice_experts
@@ -107,6 +107,9 @@ from dlsim.workload.shapes import TransformerShape
 BUCKET_BYTES = 25 * 1024 * 1024  # PyTorch DDP's default bucket_cap_mb
 
 
+Lines = tuple[np.ndarray, np.ndarray]  # a phase's time at sizes scaled by x: max(a + b·x)
+
+
 class Fabric:
     """Collective times on the cluster's built topology, in closed form and memoised.
 
@@ -115,7 +118,11 @@ class Fabric:
     at once (every tensor group of a stage, every tensor rank's data-parallel group) are
     priced together, so they share the links they share in the engine, and each phase
     costs its busiest link's bytes over that link's bandwidth plus its latency
-    (``phase_time_s``)."""
+    (``phase_time_s``). A lowering's structure does not depend on the collective's size,
+    only its bytes do, so each group set is lowered and routed once, at one byte, and priced
+    at any size from its phases' lines (``phase_lines``); under ``nccl`` (each group's
+    fastest protocol) a size whose groups all choose one protocol costs that protocol's
+    figure, any other is lowered at its size."""
 
     def __init__(self, topology: Topology, protocol: str = "auto",
                  siblings: dict[str, Fabric] | None = None) -> None:
@@ -126,6 +133,8 @@ class Fabric:
         self._group_memo: dict[tuple, list[Phase]] = {}
         self._classes: dict[tuple, tuple[np.ndarray, ...]] = {}
         self._moves: dict[tuple, tuple[np.ndarray, bool]] = {}
+        self._lines: dict[tuple, tuple[list[Lines], list[np.ndarray]]] = {}
+        self._solo: dict[tuple, list[tuple[str, list[Lines]]]] = {}
         self.symmetric = True  # False lowers every group (the tests' reference)
         self._siblings = {protocol: self} if siblings is None else siblings
 
@@ -134,7 +143,7 @@ class Fabric:
         if protocol not in self._siblings:
             sibling = Fabric(self.topology, protocol, self._siblings)
             sibling._placement, sibling._classes = self._placement, self._classes
-            sibling._moves = self._moves
+            sibling._moves, sibling._solo = self._moves, self._solo
             sibling.symmetric = self.symmetric
             self._siblings[protocol] = sibling
         return self._siblings[protocol]
@@ -152,21 +161,63 @@ class Fabric:
             return 0.0
         key = (op, algorithm, size_bytes, groups, ranks, policy)
         if key not in self._memo:
-            self._memo[key] = sum(
-                phase_time_s(phase, self.topology)
-                for phase in self._merged(op, algorithm, size_bytes, groups, ranks, policy))
+            self._memo[key] = self._priced(op, algorithm, size_bytes, groups, ranks, policy)
         return self._memo[key]
 
+    def _priced(self, op: str, algorithm: str, size_bytes: float,
+                groups: tuple[tuple[int, ...], ...], ranks: int, policy: str) -> float:
+        if len(candidates(op, algorithm, self.protocol)) > 1:  # auto: chosen by size
+            return sum(phase_time_s(phase, self.topology) for phase in
+                       self._merged(op, algorithm, size_bytes, groups, ranks, policy)[0])
+        if self.protocol == "nccl":
+            simple = self.for_protocol("Simple")
+            _, firsts = simple._lined(op, algorithm, groups, ranks, policy)
+            chosen = {self._choice(op, algorithm, devices, size_bytes) for devices in firsts}
+            if len(chosen) == 1:
+                return self.for_protocol(chosen.pop()).time_s(op, algorithm, size_bytes,
+                                                              groups, ranks, policy)
+            return sum(phase_time_s(phase, self.topology) for phase in
+                       self._merged(op, algorithm, size_bytes, groups, ranks, policy)[0])
+        lines, _ = self._lined(op, algorithm, groups, ranks, policy)
+        return sum(float((a + b * size_bytes).max()) for a, b in lines)
+
+    def _lined(self, op: str, algorithm: str, groups: tuple[tuple[int, ...], ...],
+               ranks: int, policy: str) -> tuple[list[Lines], list[np.ndarray]]:
+        """The merged phases' lines of the collective at one byte, and the groups whose
+        lowering built them (each class's first)."""
+        key = (op, algorithm, groups, ranks, policy)
+        if key not in self._lines:
+            phases, firsts = self._merged(op, algorithm, 1.0, groups, ranks, policy)
+            self._lines[key] = ([phase_lines(ph, self.topology) for ph in phases], firsts)
+        return self._lines[key]
+
+    def _choice(self, op: str, algorithm: str, devices: np.ndarray, size_bytes: float) -> str:
+        """The protocol NCCL's tuner picks for one group alone (``plan_collective``)."""
+        key = (op, algorithm, devices.tobytes())
+        if key not in self._solo:
+            self._solo[key] = [(p, [phase_lines(ph, self.topology) for ph in run])
+                               for _, p, run in choices(op, [algorithm], list(PROTOCOLS),
+                                                        devices, 1.0, self.topology)]
+        best, best_s = "", math.inf
+        for p, lines in self._solo[key]:
+            t = sum(float((a + b * size_bytes).max()) for a, b in lines)
+            if t < best_s:
+                best, best_s = p, t
+        return best
+
     def _merged(self, op: str, algorithm: str, size_bytes: float,
-                groups: tuple[tuple[int, ...], ...], ranks: int, policy: str) -> list[Phase]:
-        """Each phase of every group's lowering merged: one lowering per class of translates
-        that route alike (``dlsim.network.translates``), and only the classes' first
-        groups' phases where no two groups share a link (the same figure)."""
+                groups: tuple[tuple[int, ...], ...], ranks: int, policy: str
+                ) -> tuple[list[Phase], list[np.ndarray]]:
+        """Each phase of every group's lowering merged, and the groups lowered: one lowering
+        per class of translates that route alike (``dlsim.network.translates``), and only
+        the classes' first groups' phases where no two groups share a link (the same
+        figure)."""
         where = self.devices(ranks, policy)
         if (not self.symmetric or len(groups) < 2 or len({len(g) for g in groups}) > 1
                 or len(candidates(op, algorithm, self.protocol)) > 1
                 or self.topology.graph.graph.get("tori")):
-            return self._every(op, algorithm, size_bytes, [where[list(g)] for g in groups])
+            each = [where[list(g)] for g in groups]
+            return self._every(op, algorithm, size_bytes, each), each
         key = (groups, ranks, policy)
         if key not in self._classes:
             every = np.array([where[list(g)] for g in groups])
@@ -185,9 +236,10 @@ class Fabric:
             if alike.all():
                 break
             first, cls, offset = split(cls, alike, every[:, 0] - every[:, 0] % dpn)
+        firsts = [every[i] for i in first]
         if disjoint:
-            return [merge_phases(phases) for phases in zip(*plans)]
-        return [move_phase(phases, cls, offset) for phases in zip(*plans)]
+            return [merge_phases(phases) for phases in zip(*plans)], firsts
+        return [move_phase(phases, cls, offset) for phases in zip(*plans)], firsts
 
     def _every(self, op: str, algorithm: str, size_bytes: float,
                every: list[np.ndarray]) -> list[Phase]:
