@@ -1,13 +1,14 @@
 """Planner speed and breadth: the plan space and how fast the planner goes through it.
 
 Run: python benchmarks/bench_planner.py [--model gpt3-175b --cluster dgx-a100 --gpus 1024
-     --global-batch 1536] [--confirm 3] [--against /work/main]
+     --global-batch 1536] [--confirm 3] [--workers N] [--against /work/main]
 (the README's and docs/questions/18-planner-space.md's figures). It prints the space
 (plans enumerated, feasible by the engine's rules, fitting in memory, estimated, pruned),
-the estimate's wall and CPU time and plans per second, the engine confirmations, and the
-best plan. ``--against TREE`` runs the same request with TREE's dlsim first (another
-checkout, e.g. main before the wider space) in a subprocess and prints both side by side
-with the ratios. Llama-3.1 405B on 8,192 H100 (1,024 DGX H100):
+the estimate's wall and CPU time and plans per second, the engine confirmations (on one
+process per CPU, as ``dlsim plan`` runs them, unless ``--workers``), and the best plan;
+CPU time is this process's only. ``--against TREE`` runs the same request with TREE's
+dlsim first (another checkout, e.g. main before the wider space) in a subprocess and prints
+both side by side with the ratios. Llama-3.1 405B on 8,192 H100 (1,024 DGX H100):
 ``--model llama-3.1-405b --cluster dgx-h100 --gpus 8192 --global-batch 2048``; ``--model``
 also takes a Hugging Face config.json.
 """
@@ -24,12 +25,13 @@ from pathlib import Path
 
 
 def measure(model: str, cluster: str, gpus: int, global_batch: int, confirm: int,
-            max_plans: int) -> dict:
+            max_plans: int, workers: int | None = None) -> dict:
     from dlsim.planner import PlanRequest, run_plan
 
     fields = PlanRequest.__dataclass_fields__
     request = PlanRequest(model, cluster, (gpus,), global_batch, confirm=confirm,
-                          **({"max_plans": max_plans} if "max_plans" in fields else {}))
+                          **({"max_plans": max_plans} if "max_plans" in fields else {}),
+                          **({"workers": workers} if "workers" in fields else {}))
     wall, cpu = time.perf_counter(), time.process_time()
     result = run_plan(request)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -71,11 +73,13 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=1536)
     parser.add_argument("--confirm", type=int, default=3)
     parser.add_argument("--max-plans", type=int, default=10**9)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="confirmation processes (default: one per CPU, as dlsim plan)")
     parser.add_argument("--against", type=Path, help="another dlsim tree to compare with")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     request = (args.model, args.cluster, args.gpus, args.global_batch, args.confirm,
-               args.max_plans)
+               args.max_plans, args.workers)
     if args.json:
         print(json.dumps(measure(*request)))
         return

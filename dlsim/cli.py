@@ -461,6 +461,9 @@ def plan(model: Annotated[str, typer.Option(
          = "bf16",
          top: Annotated[int, typer.Option(help="Plans to show.")] = 10,
          confirm: Annotated[int, typer.Option(help="Best plans the engine simulates.")] = 3,
+         workers: Annotated[int | None, typer.Option(
+             help="Processes the engine's confirmations run on, started ahead "
+                  "[default: one per CPU].")] = None,
          max_plans: Annotated[int, typer.Option(
              help="Refuse a request that enumerates more plans than this.")] = 50_000_000,
          all_plans: Annotated[bool, typer.Option(
@@ -483,13 +486,15 @@ def plan(model: Annotated[str, typer.Option(
         _positive("--budget", budget, "a positive amount in USD")
         _at_least("--top", top, 1)
         _at_least("--confirm", confirm, 0)
+        _at_least("--workers", workers, 1)
         _at_least("--max-plans", max_plans, 1)
         request = PlanRequest(model, cluster, _gpu_counts(gpus), batches[0], precision,
                               tokens=tokens, objective=objective, max_days=max_days,
                               budget_usd=budget, top=top, confirm=confirm,
                               max_plans=max_plans, exhaustive=all_plans,
                               target_loss=target_loss,
-                              global_batches=batches if len(batches) > 1 else ())
+                              global_batches=batches if len(batches) > 1 else (),
+                              workers=workers)
         with Progress(console=err, transient=True, disable=as_json) as bar:
             result = run_plan(request, lambda items, label: bar.track(items, description=label))
         with _writing(out_dir):

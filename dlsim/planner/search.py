@@ -30,6 +30,7 @@ from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.hardware.topology import Topology
 from dlsim.planner.batches import around_critical
 from dlsim.planner.bounds import MARGIN, Block, energy_lower_bound_J, step_lower_bound
+from dlsim.planner.confirm import Ahead, pool_of, worker_count
 from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
 from dlsim.planner.models import model_name, model_section, model_shape, model_spec
@@ -44,7 +45,6 @@ from dlsim.planner.space import (
 from dlsim.planner.time_to_loss import LossTarget, batch_reason, to_target
 from dlsim.planner.time_to_loss import summary as loss_summary
 from dlsim.results.power import PowerModel, estimated_energy_J, power_model
-from dlsim.simulate import simulate
 from dlsim.workload.attention import attention_kernel
 from dlsim.workload.presets import build_model
 from dlsim.workload.shapes import TransformerShape
@@ -75,6 +75,7 @@ class PlanRequest:
     # global_batch·2^k around the critical batch (dlsim.planner.batches)
     target_loss: float | None = None
     global_batches: tuple[int, ...] = ()
+    workers: int | None = 1  # processes the confirmations run on (None: one per CPU)
 
 
 @dataclass
@@ -242,24 +243,30 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     estimated = time.perf_counter()
     feasible = sorted((r for r in rows if _meets(r, request)), key=rank)
 
+    def scenario(row: dict[str, Any]) -> dict[str, Any]:
+        return scenario_of(request, plan_of(row), dpn, row["global_batch"])
+
     def confirm(row: dict[str, Any]) -> None:
-        scenario = scenario_of(request, plan_of(row), dpn, row["global_batch"])
-        result = simulate(scenario)
-        row.update(step_time_s=result.step_time_s, step_time_source="simulated",
-                   breakdown_s=result.breakdown_s,
-                   memory_per_device_bytes=result.memory_per_device_bytes,
-                   fits_in_memory=result.fits_in_memory, scenario=scenario)
-        _objectives(row, result.step_time_s, steps_at(row["global_batch"]), row["gpus"],
-                    device, result.energy_per_step_J)
+        result = runs.result(row)
+        row.update(step_time_s=result["step_time_s"], step_time_source="simulated",
+                   breakdown_s=result["breakdown_s"],
+                   memory_per_device_bytes=result["memory_per_device_bytes"],
+                   fits_in_memory=result["fits_in_memory"], scenario=scenario(row))
+        _objectives(row, result["step_time_s"], steps_at(row["global_batch"]), row["gpus"],
+                    device, result["energy_per_step_J"])
 
     def confirming(rows: list[dict[str, Any]], label: str) -> None:
         for row in (progress(rows, label) if progress else rows):
             confirm(row)
 
     first = feasible[:request.confirm]
-    confirming(first, "simulating the best plans")
-    done = first + _confirm_beaten(feasible, first, request, rank, lambda row: (
-        confirming([row], "simulating a plan the estimate puts ahead of the simulated")))
+    likely = first + _extra_candidates(feasible, first)
+    workers = worker_count(request.workers, len(likely))
+    with pool_of(workers) as pool:
+        runs = Ahead(likely, scenario, pool, workers)
+        confirming(first, "simulating the best plans")
+        done = first + _confirm_beaten(feasible, first, request, rank, lambda row: (
+            confirming([row], "simulating a plan the estimate puts ahead of the simulated")))
     simulated = {id(r) for r in done}
     confirmed = sorted((r for r in done if r["fits_in_memory"] and _meets(r, request)),
                        key=lambda r: (*(_rounded(x) for x in rank(r)), _model_parallel(r)))
@@ -592,27 +599,37 @@ def _confirm_beaten(feasible: list[dict[str, Any]], confirmed: list[dict[str, An
                     confirm: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """Confirm the next plans by estimate while the best confirmed one, as the engine
     simulated it, is worse than the next plan's estimate (the estimate is the optimistic
-    one: the engine found what it leaves out), at most ``EXTRA_CONFIRMATIONS`` of them; the
-    plans confirmed so. A plan that differs from a confirmed one only in its NCCL protocol
-    is passed over: the engine prices the protocol as the estimate does, and the
-    confirmations go to layouts the engine has not seen."""
-    if not confirmed:
-        return []
-    seen = {_layout_key(r) for r in confirmed}  # a confirmed plan is its own twin
+    one: the engine found what it leaves out), at most ``EXTRA_CONFIRMATIONS`` of them
+    (``_extra_candidates``); the plans confirmed so."""
     extra: list[dict[str, Any]] = []
-    for row in feasible:
-        if len(extra) == EXTRA_CONFIRMATIONS:
-            break
-        if _layout_key(row) in seen:
-            continue
+    for row in _extra_candidates(feasible, confirmed):
         fitting = [rank(r) for r in (*confirmed, *extra)
                    if r["fits_in_memory"] and _meets(r, request)]
         if fitting and min(fitting) <= rank(row):
             break
         confirm(row)
         extra.append(row)
-        seen.add(_layout_key(row))
     return extra
+
+
+def _extra_candidates(feasible: list[dict[str, Any]], confirmed: list[dict[str, Any]]
+                      ) -> list[dict[str, Any]]:
+    """The plans ``_confirm_beaten`` may confirm after ``confirmed``, in its order (none
+    without any confirmed): the next by estimate, passing over a plan that differs from a
+    confirmed one or an earlier candidate only in its NCCL protocol (the engine prices the
+    protocol as the estimate does, and the confirmations go to layouts the engine has not
+    seen)."""
+    if not confirmed:
+        return []
+    seen = {_layout_key(r) for r in confirmed}  # a confirmed plan is its own twin
+    out: list[dict[str, Any]] = []
+    for row in feasible:
+        if len(out) == EXTRA_CONFIRMATIONS:
+            break
+        if _layout_key(row) not in seen:
+            out.append(row)
+            seen.add(_layout_key(row))
+    return out
 
 
 def _rounded(x: float) -> float:

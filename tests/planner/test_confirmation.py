@@ -9,6 +9,7 @@ extra confirmations run out.
 from __future__ import annotations
 
 from dlsim.planner import PlanRequest
+from dlsim.planner.confirm import Ahead, pool_of, worker_count
 from dlsim.planner.search import EXTRA_CONFIRMATIONS, _confirm_beaten, _ranking
 from dlsim.planner.space import Plan
 
@@ -108,3 +109,43 @@ def test_simulated_ties_go_to_the_plan_with_fewer_model_parallel_ranks():
     assert all(best["tensor"] * best["pipeline"] * best["context"] * best["expert"]
                <= r["tensor"] * r["pipeline"] * r["context"] * r["expert"]
                for r in simulated if abs(r["step_time_s"] / best["step_time_s"] - 1) < 1e-12)
+
+
+def _doubled(scenario: dict) -> dict:
+    """A stand-in engine run for worker processes: what it reads, doubled, with its pid."""
+    import os
+
+    return {"value": 2 * scenario["value"], "pid": os.getpid()}
+
+
+def test_runs_started_ahead_are_the_runs_asked_for_on_other_processes():
+    """Rows foreseen are started ahead on the pool, two at a time; a row not foreseen is
+    started when asked for; each result is its own row's, from a worker process, and the
+    pool's exit kills a run started ahead and never asked for."""
+    import os
+
+    rows = [{"value": i} for i in range(5)]
+    with pool_of(2) as pool:
+        ahead = Ahead(rows[:4], lambda row: row, pool, 2, _doubled)
+        first, unforeseen = ahead.result(rows[0]), ahead.result(rows[4])
+        second = ahead.result(rows[1])
+    assert (first["value"], unforeseen["value"], second["value"]) == (0, 8, 2)
+    assert os.getpid() not in {first["pid"], unforeseen["pid"], second["pid"]}
+    assert worker_count(None, 1) == 1 and worker_count(8, 3) == 3
+    with pool_of(1) as none:
+        assert none is None
+        assert Ahead(rows, lambda row: row, none, 1, _doubled).result(rows[3])["pid"] \
+            == os.getpid()
+
+
+def test_confirming_on_two_processes_ranks_as_confirming_in_this_one():
+    """GPT-2 1.5B on 16 A100s confirms six plans (three and three extra): on two worker
+    processes, started ahead, it confirms the same six and ranks every plan the same."""
+    from dlsim.planner import run_plan
+
+    kwargs = dict(model="gpt2-1.5b", cluster="dgx-a100", gpus=(16,), global_batch=64,
+                  confirm=3, top=20)
+    here = run_plan(PlanRequest(**kwargs, workers=1))
+    parallel = run_plan(PlanRequest(**kwargs, workers=2))
+    assert here.space["confirmed"] == parallel.space["confirmed"] > 3
+    assert here.plans == parallel.plans and here.explanation == parallel.explanation
