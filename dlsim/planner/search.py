@@ -17,7 +17,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -328,26 +328,30 @@ def _blocks(space: PlanSpace, table: Callable[[int], CostTable],
     names = [d.name for d in space.free]
     fixed = [names.index(n) for n in BOUND_DIMENSIONS]
     rest = [i for i in range(len(names)) if i not in fixed]
-    grouped: dict[tuple, list[int]] = {}
-    plans: dict[tuple, int] = {}
+    # layouts by degrees (the bound's values are listed per tensor degree: BOUND_DIMENSIONS
+    # read nothing else), with their plans per choice of those values
+    grouped: dict[tuple, tuple[list[int], list[int], list[Sequence[Any]]]] = {}
     for index, (layout, free, _) in enumerate(space.layouts()):
-        degrees = tuple(layout[k] for k in ("tensor", "context", "pipeline", "data", "expert",
-                                            "expert_tensor", "microbatch", "virtual_stages"))
-        each = math.prod(len(free[i]) for i in rest)  # plans per choice of the bound's values
-        for choice in itertools.product(*(free[i] for i in fixed)):
-            grouped.setdefault((degrees, choice), []).append(index)
-            plans[degrees, choice] = plans.get((degrees, choice), 0) + each
+        degrees = (layout["tensor"], layout["context"], layout["pipeline"], layout["data"],
+                   layout["expert"], layout["expert_tensor"], layout["microbatch"],
+                   layout["virtual_stages"])
+        if degrees not in grouped:
+            grouped[degrees] = ([], [], [free[i] for i in fixed])
+        indices, counts, _ = grouped[degrees]
+        indices.append(index)
+        counts.append(math.prod(len(free[i]) for i in rest))
     blocks = []
-    for (degrees, choice), indices in grouped.items():
+    for degrees, (indices, counts, options) in grouped.items():
         t, c, p, d, e, et, mb, v = degrees
-        recompute, sp = choice
-        compute = table(mb).stage_compute(t, p * v, recompute, sp and t > 1, c, e, et, p)
         m = batch // d // mb
-        step = step_lower_bound(compute, m, v)
-        blocks.append(Block(tuple(indices), tuple(zip(BOUND_DIMENSIONS, choice)),
-                            plans[degrees, choice], step,
-                            _bound_key(request, step, steps, space.problem.target.devices,
-                                       device, power(mb), m * max(compute))))
+        for choice in itertools.product(*options):
+            recompute, sp = choice
+            compute = table(mb).stage_compute(t, p * v, recompute, sp and t > 1, c, e, et, p)
+            step = step_lower_bound(compute, m, v)
+            blocks.append(Block(tuple(indices), tuple(zip(BOUND_DIMENSIONS, choice)),
+                                sum(counts), step,
+                                _bound_key(request, step, steps, space.problem.target.devices,
+                                           device, power(mb), m * max(compute))))
     return sorted(blocks, key=lambda b: (b.key, b.indices))
 
 

@@ -36,6 +36,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -232,8 +233,16 @@ def _algorithm(pr: Problem, ch: Chosen) -> tuple[str, ...]:
     cluster's nodes fail it (NVLS on A100's NVSwitch gen 2)."""
     if ch["zero_stage"] or _dense_group(ch) < 2:
         return pr.algorithms[:1]
-    return tuple(a for a in pr.algorithms if algorithms()[a].runs_on is None or (
+    checked = _checked_on_hardware(pr.algorithms)
+    return tuple(a for a in pr.algorithms if a not in checked or (
         _dense_group(ch) <= pr.target.devices_per_node and node_runs(a, pr.target)))
+
+
+@lru_cache(maxsize=64)
+def _checked_on_hardware(names: tuple[str, ...]) -> frozenset[str]:
+    """Those of ``names`` with a ``runs_on`` check (asked for every layout: memoised)."""
+    every = algorithms()
+    return frozenset(a for a in names if every[a].runs_on is not None)
 
 
 def _sequence_parallel(_: Problem, ch: Chosen) -> tuple[bool, ...]:
@@ -325,18 +334,16 @@ class PlanSpace:
         once and kept: counting for --max-plans and iterating share it."""
         if self._layouts is None:
             self._layouts = []
-            listed: dict[tuple, Sequence[Any]] = {}
+            listed: dict[tuple, tuple[list[Sequence[Any]], int]] = {}
+            reads = (None if any(d.reads is None for d in self.free) else
+                     tuple(dict.fromkeys(n for d in self.free for n in d.reads or ())))
             for layout in self._walk():
-                free = []
-                for d in self.free:
-                    if d.reads is None:
-                        free.append(self._values(d, layout))
-                        continue
-                    key = (d.name, *(layout[n] for n in d.reads))
-                    if key not in listed:
-                        listed[key] = self._values(d, layout)
-                    free.append(listed[key])
-                self._layouts.append((layout, free, math.prod(map(len, free))))
+                key = (tuple(layout[n] for n in reads) if reads is not None
+                       else tuple(layout.values()))
+                if key not in listed:
+                    free = [self._values(d, layout) for d in self.free]
+                    listed[key] = (free, math.prod(map(len, free)))
+                self._layouts.append((layout, *listed[key]))
         return self._layouts
 
     def size(self) -> int:
