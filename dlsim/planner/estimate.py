@@ -306,6 +306,7 @@ class CostTable:
         self._shards: dict[tuple, tuple[Model, Model, float, ExpertLayout | None]] = {}
         self._costs: dict[tuple, LayerCosts] = {}
         self._sums: dict[tuple, StageSums] = {}
+        self._shapes: dict[tuple, tuple[tuple[tuple[tuple[float, float], int], ...], ...]] = {}
         self._compute: dict[tuple, tuple[float, ...]] = {}
         self._pieces: dict[tuple, list[float]] = {}
         self._stages: dict[int, list[list[int]]] = {}
@@ -440,11 +441,6 @@ class CostTable:
                 tuple(sum(cut[k].backward_s for k in range(s)) for s in range(stages)),
                 tuple(ps[0].layer_params[0] for ps in runs),
                 tuple(sum(x.expert_params for x in ps) for ps in runs),
-                tuple(tuple(Counter(
-                    (float(params - (x.layer_expert_params[j] if x.layer_expert_params else 0)),
-                     float(x.layer_expert_params[j] if x.layer_expert_params else 0))
-                    for x in ps for j, params in enumerate(x.layer_params) if params).items())
-                      for ps in runs),
                 tuple(count_collectives([c for x in ps for c in (x.forward_collectives,
                                                                  x.backward_collectives)])
                       for ps in runs),
@@ -455,13 +451,29 @@ class CostTable:
                 max(x.out_bytes for x in cut))
         return self._sums[key]
 
+    def layer_shapes(self, t: int, parts: int, recompute: str, sequence_parallel: bool,
+                     context: int, expert: int, expert_tensor: int, stages: int
+                     ) -> tuple[tuple[tuple[tuple[float, float], int], ...], ...]:
+        """Per stage of a cut: its layers' (dense, routed-expert) parameters, counted (what
+        layer-by-layer ZeRO-3 gathers; apart from ``stage_sums``, which most cuts the
+        planner prices never need it for)."""
+        key = (t, parts, recompute, sequence_parallel, context, expert, expert_tensor, stages)
+        if key not in self._shapes:
+            cut = self.pieces(t, parts, recompute, sequence_parallel, context, expert,
+                              expert_tensor)
+            self._shapes[key] = tuple(tuple(Counter(
+                (float(params - (x.layer_expert_params[j] if x.layer_expert_params else 0)),
+                 float(x.layer_expert_params[j] if x.layer_expert_params else 0))
+                for x in cut[s::stages] for j, params in enumerate(x.layer_params)
+                if params).items()) for s in range(stages))
+        return self._shapes[key]
+
 
 @dataclass(frozen=True)
 class StageSums:
     """Per pipeline stage of one cut: compute (forward + backward) per micro-batch,
     parameters, backward, how much earlier than stage 0 its last backward ends, its first
-    layer's parameters, its routed-expert parameters, its layers' (dense, routed-expert)
-    parameters counted (what layer-by-layer ZeRO-3 gathers), its tensor-parallel
+    layer's parameters, its routed-expert parameters, its tensor-parallel
     collectives and its counted ring and all-to-all segments (and its backward's alone);
     and the largest piece output (what a pipeline send carries)."""
 
@@ -471,7 +483,6 @@ class StageSums:
     drained: tuple[float, ...]
     first_layer: tuple[float, ...]
     expert_params: tuple[float, ...]
-    layer_shapes: tuple[tuple[tuple[tuple[float, float], int], ...], ...]
     collectives: tuple[Collectives, ...]
     segments: tuple[SegmentCounts, ...]
     backward_segments: tuple[SegmentCounts, ...]
@@ -657,6 +668,8 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric | FastestProtocol) -
     groups = groups_of(grid)
     gathers = layered(plan)
     gather_groups = shard_groups(plan) if gathers else ()
+    shapes = (table.layer_shapes(t, p * v, plan.recompute, plan.sequence_parallel and t > 1, c,
+                                 plan.expert, plan.expert_tensor, p) if gathers else ())
     weight_bytes = weight_bytes_per_param(table.dtype)
 
     def send_s(size: float) -> float:
@@ -674,7 +687,7 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric | FastestProtocol) -
         if not gathers:
             return 0.0
         gather = 0.0
-        for (dense, experts), count in sums.layer_shapes[s]:
+        for (dense, experts), count in shapes[s]:
             gather += count * fabric.time_s("allgather", "ring", dense * weight_bytes,
                                             gather_groups, n, place)
             if experts and grid.expert_data > 1:  # the experts' own, on the same stream
