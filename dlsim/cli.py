@@ -473,7 +473,7 @@ def plan(model: Annotated[str, typer.Option(
     """Find the fastest (or cheapest, or least energy) way to train a model on a cluster:
     enumerate data/tensor/pipeline plans, drop those that do not fit, rank by a closed-form
     estimate, confirm the best with the engine; writes reports/plan-<model>-<cluster>/."""
-    from rich.progress import Progress
+    from rich.progress import track
 
     from dlsim.planner import PlanRequest, plan_to_json, run_plan, write_plan
     from dlsim.planner.batches import parse_global_batch
@@ -495,8 +495,9 @@ def plan(model: Annotated[str, typer.Option(
                               target_loss=target_loss,
                               global_batches=batches if len(batches) > 1 else (),
                               workers=workers)
-        with Progress(console=err, transient=True, disable=as_json) as bar:
-            result = run_plan(request, lambda items, label: bar.track(items, description=label))
+        # a bar only while the engine confirms (no live display's thread beside the estimate)
+        result = run_plan(request, lambda items, label: track(
+            items, description=label, console=err, transient=True, disable=as_json))
         with _writing(out_dir):
             where = write_plan(result, out_dir)
     except ScenarioError as exc:
