@@ -73,7 +73,8 @@ def test_out_that_cannot_be_written(tmp_path, where):
 
 @pytest.mark.parametrize("flag,value", [("--tokens", "nan"), ("--tokens", "-1"),
                                         ("--max-days", "inf"), ("--budget", "0"),
-                                        ("--target-loss", "nan"), ("--target-loss", "-1")])
+                                        ("--target-loss", "nan"), ("--target-loss", "-1"),
+                                        ("--workers", "0")])
 def test_plan_numbers(tmp_path, flag, value):
     refused(tmp_path, [*PLAN, flag, value], flag)
 
