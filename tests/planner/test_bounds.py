@@ -54,6 +54,19 @@ def test_bounded_search_ranks_as_the_exhaustive_one(kwargs: dict) -> None:
                in everything for r in bounded.candidates)
 
 
+def _tables(spec, shape, device):
+    """The planner's cost table per micro-batch (``search.plan``'s ``table``), memoised."""
+    tables: dict[int, S.CostTable] = {}
+
+    def table(mb: int) -> S.CostTable:
+        if mb not in tables:
+            kernel = S.attention_kernel(spec, device, "bf16")
+            tables[mb] = S.CostTable(S.build_model(spec, mb, 2, kernel), device, "bf16",
+                                     mb * shape.seq_len, shape.hidden, shape, mb)
+        return tables[mb]
+    return table
+
+
 def test_no_estimate_is_below_its_blocks_bound() -> None:
     """The bound of every block is at most the estimate of each of its plans (the
     exhaustive search estimates them all)."""
@@ -63,14 +76,7 @@ def test_no_estimate_is_below_its_blocks_bound() -> None:
     device = S.hardware.device(system.device)
     shape, spec = S.model_shape(request.model), S.model_spec(request.model)
     ((_, _, ((batch, space),)),) = S._admit(request, shape, system, (64,))
-    tables: dict[int, S.CostTable] = {}
-
-    def table(mb: int) -> S.CostTable:
-        if mb not in tables:
-            kernel = S.attention_kernel(spec, device, "bf16")
-            tables[mb] = S.CostTable(S.build_model(spec, mb, 2, kernel), device, "bf16",
-                                     mb * shape.seq_len, shape.hidden, shape, mb)
-        return tables[mb]
+    table = _tables(spec, shape, device)
 
     def power(mb: int) -> S.PowerModel:
         return S.power_model(table(mb).model, device, "bf16")
@@ -151,14 +157,7 @@ def test_floors_never_exceed_a_protocols_micro_part(tmp_path) -> None:
     target = Target.on(topology, "bf16")
     device = topology.device
     spec = S.model_spec(str(config))
-    tables: dict[int, S.CostTable] = {}
-
-    def table(mb: int) -> S.CostTable:
-        if mb not in tables:
-            kernel = S.attention_kernel(spec, device, "bf16")
-            tables[mb] = S.CostTable(S.build_model(spec, mb, 2, kernel), device, "bf16",
-                                     mb * shape.seq_len, shape.hidden, shape, mb)
-        return tables[mb]
+    table = _tables(spec, shape, device)
 
     estimator = Estimator(table, "adam", Fabric(topology))
     space = PlanSpace(shape, 16, target, only={"offload": ("none",), "microbatch": (1,),
