@@ -13,6 +13,7 @@ confirms).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -35,7 +36,6 @@ from dlsim.planner.estimate import CostTable, Fabric
 from dlsim.planner.factored import Estimator
 from dlsim.planner.models import model_name, model_section, model_shape, model_spec
 from dlsim.planner.space import (
-    PLAN_PROTOCOLS,
     Plan,
     PlanSpace,
     SpaceCount,
@@ -193,10 +193,11 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     # count's fastest (the Pareto front's); energy over several batches keeps a plan at its
     # least-energy batch, not its fastest, so the front needs every plan estimated there
     bounded = not request.exhaustive and (by_time or len(batches) == 1)
-    # ... and deep enough for the extra confirmations, which pass over protocol twins of
-    # confirmed plans: the j-th extra lies within the first (confirm + j) x protocols
-    kept = _Best(max(request.top, (request.confirm + EXTRA_CONFIRMATIONS) * len(PLAN_PROTOCOLS),
-                     2) * len(batches))
+    # ... and deep enough for the confirmations: the first --confirm plans, then extras that
+    # pass over protocol twins, the j-th within the first confirm + j layouts (each layout
+    # too holding a row per batch at most)
+    kept = _Best(max(request.top, request.confirm, 2) * len(batches),
+                 (request.confirm + EXTRA_CONFIRMATIONS) * len(batches))
     best: dict[Plan, tuple[tuple[int, ...], dict[str, Any]]] = {}
     estimators: dict[int, Estimator] = {}
     fastest: dict[int, float] = {}
@@ -229,7 +230,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                     _objectives(row, est.step_time_s, steps, gpus, device, energy_J)
                     fastest[gpus] = min(fastest[gpus], row["time_to_train_s"])
                     if _meets(row, request):
-                        kept.add(rank(row))
+                        kept.add(rank(row), _layout_key(row))
                     mine = row["time_to_train_s" if by_time else "energy_kwh"]
                     before = best.get(p)
                     # the best batch; of equal ones the first searched
@@ -295,22 +296,39 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
 
 
 class _Best:
-    """The ``keep`` best ranking keys seen so far among plans that meet the constraints."""
+    """The ``keep`` best ranking keys seen so far among plans that meet the constraints, and
+    the best key of each of the ``layouts`` best layouts (plans that differ only in their
+    protocol are one layout, ``_layout_key``)."""
 
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
+    def __init__(self, keep: int, layouts: int = 0) -> None:
+        self.keep, self.layouts = keep, layouts
         self._heap: list[tuple[float, float]] = []  # negated: the worst kept on top
+        self._layouts: list[tuple[tuple[float, float], tuple]] = []  # best first
 
-    def add(self, key: tuple[float, float]) -> None:
+    def add(self, key: tuple[float, float], layout: tuple = ()) -> None:
         heapq.heappush(self._heap, (-key[0], -key[1]))
         if len(self._heap) > self.keep:
             heapq.heappop(self._heap)
+        if not self.layouts:
+            return
+        for i, (other, name) in enumerate(self._layouts):
+            if name == layout:
+                if other <= key:
+                    return
+                del self._layouts[i]
+                break
+        bisect.insort(self._layouts, (key, layout), key=lambda item: item[0])
+        del self._layouts[self.layouts:]
 
     def worst(self) -> tuple[float, float]:
-        """The key a plan must beat to be kept (none yet: anything is kept)."""
-        if len(self._heap) < self.keep:
-            return (float("inf"), float("inf"))
-        return (-self._heap[0][0], -self._heap[0][1])
+        """The key a plan must beat to be kept, among the plans and among the layouts (none
+        yet: anything is kept)."""
+        none = (float("inf"), float("inf"))
+        plans = none if len(self._heap) < self.keep else (-self._heap[0][0], -self._heap[0][1])
+        if not self.layouts:
+            return plans
+        layouts = none if len(self._layouts) < self.layouts else self._layouts[-1][0]
+        return max(plans, layouts)
 
 
 # the free dimensions the step's lower bound reads (the cut's compute); the others (offload,
