@@ -56,10 +56,13 @@ def clock_for(device: str) -> str:
 
 
 def time_call(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2,
-              inner: int | None = None, clock: str | None = None) -> Timing:
+              inner: int | None = None, clock: str | None = None,
+              graph: bool = False) -> Timing:
     """Median and IQR of ``repeats`` samples of ``fn``, per call, on ``clock`` (default
     ``clock_for(device)``). Collectives pass ``inner`` so that every rank makes the same
-    number of calls."""
+    number of calls. ``graph`` (CUDA, for an ``fn`` without autograd): the ``inner`` calls
+    are captured in one CUDA graph and replayed, so that a short kernel is timed on the GPU
+    rather than by the host's dispatch of it."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     now = time.process_time if (clock or clock_for(device)) == "cpu" else time.perf_counter
     for _ in range(warmup):
@@ -70,16 +73,40 @@ def time_call(fn: Callable[[], object], device: str, repeats: int, warmup: int =
     sync()
     once = now() - start
     inner = inner or max(1, int(MIN_SAMPLE_S / max(once, 1e-9)))
+    sample = None
+    if graph and device == "cuda":
+        try:
+            sample = _graphed(fn, inner)
+        except RuntimeError:  # not capturable: time it eagerly
+            torch.cuda.synchronize()
     samples = []
     for _ in range(repeats):
         sync()
         start = now()
-        for _ in range(inner):
-            fn()
+        if sample is not None:
+            sample()
+        else:
+            for _ in range(inner):
+                fn()
         sync()
         samples.append((now() - start) / inner)
     q1, med, q3 = np.percentile(samples, [25, 50, 75])
     return Timing(float(med), float(q3 - q1), repeats)
+
+
+def _graphed(fn: Callable[[], object], calls: int) -> Callable[[], None]:
+    """``calls`` calls of ``fn`` captured in a CUDA graph (side-stream warm-up first, as
+    torch.cuda.graphs asks), as one replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return graph.replay
 
 
 # --- the device ---------------------------------------------------------------------------
@@ -160,9 +187,9 @@ def _matmul(m: int, k: int, n: int, dtype: str, device: str, repeats: int) -> li
     g = torch.randn(m, n, dtype=dt, device=device)
     flops, nbytes, shape = 2.0 * m * k * n, size * (m * k + k * n + m * n), f"{m}x{k}x{n}"
     return [_point("matmul", "gemm", dtype, shape, flops, nbytes,
-                   time_call(lambda: a @ b, device, repeats)),
+                   time_call(lambda: a @ b, device, repeats, graph=True)),
             _point("matmul_bwd", "gemm", dtype, shape, 2 * flops, 2 * nbytes,
-                   time_call(lambda: (g @ b.T, a.T @ g), device, repeats))]
+                   time_call(lambda: (g @ b.T, a.T @ g), device, repeats, graph=True))]
 
 
 def conv2d(shapes: list[tuple[int, int, int, int, int, int]], device: str,
@@ -184,7 +211,7 @@ def _conv2d(b: int, c_in: int, c_out: int, hw: int, k: int, stride: int, device:
     nbytes = 4.0 * (c_in * c_out * k * k + pixels * (c_in + c_out))
     shape = f"b{b} {c_in}->{c_out} {hw}px k{k} s{stride}"
     with torch.no_grad():
-        forward = time_call(lambda: conv(x), device, repeats)
+        forward = time_call(lambda: conv(x), device, repeats, graph=True)
     y = conv(x)
     grad = torch.randn_like(y)
     backward = time_call(lambda: torch.autograd.grad(y, (x, conv.weight), grad,
@@ -213,7 +240,7 @@ def _attention(b: int, heads: int, s: int, h: int, device: str,
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     with torch.no_grad():
-        forward = time_call(sdpa, device, repeats)
+        forward = time_call(sdpa, device, repeats, graph=True)
     out = sdpa()
     grad = torch.randn_like(out)
     backward = time_call(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True),
@@ -236,18 +263,25 @@ def _memory_bound(n: int, device: str, repeats: int) -> list[Measurement]:
     ops = {"copy": (2, lambda: out.copy_(x)), "add": (3, lambda: torch.add(x, y, out=out)),
            "layernorm": (2, lambda: F.layer_norm(x, (width,))),
            "softmax": (2, lambda: torch.softmax(x, -1)), "gelu": (2, lambda: F.gelu(x))}
+    # a captured copy_ becomes a graph memcpy node: on the H200 measured here it ran at
+    # 2.7 TB/s from 1 GB up, against 4.1 TB/s for the same copy launched eagerly
     return [_point(name, "memory", "fp32", f"{x.numel()}", float(x.numel()),
-                   4.0 * sweeps * x.numel(), time_call(fn, device, repeats))
+                   4.0 * sweeps * x.numel(),
+                   time_call(fn, device, repeats, graph=name != "copy"))
             for name, (sweeps, fn) in ops.items()]
 
 
 def launch_overhead(device: str, repeats: int) -> Iterator[Measurement]:
-    """Per-operator dispatch cost: kernels on one element, where the work is nothing."""
+    """Per-operator cost of kernels on one element, where the work is nothing. On a CPU that
+    is torch's dispatch; on a GPU the eager loop would time the host's dispatch too (about
+    16 us an op on the H200 guest measured here), which a training step hides by queueing
+    ahead, so the calls are replayed from a CUDA graph (``time_call``): the GPU's own time
+    per kernel."""
     x = torch.ones(1, device=device)
     for name, fn in {"add": lambda: x + x, "mul": lambda: x * x, "relu": lambda: x.relu(),
                      "mm": lambda: torch.mm(x.view(1, 1), x.view(1, 1))}.items():
         yield _point(f"launch_{name}", "launch", "fp32", "1", 0.0, 0.0,
-                     time_call(fn, device, repeats))
+                     time_call(fn, device, repeats, graph=True))
 
 
 def host_device_copies(sizes: list[int], repeats: int) -> Iterator[Measurement]:
@@ -326,3 +360,90 @@ def allreduce(world_sizes: list[int], sizes: list[int], repeats: int,
                               shape=f"{world} ranks", bytes=float(n), ranks=world,
                               median_s=median,
                               iqr_s=iqr, repeats=repeats)
+
+
+# --- Hopper and newer: FP8 GEMMs and fused attention ---------------------------------------
+
+def fp8_supported(device: str) -> bool:
+    """FP8 tensor cores (compute capability 8.9 and newer) and torch's ``_scaled_mm``."""
+    return (device == "cuda" and hasattr(torch, "_scaled_mm")
+            and torch.cuda.get_device_capability() >= (8, 9))
+
+
+def matmul_fp8(shapes: list[tuple[int, int, int]], device: str,
+               repeats: int) -> Iterator[Measurement]:
+    """FP8 (E4M3) products through cuBLASLt (``torch._scaled_mm``, per-tensor scales, bf16
+    output), as Transformer Engine runs a linear layer's GEMMs: the forward with fast
+    accumulation, the backward's two products (input and weight gradients, one point of
+    4mkn FLOPs) with split accumulation, TE's defaults for fprop and for dgrad/wgrad
+    (``recipe.py``, ``MMParams``). Both backward operands are E4M3 here where TE's hybrid
+    format casts gradients to E5M2: Hopper's tensor cores run both at one rate."""
+    for shape in shapes:
+        yield from _matmul_fp8(*shape, device, repeats)
+
+
+def _fp8(rows: int, cols: int, device: str) -> torch.Tensor:
+    return torch.randn(rows, cols, device=device).to(torch.float8_e4m3fn)
+
+
+def _matmul_fp8(m: int, k: int, n: int, device: str, repeats: int) -> list[Measurement]:
+    one = torch.ones((), device=device)
+    x, w = _fp8(m, k, device), _fp8(n, k, device).t()        # (m x k) row-, (k x n) column-major
+    dy, w_t = _fp8(m, n, device), _fp8(k, n, device).t()     # dgrad: (m x n)(n x k)
+    x_t, dy_c = _fp8(k, m, device), _fp8(n, m, device).t()   # wgrad: (k x m)(m x n)
+
+    def mm(a: torch.Tensor, b: torch.Tensor, fast: bool) -> torch.Tensor:
+        return torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16,
+                                use_fast_accum=fast)
+
+    flops, nbytes, shape = 2.0 * m * k * n, m * k + k * n + 2.0 * m * n, f"{m}x{k}x{n}"
+    return [_point("matmul_fp8", "gemm", "fp8", shape, flops, nbytes,
+                   time_call(lambda: mm(x, w, True), device, repeats, graph=True)),
+            _point("matmul_fp8_bwd", "gemm", "fp8", shape, 2 * flops, 2 * nbytes,
+                   time_call(lambda: (mm(dy, w_t, False), mm(x_t, dy_c, False)), device,
+                             repeats, graph=True))]
+
+
+FA_TOKENS, FA_HIDDEN = 16384, 2048  # FlashAttention-2's benchmark: batch x seq 16k, hidden 2048
+
+
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
+
+
+def fused_attention(shapes: list[tuple[int, int, bool]], device: str, repeats: int,
+                    backend: str = "flash") -> Iterator[Measurement]:
+    """torch's scaled_dot_product_attention held to one fused backend in bf16 (``flash``:
+    its FlashAttention-2 kernels; ``cudnn``: cuDNN's fused attention, which torch prefers on
+    Hopper), at (head dim, sequence length, causal), in FlashAttention-2's benchmark setting
+    (batch x sequence = 16k tokens, hidden 2048; flashattention_h100.csv), FLOPs in its
+    convention (``dlsim.workload.attention.fused_flops``; the backward 2.5x the forward)."""
+    for shape in shapes:
+        yield from _fused_attention(*shape, device, repeats, backend)
+
+
+def _fused_attention(head_dim: int, s: int, causal: bool, device: str,
+                     repeats: int, backend: str = "flash") -> list[Measurement]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from dlsim.workload.attention import BACKWARD_FLOPS, fused_flops
+
+    b, heads = max(1, FA_TOKENS // s), FA_HIDDEN // head_dim
+    q, k, v = (torch.randn(b, heads, s, head_dim, device=device, dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+    flops = fused_flops(b, s, heads, head_dim, head_dim, causal)
+    nbytes = 2.0 * 4 * b * heads * s * head_dim          # q, k, v and the output
+    shape = f"d{head_dim} s{s} b{b} a{heads}" + (" causal" if causal else "")
+    with sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend])):
+        def sdpa() -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        with torch.no_grad():
+            forward = time_call(sdpa, device, repeats, graph=True)
+        out = sdpa()
+        grad = torch.randn_like(out)
+        backward = time_call(lambda: torch.autograd.grad(out, (q, k, v), grad,
+                                                         retain_graph=True), device, repeats)
+    return [_point(f"{backend}_fwd", "fused_attention", "bf16", shape, flops, nbytes,
+                   forward),
+            _point(f"{backend}_bwd", "fused_attention", "bf16", shape, BACKWARD_FLOPS * flops,
+                   2 * nbytes, backward)]

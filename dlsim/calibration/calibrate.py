@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +41,7 @@ class Grid:
     memory: list[int]
     allreduce_bytes: list[int]
     repeats: int
+    fused_attention: list[tuple[int, int, bool]] = field(default_factory=list)  # CUDA only
 
 
 FULL = Grid(
@@ -65,6 +66,22 @@ QUICK = Grid(
     memory=[16 * 1024, 256 * 1024, 4 * 1024 * 1024],
     allreduce_bytes=[4096, 65536, 1 << 20, 4 << 20],
     repeats=3,
+)
+# A GPU: GEMMs from launch-bound to the transformer shapes of 8k-token micro-batches (Llama 3
+# 8B's 4096 x 14336), memory-bound sweeps up to 4 GB (past the 60 MB L2), convolutions at
+# batch 32, FlashAttention-2's benchmark grid (head dims 64/128/256, 512 to 16k tokens,
+# causal and not) and, on FP8 tensor cores, the GEMMs again in FP8.
+GPU = Grid(
+    matmul=[(m, k, n) for m in (256, 1024, 4096, 16384)
+            for k, n in ((1024, 1024), (2048, 8192), (4096, 4096), (4096, 14336),
+                         (14336, 4096), (8192, 8192))],
+    conv=[(32, *shape[1:]) for shape in FULL.conv],
+    attention=FULL.attention,
+    memory=[4 ** i * 1024 for i in range(3, 11)],          # 64 Ki .. 1 Gi elements
+    allreduce_bytes=[4 ** i * 1024 for i in range(1, 11)],  # 4 KiB .. 1 GiB copies
+    repeats=7,
+    fused_attention=[(d, s, causal) for d in (64, 128, 256)
+                     for s in (512, 1024, 2048, 4096, 8192, 16384) for causal in (False, True)],
 )
 
 
@@ -103,6 +120,14 @@ def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,
                lambda: bench.attention(grid.attention, device, r)),
               ("memory-bound", 5 * len(grid.memory),
                lambda: bench.memory_bound(grid.memory, device, r))]
+    if bench.fp8_supported(device):
+        steps.append(("matmul fp8", 2 * len(grid.matmul),
+                      partial(bench.matmul_fp8, grid.matmul, device, r)))
+    for backend in ("flash", "cudnn") if device == "cuda" else ("flash",):
+        if grid.fused_attention:
+            steps.append((f"{backend} attention", 2 * len(grid.fused_attention),
+                          partial(bench.fused_attention, grid.fused_attention, device, r,
+                                  backend)))
     if device == "cuda":
         steps.append(("host<->device", 2 * len(grid.allreduce_bytes),
                       lambda: bench.host_device_copies(grid.allreduce_bytes, r)))
@@ -232,7 +257,7 @@ def calibrate(device: str = "auto", quick: bool = False, threads: int | None = N
     ranks = list(range(2, top + 1))
     if not ranks:
         skipped["allreduce"] = "fewer than two ranks fit on this host"
-    grid = grid or (QUICK if quick else FULL)
+    grid = grid or (QUICK if quick else GPU if device == "cuda" else FULL)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -62,7 +62,7 @@ class GPT(nn.Module):
         self.ln = nn.LayerNorm(h)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
         return self.ln(self.blocks(x)) @ self.tok.weight.T   # tied LM head
 
 
