@@ -2,6 +2,7 @@
 `dlsim calibrate` grid (GEMMs in fp32/bf16/fp8, FlashAttention, memory-bound kernels, copies).
 
     python benchmarks/gpu_measurements.py OUT_DIR [steps,calibration,compiled,flash]
+    python benchmarks/gpu_measurements.py --collect OUT_DIR... > validation/h200_training_steps.csv
 
 writes OUT_DIR/gpu_steps.json (eager), OUT_DIR/<fingerprint>.json (the calibration),
 OUT_DIR/gpu_steps_compiled.json (each block through torch.compile) and a log. Each
@@ -60,7 +61,64 @@ def calibration(out: Path) -> None:
         for k, c in cal.curves.items()))
 
 
+RECIPES = {"gpu_steps.json": "eager", "gpu_steps_compiled.json": "compiled",
+           "gpu_steps_flash.json": "eager-fa2"}
+COLUMNS = ["run", "recipe", "case", "layers", "hidden", "heads", "kv_heads", "ffn_hidden",
+           "vocab", "seq_len", "mlp", "tied_embeddings", "batch", "params", "step_s", "iqr_s",
+           "repeats", "tokens_per_s", "peak_memory_GB", "power_median_W", "power_samples"]
+
+
+def _power(path: Path) -> list[tuple[float, float]]:
+    """(unix time, board W) of an ``nvidia-smi --query-gpu=timestamp,power.draw`` log (UTC)."""
+    import datetime as dt
+
+    samples = []
+    for line in path.read_text().splitlines():
+        stamp, watts, *_ = (x.strip() for x in line.split(","))
+        try:
+            when = dt.datetime.strptime(stamp, "%Y/%m/%d %H:%M:%S.%f")
+        except ValueError:
+            continue
+        samples.append((when.replace(tzinfo=dt.timezone.utc).timestamp(),
+                        float(watts.split()[0])))
+    return samples
+
+
+def collect(runs: list[Path]) -> str:
+    """The rows of several measured runs (OUT_DIRs, numbered in order) as one CSV, with the
+    board power nvidia-smi sampled over each eager case's timed window (warm-up included;
+    a compiled case's window holds its compilation, so it gets none)."""
+    import csv
+    import io
+    import statistics
+
+    table = io.StringIO()
+    writer = csv.DictWriter(table, COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for number, run in enumerate(runs, start=1):
+        power = _power(run / "power.csv") if (run / "power.csv").exists() else []
+        for name, recipe in RECIPES.items():
+            if not (run / name).exists():
+                continue
+            for r in json.loads((run / name).read_text()):
+                window = [w for t, w in power if r["started_unix_s"] <= t <= r["ended_unix_s"]]
+                window = window if recipe != "compiled" else []
+                writer.writerow({**{k: r["model"].get(k, "") for k in COLUMNS[3:12]},
+                                 "run": number, "recipe": recipe, "case": r["case"],
+                                 "batch": r["batch"], "params": r["params"],
+                                 "step_s": f"{r['step_s']:.6f}", "iqr_s": f"{r['iqr_s']:.6f}",
+                                 "repeats": r["repeats"],
+                                 "tokens_per_s": f"{r['tokens_per_s']:.1f}",
+                                 "peak_memory_GB": f"{r['peak_memory_GB']:.3f}",
+                                 "power_median_W": f"{statistics.median(window):.1f}"
+                                 if window else "", "power_samples": len(window)})
+    return table.getvalue()
+
+
 def main() -> None:
+    if sys.argv[1] == "--collect":
+        print(collect([Path(p) for p in sys.argv[2:]]), end="")
+        return
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     import torch

@@ -392,14 +392,20 @@ def calibrate(device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "
                   min=1, help="torch.set_num_threads (default: half the CPUs).")] = None,
               out_dir: Annotated[Path, typer.Option("--out", help="Directory of calibration "
                                                     "files.")] = Path("calibration"),
+              refit: Annotated[Path | None, typer.Option(
+                  help="Fit this calibration file's measurements again (no measuring) and "
+                       "rewrite it.")] = None,
               as_json: AsJson = False) -> None:
     """Measure this host with torch microbenchmarks (matmul, conv2d, attention, memory-bound
-    kernels, launch overhead, copies, all-reduce across local processes), fit the cost
-    model's efficiency curves and write <out>/<device-fingerprint>.json."""
+    kernels, launch overhead, copies, all-reduce across local processes; on a GPU also FP8
+    GEMMs and fused attention), fit the cost model's efficiency curves and write
+    <out>/<device-fingerprint>.json."""
     try:
         from dlsim.calibration.calibrate import calibrate as run_calibration
+        from dlsim.calibration.calibrate import refit as refit_calibration
 
-        cal, path = run_calibration(device, quick, threads, out_dir, progress=not as_json)
+        cal, path = (refit_calibration(refit) if refit is not None else
+                     run_calibration(device, quick, threads, out_dir, progress=not as_json))
     except ImportError as exc:
         _fail(ScenarioError(f"dlsim calibrate needs PyTorch and SciPy ({exc.name} is not "
                             "installed): pip install 'dlsim[calibrate]'."))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,9 +25,21 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dlsim.calibration import bench
-from dlsim.calibration.fit import fit_affine, fit_ring_allreduce, fit_saturating
+from dlsim.calibration.fit import (
+    fit_affine,
+    fit_fused_attention,
+    fit_ring_allreduce,
+    fit_saturating,
+)
 from dlsim.calibration.gpu_names import profile_for_gpu
-from dlsim.calibration.store import Calibration, CurveFit, LinkFit, Measurement, save
+from dlsim.calibration.store import (
+    AttentionFitRecord,
+    Calibration,
+    CurveFit,
+    LinkFit,
+    Measurement,
+    save,
+)
 from dlsim.contract.errors import ScenarioError
 from dlsim.hardware import profiles as hardware
 
@@ -186,6 +199,36 @@ def _memory(rows: list[Measurement]) -> dict:
             "memory_residuals_pct": [round(float(x), 3) for x in affine.residuals_pct]}
 
 
+# torch's SDPA backends (bench.SDPA_BACKENDS) -> the kernel family a profile names
+ATTENTION_FAMILY = {"flash": "fa2", "cudnn": "cudnn"}
+
+
+def _attention_fits(rows: list[Measurement], peak_16bit: float, launch_s: float
+                    ) -> dict[str, AttentionFitRecord]:
+    """One fit per fused backend measured, from the shapes bench.fused_attention wrote."""
+    fits = {}
+    for backend, family in ATTENTION_FAMILY.items():
+        points = [m for m in rows if m.kind == "fused_attention"
+                  and m.op.split("_")[0] == backend]
+        if not points:
+            continue
+        shapes = [dict(re.findall(r"([a-z])(\d+)", m.shape)) for m in points]
+        f = fit_fused_attention(np.array([int(x["d"]) for x in shapes]),
+                                np.array([int(x["s"]) for x in shapes]),
+                                np.array(["causal" in m.shape for m in points]),
+                                np.array([m.op.endswith("_bwd") for m in points]),
+                                np.array([m.flops for m in points]),
+                                np.array([m.median_s for m in points]), peak_16bit, launch_s)
+        res = f.residuals_pct
+        fits[family] = AttentionFitRecord(
+            backend=backend, forward_max={d: round(v, 4) for d, v in f.forward_max.items()},
+            seq_half=round(f.seq_half, 1), causal_seq_half=round(f.causal_seq_half, 1),
+            backward_ratio=round(f.backward_ratio, 4), points=len(points),
+            residuals_pct=[round(float(x), 3) for x in res],
+            median_abs_residual_pct=float(np.median(np.abs(res))))
+    return fits
+
+
 def _link(points: list[Measurement]) -> LinkFit:
     ring = fit_ring_allreduce(np.array([m.ranks for m in points]),
                               np.array([m.bytes for m in points]),
@@ -217,7 +260,10 @@ def fit(rows: list[Measurement], nominal_tflops: dict[str, float], peak_source: 
     out |= {"peak_tflops": peak, "peak_source": peak_source, "link": None,
             "allreduce_link": None,
             "curves": {k: _curve(v, launch_s, peak[k.split(".")[1]] * 1e12)
-                       for k, v in rates.items()}}
+                       for k, v in rates.items()},
+            # fractions of the nominal 16-bit peak, as the profile's published fits are
+            "attention_fits": _attention_fits(rows, nominal_tflops["bf16"] * 1e12, launch_s)
+            if "bf16" in nominal_tflops else {}}
     try:
         for field, op in (("allreduce_link", "allreduce_"), ("link", "ddp_bucket_")):
             points = [m for m in rows if m.kind == "allreduce" and m.op.startswith(op)]
@@ -275,3 +321,28 @@ def calibrate(device: str = "auto", quick: bool = False, threads: int | None = N
         measurements=[m for m in rows if m.kind != "allreduce"],
         allreduce=[m for m in rows if m.kind == "allreduce"], **fitted)
     return calibration, save(calibration, out_dir)
+
+
+def refit(path: str | Path) -> tuple[Calibration, Path]:
+    """A calibration file's measurements fitted again by this version's fits (a fit added or
+    changed after the device was measured), written back in place; nothing is re-measured."""
+    from dlsim.calibration.store import load
+
+    old = load(path)
+    profile = hardware.device(old.profile)
+    if old.host.kind == "cpu":  # the nominal peak bench.cpu_peak_tflops stated
+        source = old.peak_source.split(";")[0]
+        per_cycle = re.search(r"x (\d+) fp32 FLOP/cycle", source)
+        if per_cycle is None:
+            raise ScenarioError("this calibration does not state its nominal CPU peak; "
+                                "measure it again with dlsim calibrate.", file=str(path),
+                                field="peak_source")
+        nominal: dict[str, float] = {"fp32": old.host.threads * old.host.clock_MHz * 1e6
+                                     * int(per_cycle.group(1)) / 1e12}
+    else:
+        nominal = dict(profile.peak_tflops.items())
+        source = f"the {profile.name} hardware profile's published peaks"
+    fitted = fit([*old.measurements, *old.allreduce], nominal, source)
+    skipped = old.skipped | fitted.pop("skipped", {})
+    calibration = old.model_copy(update=fitted | {"skipped": skipped})
+    return calibration, save(calibration, Path(path).parent)

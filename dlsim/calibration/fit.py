@@ -97,3 +97,56 @@ def fit_ring_allreduce(ranks: np.ndarray, size_bytes: np.ndarray,
     f = fit_affine(g / n, t / steps)
     return RingFit(f.intercept, 1.0 / f.slope, f.residuals_pct)
 
+
+
+@dataclass(frozen=True)
+class FusedAttentionFit:
+    """A fused attention kernel's constants in ``dlsim.workload.attention``'s form (forward
+    efficiency forward_max[d]·s/(s + half) of the 16-bit peak, ``half`` the causal one when
+    masked, the backward at ``backward_ratio`` times it) with the residuals in %."""
+
+    forward_max: dict[int, float]
+    seq_half: float
+    causal_seq_half: float
+    backward_ratio: float
+    residuals_pct: np.ndarray
+
+
+def fit_fused_attention(head_dim: np.ndarray, seq_len: np.ndarray, causal: np.ndarray,
+                        backward: np.ndarray, flops: np.ndarray, time_s: np.ndarray,
+                        peak_flops: float, launch_s: float = 0.0) -> FusedAttentionFit:
+    """The constants that predict kernels taking ``time_s`` = launch + flops / (peak · eff):
+    least squares of the log of predicted over measured time (as ``fit_affine``), in log
+    parameters so that every constant stays positive, forward_max at most 1 and the
+    backward ratio at most 2 (``hardware.profiles.AttentionFit``'s bounds)."""
+    from scipy.optimize import least_squares
+
+    d, s = np.asarray(head_dim, dtype=int), np.asarray(seq_len, dtype=float)
+    masked, back = np.asarray(causal, dtype=bool), np.asarray(backward, dtype=bool)
+    f, t = np.asarray(flops, dtype=float), np.asarray(time_s, dtype=float)
+    dims = sorted(set(d.tolist()))
+    if len(t) < len(dims) + 3 or not masked.any() or masked.all() or not back.any():
+        raise ValueError("a fused attention fit needs forward and backward points, causal "
+                         "and not, more than its constants")
+    column = np.array([dims.index(x) for x in d])
+
+    def predicted(p: np.ndarray) -> np.ndarray:
+        top = np.exp(p[column])
+        half = np.exp(np.where(masked, p[len(dims) + 1], p[len(dims)]))
+        eff = top * s / (s + half) * np.where(back, np.exp(p[len(dims) + 2]), 1.0)
+        return launch_s + f / (peak_flops * eff)
+
+    measured_eff = f / (peak_flops * np.maximum(t - launch_s, 1e-12))
+    start = np.array([np.log(min(measured_eff[column == i].max(), 1.0)) for i in
+                      range(len(dims))] + [np.log(500.0), np.log(1000.0), np.log(0.8)])
+    upper = np.array([0.0] * len(dims) + [np.inf, np.inf, np.log(2.0)])
+    def log_residuals(p: np.ndarray) -> np.ndarray:
+        return np.log(predicted(p) / t)
+
+    fit = least_squares(log_residuals, np.minimum(start, upper - 1e-9),
+                        bounds=(-np.inf, upper), xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    p = fit.x
+    return FusedAttentionFit({dim: float(np.exp(p[i])) for i, dim in enumerate(dims)},
+                             float(np.exp(p[len(dims)])), float(np.exp(p[len(dims) + 1])),
+                             float(np.exp(p[len(dims) + 2])),
+                             100.0 * (predicted(p) / t - 1.0))

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.data import ROOT
-from dlsim.hardware.profiles import Curve, DeviceProfile
+from dlsim.hardware.profiles import AttentionFit, Curve, DeviceProfile
 
 FORMAT_VERSION = 1
 
@@ -71,6 +71,20 @@ class CurveFit(_Record):
     median_abs_residual_pct: float
 
 
+class AttentionFitRecord(_Record):
+    """A fused attention backend's fitted constants (``fit.fit_fused_attention``; the form of
+    ``hardware.profiles.AttentionFit``) with its residuals."""
+
+    backend: str                 # torch's SDPA backend measured: flash (FA2) or cudnn
+    forward_max: dict[int, float]
+    seq_half: float = Field(gt=0)
+    causal_seq_half: float = Field(gt=0)
+    backward_ratio: float = Field(gt=0, le=2)
+    points: int
+    residuals_pct: list[float]
+    median_abs_residual_pct: float
+
+
 class LinkFit(_Record):
     """Loopback all-reduce across local processes, as a link: per-step latency and
     bandwidth of a ring (fit.fit_ring_allreduce). ``link`` is fitted to DDP's per-bucket
@@ -102,6 +116,8 @@ class Calibration(_Record):
     memory_residuals_pct: list[float]
     kernel_launch_us: float = Field(ge=0)
     curves: dict[str, CurveFit]  # "<kind>.<dtype>" -> curve
+    # fused attention kernel family (fa2, cudnn) -> its fit, overlaying the profile's fits
+    attention_fits: dict[str, AttentionFitRecord] = Field(default_factory=dict)
     link: LinkFit | None = None            # DDP's per-bucket all-reduce: what training pays
     allreduce_link: LinkFit | None = None  # the bare all-reduce, as nccl-tests would time it
     skipped: dict[str, str] = Field(default_factory=dict)   # what was not measured, and why
@@ -162,7 +178,8 @@ def check_fingerprint(calibration: Calibration, fingerprint: str, force: bool = 
 
 def overlay(device: DeviceProfile, calibration: Calibration, force: bool = False,
             path: str | None = None, field: str | None = None) -> DeviceProfile:
-    """``device`` with the measured peak, memory bandwidth, launch overhead and curves.
+    """``device`` with the measured peak, memory bandwidth, launch overhead, curves and
+    fused attention fits.
 
     The calibration must have been made for this profile (``calibration.profile``); another
     profile is refused unless ``force``, since it describes different silicon.
@@ -178,7 +195,13 @@ def overlay(device: DeviceProfile, calibration: Calibration, force: bool = False
         "memory": calibration.memory_efficiency,
         "curves": {k: Curve(max=c.max, half_gflop=c.half_gflop)
                    for k, c in calibration.curves.items()}})
+    kernels = device.attention_kernels
+    measured = {family: AttentionFit(forward_max=f.forward_max, seq_half=f.seq_half,
+                                     causal_seq_half=f.causal_seq_half,
+                                     backward_ratio=f.backward_ratio)
+                for family, f in calibration.attention_fits.items()}
     return device.model_copy(update={
+        "attention_kernels": kernels.model_copy(update={"fits": kernels.fits | measured}),
         "display_name": f"{calibration.host.name} (calibrated {calibration.date[:10]})",
         "peak_tflops": calibration.peak_tflops,
         "memory_bandwidth_GBps": calibration.memory_bandwidth_GBps,

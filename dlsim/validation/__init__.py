@@ -16,7 +16,7 @@ import pandas as pd
 
 from dlsim.contract.errors import ScenarioError
 from dlsim.data import VALIDATION
-from dlsim.validation import a100, modern, multi_ring, nccl_other
+from dlsim.validation import a100, gpu_steps, modern, multi_ring, nccl_other
 from dlsim.validation.reading import Row, row
 
 # The tables bundled with dlsim (validation/, copied from the project's shared/validation/);
@@ -36,6 +36,9 @@ TABLES: dict[str, Callable[[Path], list[Row]]] = {
     "nemo_performance": modern.nemo_performance,
     "megatron_core_moe": modern.megatron_core_moe,
     "mlperf_training_v40_v41": modern.mlperf_training,
+    "h200_training_steps": gpu_steps.h200_training_steps,
+    "h200_training_steps_calibrated": gpu_steps.h200_training_steps_calibrated,
+    "h200_training_memory": gpu_steps.h200_training_memory,
 }
 # The Hopper-era tables: whole H100 training jobs, minutes of simulation between them
 MODERN = ("nemo_performance", "megatron_core_moe", "mlperf_training_v40_v41")

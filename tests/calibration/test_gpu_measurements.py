@@ -5,6 +5,8 @@ step measured end to end."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -68,3 +70,84 @@ def test_the_gpu_grid_is_flashattentions_benchmark_and_the_cpu_grids_have_none()
     assert not FULL.fused_attention and not QUICK.fused_attention
     assert {d for d, _, _ in GPU.fused_attention} == {64, 128, 256}
     assert {s for _, s, _ in GPU.fused_attention} == {512, 1024, 2048, 4096, 8192, 16384}
+
+
+# --- fused attention: the fit and its use ---------------------------------------------------
+
+H200_CALIBRATION = "calibration/cuda-nvidia-h200-16c-1t-20ac9250.json"
+
+
+def _synthetic_attention(top, half, causal_half, ratio, peak=989e12, launch=2e-6):
+    """Times the cost model's fused-attention form gives on FA2's benchmark grid."""
+    import numpy as np
+
+    rows = [(d, s, c, b) for d in top for s in (512, 1024, 4096, 16384)
+            for c in (False, True) for b in (False, True)]
+    d, s, c, b = (np.array(x) for x in zip(*rows))
+    flops = 4.0 * s * s * d * (2048 // d) * (16384 // s) / np.where(c, 2, 1) * np.where(b, 2.5, 1)
+    eff = np.array([top[x] for x in d]) * s / (s + np.where(c, causal_half, half)) * np.where(
+        b, ratio, 1.0)
+    return d, s, c, b, flops, launch + flops / (peak * eff)
+
+
+@settings(max_examples=20, deadline=None)
+@given(top=st.fixed_dictionaries({64: st.floats(0.2, 0.9), 128: st.floats(0.2, 0.9),
+                                  256: st.floats(0.2, 0.9)}),
+       half=st.floats(50, 2000), causal_half=st.floats(50, 4000), ratio=st.floats(0.4, 1.5))
+def test_attention_fit_recovers_the_constants_that_made_the_times(top, half, causal_half,
+                                                                  ratio):
+    from dlsim.calibration.fit import fit_fused_attention
+
+    *shape, flops, times = _synthetic_attention(top, half, causal_half, ratio)
+    fit = fit_fused_attention(*shape, flops, times, 989e12, 2e-6)
+    assert fit.seq_half == pytest.approx(half, rel=1e-5)
+    assert fit.causal_seq_half == pytest.approx(causal_half, rel=1e-5)
+    assert fit.backward_ratio == pytest.approx(ratio, rel=1e-5)
+    assert all(fit.forward_max[d] == pytest.approx(v, rel=1e-5) for d, v in top.items())
+    assert abs(fit.residuals_pct).max() < 1e-3
+
+
+def test_the_h200_calibration_overlays_its_fused_attention_fits():
+    """The committed H200 file carries FA2 and cuDNN fits; overlaying it puts them in the
+    profile, and the Hopper profiles' cudnn family is that measurement (rounded)."""
+    from dlsim.calibration import store
+    from dlsim.hardware import profiles as hardware
+
+    cal = store.load(H200_CALIBRATION)
+    assert set(cal.attention_fits) == {"fa2", "cudnn"}
+    assert all(f.points == 72 for f in cal.attention_fits.values())
+    device = store.overlay(hardware.device("h200-sxm-141gb"), cal)
+    measured = cal.attention_fits["cudnn"]
+    assert device.attention_kernels.fits["cudnn"].forward_max == measured.forward_max
+    for name in ("h100-sxm5-80gb", "h200-sxm-141gb", "h800-sxm5-80gb"):
+        profile = hardware.device(name).attention_kernels
+        assert profile.sdpa == "cudnn"
+        fit = profile.fits["cudnn"]
+        assert fit.forward_max == measured.forward_max
+        assert (fit.seq_half, fit.causal_seq_half, fit.backward_ratio) == (
+            measured.seq_half, measured.causal_seq_half, measured.backward_ratio)
+
+
+def test_refit_reproduces_a_calibration_from_its_measurements(tmp_path):
+    """`dlsim calibrate --refit` fits the stored measurements again: on the committed files
+    (a CPU and the H200) the curves come back as stored, to the solver's precision."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from dlsim.calibration import store
+    from dlsim.cli import app
+
+    for name in ("cpu-amd-epyc-2c-1t-32dd4ebe.json", "cuda-nvidia-h200-16c-1t-20ac9250.json"):
+        before = store.load(f"calibration/{name}")
+        copy = tmp_path / name
+        shutil.copy(store.resolve(f"calibration/{name}"), copy)
+        res = CliRunner().invoke(app, ["calibrate", "--refit", str(copy), "--json"])
+        assert res.exit_code == 0, res.output
+        after = store.load(copy)
+        assert after.measurements == before.measurements and after.date == before.date
+        assert after.kernel_launch_us == pytest.approx(before.kernel_launch_us, rel=1e-6)
+        for key, curve in before.curves.items():
+            assert after.curves[key].max == pytest.approx(curve.max, rel=1e-6), key
+            assert after.curves[key].half_gflop == pytest.approx(curve.half_gflop, rel=1e-5,
+                                                                 abs=1e-9)
