@@ -172,24 +172,27 @@ def _point(op: str, kind: str, dtype: str, shape: str, flops: float, nbytes: flo
 
 def matmul(shapes: list[tuple[int, int, int]], dtype: str, device: str,
            repeats: int) -> Iterator[Measurement]:
-    """(m x k)(k x n) products, 2mkn FLOPs; the backward pass of a linear layer (input and
-    weight gradients, two products of the same size) is measured as one point of 4mkn FLOPs,
-    as the cost model charges it (workload.backward_of)."""
+    """A linear layer's (m x k)(k x n) products, 2mkn FLOPs; its backward (input and weight
+    gradients, two products of the same size) is measured as one point of 4mkn FLOPs, as the
+    cost model charges it (workload.backward_of)."""
     for shape in shapes:
         yield from _matmul(*shape, dtype, device, repeats)
 
 
 def _matmul(m: int, k: int, n: int, dtype: str, device: str, repeats: int) -> list[Measurement]:
+    """In nn.Linear's layouts, the products the cost model's GEMMs stand for: forward x W^T
+    with W stored (n x k), backward dX = dY W and dW = dY^T X (cuBLAS picks its kernel by
+    layout; the H200 calibration of 2026-12-04 timed a @ b, g @ b^T and a^T @ g)."""
     dt = DTYPES[dtype]
     size = torch.finfo(dt).bits // 8
-    a = torch.randn(m, k, dtype=dt, device=device)
-    b = torch.randn(k, n, dtype=dt, device=device)
+    x = torch.randn(m, k, dtype=dt, device=device)
+    w = torch.randn(n, k, dtype=dt, device=device)
     g = torch.randn(m, n, dtype=dt, device=device)
     flops, nbytes, shape = 2.0 * m * k * n, size * (m * k + k * n + m * n), f"{m}x{k}x{n}"
-    return [_point("matmul", "gemm", dtype, shape, flops, nbytes,
-                   time_call(lambda: a @ b, device, repeats, graph=True)),
-            _point("matmul_bwd", "gemm", dtype, shape, 2 * flops, 2 * nbytes,
-                   time_call(lambda: (g @ b.T, a.T @ g), device, repeats, graph=True))]
+    return [_point("linear", "gemm", dtype, shape, flops, nbytes,
+                   time_call(lambda: F.linear(x, w), device, repeats, graph=True)),
+            _point("linear_bwd", "gemm", dtype, shape, 2 * flops, 2 * nbytes,
+                   time_call(lambda: (g @ w, g.T @ x), device, repeats, graph=True))]
 
 
 def conv2d(shapes: list[tuple[int, int, int, int, int, int]], device: str,
@@ -269,6 +272,19 @@ def _memory_bound(n: int, device: str, repeats: int) -> list[Measurement]:
                    4.0 * sweeps * x.numel(),
                    time_call(fn, device, repeats, graph=name != "copy"))
             for name, (sweeps, fn) in ops.items()]
+
+
+def optimizer_steps(sizes: list[int], device: str, repeats: int) -> Iterator[Measurement]:
+    """torch's AdamW step (fused on a GPU, foreach on a CPU) over one fp32 tensor of ``n``
+    parameters: 28 bytes a parameter as the cost model counts Adam (read parameter,
+    gradient, m and v; write parameter, m and v)."""
+    for n in sizes:
+        p = torch.zeros(n, device=device, requires_grad=True)
+        p.grad = torch.randn(n, device=device)
+        opt = torch.optim.AdamW([p], lr=1e-4, fused=device == "cuda")
+        yield _point("adamw", "optimizer", "fp32", str(n), 0.0, 28.0 * n,
+                     time_call(opt.step, device, repeats))
+        del opt, p
 
 
 def launch_overhead(device: str, repeats: int) -> Iterator[Measurement]:

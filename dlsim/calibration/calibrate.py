@@ -55,6 +55,7 @@ class Grid:
     allreduce_bytes: list[int]
     repeats: int
     fused_attention: list[tuple[int, int, bool]] = field(default_factory=list)  # CUDA only
+    optimizer: list[int] = field(default_factory=list)  # AdamW steps over n parameters
 
 
 FULL = Grid(
@@ -83,7 +84,8 @@ QUICK = Grid(
 # A GPU: GEMMs from launch-bound to the transformer shapes of 8k-token micro-batches (Llama 3
 # 8B's 4096 x 14336), memory-bound sweeps up to 4 GB (past the 60 MB L2), convolutions at
 # batch 32, FlashAttention-2's benchmark grid (head dims 64/128/256, 512 to 16k tokens,
-# causal and not) and, on FP8 tensor cores, the GEMMs again in FP8.
+# causal and not), AdamW steps up to 1 Gi parameters and, on FP8 tensor cores, the GEMMs
+# again in FP8.
 GPU = Grid(
     matmul=[(m, k, n) for m in (256, 1024, 4096, 16384)
             for k, n in ((1024, 1024), (2048, 8192), (4096, 4096), (4096, 14336),
@@ -95,6 +97,7 @@ GPU = Grid(
     repeats=7,
     fused_attention=[(d, s, causal) for d in (64, 128, 256)
                      for s in (512, 1024, 2048, 4096, 8192, 16384) for causal in (False, True)],
+    optimizer=[4 ** i * 1024 for i in range(6, 11)],       # 4 Mi .. 1 Gi parameters
 )
 
 
@@ -141,6 +144,9 @@ def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,
             steps.append((f"{backend} attention", 2 * len(grid.fused_attention),
                           partial(bench.fused_attention, grid.fused_attention, device, r,
                                   backend)))
+    if grid.optimizer:
+        steps.append(("optimizer", len(grid.optimizer),
+                      partial(bench.optimizer_steps, grid.optimizer, device, r)))
     if device == "cuda":
         steps.append(("host<->device", 2 * len(grid.allreduce_bytes),
                       lambda: bench.host_device_copies(grid.allreduce_bytes, r)))
@@ -194,9 +200,16 @@ def _memory(rows: list[Measurement]) -> dict:
     effective = 1.0 / affine.slope
     largest = max((m for m in mem if m.op == "copy"), key=lambda m: m.bytes)
     stream = max(largest.bytes / largest.median_s, effective)
-    return {"kernel_launch_us": (dispatch + affine.intercept) * 1e6,
-            "memory_bandwidth_GBps": stream / 1e9, "memory_efficiency": effective / stream,
-            "memory_residuals_pct": [round(float(x), 3) for x in affine.residuals_pct]}
+    out = {"kernel_launch_us": (dispatch + affine.intercept) * 1e6,
+           "memory_bandwidth_GBps": stream / 1e9, "memory_efficiency": effective / stream,
+           "memory_residuals_pct": [round(float(x), 3) for x in affine.residuals_pct]}
+    steps = [m for m in rows if m.kind == "optimizer"]
+    if len(steps) >= 2:  # the optimizer's own rate: multi-tensor kernels, not a copy's
+        adam = fit_affine(np.array([m.bytes for m in steps]),
+                          np.array([m.median_s for m in steps]), dispatch)
+        out |= {"optimizer_efficiency": min(1.0, 1.0 / adam.slope / stream),
+                "optimizer_residuals_pct": [round(float(x), 3) for x in adam.residuals_pct]}
+    return out
 
 
 # torch's SDPA backends (bench.SDPA_BACKENDS) -> the kernel family a profile names

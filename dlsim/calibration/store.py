@@ -115,6 +115,9 @@ class Calibration(_Record):
     memory_efficiency: float = Field(gt=0, le=1)
     memory_residuals_pct: list[float]
     kernel_launch_us: float = Field(ge=0)
+    # AdamW's step over the memory bandwidth above (None: not measured)
+    optimizer_efficiency: float | None = Field(default=None, gt=0, le=1)
+    optimizer_residuals_pct: list[float] = Field(default_factory=list)
     curves: dict[str, CurveFit]  # "<kind>.<dtype>" -> curve
     # fused attention kernel family (fa2, cudnn) -> its fit, overlaying the profile's fits
     attention_fits: dict[str, AttentionFitRecord] = Field(default_factory=dict)
@@ -193,6 +196,7 @@ def overlay(device: DeviceProfile, calibration: Calibration, force: bool = False
             f"force_calibration: true (--force) to apply it anyway.", file=path, field=field)
     eff = device.efficiency.model_copy(update={
         "memory": calibration.memory_efficiency,
+        "optimizer": calibration.optimizer_efficiency,
         "curves": {k: Curve(max=c.max, half_gflop=c.half_gflop)
                    for k, c in calibration.curves.items()}})
     kernels = device.attention_kernels

@@ -85,6 +85,7 @@ class Efficiency(_Frozen):
     gemm_fit_tflops: float = Field(gt=0)
     memory: float = Field(gt=0, le=1)
     attention: float = Field(gt=0, le=1)
+    optimizer: float | None = Field(default=None, gt=0, le=1)  # the optimizer step's; None: memory
     gemm: dict[DType, GemmFit] = Field(default_factory=dict)
     curves: dict[str, Curve] = Field(default_factory=dict)
 

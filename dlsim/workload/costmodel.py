@@ -66,7 +66,9 @@ def optimizer_time_s(params: float, optimizer: str, device: DeviceProfile) -> fl
 
     Adam reads parameter, gradient, m and v and writes parameter, m and v: 7 x 4 bytes.
     SGD with momentum reads parameter, gradient and momentum and writes two: 5 x 4 bytes.
+    Its rate is the profile's ``efficiency.optimizer`` where a calibration measured one
+    (torch's fused AdamW: multi-tensor kernels below a copy's bandwidth), else ``memory``.
     """
     bytes_per_param = {"adam": 28, "sgd": 20}[optimizer]
-    return (params * bytes_per_param / (device.memory_bandwidth_Bps * device.efficiency.memory)
-            + device.kernel_launch_s)
+    eff = device.efficiency.optimizer or device.efficiency.memory  # a measured step's rate
+    return params * bytes_per_param / (device.memory_bandwidth_Bps * eff) + device.kernel_launch_s

@@ -151,3 +151,25 @@ def test_refit_reproduces_a_calibration_from_its_measurements(tmp_path):
             assert after.curves[key].max == pytest.approx(curve.max, rel=1e-6), key
             assert after.curves[key].half_gflop == pytest.approx(curve.half_gflop, rel=1e-5,
                                                                  abs=1e-9)
+
+
+def test_a_measured_optimizer_rate_prices_the_optimizer_step():
+    """An AdamW step point is 28 bytes a parameter; a calibration's optimizer efficiency
+    replaces the memory efficiency in the optimizer's closed form, params x 28 / (B x e)."""
+    from dlsim.calibration import store
+    from dlsim.hardware import profiles as hardware
+    from dlsim.workload.costmodel import optimizer_time_s
+
+    (point,) = bench.optimizer_steps([4096], "cpu", 1)
+    assert point.kind == "optimizer" and point.bytes == 28 * 4096
+    cal = store.load(H200_CALIBRATION)
+    assert cal.optimizer_efficiency is None  # not measured on 2026-12-04: memory's rate
+    measured = cal.model_copy(update={"optimizer_efficiency": 0.8})
+    device = store.overlay(hardware.device("h200-sxm-141gb"), measured)
+    bandwidth = cal.memory_bandwidth_GBps * 1e9
+    assert optimizer_time_s(1e9, "adam", device) == pytest.approx(
+        1e9 * 28 / (bandwidth * 0.8) + cal.kernel_launch_us * 1e-6, rel=1e-12)
+    plain = store.overlay(hardware.device("h200-sxm-141gb"), cal)
+    assert optimizer_time_s(1e9, "adam", plain) == pytest.approx(
+        1e9 * 28 / (bandwidth * cal.memory_efficiency) + cal.kernel_launch_us * 1e-6,
+        rel=1e-12)
