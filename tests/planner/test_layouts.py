@@ -94,11 +94,12 @@ def test_a2a_context_estimate_tracks_the_engine(configs):
     """Banded attention with sinks on 16 H100s: every context plan runs the a2a exchange
     (its scenario says context_comm a2a), the estimate pricing each all-to-all over the
     context group whole, as the engine blocks on it: every 400th of the plans (33) with
-    ZeRO 0 or 1. Reached: median 7.5e-15, worst 1.11%."""
+    ZeRO 0 or 1. Reached: median 7.5e-15, worst 1.11%; 5.8e-15 and 1.14% with the H100's
+    BF16 GEMM curve measured on an H200 (2026-12-04: slower GEMMs)."""
     errors = _errors(configs["banded"], "dgx-h100", 16, 16, lambda p: p.context > 1, 400,
                      microbatch=(1,), zero_stage=(0, 1))
     assert len(errors) == 33
-    assert np.median(errors) <= 1e-14 and max(errors) <= 0.0111
+    assert np.median(errors) <= 1e-14 and max(errors) <= 0.0114
 
 
 def test_expert_parallel_estimate_tracks_the_engine(configs):
@@ -110,11 +111,13 @@ def test_expert_parallel_estimate_tracks_the_engine(configs):
     explained yet), worst 5.68% (ZeRO-3 with c = 2, e = 4 and two stages spread over two
     nodes, under the engine; 12.5% over it, d = 2 with c = 8, before the estimate hid a
     pass's gathers behind its exposed ring and all-to-all time as the engine's prefetch
-    stream does; without FSDP the worst is 1.6%)."""
+    stream does; without FSDP the worst is 1.6%). With the H100's BF16 GEMM curve measured
+    on an H200 (2026-12-04: 10 % slower GEMMs, so the exposed communication weighs
+    differently): median 9.17e-5, worst 5.70%."""
     errors = _errors(configs["tiny-moe"], "dgx-h100", 16, 32, lambda p: p.expert > 1, 800,
                      microbatch=(1, 2))
     assert len(errors) == 51
-    assert np.median(errors) <= 2.4e-5 and max(errors) <= 0.0569
+    assert np.median(errors) <= 9.2e-5 and max(errors) <= 0.0571
 
 
 def test_hybrid_sharding_estimate_tracks_the_engine():

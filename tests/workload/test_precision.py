@@ -7,6 +7,7 @@ bytes, the FP8 weight cache in memory, and the per-dtype curves against their ci
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import dlsim
@@ -62,8 +63,8 @@ def test_fp8_gemm_time_closed_form_on_h100():
     cast = 2 * kern.bytes / 3 / (3350e9 * 0.866)
     expected = compute + cast + 2 * 4e-6  # the GEMM and its cast kernel each launch
     assert kernel_time_s(kern, H100, "fp8") == pytest.approx(expected, rel=1e-12)
-    # the same GEMM in BF16 uses the BF16 curve (5.13 GFLOP half point at 989 TFLOP/s)
-    bf16 = kern.flops / (989e12 * 0.840 * f / (f + 5.13)) + 4e-6
+    # the same GEMM in BF16 uses the BF16 curve (1.51 GFLOP half point at 989 TFLOP/s)
+    bf16 = kern.flops / (989e12 * 0.745 * f / (f + 1.51)) + 4e-6
     assert kernel_time_s(kern, H100, "bf16") == pytest.approx(bf16, rel=1e-12)
     # a BF16-kept kernel costs the same in an FP8 run as in a BF16 run
     logits = gemm(8192, 8192, 128256, 2, "logits")
@@ -90,10 +91,8 @@ def test_fp8_weight_cache_in_memory():
 CITED = [
     ("h100-sxm5-80gb", "fp8", 1024, 1024, 1024, 274.1, 2e-3),   # Azure ND H100 v5 cuBLASLt
     ("h100-sxm5-80gb", "fp8", 8192, 8192, 8192, 1290.1, 2e-3),
-    ("h100-sxm5-80gb", "bf16", 2048, 2048, 13312, 794.5, 1e-3),  # MAMF best shape
     ("h200-sxm-141gb", "fp8", 1024, 1024, 1024, 290.8, 2e-3),   # Azure ND H200 v5 cuBLASLt
     ("h200-sxm-141gb", "fp8", 8192, 8192, 8192, 1300.6, 2e-3),
-    ("h200-sxm-141gb", "bf16", 2048, 2048, 13312, 794.5, 1e-3),
     ("b200-sxm-180gb", "bf16", 2048, 2048, 2048, 1006.0, 1e-3),  # pyptx.dev cuBLAS column
     ("b200-sxm-180gb", "bf16", 8192, 8192, 8192, 1610.0, 1e-3),
 ]
@@ -105,6 +104,25 @@ def test_dtype_curves_reproduce_their_cited_points(name, dtype, m, n, k, publish
     f = 2.0 * m * n * k / 1e9
     top, half = d.efficiency.gemm_curve(dtype, d.peak_flops(dtype))
     assert d.peak_tflops[dtype] * top * f / (f + half) == pytest.approx(published, rel=tol)
+
+
+@pytest.mark.parametrize("name", ["h100-sxm5-80gb", "h200-sxm-141gb", "h800-sxm5-80gb"])
+def test_hopper_bf16_curve_is_the_h200_measurement(name):
+    """The Hopper BF16 curve: the H200 calibration's half point, and a max that puts the
+    curve through the median of that file's bf16 GEMMs of >= 100 GFLOP (to the rounding of
+    the profile's three digits)."""
+    from dlsim.calibration import store
+
+    cal = store.load("calibration/cuda-nvidia-h200-16c-1t-20ac9250.json")
+    d = hw.device(name)
+    top, half = d.efficiency.gemm_curve("bf16", d.peak_flops("bf16"))
+    assert half == pytest.approx(cal.curves["gemm.bf16"].half_gflop, abs=0.005)
+    big = [m for m in cal.measurements if m.kind == "gemm" and m.dtype == "bf16"
+           and m.flops >= 1e11]
+    assert len(big) == 26
+    ratios = [m.flops / m.median_s / (989e12 * (m.flops / 1e9) / (m.flops / 1e9 + half))
+              for m in big]
+    assert top == pytest.approx(float(np.median(ratios)), abs=5e-4)
 
 
 def test_borrowed_curves_keep_the_fixed_per_kernel_time():
