@@ -126,7 +126,7 @@ def test_h200_training_step_errors_do_not_grow(rows):
     profile -17% to -32% (median 24.7%), with the H200's calibration -10% to -26% (median
     17.9%); compiled rows are closer (-10% to -16% calibrated), the rest is plain PyTorch's
     unfused elementwise kernels and autocast's weight casts, which dlsim does not price
-    (docs/questions/29-h200-training-steps.md)."""
+    (docs/questions/30-h200-training-steps.md)."""
     for table, median, worst in (("h200_training_steps", 24.66, 32.25),
                                  ("h200_training_steps_calibrated", 17.91, 26.12)):
         steps = rows[rows.table == table]

@@ -238,9 +238,17 @@ def _attention(b: int, heads: int, s: int, h: int, device: str,
     flops = 4.0 * b * s * s * h
     nbytes = 4.0 * (4 * b * s * h + 2 * b * heads * s * s)
     shape = f"b{b} a{heads} s{s} h{h}"
+    forward, backward = _sdpa_passes(q, k, v, True, device, repeats)
+    return [_point("sdpa", "attention", "fp32", shape, flops, nbytes, forward),
+            _point("sdpa_bwd", "attention", "fp32", shape, 2 * flops, 2 * nbytes, backward)]
 
+
+def _sdpa_passes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, device: str,
+                 repeats: int) -> tuple[Timing, Timing]:
+    """scaled_dot_product_attention's forward (no autograd, graph-captured on a GPU) and
+    backward (``autograd.grad`` of a random output gradient) timings."""
     def sdpa() -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
     with torch.no_grad():
         forward = time_call(sdpa, device, repeats, graph=True)
@@ -248,8 +256,7 @@ def _attention(b: int, heads: int, s: int, h: int, device: str,
     grad = torch.randn_like(out)
     backward = time_call(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True),
                          device, repeats)
-    return [_point("sdpa", "attention", "fp32", shape, flops, nbytes, forward),
-            _point("sdpa_bwd", "attention", "fp32", shape, 2 * flops, 2 * nbytes, backward)]
+    return forward, backward
 
 
 def memory_bound(sizes: list[int], device: str, repeats: int) -> Iterator[Measurement]:
@@ -450,15 +457,7 @@ def _fused_attention(head_dim: int, s: int, causal: bool, device: str,
     nbytes = 2.0 * 4 * b * heads * s * head_dim          # q, k, v and the output
     shape = f"d{head_dim} s{s} b{b} a{heads}" + (" causal" if causal else "")
     with sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend])):
-        def sdpa() -> torch.Tensor:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-        with torch.no_grad():
-            forward = time_call(sdpa, device, repeats, graph=True)
-        out = sdpa()
-        grad = torch.randn_like(out)
-        backward = time_call(lambda: torch.autograd.grad(out, (q, k, v), grad,
-                                                         retain_graph=True), device, repeats)
+        forward, backward = _sdpa_passes(q, k, v, causal, device, repeats)
     return [_point(f"{backend}_fwd", "fused_attention", "bf16", shape, flops, nbytes,
                    forward),
             _point(f"{backend}_bwd", "fused_attention", "bf16", shape, BACKWARD_FLOPS * flops,

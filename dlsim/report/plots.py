@@ -303,8 +303,10 @@ def parity(table: pd.DataFrame, tolerance: float = 0.15) -> str:
     ax.fill_between(line, line * (1 - tolerance), line * (1 + tolerance), color="#E8E8E8",
                     label=f"within {tolerance:.0%}")
     ax.plot(line, line, color="#888888", linewidth=1.0, label="predicted = measured")
-    for name, frame in rows.groupby("table", sort=True):
-        ax.plot(frame["measured"], frame["predicted"], "o", markersize=4, label=str(name))
+    colours = colormaps["tab20"]  # more tables than the default cycle's ten
+    for i, (name, frame) in enumerate(rows.groupby("table", sort=True)):
+        ax.plot(frame["measured"], frame["predicted"], "osD^v"[i % 5], markersize=4,
+                color=colours((2 * i) % 20 + (i // 10) % 2), label=str(name))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
