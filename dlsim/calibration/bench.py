@@ -433,6 +433,20 @@ FA_TOKENS, FA_HIDDEN = 16384, 2048  # FlashAttention-2's benchmark: batch x seq 
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
 
 
+def sdpa_backend_runs(backend: str, device: str) -> bool:
+    """Whether torch runs SDPA's ``backend`` here (FlashAttention needs sm80+, cuDNN's
+    fused attention a recent cuDNN): a tiny bf16 call held to it, forward and backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 2, 128, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
+    try:
+        with sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend])):
+            F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+    except RuntimeError:
+        return False
+    return True
+
+
 def fused_attention(shapes: list[tuple[int, int, bool]], device: str, repeats: int,
                     backend: str = "flash") -> Iterator[Measurement]:
     """torch's scaled_dot_product_attention held to one fused backend in bf16 (``flash``:

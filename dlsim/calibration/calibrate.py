@@ -140,7 +140,7 @@ def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,
         steps.append(("matmul fp8", 2 * len(grid.matmul),
                       partial(bench.matmul_fp8, grid.matmul, device, r)))
     for backend in ("flash", "cudnn") if device == "cuda" else ("flash",):
-        if grid.fused_attention:
+        if grid.fused_attention and bench.sdpa_backend_runs(backend, device):
             steps.append((f"{backend} attention", 2 * len(grid.fused_attention),
                           partial(bench.fused_attention, grid.fused_attention, device, r,
                                   backend)))

@@ -173,3 +173,10 @@ def test_a_measured_optimizer_rate_prices_the_optimizer_step():
     assert optimizer_time_s(1e9, "adam", plain) == pytest.approx(
         1e9 * 28 / (bandwidth * cal.memory_efficiency) + cal.kernel_launch_us * 1e-6,
         rel=1e-12)
+
+
+def test_an_sdpa_backend_torch_cannot_run_is_skipped_not_a_crash():
+    """A GPU whose torch lacks a fused backend (cuDNN attention before sm90, FlashAttention
+    before sm80) skips that backend's grid; here the CPU runs flash and has no cuDNN."""
+    assert bench.sdpa_backend_runs("flash", "cpu")
+    assert not bench.sdpa_backend_runs("cudnn", "cpu")
