@@ -317,6 +317,10 @@ def calibrate(device: str = "auto", quick: bool = False, threads: int | None = N
     if not ranks:
         skipped["allreduce"] = "fewer than two ranks fit on this host"
     grid = grid or (QUICK if quick else GPU if device == "cuda" else FULL)
+    for backend in ("flash", "cudnn") if device == "cuda" and grid.fused_attention else ():
+        if not bench.sdpa_backend_runs(backend, device):
+            skipped[f"{backend} attention"] = (f"torch {torch.__version__} cannot run SDPA's "
+                                               f"{backend} backend on {host.name}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
