@@ -8,7 +8,7 @@ The steps are what a plain PyTorch user runs: bf16 autocast over fp32 weights, f
 scenario says ``attention: sdpa``). ``eager`` rows run every operator as torch launches it;
 ``compiled`` rows put each block through torch.compile, whose fused elementwise kernels are
 closer to the Megatron-Core / Transformer Engine kernels dlsim prices. Rows of the last run
-that measured each recipe are predicted (run 1 repeated run 2's eager steps within 1.4 %); the
+that measured each recipe are predicted (run 1 repeated run 2's eager steps within 1.5 %); the
 ``eager-fa2`` rows (SDPA held to FlashAttention-2) are kept in the table as data: no scenario
 names torch's FA2 backend on Hopper now that ``sdpa`` is cuDNN.
 
