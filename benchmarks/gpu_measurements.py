@@ -5,9 +5,11 @@
     python benchmarks/gpu_measurements.py --collect OUT_DIR... > validation/h200_training_steps.csv
 
 writes OUT_DIR/gpu_steps.json (eager), OUT_DIR/<fingerprint>.json (the calibration),
-OUT_DIR/gpu_steps_compiled.json (each block through torch.compile) and a log. Each
-stage is independent: one that fails is logged and the next runs. The committed results are
-validation/gpu_training_steps.json and calibration/cuda-*.json (see docs/calibration.md).
+OUT_DIR/gpu_steps_compiled.json (each block through torch.compile),
+OUT_DIR/gpu_steps_flash.json (SDPA held to FlashAttention-2) and a log. Each stage is
+independent: one that fails is logged and the next runs. ``--collect`` turns the OUT_DIRs
+of several runs into one table. The committed results are validation/h200_training_steps.csv
+(raw run outputs in validation/h200_raw/) and calibration/cuda-*.json (docs/calibration.md).
 """
 
 from __future__ import annotations
