@@ -408,6 +408,9 @@ class TrainingSpec(_Spec):
     # Transformer Engine's FP8 scaling recipe under precision fp8 (dlsim.workload.precision);
     # None: TE's default for the device
     fp8_recipe: FP8Recipe | None = None
+    # torch.autocast over fp32 weights (PyTorch AMP, dlsim.workload.autocast) instead of
+    # 16-bit weights with an fp32 master copy in the optimizer
+    autocast: bool = False
 
 
 # the schedules dlsim.parallel.schedules registers (gpipe, 1f1b, interleaved, ...)

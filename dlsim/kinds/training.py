@@ -41,6 +41,7 @@ from dlsim.results.summary import (
     training_summary,
 )
 from dlsim.workload.attention import attention_kernel
+from dlsim.workload.autocast import autocast_workload, check_autocast
 from dlsim.workload.lora import lora_workload
 from dlsim.workload.model import Model
 from dlsim.workload.precision import check_fp8_recipe
@@ -85,6 +86,10 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                         attention_kernel(scenario.model, device, dtype))
     lora = train.lora
     executed = lora_workload(model, lora.rank, lora.targets) if lora else model
+    if train.autocast:
+        check_autocast(scenario)
+        executed = autocast_workload(executed)
+    grad_dtype = "fp32" if train.autocast else train.grad_dtype  # DDP reduces the fp32 .grad
     comm = scenario.communication
     symmetric_run = symmetric(scenario.simulation, scenario.stragglers)
     replicas = [0] if symmetric_run else list(range(data))
@@ -115,7 +120,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
                                     stages * tensor * context * expert),
         shard_group=par.shard_group, overlap_param_gather=par.overlap_param_gather,
         tp_comm_overlap=par.tp_comm_overlap, comm_contention=device.comm_contention,
-        grad_dtype=train.grad_dtype)
+        grad_dtype=grad_dtype)
     programs = build_programs(job, cut, device, dtype, replicas,
                               [0] if symmetric_run else list(range(tensor)),
                               [0] if symmetric_run else list(range(context)))
@@ -125,7 +130,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         [in_flight(par.schedule, s, stages, micro_count, chunks) for s in range(stages)],
         data=data, tensor=tensor, lora=lora, sequence_parallel=sequence_parallel,
         context=context, expert=expert, expert_tensor=expert_tensor, shard=par.shard_group,
-        grad_dtype=train.grad_dtype)
+        grad_dtype=grad_dtype, autocast=train.autocast)
     memory_options: dict[str, Any] = {"zero_stage": par.zero_stage, "recompute": par.recompute,
                       "offload": par.offload}
     if tensor > 1:  # sequence parallelism is a saving only a tensor-parallel plan can take
@@ -148,7 +153,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         run.network.bytes_injected, parts_s,
         communication={"communication": comm.data_parallel, "protocol": mode,
                        "compression": compression_summary(
-                           comm, gradient_bytes_per_param(dtype, train.grad_dtype), run.spans,
+                           comm, gradient_bytes_per_param(dtype, grad_dtype), run.spans,
                            train.steps)},
         parallelism={"data": data, "tensor": tensor,
                      "sequence_parallel": sequence_parallel, "pipeline": stages,
@@ -163,8 +168,10 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
         | ({"overlap_param_gather": True} if par.overlap_param_gather else {})
         | ({"tp_comm_overlap": True} if par.tp_comm_overlap else {}),
         lora_and_offload=True)
-    if train.grad_dtype:
-        summary["grad_dtype"] = train.grad_dtype
+    if grad_dtype:
+        summary["grad_dtype"] = grad_dtype
+    if train.autocast:
+        summary["autocast"] = True
     if not summary["fits_in_memory"]:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,
                                                   zero_allowed=stages == tensor == 1 < n

@@ -69,6 +69,7 @@ import numpy as np
 from dlsim.contract.scenario import LoraSpec
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.parallel.expert import routed_params
+from dlsim.workload.autocast import CACHE_BYTES, cast_elements
 from dlsim.workload.lora import lora_parameters
 from dlsim.workload.model import Layer, Model
 from dlsim.workload.precision import (
@@ -174,13 +175,16 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
                       lora: LoraSpec | None = None,
                       sequence_parallel: bool = False, context: int = 1, expert: int = 1,
                       expert_tensor: int = 1, shard: int | None = None,
-                      grad_dtype: str | None = None) -> MemoryPlan:
+                      grad_dtype: str | None = None, autocast: bool = False) -> MemoryPlan:
     """Bytes on one device: the layers in ``stage_layers`` (default: the fullest of
     ``pipeline`` stages from ``pipeline_stages``), their model state split ``tensor`` ways
     and partitioned over ``shard`` ranks (default ``data`` x ``context``: no hybrid
     sharding) as far as ``zero_stage`` says, and ``in_flight_microbatches`` micro-batches
     of their stored activations, 1/``context`` of each sequence; routed experts
-    ``expert`` x ``expert_tensor`` ways, their state over the expert-data ranks."""
+    ``expert`` x ``expert_tensor`` ways, their state over the expert-data ranks. Under
+    ``autocast`` (PyTorch AMP, ``dlsim.workload.autocast``) the weights are fp32 and are the
+    optimizer's master copy, and each micro-batch in flight holds 16-bit copies of the
+    weights it cast."""
     if recompute not in RECOMPUTE or offload not in OFFLOAD:
         raise ValueError(f"recompute must be one of {RECOMPUTE}, offload one of {OFFLOAD}")
     if stage_layers is None:
@@ -189,7 +193,8 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
             in_flight_microbatches=in_flight_microbatches, zero_stage=zero_stage,
             recompute=recompute, offload=offload, lora=lora,
             sequence_parallel=sequence_parallel, context=context, expert=expert,
-            expert_tensor=expert_tensor, shard=shard, grad_dtype=grad_dtype)
+            expert_tensor=expert_tensor, shard=shard, grad_dtype=grad_dtype,
+            autocast=autocast)
             for part in pipeline_stages(model, pipeline)), key=lambda plan: plan.total)
     layers = [model.layers[i] for i in stage_layers]
     routed = sum(routed_params(layer) for layer in layers)
@@ -204,12 +209,13 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
     if lora is not None:
         experts = 0.0  # LoRA adapts the named matrices only; no routed expert trains
         frozen += routed / (expert * expert_tensor)
-    state = OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype))]
+    state = OPTIMIZER_STATE_BYTES[(optimizer, is_mixed(dtype) and not autocast)]
     optimizer_bytes = trainable * state * share[0] + experts * state * expert_share[0]
     grad_bytes = gradient_bytes_per_param(dtype, grad_dtype)
     grads = trainable * grad_bytes * share[1] + experts * grad_bytes * expert_share[1]
-    params = ((frozen * 2 + trainable * weight_bytes_per_param(dtype)) * share[2]
-              + experts * weight_bytes_per_param(dtype) * expert_share[2])
+    weight_bytes = 4 if autocast else weight_bytes_per_param(dtype)
+    params = ((frozen * 2 + trainable * weight_bytes) * share[2]
+              + experts * weight_bytes * expert_share[2])
     if is_low_precision(dtype):  # TE's cached FP8/FP4 copies of the blocks' linear weights
         blocks = (sum(layer.params for layer in layers if layer.role == "block")
                   - routed) / tensor
@@ -218,6 +224,10 @@ def memory_per_device(model: Model, dtype: str, optimizer: str, *, data: int = 1
     activations = in_flight_microbatches * sum(
         stored_activations(layer, tensor, recompute, sequence_parallel, dtype)
         for layer in layers) / context
+    if autocast:
+        cast = cast_elements(model)
+        activations += in_flight_microbatches * CACHE_BYTES * sum(
+            cast[i] for i in stage_layers) / tensor
     gathered = 0.0
     if zero_stage == 3 and shard > 1:
         largest = max(((layer.params - routed_params(layer)) / tensor

@@ -3,11 +3,12 @@ written by benchmarks/gpu_measurements.py from ``dlsim.calibration.gpusteps``; t
 of each run, kernel tables included, is under validation/h200_raw/) against dlsim's prediction
 for the same model on one ``h200-sxm-141gb``.
 
-The steps are what a plain PyTorch user runs: bf16 autocast over fp32 weights, fused AdamW,
-``scaled_dot_product_attention`` (torch 2.11 on Hopper: cuDNN's fused attention, so the
-scenario says ``attention: sdpa``). ``eager`` rows run every operator as torch launches it;
-``compiled`` rows put each block through torch.compile, whose fused elementwise kernels are
-closer to the Megatron-Core / Transformer Engine kernels dlsim prices. Rows of the last run
+The steps are what a plain PyTorch user runs: bf16 autocast over fp32 weights (so the
+scenario says ``training.autocast: true``), fused AdamW, ``scaled_dot_product_attention``
+(torch 2.11 on Hopper: cuDNN's fused attention, so it says ``attention: sdpa``). ``eager``
+rows run every operator as torch launches it; ``compiled`` rows put each block through
+torch.compile, whose fused elementwise kernels are closer to the Megatron-Core /
+Transformer Engine kernels dlsim prices. Rows of the last run
 that measured each recipe are predicted (run 1 repeated run 2's eager steps within 1.5 %); the
 ``eager-fa2`` rows (SDPA held to FlashAttention-2) are kept in the table as data: no scenario
 names torch's FA2 backend on Hopper now that ``sdpa`` is cuDNN.
@@ -44,7 +45,8 @@ def _scenario(r: dict[str, str], calibration: str | None) -> dict[str, Any]:
         cluster["calibration"] = calibration
     return {"name": f"h200 {r['case']}", "model": model, "cluster": cluster,
             "precision": "bf16", "parallelism": {"data": 1},
-            "training": {"global_batch": int(r["batch"]), "optimizer": "adam"}}
+            "training": {"global_batch": int(r["batch"]), "optimizer": "adam",
+                         "autocast": True}}
 
 
 def _latest(directory: Path) -> list[dict[str, str]]:
