@@ -124,8 +124,8 @@ def _profile_for(host_name: str, device: str) -> hardware.DeviceProfile:
     return hardware.device("cpu-host" if device == "cpu" else profile_for_gpu(host_name))
 
 
-def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,
-           ranks: list[int]) -> list[tuple[str, int, Callable[[], Iterator[Measurement]]]]:
+def _steps(grid: Grid, device: str, dtypes: list[str], threads: int, ranks: list[int],
+           backends: list[str]) -> list[tuple[str, int, Callable[[], Iterator[Measurement]]]]:
     r = grid.repeats
     steps = [("launch overhead", 4, lambda: bench.launch_overhead(device, r * 3))]
     for d in dtypes:
@@ -139,11 +139,10 @@ def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,
     if bench.fp8_supported(device):
         steps.append(("matmul fp8", 2 * len(grid.matmul),
                       partial(bench.matmul_fp8, grid.matmul, device, r)))
-    for backend in ("flash", "cudnn") if device == "cuda" else ("flash",):
-        if grid.fused_attention and bench.sdpa_backend_runs(backend, device):
-            steps.append((f"{backend} attention", 2 * len(grid.fused_attention),
-                          partial(bench.fused_attention, grid.fused_attention, device, r,
-                                  backend)))
+    for backend in backends:
+        steps.append((f"{backend} attention", 2 * len(grid.fused_attention),
+                      partial(bench.fused_attention, grid.fused_attention, device, r,
+                              backend)))
     if grid.optimizer:
         steps.append(("optimizer", len(grid.optimizer),
                       partial(bench.optimizer_steps, grid.optimizer, device, r)))
@@ -159,10 +158,11 @@ def _steps(grid: Grid, device: str, dtypes: list[str], threads: int,
 
 
 def measure(grid: Grid, device: str, dtypes: list[str], threads: int, ranks: list[int],
-            progress: bool) -> list[Measurement]:
-    """Run every microbenchmark of ``grid`` with a progress bar."""
+            progress: bool, backends: list[str] | None = None) -> list[Measurement]:
+    """Run every microbenchmark of ``grid`` with a progress bar (``backends``: the fused
+    attention backends to time on its fused-attention grid)."""
     torch.manual_seed(0)
-    steps = _steps(grid, device, dtypes, threads, ranks)
+    steps = _steps(grid, device, dtypes, threads, ranks, backends or [])
     rows: list[Measurement] = []
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -317,15 +317,19 @@ def calibrate(device: str = "auto", quick: bool = False, threads: int | None = N
     if not ranks:
         skipped["allreduce"] = "fewer than two ranks fit on this host"
     grid = grid or (QUICK if quick else GPU if device == "cuda" else FULL)
-    for backend in ("flash", "cudnn") if device == "cuda" and grid.fused_attention else ():
-        if not bench.sdpa_backend_runs(backend, device):
+    backends = []  # the fused attention backends torch runs here
+    for backend in (("flash", "cudnn") if device == "cuda" else ("flash",)
+                    ) if grid.fused_attention else ():
+        if bench.sdpa_backend_runs(backend, device):
+            backends.append(backend)
+        else:
             skipped[f"{backend} attention"] = (f"torch {torch.__version__} cannot run SDPA's "
                                                f"{backend} backend on {host.name}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         clock = bench.clock_for(device)
-        rows = measure(grid, device, dtypes, threads, ranks, progress)
+        rows = measure(grid, device, dtypes, threads, ranks, progress, backends)
     finally:
         torch.set_num_threads(previous)
     fitted = fit(rows, nominal_tflops, source)

@@ -98,7 +98,6 @@ def fit_ring_allreduce(ranks: np.ndarray, size_bytes: np.ndarray,
     return RingFit(f.intercept, 1.0 / f.slope, f.residuals_pct)
 
 
-
 @dataclass(frozen=True)
 class FusedAttentionFit:
     """A fused attention kernel's constants in ``dlsim.workload.attention``'s form (forward
@@ -140,6 +139,7 @@ def fit_fused_attention(head_dim: np.ndarray, seq_len: np.ndarray, causal: np.nd
     start = np.array([np.log(min(measured_eff[column == i].max(), 1.0)) for i in
                       range(len(dims))] + [np.log(500.0), np.log(1000.0), np.log(0.8)])
     upper = np.array([0.0] * len(dims) + [np.inf, np.inf, np.log(2.0)])
+
     def log_residuals(p: np.ndarray) -> np.ndarray:
         return np.log(predicted(p) / t)
 

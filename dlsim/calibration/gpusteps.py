@@ -1,14 +1,15 @@
 """Real torch training steps on one GPU, held out from calibration, against dlsim's prediction
-for the same model on that GPU's hardware profile (`dlsim validate`, table gpu-training).
+for the same model on that GPU's hardware profile (`dlsim validate`, tables h200_training_*).
 
 The models are built from dlsim's shapes so that both sides describe one network: a GPT as
 ``hostruns.GPT`` (``workload.transformer_layers``) and a Llama-style decoder as
 ``workload.decoder`` lays one out (RMSNorm, grouped-query attention with rotary positions,
 SwiGLU MLP, untied or tied output). A step is what a plain PyTorch user runs: bf16 autocast
-over fp32 weights, torch's fused AdamW, ``scaled_dot_product_attention`` (FlashAttention-2 on
-Hopper), zero_grad, forward, loss, backward and the optimizer; its time is the median of the
-timed steps after warm-up, the peak memory torch's allocator held, and the profiler's kernel
-table of one more step says where the time went.
+over fp32 weights, torch's fused AdamW, ``scaled_dot_product_attention`` (cuDNN's fused
+attention on Hopper with torch 2.11, or the backend ``sdpa`` holds it to), zero_grad,
+forward, loss, backward and the optimizer; its time is the median of the timed steps after
+warm-up, the peak memory torch's allocator held, and the profiler's kernel table of one more
+step says where the time went.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class GpuCase:
     batch: int
 
     def build(self) -> nn.Module:
-        m = {k: v for k, v in self.model.items() if k not in ("kind", "mlp", "attention")}
+        m = {k: v for k, v in self.model.items() if k not in ("kind", "mlp")}
         if self.model.get("mlp") == "swiglu":
             return Llama(**m)
         return GPT(m["layers"], m["hidden"], m["heads"], m["seq_len"], m["vocab"])

@@ -175,7 +175,7 @@ def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
     if not summary["fits_in_memory"]:
         summary["memory_savings_bytes"] = savings(memory_of, memory_options,
                                                   zero_allowed=stages == tensor == 1 < n
-                                                  and lora is None)
+                                                  and lora is None and not train.autocast)
     summary["communication_by_axis"] = communication_by_axis(
         run.spans, int(ranks[critical]), run.bytes_by_role, train.steps)
     if stages > 1:
