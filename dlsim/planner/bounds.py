@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlsim.planner.space import Chosen, Tail
 from dlsim.results.power import PowerModel
 
 # a bound computed in another order of floating-point operations than the estimate may
@@ -48,7 +49,9 @@ class Block:
     """Plans of the layouts that share a bound, at one choice of the free dimensions the
     bound reads (``choice``: those dimensions' values)."""
 
-    indices: tuple[int, ...]  # its layouts' indices in ``PlanSpace.layouts()``
+    prefix: Chosen  # its layouts' prefix (``PlanSpace.prefixes``: the degrees, micro-batch)
+    order: tuple[int, ...]  # the prefix's value indices
+    tails: tuple[Tail, ...]  # its layouts below the prefix, in enumeration order
     choice: tuple[tuple[str, object], ...]
     plans: int
     step_s: float  # no plan of the block is faster

@@ -14,7 +14,6 @@ confirms).
 from __future__ import annotations
 
 import bisect
-import heapq
 import itertools
 import math
 import time
@@ -39,6 +38,7 @@ from dlsim.planner.space import (
     Plan,
     PlanSpace,
     SpaceCount,
+    Tail,
     Target,
     context_comm_for,
 )
@@ -188,16 +188,14 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
     # one row per plan, at its best batch: at one plan's GPU count and price, cost orders
     # its batches as time does (unpriced: by time), energy by energy
     by_time = request.objective != "energy"
-    # the bounds may skip blocks worse than the kept plans, each plan holding a row per
-    # batch at most (so the kept rows hold at least that many plans), and worse than each
-    # count's fastest (the Pareto front's); energy over several batches keeps a plan at its
-    # least-energy batch, not its fastest, so the front needs every plan estimated there
+    # the bounds may skip blocks worse than the kept plans (each at its best batch so far)
+    # and worse than each count's fastest (the Pareto front's); energy over several batches
+    # keeps a plan at its least-energy batch, not its fastest, so the front needs every plan
+    # estimated there
     bounded = not request.exhaustive and (by_time or len(batches) == 1)
     # ... and deep enough for the confirmations: the first --confirm plans, then extras that
-    # pass over protocol twins, the j-th within the first confirm + j layouts (each layout
-    # too holding a row per batch at most)
-    kept = _Best(max(request.top, request.confirm, 2) * len(batches),
-                 (request.confirm + EXTRA_CONFIRMATIONS) * len(batches))
+    # pass over protocol twins, the j-th within the first confirm + j layouts
+    kept = _Best(max(request.top, request.confirm, 2), request.confirm + EXTRA_CONFIRMATIONS)
     best: dict[Plan, tuple[tuple[int, ...], dict[str, Any]]] = {}
     estimators: dict[int, Estimator] = {}
     fastest: dict[int, float] = {}
@@ -230,7 +228,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                     _objectives(row, est.step_time_s, steps, gpus, device, energy_J)
                     fastest[gpus] = min(fastest[gpus], row["time_to_train_s"])
                     if _meets(row, request):
-                        kept.add(rank(row), _layout_key(row))
+                        kept.add(rank(row), p)
                     mine = row["time_to_train_s" if by_time else "energy_kwh"]
                     before = best.get(p)
                     # the best batch; of equal ones the first searched
@@ -295,40 +293,54 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                       space_size, loss)
 
 
-class _Best:
-    """The ``keep`` best ranking keys seen so far among plans that meet the constraints, and
-    the best key of each of the ``layouts`` best layouts (plans that differ only in their
-    protocol are one layout, ``_layout_key``)."""
+class _Lowest:
+    """The least key of each of the ``count`` identities whose least keys are lowest so
+    far: its last key is what an identity must beat to be among them."""
 
-    def __init__(self, keep: int, layouts: int = 0) -> None:
-        self.keep, self.layouts = keep, layouts
-        self._heap: list[tuple[float, float]] = []  # negated: the worst kept on top
-        self._layouts: list[tuple[tuple[float, float], tuple]] = []  # best first
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._keys: list[tuple[tuple[float, float], object]] = []  # best first
 
-    def add(self, key: tuple[float, float], layout: tuple = ()) -> None:
-        heapq.heappush(self._heap, (-key[0], -key[1]))
-        if len(self._heap) > self.keep:
-            heapq.heappop(self._heap)
-        if not self.layouts:
+    def add(self, key: tuple[float, float], identity: object) -> None:
+        if len(self._keys) == self.count and key >= self._keys[-1][0]:
             return
-        for i, (other, name) in enumerate(self._layouts):
-            if name == layout:
+        for i, (other, name) in enumerate(self._keys):
+            if name == identity:
                 if other <= key:
                     return
-                del self._layouts[i]
+                del self._keys[i]
                 break
-        bisect.insort(self._layouts, (key, layout), key=lambda item: item[0])
-        del self._layouts[self.layouts:]
+        bisect.insort(self._keys, (key, identity), key=lambda item: item[0])
+        del self._keys[self.count:]
 
     def worst(self) -> tuple[float, float]:
-        """The key a plan must beat to be kept, among the plans and among the layouts (none
-        yet: anything is kept)."""
-        none = (float("inf"), float("inf"))
-        plans = none if len(self._heap) < self.keep else (-self._heap[0][0], -self._heap[0][1])
-        if not self.layouts:
-            return plans
-        layouts = none if len(self._layouts) < self.layouts else self._layouts[-1][0]
-        return max(plans, layouts)
+        """The ``count``-th least key (none yet: infinity)."""
+        if len(self._keys) < self.count:
+            return (float("inf"), float("inf"))
+        return self._keys[-1][0]
+
+
+class _Best:
+    """The best ranking keys seen so far of the ``keep`` best plans that meet the
+    constraints and of the ``layouts`` best layouts (plans that differ only in their
+    protocol are one layout), each plan and layout at its best batch. Rows of one plan at
+    several batches count once: the final ranking holds each plan at its best batch, so
+    its ``keep``-th plan is no better than the ``keep``-th kept here; and each of its
+    layouts (``_layout_key``: at one batch) is at least as good as a kept layout's best."""
+
+    def __init__(self, keep: int, layouts: int = 0) -> None:
+        self._plans, self._layouts = _Lowest(keep), _Lowest(layouts)
+
+    def add(self, key: tuple[float, float], plan: Plan) -> None:
+        self._plans.add(key, plan)
+        if self._layouts.count:
+            self._layouts.add(key, replace(plan, protocol="auto"))
+
+    def worst(self) -> tuple[float, float]:
+        """The key a plan must beat to be kept, among the plans and among the layouts."""
+        if not self._layouts.count:
+            return self._plans.worst()
+        return max(self._plans.worst(), self._layouts.worst())
 
 
 # the free dimensions the step's lower bound reads (the cut's compute); the others (offload,
@@ -340,37 +352,42 @@ def _blocks(space: PlanSpace, table: Callable[[int], CostTable],
             power: Callable[[int], PowerModel], request: PlanRequest, batch: int,
             steps: float, device: hardware.DeviceProfile) -> list[Block]:
     """The space's plans in blocks that share a lower bound (``dlsim.planner.bounds``),
-    best bound first: layouts of equal degrees, micro-batch and virtual stages (whatever
-    their schedule, ZeRO stage, shard group, algorithm and placement) at one recompute and
-    sequence-parallel choice."""
+    best bound first: the layouts of one prefix (degrees and micro-batch) and number of
+    virtual stages (whatever their schedule, ZeRO stage, shard group, algorithm and
+    placement) at one recompute and sequence-parallel choice. Blocks hold their prefix and
+    tails; no layout is built until its block is searched."""
     names = [d.name for d in space.free]
     fixed = [names.index(n) for n in BOUND_DIMENSIONS]
     rest = [i for i in range(len(names)) if i not in fixed]
-    # layouts by degrees (the bound's values are listed per tensor degree: BOUND_DIMENSIONS
-    # read nothing else), with their plans per choice of those values
-    grouped: dict[tuple, tuple[list[int], list[int], list[Sequence[Any]]]] = {}
-    for index, (layout, free, _) in enumerate(space.layouts()):
-        degrees = (layout["tensor"], layout["context"], layout["pipeline"], layout["data"],
-                   layout["expert"], layout["expert_tensor"], layout["microbatch"],
-                   layout["virtual_stages"])
-        if degrees not in grouped:
-            grouped[degrees] = ([], [], [free[i] for i in fixed])
-        indices, counts, _ = grouped[degrees]
-        indices.append(index)
-        counts.append(math.prod(len(free[i]) for i in rest))
+    # a prefix's tails by virtual stages, with the bound's values (listed per tensor degree:
+    # BOUND_DIMENSIONS read nothing else) and the plans per choice of them; prefixes share
+    # their tails, so each list is split once
+    split: dict[int, list[tuple[int, tuple[Tail, ...], list[Sequence[Any]], int]]] = {}
     blocks = []
-    for degrees, (indices, counts, options) in grouped.items():
-        t, c, p, d, e, et, mb, v = degrees
+    for prefix, order, tails in space.prefixes():
+        if id(tails) not in split:
+            by_virtual: dict[int, list[Tail]] = {}
+            for tail in tails:
+                by_virtual.setdefault(tail[0]["virtual_stages"], []).append(tail)
+            split[id(tails)] = [
+                (v, tuple(group), [group[0][2][i] for i in fixed],
+                 sum(math.prod(len(free[i]) for i in rest) for _, _, free, _ in group))
+                for v, group in by_virtual.items()]
+        t, c, p, d, e, et, mb = (prefix[n] for n in (
+            "tensor", "context", "pipeline", "data", "expert", "expert_tensor", "microbatch"))
         m = batch // d // mb
-        for choice in itertools.product(*options):
-            recompute, sp = choice
-            compute = table(mb).stage_compute(t, p * v, recompute, sp and t > 1, c, e, et, p)
-            step = step_lower_bound(compute, m, v)
-            blocks.append(Block(tuple(indices), tuple(zip(BOUND_DIMENSIONS, choice)),
-                                sum(counts), step,
-                                _bound_key(request, step, steps, space.problem.target.devices,
-                                           device, power(mb), m * max(compute))))
-    return sorted(blocks, key=lambda b: (b.key, b.indices))
+        for v, group, options, plans in split[id(tails)]:
+            for choice in itertools.product(*options):
+                recompute, sp = choice
+                compute = table(mb).stage_compute(t, p * v, recompute, sp and t > 1, c, e,
+                                                  et, p)
+                step = step_lower_bound(compute, m, v)
+                blocks.append(Block(prefix, order, group,
+                                    tuple(zip(BOUND_DIMENSIONS, choice)), plans, step,
+                                    _bound_key(request, step, steps,
+                                               space.problem.target.devices, device,
+                                               power(mb), m * max(compute))))
+    return sorted(blocks, key=lambda b: (b.key, b.order + b.tails[0][1]))
 
 
 def _bound_key(request: PlanRequest, step_s: float, steps: float, gpus: int,
@@ -416,12 +433,12 @@ def _fits(estimator: Estimator, batch: int, capacity: float, plan: Plan) -> bool
 def _block_plans(space: PlanSpace, block: Block, size: SpaceCount,
                  fits: Callable[[Plan], bool],
                  beaten: Callable[..., bool] | None = None
-                 ) -> Iterator[tuple[tuple[int, ...], Plan]]:
+                 ) -> Iterator[tuple[tuple[Any, ...], Plan]]:
     """The feasible plans of ``block`` that ``fits`` (memory) with their place in the
-    enumeration order (the layout's index, then each free dimension's value index); counts
-    the feasible ones. ``fits`` reads no protocol, the innermost dimension, so it is asked
-    once for the protocols of each choice of the others (most plans do not fit). At the
-    block's first plan that fits, ``beaten`` (its micro parts at every placement and
+    enumeration order (the layout's value indices, then each free dimension's value index);
+    counts the feasible ones. ``fits`` reads no protocol, the innermost dimension, so it is
+    asked once for the protocols of each choice of the others (most plans do not fit). At
+    the block's first plan that fits, ``beaten`` (its micro parts at every placement and
     protocol of the block, without ZeRO-3's gathers, which only add) may skip the whole
     block; at each layout's first, ``beaten`` (its plans at each protocol) may skip the
     layout's remaining plans; both counted as pruned."""
@@ -429,21 +446,20 @@ def _block_plans(space: PlanSpace, block: Block, size: SpaceCount,
     assert names[-1] == "protocol"
     chosen = dict(block.choice)
 
-    def options(index: int) -> list[list[tuple[int, Any]]]:
-        free = space.layouts()[index][1]
+    def options(free: list[Sequence[Any]]) -> list[list[tuple[int, Any]]]:
         return [[(free[i].index(chosen[n]), chosen[n])] if n in chosen
                 else list(enumerate(free[i])) for i, n in enumerate(names)]
 
     block_checked = beaten is None
-    for at, index in enumerate(block.indices):
-        if not space.layout_runs(index):
+    for at, (tail, tail_order, free, count) in enumerate(block.tails):
+        order, layout = block.order + tail_order, {**block.prefix, **tail}
+        if not space.layout_runs(order, layout, free, count):
             continue
-        layout = space.layouts()[index][0]
-        *others, protocols = options(index)
+        *others, protocols = options(free)
         checked = False
         for seen, values in enumerate(itertools.product(*others)):
             named = {n: v for n, (_, v) in zip(names, values)}
-            order = tuple(k for k, _ in values)
+            at_values = tuple(k for k, _ in values)
             first = space.plan(layout, {**named, "protocol": protocols[0][1]})
             if not fits(first):
                 size.feasible += len(protocols)
@@ -454,10 +470,10 @@ def _block_plans(space: PlanSpace, block: Block, size: SpaceCount,
             if not block_checked:
                 assert beaten is not None
                 block_checked = True
-                floor = _block_floor(space, block, options, first)
+                floor = _block_floor(block, options, first)
                 if beaten(floor, rounded=True) or beaten(floor):
-                    size.pruned += left + sum(math.prod(map(len, options(i)))
-                                              for i in block.indices[at + 1:])
+                    size.pruned += left + sum(math.prod(map(len, options(later[2])))
+                                              for later in block.tails[at + 1:])
                     return
             if beaten is not None and not checked:
                 checked = True
@@ -466,16 +482,16 @@ def _block_plans(space: PlanSpace, block: Block, size: SpaceCount,
                     break
             size.feasible += len(protocols)
             for (k, _), plan in zip(protocols, plans):
-                yield (index, *order, k), plan
+                yield (order, *at_values, k), plan
 
 
-def _block_floor(space: PlanSpace, block: Block,
-                 options: Callable[[int], list[list[tuple[int, Any]]]],
+def _block_floor(block: Block,
+                 options: Callable[[list[Sequence[Any]]], list[list[tuple[int, Any]]]],
                  plan: Plan) -> list[Plan]:
     """``plan`` at every placement and protocol of ``block``'s layouts, without ZeRO-3's
     layer-by-layer gathers: every micro part of the block is at least one of theirs."""
-    placements = {space.layouts()[i][0]["placement"] for i in block.indices}
-    protocols = dict.fromkeys(p for i in block.indices for _, p in options(i)[-1])
+    placements = {tail["placement"] for tail, *_ in block.tails}
+    protocols = dict.fromkeys(p for _, _, free, _ in block.tails for _, p in options(free)[-1])
     return [replace(plan, placement=where, protocol=protocol, zero_stage=0, shard_group=None)
             for where in sorted(placements) for protocol in protocols]
 

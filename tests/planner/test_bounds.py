@@ -81,11 +81,11 @@ def test_no_estimate_is_below_its_blocks_bound() -> None:
     def power(mb: int) -> S.PowerModel:
         return S.power_model(table(mb).model, device, "bf16")
 
-    layout_fields = tuple(space.layouts()[0][0])
+    layout_fields = tuple(next(space.layouts())[1])
     bound_of = {}
     for block in S._blocks(space, table, power, request, batch, 1.0, device):
-        for index in block.indices:
-            layout = space.layouts()[index][0]
+        for tail, *_ in block.tails:
+            layout = {**block.prefix, **tail}
             bound_of[tuple(layout.values()) + tuple(v for _, v in block.choice)] = block.step_s
     for row in result.candidates:
         key = tuple(row[k] for k in (*layout_fields, *S.BOUND_DIMENSIONS))
