@@ -109,8 +109,8 @@ class CheckpointSpec(Spec):
 
     interval_steps: int | None = Field(default=None, ge=1)
     interval: Literal["auto"] | Annotated[int, Field(ge=1)] | None = None
-    cost_s: float | None = Field(default=None, ge=0)
-    storage_GBps: float | None = Field(default=None, gt=0)
+    cost_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    storage_GBps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_each(self) -> CheckpointSpec:
@@ -145,12 +145,12 @@ class FailureSpec(Spec):
     are assumed stationary), so a days-long job costs one simulated step."""
 
     at: list[FailureAt] = []
-    mtbf_s: float | None = Field(default=None, gt=0)
-    restart_s: float = Field(default=0.0, ge=0)
+    mtbf_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    restart_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     checkpoint: CheckpointSpec | None = None
     job_steps: int | None = Field(default=None, ge=1)
     rates: str | None = None
-    job_days: float | None = Field(default=None, gt=0)
+    job_days: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     monte_carlo_runs: int = Field(default=10_000, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
@@ -191,13 +191,15 @@ class ConvergenceSpec(Spec):
     - ``chinchilla`` (Hoffmann et al. 2022, Approach 3): the tokens at which L(N, D) reaches
       ``target_loss``.
 
-    Stale updates multiply the steps by (1 + staleness_penalty * mean staleness)."""
+    Stale updates multiply the steps by (1 + staleness_penalty * mean staleness), and local
+    SGD's period H (``communication.local_sgd_period``) by (1 + local_sgd_penalty * (H - 1))."""
 
     model: Literal["mccandlish", "kaplan", "chinchilla"] = "mccandlish"
-    min_steps: float | None = Field(default=None, gt=0)
-    noise_batch: float | None = Field(default=None, gt=0)
-    target_loss: float | None = Field(default=None, gt=0)
-    staleness_penalty: float = Field(default=0.0, ge=0)
+    min_steps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    noise_batch: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    target_loss: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    staleness_penalty: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    local_sgd_penalty: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _model_fields(self) -> ConvergenceSpec:

@@ -134,6 +134,8 @@ def test_without_a_model_the_summary_keeps_its_fields():
     {"model": "kaplan", "target_loss": 2.0, "min_steps": 10},     # a McCandlish field
     {"model": "chinchilla", "target_loss": 2.0, "noise_batch": 5},
     {"min_steps": 10},                                            # McCandlish needs both
+    {"model": "kaplan", "target_loss": float("inf")},             # not a loss (nor JSON)
+    {"min_steps": 10, "noise_batch": float("nan")},
 ])
 def test_bad_convergence_fields_are_refused(conv):
     with pytest.raises(ScenarioError):
@@ -147,3 +149,32 @@ def test_an_unreachable_loss_names_the_floor(law, floor_term):
         dlsim.simulate(scenario(convergence={"model": law, "target_loss": 1.0}))
     assert err.value.field == "convergence.target_loss" and "never falls below" in str(err.value)
     assert floor_term in str(err.value)
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_local_sgd_multiplies_the_steps_by_its_stated_penalty(explicit):
+    """Averaging every H = 4 steps at local_sgd_penalty c = 0.25: S = S_min (1 + B_noise/B)
+    (1 + c (H - 1)); the step time is the run's, so the time follows."""
+    conv = {"min_steps": 1000, "noise_batch": 96, "local_sgd_penalty": 0.25,
+            **({"model": "mccandlish"} if explicit else {})}
+    s = dlsim.simulate(scenario(training={"global_batch": 32, "optimizer": "adam",
+                                          "steps": 4},
+                                communication={"local_sgd_period": 4},
+                                convergence=conv)).summary
+    c = s["convergence"]
+    assert c["steps_to_target"] == pytest.approx(1000 * (1 + 96 / 32) * (1 + 0.25 * 3),
+                                                 rel=1e-12)
+    assert (c["local_sgd_period"], c["local_sgd_penalty"]) == (4, 0.25)
+    assert s["time_to_accuracy_s"] == pytest.approx(c["steps_to_target"] * s["step_time_s"],
+                                                    rel=1e-12)
+    if explicit:
+        assert any("local SGD averaging every 4 steps" in a for a in c["assumptions"])
+
+
+def test_without_local_sgd_its_penalty_changes_nothing():
+    conv = {"min_steps": 1000, "noise_batch": 96}
+    plain = dlsim.simulate(scenario(convergence=conv)).summary["convergence"]
+    stated = dlsim.simulate(scenario(convergence={**conv, "local_sgd_penalty": 0.5})
+                            ).summary["convergence"]
+    assert stated["steps_to_target"] == plain["steps_to_target"] == 1000 * (1 + 96 / 32)
+    assert "local_sgd_period" not in stated

@@ -138,6 +138,8 @@ def test_a_16k_gpu_54_day_job_reports_its_effective_training_time():
      "checkpoint": {"interval": 10, "cost_s": 5}},
     {"mtbf_s": 100, "checkpoint": {"interval_steps": 10, "storage_GBps": 5}},
     {"mtbf_s": 100, "checkpoint": {"interval": 10}},                    # no cost
+    {"mtbf_s": float("inf"), "checkpoint": {"interval": 10, "cost_s": 5}},  # not finite
+    {"mtbf_s": 100, "checkpoint": {"interval": 10, "storage_GBps": float("inf")}},
 ])
 def test_bad_goodput_fields_are_refused(failures):
     base = {"name": "t", "model": {"kind": "mlp", "widths": [64, 64]},
@@ -180,3 +182,28 @@ def test_the_report_plots_goodput_against_the_interval_with_the_runs_spread():
     assert part is not None and part["failures"]["image"].startswith("data:image/png;base64,")
     rows = dict(part["failures"]["rows"])
     assert rows["job MTBF"] == f"{54 * 24 / 419:.3g} h"  # 3.09 h: 419 interruptions in 54 days
+
+
+def test_a_small_job_whose_mean_lies_below_its_5th_percentile_is_drawn():
+    """On 8 GPUs at the Llama 3 rates most runs see no failure, so the few that do pull
+    the mean below the 5th percentile; the report draws the spread beside the mean."""
+    from dlsim.report.sync import sync_section
+    spec = FailureSpec(rates="llama3", restart_s=600, job_days=5, monte_carlo_runs=2000,
+                       checkpoint={"interval": "auto", "storage_GBps": 100})
+    g = goodput_summary(spec, 0.05, 1, summary_of(devices=8, data=8),
+                        np.random.default_rng(0))
+    assert g["goodput_mean"] < g["goodput_p5"] <= g["goodput_p95"]
+    part = sync_section({"goodput": g})
+    assert part is not None and part["failures"]["image"].startswith("data:image/png;base64,")
+
+
+def test_a_job_that_never_reaches_a_checkpoint_is_refused():
+    """Failures every millisecond against 0.05 s steps: 54 days of wall time hold less work
+    than one checkpoint interval (the renewal-reward work would be 1e-29 s)."""
+    spec = FailureSpec(mtbf_s=0.001, job_days=54, checkpoint={"interval": "auto",
+                                                              "cost_s": 0.02})
+    with pytest.raises(ScenarioError) as err:
+        goodput_summary(spec, 0.05, 1, summary_of(devices=8, data=8),
+                        np.random.default_rng(0))
+    assert err.value.field == "failures.job_days" and "never reaches a checkpoint" in str(
+        err.value)

@@ -78,13 +78,14 @@ def bsp_summary(scenario: TrainingScenario, run: EngineRun, devices: np.ndarray,
         out["straggler_wait_per_device_s"] = wait_per_device(
             run.spans, sorted({s.device for s in run.spans}), run.end_s, steps)
     seconds_per_step = run.end_s / steps
+    period = scenario.communication.local_sgd_period  # checked by the rules: data parallel
     spec = scenario.failures
     if spec is not None and spec.checkpoint is not None and spec.checkpoint.expected_goodput:
         job_steps = steps  # without job_steps or job_days, the job is the run to the target
         if scenario.convergence is not None:
             job_steps = math.ceil(convergence_summary(
                 scenario.convergence, scenario.training.global_batch, 0.0, seconds_per_step,
-                job)["convergence"]["steps_to_target"])
+                job, period)["convergence"]["steps_to_target"])
         out["goodput"] = goodput_summary(spec, seconds_per_step, job_steps, summary, rng)
         seconds_per_step /= out["goodput"]["goodput_closed_form"]
     elif spec is not None:
@@ -99,5 +100,5 @@ def bsp_summary(scenario: TrainingScenario, run: EngineRun, devices: np.ndarray,
                 spec.checkpoint.cost_s, spec.mtbf_s)
     if scenario.convergence is not None:
         out.update(convergence_summary(scenario.convergence, scenario.training.global_batch,
-                                       0.0, seconds_per_step, job))
+                                       0.0, seconds_per_step, job, period))
     return out

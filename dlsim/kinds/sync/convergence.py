@@ -16,6 +16,14 @@ grow by (1 + staleness_penalty * mean staleness), where staleness is counted in 
 2018 measure error growing with it). ``staleness_penalty`` is the scenario's to set; 0 means
 staleness costs nothing. Under SSP/ASP each update carries one worker's batch, so B there is
 the per-worker batch and S counts updates.
+
+Local SGD (``communication.local_sgd_period`` H: workers average their models every H
+steps) converges in fewer steps' worth of communication but not in fewer steps. STATED
+MULTIPLIER, not a published fit: steps grow by (1 + local_sgd_penalty * (H - 1)), the form
+of the extra error term of local-update SGD, linear in H - 1 (Wang and Joshi, "Cooperative
+SGD", JMLR 2021, Theorem 1; Stich, "Local SGD Converges Fast and Communicates Little",
+ICLR 2019, bounds the H at which it vanishes). ``local_sgd_penalty`` is the scenario's to
+set; 0 means averaging every H steps costs no steps.
 """
 
 from __future__ import annotations
@@ -53,22 +61,30 @@ def job_of(spec: ModelSpec, model: Model, devices: int, price_usd_per_hour: floa
     return Job(devices, price_usd_per_hour, seq, model.parameters, blocks, average_power_W)
 
 
-def steps_to_target(spec: ConvergenceSpec, batch: float, mean_staleness: float) -> float:
+def steps_to_target(spec: ConvergenceSpec, batch: float, mean_staleness: float,
+                    local_sgd_period: int = 1) -> float:
     """Updates of ``batch`` samples needed to reach the target (the McCandlish model)."""
     assert spec.min_steps is not None and spec.noise_batch is not None  # the spec requires
     return (laws.mccandlish_steps(spec.min_steps, spec.noise_batch, batch)
-            * (1.0 + spec.staleness_penalty * mean_staleness))
+            * _penalty(spec, mean_staleness, local_sgd_period))
+
+
+def _penalty(spec: ConvergenceSpec, mean_staleness: float, local_sgd_period: int) -> float:
+    """The stated multipliers of stale updates and of local SGD's period on the steps."""
+    return ((1.0 + spec.staleness_penalty * mean_staleness)
+            * (1.0 + spec.local_sgd_penalty * (local_sgd_period - 1)))
 
 
 def convergence_summary(spec: ConvergenceSpec, batch: float, mean_staleness: float,
-                        seconds_per_update: float, job: Job) -> dict[str, Any]:
+                        seconds_per_update: float, job: Job,
+                        local_sgd_period: int = 1) -> dict[str, Any]:
     """The summary's ``convergence`` fields and ``time_to_accuracy_s``.
 
     Given ``model`` explicitly (or a model other than McCandlish's), the block also holds
     tokens, wall time and cost to the target and the list of assumptions; without it, the
     fields are those dlsim always wrote."""
     if "model" not in spec.model_fields_set:
-        steps = steps_to_target(spec, batch, mean_staleness)
+        steps = steps_to_target(spec, batch, mean_staleness, local_sgd_period)
         return {
             "time_to_accuracy_s": steps * seconds_per_update,
             "convergence": {
@@ -77,9 +93,18 @@ def convergence_summary(spec: ConvergenceSpec, batch: float, mean_staleness: flo
                 "seconds_per_update": seconds_per_update,
                 "min_steps": spec.min_steps, "noise_batch": spec.noise_batch,
                 "staleness_penalty": spec.staleness_penalty,
+                **_local_sgd(spec, local_sgd_period),
             },
         }
-    return _target_summary(spec, batch, mean_staleness, seconds_per_update, job)
+    return _target_summary(spec, batch, mean_staleness, seconds_per_update, job,
+                           local_sgd_period)
+
+
+def _local_sgd(spec: ConvergenceSpec, period: int) -> dict[str, Any]:
+    """The summary's local SGD fields, where the job averages less often than every step."""
+    if period == 1:
+        return {}
+    return {"local_sgd_period": period, "local_sgd_penalty": spec.local_sgd_penalty}
 
 
 def _tokens_per_sample(spec: ConvergenceSpec, job: Job) -> int:
@@ -92,8 +117,9 @@ def _tokens_per_sample(spec: ConvergenceSpec, job: Job) -> int:
 
 
 def _target_summary(spec: ConvergenceSpec, batch: float, mean_staleness: float,
-                    seconds_per_update: float, job: Job) -> dict[str, Any]:
-    staleness = 1.0 + spec.staleness_penalty * mean_staleness
+                    seconds_per_update: float, job: Job,
+                    local_sgd_period: int) -> dict[str, Any]:
+    penalty = _penalty(spec, mean_staleness, local_sgd_period)
     tokens_per_sample = job.tokens_per_sample
     extra: dict[str, Any] = {}
     if spec.model == "mccandlish":
@@ -133,10 +159,15 @@ def _target_summary(spec: ConvergenceSpec, batch: float, mean_staleness: float,
                        f"N = {n:,} parameters, embeddings included (as Hoffmann et al. count)",
                        "the tokens needed do not depend on the batch (the fit's batches "
                        "are below the critical batch); no penalty for large batches"]
-    steps = base * staleness
+    steps = base * penalty
     seconds = steps * seconds_per_update
     assumptions.append(f"stale updates: steps x (1 + {spec.staleness_penalty:g} x mean "
                        "staleness), an ASSUMPTION (Lian et al. 2015 bound it by the delay)")
+    if local_sgd_period > 1:
+        assumptions.append(
+            f"local SGD averaging every {local_sgd_period} steps: steps x (1 + "
+            f"{spec.local_sgd_penalty:g} x {local_sgd_period - 1}), a STATED multiplier "
+            "(the form of Wang and Joshi 2021's local-update error term, linear in H - 1)")
     assumptions.append("wall time = steps x simulated time per step (with the expected cost "
                        "of failures and checkpoints where failures are modelled)")
     out: dict[str, Any] = {
@@ -144,7 +175,7 @@ def _target_summary(spec: ConvergenceSpec, batch: float, mean_staleness: float,
         "batch_per_update": batch, "mean_staleness": mean_staleness,
         "seconds_per_update": seconds_per_update, "min_steps": min_steps,
         "noise_batch": noise, "staleness_penalty": spec.staleness_penalty,
-        "time_to_target_s": seconds, **extra,
+        **_local_sgd(spec, local_sgd_period), "time_to_target_s": seconds, **extra,
     }
     if tokens_per_sample is not None:
         out["tokens_to_target"] = steps * batch * tokens_per_sample

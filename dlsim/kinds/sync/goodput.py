@@ -195,6 +195,15 @@ def goodput_summary(spec: FailureSpec, step_s: float, steps: int, summary: dict[
     steady = steady_goodput(c)
     if spec.job_days is not None:
         work = spec.job_days * DAY_S * steady
+        if work < c.interval_s:  # renewal-reward needs whole segments: the job makes none
+            raise ScenarioError(
+                f"at an MTBF of {mtbf:,.4g} s with a checkpoint every {c.interval_s:,.4g} s "
+                f"({interval_steps} step{'s' * (interval_steps != 1)}) the long-run goodput "
+                f"is {steady:.3g}: "
+                f"{spec.job_days:g} days hold less work than one checkpoint interval, so the "
+                "job never reaches a checkpoint. Fewer failures (failures.rates or "
+                "failures.mtbf_s) or a shorter failures.checkpoint.interval are needed.",
+                field="failures.job_days")
         assumptions.append("job_days is the wall time: the work is the one whose long-run "
                            "goodput fills it (renewal-reward), its spread from the runs")
     else:
