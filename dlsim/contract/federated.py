@@ -107,6 +107,16 @@ class FedBuffSpec(Spec):
     max_staleness: int | None = Field(default=None, ge=0)
 
 
+class FederatedConvergenceSpec(Spec):
+    """A target accuracy as the client updates it needs: ``client_updates`` fresh updates
+    (the task's, measured at zero staleness: e.g. FedAvg's rounds to the target times K),
+    and ``staleness_penalty`` c, by which an update s server versions stale counts as
+    1 / (1 + c s) of a fresh one (``dlsim.kinds.federated.convergence`` cites its form)."""
+
+    client_updates: int = Field(ge=1)
+    staleness_penalty: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
 class CompressionSpec(Spec):
     """Update compression on the uplink: ``int8`` quantisation (1 byte per parameter) or
     ``topk`` sparsification (``topk_fraction`` of the values plus an ``index_bytes`` index

@@ -30,7 +30,7 @@ from dlsim.contract.errors import (
     did_you_mean,
     excerpt,
 )
-from dlsim.contract.federated import FederatedSpec
+from dlsim.contract.federated import FederatedConvergenceSpec, FederatedSpec
 from dlsim.contract.hf_config import import_fields, resolve
 from dlsim.contract.inference import EdgeInferenceSpec
 from dlsim.contract.loading import read_yaml
@@ -576,7 +576,8 @@ class CollectiveScenario(_Spec):
 
 class FederatedScenario(_Spec):
     """``kind: federated``: rounds of client updates; the model gives each client's work
-    unless ``federated`` gives flops_per_sample and parameters."""
+    unless ``federated`` gives flops_per_sample and parameters; ``convergence`` turns the
+    rounds' rate of updates into a time to a target accuracy."""
 
     name: Name
     kind: Literal["federated"] = "federated"
@@ -586,6 +587,7 @@ class FederatedScenario(_Spec):
     seed: int = Field(default=0, ge=0)  # numpy's SeedSequence takes non-negative ints
     sweep: Sweep | None = None
     federated: FederatedSpec
+    convergence: FederatedConvergenceSpec | None = None
 
 
 class EdgeInferenceScenario(_Spec):

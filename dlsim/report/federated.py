@@ -64,6 +64,12 @@ def _cards(s: Mapping[str, Any]) -> list[Card]:
               "bad" if wasted["clients"] else ""),
         _card("Training energy", format_joules(s["energy_J"]), "device power × training time"),
     ]
+    if s.get("convergence"):
+        c = s["convergence"]
+        cards.insert(0, _card("Time to target", format_duration(c["time_to_target_s"]),
+                              f"{c['rounds_to_target']:,.0f} rounds · "
+                              f"{c['updates_to_target']:,.0f} updates for "
+                              f"{c['client_updates']:,} fresh ones"))
     if s.get("rounds_failed"):
         cards.append(_card("Failed rounds", f"{s['rounds_failed']:,}",
                            "too few updates to aggregate", "bad"))

@@ -252,6 +252,54 @@ def test_fedbuff_discards_updates_staler_than_max_staleness():
     assert s["staleness"]["max"] == 0
 
 
+# -- time to a target ------------------------------------------------------------------------
+
+def test_synchronous_rounds_reach_the_target_after_its_client_updates():
+    """FedAvg aggregates K = 10 fresh updates a round: U = 45 updates are 4.5 rounds of the
+    run's mean round, with its energy per round."""
+    sc = scenario(rounds=3)
+    sc["convergence"] = {"client_updates": 45, "staleness_penalty": 0.7}  # no staleness
+    s = dlsim.simulate(sc).summary
+    c = s["convergence"]
+    assert (c["mean_staleness"], c["mean_update_weight"], c["updates_to_target"]) == (0, 1, 45)
+    assert c["rounds_to_target"] == pytest.approx(4.5, rel=1e-12)
+    assert c["time_to_target_s"] == pytest.approx(s["time_to_rounds_s"] * 4.5 / 3, rel=1e-12)
+    assert s["time_to_accuracy_s"] == c["time_to_target_s"]
+    assert c["energy_to_target_J"] == pytest.approx(s["energy_J"] * 4.5 / 3, rel=1e-12)
+
+
+@pytest.mark.parametrize("penalty", [0.0, 0.5, 2.0])
+def test_stale_fedbuff_updates_count_one_over_one_plus_c_s(penalty):
+    """The two-speed FedBuff run aggregates updates of staleness 0, 0, 0, 3, 1 (the test
+    above): U fresh updates need U / mean(1 / (1 + c s)) of them, at the run's rate."""
+    t_fast, t_slow = round_s("phone-high", F_BUFF), round_s("phone-low", F_BUFF)
+    k = math.floor(t_slow / t_fast)
+    sc = scenario(clients=2, clients_per_round=1, population=TWO_SPEEDS, algorithm="fedbuff",
+                  rounds=k + 2, flops_per_sample=F_BUFF,
+                  fedbuff={"buffer": 1, "concurrency": 2})
+    sc["convergence"] = {"client_updates": 100, "staleness_penalty": penalty}
+    s = dlsim.simulate(sc).summary
+    weight = np.mean([1 / (1 + penalty * v) for v in [0] * k + [k, 1]])
+    c = s["convergence"]
+    assert c["mean_update_weight"] == pytest.approx(weight, rel=1e-12)
+    assert c["updates_to_target"] == pytest.approx(100 / weight, rel=1e-12)
+    assert c["time_to_target_s"] == pytest.approx(
+        s["time_to_rounds_s"] * 100 / weight / (k + 2), rel=1e-12)  # buffer 1: an update a round
+
+
+@pytest.mark.parametrize("convergence,field", [
+    ({"client_updates": 0}, "convergence.client_updates"),
+    ({"client_updates": 10, "staleness_penalty": -1}, "convergence.staleness_penalty"),
+    ({"client_updates": 10, "min_steps": 5}, "convergence.min_steps"),  # a training field
+])
+def test_bad_federated_convergence_names_the_field(convergence, field):
+    sc = scenario()
+    sc["convergence"] = convergence
+    with pytest.raises(ScenarioError) as err:
+        dlsim.simulate(sc)
+    assert field in str(err.value)
+
+
 # -- population -----------------------------------------------------------------------------------
 
 def test_class_shares_are_exact_by_largest_remainder():

@@ -11,6 +11,7 @@ from dlsim.contract.federated import CompressionSpec
 from dlsim.contract.scenario import FederatedScenario
 from dlsim.hardware.profiles import DTYPE_BYTES
 from dlsim.kinds.federated.availability import Availability
+from dlsim.kinds.federated.convergence import convergence_summary
 from dlsim.kinds.federated.fedbuff import run_fedbuff, staleness_weight
 from dlsim.kinds.federated.population import Population, Workload, build_population, workload
 from dlsim.kinds.federated.rounds import run_rounds
@@ -95,6 +96,13 @@ def simulate_federated(scenario: FederatedScenario) -> Result:
             "mean_weight": float(np.mean([staleness_weight(int(v)) for v in s]))
             if len(s) else 0.0,
             "discarded": int(tally.dropped.get("stale", 0))}
+    if scenario.convergence is not None and tally.round_aggregated and sum(
+            tally.round_aggregated):
+        summary["convergence"] = convergence_summary(
+            scenario.convergence, np.array(tally.staleness, dtype=float),
+            int(sum(tally.round_aggregated)), len(ends), summary["time_to_rounds_s"],
+            summary["energy_J"])
+        summary["time_to_accuracy_s"] = summary["convergence"]["time_to_target_s"]
     summary["round_table"] = [
         {"round": i, "start_s": start, "end_s": end, "aggregated": n}
         for i, (start, end, n) in enumerate(zip(tally.round_start_s, tally.round_end_s,
