@@ -8,9 +8,10 @@ the estimate's wall and CPU time and plans per second, the engine confirmations 
 process per CPU, as ``dlsim plan`` runs them, unless ``--workers``), and the best plan;
 CPU time is this process's only. ``--against TREE`` runs the same request with TREE's
 dlsim first (another checkout, e.g. main before the wider space) in a subprocess and prints
-both side by side with the ratios. Llama-3.1 405B on 8,192 H100 (1,024 DGX H100):
-``--model llama-3.1-405b --cluster dgx-h100 --gpus 8192 --global-batch 2048``; ``--model``
-also takes a Hugging Face config.json.
+both side by side with the ratios. ``--target-loss 2.0`` plans to that loss, the global
+batch searched around B_crit (the request of issue 18's 60 s target). Llama-3.1 405B on
+8,192 H100 (1,024 DGX H100): ``--model llama-3.1-405b --cluster dgx-h100 --gpus 8192
+--global-batch 2048``; ``--model`` also takes a Hugging Face config.json.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from pathlib import Path
 
 
 def measure(model: str, cluster: str, gpus: int, global_batch: int, confirm: int,
-            max_plans: int, workers: int | None = None) -> dict:
+            max_plans: int, workers: int | None = None,
+            target_loss: float | None = None) -> dict:
     from dlsim.planner import PlanRequest, run_plan
 
     fields = PlanRequest.__dataclass_fields__
     request = PlanRequest(model, cluster, (gpus,), global_batch, confirm=confirm,
                           **({"max_plans": max_plans} if "max_plans" in fields else {}),
-                          **({"workers": workers} if "workers" in fields else {}))
+                          **({"workers": workers} if "workers" in fields else {}),
+                          **({"target_loss": target_loss} if target_loss else {}))
     wall, cpu = time.perf_counter(), time.process_time()
     result = run_plan(request)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -75,11 +78,13 @@ def main() -> None:
     parser.add_argument("--max-plans", type=int, default=10**9)
     parser.add_argument("--workers", type=int, default=None,
                         help="confirmation processes (default: one per CPU, as dlsim plan)")
+    parser.add_argument("--target-loss", type=float, default=None,
+                        help="plan to a target loss (the global batch searched around it)")
     parser.add_argument("--against", type=Path, help="another dlsim tree to compare with")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     request = (args.model, args.cluster, args.gpus, args.global_batch, args.confirm,
-               args.max_plans, args.workers)
+               args.max_plans, args.workers, args.target_loss)
     if args.json:
         print(json.dumps(measure(*request)))
         return

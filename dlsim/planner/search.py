@@ -185,8 +185,6 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
 
     size = SpaceCount()
     rank = _ranking(request)
-    # one row per plan, at its best batch: at one plan's GPU count and price, cost orders
-    # its batches as time does (unpriced: by time), energy by energy
     by_time = request.objective != "energy"
     # the bounds may skip blocks worse than the kept plans (each at its best batch so far)
     # and worse than each count's fastest (the Pareto front's); energy over several batches
@@ -229,12 +227,9 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                     fastest[gpus] = min(fastest[gpus], row["time_to_train_s"])
                     if _meets(row, request):
                         kept.add(rank(row), p)
-                    mine = row["time_to_train_s" if by_time else "energy_kwh"]
+                    mine = _batch_rank(row, b, request)
                     before = best.get(p)
-                    # the best batch; of equal ones the first searched
-                    if before is None or (mine, b) < (before[1]["time_to_train_s" if by_time
-                                                                else "energy_kwh"],
-                                                      before[0][1]):
+                    if before is None or mine < _batch_rank(before[1], before[0][1], request):
                         best[p] = ((g, b, *order), row)
             size.enumerated += space.size()
     # enumeration order (GPU count, batch, layout, free values): ties break the same
@@ -686,6 +681,15 @@ def _layout_key(row: dict[str, Any]) -> tuple[Any, ...]:
     """A plan's fields but its NCCL protocol, and the batch it runs at."""
     return (*(row[f] for f in Plan.__dataclass_fields__ if f != "protocol"),
             row["global_batch"])
+
+
+def _batch_rank(row: dict[str, Any], batch_index: int, request: PlanRequest
+                ) -> tuple[bool, float, int]:
+    """How a plan's rows at its batches rank, the first kept: those that meet the deadline
+    and budget first, then by time (at one plan's GPU count and price, cost orders its
+    batches as time does; unpriced: by time) or energy, then the first searched."""
+    mine = row["energy_kwh" if request.objective == "energy" else "time_to_train_s"]
+    return (not _meets(row, request), mine, batch_index)
 
 
 def _meets(row: dict[str, Any], request: PlanRequest) -> bool:

@@ -171,3 +171,20 @@ def test_cli_json_has_time_to_loss(tmp_path):
     data = json.loads(text)
     assert data["time_to_loss"]["batches"] == [32, 128]
     assert data["plans"][0]["global_batch"] in (32, 128)
+
+
+def test_a_plan_keeps_the_batch_that_meets_the_deadline_over_its_least_energy_one():
+    """By energy a plan is kept at its least-energy batch, unless that batch misses the
+    deadline and another meets it: a plan ranked out by --max-days at one batch is still
+    a candidate at the batch that trains in time."""
+    from dlsim.planner.search import _batch_rank
+    request = PlanRequest("gpt2-124m", "dgx-a100", (8,), 64, objective="energy",
+                          max_days=5.0, target_loss=3.5)
+    frugal = {"energy_kwh": 1.0, "time_to_train_s": 10 * 86400.0, "cost_usd": 1.0}
+    on_time = {"energy_kwh": 2.0, "time_to_train_s": 4 * 86400.0, "cost_usd": 1.0}
+    assert _batch_rank(on_time, 1, request) < _batch_rank(frugal, 0, request)
+    relaxed = PlanRequest("gpt2-124m", "dgx-a100", (8,), 64, objective="energy",
+                          target_loss=3.5)
+    assert _batch_rank(frugal, 0, relaxed) < _batch_rank(on_time, 1, relaxed)
+    by_time = PlanRequest("gpt2-124m", "dgx-a100", (8,), 64, target_loss=3.5)
+    assert _batch_rank(on_time, 1, by_time) < _batch_rank(frugal, 0, by_time)
