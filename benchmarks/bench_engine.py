@@ -8,6 +8,7 @@ measured around dlsim.simulate, so it includes building the topology and routing
 p=16, interleaved, 192 micro-batches per replica: ``bench_side_by_side.gpt3``), with CPU
 time beside wall time (on a shared machine the steadier figure); ``--profile N`` prints the
 N costliest functions of each run by own time (cProfile), where the time goes.
+``--family qwen3`` times one Qwen3-235B-A22B step on 256 H100 in NeMo's layout (EP 32).
 """
 
 from __future__ import annotations
@@ -93,10 +94,31 @@ def gpt3_family(devices: list[int], sequence_parallel: bool, profile: int) -> No
         sys.stdout.flush()
 
 
+def qwen3_step() -> None:
+    """One Qwen3-235B-A22B step on 256 H100 in NeMo's layout (t=2, p=8, v=4, e=32, FP8,
+    global batch 8192 of 4096 tokens, micro-batch 1; issue 13's benchmark), built as the
+    NeMo validation row is (``dlsim.validation.modern``): wall and CPU seconds, events."""
+    from dlsim.validation.modern import MEGATRON_GRADS, NEMO_MODELS, RECIPES, _training
+
+    model = {**NEMO_MODELS["Qwen3_235B_a22B"], "seq_len": 4096}
+    scenario = _training("qwen3-235b-256-h100", model, 256, "fp8", 8192, 1,
+                         {"tensor": 2, "pipeline": 8, "context": 1, "expert": 32,
+                          "virtual_stages": 4}, tp_comm_overlap=True,
+                         grad_dtype=MEGATRON_GRADS, fp8_recipe=RECIPES.get("FP8"))
+    start, cpu = time.perf_counter(), time.process_time()
+    s = dlsim.simulate(scenario).summary
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print("| devices | wall time (s) | CPU time (s) | events | simulated time (s) |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| 256 | {wall:.2f} | {cpu:.2f} | {s['simulation']['events']:,} | "
+          f"{s['step_time_s']:.4g} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=("cases", "gpt3"), default="cases",
-                        help="cases: the README table; gpt3: GPT-3 175B at --devices")
+    parser.add_argument("--family", choices=("cases", "gpt3", "qwen3"), default="cases",
+                        help="cases: the README table; gpt3: GPT-3 175B at --devices; "
+                        "qwen3: one Qwen3-235B-A22B step on 256 H100 (EP 32)")
     parser.add_argument("--devices", type=int, nargs="*", default=[1024, 16384],
                         help="device counts of the gpt3 family (multiples of 128)")
     parser.add_argument("--sequence-parallel", action="store_true")
@@ -105,6 +127,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.family == "gpt3":
         gpt3_family(args.devices, args.sequence_parallel, args.profile)
+        return
+    if args.family == "qwen3":
+        qwen3_step()
         return
     print("| case | devices | wall time (s) | events | events/s | simulated time (s) |")
     print("|---|---:|---:|---:|---:|---:|")

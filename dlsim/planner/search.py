@@ -185,18 +185,17 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
 
     size = SpaceCount()
     rank = _ranking(request)
-    by_time = request.objective != "energy"
     # the bounds may skip blocks worse than the kept plans (each at its best batch so far)
-    # and worse than each count's fastest (the Pareto front's); energy over several batches
-    # keeps a plan at its least-energy batch, not its fastest, so the front needs every plan
-    # estimated there
-    bounded = not request.exhaustive and (by_time or len(batches) == 1)
+    # and worse than each count's fastest row at any batch (the Pareto front's: at one
+    # count and price the fastest is also the cheapest)
+    bounded = not request.exhaustive
     # ... and deep enough for the confirmations: the first --confirm plans, then extras that
     # pass over protocol twins, the j-th within the first confirm + j layouts
     kept = _Best(max(request.top, request.confirm, 2), request.confirm + EXTRA_CONFIRMATIONS)
     best: dict[Plan, tuple[tuple[int, ...], dict[str, Any]]] = {}
     estimators: dict[int, Estimator] = {}
     fastest: dict[int, float] = {}
+    fastest_rows: dict[int, tuple[float, tuple[Any, ...], dict[str, Any]]] = {}
     for g, (gpus, topology, by_batch) in enumerate(spaces):
         estimator = estimators[gpus] = Estimator(table, request.optimizer, Fabric(topology))
         fastest[gpus] = float("inf")  # this count's least time to train
@@ -225,6 +224,9 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
                         to_target(row, target, batch)
                     _objectives(row, est.step_time_s, steps, gpus, device, energy_J)
                     fastest[gpus] = min(fastest[gpus], row["time_to_train_s"])
+                    seen = (row["time_to_train_s"], (g, b, *order), row)
+                    if gpus not in fastest_rows or seen[:2] < fastest_rows[gpus][:2]:
+                        fastest_rows[gpus] = seen
                     if _meets(row, request):
                         kept.add(rank(row), p)
                     mine = _batch_rank(row, b, request)
@@ -282,7 +284,7 @@ def plan(request: PlanRequest, progress: Progress | None = None) -> PlanResult:
             batch_curve(row, batches, estimators[row["gpus"]], space_at, target,
                         device.memory_bytes) for row in distinct_layouts(ranked, CURVES)])
     return PlanResult(request, size.feasible, len(rows), ranked[:request.top],
-                      pareto_front(rows), explanation,
+                      pareto_front(_front_rows(rows, fastest_rows)), explanation,
                       deadline_gpus, rows, {"estimate": estimated - started,
                                             "simulate": time.perf_counter() - estimated},
                       space_size, loss)
@@ -699,6 +701,18 @@ def _meets(row: dict[str, Any], request: PlanRequest) -> bool:
                                            or row["cost_usd"] > request.budget_usd):
         return False
     return True
+
+
+def _front_rows(rows: list[dict[str, Any]],
+                fastest: dict[int, tuple[float, tuple[Any, ...], dict[str, Any]]]
+                ) -> list[dict[str, Any]]:
+    """The rows the Pareto front is drawn from: each plan at its best batch, and each GPU
+    count's fastest plan at any batch. By time or cost that one is already a plan's best
+    row; by energy over several batches a plan's least-energy batch may not be its fastest,
+    and the front (time against cost) is over every way to train that was searched."""
+    kept = {id(row) for row in rows}
+    return rows + [row for _, _, row in sorted(fastest.values(), key=lambda f: f[:2])
+                   if id(row) not in kept]
 
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

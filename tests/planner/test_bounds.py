@@ -100,10 +100,14 @@ def test_step_bound_closed_form() -> None:
         7.5 * 2.0 + 5.0 / 2, rel=1e-11)
 
 
-def test_bounded_search_over_batches_ranks_as_the_exhaustive_one() -> None:
-    """With a target loss each plan keeps its best batch; the bounds hold at every batch."""
-    kwargs = dict(model="gpt2-124m", cluster="dgx-a100", gpus=(8,), global_batch=64,
-                  target_loss=3.5, confirm=0)
+@pytest.mark.parametrize("objective, gpus", [("time", (8,)), ("energy", (8, 16))])
+def test_bounded_search_over_batches_ranks_as_the_exhaustive_one(objective: str,
+                                                                  gpus: tuple) -> None:
+    """With a target loss each plan keeps its best batch; the bounds hold at every batch.
+    By energy a plan keeps its least-energy batch and the front is each count's fastest at
+    any batch, so the bounds prune there too."""
+    kwargs = dict(model="gpt2-124m", cluster="dgx-a100", gpus=gpus, global_batch=64,
+                  target_loss=3.5, confirm=0, objective=objective)
     bounded = run_plan(PlanRequest(**kwargs))
     exhaustive = run_plan(PlanRequest(**kwargs, exhaustive=True))
     assert _without_order(bounded) == _without_order(exhaustive)
