@@ -135,3 +135,41 @@ def test_every_plan_the_planner_returns_passes_the_rules():
     assert space["feasible"] >= space["fitting"] == len(result.candidates) == space[
         "estimated"]
 
+
+
+class _Recording(dict):
+    """A layout that notes which of its values a dimension reads."""
+
+    def __init__(self, values: dict) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def test_the_dimensions_after_the_prefix_read_only_what_they_name():
+    """The walk shares a tail of layouts among the prefixes that agree on what the tail's
+    and the free dimensions name in ``reads``: a dimension reading anything else would make
+    prefixes share tails they should not. Each is asked at every layout of a dense and an
+    MoE space, and reads only what it names."""
+    from dlsim.planner.space import DIMENSIONS, PREFIX_END
+
+    names = [d.name for d in DIMENSIONS if d.checked]
+    after = {d.name for d in DIMENSIONS if d.checked and
+             names.index(d.name) > names.index(PREFIX_END)}
+    moe = dataclasses.replace(TRANSFORMER_SHAPES["mixtral-8x7b"], layers=4)
+    for shape, gpus in ((gpt(12, 768, 12, 1024, 1000), 32), (moe, 16)):
+        space = PlanSpace(shape, 64, _target(gpus))
+        layouts = list(space.layouts())
+        assert len(layouts) > 100
+        for dim in DIMENSIONS:
+            if dim.checked and dim.name not in after:
+                continue
+            assert dim.reads is not None, dim.name
+            before = names[:names.index(dim.name)] if dim.checked else names
+            for _, layout, _, _ in layouts:
+                chosen = _Recording({n: layout[n] for n in before})
+                dim.values(space.problem, chosen)
+                assert chosen.read <= set(dim.reads), (dim.name, chosen.read)
