@@ -322,8 +322,9 @@ class _Best:
     constraints and of the ``layouts`` best layouts (plans that differ only in their
     protocol are one layout), each plan and layout at its best batch. Rows of one plan at
     several batches count once: the final ranking holds each plan at its best batch, so
-    its ``keep``-th plan is no better than the ``keep``-th kept here; and each of its
-    layouts (``_layout_key``: at one batch) is at least as good as a kept layout's best."""
+    its ``keep``-th plan ranks no better than the ``keep``-th kept here; and its layouts
+    (``_layout_key``, one per batch its protocol twins settled at) include each layout's
+    best, so its n-th ranks no worse than the n-th kept here."""
 
     def __init__(self, keep: int, layouts: int = 0) -> None:
         self._plans, self._layouts = _Lowest(keep), _Lowest(layouts)
