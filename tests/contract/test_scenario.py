@@ -26,7 +26,7 @@ SECTIONS = {
                           "communication", "placement", "sync", "stragglers", "failures",
                           "convergence", "simulation"],
     "collective": COMMON + ["cluster", "collective", "placement", "simulation"],
-    "federated": COMMON + ["model", "precision", "federated"],
+    "federated": COMMON + ["model", "precision", "federated", "convergence"],
     "edge-inference": COMMON + ["model", "precision", "inference"],
 }
 REQUIRED = {"training": ["name", "model", "cluster", "training"],
