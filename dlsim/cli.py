@@ -555,7 +555,8 @@ def _plan_row(p: dict[str, Any]) -> dict[str, Any]:
     return {"gpus": p["gpus"], **batch,
             "d·t·p": f"{p['data']}·{p['tensor']}·{p['pipeline']}{extra}",
             "micro": p["microbatch"], "schedule": schedule, "zero": zero,
-            "recompute": p["recompute"], "sp": "yes" if p.get("sequence_parallel") else "",
+            "recompute": p["recompute"], "sp": ("overlap" if p.get("tp_comm_overlap") else "yes")
+            if p.get("sequence_parallel") else "",
             "placement": p["placement"],
             "algorithm": p["algorithm"] + (f" {p['protocol']}" if p.get("protocol", "auto")
                                            != "auto" else ""),

@@ -448,7 +448,8 @@ class CostTable:
                       for run in runs),
                 tuple(segment_counts(pair[1] for x in run for pair in x.passes)
                       for run in runs),
-                max(x.out_bytes for x in cut))
+                max(x.out_bytes for x in cut),
+                tuple(count_collectives([x.backward_collectives for x in ps]) for ps in runs))
         return self._sums[key]
 
     def layer_shapes(self, t: int, parts: int, recompute: str, sequence_parallel: bool,
@@ -475,7 +476,8 @@ class StageSums:
     parameters, backward, how much earlier than stage 0 its last backward ends, its first
     layer's parameters, its routed-expert parameters, its tensor-parallel
     collectives and its counted ring and all-to-all segments (and its backward's alone);
-    and the largest piece output (what a pipeline send carries)."""
+    the largest piece output (what a pipeline send carries); and its backward's tensor
+    collectives alone (what tensor-parallel overlap prices per pass)."""
 
     compute: tuple[float, ...]
     params: tuple[float, ...]
@@ -487,6 +489,7 @@ class StageSums:
     segments: tuple[SegmentCounts, ...]
     backward_segments: tuple[SegmentCounts, ...]
     out_bytes: float
+    backward_collectives: tuple[Collectives, ...] = ()
 
 
 def update_s(params: float, optimizer: str, device: DeviceProfile, dtype: str, offload: str,
@@ -678,9 +681,10 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric | FastestProtocol) -
     def alltoall_s(size: float) -> float:
         return fabric.time_s("alltoall", "direct", size, groups.alltoall, n, place)
 
-    def tensor_comm_s(s: int) -> float:
+    def tensor_comm_s(s: int, collectives: tuple[Collectives, ...] = sums.collectives
+                      ) -> float:
         return sum(fabric.time_s(op, "ring", act, groups.tensor, n, place) * count
-                   for op, count in sums.collectives[s])
+                   for op, count in collectives[s])
 
     def gather_s(s: int) -> float:
         """Layer-by-layer ZeRO-3: one pass's gathers of the stage's parameters."""
@@ -716,8 +720,29 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric | FastestProtocol) -
     comm = [pass_comm_s(counts, c, send_s, alltoall_s, expert_tensor_s, head_swap_s)
             for counts in sums.segments]
     gather = [gather_s(s) for s in range(p)]
-    stage_s = [sums.compute[s] + tensor_comm_s(s) + gathers_exposed_s(s) + sum(comm[s])
-               for s in range(p)]
+    overlap = plan.tp_comm_overlap and t > 1
+    contention = table.device.comm_contention
+
+    def overlapped(tensor: float, rest: float) -> float:
+        return max(tensor, rest + contention * tensor)
+
+    def stage_time_s(s: int) -> float:
+        """A micro-batch's passes on stage ``s``; overlapped (``tp_comm_overlap``), a pass's
+        tensor collectives T start with it and slow its compute by the device's contention
+        u while they run (the engine's ``_tensor``): max(T, rest + u T), for the stage's
+        forward passes together and its backward passes together (exact where the passes
+        of each kind are alike)."""
+        tensor = tensor_comm_s(s)
+        if not (overlap and tensor):
+            return sums.compute[s] + tensor + gathers_exposed_s(s) + sum(comm[s])
+        rest = sums.compute[s] + gathers_exposed_s(s) + sum(comm[s])
+        back_tensor = tensor_comm_s(s, sums.backward_collectives)
+        back = sums.backward[s] + sum(pass_comm_s(sums.backward_segments[s], c, send_s,
+                                                  alltoall_s, expert_tensor_s, head_swap_s))
+        return (overlapped(tensor - back_tensor, rest - back)
+                + overlapped(back_tensor, back))
+
+    stage_s = [stage_time_s(s) for s in range(p)]
     slowest = max(range(p), key=sums.compute.__getitem__)
     micro = stage_s[slowest]
     bubble = p2p = 0.0

@@ -147,4 +147,4 @@ def _micro_key(plan: Plan) -> tuple:
     return (plan.tensor, plan.pipeline, plan.data, plan.virtual_stages, plan.microbatch,
             plan.recompute, plan.sequence_parallel and plan.tensor > 1, plan.placement,
             gathers, plan.context, plan.expert, plan.expert_tensor,
-            plan.shard_group if gathers else None)
+            plan.shard_group if gathers else None, plan.tp_comm_overlap)

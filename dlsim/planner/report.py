@@ -27,8 +27,8 @@ from dlsim.report.units import (
 LAYOUT_COLUMNS = ("gpus", "global_batch", "data", "tensor", "pipeline", "context", "expert",
                   "expert_tensor",
                   "microbatch", "schedule", "virtual_stages", "zero_stage", "shard_group",
-                  "recompute", "sequence_parallel", "offload", "placement", "algorithm",
-                  "protocol")
+                  "recompute", "sequence_parallel", "tp_comm_overlap", "offload", "placement",
+                  "algorithm", "protocol")
 RESULT_COLUMNS = ("step_time_s", "step_time_source", "steps_to_target", "time_to_train_s",
                   "cost_usd",
                   "energy_kwh", "memory_per_device_bytes")
@@ -37,7 +37,8 @@ HEADINGS = {"gpus": "GPUs", "global_batch": "global batch", "data": "data",
             "context": "context", "expert": "expert", "expert_tensor": "expert tensor",
             "microbatch": "micro-batch", "schedule": "schedule", "virtual_stages": "virtual",
             "zero_stage": "ZeRO", "shard_group": "shard group", "recompute": "recompute",
-            "sequence_parallel": "seq. parallel", "offload": "offload",
+            "sequence_parallel": "seq. parallel", "tp_comm_overlap": "TP overlap",
+            "offload": "offload",
             "placement": "placement", "algorithm": "DP algorithm", "protocol": "protocol",
             "step_time_s": "step", "step_time_source": "from",
             "steps_to_target": "steps to target",
@@ -73,6 +74,8 @@ def layout_in_words(row: dict[str, Any], layers: int, devices_per_node: int) -> 
         where = ("inside each node" if t <= devices_per_node
                  else f"across {t // devices_per_node} nodes of one NVLink domain")
         sp = " with sequence parallelism" if row.get("sequence_parallel") else ""
+        if row.get("tp_comm_overlap"):
+            sp += " and its collectives overlapped with the GEMMs (TP overlap)"
         parts.append(f"{t}-way tensor parallel {where}{sp}")
     if c > 1:
         parts.append(f"{c}-way context parallel (ring attention)")

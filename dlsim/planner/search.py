@@ -113,6 +113,7 @@ def scenario_of(request: PlanRequest, plan: Plan, devices_per_node: int,
                         "sequence_parallel": plan.sequence_parallel, "offload": plan.offload,
                         "context": plan.context, "expert": plan.expert,
                         "expert_tensor": plan.expert_tensor, "shard_group": plan.shard_group}
+        | ({"tp_comm_overlap": True} if plan.tp_comm_overlap else {})
         | _exchange(request, plan),
         "communication": {"data_parallel": plan.algorithm, "protocol": plan.protocol},
         "placement": plan.placement,
@@ -357,20 +358,21 @@ def _blocks(space: PlanSpace, table: Callable[[int], CostTable],
     names = [d.name for d in space.free]
     fixed = [names.index(n) for n in BOUND_DIMENSIONS]
     rest = [i for i in range(len(names)) if i not in fixed]
-    # a prefix's tails by virtual stages, with the bound's values (listed per tensor degree:
-    # BOUND_DIMENSIONS read nothing else) and the plans per choice of them; prefixes share
-    # their tails, so each list is split once
+    # a prefix's tails by virtual stages and the bound's values (listed per tensor degree
+    # and tensor-parallel overlap: BOUND_DIMENSIONS read nothing else), with the plans per
+    # choice of them; prefixes share their tails, so each list is split once
     split: dict[int, list[tuple[int, tuple[Tail, ...], list[Sequence[Any]], int]]] = {}
     blocks = []
     for prefix, order, tails in space.prefixes():
         if id(tails) not in split:
-            by_virtual: dict[int, list[Tail]] = {}
+            by_virtual: dict[tuple, list[Tail]] = {}
             for tail in tails:
-                by_virtual.setdefault(tail[0]["virtual_stages"], []).append(tail)
+                key = (tail[0]["virtual_stages"], *(tuple(tail[2][i]) for i in fixed))
+                by_virtual.setdefault(key, []).append(tail)
             split[id(tails)] = [
-                (v, tuple(group), [group[0][2][i] for i in fixed],
+                (key[0], tuple(group), [group[0][2][i] for i in fixed],
                  sum(math.prod(len(free[i]) for i in rest) for _, _, free, _ in group))
-                for v, group in by_virtual.items()]
+                for key, group in by_virtual.items()]
         t, c, p, d, e, et, mb = (prefix[n] for n in (
             "tensor", "context", "pipeline", "data", "expert", "expert_tensor", "microbatch"))
         m = batch // d // mb
@@ -756,7 +758,8 @@ def explain(ranked: list[dict[str, Any]], capacity: float, objective: str = "tim
     lines = [f"The winner (d={win['data']}, t={win['tensor']}, p={win['pipeline']}{extra}, "
              f"micro-batch {win['microbatch']}, {win['schedule']}, ZeRO-{win['zero_stage']}, "
              f"recompute {win['recompute']}"
-             f"{', sequence parallel' if win.get('sequence_parallel') else ''}, "
+             f"{', sequence parallel' if win.get('sequence_parallel') else ''}"
+             f"{', TP overlap' if win.get('tp_comm_overlap') else ''}, "
              f"{win['placement']}, {win['algorithm']}) spends its "
              f"step on {shares} ({win['step_time_source']}); it leaves "
              f"{headroom / 1e9:.1f} GB of memory free."]

@@ -4,7 +4,8 @@ searches, as a table of dimensions.
 A plan fixes the tensor, context, pipeline and data degrees (d·c·t·p = N), the expert
 degrees folded out of a stage's ranks, the micro-batch, the pipeline schedule and its virtual
 stages, the ZeRO stage and its shard group, the data-parallel collective algorithm,
-placement, and the choices no feasibility rule reads: recomputation, sequence parallelism
+placement, Transformer Engine's tensor-parallel overlap, and the choices no feasibility rule
+reads: recomputation, sequence parallelism
 (t > 1, Korthikanti et al. 2022, §4.2.2), optimizer offload and the NCCL protocol. Each is one
 entry of ``DIMENSIONS``: its values, given the dimensions before it. Which plans run is not
 decided here: every candidate passes ``dlsim.parallel.feasibility.check``, the rules the engine
@@ -27,6 +28,8 @@ accepts it. What is decided here is the breadth of the search:
   algorithm with a ``runs_on`` check (NVLS: one NVSwitch of generation 3 or later) is
   searched where the check passes for every gradient group of the layout on the cluster
   (``PlanSpace.runs``), and only with the protocols NCCL runs it with (NVLS: Simple);
+- tensor-parallel overlap (``tp_comm_overlap``, with sequence parallelism) at t > 1 on devices
+  whose profile prices its contention (``comm_contention`` > 0);
 - every device is used (d = N / (t·c·p)), and d divides the global batch.
 """
 
@@ -119,6 +122,7 @@ class Plan:
     shard_group: int | None = None
     offload: str = "none"
     protocol: str = "auto"
+    tp_comm_overlap: bool = False
 
     def microbatches_for(self, global_batch: int) -> int:
         return global_batch // self.data // self.microbatch
@@ -244,7 +248,16 @@ def _checked_on_hardware(names: tuple[str, ...]) -> frozenset[str]:
     return frozenset(a for a in names if every[a].runs_on is not None)
 
 
+def _tp_comm_overlap(pr: Problem, ch: Chosen) -> tuple[bool, ...]:
+    """Transformer Engine's tensor-parallel overlap where the device prices what the
+    overlapped collectives take of its compute (``comm_contention`` > 0: H100); elsewhere
+    the overlap would be free, an optimistic answer no measurement backs."""
+    return (False, True) if ch["tensor"] > 1 and pr.target.device.comm_contention else (False,)
+
+
 def _sequence_parallel(_: Problem, ch: Chosen) -> tuple[bool, ...]:
+    if ch["tp_comm_overlap"]:  # TE's overlap runs on sequence parallelism's collectives
+        return (True,)
     return (False, True) if ch["tensor"] > 1 else (False,)
 
 
@@ -270,9 +283,11 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("shard_group", _shard_group, reads=("zero_stage", "data")),
     Dimension("algorithm", _algorithm, reads=("zero_stage", "data", "context")),
     Dimension("placement", lambda pr, ch: PLACEMENTS, reads=()),
+    Dimension("tp_comm_overlap", _tp_comm_overlap, reads=("tensor",)),
     # read by no feasibility rule (they change no layout): one verdict for all their values
     Dimension("recompute", lambda pr, ch: RECOMPUTE, checked=False, reads=()),
-    Dimension("sequence_parallel", _sequence_parallel, checked=False, reads=("tensor",)),
+    Dimension("sequence_parallel", _sequence_parallel, checked=False,
+              reads=("tensor", "tp_comm_overlap")),
     Dimension("offload", lambda pr, ch: OFFLOAD, checked=False, reads=()),
     Dimension("protocol", _protocol, checked=False, reads=("algorithm",)),
 )

@@ -173,3 +173,25 @@ def test_the_dimensions_after_the_prefix_read_only_what_they_name():
                 chosen = _Recording({n: layout[n] for n in before})
                 dim.values(space.problem, chosen)
                 assert chosen.read <= set(dim.reads), (dim.name, chosen.read)
+
+
+def test_tensor_parallel_overlap_is_searched_where_its_contention_is_priced():
+    """TE's TP overlap needs sequence parallelism and t > 1, and is searched on devices
+    whose profile prices what the overlapped collectives take (H100: comm_contention 0.15),
+    not where it would be free (A100: none measured); its scenario asks the engine for it."""
+    from dlsim.planner.search import scenario_of
+
+    shape = gpt(4, 1024, 16, 1024, 1000)
+    on = {name: list(enumerate_plans(shape, 16, _target(16, name), recompute=("none",),
+                                     offload=("none",), protocol=("auto",)))
+          for name in ("dgx-h100", "dgx-a100")}
+    overlapped = [p for p in on["dgx-h100"] if p.tp_comm_overlap]
+    assert overlapped and not any(p.tp_comm_overlap for p in on["dgx-a100"])
+    assert all(p.tensor > 1 and p.sequence_parallel for p in overlapped)
+    # every SP plan of H100 has its overlapped twin, and no plan without SP has one
+    sp = {dataclasses.replace(p, tp_comm_overlap=True) for p in on["dgx-h100"]
+          if p.sequence_parallel and not p.tp_comm_overlap}
+    assert sp == set(overlapped)
+    request = PlanRequest("gpt2-124m", "dgx-h100", (16,), 16)
+    assert scenario_of(request, overlapped[0], 8)["parallelism"]["tp_comm_overlap"] is True
+    assert "tp_comm_overlap" not in scenario_of(request, on["dgx-a100"][0], 8)["parallelism"]
