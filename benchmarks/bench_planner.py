@@ -45,7 +45,7 @@ def measure(model: str, cluster: str, gpus: int, global_batch: int, confirm: int
     best = result.plans[0]
     keys = ("data", "tensor", "pipeline", "context", "expert", "microbatch", "schedule",
             "virtual_stages", "zero_stage", "shard_group", "recompute", "sequence_parallel",
-            "offload", "placement", "algorithm", "protocol")
+            "tp_comm_overlap", "offload", "placement", "algorithm", "protocol")
     return {"space": space, "estimate_wall_s": result.wall_s["estimate"],
             "simulate_wall_s": result.wall_s["simulate"], "wall_s": wall, "cpu_s": cpu,
             "best": {k: best[k] for k in keys if k in best},
