@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
+import textwrap
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import networkx as nx
@@ -281,7 +282,7 @@ def sweep_plot(table: pd.DataFrame, x: str, y: str, group: str | None,
                    heights.to_numpy(dtype=float), width=width * 0.95,
                    label=None if group is None else str(value),
                    color=colours.get(str(value), "C0"))
-        ax.set_xticks(np.arange(len(choices)), [str(c) for c in choices])
+        ax.set_xticks(np.arange(len(choices)), choice_labels(choices))
     if wants_log(table[y]):
         ax.set_yscale("log")
     xlabel, ylabel = labels or (x, y)
@@ -290,6 +291,24 @@ def sweep_plot(table: pd.DataFrame, x: str, y: str, group: str | None,
     if group is not None:
         ax.legend(fontsize=8, frameon=False, title=group, title_fontsize=8)
     return _to_data_uri(fig)
+
+
+# characters of tick text across a plot's width, and lines a tick may take
+TICK_CHARACTERS, TICK_LINES = 96, 8
+
+
+def choice_labels(choices: Sequence[object]) -> list[str]:
+    """Each choice's text wrapped to its share of the axis (a sweep over whole sections,
+    "data=32, tensor=8, ...", would run its labels into one another), at most ``TICK_LINES``
+    lines, the rest cut with an ellipsis (the runs' table below has every value)."""
+    width = max(10, TICK_CHARACTERS // max(1, len(choices)))
+    out = []
+    for choice in choices:
+        lines = textwrap.wrap(str(choice), width, break_long_words=False) or [""]
+        if len(lines) > TICK_LINES:
+            lines = [*lines[:TICK_LINES - 1], lines[TICK_LINES - 1][:width - 1] + "…"]
+        out.append("\n".join(lines))
+    return out
 
 
 def parity(table: pd.DataFrame, tolerance: float = 0.15) -> str:

@@ -423,3 +423,25 @@ def test_pipeline_stages_table_groups_alike_stages_and_names_the_busiest() -> No
     assert labels == ["0", "1–2", "3"]
     assert busy.index(max(busy)) == 3
     assert "Stage 3 is the busiest" in page.text["breakdown"]
+
+
+def test_a_sweep_over_whole_sections_wraps_its_tick_labels():
+    """Varying a whole section gives choices like "data=32, tensor=8, ..." (the sweep's
+    labels); unwrapped they ran into one another and matplotlib gave up its layout. Each is
+    wrapped to its share of the axis, long ones cut at eight lines."""
+    import warnings
+
+    long = ["data=32, tensor=8, pipeline=4, schedule=interleaved, virtual_stages=8, "
+            "zero_stage=1, sequence_parallel=True, recompute=none" + extra
+            for extra in ("", ", tp_comm_overlap=True, overlap_param_gather=True")]
+    sweep = pd.DataFrame({"parallelism": long, "step_time_s": [18.56, 16.66]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the layout warning the long labels raised
+        assert plots.sweep_plot(sweep, "parallelism", "step_time_s", None).startswith(
+            "data:image/png;base64,")
+    labels = plots.choice_labels(long)
+    assert all(max(map(len, text.split("\n"))) <= 48 for text in labels)
+    assert [text.replace("\n", " ") for text in labels] == long
+    many = plots.choice_labels(["x" * 10 + " y" * 200] * 8)
+    assert all(text.count("\n") == plots.TICK_LINES - 1 and text.endswith("…")
+               for text in many)
