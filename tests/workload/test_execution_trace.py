@@ -47,10 +47,24 @@ def recorder():
     return _recorder()
 
 
+def _operators(folder: Path, rank: int) -> list[str]:
+    nodes = json.loads((folder / f"ddp_mlp_et_{rank}.json").read_text())["nodes"]
+    return sorted(node["name"] for node in nodes)
+
+
 @pytest.fixture(scope="module")
 def recorded(recorder, tmp_path_factory) -> Path:
-    """One DDP step of the host-ddp MLP on two gloo ranks, with its Kineto trace."""
-    return recorder.record(tmp_path_factory.mktemp("et"), kineto=True, start_method="fork")
+    """One DDP step of the host-ddp MLP on two gloo ranks, with its Kineto trace. Torch's
+    ExecutionTraceObserver now and then leaves an operator out of one rank's trace (a CI
+    run's rank 0 lacked one of the middle layer's GEMMs, 278 of 279 nodes); both ranks run
+    the same program, so a recording whose ranks' operators differ is taken again, three
+    times at most: the input is checked, the tests below still check dlsim on it."""
+    for _ in range(3):
+        folder = recorder.record(tmp_path_factory.mktemp("et"), kineto=True,
+                                 start_method="fork")
+        if _operators(folder, 0) == _operators(folder, 1):
+            return folder
+    pytest.fail("three recordings in a row whose ranks' traces hold different operators")
 
 
 def _scenario(trace: str | Path, cluster: dict, precision: str = "fp32", batch: int = 128,
