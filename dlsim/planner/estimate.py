@@ -489,7 +489,7 @@ class StageSums:
     segments: tuple[SegmentCounts, ...]
     backward_segments: tuple[SegmentCounts, ...]
     out_bytes: float
-    backward_collectives: tuple[Collectives, ...] = ()
+    backward_collectives: tuple[Collectives, ...]
 
 
 def update_s(params: float, optimizer: str, device: DeviceProfile, dtype: str, offload: str,
@@ -705,11 +705,15 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric | FastestProtocol) -
         cannot hide in the backward."""
         if gather[s] <= min(sums.backward[s], sums.compute[s] - sums.backward[s]):
             return 0.0  # hidden behind the compute alone
-        backward = sums.backward[s] + sum(pass_comm_s(sums.backward_segments[s], c, send_s,
-                                                      alltoall_s, expert_tensor_s,
-                                                      head_swap_s))
+        backward = backward_pass_s(s)
         forward = sums.compute[s] + sum(comm[s]) - backward
         return max(gather[s] - forward, 0.0) + max(gather[s] - backward, 0.0)
+
+    def backward_pass_s(s: int) -> float:
+        """A micro-batch's backward passes on stage ``s``: their compute and exposed ring
+        and all-to-all time."""
+        return sums.backward[s] + sum(pass_comm_s(sums.backward_segments[s], c, send_s,
+                                                  alltoall_s, expert_tensor_s, head_swap_s))
 
     def expert_tensor_s(op: str, size: float) -> float:
         return fabric.time_s(op, "ring", size, groups.expert_tensor, n, place)
@@ -736,9 +740,7 @@ def micro_part(plan: Plan, table: CostTable, fabric: Fabric | FastestProtocol) -
         if not (overlap and tensor):
             return sums.compute[s] + tensor + gathers_exposed_s(s) + sum(comm[s])
         rest = sums.compute[s] + gathers_exposed_s(s) + sum(comm[s])
-        back_tensor = tensor_comm_s(s, sums.backward_collectives)
-        back = sums.backward[s] + sum(pass_comm_s(sums.backward_segments[s], c, send_s,
-                                                  alltoall_s, expert_tensor_s, head_swap_s))
+        back_tensor, back = tensor_comm_s(s, sums.backward_collectives), backward_pass_s(s)
         return (overlapped(tensor - back_tensor, rest - back)
                 + overlapped(back_tensor, back))
 

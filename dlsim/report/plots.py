@@ -302,13 +302,9 @@ def choice_labels(choices: Sequence[object]) -> list[str]:
     "data=32, tensor=8, ...", would run its labels into one another), at most ``TICK_LINES``
     lines, the rest cut with an ellipsis (the runs' table below has every value)."""
     width = max(10, TICK_CHARACTERS // max(1, len(choices)))
-    out = []
-    for choice in choices:
-        lines = textwrap.wrap(str(choice), width, break_long_words=False) or [""]
-        if len(lines) > TICK_LINES:
-            lines = [*lines[:TICK_LINES - 1], lines[TICK_LINES - 1][:width - 1] + "…"]
-        out.append("\n".join(lines))
-    return out
+    return ["\n".join(textwrap.wrap(str(choice), width, break_long_words=False,
+                                    max_lines=TICK_LINES, placeholder=" …"))
+            for choice in choices]
 
 
 def parity(table: pd.DataFrame, tolerance: float = 0.15) -> str:

@@ -96,8 +96,7 @@ def simulate_federated(scenario: FederatedScenario) -> Result:
             "mean_weight": float(np.mean([staleness_weight(int(v)) for v in s]))
             if len(s) else 0.0,
             "discarded": int(tally.dropped.get("stale", 0))}
-    if scenario.convergence is not None and tally.round_aggregated and sum(
-            tally.round_aggregated):
+    if scenario.convergence is not None and any(tally.round_aggregated):
         summary["convergence"] = convergence_summary(
             scenario.convergence, np.array(tally.staleness, dtype=float),
             int(sum(tally.round_aggregated)), len(ends), summary["time_to_rounds_s"],
