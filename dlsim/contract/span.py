@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Span:
     """One interval on one device stream: a kernel, a collective, or a wait for peers.
 
     ``category`` is one of 'compute', 'comm' (a collective moving data) or 'wait' (the
     stream has reached a collective whose peers have not all arrived); ``role`` is the
     engine op's (``dlsim.contract.program.Role``), empty where another simulator made it.
+    Never changed once made; not frozen because a run makes hundreds of thousands, and a
+    frozen dataclass takes four times as long to build.
     """
 
     device: int

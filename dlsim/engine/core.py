@@ -25,6 +25,14 @@ between them (a forward pass without communication) takes one timeout at the run
 the ops' own ends found by adding their durations in order exactly as one timeout each
 would; their spans enter the timeline at those ends, in the order one event each would have
 given. A collective's phases chain by callbacks, without a SimPy process of their own.
+
+Isolated transfers: until two transfers first share a link at once, each takes the time it
+takes alone, and the run's schedule is a longest-path evaluation of the programs
+(``dlsim.engine.isolated``), done without events. A run in which that moment never comes
+(most symmetric steps) is taken from that schedule whole; otherwise the engine starts at a
+cut before that moment, from the schedule's state there (what has ended, what is in flight
+and ends before it, who waits at which collective), and simulates the rest. Both give what
+simulating from time zero gives; ``fast_forward=False`` simulates from time zero.
 """
 
 from __future__ import annotations
@@ -40,6 +48,14 @@ from simpy.events import NORMAL, Event, Timeout
 
 from dlsim.contract.program import Collective, Compute, Op
 from dlsim.contract.span import Span
+from dlsim.engine.isolated import (
+    Alone,
+    AloneCosts,
+    Execution,
+    Schedule,
+    evaluate,
+    private,
+)
 from dlsim.hardware.topology import Topology
 from dlsim.network.algorithms import Phase, merge_phases
 from dlsim.network.backend import NetworkBackend, NetworkFactory
@@ -49,6 +65,9 @@ from dlsim.network.tuner import plan_collective
 
 Observer = Callable[[float, float], None]  # (simulated time now, estimated end), in seconds
 OBSERVE_EVERY = 4096  # events between two calls of a run's observer
+# the isolated schedule is evaluated up to these fractions of the run's compute floor in
+# turn, and no further once two transfers have shared a link before one
+HORIZONS = (1 / 32, 1 / 8, 1 / 2)
 
 
 class CountingEnvironment(simpy.Environment):
@@ -68,7 +87,10 @@ class CountingEnvironment(simpy.Environment):
 
     def timeout_at(self, when: float) -> simpy.Event:
         """An event at exactly ``when`` (``timeout(when - now)`` may round to a neighbour)."""
-        event = simpy.Event(self)
+        return self.succeed_at(simpy.Event(self), when)
+
+    def succeed_at(self, event: simpy.Event, when: float) -> simpy.Event:
+        """``event`` succeeds at exactly ``when``."""
         event._ok = True
         event._value = None
         heapq.heappush(self._queue, (when, NORMAL, next(self._eid), event))
@@ -113,10 +135,12 @@ class Engine:
     def __init__(self, topology: Topology, programs: dict[int, list[Op]],
                  placement: np.ndarray, protocol: str = "ideal",
                  ps_hosts: np.ndarray | None = None, network: NetworkFactory = Network,
-                 merge_compute: bool = True):
+                 merge_compute: bool = True, fast_forward: bool = True):
         self.env = CountingEnvironment()
         self.merge_compute = merge_compute  # runs of compute ops in one timeout each
+        self.fast_forward = fast_forward  # the isolated schedule up to the first shared link
         self.topology = topology
+        self.network_factory = network
         self.protocol = protocol  # dlsim.network.protocol: ideal, nccl, LL, LL128 or Simple
         self.ps_hosts = ps_hosts  # devices of dedicated parameter servers (None: colocated)
         self.network = network(self.env, topology)
@@ -125,7 +149,7 @@ class Engine:
         self.spans: list[Span] = []
         self.rank_end_s: dict[int, float] = {}
         self.bytes_by_role: dict[str, float] = {}
-        self._done = {r: [self.env.event() for _ in prog] for r, prog in programs.items()}
+        self._done: dict[int, list[simpy.Event]] = {}  # per op, its end (made by run)
         # the ops some op waits on: only their ends need an event of their own
         self._waited = {r: {d for op in prog for d in op.deps} for r, prog in programs.items()}
         self._rendezvous: dict[str, _Rendezvous] = {}
@@ -142,6 +166,11 @@ class Engine:
         self._contention_changed = {r: self.env.event() for r in self._contending}
         self._pending: list[tuple[float, float, int, Span]] = []  # merged ops' spans
         self._pending_seq = 0
+        # collectives whose links are their own (isolated.private), sent without the
+        # network: their phases' costs alone and how many times each was sent
+        self._costs: AloneCosts | None = None
+        self._private: set[int] = set()
+        self._sent_alone: dict[int, tuple[Alone, int]] = {}
 
     def estimated_end_s(self) -> float:
         """A floor of the run's simulated length, known before it runs: the busiest
@@ -156,19 +185,24 @@ class Engine:
         if observer is not None:
             estimate = self.estimated_end_s()
             self.env.observer = lambda now: observer(now, estimate)
-        for rank, program in self.programs.items():
-            streams: dict[str, list[int]] = {}
-            for i, op in enumerate(program):
-                streams.setdefault(op.stream, []).append(i)
-            waited = {d for op in program for d in op.deps if program[d].stream != op.stream}
-            for stream, indices in streams.items():
-                # a rank whose compute slows under its overlapped collectives runs each op
-                # on its own: its durations depend on what is in flight when it runs
-                blocks = ([[i] for i in indices] if rank in self._contending
-                          else self._blocks(program, indices, waited))
-                self.env.process(self._stream(rank, stream, blocks))
+        streams = {rank: self._streams(rank) for rank in self.programs}
+        schedule = self._isolated(streams)
+        if schedule is not None and schedule.shared_s == float("inf"):
+            return self._taken(schedule, started)
+        self._done = {r: [self.env.event() for _ in prog] for r, prog in self.programs.items()}
+        if schedule is None:
+            for rank, by_stream in streams.items():
+                for stream, blocks in by_stream.items():
+                    self.env.process(self._stream(rank, stream, blocks))
+        else:
+            assert self._costs is not None
+            self._private = private(self.programs, self._lower, self._costs)
+            self._resume(schedule, streams)
         self.env.run()
         self._record_pending(float("inf"))
+        for cost, n in self._sent_alone.values():
+            self.network.add_records(cost.links, cost.values * n, cost.payload_bytes * n,
+                                     cost.flows * n)
         unfinished = [(r, i) for r, evs in self._done.items()
                       for i, ev in enumerate(evs) if not ev.processed]
         if unfinished:
@@ -177,6 +211,143 @@ class Engine:
                                f"{self.programs[rank][i].name!r}")
         return EngineRun(self.env.now, self.spans, self.network, self.env.events_processed,
                          time.perf_counter() - started, self.rank_end_s, self.bytes_by_role)
+
+    def _taken(self, schedule: Schedule, started: float) -> EngineRun:
+        """The run is the isolated schedule: no two transfers ever shared a link. Its spans
+        in the order the events would have recorded them (by end, then start)."""
+        self._add_alone(schedule.executions)
+        spans = [span for block in schedule.spans.values() for span in block]
+        spans.sort(key=lambda span: (span.end_s, span.start_s))
+        self.spans = spans
+        for (rank, _stream), end_s in schedule.stream_end.items():
+            self.rank_end_s[rank] = max(self.rank_end_s.get(rank, 0.0), end_s)
+        self.env._now = schedule.end_s
+        return EngineRun(schedule.end_s, spans, self.network, self.env.events_processed,
+                         time.perf_counter() - started, self.rank_end_s, self.bytes_by_role)
+
+    def _streams(self, rank: int) -> dict[str, list[list[int]]]:
+        """Rank ``rank``'s ops by stream, in the runs that share one event."""
+        program = self.programs[rank]
+        streams: dict[str, list[int]] = {}
+        for i, op in enumerate(program):
+            streams.setdefault(op.stream, []).append(i)
+        waited = {d for op in program for d in op.deps if program[d].stream != op.stream}
+        # a rank whose compute slows under its overlapped collectives runs each op on its
+        # own: its durations depend on what is in flight when it runs
+        return {stream: ([[i] for i in indices] if rank in self._contending
+                         else self._blocks(program, indices, waited))
+                for stream, indices in streams.items()}
+
+    def _isolated(self, streams: dict[int, dict[str, list[list[int]]]]) -> Schedule | None:
+        """The isolated schedule, where it may stand for the run: nothing else is scheduled
+        on the environment (a slow link's process), compute takes its stated durations (no
+        contention, ``merge_compute``), and every op runs (a deadlock is the event-driven
+        engine's to report)."""
+        if (not self.fast_forward or not self.merge_compute or self._contending
+                or self.env._queue or type(self).duration_s is not Engine.duration_s):
+            return None
+        self._costs = AloneCosts(self.network_factory, self.topology)
+        estimate = self.estimated_end_s()
+        schedule = evaluate(self.programs, self.placement, streams, self._expected_of,
+                            self._lower, self._costs,
+                            [estimate * f for f in HORIZONS] + [float("inf")],
+                            self.env.observer)
+        return None if schedule.shared_s == float("inf") and not schedule.complete else schedule
+
+    def _resume(self, schedule: Schedule, streams: dict[int, dict[str, list[list[int]]]]
+                ) -> None:
+        """Start the run at a cut before the schedule's first shared link (at its end where
+        there is none): what ended before the cut is the schedule's, a compute run or a
+        collective in flight at the cut ends when the schedule says (before the first
+        shared link), and the members waiting at a collective not yet started wait on from
+        the cut; the rest is simulated."""
+        shared = schedule.shared_s
+        cut = min([e.start_s for e in schedule.executions if e.start_s <= shared < e.end_s]
+                  + [shared])
+        self.env._now = cut
+        self._add_alone([e for e in schedule.executions if e.start_s < cut])
+        waiting: dict[tuple[int, str, int], tuple[_Rendezvous, float]] = {}
+        gathering = [(e.op.key, e.members) for e in schedule.executions if e.start_s >= cut]
+        for key, members in gathering + list(schedule.pending.items()):
+            early = [m for m in members if m[3] < cut]
+            if early:
+                first = self.programs[early[0][0]][streams[early[0][0]][early[0][1]]
+                                                   [early[0][2]][0]]
+                assert isinstance(first, Collective)
+                rv = self._rendezvous[key] = _Rendezvous(self._expected_of(first),
+                                                         Event(self.env), len(early))
+                for rank, stream, b, arrival in early:
+                    waiting[(rank, stream, b)] = (rv, arrival)
+        for rank, by_stream in streams.items():
+            begin, end = schedule.begin[rank], schedule.end[rank]
+            for stream, blocks in by_stream.items():
+                n = 0  # the blocks begun before the cut
+                while n < len(blocks) and begin[blocks[n][0]] < cut:
+                    n += 1
+                head: Generator | None = None
+                for b in range(n):
+                    if (rank, stream, b) in waiting:
+                        head = self._wait_on(rank, stream, blocks[b][0],
+                                             *waiting[(rank, stream, b)])
+                        continue
+                    for span in schedule.spans[(rank, stream, b)]:
+                        self._pend(span)
+                    if end[blocks[b][-1]] > cut:
+                        head = self._until(rank, blocks[b], end[blocks[b][-1]])
+                    else:
+                        for i in blocks[b]:
+                            self._done[rank][i] = _settled(self.env)
+                if head is None and n == len(blocks):
+                    self.rank_end_s[rank] = max(self.rank_end_s.get(rank, 0.0),
+                                                schedule.stream_end[(rank, stream)])
+                    continue
+                self.env.process(self._resumed(rank, stream, head, blocks[n:]))
+
+    def _add_alone(self, executions: list[Execution]) -> None:
+        """The records, payload and flows of collectives the schedule ran (whole, before the
+        cut), as their phases left them alone."""
+        counts: dict[int, int] = {}
+        alone = {}
+        for e in executions:
+            role = e.op.role
+            for cost, _at in e.sends:
+                counts[id(cost)] = counts.get(id(cost), 0) + 1
+                alone[id(cost)] = cost
+                self.bytes_by_role[role] = self.bytes_by_role.get(role, 0.0) + cost.payload_bytes
+        for key, n in counts.items():
+            cost = alone[key]
+            self.network.add_records(cost.links, cost.values * n, cost.payload_bytes * n,
+                                     cost.flows * n)
+
+    def _pend(self, span: Span) -> None:
+        """A span the timeline takes when the clock passes its end."""
+        self._pending_seq += 1
+        heapq.heappush(self._pending, (span.end_s, span.start_s, self._pending_seq, span))
+
+    def _until(self, rank: int, block: list[int], end_s: float) -> Generator:
+        """A block in flight at the cut: it ends at ``end_s`` (its spans are pending)."""
+        yield self.env.timeout_at(end_s)
+        self._record_pending(self.env.now)
+        for i in block:
+            self._finish(rank, i)
+
+    def _wait_on(self, rank: int, stream: str, i: int, rv: _Rendezvous,
+                 arrival_s: float) -> Generator:
+        """Op ``i``, a collective the rank reached at ``arrival_s`` before the cut, which
+        starts after it."""
+        op = self.programs[rank][i]
+        device = int(self.placement[rank])
+        yield rv.done
+        if rv.start_s > arrival_s:
+            self._record(Span(device, stream, op.name, "wait", arrival_s, rv.start_s, op.role))
+        self._record(Span(device, stream, op.name, "comm", rv.start_s, self.env.now, op.role))
+        self._finish(rank, i)
+
+    def _resumed(self, rank: int, stream: str, head: Generator | None,
+                 rest: list[list[int]]) -> Generator:
+        if head is not None:
+            yield from head
+        yield from self._stream(rank, stream, rest)
 
     def duration_s(self, rank: int, op: Compute, start_s: float) -> float:
         """How long compute op ``op`` of ``rank`` takes when it starts at ``start_s``. A
@@ -300,24 +471,42 @@ class Engine:
         else:
             self._done[rank][i] = _settled(self.env)
 
+    def _expected_of(self, op: Collective) -> int:
+        """The simulated members of the collective's group."""
+        expected = self._expected.get(id(op.group))
+        if expected is None:
+            # distinct ranks: in a ring shift every rank is both a sender and a receiver
+            expected = self._expected[id(op.group)] = len(self.programs.keys() & set(op.group))
+        return expected
+
     def _arrive(self, op: Collective) -> _Rendezvous:
         rv = self._rendezvous.get(op.key)
         if rv is None:
-            expected = self._expected.get(id(op.group))
-            if expected is None:
-                # distinct ranks: in a ring shift every rank is both a sender and a receiver
-                expected = self._expected[id(op.group)] = len(self.programs.keys()
-                                                              & set(op.group))
-            rv = self._rendezvous[op.key] = _Rendezvous(expected, Event(self.env))
+            rv = self._rendezvous[op.key] = _Rendezvous(self._expected_of(op), Event(self.env))
         rv.arrived += 1
         if rv.arrived == rv.expected:
             rv.start_s = self.env.now
-            plans, instances = self._lower(op)
-            if len(plans) > 1:
+            lowered = self._lower(op)
+            plans, instances = lowered
+            if id(lowered) in self._private:
+                self._alone(op, plans[0], instances, rv.done)
+            elif len(plans) > 1:
                 self.env.process(self._collective(plans, op, rv))
             else:
                 self._chain(plans[0], 0, op, rv.done, instances)
         return rv
+
+    def _alone(self, op: Collective, sends: list[_Send], instances: int,
+               done: simpy.Event) -> None:
+        """A collective whose links are its own: its phases' times alone, one event."""
+        assert self._costs is not None
+        end = self.env.now
+        for send in sends:
+            cost = self._costs.of(send, instances)
+            end = end + cost.duration_s
+            self._sent_alone[id(cost)] = (cost, self._sent_alone.get(id(cost), (cost, 0))[1] + 1)
+            self.bytes_by_role[op.role] = self.bytes_by_role.get(op.role, 0.0) + cost.payload_bytes
+        self.env.succeed_at(done, end)
 
     def _phases(self, group: np.ndarray, op: Collective,
                 like: tuple[np.ndarray, list[Phase]] | None = None) -> list[Phase]:

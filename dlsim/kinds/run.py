@@ -3,6 +3,7 @@ engine, and the Result built from its run."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -38,10 +39,27 @@ def observing(observer: Observer) -> Iterator[None]:
         _OBSERVER.reset(token)
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (and back as it was after):
+    building a 3D step's programs and running them make hundreds of thousands of ops, spans
+    and events that live to the end of the run, and the collector's passes over them took
+    half of the time (the 1T step's schedule: 3.6 s with it, 1.6 s without). Reference
+    counting still frees what is dropped; the cycles left wait for the next pass."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run_engine(engine: Engine, algorithm_field: str) -> EngineRun:
     """Run the engine; an algorithm that cannot serve the group names the scenario field."""
     try:
-        return engine.run(_OBSERVER.get())
+        with collector_paused():
+            return engine.run(_OBSERVER.get())
     except ScenarioError as exc:
         field = algorithm_field if exc.field == "algorithm" else exc.field
         raise ScenarioError(exc.message, field=field) from None

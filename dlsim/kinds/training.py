@@ -14,7 +14,7 @@ from dlsim.contract.scenario import TrainingScenario
 from dlsim.engine.core import Engine
 from dlsim.hardware.profiles import DTYPE_BYTES, DeviceProfile
 from dlsim.hardware.topology import Topology
-from dlsim.kinds.run import engine_result, run_engine, symmetric
+from dlsim.kinds.run import collector_paused, engine_result, run_engine, symmetric
 from dlsim.kinds.sync.bsp import bsp_summary, ended_at_last_op, straggle
 from dlsim.kinds.sync.convergence import job_of
 from dlsim.kinds.sync.stragglers import schedule_slow_links
@@ -64,6 +64,7 @@ def _with_recipe(scenario: TrainingScenario, device: DeviceProfile | None
     return device.model_copy(update={"fp8_recipe": recipe})
 
 
+@collector_paused()  # its programs, spans and breakdowns: see collector_paused
 def simulate_training(scenario: TrainingScenario, topology: Topology) -> Result:
     if scenario.model.trace is not None:  # a recorded job: its own programs
         return simulate_trace(scenario, topology)

@@ -64,6 +64,11 @@ class NetworkBackend(Protocol):
         """From now on, links ``edges`` carry ``factor`` of their nominal bandwidth."""
         ...
 
+    def add_records(self, links: np.ndarray, values: np.ndarray, payload_bytes: float,
+                    flows: int) -> None:
+        """Records of traffic the engine priced without this network (``LinkRecords``)."""
+        ...
+
 
 NetworkFactory = Callable[[simpy.Environment, Topology], NetworkBackend]
 

@@ -34,6 +34,16 @@ class LinkRecords:
         self._settle()
         return self._records[1]
 
+    def add_records(self, links: np.ndarray, values: np.ndarray, payload_bytes: float,
+                    flows: int) -> None:
+        """Records of traffic not sent through this network (``values[0]`` bytes and
+        ``values[1]`` busy seconds of ``links``): phases the engine's isolated schedule
+        priced alone (``dlsim.engine.isolated``), added before anything is in flight."""
+        self._settle()
+        self._records[:, links] += values
+        self.bytes_injected += payload_bytes
+        self.flows_started += flows
+
     def _settle(self) -> None:
         """Bring the records up to date before they are read (a backend that defers its
         bookkeeping does it here)."""

@@ -19,17 +19,17 @@ from dlsim.contract.span import Span
 
 
 def union(intervals: Iterable[tuple[float, float]]) -> np.ndarray:
-    """Disjoint, sorted intervals covering the same time as ``intervals`` (shape (k, 2))."""
-    arr = np.array(sorted(intervals), dtype=float).reshape(-1, 2)
-    if len(arr) == 0:
-        return arr
-    merged = [arr[0].copy()]
-    for start, end in arr[1:]:
-        if start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
+    """Disjoint, sorted intervals covering the same time as ``intervals`` (shape (k, 2)):
+    sorted by start, an interval opens a new piece where it starts after every earlier one
+    has ended (one array at the end: a 1T step's device holds 16,000 spans)."""
+    merged: list[list[float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1][1] = end
         else:
-            merged.append(np.array([start, end]))
-    return np.array(merged)
+            merged.append([start, end])
+    return np.array(merged, dtype=float).reshape(-1, 2)
 
 
 def length(intervals: np.ndarray) -> float:
@@ -38,7 +38,28 @@ def length(intervals: np.ndarray) -> float:
 
 def minus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The parts of disjoint sorted intervals ``a`` not covered by disjoint sorted intervals
-    ``b``, in one sweep over both (a step of ZeRO-3's per-layer gathers holds thousands)."""
+    ``b``: the gaps of ``b`` (and the time before and after it), each clipped to every
+    interval of ``a`` it meets (a step of ZeRO-3's per-layer gathers holds thousands)."""
+    if len(a) == 0 or len(b) == 0:
+        return a.reshape(-1, 2)
+    if len(a) + len(b) < 64:  # numpy's calls cost more than a sweep of a few
+        return _minus_few(a, b)
+    gaps = np.column_stack([np.r_[-np.inf, b[:, 1]], np.r_[b[:, 0], np.inf]])
+    gaps = gaps[gaps[:, 0] < gaps[:, 1]]
+    # the gaps each interval of a meets: those ending after its start and starting before
+    # its end (both sorted, so a range of gaps per interval)
+    first = np.searchsorted(gaps[:, 1], a[:, 0], side="right")
+    last = np.searchsorted(gaps[:, 0], a[:, 1], side="left")
+    counts = np.maximum(last - first, 0)
+    which = np.repeat(np.arange(len(a)), counts)
+    gap = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) \
+        + np.repeat(first, counts)
+    out = np.column_stack([np.maximum(a[which, 0], gaps[gap, 0]),
+                           np.minimum(a[which, 1], gaps[gap, 1])])
+    return out[out[:, 0] < out[:, 1]]
+
+
+def _minus_few(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = []
     cuts = b.tolist()
     first = 0  # the first interval of b that does not end before the current one of a
@@ -57,6 +78,14 @@ def minus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if cursor < end:
             out.append((cursor, end))
     return np.array(out, dtype=float).reshape(-1, 2)
+
+
+def spans_by_device(spans: Iterable[Span]) -> dict[int, list[Span]]:
+    """The spans of each device, in their order."""
+    mine: dict[int, list[Span]] = defaultdict(list)
+    for span in spans:
+        mine[span.device].append(span)
+    return mine
 
 
 def breakdown(spans: list[Span], device: int, total_s: float,
@@ -86,11 +115,7 @@ def stage_breakdowns(spans: list[Span], devices: list[int], total_s: float, step
     """The pipeline breakdown per step of one device of each stage (``devices[s]``). The
     critical device's breakdown alone misleads when stages are unequal: the stage that ends
     last is often not the slowest, and its bubble then holds the wait for the slowest one."""
-    mine: dict[int, list[Span]] = defaultdict(list)
-    wanted = set(devices)
-    for span in spans:
-        if span.device in wanted:
-            mine[span.device].append(span)
+    mine = spans_by_device(spans)
     return [{k: v / steps for k, v in breakdown(mine[d], d, total_s, pipeline=True).items()}
             for d in devices]
 

@@ -19,6 +19,7 @@ from dlsim.hardware.profiles import DeviceProfile
 from dlsim.hardware.topology import Topology
 from dlsim.network.compression import Compression
 from dlsim.parallel.memory import MemoryPlan
+from dlsim.results.intervals import spans_by_device
 from dlsim.results.power import PowerModel, device_energy_J
 from dlsim.workload.model import Model
 from dlsim.workload.precision import fp8_recipe_of
@@ -130,8 +131,9 @@ def energy_summary(power: PowerModel, spans: list[Span], devices: int, end_s: fl
     symmetric run's representatives stand for their peers), and per token (``seq_len``
     tokens a sample) or, for models without a sequence, per sample. Cost is the rented time:
     price per device-hour × devices × step time; None where the profile has no price."""
-    simulated = sorted({s.device for s in spans}) or [0]
-    device_J = [device_energy_J(power, spans, d, end_s) for d in simulated]
+    by_device = spans_by_device(spans)
+    device_J = [device_energy_J(power, by_device[d], d, end_s)
+                for d in sorted(by_device) or [0]]
     mean_J = sum(device_J) / len(device_J)
     step_s = end_s / steps
     per_step_J = mean_J * devices / steps

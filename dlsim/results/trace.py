@@ -7,17 +7,23 @@ from typing import Any
 
 from dlsim.results.result import Result
 
-# the engine's usual streams keep fixed ids; any other (expert, send-fwd, recv-bwd, ...) gets
-# the next free one the first time it appears, so every stream is its own track
+# the engine's usual streams keep fixed ids; the others (expert, send-fwd, recv-bwd, ...) take
+# the next ones in the order they first start (then by name), whatever order the spans come in
 STREAM_TIDS = {"compute": 0, "comm": 1, "prefetch": 2}
 
 
 def chrome_trace(result: Result) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     seen: set[tuple[int, str]] = set()
-    tids = dict(STREAM_TIDS)
+    first: dict[str, float] = {}
     for span in result.spans:
-        tid = tids.setdefault(span.stream, len(tids))
+        if span.stream not in STREAM_TIDS and first.get(span.stream, float("inf")) > span.start_s:
+            first[span.stream] = span.start_s
+    tids = dict(STREAM_TIDS)
+    for stream in sorted(first, key=lambda name: (first[name], name)):
+        tids[stream] = len(tids)
+    for span in result.spans:
+        tid = tids[span.stream]
         if (span.device, span.stream) not in seen:
             seen.add((span.device, span.stream))
             events.append({"ph": "M", "name": "thread_name", "pid": span.device, "tid": tid,
