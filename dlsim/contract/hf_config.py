@@ -3,19 +3,23 @@
 ``model: {hf_config: path/to/config.json}`` reads the released shape of a model from disk
 (json only: no network, no weights, no transformers). Each supported architecture names its
 shape with its own keys (``transformers``' LlamaConfig, MistralConfig, MixtralConfig,
-Qwen2Config, Qwen3Config, Qwen3MoeConfig, DeepseekV3Config, GptOssConfig); this module maps
+Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig, DeepseekV3Config, GptOssConfig);
+this module maps
 them onto the contract's (DESIGN.md): num_hidden_layers -> layers, hidden_size -> hidden,
 num_attention_heads -> heads, num_key_value_heads -> kv_heads, intermediate_size ->
 ffn_hidden, vocab_size -> vocab, tie_word_embeddings -> tied_embeddings, head_dim ->
 head_dim, max_position_embeddings -> seq_len (the longest context the model was released
 for; ``seq_len:`` next to ``hf_config`` trains at another length), the experts' keys ->
-``moe:`` and MLA's ranks -> ``attention: {kind: mla, ...}``; gpt-oss's
+``moe:`` (Qwen2-MoE's one shared expert of ``shared_expert_intermediate_size`` as that many
+routed experts' widths: a SwiGLU's weights and FLOPs grow with its width) and MLA's ranks ->
+``attention: {kind: mla, ...}``; gpt-oss's
 ``sliding_window`` and ``layer_types`` -> ``attention: {sliding_window, full_attention_every,
 sinks: true}`` and its ``attention_bias`` (with the biased router and experts every gpt-oss
 checkpoint has) -> ``linear_bias``.
 
 What the blocks built from these shapes leave out (each under 0.01 % of the parameters of the
-released models): Qwen2's q/k/v biases, Qwen3's per-head q/k RMSNorms (2·head_dim weights a
+released models): Qwen2's and Qwen2-MoE's q/k/v biases, Qwen2-MoE's shared-expert gate
+(``hidden`` weights a block), Qwen3's per-head q/k RMSNorms (2·head_dim weights a
 block), DeepSeek-V3's router score-correction bias (one number per expert) and its
 multi-token-prediction module (``num_nextn_predict_layers``: 14B beside the 671B main model,
 used only in training's auxiliary loss). A Mistral 7B sliding window is full causal
@@ -38,6 +42,7 @@ ARCHITECTURES: dict[str, tuple[str, int | None]] = {
     "Qwen2ForCausalLM": ("dense", None),
     "Qwen3ForCausalLM": ("dense", 128),
     "MixtralForCausalLM": ("mixtral", None),
+    "Qwen2MoeForCausalLM": ("qwen2_moe", None),
     "Qwen3MoeForCausalLM": ("qwen3_moe", 128),
     "DeepseekV3ForCausalLM": ("deepseek_v3", None),
     "GptOssForCausalLM": ("gpt_oss", 64),
@@ -113,13 +118,21 @@ def model_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
         fields["moe"] = {"experts": need("num_local_experts"),
                          "top_k": need("num_experts_per_tok"),
                          "expert_ffn_hidden": fields["ffn_hidden"]}
-    elif family == "qwen3_moe":
+    elif family in ("qwen2_moe", "qwen3_moe"):
         _only(config, path, "decoder_sparse_step", 1, "every block a MoE block")
         if config.get("mlp_only_layers"):
             raise ValueError(f"'mlp_only_layers' in {path}: dlsim builds dense blocks only "
                              "as the first ones (moe.dense_layers), not in between")
+        width = need("moe_intermediate_size")
         fields["moe"] = {"experts": need("num_experts"), "top_k": need("num_experts_per_tok"),
-                         "expert_ffn_hidden": need("moe_intermediate_size")}
+                         "expert_ffn_hidden": width}
+        shared = need("shared_expert_intermediate_size", 0, least=0)
+        if family == "qwen2_moe" and shared:
+            if shared % width:
+                raise ValueError(f"'shared_expert_intermediate_size' ({shared}) in {path} "
+                                 f"must be a multiple of moe_intermediate_size ({width}): "
+                                 "dlsim builds the shared expert as that many experts")
+            fields["moe"]["shared_experts"] = shared // width
     elif family == "gpt_oss":
         fields["moe"] = {"experts": need("num_local_experts"),
                          "top_k": need("num_experts_per_tok"),

@@ -286,3 +286,50 @@ def test_dlsim_list_models_prints_parameters_and_active_parameters():
         assert rows[name]["parameters"] == model.parameters
         assert rows[name]["active_parameters"] == model.active_parameters
     assert rows["gpt2-124m"]["active_parameters"] == rows["gpt2-124m"]["parameters"]
+
+
+# Qwen/Qwen1.5-MoE-A2.7B's config.json (its shape keys; they are also the defaults of
+# transformers' Qwen2MoeConfig): 14.3B parameters, 2.7B active (the model card)
+QWEN2_MOE = {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
+             "num_hidden_layers": 24, "hidden_size": 2048, "num_attention_heads": 16,
+             "num_key_value_heads": 16, "intermediate_size": 5632, "vocab_size": 151936,
+             "max_position_embeddings": 8192, "tie_word_embeddings": False,
+             "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+             "num_experts": 60, "num_experts_per_tok": 4, "decoder_sparse_step": 1,
+             "mlp_only_layers": []}
+
+
+def test_a_qwen2_moe_config_is_its_published_size(tmp_path):
+    """The shared expert of 5,632 is four experts of 1,408; per block q/k/v/o of 2048, a
+    router over 60 experts, 60 + 4 SwiGLU experts, two norms; untied embedding and head,
+    the final norm. Its q/k/v biases and shared-expert gate (7 · 2048 weights a block) are
+    left out."""
+    import json
+
+    from dlsim.contract.scenario import ModelSpec
+    from dlsim.workload.presets import build_model
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(QWEN2_MOE))
+    model = build_model(ModelSpec.model_validate({"hf_config": str(path)}), 1, DT)
+    h, e, f, v = 2048, 60, 1408, 151936
+    block = 4 * h * h + h * e + (e + 4) * 3 * h * f + 2 * h
+    assert model.parameters == 24 * block + 2 * v * h + h
+    assert model.active_parameters == model.parameters - 24 * (e - 4) * 3 * h * f
+    assert _as_printed(model.parameters, 14.3e9, 0.1e9)
+    assert _as_printed(model.active_parameters, 2.7e9, 0.1e9)
+
+
+def test_a_qwen2_moe_shared_expert_must_be_whole_experts(tmp_path):
+    import json
+
+    from dlsim.contract.errors import ScenarioError
+    from dlsim.contract.scenario import load_scenario
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**QWEN2_MOE, "shared_expert_intermediate_size": 5000}))
+    scenario = {"name": "q", "model": {"hf_config": str(path)},
+                "cluster": {"preset": "dgx-h100", "nodes": 1},
+                "training": {"global_batch": 8, "microbatch": 1}, "parallelism": {"data": 8}}
+    with pytest.raises(ScenarioError, match="shared_expert_intermediate_size"):
+        load_scenario(scenario)
