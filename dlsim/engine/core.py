@@ -200,9 +200,7 @@ class Engine:
             self._resume(schedule, streams)
         self.env.run()
         self._record_pending(float("inf"))
-        for cost, n in self._sent_alone.values():
-            self.network.add_records(cost.links, cost.values * n, cost.payload_bytes * n,
-                                     cost.flows * n)
+        self._add_records_alone()
         unfinished = [(r, i) for r, evs in self._done.items()
                       for i, ev in enumerate(evs) if not ev.processed]
         if unfinished:
@@ -215,13 +213,13 @@ class Engine:
     def _taken(self, schedule: Schedule, started: float) -> EngineRun:
         """The run is the isolated schedule: no two transfers ever shared a link. Its spans
         in the order the events would have recorded them (by end, then start)."""
-        self._add_alone(schedule.executions)
+        self._sent_in(schedule.executions)
+        self._add_records_alone()
         spans = [span for block in schedule.spans.values() for span in block]
         spans.sort(key=lambda span: (span.end_s, span.start_s))
         self.spans = spans
         for (rank, _stream), end_s in schedule.stream_end.items():
             self.rank_end_s[rank] = max(self.rank_end_s.get(rank, 0.0), end_s)
-        self.env._now = schedule.end_s
         return EngineRun(schedule.end_s, spans, self.network, self.env.events_processed,
                          time.perf_counter() - started, self.rank_end_s, self.bytes_by_role)
 
@@ -265,14 +263,14 @@ class Engine:
         cut = min([e.start_s for e in schedule.executions if e.start_s <= shared < e.end_s]
                   + [shared])
         self.env._now = cut
-        self._add_alone([e for e in schedule.executions if e.start_s < cut])
+        self._sent_in([e for e in schedule.executions if e.start_s < cut])
         waiting: dict[tuple[int, str, int], tuple[_Rendezvous, float]] = {}
         gathering = [(e.op.key, e.members) for e in schedule.executions if e.start_s >= cut]
         for key, members in gathering + list(schedule.pending.items()):
             early = [m for m in members if m[3] < cut]
             if early:
-                first = self.programs[early[0][0]][streams[early[0][0]][early[0][1]]
-                                                   [early[0][2]][0]]
+                rank, stream, b, _arrival = early[0]
+                first = self.programs[rank][streams[rank][stream][b][0]]
                 assert isinstance(first, Collective)
                 rv = self._rendezvous[key] = _Rendezvous(self._expected_of(first),
                                                          Event(self.env), len(early))
@@ -303,19 +301,21 @@ class Engine:
                     continue
                 self.env.process(self._resumed(rank, stream, head, blocks[n:]))
 
-    def _add_alone(self, executions: list[Execution]) -> None:
-        """The records, payload and flows of collectives the schedule ran (whole, before the
-        cut), as their phases left them alone."""
-        counts: dict[int, int] = {}
-        alone = {}
+    def _sent_in(self, executions: list[Execution]) -> None:
+        """The phases of collectives the schedule ran (whole, or before the cut), sent."""
         for e in executions:
-            role = e.op.role
             for cost, _at in e.sends:
-                counts[id(cost)] = counts.get(id(cost), 0) + 1
-                alone[id(cost)] = cost
-                self.bytes_by_role[role] = self.bytes_by_role.get(role, 0.0) + cost.payload_bytes
-        for key, n in counts.items():
-            cost = alone[key]
+                self._sent(cost, e.op.role)
+
+    def _sent(self, cost: Alone, role: str) -> None:
+        """A phase sent without the network: its payload to its op's role, its records to
+        the network's when the run ends (``_add_records_alone``)."""
+        self._sent_alone[id(cost)] = (cost, self._sent_alone.get(id(cost), (cost, 0))[1] + 1)
+        self.bytes_by_role[role] = self.bytes_by_role.get(role, 0.0) + cost.payload_bytes
+
+    def _add_records_alone(self) -> None:
+        """The records, payload and flows of every phase sent alone, once per phase."""
+        for cost, n in self._sent_alone.values():
             self.network.add_records(cost.links, cost.values * n, cost.payload_bytes * n,
                                      cost.flows * n)
 
@@ -504,8 +504,7 @@ class Engine:
         for send in sends:
             cost = self._costs.of(send, instances)
             end = end + cost.duration_s
-            self._sent_alone[id(cost)] = (cost, self._sent_alone.get(id(cost), (cost, 0))[1] + 1)
-            self.bytes_by_role[op.role] = self.bytes_by_role.get(op.role, 0.0) + cost.payload_bytes
+            self._sent(cost, op.role)
         self.env.succeed_at(done, end)
 
     def _phases(self, group: np.ndarray, op: Collective,

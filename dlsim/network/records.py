@@ -38,7 +38,7 @@ class LinkRecords:
                     flows: int) -> None:
         """Records of traffic not sent through this network (``values[0]`` bytes and
         ``values[1]`` busy seconds of ``links``): phases the engine's isolated schedule
-        priced alone (``dlsim.engine.isolated``), added before anything is in flight."""
+        priced alone (``dlsim.engine.isolated``), added once the run has ended."""
         self._settle()
         self._records[:, links] += values
         self.bytes_injected += payload_bytes

@@ -173,7 +173,7 @@ def test_training_summaries_are_those_of_the_event_driven_run(scenario, monkeypa
         if key == ".simulation.events":
             assert fast[key] <= value
         elif isinstance(value, float):
-            assert fast[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+            assert fast[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
         else:
             assert fast[key] == value, key
 
